@@ -1,0 +1,163 @@
+use std::collections::VecDeque;
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use crypto_secretbox::aead::{AeadInPlace, KeyInit};
+use crypto_secretbox::XSalsa20Poly1305;
+
+use super::nonce::Nonce;
+use super::{BoxStreamError, HEADER_LEN, MAX_BODY, TAG_LEN};
+
+/// What an [`Opener`] read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Authentic plaintext, in order: one frame's body.
+    Data(Bytes),
+    /// The peer said goodbye: the stream ended cleanly. The last event.
+    Goodbye,
+}
+
+/// The receiving half of a box-stream.
+///
+/// Bodies are decrypted in place in the read buffer and handed out as
+/// [`Bytes`] slices of it, so a frame costs no allocation and one copy (into
+/// the buffer).
+pub struct Opener {
+    cipher: XSalsa20Poly1305,
+    nonce: Nonce,
+    buffer: BytesMut,
+    /// The opened header of the frame whose body is still arriving.
+    pending_body: Option<PendingBody>,
+    events: VecDeque<Event>,
+    state: State,
+}
+
+#[derive(Clone, Copy)]
+struct PendingBody {
+    len: usize,
+    tag: [u8; TAG_LEN],
+}
+
+enum State {
+    Open,
+    Goodbye,
+    Failed(BoxStreamError),
+}
+
+impl Opener {
+    /// An opener starting at `nonce`.
+    pub fn new(key: &[u8; 32], nonce: &[u8; 24]) -> Self {
+        Opener {
+            cipher: XSalsa20Poly1305::new(key.into()),
+            nonce: Nonce(*nonce),
+            buffer: BytesMut::new(),
+            pending_body: None,
+            events: VecDeque::new(),
+            state: State::Open,
+        }
+    }
+
+    /// Takes bytes from the wire, split anywhere. Authentic frames before a
+    /// bad one are still delivered; nothing after it is.
+    pub fn handle_input(&mut self, input: &[u8]) -> Result<(), BoxStreamError> {
+        match &self.state {
+            State::Failed(error) => return Err(error.clone()),
+            State::Goodbye if input.is_empty() => return Ok(()),
+            State::Goodbye => return self.fail(BoxStreamError::DataAfterGoodbye),
+            State::Open => {}
+        }
+        self.buffer.extend_from_slice(input);
+        match self.open_frames() {
+            Ok(()) => Ok(()),
+            Err(error) => self.fail(error),
+        }
+    }
+
+    /// The connection ended: fine after a goodbye, [`BoxStreamError::Truncated`] otherwise.
+    pub fn handle_eof(&mut self) -> Result<(), BoxStreamError> {
+        match &self.state {
+            State::Goodbye => Ok(()),
+            State::Failed(error) => Err(error.clone()),
+            State::Open => {
+                let unfinished = self.buffer.len() + self.pending_body.map_or(0, |_| HEADER_LEN);
+                self.fail(BoxStreamError::Truncated(unfinished))
+            }
+        }
+    }
+
+    /// The next body or the goodbye, in stream order.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Whether the goodbye has been read.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, State::Goodbye)
+    }
+
+    fn fail(&mut self, error: BoxStreamError) -> Result<(), BoxStreamError> {
+        self.state = State::Failed(error.clone());
+        self.buffer = BytesMut::new();
+        Err(error)
+    }
+
+    fn open_frames(&mut self) -> Result<(), BoxStreamError> {
+        loop {
+            let body = match self.pending_body {
+                Some(body) => body,
+                None if self.buffer.len() < HEADER_LEN => return Ok(()),
+                None => match self.open_header()? {
+                    Some(body) => body,
+                    None => return self.on_goodbye(),
+                },
+            };
+            if self.buffer.len() < body.len {
+                self.pending_body = Some(body);
+                return Ok(());
+            }
+            self.pending_body = None;
+            let mut plaintext = self.buffer.split_to(body.len);
+            self.cipher
+                .decrypt_in_place_detached(
+                    &self.nonce.next().into(),
+                    b"",
+                    &mut plaintext,
+                    &body.tag.into(),
+                )
+                .map_err(|_| BoxStreamError::Forged)?;
+            if !plaintext.is_empty() {
+                self.events.push_back(Event::Data(plaintext.freeze()));
+            }
+        }
+    }
+
+    /// Opens the header at the front of the buffer; `None` is the goodbye.
+    fn open_header(&mut self) -> Result<Option<PendingBody>, BoxStreamError> {
+        let mut header = [0u8; HEADER_LEN];
+        header.copy_from_slice(&self.buffer[..HEADER_LEN]);
+        self.buffer.advance(HEADER_LEN);
+        let (tag, plaintext) = header.split_at_mut(TAG_LEN);
+        self.cipher
+            .decrypt_in_place_detached(&self.nonce.next().into(), b"", plaintext, (&*tag).into())
+            .map_err(|_| BoxStreamError::Forged)?;
+        if plaintext.iter().all(|&b| b == 0) {
+            return Ok(None);
+        }
+        let len = usize::from(u16::from_be_bytes([plaintext[0], plaintext[1]]));
+        if len > MAX_BODY {
+            return Err(BoxStreamError::BodyTooLong(len));
+        }
+        Ok(Some(PendingBody {
+            len,
+            tag: plaintext[2..].try_into().expect("18 - 2 = 16"),
+        }))
+    }
+
+    fn on_goodbye(&mut self) -> Result<(), BoxStreamError> {
+        if !self.buffer.is_empty() {
+            return Err(BoxStreamError::DataAfterGoodbye);
+        }
+        self.state = State::Goodbye;
+        self.events.push_back(Event::Goodbye);
+        Ok(())
+    }
+}

@@ -1,0 +1,21 @@
+//! plugboard's core: every protocol layer as a deterministic, I/O-free state
+//! machine.
+//!
+//! - [`keys`]: identities (ed25519), SSB ids, network keys, SSB secret files.
+//! - [`shs`]: the SSB secret handshake (shs1), client and server.
+//! - [`boxstream`]: SSB's box-stream, the encrypted transport after the handshake.
+//!
+//! No clock is read ([`time::Instant`] is an argument), no socket touched, no
+//! randomness drawn but from the RNG passed in. After every input, the owner
+//! drains `poll_transmit` and `poll_event` until both are empty, then sleeps
+//! until `poll_timeout`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod boxstream;
+pub mod keys;
+pub mod shs;
+pub mod time;
+
+pub use keys::{Keypair, NetworkKey, PublicKey};
+pub use time::Instant;
