@@ -32,6 +32,7 @@ pub use error::{HandshakeError, InvalidKey, Phase};
 pub use server::ServerHandshake;
 
 use crate::keys::{Keypair, NetworkKey, PublicKey};
+use crate::time::Instant;
 use crypto::{sha256, Secret};
 
 /// How long a handshake may take, unless configured otherwise.
@@ -74,6 +75,49 @@ pub enum Event {
     /// Both sides are authenticated. The last event of a handshake.
     Established(Established),
 }
+
+/// The face both roles share, for code that drives either one.
+pub trait Handshake {
+    /// Takes bytes from the peer.
+    fn handle_input(&mut self, now: Instant, input: &[u8]) -> Result<(), HandshakeError>;
+    /// The peer closed the connection.
+    fn handle_eof(&mut self) -> Result<(), HandshakeError>;
+    /// Bytes to send to the peer, if any.
+    fn poll_transmit(&mut self) -> Option<Bytes>;
+    /// The next thing to tell the owner.
+    fn poll_event(&mut self) -> Option<Event>;
+    /// When the handshake gives up, while it is in progress.
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// Fails the handshake if its deadline has passed.
+    fn handle_timeout(&mut self, now: Instant) -> Result<(), HandshakeError>;
+}
+
+macro_rules! impl_handshake {
+    ($role:ty) => {
+        impl Handshake for $role {
+            fn handle_input(&mut self, now: Instant, input: &[u8]) -> Result<(), HandshakeError> {
+                <$role>::handle_input(self, now, input)
+            }
+            fn handle_eof(&mut self) -> Result<(), HandshakeError> {
+                <$role>::handle_eof(self)
+            }
+            fn poll_transmit(&mut self) -> Option<Bytes> {
+                <$role>::poll_transmit(self)
+            }
+            fn poll_event(&mut self) -> Option<Event> {
+                <$role>::poll_event(self)
+            }
+            fn poll_timeout(&self) -> Option<Instant> {
+                <$role>::poll_timeout(self)
+            }
+            fn handle_timeout(&mut self, now: Instant) -> Result<(), HandshakeError> {
+                <$role>::handle_timeout(self, now)
+            }
+        }
+    };
+}
+impl_handshake!(ClientHandshake);
+impl_handshake!(ServerHandshake);
 
 /// The outcome of a successful handshake.
 #[derive(Debug)]
