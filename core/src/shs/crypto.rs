@@ -72,8 +72,7 @@ impl LongTermKey {
         if point.is_small_order() {
             return Err(InvalidKey::SmallOrder);
         }
-        // Decompression reduces y modulo p; libsodium refuses y >= p instead.
-        if point.compress().as_bytes() != bytes {
+        if !is_canonical(bytes) {
             return Err(InvalidKey::NonCanonical);
         }
         if !point.is_torsion_free() {
@@ -91,6 +90,15 @@ impl LongTermKey {
             .verify_strict(message, &Signature::from_bytes(signature))
             .is_ok()
     }
+}
+
+/// libsodium's `ge25519_is_canonical`: y (the encoding without its sign bit)
+/// is below p = 2^255 - 19. Decompression would silently reduce it instead.
+fn is_canonical(encoding: &[u8; 32]) -> bool {
+    let at_least_p = encoding[31] & 0x7f == 0x7f
+        && encoding[1..31].iter().all(|&b| b == 0xff)
+        && encoding[0] >= 0xed;
+    !at_least_p
 }
 
 /// The handshake's boxes always use the zero nonce: each key boxes one message.
@@ -207,6 +215,20 @@ mod tests {
             LongTermKey::validate(&non_canonical).err(),
             Some(InvalidKey::NonCanonical)
         );
+        // Every y >= p, with either sign bit, is refused; p - 1 is canonical.
+        for k in 0u8..19 {
+            for sign in [0, 0x80] {
+                let mut bytes = [0xff; 32];
+                bytes[0] = 0xed + k;
+                bytes[31] = 0x7f | sign;
+                assert!(!is_canonical(&bytes));
+                assert!(LongTermKey::validate(&bytes).is_err());
+            }
+        }
+        let mut p_minus_1 = [0xff; 32];
+        p_minus_1[0] = 0xec;
+        p_minus_1[31] = 0x7f;
+        assert!(is_canonical(&p_minus_1));
     }
 
     #[test]

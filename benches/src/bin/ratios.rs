@@ -1,0 +1,48 @@
+//! Measures each pair of (plugboard, baseline) in one run and prints the
+//! ratios, one line per pair, last: `<name> <ours / baseline>`. Lower is better.
+//!
+//! ```text
+//! cargo run --release -p plugboard-benches --bin ratios
+//! ```
+
+use std::time::Duration;
+
+use plugboard_benches::{boxstream, handshake, measure};
+
+const ROUNDS: usize = 15;
+const ROUND_TIME: Duration = Duration::from_millis(200);
+
+fn main() {
+    let mut ratios = Vec::new();
+
+    let fixture = handshake::Fixture::default();
+    let primitives = handshake::PrimitiveFixture::default();
+    let (ours, base) = measure::compare(
+        ROUNDS,
+        ROUND_TIME,
+        || handshake::plugboard(&fixture),
+        || handshake::primitives(&primitives),
+    );
+    println!("handshake (both sides)     plugboard {ours:>10.2?}   primitives {base:>10.2?}");
+    ratios.push(("handshake_vs_primitives", ours, base));
+
+    let mut stream = boxstream::Stream::default();
+    let mut raw = boxstream::Raw::default();
+    let (ours, base) = measure::compare(
+        ROUNDS,
+        ROUND_TIME,
+        || boxstream::plugboard(&mut stream),
+        || boxstream::raw(&mut raw),
+    );
+    let mib_s = |d: Duration| boxstream::CHUNK as f64 / d.as_secs_f64() / (1 << 20) as f64;
+    println!(
+        "4 KiB seal+open            box-stream {ours:>9.2?} ({:.0} MiB/s)   secretbox {base:>9.2?} ({:.0} MiB/s)",
+        mib_s(ours),
+        mib_s(base)
+    );
+    ratios.push(("boxstream_vs_secretbox", ours, base));
+
+    for (name, ours, base) in ratios {
+        println!("{name} {:.3}", ours.as_secs_f64() / base.as_secs_f64());
+    }
+}

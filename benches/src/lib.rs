@@ -1,0 +1,7 @@
+//! What the benchmarks measure, in pairs: plugboard next to the bare
+//! primitives it is built from, on the same inputs. Both `benches/` (criterion)
+//! and the `ratios` program use these, so they measure the same thing.
+
+pub mod boxstream;
+pub mod handshake;
+pub mod measure;
