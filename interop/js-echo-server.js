@@ -35,20 +35,34 @@ const server = net.createServer({ allowHalfOpen: true }, socket => {
   const who = `conn#${n} ${socket.remoteAddress}:${socket.remotePort}`
   socket.setNoDelay(true)
   socket.on('error', err => log(`${who}: socket error: ${err.message}`))
+  // Once our side is finished (goodbye + FIN sent), don't wait forever for the peer's FIN.
+  socket.on('finish', () => setTimeout(() => socket.destroy(), 30000).unref())
   let echoed = 0
+  let finished = false
   const cipher = toPull.duplex(socket)
   pull(
     cipher,
     createServerStream((err, plain) => {
-      if (err) return log(`${who}: handshake failed: ${err.message}`)
+      if (err) {
+        log(`${who}: handshake failed: ${err.message}`)
+        return socket.destroy() // secret-handshake does not always close a half-closed socket itself
+      }
       log(`${who}: handshake ok with ${c.feedId(plain.remote)}`)
       pull(
         plain.source,
         function watch (read) {
           return function (abort, cb) {
             read(abort, function (end, data) {
-              if (end === true) log(`${who}: got goodbye after ${echoed} bytes, sending goodbye`)
-              else if (end) log(`${who}: box-stream error after ${echoed} bytes: ${end.message || end}`)
+              if (end && finished) return cb(end, data)
+              if (end) finished = true
+              // pull-box-stream may report an invalid header as a plain end once the socket
+              // was destroyed under it, so check the socket before calling it a goodbye.
+              if (end === true && !socket.destroyed) log(`${who}: got goodbye after ${echoed} bytes, sending goodbye`)
+              else if (end === true) log(`${who}: connection aborted after ${echoed} bytes (invalid box-stream data or hangup)`)
+              else if (end) {
+                log(`${who}: box-stream error after ${echoed} bytes: ${end.message || end}`)
+                setImmediate(() => socket.destroy())
+              }
               else echoed += data.length
               cb(end, data)
             })

@@ -5,7 +5,9 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("4 KiB seal+open");
     group.throughput(Throughput::Bytes(boxstream::CHUNK as u64));
     let mut stream = boxstream::Stream::default();
-    group.bench_function("box-stream", |b| b.iter(|| boxstream::plugboard(&mut stream)));
+    group.bench_function("box-stream", |b| {
+        b.iter(|| boxstream::plugboard(&mut stream))
+    });
     let mut raw = boxstream::Raw::default();
     group.bench_function("secretbox", |b| b.iter(|| boxstream::raw(&mut raw)));
     group.finish();

@@ -9,9 +9,7 @@ use crypto_secretbox::XSalsa20Poly1305;
 use curve25519_dalek::edwards::CompressedEdwardsY;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use hmac::{Hmac, Mac};
-use plugboard_core::shs::{
-    ClientHandshake, Event, HandshakeConfig, ServerHandshake, SessionKeys,
-};
+use plugboard_core::shs::{ClientHandshake, Event, HandshakeConfig, ServerHandshake, SessionKeys};
 use plugboard_core::{Instant, Keypair, PublicKey};
 use sha2::{Digest, Sha256, Sha512};
 use x25519_dalek::StaticSecret;
@@ -176,12 +174,15 @@ pub fn primitives(f: &PrimitiveFixture) -> [u8; 32] {
     let auth_tag = seal(&sha256(&[n, &ab, &a_big_b]), &mut auth_box);
     // 3 at the server.
     let a_big_b_at_server = dh(&f.server_curve, a_pub);
-    open(&sha256(&[n, &ab_at_server, &a_big_b_at_server]), &mut auth_box, auth_tag);
+    open(
+        &sha256(&[n, &ab_at_server, &a_big_b_at_server]),
+        &mut auth_box,
+        auth_tag,
+    );
     let (client_verifying, client_curve) = convert(auth_box[64..].try_into().unwrap());
     let big_a_b_at_server = dh(&b, client_curve);
     let ab_hash_at_server = sha256(&[&ab_at_server]);
-    let accept_key_at_server =
-        sha256(&[n, &ab_at_server, &a_big_b_at_server, &big_a_b_at_server]);
+    let accept_key_at_server = sha256(&[n, &ab_at_server, &a_big_b_at_server, &big_a_b_at_server]);
     let signed = [&n[..], &server_public, &ab_hash_at_server].concat();
     let signature = Signature::from_bytes(auth_box[..64].try_into().unwrap());
     client_verifying.verify_strict(&signed, &signature).unwrap();

@@ -76,14 +76,21 @@ fn main() {
 
 fn serve(addr: &str, config: Arc<HandshakeConfig>) -> Result<()> {
     let listener = TcpListener::bind(addr)?;
-    println!("listening {} {}", listener.local_addr()?, config.keypair.public());
+    println!(
+        "listening {} {}",
+        listener.local_addr()?,
+        config.keypair.public()
+    );
     std::io::stdout().flush()?;
     let clock = Arc::new(Clock::start());
     for stream in listener.incoming() {
         let (stream, config, clock) = (stream?, config.clone(), clock.clone());
         // One thread per connection: a stalled peer does not hold up the others.
         std::thread::spawn(move || {
-            let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            let peer = stream
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
             match echo_connection(stream, config, &clock) {
                 Ok(client) => eprintln!("{peer}: {client} said goodbye"),
                 Err(e) => eprintln!("{peer}: dropped: {e}"),
@@ -163,7 +170,9 @@ fn echo_client(
     let mut expected = Pattern::new(total);
     opener.handle_input(&session.early_data)?;
     check_echo(&mut stream, &mut opener, &mut expected)?;
-    sending.join().map_err(|_| "the sending thread panicked")??;
+    sending
+        .join()
+        .map_err(|_| "the sending thread panicked")??;
     eprintln!("echoed {total} bytes through {server_key}");
     Ok(())
 }
@@ -184,7 +193,9 @@ fn check_echo(stream: &mut TcpStream, opener: &mut Opener, expected: &mut Patter
                 }
                 BoxEvent::Goodbye if expected.remaining() == 0 => return Ok(()),
                 BoxEvent::Goodbye => {
-                    return Err(format!("goodbye after {received} of {} bytes", expected.total).into())
+                    return Err(
+                        format!("goodbye after {received} of {} bytes", expected.total).into(),
+                    )
                 }
             }
         }
@@ -205,7 +216,12 @@ struct Pattern {
 
 impl Pattern {
     fn new(total: u64) -> Self {
-        Pattern { total, produced: 0, state: 0x9E37_79B9_7F4A_7C15, block: Vec::new() }
+        Pattern {
+            total,
+            produced: 0,
+            state: 0x9E37_79B9_7F4A_7C15,
+            block: Vec::new(),
+        }
     }
 
     fn remaining(&self) -> u64 {

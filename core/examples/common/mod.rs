@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each example uses a part of this module
 //! The blocking loop the examples share: the whole of what a runtime does
 //! for a handshake (move bytes, read the clock, honor the deadline).
 
@@ -28,8 +29,51 @@ pub trait Transport: Read + Write {
 
 impl Transport for std::net::TcpStream {
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> std::io::Result<()> {
-        std::net::TcpStream::set_read_timeout(self, timeout.map(|t| t.max(Duration::from_millis(1))))
+        std::net::TcpStream::set_read_timeout(
+            self,
+            timeout.map(|t| t.max(Duration::from_millis(1))),
+        )
     }
+}
+
+/// Standard input and output as one connection (for shs1-test's adapters).
+/// Reads cannot time out: the test suite ends a stuck adapter itself.
+pub struct Stdio {
+    pub stdin: std::io::Stdin,
+    pub stdout: std::io::Stdout,
+}
+
+impl Read for Stdio {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stdin.read(buf)
+    }
+}
+
+impl Write for Stdio {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stdout.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stdout.flush()
+    }
+}
+
+impl Transport for Stdio {
+    fn set_read_timeout(&mut self, _: Option<Duration>) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What shs1-test expects on success, from the adapter's side:
+/// encrypt key, encrypt nonce, decrypt key, decrypt nonce.
+pub fn shs1_test_outcome(keys: &plugboard_core::shs::SessionKeys) -> Vec<u8> {
+    [
+        &keys.encrypt_key[..],
+        &keys.encrypt_nonce,
+        &keys.decrypt_key,
+        &keys.decrypt_nonce,
+    ]
+    .concat()
 }
 
 /// Drives `handshake` to completion over `io`. `authorize` answers the
