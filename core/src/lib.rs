@@ -13,7 +13,9 @@
 #![warn(missing_docs)]
 
 pub mod boxstream;
+pub mod control;
 pub mod keys;
+pub mod mux;
 pub mod shs;
 pub mod time;
 

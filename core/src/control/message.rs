@@ -1,0 +1,354 @@
+//! Every control message (channel 0), as values. The byte layout of each is
+//! in `docs/PROTOCOL.md` §4 and in [`super::codec`].
+
+use bytes::Bytes;
+
+use super::{ErrorCode, Name};
+use crate::keys::PublicKey;
+
+/// A request's correlation id, chosen by the requester, echoed in the answer.
+pub type RequestId = u32;
+
+/// A channel id on one connection. 0 is the control channel; the dialing side
+/// allocates odd ids, the listening side even ones.
+pub type ChannelId = u32;
+
+/// Protocol versions this implementation speaks.
+pub const VERSION: u16 = 1;
+
+/// Feature bits (hello). None are defined in version 1; unknown bits are ignored.
+pub type Features = u64;
+
+/// How a connection reached the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    /// A unix socket: plain frames after the handshake.
+    Unix = 1,
+    /// TCP: frames inside box-stream.
+    Tcp = 2,
+}
+
+/// The broker's limits, announced in its hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnnouncedLimits {
+    /// Largest frame payload the broker accepts.
+    pub max_frame: u32,
+    /// Credit each new channel starts with, in each direction.
+    pub initial_window: u32,
+    /// Largest window the broker passes on for one channel direction.
+    pub max_window: u32,
+    /// Channels one key may hold open at once, over all its connections.
+    pub max_channels: u32,
+    /// Opens one key may have unanswered at once.
+    pub max_pending_opens: u32,
+    /// How long the target of an open has to answer, in milliseconds.
+    pub open_timeout_ms: u32,
+    /// A connection silent for this long is pinged, in milliseconds.
+    pub idle_timeout_ms: u32,
+    /// Control bytes the broker queues for a connection before it calls the
+    /// reader too slow.
+    pub max_control_queue: u32,
+}
+
+/// One named plugin, as `list` and `watch` report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its name.
+    pub name: Name,
+    /// The key of the connection that owns the name.
+    pub key: PublicKey,
+    /// How that connection reached the broker.
+    pub transport: TransportKind,
+    /// Milliseconds since that connection completed its hello.
+    pub connected_ms: u64,
+}
+
+/// A change in who owns which name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    /// A name got its first owner.
+    Up(Member),
+    /// A name's owner left and nobody waited in line: the name is free.
+    Down {
+        /// The name.
+        name: Name,
+        /// The key that held it.
+        key: PublicKey,
+    },
+    /// A name's owner left and the next in line took over.
+    OwnerChanged {
+        /// The name.
+        name: Name,
+        /// The key that held it.
+        old_key: PublicKey,
+        /// The new owner.
+        new: Member,
+    },
+}
+
+/// What the broker holds for one key or one name (`stats`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    /// Connections.
+    pub connections: u32,
+    /// Open or pending channels.
+    pub channels: u32,
+    /// Bytes received from it.
+    pub bytes_in: u64,
+    /// Bytes sent to it.
+    pub bytes_out: u64,
+    /// Bytes queued for it and not yet written.
+    pub queued: u64,
+}
+
+/// `stats` about one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyStats {
+    /// The key.
+    pub key: PublicKey,
+    /// What it holds.
+    pub usage: Usage,
+}
+
+/// `stats` about one name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameStats {
+    /// The name.
+    pub name: Name,
+    /// Its owner.
+    pub key: PublicKey,
+    /// What the owning connection holds.
+    pub usage: Usage,
+}
+
+/// How the opener of a channel reaches its peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenedPath {
+    /// Through the broker, on the channel id of the open.
+    Relay,
+    /// One end of a socketpair rides on the frame that carries this message
+    /// (unix sockets only, SCM_RIGHTS).
+    SocketPair,
+    /// Dial `addr` (`tcp:HOST:PORT`), run shs1 with the peer's key, then send
+    /// `token`. The relayed channel stays open as the fallback.
+    Dial {
+        /// Where the peer listens.
+        addr: String,
+        /// What to present after the handshake.
+        token: [u8; 32],
+    },
+}
+
+/// What the target of a direct open should expect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IncomingPath {
+    /// Relayed (or socketpair, announced later by [`Message::ChannelPath`]).
+    Relay,
+    /// The opener may dial this plugin's direct address and present `token`
+    /// after an shs1 handshake with its key.
+    ExpectDial {
+        /// The one-time token.
+        token: [u8; 32],
+    },
+}
+
+/// What the broker tells a target about an accepted channel's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelPath {
+    /// Use the relayed channel (a direct attempt failed or was not made).
+    Relay,
+    /// One end of a socketpair rides on the frame that carries this message.
+    SocketPair,
+}
+
+/// A control message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    // ── both ways, first ───────────────────────────────────────────────
+    /// A plugin's first message.
+    ClientHello {
+        /// Lowest version it speaks.
+        min_version: u16,
+        /// Highest version it speaks.
+        max_version: u16,
+        /// Feature bits it supports.
+        features: Features,
+    },
+    /// The broker's first message.
+    BrokerHello {
+        /// The version chosen for this connection.
+        version: u16,
+        /// Feature bits both support.
+        features: Features,
+        /// How the plugin reached the broker.
+        transport: TransportKind,
+        /// The broker's limits.
+        limits: AnnouncedLimits,
+    },
+
+    // ── plugin → broker ───────────────────────────────────────────────
+    /// Take a name. With `wait`, queue for it if taken.
+    Register {
+        /// Correlation id.
+        request: RequestId,
+        /// The name.
+        name: Name,
+        /// Queue behind the current owner instead of failing.
+        wait: bool,
+        /// `tcp:HOST:PORT` where this plugin accepts direct channels, or empty.
+        direct_addr: String,
+    },
+    /// Who is registered.
+    List {
+        /// Correlation id.
+        request: RequestId,
+    },
+    /// A snapshot, then every change.
+    Watch {
+        /// Correlation id.
+        request: RequestId,
+    },
+    /// Stop watching.
+    Unwatch {
+        /// Correlation id.
+        request: RequestId,
+    },
+    /// Who holds what.
+    Stats {
+        /// Correlation id.
+        request: RequestId,
+    },
+    /// Open a channel to a name, on channel id `channel` (odd, allocated by the opener).
+    Open {
+        /// Correlation id.
+        request: RequestId,
+        /// The opener's id for the channel.
+        channel: ChannelId,
+        /// Ask for a direct channel.
+        direct: bool,
+        /// Whose.
+        name: Name,
+        /// What the opener will speak (free text, up to 255 bytes).
+        protocol: String,
+        /// Anything else for the target, up to 4096 bytes.
+        metadata: Bytes,
+    },
+    /// The target takes an incoming channel.
+    Accept {
+        /// The channel id from [`Message::Incoming`].
+        channel: ChannelId,
+    },
+    /// The target refuses an incoming channel.
+    Reject {
+        /// The channel id from [`Message::Incoming`].
+        channel: ChannelId,
+        /// Why, for the opener.
+        reason: String,
+    },
+    /// The opener could not dial the peer directly: relay instead.
+    DirectFailed {
+        /// The opener's channel id.
+        channel: ChannelId,
+    },
+
+    // ── broker → plugin ───────────────────────────────────────────────
+    /// A request failed.
+    Error {
+        /// The request's correlation id.
+        request: RequestId,
+        /// What went wrong, for programs.
+        code: ErrorCode,
+        /// What went wrong, for people.
+        message: String,
+    },
+    /// A request succeeded and has nothing else to say (`unwatch`).
+    Ok {
+        /// The request's correlation id.
+        request: RequestId,
+    },
+    /// `register` succeeded: the name is this connection's, or it is in line.
+    Registered {
+        /// The request's correlation id.
+        request: RequestId,
+        /// `false`: the name is ours now. `true`: we wait in line.
+        queued: bool,
+    },
+    /// A name this connection waited for is now its own.
+    NameAcquired {
+        /// The name.
+        name: Name,
+    },
+    /// Part of the answer to `list`; the last part has `last`.
+    ListPage {
+        /// The request's correlation id.
+        request: RequestId,
+        /// Whether this is the last part.
+        last: bool,
+        /// Members, ordered by name across all parts.
+        members: Vec<Member>,
+    },
+    /// Part of the snapshot that starts a watch; the last part has `last`.
+    /// Events follow with sequence numbers from `seq + 1`.
+    Snapshot {
+        /// The request's correlation id.
+        request: RequestId,
+        /// The registry's sequence number the snapshot shows.
+        seq: u64,
+        /// Whether this is the last part.
+        last: bool,
+        /// Members, ordered by name across all parts.
+        members: Vec<Member>,
+    },
+    /// A change, numbered: each watcher sees every number once, in order.
+    PresenceEvent {
+        /// The registry's sequence number after this change.
+        seq: u64,
+        /// The change.
+        presence: Presence,
+    },
+    /// Part of the answer to `stats`; the last part has `last`.
+    StatsPage {
+        /// The request's correlation id.
+        request: RequestId,
+        /// Whether this is the last part.
+        last: bool,
+        /// Per key.
+        keys: Vec<KeyStats>,
+        /// Per name.
+        names: Vec<NameStats>,
+    },
+    /// Somebody opens a channel to this plugin, on channel id `channel` (even,
+    /// allocated by the broker). Answer with `accept` or `reject`.
+    Incoming {
+        /// The broker's id for the channel on this connection.
+        channel: ChannelId,
+        /// The opener's name, if it has one.
+        from_name: Option<Name>,
+        /// The opener's key.
+        from_key: PublicKey,
+        /// What the opener will speak.
+        protocol: String,
+        /// What the opener sent along.
+        metadata: Bytes,
+        /// Whether the opener may come directly.
+        path: IncomingPath,
+    },
+    /// The open succeeded.
+    Opened {
+        /// The request's correlation id.
+        request: RequestId,
+        /// The opener's channel id.
+        channel: ChannelId,
+        /// The target's key.
+        peer: PublicKey,
+        /// How to reach it.
+        path: OpenedPath,
+    },
+    /// The path of an accepted incoming channel was decided.
+    ChannelPath {
+        /// The broker's id for the channel on this connection.
+        channel: ChannelId,
+        /// The path.
+        path: ChannelPath,
+    },
+}

@@ -1,0 +1,135 @@
+//! One channel's flow-control state, both directions.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::{ChannelId, MuxError};
+
+pub(super) struct Channel {
+    // Receiving.
+    /// Bytes the peer may still send: granted and not yet received.
+    pub(super) recv_credit: u32,
+    /// The size the receive window has grown to.
+    pub(super) window: u32,
+    /// Delivered to the application and not yet consumed.
+    unread: usize,
+    /// Consumed and not yet granted back.
+    to_grant: u32,
+    recv_fin: bool,
+    // Sending.
+    /// Bytes this side may still send.
+    pub(super) send_credit: u32,
+    queue: VecDeque<Bytes>,
+    pub(super) queued: usize,
+    pub(super) fin_queued: bool,
+    fin_sent: bool,
+    /// In the mux's ready list.
+    pub(super) scheduled: bool,
+}
+
+impl Channel {
+    pub(super) fn new(window: u32) -> Self {
+        Channel {
+            recv_credit: window,
+            window,
+            unread: 0,
+            to_grant: 0,
+            recv_fin: false,
+            send_credit: window,
+            queue: VecDeque::new(),
+            queued: 0,
+            fin_queued: false,
+            fin_sent: false,
+            scheduled: false,
+        }
+    }
+
+    /// Accounts for a DATA frame from the peer.
+    pub(super) fn receive(&mut self, id: ChannelId, len: usize, fin: bool) -> Result<(), MuxError> {
+        if self.recv_fin {
+            return Err(MuxError::DataAfterFin(id));
+        }
+        if len > self.recv_credit as usize {
+            return Err(MuxError::BeyondCredit {
+                channel: id,
+                len,
+                credit: self.recv_credit,
+            });
+        }
+        self.recv_credit -= len as u32;
+        self.unread += len;
+        self.recv_fin = fin;
+        Ok(())
+    }
+
+    pub(super) fn add_credit(&mut self, id: ChannelId, increment: u32) -> Result<(), MuxError> {
+        self.send_credit = self
+            .send_credit
+            .checked_add(increment)
+            .ok_or(MuxError::CreditOverflow(id))?;
+        Ok(())
+    }
+
+    /// `n` delivered bytes were consumed. Returns what to grant and by how
+    /// much the window grew, once half a window is due. The window doubles
+    /// when the reader has nothing left unread: it keeps up with the sender.
+    pub(super) fn consume(&mut self, n: usize, max_window: u32, room: u64) -> Option<(u32, u32)> {
+        let n = n.min(self.unread);
+        self.unread -= n;
+        self.to_grant += n as u32;
+        if self.to_grant < self.window / 2 || self.recv_fin {
+            return None;
+        }
+        let growth = if self.unread == 0 {
+            let wanted = self.window.min(max_window.saturating_sub(self.window));
+            wanted.min(u32::try_from(room).unwrap_or(u32::MAX))
+        } else {
+            0
+        };
+        self.window += growth;
+        let grant = self.to_grant + growth;
+        self.to_grant = 0;
+        Some((grant, growth))
+    }
+
+    pub(super) fn enqueue(&mut self, data: Bytes) {
+        if !data.is_empty() {
+            self.queued += data.len();
+            self.queue.push_back(data);
+        }
+    }
+
+    /// Whether a frame could go out now: data and credit, or a FIN owed.
+    pub(super) fn wants_to_send(&self) -> bool {
+        (self.queued > 0 && self.send_credit > 0) || self.fin_owed()
+    }
+
+    fn fin_owed(&self) -> bool {
+        self.fin_queued && !self.fin_sent && self.queued == 0
+    }
+
+    /// The payload of the next DATA frame (a slice of the queue, at most
+    /// `max_frame` and the credit) and whether it carries FIN.
+    pub(super) fn next_frame(&mut self, max_frame: u32) -> Option<(Bytes, bool)> {
+        let allowed = self.send_credit.min(max_frame) as usize;
+        let fin_owed = self.fin_owed();
+        let payload = match self.queue.front_mut() {
+            Some(_) if allowed == 0 => return None,
+            Some(front) if front.len() <= allowed => self.queue.pop_front().expect("front exists"),
+            Some(front) => front.split_to(allowed),
+            None if fin_owed => Bytes::new(),
+            None => return None,
+        };
+        self.queued -= payload.len();
+        self.send_credit -= payload.len() as u32;
+        let fin = self.fin_owed();
+        self.fin_sent |= fin;
+        Some((payload, fin))
+    }
+
+    /// Both directions are over and our FIN has been handed out.
+    pub(super) fn is_done(&self) -> bool {
+        self.recv_fin && self.fin_sent
+    }
+}

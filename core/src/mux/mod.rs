@@ -1,0 +1,580 @@
+//! The mux: many channels over one connection, with credit-based flow
+//! control per channel and direction.
+//!
+//! Both ends use the same [`Mux`]. A plugin's session reads and writes its own
+//! channels; the broker relays between two muxes and passes credit through
+//! ([`Mux::grant`] instead of [`Mux::consume`]).
+//!
+//! Output has two classes. *Urgent* frames (channel 0, WINDOW, RESET, PING,
+//! GOAWAY) always go first; channel data goes after, one frame per channel in
+//! turn, so one busy channel cannot starve the others or the control traffic.
+
+mod channel;
+pub mod frame;
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::control::ErrorCode;
+use channel::Channel;
+pub use frame::{Frame, FrameDecoder, FrameError, DEFAULT_MAX_FRAME, HEADER_LEN};
+
+/// A channel id; see [`crate::control::ChannelId`].
+pub type ChannelId = u32;
+
+/// Which end of the connection this mux is: it decides the parity of the
+/// channel ids it allocates, so the two ends never collide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The end that connected (a plugin): odd ids.
+    Dialer,
+    /// The end that accepted (the broker): even ids.
+    Listener,
+}
+
+/// Sizes a mux works with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MuxConfig {
+    /// Largest frame payload accepted.
+    pub max_frame: u32,
+    /// Credit each direction of a new channel starts with.
+    pub initial_window: u32,
+    /// Largest a channel's receive window may grow to.
+    pub max_window: u32,
+    /// Largest the receive windows of all channels together may grow to.
+    pub max_connection_window: u64,
+}
+
+impl Default for MuxConfig {
+    fn default() -> Self {
+        MuxConfig {
+            max_frame: DEFAULT_MAX_FRAME,
+            initial_window: 256 * 1024,
+            max_window: 16 * 1024 * 1024,
+            max_connection_window: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// What the peer did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MuxEvent {
+    /// Bytes on the control channel.
+    Control(Bytes),
+    /// Bytes on a channel.
+    Data {
+        /// The channel.
+        channel: ChannelId,
+        /// The bytes (a slice of the read buffer).
+        payload: Bytes,
+    },
+    /// The peer will send nothing more on this channel.
+    Fin {
+        /// The channel.
+        channel: ChannelId,
+    },
+    /// The peer ended the channel in both directions; it is gone.
+    Reset {
+        /// The channel.
+        channel: ChannelId,
+        /// Why.
+        code: ErrorCode,
+        /// Why, for people.
+        reason: String,
+    },
+    /// The peer granted more credit on this channel.
+    Credit {
+        /// The channel.
+        channel: ChannelId,
+        /// How much.
+        increment: u32,
+    },
+    /// Both directions finished and our FIN went out: the channel is gone.
+    Closed {
+        /// The channel.
+        channel: ChannelId,
+    },
+    /// The answer to [`Mux::ping`].
+    Pong {
+        /// What the ping carried.
+        opaque: u64,
+    },
+    /// The peer is ending the connection.
+    GoAway {
+        /// Why.
+        code: ErrorCode,
+        /// Why, for people.
+        reason: String,
+    },
+}
+
+/// A protocol violation by the peer: the connection must end (with a GOAWAY
+/// saying this).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MuxError {
+    /// A frame that does not parse.
+    #[error("malformed frame: {0}")]
+    Frame(#[from] FrameError),
+    /// A channel id nobody allocated.
+    #[error("frame for channel {0}, which was never opened")]
+    UnknownChannel(ChannelId),
+    /// A peer-allocated id out of order or of the wrong parity.
+    #[error("channel id {0} is not the peer's to allocate next")]
+    BadChannelId(ChannelId),
+    /// More data than the credit granted.
+    #[error("{len} bytes on channel {channel} with only {credit} bytes of credit")]
+    BeyondCredit {
+        /// The channel.
+        channel: ChannelId,
+        /// Bytes sent.
+        len: usize,
+        /// Credit left.
+        credit: u32,
+    },
+    /// Data after the peer's FIN.
+    #[error("data on channel {0} after its FIN")]
+    DataAfterFin(ChannelId),
+    /// Credit beyond 2^32 - 1 bytes outstanding.
+    #[error("credit on channel {0} overflows")]
+    CreditOverflow(ChannelId),
+}
+
+/// Local misuse of a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelError {
+    /// No such channel (never opened, or already closed).
+    #[error("no channel {0}")]
+    Unknown(ChannelId),
+    /// This side already sent FIN.
+    #[error("channel {0} is finished for sending")]
+    Finished(ChannelId),
+}
+
+/// One connection's channels.
+pub struct Mux {
+    side: Side,
+    config: MuxConfig,
+    peer_max_frame: u32,
+    decoder: FrameDecoder,
+    channels: HashMap<ChannelId, Channel>,
+    next_local: ChannelId,
+    last_remote: ChannelId,
+    window_total: u64,
+    urgent: VecDeque<Bytes>,
+    urgent_bytes: usize,
+    ready: VecDeque<ChannelId>,
+    pending_payload: Option<Bytes>,
+    scratch: BytesMut,
+    events: VecDeque<MuxEvent>,
+    going_away: bool,
+}
+
+impl Mux {
+    /// A mux with no channels but the control channel.
+    pub fn new(side: Side, config: MuxConfig) -> Self {
+        Mux {
+            side,
+            config,
+            peer_max_frame: DEFAULT_MAX_FRAME,
+            decoder: FrameDecoder::new(config.max_frame),
+            channels: HashMap::new(),
+            next_local: match side {
+                Side::Dialer => 1,
+                Side::Listener => 2,
+            },
+            last_remote: 0,
+            window_total: 0,
+            urgent: VecDeque::new(),
+            urgent_bytes: 0,
+            ready: VecDeque::new(),
+            pending_payload: None,
+            scratch: BytesMut::new(),
+            events: VecDeque::new(),
+            going_away: false,
+        }
+    }
+
+    /// The sizes this mux was made with.
+    pub fn config(&self) -> &MuxConfig {
+        &self.config
+    }
+
+    /// The largest frame payload the peer accepts (from its hello).
+    pub fn set_peer_max_frame(&mut self, max_frame: u32) {
+        self.peer_max_frame = max_frame.max(1);
+    }
+
+    // ── input ─────────────────────────────────────────────────────────
+
+    /// Takes bytes from the peer (plain, or opened from box-stream).
+    pub fn handle_input(&mut self, input: &[u8]) -> Result<(), MuxError> {
+        self.decoder.push(input);
+        self.decode_frames()
+    }
+
+    /// As [`Mux::handle_input`], keeping the buffer without a copy when it can.
+    pub fn handle_input_owned(&mut self, input: BytesMut) -> Result<(), MuxError> {
+        self.decoder.push_owned(input);
+        self.decode_frames()
+    }
+
+    /// Bytes received and not yet decoded (less than one frame).
+    pub fn buffered_input(&self) -> usize {
+        self.decoder.buffered()
+    }
+
+    /// The next thing the peer did.
+    pub fn poll_event(&mut self) -> Option<MuxEvent> {
+        self.events.pop_front()
+    }
+
+    fn decode_frames(&mut self) -> Result<(), MuxError> {
+        while let Some(frame) = self.decoder.next_frame()? {
+            if self.going_away {
+                continue;
+            }
+            self.on_frame(frame)?;
+        }
+        Ok(())
+    }
+
+    fn on_frame(&mut self, frame: Frame) -> Result<(), MuxError> {
+        match frame {
+            Frame::Data {
+                channel: 0,
+                payload,
+                ..
+            } => {
+                if !payload.is_empty() {
+                    self.events.push_back(MuxEvent::Control(payload));
+                }
+            }
+            Frame::Data {
+                channel: id,
+                fin,
+                payload,
+            } => {
+                let Some(channel) = self.live_channel(id)? else {
+                    return Ok(()); // closed already: what was in flight is dropped
+                };
+                channel.receive(id, payload.len(), fin)?;
+                if !payload.is_empty() {
+                    self.events.push_back(MuxEvent::Data {
+                        channel: id,
+                        payload,
+                    });
+                }
+                if fin {
+                    self.events.push_back(MuxEvent::Fin { channel: id });
+                    self.retire_if_done(id);
+                }
+            }
+            Frame::Window {
+                channel: id,
+                increment,
+            } => {
+                let Some(channel) = self.live_channel(id)? else {
+                    return Ok(());
+                };
+                channel.add_credit(id, increment)?;
+                let sendable = channel.wants_to_send();
+                self.events.push_back(MuxEvent::Credit {
+                    channel: id,
+                    increment,
+                });
+                if sendable {
+                    self.schedule(id);
+                }
+            }
+            Frame::Reset {
+                channel: id,
+                code,
+                reason,
+            } => {
+                if self.live_channel(id)?.is_some() {
+                    self.remove(id);
+                    self.events.push_back(MuxEvent::Reset {
+                        channel: id,
+                        code,
+                        reason,
+                    });
+                }
+            }
+            Frame::Ping {
+                opaque,
+                pong: false,
+            } => self.push_urgent(&Frame::Ping { opaque, pong: true }),
+            Frame::Ping { opaque, pong: true } => self.events.push_back(MuxEvent::Pong { opaque }),
+            Frame::GoAway { code, reason } => {
+                self.going_away = true;
+                self.events.push_back(MuxEvent::GoAway { code, reason });
+            }
+        }
+        Ok(())
+    }
+
+    /// The channel a frame names; `None` if it existed and is closed; an
+    /// error if it never existed.
+    fn live_channel(&mut self, id: ChannelId) -> Result<Option<&mut Channel>, MuxError> {
+        let was_allocated = match self.is_local(id) {
+            true => id < self.next_local,
+            false => id <= self.last_remote,
+        };
+        match self.channels.get_mut(&id) {
+            Some(channel) => Ok(Some(channel)),
+            None if was_allocated => Ok(None),
+            None => Err(MuxError::UnknownChannel(id)),
+        }
+    }
+
+    fn is_local(&self, id: ChannelId) -> bool {
+        (id % 2 == 1) == (self.side == Side::Dialer)
+    }
+
+    // ── channels ──────────────────────────────────────────────────────
+
+    /// Allocates a channel id on this side and creates the channel.
+    pub fn open_local(&mut self) -> ChannelId {
+        let id = self.next_local;
+        self.next_local = self.next_local.wrapping_add(2);
+        self.create(id);
+        id
+    }
+
+    /// Creates the channel the peer announced (in a control message).
+    /// Peer ids must have the peer's parity and grow.
+    pub fn open_remote(&mut self, id: ChannelId) -> Result<(), MuxError> {
+        if id == 0 || self.is_local(id) || id <= self.last_remote {
+            return Err(MuxError::BadChannelId(id));
+        }
+        self.last_remote = id;
+        self.create(id);
+        Ok(())
+    }
+
+    fn create(&mut self, id: ChannelId) {
+        let window = self.config.initial_window;
+        self.window_total += u64::from(window);
+        self.channels.insert(id, Channel::new(window));
+    }
+
+    /// Whether the channel is open (in either direction).
+    pub fn contains(&self, id: ChannelId) -> bool {
+        self.channels.contains_key(&id)
+    }
+
+    /// Open channels.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Queues data. The caller keeps what it queues within
+    /// [`Mux::send_capacity`] (a session) or within the credit it passed on (the
+    /// broker): the mux sends only as credit allows and holds the rest.
+    pub fn send(&mut self, id: ChannelId, data: Bytes) -> Result<(), ChannelError> {
+        let channel = self
+            .channels
+            .get_mut(&id)
+            .ok_or(ChannelError::Unknown(id))?;
+        if channel.fin_queued {
+            return Err(ChannelError::Finished(id));
+        }
+        channel.enqueue(data);
+        if channel.wants_to_send() {
+            self.schedule(id);
+        }
+        Ok(())
+    }
+
+    /// Credit left after what is queued: how much more may be sent now.
+    pub fn send_capacity(&self, id: ChannelId) -> usize {
+        self.channels
+            .get(&id)
+            .map_or(0, |c| (c.send_credit as usize).saturating_sub(c.queued))
+    }
+
+    /// Bytes queued on a channel and not yet sent.
+    pub fn queued(&self, id: ChannelId) -> usize {
+        self.channels.get(&id).map_or(0, |c| c.queued)
+    }
+
+    /// Sends FIN after what is queued: this side will send nothing more.
+    pub fn finish(&mut self, id: ChannelId) -> Result<(), ChannelError> {
+        let channel = self
+            .channels
+            .get_mut(&id)
+            .ok_or(ChannelError::Unknown(id))?;
+        if channel.fin_queued {
+            return Err(ChannelError::Finished(id));
+        }
+        channel.fin_queued = true;
+        self.schedule(id);
+        Ok(())
+    }
+
+    /// Ends the channel in both directions now; queued data is dropped.
+    pub fn reset(&mut self, id: ChannelId, code: ErrorCode, reason: &str) {
+        if self.channels.contains_key(&id) {
+            self.remove(id);
+            self.push_urgent(&Frame::Reset {
+                channel: id,
+                code,
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    /// Grants the peer `increment` more bytes on the channel (the broker
+    /// passing credit through).
+    pub fn grant(&mut self, id: ChannelId, increment: u32) {
+        if increment == 0 {
+            return;
+        }
+        if let Some(channel) = self.channels.get_mut(&id) {
+            channel.recv_credit = channel.recv_credit.saturating_add(increment);
+            self.push_urgent(&Frame::Window {
+                channel: id,
+                increment,
+            });
+        }
+    }
+
+    /// The application consumed `n` delivered bytes: grant them back,
+    /// batched to half a window, and grow the window while the reader keeps up.
+    pub fn consume(&mut self, id: ChannelId, n: usize) {
+        let room = self
+            .config
+            .max_connection_window
+            .saturating_sub(self.window_total);
+        let Some(channel) = self.channels.get_mut(&id) else {
+            return;
+        };
+        if let Some((grant, growth)) = channel.consume(n, self.config.max_window, room) {
+            self.window_total += u64::from(growth);
+            self.grant(id, grant);
+        }
+    }
+
+    fn schedule(&mut self, id: ChannelId) {
+        if let Some(channel) = self.channels.get_mut(&id) {
+            if !channel.scheduled {
+                channel.scheduled = true;
+                self.ready.push_back(id);
+            }
+        }
+    }
+
+    fn retire_if_done(&mut self, id: ChannelId) {
+        if self.channels.get(&id).is_some_and(Channel::is_done) {
+            self.remove(id);
+            self.events.push_back(MuxEvent::Closed { channel: id });
+        }
+    }
+
+    fn remove(&mut self, id: ChannelId) {
+        if let Some(channel) = self.channels.remove(&id) {
+            self.window_total -= u64::from(channel.window);
+        }
+    }
+
+    // ── control, liveness, the end ────────────────────────────────────
+
+    /// Queues bytes for the control channel, ahead of all channel data.
+    pub fn send_control(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(self.peer_max_frame as usize) {
+            frame::encode_data_header(0, false, chunk.len() as u32, &mut self.scratch);
+            self.scratch.extend_from_slice(chunk);
+            let frame = self.scratch.split().freeze();
+            self.urgent_bytes += frame.len();
+            self.urgent.push_back(frame);
+        }
+    }
+
+    /// Asks the peer to answer with [`MuxEvent::Pong`].
+    pub fn ping(&mut self, opaque: u64) {
+        self.push_urgent(&Frame::Ping {
+            opaque,
+            pong: false,
+        });
+    }
+
+    /// Drops everything queued and queues a GOAWAY: the last frame this mux
+    /// sends. Input after it is ignored.
+    pub fn go_away(&mut self, code: ErrorCode, reason: &str) {
+        self.urgent.clear();
+        self.ready.clear();
+        self.pending_payload = None;
+        self.channels.clear();
+        self.window_total = 0;
+        self.going_away = true;
+        self.urgent_bytes = 0;
+        self.push_urgent(&Frame::GoAway {
+            code,
+            reason: reason.to_owned(),
+        });
+    }
+
+    /// Whether [`Mux::go_away`] was called or the peer sent GOAWAY.
+    pub fn is_going_away(&self) -> bool {
+        self.going_away
+    }
+
+    fn push_urgent(&mut self, frame: &Frame) {
+        frame::encode(frame, &mut self.scratch);
+        let bytes = self.scratch.split().freeze();
+        self.urgent_bytes += bytes.len();
+        self.urgent.push_back(bytes);
+    }
+
+    // ── output ────────────────────────────────────────────────────────
+
+    /// Bytes of urgent frames (control messages, credit, pings) waiting to be sent.
+    pub fn queued_urgent(&self) -> usize {
+        self.urgent_bytes
+    }
+
+    /// Whether [`Mux::poll_transmit`] has something.
+    pub fn has_output(&self) -> bool {
+        self.pending_payload.is_some() || !self.urgent.is_empty() || !self.ready.is_empty()
+    }
+
+    /// The next bytes to write: urgent frames first, then one data frame per
+    /// channel in turn. A data frame comes as two chunks, header then payload
+    /// (the payload is a slice of what was queued, not a copy).
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        if let Some(payload) = self.pending_payload.take() {
+            return Some(payload);
+        }
+        if let Some(frame) = self.urgent.pop_front() {
+            self.urgent_bytes -= frame.len();
+            return Some(frame);
+        }
+        while let Some(id) = self.ready.pop_front() {
+            let Some(channel) = self.channels.get_mut(&id) else {
+                continue;
+            };
+            channel.scheduled = false;
+            let Some((payload, fin)) = channel.next_frame(self.peer_max_frame) else {
+                continue; // out of credit: a WINDOW reschedules it
+            };
+            if channel.wants_to_send() {
+                channel.scheduled = true;
+                self.ready.push_back(id);
+            }
+            frame::encode_data_header(id, fin, payload.len() as u32, &mut self.scratch);
+            let header = self.scratch.split().freeze();
+            if !payload.is_empty() {
+                self.pending_payload = Some(payload);
+            }
+            if fin {
+                self.retire_if_done(id);
+            }
+            return Some(header);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,323 @@
+//! Two muxes talking in memory.
+
+use bytes::{Bytes, BytesMut};
+
+use super::*;
+
+fn small_config() -> MuxConfig {
+    MuxConfig {
+        max_frame: 1024,
+        initial_window: 4096,
+        max_window: 16 * 1024,
+        max_connection_window: 64 * 1024,
+    }
+}
+
+fn pair() -> (Mux, Mux) {
+    let mut a = Mux::new(Side::Dialer, small_config());
+    let mut b = Mux::new(Side::Listener, small_config());
+    a.set_peer_max_frame(1024);
+    b.set_peer_max_frame(1024);
+    (a, b)
+}
+
+/// Moves everything `from` has to send into `to`; returns the chunks.
+fn pump(from: &mut Mux, to: &mut Mux) -> Vec<Bytes> {
+    let mut chunks = Vec::new();
+    while let Some(chunk) = from.poll_transmit() {
+        to.handle_input(&chunk).unwrap();
+        chunks.push(chunk);
+    }
+    chunks
+}
+
+fn events(mux: &mut Mux) -> Vec<MuxEvent> {
+    std::iter::from_fn(|| mux.poll_event()).collect()
+}
+
+fn data_of(events: &[MuxEvent], id: ChannelId) -> Vec<u8> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            MuxEvent::Data { channel, payload } if *channel == id => Some(payload.to_vec()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// A channel opened by `a` and announced to `b`.
+fn open(a: &mut Mux, b: &mut Mux) -> ChannelId {
+    let id = a.open_local();
+    b.open_remote(id).unwrap();
+    id
+}
+
+#[test]
+fn ids_never_collide() {
+    let (mut a, mut b) = pair();
+    assert_eq!([a.open_local(), a.open_local()], [1, 3]);
+    assert_eq!([b.open_local(), b.open_local()], [2, 4]);
+    assert_eq!(b.open_remote(1), Ok(()));
+    assert_eq!(b.open_remote(1), Err(MuxError::BadChannelId(1)), "reused");
+    assert_eq!(
+        b.open_remote(6),
+        Err(MuxError::BadChannelId(6)),
+        "b's parity"
+    );
+    assert_eq!(b.open_remote(0), Err(MuxError::BadChannelId(0)));
+    assert_eq!(b.open_remote(5), Ok(()), "gaps are fine, going back is not");
+    assert_eq!(b.open_remote(3), Err(MuxError::BadChannelId(3)));
+}
+
+#[test]
+fn sender_stops_at_credit_and_resumes_on_grant() {
+    let (mut a, mut b) = pair();
+    let id = open(&mut a, &mut b);
+    let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+    a.send(id, Bytes::from(data.clone())).unwrap();
+    assert_eq!(a.send_capacity(id), 0);
+    pump(&mut a, &mut b);
+    let got = events(&mut b);
+    assert_eq!(
+        data_of(&got, id),
+        data[..4096],
+        "exactly the initial window"
+    );
+    assert_eq!(a.queued(id), 10_000 - 4096);
+
+    // The reader consumes: credit goes back, more flows, until all arrived.
+    let mut received = data_of(&got, id);
+    let mut consumed = 0;
+    while received.len() < data.len() {
+        b.consume(id, received.len() - consumed);
+        consumed = received.len();
+        pump(&mut b, &mut a);
+        events(&mut a);
+        pump(&mut a, &mut b);
+        let more = data_of(&events(&mut b), id);
+        assert!(!more.is_empty(), "stalled at {}", received.len());
+        received.extend(more);
+    }
+    assert_eq!(received, data);
+}
+
+#[test]
+fn window_grows_while_the_reader_keeps_up_and_stops_at_the_cap() {
+    let (mut a, mut b) = pair();
+    let id = open(&mut a, &mut b);
+    let mut delivered = 0usize;
+    for _ in 0..50 {
+        a.send(id, Bytes::from(vec![7; a.send_capacity(id)]))
+            .unwrap();
+        pump(&mut a, &mut b);
+        let n = data_of(&events(&mut b), id).len();
+        delivered += n;
+        b.consume(id, n);
+        pump(&mut b, &mut a);
+        events(&mut a);
+    }
+    let window = b.channels[&id].window;
+    assert_eq!(window, 16 * 1024, "grew from 4 KiB to max_window");
+    assert!(delivered > 50 * 4096);
+}
+
+#[test]
+fn a_slow_reader_keeps_its_window() {
+    let (mut a, mut b) = pair();
+    let id = open(&mut a, &mut b);
+    for _ in 0..20 {
+        a.send(id, Bytes::from(vec![7; a.send_capacity(id)]))
+            .unwrap();
+        pump(&mut a, &mut b);
+        let n = data_of(&events(&mut b), id).len();
+        // Consumes only half of what arrived: never caught up.
+        b.consume(id, n / 2 + 1);
+        pump(&mut b, &mut a);
+        events(&mut a);
+    }
+    assert_eq!(b.channels[&id].window, 4096);
+}
+
+#[test]
+fn urgent_frames_overtake_bulk_data_and_channels_take_turns() {
+    let (mut a, mut b) = pair();
+    let one = open(&mut a, &mut b);
+    let two = open(&mut a, &mut b);
+    a.send(one, Bytes::from(vec![1; 4096])).unwrap();
+    a.send(two, Bytes::from(vec![2; 4096])).unwrap();
+    // Take one frame's worth, then queue a control message and a ping.
+    a.poll_transmit().unwrap();
+    a.poll_transmit().unwrap();
+    a.send_control(b"hello");
+    a.ping(9);
+    let next = a.poll_transmit().unwrap();
+    assert_eq!(next[0], 0, "DATA");
+    assert_eq!(&next[2..6], &[0, 0, 0, 0], "on the control channel");
+    assert_eq!(a.poll_transmit().unwrap()[0], 3, "then the PING");
+    // Then data frames alternate between the two channels.
+    let mut order = Vec::new();
+    while let Some(chunk) = a.poll_transmit() {
+        if chunk.len() == HEADER_LEN && chunk[0] == 0 {
+            order.push(u32::from_be_bytes(chunk[2..6].try_into().unwrap()));
+        }
+    }
+    assert_eq!(&order[..4], &[two, one, two, one]);
+}
+
+#[test]
+fn half_close_then_close() {
+    let (mut a, mut b) = pair();
+    let id = open(&mut a, &mut b);
+    a.send(id, Bytes::from_static(b"request")).unwrap();
+    a.finish(id).unwrap();
+    assert_eq!(
+        a.send(id, Bytes::from_static(b"x")),
+        Err(ChannelError::Finished(id))
+    );
+    pump(&mut a, &mut b);
+    let got = events(&mut b);
+    assert_eq!(data_of(&got, id), b"request");
+    assert!(got.contains(&MuxEvent::Fin { channel: id }));
+    // b still answers on its half.
+    b.send(id, Bytes::from_static(b"response")).unwrap();
+    b.finish(id).unwrap();
+    pump(&mut b, &mut a);
+    let got = events(&mut a);
+    assert_eq!(data_of(&got, id), b"response");
+    assert!(got.contains(&MuxEvent::Fin { channel: id }));
+    assert!(got.contains(&MuxEvent::Closed { channel: id }));
+    assert!(events(&mut b).contains(&MuxEvent::Closed { channel: id }));
+    assert!(!a.contains(id) && !b.contains(id));
+}
+
+#[test]
+fn reset_drops_queued_data_and_late_frames() {
+    let (mut a, mut b) = pair();
+    let id = open(&mut a, &mut b);
+    b.send(id, Bytes::from(vec![5; 3000])).unwrap();
+    let in_flight: Vec<Bytes> = std::iter::from_fn(|| b.poll_transmit()).collect();
+    a.send(id, Bytes::from(vec![1; 100])).unwrap();
+    a.reset(id, ErrorCode::Cancelled, "bye");
+    assert_eq!(a.queued(id), 0);
+    pump(&mut a, &mut b);
+    let got = events(&mut b);
+    assert_eq!(
+        got,
+        vec![MuxEvent::Reset {
+            channel: id,
+            code: ErrorCode::Cancelled,
+            reason: "bye".into()
+        }]
+    );
+    // What b sent before it learned of the reset is dropped, not an error.
+    for chunk in in_flight {
+        a.handle_input(&chunk).unwrap();
+    }
+    assert!(events(&mut a).is_empty());
+}
+
+#[test]
+fn ping_is_answered() {
+    let (mut a, mut b) = pair();
+    a.ping(42);
+    pump(&mut a, &mut b);
+    pump(&mut b, &mut a);
+    assert_eq!(events(&mut a), vec![MuxEvent::Pong { opaque: 42 }]);
+    assert!(events(&mut b).is_empty());
+}
+
+#[test]
+fn go_away_is_the_last_frame() {
+    let (mut a, mut b) = pair();
+    let id = open(&mut a, &mut b);
+    a.send(id, Bytes::from(vec![1; 100])).unwrap();
+    a.go_away(ErrorCode::Shutdown, "closing");
+    pump(&mut a, &mut b);
+    assert_eq!(
+        events(&mut b),
+        vec![MuxEvent::GoAway {
+            code: ErrorCode::Shutdown,
+            reason: "closing".into()
+        }]
+    );
+    assert!(b.is_going_away());
+}
+
+/// Raw frames a misbehaving peer could send.
+fn raw(frame: Frame) -> BytesMut {
+    let mut out = BytesMut::new();
+    frame::encode(&frame, &mut out);
+    out
+}
+
+#[test]
+fn violations_end_the_connection() {
+    let (mut a, mut b) = pair();
+    let id = open(&mut a, &mut b);
+    let data = |channel, len, fin| {
+        raw(Frame::Data {
+            channel,
+            fin,
+            payload: Bytes::from(vec![0; len]),
+        })
+    };
+    assert_eq!(
+        b.handle_input(&data(7, 1, false)),
+        Err(MuxError::UnknownChannel(7))
+    );
+    assert_eq!(
+        b.handle_input(&data(4, 1, false)),
+        Err(MuxError::UnknownChannel(4)),
+        "b's own id space, never allocated"
+    );
+
+    let (_, mut b) = pair();
+    b.open_remote(id).unwrap();
+    for _ in 0..4 {
+        b.handle_input(&data(id, 1024, false)).unwrap();
+    }
+    assert_eq!(
+        b.handle_input(&data(id, 1, false)),
+        Err(MuxError::BeyondCredit {
+            channel: id,
+            len: 1,
+            credit: 0
+        })
+    );
+
+    let (_, mut b) = pair();
+    b.open_remote(id).unwrap();
+    b.handle_input(&data(id, 1, true)).unwrap();
+    assert_eq!(
+        b.handle_input(&data(id, 1, false)),
+        Err(MuxError::DataAfterFin(id))
+    );
+
+    let (_, mut b) = pair();
+    b.open_remote(id).unwrap();
+    let window = |increment| {
+        raw(Frame::Window {
+            channel: id,
+            increment,
+        })
+    };
+    b.handle_input(&window(u32::MAX - 4096)).unwrap();
+    assert_eq!(
+        b.handle_input(&window(1)),
+        Err(MuxError::CreditOverflow(id))
+    );
+
+    let (_, mut b) = pair();
+    assert!(matches!(
+        b.handle_input(&raw(Frame::Data {
+            channel: 1,
+            fin: false,
+            payload: Bytes::from(vec![0; 1025])
+        })),
+        Err(MuxError::Frame(FrameError::TooLong {
+            len: 1025,
+            max: 1024
+        }))
+    ));
+}
