@@ -13,11 +13,16 @@
 #![warn(missing_docs)]
 
 pub mod boxstream;
+pub mod broker;
 pub mod control;
 pub mod keys;
 pub mod mux;
+pub mod session;
 pub mod shs;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod time;
+pub mod wire;
 
 pub use keys::{Keypair, NetworkKey, PublicKey};
 pub use time::Instant;

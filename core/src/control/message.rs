@@ -139,13 +139,17 @@ pub enum OpenedPath {
     },
 }
 
-/// What the target of a direct open should expect.
+/// What the target of an open should expect once it accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IncomingPath {
-    /// Relayed (or socketpair, announced later by [`Message::ChannelPath`]).
+    /// The relayed channel, at once.
     Relay,
+    /// A direct channel may be set up: wait for [`Message::ChannelPath`]
+    /// before using the channel.
+    AwaitPath,
     /// The opener may dial this plugin's direct address and present `token`
-    /// after an shs1 handshake with its key.
+    /// after an shs1 handshake with its key; if it cannot, a
+    /// [`Message::ChannelPath`] says to use the relayed channel.
     ExpectDial {
         /// The one-time token.
         token: [u8; 32],

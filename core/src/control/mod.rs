@@ -8,7 +8,7 @@ mod codec;
 mod message;
 mod name;
 
-pub use codec::{decode, encode, ControlDecoder, DecodeError};
+pub use codec::{decode, encode, encoded_len, ControlDecoder, DecodeError};
 pub use message::*;
 pub use name::{InvalidName, Name};
 

@@ -161,7 +161,8 @@ pub struct Mux {
     next_local: ChannelId,
     last_remote: ChannelId,
     window_total: u64,
-    urgent: VecDeque<Bytes>,
+    /// Whole frames, each with the attachment tag of the message it starts.
+    urgent: VecDeque<(Bytes, Option<u64>)>,
     urgent_bytes: usize,
     ready: VecDeque<ChannelId>,
     pending_payload: Option<Bytes>,
@@ -198,6 +199,12 @@ impl Mux {
     /// The sizes this mux was made with.
     pub fn config(&self) -> &MuxConfig {
         &self.config
+    }
+
+    /// Replaces the sizes (after the hello announced them); channels opened
+    /// from now on use the new ones.
+    pub fn configure(&mut self, config: MuxConfig) {
+        self.config = config;
     }
 
     /// The largest frame payload the peer accepts (from its hello).
@@ -317,14 +324,19 @@ impl Mux {
     /// The channel a frame names; `None` if it existed and is closed; an
     /// error if it never existed.
     fn live_channel(&mut self, id: ChannelId) -> Result<Option<&mut Channel>, MuxError> {
-        let was_allocated = match self.is_local(id) {
-            true => id < self.next_local,
-            false => id <= self.last_remote,
-        };
+        let was_allocated = self.was_allocated(id);
         match self.channels.get_mut(&id) {
             Some(channel) => Ok(Some(channel)),
             None if was_allocated => Ok(None),
             None => Err(MuxError::UnknownChannel(id)),
+        }
+    }
+
+    /// Whether the id was ever allocated (by either side), open or closed.
+    pub fn was_allocated(&self, id: ChannelId) -> bool {
+        match self.is_local(id) {
+            true => id < self.next_local,
+            false => id != 0 && id <= self.last_remote,
         }
     }
 
@@ -392,6 +404,22 @@ impl Mux {
         self.channels
             .get(&id)
             .map_or(0, |c| (c.send_credit as usize).saturating_sub(c.queued))
+    }
+
+    /// Credit the peer still has on a channel: what it may send before the next grant.
+    pub fn recv_credit(&self, id: ChannelId) -> u32 {
+        self.channels.get(&id).map_or(0, |c| c.recv_credit)
+    }
+
+    /// Data bytes queued on all channels.
+    pub fn queued_data(&self) -> usize {
+        self.channels.values().map(|c| c.queued).sum()
+    }
+
+    /// Removes a channel without telling the peer (it knows already, from a
+    /// control message).
+    pub fn forget(&mut self, id: ChannelId) {
+        self.remove(id);
     }
 
     /// Bytes queued on a channel and not yet sent.
@@ -482,12 +510,18 @@ impl Mux {
 
     /// Queues bytes for the control channel, ahead of all channel data.
     pub fn send_control(&mut self, bytes: &[u8]) {
+        self.send_control_tagged(bytes, None);
+    }
+
+    /// As [`Mux::send_control`], marking the first frame with `tag`: the
+    /// runtime attaches something to it (a file descriptor) when it writes it.
+    pub fn send_control_tagged(&mut self, bytes: &[u8], mut tag: Option<u64>) {
         for chunk in bytes.chunks(self.peer_max_frame as usize) {
             frame::encode_data_header(0, false, chunk.len() as u32, &mut self.scratch);
             self.scratch.extend_from_slice(chunk);
             let frame = self.scratch.split().freeze();
             self.urgent_bytes += frame.len();
-            self.urgent.push_back(frame);
+            self.urgent.push_back((frame, tag.take()));
         }
     }
 
@@ -524,7 +558,7 @@ impl Mux {
         frame::encode(frame, &mut self.scratch);
         let bytes = self.scratch.split().freeze();
         self.urgent_bytes += bytes.len();
-        self.urgent.push_back(bytes);
+        self.urgent.push_back((bytes, None));
     }
 
     // ── output ────────────────────────────────────────────────────────
@@ -543,12 +577,18 @@ impl Mux {
     /// channel in turn. A data frame comes as two chunks, header then payload
     /// (the payload is a slice of what was queued, not a copy).
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.poll_transmit_tagged().map(|(bytes, _)| bytes)
+    }
+
+    /// As [`Mux::poll_transmit`], with the tag given to
+    /// [`Mux::send_control_tagged`] on the chunk that starts that message.
+    pub fn poll_transmit_tagged(&mut self) -> Option<(Bytes, Option<u64>)> {
         if let Some(payload) = self.pending_payload.take() {
-            return Some(payload);
+            return Some((payload, None));
         }
-        if let Some(frame) = self.urgent.pop_front() {
+        if let Some((frame, tag)) = self.urgent.pop_front() {
             self.urgent_bytes -= frame.len();
-            return Some(frame);
+            return Some((frame, tag));
         }
         while let Some(id) = self.ready.pop_front() {
             let Some(channel) = self.channels.get_mut(&id) else {
@@ -570,7 +610,7 @@ impl Mux {
             if fin {
                 self.retire_if_done(id);
             }
-            return Some(header);
+            return Some((header, None));
         }
         None
     }

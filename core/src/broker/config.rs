@@ -1,0 +1,127 @@
+//! The broker's limits: every one has a default, a config key, a typed error
+//! and a log line.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::control::AnnouncedLimits;
+use crate::mux::{MuxConfig, DEFAULT_MAX_FRAME};
+
+/// Limits, deserializable from TOML (`[limits]`, durations in milliseconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// A connection has this long to complete shs1.
+    #[serde(with = "millis", rename = "handshake_timeout_ms")]
+    pub handshake_timeout: Duration,
+    /// ... and then this long to send its hello.
+    #[serde(with = "millis", rename = "hello_timeout_ms")]
+    pub hello_timeout: Duration,
+    /// A connection silent this long is pinged.
+    #[serde(with = "millis", rename = "idle_timeout_ms")]
+    pub idle_timeout: Duration,
+    /// ... and closed if it stays silent this much longer.
+    #[serde(with = "millis", rename = "dead_peer_timeout_ms")]
+    pub dead_peer_timeout: Duration,
+    /// The target of an open has this long to accept or reject.
+    #[serde(with = "millis", rename = "open_timeout_ms")]
+    pub open_timeout: Duration,
+    /// Connections in all.
+    pub max_connections: usize,
+    /// Connections of one key.
+    pub max_connections_per_key: usize,
+    /// Connections still in the handshake.
+    pub max_handshaking: usize,
+    /// Channels one key may hold (relayed, or waiting to be answered), over all its connections.
+    pub max_channels_per_key: usize,
+    /// Opens one key may have unanswered.
+    pub max_pending_opens_per_key: usize,
+    /// Largest frame payload accepted.
+    pub max_frame: u32,
+    /// Credit each direction of a channel starts with.
+    pub initial_window: u32,
+    /// Most bytes the broker holds or lets be in flight for one channel
+    /// direction, whatever the receiver grants.
+    pub max_window: u32,
+    /// Control bytes queued for a connection before it is a slow reader.
+    pub max_control_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            dead_peer_timeout: Duration::from_secs(30),
+            open_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_connections_per_key: 64,
+            max_handshaking: 256,
+            max_channels_per_key: 4096,
+            max_pending_opens_per_key: 64,
+            max_frame: DEFAULT_MAX_FRAME,
+            initial_window: 256 * 1024,
+            max_window: 16 * 1024 * 1024,
+            max_control_queue: 1024 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// What the broker's hello tells each plugin.
+    pub fn announced(&self) -> AnnouncedLimits {
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        AnnouncedLimits {
+            max_frame: self.max_frame,
+            initial_window: self.initial_window,
+            max_window: self.max_window,
+            max_channels: n(self.max_channels_per_key),
+            max_pending_opens: n(self.max_pending_opens_per_key),
+            open_timeout_ms: ms(self.open_timeout),
+            idle_timeout_ms: ms(self.idle_timeout),
+            max_control_queue: n(self.max_control_queue),
+        }
+    }
+
+    /// The mux configuration of each connection. The broker only passes
+    /// credit through, so windows never grow on its side.
+    pub(crate) fn mux_config(&self) -> MuxConfig {
+        MuxConfig {
+            max_frame: self.max_frame,
+            initial_window: self.initial_window,
+            max_window: self.initial_window,
+            max_connection_window: u64::MAX,
+        }
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_from_toml_keep_defaults_for_the_rest() {
+        let limits: Limits = toml::from_str("max_connections = 5\nopen_timeout_ms = 250").unwrap();
+        assert_eq!(limits.max_connections, 5);
+        assert_eq!(limits.open_timeout, Duration::from_millis(250));
+        assert_eq!(limits.max_frame, Limits::default().max_frame);
+        assert!(toml::from_str::<Limits>("max_conections = 5").is_err());
+    }
+}

@@ -1,0 +1,95 @@
+//! One connection as the broker holds it.
+
+use std::collections::BTreeSet;
+
+use crate::control::{ChannelId, ControlDecoder, TransportKind};
+use crate::keys::PublicKey;
+use crate::shs::ServerHandshake;
+use crate::time::Instant;
+use crate::wire::Wire;
+
+use super::policy::Permissions;
+use super::ConnId;
+
+pub(super) enum Stage {
+    /// shs1 in progress.
+    Handshake(Box<ServerHandshake>),
+    /// Authenticated; waiting for the plugin's hello.
+    Hello,
+    /// Talking.
+    Ready,
+}
+
+pub(super) struct Connection {
+    pub(super) transport: TransportKind,
+    pub(super) stage: Stage,
+    pub(super) wire: Option<Wire>,
+    /// The handshake's last message, still to send when the wire took over.
+    pub(super) handshake_tail: Option<bytes::Bytes>,
+    /// Known once the handshake authorized it.
+    pub(super) key: Option<PublicKey>,
+    pub(super) rights: Permissions,
+    pub(super) control: ControlDecoder,
+    /// When the hello arrived (what `list` counts from).
+    pub(super) since: Instant,
+    pub(super) last_input: Instant,
+    pub(super) ping_sent: Option<Instant>,
+    /// The one timer this connection has in the broker's timer set.
+    pub(super) deadline: Option<Instant>,
+    pub(super) watching: bool,
+    /// Where it accepts direct channels (`tcp:HOST:PORT`), from its register.
+    pub(super) direct_addr: Option<String>,
+    /// A `Transmit` event is out and not yet drained.
+    pub(super) notified: bool,
+    /// Relayed channel ends on this connection.
+    pub(super) routes: BTreeSet<ChannelId>,
+    /// Opens this connection made that await an answer: (target, target channel).
+    pub(super) opens_out: BTreeSet<(ConnId, ChannelId)>,
+    /// Opens to this connection that it has not answered (its channel ids).
+    pub(super) opens_in: BTreeSet<ChannelId>,
+    /// Route ends here holding credit they could not pass on yet.
+    pub(super) credit_waiting: BTreeSet<ChannelId>,
+    pub(super) bytes_in: u64,
+    pub(super) bytes_out: u64,
+}
+
+impl Connection {
+    pub(super) fn new(transport: TransportKind, handshake: ServerHandshake, now: Instant) -> Self {
+        Connection {
+            transport,
+            stage: Stage::Handshake(Box::new(handshake)),
+            wire: None,
+            handshake_tail: None,
+            key: None,
+            rights: super::policy::Permissions::none(),
+            control: ControlDecoder::default(),
+            since: now,
+            last_input: now,
+            ping_sent: None,
+            deadline: None,
+            watching: false,
+            direct_addr: None,
+            notified: false,
+            routes: BTreeSet::new(),
+            opens_out: BTreeSet::new(),
+            opens_in: BTreeSet::new(),
+            credit_waiting: BTreeSet::new(),
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    pub(super) fn has_output(&self) -> bool {
+        match &self.stage {
+            Stage::Handshake(_) => true, // cheap to ask again
+            _ => self.handshake_tail.is_some() || self.wire.as_ref().is_some_and(Wire::has_output),
+        }
+    }
+
+    /// Bytes queued for this connection and not yet handed to the runtime.
+    pub(super) fn queued(&self) -> usize {
+        self.wire
+            .as_ref()
+            .map_or(0, |w| w.mux.queued_urgent() + w.mux.queued_data())
+    }
+}

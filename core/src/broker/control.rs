@@ -1,0 +1,492 @@
+//! The broker's side of the control protocol: hello, register, list,
+//! watch, stats. Opens and channels are in `relay.rs`.
+
+use bytes::BytesMut;
+
+use crate::control::{
+    self, ErrorCode, KeyStats, Member, Message, NameStats, Presence, RequestId, Usage, MAX_MESSAGE,
+    VERSION,
+};
+use crate::mux::MuxEvent;
+use crate::time::Instant;
+
+use super::connection::Stage;
+use super::policy::any_matches;
+use super::registry::{Holder, RegisterError, Registered};
+use super::{Broker, ConnId};
+
+/// Room for the fixed part of a page message around its entries.
+const PAGE_BUDGET: usize = MAX_MESSAGE - 64;
+
+impl Broker {
+    /// Handles everything the mux of `conn` has for the broker.
+    pub(super) fn drain_mux(&mut self, now: Instant, conn: ConnId) {
+        loop {
+            let Some(event) = self
+                .conns
+                .get_mut(&conn)
+                .and_then(|c| c.wire.as_mut())
+                .and_then(|w| w.mux.poll_event())
+            else {
+                return;
+            };
+            match event {
+                MuxEvent::Control(bytes) => self.on_control_bytes(now, conn, &bytes),
+                MuxEvent::Pong { .. } => {}
+                MuxEvent::GoAway { code, reason } => {
+                    self.disconnect(now, conn, format!("went away ({code}): {reason}"));
+                    return;
+                }
+                relayed => self.on_channel_event(now, conn, relayed),
+            }
+        }
+    }
+
+    fn on_control_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.control.push(bytes);
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            match c.control.next() {
+                Ok(Some(message)) => self.on_message(now, conn, message),
+                Ok(None) => return,
+                Err(e) => {
+                    let reason = format!("malformed control message: {e}");
+                    return self.close(now, conn, ErrorCode::ProtocolViolation, reason);
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, now: Instant, conn: ConnId, message: Message) {
+        let stage_ready = matches!(self.conns[&conn].stage, Stage::Ready);
+        match (stage_ready, message) {
+            (
+                false,
+                Message::ClientHello {
+                    min_version,
+                    max_version,
+                    ..
+                },
+            ) => self.on_hello(now, conn, min_version, max_version),
+            (false, other) => self.close(
+                now,
+                conn,
+                ErrorCode::ProtocolViolation,
+                format!("{} before hello", kind(&other)),
+            ),
+            (
+                true,
+                Message::Register {
+                    request,
+                    name,
+                    wait,
+                    direct_addr,
+                },
+            ) => self.on_register(now, conn, request, name, wait, direct_addr),
+            (true, Message::List { request }) => self.on_list(now, conn, request),
+            (true, Message::Watch { request }) => self.on_watch(now, conn, request),
+            (true, Message::Unwatch { request }) => {
+                let c = self.conns.get_mut(&conn).expect("handling its message");
+                let reply = match std::mem::replace(&mut c.watching, false) {
+                    true => Message::Ok { request },
+                    false => error(request, ErrorCode::WatchState, "not watching".into()),
+                };
+                self.watchers.remove(&conn);
+                self.reply(conn, &reply);
+            }
+            (true, Message::Stats { request }) => self.on_stats(now, conn, request),
+            (
+                true,
+                Message::Open {
+                    request,
+                    channel,
+                    direct,
+                    name,
+                    protocol,
+                    metadata,
+                },
+            ) => self.on_open(
+                now, conn, request, channel, direct, name, protocol, metadata,
+            ),
+            (true, Message::Accept { channel }) => self.on_accept(now, conn, channel),
+            (true, Message::Reject { channel, reason }) => {
+                self.on_reject(now, conn, channel, reason)
+            }
+            (true, Message::DirectFailed { channel }) => self.on_direct_failed(conn, channel),
+            (true, other) => self.close(
+                now,
+                conn,
+                ErrorCode::ProtocolViolation,
+                format!("{} is not a plugin's message here", kind(&other)),
+            ),
+        }
+    }
+
+    fn on_hello(&mut self, now: Instant, conn: ConnId, min_version: u16, max_version: u16) {
+        if !(min_version..=max_version).contains(&VERSION) {
+            let reason = format!(
+                "the plugin speaks versions {min_version}..={max_version}, the broker {VERSION}"
+            );
+            return self.close(now, conn, ErrorCode::UnsupportedVersion, reason);
+        }
+        let idle = self.config.limits.idle_timeout;
+        let hello = Message::BrokerHello {
+            version: VERSION,
+            features: 0,
+            transport: self.conns[&conn].transport,
+            limits: self.config.limits.announced(),
+        };
+        let c = self.conns.get_mut(&conn).expect("handling its message");
+        c.stage = Stage::Ready;
+        c.since = now;
+        self.set_deadline(conn, Some(now + idle));
+        self.reply(conn, &hello);
+    }
+
+    fn on_register(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        request: RequestId,
+        name: control::Name,
+        wait: bool,
+        direct_addr: String,
+    ) {
+        let c = &self.conns[&conn];
+        let key = c.key.expect("ready connections are authenticated");
+        if !any_matches(&c.rights.register, &name) {
+            let message = format!("{key} may not register {name}");
+            return self.refuse(conn, request, ErrorCode::NotPermitted, message);
+        }
+        if !direct_addr.is_empty() && !is_tcp_address(&direct_addr) {
+            let message = format!("direct address {direct_addr:?} is not tcp:HOST:PORT");
+            return self.refuse(conn, request, ErrorCode::Malformed, message);
+        }
+        let holder = Holder {
+            conn,
+            key,
+            transport: c.transport,
+            since: c.since,
+        };
+        match self.registry.register(holder, &name, wait) {
+            Ok(registered) => {
+                let c = self.conns.get_mut(&conn).expect("handling its message");
+                c.direct_addr = (!direct_addr.is_empty()).then_some(direct_addr);
+                let queued = registered == Registered::Queued;
+                self.reply(conn, &Message::Registered { request, queued });
+                if let Registered::Owner(presence) = registered {
+                    self.announce(now, presence);
+                }
+            }
+            Err(RegisterError::Taken) => {
+                let owner = self.registry.owner(&name).map(|h| h.key);
+                let message = match owner {
+                    Some(owner) => format!("{name} is taken by {owner}"),
+                    None => format!("{name} is taken"),
+                };
+                self.refuse(conn, request, ErrorCode::NameTaken, message);
+            }
+            Err(RegisterError::AlreadyRegistered) => {
+                let message = "this connection already registered a name".into();
+                self.refuse(conn, request, ErrorCode::AlreadyRegistered, message);
+            }
+        }
+    }
+
+    /// The current members, ready for a page.
+    fn members(&self, now: Instant) -> Vec<Member> {
+        self.registry
+            .members()
+            .map(|(name, holder)| Member {
+                name: name.clone(),
+                key: holder.key,
+                transport: holder.transport,
+                connected_ms: millis(now - holder.since),
+            })
+            .collect()
+    }
+
+    fn on_list(&mut self, now: Instant, conn: ConnId, request: RequestId) {
+        if !self.conns[&conn].rights.list {
+            return self.refuse(
+                conn,
+                request,
+                ErrorCode::NotPermitted,
+                "may not list".into(),
+            );
+        }
+        let members = self.members(now);
+        for (members, last) in pages(members, Member::encoded_len) {
+            self.reply(
+                conn,
+                &Message::ListPage {
+                    request,
+                    last,
+                    members,
+                },
+            );
+        }
+    }
+
+    fn on_watch(&mut self, now: Instant, conn: ConnId, request: RequestId) {
+        let c = &self.conns[&conn];
+        if !c.rights.watch {
+            return self.refuse(
+                conn,
+                request,
+                ErrorCode::NotPermitted,
+                "may not watch".into(),
+            );
+        }
+        if c.watching {
+            return self.refuse(
+                conn,
+                request,
+                ErrorCode::WatchState,
+                "already watching".into(),
+            );
+        }
+        let seq = self.registry.seq();
+        let members = self.members(now);
+        for (members, last) in pages(members, Member::encoded_len) {
+            self.reply(
+                conn,
+                &Message::Snapshot {
+                    request,
+                    seq,
+                    last,
+                    members,
+                },
+            );
+        }
+        self.conns
+            .get_mut(&conn)
+            .expect("handling its message")
+            .watching = true;
+        self.watchers.insert(conn);
+    }
+
+    fn on_stats(&mut self, _now: Instant, conn: ConnId, request: RequestId) {
+        if !self.conns[&conn].rights.stats {
+            return self.refuse(
+                conn,
+                request,
+                ErrorCode::NotPermitted,
+                "may not ask for stats".into(),
+            );
+        }
+        // Per connection, then summed per key and looked up per name.
+        let mut per_key: std::collections::BTreeMap<[u8; 32], Usage> = Default::default();
+        for c in self.conns.values() {
+            let Some(key) = c.key else { continue };
+            let usage = per_key.entry(key.0).or_insert_with(empty_usage);
+            usage.connections += 1;
+            usage.channels += (c.routes.len() + c.opens_out.len()) as u32;
+            usage.bytes_in += c.bytes_in;
+            usage.bytes_out += c.bytes_out;
+            usage.queued += c.queued() as u64;
+        }
+        let keys: Vec<KeyStats> = per_key
+            .into_iter()
+            .map(|(key, usage)| KeyStats {
+                key: crate::keys::PublicKey(key),
+                usage,
+            })
+            .collect();
+        let names: Vec<NameStats> = self
+            .registry
+            .members()
+            .map(|(name, holder)| {
+                let c = &self.conns[&holder.conn];
+                NameStats {
+                    name: name.clone(),
+                    key: holder.key,
+                    usage: Usage {
+                        connections: 1,
+                        channels: (c.routes.len() + c.opens_out.len()) as u32,
+                        bytes_in: c.bytes_in,
+                        bytes_out: c.bytes_out,
+                        queued: c.queued() as u64,
+                    },
+                }
+            })
+            .collect();
+        // Keys first, then names; each page under the message limit.
+        let key_pages = pages(keys, |_| 32 + 28);
+        let name_pages = pages(names, |n: &NameStats| 1 + n.name.as_str().len() + 32 + 28);
+        let total = key_pages.len() + name_pages.len();
+        let mut sent = 0;
+        for (keys, _) in key_pages {
+            sent += 1;
+            let last = sent == total;
+            let page = Message::StatsPage {
+                request,
+                last,
+                keys,
+                names: Vec::new(),
+            };
+            self.reply(conn, &page);
+        }
+        for (names, _) in name_pages {
+            sent += 1;
+            let last = sent == total;
+            let page = Message::StatsPage {
+                request,
+                last,
+                keys: Vec::new(),
+                names,
+            };
+            self.reply(conn, &page);
+        }
+    }
+
+    /// Tells every watcher about a change: encoded once, queued for each.
+    pub(super) fn announce(&mut self, now: Instant, mut presence: Presence) {
+        let since = |broker: &Broker, conn: ConnId| {
+            broker.conns.get(&conn).map_or(0, |c| millis(now - c.since))
+        };
+        match &mut presence {
+            Presence::Up(member) | Presence::OwnerChanged { new: member, .. } => {
+                if let Some(holder) = self.registry.owner(&member.name) {
+                    member.connected_ms = since(self, holder.conn);
+                }
+            }
+            Presence::Down { .. } => {}
+        }
+        let event = Message::PresenceEvent {
+            seq: self.registry.seq(),
+            presence,
+        };
+        let mut encoded = BytesMut::new();
+        control::encode(&event, &mut encoded);
+        let watchers: Vec<ConnId> = self.watchers.iter().copied().collect();
+        for watcher in watchers {
+            self.reply_encoded(watcher, &encoded);
+        }
+    }
+
+    /// Answers a request with an error (and logs the refusal).
+    pub(super) fn refuse(
+        &mut self,
+        conn: ConnId,
+        request: RequestId,
+        code: ErrorCode,
+        message: String,
+    ) {
+        let key = self.conns.get(&conn).and_then(|c| c.key);
+        self.log(conn, key, Some(code), format!("refused: {message}"));
+        self.reply(conn, &error(request, code, message));
+    }
+}
+
+pub(super) fn error(request: RequestId, code: ErrorCode, message: String) -> Message {
+    Message::Error {
+        request,
+        code,
+        message,
+    }
+}
+
+fn empty_usage() -> Usage {
+    Usage {
+        connections: 0,
+        channels: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        queued: 0,
+    }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Cuts `items` into pages that fit a control message; always at least one
+/// (possibly empty) page, and only the last is marked last.
+fn pages<T>(items: Vec<T>, size: impl Fn(&T) -> usize) -> Vec<(Vec<T>, bool)> {
+    let mut pages = Vec::new();
+    let mut page = Vec::new();
+    let mut used = 0;
+    for item in items {
+        let len = size(&item);
+        if used + len > PAGE_BUDGET && !page.is_empty() {
+            pages.push((std::mem::take(&mut page), false));
+            used = 0;
+        }
+        used += len;
+        page.push(item);
+    }
+    pages.push((page, true));
+    pages
+}
+
+/// `tcp:HOST:PORT` with a port number.
+fn is_tcp_address(addr: &str) -> bool {
+    addr.strip_prefix("tcp:")
+        .and_then(|rest| rest.rsplit_once(':'))
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+/// A message's name, for errors.
+fn kind(message: &Message) -> &'static str {
+    match message {
+        Message::ClientHello { .. } => "hello",
+        Message::BrokerHello { .. } => "broker hello",
+        Message::Register { .. } => "register",
+        Message::List { .. } => "list",
+        Message::Watch { .. } => "watch",
+        Message::Unwatch { .. } => "unwatch",
+        Message::Stats { .. } => "stats",
+        Message::Open { .. } => "open",
+        Message::Accept { .. } => "accept",
+        Message::Reject { .. } => "reject",
+        Message::DirectFailed { .. } => "direct-failed",
+        Message::Error { .. } => "error",
+        Message::Ok { .. } => "ok",
+        Message::Registered { .. } => "registered",
+        Message::NameAcquired { .. } => "name-acquired",
+        Message::ListPage { .. } => "list page",
+        Message::Snapshot { .. } => "snapshot",
+        Message::PresenceEvent { .. } => "presence event",
+        Message::StatsPage { .. } => "stats page",
+        Message::Incoming { .. } => "incoming",
+        Message::Opened { .. } => "opened",
+        Message::ChannelPath { .. } => "channel path",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_addresses() {
+        assert!(is_tcp_address("tcp:example.org:8008"));
+        assert!(is_tcp_address("tcp:[::1]:8008"));
+        assert!(!is_tcp_address("tcp:example.org"));
+        assert!(!is_tcp_address("unix:/tmp/x"));
+        assert!(!is_tcp_address("tcp::80"));
+        assert!(!is_tcp_address("tcp:h:99999"));
+    }
+
+    #[test]
+    fn pages_respect_the_budget() {
+        let pages = pages(vec![1000usize; 200], |n| *n);
+        assert!(pages.len() > 1);
+        assert!(pages
+            .iter()
+            .all(|(p, _)| p.iter().sum::<usize>() <= PAGE_BUDGET));
+        assert_eq!(pages.iter().filter(|(_, last)| *last).count(), 1);
+        assert!(pages.last().unwrap().1);
+        assert_eq!(pages.iter().map(|(p, _)| p.len()).sum::<usize>(), 200);
+        assert_eq!(
+            super::pages(Vec::<usize>::new(), |n| *n),
+            vec![(vec![], true)]
+        );
+    }
+}

@@ -1,0 +1,861 @@
+//! The broker: one state machine that owns every connection from accept to
+//! close (handshake → wire → mux → control), the registry of names, the
+//! watchers, the relay table, the policy, the limits and the timers.
+//!
+//! A runtime drives it with the usual face: [`Broker::accept`] a socket,
+//! feed its bytes to [`Broker::handle_input`], write what
+//! [`Broker::poll_transmit`] gives for a connection when
+//! [`Event::Transmit`] says it has something, close sockets on
+//! [`Event::Close`], and call [`Broker::handle_timeout`] at
+//! [`Broker::poll_timeout`].
+
+mod config;
+mod connection;
+mod control;
+pub mod policy;
+pub mod registry;
+mod relay;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use rand_core::CryptoRngCore;
+
+pub use config::Limits;
+pub use policy::{Permissions, Policy};
+
+use crate::control::{ChannelId, ErrorCode, Message, RequestId, TransportKind};
+use crate::keys::PublicKey;
+use crate::mux::Mux;
+use crate::shs::{self, HandshakeConfig, ServerHandshake};
+use crate::time::Instant;
+use crate::wire::{Wire, WireError};
+use connection::{Connection, Stage};
+use registry::Registry;
+
+/// A connection, as the broker names it. Never reused.
+pub type ConnId = u64;
+/// A socketpair the runtime is asked to create for a direct channel.
+pub type PairId = u64;
+
+/// What the broker runs with.
+#[derive(Clone)]
+pub struct BrokerConfig {
+    /// The broker's identity and network key.
+    pub handshake: Arc<HandshakeConfig>,
+    /// Limits.
+    pub limits: Limits,
+    /// Who may do what.
+    pub policy: Policy,
+    /// The runtime can pass file descriptors (socketpairs for direct channels
+    /// between unix-socket plugins).
+    pub fd_passing: bool,
+    /// Use box-stream on unix sockets too.
+    pub boxstream_on_unix: bool,
+}
+
+impl BrokerConfig {
+    /// Defaults for everything but the identity.
+    pub fn new(handshake: HandshakeConfig) -> Self {
+        let mut limits = Limits::default();
+        limits.handshake_timeout = handshake.timeout;
+        BrokerConfig {
+            handshake: Arc::new(handshake),
+            limits,
+            policy: Policy::default(),
+            fd_passing: false,
+            boxstream_on_unix: false,
+        }
+    }
+}
+
+/// Which end of a socketpair goes where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PairEnd {
+    /// The end for the plugin that opened the channel.
+    Opener,
+    /// The end for the plugin that accepted it.
+    Target,
+}
+
+/// Bytes for one connection's socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// What to write.
+    pub data: Bytes,
+    /// A socketpair end to pass with these bytes, in the same `sendmsg`
+    /// (the bytes start the frame that announces it).
+    pub fd: Option<(PairId, PairEnd)>,
+}
+
+/// What the broker tells its runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The connection has bytes to write: call [`Broker::poll_transmit`]
+    /// for it until it returns `None` (or the socket is full; resume when
+    /// it is writable).
+    Transmit(ConnId),
+    /// The broker ended this connection and already forgot it: write
+    /// `last_words` if you can, then close the socket.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// The final frames (a GOAWAY that says why; box-stream's goodbye).
+        last_words: Bytes,
+        /// Why, for the log.
+        reason: String,
+    },
+    /// Create a socketpair, keep both ends under this id, and answer with
+    /// [`Broker::socketpair_ready`].
+    CreateSocketPair(PairId),
+    /// Something worth a log line: every refusal and every disconnect.
+    Log(LogEntry),
+}
+
+/// A log line with its subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// The connection concerned.
+    pub conn: ConnId,
+    /// Its key, once known.
+    pub key: Option<PublicKey>,
+    /// The cause, as a code where there is one.
+    pub code: Option<ErrorCode>,
+    /// What happened.
+    pub message: String,
+}
+
+/// Why [`Broker::accept`] turned a socket away (close it at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AcceptError {
+    /// `max_connections` reached.
+    #[error("the broker holds as many connections as it may")]
+    TooManyConnections,
+    /// `max_handshaking` reached.
+    #[error("too many connections are still in their handshake")]
+    TooManyHandshaking,
+}
+
+/// What one key holds, over all its connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyUsage {
+    /// Authenticated connections.
+    pub connections: usize,
+    /// Relayed channels (both ends count, for each end's key).
+    pub channels: usize,
+    /// Opens it made that are not answered.
+    pub pending_opens: usize,
+    /// Incoming opens to it that it has not answered.
+    pub pending_incoming: usize,
+}
+
+impl KeyUsage {
+    fn is_empty(&self) -> bool {
+        *self == KeyUsage::default()
+    }
+}
+
+/// A timer in the broker's one ordered set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// The connection's deadline (handshake, hello, or idle).
+    Conn(ConnId),
+    /// An open's deadline, by its target end.
+    Open(ConnId, ChannelId),
+}
+
+/// An open waiting for its target's answer (or for a socketpair).
+struct PendingOpen {
+    opener: ConnId,
+    opener_channel: ChannelId,
+    request: RequestId,
+    opener_key: PublicKey,
+    target_key: PublicKey,
+    deadline: Instant,
+    plan: DirectPlan,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DirectPlan {
+    Relay,
+    SocketPair,
+    Dial { addr: String, token: [u8; 32] },
+}
+
+/// The broker.
+pub struct Broker {
+    config: BrokerConfig,
+    owner: PublicKey,
+    rng: Box<dyn CryptoRngCore + Send>,
+    conns: BTreeMap<ConnId, Connection>,
+    next_conn: ConnId,
+    handshaking: usize,
+    usage: HashMap<PublicKey, KeyUsage>,
+    registry: Registry,
+    watchers: BTreeSet<ConnId>,
+    routes: relay::Routes,
+    /// By target end.
+    pending: BTreeMap<(ConnId, ChannelId), PendingOpen>,
+    /// Accepted opens waiting for the runtime's socketpair, by pair.
+    pairs: BTreeMap<PairId, (ConnId, ChannelId, PendingOpen)>,
+    next_pair: PairId,
+    timers: BTreeSet<(Instant, Timer)>,
+    events: VecDeque<Event>,
+    /// Connections that did not read what they asked for: closed at the
+    /// end of the current call.
+    slow: Vec<ConnId>,
+    scratch: BytesMut,
+}
+
+impl Broker {
+    /// A broker with no connections. `rng` makes ephemeral keys and direct
+    /// channel tokens.
+    pub fn new(config: BrokerConfig, rng: Box<dyn CryptoRngCore + Send>) -> Self {
+        Broker {
+            owner: config.handshake.keypair.public(),
+            config,
+            rng,
+            conns: BTreeMap::new(),
+            next_conn: 1,
+            handshaking: 0,
+            usage: HashMap::new(),
+            registry: Registry::default(),
+            watchers: BTreeSet::new(),
+            routes: relay::Routes::default(),
+            pending: BTreeMap::new(),
+            pairs: BTreeMap::new(),
+            next_pair: 1,
+            timers: BTreeSet::new(),
+            events: VecDeque::new(),
+            slow: Vec::new(),
+            scratch: BytesMut::new(),
+        }
+    }
+
+    /// The broker's key.
+    pub fn public_key(&self) -> PublicKey {
+        self.owner
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    // ── the face ──────────────────────────────────────────────────────
+
+    /// A socket was accepted. Its handshake starts; the timer runs.
+    pub fn accept(
+        &mut self,
+        now: Instant,
+        transport: TransportKind,
+    ) -> Result<ConnId, AcceptError> {
+        let limits = &self.config.limits;
+        let refusal = if self.conns.len() >= limits.max_connections {
+            Some(AcceptError::TooManyConnections)
+        } else if self.handshaking >= limits.max_handshaking {
+            Some(AcceptError::TooManyHandshaking)
+        } else {
+            None
+        };
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        if let Some(error) = refusal {
+            self.log(
+                conn,
+                None,
+                Some(ErrorCode::TooManyConnections),
+                error.to_string(),
+            );
+            return Err(error);
+        }
+        let handshake = ServerHandshake::new(self.config.handshake.clone(), &mut self.rng, now);
+        self.conns
+            .insert(conn, Connection::new(transport, handshake, now));
+        self.handshaking += 1;
+        self.set_deadline(conn, Some(now + limits.handshake_timeout));
+        self.wake(conn);
+        Ok(conn)
+    }
+
+    /// Bytes arrived on a connection.
+    pub fn handle_input(&mut self, now: Instant, conn: ConnId, input: &[u8]) {
+        self.input(now, conn, Input::Borrowed(input));
+        self.finish_call(now);
+    }
+
+    /// As [`Broker::handle_input`], keeping the buffer without a copy where it can.
+    pub fn handle_input_owned(&mut self, now: Instant, conn: ConnId, input: BytesMut) {
+        self.input(now, conn, Input::Owned(input));
+        self.finish_call(now);
+    }
+
+    /// The peer closed its end (EOF).
+    pub fn handle_eof(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let reason = match (&mut c.stage, &mut c.wire) {
+            (Stage::Handshake(handshake), _) => match handshake.handle_eof() {
+                Err(e) => e.to_string(),
+                Ok(()) => "closed during the handshake".into(),
+            },
+            (_, Some(wire)) => match wire.handle_eof() {
+                Ok(()) => "closed by the peer".into(),
+                Err(e) => format!("closed by the peer: {e}"),
+            },
+            (_, None) => "closed by the peer".into(),
+        };
+        self.disconnect(now, conn, reason);
+        self.finish_call(now);
+    }
+
+    /// The socket failed or the runtime gave up on it.
+    pub fn handle_disconnect(&mut self, now: Instant, conn: ConnId, reason: &str) {
+        self.disconnect(now, conn, reason.to_owned());
+        self.finish_call(now);
+    }
+
+    /// The next bytes to write to `conn`.
+    pub fn poll_transmit(&mut self, conn: ConnId) -> Option<Transmit> {
+        let c = self.conns.get_mut(&conn)?;
+        let out = match (&mut c.stage, &mut c.wire) {
+            (Stage::Handshake(handshake), _) => handshake
+                .poll_transmit()
+                .map(|data| Transmit { data, fd: None }),
+            (_, _) if c.handshake_tail.is_some() => c
+                .handshake_tail
+                .take()
+                .map(|data| Transmit { data, fd: None }),
+            (_, Some(wire)) => wire.poll_transmit().map(|(data, tag)| Transmit {
+                data,
+                fd: tag.map(relay::decode_pair_tag),
+            }),
+            (_, None) => None,
+        };
+        match &out {
+            Some(t) => c.bytes_out += t.data.len() as u64,
+            None => c.notified = false,
+        }
+        if out.is_some() && !c.credit_waiting.is_empty() {
+            self.retry_credit(conn);
+        }
+        out
+    }
+
+    /// The next event for the runtime.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The earliest deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            match timer {
+                Timer::Conn(conn) => self.on_conn_timer(now, conn),
+                Timer::Open(target, channel) => self.on_open_timeout(now, target, channel),
+            }
+        }
+        self.finish_call(now);
+    }
+
+    /// The runtime made (or failed to make) the socketpair for a direct channel.
+    pub fn socketpair_ready(&mut self, now: Instant, pair: PairId, ok: bool) {
+        self.on_socketpair(now, pair, ok);
+        self.finish_call(now);
+    }
+
+    /// Ends every connection, telling each why.
+    pub fn shutdown(&mut self, now: Instant) {
+        let all: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in all {
+            self.close(
+                now,
+                conn,
+                ErrorCode::Shutdown,
+                "the broker is shutting down".into(),
+            );
+        }
+        self.finish_call(now);
+    }
+
+    // ── introspection (stats, tests, simulation) ──────────────────────
+
+    /// Connections held, in any stage.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Connections watching.
+    pub fn watchers(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.watchers.iter().copied()
+    }
+
+    /// What a key holds.
+    pub fn key_usage(&self, key: &PublicKey) -> KeyUsage {
+        self.usage.get(key).copied().unwrap_or_default()
+    }
+
+    /// Relayed channels (each counted once).
+    pub fn route_count(&self) -> usize {
+        self.routes.len() / 2
+    }
+
+    /// Opens not yet answered (including those waiting for a socketpair).
+    pub fn pending_open_count(&self) -> usize {
+        self.pending.len() + self.pairs.len()
+    }
+
+    /// Timers set.
+    pub fn timer_count(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Keys with anything accounted to them.
+    pub fn key_count(&self) -> usize {
+        self.usage.len()
+    }
+
+    /// Bytes the broker holds for all connections: queued output, and input
+    /// buffered short of a whole frame.
+    pub fn buffered_bytes(&self) -> usize {
+        self.conns
+            .values()
+            .map(|c| {
+                c.queued()
+                    + c.control.buffered()
+                    + c.wire.as_ref().map_or(0, |w| w.mux.buffered_input())
+            })
+            .sum()
+    }
+
+    /// Bytes queued for one connection.
+    pub fn queued_for(&self, conn: ConnId) -> usize {
+        self.conns.get(&conn).map_or(0, Connection::queued)
+    }
+
+    /// The key of a connection, once authenticated.
+    pub fn key_of(&self, conn: ConnId) -> Option<PublicKey> {
+        self.conns.get(&conn).and_then(|c| c.key)
+    }
+
+    // ── input ─────────────────────────────────────────────────────────
+
+    fn input(&mut self, now: Instant, conn: ConnId, input: Input<'_>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.bytes_in += input.len() as u64;
+        c.last_input = now;
+        c.ping_sent = None;
+        let result = match (&mut c.stage, &mut c.wire) {
+            (Stage::Handshake(handshake), _) => {
+                let result = handshake.handle_input(now, input.as_slice());
+                match result {
+                    Ok(()) => self.advance_handshake(now, conn),
+                    Err(e) => {
+                        self.handshake_failed(now, conn, e);
+                        return;
+                    }
+                }
+                return;
+            }
+            (_, Some(wire)) => match input {
+                Input::Borrowed(bytes) => wire.handle_input(bytes),
+                Input::Owned(bytes) => wire.handle_input_owned(bytes),
+            },
+            (_, None) => return,
+        };
+        self.after_wire_input(now, conn, result);
+    }
+
+    /// Handles what the mux made of the input, then the input's fate.
+    fn after_wire_input(&mut self, now: Instant, conn: ConnId, result: Result<(), WireError>) {
+        self.drain_mux(now, conn);
+        match result {
+            Ok(()) => {}
+            Err(WireError::Goodbye) => self.disconnect(now, conn, "said goodbye".into()),
+            Err(WireError::BoxStream(e)) => self.disconnect(now, conn, format!("box-stream: {e}")),
+            Err(WireError::Mux(e)) => {
+                self.close(now, conn, ErrorCode::ProtocolViolation, e.to_string())
+            }
+        }
+    }
+
+    fn advance_handshake(&mut self, now: Instant, conn: ConnId) {
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            let Stage::Handshake(handshake) = &mut c.stage else {
+                return;
+            };
+            match handshake.poll_event() {
+                None => {
+                    self.wake(conn);
+                    return;
+                }
+                Some(shs::Event::Authorize(key)) => {
+                    let decision = self.admit(conn, key);
+                    let Some(c) = self.conns.get_mut(&conn) else {
+                        return;
+                    };
+                    let Stage::Handshake(handshake) = &mut c.stage else {
+                        return;
+                    };
+                    if let Err(e) = handshake.authorize(decision.is_ok()) {
+                        let reason = decision.err().unwrap_or_else(|| e.to_string());
+                        self.log(
+                            conn,
+                            Some(key),
+                            Some(ErrorCode::NotPermitted),
+                            reason.clone(),
+                        );
+                        self.drop_connection(now, conn, reason);
+                        return;
+                    }
+                }
+                Some(shs::Event::Established(established)) => {
+                    self.established(now, conn, established);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The policy and the per-key limit decide on a key that completed the handshake.
+    fn admit(&mut self, conn: ConnId, key: PublicKey) -> Result<(), String> {
+        let c = &self.conns[&conn];
+        let Some(rights) = self.config.policy.rights(&key, c.transport, &self.owner) else {
+            return Err(format!("{key} is not admitted over {:?}", c.transport));
+        };
+        let usage = self.usage.entry(key).or_default();
+        if usage.connections >= self.config.limits.max_connections_per_key {
+            let n = usage.connections;
+            self.forget_key_if_idle(&key);
+            return Err(format!("{key} already has {n} connections"));
+        }
+        usage.connections += 1;
+        let c = self.conns.get_mut(&conn).expect("checked above");
+        c.key = Some(key);
+        c.rights = rights;
+        Ok(())
+    }
+
+    fn established(&mut self, now: Instant, conn: ConnId, established: shs::Established) {
+        self.handshaking -= 1;
+        let boxed = self.config.boxstream_on_unix;
+        let mux = Mux::new(crate::mux::Side::Listener, self.config.limits.mux_config());
+        let hello_timeout = self.config.limits.hello_timeout;
+        let c = self.conns.get_mut(&conn).expect("caller holds it");
+        if let Stage::Handshake(handshake) = &mut c.stage {
+            c.handshake_tail = handshake.poll_transmit();
+        }
+        c.wire = Some(match (c.transport, boxed) {
+            (TransportKind::Unix, false) => Wire::plain(mux),
+            _ => Wire::boxed(mux, &established.keys),
+        });
+        c.stage = Stage::Hello;
+        self.set_deadline(conn, Some(now + hello_timeout));
+        self.wake(conn);
+        if !established.early_data.is_empty() {
+            let c = self.conns.get_mut(&conn).expect("still here");
+            let wire = c.wire.as_mut().expect("just set");
+            let result = wire.handle_input(&established.early_data);
+            self.after_wire_input(now, conn, result);
+        }
+    }
+
+    fn handshake_failed(&mut self, now: Instant, conn: ConnId, error: shs::HandshakeError) {
+        self.drop_connection(now, conn, format!("handshake failed: {error}"));
+    }
+
+    // ── connection timers ─────────────────────────────────────────────
+
+    fn set_deadline(&mut self, conn: ConnId, deadline: Option<Instant>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if let Some(old) = c.deadline.take() {
+            self.timers.remove(&(old, Timer::Conn(conn)));
+        }
+        if let Some(at) = deadline {
+            c.deadline = Some(at);
+            self.timers.insert((at, Timer::Conn(conn)));
+        }
+    }
+
+    fn on_conn_timer(&mut self, now: Instant, conn: ConnId) {
+        let limits = self.config.limits.clone();
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.deadline = None;
+        match c.stage {
+            Stage::Handshake(_) => {
+                self.drop_connection(now, conn, "handshake timed out".into());
+            }
+            Stage::Hello => self.close(
+                now,
+                conn,
+                ErrorCode::HelloTimeout,
+                "no hello in time".into(),
+            ),
+            Stage::Ready => match c.ping_sent {
+                Some(sent) if now >= sent + limits.dead_peer_timeout => self.close(
+                    now,
+                    conn,
+                    ErrorCode::IdleTimeout,
+                    "no answer to a ping".into(),
+                ),
+                Some(sent) => self.set_deadline(conn, Some(sent + limits.dead_peer_timeout)),
+                None if now >= c.last_input + limits.idle_timeout => {
+                    c.ping_sent = Some(now);
+                    let opaque = now.as_nanos();
+                    if let Some(wire) = c.wire.as_mut() {
+                        wire.mux.ping(opaque);
+                    }
+                    self.wake(conn);
+                    self.set_deadline(conn, Some(now + limits.dead_peer_timeout));
+                }
+                None => {
+                    let at = c.last_input + limits.idle_timeout;
+                    self.set_deadline(conn, Some(at));
+                }
+            },
+        }
+    }
+
+    // ── output helpers ────────────────────────────────────────────────
+
+    /// Emits [`Event::Transmit`] if the connection has output and no event is out.
+    fn wake(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if !c.notified && c.has_output() {
+                c.notified = true;
+                self.events.push_back(Event::Transmit(conn));
+            }
+        }
+    }
+
+    /// Queues a control message the connection did not ask for (an
+    /// incoming open): the caller checked [`Broker::has_room`] first.
+    fn send(&mut self, conn: ConnId, message: &Message) {
+        self.send_tagged(conn, message, None);
+    }
+
+    fn send_tagged(&mut self, conn: ConnId, message: &Message, tag: Option<u64>) {
+        let Some(wire) = self.conns.get_mut(&conn).and_then(|c| c.wire.as_mut()) else {
+            return;
+        };
+        crate::control::encode(message, &mut self.scratch);
+        wire.mux.send_control_tagged(&self.scratch, tag);
+        self.scratch.clear();
+        self.wake(conn);
+    }
+
+    /// Queues what the connection asked for (a reply, a watch event). Under
+    /// the blame rule, one that does not read it in time is disconnected.
+    fn reply(&mut self, conn: ConnId, message: &Message) {
+        self.send(conn, message);
+        if self.queued_control(conn) > self.config.limits.max_control_queue {
+            self.slow.push(conn);
+        }
+    }
+
+    /// Queues pre-encoded control bytes (a watch event shared by all watchers).
+    fn reply_encoded(&mut self, conn: ConnId, encoded: &[u8]) {
+        let Some(wire) = self.conns.get_mut(&conn).and_then(|c| c.wire.as_mut()) else {
+            return;
+        };
+        wire.mux.send_control(encoded);
+        self.wake(conn);
+        if self.queued_control(conn) > self.config.limits.max_control_queue {
+            self.slow.push(conn);
+        }
+    }
+
+    fn queued_control(&self, conn: ConnId) -> usize {
+        self.conns
+            .get(&conn)
+            .and_then(|c| c.wire.as_ref())
+            .map_or(0, |w| w.mux.queued_urgent())
+    }
+
+    /// Whether `conn` can take `len` more control bytes it did not ask for.
+    fn has_room(&self, conn: ConnId, len: usize) -> bool {
+        self.queued_control(conn) + len <= self.config.limits.max_control_queue
+    }
+
+    fn log(
+        &mut self,
+        conn: ConnId,
+        key: Option<PublicKey>,
+        code: Option<ErrorCode>,
+        message: String,
+    ) {
+        self.events.push_back(Event::Log(LogEntry {
+            conn,
+            key,
+            code,
+            message,
+        }));
+    }
+
+    /// Work deferred to the end of every public call: closing slow readers.
+    fn finish_call(&mut self, now: Instant) {
+        while let Some(conn) = self.slow.pop() {
+            if self.conns.contains_key(&conn) {
+                let reason = format!(
+                    "did not read its replies: {} control bytes queued, the limit is {}",
+                    self.queued_control(conn),
+                    self.config.limits.max_control_queue
+                );
+                self.close(now, conn, ErrorCode::SlowReader, reason);
+            }
+        }
+    }
+
+    // ── the end of a connection ───────────────────────────────────────
+
+    /// Ends a connection the broker decided to end: GOAWAY (and box-stream
+    /// goodbye) as last words, then everything it held is released.
+    fn close(&mut self, now: Instant, conn: ConnId, code: ErrorCode, reason: String) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let last_words = match c.wire.as_mut() {
+            Some(wire) => {
+                wire.mux.go_away(code, &reason);
+                wire.last_words()
+            }
+            None => Bytes::new(),
+        };
+        let key = c.key;
+        self.log(conn, key, Some(code), format!("closed: {reason}"));
+        self.teardown(now, conn);
+        self.events.push_back(Event::Close {
+            conn,
+            last_words,
+            reason,
+        });
+    }
+
+    /// Ends a connection without last words (handshake failures, refusals
+    /// there: nothing goes out that the handshake does not send).
+    fn drop_connection(&mut self, now: Instant, conn: ConnId, reason: String) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let key = c.key;
+        self.log(conn, key, None, format!("dropped: {reason}"));
+        self.teardown(now, conn);
+        self.events.push_back(Event::Close {
+            conn,
+            last_words: Bytes::new(),
+            reason,
+        });
+    }
+
+    /// The socket is gone already: release everything, tell nobody but the log.
+    fn disconnect(&mut self, now: Instant, conn: ConnId, reason: String) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let key = c.key;
+        self.log(conn, key, None, format!("disconnected: {reason}"));
+        self.teardown(now, conn);
+    }
+
+    /// Releases everything `conn` held: its name (handed to the next in line
+    /// or freed, and watchers told), its watch, its channels (peers reset),
+    /// its opens (the other side told), its timers and its counts.
+    fn teardown(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        if let Some(deadline) = c.deadline {
+            self.timers.remove(&(deadline, Timer::Conn(conn)));
+        }
+        if matches!(c.stage, Stage::Handshake(_)) {
+            self.handshaking -= 1;
+        }
+        self.watchers.remove(&conn);
+
+        let departure = self.registry.remove(conn);
+        if let Some(presence) = departure.presence {
+            self.announce(now, presence);
+        }
+        if let Some(new_owner) = departure.new_owner {
+            if let Some(name) = self.registry.name_of(new_owner).cloned() {
+                self.reply(new_owner, &Message::NameAcquired { name });
+            }
+        }
+
+        if let Some(key) = c.key {
+            for &channel in &c.routes {
+                self.routes_peer_gone(conn, channel, key);
+            }
+        }
+        for &(target, target_channel) in &c.opens_out {
+            self.cancel_open_by_opener(target, target_channel);
+        }
+        for &channel in &c.opens_in {
+            self.cancel_open_by_target(conn, channel);
+        }
+        self.cancel_pairs_of(conn);
+
+        if let Some(key) = c.key {
+            if let Some(usage) = self.usage.get_mut(&key) {
+                usage.connections -= 1;
+            }
+            self.forget_key_if_idle(&key);
+        }
+    }
+
+    fn forget_key_if_idle(&mut self, key: &PublicKey) {
+        if self.usage.get(key).is_some_and(KeyUsage::is_empty) {
+            self.usage.remove(key);
+        }
+    }
+}
+
+/// Input, borrowed or owned.
+enum Input<'a> {
+    Borrowed(&'a [u8]),
+    Owned(BytesMut),
+}
+
+impl Input<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Input::Borrowed(b) => b.len(),
+            Input::Owned(b) => b.len(),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Input::Borrowed(b) => b,
+            Input::Owned(b) => b,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,666 @@
+//! Channels through the broker: opens and their answers, the relay table,
+//! credit passed end to end, and direct-channel mediation.
+//!
+//! A relayed channel has two ends, (opener connection, opener's id) and
+//! (target connection, broker's id). Data and FIN from one end go to the
+//! other. Credit the receiver grants is passed to the sender only as far
+//! as the broker's bound allows: what the sender may still send plus what
+//! the broker holds for the receiver never exceeds `max_window`.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use crate::control::{
+    self, ChannelId, ChannelPath, ErrorCode, IncomingPath, Message, Name, OpenedPath, RequestId,
+    TransportKind,
+};
+use crate::mux::MuxEvent;
+use crate::time::Instant;
+
+use super::control::error;
+use super::policy::any_matches;
+use super::{Broker, ConnId, DirectPlan, PairEnd, PairId, PendingOpen, Timer};
+
+type End = (ConnId, ChannelId);
+
+struct RouteEnd {
+    peer: End,
+    /// Credit this end granted that is not passed to the peer yet.
+    held: u32,
+    /// This end's mux retired the channel (both FINs).
+    closed: bool,
+}
+
+/// Both ends of every relayed channel.
+#[derive(Default)]
+pub(super) struct Routes {
+    ends: HashMap<End, RouteEnd>,
+}
+
+impl Routes {
+    fn link(&mut self, a: End, b: End) {
+        self.ends.insert(
+            a,
+            RouteEnd {
+                peer: b,
+                held: 0,
+                closed: false,
+            },
+        );
+        self.ends.insert(
+            b,
+            RouteEnd {
+                peer: a,
+                held: 0,
+                closed: false,
+            },
+        );
+    }
+
+    fn peer(&self, end: End) -> Option<End> {
+        self.ends.get(&end).map(|e| e.peer)
+    }
+
+    /// Removes both ends; returns the other one.
+    fn unlink(&mut self, end: End) -> Option<End> {
+        let peer = self.ends.remove(&end)?.peer;
+        self.ends.remove(&peer);
+        Some(peer)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.ends.len()
+    }
+}
+
+/// The mux tag of a frame that carries a socketpair end.
+fn pair_tag(pair: PairId, end: PairEnd) -> u64 {
+    pair << 1 | u64::from(end == PairEnd::Target)
+}
+
+pub(super) fn decode_pair_tag(tag: u64) -> (PairId, PairEnd) {
+    let end = if tag & 1 == 1 {
+        PairEnd::Target
+    } else {
+        PairEnd::Opener
+    };
+    (tag >> 1, end)
+}
+
+impl Broker {
+    // ── opens ─────────────────────────────────────────────────────────
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_open(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        request: RequestId,
+        channel: ChannelId,
+        direct: bool,
+        name: Name,
+        protocol: String,
+        metadata: Bytes,
+    ) {
+        let c = self.conns.get_mut(&conn).expect("handling its message");
+        let key = c.key.expect("ready connections are authenticated");
+        // The id is the opener's to use up, whatever the answer.
+        if let Err(e) = c.wire.as_mut().expect("ready").mux.open_remote(channel) {
+            return self.close(now, conn, ErrorCode::ProtocolViolation, e.to_string());
+        }
+        let may_open = any_matches(&c.rights.open, &name);
+        let limits = &self.config.limits;
+        let usage = self.key_usage(&key);
+        let refusal = if !may_open {
+            Some((
+                ErrorCode::NotPermitted,
+                format!("{key} may not open channels to {name}"),
+            ))
+        } else if usage.channels + usage.pending_opens >= limits.max_channels_per_key {
+            Some((
+                ErrorCode::TooManyChannels,
+                format!("{key} holds {} channels", usage.channels),
+            ))
+        } else if usage.pending_opens >= limits.max_pending_opens_per_key {
+            let n = usage.pending_opens;
+            Some((
+                ErrorCode::TooManyPendingOpens,
+                format!("{key} has {n} unanswered opens"),
+            ))
+        } else {
+            None
+        };
+        if let Some((code, message)) = refusal {
+            return self.refuse_open(conn, channel, request, code, message);
+        }
+        let Some(target) = self.registry.owner(&name).copied() else {
+            let message = format!("nobody has the name {name}");
+            return self.refuse_open(conn, channel, request, ErrorCode::NoSuchName, message);
+        };
+        let target_usage = self.key_usage(&target.key);
+        if target_usage.channels + target_usage.pending_incoming >= limits.max_channels_per_key {
+            let message = format!("{name} holds as many channels as it may");
+            return self.refuse_open(conn, channel, request, ErrorCode::TooManyChannels, message);
+        }
+
+        let plan = self.plan(conn, target.conn, direct);
+        let incoming = Message::Incoming {
+            channel: 0, // the length does not depend on it; set below
+            from_name: self.registry.name_of(conn).cloned(),
+            from_key: key,
+            protocol,
+            metadata,
+            path: match &plan {
+                DirectPlan::Relay => IncomingPath::Relay,
+                DirectPlan::SocketPair => IncomingPath::AwaitPath,
+                DirectPlan::Dial { token, .. } => IncomingPath::ExpectDial { token: *token },
+            },
+        };
+        // Traffic the target did not ask for: refused to the sender if the
+        // target is not keeping up with its control messages.
+        if !self.has_room(target.conn, control::encoded_len(&incoming)) {
+            let message = format!("{name} is not reading its messages");
+            return self.refuse_open(conn, channel, request, ErrorCode::PeerBusy, message);
+        }
+        let t = self
+            .conns
+            .get_mut(&target.conn)
+            .expect("registry holds live connections");
+        let target_channel = t
+            .wire
+            .as_mut()
+            .expect("registered means ready")
+            .mux
+            .open_local();
+        t.opens_in.insert(target_channel);
+        let Message::Incoming {
+            from_name,
+            from_key,
+            protocol,
+            metadata,
+            path,
+            ..
+        } = incoming
+        else {
+            unreachable!("built above")
+        };
+        let incoming = Message::Incoming {
+            channel: target_channel,
+            from_name,
+            from_key,
+            protocol,
+            metadata,
+            path,
+        };
+        self.send(target.conn, &incoming);
+
+        let deadline = now + self.config.limits.open_timeout;
+        let end = (target.conn, target_channel);
+        self.pending.insert(
+            end,
+            PendingOpen {
+                opener: conn,
+                opener_channel: channel,
+                request,
+                opener_key: key,
+                target_key: target.key,
+                deadline,
+                plan,
+            },
+        );
+        self.timers.insert((deadline, Timer::Open(end.0, end.1)));
+        self.conns
+            .get_mut(&conn)
+            .expect("still here")
+            .opens_out
+            .insert(end);
+        self.usage.entry(key).or_default().pending_opens += 1;
+        self.usage.entry(target.key).or_default().pending_incoming += 1;
+    }
+
+    /// How a channel between these two can go.
+    fn plan(&mut self, opener: ConnId, target: ConnId, direct: bool) -> DirectPlan {
+        if !direct {
+            return DirectPlan::Relay;
+        }
+        let plain_unix = |c: &super::Connection| {
+            c.transport == TransportKind::Unix && c.wire.as_ref().is_some_and(|w| !w.is_boxed())
+        };
+        let (o, t) = (&self.conns[&opener], &self.conns[&target]);
+        if self.config.fd_passing && plain_unix(o) && plain_unix(t) {
+            return DirectPlan::SocketPair;
+        }
+        match t.direct_addr.clone() {
+            Some(addr) => {
+                let mut token = [0u8; 32];
+                self.rng.fill_bytes(&mut token);
+                DirectPlan::Dial { addr, token }
+            }
+            None => DirectPlan::Relay,
+        }
+    }
+
+    fn refuse_open(
+        &mut self,
+        conn: ConnId,
+        channel: ChannelId,
+        request: RequestId,
+        code: ErrorCode,
+        message: String,
+    ) {
+        if let Some(wire) = self.conns.get_mut(&conn).and_then(|c| c.wire.as_mut()) {
+            wire.mux.forget(channel);
+        }
+        self.refuse(conn, request, code, message);
+    }
+
+    /// Takes the pending open at a target end out of every index.
+    fn take_pending(&mut self, end: End) -> Option<PendingOpen> {
+        let open = self.pending.remove(&end)?;
+        self.timers
+            .remove(&(open.deadline, Timer::Open(end.0, end.1)));
+        if let Some(opener) = self.conns.get_mut(&open.opener) {
+            opener.opens_out.remove(&end);
+        }
+        if let Some(target) = self.conns.get_mut(&end.0) {
+            target.opens_in.remove(&end.1);
+        }
+        for (key, incoming) in [(open.opener_key, false), (open.target_key, true)] {
+            let usage = self.usage.entry(key).or_default();
+            match incoming {
+                false => usage.pending_opens -= 1,
+                true => usage.pending_incoming -= 1,
+            }
+            self.forget_key_if_idle(&key);
+        }
+        Some(open)
+    }
+
+    /// An answer for a channel the broker has no open for: late (fine) or
+    /// never offered (a violation).
+    fn unknown_answer(&mut self, now: Instant, conn: ConnId, channel: ChannelId) {
+        let offered = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.wire.as_ref())
+            .is_some_and(|w| w.mux.was_allocated(channel) && channel % 2 == 0);
+        if !offered {
+            let reason = format!("an answer for channel {channel}, which was never offered");
+            self.close(now, conn, ErrorCode::ProtocolViolation, reason);
+        }
+    }
+
+    pub(super) fn on_accept(&mut self, now: Instant, conn: ConnId, channel: ChannelId) {
+        let Some(open) = self.take_pending((conn, channel)) else {
+            return self.unknown_answer(now, conn, channel);
+        };
+        if open.plan == DirectPlan::SocketPair {
+            let pair = self.next_pair;
+            self.next_pair += 1;
+            self.pairs.insert(pair, (conn, channel, open));
+            self.events.push_back(super::Event::CreateSocketPair(pair));
+        } else {
+            self.establish((conn, channel), open, false);
+        }
+    }
+
+    /// Links both ends and tells the opener (and, after a failed
+    /// socketpair, the target) to use the relay.
+    fn establish(&mut self, target_end: End, open: PendingOpen, tell_target: bool) {
+        let opener_end = (open.opener, open.opener_channel);
+        self.routes.link(opener_end, target_end);
+        for (end, key) in [(opener_end, open.opener_key), (target_end, open.target_key)] {
+            if let Some(c) = self.conns.get_mut(&end.0) {
+                c.routes.insert(end.1);
+            }
+            self.usage.entry(key).or_default().channels += 1;
+        }
+        let path = match open.plan {
+            DirectPlan::Dial { addr, token } => OpenedPath::Dial { addr, token },
+            DirectPlan::Relay | DirectPlan::SocketPair => OpenedPath::Relay,
+        };
+        let opened = Message::Opened {
+            request: open.request,
+            channel: open.opener_channel,
+            peer: open.target_key,
+            path,
+        };
+        self.reply(open.opener, &opened);
+        if tell_target {
+            let path = Message::ChannelPath {
+                channel: target_end.1,
+                path: ChannelPath::Relay,
+            };
+            self.send(target_end.0, &path);
+        }
+    }
+
+    pub(super) fn on_reject(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        channel: ChannelId,
+        reason: String,
+    ) {
+        let Some(open) = self.take_pending((conn, channel)) else {
+            return self.unknown_answer(now, conn, channel);
+        };
+        self.forget_channel(conn, channel);
+        self.forget_channel(open.opener, open.opener_channel);
+        let message = format!("rejected: {reason}");
+        self.log(
+            open.opener,
+            Some(open.opener_key),
+            Some(ErrorCode::Rejected),
+            message.clone(),
+        );
+        self.reply(
+            open.opener,
+            &error(open.request, ErrorCode::Rejected, reason),
+        );
+    }
+
+    pub(super) fn on_open_timeout(&mut self, _now: Instant, target: ConnId, channel: ChannelId) {
+        let Some(open) = self.take_pending((target, channel)) else {
+            return;
+        };
+        let message = format!(
+            "{} did not answer within {:?}",
+            open.target_key, self.config.limits.open_timeout
+        );
+        self.reset_channel(
+            target,
+            channel,
+            ErrorCode::OpenTimeout,
+            "not answered in time",
+        );
+        self.forget_channel(open.opener, open.opener_channel);
+        self.log(
+            open.opener,
+            Some(open.opener_key),
+            Some(ErrorCode::OpenTimeout),
+            message.clone(),
+        );
+        self.reply(
+            open.opener,
+            &error(open.request, ErrorCode::OpenTimeout, message),
+        );
+    }
+
+    pub(super) fn on_direct_failed(&mut self, conn: ConnId, channel: ChannelId) {
+        if let Some((target, target_channel)) = self.routes.peer((conn, channel)) {
+            let path = Message::ChannelPath {
+                channel: target_channel,
+                path: ChannelPath::Relay,
+            };
+            self.send(target, &path);
+        }
+    }
+
+    pub(super) fn on_socketpair(&mut self, _now: Instant, pair: PairId, ok: bool) {
+        let Some((target, channel, open)) = self.pairs.remove(&pair) else {
+            return; // one side left meanwhile; the runtime closes both ends
+        };
+        if !ok {
+            return self.establish((target, channel), open, true);
+        }
+        self.forget_channel(open.opener, open.opener_channel);
+        self.forget_channel(target, channel);
+        let opened = Message::Opened {
+            request: open.request,
+            channel: open.opener_channel,
+            peer: open.target_key,
+            path: OpenedPath::SocketPair,
+        };
+        self.send_tagged(open.opener, &opened, Some(pair_tag(pair, PairEnd::Opener)));
+        let path = Message::ChannelPath {
+            channel,
+            path: ChannelPath::SocketPair,
+        };
+        self.send_tagged(target, &path, Some(pair_tag(pair, PairEnd::Target)));
+    }
+
+    // ── when one side goes away ───────────────────────────────────────
+
+    /// The opener left before the target answered: the offer is void.
+    pub(super) fn cancel_open_by_opener(&mut self, target: ConnId, channel: ChannelId) {
+        if self.take_pending((target, channel)).is_some() {
+            self.reset_channel(target, channel, ErrorCode::PeerGone, "the opener went away");
+        }
+    }
+
+    /// The target left before answering: the opener is told.
+    pub(super) fn cancel_open_by_target(&mut self, target: ConnId, channel: ChannelId) {
+        if let Some(open) = self.take_pending((target, channel)) {
+            self.forget_channel(open.opener, open.opener_channel);
+            let message = format!("{} went away before answering", open.target_key);
+            self.reply(
+                open.opener,
+                &error(open.request, ErrorCode::PeerGone, message),
+            );
+        }
+    }
+
+    /// Socketpairs still being made for `conn`: the other side is told.
+    pub(super) fn cancel_pairs_of(&mut self, conn: ConnId) {
+        let gone: Vec<PairId> = self
+            .pairs
+            .iter()
+            .filter(|(_, (target, _, open))| *target == conn || open.opener == conn)
+            .map(|(pair, _)| *pair)
+            .collect();
+        for pair in gone {
+            let (target, channel, open) = self.pairs.remove(&pair).expect("listed");
+            if target == conn {
+                self.forget_channel(open.opener, open.opener_channel);
+                let message = format!("{} went away", open.target_key);
+                self.reply(
+                    open.opener,
+                    &error(open.request, ErrorCode::PeerGone, message),
+                );
+            } else {
+                self.reset_channel(target, channel, ErrorCode::PeerGone, "the opener went away");
+            }
+        }
+    }
+
+    /// `conn` is gone: the other end of its relayed `channel` is reset.
+    pub(super) fn routes_peer_gone(
+        &mut self,
+        conn: ConnId,
+        channel: ChannelId,
+        key: crate::keys::PublicKey,
+    ) {
+        if let Some(peer) = self.routes.unlink((conn, channel)) {
+            self.release_route_counts(key, peer);
+            self.reset_channel(
+                peer.0,
+                peer.1,
+                ErrorCode::PeerGone,
+                "the other end went away",
+            );
+        }
+    }
+
+    fn release_route_counts(&mut self, key: crate::keys::PublicKey, peer: End) {
+        let peer_key = self.conns.get_mut(&peer.0).and_then(|c| {
+            c.routes.remove(&peer.1);
+            c.credit_waiting.remove(&peer.1);
+            c.key
+        });
+        for key in [Some(key), peer_key].into_iter().flatten() {
+            if let Some(usage) = self.usage.get_mut(&key) {
+                usage.channels -= 1;
+            }
+            self.forget_key_if_idle(&key);
+        }
+    }
+
+    fn reset_channel(&mut self, conn: ConnId, channel: ChannelId, code: ErrorCode, reason: &str) {
+        if let Some(wire) = self.conns.get_mut(&conn).and_then(|c| c.wire.as_mut()) {
+            wire.mux.reset(channel, code, reason);
+            self.wake(conn);
+        }
+    }
+
+    fn forget_channel(&mut self, conn: ConnId, channel: ChannelId) {
+        if let Some(wire) = self.conns.get_mut(&conn).and_then(|c| c.wire.as_mut()) {
+            wire.mux.forget(channel);
+        }
+    }
+
+    // ── data, FIN, reset and credit between the ends ──────────────────
+
+    pub(super) fn on_channel_event(&mut self, now: Instant, conn: ConnId, event: MuxEvent) {
+        let (channel, kind) = match &event {
+            MuxEvent::Data { channel, .. } => (*channel, "data"),
+            MuxEvent::Fin { channel } => (*channel, "FIN"),
+            MuxEvent::Reset { channel, .. } => (*channel, "RESET"),
+            MuxEvent::Credit { channel, .. } => (*channel, "WINDOW"),
+            MuxEvent::Closed { channel } => (*channel, "close"),
+            _ => return,
+        };
+        let end = (conn, channel);
+        let Some(peer) = self.routes.peer(end) else {
+            return self.on_unrouted(now, conn, channel, kind, event);
+        };
+        match event {
+            MuxEvent::Data { payload, .. } => {
+                if let Some(wire) = self.conns.get_mut(&peer.0).and_then(|c| c.wire.as_mut()) {
+                    // Only fails if the peer's end is already gone.
+                    let _ = wire.mux.send(peer.1, payload);
+                }
+                self.wake(peer.0);
+            }
+            MuxEvent::Fin { .. } => {
+                if let Some(wire) = self.conns.get_mut(&peer.0).and_then(|c| c.wire.as_mut()) {
+                    let _ = wire.mux.finish(peer.1);
+                }
+                self.wake(peer.0);
+            }
+            MuxEvent::Reset { code, reason, .. } => {
+                self.routes.unlink(end);
+                let key = self.conns[&conn].key.expect("ready");
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.routes.remove(&channel);
+                    c.credit_waiting.remove(&channel);
+                }
+                self.release_route_counts(key, peer);
+                self.reset_channel(peer.0, peer.1, code, &reason);
+            }
+            MuxEvent::Credit { increment, .. } => {
+                if let Some(route) = self.routes.ends.get_mut(&end) {
+                    route.held = route.held.saturating_add(increment);
+                }
+                self.pass_credit(end);
+            }
+            MuxEvent::Closed { .. } => {
+                let both = match self.routes.ends.get_mut(&end) {
+                    Some(route) => {
+                        route.closed = true;
+                        self.routes.ends.get(&peer).is_some_and(|p| p.closed)
+                    }
+                    None => false,
+                };
+                if both {
+                    self.routes.unlink(end);
+                    let key = self.conns[&conn].key.expect("ready");
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.routes.remove(&channel);
+                        c.credit_waiting.remove(&channel);
+                    }
+                    self.release_route_counts(key, peer);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A channel event with no route: an open still waiting for its answer.
+    fn on_unrouted(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        channel: ChannelId,
+        kind: &str,
+        event: MuxEvent,
+    ) {
+        let as_target = self.pending.contains_key(&(conn, channel));
+        let as_opener = self.conns[&conn]
+            .opens_out
+            .iter()
+            .find(|end| {
+                self.pending
+                    .get(end)
+                    .is_some_and(|o| o.opener_channel == channel)
+            })
+            .copied();
+        match event {
+            // Either side may give up on a pending open.
+            MuxEvent::Reset { reason, .. } if as_target => {
+                if let Some(open) = self.take_pending((conn, channel)) {
+                    self.forget_channel(open.opener, open.opener_channel);
+                    let message = format!("reset before answering: {reason}");
+                    self.reply(
+                        open.opener,
+                        &error(open.request, ErrorCode::Rejected, message),
+                    );
+                }
+            }
+            MuxEvent::Reset { .. } if as_opener.is_some() => {
+                let end = as_opener.expect("matched");
+                if self.take_pending(end).is_some() {
+                    self.reset_channel(end.0, end.1, ErrorCode::Cancelled, "the opener gave up");
+                }
+            }
+            MuxEvent::Credit { .. } | MuxEvent::Closed { .. } => {}
+            _ => {
+                let reason = format!("{kind} on channel {channel} before it was opened");
+                self.close(now, conn, ErrorCode::ProtocolViolation, reason);
+            }
+        }
+    }
+
+    /// Passes held credit from `end` (the receiver) to its peer (the sender)
+    /// as far as the bound allows; what cannot pass waits for output to drain.
+    fn pass_credit(&mut self, end: End) {
+        let Some(route) = self.routes.ends.get(&end) else {
+            return;
+        };
+        let (peer, held) = (route.peer, route.held);
+        let queued = self
+            .conns
+            .get(&end.0)
+            .and_then(|c| c.wire.as_ref())
+            .map_or(0, |w| w.mux.queued(end.1));
+        let Some(sender) = self.conns.get_mut(&peer.0).and_then(|c| c.wire.as_mut()) else {
+            return;
+        };
+        let in_flight = sender.mux.recv_credit(peer.1) as usize + queued;
+        let room = (self.config.limits.max_window as usize).saturating_sub(in_flight);
+        let pass = held.min(u32::try_from(room).unwrap_or(u32::MAX));
+        if pass > 0 {
+            sender.mux.grant(peer.1, pass);
+            self.wake(peer.0);
+        }
+        let left = held - pass;
+        if let Some(route) = self.routes.ends.get_mut(&end) {
+            route.held = left;
+        }
+        if let Some(c) = self.conns.get_mut(&end.0) {
+            match left {
+                0 => c.credit_waiting.remove(&end.1),
+                _ => c.credit_waiting.insert(end.1),
+            };
+        }
+    }
+
+    /// Output drained on `conn`: credit held for its channels may pass now.
+    pub(super) fn retry_credit(&mut self, conn: ConnId) {
+        let waiting: Vec<ChannelId> = self.conns[&conn].credit_waiting.iter().copied().collect();
+        for channel in waiting {
+            self.pass_credit((conn, channel));
+        }
+    }
+}

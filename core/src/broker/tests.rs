@@ -1,0 +1,759 @@
+//! The broker with real sessions over in-memory links: every request, every
+//! refusal, every violation.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::control::{
+    ChannelPath, ErrorCode, IncomingPath, Member, Name, OpenedPath, Presence, TransportKind,
+};
+use crate::keys::Keypair;
+use crate::session::SessionEvent;
+use crate::sim::{Chaos, Net, NodeId};
+
+use super::*;
+
+fn net() -> Net {
+    Net::new(1, Chaos::default(), |_| {})
+}
+
+fn name(s: &str) -> Name {
+    Name::new(s).unwrap()
+}
+
+fn keypair(seed: u8) -> Keypair {
+    Keypair::from_seed([seed; 32])
+}
+
+/// A plugin that completed its hello.
+fn ready(net: &mut Net, seed: u8, transport: TransportKind) -> NodeId {
+    let id = net.connect(keypair(seed), transport).expect("accepted");
+    net.run();
+    let events = net.events(id);
+    assert!(
+        matches!(events.first(), Some(SessionEvent::Ready { .. })),
+        "not ready: {events:?}"
+    );
+    id
+}
+
+fn unix(net: &mut Net, seed: u8) -> NodeId {
+    ready(net, seed, TransportKind::Unix)
+}
+
+/// Runs, then returns the one event the plugin got.
+fn one_event(net: &mut Net, id: NodeId) -> SessionEvent {
+    net.run();
+    let mut events = net.events(id);
+    assert_eq!(events.len(), 1, "expected one event: {events:?}");
+    events.remove(0)
+}
+
+fn register(net: &mut Net, id: NodeId, n: &str, wait: bool) -> SessionEvent {
+    let now = net.now;
+    net.node(id)
+        .session
+        .register(now, name(n), wait, None)
+        .unwrap();
+    one_event(net, id)
+}
+
+fn failed_code(event: &SessionEvent) -> ErrorCode {
+    match event {
+        SessionEvent::Failed { code, .. } => *code,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+/// `opener` opens to `target_name`; the target accepts. Returns both channel ids.
+fn open_and_accept(net: &mut Net, opener: NodeId, target: NodeId, target_name: &str) -> (u32, u32) {
+    let now = net.now;
+    let (_, channel) = net
+        .node(opener)
+        .session
+        .open(
+            now,
+            name(target_name),
+            "echo",
+            Bytes::from_static(b"meta"),
+            false,
+        )
+        .unwrap();
+    let SessionEvent::Incoming {
+        channel: theirs,
+        metadata,
+        protocol,
+        ..
+    } = one_event(net, target)
+    else {
+        panic!("no incoming");
+    };
+    assert_eq!((&metadata[..], protocol.as_str()), (&b"meta"[..], "echo"));
+    net.node(target).session.accept(theirs).unwrap();
+    let SessionEvent::Opened {
+        channel: ours,
+        path,
+        ..
+    } = one_event(net, opener)
+    else {
+        panic!("not opened");
+    };
+    assert_eq!((ours, path), (channel, OpenedPath::Relay));
+    (channel, theirs)
+}
+
+/// Sends `data` from one end to the other through the broker, consuming as
+/// it arrives; returns what arrived.
+fn transfer(
+    net: &mut Net,
+    from: NodeId,
+    from_ch: u32,
+    to: NodeId,
+    to_ch: u32,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut sent = 0;
+    let mut received = Vec::new();
+    for _ in 0..10_000 {
+        if sent < data.len() {
+            let chunk = Bytes::copy_from_slice(&data[sent..(sent + 16 * 1024).min(data.len())]);
+            sent += net.node(from).session.send(from_ch, chunk).unwrap();
+        }
+        net.run();
+        for event in net.events(to) {
+            if let SessionEvent::Data { channel, payload } = event {
+                assert_eq!(channel, to_ch);
+                net.node(to).session.consume(to_ch, payload.len());
+                received.extend_from_slice(&payload);
+            }
+        }
+        net.events(from);
+        if received.len() == data.len() {
+            return received;
+        }
+    }
+    panic!("stalled after {} of {} bytes", received.len(), data.len());
+}
+
+#[test]
+fn register_list_and_names_are_unique() {
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    assert_eq!(
+        register(&mut net, a, "alpha", false),
+        SessionEvent::Registered {
+            request: 1,
+            queued: false
+        }
+    );
+    assert_eq!(
+        failed_code(&register(&mut net, b, "alpha", false)),
+        ErrorCode::NameTaken
+    );
+    assert_eq!(
+        failed_code(&register(&mut net, a, "beta", false)),
+        ErrorCode::AlreadyRegistered
+    );
+
+    let now = net.now;
+    net.node(b).session.list(now).unwrap();
+    let SessionEvent::Members { members, .. } = one_event(&mut net, b) else {
+        panic!("no members");
+    };
+    assert_eq!(members.len(), 1);
+    assert_eq!(
+        (members[0].name.as_str(), members[0].key),
+        ("alpha", keypair(1).public())
+    );
+    assert_eq!(members[0].transport, TransportKind::Unix);
+}
+
+#[test]
+fn waiting_in_line_takes_over_and_watchers_see_it() {
+    let mut net = net();
+    let owner = unix(&mut net, 1);
+    let standby = unix(&mut net, 2);
+    let watcher = unix(&mut net, 3);
+    register(&mut net, owner, "db", false);
+    let now = net.now;
+    net.node(watcher).session.watch(now).unwrap();
+    let SessionEvent::Watching { seq, members, .. } = one_event(&mut net, watcher) else {
+        panic!("no snapshot");
+    };
+    assert_eq!(seq, 1);
+    assert_eq!(
+        members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+        ["db"]
+    );
+
+    assert_eq!(
+        register(&mut net, standby, "db", true),
+        SessionEvent::Registered {
+            request: 1,
+            queued: true
+        }
+    );
+    net.kill(owner);
+    net.run();
+    assert_eq!(
+        net.events(standby),
+        vec![SessionEvent::NameAcquired { name: name("db") }]
+    );
+    let events = net.events(watcher);
+    assert!(
+        matches!(&events[..], [SessionEvent::Presence { seq: 2, presence: Presence::OwnerChanged { old_key, new, .. } }]
+            if *old_key == keypair(1).public() && new.key == keypair(2).public()),
+        "{events:?}"
+    );
+    net.kill(standby);
+    net.run();
+    assert!(matches!(
+        &net.events(watcher)[..],
+        [SessionEvent::Presence {
+            seq: 3,
+            presence: Presence::Down { .. }
+        }]
+    ));
+    assert!(net.broker.registry().is_empty());
+}
+
+#[test]
+fn open_accept_and_a_megabyte_each_way_over_unix_and_tcp() {
+    for transport in [TransportKind::Unix, TransportKind::Tcp] {
+        let mut net = Net::new(2, Chaos::default(), |c| {
+            c.policy.keys = (1..=2)
+                .map(|s| policy::KeyGrant {
+                    id: keypair(s).public(),
+                    register: vec![policy::Pattern::any()],
+                    open: vec![policy::Pattern::any()],
+                    list: true,
+                    watch: true,
+                    stats: false,
+                })
+                .collect();
+        });
+        let a = ready(&mut net, 1, transport);
+        let b = ready(&mut net, 2, transport);
+        register(&mut net, b, "echo", false);
+        let (ca, cb) = open_and_accept(&mut net, a, b, "echo");
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 + i / 256) as u8).collect();
+        assert_eq!(transfer(&mut net, a, ca, b, cb, &data), data);
+        assert_eq!(transfer(&mut net, b, cb, a, ca, &data), data);
+        // The broker held at most a window per direction at any time.
+        assert!(net.broker.buffered_bytes() <= 2 * 256 * 1024);
+
+        // Half-close both ways: the channel and the route are gone.
+        net.node(a).session.finish(ca).unwrap();
+        net.node(b).session.finish(cb).unwrap();
+        net.run();
+        assert!(net
+            .events(a)
+            .contains(&SessionEvent::ChannelClosed { channel: ca }));
+        assert!(net
+            .events(b)
+            .contains(&SessionEvent::ChannelClosed { channel: cb }));
+        assert_eq!(net.broker.route_count(), 0);
+        assert_eq!(net.broker.key_usage(&keypair(1).public()).channels, 0);
+    }
+}
+
+#[test]
+fn refusals_say_which_refusal() {
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "target", false);
+    let now = net.now;
+    let open = |net: &mut Net| {
+        let now = net.now;
+        net.node(a)
+            .session
+            .open(now, name("target"), "p", Bytes::new(), false)
+            .unwrap();
+    };
+
+    // Nobody has the name.
+    net.node(a)
+        .session
+        .open(now, name("nobody"), "p", Bytes::new(), false)
+        .unwrap();
+    assert_eq!(failed_code(&one_event(&mut net, a)), ErrorCode::NoSuchName);
+
+    // The owner rejects, with a reason the opener sees.
+    open(&mut net);
+    let SessionEvent::Incoming { channel, .. } = one_event(&mut net, b) else {
+        panic!()
+    };
+    net.node(b).session.reject(channel, "busy").unwrap();
+    let event = one_event(&mut net, a);
+    assert!(
+        matches!(&event, SessionEvent::Failed { code: ErrorCode::Rejected, message, .. } if message == "busy")
+    );
+
+    // The owner does not answer in time: the opener is told, the target's offer is withdrawn.
+    open(&mut net);
+    let SessionEvent::Incoming { channel, .. } = one_event(&mut net, b) else {
+        panic!()
+    };
+    net.advance(Duration::from_secs(11));
+    net.run();
+    assert_eq!(failed_code(&one_event(&mut net, a)), ErrorCode::OpenTimeout);
+    assert!(
+        matches!(net.events(b)[..], [SessionEvent::Reset { channel: c, code: ErrorCode::OpenTimeout, .. }] if c == channel)
+    );
+    assert_eq!(net.broker.pending_open_count(), 0);
+
+    // The target goes away before answering.
+    open(&mut net);
+    one_event(&mut net, b);
+    net.kill(b);
+    net.run();
+    assert_eq!(failed_code(&one_event(&mut net, a)), ErrorCode::PeerGone);
+}
+
+#[test]
+fn a_killed_plugin_resets_its_peers_and_frees_its_name_at_once() {
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    let watcher = unix(&mut net, 3);
+    register(&mut net, b, "svc", false);
+    let now = net.now;
+    net.node(watcher).session.watch(now).unwrap();
+    net.run();
+    net.events(watcher);
+    let (ca, cb) = open_and_accept(&mut net, a, b, "svc");
+    net.node(b)
+        .session
+        .send(cb, Bytes::from(vec![1; 5000]))
+        .unwrap();
+    net.run();
+    net.events(a);
+    net.kill(b);
+    net.run();
+    assert!(matches!(
+        net.events(a)[..],
+        [SessionEvent::Reset { channel, code: ErrorCode::PeerGone, .. }] if channel == ca
+    ));
+    assert!(matches!(
+        net.events(watcher)[..],
+        [SessionEvent::Presence {
+            presence: Presence::Down { .. },
+            ..
+        }]
+    ));
+    let c = unix(&mut net, 4);
+    assert!(matches!(
+        register(&mut net, c, "svc", false),
+        SessionEvent::Registered { queued: false, .. }
+    ));
+}
+
+#[test]
+fn everything_is_released_when_everyone_leaves() {
+    let mut net = net();
+    let ids: Vec<NodeId> = (1..=4).map(|s| unix(&mut net, s)).collect();
+    register(&mut net, ids[0], "a", false);
+    register(&mut net, ids[1], "a", true);
+    let now = net.now;
+    net.node(ids[2]).session.watch(now).unwrap();
+    open_and_accept(&mut net, ids[3], ids[0], "a");
+    net.node(ids[3])
+        .session
+        .open(now, name("a"), "p", Bytes::new(), false)
+        .unwrap();
+    net.run();
+    for id in ids {
+        net.kill(id);
+    }
+    net.run();
+    let b = &net.broker;
+    assert_eq!(
+        (
+            b.connection_count(),
+            b.route_count(),
+            b.pending_open_count(),
+            b.timer_count(),
+            b.key_count()
+        ),
+        (0, 0, 0, 0, 0)
+    );
+    assert!(b.registry().is_empty());
+    assert_eq!(b.watchers().count(), 0);
+    assert_eq!(b.buffered_bytes(), 0);
+}
+
+#[test]
+fn tcp_admits_only_named_keys_and_policy_refuses_with_a_code() {
+    let granted = keypair(7).public();
+    let mut net = Net::new(3, Chaos::default(), |c| {
+        c.policy.keys.push(policy::KeyGrant {
+            id: granted,
+            register: vec![policy::Pattern::new("ok-*")],
+            open: vec![],
+            list: false,
+            watch: false,
+            stats: false,
+        });
+    });
+    // A foreign key over TCP: refused in the handshake, nothing sent after message 2.
+    let stranger = net.connect(keypair(8), TransportKind::Tcp).unwrap();
+    net.run();
+    assert!(net.node(stranger).closed);
+    assert!(net.log.iter().any(|l| l.message.contains("not admitted")));
+
+    let g = ready(&mut net, 7, TransportKind::Tcp);
+    assert_eq!(
+        failed_code(&register(&mut net, g, "nope", false)),
+        ErrorCode::NotPermitted
+    );
+    assert!(matches!(
+        register(&mut net, g, "ok-1", false),
+        SessionEvent::Registered { .. }
+    ));
+    let now = net.now;
+    net.node(g).session.list(now).unwrap();
+    assert_eq!(
+        failed_code(&one_event(&mut net, g)),
+        ErrorCode::NotPermitted
+    );
+    net.node(g)
+        .session
+        .open(now, name("ok-1"), "p", Bytes::new(), false)
+        .unwrap();
+    assert_eq!(
+        failed_code(&one_event(&mut net, g)),
+        ErrorCode::NotPermitted
+    );
+
+    // Unix peers may not ask for stats by default; the broker's own key may.
+    let u = unix(&mut net, 9);
+    net.node(u).session.stats(now).unwrap();
+    assert_eq!(
+        failed_code(&one_event(&mut net, u)),
+        ErrorCode::NotPermitted
+    );
+    let owner = unix(&mut net, 0xB0);
+    net.node(owner).session.stats(now).unwrap();
+    let SessionEvent::Stats { keys, names, .. } = one_event(&mut net, owner) else {
+        panic!()
+    };
+    assert_eq!(keys.len(), 3);
+    assert_eq!(names.len(), 1);
+}
+
+#[test]
+fn limits_fail_the_one_request_not_the_connection() {
+    let mut net = Net::new(4, Chaos::default(), |c| {
+        c.limits.max_pending_opens_per_key = 2;
+        c.limits.max_channels_per_key = 3;
+        c.limits.max_connections_per_key = 2;
+    });
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "t", false);
+    let now = net.now;
+    for _ in 0..3 {
+        net.node(a)
+            .session
+            .open(now, name("t"), "p", Bytes::new(), false)
+            .unwrap();
+    }
+    net.run();
+    let events = net.events(a);
+    assert_eq!(events.len(), 1);
+    assert_eq!(failed_code(&events[0]), ErrorCode::TooManyPendingOpens);
+    for event in net.events(b) {
+        let SessionEvent::Incoming { channel, .. } = event else {
+            panic!()
+        };
+        net.node(b).session.accept(channel).unwrap();
+    }
+    net.run();
+    assert_eq!(net.events(a).len(), 2);
+    // Two channels held: one more open fits, the next does not.
+    net.node(a)
+        .session
+        .open(now, name("t"), "p", Bytes::new(), false)
+        .unwrap();
+    net.node(a)
+        .session
+        .open(now, name("t"), "p", Bytes::new(), false)
+        .unwrap();
+    net.run();
+    let events = net.events(a);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(
+                e,
+                SessionEvent::Failed {
+                    code: ErrorCode::TooManyChannels,
+                    ..
+                }
+            ))
+            .count(),
+        1
+    );
+    // The connection still works.
+    assert!(!net.node(a).closed);
+
+    // A third connection of the same key is refused in the handshake.
+    unix(&mut net, 3);
+    let extra = net.connect(keypair(1), TransportKind::Unix).unwrap();
+    net.run();
+    assert!(net.node(extra).closed);
+    let fourth = net.connect(keypair(1), TransportKind::Unix).unwrap();
+    net.run();
+    assert!(net.node(fourth).closed, "a second extra one too");
+}
+
+#[test]
+fn a_watcher_that_does_not_read_is_cut_and_nobody_else_notices() {
+    let mut net = Net::new(5, Chaos::default(), |c| c.limits.max_control_queue = 4096);
+    let watcher = unix(&mut net, 1);
+    let now = net.now;
+    net.node(watcher).session.watch(now).unwrap();
+    net.run();
+    net.events(watcher);
+    net.node(watcher).slow = true;
+    // Churn of names produces events the watcher asked for but does not read.
+    let churn = unix(&mut net, 2);
+    for i in 0..200 {
+        let n = format!("name-{i}");
+        register(&mut net, churn, &n, false);
+        net.kill(churn);
+        net.run();
+        let again = unix(&mut net, 2);
+        let _ = again;
+        if net.node(watcher).closed {
+            break;
+        }
+    }
+    assert!(
+        net.node(watcher).closed,
+        "the slow watcher was not disconnected"
+    );
+    assert!(net
+        .log
+        .iter()
+        .any(|l| l.code == Some(ErrorCode::SlowReader)));
+}
+
+#[test]
+fn protocol_violations_end_the_connection_with_a_reason() {
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let conn = net.node(a).conn;
+    // A data frame on a channel nobody opened.
+    let mut frame = bytes::BytesMut::new();
+    crate::mux::frame::encode(
+        &crate::mux::Frame::Data {
+            channel: 9,
+            fin: false,
+            payload: Bytes::from_static(b"x"),
+        },
+        &mut frame,
+    );
+    net.broker.handle_input(net.now, conn, &frame);
+    net.run();
+    assert!(net.node(a).closed);
+    let events = net.events(a);
+    assert!(
+        matches!(events.last(), Some(SessionEvent::Closed { code: Some(ErrorCode::ProtocolViolation), reason }) if reason.contains("channel 9")),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn silent_connections_are_pinged_then_dropped() {
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    net.advance(Duration::from_secs(31));
+    net.run();
+    assert!(!net.node(a).closed, "a ping that is answered keeps it");
+    net.node(a).slow = true; // stops reading, so no pong
+    net.advance(Duration::from_secs(31));
+    net.run();
+    net.advance(Duration::from_secs(31));
+    net.run();
+    assert!(net.node(a).closed);
+    assert!(net
+        .log
+        .iter()
+        .any(|l| l.code == Some(ErrorCode::IdleTimeout)));
+}
+
+#[test]
+fn hello_and_handshake_deadlines() {
+    let mut net = net();
+    let conn = net.broker.accept(net.now, TransportKind::Unix).unwrap();
+    net.advance(Duration::from_secs(11));
+    assert_eq!(net.broker.connection_count(), 0);
+    assert!(net
+        .log
+        .iter()
+        .any(|l| l.conn == conn && l.message.contains("handshake timed out")));
+}
+
+#[test]
+fn socketpairs_for_two_unix_plugins_and_relay_when_they_fail() {
+    for works in [true, false] {
+        let mut net = Net::new(6, Chaos::default(), |c| c.fd_passing = true);
+        net.socketpairs_work = works;
+        let a = unix(&mut net, 1);
+        let b = unix(&mut net, 2);
+        register(&mut net, b, "direct", false);
+        let now = net.now;
+        let (_, channel) = net
+            .node(a)
+            .session
+            .open(now, name("direct"), "p", Bytes::new(), true)
+            .unwrap();
+        let SessionEvent::Incoming {
+            channel: theirs,
+            path,
+            ..
+        } = one_event(&mut net, b)
+        else {
+            panic!()
+        };
+        assert_eq!(path, IncomingPath::AwaitPath);
+        net.node(b).session.accept(theirs).unwrap();
+        net.run();
+        let opened = net.events(a);
+        let path_event = net.events(b);
+        if works {
+            assert!(matches!(
+                opened[..],
+                [SessionEvent::Opened {
+                    path: OpenedPath::SocketPair,
+                    fd: Some(_),
+                    ..
+                }]
+            ));
+            assert!(matches!(
+                path_event[..],
+                [SessionEvent::ChannelPath {
+                    path: ChannelPath::SocketPair,
+                    fd: Some(_),
+                    ..
+                }]
+            ));
+            assert_eq!(
+                net.broker.route_count(),
+                0,
+                "the broker is out of the data path"
+            );
+        } else {
+            assert!(matches!(
+                opened[..],
+                [SessionEvent::Opened {
+                    path: OpenedPath::Relay,
+                    fd: None,
+                    ..
+                }]
+            ));
+            assert!(matches!(
+                path_event[..],
+                [SessionEvent::ChannelPath {
+                    path: ChannelPath::Relay,
+                    ..
+                }]
+            ));
+            let data = vec![3u8; 1000];
+            assert_eq!(transfer(&mut net, a, channel, b, theirs, &data), data);
+        }
+    }
+}
+
+#[test]
+fn dial_offers_carry_a_token_and_fall_back_to_relay() {
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    let now = net.now;
+    net.node(b)
+        .session
+        .register(now, name("far"), false, Some("tcp:10.0.0.2:8008".into()))
+        .unwrap();
+    net.run();
+    net.events(b);
+    let (_, channel) = net
+        .node(a)
+        .session
+        .open(now, name("far"), "p", Bytes::new(), true)
+        .unwrap();
+    let SessionEvent::Incoming {
+        channel: theirs,
+        path: IncomingPath::ExpectDial { token },
+        ..
+    } = one_event(&mut net, b)
+    else {
+        panic!("no dial offer")
+    };
+    net.node(b).session.accept(theirs).unwrap();
+    let SessionEvent::Opened {
+        path: OpenedPath::Dial { addr, token: given },
+        ..
+    } = one_event(&mut net, a)
+    else {
+        panic!("no dial path")
+    };
+    assert_eq!((addr.as_str(), given), ("tcp:10.0.0.2:8008", token));
+    net.node(a).session.direct_failed(channel).unwrap();
+    assert!(matches!(
+        one_event(&mut net, b),
+        SessionEvent::ChannelPath {
+            path: ChannelPath::Relay,
+            ..
+        }
+    ));
+    let data = vec![9u8; 70_000];
+    assert_eq!(transfer(&mut net, b, theirs, a, channel, &data), data);
+
+    // A malformed direct address is refused.
+    let c = unix(&mut net, 3);
+    net.node(c)
+        .session
+        .register(now, name("bad"), false, Some("10.0.0.2".into()))
+        .unwrap();
+    assert_eq!(failed_code(&one_event(&mut net, c)), ErrorCode::Malformed);
+}
+
+#[test]
+fn members_report_connection_age() {
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    register(&mut net, a, "old", false);
+    net.advance(Duration::from_millis(2500));
+    let now = net.now;
+    net.node(a).session.list(now).unwrap();
+    let SessionEvent::Members { members, .. } = one_event(&mut net, a) else {
+        panic!()
+    };
+    let [Member { connected_ms, .. }] = &members[..] else {
+        panic!()
+    };
+    assert_eq!(*connected_ms, 2500);
+}
+
+#[test]
+fn debug_ready() {
+    let mut net = net();
+    let id = net
+        .connect(keypair(1), TransportKind::Unix)
+        .expect("accepted");
+    for i in 0..10 {
+        let moved = net.round();
+        let closed = net.node(id).closed;
+        let events = format!("{:?}", net.node(id).events);
+        eprintln!(
+            "round {i} moved={moved} conns={} closed={closed} log={:?} events={events}",
+            net.broker.connection_count(),
+            net.log
+        );
+    }
+}

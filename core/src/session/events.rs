@@ -1,0 +1,202 @@
+use bytes::Bytes;
+
+use crate::control::{
+    AnnouncedLimits, ChannelId, ChannelPath, DecodeError, ErrorCode, IncomingPath, KeyStats,
+    Member, Name, NameStats, OpenedPath, Presence, RequestId,
+};
+use crate::keys::PublicKey;
+use crate::mux::{ChannelError, MuxError};
+use crate::shs::HandshakeError;
+use crate::wire::WireError;
+
+/// What happened on a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// The broker said hello: requests and channels can be used.
+    Ready {
+        /// The broker's key.
+        broker: PublicKey,
+        /// Its limits.
+        limits: AnnouncedLimits,
+    },
+    /// A request failed.
+    Failed {
+        /// Which.
+        request: RequestId,
+        /// Why, for programs.
+        code: ErrorCode,
+        /// Why, for people.
+        message: String,
+    },
+    /// A request succeeded with nothing more to say (`unwatch`).
+    Done {
+        /// Which.
+        request: RequestId,
+    },
+    /// `register` succeeded.
+    Registered {
+        /// Which request.
+        request: RequestId,
+        /// `true`: in line for the name, not its owner yet.
+        queued: bool,
+    },
+    /// The name this session waited for is its own now.
+    NameAcquired {
+        /// The name.
+        name: Name,
+    },
+    /// The answer to `list`.
+    Members {
+        /// Which request.
+        request: RequestId,
+        /// Every named plugin, by name.
+        members: Vec<Member>,
+    },
+    /// The watch started with this snapshot; [`SessionEvent::Presence`] follows from `seq + 1`.
+    Watching {
+        /// Which request.
+        request: RequestId,
+        /// The registry sequence number the snapshot shows.
+        seq: u64,
+        /// Every named plugin, by name.
+        members: Vec<Member>,
+    },
+    /// A change, numbered without gaps (the session checks).
+    Presence {
+        /// Its number.
+        seq: u64,
+        /// The change.
+        presence: Presence,
+    },
+    /// The answer to `stats`.
+    Stats {
+        /// Which request.
+        request: RequestId,
+        /// Per key.
+        keys: Vec<KeyStats>,
+        /// Per name.
+        names: Vec<NameStats>,
+    },
+    /// Someone opens a channel to us: `accept` or `reject` it.
+    Incoming {
+        /// Our id for it.
+        channel: ChannelId,
+        /// The opener's name, if any.
+        from_name: Option<Name>,
+        /// The opener's key.
+        from_key: PublicKey,
+        /// What it will speak.
+        protocol: String,
+        /// What it sent along.
+        metadata: Bytes,
+        /// Whether to wait for a direct path after accepting.
+        path: IncomingPath,
+    },
+    /// Our open succeeded.
+    Opened {
+        /// Which request.
+        request: RequestId,
+        /// The channel.
+        channel: ChannelId,
+        /// The peer's key.
+        peer: PublicKey,
+        /// How to reach it.
+        path: OpenedPath,
+        /// The runtime's token for the socketpair end, for [`OpenedPath::SocketPair`].
+        fd: Option<u64>,
+    },
+    /// The path of a channel we accepted.
+    ChannelPath {
+        /// The channel.
+        channel: ChannelId,
+        /// The path.
+        path: ChannelPath,
+        /// The runtime's token for the socketpair end, for [`ChannelPath::SocketPair`].
+        fd: Option<u64>,
+    },
+    /// Bytes on a channel. Call `consume` once the application took them.
+    Data {
+        /// The channel.
+        channel: ChannelId,
+        /// The bytes.
+        payload: Bytes,
+    },
+    /// The peer will send nothing more on the channel.
+    Fin {
+        /// The channel.
+        channel: ChannelId,
+    },
+    /// The channel ended in both directions.
+    Reset {
+        /// The channel.
+        channel: ChannelId,
+        /// Why.
+        code: ErrorCode,
+        /// Why, for people.
+        reason: String,
+    },
+    /// Both directions finished: the channel is gone.
+    ChannelClosed {
+        /// The channel.
+        channel: ChannelId,
+    },
+    /// More can be sent on the channel.
+    Writable {
+        /// The channel.
+        channel: ChannelId,
+    },
+    /// The connection is over.
+    Closed {
+        /// The broker's code, if it said one.
+        code: Option<ErrorCode>,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why a session call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// The handshake failed.
+    #[error("handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// The wire failed (box-stream or mux).
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    /// The broker sent a control message that does not parse.
+    #[error("malformed control message: {0}")]
+    Control(#[from] DecodeError),
+    /// The broker broke the protocol.
+    #[error("the broker broke the protocol: {0}")]
+    Protocol(&'static str),
+    /// Not yet: the broker has not said hello.
+    #[error("the session is not ready yet")]
+    NotReady,
+    /// The session is over.
+    #[error("the session is closed")]
+    Closed,
+    /// No such channel.
+    #[error("no channel {0}")]
+    UnknownChannel(ChannelId),
+    /// The channel is not open for this (not yet answered, or awaiting its path).
+    #[error("channel {0} is not open")]
+    ChannelNotOpen(ChannelId),
+    /// A field over its limit.
+    #[error("the {0} is too long")]
+    TooLong(&'static str),
+}
+
+impl From<MuxError> for SessionError {
+    fn from(e: MuxError) -> Self {
+        SessionError::Wire(WireError::Mux(e))
+    }
+}
+
+impl From<ChannelError> for SessionError {
+    fn from(e: ChannelError) -> Self {
+        match e {
+            ChannelError::Unknown(id) => SessionError::UnknownChannel(id),
+            ChannelError::Finished(id) => SessionError::ChannelNotOpen(id),
+        }
+    }
+}

@@ -1,0 +1,832 @@
+//! The plugin session: the client side of one connection to the broker.
+//!
+//! shs1 as the client, then the wire (plain or box-stream), the hello, and
+//! from then on requests, answers and channels. The same face as every state
+//! machine here: bytes and time in, bytes and events out.
+
+mod events;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rand_core::CryptoRngCore;
+
+pub use events::{SessionError, SessionEvent};
+
+use crate::control::{
+    self, AnnouncedLimits, ChannelId, ChannelPath, ControlDecoder, ErrorCode, IncomingPath,
+    KeyStats, Member, Message, Name, NameStats, OpenedPath, RequestId, VERSION,
+};
+use crate::keys::PublicKey;
+use crate::mux::{Mux, MuxConfig, MuxEvent, Side};
+use crate::shs::{self, ClientHandshake, HandshakeConfig};
+use crate::time::Instant;
+use crate::wire::{Wire, WireError};
+
+/// How a session talks to its broker.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Our identity and the network key.
+    pub handshake: Arc<HandshakeConfig>,
+    /// The broker's key.
+    pub broker: PublicKey,
+    /// Box-stream on the wire (TCP, or a unix socket where the broker forces it).
+    pub boxstream: bool,
+    /// The broker's hello must come this long after the handshake.
+    pub hello_timeout: Duration,
+    /// A request not answered this long fails with [`ErrorCode::OpenTimeout`]-like
+    /// [`SessionEvent::Failed`] (code [`ErrorCode::IdleTimeout`]).
+    pub request_timeout: Duration,
+    /// Largest a channel's receive window may grow to.
+    pub max_window: u32,
+    /// Largest all receive windows together may grow to.
+    pub max_connection_window: u64,
+}
+
+impl SessionConfig {
+    /// Defaults, for the broker with key `broker`.
+    pub fn new(handshake: HandshakeConfig, broker: PublicKey) -> Self {
+        let defaults = MuxConfig::default();
+        SessionConfig {
+            handshake: Arc::new(handshake),
+            broker,
+            boxstream: false,
+            hello_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_window: defaults.max_window,
+            max_connection_window: defaults.max_connection_window,
+        }
+    }
+}
+
+enum Stage {
+    Handshake(Box<ClientHandshake>),
+    AwaitHello { deadline: Instant },
+    Ready,
+    Closed,
+}
+
+/// What a request is, so that its answer can be checked and assembled.
+enum Pending {
+    Register,
+    List(Vec<Member>),
+    Watch(Vec<Member>),
+    Unwatch,
+    Stats(Vec<KeyStats>, Vec<NameStats>),
+    Open(ChannelId),
+}
+
+struct Request {
+    pending: Pending,
+    deadline: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChannelState {
+    /// We opened it; no answer yet.
+    Opening,
+    /// Offered to us; we have not answered. `await_path`: a direct channel
+    /// may replace it, so after accepting wait for its path.
+    Offered { await_path: bool },
+    /// Accepted, and we wait to learn its path.
+    AwaitingPath,
+    /// Usable.
+    Open,
+}
+
+/// The plugin side of a connection to the broker.
+pub struct Session {
+    config: SessionConfig,
+    stage: Stage,
+    wire: Option<Wire>,
+    control: ControlDecoder,
+    limits: Option<AnnouncedLimits>,
+    next_request: RequestId,
+    requests: BTreeMap<RequestId, Request>,
+    channels: BTreeMap<ChannelId, ChannelState>,
+    watch_seq: Option<u64>,
+    fds: VecDeque<u64>,
+    events: VecDeque<SessionEvent>,
+    scratch: BytesMut,
+}
+
+impl Session {
+    /// Starts the handshake with the broker; its hello is ready to send.
+    pub fn new(
+        config: SessionConfig,
+        rng: &mut impl CryptoRngCore,
+        now: Instant,
+    ) -> Result<Self, SessionError> {
+        let handshake = ClientHandshake::new(config.handshake.clone(), config.broker, rng, now)?;
+        Ok(Session {
+            config,
+            stage: Stage::Handshake(Box::new(handshake)),
+            wire: None,
+            control: ControlDecoder::default(),
+            limits: None,
+            next_request: 1,
+            requests: BTreeMap::new(),
+            channels: BTreeMap::new(),
+            watch_seq: None,
+            fds: VecDeque::new(),
+            events: VecDeque::new(),
+            scratch: BytesMut::new(),
+        })
+    }
+
+    /// The broker's limits, once its hello arrived.
+    pub fn limits(&self) -> Option<&AnnouncedLimits> {
+        self.limits.as_ref()
+    }
+
+    /// Whether requests and channels can be used.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.stage, Stage::Ready)
+    }
+
+    /// Whether the connection is over.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.stage, Stage::Closed)
+    }
+
+    // ── the face ──────────────────────────────────────────────────────
+
+    /// Bytes from the broker. An error ends the session (the event
+    /// [`SessionEvent::Closed`] says so too); close the socket.
+    pub fn handle_input(&mut self, now: Instant, input: &[u8]) -> Result<(), SessionError> {
+        let result = self.input(now, input);
+        if let Err(e) = &result {
+            self.fail(e.to_string(), None);
+        }
+        result
+    }
+
+    /// As [`Session::handle_input`], where a file descriptor (identified by
+    /// `fd`, the runtime's token for it) arrived with the first byte of `input`.
+    pub fn handle_input_with_fd(
+        &mut self,
+        now: Instant,
+        input: &[u8],
+        fd: u64,
+    ) -> Result<(), SessionError> {
+        self.fds.push_back(fd);
+        self.handle_input(now, input)
+    }
+
+    /// The broker closed the connection.
+    pub fn handle_eof(&mut self, _now: Instant) {
+        if !self.is_closed() {
+            self.fail("the broker closed the connection".into(), None);
+        }
+    }
+
+    /// Bytes to write to the broker.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        match (&mut self.stage, &mut self.wire) {
+            (Stage::Handshake(handshake), _) => handshake.poll_transmit(),
+            (_, Some(wire)) => wire.poll_transmit().map(|(bytes, _)| bytes),
+            _ => None,
+        }
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// The earliest deadline: handshake, hello, or a request's.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let stage = match &self.stage {
+            Stage::Handshake(handshake) => handshake.poll_timeout(),
+            Stage::AwaitHello { deadline } => Some(*deadline),
+            _ => None,
+        };
+        let request = self.requests.values().map(|r| r.deadline).min();
+        stage.into_iter().chain(request).min()
+    }
+
+    /// Runs what is due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match &mut self.stage {
+            Stage::Handshake(handshake) => {
+                if let Err(e) = handshake.handle_timeout(now) {
+                    self.fail(e.to_string(), None);
+                }
+            }
+            Stage::AwaitHello { deadline } if now >= *deadline => {
+                self.fail("the broker did not say hello in time".into(), None);
+            }
+            _ => {}
+        }
+        let expired: Vec<RequestId> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for request in expired {
+            let r = self.requests.remove(&request).expect("listed");
+            if let Pending::Open(channel) = r.pending {
+                self.channels.remove(&channel);
+                if let Some(wire) = self.wire.as_mut() {
+                    wire.mux
+                        .reset(channel, ErrorCode::Cancelled, "no answer in time");
+                }
+            }
+            self.events.push_back(SessionEvent::Failed {
+                request,
+                code: ErrorCode::IdleTimeout,
+                message: "the broker did not answer in time".into(),
+            });
+        }
+    }
+
+    /// Ends the session from this side: a GOAWAY, then (box-stream) the
+    /// goodbye. Returns the last bytes to write before closing the socket.
+    pub fn close(&mut self, reason: &str) -> Bytes {
+        let last = match self.wire.as_mut() {
+            Some(wire) => {
+                wire.mux.go_away(ErrorCode::Cancelled, reason);
+                wire.last_words()
+            }
+            None => Bytes::new(),
+        };
+        self.stage = Stage::Closed;
+        self.requests.clear();
+        self.channels.clear();
+        last
+    }
+
+    // ── requests ──────────────────────────────────────────────────────
+
+    /// Takes `name`; with `wait`, queues for it if taken.
+    /// `direct_addr` (`tcp:HOST:PORT`) is where direct channels may reach us.
+    pub fn register(
+        &mut self,
+        now: Instant,
+        name: Name,
+        wait: bool,
+        direct_addr: Option<String>,
+    ) -> Result<RequestId, SessionError> {
+        self.request(now, Pending::Register, |request| Message::Register {
+            request,
+            name,
+            wait,
+            direct_addr: direct_addr.unwrap_or_default(),
+        })
+    }
+
+    /// Who is registered.
+    pub fn list(&mut self, now: Instant) -> Result<RequestId, SessionError> {
+        self.request(now, Pending::List(Vec::new()), |request| Message::List {
+            request,
+        })
+    }
+
+    /// A snapshot of who is registered, then every change.
+    pub fn watch(&mut self, now: Instant) -> Result<RequestId, SessionError> {
+        self.request(now, Pending::Watch(Vec::new()), |request| Message::Watch {
+            request,
+        })
+    }
+
+    /// Stop watching.
+    pub fn unwatch(&mut self, now: Instant) -> Result<RequestId, SessionError> {
+        self.request(now, Pending::Unwatch, |request| Message::Unwatch {
+            request,
+        })
+    }
+
+    /// Who holds what.
+    pub fn stats(&mut self, now: Instant) -> Result<RequestId, SessionError> {
+        self.request(now, Pending::Stats(Vec::new(), Vec::new()), |request| {
+            Message::Stats { request }
+        })
+    }
+
+    /// Opens a channel to `name`. The channel id is ours at once; it is usable
+    /// after [`SessionEvent::Opened`].
+    pub fn open(
+        &mut self,
+        now: Instant,
+        name: Name,
+        protocol: &str,
+        metadata: Bytes,
+        direct: bool,
+    ) -> Result<(RequestId, ChannelId), SessionError> {
+        if protocol.len() > control::MAX_SHORT_TEXT {
+            return Err(SessionError::TooLong("protocol"));
+        }
+        if metadata.len() > control::MAX_METADATA {
+            return Err(SessionError::TooLong("metadata"));
+        }
+        self.ensure_ready()?;
+        let channel = self.wire_mut()?.mux.open_local();
+        self.channels.insert(channel, ChannelState::Opening);
+        let request = self.request(now, Pending::Open(channel), |request| Message::Open {
+            request,
+            channel,
+            direct,
+            name,
+            protocol: protocol.to_owned(),
+            metadata,
+        })?;
+        Ok((request, channel))
+    }
+
+    /// Takes an incoming channel.
+    pub fn accept(&mut self, channel: ChannelId) -> Result<(), SessionError> {
+        self.answer(channel)?;
+        self.send_message(&Message::Accept { channel })
+    }
+
+    /// Refuses an incoming channel; the opener gets `reason`.
+    pub fn reject(&mut self, channel: ChannelId, reason: &str) -> Result<(), SessionError> {
+        self.answer(channel)?;
+        self.channels.remove(&channel);
+        self.wire_mut()?.mux.forget(channel);
+        let reason = crate::mux::frame::truncate_utf8(reason, control::MAX_TEXT).to_owned();
+        self.send_message(&Message::Reject { channel, reason })
+    }
+
+    /// The opener could not dial the peer directly: use the relay.
+    pub fn direct_failed(&mut self, channel: ChannelId) -> Result<(), SessionError> {
+        self.send_message(&Message::DirectFailed { channel })
+    }
+
+    // ── channels ──────────────────────────────────────────────────────
+
+    /// How many bytes [`Session::send`] takes now on `channel`.
+    pub fn send_capacity(&self, channel: ChannelId) -> usize {
+        match self.channels.get(&channel) {
+            Some(ChannelState::Open) => self
+                .wire
+                .as_ref()
+                .map_or(0, |w| w.mux.send_capacity(channel)),
+            _ => 0,
+        }
+    }
+
+    /// Sends as much of `data` as credit allows; returns how much was taken.
+    /// [`SessionEvent::Writable`] says when more credit arrived.
+    pub fn send(&mut self, channel: ChannelId, mut data: Bytes) -> Result<usize, SessionError> {
+        self.usable(channel)?;
+        let n = data.len().min(self.send_capacity(channel));
+        if n > 0 {
+            let taken = data.split_to(n);
+            self.wire_mut()?.mux.send(channel, taken)?;
+        }
+        Ok(n)
+    }
+
+    /// Half-closes: this side sends nothing more on `channel`.
+    pub fn finish(&mut self, channel: ChannelId) -> Result<(), SessionError> {
+        self.usable(channel)?;
+        Ok(self.wire_mut()?.mux.finish(channel)?)
+    }
+
+    /// Ends `channel` in both directions.
+    pub fn reset(
+        &mut self,
+        channel: ChannelId,
+        code: ErrorCode,
+        reason: &str,
+    ) -> Result<(), SessionError> {
+        if self.channels.remove(&channel).is_none() {
+            return Err(SessionError::UnknownChannel(channel));
+        }
+        self.wire_mut()?.mux.reset(channel, code, reason);
+        Ok(())
+    }
+
+    /// The application consumed `n` bytes of `channel`: the credit goes back.
+    pub fn consume(&mut self, channel: ChannelId, n: usize) {
+        if let Some(wire) = self.wire.as_mut() {
+            wire.mux.consume(channel, n);
+        }
+    }
+
+    /// Channels this session knows, in any state.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    // ── internals ─────────────────────────────────────────────────────
+
+    fn ensure_ready(&self) -> Result<(), SessionError> {
+        match self.stage {
+            Stage::Ready => Ok(()),
+            Stage::Closed => Err(SessionError::Closed),
+            _ => Err(SessionError::NotReady),
+        }
+    }
+
+    fn wire_mut(&mut self) -> Result<&mut Wire, SessionError> {
+        self.wire.as_mut().ok_or(SessionError::NotReady)
+    }
+
+    fn usable(&self, channel: ChannelId) -> Result<(), SessionError> {
+        self.ensure_ready()?;
+        match self.channels.get(&channel) {
+            Some(ChannelState::Open) => Ok(()),
+            Some(_) => Err(SessionError::ChannelNotOpen(channel)),
+            None => Err(SessionError::UnknownChannel(channel)),
+        }
+    }
+
+    fn answer(&mut self, channel: ChannelId) -> Result<(), SessionError> {
+        self.ensure_ready()?;
+        match self.channels.get_mut(&channel) {
+            Some(state @ ChannelState::Offered { .. }) => {
+                let ChannelState::Offered { await_path } = *state else {
+                    unreachable!("matched")
+                };
+                *state = match await_path {
+                    true => ChannelState::AwaitingPath,
+                    false => ChannelState::Open,
+                };
+                Ok(())
+            }
+            Some(_) => Err(SessionError::ChannelNotOpen(channel)),
+            None => Err(SessionError::UnknownChannel(channel)),
+        }
+    }
+
+    fn request(
+        &mut self,
+        now: Instant,
+        pending: Pending,
+        message: impl FnOnce(RequestId) -> Message,
+    ) -> Result<RequestId, SessionError> {
+        self.ensure_ready()?;
+        let request = self.next_request;
+        self.next_request = self.next_request.wrapping_add(1).max(1);
+        self.send_message(&message(request))?;
+        let deadline = now + self.config.request_timeout;
+        self.requests.insert(request, Request { pending, deadline });
+        Ok(request)
+    }
+
+    fn send_message(&mut self, message: &Message) -> Result<(), SessionError> {
+        let wire = self.wire.as_mut().ok_or(SessionError::NotReady)?;
+        control::encode(message, &mut self.scratch);
+        wire.mux.send_control(&self.scratch);
+        self.scratch.clear();
+        Ok(())
+    }
+
+    fn fail(&mut self, reason: String, code: Option<ErrorCode>) {
+        if self.is_closed() {
+            return;
+        }
+        self.stage = Stage::Closed;
+        if let Some(wire) = self.wire.as_mut() {
+            wire.mux
+                .go_away(code.unwrap_or(ErrorCode::ProtocolViolation), &reason);
+        }
+        self.requests.clear();
+        self.channels.clear();
+        self.events.push_back(SessionEvent::Closed { code, reason });
+    }
+
+    fn input(&mut self, now: Instant, input: &[u8]) -> Result<(), SessionError> {
+        match (&mut self.stage, &mut self.wire) {
+            (Stage::Closed, _) => Err(SessionError::Closed),
+            (Stage::Handshake(handshake), _) => {
+                handshake.handle_input(now, input)?;
+                match handshake.poll_event() {
+                    Some(shs::Event::Established(established)) => {
+                        self.established(now, established)
+                    }
+                    _ => Ok(()),
+                }
+            }
+            (_, Some(wire)) => {
+                let result = wire.handle_input(input);
+                self.drain_mux(now)?;
+                match result {
+                    Ok(()) => Ok(()),
+                    Err(WireError::Goodbye) => {
+                        self.fail("the broker said goodbye".into(), None);
+                        Ok(())
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            (_, None) => Err(SessionError::NotReady),
+        }
+    }
+
+    fn established(
+        &mut self,
+        now: Instant,
+        established: shs::Established,
+    ) -> Result<(), SessionError> {
+        let mux = Mux::new(
+            Side::Dialer,
+            MuxConfig {
+                max_window: self.config.max_window,
+                max_connection_window: self.config.max_connection_window,
+                ..MuxConfig::default()
+            },
+        );
+        self.wire = Some(match self.config.boxstream {
+            true => Wire::boxed(mux, &established.keys),
+            false => Wire::plain(mux),
+        });
+        self.stage = Stage::AwaitHello {
+            deadline: now + self.config.hello_timeout,
+        };
+        self.send_message(&Message::ClientHello {
+            min_version: VERSION,
+            max_version: VERSION,
+            features: 0,
+        })?;
+        if !established.early_data.is_empty() {
+            let wire = self.wire.as_mut().expect("just set");
+            wire.handle_input(&established.early_data)?;
+            self.drain_mux(now)?;
+        }
+        Ok(())
+    }
+
+    fn drain_mux(&mut self, now: Instant) -> Result<(), SessionError> {
+        while let Some(event) = self.wire.as_mut().and_then(|w| w.mux.poll_event()) {
+            match event {
+                MuxEvent::Control(bytes) => {
+                    self.control.push(&bytes);
+                    while let Some(message) = self.control.next()? {
+                        self.on_message(now, message)?;
+                    }
+                }
+                MuxEvent::Data { channel, payload } => self
+                    .events
+                    .push_back(SessionEvent::Data { channel, payload }),
+                MuxEvent::Fin { channel } => self.events.push_back(SessionEvent::Fin { channel }),
+                MuxEvent::Reset {
+                    channel,
+                    code,
+                    reason,
+                } => {
+                    self.channels.remove(&channel);
+                    self.events.push_back(SessionEvent::Reset {
+                        channel,
+                        code,
+                        reason,
+                    });
+                }
+                MuxEvent::Credit { channel, .. } => {
+                    if self.send_capacity(channel) > 0 {
+                        self.events.push_back(SessionEvent::Writable { channel });
+                    }
+                }
+                MuxEvent::Closed { channel } => {
+                    self.channels.remove(&channel);
+                    self.events
+                        .push_back(SessionEvent::ChannelClosed { channel });
+                }
+                MuxEvent::Pong { .. } => {}
+                MuxEvent::GoAway { code, reason } => {
+                    self.fail(format!("the broker went away: {reason}"), Some(code));
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn take_request(&mut self, request: RequestId) -> Result<Request, SessionError> {
+        self.requests
+            .remove(&request)
+            .ok_or(SessionError::Protocol("an answer to no request"))
+    }
+
+    fn on_message(&mut self, _now: Instant, message: Message) -> Result<(), SessionError> {
+        if let Stage::AwaitHello { .. } = self.stage {
+            let Message::BrokerHello {
+                version, limits, ..
+            } = message
+            else {
+                return Err(SessionError::Protocol(
+                    "the broker's first message is not its hello",
+                ));
+            };
+            if version != VERSION {
+                return Err(SessionError::Protocol(
+                    "the broker chose a version we do not speak",
+                ));
+            }
+            let wire = self.wire.as_mut().expect("after the handshake");
+            wire.mux.configure(MuxConfig {
+                max_frame: crate::mux::DEFAULT_MAX_FRAME,
+                initial_window: limits.initial_window,
+                max_window: self.config.max_window.max(limits.initial_window),
+                max_connection_window: self.config.max_connection_window,
+            });
+            wire.mux.set_peer_max_frame(limits.max_frame);
+            self.limits = Some(limits);
+            self.stage = Stage::Ready;
+            self.events.push_back(SessionEvent::Ready {
+                broker: self.config.broker,
+                limits,
+            });
+            return Ok(());
+        }
+        let event = match message {
+            Message::Error {
+                request,
+                code,
+                message,
+            } => {
+                if let Pending::Open(channel) = self.take_request(request)?.pending {
+                    self.channels.remove(&channel);
+                    self.wire_mut()?.mux.forget(channel);
+                }
+                SessionEvent::Failed {
+                    request,
+                    code,
+                    message,
+                }
+            }
+            Message::Ok { request } => {
+                match self.take_request(request)?.pending {
+                    Pending::Unwatch => self.watch_seq = None,
+                    _ => return Err(SessionError::Protocol("ok for a request that expects more")),
+                }
+                SessionEvent::Done { request }
+            }
+            Message::Registered { request, queued } => {
+                let Pending::Register = self.take_request(request)?.pending else {
+                    return Err(SessionError::Protocol("registered for another request"));
+                };
+                SessionEvent::Registered { request, queued }
+            }
+            Message::NameAcquired { name } => SessionEvent::NameAcquired { name },
+            Message::ListPage {
+                request,
+                last,
+                members,
+            } => {
+                let Some(Request {
+                    pending: Pending::List(all),
+                    ..
+                }) = self.requests.get_mut(&request)
+                else {
+                    return Err(SessionError::Protocol("a list page for another request"));
+                };
+                all.extend(members);
+                if !last {
+                    return Ok(());
+                }
+                let Pending::List(members) = self.take_request(request)?.pending else {
+                    unreachable!("checked above")
+                };
+                SessionEvent::Members { request, members }
+            }
+            Message::Snapshot {
+                request,
+                seq,
+                last,
+                members,
+            } => {
+                let Some(Request {
+                    pending: Pending::Watch(all),
+                    ..
+                }) = self.requests.get_mut(&request)
+                else {
+                    return Err(SessionError::Protocol("a snapshot for another request"));
+                };
+                all.extend(members);
+                if !last {
+                    return Ok(());
+                }
+                let Pending::Watch(members) = self.take_request(request)?.pending else {
+                    unreachable!("checked above")
+                };
+                self.watch_seq = Some(seq);
+                SessionEvent::Watching {
+                    request,
+                    seq,
+                    members,
+                }
+            }
+            Message::PresenceEvent { seq, presence } => {
+                match self.watch_seq {
+                    Some(last) if seq == last + 1 => self.watch_seq = Some(seq),
+                    Some(_) => {
+                        return Err(SessionError::Protocol("a presence event out of sequence"))
+                    }
+                    None => return Err(SessionError::Protocol("a presence event without a watch")),
+                }
+                SessionEvent::Presence { seq, presence }
+            }
+            Message::StatsPage {
+                request,
+                last,
+                keys,
+                names,
+            } => {
+                let Some(Request {
+                    pending: Pending::Stats(all_keys, all_names),
+                    ..
+                }) = self.requests.get_mut(&request)
+                else {
+                    return Err(SessionError::Protocol("a stats page for another request"));
+                };
+                all_keys.extend(keys);
+                all_names.extend(names);
+                if !last {
+                    return Ok(());
+                }
+                let Pending::Stats(keys, names) = self.take_request(request)?.pending else {
+                    unreachable!("checked above")
+                };
+                SessionEvent::Stats {
+                    request,
+                    keys,
+                    names,
+                }
+            }
+            Message::Incoming {
+                channel,
+                from_name,
+                from_key,
+                protocol,
+                metadata,
+                path,
+            } => {
+                self.wire_mut()?.mux.open_remote(channel)?;
+                let await_path = !matches!(path, IncomingPath::Relay);
+                self.channels
+                    .insert(channel, ChannelState::Offered { await_path });
+                SessionEvent::Incoming {
+                    channel,
+                    from_name,
+                    from_key,
+                    protocol,
+                    metadata,
+                    path,
+                }
+            }
+            Message::Opened {
+                request,
+                channel,
+                peer,
+                path,
+            } => {
+                let Pending::Open(expected) = self.take_request(request)?.pending else {
+                    return Err(SessionError::Protocol("opened for another request"));
+                };
+                if expected != channel {
+                    return Err(SessionError::Protocol("opened names another channel"));
+                }
+                let fd = match path {
+                    OpenedPath::SocketPair => {
+                        self.channels.remove(&channel);
+                        self.wire_mut()?.mux.forget(channel);
+                        Some(self.fds.pop_front().ok_or(SessionError::Protocol(
+                            "a socketpair without its descriptor",
+                        ))?)
+                    }
+                    _ => {
+                        self.channels.insert(channel, ChannelState::Open);
+                        None
+                    }
+                };
+                SessionEvent::Opened {
+                    request,
+                    channel,
+                    peer,
+                    path,
+                    fd,
+                }
+            }
+            Message::ChannelPath { channel, path } => {
+                let fd = match path {
+                    ChannelPath::SocketPair => {
+                        self.channels.remove(&channel);
+                        self.wire_mut()?.mux.forget(channel);
+                        Some(self.fds.pop_front().ok_or(SessionError::Protocol(
+                            "a socketpair without its descriptor",
+                        ))?)
+                    }
+                    ChannelPath::Relay => {
+                        if let Some(state) = self.channels.get_mut(&channel) {
+                            *state = ChannelState::Open;
+                        }
+                        None
+                    }
+                };
+                SessionEvent::ChannelPath { channel, path, fd }
+            }
+            _ => return Err(SessionError::Protocol("a plugin's message from the broker")),
+        };
+        self.events.push_back(event);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

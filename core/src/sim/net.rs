@@ -1,0 +1,340 @@
+//! A broker and its plugins in memory: the links are byte queues, time is a
+//! number, and one seeded RNG decides everything that could vary.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use crate::broker::{Broker, BrokerConfig, ConnId, Event, LogEntry};
+use crate::control::TransportKind;
+use crate::keys::{Keypair, PublicKey};
+use crate::session::{Session, SessionConfig, SessionEvent};
+use crate::shs::HandshakeConfig;
+use crate::time::Instant;
+
+/// A plugin in the simulation.
+pub type NodeId = usize;
+
+/// How unkind the links are.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Chaos {
+    /// Deliver writes in random pieces, some of them later.
+    pub split_and_delay: bool,
+}
+
+/// One plugin: its session and both directions of its link.
+pub struct Node {
+    /// The plugin's state machine.
+    pub session: Session,
+    /// The broker's id for this plugin's connection.
+    pub conn: ConnId,
+    /// The plugin's key.
+    pub key: PublicKey,
+    /// How it connected.
+    pub transport: TransportKind,
+    /// Events not yet taken.
+    pub events: VecDeque<SessionEvent>,
+    /// While set, the plugin does not read: the broker's output for it stays queued.
+    pub slow: bool,
+    /// The connection is over (closed by either side).
+    pub closed: bool,
+    up: VecDeque<Bytes>,
+    down: VecDeque<(Bytes, Option<u64>)>,
+}
+
+/// The whole deployment.
+pub struct Net {
+    /// The current time.
+    pub now: Instant,
+    /// The broker.
+    pub broker: Broker,
+    /// Every plugin ever connected (closed ones stay, marked).
+    pub nodes: BTreeMap<NodeId, Node>,
+    /// The broker's log.
+    pub log: Vec<LogEntry>,
+    /// Whether the runtime manages to make socketpairs.
+    pub socketpairs_work: bool,
+    by_conn: BTreeMap<ConnId, NodeId>,
+    next_node: NodeId,
+    rng: ChaCha20Rng,
+    chaos: Chaos,
+}
+
+impl Net {
+    /// A broker with key seed `[0xB0; 32]`, configured by `configure`.
+    pub fn new(seed: u64, chaos: Chaos, configure: impl FnOnce(&mut BrokerConfig)) -> Self {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut config = BrokerConfig::new(HandshakeConfig::new(Keypair::from_seed([0xB0; 32])));
+        configure(&mut config);
+        let broker_rng = ChaCha20Rng::seed_from_u64(rng.next_u64());
+        Net {
+            now: Instant::ZERO,
+            broker: Broker::new(config, Box::new(broker_rng)),
+            nodes: BTreeMap::new(),
+            log: Vec::new(),
+            socketpairs_work: true,
+            by_conn: BTreeMap::new(),
+            next_node: 0,
+            rng,
+            chaos,
+        }
+    }
+
+    /// The simulation's RNG, for workloads.
+    pub fn rng(&mut self) -> &mut ChaCha20Rng {
+        &mut self.rng
+    }
+
+    /// Connects a plugin with `keypair`. Returns `None` if the broker
+    /// turned the socket away at once.
+    pub fn connect(&mut self, keypair: Keypair, transport: TransportKind) -> Option<NodeId> {
+        self.connect_with(keypair, transport, |_| {})
+    }
+
+    /// As [`Net::connect`], adjusting the session's configuration.
+    pub fn connect_with(
+        &mut self,
+        keypair: Keypair,
+        transport: TransportKind,
+        configure: impl FnOnce(&mut SessionConfig),
+    ) -> Option<NodeId> {
+        let conn = self.broker.accept(self.now, transport).ok()?;
+        let key = keypair.public();
+        let mut config =
+            SessionConfig::new(HandshakeConfig::new(keypair), self.broker.public_key());
+        config.boxstream = transport == TransportKind::Tcp;
+        configure(&mut config);
+        let session =
+            Session::new(config, &mut self.rng, self.now).expect("the broker key is valid");
+        let id = self.next_node;
+        self.next_node += 1;
+        self.nodes.insert(
+            id,
+            Node {
+                session,
+                conn,
+                key,
+                transport,
+                events: VecDeque::new(),
+                slow: false,
+                closed: false,
+                up: VecDeque::new(),
+                down: VecDeque::new(),
+            },
+        );
+        self.by_conn.insert(conn, id);
+        Some(id)
+    }
+
+    /// A plugin.
+    pub fn node(&mut self, id: NodeId) -> &mut Node {
+        self.nodes.get_mut(&id).expect("a node of this simulation")
+    }
+
+    /// Takes a plugin's events.
+    pub fn events(&mut self, id: NodeId) -> Vec<SessionEvent> {
+        self.node(id).events.drain(..).collect()
+    }
+
+    /// The plugin's socket dies (the process was killed).
+    pub fn kill(&mut self, id: NodeId) {
+        let node = self.node(id);
+        if node.closed {
+            return;
+        }
+        node.closed = true;
+        node.up.clear();
+        node.down.clear();
+        let conn = node.conn;
+        self.broker.handle_disconnect(self.now, conn, "killed");
+    }
+
+    /// Moves time on and runs every timer due.
+    pub fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.broker.handle_timeout(self.now);
+        for node in self.nodes.values_mut().filter(|n| !n.closed) {
+            node.session.handle_timeout(self.now);
+        }
+    }
+
+    /// Runs until nothing moves (with chaos: one random round of moves).
+    pub fn run(&mut self) {
+        for _ in 0..100_000 {
+            if !self.round() {
+                return;
+            }
+        }
+        panic!("the simulation does not settle");
+    }
+
+    /// One round: every party writes, every link delivers. Returns whether
+    /// anything moved.
+    pub fn round(&mut self) -> bool {
+        let mut moved = false;
+        // Plugins write.
+        for node in self.nodes.values_mut().filter(|n| !n.closed) {
+            while let Some(bytes) = node.session.poll_transmit() {
+                node.up.push_back(bytes);
+                moved = true;
+            }
+        }
+        // The broker's events, and its output for readers that read.
+        moved |= self.broker_events();
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            moved |= self.deliver_up(id);
+            moved |= self.deliver_down(id);
+        }
+        moved |= self.broker_events();
+        moved
+    }
+
+    fn broker_events(&mut self) -> bool {
+        let mut moved = false;
+        while let Some(event) = self.broker.poll_event() {
+            moved = true;
+            match event {
+                Event::Transmit(_) => {}
+                Event::Close {
+                    conn, last_words, ..
+                } => {
+                    if let Some(node) = self
+                        .by_conn
+                        .get(&conn)
+                        .and_then(|id| self.nodes.get_mut(id))
+                    {
+                        if !last_words.is_empty() && !node.closed {
+                            node.down.push_back((last_words, None));
+                        }
+                        node.closed = true;
+                        // What is still in flight arrives, then the end.
+                        let down: Vec<_> = node.down.drain(..).collect();
+                        for (bytes, fd) in down {
+                            let _ = match fd {
+                                Some(fd) => node.session.handle_input_with_fd(self.now, &bytes, fd),
+                                None => node.session.handle_input(self.now, &bytes),
+                            };
+                        }
+                        node.session.handle_eof(self.now);
+                        while let Some(e) = node.session.poll_event() {
+                            node.events.push_back(e);
+                        }
+                    }
+                }
+                Event::CreateSocketPair(pair) => {
+                    let ok = self.socketpairs_work;
+                    self.broker.socketpair_ready(self.now, pair, ok);
+                }
+                Event::Log(entry) => self.log.push(entry),
+            }
+        }
+        // Pull output for every reader that reads.
+        for node in self.nodes.values_mut().filter(|n| !n.closed && !n.slow) {
+            while let Some(t) = self.broker.poll_transmit(node.conn) {
+                let fd = t.fd.map(|(pair, end)| {
+                    pair << 1 | u64::from(end == crate::broker::PairEnd::Target)
+                });
+                node.down.push_back((t.data, fd));
+                moved = true;
+            }
+        }
+        moved
+    }
+
+    /// How many bytes of `len` to deliver now.
+    fn portion(&mut self, len: usize) -> usize {
+        if !self.chaos.split_and_delay || len <= 1 {
+            return len;
+        }
+        match self.rng.next_u32() % 4 {
+            0 => 0, // later
+            1 => 1 + (self.rng.next_u32() as usize) % len,
+            _ => len,
+        }
+    }
+
+    fn deliver_up(&mut self, id: NodeId) -> bool {
+        let mut moved = false;
+        loop {
+            let node = &self.nodes[&id];
+            if node.closed {
+                return moved;
+            }
+            let Some(len) = node.up.front().map(Bytes::len) else {
+                return moved;
+            };
+            let n = self.portion(len);
+            if n == 0 {
+                return moved;
+            }
+            let node = self.nodes.get_mut(&id).expect("exists");
+            let front = node.up.front_mut().expect("checked");
+            let piece = front.split_to(n);
+            if front.is_empty() {
+                node.up.pop_front();
+            }
+            let conn = node.conn;
+            self.broker.handle_input(self.now, conn, &piece);
+            moved = true;
+        }
+    }
+
+    fn deliver_down(&mut self, id: NodeId) -> bool {
+        let mut moved = false;
+        loop {
+            let node = &self.nodes[&id];
+            if node.closed || node.slow {
+                return moved;
+            }
+            let Some(len) = node.down.front().map(|(b, _)| b.len()) else {
+                return moved;
+            };
+            let n = self.portion(len);
+            if n == 0 {
+                return moved;
+            }
+            let now = self.now;
+            let node = self.nodes.get_mut(&id).expect("exists");
+            let (front, fd) = node.down.front_mut().expect("checked");
+            let piece = front.split_to(n);
+            let fd = fd.take();
+            if front.is_empty() {
+                node.down.pop_front();
+            }
+            let result = match fd {
+                Some(fd) => node.session.handle_input_with_fd(now, &piece, fd),
+                None => node.session.handle_input(now, &piece),
+            };
+            while let Some(e) = node.session.poll_event() {
+                node.events.push_back(e);
+            }
+            if result.is_err() || node.session.is_closed() {
+                node.closed = true;
+                let conn = node.conn;
+                self.broker
+                    .handle_disconnect(now, conn, "the plugin closed the connection");
+            }
+            moved = true;
+        }
+    }
+
+    /// Bytes in flight on all links.
+    pub fn in_flight(&self) -> usize {
+        self.nodes
+            .values()
+            .map(|n| {
+                n.up.iter().map(Bytes::len).sum::<usize>()
+                    + n.down.iter().map(|(b, _)| b.len()).sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// The time, as a duration since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.now.since_epoch()
+    }
+}

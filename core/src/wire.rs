@@ -1,0 +1,159 @@
+//! A connection after its handshake: the mux, over plain framing (unix
+//! sockets) or inside box-stream (TCP). The broker and the plugin session
+//! both sit on a [`Wire`].
+
+use bytes::{Bytes, BytesMut};
+
+use crate::boxstream::{self, BoxStreamError, Opener, Sealer};
+use crate::mux::{Mux, MuxError};
+use crate::shs::SessionKeys;
+
+/// How plaintext mux bytes travel.
+pub enum Framing {
+    /// Directly: the kernel protects a unix socket.
+    Plain,
+    /// Inside SSB's box-stream.
+    BoxStream(Box<BoxedIo>),
+}
+
+/// Both halves of a box-stream, and the buffer sealed output is built in.
+pub struct BoxedIo {
+    sealer: Sealer,
+    opener: Opener,
+    sealed: BytesMut,
+    plain: BytesMut,
+}
+
+/// Why a wire failed on input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The box-stream was forged, cut, or went on after goodbye.
+    #[error("box-stream: {0}")]
+    BoxStream(#[from] BoxStreamError),
+    /// The peer broke the mux protocol.
+    #[error("{0}")]
+    Mux(#[from] MuxError),
+    /// The peer said goodbye (box-stream): it will send nothing more.
+    #[error("the peer said goodbye")]
+    Goodbye,
+}
+
+/// Most plaintext sealed into one box-stream write.
+const SEAL_BATCH: usize = 64 * 1024;
+
+/// A mux over its framing.
+pub struct Wire {
+    /// The channels.
+    pub mux: Mux,
+    framing: Framing,
+}
+
+impl Wire {
+    /// Plain framing.
+    pub fn plain(mux: Mux) -> Self {
+        Wire {
+            mux,
+            framing: Framing::Plain,
+        }
+    }
+
+    /// Box-stream framing with the handshake's keys.
+    pub fn boxed(mux: Mux, keys: &SessionKeys) -> Self {
+        let (sealer, opener) = boxstream::session(keys);
+        Wire {
+            mux,
+            framing: Framing::BoxStream(Box::new(BoxedIo {
+                sealer,
+                opener,
+                sealed: BytesMut::new(),
+                plain: BytesMut::new(),
+            })),
+        }
+    }
+
+    /// Whether this wire encrypts.
+    pub fn is_boxed(&self) -> bool {
+        matches!(self.framing, Framing::BoxStream(_))
+    }
+
+    /// Takes bytes from the socket into the mux.
+    pub fn handle_input(&mut self, input: &[u8]) -> Result<(), WireError> {
+        match &mut self.framing {
+            Framing::Plain => Ok(self.mux.handle_input(input)?),
+            Framing::BoxStream(io) => {
+                io.opener.handle_input(input)?;
+                while let Some(event) = io.opener.poll_event() {
+                    match event {
+                        boxstream::Event::Data(bytes) => self.mux.handle_input(&bytes)?,
+                        boxstream::Event::Goodbye => return Err(WireError::Goodbye),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// As [`Wire::handle_input`], keeping the buffer without a copy where the
+    /// framing is plain.
+    pub fn handle_input_owned(&mut self, input: BytesMut) -> Result<(), WireError> {
+        match self.framing {
+            Framing::Plain => Ok(self.mux.handle_input_owned(input)?),
+            Framing::BoxStream(_) => self.handle_input(&input),
+        }
+    }
+
+    /// The socket ended: fine after a goodbye, truncation otherwise.
+    pub fn handle_eof(&mut self) -> Result<(), WireError> {
+        match &mut self.framing {
+            Framing::Plain => Ok(()),
+            Framing::BoxStream(io) => Ok(io.opener.handle_eof()?),
+        }
+    }
+
+    /// The next bytes for the socket, with the attachment tag of the mux
+    /// frame they start, if any (plain framing only).
+    pub fn poll_transmit(&mut self) -> Option<(Bytes, Option<u64>)> {
+        match &mut self.framing {
+            Framing::Plain => self.mux.poll_transmit_tagged(),
+            Framing::BoxStream(io) => {
+                while io.plain.len() < SEAL_BATCH {
+                    let Some(chunk) = self.mux.poll_transmit() else {
+                        break;
+                    };
+                    io.plain.extend_from_slice(&chunk);
+                }
+                if !io.plain.is_empty() {
+                    let sealed = io.sealer.seal(&io.plain, &mut io.sealed);
+                    io.plain.clear();
+                    if sealed.is_err() {
+                        // Sealing after our goodbye: nothing more may go out.
+                        io.sealed.clear();
+                    }
+                }
+                (!io.sealed.is_empty()).then(|| (io.sealed.split().freeze(), None))
+            }
+        }
+    }
+
+    /// Whether [`Wire::poll_transmit`] has something.
+    pub fn has_output(&self) -> bool {
+        match &self.framing {
+            Framing::Plain => self.mux.has_output(),
+            Framing::BoxStream(io) => !io.sealed.is_empty() || self.mux.has_output(),
+        }
+    }
+
+    /// Everything still to send, then (box-stream) the goodbye: the last
+    /// bytes of a connection that is closing.
+    pub fn last_words(&mut self) -> Bytes {
+        let mut out = BytesMut::new();
+        while let Some((chunk, _)) = self.poll_transmit() {
+            out.extend_from_slice(&chunk);
+        }
+        if let Framing::BoxStream(io) = &mut self.framing {
+            // An error only means the goodbye was said already.
+            let _ = io.sealer.goodbye(&mut out);
+        }
+        out.freeze()
+    }
+}
