@@ -206,6 +206,8 @@ pub struct Broker {
     /// end of the current call.
     slow: Vec<ConnId>,
     scratch: BytesMut,
+    /// The latest time any call brought, for work done in `poll_transmit`.
+    last_now: Instant,
 }
 
 impl Broker {
@@ -230,6 +232,7 @@ impl Broker {
             events: VecDeque::new(),
             slow: Vec::new(),
             scratch: BytesMut::new(),
+            last_now: Instant::ZERO,
         }
     }
 
@@ -338,8 +341,13 @@ impl Broker {
             Some(t) => c.bytes_out += t.data.len() as u64,
             None => c.notified = false,
         }
+        let events_due = c.wire.as_ref().is_some_and(|w| w.mux.has_events());
         if out.is_some() && !c.credit_waiting.is_empty() {
             self.retry_credit(conn);
+        }
+        if events_due {
+            // Sending a FIN can retire a channel: its route goes with it.
+            self.drain_mux(self.last_now, conn);
         }
         out
     }
@@ -719,6 +727,7 @@ impl Broker {
 
     /// Work deferred to the end of every public call: closing slow readers.
     fn finish_call(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
         while let Some(conn) = self.slow.pop() {
             if self.conns.contains_key(&conn) {
                 let reason = format!(

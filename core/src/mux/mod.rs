@@ -231,6 +231,11 @@ impl Mux {
         self.decoder.buffered()
     }
 
+    /// Whether [`Mux::poll_event`] has something.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// The next thing the peer did.
     pub fn poll_event(&mut self) -> Option<MuxEvent> {
         self.events.pop_front()
