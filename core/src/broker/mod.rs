@@ -58,8 +58,10 @@ pub struct BrokerConfig {
 impl BrokerConfig {
     /// Defaults for everything but the identity.
     pub fn new(handshake: HandshakeConfig) -> Self {
-        let mut limits = Limits::default();
-        limits.handshake_timeout = handshake.timeout;
+        let limits = Limits {
+            handshake_timeout: handshake.timeout,
+            ..Limits::default()
+        };
         BrokerConfig {
             handshake: Arc::new(handshake),
             limits,
@@ -439,6 +441,11 @@ impl Broker {
         self.usage.len()
     }
 
+    /// Every key with what is accounted to it.
+    pub fn key_usages(&self) -> impl Iterator<Item = (&PublicKey, &KeyUsage)> {
+        self.usage.iter()
+    }
+
     /// Bytes the broker holds for all connections: queued output, and input
     /// buffered short of a whole frame.
     pub fn buffered_bytes(&self) -> usize {
@@ -816,10 +823,8 @@ impl Broker {
             }
         }
 
-        if let Some(key) = c.key {
-            for &channel in &c.routes {
-                self.routes_peer_gone(conn, channel, key);
-            }
+        for &channel in &c.routes {
+            self.routes_peer_gone(conn, channel);
         }
         for &(target, target_channel) in &c.opens_out {
             self.cancel_open_by_opener(target, target_channel);

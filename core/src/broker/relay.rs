@@ -15,6 +15,7 @@ use crate::control::{
     self, ChannelId, ChannelPath, ErrorCode, IncomingPath, Message, Name, OpenedPath, RequestId,
     TransportKind,
 };
+use crate::keys::PublicKey;
 use crate::mux::MuxEvent;
 use crate::time::Instant;
 
@@ -26,10 +27,18 @@ type End = (ConnId, ChannelId);
 
 struct RouteEnd {
     peer: End,
+    /// The key of this end's connection (its channel count).
+    key: PublicKey,
     /// Credit this end granted that is not passed to the peer yet.
     held: u32,
     /// This end's mux retired the channel (both FINs).
     closed: bool,
+}
+
+/// A route just removed.
+struct Unlinked {
+    keys: [PublicKey; 2],
+    peer: End,
 }
 
 /// Both ends of every relayed channel.
@@ -39,34 +48,29 @@ pub(super) struct Routes {
 }
 
 impl Routes {
-    fn link(&mut self, a: End, b: End) {
-        self.ends.insert(
-            a,
-            RouteEnd {
-                peer: b,
-                held: 0,
-                closed: false,
-            },
-        );
-        self.ends.insert(
-            b,
-            RouteEnd {
-                peer: a,
-                held: 0,
-                closed: false,
-            },
-        );
+    fn link(&mut self, (a, a_key): (End, PublicKey), (b, b_key): (End, PublicKey)) {
+        let end = |peer, key| RouteEnd {
+            peer,
+            key,
+            held: 0,
+            closed: false,
+        };
+        self.ends.insert(a, end(b, a_key));
+        self.ends.insert(b, end(a, b_key));
     }
 
     fn peer(&self, end: End) -> Option<End> {
         self.ends.get(&end).map(|e| e.peer)
     }
 
-    /// Removes both ends; returns the other one.
-    fn unlink(&mut self, end: End) -> Option<End> {
-        let peer = self.ends.remove(&end)?.peer;
-        self.ends.remove(&peer);
-        Some(peer)
+    /// Removes both ends; returns both keys and the other end.
+    fn unlink(&mut self, end: End) -> Option<Unlinked> {
+        let this = self.ends.remove(&end)?;
+        let peer = self.ends.remove(&this.peer).expect("ends come in pairs");
+        Some(Unlinked {
+            keys: [this.key, peer.key],
+            peer: this.peer,
+        })
     }
 
     pub(super) fn len(&self) -> usize {
@@ -309,7 +313,8 @@ impl Broker {
     /// socketpair, the target) to use the relay.
     fn establish(&mut self, target_end: End, open: PendingOpen, tell_target: bool) {
         let opener_end = (open.opener, open.opener_channel);
-        self.routes.link(opener_end, target_end);
+        self.routes
+            .link((opener_end, open.opener_key), (target_end, open.target_key));
         for (end, key) in [(opener_end, open.opener_key), (target_end, open.target_key)] {
             if let Some(c) = self.conns.get_mut(&end.0) {
                 c.routes.insert(end.1);
@@ -466,14 +471,10 @@ impl Broker {
     }
 
     /// `conn` is gone: the other end of its relayed `channel` is reset.
-    pub(super) fn routes_peer_gone(
-        &mut self,
-        conn: ConnId,
-        channel: ChannelId,
-        key: crate::keys::PublicKey,
-    ) {
-        if let Some(peer) = self.routes.unlink((conn, channel)) {
-            self.release_route_counts(key, peer);
+    pub(super) fn routes_peer_gone(&mut self, conn: ConnId, channel: ChannelId) {
+        if let Some(unlinked) = self.routes.unlink((conn, channel)) {
+            let peer = unlinked.peer;
+            self.release_route(conn, channel, unlinked);
             self.reset_channel(
                 peer.0,
                 peer.1,
@@ -483,13 +484,15 @@ impl Broker {
         }
     }
 
-    fn release_route_counts(&mut self, key: crate::keys::PublicKey, peer: End) {
-        let peer_key = self.conns.get_mut(&peer.0).and_then(|c| {
-            c.routes.remove(&peer.1);
-            c.credit_waiting.remove(&peer.1);
-            c.key
-        });
-        for key in [Some(key), peer_key].into_iter().flatten() {
+    /// Forgets a removed route in both connections and in both keys' counts.
+    fn release_route(&mut self, conn: ConnId, channel: ChannelId, unlinked: Unlinked) {
+        for (conn, channel) in [(conn, channel), unlinked.peer] {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.routes.remove(&channel);
+                c.credit_waiting.remove(&channel);
+            }
+        }
+        for key in unlinked.keys {
             if let Some(usage) = self.usage.get_mut(&key) {
                 usage.channels -= 1;
             }
@@ -540,13 +543,9 @@ impl Broker {
                 self.wake(peer.0);
             }
             MuxEvent::Reset { code, reason, .. } => {
-                self.routes.unlink(end);
-                let key = self.conns[&conn].key.expect("ready");
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.routes.remove(&channel);
-                    c.credit_waiting.remove(&channel);
+                if let Some(unlinked) = self.routes.unlink(end) {
+                    self.release_route(conn, channel, unlinked);
                 }
-                self.release_route_counts(key, peer);
                 self.reset_channel(peer.0, peer.1, code, &reason);
             }
             MuxEvent::Credit { increment, .. } => {
@@ -564,20 +563,18 @@ impl Broker {
                     None => false,
                 };
                 if both {
-                    self.routes.unlink(end);
-                    let key = self.conns[&conn].key.expect("ready");
-                    if let Some(c) = self.conns.get_mut(&conn) {
-                        c.routes.remove(&channel);
-                        c.credit_waiting.remove(&channel);
+                    if let Some(unlinked) = self.routes.unlink(end) {
+                        self.release_route(conn, channel, unlinked);
                     }
-                    self.release_route_counts(key, peer);
                 }
             }
             _ => {}
         }
     }
 
-    /// A channel event with no route: an open still waiting for its answer.
+    /// A channel event with no route: an open still waiting for its answer
+    /// (or for its socketpair). Either side may give up on it with a reset;
+    /// anything else is too early.
     fn on_unrouted(
         &mut self,
         now: Instant,
@@ -586,7 +583,14 @@ impl Broker {
         kind: &str,
         event: MuxEvent,
     ) {
-        let as_target = self.pending.contains_key(&(conn, channel));
+        let reason = match event {
+            MuxEvent::Credit { .. } | MuxEvent::Closed { .. } => return,
+            MuxEvent::Reset { reason, .. } => reason,
+            _ => {
+                let reason = format!("{kind} on channel {channel} before it was opened");
+                return self.close(now, conn, ErrorCode::ProtocolViolation, reason);
+            }
+        };
         let as_opener = self.conns[&conn]
             .opens_out
             .iter()
@@ -596,28 +600,42 @@ impl Broker {
                     .is_some_and(|o| o.opener_channel == channel)
             })
             .copied();
-        match event {
-            // Either side may give up on a pending open.
-            MuxEvent::Reset { reason, .. } if as_target => {
-                if let Some(open) = self.take_pending((conn, channel)) {
-                    self.forget_channel(open.opener, open.opener_channel);
-                    let message = format!("reset before answering: {reason}");
-                    self.reply(
-                        open.opener,
-                        &error(open.request, ErrorCode::Rejected, message),
-                    );
-                }
+        let pair = self
+            .pairs
+            .iter()
+            .find(|(_, (target, target_channel, open))| {
+                (*target, *target_channel) == (conn, channel)
+                    || (open.opener, open.opener_channel) == (conn, channel)
+            })
+            .map(|(pair, _)| *pair);
+        if let Some(open) = self.take_pending((conn, channel)) {
+            // The target gave up before answering: as good as a reject.
+            self.forget_channel(open.opener, open.opener_channel);
+            let message = format!("reset before answering: {reason}");
+            self.reply(
+                open.opener,
+                &error(open.request, ErrorCode::Rejected, message),
+            );
+        } else if let Some(end) = as_opener {
+            if self.take_pending(end).is_some() {
+                self.reset_channel(end.0, end.1, ErrorCode::Cancelled, "the opener gave up");
             }
-            MuxEvent::Reset { .. } if as_opener.is_some() => {
-                let end = as_opener.expect("matched");
-                if self.take_pending(end).is_some() {
-                    self.reset_channel(end.0, end.1, ErrorCode::Cancelled, "the opener gave up");
-                }
-            }
-            MuxEvent::Credit { .. } | MuxEvent::Closed { .. } => {}
-            _ => {
-                let reason = format!("{kind} on channel {channel} before it was opened");
-                self.close(now, conn, ErrorCode::ProtocolViolation, reason);
+        } else if let Some(pair) = pair {
+            let (target, target_channel, open) = self.pairs.remove(&pair).expect("found");
+            if target == conn {
+                self.forget_channel(open.opener, open.opener_channel);
+                let message = format!("reset before its path was set: {reason}");
+                self.reply(
+                    open.opener,
+                    &error(open.request, ErrorCode::Rejected, message),
+                );
+            } else {
+                self.reset_channel(
+                    target,
+                    target_channel,
+                    ErrorCode::Cancelled,
+                    "the opener gave up",
+                );
             }
         }
     }

@@ -505,7 +505,10 @@ fn limits_fail_the_one_request_not_the_connection() {
     let third = net.connect(keypair(1), TransportKind::Unix).unwrap();
     net.run();
     assert!(net.node(third).closed);
-    assert!(net.log.iter().any(|l| l.message.contains("already has 2 connections")));
+    assert!(net
+        .log
+        .iter()
+        .any(|l| l.message.contains("already has 2 connections")));
 }
 
 #[test]
@@ -736,3 +739,36 @@ fn members_report_connection_age() {
     assert_eq!(*connected_ms, 2500);
 }
 
+#[test]
+fn a_channel_to_ones_own_name_is_released_with_its_connection() {
+    // Regression (simulation seeds 16, 43): both ends of the route on one
+    // connection counted twice and were released once.
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    register(&mut net, a, "self", false);
+    let now = net.now;
+    let (_, opener_channel) = net
+        .node(a)
+        .session
+        .open(now, name("self"), "p", Bytes::new(), false)
+        .unwrap();
+    net.run();
+    let incoming = net
+        .events(a)
+        .into_iter()
+        .find_map(|e| match e {
+            SessionEvent::Incoming { channel, .. } => Some(channel),
+            _ => None,
+        })
+        .unwrap();
+    net.node(a).session.accept(incoming).unwrap();
+    net.run();
+    assert!(net
+        .events(a)
+        .iter()
+        .any(|e| matches!(e, SessionEvent::Opened { channel, .. } if *channel == opener_channel)));
+    assert_eq!(net.broker.key_usage(&keypair(1).public()).channels, 2);
+    net.kill(a);
+    net.run();
+    assert_eq!(net.broker.key_count(), 0);
+}

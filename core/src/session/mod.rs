@@ -220,26 +220,11 @@ impl Session {
             }
             _ => {}
         }
-        let expired: Vec<RequestId> = self
-            .requests
-            .iter()
-            .filter(|(_, r)| r.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for request in expired {
-            let r = self.requests.remove(&request).expect("listed");
-            if let Pending::Open(channel) = r.pending {
-                self.channels.remove(&channel);
-                if let Some(wire) = self.wire.as_mut() {
-                    wire.mux
-                        .reset(channel, ErrorCode::Cancelled, "no answer in time");
-                }
-            }
-            self.events.push_back(SessionEvent::Failed {
-                request,
-                code: ErrorCode::IdleTimeout,
-                message: "the broker did not answer in time".into(),
-            });
+        // The broker answers every request (or ends the connection): one
+        // that stays unanswered means the broker is gone.
+        if let Some((request, _)) = self.requests.iter().find(|(_, r)| r.deadline <= now) {
+            let reason = format!("the broker did not answer request {request} in time");
+            self.fail(reason, Some(ErrorCode::IdleTimeout));
         }
     }
 
@@ -640,7 +625,8 @@ impl Session {
                 code,
                 message,
             } => {
-                if let Pending::Open(channel) = self.take_request(request)?.pending {
+                let r = self.take_request(request)?;
+                if let Pending::Open(channel) = r.pending {
                     self.channels.remove(&channel);
                     self.wire_mut()?.mux.forget(channel);
                 }
@@ -651,14 +637,16 @@ impl Session {
                 }
             }
             Message::Ok { request } => {
-                match self.take_request(request)?.pending {
+                let r = self.take_request(request)?;
+                match r.pending {
                     Pending::Unwatch => self.watch_seq = None,
                     _ => return Err(SessionError::Protocol("ok for a request that expects more")),
                 }
                 SessionEvent::Done { request }
             }
             Message::Registered { request, queued } => {
-                let Pending::Register = self.take_request(request)?.pending else {
+                let r = self.take_request(request)?;
+                let Pending::Register = r.pending else {
                     return Err(SessionError::Protocol("registered for another request"));
                 };
                 SessionEvent::Registered { request, queued }
@@ -680,7 +668,11 @@ impl Session {
                 if !last {
                     return Ok(());
                 }
-                let Pending::List(members) = self.take_request(request)?.pending else {
+                let Request {
+                    pending: Pending::List(members),
+                    ..
+                } = self.take_request(request)?
+                else {
                     unreachable!("checked above")
                 };
                 SessionEvent::Members { request, members }
@@ -702,7 +694,11 @@ impl Session {
                 if !last {
                     return Ok(());
                 }
-                let Pending::Watch(members) = self.take_request(request)?.pending else {
+                let Request {
+                    pending: Pending::Watch(members),
+                    ..
+                } = self.take_request(request)?
+                else {
                     unreachable!("checked above")
                 };
                 self.watch_seq = Some(seq);
@@ -740,7 +736,11 @@ impl Session {
                 if !last {
                     return Ok(());
                 }
-                let Pending::Stats(keys, names) = self.take_request(request)?.pending else {
+                let Request {
+                    pending: Pending::Stats(keys, names),
+                    ..
+                } = self.take_request(request)?
+                else {
                     unreachable!("checked above")
                 };
                 SessionEvent::Stats {

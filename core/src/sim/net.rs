@@ -159,6 +159,28 @@ impl Net {
         for node in self.nodes.values_mut().filter(|n| !n.closed) {
             node.session.handle_timeout(self.now);
         }
+        self.collect();
+    }
+
+    /// Takes every session's events; a session that ended itself sends its
+    /// last words and closes its socket.
+    fn collect(&mut self) {
+        for node in self.nodes.values_mut().filter(|n| !n.closed) {
+            while let Some(e) = node.session.poll_event() {
+                node.events.push_back(e);
+            }
+            if node.session.is_closed() {
+                while let Some(bytes) = node.session.poll_transmit() {
+                    node.up.push_back(bytes);
+                }
+                for bytes in node.up.drain(..) {
+                    self.broker.handle_input(self.now, node.conn, &bytes);
+                }
+                node.closed = true;
+                node.down.clear();
+                self.broker.handle_eof(self.now, node.conn);
+            }
+        }
     }
 
     /// Runs until nothing moves (with chaos: one random round of moves).
@@ -190,6 +212,7 @@ impl Net {
             moved |= self.deliver_down(id);
         }
         moved |= self.broker_events();
+        self.collect();
         moved
     }
 

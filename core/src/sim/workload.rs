@@ -1,0 +1,677 @@
+//! The simulated workload and the invariants checked after every step.
+//!
+//! Plugins come and go, register names (several want the same ones, some
+//! wait in line), list, watch, open channels to each other, accept, reject
+//! or ignore them, and send data whose every byte is predictable, so the
+//! receiver can check order and exactly-once delivery. The RNG also kills
+//! plugins, makes readers slow, splits and delays writes and moves time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand_chacha::rand_core::RngCore;
+
+use super::net::{Chaos, Net, NodeId};
+use crate::broker::Limits;
+use crate::control::{ErrorCode, Name, Presence, TransportKind, MAX_MESSAGE};
+use crate::keys::{Keypair, PublicKey};
+use crate::mux::HEADER_LEN;
+use crate::session::SessionEvent;
+
+/// A broken invariant, with the step it broke at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The seed that reproduces it.
+    pub seed: u64,
+    /// The step.
+    pub step: usize,
+    /// What broke.
+    pub what: String,
+}
+
+impl core::fmt::Display for Violation {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "seed {} step {}: {}", self.seed, self.step, self.what)
+    }
+}
+
+/// What a run did, for the summary line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunStats {
+    /// Plugins connected.
+    pub connects: usize,
+    /// Channels opened.
+    pub channels: usize,
+    /// Channel bytes delivered and checked.
+    pub bytes: u64,
+}
+
+const NAMES: [&str; 5] = ["alpha", "beta", "gamma", "delta", "eps"];
+const KEYS: u8 = 12;
+
+/// The byte at `offset` of the stream with `seed`: both ends compute it.
+fn stream_byte(seed: u64, offset: u64) -> u8 {
+    let x = seed
+        .wrapping_add(offset.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .rotate_left(17);
+    (x ^ (x >> 29)) as u8
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChannelState {
+    Opening,
+    Offered,
+    Open,
+}
+
+#[derive(Debug)]
+struct AppChannel {
+    state: ChannelState,
+    send_seed: u64,
+    recv_seed: u64,
+    sent: u64,
+    received: u64,
+    fin_sent: bool,
+    fin_received: bool,
+}
+
+/// What one plugin's application knows.
+#[derive(Default)]
+struct App {
+    channels: BTreeMap<u32, AppChannel>,
+    opens: BTreeMap<u32, u32>, // request → channel
+    owns: Option<Name>,
+    register_pending: Option<Name>,
+    /// Applying snapshot and events: the name → key view of a watcher.
+    view: Option<(u64, BTreeMap<Name, PublicKey>)>,
+    watch_pending: bool,
+}
+
+/// Runs one seed for `steps` steps; returns what it did or the first broken invariant.
+pub fn run(seed: u64, steps: usize) -> Result<RunStats, Violation> {
+    Sim::new(seed).run(steps)
+}
+
+struct Sim {
+    seed: u64,
+    step: usize,
+    net: Net,
+    apps: BTreeMap<NodeId, App>,
+    stats: RunStats,
+}
+
+macro_rules! check {
+    ($sim:expr, $cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(Violation { seed: $sim.seed, step: $sim.step, what: format!($($msg)+) });
+        }
+    };
+}
+
+impl Sim {
+    fn new(seed: u64) -> Self {
+        let mut net = Net::new(
+            seed,
+            Chaos {
+                split_and_delay: true,
+            },
+            |config| {
+                let limits: &mut Limits = &mut config.limits;
+                limits.initial_window = 8 * 1024;
+                limits.max_window = 64 * 1024;
+                limits.max_control_queue = 32 * 1024;
+                limits.max_connections_per_key = 3;
+                limits.max_pending_opens_per_key = 4;
+                limits.max_channels_per_key = 8;
+                config.fd_passing = true;
+            },
+        );
+        net.socketpairs_work = seed % 2 == 0;
+        Sim {
+            seed,
+            step: 0,
+            net,
+            apps: BTreeMap::new(),
+            stats: RunStats::default(),
+        }
+    }
+
+    fn rand(&mut self, n: u32) -> u32 {
+        self.net.rng().next_u32() % n.max(1)
+    }
+
+    fn live(&self) -> Vec<NodeId> {
+        self.net
+            .nodes
+            .iter()
+            .filter(|(_, n)| !n.closed)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn pick_live(&mut self) -> Option<NodeId> {
+        let live = self.live();
+        (!live.is_empty()).then(|| live[self.rand(live.len() as u32) as usize])
+    }
+
+    fn run(mut self, steps: usize) -> Result<RunStats, Violation> {
+        for step in 0..steps {
+            self.step = step;
+            self.act();
+            for _ in 0..1 + self.rand(4) {
+                self.net.round();
+                self.react()?;
+            }
+            self.check_always()?;
+        }
+        // Wind down: everyone reads, time passes, the links drain.
+        self.step = steps;
+        for node in self.net.nodes.values_mut() {
+            node.slow = false;
+        }
+        for _ in 0..50 {
+            self.net.run();
+            self.react()?;
+        }
+        self.check_always()?;
+        self.check_settled()?;
+        for id in self.live() {
+            self.net.kill(id);
+        }
+        self.net.run();
+        self.net.advance(Duration::from_secs(60));
+        self.net.run();
+        self.check_empty()?;
+        Ok(self.stats)
+    }
+
+    /// One random action of the workload.
+    fn act(&mut self) {
+        let now = self.net.now;
+        match self.rand(100) {
+            0..=9 => {
+                let key = Keypair::from_seed([1 + self.rand(KEYS as u32) as u8; 32]);
+                let transport = match self.rand(3) {
+                    0 => TransportKind::Tcp,
+                    _ => TransportKind::Unix,
+                };
+                // Over TCP the default policy admits nobody: those are refused in the handshake.
+                if let Some(id) = self.net.connect(key, transport) {
+                    self.stats.connects += 1;
+                    self.apps.insert(id, App::default());
+                }
+            }
+            10..=19 => {
+                let Some(id) = self.pick_live() else { return };
+                let name = Name::new(NAMES[self.rand(NAMES.len() as u32) as usize]).expect("valid");
+                let wait = self.rand(2) == 0;
+                let app = &self.apps[&id];
+                if app.owns.is_none()
+                    && app.register_pending.is_none()
+                    && self
+                        .net
+                        .node(id)
+                        .session
+                        .register(now, name.clone(), wait, None)
+                        .is_ok()
+                {
+                    self.apps.get_mut(&id).expect("live").register_pending = Some(name);
+                }
+            }
+            20..=24 => {
+                let Some(id) = self.pick_live() else { return };
+                let app = &self.apps[&id];
+                if app.view.is_none()
+                    && !app.watch_pending
+                    && self.net.node(id).session.watch(now).is_ok()
+                {
+                    self.apps.get_mut(&id).expect("live").watch_pending = true;
+                }
+            }
+            25..=27 => {
+                let Some(id) = self.pick_live() else { return };
+                let _ = self.net.node(id).session.list(now);
+            }
+            28..=44 => {
+                let Some(id) = self.pick_live() else { return };
+                let name = Name::new(NAMES[self.rand(NAMES.len() as u32) as usize]).expect("valid");
+                let seed = self.net.rng().next_u64();
+                let direct = self.rand(4) == 0;
+                let metadata = Bytes::copy_from_slice(&seed.to_be_bytes());
+                if let Ok((request, channel)) = self
+                    .net
+                    .node(id)
+                    .session
+                    .open(now, name, "sim", metadata, direct)
+                {
+                    let app = self.apps.get_mut(&id).expect("live");
+                    app.opens.insert(request, channel);
+                    app.channels.insert(
+                        channel,
+                        AppChannel {
+                            state: ChannelState::Opening,
+                            send_seed: seed,
+                            recv_seed: seed ^ 1,
+                            sent: 0,
+                            received: 0,
+                            fin_sent: false,
+                            fin_received: false,
+                        },
+                    );
+                }
+            }
+            45..=74 => {
+                // Send on some open channel.
+                let Some(id) = self.pick_live() else { return };
+                let open: Vec<u32> = self.apps[&id]
+                    .channels
+                    .iter()
+                    .filter(|(_, c)| c.state == ChannelState::Open && !c.fin_sent)
+                    .map(|(ch, _)| *ch)
+                    .collect();
+                if open.is_empty() {
+                    return;
+                }
+                let ch = open[self.rand(open.len() as u32) as usize];
+                let len = 1 + self.rand(40_000) as usize;
+                let app = self.apps.get_mut(&id).expect("live");
+                let c = app.channels.get_mut(&ch).expect("listed");
+                let data: Vec<u8> = (0..len as u64)
+                    .map(|i| stream_byte(c.send_seed, c.sent + i))
+                    .collect();
+                if let Ok(n) = self.net.node(id).session.send(ch, Bytes::from(data)) {
+                    self.apps
+                        .get_mut(&id)
+                        .expect("live")
+                        .channels
+                        .get_mut(&ch)
+                        .expect("listed")
+                        .sent += n as u64;
+                }
+            }
+            75..=79 => {
+                // Finish or reset a channel.
+                let Some(id) = self.pick_live() else { return };
+                let open: Vec<u32> = self.apps[&id]
+                    .channels
+                    .iter()
+                    .filter(|(_, c)| c.state == ChannelState::Open)
+                    .map(|(ch, _)| *ch)
+                    .collect();
+                if open.is_empty() {
+                    return;
+                }
+                let ch = open[self.rand(open.len() as u32) as usize];
+                if self.rand(3) == 0 {
+                    let _ = self
+                        .net
+                        .node(id)
+                        .session
+                        .reset(ch, ErrorCode::Cancelled, "sim");
+                    self.apps.get_mut(&id).expect("live").channels.remove(&ch);
+                } else if !self.apps[&id].channels[&ch].fin_sent
+                    && self.net.node(id).session.finish(ch).is_ok()
+                {
+                    self.apps
+                        .get_mut(&id)
+                        .expect("live")
+                        .channels
+                        .get_mut(&ch)
+                        .expect("listed")
+                        .fin_sent = true;
+                }
+            }
+            80..=84 => {
+                if let Some(id) = self.pick_live() {
+                    self.net.kill(id);
+                }
+            }
+            85..=87 => {
+                if let Some(id) = self.pick_live() {
+                    let node = self.net.node(id);
+                    node.slow = !node.slow;
+                }
+            }
+            _ => {
+                let ms = match self.rand(10) {
+                    0 => 11_000 + self.rand(30_000),
+                    _ => self.rand(500),
+                };
+                self.net.advance(Duration::from_millis(u64::from(ms)));
+            }
+        }
+    }
+
+    /// Each plugin's application handles its events; data is checked here.
+    fn react(&mut self) -> Result<(), Violation> {
+        let ids: Vec<NodeId> = self.net.nodes.keys().copied().collect();
+        for id in ids {
+            for event in self.net.events(id) {
+                self.on_event(id, event)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_event(&mut self, id: NodeId, event: SessionEvent) -> Result<(), Violation> {
+        let app = self.apps.entry(id).or_default();
+        match event {
+            SessionEvent::Ready { .. }
+            | SessionEvent::Done { .. }
+            | SessionEvent::Members { .. }
+            | SessionEvent::Stats { .. }
+            | SessionEvent::Writable { .. } => {}
+            SessionEvent::Registered { queued, .. } => {
+                let name = app.register_pending.take();
+                if !queued {
+                    app.owns = name;
+                }
+            }
+            SessionEvent::NameAcquired { name } => app.owns = Some(name),
+            SessionEvent::Failed {
+                request,
+                code,
+                message,
+            } => {
+                // Which request failed is in `request`; registers and watches are one at a time.
+                if !app.opens.contains_key(&request) {
+                    app.register_pending = None;
+                    app.watch_pending = false;
+                }
+                if let Some(ch) = app.opens.remove(&request) {
+                    app.channels.remove(&ch);
+                }
+                check!(
+                    self,
+                    code != ErrorCode::Malformed && code != ErrorCode::ProtocolViolation,
+                    "node {id}: request {request} failed as malformed: {message}"
+                );
+            }
+            SessionEvent::Watching { seq, members, .. } => {
+                app.watch_pending = false;
+                app.view = Some((seq, members.into_iter().map(|m| (m.name, m.key)).collect()));
+            }
+            SessionEvent::Presence { seq, presence } => {
+                let Some((at, view)) = app.view.as_mut() else {
+                    return Err(
+                        self.violation(format!("node {id}: a presence event without a watch"))
+                    );
+                };
+                check!(self, seq == *at + 1, "node {id}: presence {seq} after {at}");
+                *at = seq;
+                match presence {
+                    Presence::Up(member) => {
+                        check!(
+                            self,
+                            view.insert(member.name.clone(), member.key).is_none(),
+                            "node {id}: {} up twice",
+                            member.name
+                        );
+                    }
+                    Presence::Down { name, key } => {
+                        check!(
+                            self,
+                            view.remove(&name) == Some(key),
+                            "node {id}: {name} down but not up"
+                        );
+                    }
+                    Presence::OwnerChanged { name, old_key, new } => {
+                        check!(
+                            self,
+                            view.insert(name.clone(), new.key) == Some(old_key),
+                            "node {id}: {name} changed owner from an unknown one"
+                        );
+                    }
+                }
+            }
+            SessionEvent::Incoming {
+                channel, metadata, ..
+            } => {
+                let seed = metadata
+                    .get(..8)
+                    .map(|m| u64::from_be_bytes(m.try_into().expect("8")));
+                let Some(seed) = seed else {
+                    return Err(self.violation(format!("node {id}: incoming without its seed")));
+                };
+                app.channels.insert(
+                    channel,
+                    AppChannel {
+                        state: ChannelState::Offered,
+                        send_seed: seed ^ 1,
+                        recv_seed: seed,
+                        sent: 0,
+                        received: 0,
+                        fin_sent: false,
+                        fin_received: false,
+                    },
+                );
+                match self.net.rng().next_u32() % 10 {
+                    0 => {
+                        let _ = self.net.node(id).session.reject(channel, "not today");
+                        self.apps
+                            .get_mut(&id)
+                            .expect("exists")
+                            .channels
+                            .remove(&channel);
+                    }
+                    1 => {} // never answers: the open times out
+                    _ => {
+                        if self.net.node(id).session.accept(channel).is_ok() {
+                            let c = self
+                                .apps
+                                .get_mut(&id)
+                                .expect("exists")
+                                .channels
+                                .get_mut(&channel)
+                                .expect("just added");
+                            c.state = ChannelState::Open;
+                        }
+                    }
+                }
+            }
+            SessionEvent::Opened {
+                request,
+                channel,
+                fd,
+                ..
+            } => {
+                let expected = app.opens.remove(&request);
+                check!(
+                    self,
+                    expected == Some(channel),
+                    "node {id}: opened {channel} for request {request}"
+                );
+                self.stats.channels += 1;
+                match fd {
+                    // A socketpair: out of the broker's hands (and of this check).
+                    Some(_) => {
+                        app.channels.remove(&channel);
+                    }
+                    None => {
+                        if let Some(c) = app.channels.get_mut(&channel) {
+                            c.state = ChannelState::Open;
+                        }
+                    }
+                }
+            }
+            SessionEvent::ChannelPath { channel, fd, .. } => {
+                if fd.is_some() {
+                    app.channels.remove(&channel);
+                }
+            }
+            SessionEvent::Data { channel, payload } => {
+                let Some(c) = app.channels.get_mut(&channel) else {
+                    return Err(
+                        self.violation(format!("node {id}: data on unknown channel {channel}"))
+                    );
+                };
+                check!(
+                    self,
+                    !c.fin_received,
+                    "node {id}: data on channel {channel} after FIN"
+                );
+                for (i, byte) in payload.iter().enumerate() {
+                    let offset = c.received + i as u64;
+                    if *byte != stream_byte(c.recv_seed, offset) {
+                        return Err(self.violation(format!(
+                            "node {id}: channel {channel} byte {offset} is wrong (lost, duplicated or reordered)"
+                        )));
+                    }
+                }
+                c.received += payload.len() as u64;
+                self.stats.bytes += payload.len() as u64;
+                let n = payload.len();
+                // Mostly read at once; sometimes leave it unread for a while.
+                self.net.node(id).session.consume(channel, n);
+            }
+            SessionEvent::Fin { channel } => {
+                if let Some(c) = app.channels.get_mut(&channel) {
+                    c.fin_received = true;
+                    if !c.fin_sent && self.net.node(id).session.finish(channel).is_ok() {
+                        self.apps
+                            .get_mut(&id)
+                            .expect("exists")
+                            .channels
+                            .get_mut(&channel)
+                            .expect("exists")
+                            .fin_sent = true;
+                    }
+                }
+            }
+            SessionEvent::Reset { channel, .. } | SessionEvent::ChannelClosed { channel } => {
+                app.channels.remove(&channel);
+                app.opens.retain(|_, ch| *ch != channel);
+            }
+            SessionEvent::Closed { code, reason } => {
+                let allowed = matches!(
+                    code,
+                    None | Some(ErrorCode::SlowReader)
+                        | Some(ErrorCode::IdleTimeout)
+                        | Some(ErrorCode::HelloTimeout)
+                );
+                check!(
+                    self,
+                    allowed || reason.contains("closed the connection"),
+                    "node {id}: connection ended: {code:?} {reason}"
+                );
+                check!(
+                    self,
+                    !reason.contains("broke the protocol") && !reason.contains("malformed"),
+                    "node {id}: {reason}"
+                );
+                self.apps.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
+    fn violation(&self, what: String) -> Violation {
+        Violation {
+            seed: self.seed,
+            step: self.step,
+            what,
+        }
+    }
+
+    /// Checked after every step.
+    fn check_always(&mut self) -> Result<(), Violation> {
+        let broker = &self.net.broker;
+        let registry = broker.registry();
+        let mut owners = BTreeSet::new();
+        for (name, holder) in registry.members() {
+            check!(
+                self,
+                owners.insert(holder.conn),
+                "conn {} owns two names ({name})",
+                holder.conn
+            );
+            check!(
+                self,
+                broker.key_of(holder.conn) == Some(holder.key),
+                "{name} is owned by a dead or other connection"
+            );
+        }
+        // The buffer bound: control queues, plus a window per relayed direction,
+        // plus less than a frame of input per connection.
+        let limits = broker.limits();
+        let per_conn = limits.max_control_queue
+            + 2 * MAX_MESSAGE
+            + 2 * (limits.max_frame as usize + HEADER_LEN)
+            + 64 * 1024;
+        let per_route = 2 * (limits.max_window as usize + limits.max_frame as usize + HEADER_LEN);
+        let bound = broker.connection_count() * per_conn + broker.route_count() * per_route;
+        let buffered = broker.buffered_bytes();
+        check!(
+            self,
+            buffered <= bound,
+            "the broker holds {buffered} bytes, over its bound {bound}"
+        );
+        Ok(())
+    }
+
+    /// When all links are drained and everyone reads: views equal the registry.
+    fn check_settled(&mut self) -> Result<(), Violation> {
+        let registry: BTreeMap<Name, PublicKey> = self
+            .net
+            .broker
+            .registry()
+            .members()
+            .map(|(n, h)| (n.clone(), h.key))
+            .collect();
+        let seq = self.net.broker.registry().seq();
+        for (id, app) in &self.apps {
+            if self.net.nodes[id].closed {
+                continue;
+            }
+            if let Some((at, view)) = &app.view {
+                check!(
+                    self,
+                    *at == seq && *view == registry,
+                    "node {id}'s view at {at} differs from the registry at {seq}"
+                );
+            }
+            let conn = self.net.nodes[id].conn;
+            let owned = self.net.broker.registry().name_of(conn);
+            let log: Vec<&String> = self
+                .net
+                .log
+                .iter()
+                .filter(|l| l.conn == conn)
+                .map(|l| &l.message)
+                .collect();
+            check!(self, owned == app.owns.as_ref(),
+                "node {id} believes it owns {:?}, the broker says {owned:?}; session closed {}; log {log:?}", app.owns, self.net.nodes[id].session.is_closed());
+        }
+        Ok(())
+    }
+
+    /// Everyone is gone: nothing is left.
+    fn check_empty(&mut self) -> Result<(), Violation> {
+        let b = &self.net.broker;
+        let left = [
+            ("connections", b.connection_count()),
+            ("names", b.registry().len()),
+            ("watchers", b.watchers().count()),
+            ("routes", b.route_count()),
+            ("pending opens", b.pending_open_count()),
+            ("timers", b.timer_count()),
+            ("buffered bytes", b.buffered_bytes()),
+        ];
+        for (what, n) in left {
+            check!(
+                self,
+                n == 0,
+                "everyone left, and the broker still holds {n} {what}"
+            );
+        }
+        check!(
+            self,
+            b.registry().is_empty(),
+            "everyone left, and the registry is not empty"
+        );
+        let usages: Vec<_> = b.key_usages().map(|(_, u)| *u).collect();
+        check!(self, usages.is_empty(), "keys still accounted: {usages:?}");
+        Ok(())
+    }
+}
