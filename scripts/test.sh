@@ -11,8 +11,12 @@ if [ ! -f interop/node_modules/.package-lock.json ] ||
   npm ci --prefix interop --no-audit --no-fund --loglevel=error
 fi
 
-cargo test --workspace
+cargo test --workspace --all-features
 
-cargo build --release -p plugboard-core --examples
+cargo build --release -p plugboard-core --examples --all-features
 bin=target/release/examples
+
+# The deterministic simulation: a broker and many plugins, 1000 seeds.
+"$bin/simulate" --seeds 1000 --start 0 | tail -n 2
+
 interop/run.sh "$bin/shs-echo" "$bin/shs1-test-server" "$bin/shs1-test-client"
