@@ -1,0 +1,171 @@
+//! The broker under an arbitrary sequence of accepts, honest plugins acting,
+//! raw byte chunks on any connection, kills and time jumps. Oracles: no
+//! panic; the broker's buffered bytes stay under the bound its limits imply;
+//! when everyone has left, it holds nothing.
+#![no_main]
+
+use std::time::Duration;
+
+use arbitrary::Arbitrary;
+use bytes::Bytes;
+use libfuzzer_sys::fuzz_target;
+use plugboard_core::control::{Name, TransportKind, MAX_MESSAGE};
+use plugboard_core::keys::Keypair;
+use plugboard_core::mux::HEADER_LEN;
+use plugboard_core::sim::{Chaos, Net};
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    /// A socket that never speaks shs1 (raw bytes go to it).
+    AcceptRaw {
+        tcp: bool,
+    },
+    /// An honest plugin with one of a few keys.
+    Connect {
+        key: u8,
+        tcp: bool,
+    },
+    /// Bytes on some connection, as if its peer sent them.
+    Chunk {
+        conn: u8,
+        bytes: Vec<u8>,
+    },
+    /// An honest plugin does something.
+    Act {
+        node: u8,
+        what: u8,
+        arg: u16,
+    },
+    Kill {
+        node: u8,
+    },
+    Slow {
+        node: u8,
+    },
+    Advance {
+        ms: u16,
+    },
+    Run,
+}
+
+const NAMES: [&str; 3] = ["a", "b", "c"];
+
+fuzz_target!(|ops: Vec<Op>| {
+    let mut net = Net::new(7, Chaos::default(), |c| {
+        c.limits.max_control_queue = 16 * 1024;
+        c.limits.initial_window = 4096;
+        c.limits.max_window = 16 * 1024;
+        c.fd_passing = true;
+    });
+    let mut raw = Vec::new();
+    for op in ops.into_iter().take(200) {
+        let now = net.now;
+        match op {
+            Op::AcceptRaw { tcp } => {
+                let t = if tcp {
+                    TransportKind::Tcp
+                } else {
+                    TransportKind::Unix
+                };
+                if let Ok(conn) = net.broker.accept(now, t) {
+                    raw.push(conn);
+                }
+            }
+            Op::Connect { key, tcp } => {
+                let t = if tcp {
+                    TransportKind::Tcp
+                } else {
+                    TransportKind::Unix
+                };
+                net.connect(Keypair::from_seed([key % 4 + 1; 32]), t);
+            }
+            Op::Chunk { conn, bytes } => {
+                let all: Vec<u64> = raw
+                    .iter()
+                    .copied()
+                    .chain(net.nodes.values().map(|n| n.conn))
+                    .collect();
+                if let Some(&c) = all.get(usize::from(conn) % all.len().max(1)) {
+                    net.broker.handle_input(now, c, &bytes);
+                }
+            }
+            Op::Act { node, what, arg } => {
+                let ids: Vec<usize> = net.nodes.keys().copied().collect();
+                let Some(&id) = ids.get(usize::from(node) % ids.len().max(1)) else {
+                    continue;
+                };
+                let name = Name::new(NAMES[usize::from(arg) % NAMES.len()]).unwrap();
+                let s = &mut net.node(id).session;
+                let _ = match what % 8 {
+                    0 => s.register(now, name, arg % 2 == 0, None).map(drop),
+                    1 => s.list(now).map(drop),
+                    2 => s.watch(now).map(drop),
+                    3 => s.open(now, name, "p", Bytes::new(), arg % 3 == 0).map(drop),
+                    4 => s.accept(u32::from(arg)),
+                    5 => s.reject(u32::from(arg), "no"),
+                    6 => s
+                        .send(u32::from(arg % 8), Bytes::from(vec![0; usize::from(arg)]))
+                        .map(drop),
+                    _ => s.finish(u32::from(arg % 8)),
+                };
+            }
+            Op::Kill { node } => {
+                let ids: Vec<usize> = net.nodes.keys().copied().collect();
+                if let Some(&id) = ids.get(usize::from(node) % ids.len().max(1)) {
+                    net.kill(id);
+                }
+            }
+            Op::Slow { node } => {
+                let ids: Vec<usize> = net.nodes.keys().copied().collect();
+                if let Some(&id) = ids.get(usize::from(node) % ids.len().max(1)) {
+                    let n = net.node(id);
+                    n.slow = !n.slow;
+                }
+            }
+            Op::Advance { ms } => net.advance(Duration::from_millis(u64::from(ms) * 50)),
+            Op::Run => {
+                for _ in 0..20 {
+                    if !net.round() {
+                        break;
+                    }
+                }
+            }
+        }
+        let b = &net.broker;
+        let limits = b.limits();
+        let per_conn = limits.max_control_queue
+            + 2 * MAX_MESSAGE
+            + 2 * (limits.max_frame as usize + HEADER_LEN)
+            + 64 * 1024;
+        let per_route = 2 * (limits.max_window as usize + limits.max_frame as usize + HEADER_LEN);
+        let bound = b.connection_count() * per_conn + b.route_count() * per_route;
+        assert!(
+            b.buffered_bytes() <= bound,
+            "{} > {bound}",
+            b.buffered_bytes()
+        );
+    }
+    // Everyone leaves: nothing is left.
+    let ids: Vec<usize> = net.nodes.keys().copied().collect();
+    for id in ids {
+        net.kill(id);
+    }
+    for conn in raw {
+        net.broker.handle_disconnect(net.now, conn, "gone");
+    }
+    net.run();
+    net.advance(Duration::from_secs(60));
+    net.run();
+    let b = &net.broker;
+    assert_eq!(b.connection_count(), 0);
+    assert_eq!(
+        (
+            b.route_count(),
+            b.pending_open_count(),
+            b.timer_count(),
+            b.key_count()
+        ),
+        (0, 0, 0, 0)
+    );
+    assert!(b.registry().is_empty());
+});

@@ -1,0 +1,69 @@
+//! A plugin session, ready, under arbitrary bytes from "the broker" in
+//! arbitrary splits, mixed with its own API calls. Oracle: no panic; once
+//! the session reports an error it is closed and stays closed.
+#![no_main]
+
+use arbitrary::Arbitrary;
+use bytes::Bytes;
+use libfuzzer_sys::fuzz_target;
+use plugboard_core::control::{Name, TransportKind};
+use plugboard_core::keys::Keypair;
+use plugboard_core::sim::{Chaos, Net};
+
+#[derive(Arbitrary, Debug)]
+enum Op<'a> {
+    Bytes(&'a [u8]),
+    Call { what: u8, arg: u16 },
+    Timeout { ms: u16 },
+}
+
+fuzz_target!(|ops: Vec<Op>| {
+    let mut net = Net::new(3, Chaos::default(), |_| {});
+    let id = net
+        .connect(Keypair::from_seed([1; 32]), TransportKind::Unix)
+        .unwrap();
+    net.run();
+    let mut now = net.now;
+    let session = &mut net.node(id).session;
+    assert!(session.is_ready());
+    let mut failed = false;
+    for op in ops {
+        match op {
+            Op::Bytes(bytes) => {
+                let result = session.handle_input(now, bytes);
+                if failed {
+                    assert!(result.is_err(), "input accepted after the session failed");
+                }
+                if result.is_err() {
+                    failed = true;
+                    assert!(session.is_closed());
+                }
+            }
+            Op::Call { what, arg } => {
+                let name = Name::new("x").unwrap();
+                let _ = match what % 9 {
+                    0 => session.register(now, name, arg % 2 == 0, None).map(drop),
+                    1 => session.list(now).map(drop),
+                    2 => session.watch(now).map(drop),
+                    3 => session.open(now, name, "p", Bytes::new(), false).map(drop),
+                    4 => session.accept(u32::from(arg)),
+                    5 => session
+                        .send(u32::from(arg), Bytes::from_static(b"data"))
+                        .map(drop),
+                    6 => session.finish(u32::from(arg)),
+                    7 => {
+                        session.consume(u32::from(arg), usize::from(arg));
+                        Ok(())
+                    }
+                    _ => session.stats(now).map(drop),
+                };
+            }
+            Op::Timeout { ms } => {
+                now += std::time::Duration::from_millis(u64::from(ms) * 100);
+                session.handle_timeout(now);
+            }
+        }
+        while session.poll_transmit().is_some() {}
+        while session.poll_event().is_some() {}
+    }
+});
