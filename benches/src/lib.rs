@@ -5,3 +5,4 @@
 pub mod boxstream;
 pub mod handshake;
 pub mod measure;
+pub mod relay;

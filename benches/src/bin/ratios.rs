@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use plugboard_benches::{boxstream, handshake, measure};
+use plugboard_benches::{boxstream, handshake, measure, relay};
 
 const ROUNDS: usize = 21;
 const ROUND_TIME: Duration = Duration::from_millis(250);
@@ -55,7 +55,27 @@ fn main() {
         (header_time + body_time).as_secs_f64() / body_time.as_secs_f64()
     );
 
+    let mut relay = relay::Relay::default();
+    let source = vec![0x5au8; relay::WRITE];
+    let mut sink = Vec::with_capacity(relay::WRITE);
+    let (ours, base) = measure::compare(
+        ROUNDS,
+        ROUND_TIME,
+        || relay.write(),
+        || relay::memcpy(&source, &mut sink),
+    );
+    println!(
+        "16 KiB through the broker  sessions+broker {ours:>9.2?} ({:.0} MiB/s)   memcpy {base:>9.2?}",
+        relay::WRITE as f64 / ours.as_secs_f64() / (1 << 20) as f64
+    );
+    ratios.push(("relay_inmemory_vs_memcpy", ours, base));
+
+    let small_ns = relay::small_message_ns(2_000_000);
+    let fanout = relay::fanout(10_000, 21);
+
     for (name, ours, base) in ratios {
         println!("{name} {:.3}", ours.as_secs_f64() / base.as_secs_f64());
     }
+    println!("relay_small_ns {small_ns:.0}");
+    println!("fanout_10k_ms {:.3}", fanout.as_secs_f64() * 1e3);
 }
