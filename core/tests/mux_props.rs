@@ -10,13 +10,30 @@ use proptest::prelude::*;
 fn frame_strategy() -> impl Strategy<Value = Frame> {
     let code = any::<u16>().prop_map(ErrorCode::from_u16);
     prop_oneof![
-        (1..u32::MAX, any::<bool>(), proptest::collection::vec(any::<u8>(), 0..2000))
-            .prop_map(|(channel, fin, p)| Frame::Data { channel, fin, payload: Bytes::from(p) }),
-        proptest::collection::vec(any::<u8>(), 0..2000)
-            .prop_map(|p| Frame::Data { channel: 0, fin: false, payload: Bytes::from(p) }),
-        (1..u32::MAX, 1..u32::MAX).prop_map(|(channel, increment)| Frame::Window { channel, increment }),
-        (1..u32::MAX, code.clone(), "\\PC{0,200}")
-            .prop_map(|(channel, code, reason)| Frame::Reset { channel, code, reason }),
+        (
+            1..u32::MAX,
+            any::<bool>(),
+            proptest::collection::vec(any::<u8>(), 0..2000)
+        )
+            .prop_map(|(channel, fin, p)| Frame::Data {
+                channel,
+                fin,
+                payload: Bytes::from(p)
+            }),
+        proptest::collection::vec(any::<u8>(), 0..2000).prop_map(|p| Frame::Data {
+            channel: 0,
+            fin: false,
+            payload: Bytes::from(p)
+        }),
+        (1..u32::MAX, 1..u32::MAX)
+            .prop_map(|(channel, increment)| Frame::Window { channel, increment }),
+        (1..u32::MAX, code.clone(), "\\PC{0,200}").prop_map(|(channel, code, reason)| {
+            Frame::Reset {
+                channel,
+                code,
+                reason,
+            }
+        }),
         (any::<u64>(), any::<bool>()).prop_map(|(opaque, pong)| Frame::Ping { opaque, pong }),
         (code, "\\PC{0,200}").prop_map(|(code, reason)| Frame::GoAway { code, reason }),
     ]

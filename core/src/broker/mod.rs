@@ -526,23 +526,23 @@ impl Broker {
                     return;
                 }
                 Some(shs::Event::Authorize(key)) => {
-                    let decision = self.admit(conn, key);
-                    let Some(c) = self.conns.get_mut(&conn) else {
+                    let verdict = self.admit(conn, key);
+                    let Some(Connection {
+                        stage: Stage::Handshake(handshake),
+                        ..
+                    }) = self.conns.get_mut(&conn)
+                    else {
                         return;
                     };
-                    let Stage::Handshake(handshake) = &mut c.stage else {
-                        return;
-                    };
-                    if let Err(e) = handshake.authorize(decision.is_ok()) {
-                        let reason = decision.err().unwrap_or_else(|| e.to_string());
-                        self.log(
-                            conn,
-                            Some(key),
-                            Some(ErrorCode::NotPermitted),
-                            reason.clone(),
-                        );
-                        self.drop_connection(now, conn, reason);
-                        return;
+                    match verdict {
+                        Ok(()) => handshake.authorize(true).expect("the handshake asked"),
+                        Err(reason) => {
+                            // Refused: nothing more is sent, the key never gets a session.
+                            let _ = handshake.authorize(false);
+                            self.log(conn, Some(key), Some(ErrorCode::NotPermitted), reason.clone());
+                            self.drop_connection(now, conn, reason);
+                            return;
+                        }
                     }
                 }
                 Some(shs::Event::Established(established)) => {

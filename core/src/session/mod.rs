@@ -36,8 +36,9 @@ pub struct SessionConfig {
     pub boxstream: bool,
     /// The broker's hello must come this long after the handshake.
     pub hello_timeout: Duration,
-    /// A request not answered this long fails with [`ErrorCode::OpenTimeout`]-like
-    /// [`SessionEvent::Failed`] (code [`ErrorCode::IdleTimeout`]).
+    /// The broker answers every request or ends the connection; a request
+    /// unanswered this long means it is gone, and the session closes
+    /// ([`SessionEvent::Closed`] with [`ErrorCode::IdleTimeout`]).
     pub request_timeout: Duration,
     /// Largest a channel's receive window may grow to.
     pub max_window: u32,
