@@ -539,7 +539,12 @@ impl Broker {
                         Err(reason) => {
                             // Refused: nothing more is sent, the key never gets a session.
                             let _ = handshake.authorize(false);
-                            self.log(conn, Some(key), Some(ErrorCode::NotPermitted), reason.clone());
+                            self.log(
+                                conn,
+                                Some(key),
+                                Some(ErrorCode::NotPermitted),
+                                reason.clone(),
+                            );
                             self.drop_connection(now, conn, reason);
                             return;
                         }

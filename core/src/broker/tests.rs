@@ -13,6 +13,7 @@ use crate::session::SessionEvent;
 use crate::sim::{Chaos, Net, NodeId};
 
 use super::*;
+use rand_chacha::rand_core::SeedableRng;
 
 fn net() -> Net {
     Net::new(1, Chaos::default(), |_| {})
@@ -771,4 +772,260 @@ fn a_channel_to_ones_own_name_is_released_with_its_connection() {
     net.kill(a);
     net.run();
     assert_eq!(net.broker.key_count(), 0);
+}
+
+/// Raw control messages, as a misbehaving plugin would send them (unix: plain frames).
+fn inject(net: &mut Net, id: NodeId, message: &crate::control::Message) {
+    let mut body = bytes::BytesMut::new();
+    crate::control::encode(message, &mut body);
+    let mut frame = bytes::BytesMut::new();
+    crate::mux::frame::encode(
+        &crate::mux::Frame::Data {
+            channel: 0,
+            fin: false,
+            payload: body.freeze(),
+        },
+        &mut frame,
+    );
+    let conn = net.node(id).conn;
+    net.broker.handle_input(net.now, conn, &frame);
+    net.run();
+}
+
+fn closed_with(net: &mut Net, id: NodeId) -> (Option<ErrorCode>, String) {
+    assert!(net.node(id).closed, "still connected");
+    match net.events(id).pop() {
+        Some(SessionEvent::Closed { code, reason }) => (code, reason),
+        other => panic!("no Closed event: {other:?}"),
+    }
+}
+
+#[test]
+fn watch_state_is_checked() {
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let now = net.now;
+    net.node(a).session.unwatch(now).unwrap();
+    assert_eq!(failed_code(&one_event(&mut net, a)), ErrorCode::WatchState);
+    net.node(a).session.watch(now).unwrap();
+    one_event(&mut net, a);
+    net.node(a).session.watch(now).unwrap();
+    assert_eq!(failed_code(&one_event(&mut net, a)), ErrorCode::WatchState);
+    net.node(a).session.unwatch(now).unwrap();
+    assert!(matches!(one_event(&mut net, a), SessionEvent::Done { .. }));
+    assert_eq!(net.broker.watchers().count(), 0);
+}
+
+#[test]
+fn connection_limits_turn_sockets_away() {
+    let mut net = Net::new(8, Chaos::default(), |c| {
+        c.limits.max_connections = 2;
+        c.limits.max_handshaking = 1;
+    });
+    assert!(net.connect(keypair(1), TransportKind::Unix).is_some());
+    assert_eq!(
+        net.broker.accept(net.now, TransportKind::Unix),
+        Err(AcceptError::TooManyHandshaking)
+    );
+    net.run();
+    assert!(net.connect(keypair(2), TransportKind::Unix).is_some());
+    net.run();
+    assert_eq!(
+        net.broker.accept(net.now, TransportKind::Unix),
+        Err(AcceptError::TooManyConnections)
+    );
+    net.run();
+    assert!(
+        net.log
+            .iter()
+            .filter(|l| l.code == Some(ErrorCode::TooManyConnections))
+            .count()
+            >= 2
+    );
+}
+
+#[test]
+fn a_target_that_does_not_read_is_not_disturbed_the_opener_is_refused() {
+    let mut net = Net::new(10, Chaos::default(), |c| c.limits.max_control_queue = 2048);
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "deaf", false);
+    net.node(b).slow = true;
+    let now = net.now;
+    let metadata = Bytes::from(vec![0; 1000]);
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        net.node(a)
+            .session
+            .open(now, name("deaf"), "p", metadata.clone(), false)
+            .unwrap();
+        net.run();
+        codes.extend(net.events(a).iter().map(failed_code));
+    }
+    assert!(codes.contains(&ErrorCode::PeerBusy), "{codes:?}");
+    assert!(
+        !net.node(b).closed,
+        "the target is not blamed for traffic it did not ask for"
+    );
+}
+
+#[test]
+fn control_violations_end_the_connection() {
+    use crate::control::Message;
+    let cases: Vec<(Message, &str)> = vec![
+        (Message::Accept { channel: 40 }, "never offered"),
+        (
+            Message::Open {
+                request: 1,
+                channel: 2, // the broker's parity
+                direct: false,
+                name: name("x"),
+                protocol: String::new(),
+                metadata: Bytes::new(),
+            },
+            "not the peer's to allocate",
+        ),
+        (Message::Ok { request: 1 }, "not a plugin's message"),
+        (
+            Message::ClientHello {
+                min_version: 1,
+                max_version: 1,
+                features: 0,
+            },
+            "not a plugin's message",
+        ),
+    ];
+    for (message, why) in cases {
+        let mut net = net();
+        let a = unix(&mut net, 1);
+        inject(&mut net, a, &message);
+        let (code, reason) = closed_with(&mut net, a);
+        assert_eq!(code, Some(ErrorCode::ProtocolViolation), "{message:?}");
+        assert!(reason.contains(why), "{reason}");
+    }
+
+    // Garbage in place of a control message.
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let mut frame = bytes::BytesMut::new();
+    crate::mux::frame::encode(
+        &crate::mux::Frame::Data {
+            channel: 0,
+            fin: false,
+            payload: Bytes::from_static(&[0, 0, 0, 1, 0x7f]),
+        },
+        &mut frame,
+    );
+    let conn = net.node(a).conn;
+    net.broker.handle_input(net.now, conn, &frame);
+    net.run();
+    let (code, reason) = closed_with(&mut net, a);
+    assert_eq!(code, Some(ErrorCode::ProtocolViolation));
+    assert!(reason.contains("malformed control message"), "{reason}");
+}
+
+#[test]
+fn data_before_the_channel_is_opened_is_a_violation() {
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "t", false);
+    let now = net.now;
+    let (_, channel) = net
+        .node(a)
+        .session
+        .open(now, name("t"), "p", Bytes::new(), false)
+        .unwrap();
+    net.run();
+    let mut frame = bytes::BytesMut::new();
+    crate::mux::frame::encode(
+        &crate::mux::Frame::Data {
+            channel,
+            fin: false,
+            payload: Bytes::from_static(b"early"),
+        },
+        &mut frame,
+    );
+    let conn = net.node(a).conn;
+    net.broker.handle_input(net.now, conn, &frame);
+    net.run();
+    let (code, reason) = closed_with(&mut net, a);
+    assert_eq!(code, Some(ErrorCode::ProtocolViolation));
+    assert!(reason.contains("before it was opened"), "{reason}");
+}
+
+#[test]
+fn versions_and_hello_deadline() {
+    use crate::control::Message;
+    // A plugin that speaks only version 2.
+    let mut net = net();
+    let conn = net.broker.accept(net.now, TransportKind::Unix).unwrap();
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+    let config = crate::session::SessionConfig::new(
+        HandshakeConfig::new(keypair(1)),
+        net.broker.public_key(),
+    );
+    let mut hs =
+        shs::ClientHandshake::new(config.handshake.clone(), config.broker, &mut rng, net.now)
+            .unwrap();
+    let mut established = None;
+    for _ in 0..4 {
+        while let Some(b) = hs.poll_transmit() {
+            net.broker.handle_input(net.now, conn, &b);
+        }
+        while let Some(t) = net.broker.poll_transmit(conn) {
+            hs.handle_input(net.now, &t.data).unwrap();
+        }
+        if let Some(shs::Event::Established(e)) = hs.poll_event() {
+            established = Some(e);
+        }
+    }
+    assert!(established.is_some());
+    // Silence after the handshake: the hello deadline ends it.
+    net.advance(Duration::from_secs(11));
+    net.run();
+    assert!(net
+        .log
+        .iter()
+        .any(|l| l.conn == conn && l.code == Some(ErrorCode::HelloTimeout)));
+
+    let mut net = self::net();
+    let a = unix(&mut net, 1);
+    let _ = a;
+    let conn = net.broker.accept(net.now, TransportKind::Unix).unwrap();
+    let mut hs =
+        shs::ClientHandshake::new(config.handshake.clone(), config.broker, &mut rng, net.now)
+            .unwrap();
+    for _ in 0..4 {
+        while let Some(b) = hs.poll_transmit() {
+            net.broker.handle_input(net.now, conn, &b);
+        }
+        while let Some(t) = net.broker.poll_transmit(conn) {
+            let _ = hs.handle_input(net.now, &t.data);
+        }
+        let _ = hs.poll_event();
+    }
+    let hello = Message::ClientHello {
+        min_version: 2,
+        max_version: 3,
+        features: 0,
+    };
+    let mut body = bytes::BytesMut::new();
+    crate::control::encode(&hello, &mut body);
+    let mut frame = bytes::BytesMut::new();
+    crate::mux::frame::encode(
+        &crate::mux::Frame::Data {
+            channel: 0,
+            fin: false,
+            payload: body.freeze(),
+        },
+        &mut frame,
+    );
+    net.broker.handle_input(net.now, conn, &frame);
+    net.run();
+    assert!(net
+        .log
+        .iter()
+        .any(|l| l.conn == conn && l.code == Some(ErrorCode::UnsupportedVersion)));
+    assert!(net.broker.key_of(conn).is_none(), "closed");
 }
