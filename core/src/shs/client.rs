@@ -7,9 +7,8 @@ use rand_core::CryptoRngCore;
 use x25519_dalek::StaticSecret;
 
 use super::crypto::{self, LongTermKey, Secret};
-use super::{
-    hello, read_hello, Established, Event, HandshakeConfig, HandshakeError, KeySchedule, Phase,
-};
+use super::exchange::Exchange;
+use super::{hello, read_hello, Event, HandshakeConfig, HandshakeError, KeySchedule, Phase};
 use crate::keys::PublicKey;
 use crate::time::Instant;
 
@@ -21,10 +20,7 @@ pub struct ClientHandshake {
     ephemeral: StaticSecret,
     hello_mac: [u8; 32],
     state: State,
-    deadline: Instant,
-    inbox: BytesMut,
-    outbox: BytesMut,
-    event: Option<Event>,
+    io: Exchange,
 }
 
 enum State {
@@ -73,19 +69,16 @@ impl ClientHandshake {
             &config.network_key,
             x25519_dalek::PublicKey::from(&ephemeral).as_bytes(),
         );
-        let mut outbox = BytesMut::with_capacity(64 + 112);
-        outbox.extend_from_slice(&hello);
+        let mut io = Exchange::new(now + config.timeout);
+        io.send(&hello);
         Ok(ClientHandshake {
-            deadline: now + config.timeout,
+            io,
             config,
             server,
             server_key,
             ephemeral,
             hello_mac: hello[..32].try_into().expect("hello starts with its MAC"),
             state: State::AwaitServerHello,
-            inbox: BytesMut::with_capacity(80),
-            outbox,
-            event: None,
         })
     }
 
@@ -94,7 +87,7 @@ impl ClientHandshake {
         if matches!(self.state, State::Done | State::Failed) {
             return Err(HandshakeError::Finished);
         }
-        self.inbox.extend_from_slice(input);
+        self.io.inbox.extend_from_slice(input);
         let result = self.advance();
         if result.is_err() {
             self.fail();
@@ -107,37 +100,34 @@ impl ClientHandshake {
         let Some(phase) = self.phase() else {
             return Err(HandshakeError::Finished);
         };
+        let error = self.io.truncated(phase);
         self.fail();
-        Err(HandshakeError::Truncated {
-            phase,
-            received: self.inbox.len(),
-            expected: phase.message_len(),
-        })
+        Err(error)
     }
 
     /// Bytes to send to the server, if any.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        (!self.outbox.is_empty()).then(|| self.outbox.split().freeze())
+        self.io.poll_transmit()
     }
 
     /// The next thing to tell the owner: only ever [`Event::Established`].
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.event.take()
+        self.io.poll_event()
     }
 
     /// When the handshake gives up, while it is in progress.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.phase().map(|_| self.deadline)
+        self.io.poll_timeout(self.phase())
     }
 
     /// Fails the handshake if its deadline has passed.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), HandshakeError> {
-        match self.phase() {
-            Some(phase) if now >= self.deadline => {
+        match self.io.expired(self.phase(), now) {
+            Some(error) => {
                 self.fail();
-                Err(HandshakeError::TimedOut(phase))
+                Err(error)
             }
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
@@ -152,7 +142,7 @@ impl ClientHandshake {
 
     fn fail(&mut self) {
         self.state = State::Failed;
-        self.outbox.clear();
+        self.io.withdraw();
     }
 
     fn advance(&mut self) -> Result<(), HandshakeError> {
@@ -160,10 +150,9 @@ impl ClientHandshake {
             let Some(phase) = self.phase() else {
                 return Ok(());
             };
-            if self.inbox.len() < phase.message_len() {
+            let Some(message) = self.io.next_message(phase) else {
                 return Ok(());
-            }
-            let message = self.inbox.split_to(phase.message_len());
+            };
             match phase {
                 Phase::ServerHello => self.on_server_hello(&message)?,
                 _ => self.on_server_accept(message)?,
@@ -194,7 +183,7 @@ impl ClientHandshake {
             &plaintext,
             &mut auth,
         );
-        self.outbox.extend_from_slice(&auth);
+        self.io.send(&auth);
 
         self.state = State::AwaitServerAccept(Box::new(AwaitingAccept {
             server_hello_mac,
@@ -245,11 +234,7 @@ impl ClientHandshake {
             &self.hello_mac,
             &waiting.server_hello_mac,
         );
-        self.event = Some(Event::Established(Established {
-            peer: self.server,
-            keys,
-            early_data: self.inbox.split().freeze(),
-        }));
+        self.io.establish(self.server, keys);
         self.state = State::Done;
         Ok(())
     }

@@ -20,6 +20,7 @@
 mod client;
 mod crypto;
 mod error;
+mod exchange;
 mod server;
 
 use std::time::Duration;

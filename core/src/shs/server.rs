@@ -7,9 +7,9 @@ use rand_core::CryptoRngCore;
 use x25519_dalek::StaticSecret;
 
 use super::crypto::{self, LongTermKey, Secret};
+use super::exchange::Exchange;
 use super::{
-    hello, read_hello, Established, Event, HandshakeConfig, HandshakeError, KeySchedule, Phase,
-    MAX_EARLY_DATA,
+    hello, read_hello, Event, HandshakeConfig, HandshakeError, KeySchedule, Phase, MAX_EARLY_DATA,
 };
 use crate::keys::PublicKey;
 use crate::time::Instant;
@@ -19,10 +19,7 @@ pub struct ServerHandshake {
     config: Arc<HandshakeConfig>,
     ephemeral: StaticSecret,
     state: State,
-    deadline: Instant,
-    inbox: BytesMut,
-    outbox: BytesMut,
-    event: Option<Event>,
+    io: Exchange,
 }
 
 enum State {
@@ -63,13 +60,10 @@ impl ServerHandshake {
     /// replay a recorded handshake).
     pub fn with_ephemeral(config: Arc<HandshakeConfig>, ephemeral: [u8; 32], now: Instant) -> Self {
         ServerHandshake {
-            deadline: now + config.timeout,
+            io: Exchange::new(now + config.timeout),
             config,
             ephemeral: StaticSecret::from(ephemeral),
             state: State::AwaitClientHello,
-            inbox: BytesMut::with_capacity(112),
-            outbox: BytesMut::with_capacity(80),
-            event: None,
         }
     }
 
@@ -78,7 +72,7 @@ impl ServerHandshake {
         if matches!(self.state, State::Done | State::Failed) {
             return Err(HandshakeError::Finished);
         }
-        self.inbox.extend_from_slice(input);
+        self.io.inbox.extend_from_slice(input);
         let result = self.advance();
         if result.is_err() {
             self.fail();
@@ -91,12 +85,9 @@ impl ServerHandshake {
         let Some(phase) = self.phase() else {
             return Err(HandshakeError::Finished);
         };
+        let error = self.io.truncated(phase);
         self.fail();
-        Err(HandshakeError::Truncated {
-            phase,
-            received: self.inbox.len().min(phase.message_len()),
-            expected: phase.message_len(),
-        })
+        Err(error)
     }
 
     /// The owner's verdict on the key announced by [`Event::Authorize`].
@@ -129,7 +120,7 @@ impl ServerHandshake {
             &keypair.sign(&signed),
             &mut accept_message,
         );
-        self.outbox.extend_from_slice(&accept_message);
+        self.io.send(&accept_message);
 
         let keys = pending.schedule.session_keys(
             &keypair.public(),
@@ -137,38 +128,34 @@ impl ServerHandshake {
             &pending.server_hello_mac,
             &pending.client_hello_mac,
         );
-        self.event = Some(Event::Established(Established {
-            peer: pending.client,
-            keys,
-            early_data: self.inbox.split().freeze(),
-        }));
+        self.io.establish(pending.client, keys);
         self.state = State::Done;
         Ok(())
     }
 
     /// Bytes to send to the client, if any.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        (!self.outbox.is_empty()).then(|| self.outbox.split().freeze())
+        self.io.poll_transmit()
     }
 
     /// The next thing to tell the owner: [`Event::Authorize`], then [`Event::Established`].
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.event.take()
+        self.io.poll_event()
     }
 
     /// When the handshake gives up, while it is in progress.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.phase().map(|_| self.deadline)
+        self.io.poll_timeout(self.phase())
     }
 
     /// Fails the handshake if its deadline has passed.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), HandshakeError> {
-        match self.phase() {
-            Some(phase) if now >= self.deadline => {
+        match self.io.expired(self.phase(), now) {
+            Some(error) => {
                 self.fail();
-                Err(HandshakeError::TimedOut(phase))
+                Err(error)
             }
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
@@ -184,27 +171,26 @@ impl ServerHandshake {
 
     fn fail(&mut self) {
         self.state = State::Failed;
-        self.outbox.clear();
-        self.event = None;
+        self.io.withdraw();
     }
 
     fn advance(&mut self) -> Result<(), HandshakeError> {
         loop {
             match self.phase() {
                 Some(Phase::Authorization) => {
-                    return match self.inbox.len() > MAX_EARLY_DATA {
+                    return match self.io.inbox.len() > MAX_EARLY_DATA {
                         true => Err(HandshakeError::TooMuchEarlyData),
                         false => Ok(()),
                     };
                 }
-                Some(phase) if self.inbox.len() >= phase.message_len() => {
-                    let message = self.inbox.split_to(phase.message_len());
-                    match phase {
-                        Phase::ClientHello => self.on_client_hello(&message)?,
-                        _ => self.on_client_auth(message)?,
+                Some(phase) => match self.io.next_message(phase) {
+                    Some(message) if phase == Phase::ClientHello => {
+                        self.on_client_hello(&message)?
                     }
-                }
-                _ => return Ok(()),
+                    Some(message) => self.on_client_auth(message)?,
+                    None => return Ok(()),
+                },
+                None => return Ok(()),
             }
         }
     }
@@ -218,7 +204,7 @@ impl ServerHandshake {
             network,
             x25519_dalek::PublicKey::from(&self.ephemeral).as_bytes(),
         );
-        self.outbox.extend_from_slice(&server_hello);
+        self.io.send(&server_hello);
         self.state = State::AwaitClientAuth(Box::new(AwaitingAuth {
             client_hello_mac,
             server_hello_mac: server_hello[..32]
@@ -272,7 +258,7 @@ impl ServerHandshake {
             server_hello_mac: waiting.server_hello_mac,
             schedule,
         }));
-        self.event = Some(Event::Authorize(client));
+        self.io.emit(Event::Authorize(client));
         Ok(())
     }
 }
