@@ -143,6 +143,17 @@ impl Wire {
         }
     }
 
+    /// Box-stream's goodbye (nothing on plain framing): the answer to a peer
+    /// that ended the connection.
+    pub fn goodbye(&mut self) -> Bytes {
+        let mut out = BytesMut::new();
+        if let Framing::BoxStream(io) = &mut self.framing {
+            // An error only means the goodbye was said already.
+            let _ = io.sealer.goodbye(&mut out);
+        }
+        out.freeze()
+    }
+
     /// Everything still to send, then (box-stream) the goodbye: the last
     /// bytes of a connection that is closing.
     pub fn last_words(&mut self) -> Bytes {

@@ -15,6 +15,9 @@ use super::policy::any_matches;
 use super::registry::{Holder, RegisterError, Registered};
 use super::{Broker, ConnId};
 
+/// Bytes of a key and its usage in a stats page.
+const KEY_STATS_LEN: usize = 32 + 4 + 4 + 8 + 8 + 8;
+
 /// Room for the fixed part of a page message around its entries.
 const PAGE_BUDGET: usize = MAX_MESSAGE - 64;
 
@@ -34,8 +37,8 @@ impl Broker {
                 MuxEvent::Control(bytes) => self.on_control_bytes(now, conn, &bytes),
                 MuxEvent::Pong { .. } => {}
                 MuxEvent::GoAway { code, reason } => {
-                    self.disconnect(now, conn, format!("went away ({code}): {reason}"));
-                    return;
+                    let reason = format!("went away ({code}): {reason}");
+                    return self.peer_ended(now, conn, reason, true);
                 }
                 relayed => self.on_channel_event(now, conn, relayed),
             }
@@ -316,31 +319,7 @@ impl Broker {
                 }
             })
             .collect();
-        // Keys first, then names; each page under the message limit.
-        let key_pages = pages(keys, |_| 32 + 28);
-        let name_pages = pages(names, |n: &NameStats| 1 + n.name.as_str().len() + 32 + 28);
-        let total = key_pages.len() + name_pages.len();
-        let mut sent = 0;
-        for (keys, _) in key_pages {
-            sent += 1;
-            let last = sent == total;
-            let page = Message::StatsPage {
-                request,
-                last,
-                keys,
-                names: Vec::new(),
-            };
-            self.reply(conn, &page);
-        }
-        for (names, _) in name_pages {
-            sent += 1;
-            let last = sent == total;
-            let page = Message::StatsPage {
-                request,
-                last,
-                keys: Vec::new(),
-                names,
-            };
+        for page in stats_pages(request, keys, names) {
             self.reply(conn, &page);
         }
     }
@@ -425,6 +404,34 @@ fn pages<T>(items: Vec<T>, size: impl Fn(&T) -> usize) -> Vec<(Vec<T>, bool)> {
     pages
 }
 
+/// The answer to `stats`: keys first, then names, each page under the
+/// message limit, the last one marked.
+fn stats_pages(request: RequestId, keys: Vec<KeyStats>, names: Vec<NameStats>) -> Vec<Message> {
+    let key_pages = pages(keys, |_| KEY_STATS_LEN);
+    let name_pages = pages(names, |n: &NameStats| {
+        1 + n.name.as_str().len() + KEY_STATS_LEN
+    });
+    let mut messages: Vec<Message> = key_pages
+        .into_iter()
+        .map(|(keys, _)| Message::StatsPage {
+            request,
+            last: false,
+            keys,
+            names: Vec::new(),
+        })
+        .chain(name_pages.into_iter().map(|(names, _)| Message::StatsPage {
+            request,
+            last: false,
+            keys: Vec::new(),
+            names,
+        }))
+        .collect();
+    if let Some(Message::StatsPage { last, .. }) = messages.last_mut() {
+        *last = true;
+    }
+    messages
+}
+
 /// `tcp:HOST:PORT` with a port number.
 fn is_tcp_address(addr: &str) -> bool {
     addr.strip_prefix("tcp:")
@@ -472,6 +479,49 @@ mod tests {
         assert!(!is_tcp_address("unix:/tmp/x"));
         assert!(!is_tcp_address("tcp::80"));
         assert!(!is_tcp_address("tcp:h:99999"));
+    }
+
+    #[test]
+    fn stats_pages_fit_a_message_however_many_keys() {
+        // Regression: pages were cut with a usage record of 28 bytes; it has 32.
+        let usage = Usage {
+            connections: 1,
+            channels: 2,
+            bytes_in: 3,
+            bytes_out: 4,
+            queued: 5,
+        };
+        let keys: Vec<KeyStats> = (0..5000u32)
+            .map(|i| {
+                let mut key = [0u8; 32];
+                key[..4].copy_from_slice(&i.to_be_bytes());
+                KeyStats {
+                    key: crate::keys::PublicKey(key),
+                    usage: usage.clone(),
+                }
+            })
+            .collect();
+        let names: Vec<NameStats> = (0..3000u32)
+            .map(|i| NameStats {
+                name: control::Name::new(&format!("{i:0>200}")).unwrap(),
+                key: crate::keys::PublicKey([1; 32]),
+                usage: usage.clone(),
+            })
+            .collect();
+        let pages = stats_pages(7, keys, names);
+        assert!(pages.len() > 10);
+        for page in &pages {
+            assert!(
+                control::encoded_len(page) <= MAX_MESSAGE + 4,
+                "{}",
+                control::encoded_len(page)
+            );
+        }
+        let lasts = pages
+            .iter()
+            .filter(|p| matches!(p, Message::StatsPage { last: true, .. }))
+            .count();
+        assert_eq!(lasts, 1);
     }
 
     #[test]

@@ -504,8 +504,10 @@ impl Broker {
         self.drain_mux(now, conn);
         match result {
             Ok(()) => {}
-            Err(WireError::Goodbye) => self.disconnect(now, conn, "said goodbye".into()),
-            Err(WireError::BoxStream(e)) => self.disconnect(now, conn, format!("box-stream: {e}")),
+            Err(WireError::Goodbye) => self.peer_ended(now, conn, "said goodbye".into(), true),
+            Err(WireError::BoxStream(e)) => {
+                self.peer_ended(now, conn, format!("box-stream: {e}"), false)
+            }
             Err(WireError::Mux(e)) => {
                 self.close(now, conn, ErrorCode::ProtocolViolation, e.to_string())
             }
@@ -693,6 +695,12 @@ impl Broker {
     /// the blame rule, one that does not read it in time is disconnected.
     fn reply(&mut self, conn: ConnId, message: &Message) {
         self.send(conn, message);
+        self.check_blame(conn);
+    }
+
+    /// A connection over its control-queue bound with traffic it asked for
+    /// is closed at the end of this call.
+    fn check_blame(&mut self, conn: ConnId) {
         if self.queued_control(conn) > self.config.limits.max_control_queue {
             self.slow.push(conn);
         }
@@ -705,9 +713,7 @@ impl Broker {
         };
         wire.mux.send_control(encoded);
         self.wake(conn);
-        if self.queued_control(conn) > self.config.limits.max_control_queue {
-            self.slow.push(conn);
-        }
+        self.check_blame(conn);
     }
 
     fn queued_control(&self, conn: ConnId) -> usize {
@@ -789,6 +795,27 @@ impl Broker {
         self.events.push_back(Event::Close {
             conn,
             last_words: Bytes::new(),
+            reason,
+        });
+    }
+
+    /// The peer ended the connection (GOAWAY, box-stream goodbye) or broke
+    /// its box-stream: everything is released and the runtime is told to
+    /// close the socket, after our goodbye if the peer said one.
+    fn peer_ended(&mut self, now: Instant, conn: ConnId, reason: String, answer_goodbye: bool) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let last_words = match (answer_goodbye, c.wire.as_mut()) {
+            (true, Some(wire)) => wire.goodbye(),
+            _ => Bytes::new(),
+        };
+        let key = c.key;
+        self.log(conn, key, None, format!("ended by the peer: {reason}"));
+        self.teardown(now, conn);
+        self.events.push_back(Event::Close {
+            conn,
+            last_words,
             reason,
         });
     }

@@ -33,6 +33,8 @@ struct RouteEnd {
     held: u32,
     /// This end's mux retired the channel (both FINs).
     closed: bool,
+    /// This end (an opener) was told to dial; a DirectFailed is still due.
+    dial_offered: bool,
 }
 
 /// A route just removed.
@@ -54,6 +56,7 @@ impl Routes {
             key,
             held: 0,
             closed: false,
+            dial_offered: false,
         };
         self.ends.insert(a, end(b, a_key));
         self.ends.insert(b, end(a, b_key));
@@ -322,7 +325,12 @@ impl Broker {
             self.usage.entry(key).or_default().channels += 1;
         }
         let path = match open.plan {
-            DirectPlan::Dial { addr, token } => OpenedPath::Dial { addr, token },
+            DirectPlan::Dial { addr, token } => {
+                if let Some(end) = self.routes.ends.get_mut(&opener_end) {
+                    end.dial_offered = true;
+                }
+                OpenedPath::Dial { addr, token }
+            }
             DirectPlan::Relay | DirectPlan::SocketPair => OpenedPath::Relay,
         };
         let opened = Message::Opened {
@@ -393,14 +401,21 @@ impl Broker {
         );
     }
 
+    /// The opener could not dial: the target is told to use the relay.
+    /// Counts once, and only for a channel that was offered for dialing.
     pub(super) fn on_direct_failed(&mut self, conn: ConnId, channel: ChannelId) {
-        if let Some((target, target_channel)) = self.routes.peer((conn, channel)) {
-            let path = Message::ChannelPath {
-                channel: target_channel,
-                path: ChannelPath::Relay,
-            };
-            self.send(target, &path);
+        let Some(route) = self.routes.ends.get_mut(&(conn, channel)) else {
+            return;
+        };
+        if !std::mem::take(&mut route.dial_offered) {
+            return;
         }
+        let (target, target_channel) = route.peer;
+        let path = Message::ChannelPath {
+            channel: target_channel,
+            path: ChannelPath::Relay,
+        };
+        self.reply(target, &path);
     }
 
     pub(super) fn on_socketpair(&mut self, _now: Instant, pair: PairId, ok: bool) {
@@ -419,11 +434,13 @@ impl Broker {
             path: OpenedPath::SocketPair,
         };
         self.send_tagged(open.opener, &opened, Some(pair_tag(pair, PairEnd::Opener)));
+        self.check_blame(open.opener);
         let path = Message::ChannelPath {
             channel,
             path: ChannelPath::SocketPair,
         };
         self.send_tagged(target, &path, Some(pair_tag(pair, PairEnd::Target)));
+        self.check_blame(target);
     }
 
     // ── when one side goes away ───────────────────────────────────────
@@ -617,8 +634,10 @@ impl Broker {
                 &error(open.request, ErrorCode::Rejected, message),
             );
         } else if let Some(end) = as_opener {
-            if self.take_pending(end).is_some() {
+            if let Some(open) = self.take_pending(end) {
                 self.reset_channel(end.0, end.1, ErrorCode::Cancelled, "the opener gave up");
+                let message = "cancelled by the opener".to_owned();
+                self.reply(conn, &error(open.request, ErrorCode::Cancelled, message));
             }
         } else if let Some(pair) = pair {
             let (target, target_channel, open) = self.pairs.remove(&pair).expect("found");
@@ -636,6 +655,8 @@ impl Broker {
                     ErrorCode::Cancelled,
                     "the opener gave up",
                 );
+                let message = "cancelled by the opener".to_owned();
+                self.reply(conn, &error(open.request, ErrorCode::Cancelled, message));
             }
         }
     }
@@ -661,6 +682,7 @@ impl Broker {
         if pass > 0 {
             sender.mux.grant(peer.1, pass);
             self.wake(peer.0);
+            self.check_blame(peer.0);
         }
         let left = held - pass;
         if let Some(route) = self.routes.ends.get_mut(&end) {

@@ -1029,3 +1029,156 @@ fn versions_and_hello_deadline() {
         .any(|l| l.conn == conn && l.code == Some(ErrorCode::UnsupportedVersion)));
     assert!(net.broker.key_of(conn).is_none(), "closed");
 }
+
+#[test]
+fn an_opener_that_gives_up_gets_its_answer() {
+    // Regression: resetting a pending open left the request unanswered, and
+    // the session ended itself when its deadline passed.
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "slow", false);
+    let now = net.now;
+    let (_, channel) = net
+        .node(a)
+        .session
+        .open(now, name("slow"), "p", Bytes::new(), false)
+        .unwrap();
+    net.run();
+    let SessionEvent::Incoming {
+        channel: theirs, ..
+    } = one_event(&mut net, b)
+    else {
+        panic!()
+    };
+    net.node(a)
+        .session
+        .reset(channel, ErrorCode::Cancelled, "changed my mind")
+        .unwrap();
+    net.run();
+    assert_eq!(failed_code(&one_event(&mut net, a)), ErrorCode::Cancelled);
+    assert!(
+        matches!(net.events(b)[..], [SessionEvent::Reset { channel, .. }] if channel == theirs)
+    );
+    net.advance(Duration::from_secs(60));
+    net.run();
+    assert!(!net.node(a).closed);
+    assert_eq!(
+        net.broker.key_usage(&keypair(1).public()),
+        KeyUsage {
+            connections: 1,
+            ..KeyUsage::default()
+        }
+    );
+}
+
+#[test]
+fn direct_failed_counts_once() {
+    // Regression: any end could repeat DirectFailed and grow its peer's queue.
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    let now = net.now;
+    net.node(b)
+        .session
+        .register(now, name("far"), false, Some("tcp:10.0.0.2:8008".into()))
+        .unwrap();
+    net.run();
+    net.events(b);
+    let (_, channel) = net
+        .node(a)
+        .session
+        .open(now, name("far"), "p", Bytes::new(), true)
+        .unwrap();
+    let SessionEvent::Incoming {
+        channel: theirs, ..
+    } = one_event(&mut net, b)
+    else {
+        panic!()
+    };
+    net.node(b).session.accept(theirs).unwrap();
+    one_event(&mut net, a);
+    for _ in 0..5 {
+        net.node(a).session.direct_failed(channel).unwrap();
+        net.node(b).session.direct_failed(theirs).unwrap();
+    }
+    net.run();
+    let paths = net
+        .events(b)
+        .into_iter()
+        .filter(|e| matches!(e, SessionEvent::ChannelPath { .. }))
+        .count();
+    assert_eq!(paths, 1);
+    assert!(net.events(a).is_empty());
+}
+
+#[test]
+fn a_plugin_that_says_goodbye_has_its_socket_closed() {
+    // Regression: a peer's GOAWAY or box-stream goodbye made the broker forget
+    // the connection without telling the runtime to close the socket.
+    for transport in [TransportKind::Unix, TransportKind::Tcp] {
+        let mut net = Net::new(12, Chaos::default(), |c| {
+            c.policy.keys.push(policy::KeyGrant {
+                id: keypair(1).public(),
+                register: vec![],
+                open: vec![],
+                list: false,
+                watch: false,
+                stats: false,
+            })
+        });
+        let a = ready(&mut net, 1, transport);
+        let conn = net.node(a).conn;
+        let last = net.node(a).session.close("done");
+        net.broker.handle_input(net.now, conn, &last);
+        let mut closed = None;
+        while let Some(event) = net.broker.poll_event() {
+            if let Event::Close {
+                conn: c,
+                last_words,
+                ..
+            } = event
+            {
+                closed = Some((c, last_words));
+            }
+        }
+        let (c, last_words) = closed.expect("the runtime is told to close");
+        assert_eq!(c, conn);
+        // Over TCP the broker answers the goodbye with its own.
+        assert_eq!(
+            last_words.len(),
+            if transport == TransportKind::Tcp {
+                34
+            } else {
+                0
+            }
+        );
+        assert_eq!(net.broker.connection_count(), 0);
+    }
+}
+
+#[test]
+fn an_open_may_wait_as_long_as_the_broker_allows() {
+    // Regression: the session gave up on opens after 30 s whatever the
+    // broker's open deadline, and ended the connection.
+    let mut net = Net::new(13, Chaos::default(), |c| {
+        c.limits.open_timeout = Duration::from_secs(40)
+    });
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "ponder", false);
+    let now = net.now;
+    net.node(a)
+        .session
+        .open(now, name("ponder"), "p", Bytes::new(), false)
+        .unwrap();
+    net.run();
+    net.events(b);
+    net.advance(Duration::from_secs(35));
+    net.run();
+    assert!(!net.node(a).closed);
+    net.advance(Duration::from_secs(6));
+    net.run();
+    assert_eq!(failed_code(&one_event(&mut net, a)), ErrorCode::OpenTimeout);
+    assert!(!net.node(a).closed);
+}

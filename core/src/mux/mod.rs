@@ -538,12 +538,12 @@ impl Mux {
         });
     }
 
-    /// Drops everything queued and queues a GOAWAY: the last frame this mux
-    /// sends. Input after it is ignored.
+    /// Drops everything queued (but the rest of a frame already begun) and
+    /// queues a GOAWAY: the last frame this mux sends. Input after it is ignored.
     pub fn go_away(&mut self, code: ErrorCode, reason: &str) {
         self.urgent.clear();
         self.ready.clear();
-        self.pending_payload = None;
+        // A payload whose header went out stays: the frame must be whole.
         self.channels.clear();
         self.window_total = 0;
         self.going_away = true;

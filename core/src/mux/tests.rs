@@ -321,3 +321,23 @@ fn violations_end_the_connection() {
         }))
     ));
 }
+
+#[test]
+fn go_away_finishes_a_frame_already_begun() {
+    // Regression: the payload of a DATA frame whose header was written was
+    // dropped, and the peer read the GOAWAY as that payload.
+    let (mut a, mut b) = pair();
+    let id = open(&mut a, &mut b);
+    a.send(id, Bytes::from(vec![1; 100])).unwrap();
+    let header = a.poll_transmit().unwrap();
+    assert_eq!(header.len(), HEADER_LEN);
+    a.go_away(ErrorCode::Shutdown, "bye");
+    b.handle_input(&header).unwrap();
+    pump(&mut a, &mut b);
+    let got = events(&mut b);
+    assert_eq!(data_of(&got, id), vec![1; 100]);
+    assert!(got.contains(&MuxEvent::GoAway {
+        code: ErrorCode::Shutdown,
+        reason: "bye".into()
+    }));
+}

@@ -311,13 +311,19 @@ impl Session {
         self.ensure_ready()?;
         let channel = self.wire_mut()?.mux.open_local();
         self.channels.insert(channel, ChannelState::Opening);
-        let request = self.request(now, Pending::Open(channel), |request| Message::Open {
-            request,
-            channel,
-            direct,
-            name,
-            protocol: protocol.to_owned(),
-            metadata,
+        // The broker answers an open within its own deadline: wait that long more.
+        let open_timeout = self.limits.map_or(Duration::ZERO, |l| {
+            Duration::from_millis(u64::from(l.open_timeout_ms))
+        });
+        let request = self.request(now + open_timeout, Pending::Open(channel), |request| {
+            Message::Open {
+                request,
+                channel,
+                direct,
+                name,
+                protocol: protocol.to_owned(),
+                metadata,
+            }
         })?;
         Ok((request, channel))
     }
