@@ -51,6 +51,11 @@ impl Broker {
         };
         c.control.push(bytes);
         loop {
+            // A connection over its bound is closed at the end of this call:
+            // nothing more it asks for is worked on or queued.
+            if self.slow.contains(&conn) {
+                return;
+            }
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };

@@ -215,7 +215,13 @@ pub struct Broker {
 impl Broker {
     /// A broker with no connections. `rng` makes ephemeral keys and direct
     /// channel tokens.
-    pub fn new(config: BrokerConfig, rng: Box<dyn CryptoRngCore + Send>) -> Self {
+    ///
+    /// Limits that cannot work together are made to: `max_window` is at
+    /// least `initial_window`, and `max_frame` at least 1 KiB.
+    pub fn new(mut config: BrokerConfig, rng: Box<dyn CryptoRngCore + Send>) -> Self {
+        let limits = &mut config.limits;
+        limits.max_window = limits.max_window.max(limits.initial_window);
+        limits.max_frame = limits.max_frame.max(1024);
         Broker {
             owner: config.handshake.keypair.public(),
             config,
@@ -503,7 +509,12 @@ impl Broker {
     fn after_wire_input(&mut self, now: Instant, conn: ConnId, result: Result<(), WireError>) {
         self.drain_mux(now, conn);
         match result {
-            Ok(()) => {}
+            Ok(()) => {
+                // Input can queue output of its own (a PONG): tell the runtime,
+                // and count it under the bound like any answer.
+                self.wake(conn);
+                self.check_blame(conn);
+            }
             Err(WireError::Goodbye) => self.peer_ended(now, conn, "said goodbye".into(), true),
             Err(WireError::BoxStream(e)) => {
                 self.peer_ended(now, conn, format!("box-stream: {e}"), false)
@@ -538,16 +549,10 @@ impl Broker {
                     };
                     match verdict {
                         Ok(()) => handshake.authorize(true).expect("the handshake asked"),
-                        Err(reason) => {
+                        Err((code, reason)) => {
                             // Refused: nothing more is sent, the key never gets a session.
                             let _ = handshake.authorize(false);
-                            self.log(
-                                conn,
-                                Some(key),
-                                Some(ErrorCode::NotPermitted),
-                                reason.clone(),
-                            );
-                            self.drop_connection(now, conn, reason);
+                            self.drop_connection(now, conn, Some(code), reason);
                             return;
                         }
                     }
@@ -561,16 +566,18 @@ impl Broker {
     }
 
     /// The policy and the per-key limit decide on a key that completed the handshake.
-    fn admit(&mut self, conn: ConnId, key: PublicKey) -> Result<(), String> {
+    fn admit(&mut self, conn: ConnId, key: PublicKey) -> Result<(), (ErrorCode, String)> {
         let c = &self.conns[&conn];
         let Some(rights) = self.config.policy.rights(&key, c.transport, &self.owner) else {
-            return Err(format!("{key} is not admitted over {:?}", c.transport));
+            let reason = format!("{key} is not admitted over {:?}", c.transport);
+            return Err((ErrorCode::NotPermitted, reason));
         };
         let usage = self.usage.entry(key).or_default();
         if usage.connections >= self.config.limits.max_connections_per_key {
             let n = usage.connections;
             self.forget_key_if_idle(&key);
-            return Err(format!("{key} already has {n} connections"));
+            let reason = format!("{key} already has {n} connections");
+            return Err((ErrorCode::TooManyConnections, reason));
         }
         usage.connections += 1;
         let c = self.conns.get_mut(&conn).expect("checked above");
@@ -604,7 +611,7 @@ impl Broker {
     }
 
     fn handshake_failed(&mut self, now: Instant, conn: ConnId, error: shs::HandshakeError) {
-        self.drop_connection(now, conn, format!("handshake failed: {error}"));
+        self.drop_connection(now, conn, None, format!("handshake failed: {error}"));
     }
 
     // ── connection timers ─────────────────────────────────────────────
@@ -630,7 +637,7 @@ impl Broker {
         c.deadline = None;
         match c.stage {
             Stage::Handshake(_) => {
-                self.drop_connection(now, conn, "handshake timed out".into());
+                self.drop_connection(now, conn, None, "handshake timed out".into());
             }
             Stage::Hello => self.close(
                 now,
@@ -747,7 +754,8 @@ impl Broker {
     fn finish_call(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
         while let Some(conn) = self.slow.pop() {
-            if self.conns.contains_key(&conn) {
+            // Checked again: the runtime may have drained it since.
+            if self.queued_control(conn) > self.config.limits.max_control_queue {
                 let reason = format!(
                     "did not read its replies: {} control bytes queued, the limit is {}",
                     self.queued_control(conn),
@@ -766,13 +774,16 @@ impl Broker {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        let last_words = match c.wire.as_mut() {
-            Some(wire) => {
-                wire.mux.go_away(code, &reason);
-                wire.last_words()
-            }
-            None => Bytes::new(),
-        };
+        let mut last_words = BytesMut::new();
+        if let Some(tail) = c.handshake_tail.take() {
+            // Message 4 first: the peer must see the handshake end, then why.
+            last_words.extend_from_slice(&tail);
+        }
+        if let Some(wire) = c.wire.as_mut() {
+            wire.mux.go_away(code, &reason);
+            last_words.extend_from_slice(&wire.last_words());
+        }
+        let last_words = last_words.freeze();
         let key = c.key;
         self.log(conn, key, Some(code), format!("closed: {reason}"));
         self.teardown(now, conn);
@@ -785,12 +796,18 @@ impl Broker {
 
     /// Ends a connection without last words (handshake failures, refusals
     /// there: nothing goes out that the handshake does not send).
-    fn drop_connection(&mut self, now: Instant, conn: ConnId, reason: String) {
+    fn drop_connection(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        code: Option<ErrorCode>,
+        reason: String,
+    ) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
         let key = c.key;
-        self.log(conn, key, None, format!("dropped: {reason}"));
+        self.log(conn, key, code, format!("dropped: {reason}"));
         self.teardown(now, conn);
         self.events.push_back(Event::Close {
             conn,

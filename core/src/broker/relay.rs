@@ -25,6 +25,10 @@ use super::{Broker, ConnId, DirectPlan, PairEnd, PairId, PendingOpen, Timer};
 
 type End = (ConnId, ChannelId);
 
+/// Relayed payloads at least this large move as slices of the read buffer;
+/// smaller ones are copied.
+const ZERO_COPY_MIN: usize = 4096;
+
 struct RouteEnd {
     peer: End,
     /// The key of this end's connection (its channel count).
@@ -146,7 +150,13 @@ impl Broker {
             return self.refuse_open(conn, channel, request, ErrorCode::NoSuchName, message);
         };
         let target_usage = self.key_usage(&target.key);
-        if target_usage.channels + target_usage.pending_incoming >= limits.max_channels_per_key {
+        let ids_left = self.conns[&target.conn]
+            .wire
+            .as_ref()
+            .is_some_and(|w| w.mux.can_open_local());
+        if target_usage.channels + target_usage.pending_incoming >= limits.max_channels_per_key
+            || !ids_left
+        {
             let message = format!("{name} holds as many channels as it may");
             return self.refuse_open(conn, channel, request, ErrorCode::TooManyChannels, message);
         }
@@ -291,7 +301,7 @@ impl Broker {
             .conns
             .get(&conn)
             .and_then(|c| c.wire.as_ref())
-            .is_some_and(|w| w.mux.was_allocated(channel) && channel % 2 == 0);
+            .is_some_and(|w| channel % 2 == 0 && w.mux.was_allocated(channel));
         if !offered {
             let reason = format!("an answer for channel {channel}, which was never offered");
             self.close(now, conn, ErrorCode::ProtocolViolation, reason);
@@ -345,7 +355,7 @@ impl Broker {
                 channel: target_end.1,
                 path: ChannelPath::Relay,
             };
-            self.send(target_end.0, &path);
+            self.reply(target_end.0, &path);
         }
     }
 
@@ -547,6 +557,13 @@ impl Broker {
         };
         match event {
             MuxEvent::Data { payload, .. } => {
+                // A queued slice keeps its whole read buffer alive: small ones
+                // are copied, so pinned memory stays within a small multiple of
+                // the credit.
+                let payload = match payload.len() < ZERO_COPY_MIN {
+                    true => Bytes::copy_from_slice(&payload),
+                    false => payload,
+                };
                 if let Some(wire) = self.conns.get_mut(&peer.0).and_then(|c| c.wire.as_mut()) {
                     // Only fails if the peer's end is already gone.
                     let _ = wire.mux.send(peer.1, payload);
@@ -676,6 +693,16 @@ impl Broker {
         let Some(sender) = self.conns.get_mut(&peer.0).and_then(|c| c.wire.as_mut()) else {
             return;
         };
+        if sender.mux.recv_finished(peer.1) {
+            // The sender finished: nothing is owed to it any more.
+            if let Some(route) = self.routes.ends.get_mut(&end) {
+                route.held = 0;
+            }
+            if let Some(c) = self.conns.get_mut(&end.0) {
+                c.credit_waiting.remove(&end.1);
+            }
+            return;
+        }
         let in_flight = sender.mux.recv_credit(peer.1) as usize + queued;
         let room = (self.config.limits.max_window as usize).saturating_sub(in_flight);
         let pass = held.min(u32::try_from(room).unwrap_or(u32::MAX));

@@ -874,6 +874,7 @@ fn control_violations_end_the_connection() {
     use crate::control::Message;
     let cases: Vec<(Message, &str)> = vec![
         (Message::Accept { channel: 40 }, "never offered"),
+        (Message::Accept { channel: 0 }, "never offered"),
         (
             Message::Open {
                 request: 1,
@@ -1181,4 +1182,165 @@ fn an_open_may_wait_as_long_as_the_broker_allows() {
     net.run();
     assert_eq!(failed_code(&one_event(&mut net, a)), ErrorCode::OpenTimeout);
     assert!(!net.node(a).closed);
+}
+
+#[test]
+fn a_reader_over_its_bound_gets_nothing_more_worked_on() {
+    // Regression: one read of many requests was answered in full before the
+    // slow reader was closed, so a single frame could queue gigabytes.
+    use crate::control::Message;
+    let mut net = Net::new(14, Chaos::default(), |c| c.limits.max_control_queue = 2048);
+    let owners: Vec<NodeId> = (1..=20).map(|s| unix(&mut net, s)).collect();
+    for (i, id) in owners.iter().enumerate() {
+        register(&mut net, *id, &format!("{}-{i}", "n".repeat(200)), false);
+    }
+    let a = unix(&mut net, 30);
+    net.node(a).slow = true;
+    let mut body = bytes::BytesMut::new();
+    for request in 1..=200 {
+        crate::control::encode(&Message::List { request }, &mut body);
+    }
+    crate::control::encode(
+        &Message::Register {
+            request: 999,
+            name: name("last"),
+            wait: false,
+            direct_addr: String::new(),
+        },
+        &mut body,
+    );
+    let mut frame = bytes::BytesMut::new();
+    crate::mux::frame::encode(
+        &crate::mux::Frame::Data {
+            channel: 0,
+            fin: false,
+            payload: body.freeze(),
+        },
+        &mut frame,
+    );
+    let conn = net.node(a).conn;
+    net.broker.handle_input(net.now, conn, &frame);
+    assert_eq!(net.broker.key_of(conn), None, "closed as a slow reader");
+    assert!(
+        net.broker.registry().owner(&name("last")).is_none(),
+        "requests after the bound were not worked on"
+    );
+}
+
+#[test]
+fn a_ping_is_answered_and_announced() {
+    // Regression: the PONG was queued without an Event::Transmit.
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let conn = net.node(a).conn;
+    while net.broker.poll_event().is_some() {}
+    let mut frame = bytes::BytesMut::new();
+    crate::mux::frame::encode(
+        &crate::mux::Frame::Ping {
+            opaque: 5,
+            pong: false,
+        },
+        &mut frame,
+    );
+    net.broker.handle_input(net.now, conn, &frame);
+    assert!(std::iter::from_fn(|| net.broker.poll_event()).any(|e| e == Event::Transmit(conn)));
+    let t = net.broker.poll_transmit(conn).unwrap();
+    let mut decoder = crate::mux::FrameDecoder::new(1024);
+    decoder.push(&t.data);
+    assert_eq!(
+        decoder.next_frame(),
+        Ok(Some(crate::mux::Frame::Ping {
+            opaque: 5,
+            pong: true
+        }))
+    );
+}
+
+#[test]
+fn message_4_comes_before_the_goodbye() {
+    // Regression: early data that got the connection closed lost message 4.
+    let mut net = net();
+    let conn = net.broker.accept(net.now, TransportKind::Unix).unwrap();
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
+    let config = HandshakeConfig::new(keypair(1));
+    let mut hs = shs::ClientHandshake::new(
+        std::sync::Arc::new(config),
+        net.broker.public_key(),
+        &mut rng,
+        net.now,
+    )
+    .unwrap();
+    net.broker
+        .handle_input(net.now, conn, &hs.poll_transmit().unwrap());
+    let hello = net.broker.poll_transmit(conn).unwrap().data;
+    hs.handle_input(net.now, &hello).unwrap();
+    let mut auth = hs.poll_transmit().unwrap().to_vec();
+    auth.extend_from_slice(&[9; 10]); // a frame of an unknown type, right behind message 3
+    net.broker.handle_input(net.now, conn, &auth);
+    let last = std::iter::from_fn(|| net.broker.poll_event())
+        .find_map(|e| match e {
+            Event::Close { last_words, .. } => Some(last_words),
+            _ => None,
+        })
+        .expect("closed");
+    hs.handle_input(net.now, &last).unwrap();
+    let Some(shs::Event::Established(done)) = hs.poll_event() else {
+        panic!("no message 4")
+    };
+    let mut decoder = crate::mux::FrameDecoder::new(4096);
+    decoder.push(&done.early_data);
+    assert!(matches!(
+        decoder.next_frame(),
+        Ok(Some(crate::mux::Frame::GoAway {
+            code: ErrorCode::ProtocolViolation,
+            ..
+        }))
+    ));
+}
+
+#[test]
+fn a_reset_racing_the_answer_leaves_no_channel_behind() {
+    // Regression: an Opened arriving after the plugin reset the channel
+    // brought the channel back as open, forever.
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "t", false);
+    let now = net.now;
+    let (_, channel) = net
+        .node(a)
+        .session
+        .open(now, name("t"), "p", Bytes::new(), false)
+        .unwrap();
+    net.run();
+    let SessionEvent::Incoming {
+        channel: theirs, ..
+    } = one_event(&mut net, b)
+    else {
+        panic!()
+    };
+    net.node(b).session.accept(theirs).unwrap();
+    // The accept reaches the broker (and the Opened is on its way to a) ...
+    for _ in 0..2 {
+        let up: Vec<Bytes> = std::iter::from_fn(|| net.node(b).session.poll_transmit()).collect();
+        let conn = net.node(b).conn;
+        for bytes in up {
+            net.broker.handle_input(net.now, conn, &bytes);
+        }
+    }
+    // ... when a gives up.
+    net.node(a)
+        .session
+        .reset(channel, ErrorCode::Cancelled, "never mind")
+        .unwrap();
+    net.run();
+    assert!(net.events(a).iter().any(|e| matches!(
+        e,
+        SessionEvent::Failed {
+            code: ErrorCode::Cancelled,
+            ..
+        }
+    )));
+    assert_eq!(net.node(a).session.channel_count(), 0);
+    assert_eq!(net.broker.route_count(), 0);
 }

@@ -128,6 +128,10 @@ impl Channel {
         Some((payload, fin))
     }
 
+    pub(super) fn recv_finished(&self) -> bool {
+        self.recv_fin
+    }
+
     /// Both directions are over and our FIN has been handed out.
     pub(super) fn is_done(&self) -> bool {
         self.recv_fin && self.fin_sent

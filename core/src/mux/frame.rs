@@ -233,7 +233,8 @@ fn check_header(kind: u8, flags: u8, channel: u32, len: u32, max: u32) -> Result
     if !length_ok {
         return Err(FrameError::BadLength { kind, len });
     }
-    if len > max {
+    // The limit is on data: the other types have fixed bounds of their own.
+    if kind == DATA && len > max {
         return Err(FrameError::TooLong { len, max });
     }
     Ok(())

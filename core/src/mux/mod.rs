@@ -158,7 +158,7 @@ pub struct Mux {
     peer_max_frame: u32,
     decoder: FrameDecoder,
     channels: HashMap<ChannelId, Channel>,
-    next_local: ChannelId,
+    next_local: u64,
     last_remote: ChannelId,
     window_total: u64,
     /// Whole frames, each with the attachment tag of the message it starts.
@@ -340,8 +340,9 @@ impl Mux {
     /// Whether the id was ever allocated (by either side), open or closed.
     pub fn was_allocated(&self, id: ChannelId) -> bool {
         match self.is_local(id) {
-            true => id < self.next_local,
-            false => id != 0 && id <= self.last_remote,
+            _ if id == 0 => false,
+            true => u64::from(id) < self.next_local,
+            false => id <= self.last_remote,
         }
     }
 
@@ -352,11 +353,19 @@ impl Mux {
     // ── channels ──────────────────────────────────────────────────────
 
     /// Allocates a channel id on this side and creates the channel.
+    ///
+    /// Ids are never reused: after 2^31 channels [`Mux::can_open_local`] is
+    /// false, and the caller must refuse instead.
     pub fn open_local(&mut self) -> ChannelId {
-        let id = self.next_local;
-        self.next_local = self.next_local.wrapping_add(2);
+        let id = ChannelId::try_from(self.next_local).expect("callers check can_open_local");
+        self.next_local += 2;
         self.create(id);
         id
+    }
+
+    /// Whether this side has channel ids left.
+    pub fn can_open_local(&self) -> bool {
+        self.next_local <= u64::from(ChannelId::MAX)
     }
 
     /// Creates the channel the peer announced (in a control message).
@@ -427,6 +436,11 @@ impl Mux {
         self.remove(id);
     }
 
+    /// Whether the peer sent FIN on the channel (or it is gone).
+    pub fn recv_finished(&self, id: ChannelId) -> bool {
+        self.channels.get(&id).is_none_or(Channel::recv_finished)
+    }
+
     /// Bytes queued on a channel and not yet sent.
     pub fn queued(&self, id: ChannelId) -> usize {
         self.channels.get(&id).map_or(0, |c| c.queued)
@@ -464,7 +478,8 @@ impl Mux {
         if increment == 0 {
             return;
         }
-        if let Some(channel) = self.channels.get_mut(&id) {
+        // No credit for a direction the peer has finished.
+        if let Some(channel) = self.channels.get_mut(&id).filter(|c| !c.recv_finished()) {
             channel.recv_credit = channel.recv_credit.saturating_add(increment);
             self.push_urgent(&Frame::Window {
                 channel: id,

@@ -341,3 +341,16 @@ fn go_away_finishes_a_frame_already_begun() {
         reason: "bye".into()
     }));
 }
+
+#[test]
+fn no_credit_for_a_finished_direction() {
+    // Regression: the relay passed WINDOW frames on after the sender's FIN.
+    let (mut a, mut b) = pair();
+    let id = open(&mut a, &mut b);
+    a.finish(id).unwrap();
+    pump(&mut a, &mut b);
+    events(&mut b);
+    assert!(b.recv_finished(id));
+    b.grant(id, 1000);
+    assert!(b.poll_transmit().is_none());
+}

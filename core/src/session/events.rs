@@ -181,6 +181,9 @@ pub enum SessionError {
     /// The channel is not open for this (not yet answered, or awaiting its path).
     #[error("channel {0} is not open")]
     ChannelNotOpen(ChannelId),
+    /// This connection has used all 2^31 channel ids it may allocate.
+    #[error("no channel ids left on this connection")]
+    ChannelIdsExhausted,
     /// A field over its limit.
     #[error("the {0} is too long")]
     TooLong(&'static str),

@@ -187,7 +187,14 @@ impl Session {
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         match (&mut self.stage, &mut self.wire) {
             (Stage::Handshake(handshake), _) => handshake.poll_transmit(),
-            (_, Some(wire)) => wire.poll_transmit().map(|(bytes, _)| bytes),
+            (_, Some(wire)) => {
+                let out = wire.poll_transmit().map(|(bytes, _)| bytes);
+                if wire.mux.has_events() {
+                    // Our FIN going out can close a channel: say so now.
+                    let _ = self.drain_mux();
+                }
+                out
+            }
             _ => None,
         }
     }
@@ -309,6 +316,9 @@ impl Session {
             return Err(SessionError::TooLong("metadata"));
         }
         self.ensure_ready()?;
+        if !self.wire_mut()?.mux.can_open_local() {
+            return Err(SessionError::ChannelIdsExhausted);
+        }
         let channel = self.wire_mut()?.mux.open_local();
         self.channels.insert(channel, ChannelState::Opening);
         // The broker answers an open within its own deadline: wait that long more.
@@ -469,12 +479,23 @@ impl Session {
         Ok(())
     }
 
+    /// The broker ended the connection: nothing more is sent to it.
+    fn ended_by_broker(&mut self, reason: String, code: Option<ErrorCode>) {
+        self.end(reason, code, false);
+    }
+
     fn fail(&mut self, reason: String, code: Option<ErrorCode>) {
+        self.end(reason, code, true);
+    }
+
+    fn end(&mut self, reason: String, code: Option<ErrorCode>, tell_broker: bool) {
         if self.is_closed() {
             return;
         }
         self.stage = Stage::Closed;
-        if let Some(wire) = self.wire.as_mut() {
+        // Tell the broker why, unless it is the one that ended the connection.
+        let tell = tell_broker.then_some(()).and(self.wire.as_mut());
+        if let Some(wire) = tell.filter(|w| !w.mux.is_going_away()) {
             wire.mux
                 .go_away(code.unwrap_or(ErrorCode::ProtocolViolation), &reason);
         }
@@ -497,11 +518,11 @@ impl Session {
             }
             (_, Some(wire)) => {
                 let result = wire.handle_input(input);
-                self.drain_mux(now)?;
+                self.drain_mux()?;
                 match result {
                     Ok(()) => Ok(()),
                     Err(WireError::Goodbye) => {
-                        self.fail("the broker said goodbye".into(), None);
+                        self.ended_by_broker("the broker said goodbye".into(), None);
                         Ok(())
                     }
                     Err(e) => Err(e.into()),
@@ -539,18 +560,18 @@ impl Session {
         if !established.early_data.is_empty() {
             let wire = self.wire.as_mut().expect("just set");
             wire.handle_input(&established.early_data)?;
-            self.drain_mux(now)?;
+            self.drain_mux()?;
         }
         Ok(())
     }
 
-    fn drain_mux(&mut self, now: Instant) -> Result<(), SessionError> {
+    fn drain_mux(&mut self) -> Result<(), SessionError> {
         while let Some(event) = self.wire.as_mut().and_then(|w| w.mux.poll_event()) {
             match event {
                 MuxEvent::Control(bytes) => {
                     self.control.push(&bytes);
                     while let Some(message) = self.control.next()? {
-                        self.on_message(now, message)?;
+                        self.on_message(message)?;
                     }
                 }
                 MuxEvent::Data { channel, payload } => self
@@ -595,7 +616,7 @@ impl Session {
             .ok_or(SessionError::Protocol("an answer to no request"))
     }
 
-    fn on_message(&mut self, _now: Instant, message: Message) -> Result<(), SessionError> {
+    fn on_message(&mut self, message: Message) -> Result<(), SessionError> {
         if let Stage::AwaitHello { .. } = self.stage {
             let Message::BrokerHello {
                 version, limits, ..
@@ -797,10 +818,22 @@ impl Session {
                             "a socketpair without its descriptor",
                         ))?)
                     }
-                    _ => {
-                        self.channels.insert(channel, ChannelState::Open);
-                        None
-                    }
+                    _ => match self.channels.get_mut(&channel) {
+                        Some(state) => {
+                            *state = ChannelState::Open;
+                            None
+                        }
+                        // Reset while the open was on its way: its RESET follows the
+                        // broker's answer, so the channel is over already.
+                        None => {
+                            self.events.push_back(SessionEvent::Failed {
+                                request,
+                                code: ErrorCode::Cancelled,
+                                message: "reset before it opened".into(),
+                            });
+                            return Ok(());
+                        }
+                    },
                 };
                 SessionEvent::Opened {
                     request,

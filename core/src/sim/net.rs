@@ -1,7 +1,7 @@
 //! A broker and its plugins in memory: the links are byte queues, time is a
 //! number, and one seeded RNG decides everything that could vary.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -58,6 +58,8 @@ pub struct Net {
     /// Whether the runtime manages to make socketpairs.
     pub socketpairs_work: bool,
     by_conn: BTreeMap<ConnId, NodeId>,
+    /// Connections with output the broker announced and the runtime did not drain.
+    writable: BTreeSet<ConnId>,
     next_node: NodeId,
     rng: ChaCha20Rng,
     chaos: Chaos,
@@ -77,6 +79,7 @@ impl Net {
             log: Vec::new(),
             socketpairs_work: true,
             by_conn: BTreeMap::new(),
+            writable: BTreeSet::new(),
             next_node: 0,
             rng,
             chaos,
@@ -221,7 +224,9 @@ impl Net {
         while let Some(event) = self.broker.poll_event() {
             moved = true;
             match event {
-                Event::Transmit(_) => {}
+                Event::Transmit(conn) => {
+                    self.writable.insert(conn);
+                }
                 Event::Close {
                     conn, last_words, ..
                 } => {
@@ -255,8 +260,27 @@ impl Net {
                 Event::Log(entry) => self.log.push(entry),
             }
         }
-        // Pull output for every reader that reads.
-        for node in self.nodes.values_mut().filter(|n| !n.closed && !n.slow) {
+        // Pull output where the broker said there is some, as a runtime
+        // does (a missing Transmit event would stall the simulation), for
+        // readers that read.
+        let writable: Vec<ConnId> = self.writable.iter().copied().collect();
+        for conn in writable {
+            let Some(node) = self
+                .by_conn
+                .get(&conn)
+                .and_then(|id| self.nodes.get_mut(id))
+            else {
+                self.writable.remove(&conn);
+                continue;
+            };
+            if node.closed {
+                self.writable.remove(&conn);
+                continue;
+            }
+            if node.slow {
+                continue;
+            }
+            self.writable.remove(&conn);
             while let Some(t) = self.broker.poll_transmit(node.conn) {
                 let fd = t.fd.map(|(pair, end)| {
                     pair << 1 | u64::from(end == crate::broker::PairEnd::Target)
