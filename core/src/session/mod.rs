@@ -610,6 +610,24 @@ impl Session {
         Ok(())
     }
 
+    /// Adds a page (`add` says whether the request is of its kind); the
+    /// whole answer once the last page is in.
+    fn page(
+        &mut self,
+        request: RequestId,
+        last: bool,
+        add: impl FnOnce(&mut Pending) -> bool,
+    ) -> Result<Option<Pending>, SessionError> {
+        let pending = self.requests.get_mut(&request).map(|r| &mut r.pending);
+        if !pending.is_some_and(add) {
+            return Err(SessionError::Protocol("a page for another request"));
+        }
+        match last {
+            true => Ok(Some(self.take_request(request)?.pending)),
+            false => Ok(None),
+        }
+    }
+
     fn take_request(&mut self, request: RequestId) -> Result<Request, SessionError> {
         self.requests
             .remove(&request)
@@ -685,23 +703,15 @@ impl Session {
                 last,
                 members,
             } => {
-                let Some(Request {
-                    pending: Pending::List(all),
-                    ..
-                }) = self.requests.get_mut(&request)
-                else {
-                    return Err(SessionError::Protocol("a list page for another request"));
+                let add = |p: &mut Pending| match p {
+                    Pending::List(all) => {
+                        all.extend(members);
+                        true
+                    }
+                    _ => false,
                 };
-                all.extend(members);
-                if !last {
+                let Some(Pending::List(members)) = self.page(request, last, add)? else {
                     return Ok(());
-                }
-                let Request {
-                    pending: Pending::List(members),
-                    ..
-                } = self.take_request(request)?
-                else {
-                    unreachable!("checked above")
                 };
                 SessionEvent::Members { request, members }
             }
@@ -711,23 +721,15 @@ impl Session {
                 last,
                 members,
             } => {
-                let Some(Request {
-                    pending: Pending::Watch(all),
-                    ..
-                }) = self.requests.get_mut(&request)
-                else {
-                    return Err(SessionError::Protocol("a snapshot for another request"));
+                let add = |p: &mut Pending| match p {
+                    Pending::Watch(all) => {
+                        all.extend(members);
+                        true
+                    }
+                    _ => false,
                 };
-                all.extend(members);
-                if !last {
+                let Some(Pending::Watch(members)) = self.page(request, last, add)? else {
                     return Ok(());
-                }
-                let Request {
-                    pending: Pending::Watch(members),
-                    ..
-                } = self.take_request(request)?
-                else {
-                    unreachable!("checked above")
                 };
                 self.watch_seq = Some(seq);
                 SessionEvent::Watching {
@@ -752,24 +754,16 @@ impl Session {
                 keys,
                 names,
             } => {
-                let Some(Request {
-                    pending: Pending::Stats(all_keys, all_names),
-                    ..
-                }) = self.requests.get_mut(&request)
-                else {
-                    return Err(SessionError::Protocol("a stats page for another request"));
+                let add = |p: &mut Pending| match p {
+                    Pending::Stats(all_keys, all_names) => {
+                        all_keys.extend(keys);
+                        all_names.extend(names);
+                        true
+                    }
+                    _ => false,
                 };
-                all_keys.extend(keys);
-                all_names.extend(names);
-                if !last {
+                let Some(Pending::Stats(keys, names)) = self.page(request, last, add)? else {
                     return Ok(());
-                }
-                let Request {
-                    pending: Pending::Stats(keys, names),
-                    ..
-                } = self.take_request(request)?
-                else {
-                    unreachable!("checked above")
                 };
                 SessionEvent::Stats {
                     request,

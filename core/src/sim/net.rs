@@ -186,10 +186,12 @@ impl Net {
         }
     }
 
-    /// Runs until nothing moves (with chaos: one random round of moves).
+    /// Runs until nothing moves and the links are empty.
     pub fn run(&mut self) {
         for _ in 0..100_000 {
-            if !self.round() {
+            // With chaos a round may hold everything back: done only when
+            // nothing moved and nothing is on its way.
+            if !self.round() && !self.deliverable() {
                 return;
             }
         }
@@ -367,6 +369,15 @@ impl Net {
             }
             moved = true;
         }
+    }
+
+    /// Whether some link holds bytes that a later round would deliver (a
+    /// slow reader's are not: it does not read).
+    fn deliverable(&self) -> bool {
+        self.nodes
+            .values()
+            .filter(|n| !n.closed)
+            .any(|n| !n.up.is_empty() || (!n.slow && !n.down.is_empty()))
     }
 
     /// Bytes in flight on all links.
