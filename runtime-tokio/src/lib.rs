@@ -1,0 +1,12 @@
+//! plugboard on tokio: the broker as a server, and (soon) the plugin API.
+//!
+//! This crate only moves bytes, reads the clock and owns sockets; every
+//! protocol decision is made by `plugboard-core`'s state machines.
+
+mod addr;
+mod clock;
+mod server;
+
+pub use addr::{Addr, BadAddr};
+pub use clock::Clock;
+pub use server::{ServeError, Server};

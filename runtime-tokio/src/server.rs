@@ -1,0 +1,387 @@
+//! The broker on tokio: listeners, one reader and one writer task per
+//! connection, one timer task, all around one [`Broker`] state machine.
+//!
+//! The broker sits behind a mutex that is never held across an await:
+//! each task locks it, hands it bytes or time, takes what it has, and lets
+//! go. Output stays in the broker until the connection's writer can take it,
+//! so a slow socket holds memory only as far as the broker's own bounds allow.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use plugboard_core::broker::{Broker, BrokerConfig, ConnId, Event};
+use plugboard_core::control::TransportKind;
+use plugboard_core::PublicKey;
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use crate::addr::Addr;
+use crate::clock::Clock;
+
+/// How much a reader asks the socket for at once.
+const READ_SIZE: usize = 64 * 1024;
+/// How long shutdown waits for the last words to be written.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A live broker already listens on this unix socket.
+    #[error("{0}: a broker is already listening there")]
+    InUse(PathBuf),
+    /// Binding failed.
+    #[error("{addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: Addr,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// A bound broker, ready to [`Server::run`].
+pub struct Server {
+    shared: Arc<Shared>,
+    listeners: Vec<Listener>,
+}
+
+enum Listener {
+    Unix(UnixListener, PathBuf),
+    Tcp(TcpListener),
+}
+
+struct Shared {
+    clock: Clock,
+    state: Mutex<State>,
+    /// Wakes the timer task when a call may have moved the next deadline.
+    timer: Notify,
+}
+
+struct State {
+    broker: Broker,
+    conns: HashMap<ConnId, Arc<ConnSignals>>,
+}
+
+/// What the broker tells one connection's tasks.
+#[derive(Default)]
+struct ConnSignals {
+    /// Output is waiting in the broker (for the writer).
+    wake: Notify,
+    /// The connection is over (for the reader).
+    stop: Notify,
+    /// The connection is over: these last words, then close.
+    end: Mutex<Option<Bytes>>,
+}
+
+impl ConnSignals {
+    fn end(&self, last_words: Bytes) {
+        self.end
+            .lock()
+            .expect("not poisoned")
+            .get_or_insert(last_words);
+        self.wake.notify_one();
+        self.stop.notify_one();
+    }
+
+    fn take_end(&self) -> Option<Bytes> {
+        self.end.lock().expect("not poisoned").take()
+    }
+}
+
+impl Server {
+    /// Binds every address. A unix socket is created with mode 0600; a
+    /// stale socket file (nobody answers on it) is replaced, a live one is not.
+    pub async fn bind(config: BrokerConfig, addrs: &[Addr]) -> Result<Self, ServeError> {
+        let mut listeners = Vec::new();
+        for addr in addrs {
+            listeners.push(bind(addr).await?);
+        }
+        let rng = ChaCha20Rng::from_rng(rand_core::OsRng).expect("the OS has randomness");
+        Ok(Server {
+            shared: Arc::new(Shared {
+                clock: Clock::start(),
+                state: Mutex::new(State {
+                    broker: Broker::new(config, Box::new(rng)),
+                    conns: HashMap::new(),
+                }),
+                timer: Notify::new(),
+            }),
+            listeners,
+        })
+    }
+
+    /// The addresses actually bound (a TCP port 0 becomes the real port).
+    pub fn local_addrs(&self) -> Vec<Addr> {
+        self.listeners
+            .iter()
+            .map(|l| match l {
+                Listener::Unix(_, path) => Addr::Unix(path.clone()),
+                Listener::Tcp(t) => {
+                    Addr::Tcp(t.local_addr().map(|a| a.to_string()).unwrap_or_default())
+                }
+            })
+            .collect()
+    }
+
+    /// The broker's key.
+    pub fn public_key(&self) -> PublicKey {
+        self.shared.lock().broker.public_key()
+    }
+
+    /// Serves until `shutdown` completes; then tells every connection why it
+    /// ends, waits a moment for that to be written, and removes its unix
+    /// socket files.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let mut tasks = JoinSet::new();
+        let mut sockets = Vec::new();
+        for listener in self.listeners {
+            let shared = self.shared.clone();
+            match listener {
+                Listener::Unix(l, path) => {
+                    sockets.push(path);
+                    tasks.spawn(async move {
+                        loop {
+                            match l.accept().await {
+                                Ok((stream, _)) => {
+                                    shared.clone().adopt(stream, TransportKind::Unix)
+                                }
+                                Err(e) => tracing::warn!("accept on a unix socket: {e}"),
+                            }
+                        }
+                    });
+                }
+                Listener::Tcp(l) => {
+                    tasks.spawn(async move {
+                        loop {
+                            match l.accept().await {
+                                Ok((stream, _)) => {
+                                    let _ = stream.set_nodelay(true);
+                                    shared.clone().adopt(stream, TransportKind::Tcp)
+                                }
+                                Err(e) => tracing::warn!("accept on a tcp socket: {e}"),
+                            }
+                        }
+                    });
+                }
+            }
+        }
+        tasks.spawn(self.shared.clone().timers());
+        shutdown.await;
+        tasks.abort_all();
+
+        tracing::info!("shutting down");
+        let writers: Vec<Arc<ConnSignals>> = {
+            let mut state = self.shared.lock();
+            let now = self.shared.clock.now();
+            state.broker.shutdown(now);
+            let writers = state.conns.values().cloned().collect();
+            self.shared.dispatch(&mut state);
+            writers
+        };
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while writers.iter().any(|w| Arc::strong_count(w) > 1)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for path in sockets {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+async fn bind(addr: &Addr) -> Result<Listener, ServeError> {
+    let err = |source| ServeError::Bind {
+        addr: addr.clone(),
+        source,
+    };
+    match addr {
+        Addr::Tcp(host_port) => Ok(Listener::Tcp(
+            TcpListener::bind(host_port).await.map_err(err)?,
+        )),
+        Addr::Unix(path) => {
+            if path.exists() {
+                if tokio::net::UnixStream::connect(path).await.is_ok() {
+                    return Err(ServeError::InUse(path.clone()));
+                }
+                // Nobody answers: a dead broker's leftover.
+                std::fs::remove_file(path).map_err(err)?;
+            }
+            let listener = UnixListener::bind(path).map_err(err)?;
+            set_private(path).map_err(err)?;
+            Ok(Listener::Unix(listener, path.clone()))
+        }
+    }
+}
+
+/// Mode 0600: only the owner's processes may connect.
+fn set_private(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .expect("a task panicked holding the broker")
+    }
+
+    /// Takes an accepted socket: the broker decides, tasks start.
+    fn adopt<S>(self: Arc<Self>, stream: S, transport: TransportKind)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let signals = Arc::new(ConnSignals::default());
+        let conn = {
+            let mut state = self.lock();
+            let now = self.clock.now();
+            let conn = state.broker.accept(now, transport);
+            if let Ok(conn) = conn {
+                state.conns.insert(conn, signals.clone());
+            }
+            self.dispatch(&mut state);
+            conn
+        };
+        let Ok(conn) = conn else {
+            return; // refused: the socket is dropped, the broker logged why
+        };
+        let (reader, writer) = tokio::io::split(stream);
+        tokio::spawn(self.clone().read(conn, reader, signals.clone()));
+        tokio::spawn(self.write(conn, writer, signals));
+    }
+
+    async fn read(
+        self: Arc<Self>,
+        conn: ConnId,
+        mut reader: impl AsyncRead + Unpin,
+        signals: Arc<ConnSignals>,
+    ) {
+        let mut buf = BytesMut::with_capacity(READ_SIZE);
+        loop {
+            buf.reserve(READ_SIZE);
+            let result = tokio::select! {
+                r = reader.read_buf(&mut buf) => r,
+                // The broker ended the connection: stop reading.
+                _ = signals.stop.notified() => return,
+            };
+            let mut state = self.lock();
+            let now = self.clock.now();
+            let gone = !matches!(result, Ok(n) if n > 0);
+            match result {
+                Ok(0) => state.broker.handle_eof(now, conn),
+                Ok(_) => state.broker.handle_input_owned(now, conn, buf.split()),
+                Err(e) => state.broker.handle_disconnect(now, conn, &e.to_string()),
+            }
+            if gone && state.conns.remove(&conn).is_some() {
+                signals.end(Bytes::new());
+            }
+            self.dispatch(&mut state);
+            if gone {
+                return;
+            }
+        }
+    }
+
+    async fn write(
+        self: Arc<Self>,
+        conn: ConnId,
+        mut writer: impl AsyncWrite + Unpin,
+        signals: Arc<ConnSignals>,
+    ) {
+        loop {
+            signals.wake.notified().await;
+            loop {
+                let transmit = {
+                    let mut state = self.lock();
+                    let t = state.broker.poll_transmit(conn);
+                    self.dispatch(&mut state);
+                    t
+                };
+                let Some(t) = transmit else { break };
+                if writer.write_all(&t.data).await.is_err() {
+                    let mut state = self.lock();
+                    let now = self.clock.now();
+                    state.broker.handle_disconnect(now, conn, "write failed");
+                    if state.conns.remove(&conn).is_some() {
+                        signals.end(Bytes::new());
+                    }
+                    self.dispatch(&mut state);
+                    break;
+                }
+            }
+            if let Some(last_words) = signals.take_end() {
+                let _ = writer.write_all(&last_words).await;
+                let _ = writer.shutdown().await;
+                return;
+            }
+        }
+    }
+
+    /// Runs the broker's timers.
+    async fn timers(self: Arc<Self>) {
+        loop {
+            let deadline = self.lock().broker.poll_timeout();
+            let sleep = match deadline {
+                Some(at) => tokio::time::sleep_until(self.clock.to_tokio(at)),
+                None => tokio::time::sleep(Duration::from_secs(3600)),
+            };
+            tokio::select! {
+                _ = sleep => {
+                    let mut state = self.lock();
+                    let now = self.clock.now();
+                    state.broker.handle_timeout(now);
+                    self.dispatch(&mut state);
+                }
+                _ = self.timer.notified() => {}
+            }
+        }
+    }
+
+    /// Carries out what the broker asked for. Called after every broker call.
+    fn dispatch(&self, state: &mut State) {
+        while let Some(event) = state.broker.poll_event() {
+            match event {
+                Event::Transmit(conn) => {
+                    if let Some(signals) = state.conns.get(&conn) {
+                        signals.wake.notify_one();
+                    }
+                }
+                Event::Close {
+                    conn,
+                    last_words,
+                    reason,
+                } => {
+                    tracing::debug!(conn, "closing: {reason}");
+                    if let Some(signals) = state.conns.remove(&conn) {
+                        signals.end(last_words);
+                    }
+                }
+                Event::CreateSocketPair(pair) => {
+                    // This server does not pass descriptors (fd_passing is off):
+                    // the channel is relayed.
+                    state.broker.socketpair_ready(self.clock.now(), pair, false);
+                }
+                Event::Log(entry) => {
+                    let key = entry.key.map(|k| k.to_string()).unwrap_or_default();
+                    match entry.code {
+                        Some(code) => {
+                            tracing::info!(conn = entry.conn, %key, %code, "{}", entry.message)
+                        }
+                        None => tracing::info!(conn = entry.conn, %key, "{}", entry.message),
+                    }
+                }
+            }
+        }
+        self.timer.notify_one();
+    }
+}
