@@ -1,12 +1,14 @@
-//! plugboard on tokio: the broker as a server, and (soon) the plugin API.
+//! plugboard on tokio: the broker as a server, and the plugin API.
 //!
 //! This crate only moves bytes, reads the clock and owns sockets; every
 //! protocol decision is made by `plugboard-core`'s state machines.
 
 mod addr;
 mod clock;
+pub mod plugin;
 mod server;
 
 pub use addr::{Addr, BadAddr};
 pub use clock::Clock;
+pub use plugin::{Channel, Incoming, Plugin, PluginBuilder, PluginError, WatchEvent};
 pub use server::{ServeError, Server};

@@ -1,0 +1,123 @@
+//! The task that owns a plugin's socket: it writes what the session has,
+//! reads what the broker sends, and runs the session's timers.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::oneshot;
+
+use super::{deliver, end, PluginError, Shared};
+use crate::addr::Addr;
+
+const READ_SIZE: usize = 64 * 1024;
+
+/// Stops the driver when the plugin is dropped.
+pub(crate) struct DriverHandle(tokio::task::JoinHandle<()>);
+
+impl Drop for DriverHandle {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Connects and starts the driver. `ready` learns when the broker said hello.
+pub(crate) async fn spawn(
+    shared: Arc<Shared>,
+    addr: &Addr,
+    ready: oneshot::Sender<Result<(), PluginError>>,
+) -> Result<DriverHandle, PluginError> {
+    let unreachable = |e: std::io::Error| PluginError::Unreachable {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    };
+    let task = match addr {
+        Addr::Unix(path) => {
+            let stream = UnixStream::connect(path).await.map_err(unreachable)?;
+            tokio::spawn(run(shared, stream, ready))
+        }
+        Addr::Tcp(host_port) => {
+            let stream = TcpStream::connect(host_port).await.map_err(unreachable)?;
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(run(shared, stream, ready))
+        }
+    };
+    Ok(DriverHandle(task))
+}
+
+async fn run<S>(shared: Arc<Shared>, stream: S, ready: oneshot::Sender<Result<(), PluginError>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut ready = Some(ready);
+    let mut buf = BytesMut::with_capacity(READ_SIZE);
+    loop {
+        // Everything the session has goes out first.
+        loop {
+            let out = shared.lock().session.poll_transmit();
+            let Some(bytes) = out else { break };
+            if let Err(e) = writer.write_all(&bytes).await {
+                end(&mut shared.lock(), format!("write failed: {e}"));
+            }
+        }
+        let (timeout, ended) = {
+            let mut inner = shared.lock();
+            drain(&shared, &mut inner);
+            if let Some(tx) = ready.take() {
+                match (&inner.ended, inner.session.is_ready()) {
+                    (Some(reason), _) => {
+                        drop(tx.send(Err(PluginError::Disconnected(reason.clone()))))
+                    }
+                    (None, true) => drop(tx.send(Ok(()))),
+                    (None, false) => ready = Some(tx),
+                }
+            }
+            let timeout = inner
+                .session
+                .poll_timeout()
+                .map(|at| inner.clock.to_tokio(at));
+            (timeout, inner.ended.is_some())
+        };
+        if ended {
+            let _ = writer.shutdown().await;
+            return;
+        }
+        let sleep = async {
+            match timeout {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        buf.reserve(READ_SIZE);
+        tokio::select! {
+            read = reader.read_buf(&mut buf) => {
+                let mut inner = shared.lock();
+                let now = inner.clock.now();
+                match read {
+                    Ok(0) => inner.session.handle_eof(now),
+                    Ok(_) => {
+                        // Errors end the session; its Closed event says why.
+                        let _ = inner.session.handle_input(now, &buf);
+                        buf.clear();
+                    }
+                    Err(e) => end(&mut inner, format!("read failed: {e}")),
+                }
+            }
+            _ = shared.flush.notified() => {}
+            _ = sleep => {
+                let mut inner = shared.lock();
+                let now = inner.clock.now();
+                inner.session.handle_timeout(now);
+            }
+        }
+    }
+}
+
+/// Hands every session event to its waiter.
+fn drain(shared: &Arc<Shared>, inner: &mut super::Inner) {
+    while let Some(event) = inner.session.poll_event() {
+        deliver(shared, inner, event);
+    }
+}

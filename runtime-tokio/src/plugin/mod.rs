@@ -1,0 +1,566 @@
+//! The plugin API on tokio: connect (named or not), list, watch, stats,
+//! open channels, take incoming ones. A [`Channel`] is `AsyncRead +
+//! AsyncWrite`: reads give credit back as the application consumes, writes
+//! wait for credit, `shutdown` half-closes, dropping resets.
+//!
+//! One driver task owns the socket and the core's [`Session`]; handles share
+//! the session behind a mutex never held across an await.
+
+mod channel;
+mod driver;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+
+use bytes::Bytes;
+use plugboard_core::control::{
+    ChannelId, ErrorCode, KeyStats, Member, Name, NameStats, Presence, RequestId,
+};
+use plugboard_core::session::{Session, SessionConfig, SessionError, SessionEvent};
+use plugboard_core::shs::HandshakeConfig;
+use plugboard_core::{Keypair, NetworkKey, PublicKey};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+pub use channel::Channel;
+
+use crate::addr::Addr;
+use crate::clock::Clock;
+
+/// Why a plugin call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PluginError {
+    /// The broker could not be reached.
+    #[error("cannot reach the broker at {addr}: {reason}")]
+    Unreachable {
+        /// Where.
+        addr: String,
+        /// The OS's words.
+        reason: String,
+    },
+    /// The broker answered the request with an error.
+    #[error("{code}: {message}")]
+    Refused {
+        /// Its code.
+        code: ErrorCode,
+        /// Its words.
+        message: String,
+    },
+    /// The connection is over.
+    #[error("the connection to the broker ended: {0}")]
+    Disconnected(String),
+    /// The session refused the call (not ready, unknown channel, too long...).
+    #[error("{0}")]
+    Session(#[from] SessionError),
+}
+
+impl PluginError {
+    /// The broker's code, if it refused.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            PluginError::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// A change seen by a watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// The state when the watch started.
+    Snapshot(Vec<Member>),
+    /// A change, numbered.
+    Change {
+        /// Its number (gap-free).
+        seq: u64,
+        /// The change.
+        presence: Presence,
+    },
+}
+
+/// Stats: per key and per name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Per key.
+    pub keys: Vec<KeyStats>,
+    /// Per name.
+    pub names: Vec<NameStats>,
+}
+
+/// What a request waits for.
+enum Waiter {
+    Registered(oneshot::Sender<Result<bool, PluginError>>),
+    Members(oneshot::Sender<Result<Vec<Member>, PluginError>>),
+    Watching(oneshot::Sender<Result<(), PluginError>>),
+    Stats(oneshot::Sender<Result<Stats, PluginError>>),
+    Opened(oneshot::Sender<Result<PublicKey, PluginError>>),
+    Done(oneshot::Sender<Result<(), PluginError>>),
+}
+
+/// Everything the handles and the driver share.
+pub(crate) struct Inner {
+    pub(crate) session: Session,
+    pub(crate) clock: Clock,
+    waiters: HashMap<RequestId, Waiter>,
+    pub(crate) channels: HashMap<ChannelId, channel::ChannelState>,
+    incoming: mpsc::UnboundedSender<Incoming>,
+    watchers: Vec<mpsc::UnboundedSender<WatchEvent>>,
+    /// Why the connection ended, once it did.
+    pub(crate) ended: Option<String>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) inner: Mutex<Inner>,
+    /// The driver has output to write.
+    pub(crate) flush: Notify,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .expect("a task panicked holding the session")
+    }
+}
+
+/// A connection to the broker.
+pub struct Plugin {
+    shared: Arc<Shared>,
+    incoming: tokio::sync::Mutex<mpsc::UnboundedReceiver<Incoming>>,
+    name: Option<Name>,
+    _driver: driver::DriverHandle,
+}
+
+/// How to connect.
+pub struct PluginBuilder {
+    keypair: Keypair,
+    name: Option<String>,
+    wait: bool,
+    broker: Option<PublicKey>,
+    network_key: NetworkKey,
+}
+
+impl PluginBuilder {
+    /// Registers under this name once connected (a nameless plugin is a client).
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+
+    /// If the name is taken, wait in line for it instead of failing.
+    pub fn wait_for_name(mut self) -> Self {
+        self.wait = true;
+        self
+    }
+
+    /// The broker's key (default: our own, as SSB's local clients do).
+    pub fn broker_key(mut self, key: PublicKey) -> Self {
+        self.broker = Some(key);
+        self
+    }
+
+    /// The network key (default: SSB's main network).
+    pub fn network_key(mut self, key: NetworkKey) -> Self {
+        self.network_key = key;
+        self
+    }
+
+    /// Connects, completes the handshake and the hello, and registers the name if one was given.
+    pub async fn connect(self, addr: &str) -> Result<Plugin, PluginError> {
+        let addr: Addr =
+            addr.parse()
+                .map_err(|e: crate::addr::BadAddr| PluginError::Unreachable {
+                    addr: addr.to_owned(),
+                    reason: e.to_string(),
+                })?;
+        let name = self
+            .name
+            .as_deref()
+            .map(Name::new)
+            .transpose()
+            .map_err(|e| PluginError::Refused {
+                code: ErrorCode::Malformed,
+                message: e.to_string(),
+            })?;
+        let broker = self.broker.unwrap_or_else(|| self.keypair.public());
+        let mut handshake = HandshakeConfig::new(self.keypair);
+        handshake.network_key = self.network_key;
+        let mut config = SessionConfig::new(handshake, broker);
+        config.boxstream = matches!(addr, Addr::Tcp(_));
+        let clock = Clock::start();
+        let session = Session::new(config, &mut rand_core::OsRng, clock.now())?;
+        let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                session,
+                clock,
+                waiters: HashMap::new(),
+                channels: HashMap::new(),
+                incoming: incoming_tx,
+                watchers: Vec::new(),
+                ended: None,
+            }),
+            flush: Notify::new(),
+        });
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let driver = driver::spawn(shared.clone(), &addr, ready_tx).await?;
+        ready_rx
+            .await
+            .map_err(|_| PluginError::Disconnected("the driver stopped".into()))??;
+        let plugin = Plugin {
+            shared,
+            incoming: tokio::sync::Mutex::new(incoming_rx),
+            name: name.clone(),
+            _driver: driver,
+        };
+        if let Some(name) = name {
+            plugin.register(name, self.wait).await?;
+        }
+        Ok(plugin)
+    }
+}
+
+impl Plugin {
+    /// Starts describing a connection made with `keypair`.
+    pub fn builder(keypair: Keypair) -> PluginBuilder {
+        PluginBuilder {
+            keypair,
+            name: None,
+            wait: false,
+            broker: None,
+            network_key: NetworkKey::SSB_MAIN,
+        }
+    }
+
+    /// The name this plugin registered, if any.
+    pub fn name(&self) -> Option<&Name> {
+        self.name.as_ref()
+    }
+
+    /// Sends a request and waits for its answer.
+    async fn request<T>(
+        &self,
+        send: impl FnOnce(&mut Inner) -> Result<RequestId, SessionError>,
+        waiter: impl FnOnce(oneshot::Sender<Result<T, PluginError>>) -> Waiter,
+    ) -> Result<T, PluginError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut inner = self.shared.lock();
+            if let Some(reason) = &inner.ended {
+                return Err(PluginError::Disconnected(reason.clone()));
+            }
+            let request = send(&mut inner)?;
+            inner.waiters.insert(request, waiter(tx));
+        }
+        self.shared.flush.notify_one();
+        rx.await
+            .unwrap_or_else(|_| Err(PluginError::Disconnected("the connection ended".into())))
+    }
+
+    async fn register(&self, name: Name, wait: bool) -> Result<bool, PluginError> {
+        self.request(
+            |inner| {
+                let now = inner.clock.now();
+                inner.session.register(now, name, wait, None)
+            },
+            Waiter::Registered,
+        )
+        .await
+    }
+
+    /// Every named plugin.
+    pub async fn list(&self) -> Result<Vec<Member>, PluginError> {
+        self.request(
+            |inner| {
+                let now = inner.clock.now();
+                inner.session.list(now)
+            },
+            Waiter::Members,
+        )
+        .await
+    }
+
+    /// Who holds what (if the policy allows).
+    pub async fn stats(&self) -> Result<Stats, PluginError> {
+        self.request(
+            |inner| {
+                let now = inner.clock.now();
+                inner.session.stats(now)
+            },
+            Waiter::Stats,
+        )
+        .await
+    }
+
+    /// A snapshot, then every change, in order. One watch per connection.
+    pub async fn watch(&self) -> Result<mpsc::UnboundedReceiver<WatchEvent>, PluginError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.shared.lock().watchers.push(tx);
+        self.request(
+            |inner| {
+                let now = inner.clock.now();
+                inner.session.watch(now)
+            },
+            Waiter::Watching,
+        )
+        .await?;
+        Ok(rx)
+    }
+
+    /// Ends the watch: its receiver gets nothing more.
+    pub async fn unwatch(&self) -> Result<(), PluginError> {
+        self.shared.lock().watchers.clear();
+        self.request(
+            |inner| {
+                let now = inner.clock.now();
+                inner.session.unwatch(now)
+            },
+            Waiter::Done,
+        )
+        .await
+    }
+
+    /// Opens a channel to the plugin registered as `name`.
+    pub async fn open(&self, name: &str, protocol: &str) -> Result<Channel, PluginError> {
+        self.open_with(name, protocol, Bytes::new()).await
+    }
+
+    /// As [`Plugin::open`], with metadata for the target (up to 4 KiB).
+    pub async fn open_with(
+        &self,
+        name: &str,
+        protocol: &str,
+        metadata: Bytes,
+    ) -> Result<Channel, PluginError> {
+        let name = Name::new(name).map_err(|e| PluginError::Refused {
+            code: ErrorCode::Malformed,
+            message: e.to_string(),
+        })?;
+        let mut opened = None;
+        let peer = self
+            .request(
+                |inner| {
+                    let now = inner.clock.now();
+                    let (request, channel) =
+                        inner.session.open(now, name, protocol, metadata, false)?;
+                    inner
+                        .channels
+                        .insert(channel, channel::ChannelState::default());
+                    opened = Some(channel);
+                    Ok(request)
+                },
+                Waiter::Opened,
+            )
+            .await;
+        let id = opened.expect("the request was sent");
+        match peer {
+            Ok(peer) => Ok(Channel::new(self.shared.clone(), id, peer)),
+            Err(e) => {
+                self.shared.lock().channels.remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// The next incoming channel; `None` once the connection is over.
+    pub async fn incoming(&self) -> Option<Incoming> {
+        self.incoming.lock().await.recv().await
+    }
+}
+
+/// A channel someone opens to this plugin: accept or reject it.
+pub struct Incoming {
+    shared: Arc<Shared>,
+    id: ChannelId,
+    /// The opener's name, if it has one.
+    pub from_name: Option<Name>,
+    /// The opener's key.
+    pub from_key: PublicKey,
+    /// What it will speak.
+    pub protocol: String,
+    /// What it sent along.
+    pub metadata: Bytes,
+}
+
+impl Incoming {
+    /// Takes the channel.
+    pub fn accept(self) -> Result<Channel, PluginError> {
+        {
+            let mut inner = self.shared.lock();
+            inner.session.accept(self.id)?;
+            inner
+                .channels
+                .insert(self.id, channel::ChannelState::default());
+        }
+        self.shared.flush.notify_one();
+        Ok(Channel::new(self.shared.clone(), self.id, self.from_key))
+    }
+
+    /// Refuses it; the opener gets `reason`.
+    pub fn reject(self, reason: &str) -> Result<(), PluginError> {
+        self.shared.lock().session.reject(self.id, reason)?;
+        self.shared.flush.notify_one();
+        Ok(())
+    }
+}
+
+/// Hands what the session reports to whoever waits for it. Called by the
+/// driver with the lock held.
+pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEvent) {
+    match event {
+        SessionEvent::Ready { .. }
+        | SessionEvent::NameAcquired { .. }
+        | SessionEvent::ChannelPath { .. } => {}
+        SessionEvent::Registered { request, queued } => {
+            if let Some(Waiter::Registered(tx)) = inner.waiters.remove(&request) {
+                let _ = tx.send(Ok(queued));
+            }
+        }
+        SessionEvent::Members { request, members } => {
+            if let Some(Waiter::Members(tx)) = inner.waiters.remove(&request) {
+                let _ = tx.send(Ok(members));
+            }
+        }
+        SessionEvent::Watching {
+            request, members, ..
+        } => {
+            inner
+                .watchers
+                .retain(|w| w.send(WatchEvent::Snapshot(members.clone())).is_ok());
+            if let Some(Waiter::Watching(tx)) = inner.waiters.remove(&request) {
+                let _ = tx.send(Ok(()));
+            }
+        }
+        SessionEvent::Presence { seq, presence } => {
+            inner.watchers.retain(|w| {
+                w.send(WatchEvent::Change {
+                    seq,
+                    presence: presence.clone(),
+                })
+                .is_ok()
+            });
+        }
+        SessionEvent::Stats {
+            request,
+            keys,
+            names,
+        } => {
+            if let Some(Waiter::Stats(tx)) = inner.waiters.remove(&request) {
+                let _ = tx.send(Ok(Stats { keys, names }));
+            }
+        }
+        SessionEvent::Done { request } => {
+            if let Some(Waiter::Done(tx)) = inner.waiters.remove(&request) {
+                let _ = tx.send(Ok(()));
+            }
+        }
+        SessionEvent::Failed {
+            request,
+            code,
+            message,
+        } => {
+            let error = PluginError::Refused { code, message };
+            match inner.waiters.remove(&request) {
+                Some(Waiter::Registered(tx)) => drop(tx.send(Err(error))),
+                Some(Waiter::Members(tx)) => drop(tx.send(Err(error))),
+                Some(Waiter::Watching(tx)) => drop(tx.send(Err(error))),
+                Some(Waiter::Stats(tx)) => drop(tx.send(Err(error))),
+                Some(Waiter::Opened(tx)) => drop(tx.send(Err(error))),
+                Some(Waiter::Done(tx)) => drop(tx.send(Err(error))),
+                None => {}
+            }
+        }
+        SessionEvent::Opened { request, peer, .. } => {
+            if let Some(Waiter::Opened(tx)) = inner.waiters.remove(&request) {
+                let _ = tx.send(Ok(peer));
+            }
+        }
+        SessionEvent::Incoming {
+            channel,
+            from_name,
+            from_key,
+            protocol,
+            metadata,
+            ..
+        } => {
+            let incoming = Incoming {
+                shared: shared.clone(),
+                id: channel,
+                from_name,
+                from_key,
+                protocol,
+                metadata,
+            };
+            if let Err(refused) = inner.incoming.send(incoming) {
+                // Nobody takes incoming channels: refuse it.
+                let _ = inner.session.reject(refused.0.id, "not accepting channels");
+            }
+        }
+        SessionEvent::Data { channel, payload } => match inner.channels.get_mut(&channel) {
+            Some(c) if c.abandoned => {
+                // Nobody will read it.
+                inner.channels.remove(&channel);
+                let _ = inner.session.reset(channel, ErrorCode::Cancelled, "closed");
+            }
+            Some(c) => {
+                c.received.push_back(payload);
+                c.wake_reader();
+            }
+            None => {}
+        },
+        SessionEvent::Fin { channel } => {
+            if let Some(c) = inner.channels.get_mut(&channel) {
+                c.fin = true;
+                c.wake_reader();
+            }
+        }
+        SessionEvent::Reset {
+            channel,
+            code,
+            reason,
+        } => {
+            if inner.channels.get(&channel).is_some_and(|c| c.abandoned) {
+                inner.channels.remove(&channel);
+            } else if let Some(c) = inner.channels.get_mut(&channel) {
+                c.reset = Some((code, reason));
+                c.wake_reader();
+                c.wake_writer();
+            }
+        }
+        SessionEvent::ChannelClosed { channel } => {
+            if inner.channels.get(&channel).is_some_and(|c| c.abandoned) {
+                inner.channels.remove(&channel);
+            } else if let Some(c) = inner.channels.get_mut(&channel) {
+                c.closed = true;
+                c.wake_reader();
+            }
+        }
+        SessionEvent::Writable { channel } => {
+            if let Some(c) = inner.channels.get_mut(&channel) {
+                c.wake_writer();
+            }
+        }
+        SessionEvent::Closed { reason, .. } => end(inner, reason),
+    }
+}
+
+/// The connection is over: every waiter and channel learns it.
+pub(crate) fn end(inner: &mut Inner, reason: String) {
+    if inner.ended.is_some() {
+        return;
+    }
+    inner.ended = Some(reason);
+    inner.waiters.clear(); // dropped senders: the waiters see Disconnected
+    inner.watchers.clear();
+    for c in inner.channels.values_mut() {
+        c.wake_reader();
+        c.wake_writer();
+    }
+}
+
+/// A waker slot.
+pub(crate) fn wake(slot: &mut Option<Waker>) {
+    if let Some(waker) = slot.take() {
+        waker.wake();
+    }
+}
