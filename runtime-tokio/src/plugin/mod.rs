@@ -39,7 +39,7 @@ pub enum PluginError {
         reason: String,
     },
     /// The broker answered the request with an error.
-    #[error("{code}: {message}")]
+    #[error("{message}")]
     Refused {
         /// Its code.
         code: ErrorCode,

@@ -1,0 +1,557 @@
+//! The `plugboard` command: run a broker, and talk to one.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use plugboard_core::broker::{BrokerConfig, Limits, Policy};
+use plugboard_core::control::{ErrorCode, Member, Presence, TransportKind};
+use plugboard_core::keys::secret_file;
+use plugboard_core::shs::HandshakeConfig;
+use plugboard_core::{Keypair, NetworkKey, PublicKey};
+use plugboard_tokio::{Addr, Plugin, PluginError, Server, WatchEvent};
+use tokio::io::AsyncWriteExt;
+
+/// Exit codes a script can tell apart.
+mod exit {
+    pub const FAILED: u8 = 1;
+    pub const NO_SUCH_PLUGIN: u8 = 3;
+    pub const REJECTED: u8 = 4;
+    pub const TIMED_OUT: u8 = 5;
+    pub const UNREACHABLE: u8 = 6;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "plugboard",
+    version,
+    about = "A plugin bus for Secure Scuttlebutt-style servers"
+)]
+struct Cli {
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new identity (SSB secret format, mode 0600; never overwrites).
+    Keygen {
+        /// Where (default: $PLUGBOARD_HOME/secret, or ~/.plugboard/secret).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Print an identity's id, @<base64>.ed25519.
+    Id {
+        /// The secret file.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Run the broker.
+    Serve(ServeArgs),
+    /// List the named plugins.
+    List {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show who is there, then every change as it happens.
+    Watch {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Who holds what, per key and per name.
+    Stats {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open a channel to NAME and connect it to stdin and stdout.
+    Connect {
+        /// The plugin's name.
+        name: String,
+        /// What this side will speak.
+        #[arg(long, default_value = "stdio")]
+        protocol: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+    /// Register as NAME; each incoming channel runs CMD with the channel as its stdin and stdout.
+    Expose {
+        /// The name to take.
+        name: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+struct BrokerArgs {
+    /// The broker (default: $PLUGBOARD_BROKER, or the default socket).
+    #[arg(long)]
+    broker: Option<String>,
+    /// The broker's id (default: this identity's own, as SSB's local clients do).
+    #[arg(long)]
+    broker_key: Option<PublicKey>,
+    /// The secret file.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// The network key, hex or base64 (default: SSB's main network).
+    #[arg(long, default_value_t = NetworkKey::SSB_MAIN)]
+    network_key: NetworkKey,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Where to listen: unix:PATH or tcp:HOST:PORT; repeat for more (default: the default socket).
+    #[arg(long)]
+    listen: Vec<String>,
+    /// The secret file (created if absent, and said so).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// The network key, hex or base64 (default: SSB's main network).
+    #[arg(long, default_value_t = NetworkKey::SSB_MAIN)]
+    network_key: NetworkKey,
+    /// A policy file (TOML); see docs/PROTOCOL.md §5.16.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// A limits file (TOML, keys as in docs/PROTOCOL.md §7).
+    #[arg(long)]
+    limits: Option<PathBuf>,
+    /// Most connections in all.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Most connections per key.
+    #[arg(long)]
+    max_connections_per_key: Option<usize>,
+}
+
+/// A failure: one line, and an exit code.
+struct Failure(u8, String);
+
+impl From<PluginError> for Failure {
+    fn from(e: PluginError) -> Self {
+        let code = match &e {
+            PluginError::Unreachable { .. } => exit::UNREACHABLE,
+            PluginError::Refused { code, .. } => match code {
+                ErrorCode::NoSuchName => exit::NO_SUCH_PLUGIN,
+                ErrorCode::Rejected => exit::REJECTED,
+                ErrorCode::OpenTimeout => exit::TIMED_OUT,
+                _ => exit::FAILED,
+            },
+            _ => exit::FAILED,
+        };
+        Failure(code, e.to_string())
+    }
+}
+
+fn fail(message: impl std::fmt::Display) -> Failure {
+    Failure(exit::FAILED, message.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(code, message)) => {
+            eprintln!("plugboard: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Keygen { key } => {
+            println!("{}", keygen(&key_path(key))?.public());
+            Ok(())
+        }
+        Command::Id { key } => {
+            println!("{}", load_key(&key_path(key))?.public());
+            Ok(())
+        }
+        Command::Serve(args) => serve(args).await,
+        Command::List { broker, json } => list(broker, json).await,
+        Command::Watch { broker, json } => watch(broker, json).await,
+        Command::Stats { broker, json } => stats(broker, json).await,
+        Command::Connect {
+            name,
+            protocol,
+            broker,
+        } => connect(name, protocol, broker).await,
+        Command::Expose {
+            name,
+            broker,
+            command,
+        } => expose(name, broker, command).await,
+    }
+}
+
+// ── paths and identities ──────────────────────────────────────────────
+
+fn home() -> PathBuf {
+    if let Some(home) = std::env::var_os("PLUGBOARD_HOME") {
+        return PathBuf::from(home);
+    }
+    let user = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    user.join(".plugboard")
+}
+
+fn key_path(key: Option<PathBuf>) -> PathBuf {
+    key.unwrap_or_else(|| home().join("secret"))
+}
+
+fn default_broker() -> String {
+    if let Ok(addr) = std::env::var("PLUGBOARD_BROKER") {
+        return addr;
+    }
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(home);
+    format!("unix:{}", dir.join("plugboard.sock").display())
+}
+
+fn keygen(path: &Path) -> Result<Keypair, Failure> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        create_private_dir(dir)?;
+    }
+    let keypair = Keypair::generate(&mut rand_core::OsRng);
+    secret_file::create(path, &keypair).map_err(fail)?;
+    Ok(keypair)
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), Failure> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| fail(format!("{}: {e}", dir.display())))
+}
+
+fn load_key(path: &Path) -> Result<Keypair, Failure> {
+    secret_file::read(path).map_err(|e| fail(format!("{e} (create one with: plugboard keygen)")))
+}
+
+// ── serve ─────────────────────────────────────────────────────────────
+
+async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let path = key_path(args.key);
+    if !path.exists() {
+        let keypair = keygen(&path)?;
+        eprintln!(
+            "plugboard: created a new identity {} in {}",
+            keypair.public(),
+            path.display()
+        );
+    }
+    let keypair = load_key(&path)?;
+    let mut handshake = HandshakeConfig::new(keypair);
+    handshake.network_key = args.network_key;
+    let mut config = BrokerConfig::new(handshake);
+    if let Some(file) = args.policy {
+        let text =
+            std::fs::read_to_string(&file).map_err(|e| fail(format!("{}: {e}", file.display())))?;
+        config.policy =
+            Policy::from_toml(&text).map_err(|e| fail(format!("{}: {e}", file.display())))?;
+    }
+    if let Some(file) = args.limits {
+        let text =
+            std::fs::read_to_string(&file).map_err(|e| fail(format!("{}: {e}", file.display())))?;
+        config.limits = toml::from_str::<Limits>(&text)
+            .map_err(|e| fail(format!("{}: {e}", file.display())))?;
+    }
+    if let Some(n) = args.max_connections {
+        config.limits.max_connections = n;
+    }
+    if let Some(n) = args.max_connections_per_key {
+        config.limits.max_connections_per_key = n;
+    }
+    raise_file_limit(config.limits.max_connections);
+
+    let listen = if args.listen.is_empty() {
+        vec![default_broker()]
+    } else {
+        args.listen
+    };
+    let addrs: Vec<Addr> = listen
+        .iter()
+        .map(|a| a.parse().map_err(fail))
+        .collect::<Result<_, _>>()?;
+    for addr in &addrs {
+        if let Addr::Unix(path) = addr {
+            if let Some(dir) = path.parent() {
+                create_private_dir(dir)?;
+            }
+        }
+    }
+    let server = Server::bind(config, &addrs).await.map_err(fail)?;
+    for addr in server.local_addrs() {
+        eprintln!("plugboard: listening on {addr} as {}", server.public_key());
+    }
+    server.run(shutdown_signal()).await;
+    Ok(())
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("a signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Enough descriptors for the connection limit (each is one socket).
+fn raise_file_limit(connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let wanted = connections as u64 + 64;
+    let limit = getrlimit(Resource::Nofile);
+    let current = limit.current.unwrap_or(u64::MAX);
+    if current >= wanted {
+        return;
+    }
+    let target = limit.maximum.map_or(wanted, |max| wanted.min(max));
+    let raised = Rlimit {
+        current: Some(target),
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) if target >= wanted => {}
+        Ok(()) => tracing::warn!("open-file limit raised to {target}, short of the {wanted} that {connections} connections need"),
+        Err(e) => tracing::warn!("could not raise the open-file limit to {wanted}: {e}"),
+    }
+}
+
+// ── clients ───────────────────────────────────────────────────────────
+
+async fn client(args: &BrokerArgs, name: Option<&str>) -> Result<Plugin, Failure> {
+    let keypair = load_key(&key_path(args.key.clone()))?;
+    let mut builder = Plugin::builder(keypair).network_key(args.network_key);
+    if let Some(key) = args.broker_key {
+        builder = builder.broker_key(key);
+    }
+    if let Some(name) = name {
+        builder = builder.name(name);
+    }
+    let addr = args.broker.clone().unwrap_or_else(default_broker);
+    let connect = builder.connect(&addr);
+    match tokio::time::timeout(Duration::from_secs(15), connect).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(Failure(
+            exit::TIMED_OUT,
+            format!("{addr}: no answer in time"),
+        )),
+    }
+}
+
+fn transport(t: TransportKind) -> &'static str {
+    match t {
+        TransportKind::Unix => "unix",
+        TransportKind::Tcp => "tcp",
+    }
+}
+
+fn member_json(m: &Member) -> serde_json::Value {
+    serde_json::json!({
+        "name": m.name.as_str(),
+        "key": m.key.to_string(),
+        "transport": transport(m.transport),
+        "connected_ms": m.connected_ms,
+    })
+}
+
+async fn list(args: BrokerArgs, json: bool) -> Result<(), Failure> {
+    let plugin = client(&args, None).await?;
+    let members = plugin.list().await?;
+    if json {
+        for m in &members {
+            println!("{}", member_json(m));
+        }
+        return Ok(());
+    }
+    let width = members
+        .iter()
+        .map(|m| m.name.as_str().len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "{:<width$}  {:<53}  {:<9}  {:>10}",
+        "NAME", "KEY", "TRANSPORT", "SINCE"
+    );
+    for m in &members {
+        println!(
+            "{:<width$}  {:<53}  {:<9}  {:>9}s",
+            m.name.as_str(),
+            m.key.to_string(),
+            transport(m.transport),
+            m.connected_ms / 1000
+        );
+    }
+    Ok(())
+}
+
+async fn watch(args: BrokerArgs, json: bool) -> Result<(), Failure> {
+    let plugin = client(&args, None).await?;
+    let mut events = plugin.watch().await?;
+    while let Some(event) = events.recv().await {
+        match event {
+            WatchEvent::Snapshot(members) => {
+                for m in &members {
+                    match json {
+                        true => println!(
+                            "{}",
+                            serde_json::json!({"event": "present", "member": member_json(m)})
+                        ),
+                        false => println!("present {} {}", m.name, m.key),
+                    }
+                }
+            }
+            WatchEvent::Change { seq, presence } => {
+                let line = match (&presence, json) {
+                    (Presence::Up(m), true) => serde_json::json!({"seq": seq, "event": "up", "member": member_json(m)}).to_string(),
+                    (Presence::Down { name, key }, true) => {
+                        serde_json::json!({"seq": seq, "event": "down", "name": name.as_str(), "key": key.to_string()}).to_string()
+                    }
+                    (Presence::OwnerChanged { name, old_key, new }, true) => serde_json::json!({
+                        "seq": seq, "event": "owner", "name": name.as_str(),
+                        "old_key": old_key.to_string(), "member": member_json(new),
+                    })
+                    .to_string(),
+                    (Presence::Up(m), false) => format!("{seq} up {} {}", m.name, m.key),
+                    (Presence::Down { name, key }, false) => format!("{seq} down {name} {key}"),
+                    (Presence::OwnerChanged { name, old_key, new }, false) => {
+                        format!("{seq} owner {name} {old_key} -> {}", new.key)
+                    }
+                };
+                println!("{line}");
+            }
+        }
+    }
+    Err(fail("the broker closed the connection"))
+}
+
+async fn stats(args: BrokerArgs, json: bool) -> Result<(), Failure> {
+    let plugin = client(&args, None).await?;
+    let stats = plugin.stats().await?;
+    for k in &stats.keys {
+        let u = &k.usage;
+        match json {
+            true => println!(
+                "{}",
+                serde_json::json!({"key": k.key.to_string(), "connections": u.connections, "channels": u.channels, "bytes_in": u.bytes_in, "bytes_out": u.bytes_out, "queued": u.queued})
+            ),
+            false => println!(
+                "key  {}  conns {}  channels {}  in {}  out {}  queued {}",
+                k.key, u.connections, u.channels, u.bytes_in, u.bytes_out, u.queued
+            ),
+        }
+    }
+    for n in &stats.names {
+        let u = &n.usage;
+        match json {
+            true => println!(
+                "{}",
+                serde_json::json!({"name": n.name.as_str(), "key": n.key.to_string(), "channels": u.channels, "bytes_in": u.bytes_in, "bytes_out": u.bytes_out, "queued": u.queued})
+            ),
+            false => println!(
+                "name {}  {}  channels {}  in {}  out {}  queued {}",
+                n.name, n.key, u.channels, u.bytes_in, u.bytes_out, u.queued
+            ),
+        }
+    }
+    Ok(())
+}
+
+async fn connect(name: String, protocol: String, args: BrokerArgs) -> Result<(), Failure> {
+    let plugin = client(&args, None).await?;
+    let channel = plugin.open(&name, &protocol).await?;
+    let (mut from_peer, mut to_peer) = tokio::io::split(channel);
+    let upload = async {
+        tokio::io::copy(&mut tokio::io::stdin(), &mut to_peer).await?;
+        to_peer.shutdown().await
+    };
+    let download = async {
+        let mut stdout = tokio::io::stdout();
+        tokio::io::copy(&mut from_peer, &mut stdout).await?;
+        stdout.flush().await
+    };
+    let (up, down) = tokio::join!(upload, download);
+    up.and(down)
+        .map_err(|e| fail(format!("channel to {name}: {e}")))
+}
+
+async fn expose(name: String, args: BrokerArgs, command: Vec<String>) -> Result<(), Failure> {
+    let plugin = client(&args, Some(&name)).await?;
+    eprintln!("plugboard: {name} is exposed; each channel runs {command:?}");
+    while let Some(incoming) = plugin.incoming().await {
+        let from = incoming.from_key;
+        let channel = match incoming.accept() {
+            Ok(channel) => channel,
+            Err(e) => {
+                tracing::warn!("accepting a channel from {from}: {e}");
+                continue;
+            }
+        };
+        let child = tokio::process::Command::new(&command[0])
+            .args(&command[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(child) => child,
+            Err(e) => return Err(fail(format!("{}: {e}", command[0]))),
+        };
+        tokio::spawn(async move {
+            let (mut from_peer, mut to_peer) = tokio::io::split(channel);
+            let mut stdin = child.stdin.take().expect("piped");
+            let mut stdout = child.stdout.take().expect("piped");
+            let feed = async {
+                let _ = tokio::io::copy(&mut from_peer, &mut stdin).await;
+                drop(stdin); // EOF for the command
+            };
+            let drain = async {
+                let _ = tokio::io::copy(&mut stdout, &mut to_peer).await;
+                let _ = to_peer.shutdown().await;
+            };
+            tokio::join!(feed, drain);
+            let _ = child.wait().await;
+        });
+    }
+    Err(fail("the broker closed the connection"))
+}

@@ -1,0 +1,203 @@
+//! The `plugboard` command as a user runs it.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_plugboard");
+
+/// A private home and broker socket for one test.
+struct Home(PathBuf);
+
+impl Home {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("plugboard-cli-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Home(dir)
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .env("PLUGBOARD_HOME", &self.0)
+            .env(
+                "PLUGBOARD_BROKER",
+                format!("unix:{}", self.socket().display()),
+            )
+            .env_remove("RUST_LOG");
+        command
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.0.join("plugboard.sock")
+    }
+
+    fn spawn(&self, args: &[&str]) -> Child {
+        self.command()
+            .args(args)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        self.command().args(args).output().unwrap()
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Kills on drop, so a failing test leaves no process behind.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{what} did not happen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn listed(home: &Home, name: &str) -> bool {
+    let out = home.run(&["list", "--json"]);
+    String::from_utf8_lossy(&out.stdout).contains(&format!("\"name\":\"{name}\""))
+}
+
+fn start_broker(home: &Home) -> Running {
+    let broker = Running(home.spawn(&["serve"]));
+    let socket = home.socket();
+    wait_for("the broker's socket", || Path::new(&socket).exists());
+    broker
+}
+
+#[test]
+fn keygen_writes_a_private_identity_once() {
+    let home = Home::new("keygen");
+    let out = home.run(&["keygen"]);
+    assert!(out.status.success());
+    let id = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        id.starts_with('@') && id.trim_end().ends_with(".ed25519"),
+        "{id}"
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(home.0.join("secret"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let again = home.run(&["keygen"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
+    assert_eq!(String::from_utf8(home.run(&["id"]).stdout).unwrap(), id);
+}
+
+#[test]
+fn expose_cat_and_connect_round_trip_a_file() {
+    let home = Home::new("echo");
+    let _broker = start_broker(&home);
+    let _echo = Running(home.spawn(&["expose", "echo", "--", "cat"]));
+    wait_for("echo to be listed", || listed(&home, "echo"));
+
+    let data: Vec<u8> = (0..2_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let mut connect = home
+        .command()
+        .args(["connect", "echo"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = connect.stdin.take().unwrap();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || stdin.write_all(&sent).unwrap());
+    let out = connect.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout.len(), data.len());
+    assert!(out.stdout == data, "the echo differs");
+
+    // list --json and watch --json are one JSON object per line.
+    let list = home.run(&["list", "--json"]);
+    for line in String::from_utf8(list.stdout).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["name"], "echo");
+        assert_eq!(v["transport"], "unix");
+    }
+    let mut watch = home
+        .command()
+        .args(["watch", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(watch.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(v["event"], "present");
+    assert_eq!(v["member"]["name"], "echo");
+}
+
+#[test]
+fn failures_have_their_own_exit_codes() {
+    let home = Home::new("codes");
+    assert!(home.run(&["keygen"]).status.success());
+    let unreachable = home.run(&["list"]);
+    assert_eq!(
+        unreachable.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&unreachable.stderr)
+    );
+
+    let _broker = start_broker(&home);
+    let missing = home
+        .command()
+        .args(["connect", "nobody"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("nobody has the name nobody"));
+}
+
+#[test]
+fn serve_creates_an_identity_and_removes_its_socket_on_sigterm() {
+    let home = Home::new("serve");
+    let mut broker = home
+        .command()
+        .arg("serve")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let socket = home.socket();
+    wait_for("the broker's socket", || socket.exists());
+    assert!(home.0.join("secret").exists());
+    let pid = rustix::process::Pid::from_raw(broker.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = broker.wait().unwrap();
+    assert!(status.success());
+    assert!(!socket.exists());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut broker.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("created a new identity"), "{stderr}");
+}
