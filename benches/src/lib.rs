@@ -5,4 +5,5 @@
 pub mod boxstream;
 pub mod handshake;
 pub mod measure;
+pub mod net;
 pub mod relay;

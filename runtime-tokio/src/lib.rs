@@ -5,6 +5,7 @@
 
 mod addr;
 mod clock;
+mod io;
 pub mod plugin;
 mod server;
 

@@ -29,6 +29,8 @@ use crate::clock::Clock;
 
 /// How much a reader asks the socket for at once.
 const READ_SIZE: usize = 64 * 1024;
+/// Most bytes a writer takes from the broker before writing them.
+const WRITE_BATCH: usize = 256 * 1024;
 /// How long shutdown waits for the last words to be written.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -298,17 +300,31 @@ impl Shared {
         mut writer: impl AsyncWrite + Unpin,
         signals: Arc<ConnSignals>,
     ) {
+        let mut queue = std::collections::VecDeque::new();
         loop {
             signals.wake.notified().await;
             loop {
-                let transmit = {
+                // Take what the broker has (up to a batch), then write it in
+                // as few system calls as it takes.
+                {
                     let mut state = self.lock();
-                    let t = state.broker.poll_transmit(conn);
+                    let mut taken = 0;
+                    while taken < WRITE_BATCH {
+                        let Some(t) = state.broker.poll_transmit(conn) else {
+                            break;
+                        };
+                        taken += t.data.len();
+                        queue.push_back(t.data);
+                    }
                     self.dispatch(&mut state);
-                    t
-                };
-                let Some(t) = transmit else { break };
-                if writer.write_all(&t.data).await.is_err() {
+                }
+                if queue.is_empty() {
+                    break;
+                }
+                if crate::io::write_queue(&mut writer, &mut queue)
+                    .await
+                    .is_err()
+                {
                     let mut state = self.lock();
                     let now = self.clock.now();
                     state.broker.handle_disconnect(now, conn, "write failed");

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use plugboard_benches::{boxstream, handshake, measure, relay};
+use plugboard_benches::{boxstream, handshake, measure, net, relay};
 
 const ROUNDS: usize = 21;
 const ROUND_TIME: Duration = Duration::from_millis(250);
@@ -69,6 +69,27 @@ fn main() {
         relay::WRITE as f64 / ours.as_secs_f64() / (1 << 20) as f64
     );
     ratios.push(("relay_inmemory_vs_memcpy", ours, base));
+
+    // Real sockets: the tokio broker between two plugins, vs a raw unix socket.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (relay_ours, relay_raw, rt_ours, rt_raw) = runtime.block_on(async {
+        let bench = net::Bench::start().await;
+        let (relay_ours, relay_raw) = net::relay_vs_raw(&bench, 64 << 20, 5).await;
+        let (rt_ours, rt_raw) = net::roundtrip_vs_raw(&bench, 20_000).await;
+        (relay_ours, relay_raw, rt_ours, rt_raw)
+    });
+    let mb_s = |d: Duration| 64.0 / d.as_secs_f64();
+    println!(
+        "64 MiB plugin to plugin   via broker {relay_ours:>9.2?} ({:.0} MiB/s)   raw socket {relay_raw:>9.2?} ({:.0} MiB/s)",
+        mb_s(relay_ours),
+        mb_s(relay_raw)
+    );
+    println!("64-byte round trip         via broker {rt_ours:>9.2?}   raw socket {rt_raw:>9.2?}");
+    ratios.push(("relay_unix_vs_raw", relay_ours, relay_raw));
+    ratios.push(("roundtrip_vs_raw", rt_ours, rt_raw));
 
     let small_ns = relay::small_message_ns(2_000_000);
     let fanout = relay::fanout(10_000, 21);

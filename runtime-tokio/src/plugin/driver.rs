@@ -53,12 +53,21 @@ where
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut ready = Some(ready);
     let mut buf = BytesMut::with_capacity(READ_SIZE);
+    let mut queue = std::collections::VecDeque::new();
     loop {
         // Everything the session has goes out first.
         loop {
-            let out = shared.lock().session.poll_transmit();
-            let Some(bytes) = out else { break };
-            if let Err(e) = writer.write_all(&bytes).await {
+            {
+                let mut inner = shared.lock();
+                while let Some(bytes) = inner.session.poll_transmit() {
+                    queue.push_back(bytes);
+                }
+            }
+            if queue.is_empty() {
+                break;
+            }
+            if let Err(e) = crate::io::write_queue(&mut writer, &mut queue).await {
+                queue.clear();
                 end(&mut shared.lock(), format!("write failed: {e}"));
             }
         }
