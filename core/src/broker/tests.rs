@@ -104,6 +104,25 @@ fn open_and_accept(net: &mut Net, opener: NodeId, target: NodeId, target_name: &
     (channel, theirs)
 }
 
+/// `a` opens a channel to `target_name` (owned by `b`); returns both ends' ids,
+/// the offer not yet answered.
+fn offer(net: &mut Net, a: NodeId, b: NodeId, target_name: &str) -> (u32, u32) {
+    let now = net.now;
+    let (_, channel) = net
+        .node(a)
+        .session
+        .open(now, name(target_name), "p", Bytes::new(), false)
+        .unwrap();
+    net.run();
+    let SessionEvent::Incoming {
+        channel: theirs, ..
+    } = one_event(net, b)
+    else {
+        panic!("no incoming")
+    };
+    (channel, theirs)
+}
+
 /// Sends `data` from one end to the other through the broker, consuming as
 /// it arrives; returns what arrived.
 fn transfer(
@@ -1039,19 +1058,7 @@ fn an_opener_that_gives_up_gets_its_answer() {
     let a = unix(&mut net, 1);
     let b = unix(&mut net, 2);
     register(&mut net, b, "slow", false);
-    let now = net.now;
-    let (_, channel) = net
-        .node(a)
-        .session
-        .open(now, name("slow"), "p", Bytes::new(), false)
-        .unwrap();
-    net.run();
-    let SessionEvent::Incoming {
-        channel: theirs, ..
-    } = one_event(&mut net, b)
-    else {
-        panic!()
-    };
+    let (channel, theirs) = offer(&mut net, a, b, "slow");
     net.node(a)
         .session
         .reset(channel, ErrorCode::Cancelled, "changed my mind")
@@ -1306,19 +1313,7 @@ fn a_reset_racing_the_answer_leaves_no_channel_behind() {
     let a = unix(&mut net, 1);
     let b = unix(&mut net, 2);
     register(&mut net, b, "t", false);
-    let now = net.now;
-    let (_, channel) = net
-        .node(a)
-        .session
-        .open(now, name("t"), "p", Bytes::new(), false)
-        .unwrap();
-    net.run();
-    let SessionEvent::Incoming {
-        channel: theirs, ..
-    } = one_event(&mut net, b)
-    else {
-        panic!()
-    };
+    let (channel, theirs) = offer(&mut net, a, b, "t");
     net.node(b).session.accept(theirs).unwrap();
     // The accept reaches the broker (and the Opened is on its way to a) ...
     for _ in 0..2 {
