@@ -46,7 +46,7 @@ impl Bench {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Channel>();
             let serve = async move {
                 while let Some(incoming) = plugin.incoming().await {
-                    let _ = tx.send(incoming.accept().unwrap());
+                    let _ = tx.send(incoming.accept().await.unwrap());
                 }
             };
             bench.tasks.push(tokio::spawn(serve));
@@ -133,7 +133,7 @@ pub async fn relay_vs_raw(bench: &Bench, total: usize, rounds: usize) -> (Durati
         let receiver = bench.plugin(20 + i as u8, Some(&name)).await;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let reading = tokio::spawn(async move {
-            let channel = receiver.incoming().await.unwrap().accept().unwrap();
+            let channel = receiver.incoming().await.unwrap().accept().await.unwrap();
             let done = read_all(channel, total).await;
             let _ = done_tx.send(done);
             receiver

@@ -12,7 +12,7 @@ const MAX_SLICES: usize = 64;
 /// Writes every chunk in `queue`, gathering them into vectored writes (a
 /// frame's header and its payload go out together, without a copy).
 pub(crate) async fn write_queue(
-    writer: &mut (impl AsyncWrite + Unpin),
+    writer: &mut (impl AsyncWrite + Unpin + ?Sized),
     queue: &mut VecDeque<Bytes>,
 ) -> std::io::Result<()> {
     while !queue.is_empty() {

@@ -3,8 +3,10 @@
 //! This crate only moves bytes, reads the clock and owns sockets; every
 //! protocol decision is made by `plugboard-core`'s state machines.
 
+pub mod activation;
 mod addr;
 mod clock;
+mod fdpass;
 mod io;
 pub mod plugin;
 mod server;

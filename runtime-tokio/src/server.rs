@@ -9,18 +9,19 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use plugboard_core::broker::{Broker, BrokerConfig, ConnId, Event};
+use plugboard_core::broker::{Broker, BrokerConfig, ConnId, Event, PairEnd, PairId};
 use plugboard_core::control::TransportKind;
 use plugboard_core::PublicKey;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{tcp, unix, TcpListener, UnixListener};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
@@ -71,6 +72,44 @@ struct Shared {
 struct State {
     broker: Broker,
     conns: HashMap<ConnId, Arc<ConnSignals>>,
+    /// Socketpair ends on their way to their connections.
+    pairs: HashMap<(PairId, PairEnd), (ConnId, OwnedFd)>,
+}
+
+impl State {
+    /// A connection is gone: the ends meant for it are closed (their
+    /// peers see the end of the stream).
+    fn forget_conn(&mut self, conn: ConnId) -> Option<Arc<ConnSignals>> {
+        self.pairs.retain(|_, (to, _)| *to != conn);
+        self.conns.remove(&conn)
+    }
+}
+
+/// The write half of a connection: unix sockets can carry descriptors.
+enum Writer {
+    Unix(unix::OwnedWriteHalf),
+    Tcp(tcp::OwnedWriteHalf),
+}
+
+impl Writer {
+    fn as_async(&mut self) -> &mut (dyn AsyncWrite + Unpin + Send) {
+        match self {
+            Writer::Unix(w) => w,
+            Writer::Tcp(w) => w,
+        }
+    }
+
+    /// Writes `data` with `fd` riding on its first byte; returns how much
+    /// of `data` went out.
+    async fn send_with_fd(&mut self, data: &[u8], fd: &OwnedFd) -> io::Result<usize> {
+        match self {
+            Writer::Unix(w) => crate::fdpass::send_with_fd(w.as_ref(), data, fd.as_fd()).await,
+            Writer::Tcp(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "descriptors cannot cross a TCP connection",
+            )),
+        }
+    }
 }
 
 /// What the broker tells one connection's tasks.
@@ -102,7 +141,9 @@ impl ConnSignals {
 impl Server {
     /// Binds every address. A unix socket is created with mode 0600; a
     /// stale socket file (nobody answers on it) is replaced, a live one is not.
-    pub async fn bind(config: BrokerConfig, addrs: &[Addr]) -> Result<Self, ServeError> {
+    pub async fn bind(mut config: BrokerConfig, addrs: &[Addr]) -> Result<Self, ServeError> {
+        // This runtime passes socketpair ends over unix sockets.
+        config.fd_passing = true;
         let mut listeners = Vec::new();
         for addr in addrs {
             listeners.push(bind(addr).await?);
@@ -114,6 +155,7 @@ impl Server {
                 state: Mutex::new(State {
                     broker: Broker::new(config, Box::new(rng)),
                     conns: HashMap::new(),
+                    pairs: HashMap::new(),
                 }),
                 timer: Notify::new(),
             }),
@@ -154,7 +196,12 @@ impl Server {
                         loop {
                             match l.accept().await {
                                 Ok((stream, _)) => {
-                                    shared.clone().adopt(stream, TransportKind::Unix)
+                                    let (reader, writer) = stream.into_split();
+                                    shared.clone().adopt(
+                                        reader,
+                                        Writer::Unix(writer),
+                                        TransportKind::Unix,
+                                    )
                                 }
                                 Err(e) => tracing::warn!("accept on a unix socket: {e}"),
                             }
@@ -167,7 +214,12 @@ impl Server {
                             match l.accept().await {
                                 Ok((stream, _)) => {
                                     let _ = stream.set_nodelay(true);
-                                    shared.clone().adopt(stream, TransportKind::Tcp)
+                                    let (reader, writer) = stream.into_split();
+                                    shared.clone().adopt(
+                                        reader,
+                                        Writer::Tcp(writer),
+                                        TransportKind::Tcp,
+                                    )
                                 }
                                 Err(e) => tracing::warn!("accept on a tcp socket: {e}"),
                             }
@@ -198,6 +250,41 @@ impl Server {
         for path in sockets {
             let _ = std::fs::remove_file(path);
         }
+    }
+
+    /// Binds every address as [`Server::bind`] does, and serves on
+    /// `inherited` listeners as well (systemd socket activation: see
+    /// [`crate::activation`]). An inherited unix socket's file belongs to
+    /// whoever made it, so shutdown leaves it in place, and
+    /// [`Server::local_addrs`] lists it as an empty `unix:` path.
+    pub async fn bind_with(
+        config: BrokerConfig,
+        addrs: &[Addr],
+        inherited: Vec<crate::activation::Inherited>,
+    ) -> Result<Self, ServeError> {
+        use crate::activation::InheritedListener;
+        let mut server = Self::bind(config, addrs).await?;
+        for listener in inherited {
+            let addr = listener
+                .addr()
+                .unwrap_or_else(|| Addr::Unix(PathBuf::from("(inherited)")));
+            let err = |source| ServeError::Bind {
+                addr: addr.clone(),
+                source,
+            };
+            server.listeners.push(match listener.listener {
+                InheritedListener::Unix(l) => {
+                    l.set_nonblocking(true).map_err(err)?;
+                    // No path: `run` removes the files of the paths it has.
+                    Listener::Unix(UnixListener::from_std(l).map_err(err)?, PathBuf::new())
+                }
+                InheritedListener::Tcp(l) => {
+                    l.set_nonblocking(true).map_err(err)?;
+                    Listener::Tcp(TcpListener::from_std(l).map_err(err)?)
+                }
+            });
+        }
+        Ok(server)
     }
 }
 
@@ -239,9 +326,9 @@ impl Shared {
     }
 
     /// Takes an accepted socket: the broker decides, tasks start.
-    fn adopt<S>(self: Arc<Self>, stream: S, transport: TransportKind)
+    fn adopt<R>(self: Arc<Self>, reader: R, writer: Writer, transport: TransportKind)
     where
-        S: AsyncRead + AsyncWrite + Send + 'static,
+        R: AsyncRead + Unpin + Send + 'static,
     {
         let signals = Arc::new(ConnSignals::default());
         let conn = {
@@ -257,7 +344,6 @@ impl Shared {
         let Ok(conn) = conn else {
             return; // refused: the socket is dropped, the broker logged why
         };
-        let (reader, writer) = tokio::io::split(stream);
         tokio::spawn(self.clone().read(conn, reader, signals.clone()));
         tokio::spawn(self.write(conn, writer, signals));
     }
@@ -284,7 +370,7 @@ impl Shared {
                 Ok(_) => state.broker.handle_input_owned(now, conn, buf.split()),
                 Err(e) => state.broker.handle_disconnect(now, conn, &e.to_string()),
             }
-            if gone && state.conns.remove(&conn).is_some() {
+            if gone && state.forget_conn(conn).is_some() {
                 signals.end(Bytes::new());
             }
             self.dispatch(&mut state);
@@ -294,18 +380,15 @@ impl Shared {
         }
     }
 
-    async fn write(
-        self: Arc<Self>,
-        conn: ConnId,
-        mut writer: impl AsyncWrite + Unpin,
-        signals: Arc<ConnSignals>,
-    ) {
+    async fn write(self: Arc<Self>, conn: ConnId, mut writer: Writer, signals: Arc<ConnSignals>) {
         let mut queue = std::collections::VecDeque::new();
         loop {
             signals.wake.notified().await;
             loop {
-                // Take what the broker has (up to a batch), then write it in
-                // as few system calls as it takes.
+                // Take what the broker has (up to a batch, or up to a frame
+                // that carries a descriptor), then write it in as few system
+                // calls as it takes.
+                let mut with_fd = None;
                 {
                     let mut state = self.lock();
                     let mut taken = 0;
@@ -313,22 +396,32 @@ impl Shared {
                         let Some(t) = state.broker.poll_transmit(conn) else {
                             break;
                         };
+                        if let Some(end) = t.fd {
+                            with_fd = Some((t.data, state.pairs.remove(&end)));
+                            break;
+                        }
                         taken += t.data.len();
                         queue.push_back(t.data);
                     }
                     self.dispatch(&mut state);
                 }
-                if queue.is_empty() {
+                if queue.is_empty() && with_fd.is_none() {
                     break;
                 }
-                if crate::io::write_queue(&mut writer, &mut queue)
-                    .await
-                    .is_err()
-                {
+                let mut written = crate::io::write_queue(writer.as_async(), &mut queue).await;
+                if let (Ok(()), Some((data, end))) = (&written, with_fd) {
+                    written = match end {
+                        Some((_, fd)) => self.send_with_fd(&mut writer, data, fd).await,
+                        None => Err(io::Error::other("a socketpair end went missing")),
+                    };
+                }
+                if let Err(e) = written {
+                    queue.clear();
                     let mut state = self.lock();
                     let now = self.clock.now();
-                    state.broker.handle_disconnect(now, conn, "write failed");
-                    if state.conns.remove(&conn).is_some() {
+                    let reason = format!("write failed: {e}");
+                    state.broker.handle_disconnect(now, conn, &reason);
+                    if state.forget_conn(conn).is_some() {
                         signals.end(Bytes::new());
                     }
                     self.dispatch(&mut state);
@@ -336,11 +429,25 @@ impl Shared {
                 }
             }
             if let Some(last_words) = signals.take_end() {
-                let _ = writer.write_all(&last_words).await;
-                let _ = writer.shutdown().await;
+                let w = writer.as_async();
+                let _ = w.write_all(&last_words).await;
+                let _ = w.shutdown().await;
                 return;
             }
         }
+    }
+
+    /// One `sendmsg` for the frame that announces a socketpair end; the
+    /// rest of the frame, if the socket took only part, goes as usual. Our
+    /// copy of the end closes once it is on its way.
+    async fn send_with_fd(&self, writer: &mut Writer, data: Bytes, fd: OwnedFd) -> io::Result<()> {
+        let sent = writer.send_with_fd(&data, &fd).await?;
+        drop(fd);
+        let rest = data.slice(sent..);
+        if !rest.is_empty() {
+            writer.as_async().write_all(&rest).await?;
+        }
+        Ok(())
     }
 
     /// Runs the broker's timers.
@@ -378,14 +485,35 @@ impl Shared {
                     reason,
                 } => {
                     tracing::debug!(conn, "closing: {reason}");
-                    if let Some(signals) = state.conns.remove(&conn) {
+                    if let Some(signals) = state.forget_conn(conn) {
                         signals.end(last_words);
                     }
                 }
-                Event::CreateSocketPair(pair) => {
-                    // This server does not pass descriptors (fd_passing is off):
-                    // the channel is relayed.
-                    state.broker.socketpair_ready(self.clock.now(), pair, false);
+                Event::CreateSocketPair {
+                    pair,
+                    opener,
+                    target,
+                } => {
+                    let now = self.clock.now();
+                    match std::os::unix::net::UnixStream::pair() {
+                        Ok((a, b)) => {
+                            // Hold both ends first: the broker queues them at once.
+                            state
+                                .pairs
+                                .insert((pair, PairEnd::Opener), (opener, a.into()));
+                            state
+                                .pairs
+                                .insert((pair, PairEnd::Target), (target, b.into()));
+                            if !state.broker.socketpair_ready(now, pair, true) {
+                                state.pairs.remove(&(pair, PairEnd::Opener));
+                                state.pairs.remove(&(pair, PairEnd::Target));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!("socketpair: {e}; relaying instead");
+                            state.broker.socketpair_ready(now, pair, false);
+                        }
+                    }
                 }
                 Event::Log(entry) => {
                     let key = entry.key.map(|k| k.to_string()).unwrap_or_default();

@@ -122,7 +122,7 @@ async fn attackers_are_cut_and_an_honest_transfer_completes() {
     let echo = connect(1, Some("echo")).await.unwrap();
     let echo_task = tokio::spawn(async move {
         while let Some(incoming) = echo.incoming().await {
-            let mut channel = incoming.accept().unwrap();
+            let mut channel = incoming.accept().await.unwrap();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
                 loop {

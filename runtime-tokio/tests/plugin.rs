@@ -1,117 +1,11 @@
 //! The plugin API against the tokio server, over real unix and TCP sockets.
 
-use std::time::Duration;
+mod common;
 
-use plugboard_core::broker::{policy, BrokerConfig};
+use common::{broker_keys, echo_round_trip, keys, plugin, serve_echo, Broker};
 use plugboard_core::control::{ErrorCode, Presence};
-use plugboard_core::shs::HandshakeConfig;
-use plugboard_core::Keypair;
-use plugboard_tokio::{Addr, Plugin, Server, WatchEvent};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct Broker {
-    unix: String,
-    tcp: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Broker {
-    async fn start(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "plugboard-plugin-{}-{name}.sock",
-            std::process::id()
-        ));
-        let mut config = BrokerConfig::new(HandshakeConfig::new(broker_keys()));
-        // Over TCP only named keys are admitted: name the test keys.
-        config.policy.keys = (1..=9)
-            .map(|s| policy::KeyGrant {
-                id: keys(s).public(),
-                register: vec![policy::Pattern::any()],
-                open: vec![policy::Pattern::any()],
-                list: true,
-                watch: true,
-                stats: false,
-            })
-            .collect();
-        let server = Server::bind(config, &[Addr::Unix(path), Addr::Tcp("127.0.0.1:0".into())])
-            .await
-            .unwrap();
-        let addrs = server.local_addrs();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async {
-            let _ = stopped.await;
-        }));
-        Broker {
-            unix: addrs[0].to_string(),
-            tcp: addrs[1].to_string(),
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    async fn stop(mut self) {
-        self.stop.take().unwrap().send(()).unwrap();
-        self.task.take().unwrap().await.unwrap();
-    }
-}
-
-fn broker_keys() -> Keypair {
-    Keypair::from_seed([0xB0; 32])
-}
-
-fn keys(seed: u8) -> Keypair {
-    Keypair::from_seed([seed; 32])
-}
-
-async fn plugin(addr: &str, seed: u8, name: Option<&str>) -> Plugin {
-    let mut builder = Plugin::builder(keys(seed)).broker_key(broker_keys().public());
-    if let Some(name) = name {
-        builder = builder.name(name);
-    }
-    tokio::time::timeout(Duration::from_secs(10), builder.connect(addr))
-        .await
-        .unwrap()
-        .unwrap()
-}
-
-/// An echo server on `plugin`: every incoming channel gets its bytes back.
-fn serve_echo(plugin: Plugin) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while let Some(incoming) = plugin.incoming().await {
-            let mut channel = incoming.accept().unwrap();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 32 * 1024];
-                loop {
-                    let n = channel.read(&mut buf).await.unwrap();
-                    if n == 0 {
-                        channel.shutdown().await.unwrap();
-                        return;
-                    }
-                    channel.write_all(&buf[..n]).await.unwrap();
-                }
-            });
-        }
-    })
-}
-
-async fn echo_round_trip(broker_addr: &str, target: &str, seed: u8, size: usize) {
-    let client = plugin(broker_addr, seed, None).await;
-    let channel = client.open(target, "echo").await.unwrap();
-    let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
-    let (mut rd, mut wr) = tokio::io::split(channel);
-    let sent = data.clone();
-    let writer = tokio::spawn(async move {
-        wr.write_all(&sent).await.unwrap();
-        wr.shutdown().await.unwrap();
-        wr
-    });
-    let mut back = Vec::with_capacity(size);
-    rd.read_to_end(&mut back).await.unwrap();
-    let _wr = writer.await.unwrap();
-    assert_eq!(back.len(), data.len());
-    assert!(back == data, "the echo differs");
-}
+use plugboard_tokio::{Plugin, WatchEvent};
+use tokio::io::AsyncReadExt;
 
 #[tokio::test]
 async fn echo_four_mebibytes_over_unix_and_tcp() {
@@ -220,7 +114,7 @@ async fn a_killed_peer_resets_the_channel() {
     let target = plugin(&broker.unix, 1, Some("fragile")).await;
     let client = plugin(&broker.unix, 2, None).await;
     let accept = tokio::spawn(async move {
-        let channel = target.incoming().await.unwrap().accept().unwrap();
+        let channel = target.incoming().await.unwrap().accept().await.unwrap();
         (target, channel)
     });
     let mut channel = client.open("fragile", "x").await.unwrap();

@@ -109,8 +109,16 @@ pub enum Event {
         reason: String,
     },
     /// Create a socketpair, keep both ends under this id, and answer with
-    /// [`Broker::socketpair_ready`].
-    CreateSocketPair(PairId),
+    /// [`Broker::socketpair_ready`]. Each end leaves with a [`Transmit`] to
+    /// its connection; an end whose connection closes first is dropped.
+    CreateSocketPair {
+        /// The pair's id.
+        pair: PairId,
+        /// Where [`PairEnd::Opener`] goes.
+        opener: ConnId,
+        /// Where [`PairEnd::Target`] goes.
+        target: ConnId,
+    },
     /// Something worth a log line: every refusal and every disconnect.
     Log(LogEntry),
 }
@@ -385,10 +393,13 @@ impl Broker {
         self.finish_call(now);
     }
 
-    /// The runtime made (or failed to make) the socketpair for a direct channel.
-    pub fn socketpair_ready(&mut self, now: Instant, pair: PairId, ok: bool) {
-        self.on_socketpair(now, pair, ok);
+    /// The runtime made (or failed to make) the socketpair for a direct
+    /// channel. Returns whether its ends are still wanted: `false` when one
+    /// side left meanwhile, and the runtime drops both.
+    pub fn socketpair_ready(&mut self, now: Instant, pair: PairId, ok: bool) -> bool {
+        let wanted = self.on_socketpair(now, pair, ok);
         self.finish_call(now);
+        wanted
     }
 
     /// Ends every connection, telling each why.

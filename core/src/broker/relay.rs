@@ -315,8 +315,13 @@ impl Broker {
         if open.plan == DirectPlan::SocketPair {
             let pair = self.next_pair;
             self.next_pair += 1;
+            let opener = open.opener;
             self.pairs.insert(pair, (conn, channel, open));
-            self.events.push_back(super::Event::CreateSocketPair(pair));
+            self.events.push_back(super::Event::CreateSocketPair {
+                pair,
+                opener,
+                target: conn,
+            });
         } else {
             self.establish((conn, channel), open, false);
         }
@@ -428,12 +433,13 @@ impl Broker {
         self.reply(target, &path);
     }
 
-    pub(super) fn on_socketpair(&mut self, _now: Instant, pair: PairId, ok: bool) {
+    pub(super) fn on_socketpair(&mut self, _now: Instant, pair: PairId, ok: bool) -> bool {
         let Some((target, channel, open)) = self.pairs.remove(&pair) else {
-            return; // one side left meanwhile; the runtime closes both ends
+            return false; // one side left meanwhile; the runtime closes both ends
         };
         if !ok {
-            return self.establish((target, channel), open, true);
+            self.establish((target, channel), open, true);
+            return false;
         }
         self.forget_channel(open.opener, open.opener_channel);
         self.forget_channel(target, channel);
@@ -451,6 +457,7 @@ impl Broker {
         };
         self.send_tagged(target, &path, Some(pair_tag(pair, PairEnd::Target)));
         self.check_blame(target);
+        true
     }
 
     // ── when one side goes away ───────────────────────────────────────

@@ -255,7 +255,7 @@ impl Net {
                         }
                     }
                 }
-                Event::CreateSocketPair(pair) => {
+                Event::CreateSocketPair { pair, .. } => {
                     let ok = self.socketpairs_work;
                     self.broker.socketpair_ready(self.now, pair, ok);
                 }

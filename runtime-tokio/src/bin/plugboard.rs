@@ -10,6 +10,7 @@ use plugboard_core::control::{ErrorCode, Member, Presence, TransportKind};
 use plugboard_core::keys::secret_file;
 use plugboard_core::shs::HandshakeConfig;
 use plugboard_core::{Keypair, NetworkKey, PublicKey};
+use plugboard_tokio::activation::{self, Inherited};
 use plugboard_tokio::{Addr, Plugin, PluginError, Server, WatchEvent};
 use tokio::io::AsyncWriteExt;
 
@@ -83,6 +84,10 @@ enum Command {
         /// What this side will speak.
         #[arg(long, default_value = "stdio")]
         protocol: String,
+        /// Ask for a direct channel (a socketpair on one host, TCP across
+        /// hosts); relayed if the broker cannot arrange one.
+        #[arg(long)]
+        direct: bool,
         #[command(flatten)]
         broker: BrokerArgs,
     },
@@ -164,6 +169,18 @@ fn fail(message: impl std::fmt::Display) -> Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Listeners a service manager passed (systemd socket activation), taken
+    // first: before any descriptor or thread of ours exists.
+    let inherited = match &cli.command {
+        Command::Serve(_) => match activation::listen_fds() {
+            Ok(inherited) => inherited,
+            Err(e) => {
+                eprintln!("plugboard: socket activation: {e}");
+                return ExitCode::from(exit::FAILED);
+            }
+        },
+        _ => Vec::new(),
+    };
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -179,7 +196,7 @@ fn main() -> ExitCode {
         .init();
 
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli.command, inherited)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(code, message)) => {
             eprintln!("plugboard: {message}");
@@ -188,7 +205,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> Result<(), Failure> {
+async fn run(command: Command, inherited: Vec<Inherited>) -> Result<(), Failure> {
     match command {
         Command::Keygen { key } => {
             println!("{}", keygen(&key_path(key))?.public());
@@ -198,15 +215,16 @@ async fn run(command: Command) -> Result<(), Failure> {
             println!("{}", load_key(&key_path(key))?.public());
             Ok(())
         }
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(args, inherited).await,
         Command::List { broker, json } => list(broker, json).await,
         Command::Watch { broker, json } => watch(broker, json).await,
         Command::Stats { broker, json } => stats(broker, json).await,
         Command::Connect {
             name,
             protocol,
+            direct,
             broker,
-        } => connect(name, protocol, broker).await,
+        } => connect(name, protocol, direct, broker).await,
         Command::Expose {
             name,
             broker,
@@ -268,7 +286,7 @@ fn load_key(path: &Path) -> Result<Keypair, Failure> {
 
 // ── serve ─────────────────────────────────────────────────────────────
 
-async fn serve(args: ServeArgs) -> Result<(), Failure> {
+async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure> {
     let path = key_path(args.key);
     if !path.exists() {
         let keypair = keygen(&path)?;
@@ -302,7 +320,9 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     }
     raise_file_limit(config.limits.max_connections);
 
-    let listen = if args.listen.is_empty() {
+    // Inherited listeners come in addition to --listen; the default socket
+    // only when there are neither.
+    let listen = if args.listen.is_empty() && inherited.is_empty() {
         vec![default_broker()]
     } else {
         args.listen
@@ -318,8 +338,24 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             }
         }
     }
-    let server = Server::bind(config, &addrs).await.map_err(fail)?;
-    for addr in server.local_addrs() {
+    let passed: Vec<String> = inherited
+        .iter()
+        .map(|i| {
+            let addr = i
+                .addr()
+                .map_or("an unnamed socket".into(), |a| a.to_string());
+            match &i.name {
+                Some(name) => format!("{addr} (passed by the service manager as {name:?})"),
+                None => format!("{addr} (passed by the service manager)"),
+            }
+        })
+        .collect();
+    let server = Server::bind_with(config, &addrs, inherited)
+        .await
+        .map_err(fail)?;
+    // The bound addresses come first, in order, then the inherited ones.
+    let bound = server.local_addrs().into_iter().take(addrs.len());
+    for addr in bound.map(|a| a.to_string()).chain(passed) {
         eprintln!("plugboard: listening on {addr} as {}", server.public_key());
     }
     server.run(shutdown_signal()).await;
@@ -498,9 +534,17 @@ async fn stats(args: BrokerArgs, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn connect(name: String, protocol: String, args: BrokerArgs) -> Result<(), Failure> {
+async fn connect(
+    name: String,
+    protocol: String,
+    direct: bool,
+    args: BrokerArgs,
+) -> Result<(), Failure> {
     let plugin = client(&args, None).await?;
-    let channel = plugin.open(&name, &protocol).await?;
+    let channel = plugin
+        .open_with(&name, &protocol, Default::default(), direct)
+        .await?;
+    tracing::info!("channel to {name}: {:?}", channel.path());
     let (mut from_peer, mut to_peer) = tokio::io::split(channel);
     let upload = async {
         tokio::io::copy(&mut tokio::io::stdin(), &mut to_peer).await?;
@@ -521,23 +565,30 @@ async fn expose(name: String, args: BrokerArgs, command: Vec<String>) -> Result<
     eprintln!("plugboard: {name} is exposed; each channel runs {command:?}");
     while let Some(incoming) = plugin.incoming().await {
         let from = incoming.from_key;
-        let channel = match incoming.accept() {
-            Ok(channel) => channel,
-            Err(e) => {
-                tracing::warn!("accepting a channel from {from}: {e}");
-                continue;
-            }
-        };
         let child = tokio::process::Command::new(&command[0])
             .args(&command[1..])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            .kill_on_drop(true)
             .spawn();
         let mut child = match child {
             Ok(child) => child,
-            Err(e) => return Err(fail(format!("{}: {e}", command[0]))),
+            Err(e) => {
+                let _ = incoming.reject(&format!("cannot run {}", command[0]));
+                return Err(fail(format!("{}: {e}", command[0])));
+            }
         };
         tokio::spawn(async move {
+            // A direct channel's path takes a moment: wait for it here, not
+            // in the loop that takes the next channel.
+            let channel = match incoming.accept().await {
+                Ok(channel) => channel,
+                Err(e) => {
+                    tracing::warn!("accepting a channel from {from}: {e}");
+                    return;
+                }
+            };
+            tracing::info!("channel from {from}: {:?}", channel.path());
             let (mut from_peer, mut to_peer) = tokio::io::split(channel);
             let mut stdin = child.stdin.take().expect("piped");
             let mut stdout = child.stdout.take().expect("piped");

@@ -1,94 +1,102 @@
-//! A channel as `AsyncRead + AsyncWrite`.
+//! A channel to another plugin: relayed by the broker or direct, one type
+//! either way.
 
-use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
-use bytes::{Buf as _, Bytes};
-use plugboard_core::control::{ChannelId, ErrorCode};
+use plugboard_core::control::ChannelId;
 use plugboard_core::PublicKey;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::UnixStream;
 
-use super::{wake, Shared};
+use super::relayed::Relayed;
 
-/// What the driver delivered for one channel, and who waits on it.
-#[derive(Default)]
-pub(crate) struct ChannelState {
-    pub(crate) received: VecDeque<Bytes>,
-    pub(crate) fin: bool,
-    pub(crate) closed: bool,
-    pub(crate) reset: Option<(ErrorCode, String)>,
-    /// The application dropped its `Channel` after (or by) finishing: the
-    /// peer's FIN is awaited; data arriving for nobody resets the channel.
-    pub(crate) abandoned: bool,
-    read_waker: Option<Waker>,
-    write_waker: Option<Waker>,
+/// Which way a channel's bytes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Through the broker, multiplexed on each plugin's connection.
+    Relayed,
+    /// A socketpair the broker made and handed to both plugins.
+    SocketPair,
+    /// A TCP connection from the opener to the target, shs1 + box-stream.
+    Tcp,
 }
 
-impl ChannelState {
-    pub(crate) fn wake_reader(&mut self) {
-        wake(&mut self.read_waker);
-    }
-
-    pub(crate) fn wake_writer(&mut self) {
-        wake(&mut self.write_waker);
-    }
-}
-
-/// A bidirectional byte stream to another plugin. Reading gives credit back
-/// as the application consumes; writing waits for credit; `shutdown`
-/// half-closes; dropping it before both sides finished resets it.
+/// A bidirectional byte stream to another plugin, `AsyncRead + AsyncWrite`
+/// whichever [`Path`] it took. Reading gives credit back as the application
+/// consumes; writing waits for credit (or for the socket); `shutdown`
+/// half-closes; dropping it closes gracefully (what was written is still
+/// delivered); [`Channel::reset`] aborts.
 pub struct Channel {
-    shared: Arc<Shared>,
-    id: ChannelId,
     peer: PublicKey,
-    finished: bool,
+    id: ChannelId,
+    io: Io,
+}
+
+enum Io {
+    Relayed(Relayed),
+    SocketPair(UnixStream),
 }
 
 impl Channel {
-    pub(crate) fn new(shared: Arc<Shared>, id: ChannelId, peer: PublicKey) -> Self {
+    pub(crate) fn relayed(relayed: Relayed, peer: PublicKey) -> Self {
         Channel {
-            shared,
-            id,
             peer,
-            finished: false,
+            id: relayed.id(),
+            io: Io::Relayed(relayed),
         }
     }
 
-    /// The other end's key.
+    pub(crate) fn socketpair(
+        fd: std::os::fd::OwnedFd,
+        id: ChannelId,
+        peer: PublicKey,
+    ) -> io::Result<Self> {
+        let stream = std::os::unix::net::UnixStream::from(fd);
+        stream.set_nonblocking(true)?;
+        Ok(Channel {
+            peer,
+            id,
+            io: Io::SocketPair(UnixStream::from_std(stream)?),
+        })
+    }
+
+    /// The other end's key, as the broker authenticated it.
     pub fn peer(&self) -> PublicKey {
         self.peer
     }
 
-    /// This connection's id for the channel.
+    /// This connection's id for the channel (a direct channel keeps the id
+    /// it was opened or offered with).
     pub fn id(&self) -> ChannelId {
         self.id
     }
 
-    /// Whether the channel goes through the broker (always, for now).
+    /// Which way the bytes go.
+    pub fn path(&self) -> Path {
+        match self.io {
+            Io::Relayed(_) => Path::Relayed,
+            Io::SocketPair(_) => Path::SocketPair,
+        }
+    }
+
+    /// Whether the channel goes through the broker.
     pub fn is_relayed(&self) -> bool {
-        true
+        self.path() == Path::Relayed
     }
 
     /// Ends the channel both ways at once.
     pub fn reset(mut self, reason: &str) {
-        self.reset_now(reason);
+        match &mut self.io {
+            Io::Relayed(r) => r.reset(reason),
+            // Closing both directions with unread data makes the kernel
+            // drop what is queued; the peer reads an end of stream.
+            Io::SocketPair(s) => {
+                let _ = rustix::net::shutdown(&*s, rustix::net::Shutdown::Both);
+            }
+        }
     }
-
-    fn reset_now(&mut self, reason: &str) {
-        let mut inner = self.shared.lock();
-        let _ = inner.session.reset(self.id, ErrorCode::Cancelled, reason);
-        inner.channels.remove(&self.id);
-        drop(inner);
-        self.finished = true;
-        self.shared.flush.notify_one();
-    }
-}
-
-fn broken(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, what.to_owned())
 }
 
 impl AsyncRead for Channel {
@@ -97,37 +105,10 @@ impl AsyncRead for Channel {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let mut guard = this.shared.lock();
-        let inner = &mut *guard;
-        let Some(c) = inner.channels.get_mut(&this.id) else {
-            return Poll::Ready(Err(broken("the channel is gone")));
-        };
-        if let Some(front) = c.received.front_mut() {
-            let n = buf.remaining().min(front.len());
-            buf.put_slice(&front[..n]);
-            front.advance(n);
-            if front.is_empty() {
-                c.received.pop_front();
-            }
-            // Consumed: the credit goes back to the sender.
-            inner.session.consume(this.id, n);
-            drop(guard);
-            this.shared.flush.notify_one();
-            return Poll::Ready(Ok(()));
+        match &mut self.get_mut().io {
+            Io::Relayed(r) => Pin::new(r).poll_read(cx, buf),
+            Io::SocketPair(s) => Pin::new(s).poll_read(cx, buf),
         }
-        if c.fin || c.closed {
-            return Poll::Ready(Ok(())); // end of stream
-        }
-        if let Some((code, reason)) = &c.reset {
-            let message = format!("reset by the peer ({code}): {reason}");
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, message)));
-        }
-        if let Some(reason) = &inner.ended {
-            return Poll::Ready(Err(broken(reason)));
-        }
-        c.read_waker = Some(cx.waker().clone());
-        Poll::Pending
     }
 }
 
@@ -137,70 +118,33 @@ impl AsyncWrite for Channel {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let mut guard = this.shared.lock();
-        let inner = &mut *guard;
-        if let Some(reason) = &inner.ended {
-            return Poll::Ready(Err(broken(reason)));
+        match &mut self.get_mut().io {
+            Io::Relayed(r) => Pin::new(r).poll_write(cx, data),
+            Io::SocketPair(s) => Pin::new(s).poll_write(cx, data),
         }
-        let Some(c) = inner.channels.get_mut(&this.id) else {
-            return Poll::Ready(Err(broken("the channel is gone")));
-        };
-        if let Some((code, reason)) = &c.reset {
-            let message = format!("reset by the peer ({code}): {reason}");
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, message)));
-        }
-        let room = inner.session.send_capacity(this.id).min(data.len());
-        if room == 0 {
-            c.write_waker = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
-        let sent = inner
-            .session
-            .send(this.id, Bytes::copy_from_slice(&data[..room]))
-            .map_err(|e| broken(&e.to_string()))?;
-        drop(guard);
-        this.shared.flush.notify_one();
-        Poll::Ready(Ok(sent))
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // The driver writes as soon as it is told: nothing is held here.
-        Poll::Ready(Ok(()))
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Relayed(r) => Pin::new(r).poll_flush(cx),
+            Io::SocketPair(s) => Pin::new(s).poll_flush(cx),
+        }
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.finished {
-            this.finished = true;
-            let _ = this.shared.lock().session.finish(this.id);
-            this.shared.flush.notify_one();
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Relayed(r) => Pin::new(r).poll_shutdown(cx),
+            Io::SocketPair(s) => Pin::new(s).poll_shutdown(cx),
         }
-        Poll::Ready(Ok(()))
     }
 }
 
-impl Drop for Channel {
-    /// Dropping closes gracefully: what was written is still delivered,
-    /// then FIN. Data the peer sends afterwards finds nobody and resets the
-    /// channel. [`Channel::reset`] aborts at once instead.
-    fn drop(&mut self) {
-        let mut guard = self.shared.lock();
-        let inner = &mut *guard;
-        let Some(c) = inner.channels.get_mut(&self.id) else {
-            return;
-        };
-        if c.closed || c.reset.is_some() {
-            inner.channels.remove(&self.id);
-            return;
-        }
-        c.abandoned = true;
-        let unread: usize = c.received.drain(..).map(|b| b.len()).sum();
-        inner.session.consume(self.id, unread);
-        if !self.finished {
-            let _ = inner.session.finish(self.id);
-        }
-        drop(guard);
-        self.shared.flush.notify_one();
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("id", &self.id)
+            .field("peer", &self.peer)
+            .field("path", &self.path())
+            .finish()
     }
 }

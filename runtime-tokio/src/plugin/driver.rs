@@ -1,11 +1,13 @@
 //! The task that owns a plugin's socket: it writes what the session has,
 //! reads what the broker sends, and runs the session's timers.
 
+use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{tcp, unix, TcpStream, UnixStream};
 use tokio::sync::oneshot;
 
 use super::{deliver, end, PluginError, Shared};
@@ -35,23 +37,43 @@ pub(crate) async fn spawn(
     let task = match addr {
         Addr::Unix(path) => {
             let stream = UnixStream::connect(path).await.map_err(unreachable)?;
-            tokio::spawn(run(shared, stream, ready))
+            let (reader, writer) = stream.into_split();
+            tokio::spawn(run(shared, Reader::Unix(reader), writer, ready))
         }
         Addr::Tcp(host_port) => {
             let stream = TcpStream::connect(host_port).await.map_err(unreachable)?;
             let _ = stream.set_nodelay(true);
-            tokio::spawn(run(shared, stream, ready))
+            let (reader, writer) = stream.into_split();
+            tokio::spawn(run(shared, Reader::Tcp(reader), writer, ready))
         }
     };
     Ok(DriverHandle(task))
 }
 
-async fn run<S>(shared: Arc<Shared>, stream: S, ready: oneshot::Sender<Result<(), PluginError>>)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let (mut reader, mut writer) = tokio::io::split(stream);
+/// The read half of the connection: a unix socket may carry descriptors
+/// (socketpair ends for direct channels).
+enum Reader {
+    Unix(unix::OwnedReadHalf),
+    Tcp(tcp::OwnedReadHalf),
+}
+
+impl Reader {
+    async fn read(&mut self, buf: &mut BytesMut, fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+        match self {
+            Reader::Unix(r) => crate::fdpass::recv_with_fds(r.as_ref(), buf, READ_SIZE, fds).await,
+            Reader::Tcp(r) => r.read_buf(buf).await,
+        }
+    }
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    mut reader: Reader,
+    mut writer: impl AsyncWrite + Unpin,
+    ready: oneshot::Sender<Result<(), PluginError>>,
+) {
     let mut ready = Some(ready);
+    let mut fds = Vec::new();
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let mut queue = std::collections::VecDeque::new();
     loop {
@@ -101,16 +123,16 @@ where
         };
         buf.reserve(READ_SIZE);
         tokio::select! {
-            read = reader.read_buf(&mut buf) => {
+            read = reader.read(&mut buf, &mut fds) => {
                 let mut inner = shared.lock();
                 let now = inner.clock.now();
                 match read {
                     Ok(0) => inner.session.handle_eof(now),
-                    Ok(_) => {
-                        // Errors end the session; its Closed event says why.
-                        let _ = inner.session.handle_input(now, &buf);
-                        buf.clear();
-                    }
+                    // Errors end the session; its Closed event says why.
+                    Ok(_) => match hand_over(&mut inner, now, &buf, &mut fds) {
+                        Ok(()) => buf.clear(),
+                        Err(reason) => end(&mut inner, reason),
+                    },
                     Err(e) => end(&mut inner, format!("read failed: {e}")),
                 }
             }
@@ -122,6 +144,27 @@ where
             }
         }
     }
+}
+
+/// Gives the session what was read, and the descriptors that came with it
+/// (they belong to frames at or after the start of `input`, in order).
+fn hand_over(
+    inner: &mut super::Inner,
+    now: plugboard_core::Instant,
+    input: &[u8],
+    fds: &mut Vec<OwnedFd>,
+) -> Result<(), String> {
+    if fds.is_empty() {
+        let _ = inner.session.handle_input(now, input);
+        return Ok(());
+    }
+    let last = fds.len() - 1;
+    for (i, fd) in fds.drain(..).enumerate() {
+        let token = inner.keep_fd(fd)?;
+        let bytes = if i == last { input } else { &[][..] };
+        let _ = inner.session.handle_input_with_fd(now, bytes, token);
+    }
+    Ok(())
 }
 
 /// Hands every session event to its waiter.

@@ -8,21 +8,24 @@
 
 mod channel;
 mod driver;
+mod relayed;
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
 use bytes::Bytes;
 use plugboard_core::control::{
-    ChannelId, ErrorCode, KeyStats, Member, Name, NameStats, Presence, RequestId,
+    ChannelId, ChannelPath, ErrorCode, IncomingPath, KeyStats, Member, Name, NameStats, OpenedPath,
+    Presence, RequestId,
 };
 use plugboard_core::session::{Session, SessionConfig, SessionError, SessionEvent};
 use plugboard_core::shs::HandshakeConfig;
 use plugboard_core::{Keypair, NetworkKey, PublicKey};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-pub use channel::Channel;
+pub use channel::{Channel, Path};
 
 use crate::addr::Addr;
 use crate::clock::Clock;
@@ -49,6 +52,12 @@ pub enum PluginError {
     /// The connection is over.
     #[error("the connection to the broker ended: {0}")]
     Disconnected(String),
+    /// A direct channel was arranged but its socket could not be set up.
+    #[error("the direct channel failed: {reason}")]
+    Direct {
+        /// The OS's words.
+        reason: String,
+    },
     /// The session refused the call (not ready, unknown channel, too long...).
     #[error("{0}")]
     Session(#[from] SessionError),
@@ -93,20 +102,56 @@ enum Waiter {
     Members(oneshot::Sender<Result<Vec<Member>, PluginError>>),
     Watching(oneshot::Sender<Result<(), PluginError>>),
     Stats(oneshot::Sender<Result<Stats, PluginError>>),
-    Opened(oneshot::Sender<Result<PublicKey, PluginError>>),
+    Opened(oneshot::Sender<Result<Opened, PluginError>>),
     Done(oneshot::Sender<Result<(), PluginError>>),
 }
+
+/// The broker's answer to an open.
+struct Opened {
+    peer: PublicKey,
+    path: OpenedPath,
+    fd: Option<OwnedFd>,
+}
+
+/// How an accepted channel that waited for a direct path goes on.
+enum Resolved {
+    Relay,
+    SocketPair(OwnedFd),
+}
+
+/// Descriptors that came from the broker beyond this many, unclaimed, end
+/// the connection: a broker does not send more than it announces.
+const MAX_UNCLAIMED_FDS: usize = 64;
 
 /// Everything the handles and the driver share.
 pub(crate) struct Inner {
     pub(crate) session: Session,
     pub(crate) clock: Clock,
     waiters: HashMap<RequestId, Waiter>,
-    pub(crate) channels: HashMap<ChannelId, channel::ChannelState>,
+    pub(crate) channels: HashMap<ChannelId, relayed::ChannelState>,
     incoming: mpsc::UnboundedSender<Incoming>,
     watchers: Vec<mpsc::UnboundedSender<WatchEvent>>,
     /// Why the connection ended, once it did.
     pub(crate) ended: Option<String>,
+    /// Descriptors from the broker, by the token the session knows them by.
+    fds: HashMap<u64, OwnedFd>,
+    next_fd: u64,
+    /// Accepted channels waiting to learn their path.
+    paths: HashMap<ChannelId, oneshot::Sender<Resolved>>,
+}
+
+impl Inner {
+    /// Keeps a descriptor that came with the broker's bytes; the session
+    /// refers to it by the returned token.
+    pub(crate) fn keep_fd(&mut self, fd: OwnedFd) -> Result<u64, String> {
+        if self.fds.len() >= MAX_UNCLAIMED_FDS {
+            return Err("the broker sent descriptors nobody asked for".into());
+        }
+        let token = self.next_fd;
+        self.next_fd += 1;
+        self.fds.insert(token, fd);
+        Ok(token)
+    }
 }
 
 pub(crate) struct Shared {
@@ -199,6 +244,9 @@ impl PluginBuilder {
                 incoming: incoming_tx,
                 watchers: Vec::new(),
                 ended: None,
+                fds: HashMap::new(),
+                next_fd: 0,
+                paths: HashMap::new(),
             }),
             flush: Notify::new(),
         });
@@ -320,32 +368,41 @@ impl Plugin {
         .await
     }
 
-    /// Opens a channel to the plugin registered as `name`.
+    /// Opens a channel to the plugin registered as `name`, relayed.
     pub async fn open(&self, name: &str, protocol: &str) -> Result<Channel, PluginError> {
-        self.open_with(name, protocol, Bytes::new()).await
+        self.open_with(name, protocol, Bytes::new(), false).await
     }
 
-    /// As [`Plugin::open`], with metadata for the target (up to 4 KiB).
+    /// Opens a channel to `name` directly if the broker can arrange it (a
+    /// socketpair when both plugins are on its unix socket, a TCP connection
+    /// when the target listens for them), relayed otherwise.
+    pub async fn open_direct(&self, name: &str, protocol: &str) -> Result<Channel, PluginError> {
+        self.open_with(name, protocol, Bytes::new(), true).await
+    }
+
+    /// Opens a channel with metadata for the target (up to 4 KiB), asking for
+    /// a direct path if `direct`.
     pub async fn open_with(
         &self,
         name: &str,
         protocol: &str,
         metadata: Bytes,
+        direct: bool,
     ) -> Result<Channel, PluginError> {
         let name = Name::new(name).map_err(|e| PluginError::Refused {
             code: ErrorCode::Malformed,
             message: e.to_string(),
         })?;
         let mut opened = None;
-        let peer = self
+        let answer = self
             .request(
                 |inner| {
                     let now = inner.clock.now();
                     let (request, channel) =
-                        inner.session.open(now, name, protocol, metadata, false)?;
+                        inner.session.open(now, name, protocol, metadata, direct)?;
                     inner
                         .channels
-                        .insert(channel, channel::ChannelState::default());
+                        .insert(channel, relayed::ChannelState::default());
                     opened = Some(channel);
                     Ok(request)
                 },
@@ -353,13 +410,32 @@ impl Plugin {
             )
             .await;
         let id = opened.expect("the request was sent");
-        match peer {
-            Ok(peer) => Ok(Channel::new(self.shared.clone(), id, peer)),
+        let answer = match answer {
+            Ok(answer) => answer,
             Err(e) => {
                 self.shared.lock().channels.remove(&id);
-                Err(e)
+                return Err(e);
             }
+        };
+        match (answer.path, answer.fd) {
+            (OpenedPath::SocketPair, Some(fd)) => {
+                self.shared.lock().channels.remove(&id);
+                Channel::socketpair(fd, id, answer.peer).map_err(|e| PluginError::Direct {
+                    reason: e.to_string(),
+                })
+            }
+            (OpenedPath::Dial { .. }, _) => {
+                // Dialing is not carried out yet: take the relay.
+                self.shared.lock().session.direct_failed(id)?;
+                self.shared.flush.notify_one();
+                Ok(self.relayed(id, answer.peer))
+            }
+            _ => Ok(self.relayed(id, answer.peer)),
         }
+    }
+
+    fn relayed(&self, id: ChannelId, peer: PublicKey) -> Channel {
+        Channel::relayed(relayed::Relayed::new(self.shared.clone(), id), peer)
     }
 
     /// The next incoming channel; `None` once the connection is over.
@@ -380,20 +456,53 @@ pub struct Incoming {
     pub protocol: String,
     /// What it sent along.
     pub metadata: Bytes,
+    path: IncomingPath,
 }
 
 impl Incoming {
-    /// Takes the channel.
-    pub fn accept(self) -> Result<Channel, PluginError> {
-        {
+    /// Takes the channel. When the opener asked for a direct path, this
+    /// waits until the broker says which path the channel takes.
+    pub async fn accept(self) -> Result<Channel, PluginError> {
+        let resolved = {
             let mut inner = self.shared.lock();
             inner.session.accept(self.id)?;
             inner
                 .channels
-                .insert(self.id, channel::ChannelState::default());
-        }
+                .insert(self.id, relayed::ChannelState::default());
+            match self.path {
+                IncomingPath::Relay => None,
+                // No direct listener here yet: a dial never comes, so the
+                // opener falls back and the broker says Relay.
+                IncomingPath::AwaitPath | IncomingPath::ExpectDial { .. } => {
+                    let (tx, rx) = oneshot::channel();
+                    inner.paths.insert(self.id, tx);
+                    Some(rx)
+                }
+            }
+        };
         self.shared.flush.notify_one();
-        Ok(Channel::new(self.shared.clone(), self.id, self.from_key))
+        let relayed = || {
+            Channel::relayed(
+                relayed::Relayed::new(self.shared.clone(), self.id),
+                self.from_key,
+            )
+        };
+        let Some(resolved) = resolved else {
+            return Ok(relayed());
+        };
+        match resolved.await {
+            Ok(Resolved::Relay) => Ok(relayed()),
+            Ok(Resolved::SocketPair(fd)) => Channel::socketpair(fd, self.id, self.from_key)
+                .map_err(|e| PluginError::Direct {
+                    reason: e.to_string(),
+                }),
+            Err(_) => {
+                let reason = self.shared.lock().ended.clone();
+                Err(PluginError::Disconnected(reason.unwrap_or_else(|| {
+                    "the channel ended before its path was known".into()
+                })))
+            }
+        }
     }
 
     /// Refuses it; the opener gets `reason`.
@@ -408,9 +517,19 @@ impl Incoming {
 /// driver with the lock held.
 pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEvent) {
     match event {
-        SessionEvent::Ready { .. }
-        | SessionEvent::NameAcquired { .. }
-        | SessionEvent::ChannelPath { .. } => {}
+        SessionEvent::Ready { .. } | SessionEvent::NameAcquired { .. } => {}
+        SessionEvent::ChannelPath { channel, path, fd } => {
+            let resolved = match (path, fd.and_then(|t| inner.fds.remove(&t))) {
+                (ChannelPath::SocketPair, Some(fd)) => {
+                    inner.channels.remove(&channel);
+                    Resolved::SocketPair(fd)
+                }
+                _ => Resolved::Relay,
+            };
+            if let Some(tx) = inner.paths.remove(&channel) {
+                let _ = tx.send(resolved);
+            }
+        }
         SessionEvent::Registered { request, queued } => {
             if let Some(Waiter::Registered(tx)) = inner.waiters.remove(&request) {
                 let _ = tx.send(Ok(queued));
@@ -470,9 +589,16 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
                 None => {}
             }
         }
-        SessionEvent::Opened { request, peer, .. } => {
+        SessionEvent::Opened {
+            request,
+            peer,
+            path,
+            fd,
+            ..
+        } => {
+            let fd = fd.and_then(|token| inner.fds.remove(&token));
             if let Some(Waiter::Opened(tx)) = inner.waiters.remove(&request) {
-                let _ = tx.send(Ok(peer));
+                let _ = tx.send(Ok(Opened { peer, path, fd }));
             }
         }
         SessionEvent::Incoming {
@@ -481,7 +607,7 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
             from_key,
             protocol,
             metadata,
-            ..
+            path,
         } => {
             let incoming = Incoming {
                 shared: shared.clone(),
@@ -490,6 +616,7 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
                 from_key,
                 protocol,
                 metadata,
+                path,
             };
             if let Err(refused) = inner.incoming.send(incoming) {
                 // Nobody takes incoming channels: refuse it.
@@ -552,6 +679,7 @@ pub(crate) fn end(inner: &mut Inner, reason: String) {
     inner.ended = Some(reason);
     inner.waiters.clear(); // dropped senders: the waiters see Disconnected
     inner.watchers.clear();
+    inner.paths.clear();
     for c in inner.channels.values_mut() {
         c.wake_reader();
         c.wake_writer();
