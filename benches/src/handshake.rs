@@ -206,6 +206,81 @@ pub fn primitives(f: &PrimitiveFixture) -> [u8; 32] {
     sha256(&[&shared, &server_public])
 }
 
+/// What one handshake costs the side that accepts it: the client's two
+/// messages, made once, and the server's keys.
+pub struct ServerPrimitiveFixture {
+    keys: PrimitiveFixture,
+    client_eph: [u8; 32],
+    client_mac: [u8; 32],
+    auth_box: [u8; 96],
+    auth_tag: [u8; 16],
+}
+
+impl Default for ServerPrimitiveFixture {
+    fn default() -> Self {
+        let keys = PrimitiveFixture::default();
+        let n = &keys.network;
+        let server_public = keys.server.verifying_key().to_bytes();
+        let a = StaticSecret::from(CLIENT_EPH);
+        let a_pub = x25519_dalek::PublicKey::from(&a).to_bytes();
+        let client_mac = auth(n, &a_pub);
+        let b_pub = x25519_dalek::PublicKey::from(&StaticSecret::from(SERVER_EPH)).to_bytes();
+        let ab = dh(&a, b_pub);
+        let a_big_b = dh(&a, convert(&server_public).1);
+        let signed = [&n[..], &server_public, &sha256(&[&ab])].concat();
+        let client_sig = keys.client.sign(&signed).to_bytes();
+        let client_public = keys.client.verifying_key().to_bytes();
+        let mut auth_box = [0u8; 96];
+        auth_box[..64].copy_from_slice(&client_sig);
+        auth_box[64..].copy_from_slice(&client_public);
+        let auth_tag = seal(&sha256(&[n, &ab, &a_big_b]), &mut auth_box);
+        ServerPrimitiveFixture {
+            keys,
+            client_eph: a_pub,
+            client_mac,
+            auth_box,
+            auth_tag,
+        }
+    }
+}
+
+/// The server's half of [`primitives`], in protocol order: 1 ephemeral
+/// keypair, 3 X25519, 1 key conversion, 1 sign, 1 verify, 2 HMACs, 6
+/// SHA-256, 2 small secretboxes (an open and a seal). Returns the server's
+/// receiving key, which must equal its state machine's.
+pub fn server_primitives(f: &ServerPrimitiveFixture) -> [u8; 32] {
+    let k = &f.keys;
+    let n = &k.network;
+    let server_public = k.server.verifying_key().to_bytes();
+    // 1 arrives: the client's hello.
+    let a_pub = black_box(f.client_eph);
+    assert!(auth_verify(n, &a_pub, &f.client_mac));
+    // 2: the server's hello.
+    let b = StaticSecret::from(black_box(SERVER_EPH));
+    let b_pub = x25519_dalek::PublicKey::from(&b).to_bytes();
+    black_box(auth(n, &b_pub));
+    let ab = dh(&b, a_pub);
+    // 3 arrives: the client's authentication.
+    let a_big_b = dh(&k.server_curve, a_pub);
+    let mut auth_box = f.auth_box;
+    open(&sha256(&[n, &ab, &a_big_b]), &mut auth_box, f.auth_tag);
+    let client_public: [u8; 32] = auth_box[64..].try_into().unwrap();
+    let (client_verifying, client_curve) = convert(&client_public);
+    let big_a_b = dh(&b, client_curve);
+    let ab_hash = sha256(&[&ab]);
+    let accept_key = sha256(&[n, &ab, &a_big_b, &big_a_b]);
+    let signed = [&n[..], &server_public, &ab_hash].concat();
+    let signature = Signature::from_bytes(auth_box[..64].try_into().unwrap());
+    client_verifying.verify_strict(&signed, &signature).unwrap();
+    // 4: the server's accept, and its session keys.
+    let accepted = [&n[..], &auth_box[..64], &client_public, &ab_hash].concat();
+    let mut accept_box = k.server.sign(&accepted).to_bytes();
+    black_box(seal(&accept_key, &mut accept_box));
+    let shared = sha256(&[&accept_key]);
+    black_box(sha256(&[&shared, &client_public]));
+    sha256(&[&shared, &server_public])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +290,12 @@ mod tests {
         let (client, server) = plugboard(&Fixture::default());
         assert_eq!(client.encrypt_key, server.decrypt_key);
         assert_eq!(primitives(&PrimitiveFixture::default()), client.encrypt_key);
+    }
+
+    #[test]
+    fn the_server_half_computes_the_servers_keys() {
+        let (_, server) = plugboard(&Fixture::default());
+        let fixture = ServerPrimitiveFixture::default();
+        assert_eq!(server_primitives(&fixture), server.decrypt_key);
     }
 }

@@ -3,6 +3,7 @@
 //! and the `ratios` program use these, so they measure the same thing.
 
 pub mod boxstream;
+pub mod broker;
 pub mod handshake;
 pub mod measure;
 pub mod net;

@@ -7,12 +7,19 @@
 
 use std::time::Duration;
 
-use plugboard_benches::{boxstream, handshake, measure, net, relay};
+use plugboard_benches::{boxstream, broker, handshake, measure, net, relay};
 
 const ROUNDS: usize = 21;
 const ROUND_TIME: Duration = Duration::from_millis(250);
+/// TCP handshakes per round of `handshakes_per_s_vs_primitives`.
+const HANDSHAKES_PER_ROUND: usize = 200;
+/// Idle connections for `idle_conn_bytes`.
+const IDLE_CONNS: usize = 10_000;
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some(broker::CHILD_ARG) {
+        broker::child_main();
+    }
     let mut ratios = Vec::new();
 
     let fixture = handshake::Fixture::default();
@@ -91,6 +98,29 @@ fn main() {
     ratios.push(("relay_unix_vs_raw", relay_ours, relay_raw));
     ratios.push(("roundtrip_vs_raw", rt_ours, rt_raw));
 
+    // The broker alone in a child process: its CPU time per TCP handshake
+    // (clients here), and its memory per idle connection.
+    broker::raise_file_limit();
+    let mut child = broker::BrokerProcess::start();
+    let (hs_ours, hs_base) =
+        broker::handshake_cpu_vs_primitives(&runtime, &mut child, ROUNDS, HANDSHAKES_PER_ROUND);
+    println!(
+        "TCP handshake, broker CPU  plugboard {hs_ours:>9.2?} ({:.0}/s of CPU)   server-side primitives {hs_base:>9.2?} ({:.0}/s)",
+        1.0 / hs_ours.as_secs_f64(),
+        1.0 / hs_base.as_secs_f64()
+    );
+    ratios.push(("handshakes_per_s_vs_primitives", hs_ours, hs_base));
+    drop(child);
+    let child = broker::BrokerProcess::start();
+    let (rss_before, rss_after) = broker::idle_connections(&runtime, &child, IDLE_CONNS, 64);
+    drop(child);
+    let idle_bytes = rss_after.saturating_sub(rss_before) as f64 / IDLE_CONNS as f64;
+    println!(
+        "{IDLE_CONNS} idle unix connections  broker RSS {:.1} MiB -> {:.1} MiB   {idle_bytes:.0} bytes each",
+        rss_before as f64 / (1 << 20) as f64,
+        rss_after as f64 / (1 << 20) as f64
+    );
+
     let small_ns = relay::small_message_ns(2_000_000);
     let fanout = relay::fanout(10_000, 21);
 
@@ -99,4 +129,5 @@ fn main() {
     }
     println!("relay_small_ns {small_ns:.0}");
     println!("fanout_10k_ms {:.3}", fanout.as_secs_f64() * 1e3);
+    println!("idle_conn_bytes {idle_bytes:.0}");
 }
