@@ -15,6 +15,7 @@
 pub mod boxstream;
 pub mod broker;
 pub mod control;
+pub mod direct;
 pub mod keys;
 pub mod mux;
 pub mod session;

@@ -10,6 +10,7 @@ use plugboard_core::PublicKey;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
 
+use super::direct::DirectStream;
 use super::relayed::Relayed;
 
 /// Which way a channel's bytes go.
@@ -37,6 +38,7 @@ pub struct Channel {
 enum Io {
     Relayed(Relayed),
     SocketPair(UnixStream),
+    Tcp(Box<DirectStream>),
 }
 
 impl Channel {
@@ -62,7 +64,16 @@ impl Channel {
         })
     }
 
-    /// The other end's key, as the broker authenticated it.
+    pub(crate) fn tcp(stream: Box<DirectStream>, id: ChannelId, peer: PublicKey) -> Self {
+        Channel {
+            peer,
+            id,
+            io: Io::Tcp(stream),
+        }
+    }
+
+    /// The other end's key, as the broker authenticated it (and, on a
+    /// direct TCP path, the handshake with the peer itself).
     pub fn peer(&self) -> PublicKey {
         self.peer
     }
@@ -78,6 +89,7 @@ impl Channel {
         match self.io {
             Io::Relayed(_) => Path::Relayed,
             Io::SocketPair(_) => Path::SocketPair,
+            Io::Tcp(_) => Path::Tcp,
         }
     }
 
@@ -87,14 +99,16 @@ impl Channel {
     }
 
     /// Ends the channel both ways at once.
-    pub fn reset(mut self, reason: &str) {
-        match &mut self.io {
-            Io::Relayed(r) => r.reset(reason),
+    pub fn reset(self, reason: &str) {
+        match self.io {
+            Io::Relayed(mut r) => r.reset(reason),
             // Closing both directions with unread data makes the kernel
             // drop what is queued; the peer reads an end of stream.
             Io::SocketPair(s) => {
-                let _ = rustix::net::shutdown(&*s, rustix::net::Shutdown::Both);
+                let _ = rustix::net::shutdown(&s, rustix::net::Shutdown::Both);
             }
+            // No goodbye: the peer reads an error, not an end.
+            Io::Tcp(s) => s.abort(),
         }
     }
 }
@@ -108,6 +122,7 @@ impl AsyncRead for Channel {
         match &mut self.get_mut().io {
             Io::Relayed(r) => Pin::new(r).poll_read(cx, buf),
             Io::SocketPair(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tcp(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
 }
@@ -121,6 +136,7 @@ impl AsyncWrite for Channel {
         match &mut self.get_mut().io {
             Io::Relayed(r) => Pin::new(r).poll_write(cx, data),
             Io::SocketPair(s) => Pin::new(s).poll_write(cx, data),
+            Io::Tcp(s) => Pin::new(&mut **s).poll_write(cx, data),
         }
     }
 
@@ -128,6 +144,7 @@ impl AsyncWrite for Channel {
         match &mut self.get_mut().io {
             Io::Relayed(r) => Pin::new(r).poll_flush(cx),
             Io::SocketPair(s) => Pin::new(s).poll_flush(cx),
+            Io::Tcp(s) => Pin::new(&mut **s).poll_flush(cx),
         }
     }
 
@@ -135,6 +152,7 @@ impl AsyncWrite for Channel {
         match &mut self.get_mut().io {
             Io::Relayed(r) => Pin::new(r).poll_shutdown(cx),
             Io::SocketPair(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tcp(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
 }

@@ -15,10 +15,10 @@ use crate::addr::Addr;
 
 const READ_SIZE: usize = 64 * 1024;
 
-/// Stops the driver when the plugin is dropped.
-pub(crate) struct DriverHandle(tokio::task::JoinHandle<()>);
+/// Stops a task (the driver, the direct listener) when the plugin is dropped.
+pub(crate) struct TaskGuard(pub(crate) tokio::task::JoinHandle<()>);
 
-impl Drop for DriverHandle {
+impl Drop for TaskGuard {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -29,7 +29,7 @@ pub(crate) async fn spawn(
     shared: Arc<Shared>,
     addr: &Addr,
     ready: oneshot::Sender<Result<(), PluginError>>,
-) -> Result<DriverHandle, PluginError> {
+) -> Result<TaskGuard, PluginError> {
     let unreachable = |e: std::io::Error| PluginError::Unreachable {
         addr: addr.to_string(),
         reason: e.to_string(),
@@ -47,7 +47,7 @@ pub(crate) async fn spawn(
             tokio::spawn(run(shared, Reader::Tcp(reader), writer, ready))
         }
     };
-    Ok(DriverHandle(task))
+    Ok(TaskGuard(task))
 }
 
 /// The read half of the connection: a unix socket may carry descriptors

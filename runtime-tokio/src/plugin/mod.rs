@@ -7,6 +7,7 @@
 //! the session behind a mutex never held across an await.
 
 mod channel;
+mod direct;
 mod driver;
 mod relayed;
 
@@ -117,6 +118,7 @@ struct Opened {
 enum Resolved {
     Relay,
     SocketPair(OwnedFd),
+    Tcp(Box<direct::DirectStream>),
 }
 
 /// Descriptors that came from the broker beyond this many, unclaimed, end
@@ -138,6 +140,8 @@ pub(crate) struct Inner {
     next_fd: u64,
     /// Accepted channels waiting to learn their path.
     paths: HashMap<ChannelId, oneshot::Sender<Resolved>>,
+    /// Dialers the broker announced, by the channel they come for.
+    expected: HashMap<ChannelId, direct::Expected>,
 }
 
 impl Inner {
@@ -173,7 +177,12 @@ pub struct Plugin {
     shared: Arc<Shared>,
     incoming: tokio::sync::Mutex<mpsc::UnboundedReceiver<Incoming>>,
     name: Option<Name>,
-    _driver: driver::DriverHandle,
+    /// Our identity, for direct connections.
+    handshake: Arc<HandshakeConfig>,
+    /// Where direct channels reach us, if we listen for them.
+    direct_addr: Option<String>,
+    _driver: driver::TaskGuard,
+    _direct: Option<driver::TaskGuard>,
 }
 
 /// How to connect.
@@ -181,6 +190,8 @@ pub struct PluginBuilder {
     keypair: Keypair,
     name: Option<String>,
     wait: bool,
+    direct_listen: Option<String>,
+    direct_advertise: Option<String>,
     broker: Option<PublicKey>,
     network_key: NetworkKey,
 }
@@ -189,6 +200,21 @@ impl PluginBuilder {
     /// Registers under this name once connected (a nameless plugin is a client).
     pub fn name(mut self, name: &str) -> Self {
         self.name = Some(name.to_owned());
+        self
+    }
+
+    /// Accept direct channels over TCP at `addr` (`tcp:HOST:PORT`; port 0
+    /// picks one). The broker tells openers the bound address; only the keys
+    /// and tokens it announces get through. Needs a name.
+    pub fn direct_listen(mut self, addr: &str) -> Self {
+        self.direct_listen = Some(addr.to_owned());
+        self
+    }
+
+    /// The address openers should dial, when it differs from the bound one
+    /// (a listener on `0.0.0.0`, a forwarded port).
+    pub fn direct_advertise(mut self, addr: &str) -> Self {
+        self.direct_advertise = Some(addr.to_owned());
         self
     }
 
@@ -230,7 +256,16 @@ impl PluginBuilder {
         let broker = self.broker.unwrap_or_else(|| self.keypair.public());
         let mut handshake = HandshakeConfig::new(self.keypair);
         handshake.network_key = self.network_key;
-        let mut config = SessionConfig::new(handshake, broker);
+        let direct_listener = match (&self.direct_listen, &name) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(PluginError::Direct {
+                    reason: "only a named plugin can be reached directly".into(),
+                })
+            }
+            (Some(listen), Some(_)) => Some(direct_listener(listen).await?),
+        };
+        let mut config = SessionConfig::new(handshake.clone(), broker);
         config.boxstream = matches!(addr, Addr::Tcp(_));
         let clock = Clock::start();
         let session = Session::new(config, &mut rand_core::OsRng, clock.now())?;
@@ -247,6 +282,7 @@ impl PluginBuilder {
                 fds: HashMap::new(),
                 next_fd: 0,
                 paths: HashMap::new(),
+                expected: HashMap::new(),
             }),
             flush: Notify::new(),
         });
@@ -255,17 +291,46 @@ impl PluginBuilder {
         ready_rx
             .await
             .map_err(|_| PluginError::Disconnected("the driver stopped".into()))??;
+        let handshake = Arc::new(handshake);
+        let (direct_addr, direct_task) = match direct_listener {
+            Some((listener, bound)) => {
+                let addr = self.direct_advertise.unwrap_or(bound);
+                let task = tokio::spawn(direct::serve(shared.clone(), listener, handshake.clone()));
+                (Some(addr), Some(driver::TaskGuard(task)))
+            }
+            None => (None, None),
+        };
         let plugin = Plugin {
             shared,
             incoming: tokio::sync::Mutex::new(incoming_rx),
             name: name.clone(),
+            handshake,
+            direct_addr,
             _driver: driver,
+            _direct: direct_task,
         };
         if let Some(name) = name {
             plugin.register(name, self.wait).await?;
         }
         Ok(plugin)
     }
+}
+
+/// Binds the direct listener; returns it and the address openers dial.
+async fn direct_listener(listen: &str) -> Result<(tokio::net::TcpListener, String), PluginError> {
+    let failed = |reason: String| PluginError::Direct { reason };
+    let Ok(Addr::Tcp(host_port)) = listen.parse::<Addr>() else {
+        return Err(failed(format!(
+            "{listen}: direct channels listen on tcp:HOST:PORT"
+        )));
+    };
+    let listener = tokio::net::TcpListener::bind(&host_port)
+        .await
+        .map_err(|e| failed(format!("{listen}: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| failed(format!("{listen}: {e}")))?;
+    Ok((listener, format!("tcp:{bound}")))
 }
 
 impl Plugin {
@@ -275,6 +340,8 @@ impl Plugin {
             keypair,
             name: None,
             wait: false,
+            direct_listen: None,
+            direct_advertise: None,
             broker: None,
             network_key: NetworkKey::SSB_MAIN,
         }
@@ -309,7 +376,9 @@ impl Plugin {
         self.request(
             |inner| {
                 let now = inner.clock.now();
-                inner.session.register(now, name, wait, None)
+                inner
+                    .session
+                    .register(now, name, wait, self.direct_addr.clone())
             },
             Waiter::Registered,
         )
@@ -389,7 +458,7 @@ impl Plugin {
         metadata: Bytes,
         direct: bool,
     ) -> Result<Channel, PluginError> {
-        let name = Name::new(name).map_err(|e| PluginError::Refused {
+        let target = Name::new(name).map_err(|e| PluginError::Refused {
             code: ErrorCode::Malformed,
             message: e.to_string(),
         })?;
@@ -398,8 +467,9 @@ impl Plugin {
             .request(
                 |inner| {
                     let now = inner.clock.now();
-                    let (request, channel) =
-                        inner.session.open(now, name, protocol, metadata, direct)?;
+                    let (request, channel) = inner
+                        .session
+                        .open(now, target, protocol, metadata, direct)?;
                     inner
                         .channels
                         .insert(channel, relayed::ChannelState::default());
@@ -424,11 +494,27 @@ impl Plugin {
                     reason: e.to_string(),
                 })
             }
-            (OpenedPath::Dial { .. }, _) => {
-                // Dialing is not carried out yet: take the relay.
-                self.shared.lock().session.direct_failed(id)?;
+            (OpenedPath::Dial { addr, token }, _) => {
+                let clock = self.shared.lock().clock;
+                let dialed =
+                    direct::dial(&addr, self.handshake.clone(), answer.peer, token, clock).await;
+                let mut inner = self.shared.lock();
+                let channel = match dialed {
+                    Ok(stream) => {
+                        // The relayed channel is the fallback no more.
+                        inner.channels.remove(&id);
+                        let _ = inner.session.reset(id, ErrorCode::Cancelled, "direct");
+                        Channel::tcp(Box::new(stream), id, answer.peer)
+                    }
+                    Err(reason) => {
+                        tracing::info!("direct channel to {name} at {addr}: {reason}; relaying");
+                        inner.session.direct_failed(id)?;
+                        self.relayed(id, answer.peer)
+                    }
+                };
+                drop(inner);
                 self.shared.flush.notify_one();
-                Ok(self.relayed(id, answer.peer))
+                Ok(channel)
             }
             _ => Ok(self.relayed(id, answer.peer)),
         }
@@ -471,9 +557,12 @@ impl Incoming {
                 .insert(self.id, relayed::ChannelState::default());
             match self.path {
                 IncomingPath::Relay => None,
-                // No direct listener here yet: a dial never comes, so the
-                // opener falls back and the broker says Relay.
                 IncomingPath::AwaitPath | IncomingPath::ExpectDial { .. } => {
+                    if let IncomingPath::ExpectDial { token } = self.path {
+                        let from = self.from_key;
+                        let expected = direct::Expected { from, token };
+                        inner.expected.insert(self.id, expected);
+                    }
                     let (tx, rx) = oneshot::channel();
                     inner.paths.insert(self.id, tx);
                     Some(rx)
@@ -492,6 +581,7 @@ impl Incoming {
         };
         match resolved.await {
             Ok(Resolved::Relay) => Ok(relayed()),
+            Ok(Resolved::Tcp(stream)) => Ok(Channel::tcp(stream, self.id, self.from_key)),
             Ok(Resolved::SocketPair(fd)) => Channel::socketpair(fd, self.id, self.from_key)
                 .map_err(|e| PluginError::Direct {
                     reason: e.to_string(),
@@ -526,6 +616,7 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
                 }
                 _ => Resolved::Relay,
             };
+            inner.expected.remove(&channel);
             if let Some(tx) = inner.paths.remove(&channel) {
                 let _ = tx.send(resolved);
             }
@@ -680,6 +771,7 @@ pub(crate) fn end(inner: &mut Inner, reason: String) {
     inner.waiters.clear(); // dropped senders: the waiters see Disconnected
     inner.watchers.clear();
     inner.paths.clear();
+    inner.expected.clear();
     for c in inner.channels.values_mut() {
         c.wake_reader();
         c.wake_writer();
