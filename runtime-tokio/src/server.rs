@@ -20,7 +20,7 @@ use plugboard_core::control::TransportKind;
 use plugboard_core::PublicKey;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{tcp, unix, TcpListener, UnixListener};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -58,7 +58,12 @@ pub struct Server {
 }
 
 enum Listener {
-    Unix(UnixListener, PathBuf),
+    /// A unix socket; `owned` if we made its file (and remove it).
+    Unix {
+        listener: UnixListener,
+        path: PathBuf,
+        owned: bool,
+    },
     Tcp(TcpListener),
 }
 
@@ -82,6 +87,28 @@ impl State {
     fn forget_conn(&mut self, conn: ConnId) -> Option<Arc<ConnSignals>> {
         self.pairs.retain(|_, (to, _)| *to != conn);
         self.conns.remove(&conn)
+    }
+}
+
+/// The read half of a connection.
+enum Reader {
+    Unix(unix::OwnedReadHalf),
+    Tcp(tcp::OwnedReadHalf),
+}
+
+impl Reader {
+    async fn readable(&self) -> io::Result<()> {
+        match self {
+            Reader::Unix(r) => r.readable().await,
+            Reader::Tcp(r) => r.readable().await,
+        }
+    }
+
+    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            Reader::Unix(r) => r.try_read_buf(buf),
+            Reader::Tcp(r) => r.try_read_buf(buf),
+        }
     }
 }
 
@@ -168,7 +195,7 @@ impl Server {
         self.listeners
             .iter()
             .map(|l| match l {
-                Listener::Unix(_, path) => Addr::Unix(path.clone()),
+                Listener::Unix { path, .. } => Addr::Unix(path.clone()),
                 Listener::Tcp(t) => {
                     Addr::Tcp(t.local_addr().map(|a| a.to_string()).unwrap_or_default())
                 }
@@ -190,15 +217,21 @@ impl Server {
         for listener in self.listeners {
             let shared = self.shared.clone();
             match listener {
-                Listener::Unix(l, path) => {
-                    sockets.push(path);
+                Listener::Unix {
+                    listener: l,
+                    path,
+                    owned,
+                } => {
+                    if owned {
+                        sockets.push(path);
+                    }
                     tasks.spawn(async move {
                         loop {
                             match l.accept().await {
                                 Ok((stream, _)) => {
                                     let (reader, writer) = stream.into_split();
                                     shared.clone().adopt(
-                                        reader,
+                                        Reader::Unix(reader),
                                         Writer::Unix(writer),
                                         TransportKind::Unix,
                                     )
@@ -216,7 +249,7 @@ impl Server {
                                     let _ = stream.set_nodelay(true);
                                     let (reader, writer) = stream.into_split();
                                     shared.clone().adopt(
-                                        reader,
+                                        Reader::Tcp(reader),
                                         Writer::Tcp(writer),
                                         TransportKind::Tcp,
                                     )
@@ -255,8 +288,7 @@ impl Server {
     /// Binds every address as [`Server::bind`] does, and serves on
     /// `inherited` listeners as well (systemd socket activation: see
     /// [`crate::activation`]). An inherited unix socket's file belongs to
-    /// whoever made it, so shutdown leaves it in place, and
-    /// [`Server::local_addrs`] lists it as an empty `unix:` path.
+    /// whoever made it, so shutdown leaves it in place.
     pub async fn bind_with(
         config: BrokerConfig,
         addrs: &[Addr],
@@ -275,8 +307,16 @@ impl Server {
             server.listeners.push(match listener.listener {
                 InheritedListener::Unix(l) => {
                     l.set_nonblocking(true).map_err(err)?;
-                    // No path: `run` removes the files of the paths it has.
-                    Listener::Unix(UnixListener::from_std(l).map_err(err)?, PathBuf::new())
+                    let path = l
+                        .local_addr()
+                        .ok()
+                        .and_then(|a| a.as_pathname().map(PathBuf::from))
+                        .unwrap_or_default();
+                    Listener::Unix {
+                        listener: UnixListener::from_std(l).map_err(err)?,
+                        path,
+                        owned: false,
+                    }
                 }
                 InheritedListener::Tcp(l) => {
                     l.set_nonblocking(true).map_err(err)?;
@@ -307,7 +347,11 @@ async fn bind(addr: &Addr) -> Result<Listener, ServeError> {
             }
             let listener = UnixListener::bind(path).map_err(err)?;
             set_private(path).map_err(err)?;
-            Ok(Listener::Unix(listener, path.clone()))
+            Ok(Listener::Unix {
+                listener,
+                path: path.clone(),
+                owned: true,
+            })
         }
     }
 }
@@ -326,10 +370,7 @@ impl Shared {
     }
 
     /// Takes an accepted socket: the broker decides, tasks start.
-    fn adopt<R>(self: Arc<Self>, reader: R, writer: Writer, transport: TransportKind)
-    where
-        R: AsyncRead + Unpin + Send + 'static,
-    {
+    fn adopt(self: Arc<Self>, reader: Reader, writer: Writer, transport: TransportKind) {
         let signals = Arc::new(ConnSignals::default());
         let conn = {
             let mut state = self.lock();
@@ -348,19 +389,31 @@ impl Shared {
         tokio::spawn(self.write(conn, writer, signals));
     }
 
-    async fn read(
-        self: Arc<Self>,
-        conn: ConnId,
-        mut reader: impl AsyncRead + Unpin,
-        signals: Arc<ConnSignals>,
-    ) {
-        let mut buf = BytesMut::with_capacity(READ_SIZE);
+    async fn read(self: Arc<Self>, conn: ConnId, reader: Reader, signals: Arc<ConnSignals>) {
+        // An idle connection holds no read buffer: one is taken when the
+        // socket is readable and given back when it is drained (10,000 idle
+        // connections would otherwise pin 64 KiB each).
+        let mut buf = BytesMut::new();
         loop {
-            buf.reserve(READ_SIZE);
-            let result = tokio::select! {
-                r = reader.read_buf(&mut buf) => r,
+            let ready = tokio::select! {
+                r = reader.readable() => r,
                 // The broker ended the connection: stop reading.
                 _ = signals.stop.notified() => return,
+            };
+            if buf.capacity() - buf.len() < READ_SIZE / 4 {
+                buf.reserve(READ_SIZE);
+            }
+            let result = match ready {
+                Ok(()) => match reader.try_read_buf(&mut buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if buf.is_empty() {
+                            buf = BytesMut::new();
+                        }
+                        continue;
+                    }
+                    result => result,
+                },
+                Err(e) => Err(e),
             };
             let mut state = self.lock();
             let now = self.clock.now();

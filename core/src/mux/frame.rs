@@ -170,6 +170,11 @@ impl FrameDecoder {
         }
         self.buffer.advance(HEADER_LEN);
         let mut payload = self.buffer.split_to(len).freeze();
+        if self.buffer.is_empty() {
+            // Let go of the input's allocation: an idle connection must not
+            // keep its last read buffer alive.
+            self.buffer = BytesMut::new();
+        }
         let frame = match kind {
             DATA => Frame::Data {
                 channel,
