@@ -118,21 +118,30 @@ fn expose_cat_and_connect_round_trip_a_file() {
     let data: Vec<u8> = (0..2_000_000u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
-    let mut connect = home
-        .command()
-        .args(["connect", "echo"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = connect.stdin.take().unwrap();
-    let sent = data.clone();
-    let writer = std::thread::spawn(move || stdin.write_all(&sent).unwrap());
-    let out = connect.wait_with_output().unwrap();
-    writer.join().unwrap();
-    assert!(out.status.success());
-    assert_eq!(out.stdout.len(), data.len());
-    assert!(out.stdout == data, "the echo differs");
+    // Relayed, then direct (both on the broker's unix socket: a socketpair).
+    for (args, path) in [
+        (&["connect", "echo", "-v"][..], "Relayed"),
+        (&["connect", "echo", "--direct", "-v"][..], "SocketPair"),
+    ] {
+        let mut connect = home
+            .command()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = connect.stdin.take().unwrap();
+        let sent = data.clone();
+        let writer = std::thread::spawn(move || stdin.write_all(&sent).unwrap());
+        let out = connect.wait_with_output().unwrap();
+        writer.join().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{log}");
+        assert!(log.contains(&format!("channel to echo: {path}")), "{log}");
+        assert_eq!(out.stdout.len(), data.len());
+        assert!(out.stdout == data, "the echo differs");
+    }
 
     // list --json and watch --json are one JSON object per line.
     let list = home.run(&["list", "--json"]);

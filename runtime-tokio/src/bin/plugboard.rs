@@ -95,6 +95,13 @@ enum Command {
     Expose {
         /// The name to take.
         name: String,
+        /// Also take direct channels over TCP here (tcp:HOST:PORT): openers
+        /// on other hosts dial it with the broker's one-time token.
+        #[arg(long, value_name = "ADDR")]
+        direct_listen: Option<String>,
+        /// The address openers should dial, if not the bound one.
+        #[arg(long, value_name = "ADDR", requires = "direct_listen")]
+        direct_advertise: Option<String>,
         #[command(flatten)]
         broker: BrokerArgs,
         /// The command and its arguments.
@@ -227,9 +234,17 @@ async fn run(command: Command, inherited: Vec<Inherited>) -> Result<(), Failure>
         } => connect(name, protocol, direct, broker).await,
         Command::Expose {
             name,
+            direct_listen,
+            direct_advertise,
             broker,
             command,
-        } => expose(name, broker, command).await,
+        } => {
+            let direct = Direct {
+                listen: direct_listen,
+                advertise: direct_advertise,
+            };
+            expose(name, direct, broker, command).await
+        }
     }
 }
 
@@ -395,9 +410,26 @@ fn raise_file_limit(connections: usize) {
 
 // ── clients ───────────────────────────────────────────────────────────
 
+/// Where a plugin takes direct TCP channels, if it does.
+#[derive(Default)]
+struct Direct {
+    listen: Option<String>,
+    advertise: Option<String>,
+}
+
 async fn client(args: &BrokerArgs, name: Option<&str>) -> Result<Plugin, Failure> {
+    named(args, name, Direct::default()).await
+}
+
+async fn named(args: &BrokerArgs, name: Option<&str>, direct: Direct) -> Result<Plugin, Failure> {
     let keypair = load_key(&key_path(args.key.clone()))?;
     let mut builder = Plugin::builder(keypair).network_key(args.network_key);
+    if let Some(addr) = &direct.listen {
+        builder = builder.direct_listen(addr);
+    }
+    if let Some(addr) = &direct.advertise {
+        builder = builder.direct_advertise(addr);
+    }
     if let Some(key) = args.broker_key {
         builder = builder.broker_key(key);
     }
@@ -560,8 +592,13 @@ async fn connect(
         .map_err(|e| fail(format!("channel to {name}: {e}")))
 }
 
-async fn expose(name: String, args: BrokerArgs, command: Vec<String>) -> Result<(), Failure> {
-    let plugin = client(&args, Some(&name)).await?;
+async fn expose(
+    name: String,
+    direct: Direct,
+    args: BrokerArgs,
+    command: Vec<String>,
+) -> Result<(), Failure> {
+    let plugin = named(&args, Some(&name), direct).await?;
     eprintln!("plugboard: {name} is exposed; each channel runs {command:?}");
     while let Some(incoming) = plugin.incoming().await {
         let from = incoming.from_key;
