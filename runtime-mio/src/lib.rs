@@ -1,0 +1,27 @@
+//! plugboard on a hand-rolled [mio] event loop: the reference for embedding
+//! `plugboard-core` in a loop you already have.
+//!
+//! - [`Server`]: the broker on one thread, around one `mio::Poll`.
+//! - [`PluginConn`]: a plugin's connection to the broker, as one more
+//!   source in *your* `mio::Poll`, beside your other sockets. It drives the
+//!   core's [`Session`](plugboard_core::session::Session); you make the
+//!   requests and handle its events yourself (`examples/embed.rs`).
+//!
+//! Both do the same three things around a sans-IO state machine, and
+//! nothing else: move bytes between sockets and the machine, read the
+//! clock, and own sockets (descriptors for direct channels included). Every
+//! protocol decision is the core's.
+
+#![warn(missing_docs)]
+
+mod addr;
+mod clock;
+mod fdpass;
+mod io;
+mod plugin;
+mod server;
+
+pub use addr::{Addr, BadAddr};
+pub use clock::Clock;
+pub use plugin::{ConnectError, PluginConn, SessionMut};
+pub use server::{ServeError, Server, StopHandle};

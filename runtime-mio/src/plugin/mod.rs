@@ -1,0 +1,257 @@
+//! A plugin's connection to the broker, as one more source in your own
+//! `mio::Poll`.
+//!
+//! ```text
+//! let mut conn = PluginConn::connect(&addr, config)?;
+//! poll.registry().register(&mut conn, PLUGIN, Interest::READABLE | Interest::WRITABLE)?;
+//! loop {
+//!     poll.poll(&mut events, conn.timeout())?;        // (min with your own timeouts)
+//!     for event in &events {
+//!         if event.token() == PLUGIN { conn.handle_ready(event) } else { /* yours */ }
+//!     }
+//!     conn.handle_timeout();
+//!     while let Some(event) = conn.poll_event() {
+//!         // Ready, Incoming, Data, ...: answer through conn.session_mut()
+//!     }
+//! }
+//! ```
+//!
+//! Everything the session has to send is written before these calls
+//! return, and on WRITABLE when the socket was full. Requests and channels
+//! are the core's [`Session`] API, reached through [`PluginConn::session_mut`]
+//! (whose guard writes what the call produced when it goes out of scope).
+
+mod drive;
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use mio::event::{Event, Source};
+use mio::{Interest, Registry, Token};
+use plugboard_core::session::{Session, SessionConfig, SessionError, SessionEvent};
+use plugboard_core::Instant;
+
+use crate::addr::Addr;
+use crate::clock::Clock;
+use crate::io::Stream;
+
+/// Most bytes one read asks for.
+const READ_SIZE: usize = 64 * 1024;
+/// Most bytes taken from the session before writing them.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Descriptors from the broker beyond this many, unclaimed, end the
+/// connection: a broker does not send more than it announces.
+const MAX_UNCLAIMED_FDS: usize = 64;
+
+/// Why [`PluginConn::connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The broker could not be reached.
+    #[error("cannot reach the broker at {addr}: {source}")]
+    Unreachable {
+        /// Where.
+        addr: Addr,
+        /// The OS's words.
+        source: io::Error,
+    },
+    /// The session refused the configuration (an unusable broker key).
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+/// A connection to the broker driving a core [`Session`]. Register it in
+/// your `mio::Poll` with **both** `Interest::READABLE` and
+/// `Interest::WRITABLE` (it is a [`Source`]), and hand it its events.
+pub struct PluginConn {
+    stream: Stream,
+    session: Session,
+    clock: Clock,
+    /// Taken from the session, not written yet.
+    queue: VecDeque<Bytes>,
+    /// The last write did not hit `WouldBlock`.
+    writable: bool,
+    /// Our side of the socket is shut (the session is over, all written).
+    shut: bool,
+    buf: BytesMut,
+    /// Descriptors read, not yet handed to the session.
+    received: Vec<OwnedFd>,
+    /// Descriptors from the broker, by the token the session knows them by.
+    fds: HashMap<u64, OwnedFd>,
+    next_fd: u64,
+    /// The socket failed: the session was closed here, and its `Closed`
+    /// event is still to be reported.
+    failed: Option<String>,
+}
+
+impl PluginConn {
+    /// Connects (a blocking connect, then everything is non-blocking) and
+    /// starts the handshake. Over TCP the session uses box-stream
+    /// (`config.boxstream` is set); on a unix socket it is left as given.
+    pub fn connect(addr: &Addr, mut config: SessionConfig) -> Result<PluginConn, ConnectError> {
+        let unreachable = |source| ConnectError::Unreachable {
+            addr: addr.clone(),
+            source,
+        };
+        let stream = match addr {
+            Addr::Unix(path) => {
+                let s = std::os::unix::net::UnixStream::connect(path).map_err(unreachable)?;
+                s.set_nonblocking(true).map_err(unreachable)?;
+                Stream::Unix(mio::net::UnixStream::from_std(s))
+            }
+            Addr::Tcp(host_port) => {
+                let s = std::net::TcpStream::connect(host_port).map_err(unreachable)?;
+                s.set_nonblocking(true).map_err(unreachable)?;
+                let _ = s.set_nodelay(true);
+                config.boxstream = true;
+                Stream::Tcp(mio::net::TcpStream::from_std(s))
+            }
+        };
+        let clock = Clock::start();
+        let session = Session::new(config, &mut rand_core::OsRng, clock.now())?;
+        let mut conn = PluginConn {
+            stream,
+            session,
+            clock,
+            queue: VecDeque::new(),
+            writable: true,
+            shut: false,
+            buf: BytesMut::new(),
+            received: Vec::new(),
+            fds: HashMap::new(),
+            next_fd: 0,
+            failed: None,
+        };
+        conn.flush(); // the handshake's first message
+        Ok(conn)
+    }
+
+    /// The session's `now`, for the calls that take one.
+    pub fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    /// The session, to read.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The session, to make requests and move channel bytes. What the calls
+    /// produce is written when the guard is dropped.
+    pub fn session_mut(&mut self) -> SessionMut<'_> {
+        SessionMut(self)
+    }
+
+    /// The next thing that happened. Drain it after every call into this
+    /// connection.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.session.poll_event().or_else(|| {
+            self.failed
+                .take()
+                .map(|reason| SessionEvent::Closed { code: None, reason })
+        })
+    }
+
+    /// Takes the descriptor an `Opened` or `ChannelPath` event names by
+    /// token: a socketpair end, the direct channel to the other plugin.
+    pub fn take_fd(&mut self, token: u64) -> Option<OwnedFd> {
+        self.fds.remove(&token)
+    }
+
+    /// How long until the session's next deadline: the longest your poll
+    /// may wait (take the minimum with your own).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.session.poll_timeout().map(|at| self.clock.until(at))
+    }
+
+    /// Runs the session's timers if one is due. Call after every poll.
+    pub fn handle_timeout(&mut self) {
+        let now = self.clock.now();
+        if self.session.poll_timeout().is_some_and(|at| at <= now) {
+            self.session.handle_timeout(now);
+            self.flush();
+        }
+    }
+
+    /// The poll says the socket is ready: read what came, write what waits.
+    pub fn handle_ready(&mut self, event: &Event) {
+        if event.is_writable() || event.is_write_closed() || event.is_error() {
+            self.writable = true;
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.read();
+        }
+        self.flush();
+    }
+
+    /// Whether the connection is over.
+    pub fn is_closed(&self) -> bool {
+        self.session.is_closed()
+    }
+
+    /// Ends the connection from this side: the broker is told why (best
+    /// effort), and the socket is shut. Deregister and drop it afterwards.
+    pub fn close(&mut self, reason: &str) {
+        let last = self.session.close(reason);
+        self.queue.push_back(last);
+        self.flush();
+        self.shut_write();
+    }
+}
+
+impl Source for PluginConn {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        self.stream.register(registry, token, interests)
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        self.stream.reregister(registry, token, interests)
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        self.stream.deregister(registry)
+    }
+}
+
+/// The session, borrowed from its [`PluginConn`]; when the borrow ends,
+/// what the calls produced is written.
+pub struct SessionMut<'a>(&'a mut PluginConn);
+
+impl SessionMut<'_> {
+    /// The session's `now`.
+    pub fn now(&self) -> Instant {
+        self.0.clock.now()
+    }
+}
+
+impl Deref for SessionMut<'_> {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        &self.0.session
+    }
+}
+
+impl DerefMut for SessionMut<'_> {
+    fn deref_mut(&mut self) -> &mut Session {
+        &mut self.0.session
+    }
+}
+
+impl Drop for SessionMut<'_> {
+    fn drop(&mut self) {
+        self.0.flush();
+    }
+}

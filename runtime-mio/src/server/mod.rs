@@ -1,0 +1,220 @@
+//! The broker on one thread, around one `mio::Poll`.
+//!
+//! Each turn of the loop: wait for readiness or for the broker's next
+//! deadline (`poll_timeout` is the poll's timeout), accept, flush what the
+//! broker has for sockets that became writable, give each connection with
+//! input one bounded reading turn, run the timers. After every broker call
+//! [`State::dispatch`] carries out its events until it has nothing more to
+//! say. Output stays in the broker until a socket can take it, so a slow
+//! peer holds memory only as far as the broker's own bounds allow.
+
+mod conn;
+mod listener;
+mod state;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::{Events, Interest, Poll, Token, Waker};
+use plugboard_core::broker::{Broker, BrokerConfig};
+use plugboard_core::PublicKey;
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+use crate::addr::Addr;
+use listener::Listener;
+use state::{State, FIRST_CONN};
+
+const WAKER: Token = Token(0);
+/// How long shutdown waits for the last words to be written.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A live broker already listens on this unix socket.
+    #[error("{0}: a broker is already listening there")]
+    InUse(PathBuf),
+    /// Binding failed.
+    #[error("{addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: Addr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The poll could not be made.
+    #[error("poll: {0}")]
+    Poll(#[from] io::Error),
+}
+
+/// A bound broker, ready to [`Server::run`] on the current thread.
+pub struct Server {
+    poll: Poll,
+    listeners: Vec<Listener>,
+    state: State,
+    stop: StopHandle,
+}
+
+/// Stops a running [`Server`] from any thread.
+#[derive(Clone)]
+pub struct StopHandle {
+    waker: Arc<Waker>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl StopHandle {
+    /// Asks the server to stop: it tells every connection why, gives their
+    /// last words a moment to go out, removes its socket files and returns.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        let _ = self.waker.wake();
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+}
+
+impl Server {
+    /// Binds every address. A unix socket is created with mode 0600; a
+    /// stale socket file (nobody answers on it) is replaced, a live one is
+    /// not. Socketpair ends are passed to plugins on unix sockets
+    /// (`fd_passing` is set).
+    pub fn bind(mut config: BrokerConfig, addrs: &[Addr]) -> Result<Server, ServeError> {
+        config.fd_passing = true;
+        let poll = Poll::new()?;
+        let mut listeners = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            assert!(1 + i < FIRST_CONN, "too many listeners");
+            let mut listener = Listener::bind(addr)?;
+            poll.registry()
+                .register(listener.source(), Token(1 + i), Interest::READABLE)?;
+            listeners.push(listener);
+        }
+        let stop = StopHandle {
+            waker: Arc::new(Waker::new(poll.registry(), WAKER)?),
+            stopped: Arc::new(AtomicBool::new(false)),
+        };
+        let rng = ChaCha20Rng::from_rng(rand_core::OsRng).expect("the OS has randomness");
+        let broker = Broker::new(config, Box::new(rng));
+        let state = State::new(broker, poll.registry().try_clone()?);
+        Ok(Server {
+            poll,
+            listeners,
+            state,
+            stop,
+        })
+    }
+
+    /// The addresses actually bound (a TCP port 0 becomes the real port).
+    pub fn local_addrs(&self) -> Vec<Addr> {
+        self.listeners.iter().map(Listener::local_addr).collect()
+    }
+
+    /// The broker's key.
+    pub fn public_key(&self) -> PublicKey {
+        self.state.broker.public_key()
+    }
+
+    /// A handle that stops [`Server::run`] from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Serves until [`StopHandle::stop`]; then shuts down gracefully. An
+    /// error is the poll's own (accept and socket errors are the
+    /// connection's, and logged).
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        while !self.stop.is_stopped() {
+            // Connections that have more to read do not wait: they get
+            // their next turn at once, after whatever else is ready.
+            let timeout = match self.state.has_unread() {
+                true => Some(Duration::ZERO),
+                false => self
+                    .state
+                    .next_deadline()
+                    .map(|at| self.state.clock.until(at)),
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {} // the loop condition looks
+                    Token(i) if i < FIRST_CONN => self.accept(i - 1),
+                    Token(i) => self.state.ready(
+                        (i - FIRST_CONN) as u64,
+                        event.is_readable() || event.is_read_closed() || event.is_error(),
+                        event.is_writable() || event.is_write_closed() || event.is_error(),
+                    ),
+                }
+            }
+            self.state.read_turn();
+            let now = self.state.clock.now();
+            self.state.timers(now);
+        }
+        self.shutdown(&mut events);
+        Ok(())
+    }
+
+    /// Accepts every connection waiting on listener `i`.
+    fn accept(&mut self, i: usize) {
+        loop {
+            match self.listeners[i].accept() {
+                Ok((stream, transport)) => self.state.accept(stream, transport),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of descriptors, say: the next connection retries.
+                    tracing::warn!("accept on {}: {e}", self.listeners[i].local_addr());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stops listening, tells every connection why it ends, waits a moment
+    /// for that to be written, removes the socket files we made.
+    fn shutdown(mut self, events: &mut Events) {
+        tracing::info!("shutting down");
+        for listener in &mut self.listeners {
+            let _ = self.poll.registry().deregister(listener.source());
+        }
+        let now = self.state.clock.now();
+        self.state.broker.shutdown(now);
+        self.state.dispatch();
+        // Every connection is closing now: each leaves once its last words
+        // are written, or when its grace is over.
+        let deadline = now + SHUTDOWN_GRACE;
+        while !self.state.conns.is_empty() {
+            let now = self.state.clock.now();
+            if now >= deadline {
+                break;
+            }
+            let timeout = self.state.clock.until(deadline);
+            if self.poll.poll(events, Some(timeout)).is_err() {
+                break;
+            }
+            for event in events.iter() {
+                let Token(i) = event.token();
+                if i >= FIRST_CONN {
+                    self.state.ready((i - FIRST_CONN) as u64, false, true);
+                }
+            }
+            self.state.expire(self.state.clock.now());
+        }
+        for listener in &self.listeners {
+            if let Some(path) = listener.owned_file() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}

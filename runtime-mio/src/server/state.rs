@@ -1,0 +1,324 @@
+//! The broker and the sockets it speaks through: every broker call goes
+//! through here, followed by [`State::dispatch`], which carries out what the
+//! broker asked for until it has nothing more to say.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use mio::{Interest, Registry, Token};
+use plugboard_core::broker::{Broker, ConnId, Event, PairEnd, PairId};
+use plugboard_core::control::TransportKind;
+use plugboard_core::Instant;
+
+use super::conn::Conn;
+use crate::clock::Clock;
+use crate::io::Stream;
+
+/// Most bytes one read asks for.
+const READ_SIZE: usize = 256 * 1024;
+/// Reads per connection per turn of the loop: one busy connection cannot
+/// starve the others (it waits for its next turn, see [`State::unread`]).
+const READS_PER_TURN: usize = 4;
+/// Most bytes taken from the broker before writing them.
+const WRITE_BATCH: usize = 256 * 1024;
+/// How long a closed connection may take to write its last words.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Tokens: 0 is the waker, listeners follow, and a connection's token is
+/// this plus its [`ConnId`] (which the broker never reuses).
+pub(super) const FIRST_CONN: usize = 1 << 20;
+
+pub(super) fn token(conn: ConnId) -> Token {
+    Token(FIRST_CONN + conn as usize)
+}
+
+pub(super) struct State {
+    pub(super) broker: Broker,
+    pub(super) clock: Clock,
+    registry: Registry,
+    pub(super) conns: HashMap<ConnId, Conn>,
+    /// Socketpair ends on their way to their connections.
+    pairs: HashMap<(PairId, PairEnd), (ConnId, OwnedFd)>,
+    /// Connections the broker has output for, to flush once its events are
+    /// read.
+    dirty: Vec<ConnId>,
+    /// Connections with input to read, one turn each in order. Edge-triggered
+    /// readiness is not repeated: a connection stays here until a read says
+    /// `WouldBlock`.
+    unread: VecDeque<ConnId>,
+    /// Closing connections by deadline (in order: the grace is constant).
+    closing: VecDeque<(Instant, ConnId)>,
+}
+
+impl State {
+    pub(super) fn new(broker: Broker, registry: Registry) -> Self {
+        State {
+            broker,
+            clock: Clock::start(),
+            registry,
+            conns: HashMap::new(),
+            pairs: HashMap::new(),
+            dirty: Vec::new(),
+            unread: VecDeque::new(),
+            closing: VecDeque::new(),
+        }
+    }
+
+    /// An accepted socket: the broker decides whether it stays.
+    pub(super) fn accept(&mut self, mut stream: Stream, transport: TransportKind) {
+        let now = self.clock.now();
+        let accepted = self.broker.accept(now, transport);
+        if let Ok(conn) = accepted {
+            // Edge-triggered, both ways, for the connection's whole life.
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            match self.registry.register(&mut stream, token(conn), interest) {
+                Ok(()) => drop(self.conns.insert(conn, Conn::new(stream))),
+                Err(e) => self.broker.handle_disconnect(now, conn, &e.to_string()),
+            }
+        } // refused: the socket is dropped, the broker logged why
+        self.dispatch();
+    }
+
+    /// The poll says `conn`'s socket is ready.
+    pub(super) fn ready(&mut self, conn: ConnId, readable: bool, writable: bool) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if readable && !c.unread && c.closing.is_none() {
+            c.unread = true;
+            self.unread.push_back(conn);
+        }
+        if writable {
+            c.writable = true;
+            self.flush(conn);
+            self.dispatch();
+        }
+    }
+
+    /// Whether a connection waits for its turn to read (poll without waiting).
+    pub(super) fn has_unread(&self) -> bool {
+        !self.unread.is_empty()
+    }
+
+    /// One reading turn for every connection that has input.
+    pub(super) fn read_turn(&mut self) {
+        for _ in 0..self.unread.len() {
+            let Some(conn) = self.unread.pop_front() else {
+                break;
+            };
+            let more = self.read(conn);
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.unread = more;
+                if more {
+                    self.unread.push_back(conn);
+                }
+            }
+        }
+    }
+
+    /// Reads `conn` for one turn; whether it may have more.
+    fn read(&mut self, conn: ConnId) -> bool {
+        for _ in 0..READS_PER_TURN {
+            let Some(c) = self.conns.get_mut(&conn).filter(|c| c.closing.is_none()) else {
+                return false;
+            };
+            if c.buf.capacity() - c.buf.len() < READ_SIZE / 4 {
+                c.buf.reserve(READ_SIZE);
+            }
+            let max = c.buf.capacity() - c.buf.len();
+            let result = c.stream.read(&mut c.buf, max, None);
+            let now = self.clock.now();
+            match result {
+                Ok(0) => {
+                    self.broker.handle_eof(now, conn);
+                    self.forget(conn);
+                }
+                // The broker keeps the buffer (no copy on unix sockets).
+                Ok(_) => self.broker.handle_input_owned(now, conn, c.buf.split()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if c.buf.is_empty() {
+                        c.buf = BytesMut::new();
+                    }
+                    return false;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.broker.handle_disconnect(now, conn, &e.to_string());
+                    self.forget(conn);
+                }
+            }
+            self.dispatch();
+        }
+        true
+    }
+
+    /// Writes what `conn` holds and what the broker has for it, until
+    /// either runs dry or the socket is full (then WRITABLE resumes it).
+    fn flush(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        while c.writable {
+            match c.write_held() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.writable = false,
+                Err(e) => {
+                    if c.closing.is_none() {
+                        let reason = format!("write failed: {e}");
+                        self.broker
+                            .handle_disconnect(self.clock.now(), conn, &reason);
+                    }
+                    self.forget(conn);
+                    return;
+                }
+            }
+            if c.closing.is_some() {
+                if !c.holds_output() {
+                    // The last words are out: done.
+                    c.stream.shutdown_write();
+                    self.forget(conn);
+                }
+                return;
+            }
+            if !c.writable {
+                return;
+            }
+            // Take what the broker has, up to a batch or up to a frame that
+            // carries a descriptor (that one goes out in a sendmsg of its own).
+            let mut taken = 0;
+            while taken < WRITE_BATCH {
+                let Some(t) = self.broker.poll_transmit(conn) else {
+                    break;
+                };
+                if let Some(end) = t.fd {
+                    let fd = self.pairs.remove(&end).map(|(_, fd)| fd);
+                    c.with_fd = Some((t.data, fd));
+                    break;
+                }
+                taken += t.data.len();
+                c.queue.push_back(t.data);
+            }
+            if !c.holds_output() {
+                return;
+            }
+        }
+    }
+
+    /// Carries out what the broker asked for. Called after every broker call.
+    pub(super) fn dispatch(&mut self) {
+        loop {
+            while let Some(event) = self.broker.poll_event() {
+                match event {
+                    Event::Transmit(conn) => self.dirty.push(conn),
+                    Event::Close {
+                        conn,
+                        last_words,
+                        reason,
+                    } => {
+                        tracing::debug!(conn, "closing: {reason}");
+                        self.close(conn, last_words);
+                    }
+                    Event::CreateSocketPair {
+                        pair,
+                        opener,
+                        target,
+                    } => self.create_pair(pair, opener, target),
+                    Event::Log(entry) => {
+                        let key = entry.key.map(|k| k.to_string()).unwrap_or_default();
+                        match entry.code {
+                            Some(code) => {
+                                tracing::info!(conn = entry.conn, %key, %code, "{}", entry.message)
+                            }
+                            None => tracing::info!(conn = entry.conn, %key, "{}", entry.message),
+                        }
+                    }
+                }
+            }
+            // Flushing pulls from the broker, which may have more to say.
+            let Some(conn) = self.dirty.pop() else {
+                return;
+            };
+            self.flush(conn);
+        }
+    }
+
+    fn create_pair(&mut self, pair: PairId, opener: ConnId, target: ConnId) {
+        let now = self.clock.now();
+        match std::os::unix::net::UnixStream::pair() {
+            Ok((a, b)) => {
+                // Hold both ends first: the broker queues them at once.
+                let (o, t) = ((pair, PairEnd::Opener), (pair, PairEnd::Target));
+                self.pairs.insert(o, (opener, a.into()));
+                self.pairs.insert(t, (target, b.into()));
+                if !self.broker.socketpair_ready(now, pair, true) {
+                    self.pairs.remove(&o);
+                    self.pairs.remove(&t);
+                }
+            }
+            Err(e) => {
+                tracing::warn!("socketpair: {e}; relaying instead");
+                self.broker.socketpair_ready(now, pair, false);
+            }
+        }
+    }
+
+    /// The broker ended `conn`: write its last words (best effort, within
+    /// the grace), then close.
+    fn close(&mut self, conn: ConnId, last_words: Bytes) {
+        self.drop_pairs(conn);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let deadline = self.clock.now() + CLOSE_GRACE;
+        // A frame with a descriptor not yet started is dropped whole: the
+        // stream stays whole frames, and the descriptor closes.
+        c.with_fd = None;
+        c.queue.push_back(last_words);
+        c.buf = BytesMut::new();
+        c.closing = Some(deadline);
+        self.closing.push_back((deadline, conn));
+        self.flush(conn);
+    }
+
+    /// Closes the connections whose last words did not go out in time.
+    pub(super) fn expire(&mut self, now: Instant) {
+        while let Some(&(deadline, conn)) = self.closing.front() {
+            if deadline > now {
+                break;
+            }
+            self.closing.pop_front();
+            self.forget(conn);
+        }
+    }
+
+    /// The earliest deadline: the broker's, or a closing connection's.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        let closing = self.closing.front().map(|&(at, _)| at);
+        self.broker.poll_timeout().into_iter().chain(closing).min()
+    }
+
+    /// Runs the broker's timers if one is due.
+    pub(super) fn timers(&mut self, now: Instant) {
+        if self.broker.poll_timeout().is_some_and(|at| at <= now) {
+            self.broker.handle_timeout(now);
+            self.dispatch();
+        }
+        self.expire(now);
+    }
+
+    /// Drops `conn`'s socket (the broker is done with it) and the socketpair
+    /// ends meant for it (their peers see the end of the stream).
+    fn forget(&mut self, conn: ConnId) {
+        self.drop_pairs(conn);
+        if let Some(mut c) = self.conns.remove(&conn) {
+            let _ = self.registry.deregister(&mut c.stream);
+        }
+    }
+
+    fn drop_pairs(&mut self, conn: ConnId) {
+        self.pairs.retain(|_, (to, _)| *to != conn);
+    }
+}
