@@ -1,0 +1,488 @@
+//! Hostile input at the broker's socket, beside honest transfers: every
+//! attacker is refused or cut (with a reason where the protocol gives one),
+//! the honest transfer completes. Broker-side scenarios: the plugins are
+//! tokio's, the attackers raw sockets driven by hand.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use plugboard_core::broker::Limits;
+use plugboard_core::control::{self, ErrorCode, Message, Name};
+use plugboard_core::direct::{DirectConn, DirectError, DirectEvent};
+use plugboard_core::mux::{frame, Frame};
+use plugboard_core::shs::{ClientHandshake, Event, HandshakeConfig};
+use plugboard_core::{Instant, NetworkKey};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use crate::api::{Api, Connect, Error, Path, Spawned, TokioApi};
+use crate::broker::{start, Broker};
+use crate::stream::{hashed_exchanges, serve_hasher, MIB};
+use crate::{broker_keys, keys};
+
+type A = TokioApi;
+
+fn run<F: std::future::Future>(scenario: F) -> F::Output {
+    A::block_on(async {
+        tokio::time::timeout(Duration::from_secs(300), scenario)
+            .await
+            .expect("the scenario hung")
+    })
+}
+
+async fn plugin(addr: &str, seed: u8, name: Option<&str>) -> <A as Api>::Plugin {
+    let mut how = Connect::new(addr, seed);
+    if let Some(name) = name {
+        how = how.name(name);
+    }
+    A::connect(how).await.expect("an honest plugin connects")
+}
+
+/// A hashed exchange of `len` bytes each way in the background, between two
+/// plugins of its own (`seed` registers `name`, `seed + 1` opens).
+async fn honest_transfer(addr: &str, seed: u8, name: &'static str, len: u64) -> Spawned<()> {
+    let (tx, mut reports) = mpsc::unbounded_channel();
+    let hasher = serve_hasher::<A>(plugin(addr, seed, Some(name)).await, tx);
+    let client = Arc::new(plugin(addr, seed + 1, None).await);
+    A::spawn(async move {
+        hashed_exchanges::<A>(client, name, &mut reports, &[len], Path::Relayed).await;
+        drop(hasher);
+    })
+}
+
+/// Reads until the broker closes the connection; returns what it sent.
+async fn until_closed(stream: &mut UnixStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return all,
+            Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the broker did not close the connection"),
+        }
+    }
+}
+
+fn client_handshake(seed: u8, network_key: NetworkKey) -> ClientHandshake {
+    let mut config = HandshakeConfig::new(keys(seed));
+    config.network_key = network_key;
+    ClientHandshake::new(
+        Arc::new(config),
+        broker_keys().public(),
+        &mut rand_core::OsRng,
+        Instant::ZERO,
+    )
+    .expect("a client handshake")
+}
+
+/// A connection driven by hand: shs1 done and the hello sent; plain mux
+/// frames from here on.
+struct Raw {
+    stream: UnixStream,
+    frames: frame::FrameDecoder,
+    control: control::ControlDecoder,
+}
+
+impl Raw {
+    async fn connect(path: &std::path::Path, seed: u8) -> Self {
+        let mut stream = UnixStream::connect(path).await.unwrap();
+        let mut hs = client_handshake(seed, NetworkKey::SSB_MAIN);
+        let mut buf = [0u8; 256];
+        loop {
+            while let Some(bytes) = hs.poll_transmit() {
+                stream.write_all(&bytes).await.unwrap();
+            }
+            if let Some(Event::Established(_)) = hs.poll_event() {
+                break;
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the broker closed the handshake");
+            hs.handle_input(Instant::ZERO, &buf[..n]).unwrap();
+        }
+        let mut raw = Raw {
+            stream,
+            frames: frame::FrameDecoder::new(1 << 20),
+            control: control::ControlDecoder::new(),
+        };
+        raw.send(&Message::ClientHello {
+            min_version: 1,
+            max_version: 1,
+            features: 0,
+        })
+        .await;
+        raw
+    }
+
+    async fn send(&mut self, message: &Message) {
+        let mut body = BytesMut::new();
+        control::encode(message, &mut body);
+        let mut out = BytesMut::new();
+        frame::encode(
+            &Frame::Data {
+                channel: 0,
+                fin: false,
+                payload: body.freeze(),
+            },
+            &mut out,
+        );
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    async fn frame(&mut self) -> Option<Frame> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if let Some(frame) = self.frames.next_frame().expect("the broker's frames parse") {
+                return Some(frame);
+            }
+            match self.stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.frames.push(&buf[..n]),
+            }
+        }
+    }
+
+    async fn message(&mut self) -> Option<Message> {
+        loop {
+            if let Some(message) = self.control.next().expect("control messages parse") {
+                return Some(message);
+            }
+            match self.frame().await? {
+                Frame::Data {
+                    channel: 0,
+                    payload,
+                    ..
+                } => self.control.push(&payload),
+                Frame::GoAway { code, reason } => panic!("cut early: {code}: {reason}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads to the close; returns the GOAWAY's code and reason.
+    async fn goaway(&mut self) -> (ErrorCode, String) {
+        let mut goaway = None;
+        while let Some(frame) = self.frame().await {
+            if let Frame::GoAway { code, reason } = frame {
+                goaway = Some((code, reason));
+            }
+        }
+        goaway.expect("a GOAWAY before the close")
+    }
+}
+
+/// The wrong network key, garbage, a stalled handshake, an oversized frame,
+/// a frame for a channel never opened, and a crowd of one key beyond its
+/// limit, beside an honest transfer.
+pub fn attackers_are_cut_beside_a_transfer<B: Broker>() {
+    let broker = start::<B>("attackers", |c| {
+        c.limits.handshake_timeout = Duration::from_millis(300);
+        c.limits.max_connections_per_key = 8;
+    });
+    let (addr, path) = (broker.unix.clone(), broker.path.clone());
+    run(async {
+        let honest = honest_transfer(&addr, 1, "hasher", 8 * MIB).await;
+
+        // Wrong network key: closed after message 1, nothing sent back.
+        let mut wrong = UnixStream::connect(&path).await.unwrap();
+        let mut hs = client_handshake(3, NetworkKey([7; 32]));
+        wrong.write_all(&hs.poll_transmit().unwrap()).await.unwrap();
+        assert!(until_closed(&mut wrong).await.is_empty());
+
+        // Garbage.
+        let mut garbage = UnixStream::connect(&path).await.unwrap();
+        garbage.write_all(&[0x42; 300]).await.unwrap();
+        assert!(until_closed(&mut garbage).await.is_empty());
+
+        // Part of a handshake, then silence: the deadline closes it.
+        let mut stall = UnixStream::connect(&path).await.unwrap();
+        let message_1 = client_handshake(9, NetworkKey::SSB_MAIN)
+            .poll_transmit()
+            .unwrap();
+        stall.write_all(&message_1[..30]).await.unwrap();
+        assert!(until_closed(&mut stall).await.is_empty());
+
+        // An oversized frame after the hello: GOAWAY, then closed.
+        let mut big = Raw::connect(&path, 4).await;
+        let mut header = BytesMut::new();
+        frame::encode_data_header(1, false, 1 << 20, &mut header);
+        big.stream.write_all(&header).await.unwrap();
+        let (code, reason) = big.goaway().await;
+        assert!(reason.contains("frame payload"), "{code}: {reason}");
+
+        // Data for a channel never opened: cut with a reason.
+        let mut stray = Raw::connect(&path, 5).await;
+        let mut out = BytesMut::new();
+        frame::encode(
+            &Frame::Data {
+                channel: 9,
+                fin: false,
+                payload: vec![1u8; 100].into(),
+            },
+            &mut out,
+        );
+        stray.stream.write_all(&out).await.unwrap();
+        let (code, reason) = stray.goaway().await;
+        assert_eq!(code, ErrorCode::ProtocolViolation, "{reason}");
+        assert!(reason.contains("never opened"), "{reason}");
+
+        // One key's crowd: beyond its limit, cut in the handshake.
+        let mut crowd = Vec::new();
+        let mut refused = 0;
+        for _ in 0..40 {
+            match A::connect(Connect::new(&addr, 6)).await {
+                Ok(plugin) => crowd.push(plugin),
+                Err(Error::Disconnected(_)) => refused += 1,
+                Err(e) => panic!("an unexpected failure: {e:?}"),
+            }
+        }
+        assert_eq!((crowd.len(), refused), (8, 32));
+        honest.await;
+    });
+}
+
+/// Truncated handshakes free their slots; a plugin writing past its credit
+/// on a relayed channel is cut, and its peer sees a reset, not an end.
+pub fn truncated_handshakes_and_writes_past_credit<B: Broker>() {
+    const WINDOW: u32 = 64 * 1024;
+    let broker = start::<B>("credit", |c| {
+        // Few handshakes at once, and only closing frees a slot: a leak shows.
+        c.limits.max_handshaking = 4;
+        c.limits.handshake_timeout = Duration::from_secs(3600);
+        c.limits.initial_window = WINDOW;
+    });
+    let (addr, path) = (broker.unix.clone(), broker.path.clone());
+    run(async {
+        let honest = honest_transfer(&addr, 1, "hasher", 16 * MIB).await;
+        let message_1 = client_handshake(9, NetworkKey::SSB_MAIN)
+            .poll_transmit()
+            .unwrap();
+        for i in 0..12 {
+            let mut stream = UnixStream::connect(&path).await.unwrap();
+            stream.write_all(&message_1[..30]).await.unwrap();
+            if i % 2 == 0 {
+                stream.shutdown().await.unwrap();
+                assert!(until_closed(&mut stream).await.is_empty());
+            } else {
+                drop(stream);
+            }
+        }
+        // Their slots are free (the broker learns of the closes in its own
+        // time: retry).
+        let mut attempts = 0;
+        loop {
+            match A::connect(Connect::new(&addr, 3)).await {
+                Ok(_) => break,
+                Err(_) if attempts < 300 => {
+                    attempts += 1;
+                    A::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("truncated handshakes kept their slots: {e:?}"),
+            }
+        }
+
+        // The sink accepts and never reads: no credit beyond the first window.
+        let sink = plugin(&addr, 4, Some("sink")).await;
+        let accepted = A::spawn(async move {
+            let channel = A::accept(A::incoming(&sink).await.unwrap()).await.unwrap();
+            (sink, channel)
+        });
+        let mut greedy = Raw::connect(&path, 5).await;
+        greedy
+            .send(&Message::Open {
+                request: 1,
+                channel: 1,
+                direct: false,
+                name: Name::new("sink").unwrap(),
+                protocol: "greedy".into(),
+                metadata: Bytes::new(),
+            })
+            .await;
+        loop {
+            match greedy.message().await.expect("an answer to the open") {
+                Message::Opened { channel: 1, .. } => break,
+                Message::Error { code, message, .. } => panic!("open refused: {code}: {message}"),
+                _ => {}
+            }
+        }
+        let (_sink, mut sink_channel) = accepted.await;
+        let chunk = Bytes::from(vec![0x67u8; 16 * 1024]);
+        let mut out = BytesMut::new();
+        let mut sent = 0;
+        while sent <= WINDOW as usize {
+            frame::encode(
+                &Frame::Data {
+                    channel: 1,
+                    fin: false,
+                    payload: chunk.clone(),
+                },
+                &mut out,
+            );
+            sent += chunk.len();
+        }
+        let _ = greedy.stream.write_all(&out).await; // may be cut before it all went
+        let (code, reason) = greedy.goaway().await;
+        assert_eq!(code, ErrorCode::ProtocolViolation, "{reason}");
+        assert!(reason.contains("credit"), "{reason}");
+
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        let error = loop {
+            match futures_lite::io::AsyncReadExt::read(&mut sink_channel, &mut buf).await {
+                Ok(0) => panic!("a clean end of stream after {got} bytes"),
+                Ok(n) => got += n,
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            got <= WINDOW as usize,
+            "{got} bytes passed a {WINDOW}-byte window"
+        );
+        assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
+        honest.await;
+    });
+}
+
+/// A watcher that asks for every change and never reads is cut once its
+/// queue passes the bound; nobody else is disturbed.
+pub fn a_watcher_that_never_reads_is_cut<B: Broker>() {
+    let broker = start::<B>("deaf", |c| c.limits.max_control_queue = 8 * 1024);
+    let (addr, path) = (broker.unix.clone(), broker.path.clone());
+    run(async {
+        let mut deaf = Raw::connect(&path, 1).await;
+        deaf.send(&Message::Watch { request: 1 }).await;
+        let owner = plugin(&addr, 0xB0, None).await; // the broker's key may ask for stats
+        let deaf_key = keys(1).public();
+        let present = |stats: Vec<control::KeyStats>| stats.iter().any(|k| k.key == deaf_key);
+        assert!(
+            present(A::stats(&owner).await.unwrap()),
+            "connected before the churn"
+        );
+        let mut churn = 0u32;
+        loop {
+            let name = format!("name-{churn:0>200}");
+            drop(plugin(&addr, 2, Some(&name)).await);
+            churn += 1;
+            if churn % 25 == 0 && !present(A::stats(&owner).await.unwrap()) {
+                break;
+            }
+            assert!(churn < 20_000, "the deaf watcher was never cut");
+        }
+        drop(deaf);
+    });
+}
+
+/// 1,000 connections of one key at once: the per-key limit admits its
+/// number, refuses the rest, and frees their places once they leave; an
+/// honest 64 MiB transfer completes beside them.
+pub fn a_thousand_connections_of_one_key<B: Broker>() {
+    const CROWD: usize = 1000;
+    if let Err(why) = raise_open_files(4 * CROWD as u64) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let limit = Limits::default().max_connections_per_key;
+    assert!(limit < CROWD);
+    let broker = start::<B>("crowd", |_| {});
+    let addr = broker.unix.clone();
+    run(async {
+        let honest = honest_transfer(&addr, 1, "hasher", 64 * MIB).await;
+        let mut attempts = Vec::new();
+        for _ in 0..CROWD {
+            attempts.push(A::spawn(A::connect(Connect::new(&addr, 7))));
+        }
+        let mut admitted = Vec::new();
+        let mut refused = 0;
+        for attempt in attempts {
+            match attempt.await {
+                Ok(plugin) => admitted.push(plugin),
+                // Cut in the handshake (the per-key limit), or not taken at
+                // all (too many handshakes at once).
+                Err(Error::Disconnected(_) | Error::Unreachable(_)) => refused += 1,
+                Err(e) => panic!("an unexpected failure: {e:?}"),
+            }
+        }
+        assert_eq!(admitted.len(), limit, "admitted beyond the per-key limit");
+        assert_eq!(refused, CROWD - limit);
+
+        let owner = plugin(&addr, 0xB0, None).await;
+        let crowd_key = keys(7).public();
+        let held = |stats: Vec<control::KeyStats>| {
+            stats
+                .iter()
+                .find(|k| k.key == crowd_key)
+                .map_or(0, |k| k.usage.connections)
+        };
+        assert_eq!(held(A::stats(&owner).await.unwrap()), limit as u32);
+        assert!(matches!(
+            A::connect(Connect::new(&addr, 7)).await,
+            Err(Error::Disconnected(_))
+        ));
+        drop(admitted);
+        let mut polls = 0;
+        while held(A::stats(&owner).await.unwrap()) > 0 {
+            polls += 1;
+            assert!(polls < 600, "the crowd's connections were never released");
+            A::sleep(Duration::from_millis(50)).await;
+        }
+        A::connect(Connect::new(&addr, 7))
+            .await
+            .expect("a connection once the crowd left");
+        honest.await;
+    });
+}
+
+/// Raises the soft open-file limit to `wanted`; `Err` says why it cannot.
+fn raise_open_files(wanted: u64) -> Result<(), String> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_none_or(|current| current >= wanted) {
+        return Ok(());
+    }
+    if let Some(max) = limit.maximum.filter(|&max| max < wanted) {
+        return Err(format!(
+            "the hard open-file limit is {max}, {wanted} are needed"
+        ));
+    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(wanted),
+            maximum: limit.maximum,
+        },
+    )
+    .map_err(|e| format!("cannot raise the open-file limit to {wanted}: {e}"))
+}
+
+/// Dials a direct listener on `port` as key `seed`, expecting the key of
+/// `target`, with a made-up token; returns how it failed. Blocking.
+pub fn dial_uninvited(port: u16, seed: u8, target: u8) -> DirectError {
+    use std::io::{Read, Write};
+    let config = Arc::new(HandshakeConfig::new(keys(seed)));
+    let mut conn = DirectConn::dial(
+        config,
+        keys(target).public(),
+        [9; 32],
+        &mut rand_core::OsRng,
+        Instant::ZERO,
+    )
+    .expect("a dialer");
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the listener");
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        while let Some(bytes) = conn.poll_transmit() {
+            let _ = tcp.write_all(&bytes);
+        }
+        match conn.poll_event() {
+            Some(DirectEvent::Failed(e)) => return e,
+            Some(other) => panic!("an uninvited dialer got {other:?}"),
+            None => {}
+        }
+        let _ = match tcp.read(&mut buf) {
+            Ok(0) | Err(_) => conn.handle_eof(),
+            Ok(n) => conn.handle_input(Instant::ZERO, &buf[..n]),
+        };
+    }
+}

@@ -1,0 +1,86 @@
+//! plugboard's end-to-end suite, written once.
+//!
+//! A scenario is generic over the broker it runs against ([`Broker`]: the
+//! tokio, smol or mio server, each on its own thread) and over the plugin
+//! API it drives ([`Api`]: tokio's or smol's). Each runtime's test file
+//! instantiates the suite with [`suite!`]; nothing here is specific to one
+//! runtime but the small adapters in `broker` and `api`.
+
+pub mod api;
+pub mod broker;
+pub mod hostile;
+pub mod scenarios;
+pub mod stream;
+
+pub use api::{Api, Connect, Error, Path, Watch};
+pub use broker::{Broker, Running};
+
+use plugboard_core::Keypair;
+
+/// The broker's identity in every scenario.
+pub fn broker_keys() -> Keypair {
+    Keypair::from_seed([0xB0; 32])
+}
+
+/// A test identity.
+pub fn keys(seed: u8) -> Keypair {
+    Keypair::from_seed([seed; 32])
+}
+
+/// Instantiates the client-side scenarios as `#[test]`s for one broker and
+/// one plugin API, in a module named after them.
+#[macro_export]
+macro_rules! suite {
+    ($module:ident, $broker:ty, $api:ty) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::suite!(@each $broker, $api, [
+                names_list_and_watch,
+                opens_and_refusals_are_typed,
+                an_unanswered_open_times_out,
+                relayed_over_unix_64_mib_each_way,
+                relayed_over_tcp_64_mib_each_way,
+                socketpairs_64_mib_each_way,
+                direct_tcp_64_mib_each_way,
+                direct_tcp_refuses_strangers_and_falls_back,
+                a_plugin_killed_mid_transfer,
+                policy_refusals_over_tcp,
+            ]);
+        }
+    };
+    (@each $broker:ty, $api:ty, [$($scenario:ident),* $(,)?]) => {
+        $(
+            #[test]
+            fn $scenario() {
+                $crate::scenarios::$scenario::<$broker, $api>();
+            }
+        )*
+    };
+}
+
+/// Instantiates the broker-side scenarios (hostile input) as `#[test]`s for
+/// one broker, in a module named after it.
+#[macro_export]
+macro_rules! hostile_suite {
+    ($module:ident, $broker:ty) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::hostile_suite!(@each $broker, [
+                attackers_are_cut_beside_a_transfer,
+                truncated_handshakes_and_writes_past_credit,
+                a_watcher_that_never_reads_is_cut,
+                a_thousand_connections_of_one_key,
+            ]);
+        }
+    };
+    (@each $broker:ty, [$($scenario:ident),* $(,)?]) => {
+        $(
+            #[test]
+            fn $scenario() {
+                $crate::hostile::$scenario::<$broker>();
+            }
+        )*
+    };
+}

@@ -1,0 +1,555 @@
+//! The scenarios: each starts broker `B`, drives plugins through API `A`,
+//! and fails when the behaviour is wrong. Timeouts are safety nets only.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use plugboard_core::broker::Policy;
+use plugboard_core::control::{ErrorCode, Member, Presence};
+use tokio::sync::mpsc;
+
+use crate::api::{Api, Connect, Error, Path, Watch};
+use crate::broker::{start, Broker};
+use crate::keys;
+use crate::stream::{self, hashed_exchanges, serve_hasher, MIB};
+
+/// How long a whole scenario may take before it counts as hung.
+const SCENARIO: Duration = Duration::from_secs(300);
+
+/// Runs `scenario` on `A`'s runtime, failing if it hangs.
+fn run<A: Api, F: Future>(scenario: F) -> F::Output {
+    A::block_on(futures_lite::future::or(scenario, async {
+        A::sleep(SCENARIO).await;
+        panic!("the scenario hung");
+    }))
+}
+
+async fn connect<A: Api>(how: Connect) -> A::Plugin {
+    let what = format!("{how:?}");
+    A::connect(how)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e:?}"))
+}
+
+async fn next(events: &mut mpsc::UnboundedReceiver<Watch>) -> Watch {
+    events.recv().await.expect("the watch ended")
+}
+
+fn names(members: &[Member]) -> Vec<String> {
+    let mut names: Vec<String> = members.iter().map(|m| m.name.to_string()).collect();
+    names.sort();
+    names
+}
+
+// ── names, list, watch ─────────────────────────────────────────────────
+
+/// Register, a taken name, waiting in line and taking over; list; a watch's
+/// snapshot then numbered changes.
+pub fn names_list_and_watch<B: Broker, A: Api>() {
+    let broker = start::<B>("names", |_| {});
+    let addr = broker.unix.clone();
+    run::<A, _>(async {
+        let watcher = connect::<A>(Connect::new(&addr, 1)).await;
+        let mut events = A::watch(&watcher).await.unwrap();
+        assert_eq!(next(&mut events).await, Watch::Snapshot(vec![]));
+
+        let alpha = connect::<A>(Connect::new(&addr, 2).name("alpha")).await;
+        let taken = A::connect(Connect::new(&addr, 3).name("alpha")).await;
+        assert_eq!(
+            taken.err().and_then(|e| e.code()),
+            Some(ErrorCode::NameTaken)
+        );
+        let standby = connect::<A>(Connect::new(&addr, 4).name("alpha").wait()).await;
+
+        let members = A::list(&watcher).await.unwrap();
+        assert_eq!(names(&members), ["alpha"]);
+        assert_eq!(members[0].key, keys(2).public());
+        match next(&mut events).await {
+            Watch::Change {
+                seq: 1,
+                presence: Presence::Up(m),
+            } => assert_eq!((m.name.as_str(), m.key), ("alpha", keys(2).public())),
+            other => panic!("expected alpha to come up, got {other:?}"),
+        }
+        drop(alpha);
+        match next(&mut events).await {
+            Watch::Change {
+                seq: 2,
+                presence: Presence::OwnerChanged { new, .. },
+            } => assert_eq!(new.key, keys(4).public()),
+            other => panic!("expected the standby to take over, got {other:?}"),
+        }
+        drop(standby);
+        match next(&mut events).await {
+            Watch::Change {
+                seq: 3,
+                presence: Presence::Down { name, .. },
+            } => assert_eq!(name.as_str(), "alpha"),
+            other => panic!("expected alpha to go down, got {other:?}"),
+        }
+        assert!(A::list(&watcher).await.unwrap().is_empty());
+    });
+}
+
+// ── open, accept, reject, refusals ─────────────────────────────────────
+
+/// Opens to a missing name, a rejecting target and an unreachable broker
+/// fail with their own errors; an accepted channel carries data both ways.
+pub fn opens_and_refusals_are_typed<B: Broker, A: Api>() {
+    let broker = start::<B>("refusals", |_| {});
+    let addr = broker.unix.clone();
+    run::<A, _>(async {
+        let client = connect::<A>(Connect::new(&addr, 1)).await;
+        let missing = A::open(&client, "nobody", "x", Bytes::new(), false).await;
+        assert_eq!(
+            missing.err().and_then(|e| e.code()),
+            Some(ErrorCode::NoSuchName)
+        );
+
+        let picky = Arc::new(connect::<A>(Connect::new(&addr, 2).name("picky")).await);
+        let target = picky.clone();
+        let answers = A::spawn(async move {
+            let incoming = A::incoming(&target).await.expect("the first open");
+            A::reject(incoming, "no thanks").unwrap();
+            let incoming = A::incoming(&target).await.expect("the second open");
+            let mut channel = A::accept(incoming).await.unwrap();
+            let mut got = Vec::new();
+            channel.read_to_end(&mut got).await.unwrap();
+            channel.write_all(&got).await.unwrap();
+            channel.close().await.unwrap();
+        });
+        match A::open(&client, "picky", "rude", Bytes::new(), false).await {
+            Err(Error::Refused(ErrorCode::Rejected, message)) => {
+                assert!(message.contains("no thanks"), "{message}")
+            }
+            Err(e) => panic!("expected Rejected, got {e:?}"),
+            Ok(_) => panic!("a rejected open succeeded"),
+        }
+        let mut channel = A::open(&client, "picky", "polite", Bytes::new(), false)
+            .await
+            .unwrap();
+        assert_eq!(A::path(&channel), Path::Relayed);
+        channel.write_all(b"hello there").await.unwrap();
+        channel.close().await.unwrap();
+        let mut back = Vec::new();
+        channel.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"hello there");
+        answers.await;
+
+        let unreachable = A::connect(Connect::new("unix:/nonexistent/plugboard.sock", 3)).await;
+        assert!(
+            matches!(unreachable, Err(Error::Unreachable(_))),
+            "{:?}",
+            unreachable.err()
+        );
+    });
+}
+
+/// An open the target never answers times out with its own code, and leaves
+/// nothing behind.
+pub fn an_unanswered_open_times_out<B: Broker, A: Api>() {
+    let broker = start::<B>("open-timeout", |c| {
+        c.limits.open_timeout = Duration::from_millis(300);
+    });
+    let addr = broker.unix.clone();
+    run::<A, _>(async {
+        let sleepy = connect::<A>(Connect::new(&addr, 1).name("sleepy")).await;
+        let client = connect::<A>(Connect::new(&addr, 2)).await;
+        let (opened, pending) = futures_lite::future::zip(
+            A::open(&client, "sleepy", "x", Bytes::new(), false),
+            A::incoming(&sleepy),
+        )
+        .await;
+        let pending = pending.expect("the open reached the target");
+        match opened {
+            Err(Error::Refused(ErrorCode::OpenTimeout, _)) => {}
+            Err(e) => panic!("expected OpenTimeout, got {e:?}"),
+            Ok(_) => panic!("an unanswered open succeeded"),
+        }
+        // Answering now is too late: no working channel comes of it.
+        if let Ok(mut late) = A::accept(pending).await {
+            let mut buf = [0u8; 16];
+            let read = late.read(&mut buf).await;
+            assert!(read.is_err(), "a timed-out channel read {read:?}");
+        }
+        // The next open is answered and carries data.
+        let sleepy = Arc::new(sleepy);
+        let target = sleepy.clone();
+        let echo = A::spawn(async move {
+            let incoming = A::incoming(&target).await.unwrap();
+            let mut channel = A::accept(incoming).await.unwrap();
+            let mut got = Vec::new();
+            channel.read_to_end(&mut got).await.unwrap();
+            channel.write_all(&got).await.unwrap();
+            channel.close().await.unwrap();
+        });
+        let mut channel = A::open(&client, "sleepy", "x", Bytes::new(), false)
+            .await
+            .unwrap();
+        channel.write_all(b"awake now").await.unwrap();
+        channel.close().await.unwrap();
+        let mut back = Vec::new();
+        channel.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"awake now");
+        echo.await;
+    });
+}
+
+// ── bulk, hashed ───────────────────────────────────────────────────────
+
+/// Three channels at once on one connection, 64 MiB each way on each,
+/// relayed over unix sockets (plain framing).
+pub fn relayed_over_unix_64_mib_each_way<B: Broker, A: Api>() {
+    bulk::<B, A>(
+        "bulk-unix",
+        false,
+        false,
+        &[64 * MIB, 64 * MIB, 64 * MIB],
+        Path::Relayed,
+    );
+}
+
+/// Over TCP (box-stream, sealed and opened twice each way): 64 MiB each way
+/// on one channel, 8 MiB on the two beside it (a debug build's cipher is
+/// slow; the first channel carries the full size).
+pub fn relayed_over_tcp_64_mib_each_way<B: Broker, A: Api>() {
+    bulk::<B, A>(
+        "bulk-tcp",
+        true,
+        false,
+        &[64 * MIB, 8 * MIB, 8 * MIB],
+        Path::Relayed,
+    );
+}
+
+/// Direct over socketpairs the broker handed out: three at once, 64 MiB each
+/// way on each.
+pub fn socketpairs_64_mib_each_way<B: Broker, A: Api>() {
+    bulk::<B, A>(
+        "bulk-pair",
+        false,
+        false,
+        &[64 * MIB, 64 * MIB, 64 * MIB],
+        Path::SocketPair,
+    );
+}
+
+/// Direct over TCP (the opener dials the target; shs1 + box-stream): 64 MiB
+/// each way on one channel, 8 MiB on the two beside it.
+pub fn direct_tcp_64_mib_each_way<B: Broker, A: Api>() {
+    bulk::<B, A>(
+        "bulk-dial",
+        true,
+        true,
+        &[64 * MIB, 8 * MIB, 8 * MIB],
+        Path::Tcp,
+    );
+}
+
+fn bulk<B: Broker, A: Api>(name: &str, tcp: bool, listen: bool, sizes: &[u64], path: Path) {
+    let broker = start::<B>(name, |_| {});
+    let target = broker.unix.clone();
+    let opener = if tcp {
+        broker.tcp.clone()
+    } else {
+        target.clone()
+    };
+    run::<A, _>(async {
+        let mut hasher = Connect::new(&target, 1).name("hasher");
+        if listen {
+            hasher = hasher.direct("tcp:127.0.0.1:0");
+        }
+        let (tx, mut reports) = mpsc::unbounded_channel();
+        let _hasher = serve_hasher::<A>(connect::<A>(hasher).await, tx);
+        let client = Arc::new(connect::<A>(Connect::new(&opener, 2)).await);
+        hashed_exchanges::<A>(client, "hasher", &mut reports, sizes, path).await;
+    });
+}
+
+/// Direct TCP: a key the broker announced nothing for gets no handshake at
+/// the target's direct address; a dead direct address falls back to the relay.
+pub fn direct_tcp_refuses_strangers_and_falls_back<B: Broker, A: Api>() {
+    let broker = start::<B>("dial", |_| {});
+    let (unix, tcp) = (broker.unix.clone(), broker.tcp.clone());
+    run::<A, _>(async {
+        let port = free_port();
+        let far = Connect::new(&unix, 4)
+            .name("far")
+            .direct(&format!("tcp:127.0.0.1:{port}"));
+        let far = connect::<A>(far).await;
+        let stranger = std::thread::spawn(move || crate::hostile::dial_uninvited(port, 6, 4));
+        let stranger = stranger.join().expect("the stranger's thread");
+        assert!(
+            matches!(stranger, plugboard_core::direct::DirectError::Handshake(_)),
+            "an unannounced key gets no handshake: {stranger:?}"
+        );
+        let (tx, mut reports) = mpsc::unbounded_channel();
+        let _far = serve_hasher::<A>(far, tx);
+        let client = Arc::new(connect::<A>(Connect::new(&tcp, 2)).await);
+        hashed_exchanges::<A>(client.clone(), "far", &mut reports, &[MIB], Path::Tcp).await;
+
+        let mut dead = Connect::new(&unix, 5)
+            .name("dead")
+            .direct("tcp:127.0.0.1:0");
+        dead.direct_advertise = Some("tcp:127.0.0.1:1".into());
+        let (tx, mut reports) = mpsc::unbounded_channel();
+        let _dead = serve_hasher::<A>(connect::<A>(dead).await, tx);
+        // Asked for direct, the channel ends up relayed.
+        let (sent, received) = stream::exchange::<A>(&client, "dead", 9, MIB, Path::Relayed).await;
+        let report = reports.recv().await.unwrap();
+        assert_eq!((report.received, report.sent), (sent, received));
+    });
+}
+
+/// A free loopback port (free when asked; bound again at once).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+// ── a plugin killed mid-transfer ───────────────────────────────────────
+
+/// A plugin whose connection dies mid-transfer: its peer's reads and writes
+/// fail (a reset, not an end), watchers see it leave, its name is free at once.
+pub fn a_plugin_killed_mid_transfer<B: Broker, A: Api>() {
+    let broker = start::<B>("killed", |_| {});
+    let addr = broker.unix.clone();
+    run::<A, _>(async {
+        let watcher = connect::<A>(Connect::new(&addr, 1)).await;
+        let mut events = A::watch(&watcher).await.unwrap();
+        assert_eq!(next(&mut events).await, Watch::Snapshot(vec![]));
+        let victim = connect::<A>(Connect::new(&addr, 2).name("victim")).await;
+        assert!(matches!(
+            next(&mut events).await,
+            Watch::Change {
+                presence: Presence::Up(_),
+                ..
+            }
+        ));
+        let client = connect::<A>(Connect::new(&addr, 3)).await;
+        let accept = async {
+            A::accept(A::incoming(&victim).await.unwrap())
+                .await
+                .unwrap()
+        };
+        let (opened, victim_channel) = futures_lite::future::zip(
+            A::open(&client, "victim", "flood", Bytes::new(), false),
+            accept,
+        )
+        .await;
+        let channel = opened.unwrap();
+
+        // Both ends read and write as fast as they can, forever.
+        let (mut vr, mut vw) = futures_lite::io::split(victim_channel);
+        let _victim_io = A::spawn(async move {
+            let drain = async {
+                let mut buf = vec![0u8; 64 * 1024];
+                while vr.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+            };
+            let flood = async {
+                let buf = vec![0x76u8; 64 * 1024];
+                while vw.write_all(&buf).await.is_ok() {}
+            };
+            futures_lite::future::zip(drain, flood).await;
+        });
+        let (mut cr, mut cw) = futures_lite::io::split(channel);
+        let (midway_tx, midway) = tokio::sync::oneshot::channel();
+        let reader = A::spawn(async move {
+            let mut midway_tx = Some(midway_tx);
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = 0u64;
+            loop {
+                match cr.read(&mut buf).await {
+                    Ok(0) => return (got, None),
+                    Ok(n) => {
+                        got += n as u64;
+                        if got >= 4 * MIB {
+                            if let Some(tx) = midway_tx.take() {
+                                let _ = tx.send(());
+                            }
+                        }
+                    }
+                    Err(e) => return (got, Some(e)),
+                }
+            }
+        });
+        let writer = A::spawn(async move {
+            let buf = vec![0x63u8; 64 * 1024];
+            loop {
+                if let Err(e) = cw.write(&buf).await {
+                    return e;
+                }
+            }
+        });
+        midway.await.expect("the transfer got going");
+        drop(victim); // killed: it never finishes nor resets its channel
+
+        let (got, error) = reader.await;
+        let error =
+            error.unwrap_or_else(|| panic!("a clean end after {got} bytes from a killed peer"));
+        let broken = |e: &io::Error| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            )
+        };
+        assert!(broken(&error), "the reader saw {error:?}");
+        let heir = A::connect(Connect::new(&addr, 4).name("victim")).await;
+        let heir = heir.expect("the killed plugin's name is free at once");
+        let error = writer.await;
+        assert!(broken(&error), "the writer saw {error:?}");
+
+        match next(&mut events).await {
+            Watch::Change {
+                presence: Presence::Down { name, key },
+                ..
+            } => assert_eq!((name.as_str(), key), ("victim", keys(2).public())),
+            other => panic!("expected the victim to go down, got {other:?}"),
+        }
+        match next(&mut events).await {
+            Watch::Change {
+                presence: Presence::Up(m),
+                ..
+            } => assert_eq!((m.name.as_str(), m.key), ("victim", keys(4).public())),
+            other => panic!("expected the heir to come up, got {other:?}"),
+        }
+        drop((heir, client, watcher));
+    });
+}
+
+// ── policy ─────────────────────────────────────────────────────────────
+
+/// Every kind of refusal the policy can make, over TCP with foreign keys,
+/// each with its code; what it allows works beside.
+pub fn policy_refusals_over_tcp<B: Broker, A: Api>() {
+    let (full, server, limited) = (keys(1), keys(2), keys(3));
+    let text = format!(
+        r#"
+        [unix]
+        register = ["*"]
+        open = ["*"]
+        list = true
+        watch = true
+
+        [[key]]
+        id = "{}"
+        register = ["svc-*"]
+        open = ["svc-*"]
+        list = true
+        watch = true
+        stats = true
+
+        [[key]]
+        id = "{}"
+        register = ["svc-*"]
+
+        [[key]]
+        id = "{}"
+        register = ["b-*"]
+        open = ["public-*"]
+        "#,
+        full.public(),
+        server.public(),
+        limited.public(),
+    );
+    let policy = Policy::from_toml(&text).unwrap();
+    let broker = start::<B>("policy", |c| c.policy = policy);
+    let (tcp, unix) = (broker.tcp.clone(), broker.unix.clone());
+    run::<A, _>(async {
+        // A key the policy does not name: cut in the handshake over TCP,
+        // admitted on the unix socket.
+        let refused = A::connect(Connect::new(&tcp, 4)).await;
+        assert!(
+            matches!(refused, Err(Error::Disconnected(_))),
+            "{:?}",
+            refused.err()
+        );
+        let local = connect::<A>(Connect::new(&unix, 4)).await;
+        A::list(&local).await.unwrap();
+
+        let (tx, mut reports) = mpsc::unbounded_channel();
+        let _svc_b = serve_hasher::<A>(connect::<A>(Connect::new(&tcp, 2).name("svc-b")).await, tx);
+        let allowed = Arc::new(connect::<A>(Connect::new(&tcp, 1).name("svc-a")).await);
+        hashed_exchanges::<A>(
+            allowed.clone(),
+            "svc-b",
+            &mut reports,
+            &[256 * 1024],
+            Path::Relayed,
+        )
+        .await;
+        assert_eq!(names(&A::list(&allowed).await.unwrap()), ["svc-a", "svc-b"]);
+        let mut events = A::watch(&allowed).await.unwrap();
+        match next(&mut events).await {
+            Watch::Snapshot(members) => assert_eq!(names(&members), ["svc-a", "svc-b"]),
+            other => panic!("expected a snapshot, got {other:?}"),
+        }
+        assert!(!A::stats(&allowed).await.unwrap().is_empty());
+
+        let not_permitted = |result: Result<(), Error>, what: &str| match result {
+            Err(Error::Refused(ErrorCode::NotPermitted, _)) => {}
+            other => panic!("{what}: expected NotPermitted, got {other:?}"),
+        };
+        not_permitted(
+            A::connect(Connect::new(&tcp, 1).name("other"))
+                .await
+                .map(drop),
+            "the full key registers outside svc-*",
+        );
+        not_permitted(
+            A::connect(Connect::new(&tcp, 3).name("svc-x"))
+                .await
+                .map(drop),
+            "the limited key registers svc-x",
+        );
+        let limited = connect::<A>(Connect::new(&tcp, 3).name("b-1")).await;
+        not_permitted(
+            A::open(&limited, "svc-a", "x", Bytes::new(), false)
+                .await
+                .map(drop),
+            "the limited key opens svc-a",
+        );
+        not_permitted(
+            A::open(&allowed, "b-1", "x", Bytes::new(), false)
+                .await
+                .map(drop),
+            "the full key opens b-1",
+        );
+        let missing = A::open(&limited, "public-x", "x", Bytes::new(), false).await;
+        assert_eq!(
+            missing.err().and_then(|e| e.code()),
+            Some(ErrorCode::NoSuchName)
+        );
+        not_permitted(A::list(&limited).await.map(drop), "the limited key lists");
+        not_permitted(
+            A::watch(&limited).await.map(drop),
+            "the limited key watches",
+        );
+        not_permitted(
+            A::stats(&limited).await.map(drop),
+            "the limited key asks for stats",
+        );
+        let server_client = connect::<A>(Connect::new(&tcp, 2)).await;
+        not_permitted(
+            A::list(&server_client).await.map(drop),
+            "the server key lists",
+        );
+        not_permitted(
+            A::open(&server_client, "svc-a", "x", Bytes::new(), false)
+                .await
+                .map(drop),
+            "the server key opens",
+        );
+        // The refusals left the connections working.
+        assert_eq!(
+            names(&A::list(&allowed).await.unwrap()),
+            ["b-1", "svc-a", "svc-b"]
+        );
+    });
+}
