@@ -13,5 +13,7 @@ mod server;
 
 pub use addr::{Addr, BadAddr};
 pub use clock::Clock;
-pub use plugin::{Channel, Incoming, Plugin, PluginBuilder, PluginError, WatchEvent};
+pub use plugin::{
+    Channel, ConnectionEvent, Incoming, Plugin, PluginBuilder, PluginError, Reconnect, WatchEvent,
+};
 pub use server::{ServeError, Server};

@@ -1,16 +1,18 @@
 //! The task that owns a plugin's socket: it writes what the session has,
-//! reads what the broker sends, and runs the session's timers.
+//! reads what the broker sends, and runs the session's timers. A plugin that
+//! reconnects goes on with the next connection (see `reconnect.rs`).
 
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use plugboard_core::session::SessionConfig;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{tcp, unix, TcpStream, UnixStream};
 use tokio::sync::oneshot;
 
-use super::{deliver, end, PluginError, Shared};
+use super::{deliver, end, reconnect, PluginError, Reconnect, Shared};
 use crate::addr::Addr;
 
 const READ_SIZE: usize = 64 * 1024;
@@ -25,29 +27,57 @@ impl Drop for TaskGuard {
 }
 
 /// Connects and starts the driver. `ready` learns when the broker said hello.
+/// With `reconnect`, a lost connection is followed by new ones, with
+/// sessions made from the config.
 pub(crate) async fn spawn(
     shared: Arc<Shared>,
     addr: &Addr,
     ready: oneshot::Sender<Result<(), PluginError>>,
+    reconnect: Option<(Reconnect, SessionConfig)>,
 ) -> Result<TaskGuard, PluginError> {
-    let unreachable = |e: std::io::Error| PluginError::Unreachable {
-        addr: addr.to_string(),
-        reason: e.to_string(),
-    };
-    let task = match addr {
-        Addr::Unix(path) => {
-            let stream = UnixStream::connect(path).await.map_err(unreachable)?;
-            let (reader, writer) = stream.into_split();
-            tokio::spawn(run(shared, Reader::Unix(reader), writer, ready))
+    let conn = Conn::connect(addr)
+        .await
+        .map_err(|e| PluginError::Unreachable {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?;
+    let addr = addr.clone();
+    let task = tokio::spawn(async move {
+        run(shared.clone(), conn, Some(ready)).await;
+        if let Some((policy, config)) = reconnect {
+            reconnect::supervise(shared, addr, policy, config).await;
         }
-        Addr::Tcp(host_port) => {
-            let stream = TcpStream::connect(host_port).await.map_err(unreachable)?;
-            let _ = stream.set_nodelay(true);
-            let (reader, writer) = stream.into_split();
-            tokio::spawn(run(shared, Reader::Tcp(reader), writer, ready))
-        }
-    };
+    });
     Ok(TaskGuard(task))
+}
+
+/// A connected socket, before the handshake.
+pub(crate) struct Conn {
+    reader: Reader,
+    writer: Box<dyn AsyncWrite + Send + Unpin>,
+}
+
+impl Conn {
+    pub(crate) async fn connect(addr: &Addr) -> io::Result<Conn> {
+        Ok(match addr {
+            Addr::Unix(path) => {
+                let (reader, writer) = UnixStream::connect(path).await?.into_split();
+                Conn {
+                    reader: Reader::Unix(reader),
+                    writer: Box::new(writer),
+                }
+            }
+            Addr::Tcp(host_port) => {
+                let stream = TcpStream::connect(host_port).await?;
+                let _ = stream.set_nodelay(true);
+                let (reader, writer) = stream.into_split();
+                Conn {
+                    reader: Reader::Tcp(reader),
+                    writer: Box::new(writer),
+                }
+            }
+        })
+    }
 }
 
 /// The read half of the connection: a unix socket may carry descriptors
@@ -66,13 +96,19 @@ impl Reader {
     }
 }
 
-async fn run(
+/// Drives the session in `shared` over `conn` until the connection is over
+/// (ended, or lost when the plugin reconnects). `ready` learns when the
+/// broker said hello, or that it never will on this connection.
+pub(crate) async fn run(
     shared: Arc<Shared>,
-    mut reader: Reader,
-    mut writer: impl AsyncWrite + Unpin,
-    ready: oneshot::Sender<Result<(), PluginError>>,
+    conn: Conn,
+    mut ready: Option<oneshot::Sender<Result<(), PluginError>>>,
 ) {
-    let mut ready = Some(ready);
+    let Conn {
+        mut reader,
+        mut writer,
+    } = conn;
+    let epoch = shared.lock().epoch;
     let mut fds = Vec::new();
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let mut queue = std::collections::VecDeque::new();
@@ -95,12 +131,16 @@ async fn run(
         }
         let (timeout, ended) = {
             let mut inner = shared.lock();
-            drain(&shared, &mut inner);
+            drain(&shared, &mut inner, epoch);
+            // Over for good, or lost (and the next connection is not ours).
+            let over = match (&inner.ended, inner.epoch != epoch) {
+                (Some(reason), _) => Some(PluginError::Disconnected(reason.clone())),
+                (None, true) => Some(inner.stale()),
+                (None, false) => None,
+            };
             if let Some(tx) = ready.take() {
-                match (&inner.ended, inner.session.is_ready()) {
-                    (Some(reason), _) => {
-                        drop(tx.send(Err(PluginError::Disconnected(reason.clone()))))
-                    }
+                match (&over, inner.session.is_ready()) {
+                    (Some(e), _) => drop(tx.send(Err(e.clone()))),
                     (None, true) => drop(tx.send(Ok(()))),
                     (None, false) => ready = Some(tx),
                 }
@@ -109,7 +149,7 @@ async fn run(
                 .session
                 .poll_timeout()
                 .map(|at| inner.clock.to_tokio(at));
-            (timeout, inner.ended.is_some())
+            (timeout, over.is_some())
         };
         if ended {
             let _ = writer.shutdown().await;
@@ -167,9 +207,13 @@ fn hand_over(
     Ok(())
 }
 
-/// Hands every session event to its waiter.
-fn drain(shared: &Arc<Shared>, inner: &mut super::Inner) {
-    while let Some(event) = inner.session.poll_event() {
+/// Hands every session event to its waiter, while the connection is the
+/// current one (what a lost one still had to say is for nobody).
+fn drain(shared: &Arc<Shared>, inner: &mut super::Inner, epoch: u64) {
+    while inner.epoch == epoch {
+        let Some(event) = inner.session.poll_event() else {
+            break;
+        };
         deliver(shared, inner, event);
     }
 }

@@ -5,10 +5,14 @@
 //!
 //! One driver task owns the socket and the core's [`Session`]; handles share
 //! the session behind a mutex never held across an await.
+//!
+//! With [`PluginBuilder::reconnect`], a lost connection is replaced by a new
+//! one (see [`Reconnect`]); [`Plugin::events`] says when.
 
 mod channel;
 mod direct;
 mod driver;
+mod reconnect;
 mod relayed;
 
 use std::collections::HashMap;
@@ -27,6 +31,7 @@ use plugboard_core::{Keypair, NetworkKey, PublicKey};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 pub use channel::{Channel, Path};
+pub use reconnect::{ConnectionEvent, Reconnect};
 
 use crate::addr::Addr;
 use crate::clock::Clock;
@@ -53,6 +58,13 @@ pub enum PluginError {
     /// The connection is over.
     #[error("the connection to the broker ended: {0}")]
     Disconnected(String),
+    /// The connection to the broker was lost and the plugin reconnects (see
+    /// [`PluginBuilder::reconnect`]): the request was in flight on the lost
+    /// connection, or made before the new one was ready (or, for an
+    /// [`Incoming`], the channel was offered on the lost connection). Worth
+    /// retrying after [`ConnectionEvent::Reconnected`].
+    #[error("the connection to the broker was lost, reconnecting: {0}")]
+    Reconnecting(String),
     /// A direct channel was arranged but its socket could not be set up.
     #[error("the direct channel failed: {reason}")]
     Direct {
@@ -107,6 +119,28 @@ enum Waiter {
     Done(oneshot::Sender<Result<(), PluginError>>),
 }
 
+impl Waiter {
+    /// Answers with an error.
+    fn fail(self, error: PluginError) {
+        match self {
+            Waiter::Registered(tx) => drop(tx.send(Err(error))),
+            Waiter::Members(tx) => drop(tx.send(Err(error))),
+            Waiter::Watching(tx) => drop(tx.send(Err(error))),
+            Waiter::Stats(tx) => drop(tx.send(Err(error))),
+            Waiter::Opened(tx) => drop(tx.send(Err(error))),
+            Waiter::Done(tx) => drop(tx.send(Err(error))),
+        }
+    }
+}
+
+/// The name this plugin holds, to take again on a new connection.
+#[derive(Clone)]
+struct Registration {
+    name: Name,
+    wait: bool,
+    direct_addr: Option<String>,
+}
+
 /// The broker's answer to an open.
 struct Opened {
     peer: PublicKey,
@@ -126,6 +160,9 @@ enum Resolved {
 const MAX_UNCLAIMED_FDS: usize = 64;
 
 /// Everything the handles and the driver share.
+///
+/// `session`, `waiters`, `channels`, `fds`, `paths` and `expected` belong to
+/// the current connection; the rest outlives it when the plugin reconnects.
 pub(crate) struct Inner {
     pub(crate) session: Session,
     pub(crate) clock: Clock,
@@ -133,8 +170,26 @@ pub(crate) struct Inner {
     pub(crate) channels: HashMap<ChannelId, relayed::ChannelState>,
     incoming: mpsc::UnboundedSender<Incoming>,
     watchers: Vec<mpsc::UnboundedSender<WatchEvent>>,
-    /// Why the connection ended, once it did.
+    /// Why the connection ended for good, once it did.
     pub(crate) ended: Option<String>,
+    /// Whether a lost connection is replaced rather than the end.
+    reconnect: bool,
+    /// The current connection is up (it may still be restoring).
+    live: bool,
+    /// Counts lost connections: channels and offers remember the one they
+    /// were made on, and a lost one's ids mean nothing to the next session.
+    pub(crate) epoch: u64,
+    /// Why the connection was lost (or, after failed attempts, the last
+    /// one), from then until the name and the watch are restored on a new
+    /// connection; user requests fail meanwhile.
+    down: Option<String>,
+    /// Relayed channels of lost connections (by epoch and id), until their
+    /// handles let go: what they received can still be read, then an error.
+    pub(crate) orphans: HashMap<(u64, ChannelId), relayed::ChannelState>,
+    /// What to restore on a new connection.
+    registration: Option<Registration>,
+    watching: bool,
+    events: Vec<mpsc::UnboundedSender<ConnectionEvent>>,
     /// Descriptors from the broker, by the token the session knows them by.
     fds: HashMap<u64, OwnedFd>,
     next_fd: u64,
@@ -156,6 +211,26 @@ impl Inner {
         self.fds.insert(token, fd);
         Ok(token)
     }
+
+    /// Tells every [`Plugin::events`] receiver.
+    fn report(&mut self, event: ConnectionEvent) {
+        self.events.retain(|tx| tx.send(event.clone()).is_ok());
+    }
+
+    /// Forgets a relayed channel that will have no handle, wherever it is
+    /// (its connection may be gone, and its id another's on the new one).
+    pub(crate) fn forget(&mut self, epoch: u64, id: ChannelId) {
+        match self.epoch == epoch {
+            true => self.channels.remove(&id),
+            false => self.orphans.remove(&(epoch, id)),
+        };
+    }
+
+    /// The error for something made on a connection that was lost.
+    pub(crate) fn stale(&self) -> PluginError {
+        let reason = self.down.as_deref().unwrap_or("it was lost");
+        PluginError::Reconnecting(format!("the connection it was on is gone ({reason})"))
+    }
 }
 
 pub(crate) struct Shared {
@@ -169,6 +244,36 @@ impl Shared {
         self.inner
             .lock()
             .expect("a task panicked holding the session")
+    }
+
+    /// Sends a request on the current connection and waits for its answer.
+    /// A user's request (`restoring` false) is refused while the connection
+    /// is down, and so is one that restores the name or the watch on a new
+    /// connection once that connection is lost too.
+    async fn call<T>(
+        &self,
+        restoring: bool,
+        send: impl FnOnce(&mut Inner) -> Result<RequestId, SessionError>,
+        waiter: impl FnOnce(oneshot::Sender<Result<T, PluginError>>) -> Waiter,
+    ) -> Result<T, PluginError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut inner = self.lock();
+            if let Some(reason) = &inner.ended {
+                return Err(PluginError::Disconnected(reason.clone()));
+            }
+            match &inner.down {
+                Some(reason) if !restoring || !inner.live => {
+                    return Err(PluginError::Reconnecting(reason.clone()))
+                }
+                _ => {}
+            }
+            let request = send(&mut inner)?;
+            inner.waiters.insert(request, waiter(tx));
+        }
+        self.flush.notify_one();
+        rx.await
+            .unwrap_or_else(|_| Err(PluginError::Disconnected("the connection ended".into())))
     }
 }
 
@@ -194,6 +299,7 @@ pub struct PluginBuilder {
     direct_advertise: Option<String>,
     broker: Option<PublicKey>,
     network_key: NetworkKey,
+    reconnect: Option<Reconnect>,
 }
 
 impl PluginBuilder {
@@ -236,6 +342,26 @@ impl PluginBuilder {
         self
     }
 
+    /// When the connection to the broker is lost, connect again (with
+    /// jittered backoff, until the plugin is dropped) instead of ending.
+    ///
+    /// On a loss: requests in flight (opens too) fail with
+    /// [`PluginError::Reconnecting`], and so do new ones until the plugin is
+    /// back; relayed channels fail (reads and writes error); direct channels
+    /// are sockets of their own and go on; [`Plugin::events`] says
+    /// [`ConnectionEvent::Lost`]. On a new connection the plugin registers
+    /// its name again (waiting in line if [`PluginBuilder::wait_for_name`]
+    /// said so) and restarts its watch (the receiver gets a fresh
+    /// [`WatchEvent::Snapshot`]); then [`ConnectionEvent::Reconnected`]. A
+    /// broker that refuses the name or the watch counts as a failed attempt.
+    ///
+    /// Only a connection that was made is replaced: [`PluginBuilder::connect`]
+    /// itself fails if the broker cannot be reached.
+    pub fn reconnect(mut self, policy: Reconnect) -> Self {
+        self.reconnect = Some(policy);
+        self
+    }
+
     /// Connects, completes the handshake and the hello, and registers the name if one was given.
     pub async fn connect(self, addr: &str) -> Result<Plugin, PluginError> {
         let addr: Addr =
@@ -268,7 +394,7 @@ impl PluginBuilder {
         let mut config = SessionConfig::new(handshake.clone(), broker);
         config.boxstream = matches!(addr, Addr::Tcp(_));
         let clock = Clock::start();
-        let session = Session::new(config, &mut rand_core::OsRng, clock.now())?;
+        let session = Session::new(config.clone(), &mut rand_core::OsRng, clock.now())?;
         let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
@@ -279,6 +405,14 @@ impl PluginBuilder {
                 incoming: incoming_tx,
                 watchers: Vec::new(),
                 ended: None,
+                reconnect: self.reconnect.is_some(),
+                live: true,
+                epoch: 0,
+                down: None,
+                orphans: HashMap::new(),
+                registration: None,
+                watching: false,
+                events: Vec::new(),
                 fds: HashMap::new(),
                 next_fd: 0,
                 paths: HashMap::new(),
@@ -287,10 +421,17 @@ impl PluginBuilder {
             flush: Notify::new(),
         });
         let (ready_tx, ready_rx) = oneshot::channel();
-        let driver = driver::spawn(shared.clone(), &addr, ready_tx).await?;
+        let reconnect = self.reconnect.map(|policy| (policy, config));
+        let driver = driver::spawn(shared.clone(), &addr, ready_tx, reconnect).await?;
+        // Until connect returns, a lost connection is the end of it.
+        let first = |e| match e {
+            PluginError::Reconnecting(reason) => PluginError::Disconnected(reason),
+            e => e,
+        };
         ready_rx
             .await
-            .map_err(|_| PluginError::Disconnected("the driver stopped".into()))??;
+            .map_err(|_| PluginError::Disconnected("the driver stopped".into()))?
+            .map_err(first)?;
         let handshake = Arc::new(handshake);
         let (direct_addr, direct_task) = match direct_listener {
             Some((listener, bound)) => {
@@ -310,7 +451,7 @@ impl PluginBuilder {
             _direct: direct_task,
         };
         if let Some(name) = name {
-            plugin.register(name, self.wait).await?;
+            plugin.register(name, self.wait).await.map_err(first)?;
         }
         Ok(plugin)
     }
@@ -344,6 +485,7 @@ impl Plugin {
             direct_advertise: None,
             broker: None,
             network_key: NetworkKey::SSB_MAIN,
+            reconnect: None,
         }
     }
 
@@ -358,31 +500,38 @@ impl Plugin {
         send: impl FnOnce(&mut Inner) -> Result<RequestId, SessionError>,
         waiter: impl FnOnce(oneshot::Sender<Result<T, PluginError>>) -> Waiter,
     ) -> Result<T, PluginError> {
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut inner = self.shared.lock();
-            if let Some(reason) = &inner.ended {
-                return Err(PluginError::Disconnected(reason.clone()));
-            }
-            let request = send(&mut inner)?;
-            inner.waiters.insert(request, waiter(tx));
-        }
-        self.shared.flush.notify_one();
-        rx.await
-            .unwrap_or_else(|_| Err(PluginError::Disconnected("the connection ended".into())))
+        self.shared.call(false, send, waiter).await
     }
 
     async fn register(&self, name: Name, wait: bool) -> Result<bool, PluginError> {
-        self.request(
-            |inner| {
-                let now = inner.clock.now();
-                inner
-                    .session
-                    .register(now, name, wait, self.direct_addr.clone())
-            },
-            Waiter::Registered,
-        )
-        .await
+        let registration = Registration {
+            name,
+            wait,
+            direct_addr: self.direct_addr.clone(),
+        };
+        let queued = self
+            .request(
+                |inner| {
+                    // Remembered as it is sent: a connection lost right
+                    // after the answer still restores it.
+                    inner.registration = Some(registration.clone());
+                    reconnect::send_register(inner, registration)
+                },
+                Waiter::Registered,
+            )
+            .await;
+        if queued.is_err() {
+            self.shared.lock().registration = None;
+        }
+        queued
+    }
+
+    /// Changes of the connection from now on, one event each: see
+    /// [`ConnectionEvent`]. Each call makes a new receiver.
+    pub fn events(&self) -> mpsc::UnboundedReceiver<ConnectionEvent> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.shared.lock().events.push(tx);
+        rx
     }
 
     /// Every named plugin.
@@ -410,23 +559,35 @@ impl Plugin {
     }
 
     /// A snapshot, then every change, in order. One watch per connection.
+    /// A plugin that reconnects watches again on the new connection: the
+    /// receiver gets a new snapshot, then the changes from there.
     pub async fn watch(&self) -> Result<mpsc::UnboundedReceiver<WatchEvent>, PluginError> {
         let (tx, rx) = mpsc::unbounded_channel();
         self.shared.lock().watchers.push(tx);
-        self.request(
-            |inner| {
-                let now = inner.clock.now();
-                inner.session.watch(now)
-            },
-            Waiter::Watching,
-        )
-        .await?;
+        let watching = self
+            .request(
+                |inner| {
+                    inner.watching = true; // as for the name
+                    let now = inner.clock.now();
+                    inner.session.watch(now)
+                },
+                Waiter::Watching,
+            )
+            .await;
+        if let Err(e) = watching {
+            self.shared.lock().watching = false;
+            return Err(e);
+        }
         Ok(rx)
     }
 
     /// Ends the watch: its receiver gets nothing more.
     pub async fn unwatch(&self) -> Result<(), PluginError> {
-        self.shared.lock().watchers.clear();
+        {
+            let mut inner = self.shared.lock();
+            inner.watchers.clear();
+            inner.watching = false;
+        }
         self.request(
             |inner| {
                 let now = inner.clock.now();
@@ -462,6 +623,7 @@ impl Plugin {
             code: ErrorCode::Malformed,
             message: e.to_string(),
         })?;
+        // The channel's id, and the connection it belongs to.
         let mut opened = None;
         let answer = self
             .request(
@@ -473,23 +635,25 @@ impl Plugin {
                     inner
                         .channels
                         .insert(channel, relayed::ChannelState::default());
-                    opened = Some(channel);
+                    opened = Some((channel, inner.epoch));
                     Ok(request)
                 },
                 Waiter::Opened,
             )
             .await;
-        let id = opened.expect("the request was sent");
         let answer = match answer {
             Ok(answer) => answer,
             Err(e) => {
-                self.shared.lock().channels.remove(&id);
+                if let Some((id, epoch)) = opened {
+                    self.shared.lock().forget(epoch, id);
+                }
                 return Err(e);
             }
         };
+        let (id, epoch) = opened.expect("answered, so sent");
         match (answer.path, answer.fd) {
             (OpenedPath::SocketPair, Some(fd)) => {
-                self.shared.lock().channels.remove(&id);
+                self.shared.lock().forget(epoch, id);
                 Channel::socketpair(fd, id, answer.peer).map_err(|e| PluginError::Direct {
                     reason: e.to_string(),
                 })
@@ -499,32 +663,40 @@ impl Plugin {
                 let dialed =
                     direct::dial(&addr, self.handshake.clone(), answer.peer, token, clock).await;
                 let mut inner = self.shared.lock();
+                let current = inner.epoch == epoch;
                 let channel = match dialed {
                     Ok(stream) => {
                         // The relayed channel is the fallback no more.
-                        inner.channels.remove(&id);
-                        let _ = inner.session.reset(id, ErrorCode::Cancelled, "direct");
+                        inner.forget(epoch, id);
+                        if current {
+                            let _ = inner.session.reset(id, ErrorCode::Cancelled, "direct");
+                        }
                         Channel::tcp(Box::new(stream), id, answer.peer)
+                    }
+                    Err(_) if !current => {
+                        inner.forget(epoch, id);
+                        return Err(inner.stale());
                     }
                     Err(reason) => {
                         tracing::info!("direct channel to {name} at {addr}: {reason}; relaying");
                         inner.session.direct_failed(id)?;
-                        self.relayed(id, answer.peer)
+                        self.relayed(id, epoch, answer.peer)
                     }
                 };
                 drop(inner);
                 self.shared.flush.notify_one();
                 Ok(channel)
             }
-            _ => Ok(self.relayed(id, answer.peer)),
+            _ => Ok(self.relayed(id, epoch, answer.peer)),
         }
     }
 
-    fn relayed(&self, id: ChannelId, peer: PublicKey) -> Channel {
-        Channel::relayed(relayed::Relayed::new(self.shared.clone(), id), peer)
+    fn relayed(&self, id: ChannelId, epoch: u64, peer: PublicKey) -> Channel {
+        Channel::relayed(relayed::Relayed::new(self.shared.clone(), id, epoch), peer)
     }
 
-    /// The next incoming channel; `None` once the connection is over.
+    /// The next incoming channel; `None` once the connection is over. A
+    /// plugin that reconnects keeps taking them across connections.
     pub async fn incoming(&self) -> Option<Incoming> {
         self.incoming.lock().await.recv().await
     }
@@ -534,6 +706,8 @@ impl Plugin {
 pub struct Incoming {
     shared: Arc<Shared>,
     id: ChannelId,
+    /// The connection it was offered on.
+    epoch: u64,
     /// The opener's name, if it has one.
     pub from_name: Option<Name>,
     /// The opener's key.
@@ -551,6 +725,9 @@ impl Incoming {
     pub async fn accept(self) -> Result<Channel, PluginError> {
         let resolved = {
             let mut inner = self.shared.lock();
+            if inner.epoch != self.epoch {
+                return Err(inner.stale());
+            }
             inner.session.accept(self.id)?;
             inner
                 .channels
@@ -572,7 +749,7 @@ impl Incoming {
         self.shared.flush.notify_one();
         let relayed = || {
             Channel::relayed(
-                relayed::Relayed::new(self.shared.clone(), self.id),
+                relayed::Relayed::new(self.shared.clone(), self.id, self.epoch),
                 self.from_key,
             )
         };
@@ -587,7 +764,12 @@ impl Incoming {
                     reason: e.to_string(),
                 }),
             Err(_) => {
-                let reason = self.shared.lock().ended.clone();
+                let mut inner = self.shared.lock();
+                inner.forget(self.epoch, self.id);
+                if inner.ended.is_none() && inner.epoch != self.epoch {
+                    return Err(inner.stale());
+                }
+                let reason = inner.ended.clone();
                 Err(PluginError::Disconnected(reason.unwrap_or_else(|| {
                     "the channel ended before its path was known".into()
                 })))
@@ -597,7 +779,12 @@ impl Incoming {
 
     /// Refuses it; the opener gets `reason`.
     pub fn reject(self, reason: &str) -> Result<(), PluginError> {
-        self.shared.lock().session.reject(self.id, reason)?;
+        let mut inner = self.shared.lock();
+        if inner.epoch != self.epoch {
+            return Err(inner.stale());
+        }
+        inner.session.reject(self.id, reason)?;
+        drop(inner);
         self.shared.flush.notify_one();
         Ok(())
     }
@@ -669,15 +856,8 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
             code,
             message,
         } => {
-            let error = PluginError::Refused { code, message };
-            match inner.waiters.remove(&request) {
-                Some(Waiter::Registered(tx)) => drop(tx.send(Err(error))),
-                Some(Waiter::Members(tx)) => drop(tx.send(Err(error))),
-                Some(Waiter::Watching(tx)) => drop(tx.send(Err(error))),
-                Some(Waiter::Stats(tx)) => drop(tx.send(Err(error))),
-                Some(Waiter::Opened(tx)) => drop(tx.send(Err(error))),
-                Some(Waiter::Done(tx)) => drop(tx.send(Err(error))),
-                None => {}
+            if let Some(waiter) = inner.waiters.remove(&request) {
+                waiter.fail(PluginError::Refused { code, message });
             }
         }
         SessionEvent::Opened {
@@ -703,6 +883,7 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
             let incoming = Incoming {
                 shared: shared.clone(),
                 id: channel,
+                epoch: inner.epoch,
                 from_name,
                 from_key,
                 protocol,
@@ -762,12 +943,18 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
     }
 }
 
-/// The connection is over: every waiter and channel learns it.
+/// The connection is over: every waiter and channel learns it. A plugin
+/// that reconnects has lost it instead (see [`reconnect::lose`]).
 pub(crate) fn end(inner: &mut Inner, reason: String) {
-    if inner.ended.is_some() {
+    if !inner.live {
         return;
     }
-    inner.ended = Some(reason);
+    inner.live = false;
+    if inner.reconnect {
+        reconnect::lose(inner, reason);
+        return;
+    }
+    inner.ended = Some(reason.clone());
     inner.waiters.clear(); // dropped senders: the waiters see Disconnected
     inner.watchers.clear();
     inner.paths.clear();
@@ -776,6 +963,7 @@ pub(crate) fn end(inner: &mut Inner, reason: String) {
         c.wake_reader();
         c.wake_writer();
     }
+    inner.report(ConnectionEvent::Ended { reason });
 }
 
 /// A waker slot.

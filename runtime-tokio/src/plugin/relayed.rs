@@ -1,7 +1,7 @@
 //! A channel relayed by the broker, as `AsyncRead + AsyncWrite` over the
 //! session: reads give credit back, writes wait for credit.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use bytes::{Buf as _, Bytes};
 use plugboard_core::control::{ChannelId, ErrorCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{wake, Shared};
+use super::{wake, Inner, Shared};
 
 /// What the driver delivered for one channel, and who waits on it.
 #[derive(Default)]
@@ -20,6 +20,8 @@ pub(crate) struct ChannelState {
     pub(crate) fin: bool,
     pub(crate) closed: bool,
     pub(crate) reset: Option<(ErrorCode, String)>,
+    /// Its connection was lost (the plugin reconnects), and why.
+    pub(crate) lost: Option<String>,
     /// The application dropped its `Channel` after (or by) finishing: the
     /// peer's FIN is awaited; data arriving for nobody resets the channel.
     pub(crate) abandoned: bool,
@@ -41,14 +43,32 @@ impl ChannelState {
 pub(crate) struct Relayed {
     shared: Arc<Shared>,
     id: ChannelId,
+    /// The connection it is on.
+    epoch: u64,
     finished: bool,
 }
 
+/// A channel's state, where it is: with the current connection's channels,
+/// or an orphan of a lost one (the session knows nothing of it then).
+fn state<'a>(
+    channels: &'a mut HashMap<ChannelId, ChannelState>,
+    orphans: &'a mut HashMap<(u64, ChannelId), ChannelState>,
+    current: bool,
+    epoch: u64,
+    id: ChannelId,
+) -> Option<&'a mut ChannelState> {
+    match current {
+        true => channels.get_mut(&id),
+        false => orphans.get_mut(&(epoch, id)),
+    }
+}
+
 impl Relayed {
-    pub(crate) fn new(shared: Arc<Shared>, id: ChannelId) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, id: ChannelId, epoch: u64) -> Self {
         Relayed {
             shared,
             id,
+            epoch,
             finished: false,
         }
     }
@@ -57,13 +77,22 @@ impl Relayed {
         self.id
     }
 
+    /// Whether the channel is on the current connection.
+    fn current(&self, inner: &Inner) -> bool {
+        inner.epoch == self.epoch
+    }
+
     /// Ends the channel both ways at once.
     pub(crate) fn reset(&mut self, reason: &str) {
         let mut inner = self.shared.lock();
+        self.finished = true;
+        if !self.current(&inner) {
+            inner.orphans.remove(&(self.epoch, self.id));
+            return;
+        }
         let _ = inner.session.reset(self.id, ErrorCode::Cancelled, reason);
         inner.channels.remove(&self.id);
         drop(inner);
-        self.finished = true;
         self.shared.flush.notify_one();
     }
 }
@@ -80,8 +109,16 @@ impl AsyncRead for Relayed {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let mut guard = this.shared.lock();
+        let current = this.current(&guard);
         let inner = &mut *guard;
-        let Some(c) = inner.channels.get_mut(&this.id) else {
+        let c = state(
+            &mut inner.channels,
+            &mut inner.orphans,
+            current,
+            this.epoch,
+            this.id,
+        );
+        let Some(c) = c else {
             return Poll::Ready(Err(broken("the channel is gone")));
         };
         if let Some(front) = c.received.front_mut() {
@@ -90,6 +127,9 @@ impl AsyncRead for Relayed {
             front.advance(n);
             if front.is_empty() {
                 c.received.pop_front();
+            }
+            if !current {
+                return Poll::Ready(Ok(()));
             }
             // Consumed: the credit goes back to the sender.
             inner.session.consume(this.id, n);
@@ -104,7 +144,7 @@ impl AsyncRead for Relayed {
             let message = format!("reset by the peer ({code}): {reason}");
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, message)));
         }
-        if let Some(reason) = &inner.ended {
+        if let Some(reason) = c.lost.as_ref().or(inner.ended.as_ref()) {
             return Poll::Ready(Err(broken(reason)));
         }
         c.read_waker = Some(cx.waker().clone());
@@ -120,13 +160,24 @@ impl AsyncWrite for Relayed {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let mut guard = this.shared.lock();
+        let current = this.current(&guard);
         let inner = &mut *guard;
         if let Some(reason) = &inner.ended {
             return Poll::Ready(Err(broken(reason)));
         }
-        let Some(c) = inner.channels.get_mut(&this.id) else {
+        let c = state(
+            &mut inner.channels,
+            &mut inner.orphans,
+            current,
+            this.epoch,
+            this.id,
+        );
+        let Some(c) = c else {
             return Poll::Ready(Err(broken("the channel is gone")));
         };
+        if let Some(reason) = &c.lost {
+            return Poll::Ready(Err(broken(reason)));
+        }
         if let Some((code, reason)) = &c.reset {
             let message = format!("reset by the peer ({code}): {reason}");
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, message)));
@@ -154,8 +205,12 @@ impl AsyncWrite for Relayed {
         let this = self.get_mut();
         if !this.finished {
             this.finished = true;
-            let _ = this.shared.lock().session.finish(this.id);
-            this.shared.flush.notify_one();
+            let mut inner = this.shared.lock();
+            if this.current(&inner) {
+                let _ = inner.session.finish(this.id);
+                drop(inner);
+                this.shared.flush.notify_one();
+            }
         }
         Poll::Ready(Ok(()))
     }
@@ -167,6 +222,11 @@ impl Drop for Relayed {
     /// channel. [`Relayed::reset`] aborts at once instead.
     fn drop(&mut self) {
         let mut guard = self.shared.lock();
+        if !self.current(&guard) {
+            // Its connection is gone, and so is the channel.
+            guard.orphans.remove(&(self.epoch, self.id));
+            return;
+        }
         let inner = &mut *guard;
         let Some(c) = inner.channels.get_mut(&self.id) else {
             return;

@@ -1,0 +1,335 @@
+//! Reconnection: a plugin that lost its broker connects to the next one on
+//! the same socket, takes its name again, restarts its watch, and says so
+//! once; what was in flight fails with a typed error. Without reconnection
+//! the end is the end.
+
+mod common;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{broker_keys, echo_through, keys, plugin, Broker};
+use plugboard_core::control::{Member, Presence};
+use plugboard_tokio::plugin::Path;
+use plugboard_tokio::{ConnectionEvent, Plugin, PluginError, Reconnect, WatchEvent};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// A safety net, not a measurement.
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within 20 s"))
+}
+
+/// Small waits, so that the tests do not sleep much.
+fn quick() -> Reconnect {
+    Reconnect {
+        initial: Duration::from_millis(5),
+        max: Duration::from_millis(50),
+    }
+}
+
+async fn reconnecting(addr: &str, seed: u8, name: Option<&str>) -> Plugin {
+    let mut builder = Plugin::builder(keys(seed))
+        .broker_key(broker_keys().public())
+        .reconnect(quick());
+    if let Some(name) = name {
+        builder = builder.name(name);
+    }
+    within("connect", builder.connect(addr)).await.unwrap()
+}
+
+/// Echoes every incoming channel, across reconnections; a channel that
+/// breaks just ends.
+fn serve_echo(plugin: Arc<Plugin>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(incoming) = plugin.incoming().await {
+            tokio::spawn(async move {
+                let Ok(mut channel) = incoming.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 32 * 1024];
+                loop {
+                    match channel.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if channel.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = channel.shutdown().await;
+            });
+        }
+    })
+}
+
+/// Writes a few bytes and reads them back.
+async fn ping(channel: &mut plugboard_tokio::Channel, what: &[u8]) {
+    channel.write_all(what).await.unwrap();
+    let mut back = vec![0u8; what.len()];
+    within("echo", channel.read_exact(&mut back)).await.unwrap();
+    assert_eq!(back, what);
+}
+
+async fn next_event(events: &mut mpsc::UnboundedReceiver<ConnectionEvent>) -> ConnectionEvent {
+    within("a connection event", events.recv()).await.unwrap()
+}
+
+fn names(members: &[Member]) -> Vec<&str> {
+    members.iter().map(|m| m.name.as_str()).collect()
+}
+
+#[tokio::test]
+async fn a_lost_broker_is_replaced_name_and_watch_restored() {
+    let broker = Broker::start("reconnect").await;
+    let unix = broker.unix.clone();
+
+    let echo = Arc::new(reconnecting(&unix, 1, Some("echo")).await);
+    let mut echo_events = echo.events();
+    let echo_server = serve_echo(echo.clone());
+    // Does not reconnect, and never answers what is opened to it.
+    let sleepy = plugin(&unix, 2, Some("sleepy")).await;
+    let mut sleepy_events = sleepy.events();
+    let watcher = reconnecting(&unix, 3, None).await;
+    let mut watcher_events = watcher.events();
+    let mut watch = watcher.watch().await.unwrap();
+    let Some(WatchEvent::Snapshot(members)) = watch.recv().await else {
+        panic!("no snapshot");
+    };
+    assert_eq!(names(&members), ["echo", "sleepy"]);
+
+    // Channels made before the loss: one relayed, one over a socketpair.
+    let mut relayed = watcher.open("echo", "echo").await.unwrap();
+    assert_eq!(relayed.path(), Path::Relayed);
+    ping(&mut relayed, b"relayed").await;
+    let mut pair = watcher.open_direct("echo", "echo").await.unwrap();
+    assert_eq!(pair.path(), Path::SocketPair);
+    ping(&mut pair, b"direct").await;
+
+    // An open in flight: sleepy got the offer and sits on it.
+    let opening = {
+        let echo = echo.clone();
+        tokio::spawn(async move { echo.open("sleepy", "nap").await })
+    };
+    let offer = within("the offer", sleepy.incoming()).await.unwrap();
+
+    broker.stop().await;
+
+    // What was in flight fails, typed; the loss is reported once.
+    let opened = within("the open", opening).await.unwrap();
+    assert!(
+        matches!(opened, Err(PluginError::Reconnecting(_))),
+        "{opened:?}"
+    );
+    assert!(matches!(
+        next_event(&mut echo_events).await,
+        ConnectionEvent::Lost { .. }
+    ));
+    assert!(matches!(
+        next_event(&mut watcher_events).await,
+        ConnectionEvent::Lost { .. }
+    ));
+    // Until it is back, requests fail the same way.
+    let listed = watcher.list().await;
+    assert!(
+        matches!(listed, Err(PluginError::Reconnecting(_))),
+        "{listed:?}"
+    );
+    // The relayed channel went with the connection; the socketpair did not.
+    let written = relayed.write_all(b"lost").await.unwrap_err();
+    assert!(
+        matches!(
+            written.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        ),
+        "{written}"
+    );
+    let mut buf = [0u8; 16];
+    assert!(relayed.read(&mut buf).await.is_err());
+    ping(&mut pair, b"still direct").await;
+    // The plugin that does not reconnect is over, and so is its offer.
+    assert!(matches!(
+        next_event(&mut sleepy_events).await,
+        ConnectionEvent::Ended { .. }
+    ));
+    assert!(matches!(
+        sleepy.list().await,
+        Err(PluginError::Disconnected(_))
+    ));
+    assert!(offer.accept().await.is_err());
+
+    // A new broker on the same socket.
+    let broker = Broker::start("reconnect").await;
+    assert_eq!(broker.unix, unix);
+    let ConnectionEvent::Reconnected { attempts } = next_event(&mut echo_events).await else {
+        panic!("echo did not report its reconnection");
+    };
+    assert!(attempts >= 1);
+    let ConnectionEvent::Reconnected { attempts } = next_event(&mut watcher_events).await else {
+        panic!("the watcher did not report its reconnection");
+    };
+    assert!(attempts >= 1);
+
+    // The watch started again: a snapshot, with echo in it or right after.
+    let snapshot = loop {
+        match within("the new snapshot", watch.recv()).await.unwrap() {
+            WatchEvent::Snapshot(members) => break members,
+            WatchEvent::Change { .. } => {}
+        }
+    };
+    assert!(!names(&snapshot).contains(&"sleepy"));
+    if !names(&snapshot).contains(&"echo") {
+        let Some(WatchEvent::Change {
+            presence: Presence::Up(member),
+            ..
+        }) = within("echo's return", watch.recv()).await
+        else {
+            panic!("echo did not come back");
+        };
+        assert_eq!(member.name.as_str(), "echo");
+    }
+
+    // The name is echo's again: another plugin finds it and talks to it
+    // (through echo's incoming stream, which went on).
+    let client = plugin(&broker.unix, 4, None).await;
+    let members = client.list().await.unwrap();
+    assert_eq!(names(&members), ["echo"]);
+    assert_eq!(members[0].key, keys(1).public());
+    let channel = client.open("echo", "echo").await.unwrap();
+    echo_through(channel, 256 * 1024).await;
+    // And the reconnected plugins work as before.
+    let mut relayed = watcher.open("echo", "echo").await.unwrap();
+    ping(&mut relayed, b"relayed again").await;
+    assert_eq!(names(&echo.list().await.unwrap()), ["echo"]);
+
+    // One event each way, no more.
+    assert!(echo_events.try_recv().is_err());
+    assert!(watcher_events.try_recv().is_err());
+
+    drop(relayed);
+    echo_server.abort();
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn without_reconnection_the_end_is_the_end() {
+    let broker = Broker::start("no-reconnect").await;
+    let alone = Arc::new(plugin(&broker.unix, 1, Some("alone")).await);
+    let mut events = alone.events();
+    let sleepy = plugin(&broker.unix, 2, Some("sleepy")).await;
+    let opening = {
+        let alone = alone.clone();
+        tokio::spawn(async move { alone.open("sleepy", "nap").await })
+    };
+    let _offer = within("the offer", sleepy.incoming()).await.unwrap();
+
+    broker.stop().await;
+
+    let opened = within("the open", opening).await.unwrap();
+    assert!(
+        matches!(opened, Err(PluginError::Disconnected(_))),
+        "{opened:?}"
+    );
+    assert!(matches!(
+        next_event(&mut events).await,
+        ConnectionEvent::Ended { .. }
+    ));
+    assert!(matches!(
+        alone.list().await,
+        Err(PluginError::Disconnected(_))
+    ));
+    assert!(matches!(
+        alone.open("sleepy", "nap").await,
+        Err(PluginError::Disconnected(_))
+    ));
+
+    // A broker back on the socket changes nothing for it.
+    let broker = Broker::start("no-reconnect").await;
+    let other = plugin(&broker.unix, 3, None).await;
+    assert!(other.list().await.unwrap().is_empty());
+    assert!(matches!(
+        alone.list().await,
+        Err(PluginError::Disconnected(_))
+    ));
+    assert!(events.try_recv().is_err());
+    broker.stop().await;
+}
+
+/// A broker on `addr` that lets key 5 connect but not register a name.
+async fn strict_broker(
+    addr: &str,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    use plugboard_core::broker::{policy, BrokerConfig};
+    use plugboard_core::shs::HandshakeConfig;
+    let mut config = BrokerConfig::new(HandshakeConfig::new(broker_keys()));
+    config.policy.keys = vec![policy::KeyGrant {
+        id: keys(5).public(),
+        register: vec![],
+        open: vec![policy::Pattern::any()],
+        list: true,
+        watch: true,
+        stats: false,
+    }];
+    let addr: plugboard_tokio::Addr = addr.parse().unwrap();
+    let server = plugboard_tokio::Server::bind(config, &[addr])
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
+#[tokio::test]
+async fn a_broker_that_refuses_the_name_is_a_failed_attempt() {
+    let broker = Broker::start("refused").await;
+    let unix = broker.unix.clone();
+    let proud = reconnecting(&unix, 5, Some("proud")).await;
+    let mut events = proud.events();
+    broker.stop().await;
+    assert!(matches!(
+        next_event(&mut events).await,
+        ConnectionEvent::Lost { .. }
+    ));
+
+    // The next broker lets it in but refuses its name: not reconnected, it
+    // tries again (its requests say why meanwhile).
+    let (stop, task) = strict_broker(&unix).await;
+    within("the refusal", async {
+        loop {
+            match proud.list().await {
+                Err(PluginError::Reconnecting(reason)) if reason.contains("may not register") => {
+                    break
+                }
+                Err(PluginError::Reconnecting(_)) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await;
+    stop.send(()).unwrap();
+    task.await.unwrap();
+
+    // One that takes it: reconnected, once, after more than one attempt.
+    let broker = Broker::start("refused").await;
+    let ConnectionEvent::Reconnected { attempts } = next_event(&mut events).await else {
+        panic!("no reconnection");
+    };
+    assert!(attempts >= 2, "{attempts}");
+    let other = plugin(&broker.unix, 6, None).await;
+    let members = other.list().await.unwrap();
+    assert_eq!(names(&members), ["proud"]);
+    assert_eq!(members[0].key, keys(5).public());
+    assert!(events.try_recv().is_err());
+    broker.stop().await;
+}
