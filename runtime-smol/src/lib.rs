@@ -1,0 +1,30 @@
+//! plugboard on smol / async-io: the broker as a server, and the plugin API.
+//!
+//! The same shape as `plugboard-tokio`: [`Server`] binds unix and TCP
+//! listeners and serves the broker; [`Plugin`] connects to one, registers,
+//! lists, watches, and opens and takes [`Channel`]s (relayed, over a
+//! socketpair, or over direct TCP). Channels are futures-io's `AsyncRead +
+//! AsyncWrite`; watches and incoming channels are
+//! [`Stream`](futures_core::Stream)s. Every task runs on smol's global
+//! executor ([`smol::spawn`]); timers are async-io's.
+//!
+//! This crate only moves bytes, reads the clock and owns sockets; every
+//! protocol decision is made by `plugboard-core`'s state machines.
+
+#![warn(missing_docs)]
+
+mod addr;
+mod clock;
+mod fdpass;
+mod io;
+mod notify;
+pub mod plugin;
+mod server;
+
+pub use addr::{Addr, BadAddr};
+pub use clock::Clock;
+pub use plugin::{
+    Channel, Incoming, IncomingStream, Path, Plugin, PluginBuilder, PluginError, Stats, WatchEvent,
+    WatchStream,
+};
+pub use server::{ServeError, Server};

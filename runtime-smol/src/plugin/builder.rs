@@ -1,0 +1,175 @@
+//! How to connect: the builder, and the connect that starts a plugin.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use plugboard_core::control::{ErrorCode, Name};
+use plugboard_core::session::{Session, SessionConfig};
+use plugboard_core::shs::HandshakeConfig;
+use plugboard_core::{Keypair, NetworkKey, PublicKey};
+use smol::channel::{bounded, unbounded};
+
+use super::{direct, driver, Inner, Plugin, PluginError, Shared};
+use crate::addr::Addr;
+use crate::clock::Clock;
+use crate::io::Stream;
+use crate::notify::Notify;
+
+/// How to connect.
+pub struct PluginBuilder {
+    keypair: Keypair,
+    name: Option<String>,
+    wait: bool,
+    direct_listen: Option<String>,
+    direct_advertise: Option<String>,
+    broker: Option<PublicKey>,
+    network_key: NetworkKey,
+}
+
+impl Plugin {
+    /// Starts describing a connection made with `keypair`.
+    pub fn builder(keypair: Keypair) -> PluginBuilder {
+        PluginBuilder {
+            keypair,
+            name: None,
+            wait: false,
+            direct_listen: None,
+            direct_advertise: None,
+            broker: None,
+            network_key: NetworkKey::SSB_MAIN,
+        }
+    }
+}
+
+impl PluginBuilder {
+    /// Registers under this name once connected (a nameless plugin is a client).
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+
+    /// Accept direct channels over TCP at `addr` (`tcp:HOST:PORT`; port 0
+    /// picks one). The broker tells openers the bound address; only the keys
+    /// and tokens it announces get through. Needs a name.
+    pub fn direct_listen(mut self, addr: &str) -> Self {
+        self.direct_listen = Some(addr.to_owned());
+        self
+    }
+
+    /// The address openers should dial, when it differs from the bound one
+    /// (a listener on `0.0.0.0`, a forwarded port).
+    pub fn direct_advertise(mut self, addr: &str) -> Self {
+        self.direct_advertise = Some(addr.to_owned());
+        self
+    }
+
+    /// If the name is taken, wait in line for it instead of failing.
+    pub fn wait_for_name(mut self) -> Self {
+        self.wait = true;
+        self
+    }
+
+    /// The broker's key (default: our own, as SSB's local clients do).
+    pub fn broker_key(mut self, key: PublicKey) -> Self {
+        self.broker = Some(key);
+        self
+    }
+
+    /// The network key (default: SSB's main network).
+    pub fn network_key(mut self, key: NetworkKey) -> Self {
+        self.network_key = key;
+        self
+    }
+
+    /// Connects, completes the handshake and the hello, and registers the
+    /// name if one was given. The plugin's tasks run on smol's global
+    /// executor.
+    pub async fn connect(self, addr: &str) -> Result<Plugin, PluginError> {
+        let addr: Addr =
+            addr.parse()
+                .map_err(|e: crate::addr::BadAddr| PluginError::Unreachable {
+                    addr: addr.to_owned(),
+                    reason: e.to_string(),
+                })?;
+        let name = self
+            .name
+            .as_deref()
+            .map(Name::new)
+            .transpose()
+            .map_err(|e| PluginError::Refused {
+                code: ErrorCode::Malformed,
+                message: e.to_string(),
+            })?;
+        let broker = self.broker.unwrap_or_else(|| self.keypair.public());
+        let mut handshake = HandshakeConfig::new(self.keypair);
+        handshake.network_key = self.network_key;
+        let direct_listener = match (&self.direct_listen, &name) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(PluginError::Direct {
+                    reason: "only a named plugin can be reached directly".into(),
+                })
+            }
+            (Some(listen), Some(_)) => Some(
+                direct::listen(listen)
+                    .await
+                    .map_err(|reason| PluginError::Direct { reason })?,
+            ),
+        };
+        let mut config = SessionConfig::new(handshake.clone(), broker);
+        config.boxstream = matches!(addr, Addr::Tcp(_));
+        let clock = Clock::start();
+        let session = Session::new(config, &mut rand_core::OsRng, clock.now())?;
+        let (incoming_tx, incoming_rx) = unbounded();
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                session,
+                clock,
+                waiters: HashMap::new(),
+                channels: HashMap::new(),
+                incoming: incoming_tx,
+                watchers: Vec::new(),
+                ended: None,
+                fds: HashMap::new(),
+                next_fd: 0,
+                paths: HashMap::new(),
+                expected: HashMap::new(),
+            }),
+            flush: Notify::default(),
+        });
+        let stream = Stream::connect(&addr)
+            .await
+            .map_err(|e| PluginError::Unreachable {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+        let (ready_tx, ready_rx) = bounded(1);
+        let driver = driver::spawn(shared.clone(), stream, ready_tx);
+        ready_rx
+            .recv()
+            .await
+            .map_err(|_| PluginError::Disconnected("the driver stopped".into()))??;
+        let handshake = Arc::new(handshake);
+        let (direct_addr, direct_task) = match direct_listener {
+            Some((listener, bound)) => {
+                let addr = self.direct_advertise.unwrap_or(bound);
+                let task = smol::spawn(direct::serve(shared.clone(), listener, handshake.clone()));
+                (Some(addr), Some(task))
+            }
+            None => (None, None),
+        };
+        let plugin = Plugin {
+            shared,
+            incoming: incoming_rx,
+            name: name.clone(),
+            handshake,
+            direct_addr,
+            _driver: driver,
+            _direct: direct_task,
+        };
+        if let Some(name) = name {
+            plugin.register(name, self.wait).await?;
+        }
+        Ok(plugin)
+    }
+}

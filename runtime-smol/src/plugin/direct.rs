@@ -1,0 +1,391 @@
+//! Direct channels over TCP: the opener dials the target's direct address,
+//! the target's listener accepts only the keys and tokens the broker
+//! announced. The protocol is the core's [`DirectConn`]; this file moves
+//! its bytes.
+
+use std::collections::VecDeque;
+use std::io::{self, Write as _};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use async_io::{Async, Timer};
+use bytes::{Buf as _, Bytes, BytesMut};
+use futures_io::{AsyncRead, AsyncWrite};
+use futures_lite::future;
+use plugboard_core::control::ErrorCode;
+use plugboard_core::direct::{DirectConn, DirectError, DirectEvent, TOKEN_LEN};
+use plugboard_core::shs::HandshakeConfig;
+use plugboard_core::PublicKey;
+
+use super::{Resolved, Shared};
+use crate::clock::Clock;
+
+const READ_SIZE: usize = 64 * 1024;
+/// Most plaintext sealed per write call.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// A token the broker told us to expect, for a channel we accepted.
+pub(crate) struct Expected {
+    pub(crate) from: PublicKey,
+    pub(crate) token: [u8; TOKEN_LEN],
+}
+
+/// An established direct connection, as a byte stream.
+pub(crate) struct DirectStream {
+    tcp: Async<TcpStream>,
+    conn: DirectConn,
+    clock: Clock,
+    received: VecDeque<Bytes>,
+    fin: bool,
+    failed: Option<DirectError>,
+    /// Sealed bytes the socket has not taken yet.
+    unsent: Bytes,
+    read_buf: BytesMut,
+    /// Close without a goodbye.
+    aborted: bool,
+}
+
+/// Dials `addr`, proves our key to `server`, presents `token`; returns once
+/// the target accepted, or why not.
+pub(crate) async fn dial(
+    addr: &str,
+    config: Arc<HandshakeConfig>,
+    server: PublicKey,
+    token: [u8; TOKEN_LEN],
+    clock: Clock,
+) -> Result<DirectStream, String> {
+    let host_port = addr.strip_prefix("tcp:").ok_or("not a tcp: address")?;
+    let now = clock.now();
+    let conn = DirectConn::dial(config, server, token, &mut rand_core::OsRng, now)
+        .map_err(|e| e.to_string())?;
+    let deadline = clock.to_std(conn.poll_timeout().unwrap_or(now));
+    let connect = async { Some(crate::io::connect_tcp(host_port).await) };
+    let timeout = async {
+        Timer::at(deadline).await;
+        None
+    };
+    let tcp = match future::or(connect, timeout).await {
+        Some(Ok(tcp)) => tcp,
+        Some(Err(e)) => return Err(format!("{addr}: {e}")),
+        None => return Err(format!("{addr}: timed out")),
+    };
+    DirectStream::new(tcp, conn, clock)
+        .establish(|_, _| true)
+        .await
+}
+
+/// Binds the direct listener; returns it and the address openers dial.
+pub(crate) async fn listen(listen: &str) -> Result<(Async<TcpListener>, String), String> {
+    let Some(host_port) = listen.strip_prefix("tcp:") else {
+        return Err(format!("{listen}: direct channels listen on tcp:HOST:PORT"));
+    };
+    let failed = |e: io::Error| format!("{listen}: {e}");
+    // The name is looked up off the executor; binding waits on nothing.
+    let addrs = smol::net::resolve(host_port).await.map_err(failed)?;
+    let listener = crate::io::bind_tcp(&addrs[..]).map_err(failed)?;
+    let bound = listener.get_ref().local_addr().map_err(failed)?;
+    Ok((listener, format!("tcp:{bound}")))
+}
+
+/// Serves `listener`: every connection that proves an expected key and
+/// presents its token becomes the direct path of the channel it was
+/// announced for.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    listener: Async<TcpListener>,
+    config: Arc<HandshakeConfig>,
+) {
+    loop {
+        let (tcp, from) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!("accept on the direct listener: {e}");
+                Timer::after(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.get_ref().set_nodelay(true);
+        let shared = shared.clone();
+        let config = config.clone();
+        smol::spawn(async move {
+            let clock = shared.lock().clock;
+            let conn = DirectConn::listen(config, &mut rand_core::OsRng, clock.now());
+            let mut channel = None;
+            let established = DirectStream::new(tcp, conn, clock)
+                .establish(|event, conn| match event {
+                    DirectEvent::Authorize(key) => {
+                        let expected = shared.lock().expected.values().any(|e| e.from == *key);
+                        let _ = conn.authorize(expected);
+                        expected
+                    }
+                    DirectEvent::Token { peer, token } => {
+                        let mut inner = shared.lock();
+                        let id = inner
+                            .expected
+                            .iter()
+                            .find(|(_, e)| e.from == *peer && same_token(&e.token, token))
+                            .map(|(id, _)| *id);
+                        if let Some(id) = id {
+                            inner.expected.remove(&id);
+                        }
+                        channel = id;
+                        let _ = conn.answer_token(id.is_some());
+                        id.is_some()
+                    }
+                    _ => true,
+                })
+                .await;
+            match (established, channel) {
+                (Ok(stream), Some(id)) => {
+                    let mut inner = shared.lock();
+                    // The relayed channel is the fallback no more.
+                    inner.channels.remove(&id);
+                    let _ = inner.session.reset(id, ErrorCode::Cancelled, "direct");
+                    if let Some(tx) = inner.paths.remove(&id) {
+                        let _ = tx.try_send(Resolved::Tcp(Box::new(stream)));
+                    }
+                    drop(inner);
+                    shared.flush.notify_one();
+                }
+                (Err(reason), _) => tracing::info!("direct connection from {from}: {reason}"),
+                (Ok(_), None) => {}
+            }
+        })
+        .detach();
+    }
+}
+
+/// Compares tokens in time independent of where they differ.
+fn same_token(a: &[u8; TOKEN_LEN], b: &[u8; TOKEN_LEN]) -> bool {
+    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+impl DirectStream {
+    fn new(tcp: Async<TcpStream>, conn: DirectConn, clock: Clock) -> Self {
+        DirectStream {
+            tcp,
+            conn,
+            clock,
+            received: VecDeque::new(),
+            fin: false,
+            failed: None,
+            unsent: Bytes::new(),
+            read_buf: BytesMut::new(),
+            aborted: false,
+        }
+    }
+
+    /// Runs the handshake and the token until the channel is up. `decide`
+    /// answers the listener's questions (and says whether to go on).
+    async fn establish(
+        mut self,
+        mut decide: impl FnMut(&DirectEvent, &mut DirectConn) -> bool,
+    ) -> Result<Self, String> {
+        let deadline = self
+            .conn
+            .poll_timeout()
+            .map(|at| self.clock.to_std(at))
+            .unwrap_or_else(std::time::Instant::now);
+        let run = std::future::poll_fn(|cx| loop {
+            while let Some(event) = self.conn.poll_event() {
+                match event {
+                    DirectEvent::Established { .. } => {
+                        // Flush the acceptance before handing the stream over.
+                        ready!(self.poll_send(cx))?;
+                        return Poll::Ready(Ok(()));
+                    }
+                    DirectEvent::Failed(e) => {
+                        let _ = self.poll_send(cx);
+                        return Poll::Ready(Err(io::Error::other(e.to_string())));
+                    }
+                    DirectEvent::Data(bytes) => self.received.push_back(bytes),
+                    DirectEvent::Fin => self.fin = true,
+                    event => {
+                        if !decide(&event, &mut self.conn) {
+                            let _ = self.poll_send(cx);
+                            return Poll::Ready(Err(io::Error::other("not expected")));
+                        }
+                    }
+                }
+            }
+            // What the last input or answer produced goes out before we wait.
+            let _ = self.poll_send(cx)?;
+            ready!(self.poll_receive(cx))?;
+        });
+        let run = async { run.await.map_err(|e| e.to_string()) };
+        let timeout = async {
+            Timer::at(deadline).await;
+            Err(DirectError::Timeout.to_string())
+        };
+        future::or(run, timeout).await?;
+        Ok(self)
+    }
+
+    /// Writes what the connection has sealed; ready once all of it is out.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if self.unsent.is_empty() {
+                match self.conn.poll_transmit() {
+                    Some(bytes) => self.unsent = bytes,
+                    None => return Poll::Ready(Ok(())),
+                }
+            }
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.unsent))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.unsent.advance(n);
+        }
+    }
+
+    /// Writes what the socket takes without waiting.
+    fn try_send(&mut self) -> io::Result<()> {
+        loop {
+            if self.unsent.is_empty() {
+                match self.conn.poll_transmit() {
+                    Some(bytes) => self.unsent = bytes,
+                    None => return Ok(()),
+                }
+            }
+            match self.tcp.get_ref().write(&self.unsent) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.unsent.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads once from the socket into the connection, and takes its news.
+    fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.read_buf.resize(READ_SIZE, 0);
+        let n = ready!(Pin::new(&mut self.tcp).poll_read(cx, &mut self.read_buf))?;
+        let now = self.clock.now();
+        let _ = match n {
+            0 => self.conn.handle_eof(),
+            _ => self.conn.handle_input(now, &self.read_buf[..n]),
+        };
+        Poll::Ready(Ok(()))
+    }
+
+    fn take_events(&mut self) {
+        while let Some(event) = self.conn.poll_event() {
+            match event {
+                DirectEvent::Data(bytes) => self.received.push_back(bytes),
+                DirectEvent::Fin => self.fin = true,
+                DirectEvent::Failed(e) => self.failed = Some(e),
+                _ => {}
+            }
+        }
+    }
+
+    /// Closes without a goodbye: the peer reads an error, not an end.
+    pub(crate) fn abort(mut self) {
+        self.aborted = true;
+    }
+}
+
+fn broken(e: &DirectError) -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, e.to_string())
+}
+
+impl AsyncRead for DirectStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            this.take_events();
+            if let Some(front) = this.received.front_mut() {
+                let n = buf.len().min(front.len());
+                buf[..n].copy_from_slice(&front[..n]);
+                front.advance(n);
+                if front.is_empty() {
+                    this.received.pop_front();
+                }
+                return Poll::Ready(Ok(n));
+            }
+            if this.fin {
+                return Poll::Ready(Ok(0));
+            }
+            if let Some(e) = &this.failed {
+                return Poll::Ready(Err(broken(e)));
+            }
+            // What was written but not flushed goes out while we wait, if
+            // the socket takes it now. (Waiting for it here would take the
+            // write waker from a task that writes through the other half.)
+            this.try_send()?;
+            ready!(this.poll_receive(cx))?;
+        }
+    }
+}
+
+impl AsyncWrite for DirectStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(e) = &this.failed {
+            return Poll::Ready(Err(broken(e)));
+        }
+        // Sealed bytes wait for the socket before more are taken.
+        ready!(this.poll_send(cx))?;
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = data.len().min(WRITE_CHUNK);
+        this.conn
+            .send(&data[..n])
+            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))?;
+        let _ = this.poll_send(cx)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.tcp).poll_flush(cx)
+    }
+
+    /// Half-closes: the goodbye, then no more writes on the socket.
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let _ = this.conn.finish();
+        ready!(this.poll_send(cx))?;
+        // async-io's own close only flushes.
+        match this.tcp.get_ref().shutdown(Shutdown::Write) {
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Poll::Ready(Ok(())),
+            result => Poll::Ready(result),
+        }
+    }
+}
+
+impl Drop for DirectStream {
+    /// Dropping closes gracefully where the socket takes the goodbye at
+    /// once; [`DirectStream::abort`] (a reset) skips it.
+    fn drop(&mut self) {
+        if !self.aborted && self.conn.is_open() && self.conn.finish().is_ok() {
+            let mut rest = std::mem::take(&mut self.unsent);
+            while let Some(more) = self.conn.poll_transmit() {
+                let mut joined = BytesMut::from(&rest[..]);
+                joined.extend_from_slice(&more);
+                rest = joined.freeze();
+            }
+            while !rest.is_empty() {
+                match self.tcp.get_ref().write(&rest) {
+                    Ok(n) if n > 0 => rest.advance(n),
+                    _ => break,
+                }
+            }
+        }
+    }
+}

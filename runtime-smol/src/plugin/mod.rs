@@ -1,0 +1,520 @@
+//! The plugin API on smol: connect (named or not), list, watch, stats,
+//! open channels, take incoming ones. A [`Channel`] is futures-io's
+//! `AsyncRead + AsyncWrite`: reads give credit back as the application
+//! consumes, writes wait for credit, `close` half-closes, dropping closes
+//! gracefully, [`Channel::reset`] aborts. Watches and incoming channels
+//! are [`Stream`](futures_core::Stream)s.
+//!
+//! One driver task (on smol's global executor) owns the socket and the
+//! core's [`Session`]; handles share the session behind a mutex never held
+//! across an await.
+
+mod builder;
+mod channel;
+mod deliver;
+mod direct;
+mod driver;
+mod relayed;
+mod streams;
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+
+use bytes::Bytes;
+use plugboard_core::control::{
+    ChannelId, ErrorCode, IncomingPath, KeyStats, Member, Name, NameStats, OpenedPath, Presence,
+    RequestId,
+};
+use plugboard_core::session::{Session, SessionError};
+use plugboard_core::shs::HandshakeConfig;
+use plugboard_core::PublicKey;
+use smol::channel::{bounded, Receiver, Sender};
+use smol::Task;
+
+pub use builder::PluginBuilder;
+pub use channel::{Channel, Path};
+pub use streams::{IncomingStream, WatchStream};
+
+use crate::clock::Clock;
+use crate::notify::Notify;
+use deliver::end;
+
+/// Why a plugin call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PluginError {
+    /// The broker could not be reached.
+    #[error("cannot reach the broker at {addr}: {reason}")]
+    Unreachable {
+        /// Where.
+        addr: String,
+        /// The OS's words.
+        reason: String,
+    },
+    /// The broker answered the request with an error.
+    #[error("{message}")]
+    Refused {
+        /// Its code.
+        code: ErrorCode,
+        /// Its words.
+        message: String,
+    },
+    /// The connection is over.
+    #[error("the connection to the broker ended: {0}")]
+    Disconnected(String),
+    /// A direct channel was arranged but its socket could not be set up.
+    #[error("the direct channel failed: {reason}")]
+    Direct {
+        /// The OS's words.
+        reason: String,
+    },
+    /// The session refused the call (not ready, unknown channel, too long...).
+    #[error("{0}")]
+    Session(#[from] SessionError),
+}
+
+impl PluginError {
+    /// The broker's code, if it refused.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            PluginError::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// A change seen by a watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// The state when the watch started.
+    Snapshot(Vec<Member>),
+    /// A change, numbered.
+    Change {
+        /// Its number (gap-free).
+        seq: u64,
+        /// The change.
+        presence: Presence,
+    },
+}
+
+/// Stats: per key and per name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Per key.
+    pub keys: Vec<KeyStats>,
+    /// Per name.
+    pub names: Vec<NameStats>,
+}
+
+/// Where the answer to one request goes (a channel of one).
+type Reply<T> = Sender<Result<T, PluginError>>;
+
+/// What a request waits for.
+enum Waiter {
+    Registered(Reply<bool>),
+    Members(Reply<Vec<Member>>),
+    Watching(Reply<()>),
+    Stats(Reply<Stats>),
+    Opened(Reply<Opened>),
+    Done(Reply<()>),
+}
+
+impl Waiter {
+    /// Answers with an error.
+    fn fail(self, error: PluginError) {
+        match self {
+            Waiter::Registered(tx) => reply(&tx, Err(error)),
+            Waiter::Members(tx) => reply(&tx, Err(error)),
+            Waiter::Watching(tx) => reply(&tx, Err(error)),
+            Waiter::Stats(tx) => reply(&tx, Err(error)),
+            Waiter::Opened(tx) => reply(&tx, Err(error)),
+            Waiter::Done(tx) => reply(&tx, Err(error)),
+        }
+    }
+}
+
+/// Answers a request (whoever asked may have stopped waiting).
+fn reply<T>(tx: &Reply<T>, answer: Result<T, PluginError>) {
+    let _ = tx.try_send(answer);
+}
+
+/// The broker's answer to an open.
+struct Opened {
+    peer: PublicKey,
+    path: OpenedPath,
+    fd: Option<OwnedFd>,
+}
+
+/// How an accepted channel that waited for a direct path goes on.
+enum Resolved {
+    Relay,
+    SocketPair(OwnedFd),
+    Tcp(Box<direct::DirectStream>),
+}
+
+/// Descriptors that came from the broker beyond this many, unclaimed, end
+/// the connection: a broker does not send more than it announces.
+const MAX_UNCLAIMED_FDS: usize = 64;
+
+/// Everything the handles and the driver share.
+pub(crate) struct Inner {
+    pub(crate) session: Session,
+    pub(crate) clock: Clock,
+    waiters: HashMap<RequestId, Waiter>,
+    pub(crate) channels: HashMap<ChannelId, relayed::ChannelState>,
+    incoming: Sender<Incoming>,
+    watchers: Vec<Sender<WatchEvent>>,
+    /// Why the connection ended, once it did.
+    pub(crate) ended: Option<String>,
+    /// Descriptors from the broker, by the token the session knows them by.
+    fds: HashMap<u64, OwnedFd>,
+    next_fd: u64,
+    /// Accepted channels waiting to learn their path.
+    paths: HashMap<ChannelId, Sender<Resolved>>,
+    /// Dialers the broker announced, by the channel they come for.
+    expected: HashMap<ChannelId, direct::Expected>,
+}
+
+impl Inner {
+    /// Keeps a descriptor that came with the broker's bytes; the session
+    /// refers to it by the returned token.
+    pub(crate) fn keep_fd(&mut self, fd: OwnedFd) -> Result<u64, String> {
+        if self.fds.len() >= MAX_UNCLAIMED_FDS {
+            return Err("the broker sent descriptors nobody asked for".into());
+        }
+        let token = self.next_fd;
+        self.next_fd += 1;
+        self.fds.insert(token, fd);
+        Ok(token)
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) inner: Mutex<Inner>,
+    /// The driver has output to write.
+    pub(crate) flush: Notify,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .expect("a task panicked holding the session")
+    }
+}
+
+/// A connection to the broker. Dropping it closes the connection: its
+/// relayed channels fail, its direct ones go on (they are sockets of their
+/// own).
+pub struct Plugin {
+    shared: Arc<Shared>,
+    incoming: Receiver<Incoming>,
+    name: Option<Name>,
+    /// Our identity, for direct connections.
+    handshake: Arc<HandshakeConfig>,
+    /// Where direct channels reach us, if we listen for them.
+    direct_addr: Option<String>,
+    /// The driver; dropping the task cancels it.
+    _driver: Task<()>,
+    /// The direct listener, if any.
+    _direct: Option<Task<()>>,
+}
+
+impl Plugin {
+    /// The name this plugin registered, if any.
+    pub fn name(&self) -> Option<&Name> {
+        self.name.as_ref()
+    }
+
+    /// Sends a request and waits for its answer.
+    async fn request<T>(
+        &self,
+        send: impl FnOnce(&mut Inner) -> Result<RequestId, SessionError>,
+        waiter: impl FnOnce(Reply<T>) -> Waiter,
+    ) -> Result<T, PluginError> {
+        let (tx, rx) = bounded(1);
+        {
+            let mut inner = self.shared.lock();
+            if let Some(reason) = &inner.ended {
+                return Err(PluginError::Disconnected(reason.clone()));
+            }
+            let request = send(&mut inner)?;
+            inner.waiters.insert(request, waiter(tx));
+        }
+        self.shared.flush.notify_one();
+        rx.recv()
+            .await
+            .unwrap_or_else(|_| Err(PluginError::Disconnected("the connection ended".into())))
+    }
+
+    async fn register(&self, name: Name, wait: bool) -> Result<bool, PluginError> {
+        self.request(
+            |inner| {
+                let now = inner.clock.now();
+                inner
+                    .session
+                    .register(now, name, wait, self.direct_addr.clone())
+            },
+            Waiter::Registered,
+        )
+        .await
+    }
+
+    /// Every named plugin.
+    pub async fn list(&self) -> Result<Vec<Member>, PluginError> {
+        self.request(
+            |inner| {
+                let now = inner.clock.now();
+                inner.session.list(now)
+            },
+            Waiter::Members,
+        )
+        .await
+    }
+
+    /// Who holds what (if the policy allows).
+    pub async fn stats(&self) -> Result<Stats, PluginError> {
+        self.request(
+            |inner| {
+                let now = inner.clock.now();
+                inner.session.stats(now)
+            },
+            Waiter::Stats,
+        )
+        .await
+    }
+
+    /// A snapshot, then every change, in order, as a stream (it ends with
+    /// the connection). One watch per connection.
+    pub async fn watch(&self) -> Result<WatchStream, PluginError> {
+        let (tx, rx) = smol::channel::unbounded();
+        self.shared.lock().watchers.push(tx);
+        self.request(
+            |inner| {
+                let now = inner.clock.now();
+                inner.session.watch(now)
+            },
+            Waiter::Watching,
+        )
+        .await?;
+        Ok(WatchStream::new(rx))
+    }
+
+    /// Ends the watch: its stream ends.
+    pub async fn unwatch(&self) -> Result<(), PluginError> {
+        self.shared.lock().watchers.clear();
+        self.request(
+            |inner| {
+                let now = inner.clock.now();
+                inner.session.unwatch(now)
+            },
+            Waiter::Done,
+        )
+        .await
+    }
+
+    /// Opens a channel to the plugin registered as `name`, relayed.
+    pub async fn open(&self, name: &str, protocol: &str) -> Result<Channel, PluginError> {
+        self.open_with(name, protocol, Bytes::new(), false).await
+    }
+
+    /// Opens a channel to `name` directly if the broker can arrange it (a
+    /// socketpair when both plugins are on its unix socket, a TCP connection
+    /// when the target listens for them), relayed otherwise.
+    pub async fn open_direct(&self, name: &str, protocol: &str) -> Result<Channel, PluginError> {
+        self.open_with(name, protocol, Bytes::new(), true).await
+    }
+
+    /// Opens a channel with metadata for the target (up to 4 KiB), asking for
+    /// a direct path if `direct`.
+    pub async fn open_with(
+        &self,
+        name: &str,
+        protocol: &str,
+        metadata: Bytes,
+        direct: bool,
+    ) -> Result<Channel, PluginError> {
+        let target = Name::new(name).map_err(|e| PluginError::Refused {
+            code: ErrorCode::Malformed,
+            message: e.to_string(),
+        })?;
+        let mut opened = None;
+        let answer = self
+            .request(
+                |inner| {
+                    let now = inner.clock.now();
+                    let (request, channel) = inner
+                        .session
+                        .open(now, target, protocol, metadata, direct)?;
+                    inner
+                        .channels
+                        .insert(channel, relayed::ChannelState::default());
+                    opened = Some(channel);
+                    Ok(request)
+                },
+                Waiter::Opened,
+            )
+            .await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                if let Some(id) = opened {
+                    self.shared.lock().channels.remove(&id);
+                }
+                return Err(e);
+            }
+        };
+        let id = opened.expect("answered, so sent");
+        match (answer.path, answer.fd) {
+            (OpenedPath::SocketPair, Some(fd)) => {
+                self.shared.lock().channels.remove(&id);
+                Channel::socketpair(fd, id, answer.peer).map_err(|e| PluginError::Direct {
+                    reason: e.to_string(),
+                })
+            }
+            (OpenedPath::Dial { addr, token }, _) => {
+                let clock = self.shared.lock().clock;
+                let dialed =
+                    direct::dial(&addr, self.handshake.clone(), answer.peer, token, clock).await;
+                let mut inner = self.shared.lock();
+                let channel = match dialed {
+                    Ok(stream) => {
+                        // The relayed channel is the fallback no more.
+                        inner.channels.remove(&id);
+                        let _ = inner.session.reset(id, ErrorCode::Cancelled, "direct");
+                        Channel::tcp(Box::new(stream), id, answer.peer)
+                    }
+                    Err(reason) => {
+                        tracing::info!("direct channel to {name} at {addr}: {reason}; relaying");
+                        inner.session.direct_failed(id)?;
+                        self.relayed(id, answer.peer)
+                    }
+                };
+                drop(inner);
+                self.shared.flush.notify_one();
+                Ok(channel)
+            }
+            _ => Ok(self.relayed(id, answer.peer)),
+        }
+    }
+
+    fn relayed(&self, id: ChannelId, peer: PublicKey) -> Channel {
+        Channel::relayed(relayed::Relayed::new(self.shared.clone(), id), peer)
+    }
+
+    /// Channels others open to this plugin, as a stream; it ends once the
+    /// connection is over. Every call gives a stream over the same queue:
+    /// each offer goes to one of them. Offers nobody takes wait in the
+    /// queue (the opener waits too, until its open times out).
+    pub fn incoming(&self) -> IncomingStream {
+        IncomingStream::new(self.incoming.clone())
+    }
+}
+
+impl Drop for Plugin {
+    /// The connection ends: requests and relayed channels learn it, offers
+    /// still queued are let go.
+    fn drop(&mut self) {
+        let mut inner = self.shared.lock();
+        end(&mut inner, "the plugin was dropped".into());
+        inner.incoming.close();
+        drop(inner);
+        // Queued offers hold the shared state, which holds the queue.
+        while self.incoming.try_recv().is_ok() {}
+    }
+}
+
+/// A channel someone opens to this plugin: accept or reject it.
+pub struct Incoming {
+    shared: Arc<Shared>,
+    id: ChannelId,
+    /// The opener's name, if it has one.
+    pub from_name: Option<Name>,
+    /// The opener's key.
+    pub from_key: PublicKey,
+    /// What it will speak.
+    pub protocol: String,
+    /// What it sent along.
+    pub metadata: Bytes,
+    path: IncomingPath,
+}
+
+impl Incoming {
+    /// Takes the channel. When the opener asked for a direct path, this
+    /// waits until the broker says which path the channel takes.
+    pub async fn accept(self) -> Result<Channel, PluginError> {
+        let resolved = {
+            let mut inner = self.shared.lock();
+            if let Some(reason) = &inner.ended {
+                return Err(PluginError::Disconnected(reason.clone()));
+            }
+            inner.session.accept(self.id)?;
+            inner
+                .channels
+                .insert(self.id, relayed::ChannelState::default());
+            match self.path {
+                IncomingPath::Relay => None,
+                IncomingPath::AwaitPath | IncomingPath::ExpectDial { .. } => {
+                    if let IncomingPath::ExpectDial { token } = self.path {
+                        let from = self.from_key;
+                        let expected = direct::Expected { from, token };
+                        inner.expected.insert(self.id, expected);
+                    }
+                    let (tx, rx) = bounded(1);
+                    inner.paths.insert(self.id, tx);
+                    Some(rx)
+                }
+            }
+        };
+        self.shared.flush.notify_one();
+        let relayed = || {
+            Channel::relayed(
+                relayed::Relayed::new(self.shared.clone(), self.id),
+                self.from_key,
+            )
+        };
+        let Some(resolved) = resolved else {
+            return Ok(relayed());
+        };
+        match resolved.recv().await {
+            Ok(Resolved::Relay) => Ok(relayed()),
+            Ok(Resolved::Tcp(stream)) => Ok(Channel::tcp(stream, self.id, self.from_key)),
+            Ok(Resolved::SocketPair(fd)) => Channel::socketpair(fd, self.id, self.from_key)
+                .map_err(|e| PluginError::Direct {
+                    reason: e.to_string(),
+                }),
+            Err(_) => {
+                let reason = self.shared.lock().ended.clone();
+                Err(PluginError::Disconnected(reason.unwrap_or_else(|| {
+                    "the channel ended before its path was known".into()
+                })))
+            }
+        }
+    }
+
+    /// Refuses it; the opener gets `reason`.
+    pub fn reject(self, reason: &str) -> Result<(), PluginError> {
+        self.shared.lock().session.reject(self.id, reason)?;
+        self.shared.flush.notify_one();
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("id", &self.id)
+            .field("from_name", &self.from_name)
+            .field("from_key", &self.from_key)
+            .field("protocol", &self.protocol)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A waker slot.
+pub(crate) fn wake(slot: &mut Option<Waker>) {
+    if let Some(waker) = slot.take() {
+        waker.wake();
+    }
+}

@@ -1,0 +1,210 @@
+//! A channel relayed by the broker, as futures-io's `AsyncRead +
+//! AsyncWrite` over the session: reads give credit back, writes wait for
+//! credit.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use futures_io::{AsyncRead, AsyncWrite};
+use plugboard_core::control::{ChannelId, ErrorCode};
+
+use super::{wake, Shared};
+
+/// The allocation a channel's writes are copied into.
+const SEND_BUF: usize = 256 * 1024;
+
+/// What the driver delivered for one channel, and who waits on it.
+#[derive(Default)]
+pub(crate) struct ChannelState {
+    pub(crate) received: VecDeque<Bytes>,
+    pub(crate) fin: bool,
+    pub(crate) closed: bool,
+    pub(crate) reset: Option<(ErrorCode, String)>,
+    /// The application dropped its `Channel` after (or by) finishing: the
+    /// peer's FIN is awaited; data arriving for nobody resets the channel.
+    pub(crate) abandoned: bool,
+    read_waker: Option<Waker>,
+    write_waker: Option<Waker>,
+}
+
+impl ChannelState {
+    pub(crate) fn wake_reader(&mut self) {
+        wake(&mut self.read_waker);
+    }
+
+    pub(crate) fn wake_writer(&mut self) {
+        wake(&mut self.write_waker);
+    }
+}
+
+/// One relayed channel of the session. Dropping it closes gracefully.
+pub(crate) struct Relayed {
+    shared: Arc<Shared>,
+    id: ChannelId,
+    finished: bool,
+    /// Where written bytes are copied for the session: its allocation is
+    /// reused once the driver wrote what was taken from it, instead of a
+    /// fresh one per write.
+    send_buf: BytesMut,
+}
+
+impl Relayed {
+    pub(crate) fn new(shared: Arc<Shared>, id: ChannelId) -> Self {
+        Relayed {
+            shared,
+            id,
+            finished: false,
+            send_buf: BytesMut::new(),
+        }
+    }
+
+    pub(crate) fn id(&self) -> ChannelId {
+        self.id
+    }
+
+    /// Ends the channel both ways at once.
+    pub(crate) fn reset(&mut self, reason: &str) {
+        let mut inner = self.shared.lock();
+        let _ = inner.session.reset(self.id, ErrorCode::Cancelled, reason);
+        inner.channels.remove(&self.id);
+        drop(inner);
+        self.finished = true;
+        self.shared.flush.notify_one();
+    }
+}
+
+fn broken(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, what.to_owned())
+}
+
+fn reset_by_peer(code: &ErrorCode, reason: &str) -> io::Error {
+    let message = format!("reset by the peer ({code}): {reason}");
+    io::Error::new(io::ErrorKind::ConnectionReset, message)
+}
+
+impl AsyncRead for Relayed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let mut guard = this.shared.lock();
+        let inner = &mut *guard;
+        let Some(c) = inner.channels.get_mut(&this.id) else {
+            return Poll::Ready(Err(broken("the channel is gone")));
+        };
+        if let Some(front) = c.received.front_mut() {
+            let n = buf.len().min(front.len());
+            buf[..n].copy_from_slice(&front[..n]);
+            front.advance(n);
+            if front.is_empty() {
+                c.received.pop_front();
+            }
+            // Consumed: the credit goes back to the sender.
+            inner.session.consume(this.id, n);
+            drop(guard);
+            this.shared.flush.notify_one();
+            return Poll::Ready(Ok(n));
+        }
+        if c.fin || c.closed {
+            return Poll::Ready(Ok(0)); // end of stream
+        }
+        if let Some((code, reason)) = &c.reset {
+            return Poll::Ready(Err(reset_by_peer(code, reason)));
+        }
+        if let Some(reason) = &inner.ended {
+            return Poll::Ready(Err(broken(reason)));
+        }
+        c.read_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for Relayed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let mut guard = this.shared.lock();
+        let inner = &mut *guard;
+        if let Some(reason) = &inner.ended {
+            return Poll::Ready(Err(broken(reason)));
+        }
+        let Some(c) = inner.channels.get_mut(&this.id) else {
+            return Poll::Ready(Err(broken("the channel is gone")));
+        };
+        if let Some((code, reason)) = &c.reset {
+            return Poll::Ready(Err(reset_by_peer(code, reason)));
+        }
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let room = inner.session.send_capacity(this.id).min(data.len());
+        if room == 0 {
+            c.write_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        this.send_buf.reserve(SEND_BUF.max(room));
+        this.send_buf.extend_from_slice(&data[..room]);
+        let chunk = this.send_buf.split().freeze();
+        let sent = inner
+            .session
+            .send(this.id, chunk)
+            .map_err(|e| broken(&e.to_string()))?;
+        drop(guard);
+        this.shared.flush.notify_one();
+        Poll::Ready(Ok(sent))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The driver writes as soon as it is told: nothing is held here.
+        Poll::Ready(Ok(()))
+    }
+
+    /// Half-closes: the peer reads the end of the stream once it has read
+    /// what was written; reading goes on.
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.finished {
+            this.finished = true;
+            let _ = this.shared.lock().session.finish(this.id);
+            this.shared.flush.notify_one();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for Relayed {
+    /// Dropping closes gracefully: what was written is still delivered,
+    /// then FIN. Data the peer sends afterwards finds nobody and resets the
+    /// channel. [`Relayed::reset`] aborts at once instead.
+    fn drop(&mut self) {
+        let mut guard = self.shared.lock();
+        let inner = &mut *guard;
+        let Some(c) = inner.channels.get_mut(&self.id) else {
+            return;
+        };
+        if c.closed || c.reset.is_some() {
+            inner.channels.remove(&self.id);
+            return;
+        }
+        c.abandoned = true;
+        let unread: usize = c.received.drain(..).map(|b| b.len()).sum();
+        inner.session.consume(self.id, unread);
+        if !self.finished {
+            let _ = inner.session.finish(self.id);
+        }
+        drop(guard);
+        self.shared.flush.notify_one();
+    }
+}

@@ -1,0 +1,203 @@
+//! One accepted connection: a reader task that hands the broker what the
+//! socket says, and a writer task that writes what the broker has for it.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsFd as _, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_io::Timer;
+use bytes::{Bytes, BytesMut};
+use futures_lite::future;
+use plugboard_core::broker::ConnId;
+use plugboard_core::control::TransportKind;
+
+use super::shared::{ConnSignals, Shared};
+use crate::io::Stream;
+
+/// How much a reader asks the socket for at once.
+const READ_SIZE: usize = 64 * 1024;
+/// Most bytes a writer takes from the broker before writing them.
+const WRITE_BATCH: usize = 256 * 1024;
+/// How long a connection the broker ended may take to accept its last
+/// bytes before the socket is closed anyway (a peer that stopped reading
+/// would otherwise keep it open for ever).
+const LAST_WORDS_GRACE: Duration = Duration::from_secs(2);
+
+impl Shared {
+    /// Takes an accepted socket: the broker decides, tasks start.
+    pub(super) fn adopt(self: Arc<Self>, stream: Stream, transport: TransportKind) {
+        let signals = Arc::new(ConnSignals::default());
+        let conn = {
+            let mut state = self.lock();
+            let now = self.clock.now();
+            let conn = state.broker.accept(now, transport);
+            if let Ok(conn) = conn {
+                state.conns.insert(conn, signals.clone());
+            }
+            self.dispatch(&mut state);
+            conn
+        };
+        let Ok(conn) = conn else {
+            return; // refused: the socket is dropped, the broker logged why
+        };
+        let stream = Arc::new(stream);
+        smol::spawn(self.clone().read(conn, stream.clone(), signals.clone())).detach();
+        smol::spawn(self.write(conn, stream, signals)).detach();
+    }
+
+    async fn read(self: Arc<Self>, conn: ConnId, stream: Arc<Stream>, signals: Arc<ConnSignals>) {
+        // An idle connection holds no read buffer: one is taken when the
+        // socket is readable and given back when it is drained.
+        let mut buf = BytesMut::new();
+        loop {
+            let ready = future::or(async { Some(stream.readable().await) }, async {
+                // The broker ended the connection: stop reading.
+                signals.stop.notified().await;
+                None
+            })
+            .await;
+            let Some(ready) = ready else {
+                return;
+            };
+            if buf.capacity() - buf.len() < READ_SIZE / 4 {
+                buf.reserve(READ_SIZE);
+            }
+            let result = match ready {
+                Ok(()) => match stream.try_read(&mut buf, READ_SIZE) {
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        if buf.is_empty() {
+                            buf = BytesMut::new();
+                        }
+                        continue;
+                    }
+                    result => result,
+                },
+                Err(e) => Err(e),
+            };
+            let mut state = self.lock();
+            let now = self.clock.now();
+            let gone = !matches!(result, Ok(n) if n > 0);
+            match result {
+                Ok(0) => state.broker.handle_eof(now, conn),
+                Ok(_) => state.broker.handle_input_owned(now, conn, buf.split()),
+                Err(e) => state.broker.handle_disconnect(now, conn, &e.to_string()),
+            }
+            if gone && state.forget_conn(conn).is_some() {
+                signals.end(Bytes::new());
+            }
+            self.dispatch(&mut state);
+            if gone {
+                return;
+            }
+        }
+    }
+
+    async fn write(self: Arc<Self>, conn: ConnId, stream: Arc<Stream>, signals: Arc<ConnSignals>) {
+        let mut queue = VecDeque::new();
+        loop {
+            signals.wake.notified().await;
+            loop {
+                // Take what the broker has (up to a batch, or up to a frame
+                // that carries a descriptor), then write it in as few system
+                // calls as it takes.
+                let mut with_fd = None;
+                {
+                    let mut state = self.lock();
+                    let mut taken = 0;
+                    while taken < WRITE_BATCH {
+                        let Some(t) = state.broker.poll_transmit(conn) else {
+                            break;
+                        };
+                        if let Some(end) = t.fd {
+                            with_fd = Some((t.data, state.pairs.remove(&end)));
+                            break;
+                        }
+                        taken += t.data.len();
+                        queue.push_back(t.data);
+                    }
+                    self.dispatch(&mut state);
+                }
+                if queue.is_empty() && with_fd.is_none() {
+                    break;
+                }
+                let written = unless_ended(&signals, async {
+                    stream.write_queue(&mut queue).await?;
+                    match with_fd {
+                        Some((data, Some((_, fd)))) => send_with_fd(&stream, data, fd).await,
+                        Some((_, None)) => Err(io::Error::other("a socketpair end went missing")),
+                        None => Ok(()),
+                    }
+                })
+                .await;
+                if let Err(e) = written {
+                    queue.clear();
+                    let mut state = self.lock();
+                    let now = self.clock.now();
+                    let reason = format!("write failed: {e}");
+                    state.broker.handle_disconnect(now, conn, &reason);
+                    if state.forget_conn(conn).is_some() {
+                        signals.end(Bytes::new());
+                    }
+                    self.dispatch(&mut state);
+                    break;
+                }
+            }
+            if let Some(last_words) = signals.take_end() {
+                let last = VecDeque::from([last_words]);
+                let _ = future::or(
+                    async {
+                        let mut last = last;
+                        let _ = stream.write_queue(&mut last).await;
+                    },
+                    async {
+                        Timer::after(LAST_WORDS_GRACE).await;
+                    },
+                )
+                .await;
+                stream.shutdown_write();
+                return;
+            }
+        }
+    }
+}
+
+/// Runs a write, unless the broker ends the connection meanwhile and the
+/// write is still stuck a grace later (the peer stopped reading).
+async fn unless_ended(
+    signals: &ConnSignals,
+    write: impl Future<Output = io::Result<()>>,
+) -> io::Result<()> {
+    future::or(write, async {
+        signals.ended.notified().await;
+        Timer::after(LAST_WORDS_GRACE).await;
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the connection ended and the peer does not read",
+        ))
+    })
+    .await
+}
+
+/// One `sendmsg` for the frame that announces a socketpair end; the rest
+/// of the frame, if the socket took only part, goes as usual. Our copy of
+/// the end closes once it is on its way.
+async fn send_with_fd(stream: &Stream, data: Bytes, fd: OwnedFd) -> io::Result<()> {
+    let sent = stream.send_with_fd(&data, fd.as_fd()).await?;
+    drop(fd);
+    if sent == 0 {
+        return Err(io::ErrorKind::WriteZero.into());
+    }
+    let rest = data.slice(sent..);
+    if rest.is_empty() {
+        return Ok(());
+    }
+    stream.write_queue(&mut VecDeque::from([rest])).await
+}

@@ -1,0 +1,173 @@
+//! What every task of the server shares: the broker, the connections'
+//! signals, the socketpair ends in flight; and carrying out what the
+//! broker asks for after each call.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_io::Timer;
+use bytes::Bytes;
+use futures_lite::future;
+use plugboard_core::broker::{Broker, ConnId, Event, PairEnd, PairId};
+
+use crate::clock::Clock;
+use crate::notify::Notify;
+
+pub(super) struct Shared {
+    pub(super) clock: Clock,
+    pub(super) state: Mutex<State>,
+    /// Wakes the timer task when a call may have moved the next deadline.
+    pub(super) timer: Notify,
+}
+
+pub(super) struct State {
+    pub(super) broker: Broker,
+    pub(super) conns: HashMap<ConnId, Arc<ConnSignals>>,
+    /// Socketpair ends on their way to their connections.
+    pub(super) pairs: HashMap<(PairId, PairEnd), (ConnId, OwnedFd)>,
+}
+
+impl State {
+    /// A connection is gone: the ends meant for it are closed (their
+    /// peers see the end of the stream).
+    pub(super) fn forget_conn(&mut self, conn: ConnId) -> Option<Arc<ConnSignals>> {
+        self.pairs.retain(|_, (to, _)| *to != conn);
+        self.conns.remove(&conn)
+    }
+}
+
+/// What the broker tells one connection's tasks.
+#[derive(Default)]
+pub(super) struct ConnSignals {
+    /// Output is waiting in the broker (for the writer).
+    pub(super) wake: Notify,
+    /// The connection is over (for the reader).
+    pub(super) stop: Notify,
+    /// The connection is over (for a writer stuck on a full socket).
+    pub(super) ended: Notify,
+    /// The connection is over: these last words, then close.
+    end: Mutex<Option<Bytes>>,
+}
+
+impl ConnSignals {
+    pub(super) fn end(&self, last_words: Bytes) {
+        self.end
+            .lock()
+            .expect("not poisoned")
+            .get_or_insert(last_words);
+        self.wake.notify_one();
+        self.stop.notify_one();
+        self.ended.notify_one();
+    }
+
+    pub(super) fn take_end(&self) -> Option<Bytes> {
+        self.end.lock().expect("not poisoned").take()
+    }
+}
+
+impl Shared {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .expect("a task panicked holding the broker")
+    }
+
+    /// Tells the broker to shut down and every connection why; returns the
+    /// connections' signals, held by their tasks until they are done.
+    pub(super) fn shutdown(&self) -> Vec<Arc<ConnSignals>> {
+        let mut state = self.lock();
+        let now = self.clock.now();
+        state.broker.shutdown(now);
+        let writers = state.conns.values().cloned().collect();
+        self.dispatch(&mut state);
+        writers
+    }
+
+    /// Runs the broker's timers.
+    pub(super) async fn timers(self: Arc<Self>) {
+        loop {
+            let deadline = self.lock().broker.poll_timeout();
+            let sleep = match deadline {
+                Some(at) => Timer::at(self.clock.to_std(at)),
+                None => Timer::never(),
+            };
+            let expired = future::or(
+                async {
+                    sleep.await;
+                    true
+                },
+                async {
+                    self.timer.notified().await;
+                    false
+                },
+            )
+            .await;
+            if expired {
+                let mut state = self.lock();
+                let now = self.clock.now();
+                state.broker.handle_timeout(now);
+                self.dispatch(&mut state);
+            }
+        }
+    }
+
+    /// Carries out what the broker asked for. Called after every broker call.
+    pub(super) fn dispatch(&self, state: &mut State) {
+        while let Some(event) = state.broker.poll_event() {
+            match event {
+                Event::Transmit(conn) => {
+                    if let Some(signals) = state.conns.get(&conn) {
+                        signals.wake.notify_one();
+                    }
+                }
+                Event::Close {
+                    conn,
+                    last_words,
+                    reason,
+                } => {
+                    tracing::debug!(conn, "closing: {reason}");
+                    if let Some(signals) = state.forget_conn(conn) {
+                        signals.end(last_words);
+                    }
+                }
+                Event::CreateSocketPair {
+                    pair,
+                    opener,
+                    target,
+                } => {
+                    let now = self.clock.now();
+                    match std::os::unix::net::UnixStream::pair() {
+                        Ok((a, b)) => {
+                            // Hold both ends first: the broker queues them at once.
+                            state
+                                .pairs
+                                .insert((pair, PairEnd::Opener), (opener, a.into()));
+                            state
+                                .pairs
+                                .insert((pair, PairEnd::Target), (target, b.into()));
+                            if !state.broker.socketpair_ready(now, pair, true) {
+                                state.pairs.remove(&(pair, PairEnd::Opener));
+                                state.pairs.remove(&(pair, PairEnd::Target));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!("socketpair: {e}; relaying instead");
+                            state.broker.socketpair_ready(now, pair, false);
+                        }
+                    }
+                }
+                Event::Log(entry) => {
+                    let key = entry.key.map(|k| k.to_string()).unwrap_or_default();
+                    match entry.code {
+                        Some(code) => {
+                            tracing::info!(conn = entry.conn, %key, %code, "{}", entry.message)
+                        }
+                        None => tracing::info!(conn = entry.conn, %key, "{}", entry.message),
+                    }
+                }
+            }
+        }
+        self.timer.notify_one();
+    }
+}
