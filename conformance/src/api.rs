@@ -303,6 +303,134 @@ impl Api for TokioApi {
     }
 }
 
+// ── smol ───────────────────────────────────────────────────────────────
+
+/// `plugboard-smol`'s plugin API.
+pub struct SmolApi;
+
+fn smol_error(e: plugboard_smol::PluginError) -> Error {
+    use plugboard_smol::PluginError as E;
+    match e {
+        E::Refused { code, message } => Error::Refused(code, message),
+        E::Unreachable { addr, reason } => Error::Unreachable(format!("{addr}: {reason}")),
+        E::Disconnected(reason) => Error::Disconnected(reason),
+        other => Error::Other(other.to_string()),
+    }
+}
+
+impl Api for SmolApi {
+    const NAME: &'static str = "smol";
+    type Plugin = plugboard_smol::Plugin;
+    type Channel = plugboard_smol::Channel;
+    type Incoming = plugboard_smol::Incoming;
+
+    fn block_on<F: Future>(future: F) -> F::Output {
+        smol::block_on(future)
+    }
+
+    fn spawn<F>(future: F) -> Spawned<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        // Detached, as with tokio: dropping the handle does not cancel it.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        smol::spawn(async move {
+            let _ = tx.send(future.await);
+        })
+        .detach();
+        Box::pin(async move { rx.await.expect("a scenario task panicked") })
+    }
+
+    async fn sleep(duration: Duration) {
+        smol::Timer::after(duration).await;
+    }
+
+    async fn connect(how: Connect) -> Result<Self::Plugin, Error> {
+        let mut builder = plugboard_smol::Plugin::builder(how.keypair())
+            .broker_key(broker_keys().public())
+            .network_key(how.network_key);
+        if let Some(name) = &how.name {
+            builder = builder.name(name);
+        }
+        if how.wait {
+            builder = builder.wait_for_name();
+        }
+        if let Some(addr) = &how.direct_listen {
+            builder = builder.direct_listen(addr);
+        }
+        if let Some(addr) = &how.direct_advertise {
+            builder = builder.direct_advertise(addr);
+        }
+        builder.connect(&how.addr).await.map_err(smol_error)
+    }
+
+    async fn list(plugin: &Self::Plugin) -> Result<Vec<Member>, Error> {
+        plugin.list().await.map_err(smol_error)
+    }
+
+    async fn stats(plugin: &Self::Plugin) -> Result<Vec<KeyStats>, Error> {
+        plugin.stats().await.map(|s| s.keys).map_err(smol_error)
+    }
+
+    async fn watch(plugin: &Self::Plugin) -> Result<mpsc::UnboundedReceiver<Watch>, Error> {
+        use futures_lite::StreamExt as _;
+        let mut events = plugin.watch().await.map_err(smol_error)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        smol::spawn(async move {
+            while let Some(event) = events.next().await {
+                let event = match event {
+                    plugboard_smol::WatchEvent::Snapshot(members) => Watch::Snapshot(members),
+                    plugboard_smol::WatchEvent::Change { seq, presence } => {
+                        Watch::Change { seq, presence }
+                    }
+                };
+                if tx.send(event).is_err() {
+                    return;
+                }
+            }
+        })
+        .detach();
+        Ok(rx)
+    }
+
+    async fn open(
+        plugin: &Self::Plugin,
+        name: &str,
+        protocol: &str,
+        metadata: Bytes,
+        direct: bool,
+    ) -> Result<Self::Channel, Error> {
+        let channel = plugin.open_with(name, protocol, metadata, direct).await;
+        channel.map_err(smol_error)
+    }
+
+    async fn incoming(plugin: &Self::Plugin) -> Option<Self::Incoming> {
+        use futures_lite::StreamExt as _;
+        plugin.incoming().next().await
+    }
+
+    fn metadata(incoming: &Self::Incoming) -> Bytes {
+        incoming.metadata.clone()
+    }
+
+    async fn accept(incoming: Self::Incoming) -> Result<Self::Channel, Error> {
+        incoming.accept().await.map_err(smol_error)
+    }
+
+    fn reject(incoming: Self::Incoming, reason: &str) -> Result<(), Error> {
+        incoming.reject(reason).map_err(smol_error)
+    }
+
+    fn path(channel: &Self::Channel) -> Path {
+        match channel.path() {
+            plugboard_smol::Path::Relayed => Path::Relayed,
+            plugboard_smol::Path::SocketPair => Path::SocketPair,
+            plugboard_smol::Path::Tcp => Path::Tcp,
+        }
+    }
+}
+
 /// A tokio stream as a futures-io one.
 pub struct Compat<T>(pub T);
 

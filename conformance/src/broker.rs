@@ -129,3 +129,27 @@ impl Broker for MioBroker {
         })
     }
 }
+
+/// The smol server, on smol's executor, driven from a thread of its own.
+pub struct SmolBroker;
+
+impl Broker for SmolBroker {
+    const NAME: &'static str = "smol";
+
+    fn serve(config: BrokerConfig, path: PathBuf) -> Running {
+        use plugboard_smol::{Addr, Server};
+        let listen = [Addr::Unix(path.clone()), Addr::Tcp("127.0.0.1:0".into())];
+        let server = Server::bind(config, &listen).expect("bind");
+        let addrs = server.local_addrs().iter().map(|a| a.to_string()).collect();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            smol::block_on(server.run(async {
+                let _ = stop_rx.await;
+            }))
+        });
+        Running::new(addrs, path, move || {
+            let _ = stop_tx.send(());
+            thread.join().expect("the broker thread");
+        })
+    }
+}

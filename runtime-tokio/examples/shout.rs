@@ -11,7 +11,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let (secret, broker) = (args.next().ok_or("SECRET?")?, args.next().ok_or("BROKER?")?);
     let keypair = plugboard_core::keys::secret_file::read(secret.as_ref())?;
-    let plugin = Plugin::builder(keypair).name("shout").connect(&broker).await?;
+    let plugin = Plugin::builder(keypair)
+        .name("shout")
+        .connect(&broker)
+        .await?;
     while let Some(incoming) = plugin.incoming().await {
         let mut channel = incoming.accept().await?; // relayed or direct, the same type
         let mut text = String::new();

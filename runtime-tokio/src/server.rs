@@ -29,7 +29,7 @@ use crate::addr::Addr;
 use crate::clock::Clock;
 
 /// How much a reader asks the socket for at once.
-const READ_SIZE: usize = 64 * 1024;
+const READ_SIZE: usize = 256 * 1024;
 /// Most bytes a writer takes from the broker before writing them.
 const WRITE_BATCH: usize = 256 * 1024;
 /// How long shutdown waits for the last words to be written.

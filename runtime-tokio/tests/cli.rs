@@ -80,7 +80,11 @@ fn listed(home: &Home, name: &str) -> bool {
 }
 
 fn start_broker(home: &Home) -> Running {
-    let broker = Running(home.spawn(&["serve"]));
+    start_broker_on(home, "tokio")
+}
+
+fn start_broker_on(home: &Home, runtime: &str) -> Running {
+    let broker = Running(home.spawn(&["serve", "--runtime", runtime]));
     let socket = home.socket();
     wait_for("the broker's socket", || Path::new(&socket).exists());
     broker
@@ -108,10 +112,27 @@ fn keygen_writes_a_private_identity_once() {
     assert_eq!(String::from_utf8(home.run(&["id"]).stdout).unwrap(), id);
 }
 
+/// The README's tour, on the broker of each runtime: `expose echo -- cat`,
+/// `connect echo` (relayed, then direct) round-trips a file byte for byte;
+/// `list --json` and `watch --json` parse.
 #[test]
-fn expose_cat_and_connect_round_trip_a_file() {
-    let home = Home::new("echo");
-    let _broker = start_broker(&home);
+fn the_tour_on_tokio() {
+    tour("tokio");
+}
+
+#[test]
+fn the_tour_on_smol() {
+    tour("smol");
+}
+
+#[test]
+fn the_tour_on_mio() {
+    tour("mio");
+}
+
+fn tour(runtime: &str) {
+    let home = Home::new(&format!("tour-{runtime}"));
+    let _broker = start_broker_on(&home, runtime);
     let _echo = Running(home.spawn(&["expose", "echo", "--", "cat"]));
     wait_for("echo to be listed", || listed(&home, "echo"));
 

@@ -126,3 +126,18 @@ async fn a_killed_peer_resets_the_channel() {
     drop(their_channel);
     broker.stop().await;
 }
+
+/// Regression: `incoming()` returned `Pending` for ever once the connection
+/// was over, though it says it returns `None`.
+#[tokio::test]
+async fn incoming_ends_with_the_connection() {
+    let broker = Broker::start("incoming-ends").await;
+    let target = plugin(&broker.unix, 1, Some("target")).await;
+    let waiting = tokio::spawn(async move { target.incoming().await.is_none() });
+    broker.stop().await;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), waiting)
+        .await
+        .expect("incoming() never ended")
+        .unwrap();
+    assert!(ended, "an incoming channel from a broker that stopped");
+}

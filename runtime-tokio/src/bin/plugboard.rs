@@ -149,6 +149,21 @@ struct ServeArgs {
     /// Most connections per key.
     #[arg(long)]
     max_connections_per_key: Option<usize>,
+    /// The event loop that runs the broker: every one serves the same
+    /// protocol from the same flags.
+    #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
+    runtime: Runtime,
+}
+
+/// The runtime adapters `serve` can run the broker on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Runtime {
+    /// tokio, multi-threaded (socket activation works here).
+    Tokio,
+    /// smol / async-io.
+    Smol,
+    /// One thread around one mio::Poll.
+    Mio,
 }
 
 /// A failure: one line, and an exit code.
@@ -353,6 +368,16 @@ async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure
             }
         }
     }
+    match args.runtime {
+        Runtime::Tokio => {}
+        _ if !inherited.is_empty() => {
+            return Err(fail(
+                "listeners passed by the service manager are served on --runtime tokio only",
+            ))
+        }
+        Runtime::Mio => return serve_mio(config, &listen).await,
+        Runtime::Smol => return serve_smol(config, &listen).await,
+    }
     let passed: Vec<String> = inherited
         .iter()
         .map(|i| {
@@ -375,6 +400,54 @@ async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure
     }
     server.run(shutdown_signal()).await;
     Ok(())
+}
+
+/// The broker on the mio adapter, on a thread of its own, until a signal.
+async fn serve_mio(config: BrokerConfig, listen: &[String]) -> Result<(), Failure> {
+    let addrs: Vec<plugboard_mio::Addr> = listen
+        .iter()
+        .map(|a| a.parse().map_err(fail))
+        .collect::<Result<_, _>>()?;
+    let server = plugboard_mio::Server::bind(config, &addrs).map_err(fail)?;
+    for addr in server.local_addrs() {
+        eprintln!(
+            "plugboard: listening on {addr} as {} (mio)",
+            server.public_key()
+        );
+    }
+    let stop = server.stop_handle();
+    let serving = std::thread::spawn(move || server.run());
+    shutdown_signal().await;
+    stop.stop();
+    match serving.join() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(fail(format!("the mio loop: {e}"))),
+        Err(_) => Err(fail("the mio loop panicked")),
+    }
+}
+
+/// The broker on the smol adapter, on a thread of its own, until a signal.
+async fn serve_smol(config: BrokerConfig, listen: &[String]) -> Result<(), Failure> {
+    let addrs: Vec<plugboard_smol::Addr> = listen
+        .iter()
+        .map(|a| a.parse().map_err(fail))
+        .collect::<Result<_, _>>()?;
+    let server = plugboard_smol::Server::bind(config, &addrs).map_err(fail)?;
+    for addr in server.local_addrs() {
+        eprintln!(
+            "plugboard: listening on {addr} as {} (smol)",
+            server.public_key()
+        );
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = std::thread::spawn(move || {
+        smol::block_on(server.run(async {
+            let _ = stopped.await;
+        }))
+    });
+    shutdown_signal().await;
+    let _ = stop.send(());
+    serving.join().map_err(|_| fail("the smol loop panicked"))
 }
 
 /// SIGINT or SIGTERM.

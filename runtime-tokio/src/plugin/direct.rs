@@ -102,7 +102,7 @@ pub(crate) async fn serve(
                         let id = inner
                             .expected
                             .iter()
-                            .find(|(_, e)| e.from == *peer && e.token == *token)
+                            .find(|(_, e)| e.from == *peer && same_token(&e.token, token))
                             .map(|(id, _)| *id);
                         if let Some(id) = id {
                             inner.expected.remove(&id);
@@ -135,6 +135,11 @@ pub(crate) async fn serve(
             }
         });
     }
+}
+
+/// Compares tokens in time independent of where they differ.
+fn same_token(a: &[u8; TOKEN_LEN], b: &[u8; TOKEN_LEN]) -> bool {
+    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 impl DirectStream {

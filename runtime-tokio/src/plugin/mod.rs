@@ -168,7 +168,9 @@ pub(crate) struct Inner {
     pub(crate) clock: Clock,
     waiters: HashMap<RequestId, Waiter>,
     pub(crate) channels: HashMap<ChannelId, relayed::ChannelState>,
-    incoming: mpsc::UnboundedSender<Incoming>,
+    /// Where incoming channels go; dropped when the connection is over for
+    /// good, which ends [`Plugin::incoming`].
+    incoming: Option<mpsc::UnboundedSender<Incoming>>,
     watchers: Vec<mpsc::UnboundedSender<WatchEvent>>,
     /// Why the connection ended for good, once it did.
     pub(crate) ended: Option<String>,
@@ -402,7 +404,7 @@ impl PluginBuilder {
                 clock,
                 waiters: HashMap::new(),
                 channels: HashMap::new(),
-                incoming: incoming_tx,
+                incoming: Some(incoming_tx),
                 watchers: Vec::new(),
                 ended: None,
                 reconnect: self.reconnect.is_some(),
@@ -890,9 +892,13 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
                 metadata,
                 path,
             };
-            if let Err(refused) = inner.incoming.send(incoming) {
+            let refused = match &inner.incoming {
+                Some(tx) => tx.send(incoming).err().map(|refused| refused.0),
+                None => Some(incoming),
+            };
+            if let Some(refused) = refused {
                 // Nobody takes incoming channels: refuse it.
-                let _ = inner.session.reject(refused.0.id, "not accepting channels");
+                let _ = inner.session.reject(refused.id, "not accepting channels");
             }
         }
         SessionEvent::Data { channel, payload } => match inner.channels.get_mut(&channel) {
@@ -957,6 +963,7 @@ pub(crate) fn end(inner: &mut Inner, reason: String) {
     inner.ended = Some(reason.clone());
     inner.waiters.clear(); // dropped senders: the waiters see Disconnected
     inner.watchers.clear();
+    inner.incoming = None; // `incoming()` ends
     inner.paths.clear();
     inner.expected.clear();
     for c in inner.channels.values_mut() {

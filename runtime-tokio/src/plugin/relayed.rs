@@ -7,11 +7,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Buf as _, Bytes};
+use bytes::{Buf as _, Bytes, BytesMut};
 use plugboard_core::control::{ChannelId, ErrorCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{wake, Inner, Shared};
+
+/// The allocation a channel's writes are copied into.
+const SEND_BUF: usize = 256 * 1024;
 
 /// What the driver delivered for one channel, and who waits on it.
 #[derive(Default)]
@@ -46,6 +49,10 @@ pub(crate) struct Relayed {
     /// The connection it is on.
     epoch: u64,
     finished: bool,
+    /// Where written bytes are copied for the session: its allocation is
+    /// reused once the driver wrote what was taken from it, instead of a
+    /// fresh one per write (fresh memory costs page faults).
+    send_buf: BytesMut,
 }
 
 /// A channel's state, where it is: with the current connection's channels,
@@ -70,6 +77,7 @@ impl Relayed {
             id,
             epoch,
             finished: false,
+            send_buf: BytesMut::new(),
         }
     }
 
@@ -187,9 +195,12 @@ impl AsyncWrite for Relayed {
             c.write_waker = Some(cx.waker().clone());
             return Poll::Pending;
         }
+        this.send_buf.reserve(SEND_BUF.max(room));
+        this.send_buf.extend_from_slice(&data[..room]);
+        let chunk = this.send_buf.split().freeze();
         let sent = inner
             .session
-            .send(this.id, Bytes::copy_from_slice(&data[..room]))
+            .send(this.id, chunk)
             .map_err(|e| broken(&e.to_string()))?;
         drop(guard);
         this.shared.flush.notify_one();
