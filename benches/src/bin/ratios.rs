@@ -15,6 +15,11 @@ const ROUND_TIME: Duration = Duration::from_millis(250);
 const HANDSHAKES_PER_ROUND: usize = 200;
 /// Idle connections for `idle_conn_bytes`.
 const IDLE_CONNS: usize = 10_000;
+/// Bytes per transfer of `direct_unix_vs_raw`, and its alternating rounds:
+/// a transfer takes ~12 ms and single ones spread by ±25% when the other
+/// core is busy, so many rounds keep the median steady (~1.6 s in all).
+const DIRECT_BYTES: usize = 64 << 20;
+const DIRECT_ROUNDS: usize = 61;
 
 fn main() {
     if std::env::args().nth(1).as_deref() == Some(broker::CHILD_ARG) {
@@ -82,12 +87,22 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (relay_ours, relay_raw, rt_ours, rt_raw) = runtime.block_on(async {
-        let bench = net::Bench::start().await;
-        let (relay_ours, relay_raw) = net::relay_vs_raw(&bench, 64 << 20, 5).await;
-        let (rt_ours, rt_raw) = net::roundtrip_vs_raw(&bench, 20_000).await;
-        (relay_ours, relay_raw, rt_ours, rt_raw)
-    });
+    let (relay_ours, relay_raw, rt_ours, rt_raw, direct_ours, direct_raw) =
+        runtime.block_on(async {
+            let bench = net::Bench::start().await;
+            let (relay_ours, relay_raw) = net::relay_vs_raw(&bench, 64 << 20, 5).await;
+            let (rt_ours, rt_raw) = net::roundtrip_vs_raw(&bench, 20_000).await;
+            let (direct_ours, direct_raw) =
+                net::direct_vs_raw(&bench, DIRECT_BYTES, DIRECT_ROUNDS).await;
+            (
+                relay_ours,
+                relay_raw,
+                rt_ours,
+                rt_raw,
+                direct_ours,
+                direct_raw,
+            )
+        });
     let mb_s = |d: Duration| 64.0 / d.as_secs_f64();
     println!(
         "64 MiB plugin to plugin   via broker {relay_ours:>9.2?} ({:.0} MiB/s)   raw socket {relay_raw:>9.2?} ({:.0} MiB/s)",
@@ -95,8 +110,16 @@ fn main() {
         mb_s(relay_raw)
     );
     println!("64-byte round trip         via broker {rt_ours:>9.2?}   raw socket {rt_raw:>9.2?}");
+    let direct_mb_s = |d: Duration| (DIRECT_BYTES >> 20) as f64 / d.as_secs_f64();
+    println!(
+        "{} MiB direct socketpair  channel {direct_ours:>9.2?} ({:.0} MiB/s)   raw socket {direct_raw:>9.2?} ({:.0} MiB/s)",
+        DIRECT_BYTES >> 20,
+        direct_mb_s(direct_ours),
+        direct_mb_s(direct_raw)
+    );
     ratios.push(("relay_unix_vs_raw", relay_ours, relay_raw));
     ratios.push(("roundtrip_vs_raw", rt_ours, rt_raw));
+    ratios.push(("direct_unix_vs_raw", direct_ours, direct_raw));
 
     // The broker alone in a child process: its CPU time per TCP handshake
     // (clients here), and its memory per idle connection.
