@@ -215,15 +215,14 @@ pub fn relayed_over_unix_64_mib_each_way<B: Broker, A: Api>() {
     );
 }
 
-/// Over TCP (box-stream, sealed and opened twice each way): 64 MiB each way
-/// on one channel, 8 MiB on the two beside it (a debug build's cipher is
-/// slow; the first channel carries the full size).
+/// Three channels at once over TCP (box-stream, sealed and opened twice
+/// each way), 64 MiB each way on each.
 pub fn relayed_over_tcp_64_mib_each_way<B: Broker, A: Api>() {
     bulk::<B, A>(
         "bulk-tcp",
         true,
         false,
-        &[64 * MIB, 8 * MIB, 8 * MIB],
+        &[64 * MIB, 64 * MIB, 64 * MIB],
         Path::Relayed,
     );
 }
@@ -240,14 +239,14 @@ pub fn socketpairs_64_mib_each_way<B: Broker, A: Api>() {
     );
 }
 
-/// Direct over TCP (the opener dials the target; shs1 + box-stream): 64 MiB
-/// each way on one channel, 8 MiB on the two beside it.
+/// Direct over TCP (the opener dials the target; shs1 + box-stream): three
+/// at once, 64 MiB each way on each.
 pub fn direct_tcp_64_mib_each_way<B: Broker, A: Api>() {
     bulk::<B, A>(
         "bulk-dial",
         true,
         true,
-        &[64 * MIB, 8 * MIB, 8 * MIB],
+        &[64 * MIB, 64 * MIB, 64 * MIB],
         Path::Tcp,
     );
 }
