@@ -4,6 +4,7 @@
 
 pub mod boxstream;
 pub mod broker;
+pub mod floor;
 pub mod handshake;
 pub mod measure;
 pub mod net;

@@ -12,10 +12,23 @@ use plugboard_tokio::{Addr, Channel, Plugin, Server};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+/// Which runtime adapter runs the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adapter {
+    /// The tokio server, on the same runtime as the plugins.
+    Tokio,
+    /// The smol server, on smol's executor in a thread of its own.
+    Smol,
+    /// The mio server, on a thread of its own.
+    Mio,
+}
+
 /// A broker on a fresh unix socket, with an echo plugin.
 pub struct Bench {
     addr: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// A broker on its own thread (smol, mio); stops when dropped.
+    _elsewhere: Option<plugboard_conformance::Running>,
     _plugins: Vec<Plugin>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -25,21 +38,41 @@ fn keys(seed: u8) -> Keypair {
 }
 
 impl Bench {
+    /// The tokio broker, on this runtime.
     pub async fn start() -> Self {
-        let path =
-            std::env::temp_dir().join(format!("plugboard-bench-{}.sock", std::process::id()));
-        let config = BrokerConfig::new(HandshakeConfig::new(keys(0xB0)));
-        let server = Server::bind(config, &[Addr::Unix(path.clone())])
-            .await
-            .unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(server.run(async {
-            let _ = stopped.await;
-        }));
-        let addr = format!("unix:{}", path.display());
+        Self::start_on(Adapter::Tokio).await
+    }
+
+    /// The broker of `adapter`.
+    pub async fn start_on(adapter: Adapter) -> Self {
+        use plugboard_conformance::broker::{start, MioBroker, SmolBroker};
+        let (addr, stop, elsewhere) = match adapter {
+            Adapter::Tokio => {
+                let path = std::env::temp_dir()
+                    .join(format!("plugboard-bench-{}.sock", std::process::id()));
+                let config = BrokerConfig::new(HandshakeConfig::new(keys(0xB0)));
+                let server = Server::bind(config, &[Addr::Unix(path.clone())])
+                    .await
+                    .unwrap();
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                tokio::spawn(server.run(async {
+                    let _ = stopped.await;
+                }));
+                (format!("unix:{}", path.display()), Some(stop), None)
+            }
+            Adapter::Smol => {
+                let running = start::<SmolBroker>("bench", |_| {});
+                (running.unix.clone(), None, Some(running))
+            }
+            Adapter::Mio => {
+                let running = start::<MioBroker>("bench", |_| {});
+                (running.unix.clone(), None, Some(running))
+            }
+        };
         let mut bench = Bench {
             addr,
             _stop: stop,
+            _elsewhere: elsewhere,
             _plugins: Vec::new(),
             tasks: Vec::new(),
         };

@@ -6,7 +6,6 @@ use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
-use bytes::BytesMut;
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
@@ -41,13 +40,11 @@ pub(crate) async fn send_with_fd(
         .await
 }
 
-/// Reads up to `max` bytes onto the end of `buf`, collecting any
-/// descriptors that came along into `fds` (close-on-exec). Returns the
-/// bytes read; 0 is the end of the stream.
+/// Reads into `buf`, collecting any descriptors that came along into
+/// `fds` (close-on-exec). Returns the bytes read; 0 is the end of the stream.
 pub(crate) async fn recv_with_fds(
     stream: &UnixStream,
-    buf: &mut BytesMut,
-    max: usize,
+    buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
 ) -> io::Result<usize> {
     stream
@@ -55,22 +52,10 @@ pub(crate) async fn recv_with_fds(
             let mut space =
                 [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_READ))];
             let mut control = RecvAncillaryBuffer::new(&mut space);
-            // recvmsg wants initialized memory: zeroing it costs far less
-            // than the system call, and needs no `unsafe`.
-            let start = buf.len();
-            buf.resize(start + max, 0);
-            let received = {
-                let mut iov = [IoSliceMut::new(&mut buf[start..])];
-                rustix::net::recvmsg(stream, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)
+            let n = {
+                let mut iov = [IoSliceMut::new(buf)];
+                rustix::net::recvmsg(stream, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)?.bytes
             };
-            let n = match received {
-                Ok(msg) => msg.bytes,
-                Err(e) => {
-                    buf.truncate(start);
-                    return Err(e.into());
-                }
-            };
-            buf.truncate(start + n);
             for message in control.drain() {
                 if let RecvAncillaryMessage::ScmRights(received) = message {
                     fds.extend(received);

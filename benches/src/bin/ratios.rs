@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use plugboard_benches::{boxstream, broker, handshake, measure, net, relay};
+use plugboard_benches::{boxstream, broker, floor, handshake, measure, net, relay};
 
 const ROUNDS: usize = 21;
 const ROUND_TIME: Duration = Duration::from_millis(250);
@@ -120,6 +120,39 @@ fn main() {
     ratios.push(("relay_unix_vs_raw", relay_ours, relay_raw));
     ratios.push(("roundtrip_vs_raw", rt_ours, rt_raw));
     ratios.push(("direct_unix_vs_raw", direct_ours, direct_raw));
+
+    // The floor under any relay: a bare forwarder between two sockets.
+    let (floor_fwd, floor_raw) = runtime.block_on(floor::forwarder_vs_raw(64 << 20, 5));
+    println!(
+        "64 MiB through a bare forwarder {floor_fwd:>9.2?} ({:.0} MiB/s)   raw socket {floor_raw:>9.2?}",
+        mb_s(floor_fwd)
+    );
+    ratios.push(("forwarder_unix_vs_raw", floor_fwd, floor_raw));
+
+    // The same relay and round trip with the broker on the other adapters
+    // (each on a thread of its own; the plugins stay on tokio).
+    for (adapter, suffix) in [(net::Adapter::Smol, "smol"), (net::Adapter::Mio, "mio")] {
+        let (relay_ours, relay_raw, rt_ours, rt_raw) = runtime.block_on(async {
+            let bench = net::Bench::start_on(adapter).await;
+            let (relay_ours, relay_raw) = net::relay_vs_raw(&bench, 64 << 20, 5).await;
+            let (rt_ours, rt_raw) = net::roundtrip_vs_raw(&bench, 20_000).await;
+            (relay_ours, relay_raw, rt_ours, rt_raw)
+        });
+        println!(
+            "64 MiB via the {suffix} broker {relay_ours:>9.2?} ({:.0} MiB/s)   raw socket {relay_raw:>9.2?};  64-byte round trip {rt_ours:>9.2?}   raw {rt_raw:>9.2?}",
+            mb_s(relay_ours)
+        );
+        let relay_name: &'static str = match adapter {
+            net::Adapter::Smol => "relay_unix_vs_raw_smol",
+            _ => "relay_unix_vs_raw_mio",
+        };
+        let rt_name: &'static str = match adapter {
+            net::Adapter::Smol => "roundtrip_vs_raw_smol",
+            _ => "roundtrip_vs_raw_mio",
+        };
+        ratios.push((relay_name, relay_ours, relay_raw));
+        ratios.push((rt_name, rt_ours, rt_raw));
+    }
 
     // The broker alone in a child process: its CPU time per TCP handshake
     // (clients here), and its memory per idle connection.

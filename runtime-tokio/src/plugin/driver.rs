@@ -6,7 +6,6 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use plugboard_core::session::SessionConfig;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{tcp, unix, TcpStream, UnixStream};
@@ -88,10 +87,12 @@ enum Reader {
 }
 
 impl Reader {
-    async fn read(&mut self, buf: &mut BytesMut, fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    /// Reads into `buf` (the session copies what it keeps, so one buffer,
+    /// initialized once, serves every read).
+    async fn read(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
         match self {
-            Reader::Unix(r) => crate::fdpass::recv_with_fds(r.as_ref(), buf, READ_SIZE, fds).await,
-            Reader::Tcp(r) => r.read_buf(buf).await,
+            Reader::Unix(r) => crate::fdpass::recv_with_fds(r.as_ref(), buf, fds).await,
+            Reader::Tcp(r) => r.read(buf).await,
         }
     }
 }
@@ -110,7 +111,7 @@ pub(crate) async fn run(
     } = conn;
     let epoch = shared.lock().epoch;
     let mut fds = Vec::new();
-    let mut buf = BytesMut::with_capacity(READ_SIZE);
+    let mut buf = vec![0u8; READ_SIZE];
     let mut queue = std::collections::VecDeque::new();
     loop {
         // Everything the session has goes out first.
@@ -161,7 +162,6 @@ pub(crate) async fn run(
                 None => std::future::pending().await,
             }
         };
-        buf.reserve(READ_SIZE);
         tokio::select! {
             read = reader.read(&mut buf, &mut fds) => {
                 let mut inner = shared.lock();
@@ -169,10 +169,11 @@ pub(crate) async fn run(
                 match read {
                     Ok(0) => inner.session.handle_eof(now),
                     // Errors end the session; its Closed event says why.
-                    Ok(_) => match hand_over(&mut inner, now, &buf, &mut fds) {
-                        Ok(()) => buf.clear(),
-                        Err(reason) => end(&mut inner, reason),
-                    },
+                    Ok(n) => {
+                        if let Err(reason) = hand_over(&mut inner, now, &buf[..n], &mut fds) {
+                            end(&mut inner, reason);
+                        }
+                    }
                     Err(e) => end(&mut inner, format!("read failed: {e}")),
                 }
             }
