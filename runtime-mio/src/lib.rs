@@ -6,6 +6,9 @@
 //!   source in *your* `mio::Poll`, beside your other sockets. It drives the
 //!   core's [`Session`](plugboard_core::session::Session); you make the
 //!   requests and handle its events yourself (`examples/embed.rs`).
+//!   Socketpair ends for direct channels arrive with it ([`PluginConn::take_fd`]).
+//! - [`DirectTcp`]: a direct channel over TCP, dialed by the opener or
+//!   accepted by the target, as one more source too.
 //!
 //! Both do the same three things around a sans-IO state machine, and
 //! nothing else: move bytes between sockets and the machine, read the
@@ -16,6 +19,7 @@
 
 mod addr;
 mod clock;
+mod direct;
 mod fdpass;
 mod io;
 mod plugin;
@@ -23,5 +27,6 @@ mod server;
 
 pub use addr::{Addr, BadAddr};
 pub use clock::Clock;
+pub use direct::{ConnMut, DirectTcp};
 pub use plugin::{ConnectError, PluginConn, SessionMut};
 pub use server::{ServeError, Server, StopHandle};

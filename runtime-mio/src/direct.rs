@@ -1,0 +1,207 @@
+//! A direct channel over TCP (PROTOCOL.md §5.11) as one more source in your
+//! `mio::Poll`: the core's [`DirectConn`] around a non-blocking socket.
+//!
+//! The opener makes one with [`DirectTcp::dial`] when its open is answered
+//! with `OpenedPath::Dial { addr, token }`; a target that registered a
+//! direct address makes one with [`DirectTcp::accept`] for each connection
+//! its listener accepts, and answers [`DirectEvent::Authorize`] and
+//! [`DirectEvent::Token`] from what the broker announced (`ExpectDial`).
+//! Once [`DirectEvent::Established`] arrives, both reset the relayed channel
+//! (`ErrorCode::Cancelled`, reason `direct`); if the dial fails, the opener
+//! calls `Session::direct_failed` and keeps the relay.
+
+use std::collections::VecDeque;
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use mio::event::{Event, Source};
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use plugboard_core::direct::{DirectConn, DirectEvent, TOKEN_LEN};
+use plugboard_core::shs::HandshakeConfig;
+use plugboard_core::PublicKey;
+
+use crate::clock::Clock;
+use crate::io::Stream;
+
+const READ_SIZE: usize = 64 * 1024;
+
+/// One end of a direct TCP channel. Register it with **both**
+/// `Interest::READABLE` and `Interest::WRITABLE`; hand it its events.
+pub struct DirectTcp {
+    stream: Stream,
+    conn: DirectConn,
+    clock: Clock,
+    queue: VecDeque<Bytes>,
+    buf: BytesMut,
+    /// The socket's end was read.
+    eof: bool,
+}
+
+impl DirectTcp {
+    /// Dials `addr` (`tcp:HOST:PORT`, from `OpenedPath::Dial`) to prove our
+    /// key to `target` and present `token`.
+    pub fn dial(
+        addr: &str,
+        config: Arc<HandshakeConfig>,
+        target: PublicKey,
+        token: [u8; TOKEN_LEN],
+        clock: Clock,
+    ) -> io::Result<Self> {
+        let host_port = addr
+            .strip_prefix("tcp:")
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a tcp: address"))?;
+        let socket = std::net::ToSocketAddrs::to_socket_addrs(host_port)?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
+        let conn = DirectConn::dial(config, target, token, &mut rand_core::OsRng, clock.now())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        // Non-blocking: the first WRITABLE says the connect finished.
+        let stream = TcpStream::connect(socket)?;
+        let _ = stream.set_nodelay(true);
+        Ok(Self::new(stream, conn, clock))
+    }
+
+    /// The target's end, for a connection its direct listener accepted.
+    pub fn accept(stream: TcpStream, config: Arc<HandshakeConfig>, clock: Clock) -> Self {
+        let _ = stream.set_nodelay(true);
+        let conn = DirectConn::listen(config, &mut rand_core::OsRng, clock.now());
+        Self::new(stream, conn, clock)
+    }
+
+    fn new(stream: TcpStream, conn: DirectConn, clock: Clock) -> Self {
+        let mut direct = DirectTcp {
+            stream: Stream::Tcp(stream),
+            conn,
+            clock,
+            queue: VecDeque::new(),
+            buf: BytesMut::new(),
+            eof: false,
+        };
+        direct.flush();
+        direct
+    }
+
+    /// The connection's state machine: answer `Authorize`/`Token`, `send`,
+    /// `finish`. What the call produced is written when the guard goes.
+    pub fn conn_mut(&mut self) -> ConnMut<'_> {
+        ConnMut(self)
+    }
+
+    /// The next thing to handle: `Authorize` and `Token` (target), then
+    /// `Established`, `Data`, `Fin`; `Failed` is the last.
+    pub fn poll_event(&mut self) -> Option<DirectEvent> {
+        self.conn.poll_event()
+    }
+
+    /// Until the channel is up, how long to wait at most (the handshake's
+    /// and the token's deadline).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.conn.poll_timeout().map(|at| self.clock.until(at))
+    }
+
+    /// Fails the connection if it is not up by its deadline.
+    pub fn handle_timeout(&mut self) {
+        self.conn.handle_timeout(self.clock.now());
+    }
+
+    /// Reads what arrived and writes what is pending.
+    pub fn handle_ready(&mut self, event: &Event) {
+        if event.is_readable() || event.is_read_closed() {
+            self.read();
+        }
+        self.flush();
+    }
+
+    /// Whether both sides said goodbye, or it failed: drop it.
+    pub fn is_done(&self) -> bool {
+        self.conn.is_finished() || self.conn.is_failed()
+    }
+
+    fn read(&mut self) {
+        while !self.eof {
+            self.buf.clear();
+            match self.stream.read(&mut self.buf, READ_SIZE, None) {
+                Ok(0) => {
+                    self.eof = true;
+                    let _ = self.conn.handle_eof();
+                }
+                Ok(_) => {
+                    let now = self.clock.now();
+                    let _ = self.conn.handle_input(now, &self.buf);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A broken socket ends the stream where it broke.
+                Err(_) => {
+                    self.eof = true;
+                    let _ = self.conn.handle_eof();
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        while let Some(bytes) = self.conn.poll_transmit() {
+            self.queue.push_back(bytes);
+        }
+        match self.stream.write_queue(&mut self.queue) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                // The peer is gone: what it did not read is lost, and
+                // reading tells the connection so.
+                self.queue.clear();
+            }
+        }
+    }
+}
+
+/// [`DirectTcp::conn_mut`]'s guard: writes what the call produced.
+pub struct ConnMut<'a>(&'a mut DirectTcp);
+
+impl Deref for ConnMut<'_> {
+    type Target = DirectConn;
+    fn deref(&self) -> &DirectConn {
+        &self.0.conn
+    }
+}
+
+impl DerefMut for ConnMut<'_> {
+    fn deref_mut(&mut self) -> &mut DirectConn {
+        &mut self.0.conn
+    }
+}
+
+impl Drop for ConnMut<'_> {
+    fn drop(&mut self) {
+        self.0.flush();
+    }
+}
+
+impl Source for DirectTcp {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        self.stream.register(registry, token, interests)
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        self.stream.reregister(registry, token, interests)
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        self.stream.deregister(registry)
+    }
+}
