@@ -25,16 +25,19 @@ fn a_plugin_conn_dials_a_direct_tcp_channel() {
     // The target: a tokio plugin on the unix socket, taking direct channels.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let unix = broker.unix.clone();
-    let _target = runtime.block_on(async {
-        let far = plugboard_tokio::Plugin::builder(keys(4))
+    let far = runtime.block_on(async {
+        plugboard_tokio::Plugin::builder(keys(4))
             .broker_key(broker_keys().public())
             .name("far")
             .direct_listen("tcp:127.0.0.1:0")
             .connect(&unix)
             .await
-            .unwrap();
-        serve_echo(far)
+            .unwrap()
     });
+    let _target = {
+        let _in = runtime.enter();
+        serve_echo(far)
+    };
 
     // The opener: a PluginConn over TCP in a loop of our own.
     let handshake = HandshakeConfig::new(keys(2));
