@@ -97,3 +97,48 @@ fn a_stop_says_why_and_removes_the_socket() {
         assert!(!path.exists(), "the socket file stayed");
     });
 }
+
+/// Listeners bound by someone else (as a service manager passes them) are
+/// served next to the bound addresses, and their socket files stay when
+/// the server stops: they are not the server's.
+#[test]
+fn serves_listeners_bound_elsewhere() {
+    run(async {
+        let path = sock_path("inherited");
+        let _ = std::fs::remove_file(&path);
+        let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp_addr = tcp.local_addr().unwrap().to_string();
+        let own = sock_path("inherited-own");
+        let server =
+            Server::bind_with(config(), &[Addr::Unix(own.clone())], vec![unix], vec![tcp]).unwrap();
+        assert_eq!(
+            server.local_addrs(),
+            vec![
+                Addr::Unix(own.clone()),
+                Addr::Unix(path.clone()),
+                Addr::Tcp(tcp_addr.clone())
+            ]
+        );
+        let (stop, stopped) = smol::channel::bounded::<()>(1);
+        let task = smol::spawn(server.run(async move {
+            let _ = stopped.recv().await;
+        }));
+        // Through the inherited unix socket, a named plugin and a client.
+        let unix_addr = Addr::Unix(path.clone()).to_string();
+        let named = plugin(&unix_addr, 1, Some("passed")).await;
+        let client = plugin(&unix_addr, 2, None).await;
+        let members = client.list().await.unwrap();
+        assert_eq!(members.len(), 1);
+        assert_eq!(members[0].name.as_str(), "passed");
+        // Through the inherited TCP socket, the same broker.
+        let remote = plugin(&Addr::Tcp(tcp_addr).to_string(), 3, None).await;
+        assert_eq!(remote.list().await.unwrap().len(), 1);
+        drop((named, client, remote));
+        drop(stop);
+        within(PATIENCE, task).await;
+        assert!(path.exists(), "an inherited socket file was removed");
+        assert!(!own.exists(), "the server's own socket file stayed");
+        let _ = std::fs::remove_file(&path);
+    });
+}

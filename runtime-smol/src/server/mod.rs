@@ -99,6 +99,54 @@ impl Server {
         })
     }
 
+    /// Binds every address, as [`Server::bind`], and serves listeners that
+    /// are already bound too: those a service manager passed (systemd socket
+    /// activation; `plugboard_tokio::activation` finds them) or any the
+    /// caller made. They are served after the bound addresses, unix ones
+    /// first, in order (see [`Server::local_addrs`]). Their socket files are
+    /// not ours: they stay when the server stops. Their mode and blocking
+    /// state are left as they come, except that they are made non-blocking.
+    pub fn bind_with(
+        config: BrokerConfig,
+        addrs: &[Addr],
+        unix: Vec<UnixListener>,
+        tcp: Vec<TcpListener>,
+    ) -> Result<Self, ServeError> {
+        let mut server = Self::bind(config, addrs)?;
+        for listener in unix {
+            let path = listener
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(PathBuf::from))
+                .unwrap_or_default();
+            let err = |source| ServeError::Bind {
+                addr: Addr::Unix(match path.as_os_str().is_empty() {
+                    true => PathBuf::from("(inherited)"),
+                    false => path.clone(),
+                }),
+                source,
+            };
+            let listener = Async::new(listener).map_err(err)?;
+            server.listeners.push(Listener::Unix {
+                listener,
+                path,
+                owned: false,
+            });
+        }
+        for listener in tcp {
+            let addr = listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "(inherited)".into());
+            let listener = Async::new(listener).map_err(|source| ServeError::Bind {
+                addr: Addr::Tcp(addr),
+                source,
+            })?;
+            server.listeners.push(Listener::Tcp(listener));
+        }
+        Ok(server)
+    }
+
     /// The addresses actually bound (a TCP port 0 becomes the real port).
     pub fn local_addrs(&self) -> Vec<Addr> {
         self.listeners

@@ -369,14 +369,11 @@ async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure
         }
     }
     match args.runtime {
-        Runtime::Tokio => {}
-        _ if !inherited.is_empty() => {
-            return Err(fail(
-                "listeners passed by the service manager are served on --runtime tokio only",
-            ))
-        }
+        Runtime::Tokio | Runtime::Smol => {}
+        _ if !inherited.is_empty() => return Err(fail(
+            "listeners passed by the service manager are served on --runtime tokio or smol only",
+        )),
         Runtime::Mio => return serve_mio(config, &listen).await,
-        Runtime::Smol => return serve_smol(config, &listen).await,
     }
     let passed: Vec<String> = inherited
         .iter()
@@ -390,6 +387,9 @@ async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure
             }
         })
         .collect();
+    if let Runtime::Smol = args.runtime {
+        return serve_smol(config, &listen, inherited, passed).await;
+    }
     let server = Server::bind_with(config, &addrs, inherited)
         .await
         .map_err(fail)?;
@@ -427,13 +427,39 @@ async fn serve_mio(config: BrokerConfig, listen: &[String]) -> Result<(), Failur
 }
 
 /// The broker on the smol adapter, on a thread of its own, until a signal.
-async fn serve_smol(config: BrokerConfig, listen: &[String]) -> Result<(), Failure> {
+/// It serves the listeners the service manager passed too (`passed`
+/// describes them, in order).
+async fn serve_smol(
+    config: BrokerConfig,
+    listen: &[String],
+    inherited: Vec<Inherited>,
+    passed: Vec<String>,
+) -> Result<(), Failure> {
+    use plugboard_tokio::activation::InheritedListener;
     let addrs: Vec<plugboard_smol::Addr> = listen
         .iter()
         .map(|a| a.parse().map_err(fail))
         .collect::<Result<_, _>>()?;
-    let server = plugboard_smol::Server::bind(config, &addrs).map_err(fail)?;
-    for addr in server.local_addrs() {
+    // The smol server takes std listeners: unix ones, then TCP ones.
+    let (mut unix, mut tcp) = (Vec::new(), Vec::new());
+    let (mut passed_unix, mut passed_tcp) = (Vec::new(), Vec::new());
+    for (i, described) in inherited.into_iter().zip(passed) {
+        match i.listener {
+            InheritedListener::Unix(l) => {
+                unix.push(l);
+                passed_unix.push(described);
+            }
+            InheritedListener::Tcp(l) => {
+                tcp.push(l);
+                passed_tcp.push(described);
+            }
+        }
+    }
+    let server = plugboard_smol::Server::bind_with(config, &addrs, unix, tcp).map_err(fail)?;
+    // The bound addresses come first, in order, then the inherited ones.
+    let bound = server.local_addrs().into_iter().take(addrs.len());
+    let passed = passed_unix.into_iter().chain(passed_tcp);
+    for addr in bound.map(|a| a.to_string()).chain(passed) {
         eprintln!(
             "plugboard: listening on {addr} as {} (smol)",
             server.public_key()
