@@ -24,7 +24,7 @@ mod server;
 pub use addr::{Addr, BadAddr};
 pub use clock::Clock;
 pub use plugin::{
-    Channel, Incoming, IncomingStream, Path, Plugin, PluginBuilder, PluginError, Stats, WatchEvent,
-    WatchStream,
+    Channel, ConnectionEvent, EventStream, Incoming, IncomingStream, Path, Plugin, PluginBuilder,
+    PluginError, Reconnect, Stats, WatchEvent, WatchStream,
 };
 pub use server::{ServeError, Server};

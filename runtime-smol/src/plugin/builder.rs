@@ -9,7 +9,7 @@ use plugboard_core::shs::HandshakeConfig;
 use plugboard_core::{Keypair, NetworkKey, PublicKey};
 use smol::channel::{bounded, unbounded};
 
-use super::{direct, driver, Inner, Plugin, PluginError, Shared};
+use super::{direct, driver, Inner, Plugin, PluginError, Reconnect, Shared};
 use crate::addr::Addr;
 use crate::clock::Clock;
 use crate::io::Stream;
@@ -24,6 +24,7 @@ pub struct PluginBuilder {
     direct_advertise: Option<String>,
     broker: Option<PublicKey>,
     network_key: NetworkKey,
+    reconnect: Option<Reconnect>,
 }
 
 impl Plugin {
@@ -37,6 +38,7 @@ impl Plugin {
             direct_advertise: None,
             broker: None,
             network_key: NetworkKey::SSB_MAIN,
+            reconnect: None,
         }
     }
 }
@@ -81,6 +83,29 @@ impl PluginBuilder {
         self
     }
 
+    /// When the connection to the broker is lost, connect again (with
+    /// jittered backoff, until the plugin is dropped) instead of ending.
+    ///
+    /// On a loss: requests in flight (opens too) fail with
+    /// [`PluginError::Reconnecting`], and so do new ones until the plugin is
+    /// back; relayed channels fail (reads and writes error); direct channels
+    /// are sockets of their own and go on; [`Plugin::events`] says
+    /// [`ConnectionEvent::Lost`](super::ConnectionEvent::Lost). On a new
+    /// connection the plugin registers its name again (waiting in line if
+    /// [`PluginBuilder::wait_for_name`] said so) and restarts its watch (the
+    /// watch stream gets a fresh
+    /// [`WatchEvent::Snapshot`](super::WatchEvent::Snapshot)); then
+    /// [`ConnectionEvent::Reconnected`](super::ConnectionEvent::Reconnected).
+    /// A broker that refuses the name or the watch counts as a failed
+    /// attempt. The incoming stream goes on across connections.
+    ///
+    /// Only a connection that was made is replaced: [`PluginBuilder::connect`]
+    /// itself fails if the broker cannot be reached.
+    pub fn reconnect(mut self, policy: Reconnect) -> Self {
+        self.reconnect = Some(policy);
+        self
+    }
+
     /// Connects, completes the handshake and the hello, and registers the
     /// name if one was given. The plugin's tasks run on smol's global
     /// executor.
@@ -119,7 +144,7 @@ impl PluginBuilder {
         let mut config = SessionConfig::new(handshake.clone(), broker);
         config.boxstream = matches!(addr, Addr::Tcp(_));
         let clock = Clock::start();
-        let session = Session::new(config, &mut rand_core::OsRng, clock.now())?;
+        let session = Session::new(config.clone(), &mut rand_core::OsRng, clock.now())?;
         let (incoming_tx, incoming_rx) = unbounded();
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
@@ -130,6 +155,14 @@ impl PluginBuilder {
                 incoming: incoming_tx,
                 watchers: Vec::new(),
                 ended: None,
+                reconnect: self.reconnect.is_some(),
+                live: true,
+                epoch: 0,
+                down: None,
+                orphans: HashMap::new(),
+                registration: None,
+                watching: false,
+                events: Vec::new(),
                 fds: HashMap::new(),
                 next_fd: 0,
                 paths: HashMap::new(),
@@ -144,11 +177,18 @@ impl PluginBuilder {
                 reason: e.to_string(),
             })?;
         let (ready_tx, ready_rx) = bounded(1);
-        let driver = driver::spawn(shared.clone(), stream, ready_tx);
+        let reconnect = self.reconnect.map(|policy| (addr.clone(), policy, config));
+        let driver = driver::spawn(shared.clone(), stream, ready_tx, reconnect);
+        // Until connect returns, a lost connection is the end of it.
+        let first = |e| match e {
+            PluginError::Reconnecting(reason) => PluginError::Disconnected(reason),
+            e => e,
+        };
         ready_rx
             .recv()
             .await
-            .map_err(|_| PluginError::Disconnected("the driver stopped".into()))??;
+            .map_err(|_| PluginError::Disconnected("the driver stopped".into()))?
+            .map_err(first)?;
         let handshake = Arc::new(handshake);
         let (direct_addr, direct_task) = match direct_listener {
             Some((listener, bound)) => {
@@ -168,7 +208,7 @@ impl PluginBuilder {
             _direct: direct_task,
         };
         if let Some(name) = name {
-            plugin.register(name, self.wait).await?;
+            plugin.register(name, self.wait).await.map_err(first)?;
         }
         Ok(plugin)
     }

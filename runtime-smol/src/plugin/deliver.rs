@@ -6,7 +6,7 @@ use std::sync::Arc;
 use plugboard_core::control::{ChannelPath, ErrorCode};
 use plugboard_core::session::SessionEvent;
 
-use super::Waiter;
+use super::{reconnect, ConnectionEvent, Waiter};
 use super::{reply, Incoming, Inner, Opened, PluginError, Resolved, Shared, Stats, WatchEvent};
 
 /// Hands one session event to its waiter. Called by the driver with the
@@ -102,6 +102,7 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
             let incoming = Incoming {
                 shared: shared.clone(),
                 id: channel,
+                epoch: inner.epoch,
                 from_name,
                 from_key,
                 protocol,
@@ -163,12 +164,18 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
 }
 
 /// The connection is over: every waiter, watch, offer stream and channel
-/// learns it.
+/// learns it. A plugin that reconnects has lost it instead (see
+/// [`reconnect::lose`]).
 pub(crate) fn end(inner: &mut Inner, reason: String) {
-    if inner.ended.is_some() {
+    if !inner.live || inner.ended.is_some() {
         return;
     }
-    inner.ended = Some(reason);
+    inner.live = false;
+    if inner.reconnect {
+        reconnect::lose(inner, reason);
+        return;
+    }
+    inner.ended = Some(reason.clone());
     inner.waiters.clear(); // dropped senders: the waiters see Disconnected
     inner.watchers.clear(); // the watch streams end
     inner.incoming.close(); // the offer streams end once drained
@@ -178,4 +185,5 @@ pub(crate) fn end(inner: &mut Inner, reason: String) {
         c.wake_reader();
         c.wake_writer();
     }
+    inner.report(ConnectionEvent::Ended { reason });
 }

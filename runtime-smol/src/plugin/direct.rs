@@ -130,7 +130,7 @@ pub(crate) async fn serve(
                         if let Some(id) = id {
                             inner.expected.remove(&id);
                         }
-                        channel = id;
+                        channel = id.map(|id| (id, inner.epoch));
                         let _ = conn.answer_token(id.is_some());
                         id.is_some()
                     }
@@ -138,8 +138,12 @@ pub(crate) async fn serve(
                 })
                 .await;
             match (established, channel) {
-                (Ok(stream), Some(id)) => {
+                (Ok(stream), Some((id, epoch))) => {
                     let mut inner = shared.lock();
+                    if inner.epoch != epoch {
+                        // Announced on a connection that was lost since.
+                        return;
+                    }
                     // The relayed channel is the fallback no more.
                     inner.channels.remove(&id);
                     let _ = inner.session.reset(id, ErrorCode::Cancelled, "direct");

@@ -1,5 +1,6 @@
 //! The task that owns a plugin's socket: it writes what the session has,
-//! reads what the broker sends, and runs the session's timers.
+//! reads what the broker sends, and runs the session's timers. A plugin that
+//! reconnects goes on with the next connection (see `reconnect.rs`).
 
 use std::collections::VecDeque;
 use std::io;
@@ -12,20 +13,31 @@ use futures_lite::future;
 use smol::channel::Sender;
 use smol::Task;
 
+use plugboard_core::session::SessionConfig;
+
 use super::deliver::{deliver, end};
-use super::{reply, Inner, PluginError, Shared};
+use super::{reconnect, reply, Inner, PluginError, Reconnect, Shared};
+use crate::addr::Addr;
 use crate::io::Stream;
 
 const READ_SIZE: usize = 64 * 1024;
 
 /// Starts the driver on a connected socket. `ready` learns when the broker
-/// said hello (or that it never will). Dropping the task stops it.
+/// said hello (or that it never will). With `reconnect`, a lost connection
+/// is followed by new ones to the address, with sessions made from the
+/// config. Dropping the task stops it.
 pub(crate) fn spawn(
     shared: Arc<Shared>,
     stream: Stream,
     ready: Sender<Result<(), PluginError>>,
+    reconnect: Option<(Addr, Reconnect, SessionConfig)>,
 ) -> Task<()> {
-    smol::spawn(run(shared, stream, ready))
+    smol::spawn(async move {
+        run(shared.clone(), stream, Some(ready)).await;
+        if let Some((addr, policy, config)) = reconnect {
+            reconnect::supervise(shared, addr, policy, config).await;
+        }
+    })
 }
 
 /// What woke the driver.
@@ -35,8 +47,15 @@ enum Woke {
     Timer,
 }
 
-async fn run(shared: Arc<Shared>, stream: Stream, ready: Sender<Result<(), PluginError>>) {
-    let mut ready = Some(ready);
+/// Drives the session in `shared` over `stream` until the connection is
+/// over (ended, or lost when the plugin reconnects). `ready` learns when the
+/// broker said hello, or that it never will on this connection.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    stream: Stream,
+    mut ready: Option<Sender<Result<(), PluginError>>>,
+) {
+    let epoch = shared.lock().epoch;
     let mut fds = Vec::new();
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let mut queue = VecDeque::new();
@@ -59,10 +78,16 @@ async fn run(shared: Arc<Shared>, stream: Stream, ready: Sender<Result<(), Plugi
         }
         let (timeout, ended) = {
             let mut inner = shared.lock();
-            drain(&shared, &mut inner);
+            drain(&shared, &mut inner, epoch);
+            // Over for good, or lost (and the next connection is not ours).
+            let over = match (&inner.ended, inner.epoch != epoch) {
+                (Some(reason), _) => Some(PluginError::Disconnected(reason.clone())),
+                (None, true) => Some(inner.stale()),
+                (None, false) => None,
+            };
             if let Some(tx) = ready.take() {
-                match (&inner.ended, inner.session.is_ready()) {
-                    (Some(reason), _) => reply(&tx, Err(PluginError::Disconnected(reason.clone()))),
+                match (&over, inner.session.is_ready()) {
+                    (Some(e), _) => reply(&tx, Err(e.clone())),
                     (None, true) => reply(&tx, Ok(())),
                     (None, false) => ready = Some(tx),
                 }
@@ -71,7 +96,7 @@ async fn run(shared: Arc<Shared>, stream: Stream, ready: Sender<Result<(), Plugi
                 .session
                 .poll_timeout()
                 .map(|at| inner.clock.to_std(at));
-            (timeout, inner.ended.is_some())
+            (timeout, over.is_some())
         };
         if ended {
             stream.shutdown_write();
@@ -135,9 +160,13 @@ fn hand_over(
     Ok(())
 }
 
-/// Hands every session event to its waiter.
-fn drain(shared: &Arc<Shared>, inner: &mut Inner) {
-    while let Some(event) = inner.session.poll_event() {
+/// Hands every session event to its waiter, while the connection is the
+/// current one (what a lost one still had to say is for nobody).
+fn drain(shared: &Arc<Shared>, inner: &mut Inner, epoch: u64) {
+    while inner.epoch == epoch {
+        let Some(event) = inner.session.poll_event() else {
+            break;
+        };
         deliver(shared, inner, event);
     }
 }

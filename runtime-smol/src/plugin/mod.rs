@@ -8,12 +8,17 @@
 //! One driver task (on smol's global executor) owns the socket and the
 //! core's [`Session`]; handles share the session behind a mutex never held
 //! across an await.
+//!
+//! With [`PluginBuilder::reconnect`], a lost connection is replaced by a new
+//! one (see [`Reconnect`]); [`Plugin::events`] says when, as a
+//! [`Stream`](futures_core::Stream) of [`ConnectionEvent`]s ([`EventStream`]).
 
 mod builder;
 mod channel;
 mod deliver;
 mod direct;
 mod driver;
+mod reconnect;
 mod relayed;
 mod streams;
 
@@ -35,6 +40,7 @@ use smol::Task;
 
 pub use builder::PluginBuilder;
 pub use channel::{Channel, Path};
+pub use reconnect::{ConnectionEvent, EventStream, Reconnect};
 pub use streams::{IncomingStream, WatchStream};
 
 use crate::clock::Clock;
@@ -63,6 +69,13 @@ pub enum PluginError {
     /// The connection is over.
     #[error("the connection to the broker ended: {0}")]
     Disconnected(String),
+    /// The connection to the broker was lost and the plugin reconnects (see
+    /// [`PluginBuilder::reconnect`]): the request was in flight on the lost
+    /// connection, or made before the new one was ready (or, for an
+    /// [`Incoming`], the channel was offered on the lost connection). Worth
+    /// retrying after [`ConnectionEvent::Reconnected`].
+    #[error("the connection to the broker was lost, reconnecting: {0}")]
+    Reconnecting(String),
     /// A direct channel was arranged but its socket could not be set up.
     #[error("the direct channel failed: {reason}")]
     Direct {
@@ -139,6 +152,14 @@ fn reply<T>(tx: &Reply<T>, answer: Result<T, PluginError>) {
     let _ = tx.try_send(answer);
 }
 
+/// The name this plugin holds, to take again on a new connection.
+#[derive(Clone)]
+struct Registration {
+    name: Name,
+    wait: bool,
+    direct_addr: Option<String>,
+}
+
 /// The broker's answer to an open.
 struct Opened {
     peer: PublicKey,
@@ -165,8 +186,27 @@ pub(crate) struct Inner {
     pub(crate) channels: HashMap<ChannelId, relayed::ChannelState>,
     incoming: Sender<Incoming>,
     watchers: Vec<Sender<WatchEvent>>,
-    /// Why the connection ended, once it did.
+    /// Why the connection ended for good, once it did.
     pub(crate) ended: Option<String>,
+    /// Whether a lost connection is replaced (see `reconnect.rs`).
+    reconnect: bool,
+    /// Whether the current connection is up (not yet ended or lost).
+    live: bool,
+    /// Counts lost connections: channels and offers remember the one they
+    /// were made on, and a lost one's ids mean nothing to the next session.
+    pub(crate) epoch: u64,
+    /// Why the connection was lost (or, after failed attempts, the last
+    /// one), from then until the name and the watch are restored on a new
+    /// connection; user requests fail meanwhile.
+    down: Option<String>,
+    /// Relayed channels of lost connections (by epoch and id), until their
+    /// handles let go: what they received can still be read, then an error.
+    pub(crate) orphans: HashMap<(u64, ChannelId), relayed::ChannelState>,
+    /// What to restore on a new connection.
+    registration: Option<Registration>,
+    watching: bool,
+    /// Whoever follows [`Plugin::events`].
+    events: Vec<Sender<ConnectionEvent>>,
     /// Descriptors from the broker, by the token the session knows them by.
     fds: HashMap<u64, OwnedFd>,
     next_fd: u64,
@@ -188,6 +228,26 @@ impl Inner {
         self.fds.insert(token, fd);
         Ok(token)
     }
+
+    /// Tells every [`Plugin::events`] stream.
+    fn report(&mut self, event: ConnectionEvent) {
+        self.events.retain(|tx| tx.try_send(event.clone()).is_ok());
+    }
+
+    /// Forgets a relayed channel that will have no handle, wherever it is
+    /// (its connection may be gone, and its id another's on the new one).
+    pub(crate) fn forget(&mut self, epoch: u64, id: ChannelId) {
+        match self.epoch == epoch {
+            true => self.channels.remove(&id),
+            false => self.orphans.remove(&(epoch, id)),
+        };
+    }
+
+    /// The error for something made on a connection that was lost.
+    pub(crate) fn stale(&self) -> PluginError {
+        let reason = self.down.as_deref().unwrap_or("it was lost");
+        PluginError::Reconnecting(format!("the connection it was on is gone ({reason})"))
+    }
 }
 
 pub(crate) struct Shared {
@@ -201,6 +261,37 @@ impl Shared {
         self.inner
             .lock()
             .expect("a task panicked holding the session")
+    }
+
+    /// Sends a request on the current connection and waits for its answer.
+    /// A user's request (`restoring` false) is refused while the connection
+    /// is down, and so is one that restores the name or the watch on a new
+    /// connection once that connection is lost too.
+    async fn call<T>(
+        &self,
+        restoring: bool,
+        send: impl FnOnce(&mut Inner) -> Result<RequestId, SessionError>,
+        waiter: impl FnOnce(Reply<T>) -> Waiter,
+    ) -> Result<T, PluginError> {
+        let (tx, rx) = bounded(1);
+        {
+            let mut inner = self.lock();
+            if let Some(reason) = &inner.ended {
+                return Err(PluginError::Disconnected(reason.clone()));
+            }
+            match &inner.down {
+                Some(reason) if !restoring || !inner.live => {
+                    return Err(PluginError::Reconnecting(reason.clone()))
+                }
+                _ => {}
+            }
+            let request = send(&mut inner)?;
+            inner.waiters.insert(request, waiter(tx));
+        }
+        self.flush.notify_one();
+        rx.recv()
+            .await
+            .unwrap_or_else(|_| Err(PluginError::Disconnected("the connection ended".into())))
     }
 }
 
@@ -233,32 +324,39 @@ impl Plugin {
         send: impl FnOnce(&mut Inner) -> Result<RequestId, SessionError>,
         waiter: impl FnOnce(Reply<T>) -> Waiter,
     ) -> Result<T, PluginError> {
-        let (tx, rx) = bounded(1);
-        {
-            let mut inner = self.shared.lock();
-            if let Some(reason) = &inner.ended {
-                return Err(PluginError::Disconnected(reason.clone()));
-            }
-            let request = send(&mut inner)?;
-            inner.waiters.insert(request, waiter(tx));
-        }
-        self.shared.flush.notify_one();
-        rx.recv()
-            .await
-            .unwrap_or_else(|_| Err(PluginError::Disconnected("the connection ended".into())))
+        self.shared.call(false, send, waiter).await
     }
 
     async fn register(&self, name: Name, wait: bool) -> Result<bool, PluginError> {
-        self.request(
-            |inner| {
-                let now = inner.clock.now();
-                inner
-                    .session
-                    .register(now, name, wait, self.direct_addr.clone())
-            },
-            Waiter::Registered,
-        )
-        .await
+        let registration = Registration {
+            name,
+            wait,
+            direct_addr: self.direct_addr.clone(),
+        };
+        let queued = self
+            .request(
+                |inner| {
+                    // Remembered as it is sent: a connection lost right
+                    // after the answer still restores it.
+                    inner.registration = Some(registration.clone());
+                    reconnect::send_register(inner, registration)
+                },
+                Waiter::Registered,
+            )
+            .await;
+        if queued.is_err() {
+            self.shared.lock().registration = None;
+        }
+        queued
+    }
+
+    /// Changes of the connection from now on, one event each: see
+    /// [`ConnectionEvent`]. Each call makes a new stream (an unbounded
+    /// async channel's receiver); it ends when the plugin is dropped.
+    pub fn events(&self) -> EventStream {
+        let (tx, rx) = smol::channel::unbounded();
+        self.shared.lock().events.push(tx);
+        EventStream::new(rx)
     }
 
     /// Every named plugin.
@@ -286,24 +384,36 @@ impl Plugin {
     }
 
     /// A snapshot, then every change, in order, as a stream (it ends with
-    /// the connection). One watch per connection.
+    /// the connection). One watch per connection. A plugin that reconnects
+    /// watches again on the new connection: the stream goes on with a new
+    /// snapshot, then the changes from there.
     pub async fn watch(&self) -> Result<WatchStream, PluginError> {
         let (tx, rx) = smol::channel::unbounded();
         self.shared.lock().watchers.push(tx);
-        self.request(
-            |inner| {
-                let now = inner.clock.now();
-                inner.session.watch(now)
-            },
-            Waiter::Watching,
-        )
-        .await?;
+        let watching = self
+            .request(
+                |inner| {
+                    inner.watching = true; // as for the name
+                    let now = inner.clock.now();
+                    inner.session.watch(now)
+                },
+                Waiter::Watching,
+            )
+            .await;
+        if let Err(e) = watching {
+            self.shared.lock().watching = false;
+            return Err(e);
+        }
         Ok(WatchStream::new(rx))
     }
 
     /// Ends the watch: its stream ends.
     pub async fn unwatch(&self) -> Result<(), PluginError> {
-        self.shared.lock().watchers.clear();
+        {
+            let mut inner = self.shared.lock();
+            inner.watchers.clear();
+            inner.watching = false;
+        }
         self.request(
             |inner| {
                 let now = inner.clock.now();
@@ -339,6 +449,7 @@ impl Plugin {
             code: ErrorCode::Malformed,
             message: e.to_string(),
         })?;
+        // The channel's id, and the connection it belongs to.
         let mut opened = None;
         let answer = self
             .request(
@@ -350,7 +461,7 @@ impl Plugin {
                     inner
                         .channels
                         .insert(channel, relayed::ChannelState::default());
-                    opened = Some(channel);
+                    opened = Some((channel, inner.epoch));
                     Ok(request)
                 },
                 Waiter::Opened,
@@ -359,16 +470,16 @@ impl Plugin {
         let answer = match answer {
             Ok(answer) => answer,
             Err(e) => {
-                if let Some(id) = opened {
-                    self.shared.lock().channels.remove(&id);
+                if let Some((id, epoch)) = opened {
+                    self.shared.lock().forget(epoch, id);
                 }
                 return Err(e);
             }
         };
-        let id = opened.expect("answered, so sent");
+        let (id, epoch) = opened.expect("answered, so sent");
         match (answer.path, answer.fd) {
             (OpenedPath::SocketPair, Some(fd)) => {
-                self.shared.lock().channels.remove(&id);
+                self.shared.lock().forget(epoch, id);
                 Channel::socketpair(fd, id, answer.peer).map_err(|e| PluginError::Direct {
                     reason: e.to_string(),
                 })
@@ -378,33 +489,41 @@ impl Plugin {
                 let dialed =
                     direct::dial(&addr, self.handshake.clone(), answer.peer, token, clock).await;
                 let mut inner = self.shared.lock();
+                let current = inner.epoch == epoch;
                 let channel = match dialed {
                     Ok(stream) => {
                         // The relayed channel is the fallback no more.
-                        inner.channels.remove(&id);
-                        let _ = inner.session.reset(id, ErrorCode::Cancelled, "direct");
+                        inner.forget(epoch, id);
+                        if current {
+                            let _ = inner.session.reset(id, ErrorCode::Cancelled, "direct");
+                        }
                         Channel::tcp(Box::new(stream), id, answer.peer)
+                    }
+                    Err(_) if !current => {
+                        inner.forget(epoch, id);
+                        return Err(inner.stale());
                     }
                     Err(reason) => {
                         tracing::info!("direct channel to {name} at {addr}: {reason}; relaying");
                         inner.session.direct_failed(id)?;
-                        self.relayed(id, answer.peer)
+                        self.relayed(id, epoch, answer.peer)
                     }
                 };
                 drop(inner);
                 self.shared.flush.notify_one();
                 Ok(channel)
             }
-            _ => Ok(self.relayed(id, answer.peer)),
+            _ => Ok(self.relayed(id, epoch, answer.peer)),
         }
     }
 
-    fn relayed(&self, id: ChannelId, peer: PublicKey) -> Channel {
-        Channel::relayed(relayed::Relayed::new(self.shared.clone(), id), peer)
+    fn relayed(&self, id: ChannelId, epoch: u64, peer: PublicKey) -> Channel {
+        Channel::relayed(relayed::Relayed::new(self.shared.clone(), id, epoch), peer)
     }
 
     /// Channels others open to this plugin, as a stream; it ends once the
-    /// connection is over. Every call gives a stream over the same queue:
+    /// connection is over for good (a plugin that reconnects keeps taking
+    /// them across connections). Every call gives a stream over the same queue:
     /// each offer goes to one of them. Offers nobody takes wait in the
     /// queue (the opener waits too, until its open times out).
     pub fn incoming(&self) -> IncomingStream {
@@ -417,7 +536,11 @@ impl Drop for Plugin {
     /// still queued are let go.
     fn drop(&mut self) {
         let mut inner = self.shared.lock();
+        // Over for good, connected or not: no reconnecting after this.
+        inner.reconnect = false;
+        inner.live = true;
         end(&mut inner, "the plugin was dropped".into());
+        inner.events.clear(); // the event streams end
         inner.incoming.close();
         drop(inner);
         // Queued offers hold the shared state, which holds the queue.
@@ -429,6 +552,8 @@ impl Drop for Plugin {
 pub struct Incoming {
     shared: Arc<Shared>,
     id: ChannelId,
+    /// The connection it was offered on.
+    epoch: u64,
     /// The opener's name, if it has one.
     pub from_name: Option<Name>,
     /// The opener's key.
@@ -448,6 +573,9 @@ impl Incoming {
             let mut inner = self.shared.lock();
             if let Some(reason) = &inner.ended {
                 return Err(PluginError::Disconnected(reason.clone()));
+            }
+            if inner.epoch != self.epoch {
+                return Err(inner.stale());
             }
             inner.session.accept(self.id)?;
             inner
@@ -470,7 +598,7 @@ impl Incoming {
         self.shared.flush.notify_one();
         let relayed = || {
             Channel::relayed(
-                relayed::Relayed::new(self.shared.clone(), self.id),
+                relayed::Relayed::new(self.shared.clone(), self.id, self.epoch),
                 self.from_key,
             )
         };
@@ -485,7 +613,12 @@ impl Incoming {
                     reason: e.to_string(),
                 }),
             Err(_) => {
-                let reason = self.shared.lock().ended.clone();
+                let mut inner = self.shared.lock();
+                inner.forget(self.epoch, self.id);
+                if inner.ended.is_none() && inner.epoch != self.epoch {
+                    return Err(inner.stale());
+                }
+                let reason = inner.ended.clone();
                 Err(PluginError::Disconnected(reason.unwrap_or_else(|| {
                     "the channel ended before its path was known".into()
                 })))
@@ -495,7 +628,12 @@ impl Incoming {
 
     /// Refuses it; the opener gets `reason`.
     pub fn reject(self, reason: &str) -> Result<(), PluginError> {
-        self.shared.lock().session.reject(self.id, reason)?;
+        let mut inner = self.shared.lock();
+        if inner.epoch != self.epoch {
+            return Err(inner.stale());
+        }
+        inner.session.reject(self.id, reason)?;
+        drop(inner);
         self.shared.flush.notify_one();
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! AsyncWrite` over the session: reads give credit back, writes wait for
 //! credit.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use bytes::{Buf as _, Bytes, BytesMut};
 use futures_io::{AsyncRead, AsyncWrite};
 use plugboard_core::control::{ChannelId, ErrorCode};
 
-use super::{wake, Shared};
+use super::{wake, Inner, Shared};
 
 /// The allocation a channel's writes are copied into.
 const SEND_BUF: usize = 256 * 1024;
@@ -24,6 +24,8 @@ pub(crate) struct ChannelState {
     pub(crate) fin: bool,
     pub(crate) closed: bool,
     pub(crate) reset: Option<(ErrorCode, String)>,
+    /// Its connection was lost (the plugin reconnects), and why.
+    pub(crate) lost: Option<String>,
     /// The application dropped its `Channel` after (or by) finishing: the
     /// peer's FIN is awaited; data arriving for nobody resets the channel.
     pub(crate) abandoned: bool,
@@ -41,10 +43,27 @@ impl ChannelState {
     }
 }
 
+/// A channel's state, where it is: with the current connection's channels,
+/// or an orphan of a lost one (the session knows nothing of it then).
+fn state<'a>(
+    channels: &'a mut HashMap<ChannelId, ChannelState>,
+    orphans: &'a mut HashMap<(u64, ChannelId), ChannelState>,
+    current: bool,
+    epoch: u64,
+    id: ChannelId,
+) -> Option<&'a mut ChannelState> {
+    match current {
+        true => channels.get_mut(&id),
+        false => orphans.get_mut(&(epoch, id)),
+    }
+}
+
 /// One relayed channel of the session. Dropping it closes gracefully.
 pub(crate) struct Relayed {
     shared: Arc<Shared>,
     id: ChannelId,
+    /// The connection it is on.
+    epoch: u64,
     finished: bool,
     /// Where written bytes are copied for the session: its allocation is
     /// reused once the driver wrote what was taken from it, instead of a
@@ -53,10 +72,11 @@ pub(crate) struct Relayed {
 }
 
 impl Relayed {
-    pub(crate) fn new(shared: Arc<Shared>, id: ChannelId) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, id: ChannelId, epoch: u64) -> Self {
         Relayed {
             shared,
             id,
+            epoch,
             finished: false,
             send_buf: BytesMut::new(),
         }
@@ -66,13 +86,22 @@ impl Relayed {
         self.id
     }
 
+    /// Whether the channel is on the current connection.
+    fn current(&self, inner: &Inner) -> bool {
+        inner.epoch == self.epoch
+    }
+
     /// Ends the channel both ways at once.
     pub(crate) fn reset(&mut self, reason: &str) {
         let mut inner = self.shared.lock();
+        self.finished = true;
+        if !self.current(&inner) {
+            inner.orphans.remove(&(self.epoch, self.id));
+            return;
+        }
         let _ = inner.session.reset(self.id, ErrorCode::Cancelled, reason);
         inner.channels.remove(&self.id);
         drop(inner);
-        self.finished = true;
         self.shared.flush.notify_one();
     }
 }
@@ -97,8 +126,16 @@ impl AsyncRead for Relayed {
             return Poll::Ready(Ok(0));
         }
         let mut guard = this.shared.lock();
+        let current = this.current(&guard);
         let inner = &mut *guard;
-        let Some(c) = inner.channels.get_mut(&this.id) else {
+        let c = state(
+            &mut inner.channels,
+            &mut inner.orphans,
+            current,
+            this.epoch,
+            this.id,
+        );
+        let Some(c) = c else {
             return Poll::Ready(Err(broken("the channel is gone")));
         };
         if let Some(front) = c.received.front_mut() {
@@ -107,6 +144,9 @@ impl AsyncRead for Relayed {
             front.advance(n);
             if front.is_empty() {
                 c.received.pop_front();
+            }
+            if !current {
+                return Poll::Ready(Ok(n));
             }
             // Consumed: the credit goes back to the sender.
             inner.session.consume(this.id, n);
@@ -120,7 +160,7 @@ impl AsyncRead for Relayed {
         if let Some((code, reason)) = &c.reset {
             return Poll::Ready(Err(reset_by_peer(code, reason)));
         }
-        if let Some(reason) = &inner.ended {
+        if let Some(reason) = c.lost.as_ref().or(inner.ended.as_ref()) {
             return Poll::Ready(Err(broken(reason)));
         }
         c.read_waker = Some(cx.waker().clone());
@@ -136,13 +176,24 @@ impl AsyncWrite for Relayed {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let mut guard = this.shared.lock();
+        let current = this.current(&guard);
         let inner = &mut *guard;
         if let Some(reason) = &inner.ended {
             return Poll::Ready(Err(broken(reason)));
         }
-        let Some(c) = inner.channels.get_mut(&this.id) else {
+        let c = state(
+            &mut inner.channels,
+            &mut inner.orphans,
+            current,
+            this.epoch,
+            this.id,
+        );
+        let Some(c) = c else {
             return Poll::Ready(Err(broken("the channel is gone")));
         };
+        if let Some(reason) = &c.lost {
+            return Poll::Ready(Err(broken(reason)));
+        }
         if let Some((code, reason)) = &c.reset {
             return Poll::Ready(Err(reset_by_peer(code, reason)));
         }
@@ -177,8 +228,12 @@ impl AsyncWrite for Relayed {
         let this = self.get_mut();
         if !this.finished {
             this.finished = true;
-            let _ = this.shared.lock().session.finish(this.id);
-            this.shared.flush.notify_one();
+            let mut inner = this.shared.lock();
+            if this.current(&inner) {
+                let _ = inner.session.finish(this.id);
+                drop(inner);
+                this.shared.flush.notify_one();
+            }
         }
         Poll::Ready(Ok(()))
     }
@@ -190,6 +245,11 @@ impl Drop for Relayed {
     /// channel. [`Relayed::reset`] aborts at once instead.
     fn drop(&mut self) {
         let mut guard = self.shared.lock();
+        if !self.current(&guard) {
+            // Its connection is gone, and so is the channel.
+            guard.orphans.remove(&(self.epoch, self.id));
+            return;
+        }
         let inner = &mut *guard;
         let Some(c) = inner.channels.get_mut(&self.id) else {
             return;

@@ -1,0 +1,328 @@
+//! Reconnection: when the connection to the broker is lost, connect again
+//! with jittered backoff, make a new session, take the name again and
+//! restart the watch, then say so once.
+//!
+//! What was in flight on the lost connection fails ([`lose`]); what outlives
+//! it (the incoming stream, the watch streams, the event streams, direct
+//! channels) stays with the plugin. The protocol is the new session's.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_io::Timer;
+use futures_core::Stream;
+use futures_lite::future;
+use plugboard_core::control::RequestId;
+use plugboard_core::session::{Session, SessionConfig, SessionError};
+use rand_core::RngCore as _;
+use smol::channel::{bounded, Receiver};
+
+use super::driver;
+use super::{Inner, PluginError, Registration, Shared, Waiter};
+use crate::addr::Addr;
+use crate::io::Stream as Conn;
+
+/// How long one attempt may take to connect its socket.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The least a wait grows from (a policy starting at zero still grows).
+const MIN_STEP: Duration = Duration::from_millis(1);
+
+/// A connection's driver, running once polled.
+type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// How a plugin reconnects: [`crate::PluginBuilder::reconnect`].
+///
+/// Before each attempt it waits a random time ("decorrelated jitter"):
+/// between `initial` and three times the previous wait, at most `max`. The
+/// first wait is between `initial` and three times `initial`. Plugins that
+/// lost the same broker so spread out instead of knocking all at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconnect {
+    /// The shortest wait before an attempt.
+    pub initial: Duration,
+    /// The longest wait before an attempt.
+    pub max: Duration,
+}
+
+impl Default for Reconnect {
+    /// 100 ms to 10 s.
+    fn default() -> Self {
+        Reconnect {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A change of a plugin's connection to the broker: what
+/// [`crate::Plugin::events`]' [`EventStream`] yields.
+///
+/// A plugin that reconnects reports [`ConnectionEvent::Lost`] once when its
+/// connection is lost and [`ConnectionEvent::Reconnected`] once when it is
+/// back (however many attempts that took), and so on for every outage. One
+/// that does not reports [`ConnectionEvent::Ended`] when its connection ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionEvent {
+    /// The connection was lost; the plugin reconnects. Requests in flight
+    /// failed with [`PluginError::Reconnecting`], relayed channels broke.
+    Lost {
+        /// Why.
+        reason: String,
+    },
+    /// Connected again: the name is registered again and the watch restarted
+    /// (its receiver got a new snapshot). Requests work again.
+    Reconnected {
+        /// The connection attempts it took (at least 1).
+        attempts: u32,
+    },
+    /// The connection is over for good (the plugin does not reconnect).
+    Ended {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A plugin's [`ConnectionEvent`]s ([`crate::Plugin::events`]), as a
+/// [`Stream`]: an async channel's receiving end, unbounded (an event is
+/// never lost for want of room). It ends when the plugin is dropped.
+#[derive(Debug)]
+pub struct EventStream(Pin<Box<Receiver<ConnectionEvent>>>);
+
+impl EventStream {
+    pub(super) fn new(rx: Receiver<ConnectionEvent>) -> Self {
+        EventStream(Box::pin(rx))
+    }
+
+    /// The next event if one is already there, without waiting.
+    pub fn try_next(&mut self) -> Option<ConnectionEvent> {
+        self.0.try_recv().ok()
+    }
+}
+
+impl Stream for EventStream {
+    type Item = ConnectionEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ConnectionEvent>> {
+        self.0.as_mut().poll_next(cx)
+    }
+}
+
+/// Waits before attempts: decorrelated jitter, from the OS's randomness.
+struct Backoff {
+    policy: Reconnect,
+    last: Duration,
+}
+
+impl Backoff {
+    fn new(policy: Reconnect) -> Self {
+        let initial = policy.initial.min(policy.max);
+        Backoff {
+            policy: Reconnect { initial, ..policy },
+            last: initial,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let low = self.policy.initial;
+        let high = self.last.max(MIN_STEP).saturating_mul(3);
+        let high = high.min(self.policy.max).max(low);
+        let span = u64::try_from((high - low).as_nanos()).unwrap_or(u64::MAX);
+        let jitter = match span {
+            0 => 0,
+            span => rand_core::OsRng.next_u64() % span,
+        };
+        self.last = low + Duration::from_nanos(jitter);
+        self.last
+    }
+}
+
+/// The connection is lost and the plugin reconnects: what was in flight on
+/// it fails, its relayed channels become orphans (what they received can be
+/// read, then they fail), and the first loss of an outage is reported.
+/// Called with the lock held, by `end`.
+pub(super) fn lose(inner: &mut Inner, reason: String) {
+    let lost = inner.epoch;
+    inner.epoch += 1;
+    let error = PluginError::Reconnecting(reason.clone());
+    for (_, waiter) in inner.waiters.drain() {
+        waiter.fail(error.clone());
+    }
+    for (id, mut c) in std::mem::take(&mut inner.channels) {
+        if c.abandoned {
+            continue; // nobody holds it
+        }
+        c.lost = Some(format!("the connection to the broker was lost: {reason}"));
+        c.wake_reader();
+        c.wake_writer();
+        inner.orphans.insert((lost, id), c);
+    }
+    inner.paths.clear(); // accepts waiting for a path fail
+    inner.expected.clear();
+    inner.fds.clear();
+    // The first loss of an outage is reported; later ones (of attempts)
+    // only say why requests fail now.
+    if inner.down.replace(reason.clone()).is_none() {
+        inner.report(ConnectionEvent::Lost { reason });
+    }
+}
+
+/// Replaces lost connections until the plugin is dropped (the task is
+/// cancelled then). Called once the first connection is lost.
+pub(crate) async fn supervise(
+    shared: Arc<Shared>,
+    addr: Addr,
+    policy: Reconnect,
+    config: SessionConfig,
+) {
+    loop {
+        let mut backoff = Backoff::new(policy);
+        let mut attempts = 0u32;
+        let driver = loop {
+            attempts = attempts.saturating_add(1);
+            Timer::after(backoff.next()).await;
+            match attempt(&shared, &addr, &config).await {
+                Ok(driver) => break driver,
+                Err(reason) => {
+                    tracing::info!("reconnecting to {addr}: attempt {attempts}: {reason}")
+                }
+            }
+        };
+        {
+            let mut inner = shared.lock();
+            inner.down = None;
+            inner.report(ConnectionEvent::Reconnected { attempts });
+        }
+        tracing::info!("reconnected to {addr} after {attempts} attempts");
+        driver.await;
+    }
+}
+
+/// One attempt: connect, make a session, wait for the broker's hello and
+/// restore the name and the watch, driving the connection meanwhile.
+/// Returns the driver, to go on with, or why the attempt failed.
+async fn attempt(
+    shared: &Arc<Shared>,
+    addr: &Addr,
+    config: &SessionConfig,
+) -> Result<Driver, String> {
+    let connect = async { Some(Conn::connect(addr).await) };
+    let timeout = async {
+        Timer::after(CONNECT_TIMEOUT).await;
+        None
+    };
+    let conn = match future::or(connect, timeout).await {
+        Some(Ok(conn)) => conn,
+        Some(Err(e)) => return Err(e.to_string()),
+        None => return Err("timed out connecting".into()),
+    };
+    {
+        let mut inner = shared.lock();
+        let now = inner.clock.now();
+        inner.session =
+            Session::new(config.clone(), &mut rand_core::OsRng, now).map_err(|e| e.to_string())?;
+        inner.live = true;
+    }
+    let (ready_tx, ready_rx) = bounded(1);
+    let mut driver: Driver = Box::pin(driver::run(shared.clone(), conn, Some(ready_tx)));
+    let restored = async {
+        ready_rx
+            .recv()
+            .await
+            .map_err(|_| PluginError::Disconnected("the driver stopped".into()))??;
+        restore(shared).await
+    };
+    let lost = async {
+        (&mut driver).await;
+        None
+    };
+    let restored = async { Some(restored.await) };
+    let refused = match future::or(lost, restored).await {
+        // Lost again before it was restored.
+        None => return Err(shared.lock().down.clone().unwrap_or_default()),
+        Some(Ok(())) => return Ok(driver),
+        Some(Err(e)) => e.to_string(),
+    };
+    // Refused (or lost meanwhile): this connection is no use.
+    super::end(&mut shared.lock(), refused.clone());
+    shared.flush.notify_one();
+    driver.await;
+    Err(refused)
+}
+
+/// Takes the name again and restarts the watch, as they were.
+async fn restore(shared: &Shared) -> Result<(), PluginError> {
+    let (registration, watching) = {
+        let inner = shared.lock();
+        (inner.registration.clone(), inner.watching)
+    };
+    if let Some(registration) = registration {
+        let register = |inner: &mut Inner| send_register(inner, registration);
+        shared.call(true, register, Waiter::Registered).await?;
+    }
+    if watching {
+        let watch = |inner: &mut Inner| {
+            let now = inner.clock.now();
+            inner.session.watch(now)
+        };
+        shared.call(true, watch, Waiter::Watching).await?;
+    }
+    Ok(())
+}
+
+/// Asks for the name.
+pub(super) fn send_register(
+    inner: &mut Inner,
+    registration: Registration,
+) -> Result<RequestId, SessionError> {
+    let now = inner.clock.now();
+    let Registration {
+        name,
+        wait,
+        direct_addr,
+    } = registration;
+    inner.session.register(now, name, wait, direct_addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_within_the_policy_and_grows() {
+        let policy = Reconnect {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(500),
+        };
+        let mut backoff = Backoff::new(policy);
+        let waits: Vec<Duration> = (0..200).map(|_| backoff.next()).collect();
+        assert!(waits
+            .iter()
+            .all(|w| *w >= policy.initial && *w <= policy.max));
+        // Each wait is at most three times the previous one.
+        assert!(waits.windows(2).all(|w| w[1] <= w[0] * 3));
+        // Random: not all the same, and it reaches well past the start.
+        assert!(waits.iter().any(|w| *w != waits[0]));
+        assert!(waits.iter().any(|w| *w > Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn backoff_copes_with_odd_policies() {
+        let zero = Reconnect {
+            initial: Duration::ZERO,
+            max: Duration::ZERO,
+        };
+        let mut backoff = Backoff::new(zero);
+        assert_eq!(backoff.next(), Duration::ZERO);
+        let inverted = Reconnect {
+            initial: Duration::from_secs(5),
+            max: Duration::from_secs(1),
+        };
+        let mut backoff = Backoff::new(inverted);
+        assert!((0..10).all(|_| backoff.next() == Duration::from_secs(1)));
+    }
+}
