@@ -41,14 +41,19 @@ impl Drop for Running {
 /// Runs `plugboard serve` with `listeners` as descriptors 3, 4, …, the way
 /// a service manager does. `LISTEN_PID` must be the pid of the process that
 /// takes them, which is only known in the child: a shell sets it to its own
-/// pid (`$$`), then execs the broker, which keeps that pid.
-fn serve_activated(home: &Dir, listeners: Vec<OwnedFd>, names: Option<&str>) -> Running {
+/// pid (`$$`), then execs the broker (on `runtime`), which keeps that pid.
+fn serve_activated_on(
+    home: &Dir,
+    listeners: Vec<OwnedFd>,
+    names: Option<&str>,
+    runtime: &str,
+) -> Running {
     let mut command = Command::new("sh");
     command
         .arg("-c")
         .arg(r#"LISTEN_PID=$$ exec "$0" "$@""#)
         .arg(BIN)
-        .arg("serve")
+        .args(["serve", "--runtime", runtime])
         .env("PLUGBOARD_HOME", &home.0)
         // The default socket would be here; with listeners passed it is not made.
         .env(
@@ -140,7 +145,16 @@ fn wait_listed(home: &Dir, broker: &str, name: &str) -> String {
 
 #[test]
 fn serves_on_passed_unix_and_tcp_listeners_and_leaves_their_files() {
-    let home = Dir::new("both");
+    passed_listeners("tokio");
+}
+
+#[test]
+fn the_smol_broker_serves_passed_listeners_too() {
+    passed_listeners("smol");
+}
+
+fn passed_listeners(runtime: &str) {
+    let home = Dir::new(&format!("both-{runtime}"));
     // The broker's identity exists first, so that `list` (same home, so same
     // key, which the broker admits over TCP as its own) can use it.
     let keygen = Command::new(BIN)
@@ -155,7 +169,8 @@ fn serves_on_passed_unix_and_tcp_listeners_and_leaves_their_files() {
     let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let tcp_addr = format!("tcp:{}", tcp.local_addr().unwrap());
     let unix_addr = format!("unix:{}", path.display());
-    let mut broker = serve_activated(&home, vec![unix.into(), tcp.into()], Some("local:network"));
+    let listeners = vec![unix.into(), tcp.into()];
+    let mut broker = serve_activated_on(&home, listeners, Some("local:network"), runtime);
 
     // Connections wait in the listeners' backlogs until the broker takes them.
     let _echo = expose(&home, &unix_addr, "echo");
