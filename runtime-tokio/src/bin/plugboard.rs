@@ -373,7 +373,7 @@ async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure
         _ if !inherited.is_empty() => return Err(fail(
             "listeners passed by the service manager are served on --runtime tokio or smol only",
         )),
-        Runtime::Mio => return serve_mio(config, &listen).await,
+        Runtime::Mio => return serve_mio(config, &addrs).await,
     }
     let passed: Vec<String> = inherited
         .iter()
@@ -388,7 +388,7 @@ async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure
         })
         .collect();
     if let Runtime::Smol = args.runtime {
-        return serve_smol(config, &listen, inherited, passed).await;
+        return serve_smol(config, &addrs, inherited, passed).await;
     }
     let server = Server::bind_with(config, &addrs, inherited)
         .await
@@ -403,12 +403,8 @@ async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure
 }
 
 /// The broker on the mio adapter, on a thread of its own, until a signal.
-async fn serve_mio(config: BrokerConfig, listen: &[String]) -> Result<(), Failure> {
-    let addrs: Vec<plugboard_mio::Addr> = listen
-        .iter()
-        .map(|a| a.parse().map_err(fail))
-        .collect::<Result<_, _>>()?;
-    let server = plugboard_mio::Server::bind(config, &addrs).map_err(fail)?;
+async fn serve_mio(config: BrokerConfig, addrs: &[Addr]) -> Result<(), Failure> {
+    let server = plugboard_mio::Server::bind(config, addrs).map_err(fail)?;
     for addr in server.local_addrs() {
         eprintln!(
             "plugboard: listening on {addr} as {} (mio)",
@@ -431,15 +427,11 @@ async fn serve_mio(config: BrokerConfig, listen: &[String]) -> Result<(), Failur
 /// describes them, in order).
 async fn serve_smol(
     config: BrokerConfig,
-    listen: &[String],
+    addrs: &[Addr],
     inherited: Vec<Inherited>,
     passed: Vec<String>,
 ) -> Result<(), Failure> {
     use plugboard_tokio::activation::InheritedListener;
-    let addrs: Vec<plugboard_smol::Addr> = listen
-        .iter()
-        .map(|a| a.parse().map_err(fail))
-        .collect::<Result<_, _>>()?;
     // The smol server takes std listeners: unix ones, then TCP ones.
     let (mut unix, mut tcp) = (Vec::new(), Vec::new());
     let (mut passed_unix, mut passed_tcp) = (Vec::new(), Vec::new());
@@ -455,7 +447,7 @@ async fn serve_smol(
             }
         }
     }
-    let server = plugboard_smol::Server::bind_with(config, &addrs, unix, tcp).map_err(fail)?;
+    let server = plugboard_smol::Server::bind_with(config, addrs, unix, tcp).map_err(fail)?;
     // The bound addresses come first, in order, then the inherited ones.
     let bound = server.local_addrs().into_iter().take(addrs.len());
     let passed = passed_unix.into_iter().chain(passed_tcp);
