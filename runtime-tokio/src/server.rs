@@ -400,11 +400,20 @@ impl Shared {
         let mut buf = BytesMut::new();
         loop {
             let holding = buf.capacity() > 0 && buf.is_empty();
+            // Made only if polled: a busy socket is ready first (`biased`),
+            // so no timer is armed per read.
+            let quiet = async {
+                match holding {
+                    true => tokio::time::sleep(IDLE_RELEASE).await,
+                    false => std::future::pending().await,
+                }
+            };
             let ready = tokio::select! {
+                biased;
                 r = reader.readable() => r,
                 // The broker ended the connection: stop reading.
                 _ = signals.stop.notified() => return,
-                _ = tokio::time::sleep(IDLE_RELEASE), if holding => {
+                _ = quiet => {
                     buf = BytesMut::new();
                     continue;
                 }
