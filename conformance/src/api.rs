@@ -178,6 +178,30 @@ pub trait Api: 'static {
     fn path(channel: &Self::Channel) -> Path;
 }
 
+/// A plugin builder set up as `how` says (tokio's and smol's builders have
+/// the same methods).
+macro_rules! configure {
+    ($builder:expr, $how:expr) => {{
+        let how = &$how;
+        let mut builder = $builder
+            .broker_key(broker_keys().public())
+            .network_key(how.network_key);
+        if let Some(name) = &how.name {
+            builder = builder.name(name);
+        }
+        if how.wait {
+            builder = builder.wait_for_name();
+        }
+        if let Some(addr) = &how.direct_listen {
+            builder = builder.direct_listen(addr);
+        }
+        if let Some(addr) = &how.direct_advertise {
+            builder = builder.direct_advertise(addr);
+        }
+        builder
+    }};
+}
+
 // ── tokio ──────────────────────────────────────────────────────────────
 
 /// `plugboard-tokio`'s plugin API.
@@ -222,22 +246,11 @@ impl Api for TokioApi {
     }
 
     async fn connect(how: Connect) -> Result<Self::Plugin, Error> {
-        let mut builder = plugboard_tokio::Plugin::builder(how.keypair())
-            .broker_key(broker_keys().public())
-            .network_key(how.network_key);
-        if let Some(name) = &how.name {
-            builder = builder.name(name);
-        }
-        if how.wait {
-            builder = builder.wait_for_name();
-        }
-        if let Some(addr) = &how.direct_listen {
-            builder = builder.direct_listen(addr);
-        }
-        if let Some(addr) = &how.direct_advertise {
-            builder = builder.direct_advertise(addr);
-        }
-        builder.connect(&how.addr).await.map_err(tokio_error)
+        let builder = plugboard_tokio::Plugin::builder(how.keypair());
+        configure!(builder, how)
+            .connect(&how.addr)
+            .await
+            .map_err(tokio_error)
     }
 
     async fn list(plugin: &Self::Plugin) -> Result<Vec<Member>, Error> {
@@ -347,22 +360,11 @@ impl Api for SmolApi {
     }
 
     async fn connect(how: Connect) -> Result<Self::Plugin, Error> {
-        let mut builder = plugboard_smol::Plugin::builder(how.keypair())
-            .broker_key(broker_keys().public())
-            .network_key(how.network_key);
-        if let Some(name) = &how.name {
-            builder = builder.name(name);
-        }
-        if how.wait {
-            builder = builder.wait_for_name();
-        }
-        if let Some(addr) = &how.direct_listen {
-            builder = builder.direct_listen(addr);
-        }
-        if let Some(addr) = &how.direct_advertise {
-            builder = builder.direct_advertise(addr);
-        }
-        builder.connect(&how.addr).await.map_err(smol_error)
+        let builder = plugboard_smol::Plugin::builder(how.keypair());
+        configure!(builder, how)
+            .connect(&how.addr)
+            .await
+            .map_err(smol_error)
     }
 
     async fn list(plugin: &Self::Plugin) -> Result<Vec<Member>, Error> {
