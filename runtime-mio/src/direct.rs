@@ -10,19 +10,19 @@
 //! (`ErrorCode::Cancelled`, reason `direct`); if the dial fails, the opener
 //! calls `Session::direct_failed` and keeps the relay.
 
-use std::collections::VecDeque;
 use std::io;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use mio::event::{Event, Source};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use plugboard_core::direct::{DirectConn, DirectEvent, TOKEN_LEN};
 use plugboard_core::shs::HandshakeConfig;
 use plugboard_core::PublicKey;
+use plugboard_os::WriteQueue;
 
 use crate::clock::Clock;
 use crate::io::Stream;
@@ -35,7 +35,7 @@ pub struct DirectTcp {
     stream: Stream,
     conn: DirectConn,
     clock: Clock,
-    queue: VecDeque<Bytes>,
+    queue: WriteQueue,
     buf: BytesMut,
     /// The socket's end was read.
     eof: bool,
@@ -77,7 +77,7 @@ impl DirectTcp {
             stream: Stream::Tcp(stream),
             conn,
             clock,
-            queue: VecDeque::new(),
+            queue: WriteQueue::new(),
             buf: BytesMut::new(),
             eof: false,
         };
@@ -146,9 +146,9 @@ impl DirectTcp {
 
     fn flush(&mut self) {
         while let Some(bytes) = self.conn.poll_transmit() {
-            self.queue.push_back(bytes);
+            self.queue.push(bytes);
         }
-        match self.stream.write_queue(&mut self.queue) {
+        match self.stream.flush(&mut self.queue) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => {

@@ -20,7 +20,6 @@
 mod addr;
 mod clock;
 mod direct;
-mod fdpass;
 mod io;
 mod plugin;
 mod server;

@@ -15,7 +15,6 @@
 
 mod addr;
 mod clock;
-mod fdpass;
 mod io;
 mod notify;
 pub mod plugin;

@@ -4,6 +4,7 @@
 
 mod common;
 
+use plugboard_os::activation::adopt;
 use std::os::unix::fs::PermissionsExt as _;
 
 use common::{broker_keys, config, keys, plugin, run, sock_path, within, Broker, PATIENCE};
@@ -110,8 +111,9 @@ fn serves_listeners_bound_elsewhere() {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let tcp_addr = tcp.local_addr().unwrap().to_string();
         let own = sock_path("inherited-own");
+        let passed = [unix.into(), tcp.into()].map(|fd| adopt(fd, None).unwrap());
         let server =
-            Server::bind_with(config(), &[Addr::Unix(own.clone())], vec![unix], vec![tcp]).unwrap();
+            Server::bind_with(config(), &[Addr::Unix(own.clone())], passed.into()).unwrap();
         assert_eq!(
             server.local_addrs(),
             vec![

@@ -1,41 +1,35 @@
-//! Writing many queued chunks with few system calls.
+//! The write half of a connection, for the broker and the plugin alike:
+//! the shared [`WriteQueue`] written whenever tokio says the socket has room.
 
-use std::collections::VecDeque;
-use std::io::IoSlice;
+use std::io;
 
-use bytes::{Buf as _, Bytes};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use plugboard_os::WriteQueue;
+use tokio::io::Interest;
+use tokio::net::{tcp, unix};
 
-/// Most chunks handed to one vectored write.
-const MAX_SLICES: usize = 64;
+/// The write half of a connection: unix sockets can carry descriptors.
+pub(crate) enum Writer {
+    Unix(unix::OwnedWriteHalf),
+    Tcp(tcp::OwnedWriteHalf),
+}
 
-/// Writes every chunk in `queue`, gathering them into vectored writes (a
-/// frame's header and its payload go out together, without a copy).
-pub(crate) async fn write_queue(
-    writer: &mut (impl AsyncWrite + Unpin + ?Sized),
-    queue: &mut VecDeque<Bytes>,
-) -> std::io::Result<()> {
-    while !queue.is_empty() {
-        let slices: Vec<IoSlice<'_>> = queue
-            .iter()
-            .take(MAX_SLICES)
-            .map(|b| IoSlice::new(b))
-            .collect();
-        let mut written = writer.write_vectored(&slices).await?;
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while written > 0 {
-            let front = queue
-                .front_mut()
-                .expect("written bytes came from the queue");
-            let n = written.min(front.len());
-            front.advance(n);
-            written -= n;
-            if front.is_empty() {
-                queue.pop_front();
+impl Writer {
+    /// Writes `queue` until it is empty, waiting for room as it takes.
+    pub(crate) async fn flush(&self, queue: &mut WriteQueue) -> io::Result<()> {
+        match self {
+            Writer::Unix(w) => {
+                let s = w.as_ref();
+                s.async_io(Interest::WRITABLE, || queue.write_to(s)).await
+            }
+            Writer::Tcp(w) => {
+                let s = w.as_ref();
+                s.async_io(Interest::WRITABLE, || queue.write_to(s)).await
             }
         }
     }
-    Ok(())
+
+    /// Whether descriptors can ride on this connection.
+    pub(crate) fn carries_fds(&self) -> bool {
+        matches!(self, Writer::Unix(_))
+    }
 }

@@ -3,16 +3,16 @@
 //! This crate only moves bytes, reads the clock and owns sockets; every
 //! protocol decision is made by `plugboard-core`'s state machines.
 
-pub mod activation;
 mod addr;
 mod clock;
-mod fdpass;
 mod io;
 pub mod plugin;
 mod server;
 
 pub use addr::{Addr, BadAddr};
 pub use clock::Clock;
+/// systemd socket activation (the listeners [`Server::bind_with`] takes).
+pub use plugboard_os::activation;
 pub use plugin::{
     Channel, ConnectionEvent, Incoming, Plugin, PluginBuilder, PluginError, Reconnect, WatchEvent,
 };

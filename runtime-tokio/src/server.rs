@@ -9,24 +9,28 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsFd as _, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use plugboard_core::broker::{Broker, BrokerConfig, ConnId, Event, PairEnd, PairId};
+use plugboard_core::broker::{Broker, BrokerConfig, ConnId, Event};
 use plugboard_core::control::TransportKind;
 use plugboard_core::PublicKey;
+use plugboard_os::activation::Inherited;
+use plugboard_os::{Bound, Socket, SocketPairs, WriteQueue};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{tcp, unix, TcpListener, UnixListener};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::addr::Addr;
 use crate::clock::Clock;
+use crate::io::Writer;
+
+pub use plugboard_os::ServeError;
 
 /// How much a reader asks the socket for at once.
 const READ_SIZE: usize = 256 * 1024;
@@ -36,22 +40,10 @@ const IDLE_RELEASE: Duration = Duration::from_millis(100);
 const WRITE_BATCH: usize = 256 * 1024;
 /// How long shutdown waits for the last words to be written.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-
-/// Why a server could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// A live broker already listens on this unix socket.
-    #[error("{0}: a broker is already listening there")]
-    InUse(PathBuf),
-    /// Binding failed.
-    #[error("{addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: Addr,
-        /// The OS error.
-        source: io::Error,
-    },
-}
+/// How long a connection the broker ended may take to accept its last
+/// bytes before the socket is closed anyway (a peer that stopped reading
+/// would otherwise hold it open for ever).
+const LAST_WORDS_GRACE: Duration = Duration::from_secs(2);
 
 /// A bound broker, ready to [`Server::run`].
 pub struct Server {
@@ -59,15 +51,7 @@ pub struct Server {
     listeners: Vec<Listener>,
 }
 
-enum Listener {
-    /// A unix socket; `owned` if we made its file (and remove it).
-    Unix {
-        listener: UnixListener,
-        path: PathBuf,
-        owned: bool,
-    },
-    Tcp(TcpListener),
-}
+type Listener = Bound<UnixListener, TcpListener>;
 
 struct Shared {
     clock: Clock,
@@ -80,14 +64,14 @@ struct State {
     broker: Broker,
     conns: HashMap<ConnId, Arc<ConnSignals>>,
     /// Socketpair ends on their way to their connections.
-    pairs: HashMap<(PairId, PairEnd), (ConnId, OwnedFd)>,
+    pairs: SocketPairs,
 }
 
 impl State {
     /// A connection is gone: the ends meant for it are closed (their
     /// peers see the end of the stream).
     fn forget_conn(&mut self, conn: ConnId) -> Option<Arc<ConnSignals>> {
-        self.pairs.retain(|_, (to, _)| *to != conn);
+        self.pairs.forget_conn(conn);
         self.conns.remove(&conn)
     }
 }
@@ -114,33 +98,6 @@ impl Reader {
     }
 }
 
-/// The write half of a connection: unix sockets can carry descriptors.
-enum Writer {
-    Unix(unix::OwnedWriteHalf),
-    Tcp(tcp::OwnedWriteHalf),
-}
-
-impl Writer {
-    fn as_async(&mut self) -> &mut (dyn AsyncWrite + Unpin + Send) {
-        match self {
-            Writer::Unix(w) => w,
-            Writer::Tcp(w) => w,
-        }
-    }
-
-    /// Writes `data` with `fd` riding on its first byte; returns how much
-    /// of `data` went out.
-    async fn send_with_fd(&mut self, data: &[u8], fd: &OwnedFd) -> io::Result<usize> {
-        match self {
-            Writer::Unix(w) => crate::fdpass::send_with_fd(w.as_ref(), data, fd.as_fd()).await,
-            Writer::Tcp(_) => Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "descriptors cannot cross a TCP connection",
-            )),
-        }
-    }
-}
-
 /// What the broker tells one connection's tasks.
 #[derive(Default)]
 struct ConnSignals {
@@ -148,6 +105,9 @@ struct ConnSignals {
     wake: Notify,
     /// The connection is over (for the reader).
     stop: Notify,
+    /// The connection is over (for a writer stuck on a full socket).
+    ended: Notify,
+    is_ended: AtomicBool,
     /// The connection is over: these last words, then close.
     end: Mutex<Option<Bytes>>,
 }
@@ -158,8 +118,23 @@ impl ConnSignals {
             .lock()
             .expect("not poisoned")
             .get_or_insert(last_words);
+        self.is_ended.store(true, Ordering::Release);
         self.wake.notify_one();
         self.stop.notify_one();
+        self.ended.notify_waiters();
+    }
+
+    /// Completes once the broker ended the connection.
+    async fn ended(&self) {
+        loop {
+            let notified = self.ended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_ended.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     fn take_end(&self) -> Option<Bytes> {
@@ -168,15 +143,30 @@ impl ConnSignals {
 }
 
 impl Server {
-    /// Binds every address. A unix socket is created with mode 0600; a
-    /// stale socket file (nobody answers on it) is replaced, a live one is not.
-    pub async fn bind(mut config: BrokerConfig, addrs: &[Addr]) -> Result<Self, ServeError> {
+    /// Binds every address. A unix socket's file is mode 0600 from the
+    /// moment it exists; a stale one (nobody listens) is replaced, a live
+    /// one is not.
+    pub async fn bind(config: BrokerConfig, addrs: &[Addr]) -> Result<Self, ServeError> {
+        Self::bind_with(config, addrs, Vec::new()).await
+    }
+
+    /// Binds every address as [`Server::bind`] does, and serves on
+    /// `inherited` listeners as well, after them (systemd socket
+    /// activation: see [`plugboard_os::activation`]). An inherited unix
+    /// socket's file belongs to whoever made it, so shutdown leaves it.
+    pub async fn bind_with(
+        mut config: BrokerConfig,
+        addrs: &[Addr],
+        inherited: Vec<Inherited>,
+    ) -> Result<Self, ServeError> {
         // This runtime passes socketpair ends over unix sockets.
         config.fd_passing = true;
-        let mut listeners = Vec::new();
-        for addr in addrs {
-            listeners.push(bind(addr).await?);
-        }
+        let listeners = plugboard_os::bind_all_with(
+            addrs,
+            inherited,
+            UnixListener::from_std,
+            TcpListener::from_std,
+        )?;
         let rng = ChaCha20Rng::from_rng(rand_core::OsRng).expect("the OS has randomness");
         Ok(Server {
             shared: Arc::new(Shared {
@@ -184,7 +174,7 @@ impl Server {
                 state: Mutex::new(State {
                     broker: Broker::new(config, Box::new(rng)),
                     conns: HashMap::new(),
-                    pairs: HashMap::new(),
+                    pairs: SocketPairs::new(),
                 }),
                 timer: Notify::new(),
             }),
@@ -196,12 +186,7 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<Addr> {
         self.listeners
             .iter()
-            .map(|l| match l {
-                Listener::Unix { path, .. } => Addr::Unix(path.clone()),
-                Listener::Tcp(t) => {
-                    Addr::Tcp(t.local_addr().map(|a| a.to_string()).unwrap_or_default())
-                }
-            })
+            .map(|l| l.local_addr().clone())
             .collect()
     }
 
@@ -217,51 +202,8 @@ impl Server {
         let mut tasks = JoinSet::new();
         let mut sockets = Vec::new();
         for listener in self.listeners {
-            let shared = self.shared.clone();
-            match listener {
-                Listener::Unix {
-                    listener: l,
-                    path,
-                    owned,
-                } => {
-                    if owned {
-                        sockets.push(path);
-                    }
-                    tasks.spawn(async move {
-                        loop {
-                            match l.accept().await {
-                                Ok((stream, _)) => {
-                                    let (reader, writer) = stream.into_split();
-                                    shared.clone().adopt(
-                                        Reader::Unix(reader),
-                                        Writer::Unix(writer),
-                                        TransportKind::Unix,
-                                    )
-                                }
-                                Err(e) => tracing::warn!("accept on a unix socket: {e}"),
-                            }
-                        }
-                    });
-                }
-                Listener::Tcp(l) => {
-                    tasks.spawn(async move {
-                        loop {
-                            match l.accept().await {
-                                Ok((stream, _)) => {
-                                    let _ = stream.set_nodelay(true);
-                                    let (reader, writer) = stream.into_split();
-                                    shared.clone().adopt(
-                                        Reader::Tcp(reader),
-                                        Writer::Tcp(writer),
-                                        TransportKind::Tcp,
-                                    )
-                                }
-                                Err(e) => tracing::warn!("accept on a tcp socket: {e}"),
-                            }
-                        }
-                    });
-                }
-            }
+            sockets.extend(listener.owned_file().map(PathBuf::from));
+            tasks.spawn(self.shared.clone().accept(listener));
         }
         tasks.spawn(self.shared.clone().timers());
         shutdown.await;
@@ -286,85 +228,41 @@ impl Server {
             let _ = std::fs::remove_file(path);
         }
     }
-
-    /// Binds every address as [`Server::bind`] does, and serves on
-    /// `inherited` listeners as well (systemd socket activation: see
-    /// [`crate::activation`]). An inherited unix socket's file belongs to
-    /// whoever made it, so shutdown leaves it in place.
-    pub async fn bind_with(
-        config: BrokerConfig,
-        addrs: &[Addr],
-        inherited: Vec<crate::activation::Inherited>,
-    ) -> Result<Self, ServeError> {
-        use crate::activation::InheritedListener;
-        let mut server = Self::bind(config, addrs).await?;
-        for listener in inherited {
-            let addr = listener
-                .addr()
-                .unwrap_or_else(|| Addr::Unix(PathBuf::from("(inherited)")));
-            let err = |source| ServeError::Bind {
-                addr: addr.clone(),
-                source,
-            };
-            server.listeners.push(match listener.listener {
-                InheritedListener::Unix(l) => {
-                    l.set_nonblocking(true).map_err(err)?;
-                    let path = l
-                        .local_addr()
-                        .ok()
-                        .and_then(|a| a.as_pathname().map(PathBuf::from))
-                        .unwrap_or_default();
-                    Listener::Unix {
-                        listener: UnixListener::from_std(l).map_err(err)?,
-                        path,
-                        owned: false,
-                    }
-                }
-                InheritedListener::Tcp(l) => {
-                    l.set_nonblocking(true).map_err(err)?;
-                    Listener::Tcp(TcpListener::from_std(l).map_err(err)?)
-                }
-            });
-        }
-        Ok(server)
-    }
 }
 
-async fn bind(addr: &Addr) -> Result<Listener, ServeError> {
-    let err = |source| ServeError::Bind {
-        addr: addr.clone(),
-        source,
-    };
-    match addr {
-        Addr::Tcp(host_port) => Ok(Listener::Tcp(
-            TcpListener::bind(host_port).await.map_err(err)?,
-        )),
-        Addr::Unix(path) => {
-            if path.exists() {
-                if tokio::net::UnixStream::connect(path).await.is_ok() {
-                    return Err(ServeError::InUse(path.clone()));
-                }
-                // Nobody answers: a dead broker's leftover.
-                std::fs::remove_file(path).map_err(err)?;
-            }
-            let listener = UnixListener::bind(path).map_err(err)?;
-            set_private(path).map_err(err)?;
-            Ok(Listener::Unix {
-                listener,
-                path: path.clone(),
-                owned: true,
-            })
+/// The next connection on `listener`, split, and what it is.
+async fn accept(listener: &Listener) -> io::Result<(Reader, Writer, TransportKind)> {
+    Ok(match &listener.socket {
+        Socket::Unix(l) => {
+            let (reader, writer) = l.accept().await?.0.into_split();
+            (
+                Reader::Unix(reader),
+                Writer::Unix(writer),
+                TransportKind::Unix,
+            )
         }
-    }
-}
-
-/// Mode 0600: only the owner's processes may connect.
-fn set_private(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        Socket::Tcp(l) => {
+            let (stream, _) = l.accept().await?;
+            let _ = stream.set_nodelay(true);
+            let (reader, writer) = stream.into_split();
+            (Reader::Tcp(reader), Writer::Tcp(writer), TransportKind::Tcp)
+        }
+    })
 }
 
 impl Shared {
+    /// Accepts connections on `listener` for ever, resting a moment
+    /// whenever accepting fails (out of descriptors, say) instead of spinning.
+    async fn accept(self: Arc<Self>, listener: Listener) {
+        plugboard_os::accept_forever(
+            listener.local_addr(),
+            || accept(&listener),
+            |(reader, writer, transport)| self.clone().adopt(reader, writer, transport),
+            tokio::time::sleep,
+        )
+        .await
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state
             .lock()
@@ -446,41 +344,34 @@ impl Shared {
         }
     }
 
-    async fn write(self: Arc<Self>, conn: ConnId, mut writer: Writer, signals: Arc<ConnSignals>) {
-        let mut queue = std::collections::VecDeque::new();
+    async fn write(self: Arc<Self>, conn: ConnId, writer: Writer, signals: Arc<ConnSignals>) {
+        let mut queue = WriteQueue::new();
         loop {
             signals.wake.notified().await;
             loop {
-                // Take what the broker has (up to a batch, or up to a frame
-                // that carries a descriptor), then write it in as few system
-                // calls as it takes.
-                let mut with_fd = None;
-                {
+                // Take what the broker has, up to a batch (a frame that
+                // carries a descriptor takes it along), then write it in as
+                // few system calls as it takes.
+                let taken = {
                     let mut state = self.lock();
-                    let mut taken = 0;
-                    while taken < WRITE_BATCH {
-                        let Some(t) = state.broker.poll_transmit(conn) else {
-                            break;
-                        };
-                        if let Some(end) = t.fd {
-                            with_fd = Some((t.data, state.pairs.remove(&end)));
-                            break;
-                        }
-                        taken += t.data.len();
-                        queue.push_back(t.data);
-                    }
+                    let State { broker, pairs, .. } = &mut *state;
+                    let taken = pairs.take_output(
+                        broker,
+                        conn,
+                        &mut queue,
+                        WRITE_BATCH,
+                        writer.carries_fds(),
+                    );
                     self.dispatch(&mut state);
-                }
-                if queue.is_empty() && with_fd.is_none() {
+                    taken
+                };
+                if queue.is_empty() && taken.is_ok() {
                     break;
                 }
-                let mut written = crate::io::write_queue(writer.as_async(), &mut queue).await;
-                if let (Ok(()), Some((data, end))) = (&written, with_fd) {
-                    written = match end {
-                        Some((_, fd)) => self.send_with_fd(&mut writer, data, fd).await,
-                        None => Err(io::Error::other("a socketpair end went missing")),
-                    };
-                }
+                let written = match taken {
+                    Ok(()) => unless_ended(&signals, writer.flush(&mut queue)).await,
+                    Err(e) => Err(e),
+                };
                 if let Err(e) = written {
                     queue.clear();
                     let mut state = self.lock();
@@ -495,25 +386,13 @@ impl Shared {
                 }
             }
             if let Some(last_words) = signals.take_end() {
-                let w = writer.as_async();
-                let _ = w.write_all(&last_words).await;
-                let _ = w.shutdown().await;
+                // The last words, if the peer takes them within the grace;
+                // then the socket closes whatever it does.
+                queue.push(last_words);
+                let _ = tokio::time::timeout(LAST_WORDS_GRACE, writer.flush(&mut queue)).await;
                 return;
             }
         }
-    }
-
-    /// One `sendmsg` for the frame that announces a socketpair end; the
-    /// rest of the frame, if the socket took only part, goes as usual. Our
-    /// copy of the end closes once it is on its way.
-    async fn send_with_fd(&self, writer: &mut Writer, data: Bytes, fd: OwnedFd) -> io::Result<()> {
-        let sent = writer.send_with_fd(&data, &fd).await?;
-        drop(fd);
-        let rest = data.slice(sent..);
-        if !rest.is_empty() {
-            writer.as_async().write_all(&rest).await?;
-        }
-        Ok(())
     }
 
     /// Runs the broker's timers.
@@ -561,25 +440,8 @@ impl Shared {
                     target,
                 } => {
                     let now = self.clock.now();
-                    match std::os::unix::net::UnixStream::pair() {
-                        Ok((a, b)) => {
-                            // Hold both ends first: the broker queues them at once.
-                            state
-                                .pairs
-                                .insert((pair, PairEnd::Opener), (opener, a.into()));
-                            state
-                                .pairs
-                                .insert((pair, PairEnd::Target), (target, b.into()));
-                            if !state.broker.socketpair_ready(now, pair, true) {
-                                state.pairs.remove(&(pair, PairEnd::Opener));
-                                state.pairs.remove(&(pair, PairEnd::Target));
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!("socketpair: {e}; relaying instead");
-                            state.broker.socketpair_ready(now, pair, false);
-                        }
-                    }
+                    let State { broker, pairs, .. } = &mut *state;
+                    pairs.create(broker, now, pair, opener, target);
                 }
                 Event::Log(entry) => {
                     let key = entry.key.map(|k| k.to_string()).unwrap_or_default();
@@ -593,5 +455,23 @@ impl Shared {
             }
         }
         self.timer.notify_one();
+    }
+}
+
+/// Runs a write, unless the broker ends the connection meanwhile and the
+/// write is still stuck a grace later (the peer stopped reading).
+async fn unless_ended(
+    signals: &ConnSignals,
+    write: impl Future<Output = io::Result<()>>,
+) -> io::Result<()> {
+    tokio::select! {
+        written = write => written,
+        _ = async {
+            signals.ended().await;
+            tokio::time::sleep(LAST_WORDS_GRACE).await;
+        } => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the connection ended and the peer does not read",
+        )),
     }
 }

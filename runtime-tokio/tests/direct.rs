@@ -77,7 +77,6 @@ async fn dial_uninvited(port: u16, seed: u8) -> DirectError {
 
 #[tokio::test]
 async fn direct_channels_over_socketpair_tcp_and_relay() {
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let broker = Broker::start("direct").await;
     let echo = plugin(&broker.unix, 1, Some("echo")).await;
     let server = serve_echo(echo);

@@ -68,7 +68,7 @@ impl PluginConn {
                         break;
                     };
                     taken += bytes.len();
-                    self.queue.push_back(bytes);
+                    self.queue.push(bytes);
                 }
                 if self.queue.is_empty() {
                     if self.session.is_closed() {
@@ -77,7 +77,7 @@ impl PluginConn {
                     return;
                 }
             }
-            match self.stream.write_queue(&mut self.queue) {
+            match self.stream.flush(&mut self.queue) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
                 Err(e) => self.fail(format!("write failed: {e}")),

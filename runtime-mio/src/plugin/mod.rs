@@ -23,17 +23,18 @@
 
 mod drive;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use mio::event::{Event, Source};
 use mio::{Interest, Registry, Token};
 use plugboard_core::session::{Session, SessionConfig, SessionError, SessionEvent};
 use plugboard_core::Instant;
+use plugboard_os::WriteQueue;
 
 use crate::addr::Addr;
 use crate::clock::Clock;
@@ -71,7 +72,7 @@ pub struct PluginConn {
     session: Session,
     clock: Clock,
     /// Taken from the session, not written yet.
-    queue: VecDeque<Bytes>,
+    queue: WriteQueue,
     /// The last write did not hit `WouldBlock`.
     writable: bool,
     /// Our side of the socket is shut (the session is over, all written).
@@ -116,7 +117,7 @@ impl PluginConn {
             stream,
             session,
             clock,
-            queue: VecDeque::new(),
+            queue: WriteQueue::new(),
             writable: true,
             shut: false,
             buf: BytesMut::new(),
@@ -196,7 +197,7 @@ impl PluginConn {
     /// effort), and the socket is shut. Deregister and drop it afterwards.
     pub fn close(&mut self, reason: &str) {
         let last = self.session.close(reason);
-        self.queue.push_back(last);
+        self.queue.push(last);
         self.flush();
         self.shut_write();
     }

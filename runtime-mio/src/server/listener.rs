@@ -1,70 +1,44 @@
-//! The broker's listening sockets: binding (with the tokio server's rules
-//! for unix socket files) and accepting.
+//! The broker's listening sockets, bound (or passed) by the shared OS
+//! glue's rules, under mio; and accepting from them.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use mio::net::{TcpListener, UnixListener};
 use plugboard_core::control::TransportKind;
+use plugboard_core::Instant;
+use plugboard_os::{AcceptPause, Bound, Socket};
 
-use super::ServeError;
 use crate::addr::Addr;
 use crate::io::Stream;
 
 /// A bound listener.
-pub(super) enum Listener {
-    /// A unix socket; `owned` if we made its file (and remove it at the end).
-    Unix {
-        listener: UnixListener,
-        path: PathBuf,
-        owned: bool,
-    },
-    Tcp(TcpListener),
+pub(super) struct Listener {
+    bound: Bound<UnixListener, TcpListener>,
+    /// Failed accepts (out of descriptors, say): while one is on, the
+    /// listener rests until `resume`.
+    pause: AcceptPause,
+    pub(super) resume: Option<Instant>,
 }
 
 impl Listener {
-    /// Binds `addr`. A unix socket is created with mode 0600; a stale socket
-    /// file (nobody answers on it) is replaced, a live one is refused.
-    pub(super) fn bind(addr: &Addr) -> Result<Listener, ServeError> {
-        let err = |source| ServeError::Bind {
-            addr: addr.clone(),
-            source,
-        };
-        match addr {
-            Addr::Tcp(host_port) => {
-                // std resolves the host; mio takes the bound socket as it is.
-                let listener = std::net::TcpListener::bind(host_port).map_err(err)?;
-                listener.set_nonblocking(true).map_err(err)?;
-                Ok(Listener::Tcp(TcpListener::from_std(listener)))
-            }
-            Addr::Unix(path) => {
-                if path.exists() {
-                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                        return Err(ServeError::InUse(path.clone()));
-                    }
-                    // Nobody answers: a dead broker's leftover.
-                    std::fs::remove_file(path).map_err(err)?;
-                }
-                let listener = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
-                set_private(path).map_err(err)?;
-                listener.set_nonblocking(true).map_err(err)?;
-                Ok(Listener::Unix {
-                    listener: UnixListener::from_std(listener),
-                    path: path.clone(),
-                    owned: true,
-                })
-            }
+    /// Takes a listener the shared glue bound or adopted.
+    pub(super) fn new(bound: Bound<UnixListener, TcpListener>) -> Listener {
+        Listener {
+            bound,
+            pause: AcceptPause::new(),
+            resume: None,
         }
     }
 
     /// The next waiting connection; `WouldBlock` when there is none.
-    pub(super) fn accept(&self) -> io::Result<(Stream, TransportKind)> {
-        match self {
-            Listener::Unix { listener, .. } => {
+    fn accept_one(&self) -> io::Result<(Stream, TransportKind)> {
+        match &self.bound.socket {
+            Socket::Unix(listener) => {
                 let (stream, _) = listener.accept()?;
                 Ok((Stream::Unix(stream), TransportKind::Unix))
             }
-            Listener::Tcp(listener) => {
+            Socket::Tcp(listener) => {
                 let (stream, _) = listener.accept()?;
                 let _ = stream.set_nodelay(true);
                 Ok((Stream::Tcp(stream), TransportKind::Tcp))
@@ -72,39 +46,46 @@ impl Listener {
         }
     }
 
-    /// The address actually bound (a TCP port 0 becomes the real port).
-    pub(super) fn local_addr(&self) -> Addr {
-        match self {
-            Listener::Unix { path, .. } => Addr::Unix(path.clone()),
-            Listener::Tcp(listener) => Addr::Tcp(
-                listener
-                    .local_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default(),
-            ),
+    /// Every connection waiting now, handed to `adopt`. A failed accept
+    /// (out of descriptors, say) makes the listener rest: the waiting
+    /// connections stay in the backlog, and the loop comes back at `resume`
+    /// (readiness is edge-triggered: it would not say so again).
+    pub(super) fn accept(&mut self, now: Instant, mut adopt: impl FnMut(Stream, TransportKind)) {
+        if self.resume.is_some_and(|at| at > now) {
+            return;
         }
+        self.resume = None;
+        loop {
+            match self.accept_one() {
+                Ok((stream, transport)) => {
+                    self.pause.accepted(self.bound.local_addr());
+                    adopt(stream, transport);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    if let Some(rest) = self.pause.failed(self.bound.local_addr(), &e) {
+                        self.resume = Some(now + rest);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The address actually bound (a TCP port 0 becomes the real port).
+    pub(super) fn local_addr(&self) -> &Addr {
+        self.bound.local_addr()
     }
 
     /// The socket file to remove when the server stops, if we made it.
     pub(super) fn owned_file(&self) -> Option<&Path> {
-        match self {
-            Listener::Unix {
-                path, owned: true, ..
-            } => Some(path),
-            _ => None,
-        }
+        self.bound.owned_file()
     }
 
     pub(super) fn source(&mut self) -> &mut dyn mio::event::Source {
-        match self {
-            Listener::Unix { listener, .. } => listener,
-            Listener::Tcp(listener) => listener,
+        match &mut self.bound.socket {
+            Socket::Unix(listener) => listener,
+            Socket::Tcp(listener) => listener,
         }
     }
-}
-
-/// Mode 0600: only the owner's processes may connect.
-fn set_private(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }

@@ -13,7 +13,6 @@ mod listener;
 mod state;
 
 use std::io;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +23,8 @@ use plugboard_core::PublicKey;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
+use plugboard_os::activation::Inherited;
+
 use crate::addr::Addr;
 use listener::Listener;
 use state::{State, FIRST_CONN};
@@ -32,24 +33,7 @@ const WAKER: Token = Token(0);
 /// How long shutdown waits for the last words to be written.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// Why a server could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// A live broker already listens on this unix socket.
-    #[error("{0}: a broker is already listening there")]
-    InUse(PathBuf),
-    /// Binding failed.
-    #[error("{addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: Addr,
-        /// The OS error.
-        source: io::Error,
-    },
-    /// The poll could not be made.
-    #[error("poll: {0}")]
-    Poll(#[from] io::Error),
-}
+pub use plugboard_os::ServeError;
 
 /// A bound broker, ready to [`Server::run`] on the current thread.
 pub struct Server {
@@ -80,28 +64,48 @@ impl StopHandle {
 }
 
 impl Server {
-    /// Binds every address. A unix socket is created with mode 0600; a
-    /// stale socket file (nobody answers on it) is replaced, a live one is
-    /// not. Socketpair ends are passed to plugins on unix sockets
+    /// Binds every address. A unix socket's file is mode 0600 from the
+    /// moment it exists; a stale one (nobody listens) is replaced, a live
+    /// one is not. Socketpair ends are passed to plugins on unix sockets
     /// (`fd_passing` is set).
-    pub fn bind(mut config: BrokerConfig, addrs: &[Addr]) -> Result<Server, ServeError> {
+    pub fn bind(config: BrokerConfig, addrs: &[Addr]) -> Result<Server, ServeError> {
+        Self::bind_with(config, addrs, Vec::new())
+    }
+
+    /// Binds every address, as [`Server::bind`], and serves listeners a
+    /// service manager passed as well, after them, in order (systemd socket
+    /// activation: [`plugboard_os::activation`] finds them). Their socket
+    /// files are not ours: they stay when the server stops.
+    pub fn bind_with(
+        mut config: BrokerConfig,
+        addrs: &[Addr],
+        inherited: Vec<Inherited>,
+    ) -> Result<Server, ServeError> {
         config.fd_passing = true;
-        let poll = Poll::new()?;
+        let poll = Poll::new().map_err(ServeError::EventLoop)?;
         let mut listeners = Vec::new();
-        for (i, addr) in addrs.iter().enumerate() {
+        let bound = plugboard_os::bind_all_with(
+            addrs,
+            inherited,
+            |l| Ok(mio::net::UnixListener::from_std(l)),
+            |l| Ok(mio::net::TcpListener::from_std(l)),
+        )?;
+        for (i, bound) in bound.into_iter().enumerate() {
             assert!(1 + i < FIRST_CONN, "too many listeners");
-            let mut listener = Listener::bind(addr)?;
+            let mut listener = Listener::new(bound);
             poll.registry()
-                .register(listener.source(), Token(1 + i), Interest::READABLE)?;
+                .register(listener.source(), Token(1 + i), Interest::READABLE)
+                .map_err(ServeError::EventLoop)?;
             listeners.push(listener);
         }
         let stop = StopHandle {
-            waker: Arc::new(Waker::new(poll.registry(), WAKER)?),
+            waker: Arc::new(Waker::new(poll.registry(), WAKER).map_err(ServeError::EventLoop)?),
             stopped: Arc::new(AtomicBool::new(false)),
         };
         let rng = ChaCha20Rng::from_rng(rand_core::OsRng).expect("the OS has randomness");
         let broker = Broker::new(config, Box::new(rng));
-        let state = State::new(broker, poll.registry().try_clone()?);
+        let registry = poll.registry().try_clone().map_err(ServeError::EventLoop)?;
+        let state = State::new(broker, registry);
         Ok(Server {
             poll,
             listeners,
@@ -112,7 +116,10 @@ impl Server {
 
     /// The addresses actually bound (a TCP port 0 becomes the real port).
     pub fn local_addrs(&self) -> Vec<Addr> {
-        self.listeners.iter().map(Listener::local_addr).collect()
+        self.listeners
+            .iter()
+            .map(|l| l.local_addr().clone())
+            .collect()
     }
 
     /// The broker's key.
@@ -133,11 +140,15 @@ impl Server {
         while !self.stop.is_stopped() {
             // Connections that have more to read do not wait: they get
             // their next turn at once, after whatever else is ready.
+            let resume = self.listeners.iter().filter_map(|l| l.resume).min();
             let timeout = match self.state.has_unread() {
                 true => Some(Duration::ZERO),
                 false => self
                     .state
                     .next_deadline()
+                    .into_iter()
+                    .chain(resume)
+                    .min()
                     .map(|at| self.state.clock.until(at)),
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -157,6 +168,7 @@ impl Server {
                     ),
                 }
             }
+            self.resume_listeners();
             self.state.read_turn();
             let now = self.state.clock.now();
             self.state.timers(now);
@@ -167,16 +179,17 @@ impl Server {
 
     /// Accepts every connection waiting on listener `i`.
     fn accept(&mut self, i: usize) {
-        loop {
-            match self.listeners[i].accept() {
-                Ok((stream, transport)) => self.state.accept(stream, transport),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Out of descriptors, say: the next connection retries.
-                    tracing::warn!("accept on {}: {e}", self.listeners[i].local_addr());
-                    return;
-                }
+        let now = self.state.clock.now();
+        let state = &mut self.state;
+        self.listeners[i].accept(now, |stream, transport| state.accept(stream, transport));
+    }
+
+    /// Listeners whose rest after a failed accept is over try again.
+    fn resume_listeners(&mut self) {
+        let now = self.state.clock.now();
+        for i in 0..self.listeners.len() {
+            if self.listeners[i].resume.is_some_and(|at| at <= now) {
+                self.accept(i);
             }
         }
     }

@@ -4,14 +4,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use mio::{Interest, Registry, Token};
-use plugboard_core::broker::{Broker, ConnId, Event, PairEnd, PairId};
+use plugboard_core::broker::{Broker, ConnId, Event};
 use plugboard_core::control::TransportKind;
 use plugboard_core::Instant;
+use plugboard_os::SocketPairs;
 
 use super::conn::Conn;
 use crate::clock::Clock;
@@ -41,7 +41,7 @@ pub(super) struct State {
     registry: Registry,
     pub(super) conns: HashMap<ConnId, Conn>,
     /// Socketpair ends on their way to their connections.
-    pairs: HashMap<(PairId, PairEnd), (ConnId, OwnedFd)>,
+    pairs: SocketPairs,
     /// Connections the broker has output for, to flush once its events are
     /// read.
     dirty: Vec<ConnId>,
@@ -60,7 +60,7 @@ impl State {
             clock: Clock::start(),
             registry,
             conns: HashMap::new(),
-            pairs: HashMap::new(),
+            pairs: SocketPairs::new(),
             dirty: Vec::new(),
             unread: VecDeque::new(),
             closing: VecDeque::new(),
@@ -162,7 +162,7 @@ impl State {
             return;
         };
         while c.writable {
-            match c.write_held() {
+            match c.stream.flush(&mut c.queue) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.writable = false,
                 Err(e) => {
@@ -176,7 +176,7 @@ impl State {
                 }
             }
             if c.closing.is_some() {
-                if !c.holds_output() {
+                if c.queue.is_empty() {
                     // The last words are out: done.
                     c.stream.shutdown_write();
                     self.forget(conn);
@@ -186,22 +186,24 @@ impl State {
             if !c.writable {
                 return;
             }
-            // Take what the broker has, up to a batch or up to a frame that
-            // carries a descriptor (that one goes out in a sendmsg of its own).
-            let mut taken = 0;
-            while taken < WRITE_BATCH {
-                let Some(t) = self.broker.poll_transmit(conn) else {
-                    break;
-                };
-                if let Some(end) = t.fd {
-                    let fd = self.pairs.remove(&end).map(|(_, fd)| fd);
-                    c.with_fd = Some((t.data, fd));
-                    break;
-                }
-                taken += t.data.len();
-                c.queue.push_back(t.data);
+            // Take what the broker has, up to a batch (a frame that carries
+            // a descriptor takes it along).
+            let carries_fds = c.stream.carries_fds();
+            let taken = self.pairs.take_output(
+                &mut self.broker,
+                conn,
+                &mut c.queue,
+                WRITE_BATCH,
+                carries_fds,
+            );
+            if let Err(e) = taken {
+                let reason = format!("write failed: {e}");
+                self.broker
+                    .handle_disconnect(self.clock.now(), conn, &reason);
+                self.forget(conn);
+                return;
             }
-            if !c.holds_output() {
+            if c.queue.is_empty() {
                 return;
             }
         }
@@ -225,7 +227,11 @@ impl State {
                         pair,
                         opener,
                         target,
-                    } => self.create_pair(pair, opener, target),
+                    } => {
+                        let now = self.clock.now();
+                        self.pairs
+                            .create(&mut self.broker, now, pair, opener, target);
+                    }
                     Event::Log(entry) => {
                         let key = entry.key.map(|k| k.to_string()).unwrap_or_default();
                         match entry.code {
@@ -245,38 +251,15 @@ impl State {
         }
     }
 
-    fn create_pair(&mut self, pair: PairId, opener: ConnId, target: ConnId) {
-        let now = self.clock.now();
-        match std::os::unix::net::UnixStream::pair() {
-            Ok((a, b)) => {
-                // Hold both ends first: the broker queues them at once.
-                let (o, t) = ((pair, PairEnd::Opener), (pair, PairEnd::Target));
-                self.pairs.insert(o, (opener, a.into()));
-                self.pairs.insert(t, (target, b.into()));
-                if !self.broker.socketpair_ready(now, pair, true) {
-                    self.pairs.remove(&o);
-                    self.pairs.remove(&t);
-                }
-            }
-            Err(e) => {
-                tracing::warn!("socketpair: {e}; relaying instead");
-                self.broker.socketpair_ready(now, pair, false);
-            }
-        }
-    }
-
     /// The broker ended `conn`: write its last words (best effort, within
     /// the grace), then close.
     fn close(&mut self, conn: ConnId, last_words: Bytes) {
-        self.drop_pairs(conn);
+        self.pairs.forget_conn(conn);
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         let deadline = self.clock.now() + CLOSE_GRACE;
-        // A frame with a descriptor not yet started is dropped whole: the
-        // stream stays whole frames, and the descriptor closes.
-        c.with_fd = None;
-        c.queue.push_back(last_words);
+        c.queue.push(last_words);
         c.buf = BytesMut::new();
         c.closing = Some(deadline);
         self.closing.push_back((deadline, conn));
@@ -312,13 +295,9 @@ impl State {
     /// Drops `conn`'s socket (the broker is done with it) and the socketpair
     /// ends meant for it (their peers see the end of the stream).
     fn forget(&mut self, conn: ConnId) {
-        self.drop_pairs(conn);
+        self.pairs.forget_conn(conn);
         if let Some(mut c) = self.conns.remove(&conn) {
             let _ = self.registry.deregister(&mut c.stream);
         }
-    }
-
-    fn drop_pairs(&mut self, conn: ConnId) {
-        self.pairs.retain(|_, (to, _)| *to != conn);
     }
 }

@@ -84,7 +84,9 @@ pub(crate) async fn listen(listen: &str) -> Result<(Async<TcpListener>, String),
     let failed = |e: io::Error| format!("{listen}: {e}");
     // The name is looked up off the executor; binding waits on nothing.
     let addrs = smol::net::resolve(host_port).await.map_err(failed)?;
-    let listener = crate::io::bind_tcp(&addrs[..]).map_err(failed)?;
+    let listener = plugboard_os::bind_tcp(&addrs[..])
+        .and_then(Async::new)
+        .map_err(failed)?;
     let bound = listener.get_ref().local_addr().map_err(failed)?;
     Ok((listener, format!("tcp:{bound}")))
 }

@@ -2,7 +2,6 @@
 //! reads what the broker sends, and runs the session's timers. A plugin that
 //! reconnects goes on with the next connection (see `reconnect.rs`).
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -14,6 +13,7 @@ use smol::channel::Sender;
 use smol::Task;
 
 use plugboard_core::session::SessionConfig;
+use plugboard_os::WriteQueue;
 
 use super::deliver::{deliver, end};
 use super::{reconnect, reply, Inner, PluginError, Reconnect, Shared};
@@ -58,20 +58,20 @@ pub(crate) async fn run(
     let epoch = shared.lock().epoch;
     let mut fds = Vec::new();
     let mut buf = BytesMut::with_capacity(READ_SIZE);
-    let mut queue = VecDeque::new();
+    let mut queue = WriteQueue::new();
     loop {
         // Everything the session has goes out first.
         loop {
             {
                 let mut inner = shared.lock();
                 while let Some(bytes) = inner.session.poll_transmit() {
-                    queue.push_back(bytes);
+                    queue.push(bytes);
                 }
             }
             if queue.is_empty() {
                 break;
             }
-            if let Err(e) = stream.write_queue(&mut queue).await {
+            if let Err(e) = stream.flush(&mut queue).await {
                 queue.clear();
                 end(&mut shared.lock(), format!("write failed: {e}"));
             }

@@ -1,10 +1,8 @@
 //! One accepted connection: a reader task that hands the broker what the
 //! socket says, and a writer task that writes what the broker has for it.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsFd as _, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +11,9 @@ use bytes::{Bytes, BytesMut};
 use futures_lite::future;
 use plugboard_core::broker::ConnId;
 use plugboard_core::control::TransportKind;
+use plugboard_os::WriteQueue;
 
-use super::shared::{ConnSignals, Shared};
+use super::shared::{ConnSignals, Shared, State};
 use crate::io::Stream;
 
 /// How much a reader asks the socket for at once.
@@ -101,42 +100,33 @@ impl Shared {
     }
 
     async fn write(self: Arc<Self>, conn: ConnId, stream: Arc<Stream>, signals: Arc<ConnSignals>) {
-        let mut queue = VecDeque::new();
+        let mut queue = WriteQueue::new();
         loop {
             signals.wake.notified().await;
             loop {
-                // Take what the broker has (up to a batch, or up to a frame
-                // that carries a descriptor), then write it in as few system
-                // calls as it takes.
-                let mut with_fd = None;
-                {
+                // Take what the broker has, up to a batch (a frame that
+                // carries a descriptor takes it along), then write it in as
+                // few system calls as it takes.
+                let taken = {
                     let mut state = self.lock();
-                    let mut taken = 0;
-                    while taken < WRITE_BATCH {
-                        let Some(t) = state.broker.poll_transmit(conn) else {
-                            break;
-                        };
-                        if let Some(end) = t.fd {
-                            with_fd = Some((t.data, state.pairs.remove(&end)));
-                            break;
-                        }
-                        taken += t.data.len();
-                        queue.push_back(t.data);
-                    }
+                    let State { broker, pairs, .. } = &mut *state;
+                    let taken = pairs.take_output(
+                        broker,
+                        conn,
+                        &mut queue,
+                        WRITE_BATCH,
+                        stream.carries_fds(),
+                    );
                     self.dispatch(&mut state);
-                }
-                if queue.is_empty() && with_fd.is_none() {
+                    taken
+                };
+                if queue.is_empty() && taken.is_ok() {
                     break;
                 }
-                let written = unless_ended(&signals, async {
-                    stream.write_queue(&mut queue).await?;
-                    match with_fd {
-                        Some((data, Some((_, fd)))) => send_with_fd(&stream, data, fd).await,
-                        Some((_, None)) => Err(io::Error::other("a socketpair end went missing")),
-                        None => Ok(()),
-                    }
-                })
-                .await;
+                let written = match taken {
+                    Ok(()) => unless_ended(&signals, stream.flush(&mut queue)).await,
+                    Err(e) => Err(e),
+                };
                 if let Err(e) = written {
                     queue.clear();
                     let mut state = self.lock();
@@ -151,11 +141,12 @@ impl Shared {
                 }
             }
             if let Some(last_words) = signals.take_end() {
-                let last = VecDeque::from([last_words]);
+                // The last words, if the peer takes them within the grace;
+                // then the socket closes whatever it does.
+                queue.push(last_words);
                 let _ = future::or(
                     async {
-                        let mut last = last;
-                        let _ = stream.write_queue(&mut last).await;
+                        let _ = stream.flush(&mut queue).await;
                     },
                     async {
                         Timer::after(LAST_WORDS_GRACE).await;
@@ -184,20 +175,4 @@ async fn unless_ended(
         ))
     })
     .await
-}
-
-/// One `sendmsg` for the frame that announces a socketpair end; the rest
-/// of the frame, if the socket took only part, goes as usual. Our copy of
-/// the end closes once it is on its way.
-async fn send_with_fd(stream: &Stream, data: Bytes, fd: OwnedFd) -> io::Result<()> {
-    let sent = stream.send_with_fd(&data, fd.as_fd()).await?;
-    drop(fd);
-    if sent == 0 {
-        return Err(io::ErrorKind::WriteZero.into());
-    }
-    let rest = data.slice(sent..);
-    if rest.is_empty() {
-        return Ok(());
-    }
-    stream.write_queue(&mut VecDeque::from([rest])).await
 }

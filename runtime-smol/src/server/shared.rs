@@ -3,13 +3,14 @@
 //! broker asks for after each call.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_io::Timer;
 use bytes::Bytes;
 use futures_lite::future;
-use plugboard_core::broker::{Broker, ConnId, Event, PairEnd, PairId};
+use plugboard_core::broker::{Broker, ConnId, Event};
+
+use plugboard_os::SocketPairs;
 
 use crate::clock::Clock;
 use crate::notify::Notify;
@@ -25,14 +26,14 @@ pub(super) struct State {
     pub(super) broker: Broker,
     pub(super) conns: HashMap<ConnId, Arc<ConnSignals>>,
     /// Socketpair ends on their way to their connections.
-    pub(super) pairs: HashMap<(PairId, PairEnd), (ConnId, OwnedFd)>,
+    pub(super) pairs: SocketPairs,
 }
 
 impl State {
     /// A connection is gone: the ends meant for it are closed (their
     /// peers see the end of the stream).
     pub(super) fn forget_conn(&mut self, conn: ConnId) -> Option<Arc<ConnSignals>> {
-        self.pairs.retain(|_, (to, _)| *to != conn);
+        self.pairs.forget_conn(conn);
         self.conns.remove(&conn)
     }
 }
@@ -137,25 +138,8 @@ impl Shared {
                     target,
                 } => {
                     let now = self.clock.now();
-                    match std::os::unix::net::UnixStream::pair() {
-                        Ok((a, b)) => {
-                            // Hold both ends first: the broker queues them at once.
-                            state
-                                .pairs
-                                .insert((pair, PairEnd::Opener), (opener, a.into()));
-                            state
-                                .pairs
-                                .insert((pair, PairEnd::Target), (target, b.into()));
-                            if !state.broker.socketpair_ready(now, pair, true) {
-                                state.pairs.remove(&(pair, PairEnd::Opener));
-                                state.pairs.remove(&(pair, PairEnd::Target));
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!("socketpair: {e}; relaying instead");
-                            state.broker.socketpair_ready(now, pair, false);
-                        }
-                    }
+                    let State { broker, pairs, .. } = &mut *state;
+                    pairs.create(broker, now, pair, opener, target);
                 }
                 Event::Log(entry) => {
                     let key = entry.key.map(|k| k.to_string()).unwrap_or_default();

@@ -7,12 +7,14 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use plugboard_core::session::SessionConfig;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use plugboard_os::WriteQueue;
+use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::{tcp, unix, TcpStream, UnixStream};
 use tokio::sync::oneshot;
 
 use super::{deliver, end, reconnect, PluginError, Reconnect, Shared};
 use crate::addr::Addr;
+use crate::io::Writer;
 
 const READ_SIZE: usize = 64 * 1024;
 
@@ -53,7 +55,7 @@ pub(crate) async fn spawn(
 /// A connected socket, before the handshake.
 pub(crate) struct Conn {
     reader: Reader,
-    writer: Box<dyn AsyncWrite + Send + Unpin>,
+    writer: Writer,
 }
 
 impl Conn {
@@ -63,7 +65,7 @@ impl Conn {
                 let (reader, writer) = UnixStream::connect(path).await?.into_split();
                 Conn {
                     reader: Reader::Unix(reader),
-                    writer: Box::new(writer),
+                    writer: Writer::Unix(writer),
                 }
             }
             Addr::Tcp(host_port) => {
@@ -72,7 +74,7 @@ impl Conn {
                 let (reader, writer) = stream.into_split();
                 Conn {
                     reader: Reader::Tcp(reader),
-                    writer: Box::new(writer),
+                    writer: Writer::Tcp(writer),
                 }
             }
         })
@@ -91,7 +93,13 @@ impl Reader {
     /// initialized once, serves every read).
     async fn read(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
         match self {
-            Reader::Unix(r) => crate::fdpass::recv_with_fds(r.as_ref(), buf, fds).await,
+            Reader::Unix(r) => {
+                let s = r.as_ref();
+                s.async_io(Interest::READABLE, || {
+                    plugboard_os::fdpass::recv_with_fds(s, buf, fds)
+                })
+                .await
+            }
             Reader::Tcp(r) => r.read(buf).await,
         }
     }
@@ -105,27 +113,24 @@ pub(crate) async fn run(
     conn: Conn,
     mut ready: Option<oneshot::Sender<Result<(), PluginError>>>,
 ) {
-    let Conn {
-        mut reader,
-        mut writer,
-    } = conn;
+    let Conn { mut reader, writer } = conn;
     let epoch = shared.lock().epoch;
     let mut fds = Vec::new();
     let mut buf = vec![0u8; READ_SIZE];
-    let mut queue = std::collections::VecDeque::new();
+    let mut queue = WriteQueue::new();
     loop {
         // Everything the session has goes out first.
         loop {
             {
                 let mut inner = shared.lock();
                 while let Some(bytes) = inner.session.poll_transmit() {
-                    queue.push_back(bytes);
+                    queue.push(bytes);
                 }
             }
             if queue.is_empty() {
                 break;
             }
-            if let Err(e) = crate::io::write_queue(&mut writer, &mut queue).await {
+            if let Err(e) = writer.flush(&mut queue).await {
                 queue.clear();
                 end(&mut shared.lock(), format!("write failed: {e}"));
             }
@@ -153,8 +158,7 @@ pub(crate) async fn run(
             (timeout, over.is_some())
         };
         if ended {
-            let _ = writer.shutdown().await;
-            return;
+            return; // dropping the write half says so to the broker
         }
         let sleep = async {
             match timeout {

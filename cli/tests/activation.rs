@@ -153,6 +153,11 @@ fn the_smol_broker_serves_passed_listeners_too() {
     passed_listeners("smol");
 }
 
+#[test]
+fn the_mio_broker_serves_passed_listeners_too() {
+    passed_listeners("mio");
+}
+
 fn passed_listeners(runtime: &str) {
     let home = Dir::new(&format!("both-{runtime}"));
     // The broker's identity exists first, so that `list` (same home, so same

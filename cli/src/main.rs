@@ -10,7 +10,7 @@ use plugboard_core::control::{ErrorCode, Member, Presence, TransportKind};
 use plugboard_core::keys::secret_file;
 use plugboard_core::shs::HandshakeConfig;
 use plugboard_core::{Keypair, NetworkKey, PublicKey};
-use plugboard_tokio::activation::{self, Inherited};
+use plugboard_os::activation::{self, Inherited};
 use plugboard_tokio::{Addr, Plugin, PluginError, Server, WatchEvent};
 use tokio::io::AsyncWriteExt;
 
@@ -368,13 +368,6 @@ async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure
             }
         }
     }
-    match args.runtime {
-        Runtime::Tokio | Runtime::Smol => {}
-        _ if !inherited.is_empty() => return Err(fail(
-            "listeners passed by the service manager are served on --runtime tokio or smol only",
-        )),
-        Runtime::Mio => return serve_mio(config, &addrs).await,
-    }
     let passed: Vec<String> = inherited
         .iter()
         .map(|i| {
@@ -387,30 +380,40 @@ async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure
             }
         })
         .collect();
-    if let Runtime::Smol = args.runtime {
-        return serve_smol(config, &addrs, inherited, passed).await;
+    // Every runtime serves the bound addresses first, in order, then the
+    // inherited listeners, in the order they were passed.
+    let announce = |local: Vec<Addr>, key: PublicKey, runtime: &str| {
+        let bound = local.into_iter().take(addrs.len()).map(|a| a.to_string());
+        for addr in bound.chain(passed.iter().cloned()) {
+            eprintln!("plugboard: listening on {addr} as {key}{runtime}");
+        }
+    };
+    match args.runtime {
+        Runtime::Tokio => {
+            let server = Server::bind_with(config, &addrs, inherited)
+                .await
+                .map_err(fail)?;
+            announce(server.local_addrs(), server.public_key(), "");
+            server.run(shutdown_signal()).await;
+            Ok(())
+        }
+        Runtime::Smol => {
+            let server =
+                plugboard_smol::Server::bind_with(config, &addrs, inherited).map_err(fail)?;
+            announce(server.local_addrs(), server.public_key(), " (smol)");
+            serve_smol(server).await
+        }
+        Runtime::Mio => {
+            let server =
+                plugboard_mio::Server::bind_with(config, &addrs, inherited).map_err(fail)?;
+            announce(server.local_addrs(), server.public_key(), " (mio)");
+            serve_mio(server).await
+        }
     }
-    let server = Server::bind_with(config, &addrs, inherited)
-        .await
-        .map_err(fail)?;
-    // The bound addresses come first, in order, then the inherited ones.
-    let bound = server.local_addrs().into_iter().take(addrs.len());
-    for addr in bound.map(|a| a.to_string()).chain(passed) {
-        eprintln!("plugboard: listening on {addr} as {}", server.public_key());
-    }
-    server.run(shutdown_signal()).await;
-    Ok(())
 }
 
 /// The broker on the mio adapter, on a thread of its own, until a signal.
-async fn serve_mio(config: BrokerConfig, addrs: &[Addr]) -> Result<(), Failure> {
-    let server = plugboard_mio::Server::bind(config, addrs).map_err(fail)?;
-    for addr in server.local_addrs() {
-        eprintln!(
-            "plugboard: listening on {addr} as {} (mio)",
-            server.public_key()
-        );
-    }
+async fn serve_mio(server: plugboard_mio::Server) -> Result<(), Failure> {
     let stop = server.stop_handle();
     let serving = std::thread::spawn(move || server.run());
     shutdown_signal().await;
@@ -423,40 +426,7 @@ async fn serve_mio(config: BrokerConfig, addrs: &[Addr]) -> Result<(), Failure> 
 }
 
 /// The broker on the smol adapter, on a thread of its own, until a signal.
-/// It serves the listeners the service manager passed too (`passed`
-/// describes them, in order).
-async fn serve_smol(
-    config: BrokerConfig,
-    addrs: &[Addr],
-    inherited: Vec<Inherited>,
-    passed: Vec<String>,
-) -> Result<(), Failure> {
-    use plugboard_tokio::activation::InheritedListener;
-    // The smol server takes std listeners: unix ones, then TCP ones.
-    let (mut unix, mut tcp) = (Vec::new(), Vec::new());
-    let (mut passed_unix, mut passed_tcp) = (Vec::new(), Vec::new());
-    for (i, described) in inherited.into_iter().zip(passed) {
-        match i.listener {
-            InheritedListener::Unix(l) => {
-                unix.push(l);
-                passed_unix.push(described);
-            }
-            InheritedListener::Tcp(l) => {
-                tcp.push(l);
-                passed_tcp.push(described);
-            }
-        }
-    }
-    let server = plugboard_smol::Server::bind_with(config, addrs, unix, tcp).map_err(fail)?;
-    // The bound addresses come first, in order, then the inherited ones.
-    let bound = server.local_addrs().into_iter().take(addrs.len());
-    let passed = passed_unix.into_iter().chain(passed_tcp);
-    for addr in bound.map(|a| a.to_string()).chain(passed) {
-        eprintln!(
-            "plugboard: listening on {addr} as {} (smol)",
-            server.public_key()
-        );
-    }
+async fn serve_smol(server: plugboard_smol::Server) -> Result<(), Failure> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = std::thread::spawn(move || {
         smol::block_on(server.run(async {

@@ -28,7 +28,7 @@ use rustix::fs::FileType;
 use rustix::io::{fcntl_getfd, fcntl_setfd, FdFlags};
 use rustix::net::{sockopt, AddressFamily, SocketType};
 
-use crate::addr::Addr;
+use crate::Addr;
 
 /// The first passed descriptor (`SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: RawFd = 3;

@@ -1,0 +1,36 @@
+//! plugboard's OS glue, written once for every runtime adapter (tokio,
+//! smol and the hand-rolled mio loop alike). Nothing here waits: every
+//! call is one non-blocking system call or a few, and says `WouldBlock`
+//! when the socket is not ready. Each runtime wraps these calls in its own
+//! way of waiting for readiness (tokio's `async_io`, async-io's
+//! `read_with`/`write_with`, a `mio::Poll`), so the glue depends on no
+//! async runtime.
+//!
+//! - [`WriteQueue`]: chunks to write, some carrying a descriptor, sent in
+//!   vectored writes; a chunk with a descriptor goes in a `sendmsg` of its own.
+//! - [`fdpass`]: reading bytes with the descriptors that came along.
+//! - [`SocketPairs`]: the broker's socketpair ends on their way out.
+//! - [`Listener`]: binding unix and TCP listeners by the broker's rules
+//!   (a unix socket file is mode 0600 from the moment it exists; a stale
+//!   one is replaced, a live one refused) or adopting passed ones.
+//! - [`activation`]: systemd socket activation (`LISTEN_FDS`).
+//! - [`AcceptPause`]: what to do when `accept` fails (out of descriptors:
+//!   pause, and say so once, rather than spin).
+
+#![forbid(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod accept;
+pub mod activation;
+pub mod fdpass;
+mod listen;
+mod pairs;
+mod write_queue;
+
+pub use accept::{accept_forever, AcceptPause, ACCEPT_PAUSE};
+pub use listen::{
+    bind_all, bind_all_with, bind_tcp, is_live, Bound, Listener, ServeError, Socket, TCP_BACKLOG,
+};
+pub use pairs::SocketPairs;
+pub use plugboard_core::addr::{Addr, BadAddr};
+pub use write_queue::WriteQueue;

@@ -1,0 +1,315 @@
+//! Listening sockets for the broker, bound by its rules or passed by a
+//! service manager, as std listeners in non-blocking mode: each runtime
+//! wraps them in its own type.
+//!
+//! A unix socket file is mode 0600 from the moment its path exists: the
+//! socket is bound inside a fresh private directory beside the path, made
+//! 0600 there, and renamed into place. A socket file already at the path is
+//! replaced only if it is stale (nobody listens); a live broker's is
+//! refused, even when its backlog is full.
+
+use std::io;
+use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+
+use crate::activation::{Inherited, InheritedListener};
+use crate::Addr;
+
+/// How many connections a listener lets wait for `accept`.
+pub const TCP_BACKLOG: i32 = 1024;
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A live broker already listens on this unix socket.
+    #[error("{0}: a broker is already listening there")]
+    InUse(PathBuf),
+    /// Something that is not a socket is in the way.
+    #[error("{0}: exists and is not a socket; not replacing it")]
+    NotASocket(PathBuf),
+    /// The runtime's event loop could not be set up.
+    #[error("setting up the event loop: {0}")]
+    EventLoop(#[source] io::Error),
+    /// Binding failed.
+    #[error("{addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: Addr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A bound listening socket, non-blocking.
+#[derive(Debug)]
+pub enum Listener {
+    /// A unix socket at `path`; `owned` if we made its file (the server
+    /// removes it when it stops; an inherited one stays).
+    Unix {
+        /// The socket.
+        listener: UnixListener,
+        /// Its path (`(inherited)` for an unnamed passed one).
+        path: PathBuf,
+        /// Whether we made the file.
+        owned: bool,
+    },
+    /// A TCP socket.
+    Tcp(TcpListener),
+}
+
+/// Binds every address, then adopts every inherited listener, in that
+/// order: what a server serves.
+pub fn bind_all(addrs: &[Addr], inherited: Vec<Inherited>) -> Result<Vec<Listener>, ServeError> {
+    let mut listeners = Vec::with_capacity(addrs.len() + inherited.len());
+    for addr in addrs {
+        listeners.push(Listener::bind(addr)?);
+    }
+    for passed in inherited {
+        listeners.push(Listener::adopt(passed)?);
+    }
+    Ok(listeners)
+}
+
+/// A listener in a runtime's own types (`U` for unix, `T` for TCP), with
+/// what a server needs to know of it.
+#[derive(Debug)]
+pub struct Bound<U, T> {
+    /// The socket.
+    pub socket: Socket<U, T>,
+    addr: Addr,
+    owned_file: Option<PathBuf>,
+}
+
+/// A unix or a TCP listener.
+#[derive(Debug)]
+pub enum Socket<U, T> {
+    /// A unix socket (its connections can carry descriptors).
+    Unix(U),
+    /// A TCP socket.
+    Tcp(T),
+}
+
+impl<U, T> Bound<U, T> {
+    /// Where it listens (a TCP port 0 became the real port).
+    pub fn local_addr(&self) -> &Addr {
+        &self.addr
+    }
+
+    /// The socket file to remove when the server stops, if we made it.
+    pub fn owned_file(&self) -> Option<&Path> {
+        self.owned_file.as_deref()
+    }
+}
+
+/// [`bind_all`], then each listener handed to its runtime: `unix` and `tcp`
+/// wrap the std listeners in the runtime's types.
+pub fn bind_all_with<U, T>(
+    addrs: &[Addr],
+    inherited: Vec<Inherited>,
+    unix: impl Fn(UnixListener) -> io::Result<U>,
+    tcp: impl Fn(TcpListener) -> io::Result<T>,
+) -> Result<Vec<Bound<U, T>>, ServeError> {
+    let mut wrapped = Vec::new();
+    for listener in bind_all(addrs, inherited)? {
+        let addr = listener.local_addr();
+        let owned_file = listener.owned_file().map(Path::to_owned);
+        let err = |source| ServeError::Bind {
+            addr: addr.clone(),
+            source,
+        };
+        let socket = match listener {
+            Listener::Unix { listener, .. } => Socket::Unix(unix(listener).map_err(err)?),
+            Listener::Tcp(listener) => Socket::Tcp(tcp(listener).map_err(err)?),
+        };
+        wrapped.push(Bound {
+            socket,
+            addr,
+            owned_file,
+        });
+    }
+    Ok(wrapped)
+}
+
+impl Listener {
+    /// Binds `addr`: TCP with a backlog of [`TCP_BACKLOG`] (trying each
+    /// address the name resolves to); a unix socket by the rules above.
+    pub fn bind(addr: &Addr) -> Result<Listener, ServeError> {
+        let err = |source| ServeError::Bind {
+            addr: addr.clone(),
+            source,
+        };
+        match addr {
+            Addr::Tcp(host_port) => Ok(Listener::Tcp(bind_tcp(host_port.as_str()).map_err(err)?)),
+            Addr::Unix(path) => {
+                let listener = bind_unix(path)?;
+                listener.set_nonblocking(true).map_err(err)?;
+                Ok(Listener::Unix {
+                    listener,
+                    path: path.clone(),
+                    owned: true,
+                })
+            }
+        }
+    }
+
+    /// Takes a listener a service manager passed. Its mode and file are left
+    /// as they come; it is made non-blocking.
+    pub fn adopt(passed: Inherited) -> Result<Listener, ServeError> {
+        let addr = passed
+            .addr()
+            .unwrap_or_else(|| Addr::Unix(PathBuf::from("(inherited)")));
+        let err = |source| ServeError::Bind {
+            addr: addr.clone(),
+            source,
+        };
+        match passed.listener {
+            InheritedListener::Unix(listener) => {
+                listener.set_nonblocking(true).map_err(err)?;
+                let Addr::Unix(path) = addr.clone() else {
+                    unreachable!("a unix listener's address is a path")
+                };
+                Ok(Listener::Unix {
+                    listener,
+                    path,
+                    owned: false,
+                })
+            }
+            InheritedListener::Tcp(listener) => {
+                listener.set_nonblocking(true).map_err(err)?;
+                Ok(Listener::Tcp(listener))
+            }
+        }
+    }
+
+    /// Where it listens (a TCP port 0 becomes the real port).
+    pub fn local_addr(&self) -> Addr {
+        match self {
+            Listener::Unix { path, .. } => Addr::Unix(path.clone()),
+            Listener::Tcp(listener) => Addr::Tcp(
+                listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+            ),
+        }
+    }
+
+    /// The socket file to remove when the server stops, if we made it.
+    pub fn owned_file(&self) -> Option<&Path> {
+        match self {
+            Listener::Unix {
+                path, owned: true, ..
+            } => Some(path),
+            _ => None,
+        }
+    }
+}
+
+/// Binds a TCP listener (trying each address `addr` resolves to), with a
+/// backlog of [`TCP_BACKLOG`], non-blocking.
+pub fn bind_tcp(addr: impl std::net::ToSocketAddrs) -> io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr)?;
+    // Listening again only changes the backlog (std asks for 128).
+    rustix::net::listen(&listener, TCP_BACKLOG)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Binds a unix socket at `path` whose file is mode 0600 from the moment
+/// the path exists.
+fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
+    let err = |source| ServeError::Bind {
+        addr: Addr::Unix(path.to_owned()),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => {
+            use std::os::unix::fs::FileTypeExt as _;
+            if !meta.file_type().is_socket() {
+                return Err(ServeError::NotASocket(path.to_owned()));
+            }
+            if is_live(path).map_err(err)? {
+                return Err(ServeError::InUse(path.to_owned()));
+            }
+            // A dead broker's leftover: the rename below replaces it.
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let private = PrivateDir::beside(path).map_err(err)?;
+    let staged = private.path.join("s");
+    let listener = UnixListener::bind(&staged).map_err(err)?;
+    set_mode(&staged, 0o600).map_err(err)?;
+    // Only the owner could reach it in the 0700 directory; it appears at
+    // `path` already 0600. (A stale file there is replaced in one step.)
+    std::fs::rename(&staged, path).map_err(err)?;
+    drop(private);
+    rustix::net::listen(&listener, TCP_BACKLOG).map_err(|e| err(e.into()))?;
+    Ok(listener)
+}
+
+/// Whether someone listens on the unix socket at `path`. The connect does
+/// not wait: a live listener with a full backlog answers `EAGAIN`, which
+/// is alive; only `ECONNREFUSED` (or no file any more) is stale. Anything
+/// else is an error: we cannot tell, so we touch nothing.
+pub fn is_live(path: &Path) -> io::Result<bool> {
+    let socket = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let addr = SocketAddrUnix::new(path)?;
+    match rustix::net::connect(&socket, &addr) {
+        Ok(()) | Err(Errno::AGAIN) | Err(Errno::INPROGRESS) => Ok(true),
+        Err(Errno::CONNREFUSED) | Err(Errno::NOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A fresh directory, mode 0700, beside a path; removed on drop.
+struct PrivateDir {
+    path: PathBuf,
+}
+
+impl PrivateDir {
+    fn beside(target: &Path) -> io::Result<PrivateDir> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let pid = std::process::id();
+        for attempt in 0u32.. {
+            let path = parent.join(format!(".pb{pid}.{attempt}"));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => {
+                    // The umask may have taken bits away, never added any;
+                    // say 0700 exactly all the same.
+                    set_mode(&path, 0o700)?;
+                    return Ok(PrivateDir { path });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 100 => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.path.join("s"));
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}

@@ -1,0 +1,133 @@
+//! Binding unix sockets by the broker's rules, against real files.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use plugboard_os::{Addr, Listener, ServeError};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("plugboard-os-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn the_socket_file_is_private_from_the_moment_it_exists() {
+    let dir = scratch("private");
+    let path = dir.join("b.sock");
+    // Watch the path as closely as we can while it is made again and again:
+    // every mode ever seen there must be 0600.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (stop, path) = (stop.clone(), path.clone());
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                    seen.insert(meta.permissions().mode() & 0o777);
+                }
+            }
+            seen
+        })
+    };
+    for _ in 0..300 {
+        let listener = Listener::bind(&Addr::Unix(path.clone())).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        drop(listener);
+        std::fs::remove_file(&path).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let seen = watcher.join().unwrap();
+    assert!(
+        seen.iter().all(|m| *m == 0o600),
+        "modes seen: {:?}",
+        seen.iter().map(|m| format!("{m:o}")).collect::<Vec<_>>()
+    );
+    // No staging directory is left behind.
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_stale_socket_is_replaced() {
+    let dir = scratch("stale");
+    let path = dir.join("b.sock");
+    drop(UnixListener::bind(&path).unwrap()); // its file stays, nobody listens
+    let listener = Listener::bind(&Addr::Unix(path.clone())).unwrap();
+    assert_eq!(listener.owned_file(), Some(path.as_path()));
+    UnixStream::connect(&path).expect("the new listener answers");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_live_broker_is_refused_even_with_its_backlog_full() {
+    let dir = scratch("live");
+    let path = dir.join("b.sock");
+    let live = UnixListener::bind(&path).unwrap();
+    // The smallest backlog, then fill it: further connects say EAGAIN.
+    rustix::net::listen(&live, 0).unwrap();
+    let mut waiting = Vec::new();
+    loop {
+        let socket = rustix::net::socket_with(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::NONBLOCK,
+            None,
+        )
+        .unwrap();
+        let addr = rustix::net::SocketAddrUnix::new(&path).unwrap();
+        match rustix::net::connect(&socket, &addr) {
+            Ok(()) => waiting.push(socket),
+            Err(rustix::io::Errno::AGAIN) => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(waiting.len() < 1000, "the backlog never filled");
+    }
+    match Listener::bind(&Addr::Unix(path.clone())) {
+        Err(ServeError::InUse(p)) => assert_eq!(p, path),
+        other => panic!("a live broker's socket was taken: {other:?}"),
+    }
+    // Its socket is still there, and still its own.
+    assert!(path.exists());
+    live.set_nonblocking(true).unwrap();
+    live.accept()
+        .expect("the live broker still has its connections");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_file_that_is_not_a_socket_is_never_replaced() {
+    let dir = scratch("file");
+    let path = dir.join("b.sock");
+    std::fs::write(&path, b"precious").unwrap();
+    assert!(matches!(
+        Listener::bind(&Addr::Unix(path.clone())),
+        Err(ServeError::NotASocket(_))
+    ));
+    assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tcp_listeners_are_non_blocking_and_report_their_port() {
+    let listener = Listener::bind(&Addr::Tcp("127.0.0.1:0".into())).unwrap();
+    let Addr::Tcp(bound) = listener.local_addr() else {
+        panic!("a TCP address")
+    };
+    assert!(!bound.ends_with(":0"), "{bound}");
+    let Listener::Tcp(l) = listener else {
+        panic!("a TCP listener")
+    };
+    assert_eq!(
+        l.accept().unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock
+    );
+}
