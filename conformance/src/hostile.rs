@@ -369,8 +369,32 @@ pub fn a_watcher_that_never_reads_is_cut<B: Broker>() {
             }
             assert!(churn < 20_000, "the deaf watcher was never cut");
         }
+        // Cut, it still never reads: the broker's writer, stuck on its full
+        // socket, gives up within a grace and closes it.
+        hung_up_within(&deaf.stream, Duration::from_secs(20)).await;
         drop(deaf);
     });
+}
+
+/// Waits until the broker has closed its end of `stream` (the kernel says
+/// hang-up), whether or not anything unread is left in it.
+async fn hung_up_within(stream: &UnixStream, patience: Duration) {
+    use rustix::event::{poll, PollFd, PollFlags};
+    use std::os::fd::AsFd as _;
+    let start = std::time::Instant::now();
+    let fd = stream.as_fd();
+    loop {
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        poll(&mut fds, Some(&rustix::event::Timespec::default())).expect("poll");
+        if fds[0].revents().contains(PollFlags::HUP) {
+            return;
+        }
+        assert!(
+            start.elapsed() < patience,
+            "the broker kept the socket of a connection it cut open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// 1,000 connections of one key at once: the per-key limit admits its
