@@ -458,7 +458,7 @@ pub fn a_thousand_connections_of_one_key<B: Broker>() {
 }
 
 /// Raises the soft open-file limit to `wanted`; `Err` says why it cannot.
-fn raise_open_files(wanted: u64) -> Result<(), String> {
+pub(crate) fn raise_open_files(wanted: u64) -> Result<(), String> {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let limit = getrlimit(Resource::Nofile);
     if limit.current.is_none_or(|current| current >= wanted) {

@@ -10,6 +10,7 @@ pub mod api;
 pub mod broker;
 pub mod hostile;
 pub mod scenarios;
+pub mod strangers;
 pub mod stream;
 
 pub use api::{Api, Connect, Error, Path, Watch};
@@ -47,13 +48,19 @@ macro_rules! suite {
                 a_plugin_killed_mid_transfer,
                 policy_refusals_over_tcp,
             ]);
+            $crate::suite!(@each_in strangers, $broker, $api, [
+                the_direct_listener_bounds_strangers,
+            ]);
         }
     };
     (@each $broker:ty, $api:ty, [$($scenario:ident),* $(,)?]) => {
+        $crate::suite!(@each_in scenarios, $broker, $api, [$($scenario),*]);
+    };
+    (@each_in $file:ident, $broker:ty, $api:ty, [$($scenario:ident),* $(,)?]) => {
         $(
             #[test]
             fn $scenario() {
-                $crate::scenarios::$scenario::<$broker, $api>();
+                $crate::$file::$scenario::<$broker, $api>();
             }
         )*
     };

@@ -21,14 +21,14 @@ use crate::stream::{self, hashed_exchanges, serve_hasher, MIB};
 const SCENARIO: Duration = Duration::from_secs(300);
 
 /// Runs `scenario` on `A`'s runtime, failing if it hangs.
-fn run<A: Api, F: Future>(scenario: F) -> F::Output {
+pub(crate) fn run<A: Api, F: Future>(scenario: F) -> F::Output {
     A::block_on(futures_lite::future::or(scenario, async {
         A::sleep(SCENARIO).await;
         panic!("the scenario hung");
     }))
 }
 
-async fn connect<A: Api>(how: Connect) -> A::Plugin {
+pub(crate) async fn connect<A: Api>(how: Connect) -> A::Plugin {
     let what = format!("{how:?}");
     A::connect(how)
         .await
@@ -307,7 +307,7 @@ pub fn direct_tcp_refuses_strangers_and_falls_back<B: Broker, A: Api>() {
 }
 
 /// A free loopback port (free when asked; bound again at once).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")

@@ -15,6 +15,7 @@
 pub mod addr;
 pub mod boxstream;
 pub mod broker;
+pub mod budget;
 pub mod control;
 pub mod direct;
 pub mod keys;

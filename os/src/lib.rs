@@ -14,6 +14,8 @@
 //!   (a unix socket file is mode 0600 from the moment it exists; a stale
 //!   one is replaced, a live one refused) or adopting passed ones.
 //! - [`activation`]: systemd socket activation (`LISTEN_FDS`).
+//! - [`Strangers`]: places for handshakes not done yet, per source and in
+//!   total, held until each handshake is over.
 //! - [`AcceptPause`]: what to do when `accept` fails (out of descriptors:
 //!   pause, and say so once, rather than spin).
 
@@ -25,6 +27,7 @@ pub mod activation;
 pub mod fdpass;
 mod listen;
 mod pairs;
+mod strangers;
 mod write_queue;
 
 pub use accept::{accept_forever, AcceptPause, ACCEPT_PAUSE};
@@ -33,4 +36,5 @@ pub use listen::{
 };
 pub use pairs::SocketPairs;
 pub use plugboard_core::addr::{Addr, BadAddr};
+pub use strangers::{Place, Strangers};
 pub use write_queue::WriteQueue;

@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Write as _};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -14,12 +14,15 @@ use async_io::{Async, Timer};
 use bytes::{Buf as _, Bytes, BytesMut};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::future;
+use plugboard_core::budget::StrangerLimits;
 use plugboard_core::control::ErrorCode;
 use plugboard_core::direct::{DirectConn, DirectError, DirectEvent, TOKEN_LEN};
 use plugboard_core::shs::HandshakeConfig;
 use plugboard_core::PublicKey;
+use plugboard_os::{Place, Strangers};
 
 use super::{Resolved, Shared};
+use crate::addr::Addr;
 use crate::clock::Clock;
 
 const READ_SIZE: usize = 64 * 1024;
@@ -93,73 +96,103 @@ pub(crate) async fn listen(listen: &str) -> Result<(Async<TcpListener>, String),
 
 /// Serves `listener`: every connection that proves an expected key and
 /// presents its token becomes the direct path of the channel it was
-/// announced for.
+/// announced for. Strangers are bounded (in total and per source, with a
+/// short deadline: see [`StrangerLimits`]); a failed accept rests a moment.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     listener: Async<TcpListener>,
     config: Arc<HandshakeConfig>,
+    limits: StrangerLimits,
 ) {
-    loop {
-        let (tcp, from) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!("accept on the direct listener: {e}");
-                Timer::after(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.get_ref().set_nodelay(true);
-        let shared = shared.clone();
-        let config = config.clone();
-        smol::spawn(async move {
-            let clock = shared.lock().clock;
-            let conn = DirectConn::listen(config, &mut rand_core::OsRng, clock.now());
-            let mut channel = None;
-            let established = DirectStream::new(tcp, conn, clock)
-                .establish(|event, conn| match event {
-                    DirectEvent::Authorize(key) => {
-                        let expected = shared.lock().expected.values().any(|e| e.from == *key);
-                        let _ = conn.authorize(expected);
-                        expected
-                    }
-                    DirectEvent::Token { peer, token } => {
-                        let mut inner = shared.lock();
-                        let id = inner
-                            .expected
-                            .iter()
-                            .find(|(_, e)| e.from == *peer && same_token(&e.token, token))
-                            .map(|(id, _)| *id);
-                        if let Some(id) = id {
-                            inner.expected.remove(&id);
-                        }
-                        channel = id.map(|id| (id, inner.epoch));
-                        let _ = conn.answer_token(id.is_some());
-                        id.is_some()
-                    }
-                    _ => true,
-                })
-                .await;
-            match (established, channel) {
-                (Ok(stream), Some((id, epoch))) => {
-                    let mut inner = shared.lock();
-                    if inner.epoch != epoch {
-                        // Announced on a connection that was lost since.
-                        return;
-                    }
-                    // The relayed channel is the fallback no more.
-                    inner.channels.remove(&id);
-                    let _ = inner.session.reset(id, ErrorCode::Cancelled, "direct");
-                    if let Some(tx) = inner.paths.remove(&id) {
-                        let _ = tx.try_send(Resolved::Tcp(Box::new(stream)));
-                    }
-                    drop(inner);
-                    shared.flush.notify_one();
+    let strangers = Strangers::new(limits);
+    let config = Arc::new(HandshakeConfig {
+        timeout: limits.deadline,
+        ..HandshakeConfig::clone(&config)
+    });
+    let addr = Addr::Tcp(
+        listener
+            .get_ref()
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+    );
+    plugboard_os::accept_forever(
+        &addr,
+        || listener.accept(),
+        |(tcp, from): (Async<TcpStream>, SocketAddr)| {
+            let place = match strangers.admit(from.ip()) {
+                Ok(place) => place,
+                Err(refused) => {
+                    tracing::debug!("direct connection from {from} refused: {refused}");
+                    return;
                 }
-                (Err(reason), _) => tracing::info!("direct connection from {from}: {reason}"),
-                (Ok(_), None) => {}
+            };
+            let _ = tcp.get_ref().set_nodelay(true);
+            smol::spawn(admit(shared.clone(), tcp, from, config.clone(), place)).detach();
+        },
+        |rest| async move {
+            Timer::after(rest).await;
+        },
+    )
+    .await
+}
+
+/// One stranger at the direct listener: admitted if it proves an expected
+/// key and presents that key's token, in time. Its `place` is given back
+/// once the handshake is over.
+async fn admit(
+    shared: Arc<Shared>,
+    tcp: Async<TcpStream>,
+    from: SocketAddr,
+    config: Arc<HandshakeConfig>,
+    place: Place,
+) {
+    let clock = shared.lock().clock;
+    let conn = DirectConn::listen(config, &mut rand_core::OsRng, clock.now());
+    let mut channel = None;
+    let established = DirectStream::new(tcp, conn, clock)
+        .establish(|event, conn| match event {
+            DirectEvent::Authorize(key) => {
+                let expected = shared.lock().expected.values().any(|e| e.from == *key);
+                let _ = conn.authorize(expected);
+                expected
             }
+            DirectEvent::Token { peer, token } => {
+                let mut inner = shared.lock();
+                let id = inner
+                    .expected
+                    .iter()
+                    .find(|(_, e)| e.from == *peer && same_token(&e.token, token))
+                    .map(|(id, _)| *id);
+                if let Some(id) = id {
+                    inner.expected.remove(&id);
+                }
+                channel = id.map(|id| (id, inner.epoch));
+                let _ = conn.answer_token(id.is_some());
+                id.is_some()
+            }
+            _ => true,
         })
-        .detach();
+        .await;
+    drop(place); // the handshake is over
+    match (established, channel) {
+        (Ok(stream), Some((id, epoch))) => {
+            let mut inner = shared.lock();
+            if inner.epoch != epoch {
+                // Announced on a connection that was lost since.
+                return;
+            }
+            // The relayed channel is the fallback no more.
+            inner.channels.remove(&id);
+            let _ = inner.session.reset(id, ErrorCode::Cancelled, "direct");
+            if let Some(tx) = inner.paths.remove(&id) {
+                let _ = tx.try_send(Resolved::Tcp(Box::new(stream)));
+            }
+            drop(inner);
+            shared.flush.notify_one();
+        }
+        (Err(reason), _) => tracing::info!("direct connection from {from}: {reason}"),
+        (Ok(_), None) => {}
     }
 }
 

@@ -5,19 +5,23 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf as _, Bytes, BytesMut};
+use plugboard_core::budget::StrangerLimits;
 use plugboard_core::control::ErrorCode;
 use plugboard_core::direct::{DirectConn, DirectError, DirectEvent, TOKEN_LEN};
 use plugboard_core::shs::HandshakeConfig;
 use plugboard_core::PublicKey;
+use plugboard_os::{Place, Strangers};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{Resolved, Shared};
+use crate::addr::Addr;
 use crate::clock::Clock;
 
 const READ_SIZE: usize = 64 * 1024;
@@ -73,67 +77,100 @@ pub(crate) async fn dial(
 
 /// Serves `listener`: every connection that proves an expected key and
 /// presents its token becomes the direct path of the channel it was
-/// announced for.
+/// announced for. Strangers are bounded (in total and per source, with a
+/// short deadline: see [`StrangerLimits`]); a failed accept rests a moment.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
     config: Arc<HandshakeConfig>,
+    limits: StrangerLimits,
 ) {
-    loop {
-        let Ok((tcp, from)) = listener.accept().await else {
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let shared = shared.clone();
-        let config = config.clone();
-        tokio::spawn(async move {
-            let clock = shared.lock().clock;
-            let conn = DirectConn::listen(config, &mut rand_core::OsRng, clock.now());
-            let mut channel = None;
-            let established = DirectStream::new(tcp, conn, clock)
-                .establish(|event, conn| match event {
-                    DirectEvent::Authorize(key) => {
-                        let expected = shared.lock().expected.values().any(|e| e.from == *key);
-                        let _ = conn.authorize(expected);
-                        expected
-                    }
-                    DirectEvent::Token { peer, token } => {
-                        let mut inner = shared.lock();
-                        let id = inner
-                            .expected
-                            .iter()
-                            .find(|(_, e)| e.from == *peer && same_token(&e.token, token))
-                            .map(|(id, _)| *id);
-                        if let Some(id) = id {
-                            inner.expected.remove(&id);
-                        }
-                        channel = id.map(|id| (id, inner.epoch));
-                        let _ = conn.answer_token(id.is_some());
-                        id.is_some()
-                    }
-                    _ => true,
-                })
-                .await;
-            match (established, channel) {
-                (Ok(stream), Some((id, epoch))) => {
-                    let mut inner = shared.lock();
-                    if inner.epoch != epoch {
-                        // Announced on a connection that was lost since.
-                        return;
-                    }
-                    // The relayed channel is the fallback no more.
-                    inner.channels.remove(&id);
-                    let _ = inner.session.reset(id, ErrorCode::Cancelled, "direct");
-                    if let Some(tx) = inner.paths.remove(&id) {
-                        let _ = tx.send(Resolved::Tcp(Box::new(stream)));
-                    }
-                    drop(inner);
-                    shared.flush.notify_one();
+    let strangers = Strangers::new(limits);
+    let config = Arc::new(HandshakeConfig {
+        timeout: limits.deadline,
+        ..HandshakeConfig::clone(&config)
+    });
+    let addr = Addr::Tcp(
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+    );
+    plugboard_os::accept_forever(
+        &addr,
+        || listener.accept(),
+        |(tcp, from): (TcpStream, SocketAddr)| {
+            let place = match strangers.admit(from.ip()) {
+                Ok(place) => place,
+                Err(refused) => {
+                    tracing::debug!("direct connection from {from} refused: {refused}");
+                    return;
                 }
-                (Err(reason), _) => tracing::info!("direct connection from {from}: {reason}"),
-                (Ok(_), None) => {}
+            };
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(admit(shared.clone(), tcp, from, config.clone(), place));
+        },
+        tokio::time::sleep,
+    )
+    .await
+}
+
+/// One stranger at the direct listener: admitted if it proves an expected
+/// key and presents that key's token, in time. Its `place` is given back
+/// once the handshake is over.
+async fn admit(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    from: SocketAddr,
+    config: Arc<HandshakeConfig>,
+    place: Place,
+) {
+    let clock = shared.lock().clock;
+    let conn = DirectConn::listen(config, &mut rand_core::OsRng, clock.now());
+    let mut channel = None;
+    let established = DirectStream::new(tcp, conn, clock)
+        .establish(|event, conn| match event {
+            DirectEvent::Authorize(key) => {
+                let expected = shared.lock().expected.values().any(|e| e.from == *key);
+                let _ = conn.authorize(expected);
+                expected
             }
-        });
+            DirectEvent::Token { peer, token } => {
+                let mut inner = shared.lock();
+                let id = inner
+                    .expected
+                    .iter()
+                    .find(|(_, e)| e.from == *peer && same_token(&e.token, token))
+                    .map(|(id, _)| *id);
+                if let Some(id) = id {
+                    inner.expected.remove(&id);
+                }
+                channel = id.map(|id| (id, inner.epoch));
+                let _ = conn.answer_token(id.is_some());
+                id.is_some()
+            }
+            _ => true,
+        })
+        .await;
+    drop(place); // the handshake is over
+    match (established, channel) {
+        (Ok(stream), Some((id, epoch))) => {
+            let mut inner = shared.lock();
+            if inner.epoch != epoch {
+                // Announced on a connection that was lost since.
+                return;
+            }
+            // The relayed channel is the fallback no more.
+            inner.channels.remove(&id);
+            let _ = inner.session.reset(id, ErrorCode::Cancelled, "direct");
+            if let Some(tx) = inner.paths.remove(&id) {
+                let _ = tx.send(Resolved::Tcp(Box::new(stream)));
+            }
+            drop(inner);
+            shared.flush.notify_one();
+        }
+        (Err(reason), _) => tracing::info!("direct connection from {from}: {reason}"),
+        (Ok(_), None) => {}
     }
 }
 

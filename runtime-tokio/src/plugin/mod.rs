@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
 use bytes::Bytes;
+use plugboard_core::budget::StrangerLimits;
 use plugboard_core::control::{
     ChannelId, ChannelPath, ErrorCode, IncomingPath, KeyStats, Member, Name, NameStats, OpenedPath,
     Presence, RequestId,
@@ -298,6 +299,7 @@ pub struct PluginBuilder {
     name: Option<String>,
     wait: bool,
     direct_listen: Option<String>,
+    direct_limits: StrangerLimits,
     direct_advertise: Option<String>,
     broker: Option<PublicKey>,
     network_key: NetworkKey,
@@ -316,6 +318,14 @@ impl PluginBuilder {
     /// and tokens it announces get through. Needs a name.
     pub fn direct_listen(mut self, addr: &str) -> Self {
         self.direct_listen = Some(addr.to_owned());
+        self
+    }
+
+    /// How many strangers the direct listener lets run a handshake at once
+    /// (in total and per source address) and for how long; the default is
+    /// [`StrangerLimits::default`]. Beyond them a connection is closed at once.
+    pub fn direct_limits(mut self, limits: StrangerLimits) -> Self {
+        self.direct_limits = limits;
         self
     }
 
@@ -438,7 +448,12 @@ impl PluginBuilder {
         let (direct_addr, direct_task) = match direct_listener {
             Some((listener, bound)) => {
                 let addr = self.direct_advertise.unwrap_or(bound);
-                let task = tokio::spawn(direct::serve(shared.clone(), listener, handshake.clone()));
+                let task = tokio::spawn(direct::serve(
+                    shared.clone(),
+                    listener,
+                    handshake.clone(),
+                    self.direct_limits,
+                ));
                 (Some(addr), Some(driver::TaskGuard(task)))
             }
             None => (None, None),
@@ -484,6 +499,7 @@ impl Plugin {
             name: None,
             wait: false,
             direct_listen: None,
+            direct_limits: StrangerLimits::default(),
             direct_advertise: None,
             broker: None,
             network_key: NetworkKey::SSB_MAIN,

@@ -1,0 +1,210 @@
+//! Budgets for what strangers can make us hold before they proved a key:
+//! half-done handshakes, counted per source and in total, so that one
+//! source cannot take every place and nobody can take more than the total.
+//!
+//! A source is an IPv4 address, or an IPv6 /64 (the least a single host is
+//! handed, and trivially many addresses to an attacker who has one).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Where a connection comes from, as budgets count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Source(u128);
+
+impl From<IpAddr> for Source {
+    fn from(ip: IpAddr) -> Self {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        match ip {
+            IpAddr::V4(v4) => Source(u128::from(u32::from(v4))),
+            // The /64 prefix, tagged apart from every IPv4 address.
+            IpAddr::V6(v6) => Source((u128::from(v6) >> 64) | (1 << 127)),
+        }
+    }
+}
+
+/// How many half-done handshakes strangers may hold, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StrangerLimits {
+    /// At once, from everywhere.
+    pub total: usize,
+    /// At once, from one [`Source`].
+    pub per_source: usize,
+    /// How long one may take to prove its key and present what it must.
+    pub deadline: Duration,
+}
+
+impl Default for StrangerLimits {
+    fn default() -> Self {
+        StrangerLimits {
+            total: 64,
+            per_source: 8,
+            deadline: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Which bound a stranger met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// Every place is taken.
+    #[error("too many handshakes in progress ({0} at once)")]
+    Total(usize),
+    /// Its source holds all the places one source may.
+    #[error("too many handshakes in progress from one source ({0} at once)")]
+    PerSource(usize),
+}
+
+/// Places for half-done handshakes, taken when a connection is accepted
+/// and given back when its handshake ends, whichever way.
+#[derive(Debug)]
+pub struct HandshakeBudget {
+    limits: StrangerLimits,
+    held: usize,
+    by_source: HashMap<Source, usize>,
+}
+
+impl HandshakeBudget {
+    /// Nothing held yet.
+    pub fn new(limits: StrangerLimits) -> Self {
+        HandshakeBudget {
+            limits,
+            held: 0,
+            by_source: HashMap::new(),
+        }
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> StrangerLimits {
+        self.limits
+    }
+
+    /// Takes a place for a handshake from `source`, if one is free.
+    pub fn take(&mut self, source: Source) -> Result<(), Refused> {
+        if self.held >= self.limits.total {
+            return Err(Refused::Total(self.limits.total));
+        }
+        let of_source = self.by_source.entry(source).or_insert(0);
+        if *of_source >= self.limits.per_source {
+            return Err(Refused::PerSource(self.limits.per_source));
+        }
+        *of_source += 1;
+        self.held += 1;
+        Ok(())
+    }
+
+    /// Gives back a place [`HandshakeBudget::take`] gave `source`.
+    ///
+    /// # Panics
+    /// If `source` holds none: a place given back twice is a bug.
+    pub fn give_back(&mut self, source: Source) {
+        let of_source = self
+            .by_source
+            .get_mut(&source)
+            .expect("a place given back was taken");
+        *of_source -= 1;
+        if *of_source == 0 {
+            self.by_source.remove(&source);
+        }
+        self.held -= 1;
+    }
+
+    /// Places held now, in total.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Places `source` holds now.
+    pub fn held_by(&self, source: Source) -> usize {
+        self.by_source.get(&source).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ip(s: &str) -> Source {
+        s.parse::<IpAddr>().unwrap().into()
+    }
+
+    fn limits(total: usize, per_source: usize) -> StrangerLimits {
+        StrangerLimits {
+            total,
+            per_source,
+            ..StrangerLimits::default()
+        }
+    }
+
+    #[test]
+    fn one_source_cannot_take_every_place() {
+        let mut budget = HandshakeBudget::new(limits(10, 3));
+        for _ in 0..3 {
+            budget.take(ip("10.0.0.1")).unwrap();
+        }
+        assert_eq!(budget.take(ip("10.0.0.1")), Err(Refused::PerSource(3)));
+        // Another source still gets in.
+        budget.take(ip("10.0.0.2")).unwrap();
+        budget.give_back(ip("10.0.0.1"));
+        budget.take(ip("10.0.0.1")).unwrap();
+        assert_eq!(budget.held(), 4);
+    }
+
+    #[test]
+    fn nobody_gets_past_the_total() {
+        let mut budget = HandshakeBudget::new(limits(4, 3));
+        for i in 0..4 {
+            budget.take(ip(&format!("10.0.0.{i}"))).unwrap();
+        }
+        assert_eq!(budget.take(ip("10.0.0.9")), Err(Refused::Total(4)));
+        budget.give_back(ip("10.0.0.0"));
+        budget.take(ip("10.0.0.9")).unwrap();
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_slash_64() {
+        assert_eq!(ip("2001:db8::1"), ip("2001:db8::ffff:1234"));
+        assert_ne!(ip("2001:db8::1"), ip("2001:db8:0:1::1"));
+        // A v4-mapped address is that v4 address.
+        assert_eq!(ip("::ffff:10.0.0.1"), ip("10.0.0.1"));
+        assert_ne!(ip("::"), ip("0.0.0.0"));
+    }
+
+    proptest! {
+        /// Against a plain model: what is held never passes a limit, and
+        /// every place comes back.
+        #[test]
+        fn held_places_match_a_model(ops in proptest::collection::vec((0u8..6, any::<bool>()), 0..200)) {
+            let mut budget = HandshakeBudget::new(limits(8, 3));
+            let mut model: HashMap<Source, usize> = HashMap::new();
+            for (who, take) in ops {
+                let source = Source(u128::from(who));
+                let held: usize = model.values().sum();
+                let mine = model.get(&source).copied().unwrap_or(0);
+                if take {
+                    let expected = if held >= 8 {
+                        Err(Refused::Total(8))
+                    } else if mine >= 3 {
+                        Err(Refused::PerSource(3))
+                    } else {
+                        Ok(())
+                    };
+                    prop_assert_eq!(budget.take(source), expected);
+                    if expected.is_ok() {
+                        *model.entry(source).or_insert(0) += 1;
+                    }
+                } else if mine > 0 {
+                    budget.give_back(source);
+                    *model.get_mut(&source).unwrap() -= 1;
+                }
+                prop_assert_eq!(budget.held(), model.values().sum::<usize>());
+                prop_assert_eq!(budget.held_by(source), model.get(&source).copied().unwrap_or(0));
+            }
+        }
+    }
+}
