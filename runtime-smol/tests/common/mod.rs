@@ -28,7 +28,6 @@ pub async fn within<T>(limit: Duration, fut: impl Future<Output = T>) -> T {
 
 /// Runs a test body on this thread, with [`PATIENCE`] as a safety net.
 pub fn run<T>(fut: impl Future<Output = T>) -> T {
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     smol::block_on(within(PATIENCE * 3, fut))
 }
 

@@ -3,6 +3,7 @@
 //! to it: an answer-and-finish protocol, an echo that respects credit, and
 //! a direct channel over a socketpair.
 
+#[path = "mio/common.rs"]
 mod common;
 
 use std::collections::{HashMap, VecDeque};

@@ -1,6 +1,7 @@
 //! The mio server against the tokio plugin API: names, watches, relayed
 //! channels, TCP with box-stream, binding rules, a graceful stop.
 
+#[path = "mio/common.rs"]
 mod common;
 
 use common::{echo_through, keys, plugin, serve_echo, sock_path, Broker, PATIENCE};

@@ -3,6 +3,7 @@
 //! listens for them; the broker answers `Dial`, the loop dials with
 //! `DirectTcp`, and a megabyte goes there and back on it.
 
+#[path = "mio/common.rs"]
 mod common;
 
 use std::sync::Arc;

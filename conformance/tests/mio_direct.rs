@@ -3,6 +3,7 @@
 //! behind. One test in this binary, because it counts the process's
 //! descriptors (the server runs in it too).
 
+#[path = "mio/common.rs"]
 mod common;
 
 use common::{echo_through, keys, plugin, serve_echo, Broker, PATIENCE};
