@@ -24,6 +24,7 @@
 
 mod accept;
 pub mod activation;
+mod broker;
 pub mod fdpass;
 mod listen;
 mod pairs;
@@ -31,6 +32,7 @@ mod strangers;
 mod write_queue;
 
 pub use accept::{accept_forever, AcceptPause, ACCEPT_PAUSE};
+pub use broker::{log_entry, new_broker};
 pub use listen::{
     bind_all, bind_all_with, bind_tcp, is_live, Bound, Listener, ServeError, Socket, TCP_BACKLOG,
 };

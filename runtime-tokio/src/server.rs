@@ -20,8 +20,6 @@ use plugboard_core::control::TransportKind;
 use plugboard_core::PublicKey;
 use plugboard_os::activation::Inherited;
 use plugboard_os::{Bound, Socket, SocketPairs, WriteQueue};
-use rand_chacha::rand_core::SeedableRng;
-use rand_chacha::ChaCha20Rng;
 use tokio::net::{tcp, unix, TcpListener, UnixListener};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -155,24 +153,21 @@ impl Server {
     /// activation: see [`plugboard_os::activation`]). An inherited unix
     /// socket's file belongs to whoever made it, so shutdown leaves it.
     pub async fn bind_with(
-        mut config: BrokerConfig,
+        config: BrokerConfig,
         addrs: &[Addr],
         inherited: Vec<Inherited>,
     ) -> Result<Self, ServeError> {
-        // This runtime passes socketpair ends over unix sockets.
-        config.fd_passing = true;
         let listeners = plugboard_os::bind_all_with(
             addrs,
             inherited,
             UnixListener::from_std,
             TcpListener::from_std,
         )?;
-        let rng = ChaCha20Rng::from_rng(rand_core::OsRng).expect("the OS has randomness");
         Ok(Server {
             shared: Arc::new(Shared {
                 clock: Clock::start(),
                 state: Mutex::new(State {
-                    broker: Broker::new(config, Box::new(rng)),
+                    broker: plugboard_os::new_broker(config),
                     conns: HashMap::new(),
                     pairs: SocketPairs::new(),
                 }),
@@ -443,15 +438,7 @@ impl Shared {
                     let State { broker, pairs, .. } = &mut *state;
                     pairs.create(broker, now, pair, opener, target);
                 }
-                Event::Log(entry) => {
-                    let key = entry.key.map(|k| k.to_string()).unwrap_or_default();
-                    match entry.code {
-                        Some(code) => {
-                            tracing::info!(conn = entry.conn, %key, %code, "{}", entry.message)
-                        }
-                        None => tracing::info!(conn = entry.conn, %key, "{}", entry.message),
-                    }
-                }
+                Event::Log(entry) => plugboard_os::log_entry(&entry),
             }
         }
         self.timer.notify_one();

@@ -18,10 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mio::{Events, Interest, Poll, Token, Waker};
-use plugboard_core::broker::{Broker, BrokerConfig};
+use plugboard_core::broker::BrokerConfig;
 use plugboard_core::PublicKey;
-use rand_chacha::rand_core::SeedableRng;
-use rand_chacha::ChaCha20Rng;
 
 use plugboard_os::activation::Inherited;
 
@@ -77,11 +75,10 @@ impl Server {
     /// activation: [`plugboard_os::activation`] finds them). Their socket
     /// files are not ours: they stay when the server stops.
     pub fn bind_with(
-        mut config: BrokerConfig,
+        config: BrokerConfig,
         addrs: &[Addr],
         inherited: Vec<Inherited>,
     ) -> Result<Server, ServeError> {
-        config.fd_passing = true;
         let poll = Poll::new().map_err(ServeError::EventLoop)?;
         let mut listeners = Vec::new();
         let bound = plugboard_os::bind_all_with(
@@ -102,8 +99,7 @@ impl Server {
             waker: Arc::new(Waker::new(poll.registry(), WAKER).map_err(ServeError::EventLoop)?),
             stopped: Arc::new(AtomicBool::new(false)),
         };
-        let rng = ChaCha20Rng::from_rng(rand_core::OsRng).expect("the OS has randomness");
-        let broker = Broker::new(config, Box::new(rng));
+        let broker = plugboard_os::new_broker(config);
         let registry = poll.registry().try_clone().map_err(ServeError::EventLoop)?;
         let state = State::new(broker, registry);
         Ok(Server {

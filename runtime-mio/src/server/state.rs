@@ -232,15 +232,7 @@ impl State {
                         self.pairs
                             .create(&mut self.broker, now, pair, opener, target);
                     }
-                    Event::Log(entry) => {
-                        let key = entry.key.map(|k| k.to_string()).unwrap_or_default();
-                        match entry.code {
-                            Some(code) => {
-                                tracing::info!(conn = entry.conn, %key, %code, "{}", entry.message)
-                            }
-                            None => tracing::info!(conn = entry.conn, %key, "{}", entry.message),
-                        }
-                    }
+                    Event::Log(entry) => plugboard_os::log_entry(&entry),
                 }
             }
             // Flushing pulls from the broker, which may have more to say.

@@ -24,11 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_io::{Async, Timer};
-use plugboard_core::broker::{Broker, BrokerConfig};
+use plugboard_core::broker::BrokerConfig;
 use plugboard_core::control::TransportKind;
 use plugboard_core::PublicKey;
-use rand_chacha::rand_core::SeedableRng;
-use rand_chacha::ChaCha20Rng;
 
 use plugboard_os::activation::Inherited;
 use plugboard_os::{Bound, Socket, SocketPairs};
@@ -68,19 +66,16 @@ impl Server {
     /// activation: [`plugboard_os::activation`] finds them). Their socket
     /// files are not ours: they stay when the server stops.
     pub fn bind_with(
-        mut config: BrokerConfig,
+        config: BrokerConfig,
         addrs: &[Addr],
         inherited: Vec<Inherited>,
     ) -> Result<Self, ServeError> {
-        // This runtime passes socketpair ends over unix sockets.
-        config.fd_passing = true;
         let listeners = plugboard_os::bind_all_with(addrs, inherited, Async::new, Async::new)?;
-        let rng = ChaCha20Rng::from_rng(rand_core::OsRng).expect("the OS has randomness");
         Ok(Server {
             shared: Arc::new(Shared {
                 clock: Clock::start(),
                 state: Mutex::new(State {
-                    broker: Broker::new(config, Box::new(rng)),
+                    broker: plugboard_os::new_broker(config),
                     conns: HashMap::new(),
                     pairs: SocketPairs::new(),
                 }),

@@ -141,15 +141,7 @@ impl Shared {
                     let State { broker, pairs, .. } = &mut *state;
                     pairs.create(broker, now, pair, opener, target);
                 }
-                Event::Log(entry) => {
-                    let key = entry.key.map(|k| k.to_string()).unwrap_or_default();
-                    match entry.code {
-                        Some(code) => {
-                            tracing::info!(conn = entry.conn, %key, %code, "{}", entry.message)
-                        }
-                        None => tracing::info!(conn = entry.conn, %key, "{}", entry.message),
-                    }
-                }
+                Event::Log(entry) => plugboard_os::log_entry(&entry),
             }
         }
         self.timer.notify_one();

@@ -1,0 +1,24 @@
+//! What every runtime does the same around the core's broker: make it with
+//! the OS's randomness, and write its log entries.
+
+use plugboard_core::broker::{Broker, BrokerConfig, LogEntry};
+use rand_chacha::rand_core::SeedableRng as _;
+use rand_chacha::ChaCha20Rng;
+
+/// A broker for a server on a real OS: its randomness (ephemeral keys,
+/// tokens) seeded from the OS, and socketpair ends passed over unix sockets
+/// (every runtime here can).
+pub fn new_broker(mut config: BrokerConfig) -> Broker {
+    config.fd_passing = true;
+    let rng = ChaCha20Rng::from_rng(rand_core::OsRng).expect("the OS has randomness");
+    Broker::new(config, Box::new(rng))
+}
+
+/// One line for a broker's [`LogEntry`] (`Event::Log`).
+pub fn log_entry(entry: &LogEntry) {
+    let key = entry.key.map(|k| k.to_string()).unwrap_or_default();
+    match entry.code {
+        Some(code) => tracing::info!(conn = entry.conn, %key, %code, "{}", entry.message),
+        None => tracing::info!(conn = entry.conn, %key, "{}", entry.message),
+    }
+}
