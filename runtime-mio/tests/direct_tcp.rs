@@ -210,7 +210,10 @@ fn a_plugin_conn_takes_a_direct_tcp_channel() {
                     path: plugboard_core::control::IncomingPath::ExpectDial { token },
                     ..
                 } => {
-                    conn.session_mut().accept(channel).unwrap();
+                    let mut session = conn.session_mut();
+                    let now = session.now();
+                    session.accept(now, channel).unwrap();
+                    drop(session);
                     expected = Some((channel, from_key, token));
                 }
                 SessionEvent::Incoming { path, .. } => panic!("expected a dial, got {path:?}"),

@@ -577,7 +577,8 @@ impl Incoming {
             if inner.epoch != self.epoch {
                 return Err(inner.stale());
             }
-            inner.session.accept(self.id)?;
+            let now = inner.clock.now();
+            inner.session.accept(now, self.id)?;
             inner
                 .channels
                 .insert(self.id, relayed::ChannelState::default());
