@@ -102,7 +102,7 @@ impl Relay {
             while let Some(event) = self.b.0.poll_event() {
                 match event {
                     SessionEvent::Incoming { channel, .. } => {
-                        self.b.0.accept(channel).unwrap();
+                        self.b.0.accept(self.now, channel).unwrap();
                         self.b.2 = channel;
                     }
                     SessionEvent::Data { channel, payload } => {

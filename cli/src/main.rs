@@ -661,21 +661,18 @@ async fn expose(
 ) -> Result<(), Failure> {
     let plugin = named(&args, Some(&name), direct).await?;
     eprintln!("plugboard: {name} is exposed; each channel runs {command:?}");
-    while let Some(incoming) = plugin.incoming().await {
-        let from = incoming.from_key;
-        let child = tokio::process::Command::new(&command[0])
-            .args(&command[1..])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn();
-        let mut child = match child {
-            Ok(child) => child,
-            Err(e) => {
-                let _ = incoming.reject(&format!("cannot run {}", command[0]));
-                return Err(fail(format!("{}: {e}", command[0])));
-            }
+    // A command that cannot run ends `expose`; the channel tasks say so here.
+    let (cannot_run, mut fatal) = tokio::sync::mpsc::unbounded_channel();
+    loop {
+        let incoming = tokio::select! {
+            incoming = plugin.incoming() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+            Some(failure) = fatal.recv() => return Err(failure),
         };
+        let from = incoming.from_key;
+        let (command, cannot_run) = (command.clone(), cannot_run.clone());
         tokio::spawn(async move {
             // A direct channel's path takes a moment: wait for it here, not
             // in the loop that takes the next channel.
@@ -683,6 +680,22 @@ async fn expose(
                 Ok(channel) => channel,
                 Err(e) => {
                     tracing::warn!("accepting a channel from {from}: {e}");
+                    return;
+                }
+            };
+            // Only now: an opener that never completes its channel must
+            // not leave a process behind.
+            let child = tokio::process::Command::new(&command[0])
+                .args(&command[1..])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn();
+            let mut child = match child {
+                Ok(child) => child,
+                Err(e) => {
+                    channel.reset(&format!("cannot run {}", command[0]));
+                    let _ = cannot_run.send(fail(format!("{}: {e}", command[0])));
                     return;
                 }
             };

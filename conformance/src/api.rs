@@ -83,6 +83,8 @@ pub enum Error {
     Unreachable(String),
     /// The connection ended (the handshake was cut, the broker left...).
     Disconnected(String),
+    /// An accepted channel was reset before it was usable.
+    Reset(ErrorCode, String),
     /// Anything else.
     Other(String),
 }
@@ -213,6 +215,7 @@ fn tokio_error(e: plugboard_tokio::PluginError) -> Error {
         E::Refused { code, message } => Error::Refused(code, message),
         E::Unreachable { addr, reason } => Error::Unreachable(format!("{addr}: {reason}")),
         E::Disconnected(reason) => Error::Disconnected(reason),
+        E::Reset { code, reason } => Error::Reset(code, reason),
         other => Error::Other(other.to_string()),
     }
 }
@@ -327,6 +330,7 @@ fn smol_error(e: plugboard_smol::PluginError) -> Error {
         E::Refused { code, message } => Error::Refused(code, message),
         E::Unreachable { addr, reason } => Error::Unreachable(format!("{addr}: {reason}")),
         E::Disconnected(reason) => Error::Disconnected(reason),
+        E::Reset { code, reason } => Error::Reset(code, reason),
         other => Error::Other(other.to_string()),
     }
 }

@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use plugboard_core::broker::Limits;
-use plugboard_core::control::{self, ErrorCode, Message, Name};
+use plugboard_core::control::{self, ErrorCode, Message, Name, OpenedPath};
 use plugboard_core::direct::{DirectConn, DirectError, DirectEvent};
 use plugboard_core::mux::{frame, Frame};
 use plugboard_core::shs::{ClientHandshake, Event, HandshakeConfig};
 use plugboard_core::{Instant, NetworkKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{Api, Connect, Error, Path, Spawned, TokioApi};
 use crate::broker::{start, Broker};
@@ -79,7 +79,7 @@ fn client_handshake(seed: u8, network_key: NetworkKey) -> ClientHandshake {
 
 /// A connection driven by hand: shs1 done and the hello sent; plain mux
 /// frames from here on.
-struct Raw {
+pub(crate) struct Raw {
     stream: UnixStream,
     frames: frame::FrameDecoder,
     control: control::ControlDecoder,
@@ -170,6 +170,74 @@ impl Raw {
         }
         goaway.expect("a GOAWAY before the close")
     }
+
+    async fn reset(&mut self, channel: control::ChannelId, code: ErrorCode, reason: &str) {
+        let mut out = BytesMut::new();
+        let reason = reason.to_owned();
+        frame::encode(
+            &Frame::Reset {
+                channel,
+                code,
+                reason,
+            },
+            &mut out,
+        );
+        self.stream.write_all(&out).await.unwrap();
+    }
+}
+
+/// An opener that asks `target` for `rounds` direct channels, one after
+/// another, as key `seed`, and after each `Opened{Dial}` resets the channel
+/// at once (even rounds) or does nothing at all (odd rounds: it never dials
+/// and never says DirectFailed). Runs on a thread of its own (the raw socket
+/// is tokio's, whatever runtime the plugins use) and keeps its connection
+/// until `done`.
+pub(crate) fn direct_opener_that_never_dials(
+    path: std::path::PathBuf,
+    seed: u8,
+    target: &'static str,
+    rounds: u32,
+    done: oneshot::Receiver<()>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async move {
+            let mut raw = Raw::connect(&path, seed).await;
+            for round in 0..rounds {
+                let channel = 2 * round + 1;
+                raw.send(&Message::Open {
+                    request: round + 1,
+                    channel,
+                    direct: true,
+                    name: Name::new(target).unwrap(),
+                    protocol: "hostile".into(),
+                    metadata: Bytes::from_static(b"hostile"),
+                })
+                .await;
+                loop {
+                    match raw.message().await.expect("an answer to the open") {
+                        Message::Opened {
+                            channel: c, path, ..
+                        } if c == channel => {
+                            assert!(matches!(path, OpenedPath::Dial { .. }), "{path:?}");
+                            break;
+                        }
+                        Message::Error { code, message, .. } => {
+                            panic!("round {round}: open refused: {code}: {message}")
+                        }
+                        _ => {}
+                    }
+                }
+                if round % 2 == 0 {
+                    raw.reset(channel, ErrorCode::Cancelled, "never mind").await;
+                }
+            }
+            let _ = done.await;
+        })
+    })
 }
 
 /// The wrong network key, garbage, a stalled handshake, an oversized frame,

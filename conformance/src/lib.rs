@@ -45,6 +45,7 @@ macro_rules! suite {
                 socketpairs_64_mib_each_way,
                 direct_tcp_64_mib_each_way,
                 direct_tcp_refuses_strangers_and_falls_back,
+                openers_that_never_dial_cannot_hold_an_accept,
                 a_plugin_killed_mid_transfer,
                 policy_refusals_over_tcp,
             ]);

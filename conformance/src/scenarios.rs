@@ -306,6 +306,81 @@ pub fn direct_tcp_refuses_strangers_and_falls_back<B: Broker, A: Api>() {
     });
 }
 
+/// Openers that ask for a direct channel and, once told to dial, reset it
+/// at once or never dial at all: the target's `accept()` ends with a reset
+/// within the open timeout every time, and an honest direct transfer to the
+/// same target completes beside them.
+pub fn openers_that_never_dial_cannot_hold_an_accept<B: Broker, A: Api>() {
+    const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
+    const ROUNDS: u32 = 20;
+    // The bound on one accept: the open timeout, and room for a busy machine.
+    const BOUND: Duration = Duration::from_secs(5);
+    // Named per API: one test binary runs this broker with both APIs at
+    // once, and the raw opener finds the broker by its socket's path.
+    let name = format!("never-dials-{}", A::NAME);
+    let broker = start::<B>(&name, |c| c.limits.open_timeout = OPEN_TIMEOUT);
+    let (tcp, path) = (broker.tcp.clone(), broker.path.clone());
+    run::<A, _>(async {
+        // Over TCP, so that the raw opener on the unix socket is told to
+        // dial rather than handed a socketpair.
+        let far = Connect::new(&tcp, 4).name("far").direct("tcp:127.0.0.1:0");
+        let far = connect::<A>(far).await;
+        let (tx, mut reports) = mpsc::unbounded_channel();
+        let (hostile_tx, mut accepts) = mpsc::unbounded_channel();
+        // The target: honest opens (16 bytes of metadata) are hashed; the
+        // others report how their accept ended, and how long it took.
+        let _far = A::spawn(async move {
+            while let Some(incoming) = A::incoming(&far).await {
+                if A::metadata(&incoming).len() == 16 {
+                    stream::answer_hashed::<A>(incoming, tx.clone());
+                    continue;
+                }
+                let hostile_tx = hostile_tx.clone();
+                drop(A::spawn(async move {
+                    let started = std::time::Instant::now();
+                    let accepted = A::accept(incoming).await.map(|c| A::path(&c));
+                    let _ = hostile_tx.send((accepted, started.elapsed()));
+                }));
+            }
+        });
+        let (done, held) = tokio::sync::oneshot::channel();
+        let opener = crate::hostile::direct_opener_that_never_dials(path, 5, "far", ROUNDS, held);
+        let client = Arc::new(connect::<A>(Connect::new(&tcp, 2)).await);
+        let honest = hashed_exchanges::<A>(client, "far", &mut reports, &[8 * MIB], Path::Tcp);
+        let hostile = async {
+            let mut ended = Vec::new();
+            while ended.len() < ROUNDS as usize {
+                let deadline = async {
+                    A::sleep(OPEN_TIMEOUT + BOUND).await;
+                    None
+                };
+                match futures_lite::future::or(async { accepts.recv().await }, deadline).await {
+                    Some(accept) => ended.push(accept),
+                    None => panic!(
+                        "{} of {ROUNDS} accepts still waiting {:?} after the last ended",
+                        ROUNDS as usize - ended.len(),
+                        OPEN_TIMEOUT + BOUND
+                    ),
+                }
+            }
+            ended
+        };
+        let ((), ended) = futures_lite::future::zip(honest, hostile).await;
+        let (mut cancelled, mut timed_out) = (0, 0);
+        for (accepted, took) in ended {
+            match accepted {
+                Err(Error::Reset(ErrorCode::Cancelled, _)) => cancelled += 1,
+                Err(Error::Reset(ErrorCode::OpenTimeout, _)) => timed_out += 1,
+                other => panic!("an accept with no path ended with {other:?}"),
+            }
+            assert!(took < BOUND, "an accept took {took:?}");
+        }
+        assert_eq!((cancelled, timed_out), (ROUNDS / 2, ROUNDS / 2));
+        let _ = done.send(());
+        opener.join().expect("the hostile opener");
+    });
+}
+
 /// A free loopback port (free when asked; bound again at once).
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

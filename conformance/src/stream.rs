@@ -126,25 +126,29 @@ pub fn serve_hasher<A: Api>(
 ) -> Spawned<()> {
     A::spawn(async move {
         while let Some(incoming) = A::incoming(&plugin).await {
-            let meta = A::metadata(&incoming);
-            let seed = u64::from_le_bytes(meta[..8].try_into().expect("a seed"));
-            let len = u64::from_le_bytes(meta[8..16].try_into().expect("a length"));
-            let reports = reports.clone();
-            drop(A::spawn(async move {
-                let Ok(channel) = A::accept(incoming).await else {
-                    return;
-                };
-                let path = A::path(&channel);
-                let (sent, received) = both_ways::<A>(channel, reply_seed(seed), len).await;
-                let _ = reports.send(Report {
-                    seed,
-                    path,
-                    received,
-                    sent,
-                });
-            }));
+            answer_hashed::<A>(incoming, reports.clone());
         }
     })
+}
+
+/// What [`serve_hasher`] does with one incoming channel, in a task of its own.
+pub fn answer_hashed<A: Api>(incoming: A::Incoming, reports: mpsc::UnboundedSender<Report>) {
+    let meta = A::metadata(&incoming);
+    let seed = u64::from_le_bytes(meta[..8].try_into().expect("a seed"));
+    let len = u64::from_le_bytes(meta[8..16].try_into().expect("a length"));
+    drop(A::spawn(async move {
+        let Ok(channel) = A::accept(incoming).await else {
+            return;
+        };
+        let path = A::path(&channel);
+        let (sent, received) = both_ways::<A>(channel, reply_seed(seed), len).await;
+        let _ = reports.send(Report {
+            seed,
+            path,
+            received,
+            sent,
+        });
+    }));
 }
 
 /// Opens a channel to the hasher `target` that must take `path`, and runs one

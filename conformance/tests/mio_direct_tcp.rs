@@ -56,6 +56,8 @@ fn a_plugin_conn_dials_a_direct_tcp_channel() {
     let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
     let mut back = Vec::new();
     let mut direct: Option<DirectTcp> = None;
+    // The relayed channel, until the direct one is accepted.
+    let mut relayed = None;
     let mut fin = false;
     let started = std::time::Instant::now();
     while !fin {
@@ -91,11 +93,7 @@ fn a_plugin_conn_dials_a_direct_tcp_channel() {
                         DirectTcp::dial(&addr, handshake.clone(), peer, token, clock).unwrap();
                     poll.registry().register(&mut dialed, DIRECT, both).unwrap();
                     direct = Some(dialed);
-                    // The relayed channel is the fallback no more once the
-                    // dial is accepted; here we commit to it at once.
-                    conn.session_mut()
-                        .reset(channel, ErrorCode::Cancelled, "direct")
-                        .unwrap();
+                    relayed = Some(channel);
                 }
                 SessionEvent::Opened { path, .. } => panic!("expected a dial, got {path:?}"),
                 SessionEvent::Closed { reason, .. } => panic!("the broker went: {reason}"),
@@ -108,6 +106,14 @@ fn a_plugin_conn_dials_a_direct_tcp_channel() {
             match event {
                 DirectEvent::Established { peer } => {
                     assert_eq!(peer, keys(4).public());
+                    // The relayed channel is the fallback no more (a reset
+                    // before the dial is accepted would end the channel:
+                    // the target stops waiting for the dial). The target
+                    // resets it too, and its reset may be here first.
+                    let channel = relayed.take().expect("opened");
+                    let _ = conn
+                        .session_mut()
+                        .reset(channel, ErrorCode::Cancelled, "direct");
                     let mut c = d.conn_mut();
                     c.send(&data).unwrap();
                     c.finish().unwrap();
@@ -211,7 +217,10 @@ fn a_plugin_conn_takes_a_direct_tcp_channel() {
                     path: plugboard_core::control::IncomingPath::ExpectDial { token },
                     ..
                 } => {
-                    conn.session_mut().accept(channel).unwrap();
+                    let mut session = conn.session_mut();
+                    let now = session.now();
+                    session.accept(now, channel).unwrap();
+                    drop(session);
                     expected = Some((channel, from_key, token));
                 }
                 SessionEvent::Incoming { path, .. } => panic!("expected a dial, got {path:?}"),

@@ -70,7 +70,10 @@ fn serve(addr: Addr, seed: u8, name: &str, registered: oneshot::Sender<()>) -> S
                     path,
                     ..
                 } => {
-                    conn.session_mut().accept(channel).unwrap();
+                    let mut session = conn.session_mut();
+                    let now = session.now();
+                    session.accept(now, channel).unwrap();
+                    drop(session);
                     match protocol.as_str() {
                         "echo" => drop(echoes.insert(channel, Echo::default())),
                         _ if path == IncomingPath::Relay => answer(&mut conn, channel),

@@ -101,7 +101,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     1 => s.list(now).map(drop),
                     2 => s.watch(now).map(drop),
                     3 => s.open(now, name, "p", Bytes::new(), arg % 3 == 0).map(drop),
-                    4 => s.accept(u32::from(arg)),
+                    4 => s.accept(now, u32::from(arg)),
                     5 => s.reject(u32::from(arg), "no"),
                     6 => s
                         .send(u32::from(arg % 8), Bytes::from(vec![0; usize::from(arg)]))

@@ -46,7 +46,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     1 => session.list(now).map(drop),
                     2 => session.watch(now).map(drop),
                     3 => session.open(now, name, "p", Bytes::new(), false).map(drop),
-                    4 => session.accept(u32::from(arg)),
+                    4 => session.accept(now, u32::from(arg)),
                     5 => session
                         .send(u32::from(arg), Bytes::from_static(b"data"))
                         .map(drop),

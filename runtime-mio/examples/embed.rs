@@ -110,7 +110,10 @@ fn clock(
         SessionEvent::Registered { .. } => eprintln!("registered as clock"),
         SessionEvent::Failed { message, .. } => return Err(message.into()),
         SessionEvent::Incoming { channel, path, .. } => {
-            plugin.session_mut().accept(channel)?;
+            let mut session = plugin.session_mut();
+            let now = session.now();
+            session.accept(now, channel)?;
+            drop(session);
             // A relayed channel is usable at once; one that may go direct
             // waits for its path (next arm).
             if path == IncomingPath::Relay {

@@ -131,7 +131,8 @@ async fn register_open_and_relay_a_megabyte_over_unix() {
     else {
         unreachable!()
     };
-    b.session.accept(theirs).unwrap();
+    let now = b.clock.now();
+    b.session.accept(now, theirs).unwrap();
     b.flush().await;
     let opened = a.until(|e| matches!(e, SessionEvent::Opened { .. })).await;
     assert!(matches!(

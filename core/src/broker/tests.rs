@@ -91,7 +91,8 @@ fn open_and_accept(net: &mut Net, opener: NodeId, target: NodeId, target_name: &
         panic!("no incoming");
     };
     assert_eq!((&metadata[..], protocol.as_str()), (&b"meta"[..], "echo"));
-    net.node(target).session.accept(theirs).unwrap();
+    let now = net.now;
+    net.node(target).session.accept(now, theirs).unwrap();
     let SessionEvent::Opened {
         channel: ours,
         path,
@@ -489,7 +490,8 @@ fn limits_fail_the_one_request_not_the_connection() {
         let SessionEvent::Incoming { channel, .. } = event else {
             panic!()
         };
-        net.node(b).session.accept(channel).unwrap();
+        let now = net.now;
+        net.node(b).session.accept(now, channel).unwrap();
     }
     net.run();
     assert_eq!(net.events(a).len(), 2);
@@ -640,7 +642,8 @@ fn socketpairs_for_two_unix_plugins_and_relay_when_they_fail() {
             panic!()
         };
         assert_eq!(path, IncomingPath::AwaitPath);
-        net.node(b).session.accept(theirs).unwrap();
+        let now = net.now;
+        net.node(b).session.accept(now, theirs).unwrap();
         net.run();
         let opened = net.events(a);
         let path_event = net.events(b);
@@ -713,7 +716,8 @@ fn dial_offers_carry_a_token_and_fall_back_to_relay() {
     else {
         panic!("no dial offer")
     };
-    net.node(b).session.accept(theirs).unwrap();
+    let now = net.now;
+    net.node(b).session.accept(now, theirs).unwrap();
     let SessionEvent::Opened {
         path: OpenedPath::Dial { addr, token: given },
         ..
@@ -781,7 +785,8 @@ fn a_channel_to_ones_own_name_is_released_with_its_connection() {
             _ => None,
         })
         .unwrap();
-    net.node(a).session.accept(incoming).unwrap();
+    let now = net.now;
+    net.node(a).session.accept(now, incoming).unwrap();
     net.run();
     assert!(net
         .events(a)
@@ -1104,7 +1109,8 @@ fn direct_failed_counts_once() {
     else {
         panic!()
     };
-    net.node(b).session.accept(theirs).unwrap();
+    let now = net.now;
+    net.node(b).session.accept(now, theirs).unwrap();
     one_event(&mut net, a);
     for _ in 0..5 {
         net.node(a).session.direct_failed(channel).unwrap();
@@ -1314,7 +1320,8 @@ fn a_reset_racing_the_answer_leaves_no_channel_behind() {
     let b = unix(&mut net, 2);
     register(&mut net, b, "t", false);
     let (channel, theirs) = offer(&mut net, a, b, "t");
-    net.node(b).session.accept(theirs).unwrap();
+    let now = net.now;
+    net.node(b).session.accept(now, theirs).unwrap();
     // The accept reaches the broker (and the Opened is on its way to a) ...
     for _ in 0..2 {
         let up: Vec<Bytes> = std::iter::from_fn(|| net.node(b).session.poll_transmit()).collect();

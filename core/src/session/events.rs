@@ -105,7 +105,8 @@ pub enum SessionEvent {
         /// The runtime's token for the socketpair end, for [`OpenedPath::SocketPair`].
         fd: Option<u64>,
     },
-    /// The path of a channel we accepted.
+    /// The path of a channel we accepted. A socketpair can arrive for a
+    /// channel that was reset meanwhile: then close its descriptor.
     ChannelPath {
         /// The channel.
         channel: ChannelId,
@@ -126,7 +127,9 @@ pub enum SessionEvent {
         /// The channel.
         channel: ChannelId,
     },
-    /// The channel ended in both directions.
+    /// The channel ended in both directions: the peer or the broker reset
+    /// it, or (with [`ErrorCode::OpenTimeout`]) an accepted channel's path
+    /// did not come in time and the session reset it.
     Reset {
         /// The channel.
         channel: ChannelId,

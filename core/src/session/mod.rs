@@ -46,6 +46,10 @@ pub struct SessionConfig {
     pub max_connection_window: u64,
 }
 
+/// How long an accepted channel waits for its path when the broker did not
+/// announce its open timeout.
+const DEFAULT_PATH_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl SessionConfig {
     /// Defaults, for the broker with key `broker`.
     pub fn new(handshake: HandshakeConfig, broker: PublicKey) -> Self {
@@ -91,8 +95,9 @@ enum ChannelState {
     /// Offered to us; we have not answered. `await_path`: a direct channel
     /// may replace it, so after accepting wait for its path.
     Offered { await_path: bool },
-    /// Accepted, and we wait to learn its path.
-    AwaitingPath,
+    /// Accepted, and we wait to learn its path until `deadline`: an opener
+    /// that never dials (or resets) must not hold the accept forever.
+    AwaitingPath { deadline: Instant },
     /// Usable.
     Open,
 }
@@ -204,7 +209,8 @@ impl Session {
         self.events.pop_front()
     }
 
-    /// The earliest deadline: handshake, hello, or a request's.
+    /// The earliest deadline: handshake, hello, a request's, or an accepted
+    /// channel's that still waits for its path.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let stage = match &self.stage {
             Stage::Handshake(handshake) => handshake.poll_timeout(),
@@ -212,7 +218,8 @@ impl Session {
             _ => None,
         };
         let request = self.requests.values().map(|r| r.deadline).min();
-        stage.into_iter().chain(request).min()
+        let path = self.path_deadlines().min();
+        stage.into_iter().chain(request).chain(path).min()
     }
 
     /// Runs what is due at `now`.
@@ -234,6 +241,7 @@ impl Session {
             let reason = format!("the broker did not answer request {request} in time");
             self.fail(reason, Some(ErrorCode::IdleTimeout));
         }
+        self.expire_paths(now);
     }
 
     /// Ends the session from this side: a GOAWAY, then (box-stream) the
@@ -338,15 +346,20 @@ impl Session {
         Ok((request, channel))
     }
 
-    /// Takes an incoming channel.
-    pub fn accept(&mut self, channel: ChannelId) -> Result<(), SessionError> {
-        self.answer(channel)?;
+    /// Takes an incoming channel. One that waits for its path (see
+    /// [`IncomingPath`]) and has none by the broker's open timeout after
+    /// `now` is reset ([`SessionEvent::Reset`] with [`ErrorCode::OpenTimeout`]).
+    pub fn accept(&mut self, now: Instant, channel: ChannelId) -> Result<(), SessionError> {
+        let wait = self.limits.map_or(DEFAULT_PATH_TIMEOUT, |l| {
+            Duration::from_millis(u64::from(l.open_timeout_ms))
+        });
+        self.answer(channel, Some(now + wait))?;
         self.send_message(&Message::Accept { channel })
     }
 
     /// Refuses an incoming channel; the opener gets `reason`.
     pub fn reject(&mut self, channel: ChannelId, reason: &str) -> Result<(), SessionError> {
-        self.answer(channel)?;
+        self.answer(channel, None)?;
         self.channels.remove(&channel);
         self.wire_mut()?.mux.forget(channel);
         let reason = crate::mux::frame::truncate_utf8(reason, control::MAX_TEXT).to_owned();
@@ -438,21 +451,62 @@ impl Session {
         }
     }
 
-    fn answer(&mut self, channel: ChannelId) -> Result<(), SessionError> {
+    /// Marks an offered channel answered; `path_deadline` is how long an
+    /// accepted one may wait for its path (a rejected one is forgotten next).
+    fn answer(
+        &mut self,
+        channel: ChannelId,
+        path_deadline: Option<Instant>,
+    ) -> Result<(), SessionError> {
         self.ensure_ready()?;
         match self.channels.get_mut(&channel) {
             Some(state @ ChannelState::Offered { .. }) => {
                 let ChannelState::Offered { await_path } = *state else {
                     unreachable!("matched")
                 };
-                *state = match await_path {
-                    true => ChannelState::AwaitingPath,
-                    false => ChannelState::Open,
+                *state = match (await_path, path_deadline) {
+                    (true, Some(deadline)) => ChannelState::AwaitingPath { deadline },
+                    _ => ChannelState::Open,
                 };
                 Ok(())
             }
             Some(_) => Err(SessionError::ChannelNotOpen(channel)),
             None => Err(SessionError::UnknownChannel(channel)),
+        }
+    }
+
+    fn path_deadlines(&self) -> impl Iterator<Item = Instant> + '_ {
+        self.channels.values().filter_map(|state| match state {
+            ChannelState::AwaitingPath { deadline } => Some(*deadline),
+            _ => None,
+        })
+    }
+
+    /// Resets every accepted channel whose path did not come in time: the
+    /// opener never dialed, or dialed and never said it failed.
+    fn expire_paths(&mut self, now: Instant) {
+        if self.path_deadlines().all(|deadline| deadline > now) {
+            return;
+        }
+        let due: Vec<ChannelId> = self
+            .channels
+            .iter()
+            .filter(|(_, state)| {
+                matches!(state, ChannelState::AwaitingPath { deadline } if *deadline <= now)
+            })
+            .map(|(channel, _)| *channel)
+            .collect();
+        let reason = "the direct path never came";
+        for channel in due {
+            self.channels.remove(&channel);
+            if let Some(wire) = self.wire.as_mut() {
+                wire.mux.reset(channel, ErrorCode::OpenTimeout, reason);
+            }
+            self.events.push_back(SessionEvent::Reset {
+                channel,
+                code: ErrorCode::OpenTimeout,
+                reason: reason.into(),
+            });
         }
     }
 
@@ -838,20 +892,30 @@ impl Session {
                 }
             }
             Message::ChannelPath { channel, path } => {
+                // A path can cross the channel's reset (ours at its deadline,
+                // or the opener's) on the way: then it resolves nothing.
+                let awaited = matches!(
+                    self.channels.get(&channel),
+                    Some(ChannelState::AwaitingPath { .. })
+                );
                 let fd = match path {
                     ChannelPath::SocketPair => {
-                        self.channels.remove(&channel);
-                        self.wire_mut()?.mux.forget(channel);
+                        if awaited {
+                            self.channels.remove(&channel);
+                            self.wire_mut()?.mux.forget(channel);
+                        }
+                        // Taken off the queue either way, so that later
+                        // descriptors line up with their messages; the
+                        // runtime closes one that came for no awaited channel.
                         Some(self.fds.pop_front().ok_or(SessionError::Protocol(
                             "a socketpair without its descriptor",
                         ))?)
                     }
-                    ChannelPath::Relay => {
-                        if let Some(state) = self.channels.get_mut(&channel) {
-                            *state = ChannelState::Open;
-                        }
+                    ChannelPath::Relay if awaited => {
+                        self.channels.insert(channel, ChannelState::Open);
                         None
                     }
+                    ChannelPath::Relay => return Ok(()),
                 };
                 SessionEvent::ChannelPath { channel, path, fd }
             }

@@ -1,6 +1,10 @@
 //! The session's own bookkeeping, against a real broker in memory.
 
-use crate::control::{Name, TransportKind};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::control::{ChannelId, ErrorCode, IncomingPath, Name, OpenedPath, TransportKind};
 use crate::keys::Keypair;
 use crate::session::SessionEvent;
 use crate::sim::{Chaos, Net};
@@ -48,4 +52,133 @@ fn answers_in_many_pages_arrive_whole() {
         .collect();
     // 300 members of ~300 bytes do not fit one 64 KiB message.
     assert_eq!(sizes, vec![300, 300], "{events:?}");
+}
+
+/// `a` opens `far` (which listens for direct dials) and `b` accepts; returns
+/// the opener's channel and the target's, with `a` told to dial.
+fn accepted_dial_offer(net: &mut Net) -> (usize, ChannelId, usize, ChannelId) {
+    let a = net.connect(Keypair::from_seed([1; 32]), TransportKind::Unix);
+    let b = net.connect(Keypair::from_seed([2; 32]), TransportKind::Unix);
+    let (a, b) = (a.unwrap(), b.unwrap());
+    net.run();
+    let now = net.now;
+    let far = Name::new("far").unwrap();
+    let addr = Some("tcp:10.0.0.2:8008".to_owned());
+    net.node(b).session.register(now, far, false, addr).unwrap();
+    net.run();
+    net.events(a);
+    net.events(b);
+    let far = Name::new("far").unwrap();
+    let (_, ours) = net
+        .node(a)
+        .session
+        .open(now, far, "p", Bytes::new(), true)
+        .unwrap();
+    net.run();
+    let events = net.events(b);
+    let [SessionEvent::Incoming {
+        channel: theirs,
+        path: IncomingPath::ExpectDial { .. },
+        ..
+    }] = events[..]
+    else {
+        panic!("no dial offer: {events:?}")
+    };
+    net.node(b).session.accept(now, theirs).unwrap();
+    net.run();
+    let events = net.events(a);
+    assert!(
+        matches!(
+            events[..],
+            [SessionEvent::Opened {
+                path: OpenedPath::Dial { .. },
+                ..
+            }]
+        ),
+        "{events:?}"
+    );
+    (a, ours, b, theirs)
+}
+
+fn open_timeout(timeout: Duration) -> Net {
+    Net::new(7, Chaos::default(), |c| c.limits.open_timeout = timeout)
+}
+
+#[test]
+fn an_accepted_channel_whose_path_never_comes_is_reset_at_the_open_timeout() {
+    let mut net = open_timeout(Duration::from_secs(2));
+    let (a, ours, b, theirs) = accepted_dial_offer(&mut net);
+    let accepted_at = net.now;
+    assert_eq!(
+        net.node(b).session.poll_timeout(),
+        Some(accepted_at + Duration::from_secs(2))
+    );
+
+    net.advance(Duration::from_millis(1900));
+    net.run();
+    assert!(net.events(b).is_empty(), "reset before its deadline");
+
+    net.advance(Duration::from_millis(100));
+    net.run();
+    let events = net.events(b);
+    assert!(
+        matches!(
+            &events[..],
+            [SessionEvent::Reset { channel, code: ErrorCode::OpenTimeout, reason }]
+                if *channel == theirs && reason.contains("never came")
+        ),
+        "{events:?}"
+    );
+    assert_eq!(net.node(b).session.channel_count(), 0);
+    assert_eq!(net.node(b).session.poll_timeout(), None);
+    // The broker passes the reset on: the opener's quota is freed too.
+    let events = net.events(a);
+    assert!(
+        matches!(
+            &events[..],
+            [SessionEvent::Reset { channel, code: ErrorCode::OpenTimeout, .. }] if *channel == ours
+        ),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_path_that_crosses_the_deadline_reset_is_ignored() {
+    let mut net = open_timeout(Duration::from_secs(2));
+    let (a, ours, b, theirs) = accepted_dial_offer(&mut net);
+    // The opener gives up dialing just as the target's deadline passes:
+    // the broker sends the relay path after the target forgot the channel
+    // (`a`'s bytes reach the broker first in a round).
+    net.node(a).session.direct_failed(ours).unwrap();
+    net.advance(Duration::from_secs(2));
+    net.run();
+    let events = net.events(b);
+    assert!(
+        matches!(&events[..], [SessionEvent::Reset { channel, .. }] if *channel == theirs),
+        "{events:?}"
+    );
+    assert!(!net.node(b).session.is_closed());
+    assert_eq!(net.node(b).session.channel_count(), 0);
+}
+
+#[test]
+fn an_openers_reset_reaches_a_channel_awaiting_its_path() {
+    let mut net = open_timeout(Duration::from_secs(2));
+    let (a, ours, b, theirs) = accepted_dial_offer(&mut net);
+    net.node(a)
+        .session
+        .reset(ours, ErrorCode::Cancelled, "changed my mind")
+        .unwrap();
+    net.run();
+    let events = net.events(b);
+    assert!(
+        matches!(
+            &events[..],
+            [SessionEvent::Reset { channel, code: ErrorCode::Cancelled, .. }] if *channel == theirs
+        ),
+        "{events:?}"
+    );
+    // Nothing is left to time out.
+    assert_eq!(net.node(b).session.channel_count(), 0);
+    assert_eq!(net.node(b).session.poll_timeout(), None);
 }

@@ -457,7 +457,8 @@ impl Sim {
                     }
                     1 => {} // never answers: the open times out
                     _ => {
-                        if self.net.node(id).session.accept(channel).is_ok() {
+                        let now = self.net.now;
+                        if self.net.node(id).session.accept(now, channel).is_ok() {
                             let c = self
                                 .apps
                                 .get_mut(&id)

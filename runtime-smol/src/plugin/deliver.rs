@@ -138,7 +138,15 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
             code,
             reason,
         } => {
-            if inner.channels.get(&channel).is_some_and(|c| c.abandoned) {
+            let claimed = inner.expected.get(&channel).is_some_and(|e| e.claimed);
+            if !claimed && inner.paths.contains_key(&channel) {
+                // Accepted, still without a path: its accept() ends here.
+                inner.channels.remove(&channel);
+                inner.expected.remove(&channel);
+                if let Some(tx) = inner.paths.remove(&channel) {
+                    let _ = tx.try_send(Resolved::Reset { code, reason });
+                }
+            } else if inner.channels.get(&channel).is_some_and(|c| c.abandoned) {
                 inner.channels.remove(&channel);
             } else if let Some(c) = inner.channels.get_mut(&channel) {
                 c.reset = Some((code, reason));

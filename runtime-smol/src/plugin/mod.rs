@@ -82,6 +82,16 @@ pub enum PluginError {
         /// The OS's words.
         reason: String,
     },
+    /// The channel was reset before [`Incoming::accept`] could hand it
+    /// over: the opener reset it, or (with [`ErrorCode::OpenTimeout`]) the
+    /// direct path it asked for did not come within the broker's open timeout.
+    #[error("the channel was reset before it was usable: {reason}")]
+    Reset {
+        /// Its code.
+        code: ErrorCode,
+        /// Its words.
+        reason: String,
+    },
     /// The session refused the call (not ready, unknown channel, too long...).
     #[error("{0}")]
     Session(#[from] SessionError),
@@ -172,6 +182,11 @@ enum Resolved {
     Relay,
     SocketPair(OwnedFd),
     Tcp(Box<direct::DirectStream>),
+    /// Reset while it waited: no path will come.
+    Reset {
+        code: ErrorCode,
+        reason: String,
+    },
 }
 
 /// Descriptors that came from the broker beyond this many, unclaimed, end
@@ -210,9 +225,12 @@ pub(crate) struct Inner {
     /// Descriptors from the broker, by the token the session knows them by.
     fds: HashMap<u64, OwnedFd>,
     next_fd: u64,
-    /// Accepted channels waiting to learn their path.
+    /// Accepted channels waiting to learn their path. A reset of one ends
+    /// its wait, unless its dialer is mid-handshake (see `expected`).
     paths: HashMap<ChannelId, Sender<Resolved>>,
-    /// Dialers the broker announced, by the channel they come for.
+    /// Dialers the broker announced, by the channel they come for; a
+    /// `claimed` one presented its token and the direct listener settles
+    /// the channel's wait.
     expected: HashMap<ChannelId, direct::Expected>,
 }
 
@@ -577,7 +595,8 @@ impl Incoming {
             if inner.epoch != self.epoch {
                 return Err(inner.stale());
             }
-            inner.session.accept(self.id)?;
+            let now = inner.clock.now();
+            inner.session.accept(now, self.id)?;
             inner
                 .channels
                 .insert(self.id, relayed::ChannelState::default());
@@ -586,7 +605,11 @@ impl Incoming {
                 IncomingPath::AwaitPath | IncomingPath::ExpectDial { .. } => {
                     if let IncomingPath::ExpectDial { token } = self.path {
                         let from = self.from_key;
-                        let expected = direct::Expected { from, token };
+                        let expected = direct::Expected {
+                            from,
+                            token,
+                            claimed: false,
+                        };
                         inner.expected.insert(self.id, expected);
                     }
                     let (tx, rx) = bounded(1);
@@ -612,6 +635,7 @@ impl Incoming {
                 .map_err(|e| PluginError::Direct {
                     reason: e.to_string(),
                 }),
+            Ok(Resolved::Reset { code, reason }) => Err(PluginError::Reset { code, reason }),
             Err(_) => {
                 let mut inner = self.shared.lock();
                 inner.forget(self.epoch, self.id);

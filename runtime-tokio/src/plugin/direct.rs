@@ -32,6 +32,8 @@ const WRITE_CHUNK: usize = 64 * 1024;
 pub(crate) struct Expected {
     pub(crate) from: PublicKey,
     pub(crate) token: [u8; TOKEN_LEN],
+    /// Its dialer presented the token and is finishing the handshake.
+    pub(crate) claimed: bool,
 }
 
 /// An established direct connection, as a byte stream.
@@ -131,7 +133,11 @@ async fn admit(
     let established = DirectStream::new(tcp, conn, clock)
         .establish(|event, conn| match event {
             DirectEvent::Authorize(key) => {
-                let expected = shared.lock().expected.values().any(|e| e.from == *key);
+                let expected = shared
+                    .lock()
+                    .expected
+                    .values()
+                    .any(|e| e.from == *key && !e.claimed);
                 let _ = conn.authorize(expected);
                 expected
             }
@@ -139,12 +145,16 @@ async fn admit(
                 let mut inner = shared.lock();
                 let id = inner
                     .expected
-                    .iter()
-                    .find(|(_, e)| e.from == *peer && same_token(&e.token, token))
-                    .map(|(id, _)| *id);
-                if let Some(id) = id {
-                    inner.expected.remove(&id);
-                }
+                    .iter_mut()
+                    .find(|(_, e)| {
+                        !e.claimed && e.from == *peer && same_token(&e.token, token)
+                    })
+                    .map(|(id, e)| {
+                        // A reset from now on waits for us (the
+                        // opener's own reset, once it is through, is one).
+                        e.claimed = true;
+                        *id
+                    });
                 channel = id.map(|id| (id, inner.epoch));
                 let _ = conn.answer_token(id.is_some());
                 id.is_some()
@@ -153,13 +163,20 @@ async fn admit(
         })
         .await;
     drop(place); // the handshake is over
-    match (established, channel) {
-        (Ok(stream), Some((id, epoch))) => {
-            let mut inner = shared.lock();
-            if inner.epoch != epoch {
-                // Announced on a connection that was lost since.
-                return;
-            }
+    let Some((id, epoch)) = channel else {
+        if let Err(reason) = established {
+            tracing::info!("direct connection from {from}: {reason}");
+        }
+        return;
+    };
+    let mut inner = shared.lock();
+    // Announced on a connection that was lost since: nothing awaits it.
+    let awaited = inner.epoch == epoch && inner.expected.remove(&id).is_some();
+    match established {
+        // Resolved meanwhile (the relay path came, or the connection
+        // ended): this stream is for nobody.
+        Ok(stream) if !awaited || !inner.paths.contains_key(&id) => stream.abort(),
+        Ok(stream) => {
             // The relayed channel is the fallback no more.
             inner.channels.remove(&id);
             let _ = inner.session.reset(id, ErrorCode::Cancelled, "direct");
@@ -169,8 +186,18 @@ async fn admit(
             drop(inner);
             shared.flush.notify_one();
         }
-        (Err(reason), _) => tracing::info!("direct connection from {from}: {reason}"),
-        (Ok(_), None) => {}
+        Err(reason) => {
+            tracing::info!("direct connection from {from}: {reason}");
+            // A reset that came while we held the channel ends its
+            // wait now; otherwise the relay path or the deadline will.
+            let reset = inner.channels.get(&id).and_then(|c| c.reset.clone());
+            if let (true, Some((code, reason))) = (awaited, reset) {
+                inner.channels.remove(&id);
+                if let Some(tx) = inner.paths.remove(&id) {
+                    let _ = tx.send(Resolved::Reset { code, reason });
+                }
+            }
+        }
     }
 }
 

@@ -72,6 +72,16 @@ pub enum PluginError {
         /// The OS's words.
         reason: String,
     },
+    /// The channel was reset before [`Incoming::accept`] could hand it
+    /// over: the opener reset it, or (with [`ErrorCode::OpenTimeout`]) the
+    /// direct path it asked for did not come within the broker's open timeout.
+    #[error("the channel was reset before it was usable: {reason}")]
+    Reset {
+        /// Its code.
+        code: ErrorCode,
+        /// Its words.
+        reason: String,
+    },
     /// The session refused the call (not ready, unknown channel, too long...).
     #[error("{0}")]
     Session(#[from] SessionError),
@@ -154,6 +164,11 @@ enum Resolved {
     Relay,
     SocketPair(OwnedFd),
     Tcp(Box<direct::DirectStream>),
+    /// Reset while it waited: no path will come.
+    Reset {
+        code: ErrorCode,
+        reason: String,
+    },
 }
 
 /// Descriptors that came from the broker beyond this many, unclaimed, end
@@ -196,9 +211,12 @@ pub(crate) struct Inner {
     /// Descriptors from the broker, by the token the session knows them by.
     fds: HashMap<u64, OwnedFd>,
     next_fd: u64,
-    /// Accepted channels waiting to learn their path.
+    /// Accepted channels waiting to learn their path. A reset of one ends
+    /// its wait, unless its dialer is mid-handshake (see `expected`).
     paths: HashMap<ChannelId, oneshot::Sender<Resolved>>,
-    /// Dialers the broker announced, by the channel they come for.
+    /// Dialers the broker announced, by the channel they come for; a
+    /// `claimed` one presented its token and the direct listener settles
+    /// the channel's wait.
     expected: HashMap<ChannelId, direct::Expected>,
 }
 
@@ -746,7 +764,8 @@ impl Incoming {
             if inner.epoch != self.epoch {
                 return Err(inner.stale());
             }
-            inner.session.accept(self.id)?;
+            let now = inner.clock.now();
+            inner.session.accept(now, self.id)?;
             inner
                 .channels
                 .insert(self.id, relayed::ChannelState::default());
@@ -755,7 +774,11 @@ impl Incoming {
                 IncomingPath::AwaitPath | IncomingPath::ExpectDial { .. } => {
                     if let IncomingPath::ExpectDial { token } = self.path {
                         let from = self.from_key;
-                        let expected = direct::Expected { from, token };
+                        let expected = direct::Expected {
+                            from,
+                            token,
+                            claimed: false,
+                        };
                         inner.expected.insert(self.id, expected);
                     }
                     let (tx, rx) = oneshot::channel();
@@ -781,6 +804,7 @@ impl Incoming {
                 .map_err(|e| PluginError::Direct {
                     reason: e.to_string(),
                 }),
+            Ok(Resolved::Reset { code, reason }) => Err(PluginError::Reset { code, reason }),
             Err(_) => {
                 let mut inner = self.shared.lock();
                 inner.forget(self.epoch, self.id);
@@ -940,7 +964,15 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
             code,
             reason,
         } => {
-            if inner.channels.get(&channel).is_some_and(|c| c.abandoned) {
+            let claimed = inner.expected.get(&channel).is_some_and(|e| e.claimed);
+            if !claimed && inner.paths.contains_key(&channel) {
+                // Accepted, still without a path: its accept() ends here.
+                inner.channels.remove(&channel);
+                inner.expected.remove(&channel);
+                if let Some(tx) = inner.paths.remove(&channel) {
+                    let _ = tx.send(Resolved::Reset { code, reason });
+                }
+            } else if inner.channels.get(&channel).is_some_and(|c| c.abandoned) {
                 inner.channels.remove(&channel);
             } else if let Some(c) = inner.channels.get_mut(&channel) {
                 c.reset = Some((code, reason));
