@@ -146,9 +146,7 @@ async fn admit(
                 let id = inner
                     .expected
                     .iter_mut()
-                    .find(|(_, e)| {
-                        !e.claimed && e.from == *peer && same_token(&e.token, token)
-                    })
+                    .find(|(_, e)| !e.claimed && e.from == *peer && same_token(&e.token, token))
                     .map(|(id, e)| {
                         // A reset from now on waits for us (the
                         // opener's own reset, once it is through, is one).
