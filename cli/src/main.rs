@@ -158,7 +158,7 @@ struct ServeArgs {
 /// The runtime adapters `serve` can run the broker on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Runtime {
-    /// tokio, multi-threaded (socket activation works here).
+    /// tokio, multi-threaded.
     Tokio,
     /// smol / async-io.
     Smol,
@@ -171,14 +171,12 @@ struct Failure(u8, String);
 
 impl From<PluginError> for Failure {
     fn from(e: PluginError) -> Self {
-        let code = match &e {
-            PluginError::Unreachable { .. } => exit::UNREACHABLE,
-            PluginError::Refused { code, .. } => match code {
-                ErrorCode::NoSuchName => exit::NO_SUCH_PLUGIN,
-                ErrorCode::Rejected => exit::REJECTED,
-                ErrorCode::OpenTimeout => exit::TIMED_OUT,
-                _ => exit::FAILED,
-            },
+        // A refusal or a reset says why in its code.
+        let code = match (&e, e.code()) {
+            (PluginError::Unreachable { .. }, _) => exit::UNREACHABLE,
+            (_, Some(ErrorCode::NoSuchName)) => exit::NO_SUCH_PLUGIN,
+            (_, Some(ErrorCode::Rejected)) => exit::REJECTED,
+            (_, Some(ErrorCode::OpenTimeout)) => exit::TIMED_OUT,
             _ => exit::FAILED,
         };
         Failure(code, e.to_string())

@@ -73,6 +73,17 @@ impl Broker {
         log.iter().filter(|l| l.contains("accept on")).count()
     }
 
+    /// The CPU time the broker has used so far, in clock ticks (user and
+    /// system: fields 14 and 15 of /proc/PID/stat).
+    fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // The command name may hold spaces; the fields after it do not.
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_name.split(' ').collect();
+        // after_name starts at field 3 (state).
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
     fn list_works(&self) -> bool {
         Command::new(BIN)
             .args(["list"])
@@ -111,8 +122,16 @@ fn out_of_descriptors(runtime: &str) {
         .map(|_| UnixStream::connect(broker.socket()).unwrap())
         .collect();
     wait_for("a failed accept to be logged", || broker.accept_lines() > 0);
-    // A spinning loop logs thousands of lines a second here.
+    // A spinning loop logs thousands of lines a second here, and one that
+    // spins without a word burns the second on the CPU.
+    let ticks = broker.cpu_ticks();
+    let ticks_per_second = rustix::param::clock_ticks_per_second();
     std::thread::sleep(Duration::from_secs(1));
+    let busy = broker.cpu_ticks() - ticks;
+    assert!(
+        busy < ticks_per_second / 4,
+        "out of descriptors, the broker used {busy} of {ticks_per_second} ticks in a second"
+    );
     let lines = broker.accept_lines();
     assert!(
         lines <= 3,

@@ -32,6 +32,8 @@ pub struct Connect {
     pub direct_listen: Option<String>,
     /// Tell openers to dial this instead of the bound address.
     pub direct_advertise: Option<String>,
+    /// Bounds on strangers at the direct listener, if not the default.
+    pub direct_limits: Option<plugboard_core::budget::StrangerLimits>,
 }
 
 impl Connect {
@@ -45,6 +47,7 @@ impl Connect {
             network_key: NetworkKey::SSB_MAIN,
             direct_listen: None,
             direct_advertise: None,
+            direct_limits: None,
         }
     }
 
@@ -63,6 +66,12 @@ impl Connect {
     /// Takes direct TCP channels at `listen`.
     pub fn direct(mut self, listen: &str) -> Self {
         self.direct_listen = Some(listen.to_owned());
+        self
+    }
+
+    /// Bounds strangers at the direct listener by `limits`.
+    pub fn direct_limits(mut self, limits: plugboard_core::budget::StrangerLimits) -> Self {
+        self.direct_limits = Some(limits);
         self
     }
 
@@ -199,6 +208,9 @@ macro_rules! configure {
         }
         if let Some(addr) = &how.direct_advertise {
             builder = builder.direct_advertise(addr);
+        }
+        if let Some(limits) = how.direct_limits {
+            builder = builder.direct_limits(limits);
         }
         builder
     }};

@@ -88,11 +88,11 @@ impl HandshakeBudget {
         if self.held >= self.limits.total {
             return Err(Refused::Total(self.limits.total));
         }
-        let of_source = self.by_source.entry(source).or_insert(0);
-        if *of_source >= self.limits.per_source {
+        // Looked at before any entry is made: a refused source leaves no trace.
+        if self.held_by(source) >= self.limits.per_source {
             return Err(Refused::PerSource(self.limits.per_source));
         }
-        *of_source += 1;
+        *self.by_source.entry(source).or_insert(0) += 1;
         self.held += 1;
         Ok(())
     }
@@ -156,6 +156,16 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_source_leaves_no_trace() {
+        let mut budget = HandshakeBudget::new(limits(4, 0));
+        for i in 0..1000u32 {
+            let source = ip(&std::net::Ipv4Addr::from(i).to_string());
+            assert_eq!(budget.take(source), Err(Refused::PerSource(0)));
+        }
+        assert!(budget.by_source.is_empty());
+    }
+
+    #[test]
     fn nobody_gets_past_the_total() {
         let mut budget = HandshakeBudget::new(limits(4, 3));
         for i in 0..4 {
@@ -203,6 +213,8 @@ mod tests {
                     *model.get_mut(&source).unwrap() -= 1;
                 }
                 prop_assert_eq!(budget.held(), model.values().sum::<usize>());
+                // Only sources that hold a place take room.
+                prop_assert_eq!(budget.by_source.len(), model.values().filter(|n| **n > 0).count());
                 prop_assert_eq!(budget.held_by(source), model.get(&source).copied().unwrap_or(0));
             }
         }

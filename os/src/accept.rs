@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::Addr;
 
 /// How long a listener rests after a failed accept.
-pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+pub(crate) const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// A spell of failures that lasts is reported again this often.
 const REMIND_EVERY: Duration = Duration::from_secs(10);
 
@@ -39,7 +39,8 @@ impl AcceptPause {
         if matches!(
             error.kind(),
             ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
-        ) {
+        ) || is_network_error(error)
+        {
             tracing::debug!("accept on {listener}: {error}");
             return None;
         }
@@ -74,6 +75,25 @@ impl AcceptPause {
     pub fn is_failing(&self) -> bool {
         self.spell.is_some()
     }
+}
+
+/// Errors accept(2) passes on from the network for the one connection
+/// being accepted: Linux says to retry them like `EAGAIN`.
+fn is_network_error(error: &io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        Errno::from_io_error(error),
+        Some(
+            Errno::NETDOWN
+                | Errno::PROTO
+                | Errno::NOPROTOOPT
+                | Errno::HOSTDOWN
+                | Errno::NONET
+                | Errno::HOSTUNREACH
+                | Errno::OPNOTSUPP
+                | Errno::NETUNREACH
+        )
+    )
 }
 
 /// An accept loop, for any async runtime: every connection `accept` yields
@@ -122,6 +142,54 @@ mod tests {
         assert!(!pause.is_failing());
         let aborted = io::Error::from(io::ErrorKind::ConnectionAborted);
         assert_eq!(pause.failed(&here, &aborted), None);
+        let unreachable = io::Error::from_raw_os_error(113); // EHOSTUNREACH
+        assert_eq!(pause.failed(&here, &unreachable), None);
         assert!(!pause.is_failing());
+    }
+
+    /// The loop itself, with a scripted accept and a recording sleep: it
+    /// rests after each failure that means "out of something", not after a
+    /// connection's own failure, and adopts what comes in between.
+    #[test]
+    fn the_loop_rests_after_each_failure_that_lasts() {
+        use std::cell::RefCell;
+        use std::future::Future;
+        use std::pin::Pin;
+        use std::task::{Context, Waker};
+
+        type Accepted = Pin<Box<dyn Future<Output = io::Result<u32>>>>;
+        let emfile = || io::Error::from_raw_os_error(24);
+        let aborted = || io::Error::from(io::ErrorKind::ConnectionAborted);
+        let script = RefCell::new(std::collections::VecDeque::from([
+            Err(emfile()),
+            Err(emfile()),
+            Ok(1),
+            Err(aborted()),
+            Ok(2),
+            Err(emfile()),
+        ]));
+        let (adopted, slept) = (RefCell::new(Vec::new()), RefCell::new(Vec::new()));
+        let here = Addr::Tcp("127.0.0.1:1".into());
+        let run = accept_forever(
+            &here,
+            || -> Accepted {
+                match script.borrow_mut().pop_front() {
+                    Some(result) => Box::pin(std::future::ready(result)),
+                    // The script is over: wait for ever.
+                    None => Box::pin(std::future::pending()),
+                }
+            },
+            |conn| adopted.borrow_mut().push(conn),
+            |rest| {
+                slept.borrow_mut().push(rest);
+                std::future::ready(())
+            },
+        );
+        let mut run = std::pin::pin!(run);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(run.as_mut().poll(&mut cx).is_pending());
+        assert!(script.borrow().is_empty());
+        assert_eq!(*adopted.borrow(), [1, 2]);
+        assert_eq!(*slept.borrow(), [ACCEPT_PAUSE; 3]);
     }
 }

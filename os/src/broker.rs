@@ -1,9 +1,19 @@
 //! What every runtime does the same around the core's broker: make it with
 //! the OS's randomness, and write its log entries.
 
+use std::time::Duration;
+
 use plugboard_core::broker::{Broker, BrokerConfig, LogEntry};
 use rand_chacha::rand_core::SeedableRng as _;
 use rand_chacha::ChaCha20Rng;
+
+/// How long a connection the broker ended may take to accept its last
+/// bytes before its socket closes anyway: a peer that stopped reading would
+/// otherwise hold it open for ever.
+pub const LAST_WORDS_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a server shutting down waits for its connections' last words.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// A broker for a server on a real OS: its randomness (ephemeral keys,
 /// tokens) seeded from the OS, and socketpair ends passed over unix sockets

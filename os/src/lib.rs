@@ -1,7 +1,9 @@
 //! plugboard's OS glue, written once for every runtime adapter (tokio,
-//! smol and the hand-rolled mio loop alike). Nothing here waits: every
-//! call is one non-blocking system call or a few, and says `WouldBlock`
-//! when the socket is not ready. Each runtime wraps these calls in its own
+//! smol and the hand-rolled mio loop alike). The socket calls here do not
+//! wait: each is one non-blocking system call or a few, and says
+//! `WouldBlock` when the socket is not ready (binding may wait for a few
+//! system calls of another broker binding beside it; [`accept_forever`]
+//! waits by a sleep the runtime gives it). Each runtime wraps these calls in its own
 //! way of waiting for readiness (tokio's `async_io`, async-io's
 //! `read_with`/`write_with`, a `mio::Poll`), so the glue depends on no
 //! async runtime.
@@ -31,11 +33,9 @@ mod pairs;
 mod strangers;
 mod write_queue;
 
-pub use accept::{accept_forever, AcceptPause, ACCEPT_PAUSE};
-pub use broker::{log_entry, new_broker};
-pub use listen::{
-    bind_all, bind_all_with, bind_tcp, is_live, Bound, Listener, ServeError, Socket, TCP_BACKLOG,
-};
+pub use accept::{accept_forever, AcceptPause};
+pub use broker::{log_entry, new_broker, LAST_WORDS_GRACE, SHUTDOWN_GRACE};
+pub use listen::{bind_all_with, bind_tcp, Bound, Listener, ServeError, Socket, BACKLOG};
 pub use pairs::SocketPairs;
 pub use plugboard_core::addr::{Addr, BadAddr};
 pub use strangers::{Place, Strangers};

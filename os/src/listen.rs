@@ -20,7 +20,7 @@ use crate::activation::{Inherited, InheritedListener};
 use crate::Addr;
 
 /// How many connections a listener lets wait for `accept`.
-pub const TCP_BACKLOG: i32 = 1024;
+pub const BACKLOG: i32 = 1024;
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +64,10 @@ pub enum Listener {
 
 /// Binds every address, then adopts every inherited listener, in that
 /// order: what a server serves.
-pub fn bind_all(addrs: &[Addr], inherited: Vec<Inherited>) -> Result<Vec<Listener>, ServeError> {
+pub(crate) fn bind_all(
+    addrs: &[Addr],
+    inherited: Vec<Inherited>,
+) -> Result<Vec<Listener>, ServeError> {
     let mut listeners = Vec::with_capacity(addrs.len() + inherited.len());
     for addr in addrs {
         listeners.push(Listener::bind(addr)?);
@@ -136,7 +139,7 @@ pub fn bind_all_with<U, T>(
 }
 
 impl Listener {
-    /// Binds `addr`: TCP with a backlog of [`TCP_BACKLOG`] (trying each
+    /// Binds `addr`: TCP with a backlog of [`BACKLOG`] (trying each
     /// address the name resolves to); a unix socket by the rules above.
     pub fn bind(addr: &Addr) -> Result<Listener, ServeError> {
         let err = |source| ServeError::Bind {
@@ -211,22 +214,28 @@ impl Listener {
 }
 
 /// Binds a TCP listener (trying each address `addr` resolves to), with a
-/// backlog of [`TCP_BACKLOG`], non-blocking.
+/// backlog of [`BACKLOG`], non-blocking.
 pub fn bind_tcp(addr: impl std::net::ToSocketAddrs) -> io::Result<TcpListener> {
     let listener = TcpListener::bind(addr)?;
     // Listening again only changes the backlog (std asks for 128).
-    rustix::net::listen(&listener, TCP_BACKLOG)?;
+    rustix::net::listen(&listener, BACKLOG)?;
     listener.set_nonblocking(true)?;
     Ok(listener)
 }
 
 /// Binds a unix socket at `path` whose file is mode 0600 from the moment
 /// the path exists.
+///
+/// Two brokers starting at once must not both take the path: the check and
+/// the replacement happen under an exclusive lock on the directory, and the
+/// socket listens before it appears, so whoever looks next finds it live.
 fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
     let err = |source| ServeError::Bind {
         addr: Addr::Unix(path.to_owned()),
         source,
     };
+    let parent = parent_of(path);
+    let _lock = DirLock::take(parent).map_err(err)?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
             use std::os::unix::fs::FileTypeExt as _;
@@ -241,23 +250,47 @@ fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
     }
-    let private = PrivateDir::beside(path).map_err(err)?;
+    let private = PrivateDir::beside(parent).map_err(err)?;
     let staged = private.path.join("s");
     let listener = UnixListener::bind(&staged).map_err(err)?;
     set_mode(&staged, 0o600).map_err(err)?;
+    rustix::net::listen(&listener, BACKLOG).map_err(|e| err(e.into()))?;
     // Only the owner could reach it in the 0700 directory; it appears at
-    // `path` already 0600. (A stale file there is replaced in one step.)
+    // `path` already 0600 and listening. (A stale file there is replaced in
+    // one step.)
     std::fs::rename(&staged, path).map_err(err)?;
     drop(private);
-    rustix::net::listen(&listener, TCP_BACKLOG).map_err(|e| err(e.into()))?;
     Ok(listener)
+}
+
+/// The directory a path lives in (`.` for a bare name).
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// An exclusive `flock` on a directory, held while a broker decides whether
+/// a socket path is free and takes it; released on drop. Brokers are the
+/// only ones who take it, and hold it for a few system calls.
+struct DirLock {
+    _dir: std::fs::File,
+}
+
+impl DirLock {
+    fn take(dir: &Path) -> io::Result<DirLock> {
+        let dir = std::fs::File::open(dir)?;
+        rustix::fs::flock(&dir, rustix::fs::FlockOperation::LockExclusive)?;
+        Ok(DirLock { _dir: dir })
+    }
 }
 
 /// Whether someone listens on the unix socket at `path`. The connect does
 /// not wait: a live listener with a full backlog answers `EAGAIN`, which
 /// is alive; only `ECONNREFUSED` (or no file any more) is stale. Anything
 /// else is an error: we cannot tell, so we touch nothing.
-pub fn is_live(path: &Path) -> io::Result<bool> {
+pub(crate) fn is_live(path: &Path) -> io::Result<bool> {
     let socket = rustix::net::socket_with(
         AddressFamily::UNIX,
         SocketType::STREAM,
@@ -278,15 +311,14 @@ struct PrivateDir {
 }
 
 impl PrivateDir {
-    fn beside(target: &Path) -> io::Result<PrivateDir> {
+    /// A name nobody can guess ahead (so nobody can take it first), made
+    /// afresh if taken all the same.
+    fn beside(parent: &Path) -> io::Result<PrivateDir> {
+        use rand_core::RngCore as _;
         use std::os::unix::fs::DirBuilderExt as _;
-        let parent = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let pid = std::process::id();
-        for attempt in 0u32.. {
-            let path = parent.join(format!(".pb{pid}.{attempt}"));
+        let mut attempts = 0;
+        loop {
+            let path = parent.join(format!(".pb.{:016x}", rand_core::OsRng.next_u64()));
             match std::fs::DirBuilder::new().mode(0o700).create(&path) {
                 Ok(()) => {
                     // The umask may have taken bits away, never added any;
@@ -294,11 +326,10 @@ impl PrivateDir {
                     set_mode(&path, 0o700)?;
                     return Ok(PrivateDir { path });
                 }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 100 => continue,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 8 => attempts += 1,
                 Err(e) => return Err(e),
             }
         }
-        unreachable!("the loop returns")
     }
 }
 

@@ -1,6 +1,7 @@
 //! The core's [`HandshakeBudget`] shared between an accept loop and the
 //! tasks it starts: an accepted stranger holds a [`Place`] until its
-//! handshake is over, whichever way it ends.
+//! handshake is over, whichever way it ends. Refusals are logged once per
+//! spell, not once per connection: a crowd at the door writes two lines.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,28 +11,53 @@ use plugboard_core::budget::{HandshakeBudget, Refused, Source, StrangerLimits};
 /// Places for strangers' handshakes at one listener.
 #[derive(Clone, Debug)]
 pub struct Strangers {
-    budget: Arc<Mutex<HandshakeBudget>>,
+    budget: Arc<Mutex<Budget>>,
 }
 
 /// One stranger's place; given back when dropped.
 #[derive(Debug)]
 pub struct Place {
-    budget: Arc<Mutex<HandshakeBudget>>,
+    budget: Arc<Mutex<Budget>>,
     source: Source,
+}
+
+#[derive(Debug)]
+struct Budget {
+    places: HandshakeBudget,
+    /// Strangers refused since the last one admitted.
+    refused: u64,
 }
 
 impl Strangers {
     /// Nobody admitted yet.
     pub fn new(limits: StrangerLimits) -> Self {
         Strangers {
-            budget: Arc::new(Mutex::new(HandshakeBudget::new(limits))),
+            budget: Arc::new(Mutex::new(Budget {
+                places: HandshakeBudget::new(limits),
+                refused: 0,
+            })),
         }
     }
 
     /// A place for a stranger from `ip`, if one is free.
     pub fn admit(&self, ip: IpAddr) -> Result<Place, Refused> {
         let source = Source::from(ip);
-        lock(&self.budget).take(source)?;
+        let mut budget = lock(&self.budget);
+        if let Err(refused) = budget.places.take(source) {
+            if budget.refused == 0 {
+                tracing::warn!("direct listener: refusing strangers ({refused}; {ip} first)");
+            }
+            budget.refused += 1;
+            return Err(refused);
+        }
+        if budget.refused > 0 {
+            tracing::warn!(
+                "direct listener: admitting strangers again, {} refused",
+                budget.refused
+            );
+            budget.refused = 0;
+        }
+        drop(budget);
         Ok(Place {
             budget: self.budget.clone(),
             source,
@@ -40,22 +66,22 @@ impl Strangers {
 
     /// Places held now.
     pub fn held(&self) -> usize {
-        lock(&self.budget).held()
+        lock(&self.budget).places.held()
     }
 
     /// The limits.
     pub fn limits(&self) -> StrangerLimits {
-        lock(&self.budget).limits()
+        lock(&self.budget).places.limits()
     }
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
-        lock(&self.budget).give_back(self.source);
+        lock(&self.budget).places.give_back(self.source);
     }
 }
 
-fn lock(budget: &Mutex<HandshakeBudget>) -> MutexGuard<'_, HandshakeBudget> {
+fn lock(budget: &Mutex<Budget>) -> MutexGuard<'_, Budget> {
     // Nothing panics while holding it: the counts stay whole.
     budget
         .lock()
@@ -76,8 +102,11 @@ mod tests {
         let a: IpAddr = "127.0.0.2".parse().unwrap();
         let place = strangers.admit(a).unwrap();
         assert_eq!(strangers.admit(a).unwrap_err(), Refused::PerSource(1));
+        assert_eq!(strangers.admit(a).unwrap_err(), Refused::PerSource(1));
+        assert_eq!(lock(&strangers.budget).refused, 2);
         drop(place);
         assert_eq!(strangers.held(), 0);
         let _again = strangers.admit(a).unwrap();
+        assert_eq!(lock(&strangers.budget).refused, 0, "the spell is over");
     }
 }

@@ -46,6 +46,7 @@ fn the_socket_file_is_private_from_the_moment_it_exists() {
     }
     stop.store(true, Ordering::Relaxed);
     let seen = watcher.join().unwrap();
+    assert!(!seen.is_empty(), "the watcher never saw the socket");
     assert!(
         seen.iter().all(|m| *m == 0o600),
         "modes seen: {:?}",
@@ -100,6 +101,44 @@ fn a_live_broker_is_refused_even_with_its_backlog_full() {
     live.set_nonblocking(true).unwrap();
     live.accept()
         .expect("the live broker still has its connections");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn brokers_starting_at_once_take_a_stale_path_once() {
+    let dir = scratch("race");
+    let path = dir.join("b.sock");
+    for round in 0..50 {
+        drop(UnixListener::bind(&path).unwrap()); // stale
+        let start = Arc::new(std::sync::Barrier::new(4));
+        let brokers: Vec<_> = (0..4)
+            .map(|_| {
+                let (start, path) = (start.clone(), path.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    Listener::bind(&Addr::Unix(path))
+                })
+            })
+            .collect();
+        let results: Vec<_> = brokers.into_iter().map(|b| b.join().unwrap()).collect();
+        let mut winners: Vec<_> = results
+            .into_iter()
+            .filter_map(|r| match r {
+                Ok(listener) => Some(listener),
+                Err(ServeError::InUse(_)) => None,
+                Err(e) => panic!("round {round}: {e}"),
+            })
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: two brokers took the path");
+        // And the path leads to the winner.
+        let Listener::Unix { listener, .. } = winners.pop().unwrap() else {
+            panic!("a unix listener")
+        };
+        let _client = UnixStream::connect(&path).unwrap();
+        listener.accept().expect("the winner has the connection");
+        drop(listener);
+        std::fs::remove_file(&path).unwrap();
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

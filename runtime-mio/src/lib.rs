@@ -27,5 +27,7 @@ mod server;
 pub use addr::{Addr, BadAddr};
 pub use clock::Clock;
 pub use direct::{ConnMut, DirectTcp};
+/// systemd socket activation (the listeners [`Server::bind_with`] takes).
+pub use plugboard_os::activation;
 pub use plugin::{ConnectError, PluginConn, SessionMut};
 pub use server::{ServeError, Server, StopHandle};

@@ -22,6 +22,8 @@ mod server;
 
 pub use addr::{Addr, BadAddr};
 pub use clock::Clock;
+/// systemd socket activation (the listeners [`Server::bind_with`] takes).
+pub use plugboard_os::activation;
 pub use plugin::{
     Channel, ConnectionEvent, EventStream, Incoming, IncomingStream, Path, Plugin, PluginBuilder,
     PluginError, Reconnect, Stats, WatchEvent, WatchStream,

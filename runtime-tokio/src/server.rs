@@ -19,7 +19,7 @@ use plugboard_core::broker::{Broker, BrokerConfig, ConnId, Event};
 use plugboard_core::control::TransportKind;
 use plugboard_core::PublicKey;
 use plugboard_os::activation::Inherited;
-use plugboard_os::{Bound, Socket, SocketPairs, WriteQueue};
+use plugboard_os::{Bound, Socket, SocketPairs, WriteQueue, LAST_WORDS_GRACE, SHUTDOWN_GRACE};
 use tokio::net::{tcp, unix, TcpListener, UnixListener};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -36,12 +36,6 @@ const READ_SIZE: usize = 256 * 1024;
 const IDLE_RELEASE: Duration = Duration::from_millis(100);
 /// Most bytes a writer takes from the broker before writing them.
 const WRITE_BATCH: usize = 256 * 1024;
-/// How long shutdown waits for the last words to be written.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-/// How long a connection the broker ended may take to accept its last
-/// bytes before the socket is closed anyway (a peer that stopped reading
-/// would otherwise hold it open for ever).
-const LAST_WORDS_GRACE: Duration = Duration::from_secs(2);
 
 /// A bound broker, ready to [`Server::run`].
 pub struct Server {
@@ -377,7 +371,8 @@ impl Shared {
                         signals.end(Bytes::new());
                     }
                     self.dispatch(&mut state);
-                    break;
+                    // The socket may hold half a frame now: no last words.
+                    return;
                 }
             }
             if let Some(last_words) = signals.take_end() {

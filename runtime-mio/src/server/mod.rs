@@ -22,14 +22,13 @@ use plugboard_core::broker::BrokerConfig;
 use plugboard_core::PublicKey;
 
 use plugboard_os::activation::Inherited;
+use plugboard_os::SHUTDOWN_GRACE;
 
 use crate::addr::Addr;
 use listener::Listener;
 use state::{State, FIRST_CONN};
 
 const WAKER: Token = Token(0);
-/// How long shutdown waits for the last words to be written.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 pub use plugboard_os::ServeError;
 

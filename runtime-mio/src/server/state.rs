@@ -4,7 +4,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use mio::{Interest, Registry, Token};
@@ -12,6 +11,7 @@ use plugboard_core::broker::{Broker, ConnId, Event};
 use plugboard_core::control::TransportKind;
 use plugboard_core::Instant;
 use plugboard_os::SocketPairs;
+use plugboard_os::LAST_WORDS_GRACE;
 
 use super::conn::Conn;
 use crate::clock::Clock;
@@ -24,8 +24,6 @@ const READ_SIZE: usize = 256 * 1024;
 const READS_PER_TURN: usize = 4;
 /// Most bytes taken from the broker before writing them.
 const WRITE_BATCH: usize = 256 * 1024;
-/// How long a closed connection may take to write its last words.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Tokens: 0 is the waker, listeners follow, and a connection's token is
 /// this plus its [`ConnId`] (which the broker never reuses).
@@ -250,7 +248,7 @@ impl State {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        let deadline = self.clock.now() + CLOSE_GRACE;
+        let deadline = self.clock.now() + LAST_WORDS_GRACE;
         c.queue.push(last_words);
         c.buf = BytesMut::new();
         c.closing = Some(deadline);

@@ -98,10 +98,10 @@ pub enum PluginError {
 }
 
 impl PluginError {
-    /// The broker's code, if it refused.
+    /// The broker's code, if it refused the request or reset the channel.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            PluginError::Refused { code, .. } => Some(*code),
+            PluginError::Refused { code, .. } | PluginError::Reset { code, .. } => Some(*code),
             _ => None,
         }
     }
@@ -585,7 +585,11 @@ pub struct Incoming {
 
 impl Incoming {
     /// Takes the channel. When the opener asked for a direct path, this
-    /// waits until the broker says which path the channel takes.
+    /// waits until the broker says which path the channel takes, and no
+    /// longer than the broker's open timeout for the opener to dial (plus
+    /// the direct listener's handshake deadline once it has dialed). If no
+    /// path comes, or the opener gives up, the channel is reset:
+    /// [`PluginError::Reset`], with [`ErrorCode::OpenTimeout`] for the former.
     pub async fn accept(self) -> Result<Channel, PluginError> {
         let resolved = {
             let mut inner = self.shared.lock();

@@ -4,14 +4,13 @@
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_io::Timer;
 use bytes::{Bytes, BytesMut};
 use futures_lite::future;
 use plugboard_core::broker::ConnId;
 use plugboard_core::control::TransportKind;
-use plugboard_os::WriteQueue;
+use plugboard_os::{WriteQueue, LAST_WORDS_GRACE};
 
 use super::shared::{ConnSignals, Shared, State};
 use crate::io::Stream;
@@ -20,10 +19,6 @@ use crate::io::Stream;
 const READ_SIZE: usize = 64 * 1024;
 /// Most bytes a writer takes from the broker before writing them.
 const WRITE_BATCH: usize = 256 * 1024;
-/// How long a connection the broker ended may take to accept its last
-/// bytes before the socket is closed anyway (a peer that stopped reading
-/// would otherwise keep it open for ever).
-const LAST_WORDS_GRACE: Duration = Duration::from_secs(2);
 
 impl Shared {
     /// Takes an accepted socket: the broker decides, tasks start.
@@ -137,7 +132,8 @@ impl Shared {
                         signals.end(Bytes::new());
                     }
                     self.dispatch(&mut state);
-                    break;
+                    // The socket may hold half a frame now: no last words.
+                    return;
                 }
             }
             if let Some(last_words) = signals.take_end() {

@@ -29,6 +29,7 @@ use plugboard_core::control::TransportKind;
 use plugboard_core::PublicKey;
 
 use plugboard_os::activation::Inherited;
+use plugboard_os::SHUTDOWN_GRACE;
 use plugboard_os::{Bound, Socket, SocketPairs};
 
 use crate::addr::Addr;
@@ -38,9 +39,6 @@ use crate::notify::Notify;
 use shared::{Shared, State};
 
 pub use plugboard_os::ServeError;
-
-/// How long shutdown waits for the last words to be written.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// A bound broker, ready to [`Server::run`].
 pub struct Server {

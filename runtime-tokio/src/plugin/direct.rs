@@ -102,12 +102,9 @@ pub(crate) async fn serve(
         &addr,
         || listener.accept(),
         |(tcp, from): (TcpStream, SocketAddr)| {
-            let place = match strangers.admit(from.ip()) {
-                Ok(place) => place,
-                Err(refused) => {
-                    tracing::debug!("direct connection from {from} refused: {refused}");
-                    return;
-                }
+            // Refused: the socket closes at once (Strangers logs it).
+            let Ok(place) = strangers.admit(from.ip()) else {
+                return;
             };
             let _ = tcp.set_nodelay(true);
             tokio::spawn(admit(shared.clone(), tcp, from, config.clone(), place));

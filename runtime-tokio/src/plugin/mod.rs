@@ -88,10 +88,10 @@ pub enum PluginError {
 }
 
 impl PluginError {
-    /// The broker's code, if it refused.
+    /// The broker's code, if it refused the request or reset the channel.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            PluginError::Refused { code, .. } => Some(*code),
+            PluginError::Refused { code, .. } | PluginError::Reset { code, .. } => Some(*code),
             _ => None,
         }
     }
@@ -500,8 +500,13 @@ async fn direct_listener(listen: &str) -> Result<(tokio::net::TcpListener, Strin
             "{listen}: direct channels listen on tcp:HOST:PORT"
         )));
     };
-    let listener = tokio::net::TcpListener::bind(&host_port)
+    // The name is looked up off the runtime; binding waits on nothing.
+    let addrs: Vec<_> = tokio::net::lookup_host(&host_port)
         .await
+        .map_err(|e| failed(format!("{listen}: {e}")))?
+        .collect();
+    let listener = plugboard_os::bind_tcp(&addrs[..])
+        .and_then(tokio::net::TcpListener::from_std)
         .map_err(|e| failed(format!("{listen}: {e}")))?;
     let bound = listener
         .local_addr()
@@ -757,7 +762,11 @@ pub struct Incoming {
 
 impl Incoming {
     /// Takes the channel. When the opener asked for a direct path, this
-    /// waits until the broker says which path the channel takes.
+    /// waits until the broker says which path the channel takes, and no
+    /// longer than the broker's open timeout for the opener to dial (plus
+    /// the direct listener's handshake deadline once it has dialed). If no
+    /// path comes, or the opener gives up, the channel is reset:
+    /// [`PluginError::Reset`], with [`ErrorCode::OpenTimeout`] for the former.
     pub async fn accept(self) -> Result<Channel, PluginError> {
         let resolved = {
             let mut inner = self.shared.lock();
