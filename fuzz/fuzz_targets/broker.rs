@@ -1,5 +1,6 @@
 //! The broker under an arbitrary sequence of accepts, honest plugins acting,
-//! raw byte chunks on any connection, kills and time jumps. Oracles: no
+//! raw byte chunks on any connection, kills and time jumps; peer texts as
+//! long as the wire allows, and credit in one-byte grants. Oracles: no
 //! panic; the broker's buffered bytes stay under the bound its limits imply;
 //! when everyone has left, it holds nothing.
 #![no_main]
@@ -9,7 +10,7 @@ use std::time::Duration;
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use plugboard_core::control::{Name, TransportKind, MAX_MESSAGE};
+use plugboard_core::control::{ErrorCode, Name, TransportKind, MAX_MESSAGE, MAX_TEXT};
 use plugboard_core::keys::Keypair;
 use plugboard_core::mux::HEADER_LEN;
 use plugboard_core::sim::{Chaos, Net};
@@ -96,7 +97,18 @@ fuzz_target!(|ops: Vec<Op>| {
                 };
                 let name = Name::new(NAMES[usize::from(arg) % NAMES.len()]).unwrap();
                 let s = &mut net.node(id).session;
-                let _ = match what % 8 {
+                // Peer text as long as the wire allows (or one byte more),
+                // in one- or two-byte characters: answers that quote it
+                // must still fit.
+                let long = |arg: u16| {
+                    let len = usize::from(arg) % (MAX_TEXT + 2);
+                    if arg % 2 == 0 {
+                        "x".repeat(len)
+                    } else {
+                        "é".repeat(len / 2)
+                    }
+                };
+                let _ = match what % 12 {
                     0 => s.register(now, name, arg % 2 == 0, None).map(drop),
                     1 => s.list(now).map(drop),
                     2 => s.watch(now).map(drop),
@@ -106,7 +118,17 @@ fuzz_target!(|ops: Vec<Op>| {
                     6 => s
                         .send(u32::from(arg % 8), Bytes::from(vec![0; usize::from(arg)]))
                         .map(drop),
-                    _ => s.finish(u32::from(arg % 8)),
+                    7 => s.finish(u32::from(arg % 8)),
+                    8 => s.register(now, name, false, Some(long(arg))).map(drop),
+                    9 => s.reset(u32::from(arg % 8), ErrorCode::Cancelled, &long(arg)),
+                    10 => s.reject(u32::from(arg % 8), &long(arg)),
+                    // Credit in the smallest grants: a frame each.
+                    _ => {
+                        for _ in 0..arg % 512 {
+                            s.consume(u32::from(arg % 8), 1);
+                        }
+                        Ok(())
+                    }
                 };
             }
             Op::Kill { node } => {

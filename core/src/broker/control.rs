@@ -368,7 +368,12 @@ impl Broker {
     }
 }
 
-pub(super) fn error(request: RequestId, code: ErrorCode, message: String) -> Message {
+/// An answer that refuses `request`. The message often quotes what a peer
+/// sent (a name, an address, a reason), so it is cut to what the wire
+/// carries here, once, for every answer.
+pub(super) fn error(request: RequestId, code: ErrorCode, mut message: String) -> Message {
+    let fits = crate::mux::frame::truncate_utf8(&message, control::MAX_TEXT).len();
+    message.truncate(fits);
     Message::Error {
         request,
         code,

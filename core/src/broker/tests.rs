@@ -1346,3 +1346,53 @@ fn a_reset_racing_the_answer_leaves_no_channel_behind() {
     assert_eq!(net.node(a).session.channel_count(), 0);
     assert_eq!(net.broker.route_count(), 0);
 }
+
+#[test]
+fn the_longest_texts_a_peer_may_send_come_back_within_bounds() {
+    // Regression: the broker quoted peer text in its answers and the answer
+    // outgrew MAX_TEXT, which tripped an assertion in the encoder (debug)
+    // or was cut silently (release).
+    use crate::control::MAX_TEXT;
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    // A direct address of the longest kind, and not tcp:HOST:PORT.
+    let now = net.now;
+    // (One byte more is the plugin's own mistake, told at once.)
+    assert_eq!(
+        net.node(a)
+            .session
+            .register(now, name("far"), false, Some("x".repeat(MAX_TEXT + 1))),
+        Err(crate::session::SessionError::TooLong("direct address"))
+    );
+    net.node(a)
+        .session
+        .register(now, name("far"), false, Some("x".repeat(MAX_TEXT)))
+        .unwrap();
+    match one_event(&mut net, a) {
+        SessionEvent::Failed { code, message, .. } => {
+            assert_eq!(code, ErrorCode::Malformed);
+            assert!(message.len() <= MAX_TEXT, "{} bytes", message.len());
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(!net.node(a).closed);
+    // A target that resets an open before answering, with the longest
+    // reason: the opener hears of it, within bounds.
+    register(&mut net, b, "slow", false);
+    let (_, theirs) = offer(&mut net, a, b, "slow");
+    let reason = "é".repeat(MAX_TEXT / 2);
+    net.node(b)
+        .session
+        .reset(theirs, ErrorCode::Cancelled, &reason)
+        .unwrap();
+    net.run();
+    match one_event(&mut net, a) {
+        SessionEvent::Failed { code, message, .. } => {
+            assert_eq!(code, ErrorCode::Rejected);
+            assert!(message.len() <= MAX_TEXT, "{} bytes", message.len());
+            assert!(message.starts_with("reset before answering: é"));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}

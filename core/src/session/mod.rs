@@ -271,6 +271,12 @@ impl Session {
         wait: bool,
         direct_addr: Option<String>,
     ) -> Result<RequestId, SessionError> {
+        if direct_addr
+            .as_ref()
+            .is_some_and(|a| a.len() > control::MAX_TEXT)
+        {
+            return Err(SessionError::TooLong("direct address"));
+        }
         self.request(now, Pending::Register, |request| Message::Register {
             request,
             name,
