@@ -325,14 +325,16 @@ async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure
         );
     }
     let keypair = load_key(&path)?;
+    let owner = keypair.public();
     let mut handshake = HandshakeConfig::new(keypair);
     handshake.network_key = args.network_key;
     let mut config = BrokerConfig::new(handshake);
     if let Some(file) = args.policy {
         let text =
             std::fs::read_to_string(&file).map_err(|e| fail(format!("{}: {e}", file.display())))?;
-        config.policy =
-            Policy::from_toml(&text).map_err(|e| fail(format!("{}: {e}", file.display())))?;
+        config.policy = Policy::from_toml(&text)
+            .and_then(|policy| policy.check(&owner).map(|()| policy))
+            .map_err(|e| fail(format!("{}: {e}", file.display())))?;
     }
     if let Some(file) = args.limits {
         let text =

@@ -211,6 +211,37 @@ fn failures_have_their_own_exit_codes() {
 }
 
 #[test]
+fn a_policy_entry_for_the_brokers_own_key_is_refused_at_load() {
+    let home = Home::new("own-key");
+    assert!(home.run(&["keygen"]).status.success());
+    let id = home.run(&["id"]);
+    let id = String::from_utf8(id.stdout).unwrap();
+    let policy = home.0.join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!("[[key]]\nid = \"{}\"\nlist = true\n", id.trim()),
+    )
+    .unwrap();
+    let broker = home
+        .command()
+        .args(["serve", "--policy", policy.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut broker = Running(broker);
+    wait_for("serve to give up", || {
+        broker.0.try_wait().unwrap().is_some() || home.socket().exists()
+    });
+    assert!(!home.socket().exists(), "it serves with that policy");
+    let status = broker.0.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut broker.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("the broker's own key"), "{stderr}");
+    assert!(!home.socket().exists());
+}
+
+#[test]
 fn serve_creates_an_identity_and_removes_its_socket_on_sigterm() {
     let home = Home::new("serve");
     let mut broker = home

@@ -136,6 +136,25 @@ pub struct LogEntry {
     pub message: String,
 }
 
+/// `text` with its control characters (CR and LF among them) escaped, as
+/// `\n`, `\r`, `\u{1b}`...: log lines and close reasons quote what peers
+/// sent, and a peer must not be able to forge a line of its own or drive
+/// the terminal that reads them.
+pub fn printable(text: String) -> String {
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    escaped
+}
+
 /// Why [`Broker::accept`] turned a socket away (close it at once).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AcceptError {
@@ -757,7 +776,7 @@ impl Broker {
             conn,
             key,
             code,
-            message,
+            message: printable(message),
         }));
     }
 
@@ -801,7 +820,7 @@ impl Broker {
         self.events.push_back(Event::Close {
             conn,
             last_words,
-            reason,
+            reason: printable(reason),
         });
     }
 
@@ -823,7 +842,7 @@ impl Broker {
         self.events.push_back(Event::Close {
             conn,
             last_words: Bytes::new(),
-            reason,
+            reason: printable(reason),
         });
     }
 
@@ -844,7 +863,7 @@ impl Broker {
         self.events.push_back(Event::Close {
             conn,
             last_words,
-            reason,
+            reason: printable(reason),
         });
     }
 

@@ -151,6 +151,28 @@ impl Policy {
         toml::from_str(text).map_err(|e| PolicyError(e.to_string()))
     }
 
+    /// Refuses a policy that would not mean what it says for a broker
+    /// whose key is `owner`: an entry for the broker's own key (which may
+    /// do everything whatever the entry says), or two entries for one key
+    /// (only the first would count).
+    pub fn check(&self, owner: &PublicKey) -> Result<(), PolicyError> {
+        for (i, grant) in self.keys.iter().enumerate() {
+            if &grant.id == owner {
+                return Err(PolicyError(format!(
+                    "[[key]] {} is the broker's own key, which may do everything; remove the entry",
+                    grant.id
+                )));
+            }
+            if self.keys[..i].iter().any(|g| g.id == grant.id) {
+                return Err(PolicyError(format!(
+                    "[[key]] {} is named twice; give it one entry",
+                    grant.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The rights of `key` on `transport`; `None` means it is not admitted.
     /// `owner` is the broker's own key.
     pub fn rights(
@@ -270,6 +292,24 @@ mod tests {
             policy.rights(&owner, TransportKind::Tcp, &owner),
             Some(Permissions::all())
         );
+    }
+
+    #[test]
+    fn the_brokers_own_key_or_a_key_named_twice_is_refused() {
+        let owner = Keypair::from_seed([1; 32]).public();
+        let other = Keypair::from_seed([2; 32]).public();
+        let policy = |keys: &[PublicKey]| {
+            let text: String = keys
+                .iter()
+                .map(|k| format!("[[key]]\nid = \"{k}\"\nlist = true\n"))
+                .collect();
+            Policy::from_toml(&text).unwrap()
+        };
+        assert!(policy(&[other]).check(&owner).is_ok());
+        let own = policy(&[other, owner]).check(&owner).unwrap_err();
+        assert!(own.to_string().contains("the broker's own key"), "{own}");
+        let twice = policy(&[other, other]).check(&owner).unwrap_err();
+        assert!(twice.to_string().contains("named twice"), "{twice}");
     }
 
     #[test]

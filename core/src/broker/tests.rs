@@ -1396,3 +1396,34 @@ fn the_longest_texts_a_peer_may_send_come_back_within_bounds() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+#[test]
+fn peer_text_cannot_forge_a_log_line() {
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "b", false);
+    let (_, theirs) = offer(&mut net, a, b, "b");
+    let forged = "no\r\n2026-12-03 INFO key=@admin registered root\u{1b}[2J";
+    net.node(b).session.reject(theirs, forged).unwrap();
+    net.run();
+    net.events(a);
+    let line = net
+        .log
+        .iter()
+        .find(|e| e.message.starts_with("rejected: "))
+        .expect("the rejection is logged");
+    assert_eq!(
+        line.message,
+        "rejected: no\\r\\n2026-12-03 INFO key=@admin registered root\\u{1b}[2J"
+    );
+    assert!(net
+        .log
+        .iter()
+        .all(|e| !e.message.chars().any(char::is_control)));
+    assert_eq!(
+        printable("naïve 名前\ttab".to_owned()),
+        "naïve 名前\\ttab",
+        "only control characters change"
+    );
+}
