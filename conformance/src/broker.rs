@@ -65,6 +65,7 @@ pub fn start<B: Broker>(name: &str, tweak: impl FnOnce(&mut BrokerConfig)) -> Ru
             id: keys(seed).public(),
             register: vec![policy::Pattern::any()],
             open: vec![policy::Pattern::any()],
+            direct: vec![policy::Pattern::any()],
             list: true,
             watch: true,
             stats: true,

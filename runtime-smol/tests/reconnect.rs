@@ -281,6 +281,7 @@ fn strict_broker(addr: &str) -> (smol::channel::Sender<()>, smol::Task<()>) {
         id: keys(5).public(),
         register: vec![],
         open: vec![policy::Pattern::any()],
+        direct: vec![policy::Pattern::any()],
         list: true,
         watch: true,
         stats: false,

@@ -273,6 +273,7 @@ async fn strict_broker(
         id: keys(5).public(),
         register: vec![],
         open: vec![policy::Pattern::any()],
+        direct: vec![policy::Pattern::any()],
         list: true,
         watch: true,
         stats: false,

@@ -175,6 +175,11 @@ impl Broker {
             let message = format!("direct address {direct_addr:?} is not tcp:HOST:PORT");
             return self.refuse(conn, request, ErrorCode::Malformed, message);
         }
+        if !direct_addr.is_empty() && !c.rights.direct.iter().any(|p| p.matches_text(&direct_addr))
+        {
+            let message = format!("{key} may not tell openers to dial {direct_addr:?}");
+            return self.refuse(conn, request, ErrorCode::NotPermitted, message);
+        }
         let holder = Holder {
             conn,
             key,

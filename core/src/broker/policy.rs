@@ -6,6 +6,7 @@
 //! [unix]
 //! register = ["*"]
 //! open = ["*"]
+//! direct = ["*"]
 //! list = true
 //! watch = true
 //! stats = false
@@ -16,13 +17,15 @@
 //! id = "@hxGx…=.ed25519"
 //! register = ["indexer", "index-*"]
 //! open = ["replicator"]
+//! direct = ["tcp:10.0.0.*:*"]
 //! list = true
 //! watch = true
 //! stats = true
 //! ```
 //!
-//! Patterns are names with `*` standing for any run of characters. The
-//! broker's own key may do everything.
+//! Patterns are names (or, for `direct`, `tcp:HOST:PORT` addresses) with
+//! `*` standing for any run of characters. The broker's own key may do
+//! everything.
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +42,11 @@ pub struct Permissions {
     /// Names it may open channels to.
     #[serde(default)]
     pub open: Vec<Pattern>,
+    /// Direct TCP addresses (`tcp:HOST:PORT`) it may tell openers to dial
+    /// when it registers a name: without a match, openers would dial
+    /// wherever a name holder says.
+    #[serde(default)]
+    pub direct: Vec<Pattern>,
     /// May list who is connected.
     #[serde(default)]
     pub list: bool,
@@ -56,6 +64,7 @@ impl Permissions {
         Permissions {
             register: vec![Pattern::any()],
             open: vec![Pattern::any()],
+            direct: vec![Pattern::any()],
             list: true,
             watch: true,
             stats: true,
@@ -67,6 +76,7 @@ impl Permissions {
         Permissions {
             register: Vec::new(),
             open: Vec::new(),
+            direct: Vec::new(),
             list: false,
             watch: false,
             stats: false,
@@ -87,6 +97,11 @@ pub struct KeyGrant {
     /// Names it may open channels to.
     #[serde(default)]
     pub open: Vec<Pattern>,
+    /// Direct TCP addresses (`tcp:HOST:PORT`) it may tell openers to dial
+    /// when it registers a name: without a match, openers would dial
+    /// wherever a name holder says.
+    #[serde(default)]
+    pub direct: Vec<Pattern>,
     /// May list who is connected.
     #[serde(default)]
     pub list: bool,
@@ -104,6 +119,7 @@ impl KeyGrant {
         Permissions {
             register: self.register.clone(),
             open: self.open.clone(),
+            direct: self.direct.clone(),
             list: self.list,
             watch: self.watch,
             stats: self.stats,
@@ -212,7 +228,12 @@ impl Pattern {
 
     /// Whether `name` matches.
     pub fn matches(&self, name: &Name) -> bool {
-        glob(self.0.as_bytes(), name.as_str().as_bytes())
+        self.matches_text(name.as_str())
+    }
+
+    /// Whether `text` (a direct address) matches.
+    pub fn matches_text(&self, text: &str) -> bool {
+        glob(self.0.as_bytes(), text.as_bytes())
     }
 }
 

@@ -249,6 +249,7 @@ fn open_accept_and_a_megabyte_each_way_over_unix_and_tcp() {
                     id: keypair(s).public(),
                     register: vec![policy::Pattern::any()],
                     open: vec![policy::Pattern::any()],
+                    direct: vec![],
                     list: true,
                     watch: true,
                     stats: false,
@@ -414,6 +415,7 @@ fn tcp_admits_only_named_keys_and_policy_refuses_with_a_code() {
             id: granted,
             register: vec![policy::Pattern::new("ok-*")],
             open: vec![],
+            direct: vec![policy::Pattern::new("tcp:10.0.0.*:*")],
             list: false,
             watch: false,
             stats: false,
@@ -430,8 +432,30 @@ fn tcp_admits_only_named_keys_and_policy_refuses_with_a_code() {
         failed_code(&register(&mut net, g, "nope", false)),
         ErrorCode::NotPermitted
     );
+    // Openers dial only where the policy lets the name holder send them.
+    let now = net.now;
+    let far = Some("tcp:192.0.2.1:22".to_owned());
+    net.node(g)
+        .session
+        .register(now, name("ok-2"), false, far)
+        .unwrap();
+    match one_event(&mut net, g) {
+        SessionEvent::Failed { code, message, .. } => {
+            assert_eq!(code, ErrorCode::NotPermitted);
+            assert!(
+                message.contains("may not tell openers to dial"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let near = Some("tcp:10.0.0.5:4000".to_owned());
+    net.node(g)
+        .session
+        .register(now, name("ok-1"), false, near)
+        .unwrap();
     assert!(matches!(
-        register(&mut net, g, "ok-1", false),
+        one_event(&mut net, g),
         SessionEvent::Registered { .. }
     ));
     let now = net.now;
@@ -1136,6 +1160,7 @@ fn a_plugin_that_says_goodbye_has_its_socket_closed() {
                 id: keypair(1).public(),
                 register: vec![],
                 open: vec![],
+                direct: vec![],
                 list: false,
                 watch: false,
                 stats: false,

@@ -53,6 +53,7 @@ pub fn config() -> BrokerConfig {
             id: keys(s).public(),
             register: vec![policy::Pattern::any()],
             open: vec![policy::Pattern::any()],
+            direct: vec![policy::Pattern::any()],
             list: true,
             watch: true,
             stats: false,

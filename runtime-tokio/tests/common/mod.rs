@@ -31,6 +31,7 @@ impl Broker {
                 id: keys(s).public(),
                 register: vec![policy::Pattern::any()],
                 open: vec![policy::Pattern::any()],
+                direct: vec![policy::Pattern::any()],
                 list: true,
                 watch: true,
                 stats: false,
