@@ -102,10 +102,10 @@ fuzz_target!(|ops: Vec<Op>| {
                 // must still fit.
                 let long = |arg: u16| {
                     let len = usize::from(arg) % (MAX_TEXT + 2);
-                    if arg % 2 == 0 {
-                        "x".repeat(len)
-                    } else {
+                    if arg % 2 == 1 {
                         "é".repeat(len / 2)
+                    } else {
+                        "x".repeat(len)
                     }
                 };
                 let _ = match what % 12 {
