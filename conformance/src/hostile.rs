@@ -171,6 +171,20 @@ impl Raw {
         goaway.expect("a GOAWAY before the close")
     }
 
+    /// Data for a channel never opened: a protocol violation.
+    async fn send_stray_data(&mut self) {
+        let mut out = BytesMut::new();
+        frame::encode(
+            &Frame::Data {
+                channel: 9,
+                fin: false,
+                payload: vec![1u8; 100].into(),
+            },
+            &mut out,
+        );
+        self.stream.write_all(&out).await.unwrap();
+    }
+
     async fn reset(&mut self, channel: control::ChannelId, code: ErrorCode, reason: &str) {
         let mut out = BytesMut::new();
         let reason = reason.to_owned();
@@ -281,16 +295,7 @@ pub fn attackers_are_cut_beside_a_transfer<B: Broker>() {
 
         // Data for a channel never opened: cut with a reason.
         let mut stray = Raw::connect(&path, 5).await;
-        let mut out = BytesMut::new();
-        frame::encode(
-            &Frame::Data {
-                channel: 9,
-                fin: false,
-                payload: vec![1u8; 100].into(),
-            },
-            &mut out,
-        );
-        stray.stream.write_all(&out).await.unwrap();
+        stray.send_stray_data().await;
         let (code, reason) = stray.goaway().await;
         assert_eq!(code, ErrorCode::ProtocolViolation, "{reason}");
         assert!(reason.contains("never opened"), "{reason}");
@@ -441,6 +446,47 @@ pub fn a_watcher_that_never_reads_is_cut<B: Broker>() {
         // socket, gives up within a grace and closes it.
         hung_up_within(&deaf.stream, Duration::from_secs(20)).await;
         drop(deaf);
+    });
+}
+
+/// A peer cut for a protocol violation that goes on writing as fast as it
+/// can: the broker stops reading and closes the socket all the same. (A
+/// reader that preferred the next bytes to the word that the connection is
+/// over could be kept open by a flood that outran it; one writer on
+/// loopback does not, so this passes either way: it keeps the path tried.)
+pub fn a_peer_that_floods_after_it_is_cut_is_hung_up<B: Broker>() {
+    let broker = start::<B>("flood-after-cut", |_| {});
+    let (addr, path) = (broker.unix.clone(), broker.path.clone());
+    run(async {
+        let honest = honest_transfer(&addr, 1, "hasher", 4 * MIB).await;
+        let mut raw = Raw::connect(&path, 5).await;
+        raw.send_stray_data().await;
+        let (mut reader, mut writer) = raw.stream.into_split();
+        let flood = tokio::spawn(async move {
+            let chunk = vec![0u8; 64 * 1024];
+            let mut sent = 0u64;
+            loop {
+                match writer.write_all(&chunk).await {
+                    Ok(()) => sent += chunk.len() as u64,
+                    Err(e) => return (sent, e),
+                }
+            }
+        });
+        // The GOAWAY, then the end of what the broker writes.
+        let mut buf = vec![0u8; 4096];
+        while reader.read(&mut buf).await.map(|n| n > 0).unwrap_or(false) {}
+        let (sent, error) = tokio::time::timeout(Duration::from_secs(20), flood)
+            .await
+            .expect("the broker kept reading a connection it had cut")
+            .unwrap();
+        assert!(
+            matches!(
+                error.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
+            "after {sent} bytes: {error}"
+        );
+        honest.await;
     });
 }
 

@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::time::Instant;
+
 /// Where a connection comes from, as budgets count it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Source(u128);
@@ -124,6 +126,55 @@ impl HandshakeBudget {
     }
 }
 
+/// Refusals reported by the spell, not one line each: whatever the pattern
+/// of refusals and admissions, at most one line per [`REPORT_EVERY`], and
+/// every refusal counted in one.
+#[derive(Debug, Default)]
+pub struct RefusalReport {
+    /// Refused since the last line that counted them.
+    refused: u64,
+    /// When the last line went out.
+    last_line: Option<Instant>,
+}
+
+/// How often a [`RefusalReport`] writes a line at most.
+pub const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+impl RefusalReport {
+    /// Nothing refused yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// One was refused. If a line is due ("refusing"), how many it counts:
+    /// those since the last line, this one included.
+    pub fn refused(&mut self, now: Instant) -> Option<u64> {
+        self.refused += 1;
+        self.line_due(now)
+            .then(|| std::mem::take(&mut self.refused))
+    }
+
+    /// One was admitted. If refusals went unreported and a line is due
+    /// ("admitting again"), how many it counts; otherwise they are counted
+    /// in a later line.
+    pub fn admitted(&mut self, now: Instant) -> Option<u64> {
+        if self.refused == 0 || !self.line_due(now) {
+            return None;
+        }
+        Some(std::mem::take(&mut self.refused))
+    }
+
+    fn line_due(&mut self, now: Instant) -> bool {
+        let due = self
+            .last_line
+            .is_none_or(|at| now.saturating_duration_since(at) >= REPORT_EVERY);
+        if due {
+            self.last_line = Some(now);
+        }
+        due
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +234,27 @@ mod tests {
         // A v4-mapped address is that v4 address.
         assert_eq!(ip("::ffff:10.0.0.1"), ip("10.0.0.1"));
         assert_ne!(ip("::"), ip("0.0.0.0"));
+    }
+
+    #[test]
+    fn refusals_make_one_line_per_spell_whatever_the_pattern() {
+        let mut report = RefusalReport::new();
+        let at = |ms: u64| Instant::from_nanos(ms * 1_000_000);
+        assert_eq!(report.refused(at(0)), Some(1));
+        // Refusals and admissions alternating: silence until the next
+        // line is due, then one line counting everything since.
+        let mut lines = Vec::new();
+        for ms in 1..20_000 {
+            let line = match ms % 2 {
+                0 => report.admitted(at(ms)).map(|n| ("admitting", n)),
+                _ => report.refused(at(ms)).map(|n| ("refusing", n)),
+            };
+            lines.extend(line.map(|l| (ms, l)));
+        }
+        assert_eq!(lines, vec![(10_000, ("admitting", 5_000))]);
+        // Only admissions: no line once everything is reported.
+        assert_eq!(report.admitted(at(30_000)), Some(5_000));
+        assert_eq!(report.admitted(at(50_000)), None);
     }
 
     proptest! {

@@ -35,7 +35,9 @@ mod write_queue;
 
 pub use accept::{accept_forever, AcceptPause};
 pub use broker::{log_entry, new_broker, LAST_WORDS_GRACE, SHUTDOWN_GRACE};
-pub use listen::{bind_all_with, bind_tcp, Bound, Listener, ServeError, Socket, BACKLOG};
+pub use listen::{
+    bind_all_with, bind_tcp, Bound, Listener, ServeError, Socket, SocketFile, BACKLOG,
+};
 pub use pairs::SocketPairs;
 pub use plugboard_core::addr::{Addr, BadAddr};
 pub use strangers::{Place, Strangers};

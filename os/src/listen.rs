@@ -12,6 +12,7 @@ use std::io;
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
@@ -48,15 +49,15 @@ pub enum ServeError {
 /// A bound listening socket, non-blocking.
 #[derive(Debug)]
 pub enum Listener {
-    /// A unix socket at `path`; `owned` if we made its file (the server
-    /// removes it when it stops; an inherited one stays).
+    /// A unix socket at `path`; `file` if we made it (the server removes
+    /// it when it stops; an inherited one stays).
     Unix {
         /// The socket.
         listener: UnixListener,
         /// Its path (`(inherited)` for an unnamed passed one).
         path: PathBuf,
-        /// Whether we made the file.
-        owned: bool,
+        /// The file we made, if we made it.
+        file: Option<SocketFile>,
     },
     /// A TCP socket.
     Tcp(TcpListener),
@@ -85,7 +86,7 @@ pub struct Bound<U, T> {
     /// The socket.
     pub socket: Socket<U, T>,
     addr: Addr,
-    owned_file: Option<PathBuf>,
+    owned_file: Option<SocketFile>,
 }
 
 /// A unix or a TCP listener.
@@ -104,8 +105,8 @@ impl<U, T> Bound<U, T> {
     }
 
     /// The socket file to remove when the server stops, if we made it.
-    pub fn owned_file(&self) -> Option<&Path> {
-        self.owned_file.as_deref()
+    pub fn owned_file(&self) -> Option<&SocketFile> {
+        self.owned_file.as_ref()
     }
 }
 
@@ -120,7 +121,7 @@ pub fn bind_all_with<U, T>(
     let mut wrapped = Vec::new();
     for listener in bind_all(addrs, inherited)? {
         let addr = listener.local_addr();
-        let owned_file = listener.owned_file().map(Path::to_owned);
+        let owned_file = listener.owned_file().cloned();
         let err = |source| ServeError::Bind {
             addr: addr.clone(),
             source,
@@ -149,12 +150,12 @@ impl Listener {
         match addr {
             Addr::Tcp(host_port) => Ok(Listener::Tcp(bind_tcp(host_port.as_str()).map_err(err)?)),
             Addr::Unix(path) => {
-                let listener = bind_unix(path)?;
+                let (listener, file) = bind_unix(path)?;
                 listener.set_nonblocking(true).map_err(err)?;
                 Ok(Listener::Unix {
                     listener,
                     path: path.clone(),
-                    owned: true,
+                    file: Some(file),
                 })
             }
         }
@@ -179,7 +180,7 @@ impl Listener {
                 Ok(Listener::Unix {
                     listener,
                     path,
-                    owned: false,
+                    file: None,
                 })
             }
             InheritedListener::Tcp(listener) => {
@@ -203,12 +204,58 @@ impl Listener {
     }
 
     /// The socket file to remove when the server stops, if we made it.
-    pub fn owned_file(&self) -> Option<&Path> {
+    pub fn owned_file(&self) -> Option<&SocketFile> {
         match self {
-            Listener::Unix {
-                path, owned: true, ..
-            } => Some(path),
-            _ => None,
+            Listener::Unix { file, .. } => file.as_ref(),
+            Listener::Tcp(_) => None,
+        }
+    }
+}
+
+/// A unix socket file a broker made, and which file it was: when the
+/// server stops it removes the path only if the path still names that file.
+/// (A broker started after it took the path over may have replaced it; that
+/// one's socket must stay.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the file if the path still names the one we made (checked
+    /// and removed under the directory's lock, as brokers take paths); says
+    /// whether it did.
+    pub fn remove(&self) -> io::Result<bool> {
+        use std::os::unix::fs::MetadataExt as _;
+        let _lock = DirLock::take(parent_of(&self.path))?;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == (self.dev, self.ino) => {
+                std::fs::remove_file(&self.path)?;
+                Ok(true)
+            }
+            Ok(_) => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`SocketFile::remove`], logging what went wrong: for a server that
+    /// is stopping.
+    pub fn remove_logged(&self) {
+        match self.remove() {
+            Ok(true) => {}
+            Ok(false) => tracing::info!(
+                "{}: another broker's socket is there now; leaving it",
+                self.path.display()
+            ),
+            Err(e) => tracing::warn!("removing {}: {e}", self.path.display()),
         }
     }
 }
@@ -229,7 +276,8 @@ pub fn bind_tcp(addr: impl std::net::ToSocketAddrs) -> io::Result<TcpListener> {
 /// Two brokers starting at once must not both take the path: the check and
 /// the replacement happen under an exclusive lock on the directory, and the
 /// socket listens before it appears, so whoever looks next finds it live.
-fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
+fn bind_unix(path: &Path) -> Result<(UnixListener, SocketFile), ServeError> {
+    use std::os::unix::fs::MetadataExt as _;
     let err = |source| ServeError::Bind {
         addr: Addr::Unix(path.to_owned()),
         source,
@@ -252,15 +300,21 @@ fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
     }
     let private = PrivateDir::beside(parent).map_err(err)?;
     let staged = private.path.join("s");
-    let listener = UnixListener::bind(&staged).map_err(err)?;
+    let listener = private.bind("s").map_err(err)?;
     set_mode(&staged, 0o600).map_err(err)?;
     rustix::net::listen(&listener, BACKLOG).map_err(|e| err(e.into()))?;
+    let meta = std::fs::symlink_metadata(&staged).map_err(err)?;
     // Only the owner could reach it in the 0700 directory; it appears at
     // `path` already 0600 and listening. (A stale file there is replaced in
     // one step.)
     std::fs::rename(&staged, path).map_err(err)?;
     drop(private);
-    Ok(listener)
+    let file = SocketFile {
+        path: path.to_owned(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    Ok((listener, file))
 }
 
 /// The directory a path lives in (`.` for a bare name).
@@ -271,18 +325,43 @@ fn parent_of(path: &Path) -> &Path {
     }
 }
 
+/// How long a broker waits for another to finish with a directory's lock.
+const LOCK_PATIENCE: Duration = Duration::from_secs(2);
+
 /// An exclusive `flock` on a directory, held while a broker decides whether
-/// a socket path is free and takes it; released on drop. Brokers are the
-/// only ones who take it, and hold it for a few system calls.
+/// a socket path is free and takes it (or removes its own); released on
+/// drop. Brokers hold it for a few system calls. Anyone who can open the
+/// directory can take it too, so a broker waits [`LOCK_PATIENCE`] for it
+/// and then says who is in the way, rather than hang.
 struct DirLock {
     _dir: std::fs::File,
 }
 
 impl DirLock {
     fn take(dir: &Path) -> io::Result<DirLock> {
-        let dir = std::fs::File::open(dir)?;
-        rustix::fs::flock(&dir, rustix::fs::FlockOperation::LockExclusive)?;
-        Ok(DirLock { _dir: dir })
+        use rustix::fs::FlockOperation::NonBlockingLockExclusive;
+        let file = std::fs::File::open(dir)?;
+        let give_up = std::time::Instant::now() + LOCK_PATIENCE;
+        loop {
+            match rustix::fs::flock(&file, NonBlockingLockExclusive) {
+                Ok(()) => return Ok(DirLock { _dir: file }),
+                Err(Errno::WOULDBLOCK) if std::time::Instant::now() < give_up => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(Errno::WOULDBLOCK) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!(
+                            "another process has held a lock on {} for {} s",
+                            dir.display(),
+                            LOCK_PATIENCE.as_secs()
+                        ),
+                    ))
+                }
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }
 
@@ -318,7 +397,9 @@ impl PrivateDir {
         use std::os::unix::fs::DirBuilderExt as _;
         let mut attempts = 0;
         loop {
-            let path = parent.join(format!(".pb.{:016x}", rand_core::OsRng.next_u64()));
+            // Short, so that the staged path is hardly longer than the
+            // final one (`bind` takes at most 107 bytes of path).
+            let path = parent.join(format!(".pb{:08x}", rand_core::OsRng.next_u32()));
             match std::fs::DirBuilder::new().mode(0o700).create(&path) {
                 Ok(()) => {
                     // The umask may have taken bits away, never added any;
@@ -332,6 +413,23 @@ impl PrivateDir {
         }
     }
 }
+
+impl PrivateDir {
+    /// A socket bound at `name` inside. A path too long for `bind` is
+    /// reached through the directory's descriptor (`/proc/self/fd/N/name`).
+    fn bind(&self, name: &str) -> io::Result<UnixListener> {
+        use std::os::fd::AsRawFd as _;
+        let path = self.path.join(name);
+        if path.as_os_str().len() < MAX_SUN_PATH {
+            return UnixListener::bind(&path);
+        }
+        let dir = std::fs::File::open(&self.path)?;
+        UnixListener::bind(format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()))
+    }
+}
+
+/// The longest path `bind` takes, with its terminating zero.
+const MAX_SUN_PATH: usize = 108;
 
 impl Drop for PrivateDir {
     fn drop(&mut self) {

@@ -1,12 +1,14 @@
 //! The core's [`HandshakeBudget`] shared between an accept loop and the
 //! tasks it starts: an accepted stranger holds a [`Place`] until its
-//! handshake is over, whichever way it ends. Refusals are logged once per
-//! spell, not once per connection: a crowd at the door writes two lines.
+//! handshake is over, whichever way it ends. Refusals are logged by the
+//! spell ([`RefusalReport`]), not once per connection: a crowd at the door,
+//! or one that comes and goes, writes a line per ten seconds at most.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use plugboard_core::budget::{HandshakeBudget, Refused, Source, StrangerLimits};
+use plugboard_core::budget::{HandshakeBudget, RefusalReport, Refused, Source, StrangerLimits};
+use plugboard_core::Instant;
 
 /// Places for strangers' handshakes at one listener.
 #[derive(Clone, Debug)]
@@ -24,8 +26,15 @@ pub struct Place {
 #[derive(Debug)]
 struct Budget {
     places: HandshakeBudget,
-    /// Strangers refused since the last one admitted.
-    refused: u64,
+    report: RefusalReport,
+    /// The epoch of the report's clock.
+    start: std::time::Instant,
+}
+
+impl Budget {
+    fn now(&self) -> Instant {
+        Instant::from_duration(self.start.elapsed())
+    }
 }
 
 impl Strangers {
@@ -34,7 +43,8 @@ impl Strangers {
         Strangers {
             budget: Arc::new(Mutex::new(Budget {
                 places: HandshakeBudget::new(limits),
-                refused: 0,
+                report: RefusalReport::new(),
+                start: std::time::Instant::now(),
             })),
         }
     }
@@ -43,19 +53,15 @@ impl Strangers {
     pub fn admit(&self, ip: IpAddr) -> Result<Place, Refused> {
         let source = Source::from(ip);
         let mut budget = lock(&self.budget);
+        let now = budget.now();
         if let Err(refused) = budget.places.take(source) {
-            if budget.refused == 0 {
-                tracing::warn!("direct listener: refusing strangers ({refused}; {ip} first)");
+            if let Some(n) = budget.report.refused(now) {
+                tracing::warn!("direct listener: refusing strangers ({refused}; {n} refused, the last from {ip})");
             }
-            budget.refused += 1;
             return Err(refused);
         }
-        if budget.refused > 0 {
-            tracing::warn!(
-                "direct listener: admitting strangers again, {} refused",
-                budget.refused
-            );
-            budget.refused = 0;
+        if let Some(refused) = budget.report.admitted(now) {
+            tracing::warn!("direct listener: admitting strangers again, {refused} refused");
         }
         drop(budget);
         Ok(Place {
@@ -103,10 +109,8 @@ mod tests {
         let place = strangers.admit(a).unwrap();
         assert_eq!(strangers.admit(a).unwrap_err(), Refused::PerSource(1));
         assert_eq!(strangers.admit(a).unwrap_err(), Refused::PerSource(1));
-        assert_eq!(lock(&strangers.budget).refused, 2);
         drop(place);
         assert_eq!(strangers.held(), 0);
         let _again = strangers.admit(a).unwrap();
-        assert_eq!(lock(&strangers.budget).refused, 0, "the spell is over");
     }
 }

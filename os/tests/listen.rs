@@ -63,7 +63,10 @@ fn a_stale_socket_is_replaced() {
     let path = dir.join("b.sock");
     drop(UnixListener::bind(&path).unwrap()); // its file stays, nobody listens
     let listener = Listener::bind(&Addr::Unix(path.clone())).unwrap();
-    assert_eq!(listener.owned_file(), Some(path.as_path()));
+    assert_eq!(
+        listener.owned_file().map(|f| f.path()),
+        Some(path.as_path())
+    );
     UnixStream::connect(&path).expect("the new listener answers");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -169,4 +172,67 @@ fn tcp_listeners_are_non_blocking_and_report_their_port() {
         l.accept().unwrap_err().kind(),
         std::io::ErrorKind::WouldBlock
     );
+}
+
+#[test]
+fn a_stopping_broker_leaves_its_successors_socket_alone() {
+    let dir = scratch("successor");
+    let path = dir.join("b.sock");
+    let first = Listener::bind(&Addr::Unix(path.clone())).unwrap();
+    let file = first.owned_file().unwrap().clone();
+    // The first broker stops listening; a second takes the stale path over
+    // before the first gets round to removing its file.
+    drop(first);
+    let second = Listener::bind(&Addr::Unix(path.clone())).unwrap();
+    assert!(
+        !file.remove().unwrap(),
+        "the successor's socket was removed"
+    );
+    UnixStream::connect(&path).expect("the successor still answers");
+    // Its own file it removes.
+    assert!(second.owned_file().unwrap().remove().unwrap());
+    assert!(!path.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_lock_held_by_someone_else_fails_the_bind_instead_of_hanging() {
+    let dir = scratch("locked");
+    let path = dir.join("b.sock");
+    // Any user who can open the directory can lock it.
+    let squatter = std::fs::File::open(&dir).unwrap();
+    rustix::fs::flock(&squatter, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let binding = path.clone();
+    std::thread::spawn(move || tx.send(Listener::bind(&Addr::Unix(binding))));
+    let result = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the bind hung on the lock");
+    match result {
+        Err(ServeError::Bind { source, .. }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::WouldBlock, "{source}");
+            assert!(source.to_string().contains("lock"), "{source}");
+        }
+        other => panic!("expected a bind error, got {other:?}"),
+    }
+    assert!(!path.exists());
+    // Once it is let go, binding works.
+    drop(squatter);
+    Listener::bind(&Addr::Unix(path)).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_path_that_fits_binds_even_when_its_staging_path_would_not() {
+    let dir = scratch("long");
+    // 107 bytes in all (the most `bind` takes); the staging path beside it
+    // is longer than that.
+    let name_len = 107 - dir.as_os_str().len() - 1;
+    let path = dir.join("s".repeat(name_len));
+    assert_eq!(path.as_os_str().len(), 107);
+    let listener = Listener::bind(&Addr::Unix(path.clone())).unwrap();
+    assert_eq!(mode(&path), 0o600);
+    UnixStream::connect(&path).expect("the listener answers");
+    drop(listener);
+    let _ = std::fs::remove_dir_all(&dir);
 }

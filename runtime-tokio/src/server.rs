@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -191,7 +190,7 @@ impl Server {
         let mut tasks = JoinSet::new();
         let mut sockets = Vec::new();
         for listener in self.listeners {
-            sockets.extend(listener.owned_file().map(PathBuf::from));
+            sockets.extend(listener.owned_file().cloned());
             tasks.spawn(self.shared.clone().accept(listener));
         }
         tasks.spawn(self.shared.clone().timers());
@@ -213,8 +212,8 @@ impl Server {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        for path in sockets {
-            let _ = std::fs::remove_file(path);
+        for file in sockets {
+            file.remove_logged();
         }
     }
 }
@@ -286,6 +285,11 @@ impl Shared {
         // fresh allocation per message).
         let mut buf = BytesMut::new();
         loop {
+            // Asked first: a peer that keeps the socket readable must not
+            // keep a connection the broker ended open.
+            if signals.is_ended.load(Ordering::Acquire) {
+                return;
+            }
             let holding = buf.capacity() > 0 && buf.is_empty();
             // Made only if polled: a busy socket is ready first (`biased`),
             // so no timer is armed per read.

@@ -2,7 +2,6 @@
 //! glue's rules, under mio; and accepting from them.
 
 use std::io;
-use std::path::Path;
 
 use mio::net::{TcpListener, UnixListener};
 use plugboard_core::control::TransportKind;
@@ -78,7 +77,7 @@ impl Listener {
     }
 
     /// The socket file to remove when the server stops, if we made it.
-    pub(super) fn owned_file(&self) -> Option<&Path> {
+    pub(super) fn owned_file(&self) -> Option<&plugboard_os::SocketFile> {
         self.bound.owned_file()
     }
 

@@ -220,8 +220,8 @@ impl Server {
             self.state.expire(self.state.clock.now());
         }
         for listener in &self.listeners {
-            if let Some(path) = listener.owned_file() {
-                let _ = std::fs::remove_file(path);
+            if let Some(file) = listener.owned_file() {
+                file.remove_logged();
             }
         }
     }

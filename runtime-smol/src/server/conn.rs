@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_io::Timer;
@@ -47,6 +48,11 @@ impl Shared {
         // socket is readable and given back when it is drained.
         let mut buf = BytesMut::new();
         loop {
+            // Asked first: a peer that keeps the socket readable must not
+            // keep a connection the broker ended open.
+            if signals.is_ended.load(Ordering::Acquire) {
+                return;
+            }
             let ready = future::or(async { Some(stream.readable().await) }, async {
                 // The broker ended the connection: stop reading.
                 signals.stop.notified().await;

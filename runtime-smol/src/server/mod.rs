@@ -19,7 +19,6 @@ use std::future::Future;
 use std::io;
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -103,7 +102,7 @@ impl Server {
         let mut tasks = Vec::new();
         let mut sockets = Vec::new();
         for listener in self.listeners {
-            sockets.extend(listener.owned_file().map(PathBuf::from));
+            sockets.extend(listener.owned_file().cloned());
             tasks.push(smol::spawn(self.shared.clone().accept(listener)));
         }
         tasks.push(smol::spawn(self.shared.clone().timers()));
@@ -121,8 +120,8 @@ impl Server {
         {
             Timer::after(Duration::from_millis(10)).await;
         }
-        for path in sockets {
-            let _ = std::fs::remove_file(path);
+        for file in sockets {
+            file.remove_logged();
         }
     }
 }

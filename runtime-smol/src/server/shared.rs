@@ -3,6 +3,7 @@
 //! broker asks for after each call.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_io::Timer;
@@ -47,6 +48,8 @@ pub(super) struct ConnSignals {
     pub(super) stop: Notify,
     /// The connection is over (for a writer stuck on a full socket).
     pub(super) ended: Notify,
+    /// The connection is over (asked by the reader before each read).
+    pub(super) is_ended: AtomicBool,
     /// The connection is over: these last words, then close.
     end: Mutex<Option<Bytes>>,
 }
@@ -57,6 +60,7 @@ impl ConnSignals {
             .lock()
             .expect("not poisoned")
             .get_or_insert(last_words);
+        self.is_ended.store(true, Ordering::Release);
         self.wake.notify_one();
         self.stop.notify_one();
         self.ended.notify_one();
