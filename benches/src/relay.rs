@@ -5,7 +5,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant as Clock};
 
 use bytes::Bytes;
-use plugboard_core::broker::{Broker, BrokerConfig, ConnId, Event};
+use plugboard_core::broker::{Broker, BrokerConfig, ConnId, Event, Origin};
 use plugboard_core::control::{Name, TransportKind};
 use plugboard_core::session::{Session, SessionConfig, SessionEvent};
 use plugboard_core::shs::HandshakeConfig;
@@ -33,7 +33,7 @@ impl Default for Relay {
         let config = BrokerConfig::new(HandshakeConfig::new(Keypair::from_seed([0xB0; 32])));
         let mut broker = Broker::new(config, Box::new(ChaCha20Rng::seed_from_u64(2)));
         let mut session = |seed: u8, broker: &mut Broker| {
-            let conn = broker.accept(now, TransportKind::Unix).unwrap();
+            let conn = broker.accept(now, Origin::unix(0, None)).unwrap();
             let config = SessionConfig::new(
                 HandshakeConfig::new(Keypair::from_seed([seed; 32])),
                 broker.public_key(),

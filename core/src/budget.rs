@@ -15,6 +15,12 @@ use crate::time::Instant;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Source(u128);
 
+impl Source {
+    /// This host, for budgets that count local peers as one source (a tag
+    /// no address maps to).
+    pub const LOCAL: Source = Source(1 << 126);
+}
+
 impl From<IpAddr> for Source {
     fn from(ip: IpAddr) -> Self {
         let ip = match ip {

@@ -14,6 +14,7 @@ use plugboard_core::control::{ErrorCode, Name, TransportKind, MAX_MESSAGE, MAX_T
 use plugboard_core::keys::Keypair;
 use plugboard_core::mux::HEADER_LEN;
 use plugboard_core::sim::{Chaos, Net};
+use plugboard_core::broker::Origin;
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -63,12 +64,14 @@ fuzz_target!(|ops: Vec<Op>| {
         let now = net.now;
         match op {
             Op::AcceptRaw { tcp } => {
-                let t = if tcp {
-                    TransportKind::Tcp
+                // Raw sockets all from one address: the door's budgets
+                // are in play.
+                let origin = if tcp {
+                    Origin::tcp(1, std::net::Ipv4Addr::new(192, 0, 2, 1).into())
                 } else {
-                    TransportKind::Unix
+                    Origin::unix(0, None)
                 };
-                if let Ok(conn) = net.broker.accept(now, t) {
+                if let Ok(conn) = net.broker.accept(now, origin) {
                     raw.push(conn);
                 }
             }

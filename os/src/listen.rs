@@ -9,13 +9,16 @@
 //! refused, even when its backlog is full.
 
 use std::io;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+
+use plugboard_core::broker::{ListenerId, Origin};
 
 use crate::activation::{Inherited, InheritedListener};
 use crate::Addr;
@@ -85,6 +88,7 @@ pub(crate) fn bind_all(
 pub struct Bound<U, T> {
     /// The socket.
     pub socket: Socket<U, T>,
+    id: ListenerId,
     addr: Addr,
     owned_file: Option<SocketFile>,
 }
@@ -108,6 +112,26 @@ impl<U, T> Bound<U, T> {
     pub fn owned_file(&self) -> Option<&SocketFile> {
         self.owned_file.as_ref()
     }
+
+    /// Which listener this is to the broker's budgets: its place in the
+    /// list [`bind_all_with`] made.
+    pub fn id(&self) -> ListenerId {
+        self.id
+    }
+
+    /// Where a socket this (unix) listener accepted comes from: the peer's
+    /// uid, as `SO_PEERCRED` says (Linux).
+    pub fn unix_origin(&self, socket: &impl AsFd) -> Origin {
+        let uid = rustix::net::sockopt::socket_peercred(socket)
+            .ok()
+            .map(|cred| cred.uid.as_raw());
+        Origin::unix(self.id, uid)
+    }
+
+    /// Where a connection this (TCP) listener accepted from `peer` comes from.
+    pub fn tcp_origin(&self, peer: SocketAddr) -> Origin {
+        Origin::tcp(self.id, peer.ip())
+    }
 }
 
 /// [`bind_all`], then each listener handed to its runtime: `unix` and `tcp`
@@ -119,7 +143,7 @@ pub fn bind_all_with<U, T>(
     tcp: impl Fn(TcpListener) -> io::Result<T>,
 ) -> Result<Vec<Bound<U, T>>, ServeError> {
     let mut wrapped = Vec::new();
-    for listener in bind_all(addrs, inherited)? {
+    for (id, listener) in (0..).zip(bind_all(addrs, inherited)?) {
         let addr = listener.local_addr();
         let owned_file = listener.owned_file().cloned();
         let err = |source| ServeError::Bind {
@@ -132,6 +156,7 @@ pub fn bind_all_with<U, T>(
         };
         wrapped.push(Bound {
             socket,
+            id,
             addr,
             owned_file,
         });

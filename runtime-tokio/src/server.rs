@@ -14,8 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use plugboard_core::broker::{Broker, BrokerConfig, ConnId, Event};
-use plugboard_core::control::TransportKind;
+use plugboard_core::broker::{Broker, BrokerConfig, ConnId, Event, Origin};
 use plugboard_core::PublicKey;
 use plugboard_os::activation::Inherited;
 use plugboard_os::{Bound, Socket, SocketPairs, WriteQueue, LAST_WORDS_GRACE, SHUTDOWN_GRACE};
@@ -218,22 +217,21 @@ impl Server {
     }
 }
 
-/// The next connection on `listener`, split, and what it is.
-async fn accept(listener: &Listener) -> io::Result<(Reader, Writer, TransportKind)> {
+/// The next connection on `listener`, split, and where it comes from.
+async fn accept(listener: &Listener) -> io::Result<(Reader, Writer, Origin)> {
     Ok(match &listener.socket {
         Socket::Unix(l) => {
-            let (reader, writer) = l.accept().await?.0.into_split();
-            (
-                Reader::Unix(reader),
-                Writer::Unix(writer),
-                TransportKind::Unix,
-            )
+            let stream = l.accept().await?.0;
+            let origin = listener.unix_origin(&stream);
+            let (reader, writer) = stream.into_split();
+            (Reader::Unix(reader), Writer::Unix(writer), origin)
         }
         Socket::Tcp(l) => {
-            let (stream, _) = l.accept().await?;
+            let (stream, peer) = l.accept().await?;
             let _ = stream.set_nodelay(true);
             let (reader, writer) = stream.into_split();
-            (Reader::Tcp(reader), Writer::Tcp(writer), TransportKind::Tcp)
+            let origin = listener.tcp_origin(peer);
+            (Reader::Tcp(reader), Writer::Tcp(writer), origin)
         }
     })
 }
@@ -245,7 +243,7 @@ impl Shared {
         plugboard_os::accept_forever(
             listener.local_addr(),
             || accept(&listener),
-            |(reader, writer, transport)| self.clone().adopt(reader, writer, transport),
+            |(reader, writer, origin)| self.clone().adopt(reader, writer, origin),
             tokio::time::sleep,
         )
         .await
@@ -258,12 +256,12 @@ impl Shared {
     }
 
     /// Takes an accepted socket: the broker decides, tasks start.
-    fn adopt(self: Arc<Self>, reader: Reader, writer: Writer, transport: TransportKind) {
+    fn adopt(self: Arc<Self>, reader: Reader, writer: Writer, origin: Origin) {
         let signals = Arc::new(ConnSignals::default());
         let conn = {
             let mut state = self.lock();
             let now = self.clock.now();
-            let conn = state.broker.accept(now, transport);
+            let conn = state.broker.accept(now, origin);
             if let Ok(conn) = conn {
                 state.conns.insert(conn, signals.clone());
             }

@@ -15,6 +15,9 @@ pub struct Limits {
     /// A connection has this long to complete shs1.
     #[serde(with = "millis", rename = "handshake_timeout_ms")]
     pub handshake_timeout: Duration,
+    /// ... and this long, of that, to send its first message.
+    #[serde(with = "millis", rename = "first_message_timeout_ms")]
+    pub first_message_timeout: Duration,
     /// ... and then this long to send its hello.
     #[serde(with = "millis", rename = "hello_timeout_ms")]
     pub hello_timeout: Duration,
@@ -31,8 +34,14 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections of one key.
     pub max_connections_per_key: usize,
-    /// Connections still in the handshake.
+    /// Connections still in the handshake, per listener.
     pub max_handshaking: usize,
+    /// ... of those, from one source address (an IPv4 address or an IPv6
+    /// /64) on TCP.
+    pub max_handshaking_per_source: usize,
+    /// New handshakes one source address may start per second on TCP (two
+    /// seconds' worth may come at once).
+    pub handshakes_per_source_per_s: u32,
     /// Channels one key may hold (relayed, or waiting to be answered), over all its connections.
     pub max_channels_per_key: usize,
     /// Opens one key may have unanswered.
@@ -52,6 +61,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             handshake_timeout: Duration::from_secs(10),
+            first_message_timeout: Duration::from_secs(3),
             hello_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             dead_peer_timeout: Duration::from_secs(30),
@@ -59,6 +69,8 @@ impl Default for Limits {
             max_connections: 10_000,
             max_connections_per_key: 64,
             max_handshaking: 256,
+            max_handshaking_per_source: 16,
+            handshakes_per_source_per_s: 20,
             max_channels_per_key: 4096,
             max_pending_opens_per_key: 64,
             max_frame: DEFAULT_MAX_FRAME,

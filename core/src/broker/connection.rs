@@ -8,6 +8,7 @@ use crate::shs::ServerHandshake;
 use crate::time::Instant;
 use crate::wire::Wire;
 
+use super::door::Origin;
 use super::policy::Permissions;
 use super::ConnId;
 
@@ -21,6 +22,7 @@ pub(super) enum Stage {
 }
 
 pub(super) struct Connection {
+    pub(super) origin: Origin,
     pub(super) transport: TransportKind,
     pub(super) stage: Stage,
     pub(super) wire: Option<Wire>,
@@ -36,6 +38,8 @@ pub(super) struct Connection {
     pub(super) ping_sent: Option<Instant>,
     /// The one timer this connection has in the broker's timer set.
     pub(super) deadline: Option<Instant>,
+    /// When the handshake must be over (the first message's is sooner).
+    pub(super) handshake_deadline: Instant,
     pub(super) watching: bool,
     /// Where it accepts direct channels (`tcp:HOST:PORT`), from its register.
     pub(super) direct_addr: Option<String>,
@@ -54,9 +58,15 @@ pub(super) struct Connection {
 }
 
 impl Connection {
-    pub(super) fn new(transport: TransportKind, handshake: ServerHandshake, now: Instant) -> Self {
+    pub(super) fn new(
+        origin: Origin,
+        handshake: ServerHandshake,
+        now: Instant,
+        handshake_deadline: Instant,
+    ) -> Self {
         Connection {
-            transport,
+            origin,
+            transport: origin.transport(),
             stage: Stage::Handshake(Box::new(handshake)),
             wire: None,
             handshake_tail: None,
@@ -67,6 +77,7 @@ impl Connection {
             last_input: now,
             ping_sent: None,
             deadline: None,
+            handshake_deadline,
             watching: false,
             direct_addr: None,
             notified: false,

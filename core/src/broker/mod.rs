@@ -12,6 +12,7 @@
 mod config;
 mod connection;
 mod control;
+mod door;
 pub mod policy;
 pub mod registry;
 mod relay;
@@ -23,6 +24,7 @@ use bytes::{Bytes, BytesMut};
 use rand_core::CryptoRngCore;
 
 pub use config::Limits;
+pub use door::{DoorRefusal, ListenerId, Origin, Peer};
 pub use policy::{Permissions, Policy};
 
 use crate::control::{ChannelId, ErrorCode, Message, RequestId, TransportKind};
@@ -32,6 +34,7 @@ use crate::shs::{self, HandshakeConfig, ServerHandshake};
 use crate::time::Instant;
 use crate::wire::{Wire, WireError};
 use connection::{Connection, Stage};
+use door::Door;
 use registry::Registry;
 
 /// A connection, as the broker names it. Never reused.
@@ -161,9 +164,10 @@ pub enum AcceptError {
     /// `max_connections` reached.
     #[error("the broker holds as many connections as it may")]
     TooManyConnections,
-    /// `max_handshaking` reached.
-    #[error("too many connections are still in their handshake")]
-    TooManyHandshaking,
+    /// A handshake budget: the listener's, its source's share, or its
+    /// source's rate.
+    #[error(transparent)]
+    Door(#[from] DoorRefusal),
 }
 
 /// What one key holds, over all its connections.
@@ -219,7 +223,7 @@ pub struct Broker {
     rng: Box<dyn CryptoRngCore + Send>,
     conns: BTreeMap<ConnId, Connection>,
     next_conn: ConnId,
-    handshaking: usize,
+    door: Door,
     usage: HashMap<PublicKey, KeyUsage>,
     registry: Registry,
     watchers: BTreeSet<ConnId>,
@@ -249,13 +253,14 @@ impl Broker {
         let limits = &mut config.limits;
         limits.max_window = limits.max_window.max(limits.initial_window);
         limits.max_frame = limits.max_frame.max(1024);
+        let door = Door::new(limits);
         Broker {
             owner: config.handshake.keypair.public(),
             config,
             rng,
             conns: BTreeMap::new(),
             next_conn: 1,
-            handshaking: 0,
+            door,
             usage: HashMap::new(),
             registry: Registry::default(),
             watchers: BTreeSet::new(),
@@ -283,36 +288,41 @@ impl Broker {
 
     // ── the face ──────────────────────────────────────────────────────
 
-    /// A socket was accepted. Its handshake starts; the timer runs.
-    pub fn accept(
-        &mut self,
-        now: Instant,
-        transport: TransportKind,
-    ) -> Result<ConnId, AcceptError> {
-        let limits = &self.config.limits;
-        let refusal = if self.conns.len() >= limits.max_connections {
-            Some(AcceptError::TooManyConnections)
-        } else if self.handshaking >= limits.max_handshaking {
-            Some(AcceptError::TooManyHandshaking)
-        } else {
-            None
-        };
+    /// A socket was accepted from `origin`. Its handshake starts; the timer
+    /// runs (the first message has the shorter `first_message_timeout`).
+    pub fn accept(&mut self, now: Instant, origin: Origin) -> Result<ConnId, AcceptError> {
         let conn = self.next_conn;
         self.next_conn += 1;
-        if let Some(error) = refusal {
-            self.log(
-                conn,
-                None,
-                Some(ErrorCode::TooManyConnections),
-                error.to_string(),
-            );
+        let admitted = if self.conns.len() >= self.config.limits.max_connections {
+            Err((AcceptError::TooManyConnections, self.door.refused(now)))
+        } else {
+            self.door
+                .admit(now, &origin)
+                .map_err(|(refusal, line)| (refusal.into(), line))
+        };
+        if let Err((error, line)) = admitted {
+            if let Some(refused) = line {
+                let reason = format!(
+                    "refusing connections: {error} ({refused} refused since the last such line, the last from {})",
+                    origin.describe()
+                );
+                self.log(conn, None, Some(ErrorCode::TooManyConnections), reason);
+            }
             return Err(error);
         }
+        if let Some(refused) = self.door.admitted(now) {
+            let reason = format!("admitting connections again, {refused} refused");
+            self.log(conn, None, None, reason);
+        }
+        let limits = &self.config.limits;
         let handshake = ServerHandshake::new(self.config.handshake.clone(), &mut self.rng, now);
-        self.conns
-            .insert(conn, Connection::new(transport, handshake, now));
-        self.handshaking += 1;
-        self.set_deadline(conn, Some(now + limits.handshake_timeout));
+        let handshake_deadline = now + limits.handshake_timeout;
+        let first_deadline = handshake_deadline.min(now + limits.first_message_timeout);
+        self.conns.insert(
+            conn,
+            Connection::new(origin, handshake, now, handshake_deadline),
+        );
+        self.set_deadline(conn, Some(first_deadline));
         self.wake(conn);
         Ok(conn)
     }
@@ -442,6 +452,11 @@ impl Broker {
         self.conns.len()
     }
 
+    /// Whether `conn` is still held.
+    pub fn is_open(&self, conn: ConnId) -> bool {
+        self.conns.contains_key(&conn)
+    }
+
     /// The registry.
     pub fn registry(&self) -> &Registry {
         &self.registry
@@ -565,6 +580,13 @@ impl Broker {
             };
             match handshake.poll_event() {
                 None => {
+                    // Past message 1, the whole handshake's deadline holds.
+                    let extend = handshake.phase() != Some(shs::Phase::ClientHello)
+                        && c.deadline != Some(c.handshake_deadline);
+                    let deadline = c.handshake_deadline;
+                    if extend {
+                        self.set_deadline(conn, Some(deadline));
+                    }
                     self.wake(conn);
                     return;
                 }
@@ -617,7 +639,8 @@ impl Broker {
     }
 
     fn established(&mut self, now: Instant, conn: ConnId, established: shs::Established) {
-        self.handshaking -= 1;
+        let origin = self.conns[&conn].origin;
+        self.door.release(&origin);
         let boxed = self.config.boxstream_on_unix;
         let mux = Mux::new(crate::mux::Side::Listener, self.config.limits.mux_config());
         let hello_timeout = self.config.limits.hello_timeout;
@@ -888,7 +911,7 @@ impl Broker {
             self.timers.remove(&(deadline, Timer::Conn(conn)));
         }
         if matches!(c.stage, Stage::Handshake(_)) {
-            self.handshaking -= 1;
+            self.door.release(&c.origin);
         }
         self.watchers.remove(&conn);
 

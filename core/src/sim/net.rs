@@ -8,7 +8,7 @@ use bytes::Bytes;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-use crate::broker::{Broker, BrokerConfig, ConnId, Event, LogEntry};
+use crate::broker::{Broker, BrokerConfig, ConnId, Event, LogEntry, Origin};
 use crate::control::TransportKind;
 use crate::keys::{Keypair, PublicKey};
 use crate::session::{Session, SessionConfig, SessionEvent};
@@ -104,7 +104,26 @@ impl Net {
         transport: TransportKind,
         configure: impl FnOnce(&mut SessionConfig),
     ) -> Option<NodeId> {
-        let conn = self.broker.accept(self.now, transport).ok()?;
+        // Each node a host of its own on TCP; on unix, the broker's user.
+        let origin = match transport {
+            TransportKind::Unix => Origin::unix(0, Some(1000)),
+            TransportKind::Tcp => {
+                let host = 0x0a00_0000 | (self.next_node as u32 & 0x00ff_ffff);
+                Origin::tcp(1, std::net::Ipv4Addr::from(host).into())
+            }
+        };
+        self.connect_from(keypair, origin, configure)
+    }
+
+    /// As [`Net::connect_with`], from where `origin` says.
+    pub fn connect_from(
+        &mut self,
+        keypair: Keypair,
+        origin: Origin,
+        configure: impl FnOnce(&mut SessionConfig),
+    ) -> Option<NodeId> {
+        let transport = origin.transport();
+        let conn = self.broker.accept(self.now, origin).ok()?;
         let key = keypair.public();
         let mut config =
             SessionConfig::new(HandshakeConfig::new(keypair), self.broker.public_key());

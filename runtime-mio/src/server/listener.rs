@@ -4,7 +4,7 @@
 use std::io;
 
 use mio::net::{TcpListener, UnixListener};
-use plugboard_core::control::TransportKind;
+use plugboard_core::broker::Origin;
 use plugboard_core::Instant;
 use plugboard_os::{AcceptPause, Bound, Socket};
 
@@ -31,16 +31,17 @@ impl Listener {
     }
 
     /// The next waiting connection; `WouldBlock` when there is none.
-    fn accept_one(&self) -> io::Result<(Stream, TransportKind)> {
+    fn accept_one(&self) -> io::Result<(Stream, Origin)> {
         match &self.bound.socket {
             Socket::Unix(listener) => {
                 let (stream, _) = listener.accept()?;
-                Ok((Stream::Unix(stream), TransportKind::Unix))
+                let origin = self.bound.unix_origin(&stream);
+                Ok((Stream::Unix(stream), origin))
             }
             Socket::Tcp(listener) => {
-                let (stream, _) = listener.accept()?;
+                let (stream, peer) = listener.accept()?;
                 let _ = stream.set_nodelay(true);
-                Ok((Stream::Tcp(stream), TransportKind::Tcp))
+                Ok((Stream::Tcp(stream), self.bound.tcp_origin(peer)))
             }
         }
     }
@@ -49,16 +50,16 @@ impl Listener {
     /// (out of descriptors, say) makes the listener rest: the waiting
     /// connections stay in the backlog, and the loop comes back at `resume`
     /// (readiness is edge-triggered: it would not say so again).
-    pub(super) fn accept(&mut self, now: Instant, mut adopt: impl FnMut(Stream, TransportKind)) {
+    pub(super) fn accept(&mut self, now: Instant, mut adopt: impl FnMut(Stream, Origin)) {
         if self.resume.is_some_and(|at| at > now) {
             return;
         }
         self.resume = None;
         loop {
             match self.accept_one() {
-                Ok((stream, transport)) => {
+                Ok((stream, origin)) => {
                     self.pause.accepted(self.bound.local_addr());
-                    adopt(stream, transport);
+                    adopt(stream, origin);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {

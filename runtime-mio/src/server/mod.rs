@@ -176,7 +176,7 @@ impl Server {
     fn accept(&mut self, i: usize) {
         let now = self.state.clock.now();
         let state = &mut self.state;
-        self.listeners[i].accept(now, |stream, transport| state.accept(stream, transport));
+        self.listeners[i].accept(now, |stream, origin| state.accept(stream, origin));
     }
 
     /// Listeners whose rest after a failed accept is over try again.

@@ -7,8 +7,7 @@ use std::io;
 
 use bytes::{Bytes, BytesMut};
 use mio::{Interest, Registry, Token};
-use plugboard_core::broker::{Broker, ConnId, Event};
-use plugboard_core::control::TransportKind;
+use plugboard_core::broker::{Broker, ConnId, Event, Origin};
 use plugboard_core::Instant;
 use plugboard_os::SocketPairs;
 use plugboard_os::LAST_WORDS_GRACE;
@@ -66,9 +65,9 @@ impl State {
     }
 
     /// An accepted socket: the broker decides whether it stays.
-    pub(super) fn accept(&mut self, mut stream: Stream, transport: TransportKind) {
+    pub(super) fn accept(&mut self, mut stream: Stream, origin: Origin) {
         let now = self.clock.now();
-        let accepted = self.broker.accept(now, transport);
+        let accepted = self.broker.accept(now, origin);
         if let Ok(conn) = accepted {
             // Edge-triggered, both ways, for the connection's whole life.
             let interest = Interest::READABLE | Interest::WRITABLE;

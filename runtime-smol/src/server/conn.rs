@@ -9,8 +9,7 @@ use std::sync::Arc;
 use async_io::Timer;
 use bytes::{Bytes, BytesMut};
 use futures_lite::future;
-use plugboard_core::broker::ConnId;
-use plugboard_core::control::TransportKind;
+use plugboard_core::broker::{ConnId, Origin};
 use plugboard_os::{WriteQueue, LAST_WORDS_GRACE};
 
 use super::shared::{ConnSignals, Shared, State};
@@ -23,12 +22,12 @@ const WRITE_BATCH: usize = 256 * 1024;
 
 impl Shared {
     /// Takes an accepted socket: the broker decides, tasks start.
-    pub(super) fn adopt(self: Arc<Self>, stream: Stream, transport: TransportKind) {
+    pub(super) fn adopt(self: Arc<Self>, stream: Stream, origin: Origin) {
         let signals = Arc::new(ConnSignals::default());
         let conn = {
             let mut state = self.lock();
             let now = self.clock.now();
-            let conn = state.broker.accept(now, transport);
+            let conn = state.broker.accept(now, origin);
             if let Ok(conn) = conn {
                 state.conns.insert(conn, signals.clone());
             }

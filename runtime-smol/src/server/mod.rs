@@ -23,8 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_io::{Async, Timer};
-use plugboard_core::broker::BrokerConfig;
-use plugboard_core::control::TransportKind;
+use plugboard_core::broker::{BrokerConfig, Origin};
 use plugboard_core::PublicKey;
 
 use plugboard_os::activation::Inherited;
@@ -126,14 +125,18 @@ impl Server {
     }
 }
 
-/// The next connection on `listener`, and what it is.
-async fn accept(listener: &Listener) -> io::Result<(Stream, TransportKind)> {
+/// The next connection on `listener`, and where it comes from.
+async fn accept(listener: &Listener) -> io::Result<(Stream, Origin)> {
     Ok(match &listener.socket {
-        Socket::Unix(l) => (Stream::Unix(l.accept().await?.0), TransportKind::Unix),
+        Socket::Unix(l) => {
+            let stream = l.accept().await?.0;
+            let origin = listener.unix_origin(stream.get_ref());
+            (Stream::Unix(stream), origin)
+        }
         Socket::Tcp(l) => {
-            let (stream, _) = l.accept().await?;
+            let (stream, peer) = l.accept().await?;
             let _ = stream.get_ref().set_nodelay(true);
-            (Stream::Tcp(stream), TransportKind::Tcp)
+            (Stream::Tcp(stream), listener.tcp_origin(peer))
         }
     })
 }
@@ -145,7 +148,7 @@ impl Shared {
         plugboard_os::accept_forever(
             listener.local_addr(),
             || accept(&listener),
-            |(stream, transport)| self.clone().adopt(stream, transport),
+            |(stream, origin)| self.clone().adopt(stream, origin),
             |rest| async move {
                 Timer::after(rest).await;
             },
