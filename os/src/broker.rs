@@ -27,8 +27,10 @@ pub fn new_broker(mut config: BrokerConfig) -> Broker {
 /// One line for a broker's [`LogEntry`] (`Event::Log`).
 pub fn log_entry(entry: &LogEntry) {
     let key = entry.key.map(|k| k.to_string()).unwrap_or_default();
-    match entry.code {
-        Some(code) => tracing::info!(conn = entry.conn, %key, %code, "{}", entry.message),
-        None => tracing::info!(conn = entry.conn, %key, "{}", entry.message),
+    match (entry.code, entry.warning) {
+        (Some(code), true) => tracing::warn!(conn = entry.conn, %code, "{}", entry.message),
+        (None, true) => tracing::warn!(conn = entry.conn, "{}", entry.message),
+        (Some(code), false) => tracing::info!(conn = entry.conn, %key, %code, "{}", entry.message),
+        (None, false) => tracing::info!(conn = entry.conn, %key, "{}", entry.message),
     }
 }

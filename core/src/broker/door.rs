@@ -464,7 +464,10 @@ mod tests {
         net.broker.handle_input(now, slow, &hello);
         net.advance(Duration::from_millis(3_001));
         net.run();
-        assert!(!net.broker.is_open(silent), "the silent one outlived its deadline");
+        assert!(
+            !net.broker.is_open(silent),
+            "the silent one outlived its deadline"
+        );
         assert!(net.broker.is_open(slow), "the one that spoke was cut early");
         net.advance(Duration::from_secs(7));
         net.run();

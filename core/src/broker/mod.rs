@@ -137,6 +137,10 @@ pub struct LogEntry {
     pub code: Option<ErrorCode>,
     /// What happened.
     pub message: String,
+    /// Whether an operator should see it by default: the broker turning
+    /// sockets away (an attack, or limits too tight) rather than one peer's
+    /// business.
+    pub warning: bool,
 }
 
 /// `text` with its control characters (CR and LF among them) escaped, as
@@ -306,13 +310,13 @@ impl Broker {
                     "refusing connections: {error} ({refused} refused since the last such line, the last from {})",
                     origin.describe()
                 );
-                self.log(conn, None, Some(ErrorCode::TooManyConnections), reason);
+                self.warn(conn, Some(ErrorCode::TooManyConnections), reason);
             }
             return Err(error);
         }
         if let Some(refused) = self.door.admitted(now) {
             let reason = format!("admitting connections again, {refused} refused");
-            self.log(conn, None, None, reason);
+            self.warn(conn, None, reason);
         }
         let limits = &self.config.limits;
         let handshake = ServerHandshake::new(self.config.handshake.clone(), &mut self.rng, now);
@@ -800,6 +804,18 @@ impl Broker {
             key,
             code,
             message: printable(message),
+            warning: false,
+        }));
+    }
+
+    /// As [`Broker::log`], for an operator to see by default.
+    fn warn(&mut self, conn: ConnId, code: Option<ErrorCode>, message: String) {
+        self.events.push_back(Event::Log(LogEntry {
+            conn,
+            key: None,
+            code,
+            message: printable(message),
+            warning: true,
         }));
     }
 

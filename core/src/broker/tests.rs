@@ -890,7 +890,10 @@ fn connection_limits_turn_sockets_away() {
         .filter(|l| l.code == Some(ErrorCode::TooManyConnections))
         .collect();
     assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(lines[0].message.contains("refusing connections"), "{lines:?}");
+    assert!(
+        lines[0].message.contains("refusing connections"),
+        "{lines:?}"
+    );
 }
 
 #[test]
