@@ -94,3 +94,69 @@ fn a_crowd_at_the_door_of_smol() {
 fn a_crowd_at_the_door_of_mio() {
     a_crowd_at_the_door("mio");
 }
+
+/// Another user on a socket made wider than 0600: the broker's own user
+/// keeps the `[unix]` rights, a user the policy names gets what its
+/// `[[user]]` entry grants, and any other user is refused in the handshake
+/// (before, every process that could reach the socket had the `[unix]`
+/// rights, whoever it ran as). Needs root, to run clients as other users.
+fn other_users_on_a_wider_socket(runtime: &str) {
+    if !rustix::process::getuid().is_root() {
+        eprintln!("skipped: running clients as other users needs root");
+        return;
+    }
+    let (named, unnamed) = (65_534, 65_533);
+    let policy_dir = common::scratch(&format!("users-policy-{runtime}"));
+    let policy = write(
+        &policy_dir,
+        "policy.toml",
+        &format!("[[user]]\nuid = {named}\nlist = true\n"),
+    );
+    let args = ["--policy", policy.to_str().unwrap()];
+    let options = Options {
+        args: &args,
+        ..Options::default()
+    };
+    let broker = Broker::start(runtime, "users", options);
+    // The socket made reachable by everyone, as a configured or inherited
+    // wider socket would be.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |m| std::fs::Permissions::from_mode(m);
+    std::fs::set_permissions(&broker.home, mode(0o711)).unwrap();
+    std::fs::set_permissions(broker.socket(), mode(0o666)).unwrap();
+    let at = format!("unix:{}", broker.socket().display());
+
+    let owner = broker.run(&["list"]);
+    assert!(owner.status.success(), "{owner:?}");
+    let granted = Client::new_as(&format!("users-named-{runtime}"), Some(named));
+    let out = granted.run(&at, &["list", "--broker-key", &broker.key]);
+    assert!(
+        out.status.success(),
+        "uid {named}: {out:?}\n{}",
+        broker.log_text()
+    );
+    let other = Client::new_as(&format!("users-unnamed-{runtime}"), Some(unnamed));
+    let out = other.run(&at, &["list", "--broker-key", &broker.key]);
+    assert!(!out.status.success(), "uid {unnamed} was let in");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("closed the connection"),
+        "uid {unnamed}: {said}"
+    );
+    let _ = std::fs::remove_dir_all(&policy_dir);
+}
+
+#[test]
+fn other_users_on_a_wider_socket_tokio() {
+    other_users_on_a_wider_socket("tokio");
+}
+
+#[test]
+fn other_users_on_a_wider_socket_smol() {
+    other_users_on_a_wider_socket("smol");
+}
+
+#[test]
+fn other_users_on_a_wider_socket_mio() {
+    other_users_on_a_wider_socket("mio");
+}

@@ -17,9 +17,13 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// A broker for a server on a real OS: its randomness (ephemeral keys,
 /// tokens) seeded from the OS, and socketpair ends passed over unix sockets
-/// (every runtime here can).
+/// (every runtime here can); unix peers told apart by user, the broker's
+/// own being the process's.
 pub fn new_broker(mut config: BrokerConfig) -> Broker {
     config.fd_passing = true;
+    config
+        .owner_uid
+        .get_or_insert_with(|| rustix::process::getuid().as_raw());
     let rng = ChaCha20Rng::from_rng(rand_core::OsRng).expect("the OS has randomness");
     Broker::new(config, Box::new(rng))
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
-use plugboard_core::broker::{ListenerId, Origin};
+use plugboard_core::broker::{Cred, ListenerId, Origin};
 
 use crate::activation::{Inherited, InheritedListener};
 use crate::Addr;
@@ -120,12 +120,15 @@ impl<U, T> Bound<U, T> {
     }
 
     /// Where a socket this (unix) listener accepted comes from: the peer's
-    /// uid, as `SO_PEERCRED` says (Linux).
+    /// user, as `SO_PEERCRED` says (Linux).
     pub fn unix_origin(&self, socket: &impl AsFd) -> Origin {
-        let uid = rustix::net::sockopt::socket_peercred(socket)
+        let cred = rustix::net::sockopt::socket_peercred(socket)
             .ok()
-            .map(|cred| cred.uid.as_raw());
-        Origin::unix(self.id, uid)
+            .map(|cred| Cred {
+                uid: cred.uid.as_raw(),
+                gid: cred.gid.as_raw(),
+            });
+        Origin::unix(self.id, cred)
     }
 
     /// Where a connection this (TCP) listener accepted from `peer` comes from.

@@ -157,33 +157,57 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// Another identity's home: `plugboard` there acts with its own key.
+/// Another identity's home: `plugboard` there acts with its own key (and,
+/// if `uid` is set, as that user).
 pub struct Client {
     pub home: PathBuf,
     /// Its key, `@….ed25519`.
     pub id: String,
+    uid: Option<u32>,
 }
 
 impl Client {
     pub fn new(name: &str) -> Client {
+        Client::new_as(name, None)
+    }
+
+    /// A client whose commands run as user (and group) `uid`: the test must
+    /// run as root.
+    pub fn new_as(name: &str, uid: Option<u32>) -> Client {
         let home = scratch(name);
-        let out = Command::new(BIN)
-            .arg("keygen")
-            .env("PLUGBOARD_HOME", &home)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-        Client { home, id }
+        if let Some(uid) = uid {
+            let owner = Some(rustix::fs::Uid::from_raw(uid));
+            let group = Some(rustix::fs::Gid::from_raw(uid));
+            rustix::fs::chown(&home, owner, group).unwrap();
+        }
+        let mut client = Client {
+            home,
+            id: String::new(),
+            uid,
+        };
+        let out = client.command().arg("keygen").output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        client.id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        client
+    }
+
+    fn command(&self) -> Command {
+        use std::os::unix::process::CommandExt as _;
+        let mut command = Command::new(BIN);
+        command
+            .env("PLUGBOARD_HOME", &self.home)
+            .env_remove("RUST_LOG");
+        if let Some(uid) = self.uid {
+            command.uid(uid).gid(uid);
+        }
+        command
     }
 
     /// `plugboard ARGS` against `broker` (an address, `tcp:…` or `unix:…`).
     pub fn run(&self, broker: &str, args: &[&str]) -> Output {
-        Command::new(BIN)
+        self.command()
             .args(args)
-            .env("PLUGBOARD_HOME", &self.home)
             .env("PLUGBOARD_BROKER", broker)
-            .env_remove("RUST_LOG")
             .output()
             .unwrap()
     }

@@ -34,6 +34,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections of one key.
     pub max_connections_per_key: usize,
+    /// Connections from one user's processes on unix sockets (keys cost
+    /// nothing to make; a uid does), handshakes included.
+    pub max_connections_per_uid: usize,
     /// Connections still in the handshake, per listener.
     pub max_handshaking: usize,
     /// ... of those, from one source address (an IPv4 address or an IPv6
@@ -68,6 +71,7 @@ impl Default for Limits {
             open_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             max_connections_per_key: 64,
+            max_connections_per_uid: 1024,
             max_handshaking: 256,
             max_handshaking_per_source: 16,
             handshakes_per_source_per_s: 20,

@@ -30,21 +30,27 @@ pub struct Origin {
 /// The other end of an accepted socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Peer {
-    /// A unix socket, and the peer's uid where the OS tells it.
-    Unix {
-        /// `SO_PEERCRED`'s uid.
-        uid: Option<u32>,
-    },
+    /// A unix socket, and the peer's user where the OS tells it.
+    Unix(Option<Cred>),
     /// A TCP connection from this address.
     Tcp(IpAddr),
 }
 
+/// The user of a unix socket's peer process, as `SO_PEERCRED` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cred {
+    /// Its user id.
+    pub uid: u32,
+    /// Its (primary) group id.
+    pub gid: u32,
+}
+
 impl Origin {
-    /// A unix socket accepted on `listener`, from `uid` if known.
-    pub fn unix(listener: ListenerId, uid: Option<u32>) -> Self {
+    /// A unix socket accepted on `listener`, from `cred`'s user if known.
+    pub fn unix(listener: ListenerId, cred: Option<Cred>) -> Self {
         Origin {
             listener,
-            peer: Peer::Unix { uid },
+            peer: Peer::Unix(cred),
         }
     }
 
@@ -56,10 +62,18 @@ impl Origin {
         }
     }
 
+    /// The peer's uid, on a unix socket where the OS tells it.
+    pub fn uid(&self) -> Option<u32> {
+        match self.peer {
+            Peer::Unix(cred) => cred.map(|c| c.uid),
+            Peer::Tcp(_) => None,
+        }
+    }
+
     /// Which transport it is.
     pub fn transport(&self) -> TransportKind {
         match self.peer {
-            Peer::Unix { .. } => TransportKind::Unix,
+            Peer::Unix(_) => TransportKind::Unix,
             Peer::Tcp(_) => TransportKind::Tcp,
         }
     }
@@ -67,8 +81,8 @@ impl Origin {
     /// Who it is, for a log line.
     pub fn describe(&self) -> String {
         match self.peer {
-            Peer::Unix { uid: Some(uid) } => format!("uid {uid} on listener {}", self.listener),
-            Peer::Unix { uid: None } => format!("a unix peer on listener {}", self.listener),
+            Peer::Unix(Some(cred)) => format!("uid {} on listener {}", cred.uid, self.listener),
+            Peer::Unix(None) => format!("a unix peer on listener {}", self.listener),
             Peer::Tcp(ip) => format!("{ip} on listener {}", self.listener),
         }
     }
@@ -78,7 +92,7 @@ impl Origin {
     fn source(&self) -> Option<Source> {
         match self.peer {
             Peer::Tcp(ip) => Some(Source::from(ip)),
-            Peer::Unix { .. } => None,
+            Peer::Unix(_) => None,
         }
     }
 }
@@ -297,13 +311,31 @@ mod tests {
         );
         // Local peers share their own listener's places, however many.
         for _ in 0..32 {
-            door.admit(Instant::ZERO, &Origin::unix(0, Some(1000)))
-                .unwrap();
+            door.admit(
+                Instant::ZERO,
+                &Origin::unix(
+                    0,
+                    Some(Cred {
+                        uid: 1000,
+                        gid: 1000,
+                    }),
+                ),
+            )
+            .unwrap();
         }
         assert_eq!(
-            door.admit(Instant::ZERO, &Origin::unix(0, Some(1000)))
-                .unwrap_err()
-                .0,
+            door.admit(
+                Instant::ZERO,
+                &Origin::unix(
+                    0,
+                    Some(Cred {
+                        uid: 1000,
+                        gid: 1000
+                    })
+                )
+            )
+            .unwrap_err()
+            .0,
             DoorRefusal::ListenerFull(32)
         );
     }

@@ -24,7 +24,7 @@ use bytes::{Bytes, BytesMut};
 use rand_core::CryptoRngCore;
 
 pub use config::Limits;
-pub use door::{DoorRefusal, ListenerId, Origin, Peer};
+pub use door::{Cred, DoorRefusal, ListenerId, Origin, Peer};
 pub use policy::{Permissions, Policy};
 
 use crate::control::{ChannelId, ErrorCode, Message, RequestId, TransportKind};
@@ -56,6 +56,11 @@ pub struct BrokerConfig {
     pub fd_passing: bool,
     /// Use box-stream on unix sockets too.
     pub boxstream_on_unix: bool,
+    /// The broker's own user: unix peers of that uid get the policy's
+    /// `[unix]` rights, others only what a `[[user]]` entry grants. `None`
+    /// (a simulation, an embedding that cannot tell users apart): every
+    /// unix peer is the broker's user.
+    pub owner_uid: Option<u32>,
 }
 
 impl BrokerConfig {
@@ -71,6 +76,7 @@ impl BrokerConfig {
             policy: Policy::default(),
             fd_passing: false,
             boxstream_on_unix: false,
+            owner_uid: None,
         }
     }
 }
@@ -168,6 +174,14 @@ pub enum AcceptError {
     /// `max_connections` reached.
     #[error("the broker holds as many connections as it may")]
     TooManyConnections,
+    /// `max_connections_per_uid` reached by the peer's user.
+    #[error("uid {uid} already has {limit} connections, the most one user may")]
+    TooManyForUser {
+        /// The user.
+        uid: u32,
+        /// The limit.
+        limit: usize,
+    },
     /// A handshake budget: the listener's, its source's share, or its
     /// source's rate.
     #[error(transparent)]
@@ -228,6 +242,8 @@ pub struct Broker {
     conns: BTreeMap<ConnId, Connection>,
     next_conn: ConnId,
     door: Door,
+    /// Connections by unix user.
+    by_uid: HashMap<u32, usize>,
     usage: HashMap<PublicKey, KeyUsage>,
     registry: Registry,
     watchers: BTreeSet<ConnId>,
@@ -265,6 +281,7 @@ impl Broker {
             conns: BTreeMap::new(),
             next_conn: 1,
             door,
+            by_uid: HashMap::new(),
             usage: HashMap::new(),
             registry: Registry::default(),
             watchers: BTreeSet::new(),
@@ -297,8 +314,17 @@ impl Broker {
     pub fn accept(&mut self, now: Instant, origin: Origin) -> Result<ConnId, AcceptError> {
         let conn = self.next_conn;
         self.next_conn += 1;
-        let admitted = if self.conns.len() >= self.config.limits.max_connections {
+        let limits = &self.config.limits;
+        let of_user = origin
+            .uid()
+            .map(|uid| (uid, self.by_uid.get(&uid).copied().unwrap_or(0)));
+        let admitted = if self.conns.len() >= limits.max_connections {
             Err((AcceptError::TooManyConnections, self.door.refused(now)))
+        } else if let Some((uid, _)) = of_user.filter(|(_, n)| *n >= limits.max_connections_per_uid)
+        {
+            let limit = limits.max_connections_per_uid;
+            let error = AcceptError::TooManyForUser { uid, limit };
+            Err((error, self.door.refused(now)))
         } else {
             self.door
                 .admit(now, &origin)
@@ -317,6 +343,9 @@ impl Broker {
         if let Some(refused) = self.door.admitted(now) {
             let reason = format!("admitting connections again, {refused} refused");
             self.warn(conn, None, reason);
+        }
+        if let Some(uid) = origin.uid() {
+            *self.by_uid.entry(uid).or_insert(0) += 1;
         }
         let limits = &self.config.limits;
         let handshake = ServerHandshake::new(self.config.handshake.clone(), &mut self.rng, now);
@@ -454,6 +483,11 @@ impl Broker {
     /// Connections held, in any stage.
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Connections from `uid`'s processes, handshakes included.
+    pub fn uid_connections(&self, uid: u32) -> usize {
+        self.by_uid.get(&uid).copied().unwrap_or(0)
     }
 
     /// Whether `conn` is still held.
@@ -624,8 +658,12 @@ impl Broker {
     /// The policy and the per-key limit decide on a key that completed the handshake.
     fn admit(&mut self, conn: ConnId, key: PublicKey) -> Result<(), (ErrorCode, String)> {
         let c = &self.conns[&conn];
-        let Some(rights) = self.config.policy.rights(&key, c.transport, &self.owner) else {
-            let reason = format!("{key} is not admitted over {:?}", c.transport);
+        let rights =
+            self.config
+                .policy
+                .rights(&key, &c.origin.peer, &self.owner, self.config.owner_uid);
+        let Some(rights) = rights else {
+            let reason = format!("{key} is not admitted from {}", c.origin.describe());
             return Err((ErrorCode::NotPermitted, reason));
         };
         let usage = self.usage.entry(key).or_default();
@@ -928,6 +966,13 @@ impl Broker {
         }
         if matches!(c.stage, Stage::Handshake(_)) {
             self.door.release(&c.origin);
+        }
+        if let Some(uid) = c.origin.uid() {
+            let n = self.by_uid.get_mut(&uid).expect("counted at accept");
+            *n -= 1;
+            if *n == 0 {
+                self.by_uid.remove(&uid);
+            }
         }
         self.watchers.remove(&conn);
 

@@ -11,6 +11,17 @@
 //! watch = true
 //! stats = false
 //!
+//! # Other users' processes, on a unix socket wider than 0600: by uid, or
+//! # by (primary) group. Without an entry, only the broker's own user is
+//! # admitted on a unix socket, with the [unix] rights above.
+//! [[user]]
+//! uid = 1001
+//! open = ["indexer"]
+//!
+//! [[user]]
+//! gid = 100
+//! list = true
+//!
 //! # Keys named here get exactly these rights, on any transport. Over TCP,
 //! # only keys named here are admitted at all.
 //! [[key]]
@@ -29,8 +40,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::control::{Name, TransportKind};
+use crate::control::Name;
 use crate::keys::PublicKey;
+
+use super::door::{Cred, Peer};
 
 /// Rights of one key (or of every unix peer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,12 +144,79 @@ impl KeyGrant {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
-    /// Rights of unix-socket peers not named in `key`.
+    /// Rights of the broker's own user's processes on a unix socket (keys
+    /// named in `key` aside).
     #[serde(default = "unix_default")]
     pub unix: Permissions,
+    /// Other users on a unix socket, by uid or group.
+    #[serde(default, rename = "user")]
+    pub users: Vec<UserGrant>,
     /// Named keys.
     #[serde(default, rename = "key")]
     pub keys: Vec<KeyGrant>,
+}
+
+/// Rights of another user's processes on a unix socket: those of the
+/// processes whose uid is `uid`, or whose primary group is `gid` (one of
+/// the two), with the rest of the entry a [`Permissions`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserGrant {
+    /// Whom it names.
+    pub who: User,
+    /// What they may do.
+    pub rights: Permissions,
+}
+
+/// A user, or a group of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum User {
+    /// `uid = N`.
+    Uid(u32),
+    /// `gid = N`.
+    Gid(u32),
+}
+
+impl User {
+    fn matches(&self, cred: &Cred) -> bool {
+        match *self {
+            User::Uid(uid) => cred.uid == uid,
+            User::Gid(gid) => cred.gid == gid,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for UserGrant {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut table = toml::Table::deserialize(d)?;
+        let mut id = |field: &str| -> Result<Option<u32>, D::Error> {
+            table
+                .remove(field)
+                .map(|v| v.try_into::<u32>().map_err(D::Error::custom))
+                .transpose()
+        };
+        let who = match (id("uid")?, id("gid")?) {
+            (Some(uid), None) => User::Uid(uid),
+            (None, Some(gid)) => User::Gid(gid),
+            _ => return Err(D::Error::custom("a [[user]] names one `uid` or one `gid`")),
+        };
+        let rights =
+            Permissions::deserialize(toml::Value::Table(table)).map_err(D::Error::custom)?;
+        Ok(UserGrant { who, rights })
+    }
+}
+
+impl Serialize for UserGrant {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error as _;
+        let mut table = toml::Table::try_from(&self.rights).map_err(S::Error::custom)?;
+        let (field, id) = match self.who {
+            User::Uid(uid) => ("uid", uid),
+            User::Gid(gid) => ("gid", gid),
+        };
+        table.insert(field.into(), toml::Value::Integer(i64::from(id)));
+        table.serialize(s)
+    }
 }
 
 fn unix_default() -> Permissions {
@@ -151,6 +231,7 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             unix: unix_default(),
+            users: Vec::new(),
             keys: Vec::new(),
         }
     }
@@ -186,16 +267,26 @@ impl Policy {
                 )));
             }
         }
+        for (i, grant) in self.users.iter().enumerate() {
+            if self.users[..i].iter().any(|g| g.who == grant.who) {
+                return Err(PolicyError(format!(
+                    "[[user]] {:?} is named twice; give it one entry",
+                    grant.who
+                )));
+            }
+        }
         Ok(())
     }
 
-    /// The rights of `key` on `transport`; `None` means it is not admitted.
-    /// `owner` is the broker's own key.
+    /// The rights of `key` from `peer`; `None` means it is not admitted.
+    /// `owner` is the broker's own key, `owner_uid` its user (`None` when
+    /// the broker cannot tell users apart: every unix peer is its user).
     pub fn rights(
         &self,
         key: &PublicKey,
-        transport: TransportKind,
+        peer: &Peer,
         owner: &PublicKey,
+        owner_uid: Option<u32>,
     ) -> Option<Permissions> {
         if key == owner {
             return Some(Permissions::all());
@@ -203,9 +294,17 @@ impl Policy {
         if let Some(grant) = self.keys.iter().find(|g| &g.id == key) {
             return Some(grant.permissions());
         }
-        match transport {
-            TransportKind::Unix => Some(self.unix.clone()),
-            TransportKind::Tcp => None,
+        match (peer, owner_uid) {
+            (Peer::Tcp(_), _) => None,
+            (Peer::Unix(_), None) => Some(self.unix.clone()),
+            (Peer::Unix(Some(cred)), Some(uid)) if cred.uid == uid => Some(self.unix.clone()),
+            (Peer::Unix(Some(cred)), Some(_)) => self
+                .users
+                .iter()
+                .find(|g| g.who.matches(cred))
+                .map(|g| g.rights.clone()),
+            // The OS did not say who it is: not the broker's user for sure.
+            (Peer::Unix(None), Some(_)) => None,
         }
     }
 }
@@ -305,14 +404,75 @@ mod tests {
         let policy = Policy::default();
         let owner = Keypair::from_seed([1; 32]).public();
         let other = Keypair::from_seed([2; 32]).public();
-        let unix = policy.rights(&other, TransportKind::Unix, &owner).unwrap();
+        let unix = policy
+            .rights(&other, &local(1000), &owner, Some(1000))
+            .unwrap();
         assert!(unix.list && unix.watch && !unix.stats);
         assert!(any_matches(&unix.register, &name("x")));
-        assert_eq!(policy.rights(&other, TransportKind::Tcp, &owner), None);
+        assert_eq!(policy.rights(&other, &tcp(), &owner, Some(1000)), None);
         assert_eq!(
-            policy.rights(&owner, TransportKind::Tcp, &owner),
+            policy.rights(&owner, &tcp(), &owner, Some(1000)),
             Some(Permissions::all())
         );
+        // Another user, or one the OS did not name, is not the broker's.
+        assert_eq!(
+            policy.rights(&other, &local(1001), &owner, Some(1000)),
+            None
+        );
+        assert_eq!(
+            policy.rights(&other, &Peer::Unix(None), &owner, Some(1000)),
+            None
+        );
+        // A broker that cannot tell users apart takes every local peer for its own.
+        assert!(policy.rights(&other, &local(1001), &owner, None).is_some());
+    }
+
+    fn local(uid: u32) -> Peer {
+        Peer::Unix(Some(Cred {
+            uid,
+            gid: 100 + uid,
+        }))
+    }
+
+    fn tcp() -> Peer {
+        Peer::Tcp("192.0.2.1".parse().unwrap())
+    }
+
+    #[test]
+    fn other_users_get_what_their_uid_or_group_is_granted() {
+        let owner = Keypair::from_seed([1; 32]).public();
+        let other = Keypair::from_seed([2; 32]).public();
+        let policy = Policy::from_toml(
+            "[[user]]\nuid = 1001\nopen = [\"indexer\"]\n\n[[user]]\ngid = 1102\nlist = true\n",
+        )
+        .unwrap();
+        policy.check(&owner).unwrap();
+        let by_uid = policy
+            .rights(&other, &local(1001), &owner, Some(1000))
+            .unwrap();
+        assert!(any_matches(&by_uid.open, &name("indexer")) && !by_uid.list);
+        let by_group = policy
+            .rights(&other, &local(1002), &owner, Some(1000))
+            .unwrap();
+        assert!(by_group.list && by_group.open.is_empty());
+        assert_eq!(
+            policy.rights(&other, &local(1003), &owner, Some(1000)),
+            None
+        );
+        // Written back, it reads the same.
+        let again = Policy::from_toml(&toml::to_string(&policy).unwrap()).unwrap();
+        assert_eq!(again, policy);
+        // Entries that name nobody, both, or one twice, or say too much.
+        for bad in [
+            "[[user]]\nlist = true\n",
+            "[[user]]\nuid = 1\ngid = 1\n",
+            "[[user]]\nuid = -1\n",
+            "[[user]]\nuid = 1\nfly = true\n",
+        ] {
+            assert!(Policy::from_toml(bad).is_err(), "{bad}");
+        }
+        let twice = Policy::from_toml("[[user]]\nuid = 7\n[[user]]\nuid = 7\n").unwrap();
+        assert!(twice.check(&owner).is_err());
     }
 
     #[test]
@@ -357,7 +517,7 @@ mod tests {
             }
         );
         let owner = Keypair::from_seed([1; 32]).public();
-        let rights = policy.rights(&key, TransportKind::Tcp, &owner).unwrap();
+        let rights = policy.rights(&key, &tcp(), &owner, Some(1000)).unwrap();
         assert!(rights.stats && !rights.list);
         assert!(any_matches(&rights.register, &name("indexer")));
         assert!(!any_matches(&rights.register, &name("indexer2")));

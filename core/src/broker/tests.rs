@@ -1456,3 +1456,98 @@ fn peer_text_cannot_forge_a_log_line() {
         "only control characters change"
     );
 }
+
+fn from_user(uid: u32) -> Origin {
+    Origin::unix(0, Some(Cred { uid, gid: uid }))
+}
+
+/// Keys cost nothing to make; a uid does: one user's processes, with a
+/// fresh key each, stop at the per-uid limit, and another user still gets in.
+#[test]
+fn one_user_with_many_keys_stops_at_its_limit() {
+    let mut net = Net::new(21, Chaos::default(), |c| {
+        c.limits.max_connections_per_uid = 3;
+        c.owner_uid = Some(1000);
+        c.policy = Policy::from_toml("[[user]]\nuid = 1001\nlist = true\n").unwrap();
+    });
+    let mut mine = Vec::new();
+    for seed in 1..=3 {
+        mine.push(
+            net.connect_from(keypair(seed), from_user(1001), |_| {})
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        net.broker.accept(net.now, from_user(1001)),
+        Err(AcceptError::TooManyForUser {
+            uid: 1001,
+            limit: 3
+        })
+    );
+    let owner = net
+        .connect_from(keypair(9), from_user(1000), |_| {})
+        .unwrap();
+    net.run();
+    for id in mine.iter().copied().chain([owner]) {
+        assert!(
+            matches!(net.events(id).first(), Some(SessionEvent::Ready { .. })),
+            "node {id} is not ready"
+        );
+    }
+    assert_eq!(net.broker.uid_connections(1001), 3);
+    net.kill(mine[0]);
+    net.run();
+    assert_eq!(net.broker.uid_connections(1001), 2);
+    assert!(net
+        .connect_from(keypair(4), from_user(1001), |_| {})
+        .is_some());
+    let refusals: Vec<_> = net.log.iter().filter(|l| l.warning).collect();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert!(refusals[0].message.contains("uid 1001"), "{refusals:?}");
+}
+
+/// On a socket other users can reach, only the broker's own user has the
+/// `[unix]` rights; another gets what its `[[user]]` entry grants, and one
+/// with no entry is refused in the handshake.
+#[test]
+fn other_users_get_only_what_the_policy_names() {
+    let mut net = Net::new(22, Chaos::default(), |c| {
+        c.owner_uid = Some(1000);
+        c.policy = Policy::from_toml("[[user]]\nuid = 1001\nopen = [\"svc\"]\n").unwrap();
+    });
+    let owner = net
+        .connect_from(keypair(1), from_user(1000), |_| {})
+        .unwrap();
+    let granted = net
+        .connect_from(keypair(2), from_user(1001), |_| {})
+        .unwrap();
+    let stranger = net
+        .connect_from(keypair(3), from_user(1002), |_| {})
+        .unwrap();
+    net.run();
+    assert!(matches!(
+        net.events(owner).first(),
+        Some(SessionEvent::Ready { .. })
+    ));
+    assert!(matches!(
+        net.events(granted).first(),
+        Some(SessionEvent::Ready { .. })
+    ));
+    assert!(net.node(stranger).session.is_closed());
+    assert!(
+        net.log
+            .iter()
+            .any(|l| l.code == Some(ErrorCode::NotPermitted) && l.message.contains("uid 1002")),
+        "{:?}",
+        net.log
+    );
+    assert!(matches!(
+        register(&mut net, owner, "svc", false),
+        SessionEvent::Registered { .. }
+    ));
+    assert_eq!(
+        failed_code(&register(&mut net, granted, "mine", false)),
+        ErrorCode::NotPermitted
+    );
+    open_and_accept(&mut net, granted, owner, "svc");
+}

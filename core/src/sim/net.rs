@@ -8,7 +8,7 @@ use bytes::Bytes;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-use crate::broker::{Broker, BrokerConfig, ConnId, Event, LogEntry, Origin};
+use crate::broker::{Broker, BrokerConfig, ConnId, Cred, Event, LogEntry, Origin};
 use crate::control::TransportKind;
 use crate::keys::{Keypair, PublicKey};
 use crate::session::{Session, SessionConfig, SessionEvent};
@@ -106,7 +106,13 @@ impl Net {
     ) -> Option<NodeId> {
         // Each node a host of its own on TCP; on unix, the broker's user.
         let origin = match transport {
-            TransportKind::Unix => Origin::unix(0, Some(1000)),
+            TransportKind::Unix => Origin::unix(
+                0,
+                Some(Cred {
+                    uid: 1000,
+                    gid: 1000,
+                }),
+            ),
             TransportKind::Tcp => {
                 let host = 0x0a00_0000 | (self.next_node as u32 & 0x00ff_ffff);
                 Origin::tcp(1, std::net::Ipv4Addr::from(host).into())
