@@ -348,7 +348,7 @@ async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure
     if let Some(n) = args.max_connections_per_key {
         config.limits.max_connections_per_key = n;
     }
-    raise_file_limit(config.limits.max_connections);
+    raise_file_limit(config.limits.max_connections + config.limits.max_descriptors);
 
     // Inherited listeners come in addition to --listen; the default socket
     // only when there are neither.
@@ -448,10 +448,11 @@ async fn shutdown_signal() {
     }
 }
 
-/// Enough descriptors for the connection limit (each is one socket).
-fn raise_file_limit(connections: usize) {
+/// Raises the open-file limit to `descriptors` (a socket per connection,
+/// and the socketpair ends in flight) and some headroom.
+fn raise_file_limit(descriptors: usize) {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let wanted = connections as u64 + 64;
+    let wanted = descriptors as u64 + 64;
     let limit = getrlimit(Resource::Nofile);
     let current = limit.current.unwrap_or(u64::MAX);
     if current >= wanted {
@@ -464,7 +465,7 @@ fn raise_file_limit(connections: usize) {
     };
     match setrlimit(Resource::Nofile, raised) {
         Ok(()) if target >= wanted => {}
-        Ok(()) => tracing::warn!("open-file limit raised to {target}, short of the {wanted} that {connections} connections need"),
+        Ok(()) => tracing::warn!("open-file limit raised to {target}, short of the {wanted} that the limits need (max_connections + max_descriptors + 64)"),
         Err(e) => tracing::warn!("could not raise the open-file limit to {wanted}: {e}"),
     }
 }

@@ -49,6 +49,12 @@ pub struct Limits {
     pub max_channels_per_key: usize,
     /// Opens one key may have unanswered.
     pub max_pending_opens_per_key: usize,
+    /// Socketpair ends one key may have on their way to its connections
+    /// (not yet sent: its connection is not reading); beyond it, channels
+    /// are relayed instead.
+    pub max_descriptors_per_key: usize,
+    /// ... and the broker in all.
+    pub max_descriptors: usize,
     /// Largest frame payload accepted.
     pub max_frame: u32,
     /// Credit each direction of a channel starts with.
@@ -77,6 +83,8 @@ impl Default for Limits {
             handshakes_per_source_per_s: 20,
             max_channels_per_key: 4096,
             max_pending_opens_per_key: 64,
+            max_descriptors_per_key: 64,
+            max_descriptors: 1024,
             max_frame: DEFAULT_MAX_FRAME,
             initial_window: 256 * 1024,
             max_window: 16 * 1024 * 1024,

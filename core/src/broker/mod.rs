@@ -13,6 +13,7 @@ mod config;
 mod connection;
 mod control;
 mod door;
+mod fds;
 pub mod policy;
 pub mod registry;
 mod relay;
@@ -25,6 +26,7 @@ use rand_core::CryptoRngCore;
 
 pub use config::Limits;
 pub use door::{Cred, DoorRefusal, ListenerId, Origin, Peer};
+pub use fds::FdRefusal;
 pub use policy::{Permissions, Policy};
 
 use crate::control::{ChannelId, ErrorCode, Message, RequestId, TransportKind};
@@ -35,6 +37,7 @@ use crate::time::Instant;
 use crate::wire::{Wire, WireError};
 use connection::{Connection, Stage};
 use door::Door;
+use fds::FdBudget;
 use registry::Registry;
 
 /// A connection, as the broker names it. Never reused.
@@ -253,6 +256,8 @@ pub struct Broker {
     /// Accepted opens waiting for the runtime's socketpair, by pair.
     pairs: BTreeMap<PairId, (ConnId, ChannelId, PendingOpen)>,
     next_pair: PairId,
+    /// Socketpair ends from the request until each is sent.
+    fds: FdBudget,
     timers: BTreeSet<(Instant, Timer)>,
     events: VecDeque<Event>,
     /// Connections that did not read what they asked for: closed at the
@@ -274,6 +279,7 @@ impl Broker {
         limits.max_window = limits.max_window.max(limits.initial_window);
         limits.max_frame = limits.max_frame.max(1024);
         let door = Door::new(limits);
+        let fds = FdBudget::new(limits.max_descriptors_per_key, limits.max_descriptors);
         Broker {
             owner: config.handshake.keypair.public(),
             config,
@@ -289,6 +295,7 @@ impl Broker {
             pending: BTreeMap::new(),
             pairs: BTreeMap::new(),
             next_pair: 1,
+            fds,
             timers: BTreeSet::new(),
             events: VecDeque::new(),
             slow: Vec::new(),
@@ -409,9 +416,14 @@ impl Broker {
                 .handshake_tail
                 .take()
                 .map(|data| Transmit { data, fd: None }),
-            (_, Some(wire)) => wire.poll_transmit().map(|(data, tag)| Transmit {
-                data,
-                fd: tag.map(relay::decode_pair_tag),
+            (_, Some(wire)) => wire.poll_transmit().map(|(data, tag)| {
+                let fd = tag.map(relay::decode_pair_tag);
+                if let Some((pair, end)) = fd {
+                    // The end is the runtime's to send now (at most a batch
+                    // of them wait in its queue).
+                    self.fds.release(pair, end);
+                }
+                Transmit { data, fd }
             }),
             (_, None) => None,
         };
@@ -488,6 +500,11 @@ impl Broker {
     /// Connections from `uid`'s processes, handshakes included.
     pub fn uid_connections(&self, uid: u32) -> usize {
         self.by_uid.get(&uid).copied().unwrap_or(0)
+    }
+
+    /// Socketpair ends not yet sent: charged to `key`, or `None` for all.
+    pub fn descriptors_in_flight(&self, key: Option<&PublicKey>) -> usize {
+        key.map_or(self.fds.held(), |key| self.fds.held_by(key))
     }
 
     /// Whether `conn` is still held.
@@ -996,6 +1013,7 @@ impl Broker {
             self.cancel_open_by_target(conn, channel);
         }
         self.cancel_pairs_of(conn);
+        self.fds.release_conn(conn);
 
         if let Some(key) = c.key {
             if let Some(usage) = self.usage.get_mut(&key) {

@@ -316,6 +316,18 @@ impl Broker {
             let pair = self.next_pair;
             self.next_pair += 1;
             let opener = open.opener;
+            let ends = ((opener, open.opener_key), (conn, open.target_key));
+            if let Err(refusal) = self.fds.reserve(pair, ends.0, ends.1) {
+                // Relayed instead: the channel works all the same.
+                let key = Some(open.opener_key);
+                self.log(
+                    opener,
+                    key,
+                    None,
+                    format!("relaying, not a socketpair: {refusal}"),
+                );
+                return self.establish((conn, channel), open, true);
+            }
             self.pairs.insert(pair, (conn, channel, open));
             self.events.push_back(super::Event::CreateSocketPair {
                 pair,
@@ -438,6 +450,7 @@ impl Broker {
             return false; // one side left meanwhile; the runtime closes both ends
         };
         if !ok {
+            self.fds.release_pair(pair);
             self.establish((target, channel), open, true);
             return false;
         }
@@ -491,6 +504,7 @@ impl Broker {
             .collect();
         for pair in gone {
             let (target, channel, open) = self.pairs.remove(&pair).expect("listed");
+            self.fds.release_pair(pair);
             if target == conn {
                 self.forget_channel(open.opener, open.opener_channel);
                 let message = format!("{} went away", open.target_key);
@@ -665,6 +679,7 @@ impl Broker {
             }
         } else if let Some(pair) = pair {
             let (target, target_channel, open) = self.pairs.remove(&pair).expect("found");
+            self.fds.release_pair(pair);
             if target == conn {
                 self.forget_channel(open.opener, open.opener_channel);
                 let message = format!("reset before its path was set: {reason}");

@@ -1551,3 +1551,51 @@ fn other_users_get_only_what_the_policy_names() {
     );
     open_and_accept(&mut net, granted, owner, "svc");
 }
+
+/// A connection that does not read keeps every socketpair end meant for it
+/// open in the broker: its key may have only so many in flight; channels
+/// beyond are relayed (and work), and the ends are free once it reads.
+#[test]
+fn socketpair_ends_for_a_connection_that_does_not_read_are_bounded() {
+    let mut net = Net::new(23, Chaos::default(), |c| {
+        c.fd_passing = true;
+        c.limits.max_descriptors_per_key = 4;
+    });
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "direct", false);
+    net.node(a).slow = true;
+    let mut paths = Vec::new();
+    for _ in 0..10 {
+        let now = net.now;
+        net.node(a)
+            .session
+            .open(now, name("direct"), "p", Bytes::new(), true)
+            .unwrap();
+        let SessionEvent::Incoming { channel, .. } = one_event(&mut net, b) else {
+            panic!("an incoming open")
+        };
+        let now = net.now;
+        net.node(b).session.accept(now, channel).unwrap();
+        match one_event(&mut net, b) {
+            SessionEvent::ChannelPath { path, .. } => paths.push(path),
+            other => panic!("expected the channel's path, got {other:?}"),
+        }
+    }
+    let pairs = paths
+        .iter()
+        .filter(|p| **p == ChannelPath::SocketPair)
+        .count();
+    assert_eq!((pairs, paths.len() - pairs), (4, 6), "{paths:?}");
+    let a_key = keypair(1).public();
+    assert_eq!(net.broker.descriptors_in_flight(Some(&a_key)), 4);
+    assert_eq!(net.broker.descriptors_in_flight(None), 4);
+    assert!(net
+        .log
+        .iter()
+        .any(|l| l.message.contains("relaying, not a socketpair")));
+    // It reads: its ends ride out, and the budget is whole again.
+    net.node(a).slow = false;
+    net.run();
+    assert_eq!(net.broker.descriptors_in_flight(None), 0);
+}
