@@ -58,6 +58,13 @@ fuzz_target!(|ops: Vec<Op>| {
         c.limits.initial_window = 4096;
         c.limits.max_window = 16 * 1024;
         c.fd_passing = true;
+        // Budgets small enough that a short run meets each of them.
+        c.limits.max_handshaking_per_source = 2;
+        c.limits.handshakes_per_source_per_s = 4;
+        c.limits.max_descriptors_per_key = 2;
+        c.limits.max_descriptors = 5;
+        c.limits.max_channels_between_keys = 3;
+        c.limits.max_connections_per_uid = 6;
     });
     let mut raw = Vec::new();
     for op in ops.into_iter().take(200) {
@@ -188,9 +195,10 @@ fuzz_target!(|ops: Vec<Op>| {
             b.route_count(),
             b.pending_open_count(),
             b.timer_count(),
-            b.key_count()
+            b.key_count(),
+            b.other_accounts()
         ),
-        (0, 0, 0, 0)
+        (0, 0, 0, 0, 0)
     );
     assert!(b.registry().is_empty());
 });

@@ -47,6 +47,10 @@ pub struct Limits {
     pub handshakes_per_source_per_s: u32,
     /// Channels one key may hold (relayed, or waiting to be answered), over all its connections.
     pub max_channels_per_key: usize,
+    /// Channels (relayed, or waiting to be answered or for a socketpair)
+    /// between any two keys, whoever opened them: the share of another
+    /// key's channels one key may hold.
+    pub max_channels_between_keys: usize,
     /// Opens one key may have unanswered.
     pub max_pending_opens_per_key: usize,
     /// Socketpair ends one key may have on their way to its connections
@@ -82,6 +86,7 @@ impl Default for Limits {
             max_handshaking_per_source: 16,
             handshakes_per_source_per_s: 20,
             max_channels_per_key: 4096,
+            max_channels_between_keys: 1024,
             max_pending_opens_per_key: 64,
             max_descriptors_per_key: 64,
             max_descriptors: 1024,

@@ -17,6 +17,7 @@ mod fds;
 pub mod policy;
 pub mod registry;
 mod relay;
+mod share;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -39,6 +40,7 @@ use connection::{Connection, Stage};
 use door::Door;
 use fds::FdBudget;
 use registry::Registry;
+use share::Shares;
 
 /// A connection, as the broker names it. Never reused.
 pub type ConnId = u64;
@@ -258,6 +260,8 @@ pub struct Broker {
     next_pair: PairId,
     /// Socketpair ends from the request until each is sent.
     fds: FdBudget,
+    /// Channels between each two keys.
+    shares: Shares,
     timers: BTreeSet<(Instant, Timer)>,
     events: VecDeque<Event>,
     /// Connections that did not read what they asked for: closed at the
@@ -296,6 +300,7 @@ impl Broker {
             pairs: BTreeMap::new(),
             next_pair: 1,
             fds,
+            shares: Shares::default(),
             timers: BTreeSet::new(),
             events: VecDeque::new(),
             slow: Vec::new(),
@@ -502,6 +507,12 @@ impl Broker {
         self.by_uid.get(&uid).copied().unwrap_or(0)
     }
 
+    /// Channels between two keys (relayed, or waiting for an answer or a
+    /// socketpair), whoever opened them.
+    pub fn channels_between(&self, a: PublicKey, b: PublicKey) -> usize {
+        self.shares.between(a, b)
+    }
+
     /// Socketpair ends not yet sent: charged to `key`, or `None` for all.
     pub fn descriptors_in_flight(&self, key: Option<&PublicKey>) -> usize {
         key.map_or(self.fds.held(), |key| self.fds.held_by(key))
@@ -545,6 +556,13 @@ impl Broker {
     /// Keys with anything accounted to them.
     pub fn key_count(&self) -> usize {
         self.usage.len()
+    }
+
+    /// Entries in the other budgets' books: pairs of keys with channels
+    /// between them, socketpair ends in flight, users with connections,
+    /// handshakes at the door. Zero once everyone has left.
+    pub fn other_accounts(&self) -> usize {
+        self.shares.len() + self.fds.held() + self.by_uid.len() + self.door.held()
     }
 
     /// Every key with what is accounted to it.

@@ -160,6 +160,13 @@ impl Broker {
             let message = format!("{name} holds as many channels as it may");
             return self.refuse_open(conn, channel, request, ErrorCode::TooManyChannels, message);
         }
+        let between = self.shares.between(key, target.key);
+        if between >= limits.max_channels_between_keys {
+            let message = format!(
+                "{key} holds {between} channels with {name}, the most one key may hold with another"
+            );
+            return self.refuse_open(conn, channel, request, ErrorCode::TooManyChannels, message);
+        }
 
         let plan = self.plan(conn, target.conn, direct);
         let incoming = Message::Incoming {
@@ -234,6 +241,7 @@ impl Broker {
             .insert(end);
         self.usage.entry(key).or_default().pending_opens += 1;
         self.usage.entry(target.key).or_default().pending_incoming += 1;
+        self.shares.add(key, target.key);
     }
 
     /// How a channel between these two can go.
@@ -283,6 +291,7 @@ impl Broker {
         if let Some(target) = self.conns.get_mut(&end.0) {
             target.opens_in.remove(&end.1);
         }
+        self.shares.remove(open.opener_key, open.target_key);
         for (key, incoming) in [(open.opener_key, false), (open.target_key, true)] {
             let usage = self.usage.entry(key).or_default();
             match incoming {
@@ -328,6 +337,7 @@ impl Broker {
                 );
                 return self.establish((conn, channel), open, true);
             }
+            self.shares.add(open.opener_key, open.target_key);
             self.pairs.insert(pair, (conn, channel, open));
             self.events.push_back(super::Event::CreateSocketPair {
                 pair,
@@ -345,6 +355,7 @@ impl Broker {
         let opener_end = (open.opener, open.opener_channel);
         self.routes
             .link((opener_end, open.opener_key), (target_end, open.target_key));
+        self.shares.add(open.opener_key, open.target_key);
         for (end, key) in [(opener_end, open.opener_key), (target_end, open.target_key)] {
             if let Some(c) = self.conns.get_mut(&end.0) {
                 c.routes.insert(end.1);
@@ -449,6 +460,7 @@ impl Broker {
         let Some((target, channel, open)) = self.pairs.remove(&pair) else {
             return false; // one side left meanwhile; the runtime closes both ends
         };
+        self.shares.remove(open.opener_key, open.target_key);
         if !ok {
             self.fds.release_pair(pair);
             self.establish((target, channel), open, true);
@@ -505,6 +517,7 @@ impl Broker {
         for pair in gone {
             let (target, channel, open) = self.pairs.remove(&pair).expect("listed");
             self.fds.release_pair(pair);
+            self.shares.remove(open.opener_key, open.target_key);
             if target == conn {
                 self.forget_channel(open.opener, open.opener_channel);
                 let message = format!("{} went away", open.target_key);
@@ -540,6 +553,7 @@ impl Broker {
                 c.credit_waiting.remove(&channel);
             }
         }
+        self.shares.remove(unlinked.keys[0], unlinked.keys[1]);
         for key in unlinked.keys {
             if let Some(usage) = self.usage.get_mut(&key) {
                 usage.channels -= 1;
@@ -680,6 +694,7 @@ impl Broker {
         } else if let Some(pair) = pair {
             let (target, target_channel, open) = self.pairs.remove(&pair).expect("found");
             self.fds.release_pair(pair);
+            self.shares.remove(open.opener_key, open.target_key);
             if target == conn {
                 self.forget_channel(open.opener, open.opener_channel);
                 let message = format!("reset before its path was set: {reason}");

@@ -398,9 +398,10 @@ fn everything_is_released_when_everyone_leaves() {
             b.route_count(),
             b.pending_open_count(),
             b.timer_count(),
-            b.key_count()
+            b.key_count(),
+            b.other_accounts()
         ),
-        (0, 0, 0, 0, 0)
+        (0, 0, 0, 0, 0, 0)
     );
     assert!(b.registry().is_empty());
     assert_eq!(b.watchers().count(), 0);
@@ -1598,4 +1599,51 @@ fn socketpair_ends_for_a_connection_that_does_not_read_are_bounded() {
     net.node(a).slow = false;
     net.run();
     assert_eq!(net.broker.descriptors_in_flight(None), 0);
+}
+
+/// One opener key cannot take a target's whole channel quota: at its share
+/// it is refused, and another key's open still succeeds.
+#[test]
+fn one_key_holds_only_its_share_of_anothers_channels() {
+    let mut net = Net::new(24, Chaos::default(), |c| {
+        c.limits.max_channels_per_key = 8;
+        c.limits.max_channels_between_keys = 3;
+    });
+    let greedy = unix(&mut net, 1);
+    let other = unix(&mut net, 2);
+    let target = unix(&mut net, 3);
+    register(&mut net, target, "svc", false);
+    // The greedy key asks for the target's whole quota and accepts what
+    // arrives; before the share bound it got all eight and everyone else
+    // error 9.
+    let mut held = 0;
+    for _ in 0..8 {
+        let now = net.now;
+        net.node(greedy)
+            .session
+            .open(now, name("svc"), "p", Bytes::new(), false)
+            .unwrap();
+        net.run();
+        if let [SessionEvent::Incoming { channel, .. }] = &net.events(target)[..] {
+            let now = net.now;
+            net.node(target).session.accept(now, *channel).unwrap();
+            net.run();
+            held += 1;
+        }
+        match &net.events(greedy)[..] {
+            [SessionEvent::Opened { .. }] => {}
+            [SessionEvent::Failed { code, message, .. }] => {
+                assert_eq!(*code, ErrorCode::TooManyChannels);
+                assert!(
+                    message.contains("the most one key may hold with another"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+    assert_eq!(held, 3);
+    let (g, t) = (keypair(1).public(), keypair(3).public());
+    assert_eq!(net.broker.channels_between(t, g), 3);
+    open_and_accept(&mut net, other, target, "svc");
 }
