@@ -65,6 +65,8 @@ fuzz_target!(|ops: Vec<Op>| {
         c.limits.max_descriptors = 5;
         c.limits.max_channels_between_keys = 3;
         c.limits.max_connections_per_uid = 6;
+        c.limits.max_bytes_per_key = 3 * 2 * 4096 + 6000;
+        c.limits.max_bytes = 8 * 2 * 4096;
     });
     let mut raw = Vec::new();
     for op in ops.into_iter().take(200) {
@@ -176,6 +178,9 @@ fuzz_target!(|ops: Vec<Op>| {
             "{} > {bound}",
             b.buffered_bytes()
         );
+        if let Err(e) = b.check_byte_books() {
+            panic!("byte books: {e}");
+        }
     }
     // Everyone leaves: nothing is left.
     let ids: Vec<usize> = net.nodes.keys().copied().collect();

@@ -51,6 +51,12 @@ pub struct Limits {
     /// between any two keys, whoever opened them: the share of another
     /// key's channels one key may hold.
     pub max_channels_between_keys: usize,
+    /// Buffer bytes one key may have reserved: both initial windows of every
+    /// channel it opened, and the credit beyond the initial window it granted
+    /// on relayed channels.
+    pub max_bytes_per_key: u64,
+    /// Buffer bytes reserved by all keys together.
+    pub max_bytes: u64,
     /// Opens one key may have unanswered.
     pub max_pending_opens_per_key: usize,
     /// Socketpair ends one key may have on their way to its connections
@@ -87,6 +93,8 @@ impl Default for Limits {
             handshakes_per_source_per_s: 20,
             max_channels_per_key: 4096,
             max_channels_between_keys: 1024,
+            max_bytes_per_key: 96 << 20,
+            max_bytes: 1 << 30,
             max_pending_opens_per_key: 64,
             max_descriptors_per_key: 64,
             max_descriptors: 1024,

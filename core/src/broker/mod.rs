@@ -14,6 +14,7 @@ mod connection;
 mod control;
 mod door;
 mod fds;
+mod memory;
 pub mod policy;
 pub mod registry;
 mod relay;
@@ -39,6 +40,8 @@ use crate::wire::{Wire, WireError};
 use connection::{Connection, Stage};
 use door::Door;
 use fds::FdBudget;
+use memory::ByteBudget;
+pub use memory::ByteRefusal;
 use registry::Registry;
 use share::Shares;
 
@@ -262,6 +265,8 @@ pub struct Broker {
     fds: FdBudget,
     /// Channels between each two keys.
     shares: Shares,
+    /// Buffer bytes reserved, per key.
+    bytes: ByteBudget,
     timers: BTreeSet<(Instant, Timer)>,
     events: VecDeque<Event>,
     /// Connections that did not read what they asked for: closed at the
@@ -284,6 +289,7 @@ impl Broker {
         limits.max_frame = limits.max_frame.max(1024);
         let door = Door::new(limits);
         let fds = FdBudget::new(limits.max_descriptors_per_key, limits.max_descriptors);
+        let bytes = ByteBudget::new(limits.max_bytes_per_key, limits.max_bytes);
         Broker {
             owner: config.handshake.keypair.public(),
             config,
@@ -301,6 +307,7 @@ impl Broker {
             next_pair: 1,
             fds,
             shares: Shares::default(),
+            bytes,
             timers: BTreeSet::new(),
             events: VecDeque::new(),
             slow: Vec::new(),
@@ -513,6 +520,11 @@ impl Broker {
         self.shares.between(a, b)
     }
 
+    /// Buffer bytes reserved: by `key`, or `None` for all.
+    pub fn bytes_reserved(&self, key: Option<&PublicKey>) -> u64 {
+        key.map_or(self.bytes.held(), |key| self.bytes.held_by(key))
+    }
+
     /// Socketpair ends not yet sent: charged to `key`, or `None` for all.
     pub fn descriptors_in_flight(&self, key: Option<&PublicKey>) -> usize {
         key.map_or(self.fds.held(), |key| self.fds.held_by(key))
@@ -562,7 +574,11 @@ impl Broker {
     /// between them, socketpair ends in flight, users with connections,
     /// handshakes at the door. Zero once everyone has left.
     pub fn other_accounts(&self) -> usize {
-        self.shares.len() + self.fds.held() + self.by_uid.len() + self.door.held()
+        self.shares.len()
+            + self.bytes.keys()
+            + self.fds.held()
+            + self.by_uid.len()
+            + self.door.held()
     }
 
     /// Every key with what is accounted to it.

@@ -25,10 +25,6 @@ use super::{Broker, ConnId, DirectPlan, PairEnd, PairId, PendingOpen, Timer};
 
 type End = (ConnId, ChannelId);
 
-/// Relayed payloads at least this large move as slices of the read buffer;
-/// smaller ones are copied.
-const ZERO_COPY_MIN: usize = 4096;
-
 struct RouteEnd {
     peer: End,
     /// The key of this end's connection (its channel count).
@@ -39,12 +35,20 @@ struct RouteEnd {
     closed: bool,
     /// This end (an opener) was told to dial; a DirectFailed is still due.
     dial_offered: bool,
+    /// This end opened the channel (its key reserved both initial windows).
+    opener: bool,
+    /// Credit this end granted beyond the initial window that the relay
+    /// passed on: reserved from `key` (see `memory`).
+    extra: u64,
 }
 
 /// A route just removed.
 struct Unlinked {
+    /// The opener's key, then the target's.
     keys: [PublicKey; 2],
     peer: End,
+    /// Each end's key with the credit beyond the initial window it held.
+    extra: [(PublicKey, u64); 2],
 }
 
 /// Both ends of every relayed channel.
@@ -54,16 +58,18 @@ pub(super) struct Routes {
 }
 
 impl Routes {
-    fn link(&mut self, (a, a_key): (End, PublicKey), (b, b_key): (End, PublicKey)) {
-        let end = |peer, key| RouteEnd {
+    fn link(&mut self, (opener, o_key): (End, PublicKey), (target, t_key): (End, PublicKey)) {
+        let end = |peer, key, opener| RouteEnd {
             peer,
             key,
             held: 0,
             closed: false,
             dial_offered: false,
+            opener,
+            extra: 0,
         };
-        self.ends.insert(a, end(b, a_key));
-        self.ends.insert(b, end(a, b_key));
+        self.ends.insert(opener, end(target, o_key, true));
+        self.ends.insert(target, end(opener, t_key, false));
     }
 
     fn peer(&self, end: End) -> Option<End> {
@@ -74,9 +80,14 @@ impl Routes {
     fn unlink(&mut self, end: End) -> Option<Unlinked> {
         let this = self.ends.remove(&end)?;
         let peer = self.ends.remove(&this.peer).expect("ends come in pairs");
+        let keys = match this.opener {
+            true => [this.key, peer.key],
+            false => [peer.key, this.key],
+        };
         Some(Unlinked {
-            keys: [this.key, peer.key],
+            keys,
             peer: this.peer,
+            extra: [(this.key, this.extra), (peer.key, peer.extra)],
         })
     }
 
@@ -167,6 +178,10 @@ impl Broker {
             );
             return self.refuse_open(conn, channel, request, ErrorCode::TooManyChannels, message);
         }
+        if let Err(refusal) = self.bytes.check(&key, self.open_cost()) {
+            let message = format!("{key} may not open another channel: {refusal}");
+            return self.refuse_open(conn, channel, request, ErrorCode::TooManyBytes, message);
+        }
 
         let plan = self.plan(conn, target.conn, direct);
         let incoming = Message::Incoming {
@@ -241,7 +256,25 @@ impl Broker {
             .insert(end);
         self.usage.entry(key).or_default().pending_opens += 1;
         self.usage.entry(target.key).or_default().pending_incoming += 1;
-        self.shares.add(key, target.key);
+        self.hold_channel(key, target.key);
+    }
+
+    /// Both initial windows: what opening a channel reserves.
+    fn open_cost(&self) -> u64 {
+        2 * u64::from(self.config.limits.initial_window)
+    }
+
+    /// A channel between two keys begins a stage (waiting for its answer,
+    /// for its socketpair, or relayed): its share and its bytes are counted.
+    /// Every stage that begins ends in [`Broker::release_channel`].
+    fn hold_channel(&mut self, opener: PublicKey, target: PublicKey) {
+        self.shares.add(opener, target);
+        self.bytes.force(opener, self.open_cost());
+    }
+
+    fn release_channel(&mut self, opener: PublicKey, target: PublicKey) {
+        self.shares.remove(opener, target);
+        self.bytes.release(opener, self.open_cost());
     }
 
     /// How a channel between these two can go.
@@ -291,7 +324,7 @@ impl Broker {
         if let Some(target) = self.conns.get_mut(&end.0) {
             target.opens_in.remove(&end.1);
         }
-        self.shares.remove(open.opener_key, open.target_key);
+        self.release_channel(open.opener_key, open.target_key);
         for (key, incoming) in [(open.opener_key, false), (open.target_key, true)] {
             let usage = self.usage.entry(key).or_default();
             match incoming {
@@ -337,7 +370,7 @@ impl Broker {
                 );
                 return self.establish((conn, channel), open, true);
             }
-            self.shares.add(open.opener_key, open.target_key);
+            self.hold_channel(open.opener_key, open.target_key);
             self.pairs.insert(pair, (conn, channel, open));
             self.events.push_back(super::Event::CreateSocketPair {
                 pair,
@@ -355,7 +388,7 @@ impl Broker {
         let opener_end = (open.opener, open.opener_channel);
         self.routes
             .link((opener_end, open.opener_key), (target_end, open.target_key));
-        self.shares.add(open.opener_key, open.target_key);
+        self.hold_channel(open.opener_key, open.target_key);
         for (end, key) in [(opener_end, open.opener_key), (target_end, open.target_key)] {
             if let Some(c) = self.conns.get_mut(&end.0) {
                 c.routes.insert(end.1);
@@ -460,7 +493,7 @@ impl Broker {
         let Some((target, channel, open)) = self.pairs.remove(&pair) else {
             return false; // one side left meanwhile; the runtime closes both ends
         };
-        self.shares.remove(open.opener_key, open.target_key);
+        self.release_channel(open.opener_key, open.target_key);
         if !ok {
             self.fds.release_pair(pair);
             self.establish((target, channel), open, true);
@@ -517,7 +550,7 @@ impl Broker {
         for pair in gone {
             let (target, channel, open) = self.pairs.remove(&pair).expect("listed");
             self.fds.release_pair(pair);
-            self.shares.remove(open.opener_key, open.target_key);
+            self.release_channel(open.opener_key, open.target_key);
             if target == conn {
                 self.forget_channel(open.opener, open.opener_channel);
                 let message = format!("{} went away", open.target_key);
@@ -553,7 +586,10 @@ impl Broker {
                 c.credit_waiting.remove(&channel);
             }
         }
-        self.shares.remove(unlinked.keys[0], unlinked.keys[1]);
+        self.release_channel(unlinked.keys[0], unlinked.keys[1]);
+        for (key, extra) in unlinked.extra {
+            self.bytes.release(key, extra);
+        }
         for key in unlinked.keys {
             if let Some(usage) = self.usage.get_mut(&key) {
                 usage.channels -= 1;
@@ -592,16 +628,12 @@ impl Broker {
         };
         match event {
             MuxEvent::Data { payload, .. } => {
-                // A queued slice keeps its whole read buffer alive: small ones
-                // are copied, so pinned memory stays within a small multiple of
-                // the credit.
-                let payload = match payload.len() < ZERO_COPY_MIN {
-                    true => Bytes::copy_from_slice(&payload),
-                    false => payload,
-                };
+                // Copied: a slice would keep its whole read buffer alive for
+                // as long as the receiver does not read, beyond what the
+                // reservations cover.
                 if let Some(wire) = self.conns.get_mut(&peer.0).and_then(|c| c.wire.as_mut()) {
                     // Only fails if the peer's end is already gone.
-                    let _ = wire.mux.send(peer.1, payload);
+                    let _ = wire.mux.send_copy(peer.1, &payload);
                 }
                 self.wake(peer.0);
             }
@@ -694,7 +726,7 @@ impl Broker {
         } else if let Some(pair) = pair {
             let (target, target_channel, open) = self.pairs.remove(&pair).expect("found");
             self.fds.release_pair(pair);
-            self.shares.remove(open.opener_key, open.target_key);
+            self.release_channel(open.opener_key, open.target_key);
             if target == conn {
                 self.forget_channel(open.opener, open.opener_channel);
                 let message = format!("reset before its path was set: {reason}");
@@ -716,41 +748,54 @@ impl Broker {
     }
 
     /// Passes held credit from `end` (the receiver) to its peer (the sender)
-    /// as far as the bound allows; what cannot pass waits for output to drain.
+    /// as far as the bounds allow: what the sender may still send plus what
+    /// the broker holds for the receiver stays within `max_window`, and
+    /// beyond the initial window within what the receiver's key may
+    /// reserve. What cannot pass waits for output to drain.
     fn pass_credit(&mut self, end: End) {
         let Some(route) = self.routes.ends.get(&end) else {
             return;
         };
-        let (peer, held) = (route.peer, route.held);
+        let (peer, held, key, extra) = (route.peer, route.held, route.key, route.extra);
         let queued = self
             .conns
             .get(&end.0)
             .and_then(|c| c.wire.as_ref())
-            .map_or(0, |w| w.mux.queued(end.1));
+            .map_or(0, |w| w.mux.queued(end.1)) as u64;
         let Some(sender) = self.conns.get_mut(&peer.0).and_then(|c| c.wire.as_mut()) else {
             return;
         };
-        if sender.mux.recv_finished(peer.1) {
-            // The sender finished: nothing is owed to it any more.
-            if let Some(route) = self.routes.ends.get_mut(&end) {
-                route.held = 0;
-            }
-            if let Some(c) = self.conns.get_mut(&end.0) {
-                c.credit_waiting.remove(&end.1);
-            }
-            return;
-        }
-        let in_flight = sender.mux.recv_credit(peer.1) as usize + queued;
-        let room = (self.config.limits.max_window as usize).saturating_sub(in_flight);
-        let pass = held.min(u32::try_from(room).unwrap_or(u32::MAX));
+        let finished = sender.mux.recv_finished(peer.1);
+        let in_flight = match finished {
+            // Nothing is owed to a sender that finished.
+            true => queued,
+            false => u64::from(sender.mux.recv_credit(peer.1)) + queued,
+        };
+        let initial = u64::from(self.config.limits.initial_window);
+        let max_window = u64::from(self.config.limits.max_window);
+        let (key_free, total_free) = self.bytes.free(&key);
+        let ceiling = max_window.min(initial + extra + key_free.min(total_free));
+        let pass = match finished {
+            true => 0,
+            false => u64::from(held).min(ceiling.saturating_sub(in_flight)),
+        };
         if pass > 0 {
-            sender.mux.grant(peer.1, pass);
+            let sender = self.conns.get_mut(&peer.0).and_then(|c| c.wire.as_mut());
+            sender.expect("found above").mux.grant(peer.1, pass as u32);
             self.wake(peer.0);
             self.check_blame(peer.0);
         }
-        let left = held - pass;
+        // The reservation follows the exposure: up as credit passes, down
+        // as the queue has drained since.
+        let now_extra = (in_flight + pass).saturating_sub(initial);
+        match now_extra > extra {
+            true => self.bytes.force(key, now_extra - extra),
+            false => self.bytes.release(key, extra - now_extra),
+        }
+        let left = if finished { 0 } else { held - pass as u32 };
         if let Some(route) = self.routes.ends.get_mut(&end) {
             route.held = left;
+            route.extra = now_extra;
         }
         if let Some(c) = self.conns.get_mut(&end.0) {
             match left {
@@ -766,5 +811,55 @@ impl Broker {
         for channel in waiting {
             self.pass_credit((conn, channel));
         }
+    }
+}
+
+impl Broker {
+    /// Checks the byte books against the queues themselves: for every
+    /// direction of every relayed channel, what the sender may still send
+    /// plus what is queued for the receiver (read from the muxes) is within
+    /// the initial window and the credit its receiver's key reserved; and
+    /// every key's reservation is exactly its channels' initial windows and
+    /// the credit it granted. For tests, the simulation and the fuzz targets.
+    pub fn check_byte_books(&self) -> Result<(), String> {
+        let initial = u64::from(self.config.limits.initial_window);
+        let mut expected: HashMap<PublicKey, u64> = HashMap::new();
+        let stages = self
+            .pending
+            .values()
+            .chain(self.pairs.values().map(|p| &p.2));
+        for open in stages {
+            *expected.entry(open.opener_key).or_default() += self.open_cost();
+        }
+        for (end, route) in &self.routes.ends {
+            if route.opener {
+                *expected.entry(route.key).or_default() += self.open_cost();
+            }
+            *expected.entry(route.key).or_default() += route.extra;
+            let mux = |conn: ConnId| self.conns.get(&conn).and_then(|c| c.wire.as_ref());
+            let queued = mux(end.0).map_or(0, |w| w.mux.queued(end.1)) as u64;
+            let owed = mux(route.peer.0)
+                .filter(|w| !w.mux.recv_finished(route.peer.1))
+                .map_or(0, |w| u64::from(w.mux.recv_credit(route.peer.1)));
+            if queued + owed > initial + route.extra {
+                return Err(format!(
+                    "channel {end:?}: {queued} queued + {owed} owed > {initial} + {} reserved",
+                    route.extra
+                ));
+            }
+        }
+        expected.retain(|_, n| *n > 0);
+        for (key, n) in &expected {
+            if self.bytes.held_by(key) != *n {
+                return Err(format!(
+                    "{key}: {} reserved, {n} held",
+                    self.bytes.held_by(key)
+                ));
+            }
+        }
+        if self.bytes.keys() != expected.len() {
+            return Err("a key with a reservation and nothing held".into());
+        }
+        Ok(())
     }
 }

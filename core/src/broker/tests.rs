@@ -1601,6 +1601,45 @@ fn socketpair_ends_for_a_connection_that_does_not_read_are_bounded() {
     assert_eq!(net.broker.descriptors_in_flight(None), 0);
 }
 
+/// A refusal's code and message.
+type Refusal = (ErrorCode, String);
+
+/// Opens from `opener` to `target_name` up to `tries` times, `target`
+/// accepting whatever arrives, until the first refusal. Returns the
+/// channels made (opener's id, target's id) and the refusal.
+fn open_until_refused(
+    net: &mut Net,
+    opener: NodeId,
+    target: NodeId,
+    target_name: &str,
+    tries: usize,
+) -> (Vec<(u32, u32)>, Option<Refusal>) {
+    let mut made = Vec::new();
+    for _ in 0..tries {
+        let now = net.now;
+        net.node(opener)
+            .session
+            .open(now, name(target_name), "p", Bytes::new(), false)
+            .unwrap();
+        net.run();
+        let mut theirs = None;
+        if let [SessionEvent::Incoming { channel, .. }] = &net.events(target)[..] {
+            let now = net.now;
+            net.node(target).session.accept(now, *channel).unwrap();
+            net.run();
+            theirs = Some(*channel);
+        }
+        match &net.events(opener)[..] {
+            [SessionEvent::Opened { channel, .. }] => made.push((*channel, theirs.unwrap())),
+            [SessionEvent::Failed { code, message, .. }] => {
+                return (made, Some((*code, message.clone())))
+            }
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+    (made, None)
+}
+
 /// One opener key cannot take a target's whole channel quota: at its share
 /// it is refused, and another key's open still succeeds.
 #[test]
@@ -1616,34 +1655,123 @@ fn one_key_holds_only_its_share_of_anothers_channels() {
     // The greedy key asks for the target's whole quota and accepts what
     // arrives; before the share bound it got all eight and everyone else
     // error 9.
-    let mut held = 0;
-    for _ in 0..8 {
-        let now = net.now;
-        net.node(greedy)
-            .session
-            .open(now, name("svc"), "p", Bytes::new(), false)
-            .unwrap();
-        net.run();
-        if let [SessionEvent::Incoming { channel, .. }] = &net.events(target)[..] {
-            let now = net.now;
-            net.node(target).session.accept(now, *channel).unwrap();
-            net.run();
-            held += 1;
-        }
-        match &net.events(greedy)[..] {
-            [SessionEvent::Opened { .. }] => {}
-            [SessionEvent::Failed { code, message, .. }] => {
-                assert_eq!(*code, ErrorCode::TooManyChannels);
-                assert!(
-                    message.contains("the most one key may hold with another"),
-                    "{message}"
-                );
-            }
-            other => panic!("expected an answer, got {other:?}"),
-        }
-    }
-    assert_eq!(held, 3);
+    let (made, refusal) = open_until_refused(&mut net, greedy, target, "svc", 8);
+    assert_eq!(made.len(), 3);
+    let (code, message) = refusal.expect("refused at its share");
+    assert_eq!(code, ErrorCode::TooManyChannels);
+    assert!(
+        message.contains("the most one key may hold with another"),
+        "{message}"
+    );
     let (g, t) = (keypair(1).public(), keypair(3).public());
     assert_eq!(net.broker.channels_between(t, g), 3);
     open_and_accept(&mut net, other, target, "svc");
+}
+
+#[test]
+fn a_key_that_writes_everywhere_and_reads_nothing_stops_at_its_byte_budget() {
+    const WINDOW: u32 = 4096;
+    let mut net = Net::new(26, Chaos::default(), |c| {
+        c.limits.initial_window = WINDOW;
+        c.limits.max_window = 64 * 1024;
+        c.limits.max_bytes_per_key = 5 * 2 * u64::from(WINDOW) + 3000;
+    });
+    let greedy = unix(&mut net, 1);
+    let other = unix(&mut net, 2);
+    let target = unix(&mut net, 3);
+    register(&mut net, target, "svc", false);
+    register(&mut net, greedy, "sink", false);
+    // Before the byte budget, opens stopped only at max_channels_per_key
+    // (4096), each able to make the broker hold two windows.
+    let (made, refusal) = open_until_refused(&mut net, greedy, target, "svc", 6);
+    let refusal = refusal.expect("refused past the budget");
+    let (channels, target_channels): (Vec<u32>, Vec<u32>) = made.into_iter().unzip();
+    assert_eq!(channels.len(), 5);
+    assert_eq!(refusal.0, ErrorCode::TooManyBytes);
+    assert!(
+        refusal.1.contains("may not open another channel"),
+        "{}",
+        refusal.1
+    );
+
+    // It writes everywhere and reads nothing; so does the target.
+    net.node(greedy).slow = true;
+    for _ in 0..50 {
+        for &ch in &channels {
+            let _ = net
+                .node(greedy)
+                .session
+                .send(ch, Bytes::from(vec![7; 16 * 1024]));
+        }
+        for &ch in &target_channels {
+            let _ = net
+                .node(target)
+                .session
+                .send(ch, Bytes::from(vec![9; 16 * 1024]));
+        }
+        net.run();
+        net.broker.check_byte_books().unwrap();
+    }
+    let key = keypair(1).public();
+    assert_eq!(
+        net.broker.bytes_reserved(Some(&key)),
+        5 * 2 * u64::from(WINDOW)
+    );
+    // Measured from the queues: both windows of each channel, no more.
+    let held = net.broker.buffered_bytes() as u64;
+    assert!(held <= 5 * 2 * u64::from(WINDOW) + 64 * 1024, "{held}");
+    // Another key is not disturbed.
+    net.events(target);
+    open_and_accept(&mut net, other, target, "svc");
+}
+
+#[test]
+fn credit_beyond_the_initial_window_is_reserved_from_the_key_that_grants_it() {
+    const WINDOW: u32 = 4096;
+    let budget = 3 * 2 * u64::from(WINDOW) + 20_000;
+    let mut net = Net::new(27, Chaos::default(), |c| {
+        c.limits.initial_window = WINDOW;
+        c.limits.max_window = 64 * 1024;
+        c.limits.max_bytes_per_key = budget;
+    });
+    let sender = unix(&mut net, 1);
+    let reader = unix(&mut net, 3);
+    register(&mut net, reader, "svc", false);
+    let pairs: Vec<(u32, u32)> = (0..3)
+        .map(|_| open_and_accept(&mut net, sender, reader, "svc"))
+        .collect();
+    // The reader reads everything, so its windows grow towards 64 KiB on
+    // each channel; the relay passes that credit on only as far as the
+    // reader's key may reserve, and every transfer completes.
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let mut sent = [0usize; 3];
+    let mut received = [0usize; 3];
+    let reader_key = keypair(3).public();
+    let mut most = 0;
+    for _ in 0..20_000 {
+        for (i, &(s, _)) in pairs.iter().enumerate() {
+            if sent[i] < data.len() {
+                let chunk =
+                    Bytes::copy_from_slice(&data[sent[i]..(sent[i] + 16 * 1024).min(data.len())]);
+                sent[i] += net.node(sender).session.send(s, chunk).unwrap();
+            }
+        }
+        net.run();
+        for event in net.events(reader) {
+            if let SessionEvent::Data { channel, payload } = event {
+                let i = pairs.iter().position(|p| p.1 == channel).unwrap();
+                net.node(reader).session.consume(channel, payload.len());
+                received[i] += payload.len();
+            }
+        }
+        net.events(sender);
+        net.broker.check_byte_books().unwrap();
+        most = most.max(net.broker.bytes_reserved(Some(&reader_key)));
+        if received.iter().all(|&n| n == data.len()) {
+            break;
+        }
+    }
+    assert_eq!(received, [data.len(); 3]);
+    // The reader's key paid for credit beyond the initial windows, up to its budget.
+    assert!(most > 0 && most <= budget, "{most}");
 }

@@ -68,6 +68,8 @@ pub enum ErrorCode {
     Cancelled,
     /// The first message did not come in time.
     HelloTimeout,
+    /// The key (or the broker in all) has as many bytes of buffer reserved as it may.
+    TooManyBytes,
     /// A code this version does not know.
     Other(u16),
 }
@@ -97,6 +99,7 @@ impl ErrorCode {
             ErrorCode::SlowReader => 19,
             ErrorCode::Cancelled => 20,
             ErrorCode::HelloTimeout => 21,
+            ErrorCode::TooManyBytes => 22,
             ErrorCode::Other(code) => code,
         }
     }
@@ -125,6 +128,7 @@ impl ErrorCode {
             19 => ErrorCode::SlowReader,
             20 => ErrorCode::Cancelled,
             21 => ErrorCode::HelloTimeout,
+            22 => ErrorCode::TooManyBytes,
             other => ErrorCode::Other(other),
         }
     }
@@ -154,6 +158,7 @@ impl core::fmt::Display for ErrorCode {
             ErrorCode::SlowReader => "did not read what it asked for in time",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::HelloTimeout => "no hello in time",
+            ErrorCode::TooManyBytes => "too many bytes of buffer reserved",
             ErrorCode::Other(code) => return write!(f, "error {code}"),
         };
         f.write_str(text)

@@ -2,9 +2,12 @@
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::{ChannelId, MuxError};
+
+/// The size of the chunks copied data is gathered into: one frame's worth.
+const COPY_CHUNK: usize = 16 * 1024;
 
 pub(super) struct Channel {
     // Receiving.
@@ -21,6 +24,9 @@ pub(super) struct Channel {
     /// Bytes this side may still send.
     pub(super) send_credit: u32,
     queue: VecDeque<Bytes>,
+    /// Copied bytes after everything in `queue`, gathered into chunks of
+    /// up to [`COPY_CHUNK`] so that many small writes cost one allocation.
+    tail: BytesMut,
     pub(super) queued: usize,
     pub(super) fin_queued: bool,
     fin_sent: bool,
@@ -38,6 +44,7 @@ impl Channel {
             recv_fin: false,
             send_credit: window,
             queue: VecDeque::new(),
+            tail: BytesMut::new(),
             queued: 0,
             fin_queued: false,
             fin_sent: false,
@@ -95,8 +102,33 @@ impl Channel {
 
     pub(super) fn enqueue(&mut self, data: Bytes) {
         if !data.is_empty() {
+            self.seal_tail();
             self.queued += data.len();
             self.queue.push_back(data);
+        }
+    }
+
+    /// Queues a copy of `data`: the queue then holds exactly what it
+    /// counts, never a slice that keeps a larger buffer alive.
+    pub(super) fn enqueue_copy(&mut self, mut data: &[u8]) {
+        self.queued += data.len();
+        while !data.is_empty() {
+            let room = COPY_CHUNK - self.tail.len();
+            let (now, rest) = data.split_at(room.min(data.len()));
+            self.tail.extend_from_slice(now);
+            data = rest;
+            if self.tail.len() == COPY_CHUNK {
+                self.seal_tail();
+            }
+        }
+    }
+
+    /// Moves the copied bytes into the queue as one chunk of their own
+    /// allocation (no spare capacity shared with the next).
+    fn seal_tail(&mut self) {
+        if !self.tail.is_empty() {
+            self.queue
+                .push_back(std::mem::take(&mut self.tail).freeze());
         }
     }
 
@@ -113,6 +145,9 @@ impl Channel {
     /// `max_frame` and the credit) and whether it carries FIN.
     pub(super) fn next_frame(&mut self, max_frame: u32) -> Option<(Bytes, bool)> {
         let allowed = self.send_credit.min(max_frame) as usize;
+        if self.queue.is_empty() && allowed > 0 {
+            self.seal_tail();
+        }
         let fin_owed = self.fin_owed();
         let payload = match self.queue.front_mut() {
             Some(_) if allowed == 0 => return None,

@@ -399,6 +399,21 @@ impl Mux {
     /// [`Mux::send_capacity`] (a session) or within the credit it passed on (the
     /// broker): the mux sends only as credit allows and holds the rest.
     pub fn send(&mut self, id: ChannelId, data: Bytes) -> Result<(), ChannelError> {
+        self.queue_on(id, |channel| channel.enqueue(data))
+    }
+
+    /// Queues a copy of `data` on a channel (see [`Mux::send`]). The relay
+    /// uses it: a slice of a read buffer would keep the whole buffer alive
+    /// while it waits for credit, for as long as the receiver likes.
+    pub fn send_copy(&mut self, id: ChannelId, data: &[u8]) -> Result<(), ChannelError> {
+        self.queue_on(id, |channel| channel.enqueue_copy(data))
+    }
+
+    fn queue_on(
+        &mut self,
+        id: ChannelId,
+        enqueue: impl FnOnce(&mut Channel),
+    ) -> Result<(), ChannelError> {
         let channel = self
             .channels
             .get_mut(&id)
@@ -406,7 +421,7 @@ impl Mux {
         if channel.fin_queued {
             return Err(ChannelError::Finished(id));
         }
-        channel.enqueue(data);
+        enqueue(channel);
         if channel.wants_to_send() {
             self.schedule(id);
         }

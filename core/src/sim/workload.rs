@@ -608,6 +608,8 @@ impl Sim {
             buffered <= bound,
             "the broker holds {buffered} bytes, over its bound {bound}"
         );
+        let books = broker.check_byte_books();
+        check!(self, books.is_ok(), "{}", books.unwrap_err());
         Ok(())
     }
 
