@@ -1775,3 +1775,35 @@ fn credit_beyond_the_initial_window_is_reserved_from_the_key_that_grants_it() {
     // The reader's key paid for credit beyond the initial windows, up to its budget.
     assert!(most > 0 && most <= budget, "{most}");
 }
+
+/// Credit passed through the relay is one WINDOW per channel per write,
+/// however many grants made it: a receiver that sends 150,000 one-byte
+/// WINDOW frames while its victim does not read cannot get the victim cut
+/// off as a slow reader (before, each grant was its own 14-byte frame on
+/// the victim's control queue: GOAWAY 19).
+#[test]
+fn a_window_flood_does_not_cut_off_the_victim() {
+    let mut net = net();
+    let victim = unix(&mut net, 1);
+    let attacker = unix(&mut net, 2);
+    register(&mut net, attacker, "svc", false);
+    let (victims, attackers) = open_and_accept(&mut net, victim, attacker, "svc");
+    net.node(victim).slow = true;
+    let mut flood = bytes::BytesMut::new();
+    for _ in 0..150_000 {
+        let window = crate::mux::Frame::Window {
+            channel: attackers,
+            increment: 1,
+        };
+        crate::mux::frame::encode(&window, &mut flood);
+    }
+    let conn = net.node(attacker).conn;
+    net.broker.handle_input(net.now, conn, &flood);
+    net.run();
+    assert!(!net.node(victim).closed, "the victim was cut off");
+    // It all arrives as credit once the victim reads again.
+    net.node(victim).slow = false;
+    net.run();
+    let granted = net.node(victim).session.send_capacity(victims);
+    assert_eq!(granted, 256 * 1024 + 150_000);
+}

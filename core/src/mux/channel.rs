@@ -19,6 +19,8 @@ pub(super) struct Channel {
     unread: usize,
     /// Consumed and not yet granted back.
     to_grant: u32,
+    /// Granted and not yet sent: one WINDOW carries it all.
+    pub(super) grant_owed: u32,
     recv_fin: bool,
     // Sending.
     /// Bytes this side may still send.
@@ -41,6 +43,7 @@ impl Channel {
             window,
             unread: 0,
             to_grant: 0,
+            grant_owed: 0,
             recv_fin: false,
             send_credit: window,
             queue: VecDeque::new(),

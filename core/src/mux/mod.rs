@@ -20,6 +20,9 @@ use crate::control::ErrorCode;
 use channel::Channel;
 pub use frame::{Frame, FrameDecoder, FrameError, DEFAULT_MAX_FRAME, HEADER_LEN};
 
+/// A WINDOW frame on the wire: header and a u32 increment.
+const WINDOW_FRAME_LEN: usize = HEADER_LEN + 4;
+
 /// A channel id; see [`crate::control::ChannelId`].
 pub type ChannelId = u32;
 
@@ -164,6 +167,10 @@ pub struct Mux {
     /// Whole frames, each with the attachment tag of the message it starts.
     urgent: VecDeque<(Bytes, Option<u64>)>,
     urgent_bytes: usize,
+    /// Channels with credit granted and not yet sent, in the order of their
+    /// first grant: however many grants a channel gets before the next
+    /// write, it costs its peer one WINDOW frame.
+    grants: VecDeque<ChannelId>,
     ready: VecDeque<ChannelId>,
     pending_payload: Option<Bytes>,
     scratch: BytesMut,
@@ -188,6 +195,7 @@ impl Mux {
             window_total: 0,
             urgent: VecDeque::new(),
             urgent_bytes: 0,
+            grants: VecDeque::new(),
             ready: VecDeque::new(),
             pending_payload: None,
             scratch: BytesMut::new(),
@@ -487,8 +495,9 @@ impl Mux {
         }
     }
 
-    /// Grants the peer `increment` more bytes on the channel (the broker
-    /// passing credit through).
+    /// Grants the peer `increment` more bytes on the channel. Grants made
+    /// before the next write are sent as one WINDOW (counted as urgent bytes
+    /// from the first).
     pub fn grant(&mut self, id: ChannelId, increment: u32) {
         if increment == 0 {
             return;
@@ -496,10 +505,12 @@ impl Mux {
         // No credit for a direction the peer has finished.
         if let Some(channel) = self.channels.get_mut(&id).filter(|c| !c.recv_finished()) {
             channel.recv_credit = channel.recv_credit.saturating_add(increment);
-            self.push_urgent(&Frame::Window {
-                channel: id,
-                increment,
-            });
+            if channel.grant_owed == 0 {
+                self.grants.push_back(id);
+                self.urgent_bytes += WINDOW_FRAME_LEN;
+            }
+            // Cannot overflow: recv_credit, which includes it, did not.
+            channel.grant_owed += increment;
         }
     }
 
@@ -572,6 +583,7 @@ impl Mux {
     /// queues a GOAWAY: the last frame this mux sends. Input after it is ignored.
     pub fn go_away(&mut self, code: ErrorCode, reason: &str) {
         self.urgent.clear();
+        self.grants.clear();
         self.ready.clear();
         // A payload whose header went out stays: the frame must be whole.
         self.channels.clear();
@@ -590,6 +602,10 @@ impl Mux {
     }
 
     fn push_urgent(&mut self, frame: &Frame) {
+        debug_assert!(
+            !matches!(frame, Frame::Window { .. }),
+            "grants are coalesced"
+        );
         frame::encode(frame, &mut self.scratch);
         let bytes = self.scratch.split().freeze();
         self.urgent_bytes += bytes.len();
@@ -605,7 +621,10 @@ impl Mux {
 
     /// Whether [`Mux::poll_transmit`] has something.
     pub fn has_output(&self) -> bool {
-        self.pending_payload.is_some() || !self.urgent.is_empty() || !self.ready.is_empty()
+        self.pending_payload.is_some()
+            || !self.urgent.is_empty()
+            || !self.grants.is_empty()
+            || !self.ready.is_empty()
     }
 
     /// The next bytes to write: urgent frames first, then one data frame per
@@ -620,6 +639,21 @@ impl Mux {
     pub fn poll_transmit_tagged(&mut self) -> Option<(Bytes, Option<u64>)> {
         if let Some(payload) = self.pending_payload.take() {
             return Some((payload, None));
+        }
+        while let Some(id) = self.grants.pop_front() {
+            self.urgent_bytes -= WINDOW_FRAME_LEN;
+            // A channel reset or retired since owes nothing.
+            if let Some(channel) = self.channels.get_mut(&id) {
+                let increment = std::mem::take(&mut channel.grant_owed);
+                frame::encode(
+                    &Frame::Window {
+                        channel: id,
+                        increment,
+                    },
+                    &mut self.scratch,
+                );
+                return Some((self.scratch.split().freeze(), None));
+            }
         }
         if let Some((frame, tag)) = self.urgent.pop_front() {
             self.urgent_bytes -= frame.len();
