@@ -420,7 +420,13 @@ pub fn truncated_handshakes_and_writes_past_credit<B: Broker>() {
 /// A watcher that asks for every change and never reads is cut once its
 /// queue passes the bound; nobody else is disturbed.
 pub fn a_watcher_that_never_reads_is_cut<B: Broker>() {
-    let broker = start::<B>("deaf", |c| c.limits.max_control_queue = 8 * 1024);
+    let broker = start::<B>("deaf", |c| {
+        c.limits.max_control_queue = 8 * 1024;
+        // The churn here is what the registration rates bound; this test
+        // is about the watcher.
+        c.limits.registrations_per_source_per_s = 1_000_000;
+        c.limits.registrations_per_s = 1_000_000;
+    });
     let (addr, path) = (broker.unix.clone(), broker.path.clone());
     run(async {
         let mut deaf = Raw::connect(&path, 1).await;

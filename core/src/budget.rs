@@ -19,6 +19,11 @@ impl Source {
     /// This host, for budgets that count local peers as one source (a tag
     /// no address maps to).
     pub const LOCAL: Source = Source(1 << 126);
+
+    /// A local user, for budgets that count unix peers by uid.
+    pub fn uid(uid: u32) -> Source {
+        Source((1 << 125) | u128::from(uid))
+    }
 }
 
 impl From<IpAddr> for Source {

@@ -10,11 +10,11 @@ use std::time::Duration;
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
+use plugboard_core::broker::Origin;
 use plugboard_core::control::{ErrorCode, Name, TransportKind, MAX_MESSAGE, MAX_TEXT};
 use plugboard_core::keys::Keypair;
 use plugboard_core::mux::HEADER_LEN;
 use plugboard_core::sim::{Chaos, Net};
-use plugboard_core::broker::Origin;
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -67,6 +67,8 @@ fuzz_target!(|ops: Vec<Op>| {
         c.limits.max_connections_per_uid = 6;
         c.limits.max_bytes_per_key = 3 * 2 * 4096 + 6000;
         c.limits.max_bytes = 8 * 2 * 4096;
+        c.limits.registrations_per_source_per_s = 3;
+        c.limits.registrations_per_s = 5;
     });
     let mut raw = Vec::new();
     for op in ops.into_iter().take(200) {

@@ -45,6 +45,12 @@ pub struct Limits {
     /// New handshakes one source address may start per second on TCP (two
     /// seconds' worth may come at once).
     pub handshakes_per_source_per_s: u32,
+    /// Registrations a second from one source (a unix peer's uid, a TCP
+    /// peer's address or IPv6 /64), two seconds' worth at once: every one can
+    /// make an event for every watcher.
+    pub registrations_per_source_per_s: u32,
+    /// Registrations a second from everyone, two seconds' worth at once.
+    pub registrations_per_s: u32,
     /// Channels one key may hold (relayed, or waiting to be answered), over all its connections.
     pub max_channels_per_key: usize,
     /// Channels (relayed, or waiting to be answered or for a socketpair)
@@ -91,6 +97,8 @@ impl Default for Limits {
             max_handshaking: 256,
             max_handshaking_per_source: 16,
             handshakes_per_source_per_s: 20,
+            registrations_per_source_per_s: 20,
+            registrations_per_s: 200,
             max_channels_per_key: 4096,
             max_channels_between_keys: 1024,
             max_bytes_per_key: 96 << 20,

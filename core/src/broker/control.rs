@@ -186,6 +186,27 @@ impl Broker {
             transport: c.transport,
             since: c.since,
         };
+        let origin = c.origin;
+        let limits = &self.config.limits;
+        let (per_source, total) = (
+            limits.registrations_per_source_per_s,
+            limits.registrations_per_s,
+        );
+        let refusal = if !self.registrations.0.take(now, origin.rate_source()) {
+            Some(format!(
+                "{} registered more than {per_source} names a second",
+                origin.describe()
+            ))
+        } else if !self.registrations.1.take(now, crate::budget::Source::LOCAL) {
+            Some(format!(
+                "the broker takes at most {total} registrations a second"
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
+            return self.refuse(conn, request, ErrorCode::TooFast, message);
+        }
         match self.registry.register(holder, &name, wait) {
             Ok(registered) => {
                 let c = self.conns.get_mut(&conn).expect("handling its message");

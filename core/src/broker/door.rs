@@ -6,13 +6,13 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Duration;
 
 use crate::budget::{HandshakeBudget, RefusalReport, Source, StrangerLimits};
 use crate::control::TransportKind;
 use crate::time::Instant;
 
 use super::config::Limits;
+use super::rates::Rates;
 
 /// Which of its listeners accepted a socket: a number the runtime gives
 /// each listener, the same for all its sockets.
@@ -70,6 +70,17 @@ impl Origin {
         }
     }
 
+    /// Who this peer counts as for per-source rates after the handshake:
+    /// its uid on a unix socket (this host, if unknown), its address (or
+    /// IPv6 /64) over TCP.
+    pub fn rate_source(&self) -> Source {
+        match self.peer {
+            Peer::Unix(Some(cred)) => Source::uid(cred.uid),
+            Peer::Unix(None) => Source::LOCAL,
+            Peer::Tcp(ip) => Source::from(ip),
+        }
+    }
+
     /// Which transport it is.
     pub fn transport(&self) -> TransportKind {
         match self.peer {
@@ -109,57 +120,6 @@ pub enum DoorRefusal {
     /// The source started handshakes faster than it may.
     #[error("more than {0} new handshakes a second from one source")]
     TooFast(u32),
-}
-
-/// How many sources' rates are remembered at once. A source is forgotten
-/// once its allowance is whole again (at most the burst after its last
-/// handshake); sources beyond this many share one allowance.
-const MAX_RATED_SOURCES: usize = 4096;
-
-/// The allowances of handshakes per source: the generic cell rate
-/// algorithm, one instant per source (when its allowance is whole again).
-#[derive(Debug)]
-struct Rates {
-    /// Time one handshake costs of a source's allowance.
-    interval: Duration,
-    /// How much allowance a source may use at once (the burst).
-    burst: Duration,
-    /// By source: when its allowance is whole again.
-    whole_at: HashMap<Source, Instant>,
-    /// The allowance sources share when too many are remembered.
-    crowd: Instant,
-}
-
-impl Rates {
-    fn new(per_s: u32) -> Self {
-        let interval = Duration::from_secs(1) / per_s.max(1);
-        Rates {
-            interval,
-            // Two seconds' worth at once.
-            burst: interval * per_s.max(1) * 2,
-            whole_at: HashMap::new(),
-            crowd: Instant::ZERO,
-        }
-    }
-
-    /// Takes one handshake's worth of `source`'s allowance, if it has it.
-    fn take(&mut self, now: Instant, source: Source) -> bool {
-        if !self.whole_at.contains_key(&source) && self.whole_at.len() >= MAX_RATED_SOURCES {
-            self.whole_at.retain(|_, whole_at| *whole_at > now);
-        }
-        let room = self.whole_at.len() < MAX_RATED_SOURCES;
-        let whole_at = if room || self.whole_at.contains_key(&source) {
-            self.whole_at.entry(source).or_insert(now)
-        } else {
-            &mut self.crowd
-        };
-        let from = (*whole_at).max(now);
-        if from.saturating_duration_since(now) + self.interval > self.burst {
-            return false;
-        }
-        *whole_at = from + self.interval;
-        true
-    }
 }
 
 /// The door's state.
@@ -258,6 +218,8 @@ impl Door {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::keys::Keypair;
     use crate::session::SessionEvent;
@@ -379,12 +341,15 @@ mod tests {
         let admitted = (0..5000)
             .filter(|i| door.admit(at_ms(0), &from(*i)).is_ok())
             .count();
-        assert_eq!(admitted, MAX_RATED_SOURCES + 40);
-        assert_eq!(door.rates.whole_at.len(), MAX_RATED_SOURCES);
+        assert_eq!(admitted, crate::broker::rates::MAX_RATED_SOURCES + 40);
+        assert_eq!(
+            door.rates.remembered(),
+            crate::broker::rates::MAX_RATED_SOURCES
+        );
         // Once their allowances are whole again they are forgotten, and new
         // sources are remembered in their stead.
         door.admit(at_ms(50), &from(6000)).unwrap();
-        assert_eq!(door.rates.whole_at.len(), 1);
+        assert_eq!(door.rates.remembered(), 1);
     }
 
     proptest! {

@@ -16,6 +16,7 @@ mod door;
 mod fds;
 mod memory;
 pub mod policy;
+mod rates;
 pub mod registry;
 mod relay;
 mod share;
@@ -267,6 +268,9 @@ pub struct Broker {
     shares: Shares,
     /// Buffer bytes reserved, per key.
     bytes: ByteBudget,
+    /// Registrations, per source and in all: each can be an event for every
+    /// watcher.
+    registrations: (rates::Rates, rates::Rates),
     timers: BTreeSet<(Instant, Timer)>,
     events: VecDeque<Event>,
     /// Connections that did not read what they asked for: closed at the
@@ -290,6 +294,10 @@ impl Broker {
         let door = Door::new(limits);
         let fds = FdBudget::new(limits.max_descriptors_per_key, limits.max_descriptors);
         let bytes = ByteBudget::new(limits.max_bytes_per_key, limits.max_bytes);
+        let registrations = (
+            rates::Rates::new(limits.registrations_per_source_per_s),
+            rates::Rates::new(limits.registrations_per_s),
+        );
         Broker {
             owner: config.handshake.keypair.public(),
             config,
@@ -308,6 +316,7 @@ impl Broker {
             fds,
             shares: Shares::default(),
             bytes,
+            registrations,
             timers: BTreeSet::new(),
             events: VecDeque::new(),
             slow: Vec::new(),

@@ -1807,3 +1807,104 @@ fn a_window_flood_does_not_cut_off_the_victim() {
     let granted = net.node(victim).session.send_capacity(victims);
     assert_eq!(granted, 256 * 1024 + 150_000);
 }
+
+/// Registrations are rate-limited per source (here, one uid) and in all:
+/// a register storm is refused with TooFast (before, every one was an event
+/// for every watcher), and another user still registers.
+#[test]
+fn a_register_storm_is_slowed_per_user_and_in_all() {
+    let mut net = Net::new(28, Chaos::default(), |c| {
+        c.limits.registrations_per_source_per_s = 5;
+        c.limits.registrations_per_s = 8;
+        c.limits.max_connections_per_key = 100;
+        c.owner_uid = Some(1000);
+        c.policy.users = vec![policy::UserGrant {
+            who: policy::User::Uid(1001),
+            rights: policy::Permissions::all(),
+        }];
+    });
+    let storm: Vec<NodeId> = (0..12)
+        .map(|_| {
+            let origin = Origin::unix(
+                0,
+                Some(Cred {
+                    uid: 1000,
+                    gid: 1000,
+                }),
+            );
+            net.connect_from(keypair(1), origin, |_| {}).unwrap()
+        })
+        .collect();
+    let other = net
+        .connect_from(
+            keypair(2),
+            Origin::unix(
+                0,
+                Some(Cred {
+                    uid: 1001,
+                    gid: 1001,
+                }),
+            ),
+            |_| {},
+        )
+        .unwrap();
+    net.run();
+    for id in storm.iter().chain([&other]) {
+        net.events(*id);
+    }
+    let mut refused = 0;
+    for (i, id) in storm.iter().enumerate() {
+        match register(&mut net, *id, &format!("n{i}"), false) {
+            SessionEvent::Registered { .. } => {}
+            event => {
+                assert_eq!(failed_code(&event), ErrorCode::TooFast);
+                refused += 1;
+            }
+        }
+    }
+    // Two seconds' worth at once: 10 of 12.
+    assert_eq!(refused, 2);
+    assert!(matches!(
+        register(&mut net, other, "theirs", false),
+        SessionEvent::Registered { .. }
+    ));
+    // Past the total (16 at once), the other user is refused too, and a
+    // second later it may again.
+    let more: Vec<NodeId> = (0..6)
+        .map(|_| {
+            let origin = Origin::unix(
+                0,
+                Some(Cred {
+                    uid: 1001,
+                    gid: 1001,
+                }),
+            );
+            net.connect_from(keypair(2), origin, |_| {}).unwrap()
+        })
+        .collect();
+    net.run();
+    for id in &more {
+        net.events(*id);
+    }
+    let outcomes: Vec<bool> = more
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            matches!(
+                register(&mut net, *id, &format!("m{i}"), false),
+                SessionEvent::Registered { .. }
+            )
+        })
+        .collect();
+    assert_eq!(outcomes, [true, true, true, true, true, false]);
+    net.advance(std::time::Duration::from_secs(1));
+    let now = net.now;
+    net.node(more[5])
+        .session
+        .register(now, name("m5"), false, None)
+        .unwrap();
+    assert!(matches!(
+        one_event(&mut net, more[5]),
+        SessionEvent::Registered { .. }
+    ));
+}

@@ -70,6 +70,8 @@ pub enum ErrorCode {
     HelloTimeout,
     /// The key (or the broker in all) has as many bytes of buffer reserved as it may.
     TooManyBytes,
+    /// Asked too often: the same request later may succeed.
+    TooFast,
     /// A code this version does not know.
     Other(u16),
 }
@@ -100,6 +102,7 @@ impl ErrorCode {
             ErrorCode::Cancelled => 20,
             ErrorCode::HelloTimeout => 21,
             ErrorCode::TooManyBytes => 22,
+            ErrorCode::TooFast => 23,
             ErrorCode::Other(code) => code,
         }
     }
@@ -129,6 +132,7 @@ impl ErrorCode {
             20 => ErrorCode::Cancelled,
             21 => ErrorCode::HelloTimeout,
             22 => ErrorCode::TooManyBytes,
+            23 => ErrorCode::TooFast,
             other => ErrorCode::Other(other),
         }
     }
@@ -159,6 +163,7 @@ impl core::fmt::Display for ErrorCode {
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::HelloTimeout => "no hello in time",
             ErrorCode::TooManyBytes => "too many bytes of buffer reserved",
+            ErrorCode::TooFast => "asked too often",
             ErrorCode::Other(code) => return write!(f, "error {code}"),
         };
         f.write_str(text)

@@ -19,6 +19,8 @@ fn answers_in_many_pages_arrive_whole() {
         |c| {
             c.limits.max_connections_per_key = 1000;
             c.limits.max_handshaking = 1000;
+            c.limits.registrations_per_source_per_s = 1000;
+            c.limits.registrations_per_s = 1000;
         },
     );
     let key = Keypair::from_seed([4; 32]);
