@@ -32,6 +32,7 @@ fn main() {
                 totals.connects += stats.connects;
                 totals.channels += stats.channels;
                 totals.bytes += stats.bytes;
+                totals.budget_refusals += stats.budget_refusals;
             }
             Err(violation) => {
                 violations += 1;
@@ -44,8 +45,8 @@ fn main() {
         }
     }
     println!(
-        "plugins={} channels={} checked_bytes={}",
-        totals.connects, totals.channels, totals.bytes
+        "plugins={} channels={} checked_bytes={} budget_refusals={}",
+        totals.connects, totals.channels, totals.bytes, totals.budget_refusals
     );
     println!("seeds={} violations={violations}", args.seeds);
     if violations > 0 {

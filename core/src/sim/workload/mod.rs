@@ -12,6 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use rand_chacha::rand_core::RngCore;
 
+mod hostile;
+
 use super::net::{Chaos, Net, NodeId};
 use crate::broker::Limits;
 use crate::control::{ErrorCode, Name, Presence, TransportKind, MAX_MESSAGE};
@@ -45,6 +47,9 @@ pub struct RunStats {
     pub channels: usize,
     /// Channel bytes delivered and checked.
     pub bytes: u64,
+    /// Requests refused by a budget (bytes, channels, rates) or channels
+    /// relayed for want of descriptors: the hostile nodes met the budgets.
+    pub budget_refusals: usize,
 }
 
 const NAMES: [&str; 5] = ["alpha", "beta", "gamma", "delta", "eps"];
@@ -98,6 +103,8 @@ struct Sim {
     step: usize,
     net: Net,
     apps: BTreeMap<NodeId, App>,
+    /// Nodes that attack: not apps, and not checked.
+    hostile: BTreeMap<NodeId, hostile::Hostile>,
     stats: RunStats,
 }
 
@@ -124,6 +131,14 @@ impl Sim {
                 limits.max_connections_per_key = 3;
                 limits.max_pending_opens_per_key = 4;
                 limits.max_channels_per_key = 8;
+                // Small enough that the hostile nodes meet every budget.
+                limits.max_channels_between_keys = 4;
+                limits.max_bytes_per_key = 5 * 2 * 8 * 1024 + 24 * 1024;
+                limits.max_bytes = 40 * 2 * 8 * 1024;
+                limits.max_descriptors_per_key = 2;
+                limits.max_descriptors = 6;
+                limits.registrations_per_source_per_s = 10;
+                limits.registrations_per_s = 15;
                 config.fd_passing = true;
             },
         );
@@ -133,6 +148,7 @@ impl Sim {
             step: 0,
             net,
             apps: BTreeMap::new(),
+            hostile: BTreeMap::new(),
             stats: RunStats::default(),
         }
     }
@@ -141,11 +157,12 @@ impl Sim {
         self.net.rng().next_u32() % n.max(1)
     }
 
+    /// Live honest nodes.
     fn live(&self) -> Vec<NodeId> {
         self.net
             .nodes
             .iter()
-            .filter(|(_, n)| !n.closed)
+            .filter(|(id, n)| !n.closed && !self.hostile.contains_key(id))
             .map(|(id, _)| *id)
             .collect()
     }
@@ -176,13 +193,26 @@ impl Sim {
         }
         self.check_always()?;
         self.check_settled()?;
-        for id in self.live() {
+        let all: Vec<NodeId> = self.net.nodes.keys().copied().collect();
+        for id in all {
             self.net.kill(id);
         }
         self.net.run();
         self.net.advance(Duration::from_secs(60));
         self.net.run();
         self.check_empty()?;
+        let budgets = [
+            ErrorCode::TooManyBytes,
+            ErrorCode::TooFast,
+            ErrorCode::TooManyChannels,
+            ErrorCode::TooManyPendingOpens,
+        ];
+        self.stats.budget_refusals = (self.net.log.iter())
+            .filter(|l| {
+                l.code.is_some_and(|c| budgets.contains(&c))
+                    || l.message.starts_with("relaying, not a socketpair")
+            })
+            .count();
         Ok(self.stats)
     }
 
@@ -333,6 +363,8 @@ impl Sim {
                     node.slow = !node.slow;
                 }
             }
+            88 => self.hostile_connect(),
+            89..=92 => self.hostile_act(),
             _ => {
                 let ms = match self.rand(10) {
                     0 => 11_000 + self.rand(30_000),
@@ -348,7 +380,10 @@ impl Sim {
         let ids: Vec<NodeId> = self.net.nodes.keys().copied().collect();
         for id in ids {
             for event in self.net.events(id) {
-                self.on_event(id, event)?;
+                match self.hostile.contains_key(&id) {
+                    true => self.hostile_event(id, event),
+                    false => self.on_event(id, event)?,
+                }
             }
         }
         Ok(())
@@ -608,8 +643,35 @@ impl Sim {
             buffered <= bound,
             "the broker holds {buffered} bytes, over its bound {bound}"
         );
+        // Every budget, measured from what the broker holds.
         let books = broker.check_byte_books();
         check!(self, books.is_ok(), "{}", books.unwrap_err());
+        let reserved = broker.bytes_reserved(None);
+        check!(
+            self,
+            reserved <= limits.max_bytes,
+            "{reserved} bytes reserved"
+        );
+        for (key, _) in broker.key_usages() {
+            let held = broker.bytes_reserved(Some(key));
+            check!(
+                self,
+                held <= limits.max_bytes_per_key,
+                "{key} reserved {held}"
+            );
+            let ends = broker.descriptors_in_flight(Some(key));
+            check!(
+                self,
+                ends <= limits.max_descriptors_per_key,
+                "{key} has {ends} ends"
+            );
+        }
+        let ends = broker.descriptors_in_flight(None);
+        check!(
+            self,
+            ends <= limits.max_descriptors,
+            "{ends} ends in flight"
+        );
         Ok(())
     }
 
