@@ -561,16 +561,14 @@ async fn watch(args: BrokerArgs, json: bool) -> Result<(), Failure> {
     let mut events = plugin.watch().await?;
     while let Some(event) = events.recv().await {
         match event {
-            WatchEvent::Snapshot(members) => {
-                for m in &members {
-                    match json {
-                        true => println!(
-                            "{}",
-                            serde_json::json!({"event": "present", "member": member_json(m)})
-                        ),
-                        false => println!("present {} {}", m.name, m.key),
-                    }
+            WatchEvent::Snapshot(members) => print_present(&members, json),
+            WatchEvent::Resync { seq, members } => {
+                // Changes were dropped while we did not read: start over.
+                match json {
+                    true => println!("{}", serde_json::json!({"seq": seq, "event": "resync"})),
+                    false => println!("{seq} resync"),
                 }
+                print_present(&members, json);
             }
             WatchEvent::Change { seq, presence } => {
                 let line = match (&presence, json) {
@@ -596,9 +594,35 @@ async fn watch(args: BrokerArgs, json: bool) -> Result<(), Failure> {
     Err(fail("the broker closed the connection"))
 }
 
+/// Who is there, one line each (a watch's snapshot or resync).
+fn print_present(members: &[Member], json: bool) {
+    for m in members {
+        match json {
+            true => println!(
+                "{}",
+                serde_json::json!({"event": "present", "member": member_json(m)})
+            ),
+            false => println!("present {} {}", m.name, m.key),
+        }
+    }
+}
+
 async fn stats(args: BrokerArgs, json: bool) -> Result<(), Failure> {
     let plugin = client(&args, None).await?;
     let stats = plugin.stats().await?;
+    for u in &stats.uids {
+        let (uid, u) = (u.uid, &u.usage);
+        match json {
+            true => println!(
+                "{}",
+                serde_json::json!({"uid": uid, "connections": u.connections, "channels": u.channels, "bytes_in": u.bytes_in, "bytes_out": u.bytes_out, "queued": u.queued})
+            ),
+            false => println!(
+                "uid  {uid}  conns {}  channels {}  in {}  out {}  queued {}",
+                u.connections, u.channels, u.bytes_in, u.bytes_out, u.queued
+            ),
+        }
+    }
     for k in &stats.keys {
         let u = &k.usage;
         match json {

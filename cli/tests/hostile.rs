@@ -110,7 +110,7 @@ fn other_users_on_a_wider_socket(runtime: &str) {
     let policy = write(
         &policy_dir,
         "policy.toml",
-        &format!("[[user]]\nuid = {named}\nlist = true\n"),
+        &format!("[[user]]\nuid = {named}\nlist = true\nwatch = true\n"),
     );
     let args = ["--policy", policy.to_str().unwrap()];
     let options = Options {
@@ -135,6 +135,16 @@ fn other_users_on_a_wider_socket(runtime: &str) {
         "uid {named}: {out:?}\n{}",
         broker.log_text()
     );
+    // `stats` shows what each user holds: here the named user's watch.
+    let mut watch = granted.spawn(&at, &["watch", "--broker-key", &broker.key]);
+    wait_for("the named user's watch in stats", || {
+        let out = broker.run(&["stats"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with(&format!("uid  {named}  conns 1 ")))
+    });
+    let _ = watch.kill();
+    let _ = watch.wait();
     let other = Client::new_as(&format!("users-unnamed-{runtime}"), Some(unnamed));
     let out = other.run(&at, &["list", "--broker-key", &broker.key]);
     assert!(!out.status.success(), "uid {unnamed} was let in");

@@ -124,6 +124,13 @@ pub enum Path {
 pub enum Watch {
     /// Who was there when the watch started.
     Snapshot(Vec<Member>),
+    /// The watch fell behind; this replaces what it knew.
+    Resync {
+        /// The registry sequence number it shows.
+        seq: u64,
+        /// Who is there.
+        members: Vec<Member>,
+    },
     /// A change.
     Change {
         /// Numbered without gaps.
@@ -283,6 +290,9 @@ impl Api for TokioApi {
             while let Some(event) = events.recv().await {
                 let event = match event {
                     plugboard_tokio::WatchEvent::Snapshot(members) => Watch::Snapshot(members),
+                    plugboard_tokio::WatchEvent::Resync { seq, members } => {
+                        Watch::Resync { seq, members }
+                    }
                     plugboard_tokio::WatchEvent::Change { seq, presence } => {
                         Watch::Change { seq, presence }
                     }
@@ -399,6 +409,9 @@ impl Api for SmolApi {
             while let Some(event) = events.next().await {
                 let event = match event {
                     plugboard_smol::WatchEvent::Snapshot(members) => Watch::Snapshot(members),
+                    plugboard_smol::WatchEvent::Resync { seq, members } => {
+                        Watch::Resync { seq, members }
+                    }
                     plugboard_smol::WatchEvent::Change { seq, presence } => {
                         Watch::Change { seq, presence }
                     }

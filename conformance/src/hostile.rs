@@ -87,6 +87,11 @@ pub(crate) struct Raw {
 
 impl Raw {
     async fn connect(path: &std::path::Path, seed: u8) -> Self {
+        Raw::connect_offering(path, seed, 0).await
+    }
+
+    /// As [`Raw::connect`], offering `features` in the hello.
+    async fn connect_offering(path: &std::path::Path, seed: u8, features: u64) -> Self {
         let mut stream = UnixStream::connect(path).await.unwrap();
         let mut hs = client_handshake(seed, NetworkKey::SSB_MAIN);
         let mut buf = [0u8; 256];
@@ -109,7 +114,7 @@ impl Raw {
         raw.send(&Message::ClientHello {
             min_version: 1,
             max_version: 1,
-            features: 0,
+            features,
         })
         .await;
         raw
@@ -452,6 +457,82 @@ pub fn a_watcher_that_never_reads_is_cut<B: Broker>() {
         // socket, gives up within a grace and closes it.
         hung_up_within(&deaf.stream, Duration::from_secs(20)).await;
         drop(deaf);
+    });
+}
+
+/// A watcher that offered `FEATURE_WATCH_RESYNC` and stops reading under
+/// others' churn stays connected; when it reads again it gets the changes
+/// that were queued, gap-free, then a resync showing the registry as it is.
+pub fn a_watcher_that_falls_behind_is_resynchronised<B: Broker>() {
+    const CHURN: u32 = 1_500;
+    let broker = start::<B>("resync", |c| {
+        c.limits.max_control_queue = 8 * 1024;
+        c.limits.registrations_per_source_per_s = 1_000_000;
+        c.limits.registrations_per_s = 1_000_000;
+    });
+    let (addr, path) = (broker.unix.clone(), broker.path.clone());
+    run(async {
+        let mut deaf = Raw::connect_offering(&path, 1, control::FEATURE_WATCH_RESYNC).await;
+        let Some(Message::BrokerHello { features, .. }) = deaf.message().await else {
+            panic!("no hello");
+        };
+        assert_eq!(features, control::FEATURE_WATCH_RESYNC);
+        deaf.send(&Message::Watch { request: 1 }).await;
+        let start = loop {
+            match deaf.message().await {
+                Some(Message::Snapshot {
+                    seq, last: true, ..
+                }) => break seq,
+                Some(Message::Snapshot { .. }) => {}
+                other => panic!("not a snapshot: {other:?}"),
+            }
+        };
+        let stays = plugin(&addr, 3, Some("stays")).await;
+        // Two changes each, ~250 bytes apiece: far past the socket's buffer
+        // and the 8 KiB queue.
+        for churn in 0..CHURN {
+            let name = format!("name-{churn:0>200}");
+            drop(plugin(&addr, 2, Some(&name)).await);
+        }
+        // Every registration and its end happened: the registry's last number.
+        let end = start + 1 + 2 * u64::from(CHURN);
+        let mut seen = start;
+        let (seq, members) = loop {
+            let message = tokio::time::timeout(Duration::from_secs(20), deaf.message())
+                .await
+                .expect("no resync")
+                .expect("cut instead of resynchronised");
+            match message {
+                Message::PresenceEvent { seq, .. } => {
+                    assert_eq!(seq, seen + 1, "an event out of order");
+                    seen = seq;
+                }
+                Message::Resync {
+                    seq,
+                    last: true,
+                    members,
+                } => break (seq, members),
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert!(seq > seen + 1, "nothing was dropped: {seen} then {seq}");
+        let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+        // The last changes may come after the resync, as events.
+        assert!(seq <= end, "{seq} after the last change {end}");
+        assert!(names.contains(&"stays"), "{names:?}");
+        let mut seen = seq;
+        while seen < end {
+            let message = tokio::time::timeout(Duration::from_secs(20), deaf.message())
+                .await
+                .expect("the last changes")
+                .expect("cut after the resync");
+            let Message::PresenceEvent { seq, .. } = message else {
+                panic!("unexpected {message:?}");
+            };
+            assert_eq!(seq, seen + 1);
+            seen = seq;
+        }
+        drop(stays);
     });
 }
 

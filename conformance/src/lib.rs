@@ -79,6 +79,7 @@ macro_rules! hostile_suite {
                 attackers_are_cut_beside_a_transfer,
                 truncated_handshakes_and_writes_past_credit,
                 a_watcher_that_never_reads_is_cut,
+                a_watcher_that_falls_behind_is_resynchronised,
                 a_thousand_connections_of_one_key,
                 a_peer_that_floods_after_it_is_cut_is_hung_up,
             ]);

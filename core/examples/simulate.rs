@@ -33,6 +33,7 @@ fn main() {
                 totals.channels += stats.channels;
                 totals.bytes += stats.bytes;
                 totals.budget_refusals += stats.budget_refusals;
+                totals.resyncs += stats.resyncs;
             }
             Err(violation) => {
                 violations += 1;
@@ -45,8 +46,8 @@ fn main() {
         }
     }
     println!(
-        "plugins={} channels={} checked_bytes={} budget_refusals={}",
-        totals.connects, totals.channels, totals.bytes, totals.budget_refusals
+        "plugins={} channels={} checked_bytes={} budget_refusals={} resyncs={}",
+        totals.connects, totals.channels, totals.bytes, totals.budget_refusals, totals.resyncs
     );
     println!("seeds={} violations={violations}", args.seeds);
     if violations > 0 {

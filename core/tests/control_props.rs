@@ -210,6 +210,11 @@ fn message() -> impl Strategy<Value = Message> {
                 members,
             }
         ),
+        (any::<u64>(), any::<bool>(), members()).prop_map(|(seq, last, members)| Message::Resync {
+            seq,
+            last,
+            members
+        }),
         (any::<u64>(), presence())
             .prop_map(|(seq, presence)| Message::PresenceEvent { seq, presence }),
         (

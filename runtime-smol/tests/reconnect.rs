@@ -187,7 +187,7 @@ fn a_lost_broker_is_replaced_name_and_watch_restored() {
         let snapshot = loop {
             match soon("the new snapshot", watch.next()).await.unwrap() {
                 WatchEvent::Snapshot(members) => break members,
-                WatchEvent::Change { .. } => {}
+                WatchEvent::Change { .. } | WatchEvent::Resync { .. } => {}
             }
         };
         assert!(!names(&snapshot).contains(&"sleepy"));

@@ -178,7 +178,7 @@ async fn a_lost_broker_is_replaced_name_and_watch_restored() {
     let snapshot = loop {
         match within("the new snapshot", watch.recv()).await.unwrap() {
             WatchEvent::Snapshot(members) => break members,
-            WatchEvent::Change { .. } => {}
+            WatchEvent::Change { .. } | WatchEvent::Resync { .. } => {}
         }
     };
     assert!(!names(&snapshot).contains(&"sleepy"));

@@ -213,6 +213,19 @@ impl Client {
     }
 }
 
+impl Client {
+    /// As [`Client::run`], left running (its output discarded).
+    pub fn spawn(&self, broker: &str, args: &[&str]) -> std::process::Child {
+        self.command()
+            .args(args)
+            .env("PLUGBOARD_BROKER", broker)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+}
+
 impl Drop for Client {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.home);

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::control::{ChannelId, ControlDecoder, TransportKind};
+use crate::control::{ChannelId, ControlDecoder, Features, TransportKind};
 use crate::keys::PublicKey;
 use crate::shs::ServerHandshake;
 use crate::time::Instant;
@@ -19,6 +19,20 @@ pub(super) enum Stage {
     Hello,
     /// Talking.
     Ready,
+}
+
+/// Where a connection's watch stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Watch {
+    Off,
+    /// Every change is queued for it.
+    Live,
+    /// It fell behind (it offered `FEATURE_WATCH_RESYNC`): changes are
+    /// dropped until its control queue drains, then a `Resync` replaces them.
+    Behind {
+        /// The first change it did not get.
+        from_seq: u64,
+    },
 }
 
 pub(super) struct Connection {
@@ -40,7 +54,9 @@ pub(super) struct Connection {
     pub(super) deadline: Option<Instant>,
     /// When the handshake must be over (the first message's is sooner).
     pub(super) handshake_deadline: Instant,
-    pub(super) watching: bool,
+    pub(super) watch: Watch,
+    /// Feature bits both sides support, from the hellos.
+    pub(super) features: Features,
     /// Where it accepts direct channels (`tcp:HOST:PORT`), from its register.
     pub(super) direct_addr: Option<String>,
     /// A `Transmit` event is out and not yet drained.
@@ -78,7 +94,8 @@ impl Connection {
             ping_sent: None,
             deadline: None,
             handshake_deadline,
-            watching: false,
+            watch: Watch::Off,
+            features: 0,
             direct_addr: None,
             notified: false,
             routes: BTreeSet::new(),

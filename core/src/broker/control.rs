@@ -3,20 +3,20 @@
 
 use bytes::BytesMut;
 
+use std::collections::BTreeMap;
+
 use crate::control::{
-    self, ErrorCode, KeyStats, Member, Message, NameStats, Presence, RequestId, Usage, MAX_MESSAGE,
-    VERSION,
+    self, ErrorCode, Features, KeyStats, Member, Message, NameStats, Presence, RequestId, UidStats,
+    Usage, FEATURES, FEATURE_STATS_UIDS, FEATURE_WATCH_RESYNC, KEY_STATS_LEN, MAX_MESSAGE,
+    UID_STATS_LEN, VERSION,
 };
 use crate::mux::MuxEvent;
 use crate::time::Instant;
 
-use super::connection::Stage;
+use super::connection::{Connection, Stage, Watch};
 use super::policy::any_matches;
 use super::registry::{Holder, RegisterError, Registered};
 use super::{Broker, ConnId};
-
-/// Bytes of a key and its usage in a stats page.
-const KEY_STATS_LEN: usize = 32 + 4 + 4 + 8 + 8 + 8;
 
 /// Room for the fixed part of a page message around its entries.
 const PAGE_BUDGET: usize = MAX_MESSAGE - 64;
@@ -78,9 +78,9 @@ impl Broker {
                 Message::ClientHello {
                     min_version,
                     max_version,
-                    ..
+                    features,
                 },
-            ) => self.on_hello(now, conn, min_version, max_version),
+            ) => self.on_hello(now, conn, min_version, max_version, features),
             (false, other) => self.close(
                 now,
                 conn,
@@ -100,9 +100,9 @@ impl Broker {
             (true, Message::Watch { request }) => self.on_watch(now, conn, request),
             (true, Message::Unwatch { request }) => {
                 let c = self.conns.get_mut(&conn).expect("handling its message");
-                let reply = match std::mem::replace(&mut c.watching, false) {
-                    true => Message::Ok { request },
-                    false => error(request, ErrorCode::WatchState, "not watching".into()),
+                let reply = match std::mem::replace(&mut c.watch, Watch::Off) {
+                    Watch::Off => error(request, ErrorCode::WatchState, "not watching".into()),
+                    Watch::Live | Watch::Behind { .. } => Message::Ok { request },
                 };
                 self.watchers.remove(&conn);
                 self.reply(conn, &reply);
@@ -135,7 +135,14 @@ impl Broker {
         }
     }
 
-    fn on_hello(&mut self, now: Instant, conn: ConnId, min_version: u16, max_version: u16) {
+    fn on_hello(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        min_version: u16,
+        max_version: u16,
+        offered: Features,
+    ) {
         if !(min_version..=max_version).contains(&VERSION) {
             let reason = format!(
                 "the plugin speaks versions {min_version}..={max_version}, the broker {VERSION}"
@@ -143,14 +150,16 @@ impl Broker {
             return self.close(now, conn, ErrorCode::UnsupportedVersion, reason);
         }
         let idle = self.config.limits.idle_timeout;
+        let features = offered & FEATURES;
         let hello = Message::BrokerHello {
             version: VERSION,
-            features: 0,
+            features,
             transport: self.conns[&conn].transport,
             limits: self.config.limits.announced(),
         };
         let c = self.conns.get_mut(&conn).expect("handling its message");
         c.stage = Stage::Ready;
+        c.features = features;
         c.since = now;
         self.set_deadline(conn, Some(now + idle));
         self.reply(conn, &hello);
@@ -277,7 +286,7 @@ impl Broker {
                 "may not watch".into(),
             );
         }
-        if c.watching {
+        if c.watch != Watch::Off {
             return self.refuse(
                 conn,
                 request,
@@ -301,8 +310,61 @@ impl Broker {
         self.conns
             .get_mut(&conn)
             .expect("handling its message")
-            .watching = true;
+            .watch = Watch::Live;
         self.watchers.insert(conn);
+    }
+
+    /// Queues a change for one watcher. One that offered
+    /// `FEATURE_WATCH_RESYNC` and has half its control-queue bound unread
+    /// falls behind instead of being cut off for others' churn: its changes
+    /// are dropped until it reads, then [`Broker::resync`] replaces them.
+    fn queue_change(&mut self, conn: ConnId, seq: u64, encoded: &[u8]) {
+        let backlog = self.config.limits.max_control_queue / 2;
+        let queued = self.queued_control(conn);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        match c.watch {
+            Watch::Off | Watch::Behind { .. } => {}
+            Watch::Live if c.features & FEATURE_WATCH_RESYNC != 0 && queued > backlog => {
+                c.watch = Watch::Behind { from_seq: seq };
+                let key = c.key;
+                let message = format!(
+                    "fell behind its watch ({queued} control bytes unread): changes from {seq} \
+                     are dropped until it reads, then it gets a fresh snapshot"
+                );
+                self.log(conn, key, None, message);
+            }
+            Watch::Live => self.reply_encoded(conn, encoded),
+        }
+    }
+
+    /// Sends a watcher that fell behind, now that it has read most of its
+    /// queue, the registry as it is: it replaces the changes it missed.
+    pub(super) fn resync(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Watch::Behind { from_seq } = c.watch else {
+            return;
+        };
+        c.watch = Watch::Live;
+        let key = c.key;
+        let seq = self.registry.seq();
+        let message = format!("watch resynchronised at {seq}: changes {from_seq}..={seq} dropped");
+        self.log(conn, key, None, message);
+        let members = self.members(self.last_now);
+        for (members, last) in pages(members, Member::encoded_len) {
+            self.reply(conn, &Message::Resync { seq, last, members });
+        }
+    }
+
+    /// Whether a watcher that fell behind has read enough for its resync.
+    pub(super) fn resync_due(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| matches!(c.watch, Watch::Behind { .. }))
+            && self.queued_control(conn) <= self.config.limits.max_control_queue / 4
     }
 
     fn on_stats(&mut self, _now: Instant, conn: ConnId, request: RequestId) {
@@ -314,16 +376,18 @@ impl Broker {
                 "may not ask for stats".into(),
             );
         }
-        // Per connection, then summed per key and looked up per name.
-        let mut per_key: std::collections::BTreeMap<[u8; 32], Usage> = Default::default();
+        // Per connection, then summed per key and per unix user, and looked
+        // up per name.
+        let mut per_key: BTreeMap<[u8; 32], Usage> = BTreeMap::new();
+        let mut per_uid: BTreeMap<u32, Usage> = BTreeMap::new();
         for c in self.conns.values() {
-            let Some(key) = c.key else { continue };
-            let usage = per_key.entry(key.0).or_insert_with(empty_usage);
-            usage.connections += 1;
-            usage.channels += (c.routes.len() + c.opens_out.len()) as u32;
-            usage.bytes_in += c.bytes_in;
-            usage.bytes_out += c.bytes_out;
-            usage.queued += c.queued() as u64;
+            let usage = usage_of(c);
+            if let Some(key) = c.key {
+                add_usage(per_key.entry(key.0).or_insert_with(empty_usage), &usage);
+            }
+            if let Some(uid) = c.origin.uid() {
+                add_usage(per_uid.entry(uid).or_insert_with(empty_usage), &usage);
+            }
         }
         let keys: Vec<KeyStats> = per_key
             .into_iter()
@@ -335,21 +399,21 @@ impl Broker {
         let names: Vec<NameStats> = self
             .registry
             .members()
-            .map(|(name, holder)| {
-                let c = &self.conns[&holder.conn];
-                NameStats {
-                    name: name.clone(),
-                    key: holder.key,
-                    usage: Usage {
-                        connections: 1,
-                        channels: (c.routes.len() + c.opens_out.len()) as u32,
-                        bytes_in: c.bytes_in,
-                        bytes_out: c.bytes_out,
-                        queued: c.queued() as u64,
-                    },
-                }
+            .map(|(name, holder)| NameStats {
+                name: name.clone(),
+                key: holder.key,
+                usage: usage_of(&self.conns[&holder.conn]),
             })
             .collect();
+        if self.conns[&conn].features & FEATURE_STATS_UIDS != 0 {
+            let uids: Vec<UidStats> = per_uid
+                .into_iter()
+                .map(|(uid, usage)| UidStats { uid, usage })
+                .collect();
+            for (uids, _) in pages(uids, |_| UID_STATS_LEN) {
+                self.reply(conn, &Message::UidStatsPage { request, uids });
+            }
+        }
         for page in stats_pages(request, keys, names) {
             self.reply(conn, &page);
         }
@@ -368,15 +432,13 @@ impl Broker {
             }
             Presence::Down { .. } => {}
         }
-        let event = Message::PresenceEvent {
-            seq: self.registry.seq(),
-            presence,
-        };
+        let seq = self.registry.seq();
+        let event = Message::PresenceEvent { seq, presence };
         let mut encoded = BytesMut::new();
         control::encode(&event, &mut encoded);
         let watchers: Vec<ConnId> = self.watchers.iter().copied().collect();
         for watcher in watchers {
-            self.reply_encoded(watcher, &encoded);
+            self.queue_change(watcher, seq, &encoded);
         }
     }
 
@@ -405,6 +467,25 @@ pub(super) fn error(request: RequestId, code: ErrorCode, mut message: String) ->
         code,
         message,
     }
+}
+
+/// What one connection holds, as `stats` reports it.
+fn usage_of(c: &Connection) -> Usage {
+    Usage {
+        connections: 1,
+        channels: (c.routes.len() + c.opens_out.len()) as u32,
+        bytes_in: c.bytes_in,
+        bytes_out: c.bytes_out,
+        queued: c.queued() as u64,
+    }
+}
+
+fn add_usage(sum: &mut Usage, one: &Usage) {
+    sum.connections += one.connections;
+    sum.channels += one.channels;
+    sum.bytes_in += one.bytes_in;
+    sum.bytes_out += one.bytes_out;
+    sum.queued += one.queued;
 }
 
 fn empty_usage() -> Usage {
@@ -495,7 +576,9 @@ fn kind(message: &Message) -> &'static str {
         Message::NameAcquired { .. } => "name-acquired",
         Message::ListPage { .. } => "list page",
         Message::Snapshot { .. } => "snapshot",
+        Message::Resync { .. } => "resync",
         Message::PresenceEvent { .. } => "presence event",
+        Message::UidStatsPage { .. } => "uid stats page",
         Message::StatsPage { .. } => "stats page",
         Message::Incoming { .. } => "incoming",
         Message::Opened { .. } => "opened",

@@ -428,6 +428,9 @@ impl Broker {
 
     /// The next bytes to write to `conn`.
     pub fn poll_transmit(&mut self, conn: ConnId) -> Option<Transmit> {
+        if self.resync_due(conn) {
+            self.resync(conn);
+        }
         let c = self.conns.get_mut(&conn)?;
         let out = match (&mut c.stage, &mut c.wire) {
             (Stage::Handshake(handshake), _) => handshake

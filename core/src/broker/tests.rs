@@ -561,7 +561,12 @@ fn limits_fail_the_one_request_not_the_connection() {
 #[test]
 fn a_watcher_that_does_not_read_is_cut_and_nobody_else_notices() {
     let mut net = Net::new(5, Chaos::default(), |c| c.limits.max_control_queue = 4096);
-    let watcher = unix(&mut net, 1);
+    // A plugin that does not offer FEATURE_WATCH_RESYNC: the blame rule.
+    let watcher = net
+        .connect_with(keypair(1), TransportKind::Unix, |c| c.features = 0)
+        .unwrap();
+    net.run();
+    net.events(watcher);
     let now = net.now;
     net.node(watcher).session.watch(now).unwrap();
     net.run();
@@ -585,6 +590,72 @@ fn a_watcher_that_does_not_read_is_cut_and_nobody_else_notices() {
         .log
         .iter()
         .any(|l| l.code == Some(ErrorCode::SlowReader)));
+}
+
+#[test]
+fn a_watcher_that_falls_behind_others_churn_is_resynchronised_not_cut() {
+    let mut net = Net::new(5, Chaos::default(), |c| {
+        c.limits.max_control_queue = 4096;
+        c.limits.registrations_per_source_per_s = 1000;
+        c.limits.registrations_per_s = 1000;
+    });
+    let watcher = unix(&mut net, 1);
+    let now = net.now;
+    net.node(watcher).session.watch(now).unwrap();
+    let SessionEvent::Watching { seq: start, .. } = one_event(&mut net, watcher) else {
+        panic!("no snapshot");
+    };
+    net.node(watcher).slow = true;
+    // Churn it asked to hear about, far more than its control queue holds;
+    // one name stays, so the resync has something to show.
+    let stays = unix(&mut net, 3);
+    register(&mut net, stays, "stays", false);
+    for i in 0..200 {
+        let churn = unix(&mut net, 2);
+        register(&mut net, churn, &format!("name-{i}"), false);
+        net.kill(churn);
+        net.run();
+    }
+    assert!(
+        !net.node(watcher).closed,
+        "the watcher was cut for others' churn"
+    );
+    let conn = net.node(watcher).conn;
+    assert!(net.broker.queued_for(conn) <= 4096);
+    assert!(net
+        .log
+        .iter()
+        .any(|l| l.message.contains("fell behind its watch")));
+
+    // It reads again: what was queued, then the registry as it is now.
+    net.node(watcher).slow = false;
+    net.run();
+    let events = net.events(watcher);
+    let Some((SessionEvent::Resynced { seq, members }, before)) = events.split_last() else {
+        panic!("no resync at the end: {events:?}");
+    };
+    assert_eq!(*seq, net.broker.registry().seq());
+    assert_eq!(
+        members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+        ["stays"]
+    );
+    // What came before is the gap-free start of the changes.
+    for (i, event) in before.iter().enumerate() {
+        assert!(
+            matches!(event, SessionEvent::Presence { seq, .. } if *seq == start + 1 + i as u64),
+            "{event:?}"
+        );
+    }
+    assert!(start + (before.len() as u64) < *seq, "nothing was dropped");
+
+    // Changes follow the resync without a gap.
+    net.kill(stays);
+    net.run();
+    let events = net.events(watcher);
+    assert!(
+        matches!(&events[..], [SessionEvent::Presence { seq: next, presence: Presence::Down { .. } }] if *next == seq + 1),
+        "{events:?}"
+    );
 }
 
 #[test]
@@ -1907,4 +1978,53 @@ fn a_register_storm_is_slowed_per_user_and_in_all() {
         one_event(&mut net, more[5]),
         SessionEvent::Registered { .. }
     ));
+}
+
+/// `stats` says what each unix user holds (with FEATURE_STATS_UIDS); a
+/// plugin that did not offer the bit gets the answer it always had.
+#[test]
+fn stats_show_each_unix_user() {
+    let mut net = Net::new(29, Chaos::default(), |c| {
+        c.owner_uid = Some(1000);
+        c.policy = Policy::from_toml("[[user]]\nuid = 1001\nlist = true\n").unwrap();
+    });
+    let mine = net
+        .connect_from(keypair(1), from_user(1000), |_| {})
+        .unwrap();
+    let theirs: Vec<NodeId> = (2..4)
+        .map(|seed| {
+            net.connect_from(keypair(seed), from_user(1001), |_| {})
+                .unwrap()
+        })
+        .collect();
+    net.run();
+    for id in theirs.iter().chain([&mine]) {
+        net.events(*id);
+    }
+    let owner = net
+        .connect_from(keypair(0xB0), from_user(1000), |_| {})
+        .unwrap();
+    net.run();
+    net.events(owner);
+    let now = net.now;
+    net.node(owner).session.stats(now).unwrap();
+    let SessionEvent::Stats { uids, keys, .. } = one_event(&mut net, owner) else {
+        panic!("no stats")
+    };
+    let per_uid: Vec<(u32, u32)> = uids.iter().map(|u| (u.uid, u.usage.connections)).collect();
+    // 1000: `mine` and the owner; 1001: two.
+    assert_eq!(per_uid, [(1000, 2), (1001, 2)]);
+    assert_eq!(keys.len(), 4);
+
+    let old = net
+        .connect_from(keypair(0xB0), from_user(1000), |c| c.features = 0)
+        .unwrap();
+    net.run();
+    net.events(old);
+    net.node(old).session.stats(now).unwrap();
+    let SessionEvent::Stats { uids, keys, .. } = one_event(&mut net, old) else {
+        panic!("no stats")
+    };
+    assert!(uids.is_empty());
+    assert_eq!(keys.len(), 4);
 }

@@ -13,8 +13,8 @@ use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 
 use super::{
     AnnouncedLimits, ChannelPath, ErrorCode, IncomingPath, InvalidName, KeyStats, Member, Message,
-    Name, NameStats, OpenedPath, Presence, TransportKind, Usage, MAX_MESSAGE, MAX_METADATA,
-    MAX_SHORT_TEXT, MAX_TEXT,
+    Name, NameStats, OpenedPath, Presence, TransportKind, UidStats, Usage, MAX_MESSAGE,
+    MAX_METADATA, MAX_SHORT_TEXT, MAX_TEXT,
 };
 use crate::keys::PublicKey;
 
@@ -28,7 +28,9 @@ const MEMBER_MIN_LEN: usize = 1 + 1 + KEY_LEN + 1 + 8;
 /// Encoded [`Usage`].
 const USAGE_LEN: usize = 4 + 4 + 8 + 8 + 8;
 /// Encoded [`KeyStats`].
-const KEY_STATS_LEN: usize = KEY_LEN + USAGE_LEN;
+pub(crate) const KEY_STATS_LEN: usize = KEY_LEN + USAGE_LEN;
+/// Encoded [`UidStats`].
+pub(crate) const UID_STATS_LEN: usize = 4 + USAGE_LEN;
 /// Smallest encoded [`NameStats`].
 const NAME_STATS_MIN_LEN: usize = 1 + 1 + KEY_LEN + USAGE_LEN;
 
@@ -56,6 +58,8 @@ mod kind {
     pub const INCOMING: u8 = 0x28;
     pub const OPENED: u8 = 0x29;
     pub const CHANNEL_PATH: u8 = 0x2A;
+    pub const RESYNC: u8 = 0x2B;
+    pub const UID_STATS_PAGE: u8 = 0x2C;
 }
 
 // Flag bits of `register` and `open`; the others must be zero, so that they
@@ -491,9 +495,23 @@ fn read_body(kind: u8, r: &mut Reader<'_>) -> Result<Message, DecodeError> {
             last: r.bool()?,
             members: r.members()?,
         },
+        kind::RESYNC => Message::Resync {
+            seq: r.u64()?,
+            last: r.bool()?,
+            members: r.members()?,
+        },
         kind::PRESENCE_EVENT => Message::PresenceEvent {
             seq: r.u64()?,
             presence: read_presence(r)?,
+        },
+        kind::UID_STATS_PAGE => Message::UidStatsPage {
+            request: r.u32()?,
+            uids: r.list(UID_STATS_LEN, |r| {
+                Ok(UidStats {
+                    uid: r.u32()?,
+                    usage: r.usage()?,
+                })
+            })?,
         },
         kind::STATS_PAGE => Message::StatsPage {
             request: r.u32()?,
@@ -831,6 +849,12 @@ fn write_message(message: &Message, s: &mut impl Sink) {
             s.bool(*last);
             s.members(members);
         }
+        Message::Resync { seq, last, members } => {
+            s.u8(kind::RESYNC);
+            s.u64(*seq);
+            s.bool(*last);
+            s.members(members);
+        }
         Message::PresenceEvent { seq, presence } => {
             s.u8(kind::PRESENCE_EVENT);
             s.u64(*seq);
@@ -851,6 +875,15 @@ fn write_message(message: &Message, s: &mut impl Sink) {
                     s.key(old_key);
                     s.member_after_name(new);
                 }
+            }
+        }
+        Message::UidStatsPage { request, uids } => {
+            s.u8(kind::UID_STATS_PAGE);
+            s.u32(*request);
+            s.count(uids.len());
+            for entry in uids {
+                s.u32(entry.uid);
+                s.usage(&entry.usage);
             }
         }
         Message::StatsPage {
@@ -1164,10 +1197,22 @@ mod tests {
                 request: 4,
                 seq: 0x0102_0304_0506_0708,
                 last: false,
-                members: vec![one, two],
+                members: vec![one.clone(), two.clone()],
             },
             &[
                 &b"\x25\0\0\0\x04\x01\x02\x03\x04\x05\x06\x07\x08\x00\0\0\0\x02"[..],
+                &members,
+            ]
+            .concat(),
+        );
+        assert_layout(
+            Message::Resync {
+                seq: 0x0102_0304_0506_0708,
+                last: true,
+                members: vec![one, two],
+            },
+            &[
+                &b"\x2b\x01\x02\x03\x04\x05\x06\x07\x08\x01\0\0\0\x02"[..],
                 &members,
             ]
             .concat(),
@@ -1263,7 +1308,7 @@ mod tests {
                 names: vec![NameStats {
                     name: name("n"),
                     key: KEY_B,
-                    usage,
+                    usage: usage.clone(),
                 }],
             },
             &[
@@ -1275,6 +1320,13 @@ mod tests {
                 &usage_bytes,
             ]
             .concat(),
+        );
+        assert_layout(
+            Message::UidStatsPage {
+                request: 1,
+                uids: vec![UidStats { uid: 1000, usage }],
+            },
+            &[&b"\x2c\0\0\0\x01\0\0\0\x01\0\0\x03\xe8"[..], &usage_bytes].concat(),
         );
     }
 
@@ -1481,7 +1533,7 @@ mod tests {
 
     #[test]
     fn unknown_kind() {
-        for kind in [0x00, 0x03, 0x0f, 0x19, 0x1f, 0x2b, 0xff] {
+        for kind in [0x00, 0x03, 0x0f, 0x19, 0x1f, 0x2d, 0xff] {
             assert_eq!(
                 decode(&[kind, 0, 0, 0, 0]),
                 Err(DecodeError::UnknownKind(kind))
@@ -1672,8 +1724,8 @@ mod tests {
             "a 70000-byte control message; the limit is 65536"
         );
         assert_eq!(
-            DecodeError::UnknownKind(0x2b).to_string(),
-            "unknown control message kind 0x2b"
+            DecodeError::UnknownKind(0x2d).to_string(),
+            "unknown control message kind 0x2d"
         );
         assert_eq!(
             DecodeError::FieldTooLong {

@@ -16,8 +16,20 @@ pub type ChannelId = u32;
 /// Protocol versions this implementation speaks.
 pub const VERSION: u16 = 1;
 
-/// Feature bits (hello). None are defined in version 1; unknown bits are ignored.
+/// Feature bits (hello): the plugin offers, the broker answers the bits both
+/// support; unknown bits are ignored.
 pub type Features = u64;
+
+/// A watcher that falls behind is sent [`Message::Resync`] instead of being
+/// disconnected as a slow reader.
+pub const FEATURE_WATCH_RESYNC: Features = 1 << 0;
+
+/// A `stats` answer starts with [`Message::UidStatsPage`]s: what each unix
+/// user holds.
+pub const FEATURE_STATS_UIDS: Features = 1 << 1;
+
+/// Every feature this implementation supports.
+pub const FEATURES: Features = FEATURE_WATCH_RESYNC | FEATURE_STATS_UIDS;
 
 /// How a connection reached the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,6 +119,16 @@ pub struct KeyStats {
     /// The key.
     pub key: PublicKey,
     /// What it holds.
+    pub usage: Usage,
+}
+
+/// `stats` about one unix user: its connections over unix sockets, by the
+/// peer credentials the kernel gave the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UidStats {
+    /// The user id.
+    pub uid: u32,
+    /// What its connections hold, summed.
     pub usage: Usage,
 }
 
@@ -309,6 +331,26 @@ pub enum Message {
         seq: u64,
         /// The change.
         presence: Presence,
+    },
+    /// Part of a fresh snapshot for a watcher that fell behind (only with
+    /// [`FEATURE_WATCH_RESYNC`]): the changes it did not read were dropped,
+    /// and this replaces what it knew. The last part has `last`; events follow
+    /// from `seq + 1`.
+    Resync {
+        /// The registry's sequence number the snapshot shows.
+        seq: u64,
+        /// Whether this is the last part.
+        last: bool,
+        /// Members, ordered by name across all parts.
+        members: Vec<Member>,
+    },
+    /// The first parts of the answer to `stats`, only with
+    /// [`FEATURE_STATS_UIDS`]: per unix user. [`Message::StatsPage`]s follow.
+    UidStatsPage {
+        /// The request's correlation id.
+        request: RequestId,
+        /// Per user id, ordered by uid across all parts.
+        uids: Vec<UidStats>,
     },
     /// Part of the answer to `stats`; the last part has `last`.
     StatsPage {

@@ -9,6 +9,7 @@ mod message;
 mod name;
 
 pub use codec::{decode, encode, encoded_len, ControlDecoder, DecodeError};
+pub(crate) use codec::{KEY_STATS_LEN, UID_STATS_LEN};
 pub use message::*;
 pub use name::{InvalidName, Name};
 

@@ -2,7 +2,7 @@ use bytes::Bytes;
 
 use crate::control::{
     AnnouncedLimits, ChannelId, ChannelPath, DecodeError, ErrorCode, IncomingPath, KeyStats,
-    Member, Name, NameStats, OpenedPath, Presence, RequestId,
+    Member, Name, NameStats, OpenedPath, Presence, RequestId, UidStats,
 };
 use crate::keys::PublicKey;
 use crate::mux::{ChannelError, MuxError};
@@ -61,6 +61,15 @@ pub enum SessionEvent {
         /// Every named plugin, by name.
         members: Vec<Member>,
     },
+    /// The watch fell behind and the broker dropped the changes it did not
+    /// read; this is the registry at `seq`, and replaces what the watch knew.
+    /// [`SessionEvent::Presence`] follows from `seq + 1`.
+    Resynced {
+        /// The registry sequence number the snapshot shows.
+        seq: u64,
+        /// Every named plugin, by name.
+        members: Vec<Member>,
+    },
     /// A change, numbered without gaps (the session checks).
     Presence {
         /// Its number.
@@ -72,6 +81,9 @@ pub enum SessionEvent {
     Stats {
         /// Which request.
         request: RequestId,
+        /// Per unix user (empty when the broker did not offer
+        /// [`crate::control::FEATURE_STATS_UIDS`]).
+        uids: Vec<UidStats>,
         /// Per key.
         keys: Vec<KeyStats>,
         /// Per name.

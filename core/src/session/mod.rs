@@ -16,8 +16,9 @@ use rand_core::CryptoRngCore;
 pub use events::{SessionError, SessionEvent};
 
 use crate::control::{
-    self, AnnouncedLimits, ChannelId, ChannelPath, ControlDecoder, ErrorCode, IncomingPath,
-    KeyStats, Member, Message, Name, NameStats, OpenedPath, RequestId, VERSION,
+    self, AnnouncedLimits, ChannelId, ChannelPath, ControlDecoder, ErrorCode, Features,
+    IncomingPath, KeyStats, Member, Message, Name, NameStats, OpenedPath, RequestId, UidStats,
+    FEATURES, FEATURE_STATS_UIDS, FEATURE_WATCH_RESYNC, VERSION,
 };
 use crate::keys::PublicKey;
 use crate::mux::{Mux, MuxConfig, MuxEvent, Side};
@@ -44,6 +45,9 @@ pub struct SessionConfig {
     pub max_window: u32,
     /// Largest all receive windows together may grow to.
     pub max_connection_window: u64,
+    /// Feature bits to offer in the hello (all this implementation has, by
+    /// default).
+    pub features: Features,
 }
 
 /// How long an accepted channel waits for its path when the broker did not
@@ -62,6 +66,7 @@ impl SessionConfig {
             request_timeout: Duration::from_secs(30),
             max_window: defaults.max_window,
             max_connection_window: defaults.max_connection_window,
+            features: FEATURES,
         }
     }
 }
@@ -79,7 +84,7 @@ enum Pending {
     List(Vec<Member>),
     Watch(Vec<Member>),
     Unwatch,
-    Stats(Vec<KeyStats>, Vec<NameStats>),
+    Stats(Vec<UidStats>, Vec<KeyStats>, Vec<NameStats>),
     Open(ChannelId),
 }
 
@@ -112,7 +117,12 @@ pub struct Session {
     next_request: RequestId,
     requests: BTreeMap<RequestId, Request>,
     channels: BTreeMap<ChannelId, ChannelState>,
+    /// The last change a watch saw.
     watch_seq: Option<u64>,
+    /// Pages of a resync still coming.
+    resync: Option<Vec<Member>>,
+    /// Feature bits both sides support, from the broker's hello.
+    features: Features,
     fds: VecDeque<u64>,
     events: VecDeque<SessionEvent>,
     scratch: BytesMut,
@@ -136,6 +146,8 @@ impl Session {
             requests: BTreeMap::new(),
             channels: BTreeMap::new(),
             watch_seq: None,
+            resync: None,
+            features: 0,
             fds: VecDeque::new(),
             events: VecDeque::new(),
             scratch: BytesMut::new(),
@@ -308,9 +320,8 @@ impl Session {
 
     /// Who holds what.
     pub fn stats(&mut self, now: Instant) -> Result<RequestId, SessionError> {
-        self.request(now, Pending::Stats(Vec::new(), Vec::new()), |request| {
-            Message::Stats { request }
-        })
+        let parts = Pending::Stats(Vec::new(), Vec::new(), Vec::new());
+        self.request(now, parts, |request| Message::Stats { request })
     }
 
     /// Opens a channel to `name`. The channel id is ours at once; it is usable
@@ -615,7 +626,7 @@ impl Session {
         self.send_message(&Message::ClientHello {
             min_version: VERSION,
             max_version: VERSION,
-            features: 0,
+            features: self.config.features,
         })?;
         if !established.early_data.is_empty() {
             let wire = self.wire.as_mut().expect("just set");
@@ -697,7 +708,10 @@ impl Session {
     fn on_message(&mut self, message: Message) -> Result<(), SessionError> {
         if let Stage::AwaitHello { .. } = self.stage {
             let Message::BrokerHello {
-                version, limits, ..
+                version,
+                limits,
+                features,
+                ..
             } = message
             else {
                 return Err(SessionError::Protocol(
@@ -709,6 +723,12 @@ impl Session {
                     "the broker chose a version we do not speak",
                 ));
             }
+            if features & !self.config.features != 0 {
+                return Err(SessionError::Protocol(
+                    "the broker chose a feature we did not offer",
+                ));
+            }
+            self.features = features;
             let wire = self.wire.as_mut().expect("after the handshake");
             wire.mux.configure(MuxConfig {
                 max_frame: crate::mux::DEFAULT_MAX_FRAME,
@@ -745,7 +765,10 @@ impl Session {
             Message::Ok { request } => {
                 let r = self.take_request(request)?;
                 match r.pending {
-                    Pending::Unwatch => self.watch_seq = None,
+                    Pending::Unwatch => {
+                        self.watch_seq = None;
+                        self.resync = None;
+                    }
                     _ => return Err(SessionError::Protocol("ok for a request that expects more")),
                 }
                 SessionEvent::Done { request }
@@ -798,7 +821,28 @@ impl Session {
                     members,
                 }
             }
+            Message::Resync { seq, last, members } => {
+                if self.features & FEATURE_WATCH_RESYNC == 0 {
+                    return Err(SessionError::Protocol("a resync we did not ask for"));
+                }
+                match self.watch_seq {
+                    Some(seen) if seq > seen => {}
+                    Some(_) => return Err(SessionError::Protocol("a resync that goes back")),
+                    None => return Err(SessionError::Protocol("a resync without a watch")),
+                }
+                let mut all = self.resync.take().unwrap_or_default();
+                all.extend(members);
+                if !last {
+                    self.resync = Some(all);
+                    return Ok(());
+                }
+                self.watch_seq = Some(seq);
+                SessionEvent::Resynced { seq, members: all }
+            }
             Message::PresenceEvent { seq, presence } => {
+                if self.resync.is_some() {
+                    return Err(SessionError::Protocol("a presence event inside a resync"));
+                }
                 match self.watch_seq {
                     Some(last) if seq == last + 1 => self.watch_seq = Some(seq),
                     Some(_) => {
@@ -808,6 +852,22 @@ impl Session {
                 }
                 SessionEvent::Presence { seq, presence }
             }
+            Message::UidStatsPage { request, uids } => {
+                if self.features & FEATURE_STATS_UIDS == 0 {
+                    return Err(SessionError::Protocol("uid stats we did not ask for"));
+                }
+                let add = |p: &mut Pending| match p {
+                    Pending::Stats(all_uids, keys, names)
+                        if keys.is_empty() && names.is_empty() =>
+                    {
+                        all_uids.extend(uids);
+                        true
+                    }
+                    _ => false,
+                };
+                self.page(request, false, add)?;
+                return Ok(());
+            }
             Message::StatsPage {
                 request,
                 last,
@@ -815,18 +875,19 @@ impl Session {
                 names,
             } => {
                 let add = |p: &mut Pending| match p {
-                    Pending::Stats(all_keys, all_names) => {
+                    Pending::Stats(_, all_keys, all_names) => {
                         all_keys.extend(keys);
                         all_names.extend(names);
                         true
                     }
                     _ => false,
                 };
-                let Some(Pending::Stats(keys, names)) = self.page(request, last, add)? else {
+                let Some(Pending::Stats(uids, keys, names)) = self.page(request, last, add)? else {
                     return Ok(());
                 };
                 SessionEvent::Stats {
                     request,
+                    uids,
                     keys,
                     names,
                 }

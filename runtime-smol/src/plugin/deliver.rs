@@ -47,6 +47,15 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
                 reply(&tx, Ok(()));
             }
         }
+        SessionEvent::Resynced { seq, members } => {
+            inner.watchers.retain(|w| {
+                w.try_send(WatchEvent::Resync {
+                    seq,
+                    members: members.clone(),
+                })
+                .is_ok()
+            });
+        }
         SessionEvent::Presence { seq, presence } => {
             inner.watchers.retain(|w| {
                 w.try_send(WatchEvent::Change {
@@ -58,11 +67,12 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
         }
         SessionEvent::Stats {
             request,
+            uids,
             keys,
             names,
         } => {
             if let Some(Waiter::Stats(tx)) = inner.waiters.remove(&request) {
-                reply(&tx, Ok(Stats { keys, names }));
+                reply(&tx, Ok(Stats { uids, keys, names }));
             }
         }
         SessionEvent::Done { request } => {

@@ -30,7 +30,7 @@ use std::task::Waker;
 use bytes::Bytes;
 use plugboard_core::control::{
     ChannelId, ErrorCode, IncomingPath, KeyStats, Member, Name, NameStats, OpenedPath, Presence,
-    RequestId,
+    RequestId, UidStats,
 };
 use plugboard_core::session::{Session, SessionError};
 use plugboard_core::shs::HandshakeConfig;
@@ -112,6 +112,15 @@ impl PluginError {
 pub enum WatchEvent {
     /// The state when the watch started.
     Snapshot(Vec<Member>),
+    /// The watch fell behind: the broker dropped the changes it did not
+    /// read in time, and this is the state at `seq`, replacing what the
+    /// snapshot and changes so far said. Changes follow from `seq + 1`.
+    Resync {
+        /// The registry sequence number it shows.
+        seq: u64,
+        /// Every named plugin, by name.
+        members: Vec<Member>,
+    },
     /// A change, numbered.
     Change {
         /// Its number (gap-free).
@@ -124,6 +133,8 @@ pub enum WatchEvent {
 /// Stats: per key and per name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stats {
+    /// Per unix user (what its connections over unix sockets hold).
+    pub uids: Vec<UidStats>,
     /// Per key.
     pub keys: Vec<KeyStats>,
     /// Per name.

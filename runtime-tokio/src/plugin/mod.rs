@@ -24,7 +24,7 @@ use bytes::Bytes;
 use plugboard_core::budget::StrangerLimits;
 use plugboard_core::control::{
     ChannelId, ChannelPath, ErrorCode, IncomingPath, KeyStats, Member, Name, NameStats, OpenedPath,
-    Presence, RequestId,
+    Presence, RequestId, UidStats,
 };
 use plugboard_core::session::{Session, SessionConfig, SessionError, SessionEvent};
 use plugboard_core::shs::HandshakeConfig;
@@ -102,6 +102,15 @@ impl PluginError {
 pub enum WatchEvent {
     /// The state when the watch started.
     Snapshot(Vec<Member>),
+    /// The watch fell behind: the broker dropped the changes it did not
+    /// read in time, and this is the state at `seq`, replacing what the
+    /// snapshot and changes so far said. Changes follow from `seq + 1`.
+    Resync {
+        /// The registry sequence number it shows.
+        seq: u64,
+        /// Every named plugin, by name.
+        members: Vec<Member>,
+    },
     /// A change, numbered.
     Change {
         /// Its number (gap-free).
@@ -114,6 +123,8 @@ pub enum WatchEvent {
 /// Stats: per key and per name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stats {
+    /// Per unix user (what its connections over unix sockets hold).
+    pub uids: Vec<UidStats>,
     /// Per key.
     pub keys: Vec<KeyStats>,
     /// Per name.
@@ -879,6 +890,15 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
                 let _ = tx.send(Ok(()));
             }
         }
+        SessionEvent::Resynced { seq, members } => {
+            inner.watchers.retain(|w| {
+                w.send(WatchEvent::Resync {
+                    seq,
+                    members: members.clone(),
+                })
+                .is_ok()
+            });
+        }
         SessionEvent::Presence { seq, presence } => {
             inner.watchers.retain(|w| {
                 w.send(WatchEvent::Change {
@@ -890,11 +910,12 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
         }
         SessionEvent::Stats {
             request,
+            uids,
             keys,
             names,
         } => {
             if let Some(Waiter::Stats(tx)) = inner.waiters.remove(&request) {
-                let _ = tx.send(Ok(Stats { keys, names }));
+                let _ = tx.send(Ok(Stats { uids, keys, names }));
             }
         }
         SessionEvent::Done { request } => {

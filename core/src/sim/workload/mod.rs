@@ -50,6 +50,8 @@ pub struct RunStats {
     /// Requests refused by a budget (bytes, channels, rates) or channels
     /// relayed for want of descriptors: the hostile nodes met the budgets.
     pub budget_refusals: usize,
+    /// Watchers that fell behind and were sent a fresh snapshot.
+    pub resyncs: usize,
 }
 
 const NAMES: [&str; 5] = ["alpha", "beta", "gamma", "delta", "eps"];
@@ -426,6 +428,15 @@ impl Sim {
             SessionEvent::Watching { seq, members, .. } => {
                 app.watch_pending = false;
                 app.view = Some((seq, members.into_iter().map(|m| (m.name, m.key)).collect()));
+            }
+            SessionEvent::Resynced { seq, members } => {
+                let Some((at, view)) = app.view.as_mut() else {
+                    return Err(self.violation(format!("node {id}: a resync without a watch")));
+                };
+                check!(self, seq > *at, "node {id}: resync to {seq} after {at}");
+                *at = seq;
+                *view = members.into_iter().map(|m| (m.name, m.key)).collect();
+                self.stats.resyncs += 1;
             }
             SessionEvent::Presence { seq, presence } => {
                 let Some((at, view)) = app.view.as_mut() else {
