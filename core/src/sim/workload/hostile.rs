@@ -10,6 +10,7 @@ use rand_chacha::rand_core::RngCore;
 use super::{stream_byte, Sim, NAMES};
 use crate::control::{ChannelId, ErrorCode, Name, TransportKind};
 use crate::keys::Keypair;
+use crate::mux::{frame, Frame};
 use crate::session::SessionEvent;
 use crate::sim::net::NodeId;
 
@@ -26,6 +27,9 @@ pub(super) enum Kind {
     OpenFlood,
     /// Registers and leaves, with a fresh key each time.
     Churn,
+    /// Grants credit on its channels in floods of one-byte WINDOW frames
+    /// (what its session would merge into one), mostly without reading.
+    WindowFlood,
 }
 
 /// A hostile node's own channels: where it may send, and what.
@@ -39,10 +43,11 @@ pub(super) struct Hostile {
 impl Sim {
     /// Connects a new hostile node of a random kind.
     pub(super) fn hostile_connect(&mut self) {
-        let kind = match self.rand(4) {
+        let kind = match self.rand(5) {
             0 => Kind::Deaf,
             1 => Kind::Trickle,
             2 => Kind::OpenFlood,
+            3 => Kind::WindowFlood,
             _ => Kind::Churn,
         };
         // Keys of their own, fresh ones for churners.
@@ -97,6 +102,20 @@ impl Sim {
                         .session
                         .reset(channel, ErrorCode::Cancelled, "flood");
                 }
+            }
+            Kind::WindowFlood => {
+                self.hostile_open(id, 1);
+                let mut flood = bytes::BytesMut::new();
+                for (channel, _, _) in &self.hostile[&id].channels {
+                    for _ in 0..500 {
+                        let window = Frame::Window {
+                            channel: *channel,
+                            increment: 1,
+                        };
+                        frame::encode(&window, &mut flood);
+                    }
+                }
+                self.net.send_raw(id, flood.freeze());
             }
             Kind::Churn => {
                 if self.net.node(id).session.is_ready() && self.rand(2) == 0 {

@@ -129,7 +129,7 @@ impl Sim {
                 let limits: &mut Limits = &mut config.limits;
                 limits.initial_window = 8 * 1024;
                 limits.max_window = 64 * 1024;
-                limits.max_control_queue = 32 * 1024;
+                limits.max_control_queue = 4 * 1024;
                 limits.max_connections_per_key = 3;
                 limits.max_pending_opens_per_key = 4;
                 limits.max_channels_per_key = 8;
