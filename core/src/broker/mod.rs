@@ -9,6 +9,7 @@
 //! [`Event::Close`], and call [`Broker::handle_timeout`] at
 //! [`Broker::poll_timeout`].
 
+mod audit;
 mod config;
 mod connection;
 mod control;

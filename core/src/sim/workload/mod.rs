@@ -16,9 +16,8 @@ mod hostile;
 
 use super::net::{Chaos, Net, NodeId};
 use crate::broker::Limits;
-use crate::control::{ErrorCode, Name, Presence, TransportKind, MAX_MESSAGE};
+use crate::control::{ErrorCode, Name, Presence, TransportKind};
 use crate::keys::{Keypair, PublicKey};
-use crate::mux::HEADER_LEN;
 use crate::session::SessionEvent;
 
 /// A broken invariant, with the step it broke at.
@@ -639,50 +638,9 @@ impl Sim {
                 "{name} is owned by a dead or other connection"
             );
         }
-        // The buffer bound: control queues, plus a window per relayed direction,
-        // plus less than a frame of input per connection.
-        let limits = broker.limits();
-        let per_conn = limits.max_control_queue
-            + 2 * MAX_MESSAGE
-            + 2 * (limits.max_frame as usize + HEADER_LEN)
-            + 64 * 1024;
-        let per_route = 2 * (limits.max_window as usize + limits.max_frame as usize + HEADER_LEN);
-        let bound = broker.connection_count() * per_conn + broker.route_count() * per_route;
-        let buffered = broker.buffered_bytes();
-        check!(
-            self,
-            buffered <= bound,
-            "the broker holds {buffered} bytes, over its bound {bound}"
-        );
         // Every budget, measured from what the broker holds.
-        let books = broker.check_byte_books();
-        check!(self, books.is_ok(), "{}", books.unwrap_err());
-        let reserved = broker.bytes_reserved(None);
-        check!(
-            self,
-            reserved <= limits.max_bytes,
-            "{reserved} bytes reserved"
-        );
-        for (key, _) in broker.key_usages() {
-            let held = broker.bytes_reserved(Some(key));
-            check!(
-                self,
-                held <= limits.max_bytes_per_key,
-                "{key} reserved {held}"
-            );
-            let ends = broker.descriptors_in_flight(Some(key));
-            check!(
-                self,
-                ends <= limits.max_descriptors_per_key,
-                "{key} has {ends} ends"
-            );
-        }
-        let ends = broker.descriptors_in_flight(None);
-        check!(
-            self,
-            ends <= limits.max_descriptors,
-            "{ends} ends in flight"
-        );
+        let budgets = broker.check_budgets();
+        check!(self, budgets.is_ok(), "{}", budgets.unwrap_err());
         Ok(())
     }
 
