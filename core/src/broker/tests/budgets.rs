@@ -1,0 +1,451 @@
+//! Hostile tenants: every budget (per uid, per key, between keys, bytes,
+//! descriptors, rates) stops the attacker and leaves the others alone.
+
+use super::*;
+
+/// Keys cost nothing to make; a uid does: one user's processes, with a
+/// fresh key each, stop at the per-uid limit, and another user still gets in.
+#[test]
+fn one_user_with_many_keys_stops_at_its_limit() {
+    let mut net = Net::new(21, Chaos::default(), |c| {
+        c.limits.max_connections_per_uid = 3;
+        c.owner_uid = Some(1000);
+        c.policy = Policy::from_toml("[[user]]\nuid = 1001\nlist = true\n").unwrap();
+    });
+    let mut mine = Vec::new();
+    for seed in 1..=3 {
+        mine.push(
+            net.connect_from(keypair(seed), from_user(1001), |_| {})
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        net.broker.accept(net.now, from_user(1001)),
+        Err(AcceptError::TooManyForUser {
+            uid: 1001,
+            limit: 3
+        })
+    );
+    let owner = net
+        .connect_from(keypair(9), from_user(1000), |_| {})
+        .unwrap();
+    net.run();
+    for id in mine.iter().copied().chain([owner]) {
+        assert!(
+            matches!(net.events(id).first(), Some(SessionEvent::Ready { .. })),
+            "node {id} is not ready"
+        );
+    }
+    assert_eq!(net.broker.uid_connections(1001), 3);
+    net.kill(mine[0]);
+    net.run();
+    assert_eq!(net.broker.uid_connections(1001), 2);
+    assert!(net
+        .connect_from(keypair(4), from_user(1001), |_| {})
+        .is_some());
+    let refusals: Vec<_> = net.log.iter().filter(|l| l.warning).collect();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert!(refusals[0].message.contains("uid 1001"), "{refusals:?}");
+}
+
+/// On a socket other users can reach, only the broker's own user has the
+/// `[unix]` rights; another gets what its `[[user]]` entry grants, and one
+/// with no entry is refused in the handshake.
+#[test]
+fn other_users_get_only_what_the_policy_names() {
+    let mut net = Net::new(22, Chaos::default(), |c| {
+        c.owner_uid = Some(1000);
+        c.policy = Policy::from_toml("[[user]]\nuid = 1001\nopen = [\"svc\"]\n").unwrap();
+    });
+    let owner = net
+        .connect_from(keypair(1), from_user(1000), |_| {})
+        .unwrap();
+    let granted = net
+        .connect_from(keypair(2), from_user(1001), |_| {})
+        .unwrap();
+    let stranger = net
+        .connect_from(keypair(3), from_user(1002), |_| {})
+        .unwrap();
+    net.run();
+    assert!(matches!(
+        net.events(owner).first(),
+        Some(SessionEvent::Ready { .. })
+    ));
+    assert!(matches!(
+        net.events(granted).first(),
+        Some(SessionEvent::Ready { .. })
+    ));
+    assert!(net.node(stranger).session.is_closed());
+    assert!(
+        net.log
+            .iter()
+            .any(|l| l.code == Some(ErrorCode::NotPermitted) && l.message.contains("uid 1002")),
+        "{:?}",
+        net.log
+    );
+    assert!(matches!(
+        register(&mut net, owner, "svc", false),
+        SessionEvent::Registered { .. }
+    ));
+    assert_eq!(
+        failed_code(&register(&mut net, granted, "mine", false)),
+        ErrorCode::NotPermitted
+    );
+    open_and_accept(&mut net, granted, owner, "svc");
+}
+
+/// A connection that does not read keeps every socketpair end meant for it
+/// open in the broker: its key may have only so many in flight; channels
+/// beyond are relayed (and work), and the ends are free once it reads.
+#[test]
+fn socketpair_ends_for_a_connection_that_does_not_read_are_bounded() {
+    let mut net = Net::new(23, Chaos::default(), |c| {
+        c.fd_passing = true;
+        c.limits.max_descriptors_per_key = 4;
+    });
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "direct", false);
+    net.node(a).slow = true;
+    let mut paths = Vec::new();
+    for _ in 0..10 {
+        let now = net.now;
+        net.node(a)
+            .session
+            .open(now, name("direct"), "p", Bytes::new(), true)
+            .unwrap();
+        let SessionEvent::Incoming { channel, .. } = one_event(&mut net, b) else {
+            panic!("an incoming open")
+        };
+        let now = net.now;
+        net.node(b).session.accept(now, channel).unwrap();
+        match one_event(&mut net, b) {
+            SessionEvent::ChannelPath { path, .. } => paths.push(path),
+            other => panic!("expected the channel's path, got {other:?}"),
+        }
+    }
+    let pairs = paths
+        .iter()
+        .filter(|p| **p == ChannelPath::SocketPair)
+        .count();
+    assert_eq!((pairs, paths.len() - pairs), (4, 6), "{paths:?}");
+    let a_key = keypair(1).public();
+    assert_eq!(net.broker.descriptors_in_flight(Some(&a_key)), 4);
+    assert_eq!(net.broker.descriptors_in_flight(None), 4);
+    assert!(net
+        .log
+        .iter()
+        .any(|l| l.message.contains("relaying, not a socketpair")));
+    // It reads: its ends ride out, and the budget is whole again.
+    net.node(a).slow = false;
+    net.run();
+    assert_eq!(net.broker.descriptors_in_flight(None), 0);
+}
+
+/// A refusal's code and message.
+type Refusal = (ErrorCode, String);
+
+/// Opens from `opener` to `target_name` up to `tries` times, `target`
+/// accepting whatever arrives, until the first refusal. Returns the
+/// channels made (opener's id, target's id) and the refusal.
+fn open_until_refused(
+    net: &mut Net,
+    opener: NodeId,
+    target: NodeId,
+    target_name: &str,
+    tries: usize,
+) -> (Vec<(u32, u32)>, Option<Refusal>) {
+    let mut made = Vec::new();
+    for _ in 0..tries {
+        let now = net.now;
+        net.node(opener)
+            .session
+            .open(now, name(target_name), "p", Bytes::new(), false)
+            .unwrap();
+        net.run();
+        let mut theirs = None;
+        if let [SessionEvent::Incoming { channel, .. }] = &net.events(target)[..] {
+            let now = net.now;
+            net.node(target).session.accept(now, *channel).unwrap();
+            net.run();
+            theirs = Some(*channel);
+        }
+        match &net.events(opener)[..] {
+            [SessionEvent::Opened { channel, .. }] => made.push((*channel, theirs.unwrap())),
+            [SessionEvent::Failed { code, message, .. }] => {
+                return (made, Some((*code, message.clone())))
+            }
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+    (made, None)
+}
+
+/// One opener key cannot take a target's whole channel quota: at its share
+/// it is refused, and another key's open still succeeds.
+#[test]
+fn one_key_holds_only_its_share_of_anothers_channels() {
+    let mut net = Net::new(24, Chaos::default(), |c| {
+        c.limits.max_channels_per_key = 8;
+        c.limits.max_channels_between_keys = 3;
+    });
+    let greedy = unix(&mut net, 1);
+    let other = unix(&mut net, 2);
+    let target = unix(&mut net, 3);
+    register(&mut net, target, "svc", false);
+    // The greedy key asks for the target's whole quota and accepts what
+    // arrives; before the share bound it got all eight and everyone else
+    // error 9.
+    let (made, refusal) = open_until_refused(&mut net, greedy, target, "svc", 8);
+    assert_eq!(made.len(), 3);
+    let (code, message) = refusal.expect("refused at its share");
+    assert_eq!(code, ErrorCode::TooManyChannels);
+    assert!(
+        message.contains("the most one key may hold with another"),
+        "{message}"
+    );
+    let (g, t) = (keypair(1).public(), keypair(3).public());
+    assert_eq!(net.broker.channels_between(t, g), 3);
+    open_and_accept(&mut net, other, target, "svc");
+}
+
+#[test]
+fn a_key_that_writes_everywhere_and_reads_nothing_stops_at_its_byte_budget() {
+    const WINDOW: u32 = 4096;
+    let mut net = Net::new(26, Chaos::default(), |c| {
+        c.limits.initial_window = WINDOW;
+        c.limits.max_window = 64 * 1024;
+        c.limits.max_bytes_per_key = 5 * 2 * u64::from(WINDOW) + 3000;
+    });
+    let greedy = unix(&mut net, 1);
+    let other = unix(&mut net, 2);
+    let target = unix(&mut net, 3);
+    register(&mut net, target, "svc", false);
+    register(&mut net, greedy, "sink", false);
+    // Before the byte budget, opens stopped only at max_channels_per_key
+    // (4096), each able to make the broker hold two windows.
+    let (made, refusal) = open_until_refused(&mut net, greedy, target, "svc", 6);
+    let refusal = refusal.expect("refused past the budget");
+    let (channels, target_channels): (Vec<u32>, Vec<u32>) = made.into_iter().unzip();
+    assert_eq!(channels.len(), 5);
+    assert_eq!(refusal.0, ErrorCode::TooManyBytes);
+    assert!(
+        refusal.1.contains("may not open another channel"),
+        "{}",
+        refusal.1
+    );
+
+    // It writes everywhere and reads nothing; so does the target.
+    net.node(greedy).slow = true;
+    for _ in 0..50 {
+        for &ch in &channels {
+            let _ = net
+                .node(greedy)
+                .session
+                .send(ch, Bytes::from(vec![7; 16 * 1024]));
+        }
+        for &ch in &target_channels {
+            let _ = net
+                .node(target)
+                .session
+                .send(ch, Bytes::from(vec![9; 16 * 1024]));
+        }
+        net.run();
+        net.broker.check_byte_books().unwrap();
+    }
+    let key = keypair(1).public();
+    assert_eq!(
+        net.broker.bytes_reserved(Some(&key)),
+        5 * 2 * u64::from(WINDOW)
+    );
+    // Measured from the queues: both windows of each channel, no more.
+    let held = net.broker.buffered_bytes() as u64;
+    assert!(held <= 5 * 2 * u64::from(WINDOW) + 64 * 1024, "{held}");
+    // Another key is not disturbed.
+    net.events(target);
+    open_and_accept(&mut net, other, target, "svc");
+}
+
+#[test]
+fn credit_beyond_the_initial_window_is_reserved_from_the_key_that_grants_it() {
+    const WINDOW: u32 = 4096;
+    let budget = 3 * 2 * u64::from(WINDOW) + 20_000;
+    let mut net = Net::new(27, Chaos::default(), |c| {
+        c.limits.initial_window = WINDOW;
+        c.limits.max_window = 64 * 1024;
+        c.limits.max_bytes_per_key = budget;
+    });
+    let sender = unix(&mut net, 1);
+    let reader = unix(&mut net, 3);
+    register(&mut net, reader, "svc", false);
+    let pairs: Vec<(u32, u32)> = (0..3)
+        .map(|_| open_and_accept(&mut net, sender, reader, "svc"))
+        .collect();
+    // The reader reads everything, so its windows grow towards 64 KiB on
+    // each channel; the relay passes that credit on only as far as the
+    // reader's key may reserve, and every transfer completes.
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let mut sent = [0usize; 3];
+    let mut received = [0usize; 3];
+    let reader_key = keypair(3).public();
+    let mut most = 0;
+    for _ in 0..20_000 {
+        for (i, &(s, _)) in pairs.iter().enumerate() {
+            if sent[i] < data.len() {
+                let chunk =
+                    Bytes::copy_from_slice(&data[sent[i]..(sent[i] + 16 * 1024).min(data.len())]);
+                sent[i] += net.node(sender).session.send(s, chunk).unwrap();
+            }
+        }
+        net.run();
+        for event in net.events(reader) {
+            if let SessionEvent::Data { channel, payload } = event {
+                let i = pairs.iter().position(|p| p.1 == channel).unwrap();
+                net.node(reader).session.consume(channel, payload.len());
+                received[i] += payload.len();
+            }
+        }
+        net.events(sender);
+        net.broker.check_byte_books().unwrap();
+        most = most.max(net.broker.bytes_reserved(Some(&reader_key)));
+        if received.iter().all(|&n| n == data.len()) {
+            break;
+        }
+    }
+    assert_eq!(received, [data.len(); 3]);
+    // The reader's key paid for credit beyond the initial windows, up to its budget.
+    assert!(most > 0 && most <= budget, "{most}");
+}
+
+/// Credit passed through the relay is one WINDOW per channel per write,
+/// however many grants made it: a receiver that sends 150,000 one-byte
+/// WINDOW frames while its victim does not read cannot get the victim cut
+/// off as a slow reader (before, each grant was its own 14-byte frame on
+/// the victim's control queue: GOAWAY 19).
+#[test]
+fn a_window_flood_does_not_cut_off_the_victim() {
+    let mut net = net();
+    let victim = unix(&mut net, 1);
+    let attacker = unix(&mut net, 2);
+    register(&mut net, attacker, "svc", false);
+    let (victims, attackers) = open_and_accept(&mut net, victim, attacker, "svc");
+    net.node(victim).slow = true;
+    let mut flood = bytes::BytesMut::new();
+    for _ in 0..150_000 {
+        let window = crate::mux::Frame::Window {
+            channel: attackers,
+            increment: 1,
+        };
+        crate::mux::frame::encode(&window, &mut flood);
+    }
+    let conn = net.node(attacker).conn;
+    net.broker.handle_input(net.now, conn, &flood);
+    net.run();
+    assert!(!net.node(victim).closed, "the victim was cut off");
+    // It all arrives as credit once the victim reads again.
+    net.node(victim).slow = false;
+    net.run();
+    let granted = net.node(victim).session.send_capacity(victims);
+    assert_eq!(granted, 256 * 1024 + 150_000);
+}
+
+/// Registrations are rate-limited per source (here, one uid) and in all:
+/// a register storm is refused with TooFast (before, every one was an event
+/// for every watcher), and another user still registers.
+#[test]
+fn a_register_storm_is_slowed_per_user_and_in_all() {
+    let mut net = Net::new(28, Chaos::default(), |c| {
+        c.limits.registrations_per_source_per_s = 5;
+        c.limits.registrations_per_s = 8;
+        c.limits.max_connections_per_key = 100;
+        c.owner_uid = Some(1000);
+        c.policy.users = vec![policy::UserGrant {
+            who: policy::User::Uid(1001),
+            rights: policy::Permissions::all(),
+        }];
+    });
+    let storm: Vec<NodeId> = (0..12)
+        .map(|_| {
+            let origin = Origin::unix(
+                0,
+                Some(Cred {
+                    uid: 1000,
+                    gid: 1000,
+                }),
+            );
+            net.connect_from(keypair(1), origin, |_| {}).unwrap()
+        })
+        .collect();
+    let other = net
+        .connect_from(
+            keypair(2),
+            Origin::unix(
+                0,
+                Some(Cred {
+                    uid: 1001,
+                    gid: 1001,
+                }),
+            ),
+            |_| {},
+        )
+        .unwrap();
+    net.run();
+    for id in storm.iter().chain([&other]) {
+        net.events(*id);
+    }
+    let mut refused = 0;
+    for (i, id) in storm.iter().enumerate() {
+        match register(&mut net, *id, &format!("n{i}"), false) {
+            SessionEvent::Registered { .. } => {}
+            event => {
+                assert_eq!(failed_code(&event), ErrorCode::TooFast);
+                refused += 1;
+            }
+        }
+    }
+    // Two seconds' worth at once: 10 of 12.
+    assert_eq!(refused, 2);
+    assert!(matches!(
+        register(&mut net, other, "theirs", false),
+        SessionEvent::Registered { .. }
+    ));
+    // Past the total (16 at once), the other user is refused too, and a
+    // second later it may again.
+    let more: Vec<NodeId> = (0..6)
+        .map(|_| {
+            let origin = Origin::unix(
+                0,
+                Some(Cred {
+                    uid: 1001,
+                    gid: 1001,
+                }),
+            );
+            net.connect_from(keypair(2), origin, |_| {}).unwrap()
+        })
+        .collect();
+    net.run();
+    for id in &more {
+        net.events(*id);
+    }
+    let outcomes: Vec<bool> = more
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            matches!(
+                register(&mut net, *id, &format!("m{i}"), false),
+                SessionEvent::Registered { .. }
+            )
+        })
+        .collect();
+    assert_eq!(outcomes, [true, true, true, true, true, false]);
+    net.advance(std::time::Duration::from_secs(1));
+    let now = net.now;
+    net.node(more[5])
+        .session
+        .register(now, name("m5"), false, None)
+        .unwrap();
+    assert!(matches!(
+        one_event(&mut net, more[5]),
+        SessionEvent::Registered { .. }
+    ));
+}

@@ -1,0 +1,438 @@
+//! Channels: open, accept, relay, socketpairs and dial offers, and what is
+//! released when either end goes.
+
+use super::*;
+
+#[test]
+fn open_accept_and_a_megabyte_each_way_over_unix_and_tcp() {
+    for transport in [TransportKind::Unix, TransportKind::Tcp] {
+        let mut net = Net::new(2, Chaos::default(), |c| {
+            c.policy.keys = (1..=2)
+                .map(|s| policy::KeyGrant {
+                    id: keypair(s).public(),
+                    register: vec![policy::Pattern::any()],
+                    open: vec![policy::Pattern::any()],
+                    direct: vec![],
+                    list: true,
+                    watch: true,
+                    stats: false,
+                })
+                .collect();
+        });
+        let a = ready(&mut net, 1, transport);
+        let b = ready(&mut net, 2, transport);
+        register(&mut net, b, "echo", false);
+        let (ca, cb) = open_and_accept(&mut net, a, b, "echo");
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 + i / 256) as u8).collect();
+        assert_eq!(transfer(&mut net, a, ca, b, cb, &data), data);
+        assert_eq!(transfer(&mut net, b, cb, a, ca, &data), data);
+        // The broker held at most a window per direction at any time.
+        assert!(net.broker.buffered_bytes() <= 2 * 256 * 1024);
+
+        // Half-close both ways: the channel and the route are gone.
+        net.node(a).session.finish(ca).unwrap();
+        net.node(b).session.finish(cb).unwrap();
+        net.run();
+        assert!(net
+            .events(a)
+            .contains(&SessionEvent::ChannelClosed { channel: ca }));
+        assert!(net
+            .events(b)
+            .contains(&SessionEvent::ChannelClosed { channel: cb }));
+        assert_eq!(net.broker.route_count(), 0);
+        assert_eq!(net.broker.key_usage(&keypair(1).public()).channels, 0);
+    }
+}
+
+#[test]
+fn a_killed_plugin_resets_its_peers_and_frees_its_name_at_once() {
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    let watcher = unix(&mut net, 3);
+    register(&mut net, b, "svc", false);
+    let now = net.now;
+    net.node(watcher).session.watch(now).unwrap();
+    net.run();
+    net.events(watcher);
+    let (ca, cb) = open_and_accept(&mut net, a, b, "svc");
+    net.node(b)
+        .session
+        .send(cb, Bytes::from(vec![1; 5000]))
+        .unwrap();
+    net.run();
+    net.events(a);
+    net.kill(b);
+    net.run();
+    assert!(matches!(
+        net.events(a)[..],
+        [SessionEvent::Reset { channel, code: ErrorCode::PeerGone, .. }] if channel == ca
+    ));
+    assert!(matches!(
+        net.events(watcher)[..],
+        [SessionEvent::Presence {
+            presence: Presence::Down { .. },
+            ..
+        }]
+    ));
+    let c = unix(&mut net, 4);
+    assert!(matches!(
+        register(&mut net, c, "svc", false),
+        SessionEvent::Registered { queued: false, .. }
+    ));
+}
+
+#[test]
+fn everything_is_released_when_everyone_leaves() {
+    let mut net = net();
+    let ids: Vec<NodeId> = (1..=4).map(|s| unix(&mut net, s)).collect();
+    register(&mut net, ids[0], "a", false);
+    register(&mut net, ids[1], "a", true);
+    let now = net.now;
+    net.node(ids[2]).session.watch(now).unwrap();
+    open_and_accept(&mut net, ids[3], ids[0], "a");
+    net.node(ids[3])
+        .session
+        .open(now, name("a"), "p", Bytes::new(), false)
+        .unwrap();
+    net.run();
+    for id in ids {
+        net.kill(id);
+    }
+    net.run();
+    let b = &net.broker;
+    assert_eq!(
+        (
+            b.connection_count(),
+            b.route_count(),
+            b.pending_open_count(),
+            b.timer_count(),
+            b.key_count(),
+            b.other_accounts()
+        ),
+        (0, 0, 0, 0, 0, 0)
+    );
+    assert!(b.registry().is_empty());
+    assert_eq!(b.watchers().count(), 0);
+    assert_eq!(b.buffered_bytes(), 0);
+}
+
+#[test]
+fn socketpairs_for_two_unix_plugins_and_relay_when_they_fail() {
+    for works in [true, false] {
+        let mut net = Net::new(6, Chaos::default(), |c| c.fd_passing = true);
+        net.socketpairs_work = works;
+        let a = unix(&mut net, 1);
+        let b = unix(&mut net, 2);
+        register(&mut net, b, "direct", false);
+        let now = net.now;
+        let (_, channel) = net
+            .node(a)
+            .session
+            .open(now, name("direct"), "p", Bytes::new(), true)
+            .unwrap();
+        let SessionEvent::Incoming {
+            channel: theirs,
+            path,
+            ..
+        } = one_event(&mut net, b)
+        else {
+            panic!()
+        };
+        assert_eq!(path, IncomingPath::AwaitPath);
+        let now = net.now;
+        net.node(b).session.accept(now, theirs).unwrap();
+        net.run();
+        let opened = net.events(a);
+        let path_event = net.events(b);
+        if works {
+            assert!(matches!(
+                opened[..],
+                [SessionEvent::Opened {
+                    path: OpenedPath::SocketPair,
+                    fd: Some(_),
+                    ..
+                }]
+            ));
+            assert!(matches!(
+                path_event[..],
+                [SessionEvent::ChannelPath {
+                    path: ChannelPath::SocketPair,
+                    fd: Some(_),
+                    ..
+                }]
+            ));
+            assert_eq!(
+                net.broker.route_count(),
+                0,
+                "the broker is out of the data path"
+            );
+        } else {
+            assert!(matches!(
+                opened[..],
+                [SessionEvent::Opened {
+                    path: OpenedPath::Relay,
+                    fd: None,
+                    ..
+                }]
+            ));
+            assert!(matches!(
+                path_event[..],
+                [SessionEvent::ChannelPath {
+                    path: ChannelPath::Relay,
+                    ..
+                }]
+            ));
+            let data = vec![3u8; 1000];
+            assert_eq!(transfer(&mut net, a, channel, b, theirs, &data), data);
+        }
+    }
+}
+
+#[test]
+fn dial_offers_carry_a_token_and_fall_back_to_relay() {
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    let now = net.now;
+    net.node(b)
+        .session
+        .register(now, name("far"), false, Some("tcp:10.0.0.2:8008".into()))
+        .unwrap();
+    net.run();
+    net.events(b);
+    let (_, channel) = net
+        .node(a)
+        .session
+        .open(now, name("far"), "p", Bytes::new(), true)
+        .unwrap();
+    let SessionEvent::Incoming {
+        channel: theirs,
+        path: IncomingPath::ExpectDial { token },
+        ..
+    } = one_event(&mut net, b)
+    else {
+        panic!("no dial offer")
+    };
+    let now = net.now;
+    net.node(b).session.accept(now, theirs).unwrap();
+    let SessionEvent::Opened {
+        path: OpenedPath::Dial { addr, token: given },
+        ..
+    } = one_event(&mut net, a)
+    else {
+        panic!("no dial path")
+    };
+    assert_eq!((addr.as_str(), given), ("tcp:10.0.0.2:8008", token));
+    net.node(a).session.direct_failed(channel).unwrap();
+    assert!(matches!(
+        one_event(&mut net, b),
+        SessionEvent::ChannelPath {
+            path: ChannelPath::Relay,
+            ..
+        }
+    ));
+    let data = vec![9u8; 70_000];
+    assert_eq!(transfer(&mut net, b, theirs, a, channel, &data), data);
+
+    // A malformed direct address is refused.
+    let c = unix(&mut net, 3);
+    net.node(c)
+        .session
+        .register(now, name("bad"), false, Some("10.0.0.2".into()))
+        .unwrap();
+    assert_eq!(failed_code(&one_event(&mut net, c)), ErrorCode::Malformed);
+}
+
+#[test]
+fn a_channel_to_ones_own_name_is_released_with_its_connection() {
+    // Regression (simulation seeds 16, 43): both ends of the route on one
+    // connection counted twice and were released once.
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    register(&mut net, a, "self", false);
+    let now = net.now;
+    let (_, opener_channel) = net
+        .node(a)
+        .session
+        .open(now, name("self"), "p", Bytes::new(), false)
+        .unwrap();
+    net.run();
+    let incoming = net
+        .events(a)
+        .into_iter()
+        .find_map(|e| match e {
+            SessionEvent::Incoming { channel, .. } => Some(channel),
+            _ => None,
+        })
+        .unwrap();
+    let now = net.now;
+    net.node(a).session.accept(now, incoming).unwrap();
+    net.run();
+    assert!(net
+        .events(a)
+        .iter()
+        .any(|e| matches!(e, SessionEvent::Opened { channel, .. } if *channel == opener_channel)));
+    assert_eq!(net.broker.key_usage(&keypair(1).public()).channels, 2);
+    net.kill(a);
+    net.run();
+    assert_eq!(net.broker.key_count(), 0);
+}
+
+#[test]
+fn a_target_that_does_not_read_is_not_disturbed_the_opener_is_refused() {
+    let mut net = Net::new(10, Chaos::default(), |c| c.limits.max_control_queue = 2048);
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "deaf", false);
+    net.node(b).slow = true;
+    let now = net.now;
+    let metadata = Bytes::from(vec![0; 1000]);
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        net.node(a)
+            .session
+            .open(now, name("deaf"), "p", metadata.clone(), false)
+            .unwrap();
+        net.run();
+        codes.extend(net.events(a).iter().map(failed_code));
+    }
+    assert!(codes.contains(&ErrorCode::PeerBusy), "{codes:?}");
+    assert!(
+        !net.node(b).closed,
+        "the target is not blamed for traffic it did not ask for"
+    );
+}
+
+#[test]
+fn an_opener_that_gives_up_gets_its_answer() {
+    // Regression: resetting a pending open left the request unanswered, and
+    // the session ended itself when its deadline passed.
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "slow", false);
+    let (channel, theirs) = offer(&mut net, a, b, "slow");
+    net.node(a)
+        .session
+        .reset(channel, ErrorCode::Cancelled, "changed my mind")
+        .unwrap();
+    net.run();
+    assert_eq!(failed_code(&one_event(&mut net, a)), ErrorCode::Cancelled);
+    assert!(
+        matches!(net.events(b)[..], [SessionEvent::Reset { channel, .. }] if channel == theirs)
+    );
+    net.advance(Duration::from_secs(60));
+    net.run();
+    assert!(!net.node(a).closed);
+    assert_eq!(
+        net.broker.key_usage(&keypair(1).public()),
+        KeyUsage {
+            connections: 1,
+            ..KeyUsage::default()
+        }
+    );
+}
+
+#[test]
+fn direct_failed_counts_once() {
+    // Regression: any end could repeat DirectFailed and grow its peer's queue.
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    let now = net.now;
+    net.node(b)
+        .session
+        .register(now, name("far"), false, Some("tcp:10.0.0.2:8008".into()))
+        .unwrap();
+    net.run();
+    net.events(b);
+    let (_, channel) = net
+        .node(a)
+        .session
+        .open(now, name("far"), "p", Bytes::new(), true)
+        .unwrap();
+    let SessionEvent::Incoming {
+        channel: theirs, ..
+    } = one_event(&mut net, b)
+    else {
+        panic!()
+    };
+    let now = net.now;
+    net.node(b).session.accept(now, theirs).unwrap();
+    one_event(&mut net, a);
+    for _ in 0..5 {
+        net.node(a).session.direct_failed(channel).unwrap();
+        net.node(b).session.direct_failed(theirs).unwrap();
+    }
+    net.run();
+    let paths = net
+        .events(b)
+        .into_iter()
+        .filter(|e| matches!(e, SessionEvent::ChannelPath { .. }))
+        .count();
+    assert_eq!(paths, 1);
+    assert!(net.events(a).is_empty());
+}
+
+#[test]
+fn an_open_may_wait_as_long_as_the_broker_allows() {
+    // Regression: the session gave up on opens after 30 s whatever the
+    // broker's open deadline, and ended the connection.
+    let mut net = Net::new(13, Chaos::default(), |c| {
+        c.limits.open_timeout = Duration::from_secs(40)
+    });
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "ponder", false);
+    let now = net.now;
+    net.node(a)
+        .session
+        .open(now, name("ponder"), "p", Bytes::new(), false)
+        .unwrap();
+    net.run();
+    net.events(b);
+    net.advance(Duration::from_secs(35));
+    net.run();
+    assert!(!net.node(a).closed);
+    net.advance(Duration::from_secs(6));
+    net.run();
+    assert_eq!(failed_code(&one_event(&mut net, a)), ErrorCode::OpenTimeout);
+    assert!(!net.node(a).closed);
+}
+
+#[test]
+fn a_reset_racing_the_answer_leaves_no_channel_behind() {
+    // Regression: an Opened arriving after the plugin reset the channel
+    // brought the channel back as open, forever.
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "t", false);
+    let (channel, theirs) = offer(&mut net, a, b, "t");
+    let now = net.now;
+    net.node(b).session.accept(now, theirs).unwrap();
+    // The accept reaches the broker (and the Opened is on its way to a) ...
+    for _ in 0..2 {
+        let up: Vec<Bytes> = std::iter::from_fn(|| net.node(b).session.poll_transmit()).collect();
+        let conn = net.node(b).conn;
+        for bytes in up {
+            net.broker.handle_input(net.now, conn, &bytes);
+        }
+    }
+    // ... when a gives up.
+    net.node(a)
+        .session
+        .reset(channel, ErrorCode::Cancelled, "never mind")
+        .unwrap();
+    net.run();
+    assert!(net.events(a).iter().any(|e| matches!(
+        e,
+        SessionEvent::Failed {
+            code: ErrorCode::Cancelled,
+            ..
+        }
+    )));
+    assert_eq!(net.node(a).session.channel_count(), 0);
+    assert_eq!(net.broker.route_count(), 0);
+}
