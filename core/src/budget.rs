@@ -3,7 +3,9 @@
 //! source cannot take every place and nobody can take more than the total.
 //!
 //! A source is an IPv4 address, or an IPv6 /64 (the least a single host is
-//! handed, and trivially many addresses to an attacker who has one).
+//! handed, and trivially many addresses to an attacker who has one). An
+//! IPv6 source's /48 (what one site is commonly handed: 65,536 /64s) is
+//! counted as well, with a bound of its own.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -23,6 +25,13 @@ impl Source {
     /// A local user, for budgets that count unix peers by uid.
     pub fn uid(uid: u32) -> Source {
         Source((1 << 125) | u128::from(uid))
+    }
+
+    /// For an IPv6 /64, the /48 it is in, tagged apart from every source:
+    /// the place one site's addresses share. `None` for anything else.
+    pub fn network(self) -> Option<Source> {
+        let slash_64 = self.0 & u128::from(u64::MAX);
+        (self.0 >> 127 == 1).then_some(Source((slash_64 >> 16) | (1 << 124)))
     }
 }
 
@@ -47,6 +56,8 @@ pub struct StrangerLimits {
     pub total: usize,
     /// At once, from one [`Source`].
     pub per_source: usize,
+    /// At once, from the sources of one IPv6 /48 ([`Source::network`]).
+    pub per_network: usize,
     /// How long one may take to prove its key and present what it must.
     pub deadline: Duration,
 }
@@ -56,6 +67,7 @@ impl Default for StrangerLimits {
         StrangerLimits {
             total: 64,
             per_source: 8,
+            per_network: 16,
             deadline: Duration::from_secs(5),
         }
     }
@@ -70,6 +82,9 @@ pub enum Refused {
     /// Its source holds all the places one source may.
     #[error("too many handshakes in progress from one source ({0} at once)")]
     PerSource(usize),
+    /// Its IPv6 /48 holds all the places one network may.
+    #[error("too many handshakes in progress from one IPv6 /48 ({0} at once)")]
+    PerNetwork(usize),
 }
 
 /// Places for half-done handshakes, taken when a connection is accepted
@@ -105,7 +120,13 @@ impl HandshakeBudget {
         if self.held_by(source) >= self.limits.per_source {
             return Err(Refused::PerSource(self.limits.per_source));
         }
-        *self.by_source.entry(source).or_insert(0) += 1;
+        let network = source.network();
+        if network.is_some_and(|n| self.held_by(n) >= self.limits.per_network) {
+            return Err(Refused::PerNetwork(self.limits.per_network));
+        }
+        for counted in std::iter::once(source).chain(network) {
+            *self.by_source.entry(counted).or_insert(0) += 1;
+        }
         self.held += 1;
         Ok(())
     }
@@ -115,13 +136,15 @@ impl HandshakeBudget {
     /// # Panics
     /// If `source` holds none: a place given back twice is a bug.
     pub fn give_back(&mut self, source: Source) {
-        let of_source = self
-            .by_source
-            .get_mut(&source)
-            .expect("a place given back was taken");
-        *of_source -= 1;
-        if *of_source == 0 {
-            self.by_source.remove(&source);
+        for counted in std::iter::once(source).chain(source.network()) {
+            let held = self
+                .by_source
+                .get_mut(&counted)
+                .expect("a place given back was taken");
+            *held -= 1;
+            if *held == 0 {
+                self.by_source.remove(&counted);
+            }
         }
         self.held -= 1;
     }
@@ -131,7 +154,7 @@ impl HandshakeBudget {
         self.held
     }
 
-    /// Places `source` holds now.
+    /// Places `source` (or a network, [`Source::network`]) holds now.
     pub fn held_by(&self, source: Source) -> usize {
         self.by_source.get(&source).copied().unwrap_or(0)
     }
@@ -199,8 +222,44 @@ mod tests {
         StrangerLimits {
             total,
             per_source,
+            per_network: total,
             ..StrangerLimits::default()
         }
+    }
+
+    /// Before, a peer with an IPv6 /48 had 65,536 sources' worth of places:
+    /// here it takes 5, then every /64 of it is refused, and others get in.
+    #[test]
+    fn one_ipv6_slash_48_is_one_network() {
+        let mut budget = HandshakeBudget::new(StrangerLimits {
+            total: 100,
+            per_source: 2,
+            per_network: 5,
+            ..StrangerLimits::default()
+        });
+        let mut taken = 0;
+        for i in 0..1000u16 {
+            if budget.take(ip(&format!("2001:db8:1:{i:x}::1"))).is_ok() {
+                taken += 1;
+            }
+        }
+        assert_eq!(taken, 5);
+        assert_eq!(
+            budget.take(ip("2001:db8:1:ffff::1")),
+            Err(Refused::PerNetwork(5))
+        );
+        budget.take(ip("2001:db8:2::1")).unwrap();
+        budget.take(ip("10.0.0.1")).unwrap();
+        // Given back, the network's place is free again.
+        budget.give_back(ip("2001:db8:1:0::1"));
+        budget.take(ip("2001:db8:1:abcd::1")).unwrap();
+        assert_eq!(ip("10.0.0.1").network(), None);
+        assert_eq!(Source::LOCAL.network(), None);
+        assert_eq!(
+            ip("2001:db8:1:ff::1").network(),
+            ip("2001:db8:1:ee::2").network()
+        );
+        assert_ne!(ip("2001:db8:1::1").network(), ip("2001:db8:2::1").network());
     }
 
     #[test]
@@ -270,35 +329,62 @@ mod tests {
 
     proptest! {
         /// Against a plain model: what is held never passes a limit, and
-        /// every place comes back.
+        /// every place comes back. Sources 0..4 are IPv4 addresses; 4..8
+        /// IPv6 /64s, two in each of two /48s.
         #[test]
-        fn held_places_match_a_model(ops in proptest::collection::vec((0u8..6, any::<bool>()), 0..200)) {
-            let mut budget = HandshakeBudget::new(limits(8, 3));
-            let mut model: HashMap<Source, usize> = HashMap::new();
+        fn held_places_match_a_model(ops in proptest::collection::vec((0u8..8, any::<bool>()), 0..200)) {
+            let mut budget = HandshakeBudget::new(StrangerLimits {
+                total: 8,
+                per_source: 3,
+                per_network: 4,
+                ..StrangerLimits::default()
+            });
+            let source_of = |who: u8| match who {
+                0..4 => ip(&format!("10.0.0.{who}")),
+                _ => ip(&format!("2001:db8:{}:{}::1", who / 6, who % 2)),
+            };
+            let mut model: HashMap<u8, usize> = HashMap::new();
             for (who, take) in ops {
-                let source = Source(u128::from(who));
+                let source = source_of(who);
+                let network = |model: &HashMap<u8, usize>| -> usize {
+                    model
+                        .iter()
+                        .filter(|(w, _)| **w >= 4 && source_of(**w).network() == source.network())
+                        .map(|(_, n)| n)
+                        .sum()
+                };
                 let held: usize = model.values().sum();
-                let mine = model.get(&source).copied().unwrap_or(0);
+                let mine = model.get(&who).copied().unwrap_or(0);
                 if take {
                     let expected = if held >= 8 {
                         Err(Refused::Total(8))
                     } else if mine >= 3 {
                         Err(Refused::PerSource(3))
+                    } else if who >= 4 && network(&model) >= 4 {
+                        Err(Refused::PerNetwork(4))
                     } else {
                         Ok(())
                     };
                     prop_assert_eq!(budget.take(source), expected);
                     if expected.is_ok() {
-                        *model.entry(source).or_insert(0) += 1;
+                        *model.entry(who).or_insert(0) += 1;
                     }
                 } else if mine > 0 {
                     budget.give_back(source);
-                    *model.get_mut(&source).unwrap() -= 1;
+                    *model.get_mut(&who).unwrap() -= 1;
                 }
                 prop_assert_eq!(budget.held(), model.values().sum::<usize>());
-                // Only sources that hold a place take room.
-                prop_assert_eq!(budget.by_source.len(), model.values().filter(|n| **n > 0).count());
-                prop_assert_eq!(budget.held_by(source), model.get(&source).copied().unwrap_or(0));
+                // Only sources and networks that hold a place take room.
+                let sources = model.values().filter(|n| **n > 0).count();
+                let networks = [4u8, 6]
+                    .iter()
+                    .filter(|w| (**w..**w + 2).any(|v| model.get(&v).is_some_and(|n| *n > 0)))
+                    .count();
+                prop_assert_eq!(budget.by_source.len(), sources + networks);
+                prop_assert_eq!(budget.held_by(source), model.get(&who).copied().unwrap_or(0));
+                if let Some(net) = source.network() {
+                    prop_assert_eq!(budget.held_by(net), network(&model));
+                }
             }
         }
     }

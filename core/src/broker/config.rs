@@ -42,9 +42,15 @@ pub struct Limits {
     /// ... of those, from one source address (an IPv4 address or an IPv6
     /// /64) on TCP.
     pub max_handshaking_per_source: usize,
+    /// ... of those, from the sources of one IPv6 /48 (65,536 /64s, what
+    /// one site is commonly handed) on TCP.
+    pub max_handshaking_per_network: usize,
     /// New handshakes one source address may start per second on TCP (two
     /// seconds' worth may come at once).
     pub handshakes_per_source_per_s: u32,
+    /// New handshakes the sources of one IPv6 /48 may start per second on
+    /// TCP, all together (two seconds' worth at once).
+    pub handshakes_per_network_per_s: u32,
     /// Registrations a second from one source (a unix peer's uid, a TCP
     /// peer's address or IPv6 /64), two seconds' worth at once: every one can
     /// make an event for every watcher.
@@ -96,7 +102,9 @@ impl Default for Limits {
             max_connections_per_uid: 1024,
             max_handshaking: 256,
             max_handshaking_per_source: 16,
+            max_handshaking_per_network: 32,
             handshakes_per_source_per_s: 20,
+            handshakes_per_network_per_s: 40,
             registrations_per_source_per_s: 20,
             registrations_per_s: 200,
             max_channels_per_key: 4096,

@@ -117,19 +117,25 @@ pub enum DoorRefusal {
     /// The source holds all the places one source may.
     #[error("{0} handshakes in progress from one source, the most one may have")]
     SourceFull(usize),
+    /// The source's IPv6 /48 holds all the places one network may.
+    #[error("{0} handshakes in progress from one IPv6 /48, the most one may have")]
+    NetworkFull(usize),
     /// The source started handshakes faster than it may.
     #[error("more than {0} new handshakes a second from one source")]
     TooFast(u32),
+    /// The source's IPv6 /48 started handshakes faster than it may.
+    #[error("more than {0} new handshakes a second from one IPv6 /48")]
+    NetworkTooFast(u32),
 }
 
 /// The door's state.
 #[derive(Debug)]
 pub(super) struct Door {
     limits: StrangerLimits,
-    rate: u32,
     /// Places by listener.
     places: HashMap<ListenerId, HandshakeBudget>,
-    rates: Rates,
+    /// New handshakes per source, and per IPv6 /48.
+    rates: (Rates, Rates),
     report: RefusalReport,
 }
 
@@ -139,11 +145,14 @@ impl Door {
             limits: StrangerLimits {
                 total: limits.max_handshaking,
                 per_source: limits.max_handshaking_per_source,
+                per_network: limits.max_handshaking_per_network,
                 deadline: limits.handshake_timeout,
             },
-            rate: limits.handshakes_per_source_per_s,
             places: HashMap::new(),
-            rates: Rates::new(limits.handshakes_per_source_per_s),
+            rates: (
+                Rates::new(limits.handshakes_per_source_per_s),
+                Rates::new(limits.handshakes_per_network_per_s),
+            ),
             report: RefusalReport::new(),
         }
     }
@@ -173,6 +182,7 @@ impl Door {
             Some(_) => self.limits,
             None => StrangerLimits {
                 per_source: self.limits.total,
+                per_network: self.limits.total,
                 ..self.limits
             },
         };
@@ -188,8 +198,19 @@ impl Door {
         if places.held_by(source) >= places.limits().per_source {
             return Err(DoorRefusal::SourceFull(places.limits().per_source));
         }
-        if from_network.is_some() && !self.rates.take(now, source) {
-            return Err(DoorRefusal::TooFast(self.rate));
+        let network = source.network();
+        if network.is_some_and(|n| places.held_by(n) >= places.limits().per_network) {
+            return Err(DoorRefusal::NetworkFull(places.limits().per_network));
+        }
+        // The network first: a /64 over its own rate then spends its own
+        // network's allowance, nobody else's.
+        if let Some(network) = network {
+            if !self.rates.1.take(now, network) {
+                return Err(DoorRefusal::NetworkTooFast(self.rates.1.per_s()));
+            }
+        }
+        if from_network.is_some() && !self.rates.0.take(now, source) {
+            return Err(DoorRefusal::TooFast(self.rates.0.per_s()));
         }
         places.take(source).expect("checked above");
         Ok(())
@@ -306,6 +327,7 @@ mod tests {
         // Places enough that only the rate can refuse.
         let mut door = door(|l| {
             l.max_handshaking_per_source = 1000;
+            l.max_handshaking_per_network = 1000;
             l.handshakes_per_source_per_s = 20;
         });
         let origin = Origin::tcp(1, ip("2001:db8::1"));
@@ -331,6 +353,45 @@ mod tests {
         }
     }
 
+    /// Before, every /64 of a peer's /48 was a source of its own: 65,536
+    /// sources' places and rates. Now the /48 has one share of each, and
+    /// another /48 and IPv4 still get in.
+    #[test]
+    fn one_ipv6_slash_48_takes_one_networks_share() {
+        let mut first = door(|_| {});
+        let slash_64 = |i: u32| Origin::tcp(1, ip(&format!("2001:db8:7:{i:x}::1")));
+        let admitted = (0..1000)
+            .filter(|i| first.admit(Instant::ZERO, &slash_64(*i)).is_ok())
+            .count();
+        assert_eq!(admitted, 32, "max_handshaking_per_network");
+        assert_eq!(
+            first.admit(Instant::ZERO, &slash_64(5000)).unwrap_err().0,
+            DoorRefusal::NetworkFull(32)
+        );
+        first
+            .admit(Instant::ZERO, &Origin::tcp(1, ip("2001:db8:8::1")))
+            .unwrap();
+        first
+            .admit(Instant::ZERO, &Origin::tcp(1, ip("192.0.2.1")))
+            .unwrap();
+
+        // The rate: 40 a second for the whole /48, two seconds' worth at once.
+        let mut door = door(|l| {
+            l.max_handshaking = 10_000;
+            l.max_handshaking_per_network = 10_000;
+        });
+        let admitted = (0..1000)
+            .filter(|i| door.admit(Instant::ZERO, &slash_64(*i)).is_ok())
+            .count();
+        assert_eq!(admitted, 80);
+        assert_eq!(
+            door.admit(Instant::ZERO, &slash_64(5000)).unwrap_err().0,
+            DoorRefusal::NetworkTooFast(40)
+        );
+        door.admit(Instant::ZERO, &Origin::tcp(1, ip("2001:db8:8::1")))
+            .unwrap();
+    }
+
     #[test]
     fn the_rates_remembered_are_bounded() {
         // Places enough that only the rate can refuse.
@@ -343,13 +404,13 @@ mod tests {
             .count();
         assert_eq!(admitted, crate::broker::rates::MAX_RATED_SOURCES + 40);
         assert_eq!(
-            door.rates.remembered(),
+            door.rates.0.remembered(),
             crate::broker::rates::MAX_RATED_SOURCES
         );
         // Once their allowances are whole again they are forgotten, and new
         // sources are remembered in their stead.
         door.admit(at_ms(50), &from(6000)).unwrap();
-        assert_eq!(door.rates.remembered(), 1);
+        assert_eq!(door.rates.0.remembered(), 1);
     }
 
     proptest! {

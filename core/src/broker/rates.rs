@@ -16,6 +16,8 @@ pub(super) const MAX_RATED_SOURCES: usize = 4096;
 /// algorithm, one instant per source (when its allowance is whole again).
 #[derive(Debug)]
 pub(super) struct Rates {
+    /// Events a second, as configured.
+    per_s: u32,
     /// Time one handshake costs of a source's allowance.
     interval: Duration,
     /// How much allowance a source may use at once (the burst).
@@ -30,6 +32,7 @@ impl Rates {
     pub(super) fn new(per_s: u32) -> Self {
         let interval = Duration::from_secs(1) / per_s.max(1);
         Rates {
+            per_s,
             interval,
             // Two seconds' worth at once.
             burst: interval * per_s.max(1) * 2,
@@ -55,6 +58,11 @@ impl Rates {
         }
         *whole_at = from + self.interval;
         true
+    }
+
+    /// Events a second each source may have.
+    pub(super) fn per_s(&self) -> u32 {
+        self.per_s
     }
 
     /// Sources remembered now.
