@@ -21,10 +21,11 @@ impl Broker {
         self.connection_count() * per_conn + self.route_count() * per_route
     }
 
-    /// Checks every budget against what the broker holds: the bytes it
-    /// buffers ([`Broker::buffered_bound`]), the byte books
-    /// ([`Broker::check_byte_books`]), bytes reserved and socketpair ends in
-    /// flight per key and in all.
+    /// Checks the budgets of what a peer makes the broker hold against what
+    /// it holds: the bytes it buffers ([`Broker::buffered_bound`]), the byte
+    /// books ([`Broker::check_byte_books`]), bytes reserved and socketpair
+    /// ends in flight per key and in all. (Counts of connections, channels
+    /// and opens are checked where they are taken.)
     pub fn check_budgets(&self) -> Result<(), String> {
         let limits = &self.config.limits;
         let (buffered, bound) = (self.buffered_bytes(), self.buffered_bound());
@@ -50,5 +51,27 @@ impl Broker {
             }
         }
         Ok(())
+    }
+
+    /// Once every connection has gone: checks that the broker holds
+    /// nothing, in any book.
+    pub fn check_empty(&self) -> Result<(), String> {
+        let left = [
+            ("connections", self.connection_count()),
+            ("names", self.registry.len()),
+            ("watchers", self.watchers.len()),
+            ("routes", self.route_count()),
+            ("pending opens", self.pending_open_count()),
+            ("timers", self.timer_count()),
+            ("buffered bytes", self.buffered_bytes()),
+            ("keys accounted", self.key_count()),
+            ("entries in other books", self.other_accounts()),
+        ];
+        match left.iter().find(|(_, n)| *n > 0) {
+            Some((what, n)) => Err(format!(
+                "everyone left, and the broker still holds {n} {what}"
+            )),
+            None => Ok(()),
+        }
     }
 }

@@ -584,8 +584,9 @@ impl Broker {
     }
 
     /// Entries in the other budgets' books: pairs of keys with channels
-    /// between them, socketpair ends in flight, users with connections,
-    /// handshakes at the door. Zero once everyone has left.
+    /// between them, keys holding byte reservations, socketpair ends in
+    /// flight, users with connections, handshakes at the door. Zero once
+    /// everyone has left.
     pub fn other_accounts(&self) -> usize {
         self.shares.len()
             + self.bytes.keys()

@@ -9,7 +9,7 @@ use crate::time::Instant;
 
 /// How many sources' rates are remembered at once. A source is forgotten
 /// once its allowance is whole again (at most the burst after its last
-/// handshake); sources beyond this many share one allowance.
+/// event); sources beyond this many share one allowance.
 pub(super) const MAX_RATED_SOURCES: usize = 4096;
 
 /// The allowances of events (handshakes, registrations) per source: the generic cell rate
@@ -18,7 +18,7 @@ pub(super) const MAX_RATED_SOURCES: usize = 4096;
 pub(super) struct Rates {
     /// Events a second, as configured.
     per_s: u32,
-    /// Time one handshake costs of a source's allowance.
+    /// Time one event costs of a source's allowance.
     interval: Duration,
     /// How much allowance a source may use at once (the burst).
     burst: Duration,

@@ -27,7 +27,8 @@ type End = (ConnId, ChannelId);
 
 struct RouteEnd {
     peer: End,
-    /// The key of this end's connection (its channel count).
+    /// The key of this end's connection: charged for the channel, and for
+    /// its reservations (the opener's both windows, this end's `extra`).
     key: PublicKey,
     /// Credit this end granted that is not passed to the peer yet.
     held: u32,
@@ -44,10 +45,11 @@ struct RouteEnd {
 
 /// A route just removed.
 struct Unlinked {
-    /// The opener's key, then the target's.
+    /// The opener's key, then the target's (for the channel counts).
     keys: [PublicKey; 2],
     peer: End,
-    /// Each end's key with the credit beyond the initial window it held.
+    /// The removed end's key with the credit beyond the initial window it
+    /// held, then its peer's (unlike `keys`, not by role).
     extra: [(PublicKey, u64); 2],
 }
 

@@ -119,8 +119,8 @@ pub struct Session {
     channels: BTreeMap<ChannelId, ChannelState>,
     /// The last change a watch saw.
     watch_seq: Option<u64>,
-    /// Pages of a resync still coming.
-    resync: Option<Vec<Member>>,
+    /// Pages of a resync still coming, and the number they all carry.
+    resync: Option<(u64, Vec<Member>)>,
     /// Feature bits both sides support, from the broker's hello.
     features: Features,
     fds: VecDeque<u64>,
@@ -830,10 +830,13 @@ impl Session {
                     Some(_) => return Err(SessionError::Protocol("a resync that goes back")),
                     None => return Err(SessionError::Protocol("a resync without a watch")),
                 }
-                let mut all = self.resync.take().unwrap_or_default();
+                let (at, mut all) = self.resync.take().unwrap_or((seq, Vec::new()));
+                if at != seq {
+                    return Err(SessionError::Protocol("resync pages of two numbers"));
+                }
                 all.extend(members);
                 if !last {
-                    self.resync = Some(all);
+                    self.resync = Some((seq, all));
                     return Ok(());
                 }
                 self.watch_seq = Some(seq);

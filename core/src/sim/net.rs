@@ -173,8 +173,7 @@ impl Net {
     pub fn send_raw(&mut self, id: NodeId, bytes: Bytes) {
         let node = self.node(id);
         assert_eq!(node.transport, TransportKind::Unix, "frames in the clear");
-        // An empty piece would block the link: its delivery never moves.
-        if node.closed || bytes.is_empty() {
+        if node.closed {
             return;
         }
         while let Some(queued) = node.session.poll_transmit() {
@@ -357,6 +356,11 @@ impl Net {
             let Some(len) = node.up.front().map(Bytes::len) else {
                 return moved;
             };
+            if len == 0 {
+                // Nothing to deliver, and it must not block what follows.
+                self.nodes.get_mut(&id).expect("exists").up.pop_front();
+                continue;
+            }
             let n = self.portion(len);
             if n == 0 {
                 return moved;

@@ -100,21 +100,7 @@ fn everything_is_released_when_everyone_leaves() {
         net.kill(id);
     }
     net.run();
-    let b = &net.broker;
-    assert_eq!(
-        (
-            b.connection_count(),
-            b.route_count(),
-            b.pending_open_count(),
-            b.timer_count(),
-            b.key_count(),
-            b.other_accounts()
-        ),
-        (0, 0, 0, 0, 0, 0)
-    );
-    assert!(b.registry().is_empty());
-    assert_eq!(b.watchers().count(), 0);
-    assert_eq!(b.buffered_bytes(), 0);
+    net.broker.check_empty().unwrap();
 }
 
 #[test]

@@ -478,3 +478,45 @@ fn peer_text_cannot_forge_a_log_line() {
         "only control characters change"
     );
 }
+
+#[test]
+fn message_4_comes_before_the_goodbye() {
+    // Regression: early data that got the connection closed lost message 4.
+    let mut net = net();
+    let conn = net.broker.accept(net.now, Origin::unix(0, None)).unwrap();
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
+    let config = HandshakeConfig::new(keypair(1));
+    let mut hs = shs::ClientHandshake::new(
+        std::sync::Arc::new(config),
+        net.broker.public_key(),
+        &mut rng,
+        net.now,
+    )
+    .unwrap();
+    net.broker
+        .handle_input(net.now, conn, &hs.poll_transmit().unwrap());
+    let hello = net.broker.poll_transmit(conn).unwrap().data;
+    hs.handle_input(net.now, &hello).unwrap();
+    let mut auth = hs.poll_transmit().unwrap().to_vec();
+    auth.extend_from_slice(&[9; 10]); // a frame of an unknown type, right behind message 3
+    net.broker.handle_input(net.now, conn, &auth);
+    let last = std::iter::from_fn(|| net.broker.poll_event())
+        .find_map(|e| match e {
+            Event::Close { last_words, .. } => Some(last_words),
+            _ => None,
+        })
+        .expect("closed");
+    hs.handle_input(net.now, &last).unwrap();
+    let Some(shs::Event::Established(done)) = hs.poll_event() else {
+        panic!("no message 4")
+    };
+    let mut decoder = crate::mux::FrameDecoder::new(4096);
+    decoder.push(&done.early_data);
+    assert!(matches!(
+        decoder.next_frame(),
+        Ok(Some(crate::mux::Frame::GoAway {
+            code: ErrorCode::ProtocolViolation,
+            ..
+        }))
+    ));
+}

@@ -33,9 +33,9 @@ pub(super) enum Kind {
 }
 
 /// A hostile node's own channels: where it may send, and what.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Hostile {
-    kind: Option<Kind>,
+    kind: Kind,
     /// By channel: the stream seed it sends, and how far it is.
     channels: Vec<(ChannelId, u64, u64)>,
 }
@@ -60,7 +60,7 @@ impl Sim {
             .connect(Keypair::from_seed([seed; 32]), TransportKind::Unix)
         {
             let hostile = Hostile {
-                kind: Some(kind),
+                kind,
                 channels: Vec::new(),
             };
             self.hostile.insert(id, hostile);
@@ -79,7 +79,7 @@ impl Sim {
             return;
         }
         let id = ids[self.rand(ids.len() as u32) as usize];
-        let kind = self.hostile[&id].kind.expect("set at connect");
+        let kind = self.hostile[&id].kind;
         // Mostly deaf; now and then it reads, to learn its channels opened.
         self.net.node(id).slow = self.rand(4) != 0;
         match kind {

@@ -682,30 +682,8 @@ impl Sim {
 
     /// Everyone is gone: nothing is left.
     fn check_empty(&mut self) -> Result<(), Violation> {
-        let b = &self.net.broker;
-        let left = [
-            ("connections", b.connection_count()),
-            ("names", b.registry().len()),
-            ("watchers", b.watchers().count()),
-            ("routes", b.route_count()),
-            ("pending opens", b.pending_open_count()),
-            ("timers", b.timer_count()),
-            ("buffered bytes", b.buffered_bytes()),
-        ];
-        for (what, n) in left {
-            check!(
-                self,
-                n == 0,
-                "everyone left, and the broker still holds {n} {what}"
-            );
-        }
-        check!(
-            self,
-            b.registry().is_empty(),
-            "everyone left, and the registry is not empty"
-        );
-        let usages: Vec<_> = b.key_usages().map(|(_, u)| *u).collect();
-        check!(self, usages.is_empty(), "keys still accounted: {usages:?}");
+        let empty = self.net.broker.check_empty();
+        check!(self, empty.is_ok(), "{}", empty.unwrap_err());
         Ok(())
     }
 }
