@@ -16,6 +16,7 @@ mod control;
 mod door;
 mod fds;
 mod memory;
+mod opens;
 pub mod policy;
 mod rates;
 pub mod registry;
@@ -442,7 +443,7 @@ impl Broker {
                 .take()
                 .map(|data| Transmit { data, fd: None }),
             (_, Some(wire)) => wire.poll_transmit().map(|(data, tag)| {
-                let fd = tag.map(relay::decode_pair_tag);
+                let fd = tag.map(opens::decode_pair_tag);
                 if let Some((pair, end)) = fd {
                     // The end is the runtime's to send now (at most a batch
                     // of them wait in its queue).

@@ -1,5 +1,6 @@
-//! Channels through the broker: opens and their answers, the relay table,
-//! credit passed end to end, and direct-channel mediation.
+//! Relayed channels: the relay table, data and FIN from one end to the
+//! other, credit passed end to end, and the byte books. Opens and their
+//! answers are in `opens.rs`.
 //!
 //! A relayed channel has two ends, (opener connection, opener's id) and
 //! (target connection, broker's id). Data and FIN from one end go to the
@@ -9,21 +10,16 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
-
-use crate::control::{
-    self, ChannelId, ChannelPath, ErrorCode, IncomingPath, Message, Name, OpenedPath, RequestId,
-    TransportKind,
-};
+use crate::control::{ChannelId, ErrorCode};
 use crate::keys::PublicKey;
 use crate::mux::MuxEvent;
 use crate::time::Instant;
 
 use super::control::error;
-use super::policy::any_matches;
-use super::{Broker, ConnId, DirectPlan, PairEnd, PairId, PendingOpen, Timer};
+use super::{Broker, ConnId};
 
-type End = (ConnId, ChannelId);
+/// One end of a relayed channel: a connection and its id for the channel.
+pub(super) type End = (ConnId, ChannelId);
 
 struct RouteEnd {
     peer: End,
@@ -60,7 +56,11 @@ pub(super) struct Routes {
 }
 
 impl Routes {
-    fn link(&mut self, (opener, o_key): (End, PublicKey), (target, t_key): (End, PublicKey)) {
+    pub(super) fn link(
+        &mut self,
+        (opener, o_key): (End, PublicKey),
+        (target, t_key): (End, PublicKey),
+    ) {
         let end = |peer, key, opener| RouteEnd {
             peer,
             key,
@@ -72,6 +72,20 @@ impl Routes {
         };
         self.ends.insert(opener, end(target, o_key, true));
         self.ends.insert(target, end(opener, t_key, false));
+    }
+
+    /// The opener at `end` was told to dial: one DirectFailed is due.
+    pub(super) fn offer_dial(&mut self, end: End) {
+        if let Some(end) = self.ends.get_mut(&end) {
+            end.dial_offered = true;
+        }
+    }
+
+    /// The peer of `end`, if `end` was told to dial and has not said it
+    /// failed yet; after this it has.
+    pub(super) fn take_dial_offer(&mut self, end: End) -> Option<End> {
+        let route = self.ends.get_mut(&end)?;
+        std::mem::take(&mut route.dial_offered).then_some(route.peer)
     }
 
     fn peer(&self, end: End) -> Option<End> {
@@ -98,474 +112,7 @@ impl Routes {
     }
 }
 
-/// The mux tag of a frame that carries a socketpair end.
-fn pair_tag(pair: PairId, end: PairEnd) -> u64 {
-    pair << 1 | u64::from(end == PairEnd::Target)
-}
-
-pub(super) fn decode_pair_tag(tag: u64) -> (PairId, PairEnd) {
-    let end = if tag & 1 == 1 {
-        PairEnd::Target
-    } else {
-        PairEnd::Opener
-    };
-    (tag >> 1, end)
-}
-
 impl Broker {
-    // ── opens ─────────────────────────────────────────────────────────
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn on_open(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        request: RequestId,
-        channel: ChannelId,
-        direct: bool,
-        name: Name,
-        protocol: String,
-        metadata: Bytes,
-    ) {
-        let c = self.conns.get_mut(&conn).expect("handling its message");
-        let key = c.key.expect("ready connections are authenticated");
-        // The id is the opener's to use up, whatever the answer.
-        if let Err(e) = c.wire.as_mut().expect("ready").mux.open_remote(channel) {
-            return self.close(now, conn, ErrorCode::ProtocolViolation, e.to_string());
-        }
-        let may_open = any_matches(&c.rights.open, &name);
-        let limits = &self.config.limits;
-        let usage = self.key_usage(&key);
-        let refusal = if !may_open {
-            Some((
-                ErrorCode::NotPermitted,
-                format!("{key} may not open channels to {name}"),
-            ))
-        } else if usage.channels + usage.pending_opens >= limits.max_channels_per_key {
-            Some((
-                ErrorCode::TooManyChannels,
-                format!("{key} holds {} channels", usage.channels),
-            ))
-        } else if usage.pending_opens >= limits.max_pending_opens_per_key {
-            let n = usage.pending_opens;
-            Some((
-                ErrorCode::TooManyPendingOpens,
-                format!("{key} has {n} unanswered opens"),
-            ))
-        } else {
-            None
-        };
-        if let Some((code, message)) = refusal {
-            return self.refuse_open(conn, channel, request, code, message);
-        }
-        let Some(target) = self.registry.owner(&name).copied() else {
-            let message = format!("nobody has the name {name}");
-            return self.refuse_open(conn, channel, request, ErrorCode::NoSuchName, message);
-        };
-        let target_usage = self.key_usage(&target.key);
-        let ids_left = self.conns[&target.conn]
-            .wire
-            .as_ref()
-            .is_some_and(|w| w.mux.can_open_local());
-        if target_usage.channels + target_usage.pending_incoming >= limits.max_channels_per_key
-            || !ids_left
-        {
-            let message = format!("{name} holds as many channels as it may");
-            return self.refuse_open(conn, channel, request, ErrorCode::TooManyChannels, message);
-        }
-        let between = self.shares.between(key, target.key);
-        if between >= limits.max_channels_between_keys {
-            let message = format!(
-                "{key} holds {between} channels with {name}, the most one key may hold with another"
-            );
-            return self.refuse_open(conn, channel, request, ErrorCode::TooManyChannels, message);
-        }
-        if let Err(refusal) = self.bytes.check(&key, self.open_cost()) {
-            let message = format!("{key} may not open another channel: {refusal}");
-            return self.refuse_open(conn, channel, request, ErrorCode::TooManyBytes, message);
-        }
-
-        let plan = self.plan(conn, target.conn, direct);
-        let incoming = Message::Incoming {
-            channel: 0, // the length does not depend on it; set below
-            from_name: self.registry.name_of(conn).cloned(),
-            from_key: key,
-            protocol,
-            metadata,
-            path: match &plan {
-                DirectPlan::Relay => IncomingPath::Relay,
-                DirectPlan::SocketPair => IncomingPath::AwaitPath,
-                DirectPlan::Dial { token, .. } => IncomingPath::ExpectDial { token: *token },
-            },
-        };
-        // Traffic the target did not ask for: refused to the sender if the
-        // target is not keeping up with its control messages.
-        if !self.has_room(target.conn, control::encoded_len(&incoming)) {
-            let message = format!("{name} is not reading its messages");
-            return self.refuse_open(conn, channel, request, ErrorCode::PeerBusy, message);
-        }
-        let t = self
-            .conns
-            .get_mut(&target.conn)
-            .expect("registry holds live connections");
-        let target_channel = t
-            .wire
-            .as_mut()
-            .expect("registered means ready")
-            .mux
-            .open_local();
-        t.opens_in.insert(target_channel);
-        let Message::Incoming {
-            from_name,
-            from_key,
-            protocol,
-            metadata,
-            path,
-            ..
-        } = incoming
-        else {
-            unreachable!("built above")
-        };
-        let incoming = Message::Incoming {
-            channel: target_channel,
-            from_name,
-            from_key,
-            protocol,
-            metadata,
-            path,
-        };
-        self.send(target.conn, &incoming);
-
-        let deadline = now + self.config.limits.open_timeout;
-        let end = (target.conn, target_channel);
-        self.pending.insert(
-            end,
-            PendingOpen {
-                opener: conn,
-                opener_channel: channel,
-                request,
-                opener_key: key,
-                target_key: target.key,
-                deadline,
-                plan,
-            },
-        );
-        self.timers.insert((deadline, Timer::Open(end.0, end.1)));
-        self.conns
-            .get_mut(&conn)
-            .expect("still here")
-            .opens_out
-            .insert(end);
-        self.usage.entry(key).or_default().pending_opens += 1;
-        self.usage.entry(target.key).or_default().pending_incoming += 1;
-        self.hold_channel(key, target.key);
-    }
-
-    /// Both initial windows: what opening a channel reserves.
-    fn open_cost(&self) -> u64 {
-        2 * u64::from(self.config.limits.initial_window)
-    }
-
-    /// A channel between two keys begins a stage (waiting for its answer,
-    /// for its socketpair, or relayed): its share and its bytes are counted.
-    /// Every stage that begins ends in [`Broker::release_channel`].
-    fn hold_channel(&mut self, opener: PublicKey, target: PublicKey) {
-        self.shares.add(opener, target);
-        self.bytes.force(opener, self.open_cost());
-    }
-
-    fn release_channel(&mut self, opener: PublicKey, target: PublicKey) {
-        self.shares.remove(opener, target);
-        self.bytes.release(opener, self.open_cost());
-    }
-
-    /// How a channel between these two can go.
-    fn plan(&mut self, opener: ConnId, target: ConnId, direct: bool) -> DirectPlan {
-        if !direct {
-            return DirectPlan::Relay;
-        }
-        let plain_unix = |c: &super::Connection| {
-            c.transport == TransportKind::Unix && c.wire.as_ref().is_some_and(|w| !w.is_boxed())
-        };
-        let (o, t) = (&self.conns[&opener], &self.conns[&target]);
-        if self.config.fd_passing && plain_unix(o) && plain_unix(t) {
-            return DirectPlan::SocketPair;
-        }
-        match t.direct_addr.clone() {
-            Some(addr) => {
-                let mut token = [0u8; 32];
-                self.rng.fill_bytes(&mut token);
-                DirectPlan::Dial { addr, token }
-            }
-            None => DirectPlan::Relay,
-        }
-    }
-
-    fn refuse_open(
-        &mut self,
-        conn: ConnId,
-        channel: ChannelId,
-        request: RequestId,
-        code: ErrorCode,
-        message: String,
-    ) {
-        if let Some(wire) = self.conns.get_mut(&conn).and_then(|c| c.wire.as_mut()) {
-            wire.mux.forget(channel);
-        }
-        self.refuse(conn, request, code, message);
-    }
-
-    /// Takes the pending open at a target end out of every index.
-    fn take_pending(&mut self, end: End) -> Option<PendingOpen> {
-        let open = self.pending.remove(&end)?;
-        self.timers
-            .remove(&(open.deadline, Timer::Open(end.0, end.1)));
-        if let Some(opener) = self.conns.get_mut(&open.opener) {
-            opener.opens_out.remove(&end);
-        }
-        if let Some(target) = self.conns.get_mut(&end.0) {
-            target.opens_in.remove(&end.1);
-        }
-        self.release_channel(open.opener_key, open.target_key);
-        for (key, incoming) in [(open.opener_key, false), (open.target_key, true)] {
-            let usage = self.usage.entry(key).or_default();
-            match incoming {
-                false => usage.pending_opens -= 1,
-                true => usage.pending_incoming -= 1,
-            }
-            self.forget_key_if_idle(&key);
-        }
-        Some(open)
-    }
-
-    /// An answer for a channel the broker has no open for: late (fine) or
-    /// never offered (a violation).
-    fn unknown_answer(&mut self, now: Instant, conn: ConnId, channel: ChannelId) {
-        let offered = self
-            .conns
-            .get(&conn)
-            .and_then(|c| c.wire.as_ref())
-            .is_some_and(|w| channel % 2 == 0 && w.mux.was_allocated(channel));
-        if !offered {
-            let reason = format!("an answer for channel {channel}, which was never offered");
-            self.close(now, conn, ErrorCode::ProtocolViolation, reason);
-        }
-    }
-
-    pub(super) fn on_accept(&mut self, now: Instant, conn: ConnId, channel: ChannelId) {
-        let Some(open) = self.take_pending((conn, channel)) else {
-            return self.unknown_answer(now, conn, channel);
-        };
-        if open.plan == DirectPlan::SocketPair {
-            let pair = self.next_pair;
-            self.next_pair += 1;
-            let opener = open.opener;
-            let ends = ((opener, open.opener_key), (conn, open.target_key));
-            if let Err(refusal) = self.fds.reserve(pair, ends.0, ends.1) {
-                // Relayed instead: the channel works all the same.
-                let key = Some(open.opener_key);
-                self.log(
-                    opener,
-                    key,
-                    None,
-                    format!("relaying, not a socketpair: {refusal}"),
-                );
-                return self.establish((conn, channel), open, true);
-            }
-            self.hold_channel(open.opener_key, open.target_key);
-            self.pairs.insert(pair, (conn, channel, open));
-            self.events.push_back(super::Event::CreateSocketPair {
-                pair,
-                opener,
-                target: conn,
-            });
-        } else {
-            self.establish((conn, channel), open, false);
-        }
-    }
-
-    /// Links both ends and tells the opener (and, after a failed
-    /// socketpair, the target) to use the relay.
-    fn establish(&mut self, target_end: End, open: PendingOpen, tell_target: bool) {
-        let opener_end = (open.opener, open.opener_channel);
-        self.routes
-            .link((opener_end, open.opener_key), (target_end, open.target_key));
-        self.hold_channel(open.opener_key, open.target_key);
-        for (end, key) in [(opener_end, open.opener_key), (target_end, open.target_key)] {
-            if let Some(c) = self.conns.get_mut(&end.0) {
-                c.routes.insert(end.1);
-            }
-            self.usage.entry(key).or_default().channels += 1;
-        }
-        let path = match open.plan {
-            DirectPlan::Dial { addr, token } => {
-                if let Some(end) = self.routes.ends.get_mut(&opener_end) {
-                    end.dial_offered = true;
-                }
-                OpenedPath::Dial { addr, token }
-            }
-            DirectPlan::Relay | DirectPlan::SocketPair => OpenedPath::Relay,
-        };
-        let opened = Message::Opened {
-            request: open.request,
-            channel: open.opener_channel,
-            peer: open.target_key,
-            path,
-        };
-        self.reply(open.opener, &opened);
-        if tell_target {
-            let path = Message::ChannelPath {
-                channel: target_end.1,
-                path: ChannelPath::Relay,
-            };
-            self.reply(target_end.0, &path);
-        }
-    }
-
-    pub(super) fn on_reject(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        channel: ChannelId,
-        reason: String,
-    ) {
-        let Some(open) = self.take_pending((conn, channel)) else {
-            return self.unknown_answer(now, conn, channel);
-        };
-        self.forget_channel(conn, channel);
-        self.forget_channel(open.opener, open.opener_channel);
-        let message = format!("rejected: {reason}");
-        self.log(
-            open.opener,
-            Some(open.opener_key),
-            Some(ErrorCode::Rejected),
-            message.clone(),
-        );
-        self.reply(
-            open.opener,
-            &error(open.request, ErrorCode::Rejected, reason),
-        );
-    }
-
-    pub(super) fn on_open_timeout(&mut self, _now: Instant, target: ConnId, channel: ChannelId) {
-        let Some(open) = self.take_pending((target, channel)) else {
-            return;
-        };
-        let message = format!(
-            "{} did not answer within {:?}",
-            open.target_key, self.config.limits.open_timeout
-        );
-        self.reset_channel(
-            target,
-            channel,
-            ErrorCode::OpenTimeout,
-            "not answered in time",
-        );
-        self.forget_channel(open.opener, open.opener_channel);
-        self.log(
-            open.opener,
-            Some(open.opener_key),
-            Some(ErrorCode::OpenTimeout),
-            message.clone(),
-        );
-        self.reply(
-            open.opener,
-            &error(open.request, ErrorCode::OpenTimeout, message),
-        );
-    }
-
-    /// The opener could not dial: the target is told to use the relay.
-    /// Counts once, and only for a channel that was offered for dialing.
-    pub(super) fn on_direct_failed(&mut self, conn: ConnId, channel: ChannelId) {
-        let Some(route) = self.routes.ends.get_mut(&(conn, channel)) else {
-            return;
-        };
-        if !std::mem::take(&mut route.dial_offered) {
-            return;
-        }
-        let (target, target_channel) = route.peer;
-        let path = Message::ChannelPath {
-            channel: target_channel,
-            path: ChannelPath::Relay,
-        };
-        self.reply(target, &path);
-    }
-
-    pub(super) fn on_socketpair(&mut self, _now: Instant, pair: PairId, ok: bool) -> bool {
-        let Some((target, channel, open)) = self.pairs.remove(&pair) else {
-            return false; // one side left meanwhile; the runtime closes both ends
-        };
-        self.release_channel(open.opener_key, open.target_key);
-        if !ok {
-            self.fds.release_pair(pair);
-            self.establish((target, channel), open, true);
-            return false;
-        }
-        self.forget_channel(open.opener, open.opener_channel);
-        self.forget_channel(target, channel);
-        let opened = Message::Opened {
-            request: open.request,
-            channel: open.opener_channel,
-            peer: open.target_key,
-            path: OpenedPath::SocketPair,
-        };
-        self.send_tagged(open.opener, &opened, Some(pair_tag(pair, PairEnd::Opener)));
-        self.check_blame(open.opener);
-        let path = Message::ChannelPath {
-            channel,
-            path: ChannelPath::SocketPair,
-        };
-        self.send_tagged(target, &path, Some(pair_tag(pair, PairEnd::Target)));
-        self.check_blame(target);
-        true
-    }
-
-    // ── when one side goes away ───────────────────────────────────────
-
-    /// The opener left before the target answered: the offer is void.
-    pub(super) fn cancel_open_by_opener(&mut self, target: ConnId, channel: ChannelId) {
-        if self.take_pending((target, channel)).is_some() {
-            self.reset_channel(target, channel, ErrorCode::PeerGone, "the opener went away");
-        }
-    }
-
-    /// The target left before answering: the opener is told.
-    pub(super) fn cancel_open_by_target(&mut self, target: ConnId, channel: ChannelId) {
-        if let Some(open) = self.take_pending((target, channel)) {
-            self.forget_channel(open.opener, open.opener_channel);
-            let message = format!("{} went away before answering", open.target_key);
-            self.reply(
-                open.opener,
-                &error(open.request, ErrorCode::PeerGone, message),
-            );
-        }
-    }
-
-    /// Socketpairs still being made for `conn`: the other side is told.
-    pub(super) fn cancel_pairs_of(&mut self, conn: ConnId) {
-        let gone: Vec<PairId> = self
-            .pairs
-            .iter()
-            .filter(|(_, (target, _, open))| *target == conn || open.opener == conn)
-            .map(|(pair, _)| *pair)
-            .collect();
-        for pair in gone {
-            let (target, channel, open) = self.pairs.remove(&pair).expect("listed");
-            self.fds.release_pair(pair);
-            self.release_channel(open.opener_key, open.target_key);
-            if target == conn {
-                self.forget_channel(open.opener, open.opener_channel);
-                let message = format!("{} went away", open.target_key);
-                self.reply(
-                    open.opener,
-                    &error(open.request, ErrorCode::PeerGone, message),
-                );
-            } else {
-                self.reset_channel(target, channel, ErrorCode::PeerGone, "the opener went away");
-            }
-        }
-    }
-
     /// `conn` is gone: the other end of its relayed `channel` is reset.
     pub(super) fn routes_peer_gone(&mut self, conn: ConnId, channel: ChannelId) {
         if let Some(unlinked) = self.routes.unlink((conn, channel)) {
@@ -600,14 +147,20 @@ impl Broker {
         }
     }
 
-    fn reset_channel(&mut self, conn: ConnId, channel: ChannelId, code: ErrorCode, reason: &str) {
+    pub(super) fn reset_channel(
+        &mut self,
+        conn: ConnId,
+        channel: ChannelId,
+        code: ErrorCode,
+        reason: &str,
+    ) {
         if let Some(wire) = self.conns.get_mut(&conn).and_then(|c| c.wire.as_mut()) {
             wire.mux.reset(channel, code, reason);
             self.wake(conn);
         }
     }
 
-    fn forget_channel(&mut self, conn: ConnId, channel: ChannelId) {
+    pub(super) fn forget_channel(&mut self, conn: ConnId, channel: ChannelId) {
         if let Some(wire) = self.conns.get_mut(&conn).and_then(|c| c.wire.as_mut()) {
             wire.mux.forget(channel);
         }
