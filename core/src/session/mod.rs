@@ -5,6 +5,7 @@
 //! machine here: bytes and time in, bytes and events out.
 
 mod events;
+mod reconnect;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use rand_core::CryptoRngCore;
 
 pub use events::{SessionError, SessionEvent};
+pub use reconnect::{Backoff, ConnectionEvent, Reconnect};
 
 use crate::control::{
     self, AnnouncedLimits, ChannelId, ChannelPath, ControlDecoder, ErrorCode, Features,

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plugboard_core::control::RequestId;
-use plugboard_core::session::{Session, SessionConfig, SessionError};
-use rand_core::RngCore as _;
+use plugboard_core::session::{Backoff, Session, SessionConfig, SessionError};
+pub use plugboard_core::session::{ConnectionEvent, Reconnect};
 use tokio::sync::oneshot;
 
 use super::driver::{self, Conn};
@@ -23,92 +23,8 @@ use crate::addr::Addr;
 /// How long one attempt may take to connect its socket.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The least a wait grows from (a policy starting at zero still grows).
-const MIN_STEP: Duration = Duration::from_millis(1);
-
 /// A connection's driver, running once polled.
 type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// How a plugin reconnects: [`crate::PluginBuilder::reconnect`].
-///
-/// Before each attempt it waits a random time ("decorrelated jitter"):
-/// between `initial` and three times the previous wait, at most `max`. The
-/// first wait is between `initial` and three times `initial`. Plugins that
-/// lost the same broker so spread out instead of knocking all at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reconnect {
-    /// The shortest wait before an attempt.
-    pub initial: Duration,
-    /// The longest wait before an attempt.
-    pub max: Duration,
-}
-
-impl Default for Reconnect {
-    /// 100 ms to 10 s.
-    fn default() -> Self {
-        Reconnect {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(10),
-        }
-    }
-}
-
-/// A change of a plugin's connection to the broker: [`crate::Plugin::events`].
-///
-/// A plugin that reconnects reports [`ConnectionEvent::Lost`] once when its
-/// connection is lost and [`ConnectionEvent::Reconnected`] once when it is
-/// back (however many attempts that took), and so on for every outage. One
-/// that does not reports [`ConnectionEvent::Ended`] when its connection ends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ConnectionEvent {
-    /// The connection was lost; the plugin reconnects. Requests in flight
-    /// failed with [`PluginError::Reconnecting`], relayed channels broke.
-    Lost {
-        /// Why.
-        reason: String,
-    },
-    /// Connected again: the name is registered again and the watch restarted
-    /// (its receiver got a new snapshot). Requests work again.
-    Reconnected {
-        /// The connection attempts it took (at least 1).
-        attempts: u32,
-    },
-    /// The connection is over for good (the plugin does not reconnect).
-    Ended {
-        /// Why.
-        reason: String,
-    },
-}
-
-/// Waits before attempts: decorrelated jitter, from the OS's randomness.
-struct Backoff {
-    policy: Reconnect,
-    last: Duration,
-}
-
-impl Backoff {
-    fn new(policy: Reconnect) -> Self {
-        let initial = policy.initial.min(policy.max);
-        Backoff {
-            policy: Reconnect { initial, ..policy },
-            last: initial,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let low = self.policy.initial;
-        let high = self.last.max(MIN_STEP).saturating_mul(3);
-        let high = high.min(self.policy.max).max(low);
-        let span = u64::try_from((high - low).as_nanos()).unwrap_or(u64::MAX);
-        let jitter = match span {
-            0 => 0,
-            span => rand_core::OsRng.next_u64() % span,
-        };
-        self.last = low + Duration::from_nanos(jitter);
-        self.last
-    }
-}
 
 /// The connection is lost and the plugin reconnects: what was in flight on
 /// it fails, its relayed channels become orphans (what they received can be
@@ -153,7 +69,7 @@ pub(crate) async fn supervise(
         let mut attempts = 0u32;
         let driver = loop {
             attempts = attempts.saturating_add(1);
-            tokio::time::sleep(backoff.next()).await;
+            tokio::time::sleep(backoff.next(&mut rand_core::OsRng)).await;
             match attempt(&shared, &addr, &config).await {
                 Ok(driver) => break driver,
                 Err(reason) => {
@@ -246,43 +162,4 @@ pub(super) fn send_register(
         direct_addr,
     } = registration;
     inner.session.register(now, name, wait, direct_addr)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_stays_within_the_policy_and_grows() {
-        let policy = Reconnect {
-            initial: Duration::from_millis(10),
-            max: Duration::from_millis(500),
-        };
-        let mut backoff = Backoff::new(policy);
-        let waits: Vec<Duration> = (0..200).map(|_| backoff.next()).collect();
-        assert!(waits
-            .iter()
-            .all(|w| *w >= policy.initial && *w <= policy.max));
-        // Each wait is at most three times the previous one.
-        assert!(waits.windows(2).all(|w| w[1] <= w[0] * 3));
-        // Random: not all the same, and it reaches well past the start.
-        assert!(waits.iter().any(|w| *w != waits[0]));
-        assert!(waits.iter().any(|w| *w > Duration::from_millis(100)));
-    }
-
-    #[test]
-    fn backoff_copes_with_odd_policies() {
-        let zero = Reconnect {
-            initial: Duration::ZERO,
-            max: Duration::ZERO,
-        };
-        let mut backoff = Backoff::new(zero);
-        assert_eq!(backoff.next(), Duration::ZERO);
-        let inverted = Reconnect {
-            initial: Duration::from_secs(5),
-            max: Duration::from_secs(1),
-        };
-        let mut backoff = Backoff::new(inverted);
-        assert!((0..10).all(|_| backoff.next() == Duration::from_secs(1)));
-    }
 }
