@@ -1,0 +1,322 @@
+//! What the broker says, message by message: answers matched to their
+//! requests (pages gathered), watch events and resyncs checked in order,
+//! incoming opens and channel paths. Each becomes a [`SessionEvent`], or a
+//! [`SessionError::Protocol`] when the broker breaks the protocol.
+
+use super::*;
+
+impl Session {
+    /// Adds a page (`add` says whether the request is of its kind); the
+    /// whole answer once the last page is in.
+    fn page(
+        &mut self,
+        request: RequestId,
+        last: bool,
+        add: impl FnOnce(&mut Pending) -> bool,
+    ) -> Result<Option<Pending>, SessionError> {
+        let pending = self.requests.get_mut(&request).map(|r| &mut r.pending);
+        if !pending.is_some_and(add) {
+            return Err(SessionError::Protocol("a page for another request"));
+        }
+        match last {
+            true => Ok(Some(self.take_request(request)?.pending)),
+            false => Ok(None),
+        }
+    }
+
+    fn take_request(&mut self, request: RequestId) -> Result<Request, SessionError> {
+        self.requests
+            .remove(&request)
+            .ok_or(SessionError::Protocol("an answer to no request"))
+    }
+
+    pub(super) fn on_message(&mut self, message: Message) -> Result<(), SessionError> {
+        if let Stage::AwaitHello { .. } = self.stage {
+            let Message::BrokerHello {
+                version,
+                limits,
+                features,
+                ..
+            } = message
+            else {
+                return Err(SessionError::Protocol(
+                    "the broker's first message is not its hello",
+                ));
+            };
+            if version != VERSION {
+                return Err(SessionError::Protocol(
+                    "the broker chose a version we do not speak",
+                ));
+            }
+            if features & !self.config.features != 0 {
+                return Err(SessionError::Protocol(
+                    "the broker chose a feature we did not offer",
+                ));
+            }
+            self.features = features;
+            let wire = self.wire.as_mut().expect("after the handshake");
+            wire.mux.configure(MuxConfig {
+                max_frame: crate::mux::DEFAULT_MAX_FRAME,
+                initial_window: limits.initial_window,
+                max_window: self.config.max_window.max(limits.initial_window),
+                max_connection_window: self.config.max_connection_window,
+            });
+            wire.mux.set_peer_max_frame(limits.max_frame);
+            self.limits = Some(limits);
+            self.stage = Stage::Ready;
+            self.events.push_back(SessionEvent::Ready {
+                broker: self.config.broker,
+                limits,
+            });
+            return Ok(());
+        }
+        let event = match message {
+            Message::Error {
+                request,
+                code,
+                message,
+            } => {
+                let r = self.take_request(request)?;
+                if let Pending::Open(channel) = r.pending {
+                    self.channels.remove(&channel);
+                    self.wire_mut()?.mux.forget(channel);
+                }
+                SessionEvent::Failed {
+                    request,
+                    code,
+                    message,
+                }
+            }
+            Message::Ok { request } => {
+                let r = self.take_request(request)?;
+                match r.pending {
+                    Pending::Unwatch => {
+                        self.watch_seq = None;
+                        self.resync = None;
+                    }
+                    _ => return Err(SessionError::Protocol("ok for a request that expects more")),
+                }
+                SessionEvent::Done { request }
+            }
+            Message::Registered { request, queued } => {
+                let r = self.take_request(request)?;
+                let Pending::Register = r.pending else {
+                    return Err(SessionError::Protocol("registered for another request"));
+                };
+                SessionEvent::Registered { request, queued }
+            }
+            Message::NameAcquired { name } => SessionEvent::NameAcquired { name },
+            Message::ListPage {
+                request,
+                last,
+                members,
+            } => {
+                let add = |p: &mut Pending| match p {
+                    Pending::List(all) => {
+                        all.extend(members);
+                        true
+                    }
+                    _ => false,
+                };
+                let Some(Pending::List(members)) = self.page(request, last, add)? else {
+                    return Ok(());
+                };
+                SessionEvent::Members { request, members }
+            }
+            Message::Snapshot {
+                request,
+                seq,
+                last,
+                members,
+            } => {
+                let add = |p: &mut Pending| match p {
+                    Pending::Watch(all) => {
+                        all.extend(members);
+                        true
+                    }
+                    _ => false,
+                };
+                let Some(Pending::Watch(members)) = self.page(request, last, add)? else {
+                    return Ok(());
+                };
+                self.watch_seq = Some(seq);
+                SessionEvent::Watching {
+                    request,
+                    seq,
+                    members,
+                }
+            }
+            Message::Resync { seq, last, members } => {
+                if self.features & FEATURE_WATCH_RESYNC == 0 {
+                    return Err(SessionError::Protocol("a resync we did not ask for"));
+                }
+                match self.watch_seq {
+                    Some(seen) if seq > seen => {}
+                    Some(_) => return Err(SessionError::Protocol("a resync that goes back")),
+                    None => return Err(SessionError::Protocol("a resync without a watch")),
+                }
+                let (at, mut all) = self.resync.take().unwrap_or((seq, Vec::new()));
+                if at != seq {
+                    return Err(SessionError::Protocol("resync pages of two numbers"));
+                }
+                all.extend(members);
+                if !last {
+                    self.resync = Some((seq, all));
+                    return Ok(());
+                }
+                self.watch_seq = Some(seq);
+                SessionEvent::Resynced { seq, members: all }
+            }
+            Message::PresenceEvent { seq, presence } => {
+                if self.resync.is_some() {
+                    return Err(SessionError::Protocol("a presence event inside a resync"));
+                }
+                match self.watch_seq {
+                    Some(last) if seq == last + 1 => self.watch_seq = Some(seq),
+                    Some(_) => {
+                        return Err(SessionError::Protocol("a presence event out of sequence"))
+                    }
+                    None => return Err(SessionError::Protocol("a presence event without a watch")),
+                }
+                SessionEvent::Presence { seq, presence }
+            }
+            Message::UidStatsPage { request, uids } => {
+                if self.features & FEATURE_STATS_UIDS == 0 {
+                    return Err(SessionError::Protocol("uid stats we did not ask for"));
+                }
+                let add = |p: &mut Pending| match p {
+                    Pending::Stats(all_uids, keys, names)
+                        if keys.is_empty() && names.is_empty() =>
+                    {
+                        all_uids.extend(uids);
+                        true
+                    }
+                    _ => false,
+                };
+                self.page(request, false, add)?;
+                return Ok(());
+            }
+            Message::StatsPage {
+                request,
+                last,
+                keys,
+                names,
+            } => {
+                let add = |p: &mut Pending| match p {
+                    Pending::Stats(_, all_keys, all_names) => {
+                        all_keys.extend(keys);
+                        all_names.extend(names);
+                        true
+                    }
+                    _ => false,
+                };
+                let Some(Pending::Stats(uids, keys, names)) = self.page(request, last, add)? else {
+                    return Ok(());
+                };
+                SessionEvent::Stats {
+                    request,
+                    uids,
+                    keys,
+                    names,
+                }
+            }
+            Message::Incoming {
+                channel,
+                from_name,
+                from_key,
+                protocol,
+                metadata,
+                path,
+            } => {
+                self.wire_mut()?.mux.open_remote(channel)?;
+                let await_path = !matches!(path, IncomingPath::Relay);
+                self.channels
+                    .insert(channel, ChannelState::Offered { await_path });
+                SessionEvent::Incoming {
+                    channel,
+                    from_name,
+                    from_key,
+                    protocol,
+                    metadata,
+                    path,
+                }
+            }
+            Message::Opened {
+                request,
+                channel,
+                peer,
+                path,
+            } => {
+                let Pending::Open(expected) = self.take_request(request)?.pending else {
+                    return Err(SessionError::Protocol("opened for another request"));
+                };
+                if expected != channel {
+                    return Err(SessionError::Protocol("opened names another channel"));
+                }
+                let fd = match path {
+                    OpenedPath::SocketPair => {
+                        self.channels.remove(&channel);
+                        self.wire_mut()?.mux.forget(channel);
+                        Some(self.fds.pop_front().ok_or(SessionError::Protocol(
+                            "a socketpair without its descriptor",
+                        ))?)
+                    }
+                    _ => match self.channels.get_mut(&channel) {
+                        Some(state) => {
+                            *state = ChannelState::Open;
+                            None
+                        }
+                        // Reset while the open was on its way: its RESET follows the
+                        // broker's answer, so the channel is over already.
+                        None => {
+                            self.events.push_back(SessionEvent::Failed {
+                                request,
+                                code: ErrorCode::Cancelled,
+                                message: "reset before it opened".into(),
+                            });
+                            return Ok(());
+                        }
+                    },
+                };
+                SessionEvent::Opened {
+                    request,
+                    channel,
+                    peer,
+                    path,
+                    fd,
+                }
+            }
+            Message::ChannelPath { channel, path } => {
+                // A path can cross the channel's reset (ours at its deadline,
+                // or the opener's) on the way: then it resolves nothing.
+                let awaited = matches!(
+                    self.channels.get(&channel),
+                    Some(ChannelState::AwaitingPath { .. })
+                );
+                let fd = match path {
+                    ChannelPath::SocketPair => {
+                        if awaited {
+                            self.channels.remove(&channel);
+                            self.wire_mut()?.mux.forget(channel);
+                        }
+                        // Taken off the queue either way, so that later
+                        // descriptors line up with their messages; the
+                        // runtime closes one that came for no awaited channel.
+                        Some(self.fds.pop_front().ok_or(SessionError::Protocol(
+                            "a socketpair without its descriptor",
+                        ))?)
+                    }
+                    ChannelPath::Relay if awaited => {
+                        self.channels.insert(channel, ChannelState::Open);
+                        None
+                    }
+                    ChannelPath::Relay => return Ok(()),
+                };
+                SessionEvent::ChannelPath { channel, path, fd }
+            }
+            _ => return Err(SessionError::Protocol("a plugin's message from the broker")),
+        };
+        self.events.push_back(event);
+        Ok(())
+    }
+}
