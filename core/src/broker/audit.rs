@@ -1,13 +1,121 @@
-//! Self-checks: the broker's books against what it actually holds, for
-//! tests, the simulation and the fuzz targets (a deployment never calls
-//! them). Each is measured from the queues, not from the counters it checks.
+//! A look inside, for tests, the simulation and the fuzz targets (the
+//! runtimes do not call these): what the broker holds, and self-checks of
+//! its books against it, measured from the queues rather than from the
+//! counters they check.
 
 use crate::control::MAX_MESSAGE;
+use crate::keys::PublicKey;
 use crate::mux::HEADER_LEN;
 
-use super::Broker;
+use super::{Broker, ConnId, Connection, KeyUsage, Registry};
 
 impl Broker {
+    /// Connections held, in any stage.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Connections from `uid`'s processes, handshakes included.
+    pub fn uid_connections(&self, uid: u32) -> usize {
+        self.by_uid.get(&uid).copied().unwrap_or(0)
+    }
+
+    /// Channels between two keys (relayed, or waiting for an answer or a
+    /// socketpair), whoever opened them.
+    pub fn channels_between(&self, a: PublicKey, b: PublicKey) -> usize {
+        self.shares.between(a, b)
+    }
+
+    /// Buffer bytes reserved: by `key`, or `None` for all.
+    pub fn bytes_reserved(&self, key: Option<&PublicKey>) -> u64 {
+        key.map_or(self.bytes.held(), |key| self.bytes.held_by(key))
+    }
+
+    /// Socketpair ends not yet sent: charged to `key`, or `None` for all.
+    pub fn descriptors_in_flight(&self, key: Option<&PublicKey>) -> usize {
+        key.map_or(self.fds.held(), |key| self.fds.held_by(key))
+    }
+
+    /// Whether `conn` is still held.
+    pub fn is_open(&self, conn: ConnId) -> bool {
+        self.conns.contains_key(&conn)
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Connections watching.
+    pub fn watchers(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.watchers.iter().copied()
+    }
+
+    /// What a key holds.
+    pub fn key_usage(&self, key: &PublicKey) -> KeyUsage {
+        self.usage.get(key).copied().unwrap_or_default()
+    }
+
+    /// Relayed channels (each counted once).
+    pub fn route_count(&self) -> usize {
+        self.routes.len() / 2
+    }
+
+    /// Opens not yet answered (including those waiting for a socketpair).
+    pub fn pending_open_count(&self) -> usize {
+        self.pending.len() + self.pairs.len()
+    }
+
+    /// Timers set.
+    pub fn timer_count(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Keys with anything accounted to them.
+    pub fn key_count(&self) -> usize {
+        self.usage.len()
+    }
+
+    /// Entries in the other budgets' books: pairs of keys with channels
+    /// between them, keys holding byte reservations, socketpair ends in
+    /// flight, users with connections, handshakes at the door. Zero once
+    /// everyone has left.
+    pub fn other_accounts(&self) -> usize {
+        self.shares.len()
+            + self.bytes.keys()
+            + self.fds.held()
+            + self.by_uid.len()
+            + self.door.held()
+    }
+
+    /// Every key with what is accounted to it.
+    pub fn key_usages(&self) -> impl Iterator<Item = (&PublicKey, &KeyUsage)> {
+        self.usage.iter()
+    }
+
+    /// Bytes the broker holds for all connections: queued output, and input
+    /// buffered short of a whole frame.
+    pub fn buffered_bytes(&self) -> usize {
+        self.conns
+            .values()
+            .map(|c| {
+                c.queued()
+                    + c.control.buffered()
+                    + c.wire.as_ref().map_or(0, |w| w.mux.buffered_input())
+            })
+            .sum()
+    }
+
+    /// Bytes queued for one connection.
+    pub fn queued_for(&self, conn: ConnId) -> usize {
+        self.conns.get(&conn).map_or(0, Connection::queued)
+    }
+
+    /// The key of a connection, once authenticated.
+    pub fn key_of(&self, conn: ConnId) -> Option<PublicKey> {
+        self.conns.get(&conn).and_then(|c| c.key)
+    }
+
     /// The most the broker may buffer for what it holds now: per connection
     /// its control queue, two control messages, a frame each way and a read;
     /// per relayed direction a window and a frame.
