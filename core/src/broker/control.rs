@@ -359,14 +359,6 @@ impl Broker {
         }
     }
 
-    /// Whether a watcher that fell behind has read enough for its resync.
-    pub(super) fn resync_due(&self, conn: ConnId) -> bool {
-        self.conns
-            .get(&conn)
-            .is_some_and(|c| matches!(c.watch, Watch::Behind { .. }))
-            && self.queued_control(conn) <= self.config.limits.max_control_queue / 4
-    }
-
     fn on_stats(&mut self, _now: Instant, conn: ConnId, request: RequestId) {
         if !self.conns[&conn].rights.stats {
             return self.refuse(

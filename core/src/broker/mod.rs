@@ -40,7 +40,7 @@ use crate::mux::Mux;
 use crate::shs::{self, HandshakeConfig, ServerHandshake};
 use crate::time::Instant;
 use crate::wire::{Wire, WireError};
-use connection::{Connection, Stage};
+use connection::{Connection, Stage, Watch};
 use door::Door;
 use fds::FdBudget;
 use memory::ByteBudget;
@@ -430,10 +430,16 @@ impl Broker {
 
     /// The next bytes to write to `conn`.
     pub fn poll_transmit(&mut self, conn: ConnId) -> Option<Transmit> {
-        if self.resync_due(conn) {
+        let resync_below = self.config.limits.max_control_queue / 4;
+        let mut c = self.conns.get_mut(&conn)?;
+        // A watcher that fell behind gets its resync once it has read most
+        // of its queue.
+        if matches!(c.watch, Watch::Behind { .. })
+            && c.wire.as_ref().map_or(0, |w| w.mux.queued_urgent()) <= resync_below
+        {
             self.resync(conn);
+            c = self.conns.get_mut(&conn)?;
         }
-        let c = self.conns.get_mut(&conn)?;
         let out = match (&mut c.stage, &mut c.wire) {
             (Stage::Handshake(handshake), _) => handshake
                 .poll_transmit()
