@@ -432,14 +432,17 @@ impl Broker {
     pub fn poll_transmit(&mut self, conn: ConnId) -> Option<Transmit> {
         let resync_below = self.config.limits.max_control_queue / 4;
         let mut c = self.conns.get_mut(&conn)?;
+        let urgent = |c: &Connection| c.wire.as_ref().map_or(0, |w| w.mux.queued_urgent());
         // A watcher that fell behind gets its resync once it has read most
         // of its queue.
-        if matches!(c.watch, Watch::Behind { .. })
-            && c.wire.as_ref().map_or(0, |w| w.mux.queued_urgent()) <= resync_below
-        {
+        if matches!(c.watch, Watch::Behind { .. }) && urgent(c) <= resync_below {
             self.resync(conn);
+            // A resync over the bound ends the connection now, as a Watch
+            // over it would, not at some later call.
+            self.finish_call(self.last_now);
             c = self.conns.get_mut(&conn)?;
         }
+        let urgent_before = urgent(c);
         let out = match (&mut c.stage, &mut c.wire) {
             (Stage::Handshake(handshake), _) => handshake
                 .poll_transmit()
@@ -464,7 +467,11 @@ impl Broker {
             None => c.notified = false,
         }
         let events_due = c.wire.as_ref().is_some_and(|w| w.mux.has_events());
-        if out.is_some() && !c.credit_waiting.is_empty() {
+        // Credit held back waits for channel data to drain: retried when a
+        // data chunk went out, not for every PONG or control message (a
+        // peer's pings would each cost a pass over every waiting channel).
+        let data_went = out.is_some() && urgent(c) == urgent_before;
+        if data_went && !c.credit_waiting.is_empty() {
             self.retry_credit(conn);
         }
         if events_due {

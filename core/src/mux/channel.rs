@@ -116,6 +116,11 @@ impl Channel {
     pub(super) fn enqueue_copy(&mut self, mut data: &[u8]) {
         self.queued += data.len();
         while !data.is_empty() {
+            if self.tail.capacity() == 0 {
+                // Exactly one chunk: growing by doubling would leave up to
+                // twice what is queued allocated.
+                self.tail.reserve(COPY_CHUNK);
+            }
             let room = COPY_CHUNK - self.tail.len();
             let (now, rest) = data.split_at(room.min(data.len()));
             self.tail.extend_from_slice(now);

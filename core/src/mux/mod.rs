@@ -509,8 +509,10 @@ impl Mux {
                 self.grants.push_back(id);
                 self.urgent_bytes += WINDOW_FRAME_LEN;
             }
-            // Cannot overflow: recv_credit, which includes it, did not.
-            channel.grant_owed += increment;
+            // Data received within credit not yet announced does not lower
+            // what is owed, so this can reach 2^32 for a peer that sends
+            // without reading: it saturates (what is lost is its own credit).
+            channel.grant_owed = channel.grant_owed.saturating_add(increment);
         }
     }
 

@@ -354,3 +354,24 @@ fn no_credit_for_a_finished_direction() {
     b.grant(id, 1000);
     assert!(b.poll_transmit().is_none());
 }
+
+/// Regression: credit owed but not yet written grew by plain addition, and
+/// a peer that sends without reading can make it pass 2^32 (a panic with
+/// debug assertions). It saturates now, and one WINDOW still goes out.
+#[test]
+fn credit_owed_past_u32_saturates() {
+    let (mut a, mut b) = pair();
+    let id = open(&mut a, &mut b);
+    b.grant(id, u32::MAX - 10);
+    b.grant(id, 100);
+    let mut frames = frame::FrameDecoder::new(1 << 20);
+    frames.push(&b.poll_transmit().expect("a WINDOW"));
+    assert_eq!(
+        frames.next_frame().unwrap(),
+        Some(Frame::Window {
+            channel: id,
+            increment: u32::MAX
+        })
+    );
+    assert!(b.poll_transmit().is_none(), "one WINDOW for both grants");
+}

@@ -471,3 +471,45 @@ fn stats_show_each_unix_user() {
     assert!(uids.is_empty());
     assert_eq!(keys.len(), 4);
 }
+
+/// Regression: a resync bigger than the control-queue bound was queued from
+/// `poll_transmit` and its connection closed only at some later call (and
+/// meanwhile its requests were not worked on). Now it is closed at once.
+#[test]
+fn a_resync_over_the_bound_ends_the_watcher_at_once() {
+    let mut net = Net::new(6, Chaos::default(), |c| {
+        c.limits.max_control_queue = 4096;
+        c.limits.registrations_per_source_per_s = 1000;
+        c.limits.registrations_per_s = 1000;
+        c.limits.max_connections_per_key = 200;
+    });
+    let watcher = unix(&mut net, 1);
+    let now = net.now;
+    net.node(watcher).session.watch(now).unwrap();
+    one_event(&mut net, watcher);
+    net.node(watcher).slow = true;
+    // Names that stay: the registry's snapshot outgrows the bound.
+    let mut stay = Vec::new();
+    for i in 0..120 {
+        let id = unix(&mut net, 2);
+        register(
+            &mut net,
+            id,
+            &format!("a-long-name-that-stays-{i:0>40}"),
+            false,
+        );
+        stay.push(id);
+    }
+    let conn = net.node(watcher).conn;
+    assert!(net.broker.is_open(conn));
+    // The watcher reads: the broker drains its queue and, at a quarter,
+    // queues the resync, which does not fit.
+    while net.broker.poll_transmit(conn).is_some() {}
+    assert!(
+        !net.broker.is_open(conn),
+        "still open with its resync over the bound"
+    );
+    let cut = std::iter::from_fn(|| net.broker.poll_event())
+        .any(|e| matches!(e, Event::Log(l) if l.code == Some(ErrorCode::SlowReader)));
+    assert!(cut, "no SlowReader line");
+}
