@@ -201,7 +201,12 @@ impl Broker {
             limits.registrations_per_source_per_s,
             limits.registrations_per_s,
         );
-        let refusal = if !self.registrations.0.take(now, origin.rate_source()) {
+        // Only a registration that will be made spends the allowance: a
+        // refused one changes nothing anyone sees.
+        let checked = self.registry.check(conn, &name, wait);
+        let refusal = if checked.is_err() {
+            None
+        } else if !self.registrations.0.take(now, origin.rate_source()) {
             Some(format!(
                 "{} registered more than {per_source} names a second",
                 origin.describe()
@@ -216,7 +221,7 @@ impl Broker {
         if let Some(message) = refusal {
             return self.refuse(conn, request, ErrorCode::TooFast, message);
         }
-        match self.registry.register(holder, &name, wait) {
+        match checked.and_then(|()| self.registry.register(holder, &name, wait)) {
             Ok(registered) => {
                 let c = self.conns.get_mut(&conn).expect("handling its message");
                 c.direct_addr = (!direct_addr.is_empty()).then_some(direct_addr);

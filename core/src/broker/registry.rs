@@ -102,6 +102,17 @@ impl Registry {
         }
     }
 
+    /// What [`Registry::register`] would refuse, without changing anything.
+    pub fn check(&self, conn: ConnId, name: &Name, wait: bool) -> Result<(), RegisterError> {
+        if self.by_conn.contains_key(&conn) {
+            return Err(RegisterError::AlreadyRegistered);
+        }
+        match self.names.contains_key(name) && !wait {
+            true => Err(RegisterError::Taken),
+            false => Ok(()),
+        }
+    }
+
     /// The connection is gone: frees or hands over its name, or leaves its line.
     pub fn remove(&mut self, conn: ConnId) -> Departure {
         let nothing = Departure {

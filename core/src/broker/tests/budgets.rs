@@ -449,3 +449,29 @@ fn a_register_storm_is_slowed_per_user_and_in_all() {
         SessionEvent::Registered { .. }
     ));
 }
+
+/// Only a registration that is made spends the rate: before, registers of a
+/// taken name, each refused, used up the source's allowance (and the
+/// broker's, for everyone) and its next real registration got TooFast.
+#[test]
+fn refused_registrations_spend_no_allowance() {
+    let mut net = Net::new(30, Chaos::default(), |c| {
+        c.limits.registrations_per_source_per_s = 5;
+        c.limits.registrations_per_s = 8;
+        c.limits.max_connections_per_key = 100;
+    });
+    let owner = unix(&mut net, 1);
+    register(&mut net, owner, "taken", false);
+    let tries: Vec<NodeId> = (0..30).map(|_| unix(&mut net, 2)).collect();
+    for id in &tries {
+        let refused = register(&mut net, *id, "taken", false);
+        assert_eq!(failed_code(&refused), ErrorCode::NameTaken);
+    }
+    assert!(
+        matches!(
+            register(&mut net, tries[0], "free", false),
+            SessionEvent::Registered { .. }
+        ),
+        "a real registration after refused ones was slowed"
+    );
+}
