@@ -202,6 +202,7 @@ pub fn fanout(watchers: usize, samples: usize) -> Duration {
         c.limits.max_handshaking = watchers + samples + 16;
         // Measured: the fan-out of registrations, not their rate limit.
         c.limits.registrations_per_source_per_s = 1_000_000;
+        c.limits.registrations_per_network_per_s = 1_000_000;
         c.limits.registrations_per_s = 1_000_000;
     });
     let key = Keypair::from_seed([3; 32]);

@@ -430,6 +430,7 @@ pub fn a_watcher_that_never_reads_is_cut<B: Broker>() {
         // The churn here is what the registration rates bound; this test
         // is about the watcher.
         c.limits.registrations_per_source_per_s = 1_000_000;
+        c.limits.registrations_per_network_per_s = 1_000_000;
         c.limits.registrations_per_s = 1_000_000;
     });
     let (addr, path) = (broker.unix.clone(), broker.path.clone());
@@ -468,6 +469,7 @@ pub fn a_watcher_that_falls_behind_is_resynchronised<B: Broker>() {
     let broker = start::<B>("resync", |c| {
         c.limits.max_control_queue = 8 * 1024;
         c.limits.registrations_per_source_per_s = 1_000_000;
+        c.limits.registrations_per_network_per_s = 1_000_000;
         c.limits.registrations_per_s = 1_000_000;
     });
     let (addr, path) = (broker.unix.clone(), broker.path.clone());

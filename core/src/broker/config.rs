@@ -55,7 +55,12 @@ pub struct Limits {
     /// peer's address or IPv6 /64), two seconds' worth at once: every one can
     /// make an event for every watcher.
     pub registrations_per_source_per_s: u32,
-    /// Registrations a second from everyone, two seconds' worth at once.
+    /// Registrations a second from the sources of one IPv6 /48, all
+    /// together (two seconds' worth at once).
+    pub registrations_per_network_per_s: u32,
+    /// Registrations a second from everyone, two seconds' worth at once. A
+    /// source registering more than one a second may take only half of it:
+    /// the rest is kept for sources that do not.
     pub registrations_per_s: u32,
     /// Channels one key may hold (relayed, or waiting to be answered), over all its connections.
     pub max_channels_per_key: usize,
@@ -106,6 +111,7 @@ impl Default for Limits {
             handshakes_per_source_per_s: 20,
             handshakes_per_network_per_s: 40,
             registrations_per_source_per_s: 20,
+            registrations_per_network_per_s: 40,
             registrations_per_s: 200,
             max_channels_per_key: 4096,
             max_channels_between_keys: 1024,

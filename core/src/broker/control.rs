@@ -15,6 +15,7 @@ use crate::time::Instant;
 
 use super::connection::{Connection, Stage, Watch};
 use super::policy::any_matches;
+use super::rates::RateRefusal;
 use super::registry::{Holder, RegisterError, Registered};
 use super::{Broker, ConnId};
 
@@ -196,28 +197,27 @@ impl Broker {
             since: c.since,
         };
         let origin = c.origin;
-        let limits = &self.config.limits;
-        let (per_source, total) = (
-            limits.registrations_per_source_per_s,
-            limits.registrations_per_s,
-        );
         // Only a registration that will be made spends the allowance: a
         // refused one changes nothing anyone sees.
         let checked = self.registry.check(conn, &name, wait);
-        let refusal = if checked.is_err() {
-            None
-        } else if !self.registrations.0.take(now, origin.rate_source()) {
-            Some(format!(
-                "{} registered more than {per_source} names a second",
-                origin.describe()
-            ))
-        } else if !self.registrations.1.take(now, crate::budget::Source::LOCAL) {
-            Some(format!(
-                "the broker takes at most {total} registrations a second"
-            ))
-        } else {
-            None
+        let refusal = match checked {
+            Ok(()) => self.registrations.take(now, origin.rate_source()).err(),
+            Err(_) => None,
         };
+        let refusal = refusal.map(|refused| match refused {
+            RateRefusal::Source(per_s) => format!(
+                "{} registered more than {per_s} names a second",
+                origin.describe()
+            ),
+            RateRefusal::Network(per_s) => format!(
+                "the IPv6 /48 of {} registered more than {per_s} names a second",
+                origin.describe()
+            ),
+            RateRefusal::Everyone(per_s) => format!(
+                "the broker takes at most {per_s} registrations a second, \
+                 half of them from sources registering more than one a second"
+            ),
+        });
         if let Some(message) = refusal {
             return self.refuse(conn, request, ErrorCode::TooFast, message);
         }

@@ -12,7 +12,7 @@ use crate::control::TransportKind;
 use crate::time::Instant;
 
 use super::config::Limits;
-use super::rates::Rates;
+use super::rates::{RateRefusal, TieredRates};
 
 /// Which of its listeners accepted a socket: a number the runtime gives
 /// each listener, the same for all its sockets.
@@ -135,7 +135,7 @@ pub(super) struct Door {
     /// Places by listener.
     places: HashMap<ListenerId, HandshakeBudget>,
     /// New handshakes per source, and per IPv6 /48.
-    rates: (Rates, Rates),
+    rates: TieredRates,
     report: RefusalReport,
 }
 
@@ -149,9 +149,10 @@ impl Door {
                 deadline: limits.handshake_timeout,
             },
             places: HashMap::new(),
-            rates: (
-                Rates::new(limits.handshakes_per_source_per_s),
-                Rates::new(limits.handshakes_per_network_per_s),
+            rates: TieredRates::new(
+                limits.handshakes_per_source_per_s,
+                limits.handshakes_per_network_per_s,
+                None,
             ),
             report: RefusalReport::new(),
         }
@@ -202,15 +203,16 @@ impl Door {
         if network.is_some_and(|n| places.held_by(n) >= places.limits().per_network) {
             return Err(DoorRefusal::NetworkFull(places.limits().per_network));
         }
-        // The network first: a /64 over its own rate then spends its own
-        // network's allowance, nobody else's.
-        if let Some(network) = network {
-            if !self.rates.1.take(now, network) {
-                return Err(DoorRefusal::NetworkTooFast(self.rates.1.per_s()));
-            }
-        }
-        if from_network.is_some() && !self.rates.0.take(now, source) {
-            return Err(DoorRefusal::TooFast(self.rates.0.per_s()));
+        // Local peers have no rate: their listener's places bound them.
+        if from_network.is_some() {
+            self.rates
+                .take(now, source)
+                .map_err(|refused| match refused {
+                    RateRefusal::Network(per_s) => DoorRefusal::NetworkTooFast(per_s),
+                    RateRefusal::Source(per_s) | RateRefusal::Everyone(per_s) => {
+                        DoorRefusal::TooFast(per_s)
+                    }
+                })?;
         }
         places.take(source).expect("checked above");
         Ok(())
@@ -404,13 +406,13 @@ mod tests {
             .count();
         assert_eq!(admitted, crate::broker::rates::MAX_RATED_SOURCES + 40);
         assert_eq!(
-            door.rates.0.remembered(),
+            door.rates.remembered(),
             crate::broker::rates::MAX_RATED_SOURCES
         );
         // Once their allowances are whole again they are forgotten, and new
         // sources are remembered in their stead.
         door.admit(at_ms(50), &from(6000)).unwrap();
-        assert_eq!(door.rates.0.remembered(), 1);
+        assert_eq!(door.rates.remembered(), 1);
     }
 
     proptest! {

@@ -272,7 +272,7 @@ pub struct Broker {
     bytes: ByteBudget,
     /// Registrations, per source and in all: each can be an event for every
     /// watcher.
-    registrations: (rates::Rates, rates::Rates),
+    registrations: rates::TieredRates,
     timers: BTreeSet<(Instant, Timer)>,
     events: VecDeque<Event>,
     /// Connections that did not read what they asked for: closed at the
@@ -296,9 +296,10 @@ impl Broker {
         let door = Door::new(limits);
         let fds = FdBudget::new(limits.max_descriptors_per_key, limits.max_descriptors);
         let bytes = ByteBudget::new(limits.max_bytes_per_key, limits.max_bytes);
-        let registrations = (
-            rates::Rates::new(limits.registrations_per_source_per_s),
-            rates::Rates::new(limits.registrations_per_s),
+        let registrations = rates::TieredRates::new(
+            limits.registrations_per_source_per_s,
+            limits.registrations_per_network_per_s,
+            Some(limits.registrations_per_s),
         );
         Broker {
             owner: config.handshake.keypair.public(),

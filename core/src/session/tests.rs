@@ -20,6 +20,7 @@ fn answers_in_many_pages_arrive_whole() {
             c.limits.max_connections_per_key = 1000;
             c.limits.max_handshaking = 1000;
             c.limits.registrations_per_source_per_s = 1000;
+            c.limits.registrations_per_network_per_s = 1000;
             c.limits.registrations_per_s = 1000;
         },
     );

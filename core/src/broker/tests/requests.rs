@@ -329,6 +329,7 @@ fn a_watcher_that_falls_behind_others_churn_is_resynchronised_not_cut() {
     let mut net = Net::new(5, Chaos::default(), |c| {
         c.limits.max_control_queue = 4096;
         c.limits.registrations_per_source_per_s = 1000;
+        c.limits.registrations_per_network_per_s = 1000;
         c.limits.registrations_per_s = 1000;
     });
     let watcher = unix(&mut net, 1);
@@ -480,6 +481,7 @@ fn a_resync_over_the_bound_ends_the_watcher_at_once() {
     let mut net = Net::new(6, Chaos::default(), |c| {
         c.limits.max_control_queue = 4096;
         c.limits.registrations_per_source_per_s = 1000;
+        c.limits.registrations_per_network_per_s = 1000;
         c.limits.registrations_per_s = 1000;
         c.limits.max_connections_per_key = 200;
     });
