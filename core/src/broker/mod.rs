@@ -797,9 +797,12 @@ impl Broker {
             .map_or(0, |w| w.mux.queued_urgent())
     }
 
-    /// Whether `conn` can take `len` more control bytes it did not ask for.
+    /// Whether `conn` can take `len` more control bytes it did not ask for
+    /// (an incoming open, a peer's reason for a reset). Such traffic fills at
+    /// most half the bound, so what it asked for, by which the blame rule
+    /// judges it, always has the other half.
     fn has_room(&self, conn: ConnId, len: usize) -> bool {
-        self.queued_control(conn) + len <= self.config.limits.max_control_queue
+        self.queued_control(conn) + len <= self.config.limits.max_control_queue / 2
     }
 
     fn log(

@@ -202,6 +202,13 @@ impl Broker {
                 if let Some(unlinked) = self.routes.unlink(end) {
                     self.release_route(conn, channel, unlinked);
                 }
+                // The reason is traffic the peer did not ask for: passed on
+                // only while it has room for that, so resets cannot fill
+                // the queue its replies are judged by.
+                let reason = match self.has_room(peer.0, reason.len()) {
+                    true => reason,
+                    false => String::new(),
+                };
                 self.reset_channel(peer.0, peer.1, code, &reason);
             }
             MuxEvent::Credit { increment, .. } => {

@@ -349,6 +349,62 @@ fn a_window_flood_does_not_cut_off_the_victim() {
     assert_eq!(granted, 256 * 1024 + 150_000);
 }
 
+/// Traffic a plugin did not ask for (incoming opens, its peers' reasons for
+/// resets) fills at most half its control queue, so what it asked for has
+/// the other half: a peer that resets 40 channels with 1,000-byte reasons
+/// while the victim is busy cannot get it cut off for a List it asked for
+/// (before, the reasons filled the bound and the List's reply put it over:
+/// GOAWAY 19), and further opens to the victim are refused PeerBusy.
+#[test]
+fn unasked_traffic_fills_at_most_half_the_control_queue() {
+    let mut net = Net::new(31, Chaos::default(), |c| {
+        c.limits.max_control_queue = 16 * 1024;
+    });
+    let victim = unix(&mut net, 1);
+    let attacker = unix(&mut net, 2);
+    register(&mut net, victim, "svc", false);
+    let pairs: Vec<(u32, u32)> = (0..40)
+        .map(|_| open_and_accept(&mut net, attacker, victim, "svc"))
+        .collect();
+    net.node(victim).slow = true;
+    let long = "x".repeat(1000);
+    for &(ours, _) in &pairs {
+        let session = &mut net.node(attacker).session;
+        session.reset(ours, ErrorCode::Rejected, &long).unwrap();
+    }
+    net.run();
+    let now = net.now;
+    net.node(attacker)
+        .session
+        .open(now, name("svc"), "p", Bytes::new(), false)
+        .unwrap();
+    net.run();
+    assert_eq!(
+        failed_code(&one_event(&mut net, attacker)),
+        ErrorCode::PeerBusy
+    );
+    net.node(victim).session.list(now).unwrap();
+    net.run();
+    assert!(!net.node(victim).closed, "the victim was cut off");
+    net.node(victim).slow = false;
+    net.run();
+    let events = net.events(victim);
+    let reasons: Vec<usize> = events
+        .iter()
+        .filter_map(|e| match e {
+            SessionEvent::Reset { reason, .. } => Some(reason.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons.len(), 40, "every reset arrives");
+    let passed = reasons.iter().filter(|n| **n == 1000).count();
+    assert!((6..=8).contains(&passed), "{reasons:?}");
+    assert!(reasons.iter().all(|n| *n == 1000 || *n == 0));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, SessionEvent::Members { .. })));
+}
+
 /// Registrations are rate-limited per source (here, one uid) and in all:
 /// a register storm is refused with TooFast (before, every one was an event
 /// for every watcher), and another user still registers. A busy source
