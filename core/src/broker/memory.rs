@@ -5,7 +5,8 @@
 //! receiver. That exposure is reserved before it can exist: opening a
 //! channel reserves both initial windows from the opener's key; credit the
 //! relay passes on beyond the initial window is reserved, as it passes,
-//! from the key that granted it. A channel's initial window is always its
+//! from the key that granted it (and moved to the sender's key when the
+//! sender leaves it unused: see `relay`). A channel's initial window is always its
 //! own, so no one else's reservations can stall it.
 
 use std::collections::HashMap;

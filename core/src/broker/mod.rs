@@ -225,6 +225,8 @@ enum Timer {
     Conn(ConnId),
     /// An open's deadline, by its target end.
     Open(ConnId, ChannelId),
+    /// The next look at grown credit reservations (`relay::CREDIT_SWEEP`).
+    CreditSweep,
 }
 
 /// An open waiting for its target's answer (or for a socketpair).
@@ -474,6 +476,7 @@ impl Broker {
         let data_went = out.is_some() && urgent(c) == urgent_before;
         if data_went && !c.credit_waiting.is_empty() {
             self.retry_credit(conn);
+            self.schedule_credit_sweep(self.last_now);
         }
         if events_due {
             // Sending a FIN can retire a channel: its route goes with it.
@@ -502,6 +505,7 @@ impl Broker {
             match timer {
                 Timer::Conn(conn) => self.on_conn_timer(now, conn),
                 Timer::Open(target, channel) => self.on_open_timeout(now, target, channel),
+                Timer::CreditSweep => self.sweep_credit(now),
             }
         }
         self.finish_call(now);
@@ -835,6 +839,7 @@ impl Broker {
     /// Work deferred to the end of every public call: closing slow readers.
     fn finish_call(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
+        self.schedule_credit_sweep(self.last_now);
         while let Some(conn) = self.slow.pop() {
             // Checked again: the runtime may have drained it since.
             if self.queued_control(conn) > self.config.limits.max_control_queue {

@@ -1,14 +1,12 @@
-//! Relayed channels: the relay table, data and FIN from one end to the
-//! other, credit passed end to end, and the byte books. Opens and their
-//! answers are in `opens.rs`.
+//! Relayed channels: the relay table, data, FIN and RESET from one end to
+//! the other. Credit passed end to end and the byte books are in
+//! `credit.rs`; opens and their answers in `opens.rs`.
 //!
 //! A relayed channel has two ends, (opener connection, opener's id) and
 //! (target connection, broker's id). Data and FIN from one end go to the
-//! other. Credit the receiver grants is passed to the sender only as far
-//! as the broker's bound allows: what the sender may still send plus what
-//! the broker holds for the receiver never exceeds `max_window`.
+//! other.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::control::{ChannelId, ErrorCode};
 use crate::keys::PublicKey;
@@ -17,6 +15,10 @@ use crate::time::Instant;
 
 use super::control::error;
 use super::{Broker, ConnId};
+
+mod credit;
+#[cfg(test)]
+pub(super) use credit::CREDIT_SWEEP;
 
 /// One end of a relayed channel: a connection and its id for the channel.
 pub(super) type End = (ConnId, ChannelId);
@@ -35,8 +37,16 @@ struct RouteEnd {
     /// This end opened the channel (its key reserved both initial windows).
     opener: bool,
     /// Credit this end granted beyond the initial window that the relay
-    /// passed on: reserved from `key` (see `memory`).
+    /// passed on, less `idle`: reserved from `key` (see `memory`).
     extra: u64,
+    /// Of that credit, what the peer (the sender) left unused for a whole
+    /// sweep: reserved from the peer's key, not this end's.
+    idle: u64,
+    /// The sender's credit when this end's reservation was last set:
+    /// unchanged at the next sweep means it sent nothing meanwhile.
+    owed_seen: u64,
+    /// What the sender has sent on the channel, as seen at those times.
+    sent: u64,
 }
 
 /// A route just removed.
@@ -44,15 +54,19 @@ struct Unlinked {
     /// The opener's key, then the target's (for the channel counts).
     keys: [PublicKey; 2],
     peer: End,
-    /// The removed end's key with the credit beyond the initial window it
-    /// held, then its peer's (unlike `keys`, not by role).
-    extra: [(PublicKey, u64); 2],
+    /// The reservations for credit beyond the initial windows, with the key
+    /// each is charged to.
+    charges: [(PublicKey, u64); 4],
 }
 
 /// Both ends of every relayed channel.
 #[derive(Default)]
 pub(super) struct Routes {
     ends: HashMap<End, RouteEnd>,
+    /// Receiving ends with a reservation beyond the initial window.
+    grown: BTreeSet<End>,
+    /// A credit sweep is among the timers.
+    sweep_due: bool,
 }
 
 impl Routes {
@@ -69,6 +83,9 @@ impl Routes {
             dial_offered: false,
             opener,
             extra: 0,
+            idle: 0,
+            owed_seen: 0,
+            sent: 0,
         };
         self.ends.insert(opener, end(target, o_key, true));
         self.ends.insert(target, end(opener, t_key, false));
@@ -96,6 +113,8 @@ impl Routes {
     fn unlink(&mut self, end: End) -> Option<Unlinked> {
         let this = self.ends.remove(&end)?;
         let peer = self.ends.remove(&this.peer).expect("ends come in pairs");
+        self.grown.remove(&end);
+        self.grown.remove(&this.peer);
         let keys = match this.opener {
             true => [this.key, peer.key],
             false => [peer.key, this.key],
@@ -103,7 +122,12 @@ impl Routes {
         Some(Unlinked {
             keys,
             peer: this.peer,
-            extra: [(this.key, this.extra), (peer.key, peer.extra)],
+            charges: [
+                (this.key, this.extra),
+                (peer.key, this.idle),
+                (peer.key, peer.extra),
+                (this.key, peer.idle),
+            ],
         })
     }
 
@@ -136,8 +160,8 @@ impl Broker {
             }
         }
         self.release_channel(unlinked.keys[0], unlinked.keys[1]);
-        for (key, extra) in unlinked.extra {
-            self.bytes.release(key, extra);
+        for (key, n) in unlinked.charges {
+            self.bytes.release(key, n);
         }
         for key in unlinked.keys {
             if let Some(usage) = self.usage.get_mut(&key) {
@@ -307,121 +331,5 @@ impl Broker {
                 self.reply(conn, &error(open.request, ErrorCode::Cancelled, message));
             }
         }
-    }
-
-    /// Passes held credit from `end` (the receiver) to its peer (the sender)
-    /// as far as the bounds allow: what the sender may still send plus what
-    /// the broker holds for the receiver stays within `max_window`, and
-    /// beyond the initial window within what the receiver's key may
-    /// reserve. What cannot pass waits for output to drain.
-    fn pass_credit(&mut self, end: End) {
-        let Some(route) = self.routes.ends.get(&end) else {
-            return;
-        };
-        let (peer, held, key, extra) = (route.peer, route.held, route.key, route.extra);
-        let queued = self
-            .conns
-            .get(&end.0)
-            .and_then(|c| c.wire.as_ref())
-            .map_or(0, |w| w.mux.queued(end.1)) as u64;
-        let Some(sender) = self.conns.get_mut(&peer.0).and_then(|c| c.wire.as_mut()) else {
-            return;
-        };
-        let finished = sender.mux.recv_finished(peer.1);
-        let in_flight = match finished {
-            // Nothing is owed to a sender that finished.
-            true => queued,
-            false => u64::from(sender.mux.recv_credit(peer.1)) + queued,
-        };
-        let initial = u64::from(self.config.limits.initial_window);
-        let max_window = u64::from(self.config.limits.max_window);
-        let (key_free, total_free) = self.bytes.free(&key);
-        let ceiling = max_window.min(initial + extra + key_free.min(total_free));
-        let pass = match finished {
-            true => 0,
-            false => u64::from(held).min(ceiling.saturating_sub(in_flight)),
-        };
-        if pass > 0 {
-            let sender = self.conns.get_mut(&peer.0).and_then(|c| c.wire.as_mut());
-            sender.expect("found above").mux.grant(peer.1, pass as u32);
-            self.wake(peer.0);
-            self.check_blame(peer.0);
-        }
-        // The reservation follows the exposure: up as credit passes, down
-        // as the queue has drained since.
-        let now_extra = (in_flight + pass).saturating_sub(initial);
-        match now_extra > extra {
-            true => self.bytes.force(key, now_extra - extra),
-            false => self.bytes.release(key, extra - now_extra),
-        }
-        let left = if finished { 0 } else { held - pass as u32 };
-        if let Some(route) = self.routes.ends.get_mut(&end) {
-            route.held = left;
-            route.extra = now_extra;
-        }
-        if let Some(c) = self.conns.get_mut(&end.0) {
-            match left {
-                0 => c.credit_waiting.remove(&end.1),
-                _ => c.credit_waiting.insert(end.1),
-            };
-        }
-    }
-
-    /// Output drained on `conn`: credit held for its channels may pass now.
-    pub(super) fn retry_credit(&mut self, conn: ConnId) {
-        let waiting: Vec<ChannelId> = self.conns[&conn].credit_waiting.iter().copied().collect();
-        for channel in waiting {
-            self.pass_credit((conn, channel));
-        }
-    }
-}
-
-impl Broker {
-    /// Checks the byte books against the queues themselves: for every
-    /// direction of every relayed channel, what the sender may still send
-    /// plus what is queued for the receiver (read from the muxes) is within
-    /// the initial window and the credit its receiver's key reserved; and
-    /// every key's reservation is exactly its channels' initial windows and
-    /// the credit it granted. For tests, the simulation and the fuzz targets.
-    pub fn check_byte_books(&self) -> Result<(), String> {
-        let initial = u64::from(self.config.limits.initial_window);
-        let mut expected: HashMap<PublicKey, u64> = HashMap::new();
-        let stages = self
-            .pending
-            .values()
-            .chain(self.pairs.values().map(|p| &p.2));
-        for open in stages {
-            *expected.entry(open.opener_key).or_default() += self.open_cost();
-        }
-        for (end, route) in &self.routes.ends {
-            if route.opener {
-                *expected.entry(route.key).or_default() += self.open_cost();
-            }
-            *expected.entry(route.key).or_default() += route.extra;
-            let mux = |conn: ConnId| self.conns.get(&conn).and_then(|c| c.wire.as_ref());
-            let queued = mux(end.0).map_or(0, |w| w.mux.queued(end.1)) as u64;
-            let owed = mux(route.peer.0)
-                .filter(|w| !w.mux.recv_finished(route.peer.1))
-                .map_or(0, |w| u64::from(w.mux.recv_credit(route.peer.1)));
-            if queued + owed > initial + route.extra {
-                return Err(format!(
-                    "channel {end:?}: {queued} queued + {owed} owed > {initial} + {} reserved",
-                    route.extra
-                ));
-            }
-        }
-        expected.retain(|_, n| *n > 0);
-        for (key, n) in &expected {
-            if self.bytes.held_by(key) != *n {
-                return Err(format!(
-                    "{key}: {} reserved, {n} held",
-                    self.bytes.held_by(key)
-                ));
-            }
-        }
-        if self.bytes.keys() != expected.len() {
-            return Err("a key with a reservation and nothing held".into());
-        }
-        Ok(())
     }
 }

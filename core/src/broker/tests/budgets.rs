@@ -266,12 +266,14 @@ fn a_key_that_writes_everywhere_and_reads_nothing_stops_at_its_byte_budget() {
     open_and_accept(&mut net, other, target, "svc");
 }
 
-#[test]
-fn credit_beyond_the_initial_window_is_reserved_from_the_key_that_grants_it() {
-    const WINDOW: u32 = 4096;
-    let budget = 3 * 2 * u64::from(WINDOW) + 20_000;
-    let mut net = Net::new(27, Chaos::default(), |c| {
-        c.limits.initial_window = WINDOW;
+const GROWN_WINDOW: u32 = 4096;
+
+/// A sender and a reader with three channels, sender to reader, and a key
+/// budget a little above their initial windows.
+fn three_channels(seed: u64) -> (Net, NodeId, NodeId, Vec<(u32, u32)>, u64) {
+    let budget = 3 * 2 * u64::from(GROWN_WINDOW) + 20_000;
+    let mut net = Net::new(seed, Chaos::default(), |c| {
+        c.limits.initial_window = GROWN_WINDOW;
         c.limits.max_window = 64 * 1024;
         c.limits.max_bytes_per_key = budget;
     });
@@ -281,9 +283,13 @@ fn credit_beyond_the_initial_window_is_reserved_from_the_key_that_grants_it() {
     let pairs: Vec<(u32, u32)> = (0..3)
         .map(|_| open_and_accept(&mut net, sender, reader, "svc"))
         .collect();
-    // The reader reads everything, so its windows grow towards 64 KiB on
-    // each channel; the relay passes that credit on only as far as the
-    // reader's key may reserve, and every transfer completes.
+    (net, sender, reader, pairs, budget)
+}
+
+/// Sends 300,000 bytes on each channel, the reader reading everything, so
+/// its windows grow towards 64 KiB; returns the most the reader's key had
+/// reserved meanwhile. Every transfer completes.
+fn send_all(net: &mut Net, sender: NodeId, reader: NodeId, pairs: &[(u32, u32)]) -> u64 {
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let mut sent = [0usize; 3];
     let mut received = [0usize; 3];
@@ -313,8 +319,85 @@ fn credit_beyond_the_initial_window_is_reserved_from_the_key_that_grants_it() {
         }
     }
     assert_eq!(received, [data.len(); 3]);
+    most
+}
+
+#[test]
+fn credit_beyond_the_initial_window_is_reserved_from_the_key_that_grants_it() {
+    let (mut net, sender, reader, pairs, budget) = three_channels(27);
+    // The relay passes the reader's credit on only as far as the reader's
+    // key may reserve, and every transfer completes.
+    let most = send_all(&mut net, sender, reader, &pairs);
     // The reader's key paid for credit beyond the initial windows, up to its budget.
     assert!(most > 0 && most <= budget, "{most}");
+}
+
+/// Credit a sender holds unused for a whole sweep is charged to the
+/// sender's key: a sender that makes a fast reader grow its windows and
+/// then stops cannot pin the reader's budget (before, the reader's key
+/// kept paying for it until the channels closed). Once it sends again, the
+/// reader pays for what it reads, and the transfer completes.
+#[test]
+fn a_sender_that_stops_pays_for_the_credit_it_holds() {
+    let (mut net, sender, reader, pairs, _) = three_channels(32);
+    let (sender_key, reader_key) = (keypair(1).public(), keypair(3).public());
+    let opens = 3 * 2 * u64::from(GROWN_WINDOW);
+    send_all(&mut net, sender, reader, &pairs);
+    let pinned = net.broker.bytes_reserved(Some(&reader_key));
+    assert!(
+        pinned > 0,
+        "the sender holds credit beyond its initial windows"
+    );
+    let held: u64 = pairs
+        .iter()
+        .map(|&(s, _)| net.node(sender).session.send_capacity(s) as u64)
+        .sum();
+    // One sweep may come before a whole second of not sending: two do.
+    for _ in 0..2 {
+        net.advance(crate::broker::relay::CREDIT_SWEEP);
+        net.run();
+    }
+    net.broker.check_byte_books().unwrap();
+    assert_eq!(net.broker.bytes_reserved(Some(&reader_key)), 0);
+    assert_eq!(
+        net.broker.bytes_reserved(Some(&sender_key)),
+        opens + held - 3 * u64::from(GROWN_WINDOW)
+    );
+    let most = send_all(&mut net, sender, reader, &pairs);
+    assert!(most > 0, "the reader pays again while the sender sends");
+}
+
+/// A receiver that grants credit its sender never uses pays for it itself:
+/// the sweep moves to the sender's key only as much idle credit as the
+/// sender has sent, so a reader cannot pin a sender's budget with windows
+/// nobody asked for (a fix for the sweep above, which at first moved all of
+/// it).
+#[test]
+fn credit_nobody_asked_for_stays_on_the_granting_key() {
+    let (mut net, _, reader, pairs, _) = three_channels(33);
+    let (sender_key, reader_key) = (keypair(1).public(), keypair(3).public());
+    let mut grants = bytes::BytesMut::new();
+    for &(_, theirs) in &pairs {
+        let window = crate::mux::Frame::Window {
+            channel: theirs,
+            increment: 10_000,
+        };
+        crate::mux::frame::encode(&window, &mut grants);
+    }
+    let conn = net.node(reader).conn;
+    net.broker.handle_input(net.now, conn, &grants);
+    net.run();
+    assert_eq!(net.broker.bytes_reserved(Some(&reader_key)), 30_000);
+    for _ in 0..2 {
+        net.advance(crate::broker::relay::CREDIT_SWEEP);
+        net.run();
+    }
+    net.broker.check_byte_books().unwrap();
+    assert_eq!(net.broker.bytes_reserved(Some(&reader_key)), 30_000);
+    assert_eq!(
+        net.broker.bytes_reserved(Some(&sender_key)),
+        3 * 2 * u64::from(GROWN_WINDOW)
+    );
 }
 
 /// Credit passed through the relay is one WINDOW per channel per write,
