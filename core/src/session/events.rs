@@ -202,6 +202,10 @@ pub enum SessionError {
     /// A field over its limit.
     #[error("the {0} is too long")]
     TooLong(&'static str),
+    /// The broker sent a reply (or resync) of more entries than
+    /// [`SessionConfig::max_reply_entries`](super::SessionConfig).
+    #[error("the broker sent a reply of more than {0} entries")]
+    ReplyTooLarge(usize),
 }
 
 impl From<MuxError> for SessionError {

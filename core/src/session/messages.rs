@@ -14,9 +14,15 @@ impl Session {
         last: bool,
         add: impl FnOnce(&mut Pending) -> bool,
     ) -> Result<Option<Pending>, SessionError> {
-        let pending = self.requests.get_mut(&request).map(|r| &mut r.pending);
-        if !pending.is_some_and(add) {
+        let max = self.config.max_reply_entries;
+        let Some(pending) = self.requests.get_mut(&request).map(|r| &mut r.pending) else {
             return Err(SessionError::Protocol("a page for another request"));
+        };
+        if !add(pending) {
+            return Err(SessionError::Protocol("a page for another request"));
+        }
+        if pending.entries() > max {
+            return Err(SessionError::ReplyTooLarge(max));
         }
         match last {
             true => Ok(Some(self.take_request(request)?.pending)),
@@ -160,6 +166,9 @@ impl Session {
                     return Err(SessionError::Protocol("resync pages of two numbers"));
                 }
                 all.extend(members);
+                if all.len() > self.config.max_reply_entries {
+                    return Err(SessionError::ReplyTooLarge(self.config.max_reply_entries));
+                }
                 if !last {
                     self.resync = Some((seq, all));
                     return Ok(());

@@ -51,6 +51,11 @@ pub struct SessionConfig {
     /// Feature bits to offer in the hello (all this implementation has, by
     /// default).
     pub features: Features,
+    /// Most entries (members, keys, names, uids) one reply or resync may
+    /// gather over its pages: a broker that sends more breaks the protocol
+    /// ([`SessionError::ReplyTooLarge`]). The default is ten times what a
+    /// broker with default limits can hold.
+    pub max_reply_entries: usize,
 }
 
 /// How long an accepted channel waits for its path when the broker did not
@@ -70,6 +75,7 @@ impl SessionConfig {
             max_window: defaults.max_window,
             max_connection_window: defaults.max_connection_window,
             features: FEATURES,
+            max_reply_entries: 100_000,
         }
     }
 }
@@ -89,6 +95,17 @@ enum Pending {
     Unwatch,
     Stats(Vec<UidStats>, Vec<KeyStats>, Vec<NameStats>),
     Open(ChannelId),
+}
+
+impl Pending {
+    /// Entries gathered so far.
+    fn entries(&self) -> usize {
+        match self {
+            Pending::List(members) | Pending::Watch(members) => members.len(),
+            Pending::Stats(uids, keys, names) => uids.len() + keys.len() + names.len(),
+            Pending::Register | Pending::Unwatch | Pending::Open(_) => 0,
+        }
+    }
 }
 
 struct Request {

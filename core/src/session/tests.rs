@@ -9,19 +9,23 @@ use crate::keys::Keypair;
 use crate::session::SessionEvent;
 use crate::sim::{Chaos, Net};
 
+/// A broker with room for 1,000 connections of one key registering at once.
+fn roomy(seed: u64, chaos: Chaos) -> Net {
+    Net::new(seed, chaos, |c| {
+        c.limits.max_connections_per_key = 1000;
+        c.limits.max_handshaking = 1000;
+        c.limits.registrations_per_source_per_s = 1000;
+        c.limits.registrations_per_network_per_s = 1000;
+        c.limits.registrations_per_s = 1000;
+    })
+}
+
 #[test]
 fn answers_in_many_pages_arrive_whole() {
-    let mut net = Net::new(
+    let mut net = roomy(
         20,
         Chaos {
             split_and_delay: true,
-        },
-        |c| {
-            c.limits.max_connections_per_key = 1000;
-            c.limits.max_handshaking = 1000;
-            c.limits.registrations_per_source_per_s = 1000;
-            c.limits.registrations_per_network_per_s = 1000;
-            c.limits.registrations_per_s = 1000;
         },
     );
     let key = Keypair::from_seed([4; 32]);
@@ -55,6 +59,54 @@ fn answers_in_many_pages_arrive_whole() {
         .collect();
     // 300 members of ~300 bytes do not fit one 64 KiB message.
     assert_eq!(sizes, vec![300, 300], "{events:?}");
+}
+
+/// A reply gathered over pages is bounded: a broker that sends more
+/// entries than `max_reply_entries` (here a real one, with 300 members
+/// against a bound of 250) ends the session with a typed error, instead of
+/// making the plugin hold whatever it sends (before, pages were gathered
+/// without a bound).
+#[test]
+fn a_reply_past_the_entry_bound_ends_the_session() {
+    let mut net = roomy(21, Chaos::default());
+    let key = Keypair::from_seed([4; 32]);
+    let now = net.now;
+    for i in 0..300 {
+        let id = net.connect(key.clone(), TransportKind::Unix).unwrap();
+        net.run();
+        let name = Name::new(&format!("{i:0>250}")).unwrap();
+        net.node(id)
+            .session
+            .register(now, name, false, None)
+            .unwrap();
+    }
+    let bounded = |c: &mut crate::session::SessionConfig| c.max_reply_entries = 250;
+    let asker = net
+        .connect_with(Keypair::from_seed([5; 32]), TransportKind::Unix, bounded)
+        .unwrap();
+    let roomy = |c: &mut crate::session::SessionConfig| c.max_reply_entries = 300;
+    let other = net
+        .connect_with(Keypair::from_seed([6; 32]), TransportKind::Unix, roomy)
+        .unwrap();
+    net.run();
+    net.events(asker);
+    net.events(other);
+    net.node(asker).session.list(now).unwrap();
+    net.node(other).session.list(now).unwrap();
+    net.run();
+    let closed = net.events(asker).into_iter().find_map(|e| match e {
+        SessionEvent::Closed { reason, .. } => Some(reason),
+        _ => None,
+    });
+    assert_eq!(
+        closed.as_deref(),
+        Some("the broker sent a reply of more than 250 entries")
+    );
+    let listed = net.events(other).into_iter().find_map(|e| match e {
+        SessionEvent::Members { members, .. } => Some(members.len()),
+        _ => None,
+    });
+    assert_eq!(listed, Some(300), "at the bound, the reply arrives whole");
 }
 
 /// `a` opens `far` (which listens for direct dials) and `b` accepts; returns
