@@ -65,7 +65,8 @@ fuzz_target!(|ops: Vec<Op>| {
         c.limits.max_descriptors = 5;
         c.limits.max_channels_between_keys = 3;
         c.limits.max_connections_per_uid = 6;
-        c.limits.max_bytes_per_key = 3 * 2 * 4096 + 6000;
+        c.limits.max_bytes_per_key = 3 * 2 * 4096;
+        c.limits.max_grown_bytes_per_key = 12_000;
         c.limits.max_bytes = 8 * 2 * 4096;
         c.limits.registrations_per_source_per_s = 3;
         c.limits.registrations_per_s = 5;

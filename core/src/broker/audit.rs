@@ -31,6 +31,17 @@ impl Broker {
         key.map_or(self.bytes.held(), |key| self.bytes.held_by(key))
     }
 
+    /// Credit beyond the initial windows `receiver` granted and the relay
+    /// passed on: to `sender`'s channels, or `None` for all.
+    pub fn bytes_grown(&self, receiver: &PublicKey, sender: Option<&PublicKey>) -> u64 {
+        let (growth, shares) = self.bytes.growth();
+        let found = match sender {
+            Some(sender) => shares.get(&(*receiver, *sender)),
+            None => growth.get(receiver),
+        };
+        found.copied().unwrap_or(0)
+    }
+
     /// Socketpair ends not yet sent: charged to `key`, or `None` for all.
     pub fn descriptors_in_flight(&self, key: Option<&PublicKey>) -> usize {
         key.map_or(self.fds.held(), |key| self.fds.held_by(key))
@@ -147,9 +158,21 @@ impl Broker {
         if self.fds.held() > limits.max_descriptors {
             return Err(format!("{} socketpair ends in flight", self.fds.held()));
         }
+        let (growth, shares) = self.bytes.growth();
+        if let Some((key, n)) = growth
+            .iter()
+            .find(|(_, n)| **n > limits.max_grown_bytes_per_key)
+        {
+            return Err(format!("{key} reserved {n} for its windows' growth"));
+        }
+        let share = limits.max_grown_bytes_per_key / 2;
+        if let Some(((key, sender), n)) = shares.iter().find(|(_, n)| **n > share) {
+            return Err(format!("{key} reserved {n} of growth for {sender}"));
+        }
         for key in self.usage.keys() {
-            if self.bytes.held_by(key) > limits.max_bytes_per_key {
-                return Err(format!("{key} reserved {}", self.bytes.held_by(key)));
+            if self.bytes.opens_held_by(key) > limits.max_bytes_per_key {
+                let held = self.bytes.opens_held_by(key);
+                return Err(format!("{key} reserved {held} for its opens"));
             }
             if self.fds.held_by(key) > limits.max_descriptors_per_key {
                 return Err(format!(

@@ -68,10 +68,14 @@ pub struct Limits {
     /// between any two keys, whoever opened them: the share of another
     /// key's channels one key may hold.
     pub max_channels_between_keys: usize,
-    /// Buffer bytes one key may have reserved: both initial windows of every
-    /// channel it opened, and the credit beyond the initial window it granted
-    /// on relayed channels.
+    /// Buffer bytes one key may have reserved for the channels it opened:
+    /// both initial windows of each.
     pub max_bytes_per_key: u64,
+    /// Credit beyond the initial window one key may have granted on relayed
+    /// channels and the relay passed on (its windows' growth), apart from
+    /// `max_bytes_per_key`; the channels of any one other key may hold at
+    /// most half of it.
+    pub max_grown_bytes_per_key: u64,
     /// Buffer bytes reserved by all keys together.
     pub max_bytes: u64,
     /// Opens one key may have unanswered.
@@ -116,6 +120,7 @@ impl Default for Limits {
             max_channels_per_key: 4096,
             max_channels_between_keys: 1024,
             max_bytes_per_key: 96 << 20,
+            max_grown_bytes_per_key: 64 << 20,
             max_bytes: 1 << 30,
             max_pending_opens_per_key: 64,
             max_descriptors_per_key: 64,

@@ -43,8 +43,8 @@ use crate::wire::{Wire, WireError};
 use connection::{Connection, Stage, Watch};
 use door::Door;
 use fds::FdBudget;
-use memory::ByteBudget;
 pub use memory::ByteRefusal;
+use memory::{ByteBudget, ByteLimits};
 use registry::Registry;
 use share::Shares;
 
@@ -225,8 +225,6 @@ enum Timer {
     Conn(ConnId),
     /// An open's deadline, by its target end.
     Open(ConnId, ChannelId),
-    /// The next look at grown credit reservations (`relay::CREDIT_SWEEP`).
-    CreditSweep,
 }
 
 /// An open waiting for its target's answer (or for a socketpair).
@@ -297,7 +295,11 @@ impl Broker {
         limits.max_frame = limits.max_frame.max(1024);
         let door = Door::new(limits);
         let fds = FdBudget::new(limits.max_descriptors_per_key, limits.max_descriptors);
-        let bytes = ByteBudget::new(limits.max_bytes_per_key, limits.max_bytes);
+        let bytes = ByteBudget::new(ByteLimits {
+            per_key: limits.max_bytes_per_key,
+            growth_per_key: limits.max_grown_bytes_per_key,
+            total: limits.max_bytes,
+        });
         let registrations = rates::TieredRates::new(
             limits.registrations_per_source_per_s,
             limits.registrations_per_network_per_s,
@@ -476,7 +478,6 @@ impl Broker {
         let data_went = out.is_some() && urgent(c) == urgent_before;
         if data_went && !c.credit_waiting.is_empty() {
             self.retry_credit(conn);
-            self.schedule_credit_sweep(self.last_now);
         }
         if events_due {
             // Sending a FIN can retire a channel: its route goes with it.
@@ -505,7 +506,6 @@ impl Broker {
             match timer {
                 Timer::Conn(conn) => self.on_conn_timer(now, conn),
                 Timer::Open(target, channel) => self.on_open_timeout(now, target, channel),
-                Timer::CreditSweep => self.sweep_credit(now),
             }
         }
         self.finish_call(now);
@@ -839,7 +839,6 @@ impl Broker {
     /// Work deferred to the end of every public call: closing slow readers.
     fn finish_call(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
-        self.schedule_credit_sweep(self.last_now);
         while let Some(conn) = self.slow.pop() {
             // Checked again: the runtime may have drained it since.
             if self.queued_control(conn) > self.config.limits.max_control_queue {

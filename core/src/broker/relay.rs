@@ -6,7 +6,7 @@
 //! (target connection, broker's id). Data and FIN from one end go to the
 //! other.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use crate::control::{ChannelId, ErrorCode};
 use crate::keys::PublicKey;
@@ -17,8 +17,6 @@ use super::control::error;
 use super::{Broker, ConnId};
 
 mod credit;
-#[cfg(test)]
-pub(super) use credit::CREDIT_SWEEP;
 
 /// One end of a relayed channel: a connection and its id for the channel.
 pub(super) type End = (ConnId, ChannelId);
@@ -28,6 +26,8 @@ struct RouteEnd {
     /// The key of this end's connection: charged for the channel, and for
     /// its reservations (the opener's both windows, this end's `extra`).
     key: PublicKey,
+    /// The peer's key: `extra` counts toward this end's key's share for it.
+    peer_key: PublicKey,
     /// Credit this end granted that is not passed to the peer yet.
     held: u32,
     /// This end's mux retired the channel (both FINs).
@@ -37,16 +37,8 @@ struct RouteEnd {
     /// This end opened the channel (its key reserved both initial windows).
     opener: bool,
     /// Credit this end granted beyond the initial window that the relay
-    /// passed on, less `idle`: reserved from `key` (see `memory`).
+    /// passed on: reserved from `key`'s growth (see `memory`).
     extra: u64,
-    /// Of that credit, what the peer (the sender) left unused for a whole
-    /// sweep: reserved from the peer's key, not this end's.
-    idle: u64,
-    /// The sender's credit when this end's reservation was last set:
-    /// unchanged at the next sweep means it sent nothing meanwhile.
-    owed_seen: u64,
-    /// What the sender has sent on the channel, as seen at those times.
-    sent: u64,
 }
 
 /// A route just removed.
@@ -54,19 +46,14 @@ struct Unlinked {
     /// The opener's key, then the target's (for the channel counts).
     keys: [PublicKey; 2],
     peer: End,
-    /// The reservations for credit beyond the initial windows, with the key
-    /// each is charged to.
-    charges: [(PublicKey, u64); 4],
+    /// Each end's growth: (receiver, sender, bytes).
+    growth: [(PublicKey, PublicKey, u64); 2],
 }
 
 /// Both ends of every relayed channel.
 #[derive(Default)]
 pub(super) struct Routes {
     ends: HashMap<End, RouteEnd>,
-    /// Receiving ends with a reservation beyond the initial window.
-    grown: BTreeSet<End>,
-    /// A credit sweep is among the timers.
-    sweep_due: bool,
 }
 
 impl Routes {
@@ -75,20 +62,18 @@ impl Routes {
         (opener, o_key): (End, PublicKey),
         (target, t_key): (End, PublicKey),
     ) {
-        let end = |peer, key, opener| RouteEnd {
+        let end = |peer, key, peer_key, opener| RouteEnd {
             peer,
             key,
+            peer_key,
             held: 0,
             closed: false,
             dial_offered: false,
             opener,
             extra: 0,
-            idle: 0,
-            owed_seen: 0,
-            sent: 0,
         };
-        self.ends.insert(opener, end(target, o_key, true));
-        self.ends.insert(target, end(opener, t_key, false));
+        self.ends.insert(opener, end(target, o_key, t_key, true));
+        self.ends.insert(target, end(opener, t_key, o_key, false));
     }
 
     /// The opener at `end` was told to dial: one DirectFailed is due.
@@ -113,8 +98,6 @@ impl Routes {
     fn unlink(&mut self, end: End) -> Option<Unlinked> {
         let this = self.ends.remove(&end)?;
         let peer = self.ends.remove(&this.peer).expect("ends come in pairs");
-        self.grown.remove(&end);
-        self.grown.remove(&this.peer);
         let keys = match this.opener {
             true => [this.key, peer.key],
             false => [peer.key, this.key],
@@ -122,11 +105,9 @@ impl Routes {
         Some(Unlinked {
             keys,
             peer: this.peer,
-            charges: [
-                (this.key, this.extra),
-                (peer.key, this.idle),
-                (peer.key, peer.extra),
-                (this.key, peer.idle),
+            growth: [
+                (this.key, peer.key, this.extra),
+                (peer.key, this.key, peer.extra),
             ],
         })
     }
@@ -160,8 +141,8 @@ impl Broker {
             }
         }
         self.release_channel(unlinked.keys[0], unlinked.keys[1]);
-        for (key, n) in unlinked.charges {
-            self.bytes.release(key, n);
+        for (receiver, sender, n) in unlinked.growth {
+            self.bytes.shrink(receiver, sender, n);
         }
         for key in unlinked.keys {
             if let Some(usage) = self.usage.get_mut(&key) {

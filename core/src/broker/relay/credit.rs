@@ -2,29 +2,17 @@
 //!
 //! Credit the receiver grants is passed to the sender only as far as the
 //! broker's bound allows: what the sender may still send plus what the
-//! broker holds for the receiver never exceeds `max_window`.
-//!
-//! Credit beyond the initial window is reserved from the receiver's key,
-//! which granted it, while the sender uses it. What the sender leaves unused
-//! for a whole sweep (`CREDIT_SWEEP`) is charged to the sender's key instead,
-//! up to what it has sent on the channel: a sender that makes a fast reader
-//! grow its windows and then stops cannot pin the reader's budget, and a
-//! receiver that grants credit nobody asked for pays for it itself.
+//! broker holds for the receiver never exceeds `max_window`, and beyond the
+//! initial window it is reserved from the receiver's growth budget, within
+//! its share for the sender's key (see `memory`).
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use crate::control::ChannelId;
 use crate::keys::PublicKey;
-use crate::time::Instant;
 
 use super::End;
-use crate::broker::{Broker, ConnId, Timer};
-
-/// How often grown reservations are looked at again: credit a sender held
-/// unused since the last look moves to its key, and what has drained is
-/// given back.
-pub(in crate::broker) const CREDIT_SWEEP: Duration = Duration::from_secs(1);
+use crate::broker::{Broker, ConnId};
 
 /// One direction of a relayed channel, as the broker sees it.
 struct Exposure {
@@ -40,21 +28,21 @@ impl Broker {
     /// Passes held credit from `end` (the receiver) to its peer (the sender)
     /// as far as the bounds allow: what the sender may still send plus what
     /// the broker holds for the receiver stays within `max_window`, and
-    /// beyond the initial window within what the receiver's key may
-    /// reserve. What cannot pass waits for output to drain.
-    pub(in crate::broker) fn pass_credit(&mut self, end: End) {
+    /// beyond the initial window within what the receiver's key may reserve
+    /// for the sender's. What cannot pass waits for output to drain.
+    pub(super) fn pass_credit(&mut self, end: End) {
         let Some(route) = self.routes.ends.get(&end) else {
             return;
         };
-        let (peer, held, key) = (route.peer, route.held, route.key);
-        let (reserved, idle, owed_seen) = (route.extra + route.idle, route.idle, route.owed_seen);
+        let (peer, held, extra) = (route.peer, route.held, route.extra);
+        let (receiver, sender) = (route.key, route.peer_key);
         let Some(exposure) = self.exposure(end, peer) else {
             return;
         };
         let initial = u64::from(self.config.limits.initial_window);
         let max_window = u64::from(self.config.limits.max_window);
-        let (key_free, total_free) = self.bytes.free(&key);
-        let ceiling = max_window.min(initial + reserved + key_free.min(total_free));
+        let free = self.bytes.growth_free(&receiver, &sender);
+        let ceiling = max_window.min(initial + extra + free);
         let in_flight = exposure.owed + exposure.queued;
         let pass = match exposure.finished {
             true => 0,
@@ -67,12 +55,12 @@ impl Broker {
             self.check_blame(peer.0);
         }
         // The reservation follows the exposure: up as credit passes, down
-        // as the queue has drained since. Idle credit the sender still
-        // holds stays its own to pay for.
-        let total = (in_flight + pass).saturating_sub(initial);
-        let idle = idle.min(exposure.owed.saturating_sub(initial));
-        let sent = owed_seen.saturating_sub(exposure.owed);
-        self.reserve(end, total, idle, exposure.owed + pass, sent);
+        // as the queue has drained since.
+        let now_extra = (in_flight + pass).saturating_sub(initial);
+        match now_extra > extra {
+            true => self.bytes.grow(receiver, sender, now_extra - extra),
+            false => self.bytes.shrink(receiver, sender, extra - now_extra),
+        }
         let left = if exposure.finished {
             0
         } else {
@@ -80,6 +68,7 @@ impl Broker {
         };
         if let Some(route) = self.routes.ends.get_mut(&end) {
             route.held = left;
+            route.extra = now_extra;
         }
         if let Some(c) = self.conns.get_mut(&end.0) {
             match left {
@@ -108,73 +97,6 @@ impl Broker {
         })
     }
 
-    /// Sets the reservation for the credit beyond the initial window into
-    /// `end`: `total` in all, of which `idle` is the sender's key's, the
-    /// rest the receiver's; `sent` is what the sender sent since the last
-    /// time, and `owed_seen` its credit now.
-    fn reserve(&mut self, end: End, total: u64, idle: u64, owed_seen: u64, sent: u64) {
-        let Some(route) = self.routes.ends.get_mut(&end) else {
-            return;
-        };
-        route.sent = route.sent.saturating_add(sent);
-        let (old_extra, old_idle) = (route.extra, route.idle);
-        // Never more than it has sent: credit nobody used is the grant's.
-        let idle = idle.min(route.sent);
-        let extra = total - idle;
-        (route.extra, route.idle, route.owed_seen) = (extra, idle, owed_seen);
-        let (receiver, peer) = (route.key, route.peer);
-        let sender = self.routes.ends[&peer].key;
-        for (key, new, old) in [(receiver, extra, old_extra), (sender, idle, old_idle)] {
-            match new > old {
-                true => self.bytes.force(key, new - old),
-                false => self.bytes.release(key, old - new),
-            }
-        }
-        match total {
-            0 => self.routes.grown.remove(&end),
-            _ => self.routes.grown.insert(end),
-        };
-    }
-
-    /// Schedules the next credit sweep if a reservation is grown and none is.
-    pub(in crate::broker) fn schedule_credit_sweep(&mut self, now: Instant) {
-        if !self.routes.sweep_due && !self.routes.grown.is_empty() {
-            self.routes.sweep_due = true;
-            self.timers.insert((now + CREDIT_SWEEP, Timer::CreditSweep));
-        }
-    }
-
-    /// Looks at every grown reservation again: credit its sender left unused
-    /// since the last look is charged to the sender's key, and what has
-    /// drained is given back.
-    pub(in crate::broker) fn sweep_credit(&mut self, now: Instant) {
-        self.routes.sweep_due = false;
-        let initial = u64::from(self.config.limits.initial_window);
-        let grown: Vec<End> = self.routes.grown.iter().copied().collect();
-        for end in grown {
-            let Some(route) = self.routes.ends.get(&end) else {
-                continue;
-            };
-            let (peer, idle, owed_seen) = (route.peer, route.idle, route.owed_seen);
-            let Some(exposure) = self.exposure(end, peer) else {
-                continue;
-            };
-            // Between passes the exposure only falls (sending moves credit
-            // to the queue; writing empties it), so it is safe to reserve
-            // what it is now.
-            let total = (exposure.owed + exposure.queued).saturating_sub(initial);
-            let beyond = exposure.owed.saturating_sub(initial);
-            let idle = match exposure.owed == owed_seen {
-                true => beyond,
-                // It sent: what it sent is the receiver's to read.
-                false => idle.min(beyond),
-            };
-            let sent = owed_seen.saturating_sub(exposure.owed);
-            self.reserve(end, total, idle.min(total), exposure.owed, sent);
-        }
-        self.schedule_credit_sweep(now);
-    }
-
     /// Output drained on `conn`: credit held for its channels may pass now.
     pub(in crate::broker) fn retry_credit(&mut self, conn: ConnId) {
         let waiting: Vec<ChannelId> = self.conns[&conn].credit_waiting.iter().copied().collect();
@@ -188,59 +110,54 @@ impl Broker {
     /// Checks the byte books against the queues themselves: for every
     /// direction of every relayed channel, what the sender may still send
     /// plus what is queued for the receiver (read from the muxes) is within
-    /// the initial window and the credit its receiver's key reserved; and
-    /// every key's reservation is exactly its channels' initial windows and
-    /// the credit it granted. For tests, the simulation and the fuzz targets.
+    /// the initial window and the growth its receiver's key reserved; every
+    /// key's opens' reservation is exactly its channels' initial windows,
+    /// and its growth (in all and per sender key) exactly the credit it
+    /// granted. For tests, the simulation and the fuzz targets.
     pub fn check_byte_books(&self) -> Result<(), String> {
         let initial = u64::from(self.config.limits.initial_window);
-        let mut expected: HashMap<PublicKey, u64> = HashMap::new();
+        let mut opens: HashMap<PublicKey, u64> = HashMap::new();
+        let mut growth: HashMap<PublicKey, u64> = HashMap::new();
+        let mut shares: HashMap<(PublicKey, PublicKey), u64> = HashMap::new();
         let stages = self
             .pending
             .values()
             .chain(self.pairs.values().map(|p| &p.2));
         for open in stages {
-            *expected.entry(open.opener_key).or_default() += self.open_cost();
+            *opens.entry(open.opener_key).or_default() += self.open_cost();
         }
         for (end, route) in &self.routes.ends {
             if route.opener {
-                *expected.entry(route.key).or_default() += self.open_cost();
+                *opens.entry(route.key).or_default() += self.open_cost();
             }
-            *expected.entry(route.key).or_default() += route.extra;
-            let sender = self.routes.ends[&route.peer].key;
-            *expected.entry(sender).or_default() += route.idle;
-            let reserved = route.extra + route.idle;
-            if (reserved > 0) != self.routes.grown.contains(end) {
-                return Err(format!(
-                    "channel {end:?}: {reserved} reserved, grown is wrong"
-                ));
-            }
+            *growth.entry(route.key).or_default() += route.extra;
+            *shares.entry((route.key, route.peer_key)).or_default() += route.extra;
             let Some(Exposure { owed, queued, .. }) = self.exposure(*end, route.peer) else {
                 continue;
             };
-            if queued + owed > initial + reserved {
+            if queued + owed > initial + route.extra {
                 return Err(format!(
-                    "channel {end:?}: {queued} queued + {owed} owed > {initial} + {reserved} reserved",
+                    "channel {end:?}: {queued} queued + {owed} owed > {initial} + {} reserved",
+                    route.extra
                 ));
             }
         }
-        if let Some(end) = self
-            .routes
-            .grown
-            .iter()
-            .find(|e| !self.routes.ends.contains_key(e))
-        {
-            return Err(format!("channel {end:?}: grown, but no route"));
-        }
-        expected.retain(|_, n| *n > 0);
-        for (key, n) in &expected {
-            if self.bytes.held_by(key) != *n {
-                return Err(format!(
-                    "{key}: {} reserved, {n} held",
-                    self.bytes.held_by(key)
-                ));
+        for (key, n) in opens.iter().filter(|(_, n)| **n > 0) {
+            if self.bytes.opens_held_by(key) != *n {
+                let held = self.bytes.opens_held_by(key);
+                return Err(format!("{key}: {held} reserved for opens, {n} held"));
             }
         }
-        if self.bytes.keys() != expected.len() {
+        growth.retain(|_, n| *n > 0);
+        shares.retain(|_, n| *n > 0);
+        if (&growth, &shares) != self.bytes.growth() {
+            return Err(format!(
+                "growth reserved {:?}, granted {growth:?}",
+                self.bytes.growth()
+            ));
+        }
+        let open_keys = opens.values().filter(|n| **n > 0).count();
+        if self.bytes.keys() != open_keys + growth.len() + shares.len() {
             return Err("a key with a reservation and nothing held".into());
         }
         Ok(())

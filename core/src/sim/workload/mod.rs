@@ -134,7 +134,8 @@ impl Sim {
                 limits.max_channels_per_key = 8;
                 // Small enough that the hostile nodes meet every budget.
                 limits.max_channels_between_keys = 4;
-                limits.max_bytes_per_key = 5 * 2 * 8 * 1024 + 24 * 1024;
+                limits.max_bytes_per_key = 5 * 2 * 8 * 1024;
+                limits.max_grown_bytes_per_key = 48 * 1024;
                 limits.max_bytes = 40 * 2 * 8 * 1024;
                 limits.max_descriptors_per_key = 2;
                 limits.max_descriptors = 6;
