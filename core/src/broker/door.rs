@@ -209,6 +209,7 @@ impl Door {
                 .take(now, source)
                 .map_err(|refused| match refused {
                     RateRefusal::Network(per_s) => DoorRefusal::NetworkTooFast(per_s),
+                    // (The door has no rate for everyone.)
                     RateRefusal::Source(per_s) | RateRefusal::Everyone(per_s) => {
                         DoorRefusal::TooFast(per_s)
                     }

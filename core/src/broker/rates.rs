@@ -41,28 +41,38 @@ impl Rates {
         }
     }
 
-    /// Takes one event's worth of `source`'s allowance, if it has it.
-    fn take(&mut self, now: Instant, source: Source) -> bool {
-        self.take_keeping(now, source, Duration::ZERO)
-    }
-
-    /// As [`Rates::take`], leaving at least `keep` of the allowance unused.
-    fn take_keeping(&mut self, now: Instant, source: Source, keep: Duration) -> bool {
+    /// Whether `source` has one event's worth of its allowance, leaving at
+    /// least `keep` unused. Spends nothing.
+    fn fits(&mut self, now: Instant, source: Source, keep: Duration) -> bool {
         if !self.whole_at.contains_key(&source) && self.whole_at.len() >= MAX_RATED_SOURCES {
             self.whole_at.retain(|_, whole_at| *whole_at > now);
         }
-        let room = self.whole_at.len() < MAX_RATED_SOURCES;
-        let whole_at = if room || self.whole_at.contains_key(&source) {
-            self.whole_at.entry(source).or_insert(now)
-        } else {
-            &mut self.crowd
+        let from = self.slot(now, source).max(now);
+        from.saturating_duration_since(now) + self.interval + keep <= self.burst
+    }
+
+    /// Spends one event's worth of `source`'s allowance, after
+    /// [`Rates::fits`].
+    fn spend(&mut self, now: Instant, source: Source) {
+        let interval = self.interval;
+        let whole_at = match self.whole_at.len() < MAX_RATED_SOURCES {
+            true => self.whole_at.entry(source).or_insert(now),
+            false => match self.whole_at.get_mut(&source) {
+                Some(whole_at) => whole_at,
+                None => &mut self.crowd,
+            },
         };
-        let from = (*whole_at).max(now);
-        if from.saturating_duration_since(now) + self.interval + keep > self.burst {
-            return false;
+        *whole_at = (*whole_at).max(now) + interval;
+    }
+
+    /// When `source`'s allowance is whole again: its own, or the crowd's
+    /// when too many are remembered.
+    fn slot(&self, now: Instant, source: Source) -> Instant {
+        match self.whole_at.get(&source) {
+            Some(whole_at) => *whole_at,
+            None if self.whole_at.len() >= MAX_RATED_SOURCES => self.crowd,
+            None => now,
         }
-        *whole_at = from + self.interval;
-        true
     }
 
     /// Sources remembered now.
@@ -83,49 +93,74 @@ pub(super) enum RateRefusal {
     Everyone(u32),
 }
 
-/// The allowances of one kind of event at every tier: the source, the IPv6
-/// /48 it is in, and, if there is one, everyone's together. A busy source
-/// (more than one event a second) may take only the first half of
-/// everyone's: the rest is kept for sources that are not, so a few sources
-/// at their own rate cannot take it all.
+/// A source with at most this many events a second (two seconds' worth at
+/// once) is quiet; beyond it, busy.
+const QUIET_PER_S: u32 = 1;
+
+/// The allowances of one kind of event at every tier: the IPv6 /48 the
+/// source is in, the source, and, if there is one, everyone's together.
+/// Busy sources (more than [`QUIET_PER_S`]) may together take only the
+/// first half of everyone's: the rest is kept for quiet sources, so a few
+/// sources at their own rate cannot take it all.
 #[derive(Debug)]
 pub(super) struct TieredRates {
-    source: Rates,
     network: Rates,
-    everyone: Option<Rates>,
-    /// One event a second per source (two at once) is not busy.
+    source: Rates,
+    everyone: Option<Everyone>,
+}
+
+/// Everyone's allowance, and who is quiet.
+#[derive(Debug)]
+struct Everyone {
+    rates: Rates,
     quiet: Rates,
 }
 
 impl TieredRates {
     pub(super) fn new(per_source: u32, per_network: u32, everyone: Option<u32>) -> Self {
         TieredRates {
-            source: Rates::new(per_source),
             network: Rates::new(per_network),
-            everyone: everyone.map(Rates::new),
-            quiet: Rates::new(1),
+            source: Rates::new(per_source),
+            everyone: everyone.map(|per_s| Everyone {
+                rates: Rates::new(per_s),
+                quiet: Rates::new(QUIET_PER_S),
+            }),
         }
     }
 
     /// Takes one event's worth of every tier's allowance `source` draws on,
-    /// the widest first after its network: a /64 over its own rate spends
-    /// its network's allowance, nobody else's.
+    /// if every tier has it. A refused event spends nothing anywhere: a /64
+    /// over its own rate does not use up its network's allowance, nor a
+    /// source the broker refuses its own.
     pub(super) fn take(&mut self, now: Instant, source: Source) -> Result<(), RateRefusal> {
-        if let Some(network) = source.network() {
-            if !self.network.take(now, network) {
+        let network = source.network();
+        if let Some(network) = network {
+            if !self.network.fits(now, network, Duration::ZERO) {
                 return Err(RateRefusal::Network(self.network.per_s));
             }
         }
-        if !self.source.take(now, source) {
+        if !self.source.fits(now, source, Duration::ZERO) {
             return Err(RateRefusal::Source(self.source.per_s));
         }
+        let mut quiet = false;
         if let Some(everyone) = self.everyone.as_mut() {
-            let keep = match self.quiet.take(now, source) {
+            quiet = everyone.quiet.fits(now, source, Duration::ZERO);
+            let keep = match quiet {
                 true => Duration::ZERO,
-                false => everyone.burst / 2,
+                false => everyone.rates.burst / 2,
             };
-            if !everyone.take_keeping(now, Source::LOCAL, keep) {
-                return Err(RateRefusal::Everyone(everyone.per_s));
+            if !everyone.rates.fits(now, Source::LOCAL, keep) {
+                return Err(RateRefusal::Everyone(everyone.rates.per_s));
+            }
+        }
+        if let Some(network) = network {
+            self.network.spend(now, network);
+        }
+        self.source.spend(now, source);
+        if let Some(everyone) = self.everyone.as_mut() {
+            everyone.rates.spend(now, Source::LOCAL);
+            if quiet {
+                everyone.quiet.spend(now, source);
             }
         }
         Ok(())
@@ -168,6 +203,23 @@ mod tests {
         assert!(rates.take(later, v4(1)).is_err());
     }
 
+    /// A refused event spends nothing: a /64 far over its own rate leaves
+    /// its network's allowance to its neighbours (before, the network was
+    /// charged first, and one /64's refused tries used it all up).
+    #[test]
+    fn a_refused_event_spends_no_tier() {
+        let mut rates = TieredRates::new(10, 20, None);
+        let now = Instant::ZERO;
+        let taken = (0..100)
+            .filter(|_| rates.take(now, v6(1, 1)).is_ok())
+            .count();
+        assert_eq!(taken, 20);
+        let neighbour = (0..100)
+            .filter(|_| rates.take(now, v6(1, 2)).is_ok())
+            .count();
+        assert_eq!(neighbour, 20, "the rest of the /48's 40");
+    }
+
     /// The /64s of one /48 share one allowance; another /48 is not slowed.
     #[test]
     fn the_64s_of_a_48_share_an_allowance() {
@@ -189,20 +241,20 @@ mod tests {
         let now = Instant::ZERO;
         // Everyone's burst is 200. Ten sources try 40 each: the first two of
         // each source are quiet; the busy rest stop where 100 are used.
-        let busy: usize = (1..=10)
+        let by_ten: usize = (1..=10)
             .map(|source| {
                 (0..40)
                     .filter(|_| rates.take(now, v4(source)).is_ok())
                     .count()
             })
             .sum();
-        assert_eq!(busy, 40 + 40 + 20 + 7 * 2, "{busy}");
+        assert_eq!(by_ten, 40 + 40 + 20 + 7 * 2, "{by_ten}");
         assert!(rates.take(now, v4(1)).is_err());
         // New sources, one registration each, get the kept half.
         let quiet = (100..=250)
             .filter(|n| rates.take(now, v4(*n)).is_ok())
             .count();
-        assert_eq!(quiet, 200 - busy);
+        assert_eq!(quiet, 200 - by_ten);
         assert_eq!(rates.take(now, v4(251)), Err(RateRefusal::Everyone(100)));
     }
 }

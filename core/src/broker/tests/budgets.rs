@@ -543,16 +543,17 @@ fn a_register_storm_is_slowed_per_user_and_in_all() {
             }
         }
     }
-    // Of the total's 16 at once, two quiet ones, then the busy half: 8 of
-    // the 10 its own rate allows.
+    // The total allows 16 at once, of which busy registrations get 8: the
+    // storm's first two are quiet, then 6 busy ones fill the busy half, so
+    // 8 of the 10 its own rate allows go in.
     assert_eq!(refused, 4);
     assert!(matches!(
         register(&mut net, other, "theirs", false),
         SessionEvent::Registered { .. }
     ));
-    // The other user, busy too now, is refused from the busy half, while a
-    // third's registration is quiet and goes in; a second later the busy
-    // half has room again.
+    // The other user, busy too after two, is refused from the full busy
+    // half, while a third's registration is quiet and goes in; a second
+    // later the other user is quiet again and gets in.
     let more: Vec<NodeId> = (0..6)
         .map(|_| {
             let origin = Origin::unix(
