@@ -171,6 +171,7 @@ pub enum SessionEvent {
 
 /// Why a session call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SessionError {
     /// The handshake failed.
     #[error("handshake: {0}")]

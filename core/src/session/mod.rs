@@ -53,8 +53,8 @@ pub struct SessionConfig {
     pub features: Features,
     /// Most entries (members, keys, names, uids) one reply or resync may
     /// gather over its pages: a broker that sends more breaks the protocol
-    /// ([`SessionError::ReplyTooLarge`]). The default is ten times what a
-    /// broker with default limits can hold.
+    /// ([`SessionError::ReplyTooLarge`]). The default is more than three
+    /// times the most a broker with default limits sends in one reply.
     pub max_reply_entries: usize,
 }
 

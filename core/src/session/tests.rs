@@ -84,9 +84,9 @@ fn a_reply_past_the_entry_bound_ends_the_session() {
     let asker = net
         .connect_with(Keypair::from_seed([5; 32]), TransportKind::Unix, bounded)
         .unwrap();
-    let roomy = |c: &mut crate::session::SessionConfig| c.max_reply_entries = 300;
+    let at_bound = |c: &mut crate::session::SessionConfig| c.max_reply_entries = 300;
     let other = net
-        .connect_with(Keypair::from_seed([6; 32]), TransportKind::Unix, roomy)
+        .connect_with(Keypair::from_seed([6; 32]), TransportKind::Unix, at_bound)
         .unwrap();
     net.run();
     net.events(asker);
