@@ -26,7 +26,8 @@ impl Broker {
         self.shares.between(a, b)
     }
 
-    /// Buffer bytes reserved: by `key`, or `None` for all.
+    /// Buffer bytes reserved, for opens and windows' growth: by `key`, or
+    /// `None` for all.
     pub fn bytes_reserved(&self, key: Option<&PublicKey>) -> u64 {
         key.map_or(self.bytes.held(), |key| self.bytes.held_by(key))
     }
@@ -34,10 +35,10 @@ impl Broker {
     /// Credit beyond the initial windows `receiver` granted and the relay
     /// passed on: to `sender`'s channels, or `None` for all.
     pub fn bytes_grown(&self, receiver: &PublicKey, sender: Option<&PublicKey>) -> u64 {
-        let (growth, shares) = self.bytes.growth();
+        let books = self.bytes.growth();
         let found = match sender {
-            Some(sender) => shares.get(&(*receiver, *sender)),
-            None => growth.get(receiver),
+            Some(sender) => books.shares.get(&(*receiver, *sender)),
+            None => books.by_receiver.get(receiver),
         };
         found.copied().unwrap_or(0)
     }
@@ -93,7 +94,7 @@ impl Broker {
     /// everyone has left.
     pub fn other_accounts(&self) -> usize {
         self.shares.len()
-            + self.bytes.keys()
+            + self.bytes.entries()
             + self.fds.held()
             + self.by_uid.len()
             + self.door.held()
@@ -152,28 +153,36 @@ impl Broker {
             return Err(format!("{buffered} bytes buffered, over the bound {bound}"));
         }
         self.check_byte_books()?;
-        if self.bytes.held() > limits.max_bytes {
-            return Err(format!("{} bytes reserved in all", self.bytes.held()));
-        }
         if self.fds.held() > limits.max_descriptors {
             return Err(format!("{} socketpair ends in flight", self.fds.held()));
         }
-        let (growth, shares) = self.bytes.growth();
-        if let Some((key, n)) = growth
-            .iter()
-            .find(|(_, n)| **n > limits.max_grown_bytes_per_key)
-        {
+        let (opens, grown) = self.bytes.totals();
+        if opens > limits.max_bytes || grown > limits.max_grown_bytes {
+            return Err(format!(
+                "{opens} bytes reserved for opens, {grown} for growth"
+            ));
+        }
+        let per_key = limits.max_grown_bytes_per_key;
+        let books = self.bytes.growth();
+        let over = |books: &std::collections::HashMap<PublicKey, u64>, limit: u64| {
+            books
+                .iter()
+                .find(|(_, n)| **n > limit)
+                .map(|(key, n)| (*key, *n))
+        };
+        if let Some((key, n)) = over(books.by_receiver, per_key) {
             return Err(format!("{key} reserved {n} for its windows' growth"));
         }
-        let share = limits.max_grown_bytes_per_key / 2;
-        if let Some(((key, sender), n)) = shares.iter().find(|(_, n)| **n > share) {
+        if let Some((key, n)) = over(books.by_sender, per_key) {
+            return Err(format!("{key}'s channels hold {n} of others' growth"));
+        }
+        if let Some(((key, sender), n)) = books.shares.iter().find(|(_, n)| **n > per_key / 2) {
             return Err(format!("{key} reserved {n} of growth for {sender}"));
         }
+        if let Some((key, n)) = over(self.bytes.opens(), limits.max_bytes_per_key) {
+            return Err(format!("{key} reserved {n} for its opens"));
+        }
         for key in self.usage.keys() {
-            if self.bytes.opens_held_by(key) > limits.max_bytes_per_key {
-                let held = self.bytes.opens_held_by(key);
-                return Err(format!("{key} reserved {held} for its opens"));
-            }
             if self.fds.held_by(key) > limits.max_descriptors_per_key {
                 return Err(format!(
                     "{key} has {} ends in flight",

@@ -74,9 +74,12 @@ pub struct Limits {
     /// Credit beyond the initial window one key may have granted on relayed
     /// channels and the relay passed on (its windows' growth), apart from
     /// `max_bytes_per_key`; the channels of any one other key may hold at
-    /// most half of it.
+    /// most half of it, and one key's channels at most this much over all
+    /// their receivers.
     pub max_grown_bytes_per_key: u64,
-    /// Buffer bytes reserved by all keys together.
+    /// Growth reserved by all keys together, apart from `max_bytes`.
+    pub max_grown_bytes: u64,
+    /// Buffer bytes reserved by all keys together for their opens.
     pub max_bytes: u64,
     /// Opens one key may have unanswered.
     pub max_pending_opens_per_key: usize,
@@ -121,6 +124,7 @@ impl Default for Limits {
             max_channels_between_keys: 1024,
             max_bytes_per_key: 96 << 20,
             max_grown_bytes_per_key: 64 << 20,
+            max_grown_bytes: 512 << 20,
             max_bytes: 1 << 30,
             max_pending_opens_per_key: 64,
             max_descriptors_per_key: 64,

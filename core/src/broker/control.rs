@@ -1,5 +1,5 @@
 //! The broker's side of the control protocol: hello, register, list,
-//! watch, stats. Opens and channels are in `relay.rs`.
+//! watch, stats. Opens are in `opens.rs`, relayed channels in `relay.rs`.
 
 use bytes::BytesMut;
 

@@ -8,12 +8,14 @@
 //! from the key that granted it. A channel's initial window is always its
 //! own, so no one else's reservations can stall it.
 //!
-//! The two are separate budgets per key. Growth is exposure a key's peers
-//! can keep alive (a sender that makes a fast reader grow its windows and
-//! then stops holds that credit unused), so it is kept apart from what a
-//! key's own opens need, and one peer key may hold at most half of another
-//! key's growth: a sender can slow the growth of a reader's other windows,
-//! never stop it opening or others' channels growing.
+//! The two are separate budgets, per key and in total. Growth is exposure a
+//! key's peers can keep alive (a sender that makes a fast reader grow its
+//! windows and then stops holds that credit unused), so it is kept apart
+//! from what opens need; one sender key's channels may hold at most half of
+//! a receiver's growth, and at most one key's worth across all receivers: a
+//! sender can slow the growth of a reader's other windows, never stop anyone
+//! opening or others' channels growing.
+
 use std::collections::HashMap;
 
 use crate::keys::PublicKey;
@@ -44,7 +46,7 @@ pub enum ByteRefusal {
 }
 
 /// Growth by (receiver, sender).
-pub(super) type Shares = HashMap<(PublicKey, PublicKey), u64>;
+pub(super) type GrowthByPair = HashMap<(PublicKey, PublicKey), u64>;
 
 #[derive(Debug)]
 pub(super) struct ByteBudget {
@@ -53,9 +55,19 @@ pub(super) struct ByteBudget {
     /// Credit beyond the initial window a key granted and the relay passed on.
     growth: HashMap<PublicKey, u64>,
     /// Of that, by (receiver, sender): what one sender's channels hold.
-    shares: Shares,
-    total: u64,
+    shares: GrowthByPair,
+    /// Of that, by sender: what one sender's channels hold in all.
+    by_sender: HashMap<PublicKey, u64>,
+    opens_total: u64,
+    growth_total: u64,
     limits: ByteLimits,
+}
+
+/// The growth books, for audits.
+pub(super) struct GrowthBooks<'a> {
+    pub(super) by_receiver: &'a HashMap<PublicKey, u64>,
+    pub(super) shares: &'a GrowthByPair,
+    pub(super) by_sender: &'a HashMap<PublicKey, u64>,
 }
 
 /// The byte budgets' limits.
@@ -63,10 +75,13 @@ pub(super) struct ByteBudget {
 pub(super) struct ByteLimits {
     /// Opens' reservations per key.
     pub(super) per_key: u64,
-    /// Growth per key (half of it per sender key).
-    pub(super) growth_per_key: u64,
-    /// Everything, all keys together.
+    /// Opens' reservations, all keys together.
     pub(super) total: u64,
+    /// Growth per receiving key (half of it per sender key), and per
+    /// sending key over all its receivers.
+    pub(super) growth_per_key: u64,
+    /// Growth, all keys together.
+    pub(super) growth_total: u64,
 }
 
 impl ByteBudget {
@@ -75,13 +90,15 @@ impl ByteBudget {
             opens: HashMap::new(),
             growth: HashMap::new(),
             shares: HashMap::new(),
-            total: 0,
+            by_sender: HashMap::new(),
+            opens_total: 0,
+            growth_total: 0,
             limits,
         }
     }
 
-    /// Whether an open's `n` more for `key` fits both budgets.
-    pub(super) fn check(&self, key: &PublicKey, n: u64) -> Result<(), ByteRefusal> {
+    /// Whether an open's `n` more for `key` fits its own and the total.
+    pub(super) fn check_open(&self, key: &PublicKey, n: u64) -> Result<(), ByteRefusal> {
         let held = self.opens_held_by(key);
         if n > self.limits.per_key.saturating_sub(held) {
             let limit = self.limits.per_key;
@@ -91,8 +108,8 @@ impl ByteBudget {
                 limit,
             });
         }
-        if n > self.limits.total.saturating_sub(self.total) {
-            let (held, limit) = (self.total, self.limits.total);
+        if n > self.limits.total.saturating_sub(self.opens_total) {
+            let (held, limit) = (self.opens_total, self.limits.total);
             return Err(ByteRefusal::Total {
                 held,
                 wanted: n,
@@ -102,27 +119,29 @@ impl ByteBudget {
         Ok(())
     }
 
-    /// Reserves an open's `n` for `key`, after [`ByteBudget::check`].
-    pub(super) fn force(&mut self, key: PublicKey, n: u64) {
+    /// Reserves an open's `n` for `key`, after [`ByteBudget::check_open`].
+    pub(super) fn reserve_open(&mut self, key: PublicKey, n: u64) {
         add(&mut self.opens, key, n);
-        self.total += n;
+        self.opens_total += n;
     }
 
     /// Gives back `n` of `key`'s opens' reservation.
-    pub(super) fn release(&mut self, key: PublicKey, n: u64) {
-        self.total -= sub(&mut self.opens, key, n);
+    pub(super) fn release_open(&mut self, key: PublicKey, n: u64) {
+        self.opens_total -= sub(&mut self.opens, key, n);
     }
 
     /// How much more credit `receiver` may have passed on to `sender`'s
     /// channels beyond their initial windows: within its growth budget, its
-    /// share for that sender, and the total.
+    /// share for that sender, what that sender's channels hold in all, and
+    /// the total.
     pub(super) fn growth_free(&self, receiver: &PublicKey, sender: &PublicKey) -> u64 {
+        let held = |books: &HashMap<PublicKey, u64>, key| books.get(key).copied().unwrap_or(0);
         let share = self.shares.get(&(*receiver, *sender)).copied().unwrap_or(0);
-        let grown = self.growth.get(receiver).copied().unwrap_or(0);
-        let growth = self.limits.growth_per_key;
-        (growth.saturating_sub(grown))
-            .min((growth / 2).saturating_sub(share))
-            .min(self.limits.total.saturating_sub(self.total))
+        let per_key = self.limits.growth_per_key;
+        (per_key.saturating_sub(held(&self.growth, receiver)))
+            .min((per_key / 2).saturating_sub(share))
+            .min(per_key.saturating_sub(held(&self.by_sender, sender)))
+            .min(self.limits.growth_total.saturating_sub(self.growth_total))
     }
 
     /// Reserves `n` of growth for `receiver`, on `sender`'s channels, after
@@ -130,13 +149,15 @@ impl ByteBudget {
     pub(super) fn grow(&mut self, receiver: PublicKey, sender: PublicKey, n: u64) {
         add(&mut self.growth, receiver, n);
         add(&mut self.shares, (receiver, sender), n);
-        self.total += n;
+        add(&mut self.by_sender, sender, n);
+        self.growth_total += n;
     }
 
     /// Gives back `n` of `receiver`'s growth on `sender`'s channels.
     pub(super) fn shrink(&mut self, receiver: PublicKey, sender: PublicKey, n: u64) {
         sub(&mut self.shares, (receiver, sender), n);
-        self.total -= sub(&mut self.growth, receiver, n);
+        sub(&mut self.by_sender, sender, n);
+        self.growth_total -= sub(&mut self.growth, receiver, n);
     }
 
     /// Everything `key` has reserved, opens and growth.
@@ -148,18 +169,33 @@ impl ByteBudget {
         self.opens.get(key).copied().unwrap_or(0)
     }
 
-    /// Growth by key, and by (receiver, sender).
-    pub(super) fn growth(&self) -> (&HashMap<PublicKey, u64>, &Shares) {
-        (&self.growth, &self.shares)
+    /// Opens' reservations by key.
+    pub(super) fn opens(&self) -> &HashMap<PublicKey, u64> {
+        &self.opens
+    }
+
+    /// Growth by receiver, by (receiver, sender) and by sender.
+    pub(super) fn growth(&self) -> GrowthBooks<'_> {
+        GrowthBooks {
+            by_receiver: &self.growth,
+            shares: &self.shares,
+            by_sender: &self.by_sender,
+        }
+    }
+
+    /// Everything reserved: (opens, growth).
+    pub(super) fn totals(&self) -> (u64, u64) {
+        (self.opens_total, self.growth_total)
     }
 
     pub(super) fn held(&self) -> u64 {
-        self.total
+        self.opens_total + self.growth_total
     }
 
-    /// Entries in the books (keys with opens, keys with growth, shares).
-    pub(super) fn keys(&self) -> usize {
-        self.opens.len() + self.growth.len() + self.shares.len()
+    /// Entries in the books (keys with opens, keys with growth, shares,
+    /// senders).
+    pub(super) fn entries(&self) -> usize {
+        self.opens.len() + self.growth.len() + self.shares.len() + self.by_sender.len()
     }
 }
 
@@ -198,23 +234,24 @@ mod tests {
         let b = Keypair::from_seed([2; 32]).public();
         let mut budget = ByteBudget::new(ByteLimits {
             per_key: 10,
-            growth_per_key: 8,
             total: 15,
+            growth_per_key: 8,
+            growth_total: 100,
         });
-        budget.check(&a, 10).unwrap();
-        budget.force(a, 10);
+        budget.check_open(&a, 10).unwrap();
+        budget.reserve_open(a, 10);
         assert!(matches!(
-            budget.check(&a, 1),
+            budget.check_open(&a, 1),
             Err(ByteRefusal::Key { held: 10, .. })
         ));
-        budget.force(b, 5);
+        budget.reserve_open(b, 5);
         assert!(matches!(
-            budget.check(&b, 1),
+            budget.check_open(&b, 1),
             Err(ByteRefusal::Total { held: 15, .. })
         ));
-        budget.release(a, 10);
-        budget.release(b, 5);
-        assert_eq!((budget.held(), budget.keys()), (0, 0));
+        budget.release_open(a, 10);
+        budget.release_open(b, 5);
+        assert_eq!((budget.held(), budget.entries()), (0, 0));
     }
 
     /// Growth is its own budget, and one sender's channels hold at most
@@ -224,18 +261,40 @@ mod tests {
         let [a, b, c] = [1, 2, 3].map(|n| Keypair::from_seed([n; 32]).public());
         let mut budget = ByteBudget::new(ByteLimits {
             per_key: 10,
-            growth_per_key: 8,
             total: 100,
+            growth_per_key: 8,
+            growth_total: 100,
         });
         assert_eq!(budget.growth_free(&a, &b), 4);
         budget.grow(a, b, 4);
         assert_eq!(budget.growth_free(&a, &b), 0, "b's half is used");
         assert_eq!(budget.growth_free(&a, &c), 4, "c still has its half");
-        budget.check(&a, 10).unwrap();
+        budget.check_open(&a, 10).unwrap();
         budget.grow(a, c, 4);
         assert_eq!(budget.growth_free(&a, &c), 0);
         budget.shrink(a, b, 4);
         budget.shrink(a, c, 4);
-        assert_eq!((budget.held(), budget.keys()), (0, 0));
+        assert_eq!((budget.held(), budget.entries()), (0, 0));
+    }
+
+    /// One sender key's channels hold at most one key's growth over all
+    /// receivers, and growth never uses what opens may: senders cannot pin
+    /// the broker's total on their receivers' accounts.
+    #[test]
+    fn one_sender_pins_at_most_one_keys_growth_and_never_opens() {
+        let keys = [1, 2, 3, 4].map(|n| Keypair::from_seed([n; 32]).public());
+        let [a, b, c, s] = keys;
+        let mut budget = ByteBudget::new(ByteLimits {
+            per_key: 10,
+            total: 10,
+            growth_per_key: 8,
+            growth_total: 100,
+        });
+        budget.grow(a, s, 4);
+        budget.grow(b, s, 4);
+        assert_eq!(budget.growth_free(&c, &s), 0, "s holds a key's worth");
+        assert_eq!(budget.growth_free(&c, &a), 4);
+        budget.check_open(&c, 10).unwrap();
+        assert_eq!(budget.totals(), (0, 8));
     }
 }

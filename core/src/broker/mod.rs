@@ -297,8 +297,9 @@ impl Broker {
         let fds = FdBudget::new(limits.max_descriptors_per_key, limits.max_descriptors);
         let bytes = ByteBudget::new(ByteLimits {
             per_key: limits.max_bytes_per_key,
-            growth_per_key: limits.max_grown_bytes_per_key,
             total: limits.max_bytes,
+            growth_per_key: limits.max_grown_bytes_per_key,
+            growth_total: limits.max_grown_bytes,
         });
         let registrations = rates::TieredRates::new(
             limits.registrations_per_source_per_s,

@@ -99,7 +99,7 @@ impl Broker {
             );
             return self.refuse_open(conn, channel, request, ErrorCode::TooManyChannels, message);
         }
-        if let Err(refusal) = self.bytes.check(&key, self.open_cost()) {
+        if let Err(refusal) = self.bytes.check_open(&key, self.open_cost()) {
             let message = format!("{key} may not open another channel: {refusal}");
             return self.refuse_open(conn, channel, request, ErrorCode::TooManyBytes, message);
         }
@@ -120,7 +120,8 @@ impl Broker {
         // Traffic the target did not ask for: refused to the sender if the
         // target is not keeping up with its control messages.
         if !self.has_room(target.conn, control::encoded_len(&incoming)) {
-            let message = format!("{name} is not reading its messages");
+            let message =
+                format!("{name} is not reading its messages: its control queue is half full");
             return self.refuse_open(conn, channel, request, ErrorCode::PeerBusy, message);
         }
         let t = self
@@ -190,12 +191,12 @@ impl Broker {
     /// Every stage that begins ends in [`Broker::release_channel`].
     fn hold_channel(&mut self, opener: PublicKey, target: PublicKey) {
         self.shares.add(opener, target);
-        self.bytes.force(opener, self.open_cost());
+        self.bytes.reserve_open(opener, self.open_cost());
     }
 
     pub(super) fn release_channel(&mut self, opener: PublicKey, target: PublicKey) {
         self.shares.remove(opener, target);
-        self.bytes.release(opener, self.open_cost());
+        self.bytes.release_open(opener, self.open_cost());
     }
 
     /// How a channel between these two can go.

@@ -42,7 +42,8 @@ impl Rates {
     }
 
     /// Whether `source` has one event's worth of its allowance, leaving at
-    /// least `keep` unused. Spends nothing.
+    /// least `keep` unused. Spends nothing (it may forget sources whose
+    /// allowance is whole again, which is the same as remembering them).
     fn fits(&mut self, now: Instant, source: Source, keep: Duration) -> bool {
         if !self.whole_at.contains_key(&source) && self.whole_at.len() >= MAX_RATED_SOURCES {
             self.whole_at.retain(|_, whole_at| *whole_at > now);
@@ -142,9 +143,12 @@ impl TieredRates {
         if !self.source.fits(now, source, Duration::ZERO) {
             return Err(RateRefusal::Source(self.source.per_s));
         }
+        // The /64s of a /48 are one source for being quiet: a site with
+        // many /64s is not many quiet sources.
+        let quiet_source = network.unwrap_or(source);
         let mut quiet = false;
         if let Some(everyone) = self.everyone.as_mut() {
-            quiet = everyone.quiet.fits(now, source, Duration::ZERO);
+            quiet = everyone.quiet.fits(now, quiet_source, Duration::ZERO);
             let keep = match quiet {
                 true => Duration::ZERO,
                 false => everyone.rates.burst / 2,
@@ -160,7 +164,7 @@ impl TieredRates {
         if let Some(everyone) = self.everyone.as_mut() {
             everyone.rates.spend(now, Source::LOCAL);
             if quiet {
-                everyone.quiet.spend(now, source);
+                everyone.quiet.spend(now, quiet_source);
             }
         }
         Ok(())
@@ -218,6 +222,20 @@ mod tests {
             .filter(|_| rates.take(now, v6(1, 2)).is_ok())
             .count();
         assert_eq!(neighbour, 20, "the rest of the /48's 40");
+    }
+
+    /// The /64s of one /48 are one source for being quiet: 200 of them, one
+    /// registration each, take only the busy half, and a quiet source still
+    /// gets in (before, each /64 was quiet and they took it all).
+    #[test]
+    fn the_64s_of_a_48_are_quiet_together() {
+        let mut rates = TieredRates::new(20, 1000, Some(100));
+        let now = Instant::ZERO;
+        let taken = (0..200)
+            .filter(|n| rates.take(now, v6(1, *n)).is_ok())
+            .count();
+        assert_eq!(taken, 100);
+        assert!(rates.take(now, v4(1)).is_ok());
     }
 
     /// The /64s of one /48 share one allowance; another /48 is not slowed.

@@ -24,9 +24,9 @@ pub(super) type End = (ConnId, ChannelId);
 struct RouteEnd {
     peer: End,
     /// The key of this end's connection: charged for the channel, and for
-    /// its reservations (the opener's both windows, this end's `extra`).
+    /// its reservations (the opener's both windows, this end's `grown`).
     key: PublicKey,
-    /// The peer's key: `extra` counts toward this end's key's share for it.
+    /// The peer's key: `grown` counts toward this end's key's share for it.
     peer_key: PublicKey,
     /// Credit this end granted that is not passed to the peer yet.
     held: u32,
@@ -38,7 +38,7 @@ struct RouteEnd {
     opener: bool,
     /// Credit this end granted beyond the initial window that the relay
     /// passed on: reserved from `key`'s growth (see `memory`).
-    extra: u64,
+    grown: u64,
 }
 
 /// A route just removed.
@@ -70,7 +70,7 @@ impl Routes {
             closed: false,
             dial_offered: false,
             opener,
-            extra: 0,
+            grown: 0,
         };
         self.ends.insert(opener, end(target, o_key, t_key, true));
         self.ends.insert(target, end(opener, t_key, o_key, false));
@@ -106,8 +106,8 @@ impl Routes {
             keys,
             peer: this.peer,
             growth: [
-                (this.key, peer.key, this.extra),
-                (peer.key, this.key, peer.extra),
+                (this.key, peer.key, this.grown),
+                (peer.key, this.key, peer.grown),
             ],
         })
     }
@@ -202,6 +202,9 @@ impl Broker {
                     let _ = wire.mux.finish(peer.1);
                 }
                 self.wake(peer.0);
+                // Nothing more comes that way: the growth reserved for it
+                // shrinks to what is still queued, and with the queue.
+                self.pass_credit(peer);
             }
             MuxEvent::Reset { code, reason, .. } => {
                 if let Some(unlinked) = self.routes.unlink(end) {

@@ -152,7 +152,7 @@ impl core::fmt::Display for ErrorCode {
             ErrorCode::Rejected => "the owner refused the channel",
             ErrorCode::TooManyChannels => "too many channels for this key",
             ErrorCode::TooManyPendingOpens => "too many unanswered opens for this key",
-            ErrorCode::PeerBusy => "the target is not reading its messages",
+            ErrorCode::PeerBusy => "the target's control queue is half full",
             ErrorCode::PeerGone => "the other end went away",
             ErrorCode::WatchState => "not watching, or already watching",
             ErrorCode::UnknownChannel => "unknown channel",

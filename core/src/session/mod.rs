@@ -54,7 +54,8 @@ pub struct SessionConfig {
     /// Most entries (members, keys, names, uids) one reply or resync may
     /// gather over its pages: a broker that sends more breaks the protocol
     /// ([`SessionError::ReplyTooLarge`]). The default is more than three
-    /// times the most a broker with default limits sends in one reply.
+    /// times the most a broker with default limits sends in one reply (a
+    /// Stats reply has up to 3 × its `max_connections` entries).
     pub max_reply_entries: usize,
 }
 

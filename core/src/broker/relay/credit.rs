@@ -34,7 +34,7 @@ impl Broker {
         let Some(route) = self.routes.ends.get(&end) else {
             return;
         };
-        let (peer, held, extra) = (route.peer, route.held, route.extra);
+        let (peer, held, grown) = (route.peer, route.held, route.grown);
         let (receiver, sender) = (route.key, route.peer_key);
         let Some(exposure) = self.exposure(end, peer) else {
             return;
@@ -42,7 +42,7 @@ impl Broker {
         let initial = u64::from(self.config.limits.initial_window);
         let max_window = u64::from(self.config.limits.max_window);
         let free = self.bytes.growth_free(&receiver, &sender);
-        let ceiling = max_window.min(initial + extra + free);
+        let ceiling = max_window.min(initial + grown + free);
         let in_flight = exposure.owed + exposure.queued;
         let pass = match exposure.finished {
             true => 0,
@@ -56,10 +56,10 @@ impl Broker {
         }
         // The reservation follows the exposure: up as credit passes, down
         // as the queue has drained since.
-        let now_extra = (in_flight + pass).saturating_sub(initial);
-        match now_extra > extra {
-            true => self.bytes.grow(receiver, sender, now_extra - extra),
-            false => self.bytes.shrink(receiver, sender, extra - now_extra),
+        let now_grown = (in_flight + pass).saturating_sub(initial);
+        match now_grown > grown {
+            true => self.bytes.grow(receiver, sender, now_grown - grown),
+            false => self.bytes.shrink(receiver, sender, grown - now_grown),
         }
         let left = if exposure.finished {
             0
@@ -68,12 +68,15 @@ impl Broker {
         };
         if let Some(route) = self.routes.ends.get_mut(&end) {
             route.held = left;
-            route.extra = now_extra;
+            route.grown = now_grown;
         }
+        // Looked at again as output drains: to pass what is held, or, once
+        // the sender finished, to give back growth as its queue empties.
+        let again = left > 0 || (exposure.finished && now_grown > 0);
         if let Some(c) = self.conns.get_mut(&end.0) {
-            match left {
-                0 => c.credit_waiting.remove(&end.1),
-                _ => c.credit_waiting.insert(end.1),
+            match again {
+                false => c.credit_waiting.remove(&end.1),
+                true => c.credit_waiting.insert(end.1),
             };
         }
     }
@@ -119,6 +122,7 @@ impl Broker {
         let mut opens: HashMap<PublicKey, u64> = HashMap::new();
         let mut growth: HashMap<PublicKey, u64> = HashMap::new();
         let mut shares: HashMap<(PublicKey, PublicKey), u64> = HashMap::new();
+        let mut by_sender: HashMap<PublicKey, u64> = HashMap::new();
         let stages = self
             .pending
             .values()
@@ -130,35 +134,39 @@ impl Broker {
             if route.opener {
                 *opens.entry(route.key).or_default() += self.open_cost();
             }
-            *growth.entry(route.key).or_default() += route.extra;
-            *shares.entry((route.key, route.peer_key)).or_default() += route.extra;
+            *growth.entry(route.key).or_default() += route.grown;
+            *shares.entry((route.key, route.peer_key)).or_default() += route.grown;
+            *by_sender.entry(route.peer_key).or_default() += route.grown;
             let Some(Exposure { owed, queued, .. }) = self.exposure(*end, route.peer) else {
                 continue;
             };
-            if queued + owed > initial + route.extra {
+            if queued + owed > initial + route.grown {
                 return Err(format!(
                     "channel {end:?}: {queued} queued + {owed} owed > {initial} + {} reserved",
-                    route.extra
+                    route.grown
                 ));
             }
         }
-        for (key, n) in opens.iter().filter(|(_, n)| **n > 0) {
-            if self.bytes.opens_held_by(key) != *n {
-                let held = self.bytes.opens_held_by(key);
-                return Err(format!("{key}: {held} reserved for opens, {n} held"));
-            }
-        }
+        opens.retain(|_, n| *n > 0);
         growth.retain(|_, n| *n > 0);
         shares.retain(|_, n| *n > 0);
-        if (&growth, &shares) != self.bytes.growth() {
+        by_sender.retain(|_, n| *n > 0);
+        let books = self.bytes.growth();
+        if &opens != self.bytes.opens() {
             return Err(format!(
-                "growth reserved {:?}, granted {growth:?}",
-                self.bytes.growth()
+                "opens reserved {:?}, held {opens:?}",
+                self.bytes.opens()
             ));
         }
-        let open_keys = opens.values().filter(|n| **n > 0).count();
-        if self.bytes.keys() != open_keys + growth.len() + shares.len() {
-            return Err("a key with a reservation and nothing held".into());
+        if (&growth, &shares, &by_sender) != (books.by_receiver, books.shares, books.by_sender) {
+            return Err(format!(
+                "growth reserved {:?}, granted {growth:?}",
+                books.by_receiver
+            ));
+        }
+        let totals = (opens.values().sum(), growth.values().sum());
+        if self.bytes.totals() != totals {
+            return Err(format!("totals {:?}, held {totals:?}", self.bytes.totals()));
         }
         Ok(())
     }
