@@ -47,7 +47,8 @@ pub enum ErrorCode {
     TooManyChannels,
     /// The key has as many unanswered opens as it may.
     TooManyPendingOpens,
-    /// The target is not reading its control messages; it was not disturbed.
+    /// The target's control queue is half full (it is not reading); it was
+    /// not disturbed.
     PeerBusy,
     /// The other end of the channel went away.
     PeerGone,
