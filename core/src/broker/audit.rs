@@ -173,9 +173,6 @@ impl Broker {
         if let Some((key, n)) = over(books.by_receiver, per_key) {
             return Err(format!("{key} reserved {n} for its windows' growth"));
         }
-        if let Some((key, n)) = over(books.by_sender, per_key) {
-            return Err(format!("{key}'s channels hold {n} of others' growth"));
-        }
         if let Some(((key, sender), n)) = books.shares.iter().find(|(_, n)| **n > per_key / 2) {
             return Err(format!("{key} reserved {n} of growth for {sender}"));
         }

@@ -74,7 +74,8 @@ pub struct Limits {
     /// Credit beyond the initial window one key may have granted on relayed
     /// channels and the relay passed on (its windows' growth), apart from
     /// `max_bytes_per_key`; the channels of any one other key may hold at
-    /// most half of it, and one key's channels at most this much over all
+    /// most half of it, and, once growth in all is past half of
+    /// `max_grown_bytes`, one key's channels at most this much over all
     /// their receivers.
     pub max_grown_bytes_per_key: u64,
     /// Growth reserved by all keys together, apart from `max_bytes`.

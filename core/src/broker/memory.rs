@@ -11,10 +11,12 @@
 //! The two are separate budgets, per key and in total. Growth is exposure a
 //! key's peers can keep alive (a sender that makes a fast reader grow its
 //! windows and then stops holds that credit unused), so it is kept apart
-//! from what opens need; one sender key's channels may hold at most half of
-//! a receiver's growth, and at most one key's worth across all receivers: a
-//! sender can slow the growth of a reader's other windows, never stop anyone
-//! opening or others' channels growing.
+//! from what opens need: no one's growth can refuse anyone's Open. One
+//! sender key's channels may hold at most half of a receiver's growth, and,
+//! once growth in all is past half its total, at most one key's worth over
+//! all receivers (only then: receivers can grant credit a sender never
+//! uses, and that must not stall the sender's other channels while there
+//! is room).
 
 use std::collections::HashMap;
 
@@ -132,15 +134,19 @@ impl ByteBudget {
 
     /// How much more credit `receiver` may have passed on to `sender`'s
     /// channels beyond their initial windows: within its growth budget, its
-    /// share for that sender, what that sender's channels hold in all, and
-    /// the total.
+    /// share for that sender, the total, and, once the total is past half,
+    /// what that sender's channels hold in all.
     pub(super) fn growth_free(&self, receiver: &PublicKey, sender: &PublicKey) -> u64 {
         let held = |books: &HashMap<PublicKey, u64>, key| books.get(key).copied().unwrap_or(0);
         let share = self.shares.get(&(*receiver, *sender)).copied().unwrap_or(0);
         let per_key = self.limits.growth_per_key;
+        let by_sender = match self.growth_total > self.limits.growth_total / 2 {
+            true => per_key.saturating_sub(held(&self.by_sender, sender)),
+            false => u64::MAX,
+        };
         (per_key.saturating_sub(held(&self.growth, receiver)))
             .min((per_key / 2).saturating_sub(share))
-            .min(per_key.saturating_sub(held(&self.by_sender, sender)))
+            .min(by_sender)
             .min(self.limits.growth_total.saturating_sub(self.growth_total))
     }
 
@@ -277,24 +283,27 @@ mod tests {
         assert_eq!((budget.held(), budget.entries()), (0, 0));
     }
 
-    /// One sender key's channels hold at most one key's growth over all
-    /// receivers, and growth never uses what opens may: senders cannot pin
-    /// the broker's total on their receivers' accounts.
+    /// Growth never uses what opens may; and once growth in all is past
+    /// half its total, one sender key's channels hold at most one key's
+    /// growth over all receivers (before that, receivers granting credit a
+    /// sender never uses could stall the sender's other channels).
     #[test]
-    fn one_sender_pins_at_most_one_keys_growth_and_never_opens() {
-        let keys = [1, 2, 3, 4].map(|n| Keypair::from_seed([n; 32]).public());
-        let [a, b, c, s] = keys;
-        let mut budget = ByteBudget::new(ByteLimits {
+    fn one_sender_holds_one_keys_growth_under_pressure_and_never_opens() {
+        let [a, b, c, s] = [1, 2, 3, 4].map(|n| Keypair::from_seed([n; 32]).public());
+        let limits = |growth_total| ByteLimits {
             per_key: 10,
             total: 10,
             growth_per_key: 8,
-            growth_total: 100,
-        });
-        budget.grow(a, s, 4);
-        budget.grow(b, s, 4);
-        assert_eq!(budget.growth_free(&c, &s), 0, "s holds a key's worth");
-        assert_eq!(budget.growth_free(&c, &a), 4);
-        budget.check_open(&c, 10).unwrap();
-        assert_eq!(budget.totals(), (0, 8));
+            growth_total,
+        };
+        for (growth_total, free) in [(100, 4), (14, 0)] {
+            let mut budget = ByteBudget::new(limits(growth_total));
+            budget.grow(a, s, 4);
+            budget.grow(b, s, 4);
+            assert_eq!(budget.growth_free(&c, &s), free, "total {growth_total}");
+            assert_eq!(budget.growth_free(&c, &a), 4.min(growth_total - 8));
+            budget.check_open(&c, 10).unwrap();
+            assert_eq!(budget.totals(), (0, 8));
+        }
     }
 }
