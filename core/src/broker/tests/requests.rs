@@ -324,14 +324,60 @@ fn a_watcher_that_does_not_read_is_cut_and_nobody_else_notices() {
         .any(|l| l.code == Some(ErrorCode::SlowReader)));
 }
 
-#[test]
-fn a_watcher_that_falls_behind_others_churn_is_resynchronised_not_cut() {
-    let mut net = Net::new(5, Chaos::default(), |c| {
+/// A broker with a 4 KiB control queue, where anyone registers at once.
+fn churny(seed: u64) -> Net {
+    Net::new(seed, Chaos::default(), |c| {
         c.limits.max_control_queue = 4096;
         c.limits.registrations_per_source_per_s = 1000;
         c.limits.registrations_per_network_per_s = 1000;
         c.limits.registrations_per_s = 1000;
+    })
+}
+
+/// A resync is bounded like a reply: a watcher whose session gathers at
+/// most two entries ends its session when the resync brings three (the
+/// session's side of `max_reply_entries`, for its resync pages).
+#[test]
+fn a_resync_past_the_entry_bound_ends_the_session() {
+    let mut net = churny(6);
+    let bounded = |c: &mut crate::session::SessionConfig| c.max_reply_entries = 2;
+    let watcher = net
+        .connect_with(keypair(1), TransportKind::Unix, bounded)
+        .unwrap();
+    net.run();
+    net.events(watcher);
+    let now = net.now;
+    net.node(watcher).session.watch(now).unwrap();
+    assert!(matches!(
+        one_event(&mut net, watcher),
+        SessionEvent::Watching { .. }
+    ));
+    net.node(watcher).slow = true;
+    for seed in 3..6 {
+        let stays = unix(&mut net, seed);
+        register(&mut net, stays, &format!("stays-{seed}"), false);
+    }
+    for i in 0..200 {
+        let churn = unix(&mut net, 2);
+        register(&mut net, churn, &format!("name-{i}"), false);
+        net.kill(churn);
+        net.run();
+    }
+    net.node(watcher).slow = false;
+    net.run();
+    let closed = net.events(watcher).into_iter().find_map(|e| match e {
+        SessionEvent::Closed { reason, .. } => Some(reason),
+        _ => None,
     });
+    assert_eq!(
+        closed.as_deref(),
+        Some("the broker sent a reply of more than 2 entries")
+    );
+}
+
+#[test]
+fn a_watcher_that_falls_behind_others_churn_is_resynchronised_not_cut() {
+    let mut net = churny(5);
     let watcher = unix(&mut net, 1);
     let now = net.now;
     net.node(watcher).session.watch(now).unwrap();
