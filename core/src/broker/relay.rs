@@ -26,8 +26,6 @@ struct RouteEnd {
     /// The key of this end's connection: charged for the channel, and for
     /// its reservations (the opener's both windows, this end's `grown`).
     key: PublicKey,
-    /// The peer's key: `grown` counts toward this end's key's share for it.
-    peer_key: PublicKey,
     /// Credit this end granted that is not passed to the peer yet.
     held: u32,
     /// This end's mux retired the channel (both FINs).
@@ -62,18 +60,17 @@ impl Routes {
         (opener, o_key): (End, PublicKey),
         (target, t_key): (End, PublicKey),
     ) {
-        let end = |peer, key, peer_key, opener| RouteEnd {
+        let end = |peer, key, opener| RouteEnd {
             peer,
             key,
-            peer_key,
             held: 0,
             closed: false,
             dial_offered: false,
             opener,
             grown: 0,
         };
-        self.ends.insert(opener, end(target, o_key, t_key, true));
-        self.ends.insert(target, end(opener, t_key, o_key, false));
+        self.ends.insert(opener, end(target, o_key, true));
+        self.ends.insert(target, end(opener, t_key, false));
     }
 
     /// The opener at `end` was told to dial: one DirectFailed is due.
@@ -92,6 +89,12 @@ impl Routes {
 
     fn peer(&self, end: End) -> Option<End> {
         self.ends.get(&end).map(|e| e.peer)
+    }
+
+    /// The key at the other end of `end`'s channel (`end` is linked): the
+    /// sender, for `end`'s growth.
+    fn peer_key(&self, end: &RouteEnd) -> PublicKey {
+        self.ends[&end.peer].key
     }
 
     /// Removes both ends; returns both keys and the other end.

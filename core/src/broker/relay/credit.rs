@@ -35,7 +35,7 @@ impl Broker {
             return;
         };
         let (peer, held, grown) = (route.peer, route.held, route.grown);
-        let (receiver, sender) = (route.key, route.peer_key);
+        let (receiver, sender) = (route.key, self.routes.peer_key(route));
         let Some(exposure) = self.exposure(end, peer) else {
             return;
         };
@@ -135,8 +135,9 @@ impl Broker {
                 *opens.entry(route.key).or_default() += self.open_cost();
             }
             *growth.entry(route.key).or_default() += route.grown;
-            *shares.entry((route.key, route.peer_key)).or_default() += route.grown;
-            *by_sender.entry(route.peer_key).or_default() += route.grown;
+            let sender = self.routes.peer_key(route);
+            *shares.entry((route.key, sender)).or_default() += route.grown;
+            *by_sender.entry(sender).or_default() += route.grown;
             let Some(Exposure { owed, queued, .. }) = self.exposure(*end, route.peer) else {
                 continue;
             };
