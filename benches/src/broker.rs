@@ -75,7 +75,7 @@ pub fn child_main() -> ! {
     config.limits.handshakes_per_source_per_s = 1_000_000;
     let addrs = [Addr::Tcp("127.0.0.1:0".into()), Addr::Unix(path.clone())];
     let server = runtime
-        .block_on(Server::bind(config, &addrs))
+        .block_on(async { Server::bind(config, &addrs) })
         .expect("the broker binds");
     let bound = server.local_addrs();
     println!("{} {} {}", bound[0], bound[1], server.public_key());

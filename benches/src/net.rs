@@ -51,9 +51,7 @@ impl Bench {
                 let path = std::env::temp_dir()
                     .join(format!("plugboard-bench-{}.sock", std::process::id()));
                 let config = BrokerConfig::new(HandshakeConfig::new(keys(0xB0)));
-                let server = Server::bind(config, &[Addr::Unix(path.clone())])
-                    .await
-                    .unwrap();
+                let server = Server::bind(config, &[Addr::Unix(path.clone())]).unwrap();
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
                 tokio::spawn(server.run(async {
                     let _ = stopped.await;

@@ -390,9 +390,7 @@ async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure
     };
     match args.runtime {
         Runtime::Tokio => {
-            let server = Server::bind_with(config, &addrs, inherited)
-                .await
-                .map_err(fail)?;
+            let server = Server::bind_with(config, &addrs, inherited).map_err(fail)?;
             announce(server.local_addrs(), server.public_key(), "");
             server.run(shutdown_signal()).await;
             Ok(())

@@ -93,7 +93,7 @@ impl Broker for TokioBroker {
                 .build()
                 .expect("a runtime");
             runtime.block_on(async move {
-                let server = Server::bind(config, &listen).await.expect("bind");
+                let server = Server::bind(config, &listen).expect("bind");
                 let addrs = server.local_addrs().iter().map(|a| a.to_string()).collect();
                 addrs_tx.send(addrs).expect("the test waits");
                 server

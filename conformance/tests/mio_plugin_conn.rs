@@ -204,9 +204,8 @@ async fn a_plugin_conn_serves_channels_through_the_mio_server() {
 async fn a_plugin_conn_serves_channels_through_the_tokio_server() {
     let path = common::sock_path("tokio-server");
     let config = plugboard_core::broker::BrokerConfig::new(HandshakeConfig::new(broker_keys()));
-    let server = plugboard_tokio::Server::bind(config, &[plugboard_tokio::Addr::Unix(path)])
-        .await
-        .unwrap();
+    let server =
+        plugboard_tokio::Server::bind(config, &[plugboard_tokio::Addr::Unix(path)]).unwrap();
     let addr = server.local_addrs()[0].to_string();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(server.run(async {

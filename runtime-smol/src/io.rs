@@ -32,24 +32,6 @@ impl Stream {
         })
     }
 
-    /// Waits until a read would not block (or might not: reads still say
-    /// `WouldBlock` at times).
-    pub(crate) async fn readable(&self) -> io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.readable().await,
-            Stream::Tcp(s) => s.readable().await,
-        }
-    }
-
-    /// Reads up to `max` bytes onto the end of `buf` without waiting:
-    /// `WouldBlock` if there is nothing. 0 is the end of the stream.
-    pub(crate) fn try_read(&self, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
-        match self {
-            Stream::Unix(s) => read_into(s.get_ref(), buf, max, None),
-            Stream::Tcp(s) => read_into(s.get_ref(), buf, max, None),
-        }
-    }
-
     /// Waits for bytes and reads up to `max` onto the end of `buf`. On a
     /// unix socket the descriptors that came along are kept in `fds`.
     pub(crate) async fn read(
@@ -70,11 +52,6 @@ impl Stream {
             Stream::Unix(s) => s.write_with(|s| queue.write_to(s)).await,
             Stream::Tcp(s) => s.write_with(|s| queue.write_to(s)).await,
         }
-    }
-
-    /// Whether descriptors can ride on this connection.
-    pub(crate) fn carries_fds(&self) -> bool {
-        matches!(self, Stream::Unix(_))
     }
 
     /// No more writes from this side (the peer reads the end of the stream).

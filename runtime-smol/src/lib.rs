@@ -18,14 +18,18 @@ mod clock;
 mod io;
 mod notify;
 pub mod plugin;
-mod server;
+mod rt;
 
 pub use addr::{Addr, BadAddr};
 pub use clock::Clock;
 /// systemd socket activation (the listeners [`Server::bind_with`] takes).
 pub use plugboard_os::activation;
+pub use plugboard_runtime::ServeError;
 pub use plugin::{
     Channel, ConnectionEvent, EventStream, Incoming, IncomingStream, Path, Plugin, PluginBuilder,
     PluginError, Reconnect, Stats, WatchEvent, WatchStream,
 };
-pub use server::{ServeError, Server};
+pub use rt::{Smol, SmolIo, SmolSleep, SmolTask};
+
+/// The broker as a server on smol: see [`plugboard_runtime::Server`].
+pub type Server = plugboard_runtime::Server<Smol>;

@@ -27,9 +27,4 @@ impl Writer {
             }
         }
     }
-
-    /// Whether descriptors can ride on this connection.
-    pub(crate) fn carries_fds(&self) -> bool {
-        matches!(self, Writer::Unix(_))
-    }
 }

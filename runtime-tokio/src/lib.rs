@@ -7,13 +7,17 @@ mod addr;
 mod clock;
 mod io;
 pub mod plugin;
-mod server;
+mod rt;
 
 pub use addr::{Addr, BadAddr};
 pub use clock::Clock;
 /// systemd socket activation (the listeners [`Server::bind_with`] takes).
 pub use plugboard_os::activation;
+pub use plugboard_runtime::ServeError;
 pub use plugin::{
     Channel, ConnectionEvent, Incoming, Plugin, PluginBuilder, PluginError, Reconnect, WatchEvent,
 };
-pub use server::{ServeError, Server};
+pub use rt::{Tokio, TokioIo, TokioTask};
+
+/// The broker as a server on tokio: see [`plugboard_runtime::Server`].
+pub type Server = plugboard_runtime::Server<Tokio>;

@@ -279,9 +279,7 @@ async fn strict_broker(
         stats: false,
     }];
     let addr: plugboard_tokio::Addr = addr.parse().unwrap();
-    let server = plugboard_tokio::Server::bind(config, &[addr])
-        .await
-        .unwrap();
+    let server = plugboard_tokio::Server::bind(config, &[addr]).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async {
         let _ = stopped.await;

@@ -84,7 +84,7 @@ async fn start(
     tokio::task::JoinHandle<()>,
 ) {
     let config = BrokerConfig::new(HandshakeConfig::new(Keypair::from_seed([0xB0; 32])));
-    let server = Server::bind(config, addrs).await.unwrap();
+    let server = Server::bind(config, addrs).unwrap();
     let key = server.public_key();
     let bound = server.local_addrs();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -219,7 +219,7 @@ async fn a_live_socket_is_not_replaced_a_stale_one_is() {
     let path = socket_path("stale");
     let (_, _, stop, task) = start(&[Addr::Unix(path.clone())]).await;
     let config = BrokerConfig::new(HandshakeConfig::new(Keypair::from_seed([0xB1; 32])));
-    let second = Server::bind(config.clone(), &[Addr::Unix(path.clone())]).await;
+    let second = Server::bind(config.clone(), &[Addr::Unix(path.clone())]);
     assert!(matches!(second, Err(plugboard_tokio::ServeError::InUse(_))));
     stop.send(()).unwrap();
     task.await.unwrap();
@@ -228,7 +228,7 @@ async fn a_live_socket_is_not_replaced_a_stale_one_is() {
     let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     drop(_listener);
     assert!(path.exists());
-    let third = Server::bind(config, &[Addr::Unix(path.clone())]).await;
+    let third = Server::bind(config, &[Addr::Unix(path.clone())]);
     assert!(third.is_ok());
     let _ = std::fs::remove_file(&path);
 }

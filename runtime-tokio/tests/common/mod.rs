@@ -37,9 +37,8 @@ impl Broker {
                 stats: false,
             })
             .collect();
-        let server = Server::bind(config, &[Addr::Unix(path), Addr::Tcp("127.0.0.1:0".into())])
-            .await
-            .unwrap();
+        let server =
+            Server::bind(config, &[Addr::Unix(path), Addr::Tcp("127.0.0.1:0".into())]).unwrap();
         let addrs = server.local_addrs();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {

@@ -6,17 +6,17 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use async_io::Timer;
 use bytes::Bytes;
 use futures_lite::future;
 use plugboard_core::broker::{Broker, ConnId, Event};
-
 use plugboard_os::SocketPairs;
 
 use crate::clock::Clock;
 use crate::notify::Notify;
+use crate::rt::Runtime;
 
-pub(super) struct Shared {
+pub(super) struct Shared<R> {
+    pub(super) rt: R,
     pub(super) clock: Clock,
     pub(super) state: Mutex<State>,
     /// Wakes the timer task when a call may have moved the next deadline.
@@ -71,7 +71,7 @@ impl ConnSignals {
     }
 }
 
-impl Shared {
+impl<R: Runtime> Shared<R> {
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.state
             .lock()
@@ -93,20 +93,17 @@ impl Shared {
     pub(super) async fn timers(self: Arc<Self>) {
         loop {
             let deadline = self.lock().broker.poll_timeout();
-            let sleep = match deadline {
-                Some(at) => Timer::at(self.clock.to_std(at)),
-                None => Timer::never(),
+            let sleep = async {
+                match deadline {
+                    Some(at) => self.rt.sleep_until(self.clock.to_std(at)).await,
+                    None => future::pending().await,
+                }
+                true
             };
-            let expired = future::or(
-                async {
-                    sleep.await;
-                    true
-                },
-                async {
-                    self.timer.notified().await;
-                    false
-                },
-            )
+            let expired = future::or(sleep, async {
+                self.timer.notified().await;
+                false
+            })
             .await;
             if expired {
                 let mut state = self.lock();

@@ -1,10 +1,5 @@
-//! The broker on smol: listeners, one reader and one writer task per
+//! The broker as a server: listeners, one reader and one writer task per
 //! connection, one timer task, all around one [`Broker`] state machine.
-//!
-//! Every task is spawned on smol's global executor ([`smol::spawn`]), so
-//! [`Server::run`] can be awaited from any executor or from
-//! [`smol::block_on`]; the global executor runs on its own thread(s)
-//! (`SMOL_THREADS`, one by default).
 //!
 //! The broker sits behind a mutex that is never held across an await:
 //! each task locks it, hands it bytes or time, takes what it has, and lets
@@ -17,58 +12,65 @@ mod shared;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_io::{Async, Timer};
+use plugboard_core::addr::Addr;
 use plugboard_core::broker::{BrokerConfig, Origin};
 use plugboard_core::PublicKey;
-
 use plugboard_os::activation::Inherited;
-use plugboard_os::SHUTDOWN_GRACE;
-use plugboard_os::{Bound, Socket, SocketPairs};
+use plugboard_os::{Bound, Socket, SocketPairs, SHUTDOWN_GRACE};
+use rustix::net::{SocketAddrAny, SocketFlags};
 
-use crate::addr::Addr;
 use crate::clock::Clock;
-use crate::io::Stream;
 use crate::notify::Notify;
+use crate::rt::{io, Interest, Runtime};
+use crate::stream::Stream;
 use shared::{Shared, State};
 
 pub use plugboard_os::ServeError;
 
 /// A bound broker, ready to [`Server::run`].
-pub struct Server {
-    shared: Arc<Shared>,
-    listeners: Vec<Listener>,
+pub struct Server<R: Runtime> {
+    shared: Arc<Shared<R>>,
+    listeners: Vec<Listener<R>>,
 }
 
-type Listener = Bound<Async<UnixListener>, Async<TcpListener>>;
+type Listener<R> = Bound<<R as Runtime>::Io, <R as Runtime>::Io>;
 
-impl Server {
+impl<R: Runtime> Server<R> {
     /// Binds every address. A unix socket's file is mode 0600 from the
     /// moment it exists; a stale one (nobody listens) is replaced, a live
     /// one is not.
     ///
     /// Not `async`: binding waits on nothing but the OS (and, for a TCP
-    /// host name, the resolver).
+    /// host name, the resolver). With tokio, call it inside the runtime.
     pub fn bind(config: BrokerConfig, addrs: &[Addr]) -> Result<Self, ServeError> {
         Self::bind_with(config, addrs, Vec::new())
     }
 
-    /// Binds every address, as [`Server::bind`], and serves listeners a
-    /// service manager passed as well, after them, in order (systemd socket
-    /// activation: [`plugboard_os::activation`] finds them). Their socket
-    /// files are not ours: they stay when the server stops.
+    /// Binds every address as [`Server::bind`] does, and serves listeners a service manager passed
+    /// as well, after them, in order (systemd socket activation:
+    /// [`plugboard_os::activation`] finds them). An inherited unix
+    /// socket's file belongs to whoever made it, so shutdown leaves it.
     pub fn bind_with(
         config: BrokerConfig,
         addrs: &[Addr],
         inherited: Vec<Inherited>,
     ) -> Result<Self, ServeError> {
-        let listeners = plugboard_os::bind_all_with(addrs, inherited, Async::new, Async::new)?;
+        let rt = R::default();
+        let listeners = plugboard_os::bind_all_with(
+            addrs,
+            inherited,
+            |l: UnixListener| rt.register(l.into()),
+            |l: TcpListener| rt.register(l.into()),
+        )?;
         Ok(Server {
             shared: Arc::new(Shared {
+                rt,
                 clock: Clock::start(),
                 state: Mutex::new(State {
                     broker: plugboard_os::new_broker(config),
@@ -98,18 +100,16 @@ impl Server {
     /// ends, waits a moment for that to be written, and removes its unix
     /// socket files.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let rt = self.shared.rt.clone();
         let mut tasks = Vec::new();
         let mut sockets = Vec::new();
         for listener in self.listeners {
             sockets.extend(listener.owned_file().cloned());
-            tasks.push(smol::spawn(self.shared.clone().accept(listener)));
+            tasks.push(rt.spawn(self.shared.clone().accept(listener)));
         }
-        tasks.push(smol::spawn(self.shared.clone().timers()));
+        tasks.push(rt.spawn(self.shared.clone().timers()));
         shutdown.await;
-        // The listeners close here: nobody new gets in.
-        for task in tasks {
-            task.cancel().await;
-        }
+        drop(tasks); // the listeners close here: nobody new gets in
 
         tracing::info!("shutting down");
         let writers = self.shared.shutdown();
@@ -117,7 +117,8 @@ impl Server {
         while writers.iter().any(|w| Arc::strong_count(w) > 1)
             && std::time::Instant::now() < deadline
         {
-            Timer::after(Duration::from_millis(10)).await;
+            rt.sleep_until(std::time::Instant::now() + Duration::from_millis(10))
+                .await;
         }
         for file in sockets {
             file.remove_logged();
@@ -126,32 +127,38 @@ impl Server {
 }
 
 /// The next connection on `listener`, and where it comes from.
-async fn accept(listener: &Listener) -> io::Result<(Stream, Origin)> {
+async fn accept<R: Runtime>(rt: &R, listener: &Listener<R>) -> io::Result<(Stream<R>, Origin)> {
     Ok(match &listener.socket {
         Socket::Unix(l) => {
-            let stream = l.accept().await?.0;
-            let origin = listener.unix_origin(stream.get_ref());
-            (Stream::Unix(stream), origin)
+            let (stream, _) = io(l, Interest::Read, accept_one).await?;
+            let origin = listener.unix_origin(&stream);
+            (Stream::new(rt, stream, true)?, origin)
         }
         Socket::Tcp(l) => {
-            let (stream, peer) = l.accept().await?;
-            let _ = stream.get_ref().set_nodelay(true);
-            (Stream::Tcp(stream), listener.tcp_origin(peer))
+            let (stream, peer) = io(l, Interest::Read, accept_one).await?;
+            let peer = peer
+                .and_then(|peer| SocketAddr::try_from(peer).ok())
+                .ok_or_else(|| io::Error::other("a TCP peer without an address"))?;
+            (Stream::new(rt, stream, false)?, listener.tcp_origin(peer))
         }
     })
 }
 
-impl Shared {
+/// One connection off a listening socket, if one waits.
+fn accept_one(listener: &OwnedFd) -> io::Result<(OwnedFd, Option<SocketAddrAny>)> {
+    let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+    Ok(rustix::net::acceptfrom_with(listener, flags)?)
+}
+
+impl<R: Runtime> Shared<R> {
     /// Accepts connections on `listener` for ever, resting a moment
     /// whenever accepting fails (out of descriptors, say) instead of spinning.
-    async fn accept(self: Arc<Self>, listener: Listener) {
+    async fn accept(self: Arc<Self>, listener: Listener<R>) {
         plugboard_os::accept_forever(
             listener.local_addr(),
-            || accept(&listener),
+            || accept(&self.rt, &listener),
             |(stream, origin)| self.clone().adopt(stream, origin),
-            |rest| async move {
-                Timer::after(rest).await;
-            },
+            |rest| self.rt.sleep_until(std::time::Instant::now() + rest),
         )
         .await
     }

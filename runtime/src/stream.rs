@@ -1,0 +1,192 @@
+//! A connected stream socket (unix or TCP) under the runtime's reactor, and
+//! the moves on it: connect, read into a buffer (with the descriptors that
+//! came along, on unix), write a [`WriteQueue`], half-close. Each is the OS
+//! glue's non-blocking call, retried when the reactor says.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use plugboard_core::addr::Addr;
+use plugboard_os::fdpass::read_into;
+use plugboard_os::WriteQueue;
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+
+use crate::rt::{io, Interest, Io, Runtime};
+
+/// A connected, non-blocking socket.
+pub struct Stream<R: Runtime> {
+    io: R::Io,
+    /// A unix socket: descriptors can ride on it.
+    unix: bool,
+}
+
+impl<R: Runtime> Stream<R> {
+    /// Takes a connected socket (made non-blocking here).
+    pub fn new(rt: &R, socket: impl Into<OwnedFd>, unix: bool) -> io::Result<Self> {
+        let fd = socket.into();
+        rustix::io::ioctl_fionbio(&fd, true)?;
+        if !unix {
+            let _ = rustix::net::sockopt::set_tcp_nodelay(&fd, true);
+        }
+        Ok(Stream {
+            io: rt.register(fd)?,
+            unix,
+        })
+    }
+
+    /// Connects to `addr`.
+    pub async fn connect(rt: &R, addr: &Addr) -> io::Result<Self> {
+        match addr {
+            Addr::Unix(path) => {
+                let fd = socket(AddressFamily::UNIX)?;
+                let unix = SocketAddrUnix::new(path.as_path())?;
+                let started = rustix::net::connect(&fd, &unix);
+                Self::finish_connect(rt, fd, started, true).await
+            }
+            Addr::Tcp(host_port) => {
+                let mut last = None;
+                for addr in resolve(host_port).await? {
+                    match Self::connect_tcp(rt, addr).await {
+                        Ok(stream) => return Ok(stream),
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.unwrap_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "the name resolves to nothing")
+                }))
+            }
+        }
+    }
+
+    /// Connects to one TCP address.
+    pub async fn connect_tcp(rt: &R, addr: SocketAddr) -> io::Result<Self> {
+        let family = match addr {
+            SocketAddr::V4(_) => AddressFamily::INET,
+            SocketAddr::V6(_) => AddressFamily::INET6,
+        };
+        let fd = socket(family)?;
+        let started = rustix::net::connect(&fd, &addr);
+        Self::finish_connect(rt, fd, started, false).await
+    }
+
+    async fn finish_connect(
+        rt: &R,
+        fd: OwnedFd,
+        started: rustix::io::Result<()>,
+        unix: bool,
+    ) -> io::Result<Self> {
+        match started {
+            Ok(()) | Err(Errno::INPROGRESS) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let stream = Stream::new(rt, fd, unix)?;
+        // Writable once the connect completed, one way or the other.
+        io(
+            &stream.io,
+            Interest::Write,
+            |fd| match rustix::net::sockopt::socket_error(fd)? {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::from(e)),
+            },
+        )
+        .await?;
+        Ok(stream)
+    }
+
+    /// Waits until a read may not block.
+    pub async fn readable(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.io.poll_ready(cx, Interest::Read)).await
+    }
+
+    /// Reads up to `max` bytes onto the end of `buf` once there are some;
+    /// on a unix socket the descriptors that came along go to `fds`. 0 is
+    /// the end of the stream.
+    pub fn poll_read(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        max: usize,
+        mut fds: Option<&mut Vec<OwnedFd>>,
+    ) -> Poll<io::Result<usize>> {
+        let fds = &mut fds;
+        self.io.poll_io(cx, Interest::Read, |fd| {
+            read_into(fd, buf, max, fds.as_deref_mut())
+        })
+    }
+
+    /// As [`Stream::poll_read`], awaited.
+    pub async fn read(
+        &self,
+        buf: &mut BytesMut,
+        max: usize,
+        mut fds: Option<&mut Vec<OwnedFd>>,
+    ) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read(cx, buf, max, fds.as_deref_mut())).await
+    }
+
+    /// Writes what `queue` holds without waiting: `Ok` once it is empty,
+    /// `WouldBlock` when the socket is full.
+    pub fn try_flush(&self, queue: &mut WriteQueue) -> io::Result<()> {
+        queue.write_to(self.io.get_ref())
+    }
+
+    /// Writes `queue` until it is empty, waiting for room as it takes.
+    pub fn poll_flush(&self, cx: &mut Context<'_>, queue: &mut WriteQueue) -> Poll<io::Result<()>> {
+        self.io
+            .poll_io(cx, Interest::Write, |fd| queue.write_to(fd))
+    }
+
+    /// As [`Stream::poll_flush`], awaited.
+    pub async fn flush(&self, queue: &mut WriteQueue) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_flush(cx, queue)).await
+    }
+
+    /// Whether descriptors can ride on this connection.
+    pub fn carries_fds(&self) -> bool {
+        self.unix
+    }
+
+    /// No more writes from this side (the peer reads the end of the stream).
+    pub fn shutdown_write(&self) {
+        let _ = rustix::net::shutdown(self.io.get_ref(), rustix::net::Shutdown::Write);
+    }
+
+    /// The socket.
+    pub fn fd(&self) -> &OwnedFd {
+        self.io.get_ref()
+    }
+}
+
+/// A new non-blocking stream socket.
+fn socket(family: AddressFamily) -> io::Result<OwnedFd> {
+    let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+    Ok(rustix::net::socket_with(
+        family,
+        SocketType::STREAM,
+        flags,
+        None,
+    )?)
+}
+
+/// The addresses `host:port` names: at once for a literal address, else
+/// from the system's resolver on a thread of its own (it blocks).
+pub async fn resolve(host_port: &str) -> io::Result<Vec<SocketAddr>> {
+    if let Ok(addr) = host_port.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let (tx, rx) = async_channel::bounded(1);
+    let name = host_port.to_owned();
+    std::thread::Builder::new()
+        .name("plugboard-resolve".into())
+        .spawn(move || {
+            use std::net::ToSocketAddrs as _;
+            let _ = tx.send_blocking(name.to_socket_addrs().map(Vec::from_iter));
+        })?;
+    rx.recv()
+        .await
+        .unwrap_or_else(|_| Err(io::Error::other("the resolver thread stopped")))
+}
