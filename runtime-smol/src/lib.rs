@@ -4,32 +4,38 @@
 //! listeners and serves the broker; [`Plugin`] connects to one, registers,
 //! lists, watches, and opens and takes [`Channel`]s (relayed, over a
 //! socketpair, or over direct TCP). Channels are futures-io's `AsyncRead +
-//! AsyncWrite`; watches and incoming channels are
+//! AsyncWrite`; watches, incoming channels and connection events are
 //! [`Stream`](futures_core::Stream)s. Every task runs on smol's global
 //! executor ([`smol::spawn`]); timers are async-io's.
 //!
-//! This crate only moves bytes, reads the clock and owns sockets; every
-//! protocol decision is made by `plugboard-core`'s state machines.
+//! Both are `plugboard-runtime`'s, written once for every runtime; this
+//! crate is its [`Runtime`](plugboard_runtime::Runtime) for smol.
 
 #![warn(missing_docs)]
 
-mod addr;
-mod clock;
-mod io;
-mod notify;
-pub mod plugin;
 mod rt;
 
-pub use addr::{Addr, BadAddr};
-pub use clock::Clock;
 /// systemd socket activation (the listeners [`Server::bind_with`] takes).
-pub use plugboard_os::activation;
-pub use plugboard_runtime::ServeError;
-pub use plugin::{
-    Channel, ConnectionEvent, EventStream, Incoming, IncomingStream, Path, Plugin, PluginBuilder,
-    PluginError, Reconnect, Stats, WatchEvent, WatchStream,
+pub use plugboard_runtime::activation;
+pub use plugboard_runtime::{
+    Addr, BadAddr, Clock, ConnectionEvent, Feed, Path, PluginError, Reconnect, ServeError, Stats,
+    WatchEvent,
 };
 pub use rt::{Smol, SmolIo, SmolSleep, SmolTask};
 
 /// The broker as a server on smol: see [`plugboard_runtime::Server`].
 pub type Server = plugboard_runtime::Server<Smol>;
+/// A connection to the broker: see [`plugboard_runtime::Plugin`].
+pub type Plugin = plugboard_runtime::Plugin<Smol>;
+/// How to connect: see [`plugboard_runtime::PluginBuilder`].
+pub type PluginBuilder = plugboard_runtime::PluginBuilder<Smol>;
+/// A channel to another plugin, futures-io's `AsyncRead + AsyncWrite`.
+pub type Channel = plugboard_runtime::Channel<Smol>;
+/// A channel someone opens to this plugin.
+pub type Incoming = plugboard_runtime::Incoming<Smol>;
+/// Changes of the connection ([`Plugin::events`]).
+pub type EventStream = Feed<ConnectionEvent>;
+/// A watch's snapshot and changes ([`Plugin::watch`]).
+pub type WatchStream = Feed<WatchEvent>;
+/// Channels others open to this plugin ([`Plugin::incoming`]).
+pub type IncomingStream = Feed<Incoming>;

@@ -29,6 +29,7 @@ impl Runtime for Smol {
     type Io = SmolIo;
     type Task = SmolTask;
     type Sleep = SmolSleep;
+    type Channel = plugboard_runtime::Channel<Smol>;
 
     fn register(&self, socket: OwnedFd) -> io::Result<SmolIo> {
         Async::new(socket).map(SmolIo)

@@ -1,23 +1,33 @@
 //! plugboard on tokio: the broker as a server, and the plugin API.
 //!
-//! This crate only moves bytes, reads the clock and owns sockets; every
-//! protocol decision is made by `plugboard-core`'s state machines.
+//! Both are `plugboard-runtime`'s, written once for every runtime; this
+//! crate is its [`Runtime`](plugboard_runtime::Runtime) for tokio, and
+//! [`Channel`] as tokio's `AsyncRead + AsyncWrite`.
 
-mod addr;
-mod clock;
-mod io;
-pub mod plugin;
+#![warn(missing_docs)]
+
+mod channel;
 mod rt;
 
-pub use addr::{Addr, BadAddr};
-pub use clock::Clock;
+pub use channel::Channel;
 /// systemd socket activation (the listeners [`Server::bind_with`] takes).
-pub use plugboard_os::activation;
-pub use plugboard_runtime::ServeError;
-pub use plugin::{
-    Channel, ConnectionEvent, Incoming, Plugin, PluginBuilder, PluginError, Reconnect, WatchEvent,
+pub use plugboard_runtime::activation;
+pub use plugboard_runtime::{
+    Addr, BadAddr, Clock, ConnectionEvent, Feed, PluginError, Reconnect, ServeError, WatchEvent,
 };
 pub use rt::{Tokio, TokioIo, TokioTask};
 
+/// The plugin API's types, by their plain names.
+pub mod plugin {
+    pub use crate::{Channel, Incoming, Plugin, PluginBuilder};
+    pub use plugboard_runtime::{ConnectionEvent, Path, PluginError, Reconnect, Stats, WatchEvent};
+}
+
 /// The broker as a server on tokio: see [`plugboard_runtime::Server`].
 pub type Server = plugboard_runtime::Server<Tokio>;
+/// A connection to the broker: see [`plugboard_runtime::Plugin`].
+pub type Plugin = plugboard_runtime::Plugin<Tokio>;
+/// How to connect: see [`plugboard_runtime::PluginBuilder`].
+pub type PluginBuilder = plugboard_runtime::PluginBuilder<Tokio>;
+/// A channel someone opens to this plugin.
+pub type Incoming = plugboard_runtime::Incoming<Tokio>;

@@ -32,6 +32,7 @@ impl Runtime for Tokio {
     type Io = TokioIo;
     type Task = TokioTask;
     type Sleep = tokio::time::Sleep;
+    type Channel = crate::Channel;
 
     fn register(&self, socket: OwnedFd) -> io::Result<TokioIo> {
         let _entered = self.0.enter();

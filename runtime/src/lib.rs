@@ -11,6 +11,7 @@
 
 mod clock;
 mod notify;
+pub mod plugin;
 mod rt;
 mod server;
 mod stream;
@@ -19,6 +20,10 @@ pub use clock::Clock;
 pub use plugboard_core::addr::{Addr, BadAddr};
 /// systemd socket activation (the listeners [`Server::bind_with`] takes).
 pub use plugboard_os::activation;
+pub use plugin::{
+    Channel, ConnectionEvent, Feed, Incoming, Path, Plugin, PluginBuilder, PluginError, Reconnect,
+    Stats, WatchEvent,
+};
 pub use rt::{io, Interest, Io, Op, Runtime, Task};
 pub use server::{ServeError, Server};
 pub use stream::{resolve, Stream};

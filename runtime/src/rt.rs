@@ -27,6 +27,9 @@ pub trait Runtime: Clone + Default + Send + Sync + 'static {
     type Task: Task;
     /// A timer.
     type Sleep: Future<Output = ()> + Send + 'static;
+    /// A channel as the application gets it: [`crate::Channel`] itself, or
+    /// a wrapper that adds the runtime's own I/O traits.
+    type Channel: From<crate::Channel<Self>> + Send + 'static;
 
     /// Registers a socket (already non-blocking) with the reactor.
     fn register(&self, socket: OwnedFd) -> io::Result<Self::Io>;
@@ -39,7 +42,7 @@ pub trait Runtime: Clone + Default + Send + Sync + 'static {
 }
 
 /// A registered socket.
-pub trait Io: Send + Sync + 'static {
+pub trait Io: Send + Sync + Unpin + 'static {
     /// The socket.
     fn get_ref(&self) -> &OwnedFd;
 

@@ -13,7 +13,7 @@ use plugboard_core::addr::Addr;
 use plugboard_os::fdpass::read_into;
 use plugboard_os::WriteQueue;
 use rustix::io::Errno;
-use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use rustix::net::{AddressFamily, SocketAddrAny, SocketAddrUnix, SocketFlags, SocketType};
 
 use crate::rt::{io, Interest, Io, Runtime};
 
@@ -128,6 +128,38 @@ impl<R: Runtime> Stream<R> {
         std::future::poll_fn(|cx| self.poll_read(cx, buf, max, fds.as_deref_mut())).await
     }
 
+    /// Reads into `buf` once there are bytes; 0 is the end of the stream.
+    pub fn poll_read_slice(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        self.io.poll_io(cx, Interest::Read, |fd| {
+            Ok(rustix::net::recv(fd, &mut *buf, rustix::net::RecvFlags::empty())?.0)
+        })
+    }
+
+    /// Writes from `data` once there is room (never raising SIGPIPE).
+    pub fn poll_write_slice(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        self.io.poll_io(cx, Interest::Write, |fd| {
+            Ok(rustix::net::send(
+                fd,
+                data,
+                rustix::net::SendFlags::NOSIGNAL,
+            )?)
+        })
+    }
+
+    /// Writes from `data` what the socket takes now (never raising SIGPIPE).
+    pub fn try_write_slice(&self, data: &[u8]) -> io::Result<usize> {
+        Ok(rustix::net::send(
+            self.io.get_ref(),
+            data,
+            rustix::net::SendFlags::NOSIGNAL,
+        )?)
+    }
+
+    /// Ends both directions at once (unread data is dropped).
+    pub fn shutdown_both(&self) {
+        let _ = rustix::net::shutdown(self.io.get_ref(), rustix::net::Shutdown::Both);
+    }
+
     /// Writes what `queue` holds without waiting: `Ok` once it is empty,
     /// `WouldBlock` when the socket is full.
     pub fn try_flush(&self, queue: &mut WriteQueue) -> io::Result<()> {
@@ -170,6 +202,24 @@ fn socket(family: AddressFamily) -> io::Result<OwnedFd> {
         flags,
         None,
     )?)
+}
+
+/// The next connection on a TCP listener, and where it comes from.
+pub async fn accept_tcp<R: Runtime>(
+    rt: &R,
+    listener: &R::Io,
+) -> io::Result<(Stream<R>, SocketAddr)> {
+    let (stream, peer) = io(listener, Interest::Read, accept_one).await?;
+    let peer = peer
+        .and_then(|peer| SocketAddr::try_from(peer).ok())
+        .ok_or_else(|| io::Error::other("a TCP peer without an address"))?;
+    Ok((Stream::new(rt, stream, false)?, peer))
+}
+
+/// One connection off a listening socket, if one waits.
+pub(crate) fn accept_one(listener: &OwnedFd) -> io::Result<(OwnedFd, Option<SocketAddrAny>)> {
+    let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+    Ok(rustix::net::acceptfrom_with(listener, flags)?)
 }
 
 /// The addresses `host:port` names: at once for a literal address, else

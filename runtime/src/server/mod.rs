@@ -12,8 +12,7 @@ mod shared;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::{SocketAddr, TcpListener};
-use std::os::fd::OwnedFd;
+use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,12 +22,11 @@ use plugboard_core::broker::{BrokerConfig, Origin};
 use plugboard_core::PublicKey;
 use plugboard_os::activation::Inherited;
 use plugboard_os::{Bound, Socket, SocketPairs, SHUTDOWN_GRACE};
-use rustix::net::{SocketAddrAny, SocketFlags};
 
 use crate::clock::Clock;
 use crate::notify::Notify;
 use crate::rt::{io, Interest, Runtime};
-use crate::stream::Stream;
+use crate::stream::{accept_one, accept_tcp, Stream};
 use shared::{Shared, State};
 
 pub use plugboard_os::ServeError;
@@ -135,19 +133,10 @@ async fn accept<R: Runtime>(rt: &R, listener: &Listener<R>) -> io::Result<(Strea
             (Stream::new(rt, stream, true)?, origin)
         }
         Socket::Tcp(l) => {
-            let (stream, peer) = io(l, Interest::Read, accept_one).await?;
-            let peer = peer
-                .and_then(|peer| SocketAddr::try_from(peer).ok())
-                .ok_or_else(|| io::Error::other("a TCP peer without an address"))?;
-            (Stream::new(rt, stream, false)?, listener.tcp_origin(peer))
+            let (stream, peer) = accept_tcp(rt, l).await?;
+            (stream, listener.tcp_origin(peer))
         }
     })
-}
-
-/// One connection off a listening socket, if one waits.
-fn accept_one(listener: &OwnedFd) -> io::Result<(OwnedFd, Option<SocketAddrAny>)> {
-    let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
-    Ok(rustix::net::acceptfrom_with(listener, flags)?)
 }
 
 impl<R: Runtime> Shared<R> {

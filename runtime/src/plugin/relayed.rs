@@ -1,17 +1,16 @@
-//! A channel relayed by the broker, as `AsyncRead + AsyncWrite` over the
-//! session: reads give credit back, writes wait for credit.
+//! A channel relayed by the broker, read and written over the session:
+//! reads give credit back, writes wait for credit.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use plugboard_core::control::{ChannelId, ErrorCode};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{wake, Inner, Shared};
+use crate::rt::Runtime;
 
 /// The allocation a channel's writes are copied into.
 const SEND_BUF: usize = 256 * 1024;
@@ -43,8 +42,8 @@ impl ChannelState {
 }
 
 /// One relayed channel of the session. Dropping it closes gracefully.
-pub(crate) struct Relayed {
-    shared: Arc<Shared>,
+pub(crate) struct Relayed<R: Runtime> {
+    shared: Arc<Shared<R>>,
     id: ChannelId,
     /// The connection it is on.
     epoch: u64,
@@ -70,8 +69,8 @@ fn state<'a>(
     }
 }
 
-impl Relayed {
-    pub(crate) fn new(shared: Arc<Shared>, id: ChannelId, epoch: u64) -> Self {
+impl<R: Runtime> Relayed<R> {
+    pub(crate) fn new(shared: Arc<Shared<R>>, id: ChannelId, epoch: u64) -> Self {
         Relayed {
             shared,
             id,
@@ -86,7 +85,7 @@ impl Relayed {
     }
 
     /// Whether the channel is on the current connection.
-    fn current(&self, inner: &Inner) -> bool {
+    fn current(&self, inner: &Inner<R>) -> bool {
         inner.epoch == self.epoch
     }
 
@@ -109,13 +108,13 @@ fn broken(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, what.to_owned())
 }
 
-impl AsyncRead for Relayed {
-    fn poll_read(
-        self: Pin<&mut Self>,
+impl<R: Runtime> Relayed<R> {
+    pub(crate) fn poll_read(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self;
         let mut guard = this.shared.lock();
         let current = this.current(&guard);
         let inner = &mut *guard;
@@ -130,23 +129,23 @@ impl AsyncRead for Relayed {
             return Poll::Ready(Err(broken("the channel is gone")));
         };
         if let Some(front) = c.received.front_mut() {
-            let n = buf.remaining().min(front.len());
-            buf.put_slice(&front[..n]);
+            let n = buf.len().min(front.len());
+            buf[..n].copy_from_slice(&front[..n]);
             front.advance(n);
             if front.is_empty() {
                 c.received.pop_front();
             }
             if !current {
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Ok(n));
             }
             // Consumed: the credit goes back to the sender.
             inner.session.consume(this.id, n);
             drop(guard);
             this.shared.flush.notify_one();
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(Ok(n));
         }
         if c.fin || c.closed {
-            return Poll::Ready(Ok(())); // end of stream
+            return Poll::Ready(Ok(0)); // end of stream
         }
         if let Some((code, reason)) = &c.reset {
             let message = format!("reset by the peer ({code}): {reason}");
@@ -158,15 +157,13 @@ impl AsyncRead for Relayed {
         c.read_waker = Some(cx.waker().clone());
         Poll::Pending
     }
-}
 
-impl AsyncWrite for Relayed {
-    fn poll_write(
-        self: Pin<&mut Self>,
+    pub(crate) fn poll_write(
+        &mut self,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
+        let this = self;
         let mut guard = this.shared.lock();
         let current = this.current(&guard);
         let inner = &mut *guard;
@@ -207,13 +204,13 @@ impl AsyncWrite for Relayed {
         Poll::Ready(Ok(sent))
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_flush(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // The driver writes as soon as it is told: nothing is held here.
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
+    pub(crate) fn poll_close(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self;
         if !this.finished {
             this.finished = true;
             let mut inner = this.shared.lock();
@@ -227,7 +224,7 @@ impl AsyncWrite for Relayed {
     }
 }
 
-impl Drop for Relayed {
+impl<R: Runtime> Drop for Relayed<R> {
     /// Dropping closes gracefully: what was written is still delivered,
     /// then FIN. Data the peer sends afterwards finds nobody and resets the
     /// channel. [`Relayed::reset`] aborts at once instead.

@@ -2,18 +2,16 @@
 //! either way.
 
 use std::io;
-use std::net::Shutdown;
-use std::os::unix::net::UnixStream;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
-use async_io::Async;
-use futures_io::{AsyncRead, AsyncWrite};
 use plugboard_core::control::ChannelId;
 use plugboard_core::PublicKey;
 
 use super::direct::DirectStream;
 use super::relayed::Relayed;
+use crate::rt::Runtime;
+use crate::stream::Stream;
 
 /// Which way a channel's bytes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,26 +24,26 @@ pub enum Path {
     Tcp,
 }
 
-/// A bidirectional byte stream to another plugin, futures-io's
-/// `AsyncRead + AsyncWrite` whichever [`Path`] it took. Reading gives
-/// credit back as the application consumes; writing waits for credit (or
-/// for the socket); `close` half-closes (reading goes on); dropping it
-/// closes gracefully (what was written is still delivered);
+/// A bidirectional byte stream to another plugin, futures-io's `AsyncRead
+/// + AsyncWrite` whichever [`Path`] it took (the runtime crates add their
+/// own I/O traits). Reading gives credit back as the application consumes;
+/// writing waits for credit (or for the socket); closing half-closes;
+/// dropping it closes gracefully (what was written is still delivered);
 /// [`Channel::reset`] aborts.
-pub struct Channel {
+pub struct Channel<R: Runtime> {
     peer: PublicKey,
     id: ChannelId,
-    io: Io,
+    io: Io<R>,
 }
 
-enum Io {
-    Relayed(Relayed),
-    SocketPair(Async<UnixStream>),
-    Tcp(Box<DirectStream>),
+enum Io<R: Runtime> {
+    Relayed(Relayed<R>),
+    SocketPair(Stream<R>),
+    Tcp(Box<DirectStream<R>>),
 }
 
-impl Channel {
-    pub(crate) fn relayed(relayed: Relayed, peer: PublicKey) -> Self {
+impl<R: Runtime> Channel<R> {
+    pub(crate) fn relayed(relayed: Relayed<R>, peer: PublicKey) -> Self {
         Channel {
             peer,
             id: relayed.id(),
@@ -54,20 +52,19 @@ impl Channel {
     }
 
     pub(crate) fn socketpair(
+        rt: &R,
         fd: std::os::fd::OwnedFd,
         id: ChannelId,
         peer: PublicKey,
     ) -> io::Result<Self> {
-        // `Async::new` makes the socket non-blocking.
-        let stream = Async::new(UnixStream::from(fd))?;
         Ok(Channel {
             peer,
             id,
-            io: Io::SocketPair(stream),
+            io: Io::SocketPair(Stream::new(rt, fd, true)?),
         })
     }
 
-    pub(crate) fn tcp(stream: Box<DirectStream>, id: ChannelId, peer: PublicKey) -> Self {
+    pub(crate) fn tcp(stream: Box<DirectStream<R>>, id: ChannelId, peer: PublicKey) -> Self {
         Channel {
             peer,
             id,
@@ -107,78 +104,82 @@ impl Channel {
             Io::Relayed(mut r) => r.reset(reason),
             // Closing both directions with unread data makes the kernel
             // drop what is queued; the peer reads an end of stream.
-            Io::SocketPair(s) => {
-                let _ = s.get_ref().shutdown(Shutdown::Both);
-            }
+            Io::SocketPair(s) => s.shutdown_both(),
             // No goodbye: the peer reads an error, not an end.
             Io::Tcp(s) => s.abort(),
         }
     }
+
+    /// Reads into `buf`; 0 is the end of the stream.
+    pub fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        match &mut self.io {
+            Io::Relayed(r) => r.poll_read(cx, buf),
+            Io::SocketPair(s) => s.poll_read_slice(cx, buf),
+            Io::Tcp(s) => s.poll_read(cx, buf),
+        }
+    }
+
+    /// Writes from `data`; how much was taken.
+    pub fn poll_write(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match &mut self.io {
+            Io::Relayed(r) => r.poll_write(cx, data),
+            Io::SocketPair(s) => s.poll_write_slice(cx, data),
+            Io::Tcp(s) => s.poll_write(cx, data),
+        }
+    }
+
+    /// Waits until what was written is on its way.
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.io {
+            Io::Relayed(r) => r.poll_flush(cx),
+            Io::SocketPair(_) => Poll::Ready(Ok(())),
+            Io::Tcp(s) => s.poll_flush(cx),
+        }
+    }
+
+    /// Half-closes: the peer reads the end of the stream once it read what
+    /// was written.
+    pub fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.io {
+            Io::Relayed(r) => r.poll_close(cx),
+            Io::SocketPair(s) => {
+                s.shutdown_write();
+                Poll::Ready(Ok(()))
+            }
+            Io::Tcp(s) => s.poll_close(cx),
+        }
+    }
 }
 
-impl AsyncRead for Channel {
+impl<R: Runtime> futures_io::AsyncRead for Channel<R> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
-            Io::Relayed(r) => Pin::new(r).poll_read(cx, buf),
-            Io::SocketPair(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Tcp(s) => Pin::new(&mut **s).poll_read(cx, buf),
-        }
+        Channel::poll_read(self.get_mut(), cx, buf)
     }
 }
 
-impl AsyncWrite for Channel {
+impl<R: Runtime> futures_io::AsyncWrite for Channel<R> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
-            Io::Relayed(r) => Pin::new(r).poll_write(cx, data),
-            Io::SocketPair(s) => Pin::new(s).poll_write(cx, data),
-            Io::Tcp(s) => Pin::new(&mut **s).poll_write(cx, data),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
-            Io::Relayed(r) => Pin::new(r).poll_write_vectored(cx, bufs),
-            Io::SocketPair(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Io::Tcp(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
-        }
+        Channel::poll_write(self.get_mut(), cx, data)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
-            Io::Relayed(r) => Pin::new(r).poll_flush(cx),
-            Io::SocketPair(s) => Pin::new(s).poll_flush(cx),
-            Io::Tcp(s) => Pin::new(&mut **s).poll_flush(cx),
-        }
+        Channel::poll_flush(self.get_mut(), cx)
     }
 
-    /// Half-closes: no more writes, the peer reads the end of the stream;
-    /// reading goes on.
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
-            Io::Relayed(r) => Pin::new(r).poll_close(cx),
-            Io::SocketPair(s) => {
-                // async-io's own close only flushes.
-                ready!(Pin::new(&mut *s).poll_flush(cx))?;
-                Poll::Ready(s.get_ref().shutdown(Shutdown::Write))
-            }
-            Io::Tcp(s) => Pin::new(&mut **s).poll_close(cx),
-        }
+        Channel::poll_close(self.get_mut(), cx)
     }
 }
 
-impl std::fmt::Debug for Channel {
+impl<R: Runtime> std::fmt::Debug for Channel<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Channel")
             .field("id", &self.id)

@@ -6,118 +6,64 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
+use async_channel::Sender;
+use bytes::BytesMut;
+use futures_lite::future;
+use plugboard_core::addr::Addr;
 use plugboard_core::session::SessionConfig;
 use plugboard_os::WriteQueue;
-use tokio::io::{AsyncReadExt, Interest};
-use tokio::net::{tcp, unix, TcpStream, UnixStream};
-use tokio::sync::oneshot;
 
-use super::{deliver, end, reconnect, PluginError, Reconnect, Shared};
-use crate::addr::Addr;
-use crate::io::Writer;
+use super::{deliver, end, reconnect, Inner, PluginError, Reconnect, Shared};
+use crate::rt::Runtime;
+use crate::stream::Stream;
 
 const READ_SIZE: usize = 64 * 1024;
-
-/// Stops a task (the driver, the direct listener) when the plugin is dropped.
-pub(crate) struct TaskGuard(pub(crate) tokio::task::JoinHandle<()>);
-
-impl Drop for TaskGuard {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// Connects and starts the driver. `ready` learns when the broker said hello.
 /// With `reconnect`, a lost connection is followed by new ones, with
 /// sessions made from the config.
-pub(crate) async fn spawn(
-    shared: Arc<Shared>,
+pub(crate) async fn spawn<R: Runtime>(
+    shared: Arc<Shared<R>>,
     addr: &Addr,
-    ready: oneshot::Sender<Result<(), PluginError>>,
+    ready: Sender<Result<(), PluginError>>,
     reconnect: Option<(Reconnect, SessionConfig)>,
-) -> Result<TaskGuard, PluginError> {
-    let conn = Conn::connect(addr)
+) -> Result<R::Task, PluginError> {
+    let stream = Stream::connect(&shared.rt, addr)
         .await
         .map_err(|e| PluginError::Unreachable {
             addr: addr.to_string(),
             reason: e.to_string(),
         })?;
     let addr = addr.clone();
-    let task = tokio::spawn(async move {
-        run(shared.clone(), conn, Some(ready)).await;
+    let rt = shared.rt.clone();
+    Ok(rt.spawn(async move {
+        run(shared.clone(), stream, Some(ready)).await;
         if let Some((policy, config)) = reconnect {
             reconnect::supervise(shared, addr, policy, config).await;
         }
-    });
-    Ok(TaskGuard(task))
+    }))
 }
 
-/// A connected socket, before the handshake.
-pub(crate) struct Conn {
-    reader: Reader,
-    writer: Writer,
+/// What woke the driver.
+enum Wake {
+    Read(io::Result<usize>),
+    Flush,
+    Timeout,
 }
 
-impl Conn {
-    pub(crate) async fn connect(addr: &Addr) -> io::Result<Conn> {
-        Ok(match addr {
-            Addr::Unix(path) => {
-                let (reader, writer) = UnixStream::connect(path).await?.into_split();
-                Conn {
-                    reader: Reader::Unix(reader),
-                    writer: Writer::Unix(writer),
-                }
-            }
-            Addr::Tcp(host_port) => {
-                let stream = TcpStream::connect(host_port).await?;
-                let _ = stream.set_nodelay(true);
-                let (reader, writer) = stream.into_split();
-                Conn {
-                    reader: Reader::Tcp(reader),
-                    writer: Writer::Tcp(writer),
-                }
-            }
-        })
-    }
-}
-
-/// The read half of the connection: a unix socket may carry descriptors
-/// (socketpair ends for direct channels).
-enum Reader {
-    Unix(unix::OwnedReadHalf),
-    Tcp(tcp::OwnedReadHalf),
-}
-
-impl Reader {
-    /// Reads into `buf` (the session copies what it keeps, so one buffer,
-    /// initialized once, serves every read).
-    async fn read(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
-        match self {
-            Reader::Unix(r) => {
-                let s = r.as_ref();
-                s.async_io(Interest::READABLE, || {
-                    plugboard_os::fdpass::recv_with_fds(s, buf, fds)
-                })
-                .await
-            }
-            Reader::Tcp(r) => r.read(buf).await,
-        }
-    }
-}
-
-/// Drives the session in `shared` over `conn` until the connection is over
-/// (ended, or lost when the plugin reconnects). `ready` learns when the
+/// Drives the session in `shared` over `stream` until the connection is
+/// over (ended, or lost when the plugin reconnects). `ready` learns when the
 /// broker said hello, or that it never will on this connection.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    conn: Conn,
-    mut ready: Option<oneshot::Sender<Result<(), PluginError>>>,
+pub(crate) async fn run<R: Runtime>(
+    shared: Arc<Shared<R>>,
+    stream: Stream<R>,
+    mut ready: Option<Sender<Result<(), PluginError>>>,
 ) {
-    let Conn { mut reader, writer } = conn;
     let epoch = shared.lock().epoch;
     let mut fds = Vec::new();
-    let mut buf = vec![0u8; READ_SIZE];
+    let mut buf = BytesMut::new();
     let mut queue = WriteQueue::new();
+    let unix = stream.carries_fds();
     loop {
         // Everything the session has goes out first.
         loop {
@@ -130,7 +76,7 @@ pub(crate) async fn run(
             if queue.is_empty() {
                 break;
             }
-            if let Err(e) = writer.flush(&mut queue).await {
+            if let Err(e) = stream.flush(&mut queue).await {
                 queue.clear();
                 end(&mut shared.lock(), format!("write failed: {e}"));
             }
@@ -146,43 +92,53 @@ pub(crate) async fn run(
             };
             if let Some(tx) = ready.take() {
                 match (&over, inner.session.is_ready()) {
-                    (Some(e), _) => drop(tx.send(Err(e.clone()))),
-                    (None, true) => drop(tx.send(Ok(()))),
+                    (Some(e), _) => drop(tx.try_send(Err(e.clone()))),
+                    (None, true) => drop(tx.try_send(Ok(()))),
                     (None, false) => ready = Some(tx),
                 }
             }
             let timeout = inner
                 .session
                 .poll_timeout()
-                .map(|at| inner.clock.to_tokio(at));
+                .map(|at| inner.clock.to_std(at));
             (timeout, over.is_some())
         };
         if ended {
-            return; // dropping the write half says so to the broker
+            return; // dropping the socket says so to the broker
         }
+        buf.clear();
+        let read = async {
+            let fds = unix.then_some(&mut fds);
+            Wake::Read(stream.read(&mut buf, READ_SIZE, fds).await)
+        };
+        let flush = async {
+            shared.flush.notified().await;
+            Wake::Flush
+        };
         let sleep = async {
             match timeout {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
+                Some(at) => shared.rt.sleep_until(at).await,
+                None => future::pending().await,
             }
+            Wake::Timeout
         };
-        tokio::select! {
-            read = reader.read(&mut buf, &mut fds) => {
+        match future::or(read, future::or(flush, sleep)).await {
+            Wake::Read(read) => {
                 let mut inner = shared.lock();
                 let now = inner.clock.now();
                 match read {
                     Ok(0) => inner.session.handle_eof(now),
                     // Errors end the session; its Closed event says why.
-                    Ok(n) => {
-                        if let Err(reason) = hand_over(&mut inner, now, &buf[..n], &mut fds) {
+                    Ok(_) => {
+                        if let Err(reason) = hand_over(&mut inner, now, &buf, &mut fds) {
                             end(&mut inner, reason);
                         }
                     }
                     Err(e) => end(&mut inner, format!("read failed: {e}")),
                 }
             }
-            _ = shared.flush.notified() => {}
-            _ = sleep => {
+            Wake::Flush => {}
+            Wake::Timeout => {
                 let mut inner = shared.lock();
                 let now = inner.clock.now();
                 inner.session.handle_timeout(now);
@@ -193,8 +149,8 @@ pub(crate) async fn run(
 
 /// Gives the session what was read, and the descriptors that came with it
 /// (they belong to frames at or after the start of `input`, in order).
-fn hand_over(
-    inner: &mut super::Inner,
+fn hand_over<R: Runtime>(
+    inner: &mut Inner<R>,
     now: plugboard_core::Instant,
     input: &[u8],
     fds: &mut Vec<OwnedFd>,
@@ -214,7 +170,7 @@ fn hand_over(
 
 /// Hands every session event to its waiter, while the connection is the
 /// current one (what a lost one still had to say is for nobody).
-fn drain(shared: &Arc<Shared>, inner: &mut super::Inner, epoch: u64) {
+fn drain<R: Runtime>(shared: &Arc<Shared<R>>, inner: &mut Inner<R>, epoch: u64) {
     while inner.epoch == epoch {
         let Some(event) = inner.session.poll_event() else {
             break;

@@ -1,7 +1,7 @@
-//! The plugin API on tokio: connect (named or not), list, watch, stats,
-//! open channels, take incoming ones. A [`Channel`] is `AsyncRead +
-//! AsyncWrite`: reads give credit back as the application consumes, writes
-//! wait for credit, `shutdown` half-closes, dropping resets.
+//! The plugin API, on any [`Runtime`]: connect (named or not), list, watch,
+//! stats, open channels, take incoming ones. A [`Channel`] reads and writes:
+//! reads give credit back as the application consumes, writes wait for
+//! credit, closing half-closes, dropping closes gracefully.
 //!
 //! One driver task owns the socket and the core's [`Session`]; handles share
 //! the session behind a mutex never held across an await.
@@ -12,6 +12,7 @@
 mod channel;
 mod direct;
 mod driver;
+mod feed;
 mod reconnect;
 mod relayed;
 
@@ -20,7 +21,9 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
+use async_channel::{bounded, unbounded, Receiver, Sender};
 use bytes::Bytes;
+use plugboard_core::addr::Addr;
 use plugboard_core::budget::StrangerLimits;
 use plugboard_core::control::{
     ChannelId, ChannelPath, ErrorCode, IncomingPath, KeyStats, Member, Name, NameStats, OpenedPath,
@@ -29,13 +32,17 @@ use plugboard_core::control::{
 use plugboard_core::session::{Session, SessionConfig, SessionError, SessionEvent};
 use plugboard_core::shs::HandshakeConfig;
 use plugboard_core::{Keypair, NetworkKey, PublicKey};
-use tokio::sync::{mpsc, oneshot, Notify};
 
 pub use channel::{Channel, Path};
+pub use feed::Feed;
 pub use reconnect::{ConnectionEvent, Reconnect};
 
-use crate::addr::Addr;
 use crate::clock::Clock;
+use crate::notify::Notify;
+use crate::rt::Runtime;
+
+/// Where one answer goes.
+type Reply<T> = Sender<Result<T, PluginError>>;
 
 /// Why a plugin call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -133,26 +140,31 @@ pub struct Stats {
 
 /// What a request waits for.
 enum Waiter {
-    Registered(oneshot::Sender<Result<bool, PluginError>>),
-    Members(oneshot::Sender<Result<Vec<Member>, PluginError>>),
-    Watching(oneshot::Sender<Result<(), PluginError>>),
-    Stats(oneshot::Sender<Result<Stats, PluginError>>),
-    Opened(oneshot::Sender<Result<Opened, PluginError>>),
-    Done(oneshot::Sender<Result<(), PluginError>>),
+    Registered(Reply<bool>),
+    Members(Reply<Vec<Member>>),
+    Watching(Reply<()>),
+    Stats(Reply<Stats>),
+    Opened(Reply<Opened>),
+    Done(Reply<()>),
 }
 
 impl Waiter {
     /// Answers with an error.
     fn fail(self, error: PluginError) {
         match self {
-            Waiter::Registered(tx) => drop(tx.send(Err(error))),
-            Waiter::Members(tx) => drop(tx.send(Err(error))),
-            Waiter::Watching(tx) => drop(tx.send(Err(error))),
-            Waiter::Stats(tx) => drop(tx.send(Err(error))),
-            Waiter::Opened(tx) => drop(tx.send(Err(error))),
-            Waiter::Done(tx) => drop(tx.send(Err(error))),
+            Waiter::Registered(tx) => reply(&tx, Err(error)),
+            Waiter::Members(tx) => reply(&tx, Err(error)),
+            Waiter::Watching(tx) => reply(&tx, Err(error)),
+            Waiter::Stats(tx) => reply(&tx, Err(error)),
+            Waiter::Opened(tx) => reply(&tx, Err(error)),
+            Waiter::Done(tx) => reply(&tx, Err(error)),
         }
     }
+}
+
+/// Answers a waiter (one that gave up is not missed).
+fn reply<T>(tx: &Reply<T>, answer: Result<T, PluginError>) {
+    let _ = tx.try_send(answer);
 }
 
 /// The name this plugin holds, to take again on a new connection.
@@ -171,10 +183,10 @@ struct Opened {
 }
 
 /// How an accepted channel that waited for a direct path goes on.
-enum Resolved {
+enum Resolved<R: Runtime> {
     Relay,
     SocketPair(OwnedFd),
-    Tcp(Box<direct::DirectStream>),
+    Tcp(Box<direct::DirectStream<R>>),
     /// Reset while it waited: no path will come.
     Reset {
         code: ErrorCode,
@@ -190,15 +202,15 @@ const MAX_UNCLAIMED_FDS: usize = 64;
 ///
 /// `session`, `waiters`, `channels`, `fds`, `paths` and `expected` belong to
 /// the current connection; the rest outlives it when the plugin reconnects.
-pub(crate) struct Inner {
+pub(crate) struct Inner<R: Runtime> {
     pub(crate) session: Session,
     pub(crate) clock: Clock,
     waiters: HashMap<RequestId, Waiter>,
     pub(crate) channels: HashMap<ChannelId, relayed::ChannelState>,
     /// Where incoming channels go; dropped when the connection is over for
     /// good, which ends [`Plugin::incoming`].
-    incoming: Option<mpsc::UnboundedSender<Incoming>>,
-    watchers: Vec<mpsc::UnboundedSender<WatchEvent>>,
+    incoming: Option<Sender<Incoming<R>>>,
+    watchers: Vec<Sender<WatchEvent>>,
     /// Why the connection ended for good, once it did.
     pub(crate) ended: Option<String>,
     /// Whether a lost connection is replaced rather than the end.
@@ -218,20 +230,20 @@ pub(crate) struct Inner {
     /// What to restore on a new connection.
     registration: Option<Registration>,
     watching: bool,
-    events: Vec<mpsc::UnboundedSender<ConnectionEvent>>,
+    events: Vec<Sender<ConnectionEvent>>,
     /// Descriptors from the broker, by the token the session knows them by.
     fds: HashMap<u64, OwnedFd>,
     next_fd: u64,
     /// Accepted channels waiting to learn their path. A reset of one ends
     /// its wait, unless its dialer is mid-handshake (see `expected`).
-    paths: HashMap<ChannelId, oneshot::Sender<Resolved>>,
+    paths: HashMap<ChannelId, Sender<Resolved<R>>>,
     /// Dialers the broker announced, by the channel they come for; a
     /// `claimed` one presented its token and the direct listener settles
     /// the channel's wait.
     expected: HashMap<ChannelId, direct::Expected>,
 }
 
-impl Inner {
+impl<R: Runtime> Inner<R> {
     /// Keeps a descriptor that came with the broker's bytes; the session
     /// refers to it by the returned token.
     pub(crate) fn keep_fd(&mut self, fd: OwnedFd) -> Result<u64, String> {
@@ -246,7 +258,7 @@ impl Inner {
 
     /// Tells every [`Plugin::events`] receiver.
     fn report(&mut self, event: ConnectionEvent) {
-        self.events.retain(|tx| tx.send(event.clone()).is_ok());
+        self.events.retain(|tx| tx.try_send(event.clone()).is_ok());
     }
 
     /// Forgets a relayed channel that will have no handle, wherever it is
@@ -265,14 +277,15 @@ impl Inner {
     }
 }
 
-pub(crate) struct Shared {
-    pub(crate) inner: Mutex<Inner>,
+pub(crate) struct Shared<R: Runtime> {
+    pub(crate) rt: R,
+    pub(crate) inner: Mutex<Inner<R>>,
     /// The driver has output to write.
     pub(crate) flush: Notify,
 }
 
-impl Shared {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+impl<R: Runtime> Shared<R> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner<R>> {
         self.inner
             .lock()
             .expect("a task panicked holding the session")
@@ -285,10 +298,10 @@ impl Shared {
     async fn call<T>(
         &self,
         restoring: bool,
-        send: impl FnOnce(&mut Inner) -> Result<RequestId, SessionError>,
-        waiter: impl FnOnce(oneshot::Sender<Result<T, PluginError>>) -> Waiter,
+        send: impl FnOnce(&mut Inner<R>) -> Result<RequestId, SessionError>,
+        waiter: impl FnOnce(Reply<T>) -> Waiter,
     ) -> Result<T, PluginError> {
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = bounded(1);
         {
             let mut inner = self.lock();
             if let Some(reason) = &inner.ended {
@@ -304,26 +317,28 @@ impl Shared {
             inner.waiters.insert(request, waiter(tx));
         }
         self.flush.notify_one();
-        rx.await
+        rx.recv()
+            .await
             .unwrap_or_else(|_| Err(PluginError::Disconnected("the connection ended".into())))
     }
 }
 
 /// A connection to the broker.
-pub struct Plugin {
-    shared: Arc<Shared>,
-    incoming: tokio::sync::Mutex<mpsc::UnboundedReceiver<Incoming>>,
+pub struct Plugin<R: Runtime> {
+    shared: Arc<Shared<R>>,
+    incoming: Receiver<Incoming<R>>,
     name: Option<Name>,
     /// Our identity, for direct connections.
     handshake: Arc<HandshakeConfig>,
     /// Where direct channels reach us, if we listen for them.
     direct_addr: Option<String>,
-    _driver: driver::TaskGuard,
-    _direct: Option<driver::TaskGuard>,
+    _driver: R::Task,
+    _direct: Option<R::Task>,
 }
 
 /// How to connect.
-pub struct PluginBuilder {
+pub struct PluginBuilder<R: Runtime> {
+    rt: R,
     keypair: Keypair,
     name: Option<String>,
     wait: bool,
@@ -335,7 +350,7 @@ pub struct PluginBuilder {
     reconnect: Option<Reconnect>,
 }
 
-impl PluginBuilder {
+impl<R: Runtime> PluginBuilder<R> {
     /// Registers under this name once connected (a nameless plugin is a client).
     pub fn name(mut self, name: &str) -> Self {
         self.name = Some(name.to_owned());
@@ -404,13 +419,14 @@ impl PluginBuilder {
     }
 
     /// Connects, completes the handshake and the hello, and registers the name if one was given.
-    pub async fn connect(self, addr: &str) -> Result<Plugin, PluginError> {
+    pub async fn connect(self, addr: &str) -> Result<Plugin<R>, PluginError> {
         let addr: Addr =
-            addr.parse()
-                .map_err(|e: crate::addr::BadAddr| PluginError::Unreachable {
+            addr.parse().map_err(
+                |e: plugboard_core::addr::BadAddr| PluginError::Unreachable {
                     addr: addr.to_owned(),
                     reason: e.to_string(),
-                })?;
+                },
+            )?;
         let name = self
             .name
             .as_deref()
@@ -430,14 +446,15 @@ impl PluginBuilder {
                     reason: "only a named plugin can be reached directly".into(),
                 })
             }
-            (Some(listen), Some(_)) => Some(direct_listener(listen).await?),
+            (Some(listen), Some(_)) => Some(direct_listener(&self.rt, listen).await?),
         };
         let mut config = SessionConfig::new(handshake.clone(), broker);
         config.boxstream = matches!(addr, Addr::Tcp(_));
         let clock = Clock::start();
         let session = Session::new(config.clone(), &mut rand_core::OsRng, clock.now())?;
-        let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
+        let (incoming_tx, incoming_rx) = unbounded();
         let shared = Arc::new(Shared {
+            rt: self.rt.clone(),
             inner: Mutex::new(Inner {
                 session,
                 clock,
@@ -459,9 +476,9 @@ impl PluginBuilder {
                 paths: HashMap::new(),
                 expected: HashMap::new(),
             }),
-            flush: Notify::new(),
+            flush: Notify::default(),
         });
-        let (ready_tx, ready_rx) = oneshot::channel();
+        let (ready_tx, ready_rx) = bounded(1);
         let reconnect = self.reconnect.map(|policy| (policy, config));
         let driver = driver::spawn(shared.clone(), &addr, ready_tx, reconnect).await?;
         // Until connect returns, a lost connection is the end of it.
@@ -470,26 +487,30 @@ impl PluginBuilder {
             e => e,
         };
         ready_rx
+            .recv()
             .await
             .map_err(|_| PluginError::Disconnected("the driver stopped".into()))?
             .map_err(first)?;
         let handshake = Arc::new(handshake);
         let (direct_addr, direct_task) = match direct_listener {
             Some((listener, bound)) => {
-                let addr = self.direct_advertise.unwrap_or(bound);
-                let task = tokio::spawn(direct::serve(
+                let addr = self
+                    .direct_advertise
+                    .unwrap_or_else(|| format!("tcp:{bound}"));
+                let task = self.rt.spawn(direct::serve(
                     shared.clone(),
                     listener,
+                    bound,
                     handshake.clone(),
                     self.direct_limits,
                 ));
-                (Some(addr), Some(driver::TaskGuard(task)))
+                (Some(addr), Some(task))
             }
             None => (None, None),
         };
         let plugin = Plugin {
             shared,
-            incoming: tokio::sync::Mutex::new(incoming_rx),
+            incoming: incoming_rx,
             name: name.clone(),
             handshake,
             direct_addr,
@@ -504,7 +525,10 @@ impl PluginBuilder {
 }
 
 /// Binds the direct listener; returns it and the address openers dial.
-async fn direct_listener(listen: &str) -> Result<(tokio::net::TcpListener, String), PluginError> {
+async fn direct_listener<R: Runtime>(
+    rt: &R,
+    listen: &str,
+) -> Result<(R::Io, std::net::SocketAddr), PluginError> {
     let failed = |reason: String| PluginError::Direct { reason };
     let Ok(Addr::Tcp(host_port)) = listen.parse::<Addr>() else {
         return Err(failed(format!(
@@ -512,23 +536,25 @@ async fn direct_listener(listen: &str) -> Result<(tokio::net::TcpListener, Strin
         )));
     };
     // The name is looked up off the runtime; binding waits on nothing.
-    let addrs: Vec<_> = tokio::net::lookup_host(&host_port)
+    let addrs = crate::stream::resolve(&host_port)
         .await
-        .map_err(|e| failed(format!("{listen}: {e}")))?
-        .collect();
-    let listener = plugboard_os::bind_tcp(&addrs[..])
-        .and_then(tokio::net::TcpListener::from_std)
         .map_err(|e| failed(format!("{listen}: {e}")))?;
+    let listener =
+        plugboard_os::bind_tcp(&addrs[..]).map_err(|e| failed(format!("{listen}: {e}")))?;
     let bound = listener
         .local_addr()
         .map_err(|e| failed(format!("{listen}: {e}")))?;
-    Ok((listener, format!("tcp:{bound}")))
+    let listener = rt
+        .register(listener.into())
+        .map_err(|e| failed(format!("{listen}: {e}")))?;
+    Ok((listener, bound))
 }
 
-impl Plugin {
+impl<R: Runtime> Plugin<R> {
     /// Starts describing a connection made with `keypair`.
-    pub fn builder(keypair: Keypair) -> PluginBuilder {
+    pub fn builder(keypair: Keypair) -> PluginBuilder<R> {
         PluginBuilder {
+            rt: R::default(),
             keypair,
             name: None,
             wait: false,
@@ -549,8 +575,8 @@ impl Plugin {
     /// Sends a request and waits for its answer.
     async fn request<T>(
         &self,
-        send: impl FnOnce(&mut Inner) -> Result<RequestId, SessionError>,
-        waiter: impl FnOnce(oneshot::Sender<Result<T, PluginError>>) -> Waiter,
+        send: impl FnOnce(&mut Inner<R>) -> Result<RequestId, SessionError>,
+        waiter: impl FnOnce(Reply<T>) -> Waiter,
     ) -> Result<T, PluginError> {
         self.shared.call(false, send, waiter).await
     }
@@ -580,10 +606,10 @@ impl Plugin {
 
     /// Changes of the connection from now on, one event each: see
     /// [`ConnectionEvent`]. Each call makes a new receiver.
-    pub fn events(&self) -> mpsc::UnboundedReceiver<ConnectionEvent> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub fn events(&self) -> Feed<ConnectionEvent> {
+        let (tx, rx) = unbounded();
         self.shared.lock().events.push(tx);
-        rx
+        Feed::new(rx)
     }
 
     /// Every named plugin.
@@ -613,8 +639,8 @@ impl Plugin {
     /// A snapshot, then every change, in order. One watch per connection.
     /// A plugin that reconnects watches again on the new connection: the
     /// receiver gets a new snapshot, then the changes from there.
-    pub async fn watch(&self) -> Result<mpsc::UnboundedReceiver<WatchEvent>, PluginError> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub async fn watch(&self) -> Result<Feed<WatchEvent>, PluginError> {
+        let (tx, rx) = unbounded();
         self.shared.lock().watchers.push(tx);
         let watching = self
             .request(
@@ -630,7 +656,7 @@ impl Plugin {
             self.shared.lock().watching = false;
             return Err(e);
         }
-        Ok(rx)
+        Ok(Feed::new(rx))
     }
 
     /// Ends the watch: its receiver gets nothing more.
@@ -651,14 +677,14 @@ impl Plugin {
     }
 
     /// Opens a channel to the plugin registered as `name`, relayed.
-    pub async fn open(&self, name: &str, protocol: &str) -> Result<Channel, PluginError> {
+    pub async fn open(&self, name: &str, protocol: &str) -> Result<R::Channel, PluginError> {
         self.open_with(name, protocol, Bytes::new(), false).await
     }
 
     /// Opens a channel to `name` directly if the broker can arrange it (a
     /// socketpair when both plugins are on its unix socket, a TCP connection
     /// when the target listens for them), relayed otherwise.
-    pub async fn open_direct(&self, name: &str, protocol: &str) -> Result<Channel, PluginError> {
+    pub async fn open_direct(&self, name: &str, protocol: &str) -> Result<R::Channel, PluginError> {
         self.open_with(name, protocol, Bytes::new(), true).await
     }
 
@@ -670,7 +696,19 @@ impl Plugin {
         protocol: &str,
         metadata: Bytes,
         direct: bool,
-    ) -> Result<Channel, PluginError> {
+    ) -> Result<R::Channel, PluginError> {
+        self.open_raw(name, protocol, metadata, direct)
+            .await
+            .map(R::Channel::from)
+    }
+
+    async fn open_raw(
+        &self,
+        name: &str,
+        protocol: &str,
+        metadata: Bytes,
+        direct: bool,
+    ) -> Result<Channel<R>, PluginError> {
         let target = Name::new(name).map_err(|e| PluginError::Refused {
             code: ErrorCode::Malformed,
             message: e.to_string(),
@@ -706,14 +744,18 @@ impl Plugin {
         match (answer.path, answer.fd) {
             (OpenedPath::SocketPair, Some(fd)) => {
                 self.shared.lock().forget(epoch, id);
-                Channel::socketpair(fd, id, answer.peer).map_err(|e| PluginError::Direct {
-                    reason: e.to_string(),
+                Channel::socketpair(&self.shared.rt, fd, id, answer.peer).map_err(|e| {
+                    PluginError::Direct {
+                        reason: e.to_string(),
+                    }
                 })
             }
             (OpenedPath::Dial { addr, token }, _) => {
                 let clock = self.shared.lock().clock;
+                let rt = &self.shared.rt;
                 let dialed =
-                    direct::dial(&addr, self.handshake.clone(), answer.peer, token, clock).await;
+                    direct::dial(rt, &addr, self.handshake.clone(), answer.peer, token, clock)
+                        .await;
                 let mut inner = self.shared.lock();
                 let current = inner.epoch == epoch;
                 let channel = match dialed {
@@ -743,20 +785,41 @@ impl Plugin {
         }
     }
 
-    fn relayed(&self, id: ChannelId, epoch: u64, peer: PublicKey) -> Channel {
+    fn relayed(&self, id: ChannelId, epoch: u64, peer: PublicKey) -> Channel<R> {
         Channel::relayed(relayed::Relayed::new(self.shared.clone(), id, epoch), peer)
     }
 
-    /// The next incoming channel; `None` once the connection is over. A
-    /// plugin that reconnects keeps taking them across connections.
-    pub async fn incoming(&self) -> Option<Incoming> {
-        self.incoming.lock().await.recv().await
+    /// Channels others open to this plugin: `.await` it for the next one,
+    /// or use it as a [`Stream`](futures_core::Stream); it ends once the
+    /// connection is over for good. A plugin that reconnects keeps taking
+    /// them across connections.
+    pub fn incoming(&self) -> Feed<Incoming<R>> {
+        Feed::new(self.incoming.clone())
+    }
+}
+
+impl<R: Runtime> Drop for Plugin<R> {
+    /// The connection ends: requests and relayed channels learn it, offers
+    /// still queued are let go.
+    fn drop(&mut self) {
+        let mut inner = self.shared.lock();
+        if inner.ended.is_none() {
+            // Over for good, connected or not: no reconnecting after this.
+            inner.reconnect = false;
+            inner.live = true;
+            end(&mut inner, "the plugin was dropped".into());
+        }
+        inner.events.clear(); // the event feeds end
+        inner.incoming = None;
+        drop(inner);
+        // Queued offers hold the shared state, which holds the queue.
+        while self.incoming.try_recv().is_ok() {}
     }
 }
 
 /// A channel someone opens to this plugin: accept or reject it.
-pub struct Incoming {
-    shared: Arc<Shared>,
+pub struct Incoming<R: Runtime> {
+    shared: Arc<Shared<R>>,
     id: ChannelId,
     /// The connection it was offered on.
     epoch: u64,
@@ -771,14 +834,18 @@ pub struct Incoming {
     path: IncomingPath,
 }
 
-impl Incoming {
+impl<R: Runtime> Incoming<R> {
     /// Takes the channel. When the opener asked for a direct path, this
     /// waits until the broker says which path the channel takes, and no
     /// longer than the broker's open timeout for the opener to dial (plus
     /// the direct listener's handshake deadline once it has dialed). If no
     /// path comes, or the opener gives up, the channel is reset:
     /// [`PluginError::Reset`], with [`ErrorCode::OpenTimeout`] for the former.
-    pub async fn accept(self) -> Result<Channel, PluginError> {
+    pub async fn accept(self) -> Result<R::Channel, PluginError> {
+        self.accept_raw().await.map(R::Channel::from)
+    }
+
+    async fn accept_raw(self) -> Result<Channel<R>, PluginError> {
         let resolved = {
             let mut inner = self.shared.lock();
             if inner.epoch != self.epoch {
@@ -801,7 +868,7 @@ impl Incoming {
                         };
                         inner.expected.insert(self.id, expected);
                     }
-                    let (tx, rx) = oneshot::channel();
+                    let (tx, rx) = bounded(1);
                     inner.paths.insert(self.id, tx);
                     Some(rx)
                 }
@@ -817,13 +884,16 @@ impl Incoming {
         let Some(resolved) = resolved else {
             return Ok(relayed());
         };
-        match resolved.await {
+        match resolved.recv().await {
             Ok(Resolved::Relay) => Ok(relayed()),
             Ok(Resolved::Tcp(stream)) => Ok(Channel::tcp(stream, self.id, self.from_key)),
-            Ok(Resolved::SocketPair(fd)) => Channel::socketpair(fd, self.id, self.from_key)
-                .map_err(|e| PluginError::Direct {
-                    reason: e.to_string(),
-                }),
+            Ok(Resolved::SocketPair(fd)) => {
+                Channel::socketpair(&self.shared.rt, fd, self.id, self.from_key).map_err(|e| {
+                    PluginError::Direct {
+                        reason: e.to_string(),
+                    }
+                })
+            }
             Ok(Resolved::Reset { code, reason }) => Err(PluginError::Reset { code, reason }),
             Err(_) => {
                 let mut inner = self.shared.lock();
@@ -854,7 +924,11 @@ impl Incoming {
 
 /// Hands what the session reports to whoever waits for it. Called by the
 /// driver with the lock held.
-pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEvent) {
+pub(crate) fn deliver<R: Runtime>(
+    shared: &Arc<Shared<R>>,
+    inner: &mut Inner<R>,
+    event: SessionEvent,
+) {
     match event {
         SessionEvent::Ready { .. } | SessionEvent::NameAcquired { .. } => {}
         SessionEvent::ChannelPath { channel, path, fd } => {
@@ -867,17 +941,17 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
             };
             inner.expected.remove(&channel);
             if let Some(tx) = inner.paths.remove(&channel) {
-                let _ = tx.send(resolved);
+                let _ = tx.try_send(resolved);
             }
         }
         SessionEvent::Registered { request, queued } => {
             if let Some(Waiter::Registered(tx)) = inner.waiters.remove(&request) {
-                let _ = tx.send(Ok(queued));
+                reply(&tx, Ok(queued));
             }
         }
         SessionEvent::Members { request, members } => {
             if let Some(Waiter::Members(tx)) = inner.waiters.remove(&request) {
-                let _ = tx.send(Ok(members));
+                reply(&tx, Ok(members));
             }
         }
         SessionEvent::Watching {
@@ -885,14 +959,14 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
         } => {
             inner
                 .watchers
-                .retain(|w| w.send(WatchEvent::Snapshot(members.clone())).is_ok());
+                .retain(|w| w.try_send(WatchEvent::Snapshot(members.clone())).is_ok());
             if let Some(Waiter::Watching(tx)) = inner.waiters.remove(&request) {
-                let _ = tx.send(Ok(()));
+                reply(&tx, Ok(()));
             }
         }
         SessionEvent::Resynced { seq, members } => {
             inner.watchers.retain(|w| {
-                w.send(WatchEvent::Resync {
+                w.try_send(WatchEvent::Resync {
                     seq,
                     members: members.clone(),
                 })
@@ -901,7 +975,7 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
         }
         SessionEvent::Presence { seq, presence } => {
             inner.watchers.retain(|w| {
-                w.send(WatchEvent::Change {
+                w.try_send(WatchEvent::Change {
                     seq,
                     presence: presence.clone(),
                 })
@@ -915,12 +989,12 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
             names,
         } => {
             if let Some(Waiter::Stats(tx)) = inner.waiters.remove(&request) {
-                let _ = tx.send(Ok(Stats { uids, keys, names }));
+                reply(&tx, Ok(Stats { uids, keys, names }));
             }
         }
         SessionEvent::Done { request } => {
             if let Some(Waiter::Done(tx)) = inner.waiters.remove(&request) {
-                let _ = tx.send(Ok(()));
+                reply(&tx, Ok(()));
             }
         }
         SessionEvent::Failed {
@@ -941,7 +1015,7 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
         } => {
             let fd = fd.and_then(|token| inner.fds.remove(&token));
             if let Some(Waiter::Opened(tx)) = inner.waiters.remove(&request) {
-                let _ = tx.send(Ok(Opened { peer, path, fd }));
+                reply(&tx, Ok(Opened { peer, path, fd }));
             }
         }
         SessionEvent::Incoming {
@@ -963,7 +1037,10 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
                 path,
             };
             let refused = match &inner.incoming {
-                Some(tx) => tx.send(incoming).err().map(|refused| refused.0),
+                Some(tx) => tx
+                    .try_send(incoming)
+                    .err()
+                    .map(|refused| refused.into_inner()),
                 None => Some(incoming),
             };
             if let Some(refused) = refused {
@@ -1000,7 +1077,7 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
                 inner.channels.remove(&channel);
                 inner.expected.remove(&channel);
                 if let Some(tx) = inner.paths.remove(&channel) {
-                    let _ = tx.send(Resolved::Reset { code, reason });
+                    let _ = tx.try_send(Resolved::Reset { code, reason });
                 }
             } else if inner.channels.get(&channel).is_some_and(|c| c.abandoned) {
                 inner.channels.remove(&channel);
@@ -1029,7 +1106,7 @@ pub(crate) fn deliver(shared: &Arc<Shared>, inner: &mut Inner, event: SessionEve
 
 /// The connection is over: every waiter and channel learns it. A plugin
 /// that reconnects has lost it instead (see [`reconnect::lose`]).
-pub(crate) fn end(inner: &mut Inner, reason: String) {
+pub(crate) fn end<R: Runtime>(inner: &mut Inner<R>, reason: String) {
     if !inner.live {
         return;
     }

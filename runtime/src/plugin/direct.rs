@@ -6,23 +6,23 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf as _, Bytes, BytesMut};
+use futures_lite::future;
+use plugboard_core::addr::Addr;
 use plugboard_core::budget::StrangerLimits;
 use plugboard_core::control::ErrorCode;
 use plugboard_core::direct::{DirectConn, DirectError, DirectEvent, TOKEN_LEN};
 use plugboard_core::shs::HandshakeConfig;
 use plugboard_core::PublicKey;
 use plugboard_os::{Place, Strangers};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 
 use super::{Resolved, Shared};
-use crate::addr::Addr;
 use crate::clock::Clock;
+use crate::rt::{Runtime, Task as _};
+use crate::stream::{accept_tcp, Stream};
 
 const READ_SIZE: usize = 64 * 1024;
 /// Most plaintext sealed per write call.
@@ -37,8 +37,9 @@ pub(crate) struct Expected {
 }
 
 /// An established direct connection, as a byte stream.
-pub(crate) struct DirectStream {
-    tcp: TcpStream,
+pub(crate) struct DirectStream<R: Runtime> {
+    rt: R,
+    tcp: Stream<R>,
     conn: DirectConn,
     clock: Clock,
     received: VecDeque<Bytes>,
@@ -53,26 +54,30 @@ pub(crate) struct DirectStream {
 
 /// Dials `addr`, proves our key to `server`, presents `token`; returns once
 /// the target accepted, or why not.
-pub(crate) async fn dial(
+pub(crate) async fn dial<R: Runtime>(
+    rt: &R,
     addr: &str,
     config: Arc<HandshakeConfig>,
     server: PublicKey,
     token: [u8; TOKEN_LEN],
     clock: Clock,
-) -> Result<DirectStream, String> {
+) -> Result<DirectStream<R>, String> {
     let host_port = addr.strip_prefix("tcp:").ok_or("not a tcp: address")?;
     let now = clock.now();
     let conn = DirectConn::dial(config, server, token, &mut rand_core::OsRng, now)
         .map_err(|e| e.to_string())?;
-    let deadline = clock.to_tokio(conn.poll_timeout().unwrap_or(now));
-    let connect = tokio::time::timeout_at(deadline, TcpStream::connect(host_port));
-    let tcp = match connect.await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return Err(format!("{addr}: {e}")),
-        Err(_) => return Err(format!("{addr}: timed out")),
+    let deadline = clock.to_std(conn.poll_timeout().unwrap_or(now));
+    let connect = async { Some(Stream::connect(rt, &Addr::Tcp(host_port.into())).await) };
+    let timeout = async {
+        rt.sleep_until(deadline).await;
+        None
     };
-    let _ = tcp.set_nodelay(true);
-    DirectStream::new(tcp, conn, clock)
+    let tcp = match future::or(connect, timeout).await {
+        Some(Ok(tcp)) => tcp,
+        Some(Err(e)) => return Err(format!("{addr}: {e}")),
+        None => return Err(format!("{addr}: timed out")),
+    };
+    DirectStream::new(rt.clone(), tcp, conn, clock)
         .establish(|_, _| true)
         .await
 }
@@ -81,9 +86,10 @@ pub(crate) async fn dial(
 /// presents its token becomes the direct path of the channel it was
 /// announced for. Strangers are bounded (in total and per source, with a
 /// short deadline: see [`StrangerLimits`]); a failed accept rests a moment.
-pub(crate) async fn serve(
-    shared: Arc<Shared>,
-    listener: TcpListener,
+pub(crate) async fn serve<R: Runtime>(
+    shared: Arc<Shared<R>>,
+    listener: R::Io,
+    bound: SocketAddr,
     config: Arc<HandshakeConfig>,
     limits: StrangerLimits,
 ) {
@@ -92,24 +98,20 @@ pub(crate) async fn serve(
         timeout: limits.deadline,
         ..HandshakeConfig::clone(&config)
     });
-    let addr = Addr::Tcp(
-        listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
-    );
+    let addr = Addr::Tcp(bound.to_string());
+    let rt = shared.rt.clone();
     plugboard_os::accept_forever(
         &addr,
-        || listener.accept(),
-        |(tcp, from): (TcpStream, SocketAddr)| {
+        || accept_tcp(&rt, &listener),
+        |(tcp, from): (Stream<R>, SocketAddr)| {
             // Refused: the socket closes at once (Strangers logs it).
             let Ok(place) = strangers.admit(from.ip()) else {
                 return;
             };
-            let _ = tcp.set_nodelay(true);
-            tokio::spawn(admit(shared.clone(), tcp, from, config.clone(), place));
+            rt.spawn(admit(shared.clone(), tcp, from, config.clone(), place))
+                .detach();
         },
-        tokio::time::sleep,
+        |rest| rt.sleep_until(std::time::Instant::now() + rest),
     )
     .await
 }
@@ -117,9 +119,9 @@ pub(crate) async fn serve(
 /// One stranger at the direct listener: admitted if it proves an expected
 /// key and presents that key's token, in time. Its `place` is given back
 /// once the handshake is over.
-async fn admit(
-    shared: Arc<Shared>,
-    tcp: TcpStream,
+async fn admit<R: Runtime>(
+    shared: Arc<Shared<R>>,
+    tcp: Stream<R>,
     from: SocketAddr,
     config: Arc<HandshakeConfig>,
     place: Place,
@@ -127,7 +129,7 @@ async fn admit(
     let clock = shared.lock().clock;
     let conn = DirectConn::listen(config, &mut rand_core::OsRng, clock.now());
     let mut channel = None;
-    let established = DirectStream::new(tcp, conn, clock)
+    let established = DirectStream::new(shared.rt.clone(), tcp, conn, clock)
         .establish(|event, conn| match event {
             DirectEvent::Authorize(key) => {
                 let expected = shared
@@ -176,7 +178,7 @@ async fn admit(
             inner.channels.remove(&id);
             let _ = inner.session.reset(id, ErrorCode::Cancelled, "direct");
             if let Some(tx) = inner.paths.remove(&id) {
-                let _ = tx.send(Resolved::Tcp(Box::new(stream)));
+                let _ = tx.try_send(Resolved::Tcp(Box::new(stream)));
             }
             drop(inner);
             shared.flush.notify_one();
@@ -189,7 +191,7 @@ async fn admit(
             if let (true, Some((code, reason))) = (awaited, reset) {
                 inner.channels.remove(&id);
                 if let Some(tx) = inner.paths.remove(&id) {
-                    let _ = tx.send(Resolved::Reset { code, reason });
+                    let _ = tx.try_send(Resolved::Reset { code, reason });
                 }
             }
         }
@@ -201,9 +203,10 @@ fn same_token(a: &[u8; TOKEN_LEN], b: &[u8; TOKEN_LEN]) -> bool {
     a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
-impl DirectStream {
-    fn new(tcp: TcpStream, conn: DirectConn, clock: Clock) -> Self {
+impl<R: Runtime> DirectStream<R> {
+    fn new(rt: R, tcp: Stream<R>, conn: DirectConn, clock: Clock) -> Self {
         DirectStream {
+            rt,
             tcp,
             conn,
             clock,
@@ -225,8 +228,9 @@ impl DirectStream {
         let deadline = self
             .conn
             .poll_timeout()
-            .map(|at| self.clock.to_tokio(at))
-            .unwrap_or_else(tokio::time::Instant::now);
+            .map(|at| self.clock.to_std(at))
+            .unwrap_or_else(std::time::Instant::now);
+        let sleep = self.rt.sleep_until(deadline);
         let run = std::future::poll_fn(|cx| loop {
             while let Some(event) = self.conn.poll_event() {
                 match event {
@@ -253,10 +257,13 @@ impl DirectStream {
             let _ = self.poll_send(cx)?;
             ready!(self.poll_receive(cx))?;
         });
-        match tokio::time::timeout_at(deadline, run).await {
-            Ok(Ok(())) => Ok(self),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(DirectError::Timeout.to_string()),
+        let timeout = async {
+            sleep.await;
+            Err(io::Error::other(DirectError::Timeout.to_string()))
+        };
+        match future::or(run, timeout).await {
+            Ok(()) => Ok(self),
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -269,7 +276,7 @@ impl DirectStream {
                     None => return Poll::Ready(Ok(())),
                 }
             }
-            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.unsent))?;
+            let n = ready!(self.tcp.poll_write_slice(cx, &self.unsent))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -286,7 +293,7 @@ impl DirectStream {
                     None => return Ok(()),
                 }
             }
-            match self.tcp.try_write(&self.unsent) {
+            match self.tcp.try_write_slice(&self.unsent) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.unsent.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -298,9 +305,7 @@ impl DirectStream {
     /// Reads once from the socket into the connection, and takes its news.
     fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.read_buf.resize(READ_SIZE, 0);
-        let mut buf = ReadBuf::new(&mut self.read_buf);
-        ready!(Pin::new(&mut self.tcp).poll_read(cx, &mut buf))?;
-        let n = buf.filled().len();
+        let n = ready!(self.tcp.poll_read_slice(cx, &mut self.read_buf))?;
         let now = self.clock.now();
         let _ = match n {
             0 => self.conn.handle_eof(),
@@ -325,26 +330,26 @@ fn broken(e: &DirectError) -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionReset, e.to_string())
 }
 
-impl AsyncRead for DirectStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
+impl<R: Runtime> DirectStream<R> {
+    pub(crate) fn poll_read(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self;
         loop {
             this.take_events();
             if let Some(front) = this.received.front_mut() {
-                let n = buf.remaining().min(front.len());
-                buf.put_slice(&front[..n]);
+                let n = buf.len().min(front.len());
+                buf[..n].copy_from_slice(&front[..n]);
                 front.advance(n);
                 if front.is_empty() {
                     this.received.pop_front();
                 }
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Ok(n));
             }
             if this.fin {
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Ok(0));
             }
             if let Some(e) = &this.failed {
                 return Poll::Ready(Err(broken(e)));
@@ -356,15 +361,13 @@ impl AsyncRead for DirectStream {
             ready!(this.poll_receive(cx))?;
         }
     }
-}
 
-impl AsyncWrite for DirectStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
+    pub(crate) fn poll_write(
+        &mut self,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
+        let this = self;
         if let Some(e) = &this.failed {
             return Poll::Ready(Err(broken(e)));
         }
@@ -378,21 +381,19 @@ impl AsyncWrite for DirectStream {
         Poll::Ready(Ok(n))
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.poll_send(cx))?;
-        Pin::new(&mut this.tcp).poll_flush(cx)
+    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_send(cx)
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let _ = this.conn.finish();
-        ready!(this.poll_send(cx))?;
-        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    pub(crate) fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let _ = self.conn.finish();
+        ready!(self.poll_send(cx))?;
+        self.tcp.shutdown_write();
+        Poll::Ready(Ok(()))
     }
 }
 
-impl Drop for DirectStream {
+impl<R: Runtime> Drop for DirectStream<R> {
     /// Dropping closes gracefully where the socket takes the goodbye at
     /// once; [`DirectStream::abort`] (a reset) skips it.
     fn drop(&mut self) {
@@ -404,7 +405,7 @@ impl Drop for DirectStream {
                 rest = joined.freeze();
             }
             while !rest.is_empty() {
-                match self.tcp.try_write(&rest) {
+                match self.tcp.try_write_slice(&rest) {
                     Ok(n) if n > 0 => rest.advance(n),
                     _ => break,
                 }
@@ -413,7 +414,7 @@ impl Drop for DirectStream {
     }
 }
 
-impl DirectStream {
+impl<R: Runtime> DirectStream<R> {
     /// Closes without a goodbye: the peer reads an error, not an end.
     pub(crate) fn abort(mut self) {
         self.aborted = true;

@@ -3,27 +3,25 @@
 //! restart the watch, then say so once.
 //!
 //! What was in flight on the lost connection fails ([`lose`]); what outlives
-//! it (the incoming stream, the watch streams, the event streams, direct
+//! it (the incoming stream, the watch receivers, the event receivers, direct
 //! channels) stays with the plugin. The protocol is the new session's.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_io::Timer;
-use futures_core::Stream;
+use async_channel::bounded;
 use futures_lite::future;
+use plugboard_core::addr::Addr;
 use plugboard_core::control::RequestId;
 use plugboard_core::session::{Backoff, Session, SessionConfig, SessionError};
 pub use plugboard_core::session::{ConnectionEvent, Reconnect};
-use smol::channel::{bounded, Receiver};
 
 use super::driver;
 use super::{Inner, PluginError, Registration, Shared, Waiter};
-use crate::addr::Addr;
-use crate::io::Stream as Conn;
+use crate::rt::Runtime;
+use crate::stream::Stream;
 
 /// How long one attempt may take to connect its socket.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,36 +29,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection's driver, running once polled.
 type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// A plugin's [`ConnectionEvent`]s ([`crate::Plugin::events`]), as a
-/// [`Stream`]: an async channel's receiving end, unbounded (an event is
-/// never lost for want of room). It ends when the plugin is dropped.
-#[derive(Debug)]
-pub struct EventStream(Pin<Box<Receiver<ConnectionEvent>>>);
-
-impl EventStream {
-    pub(super) fn new(rx: Receiver<ConnectionEvent>) -> Self {
-        EventStream(Box::pin(rx))
-    }
-
-    /// The next event if one is already there, without waiting.
-    pub fn try_next(&mut self) -> Option<ConnectionEvent> {
-        self.0.try_recv().ok()
-    }
-}
-
-impl Stream for EventStream {
-    type Item = ConnectionEvent;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ConnectionEvent>> {
-        self.0.as_mut().poll_next(cx)
-    }
-}
-
 /// The connection is lost and the plugin reconnects: what was in flight on
 /// it fails, its relayed channels become orphans (what they received can be
 /// read, then they fail), and the first loss of an outage is reported.
 /// Called with the lock held, by `end`.
-pub(super) fn lose(inner: &mut Inner, reason: String) {
+pub(crate) fn lose<R: Runtime>(inner: &mut Inner<R>, reason: String) {
     let lost = inner.epoch;
     inner.epoch += 1;
     let error = PluginError::Reconnecting(reason.clone());
@@ -87,9 +60,9 @@ pub(super) fn lose(inner: &mut Inner, reason: String) {
 }
 
 /// Replaces lost connections until the plugin is dropped (the task is
-/// cancelled then). Called once the first connection is lost.
-pub(crate) async fn supervise(
-    shared: Arc<Shared>,
+/// aborted then). Called once the first connection is lost.
+pub(crate) async fn supervise<R: Runtime>(
+    shared: Arc<Shared<R>>,
     addr: Addr,
     policy: Reconnect,
     config: SessionConfig,
@@ -99,7 +72,11 @@ pub(crate) async fn supervise(
         let mut attempts = 0u32;
         let driver = loop {
             attempts = attempts.saturating_add(1);
-            Timer::after(backoff.next(&mut rand_core::OsRng)).await;
+            let wait = backoff.next(&mut rand_core::OsRng);
+            shared
+                .rt
+                .sleep_until(std::time::Instant::now() + wait)
+                .await;
             match attempt(&shared, &addr, &config).await {
                 Ok(driver) => break driver,
                 Err(reason) => {
@@ -120,18 +97,19 @@ pub(crate) async fn supervise(
 /// One attempt: connect, make a session, wait for the broker's hello and
 /// restore the name and the watch, driving the connection meanwhile.
 /// Returns the driver, to go on with, or why the attempt failed.
-async fn attempt(
-    shared: &Arc<Shared>,
+async fn attempt<R: Runtime>(
+    shared: &Arc<Shared<R>>,
     addr: &Addr,
     config: &SessionConfig,
 ) -> Result<Driver, String> {
-    let connect = async { Some(Conn::connect(addr).await) };
+    let connect = async { Some(Stream::connect(&shared.rt, addr).await) };
     let timeout = async {
-        Timer::after(CONNECT_TIMEOUT).await;
+        let at = std::time::Instant::now() + CONNECT_TIMEOUT;
+        shared.rt.sleep_until(at).await;
         None
     };
-    let conn = match future::or(connect, timeout).await {
-        Some(Ok(conn)) => conn,
+    let stream = match future::or(connect, timeout).await {
+        Some(Ok(stream)) => stream,
         Some(Err(e)) => return Err(e.to_string()),
         None => return Err("timed out connecting".into()),
     };
@@ -143,7 +121,7 @@ async fn attempt(
         inner.live = true;
     }
     let (ready_tx, ready_rx) = bounded(1);
-    let mut driver: Driver = Box::pin(driver::run(shared.clone(), conn, Some(ready_tx)));
+    let mut driver: Driver = Box::pin(driver::run(shared.clone(), stream, Some(ready_tx)));
     let restored = async {
         ready_rx
             .recv()
@@ -155,8 +133,8 @@ async fn attempt(
         (&mut driver).await;
         None
     };
-    let restored = async { Some(restored.await) };
-    let refused = match future::or(lost, restored).await {
+    let outcome = future::or(lost, async { Some(restored.await) }).await;
+    let refused = match outcome {
         // Lost again before it was restored.
         None => return Err(shared.lock().down.clone().unwrap_or_default()),
         Some(Ok(())) => return Ok(driver),
@@ -170,17 +148,17 @@ async fn attempt(
 }
 
 /// Takes the name again and restarts the watch, as they were.
-async fn restore(shared: &Shared) -> Result<(), PluginError> {
+async fn restore<R: Runtime>(shared: &Shared<R>) -> Result<(), PluginError> {
     let (registration, watching) = {
         let inner = shared.lock();
         (inner.registration.clone(), inner.watching)
     };
     if let Some(registration) = registration {
-        let register = |inner: &mut Inner| send_register(inner, registration);
+        let register = |inner: &mut Inner<R>| send_register(inner, registration);
         shared.call(true, register, Waiter::Registered).await?;
     }
     if watching {
-        let watch = |inner: &mut Inner| {
+        let watch = |inner: &mut Inner<R>| {
             let now = inner.clock.now();
             inner.session.watch(now)
         };
@@ -190,8 +168,8 @@ async fn restore(shared: &Shared) -> Result<(), PluginError> {
 }
 
 /// Asks for the name.
-pub(super) fn send_register(
-    inner: &mut Inner,
+pub(super) fn send_register<R: Runtime>(
+    inner: &mut Inner<R>,
     registration: Registration,
 ) -> Result<RequestId, SessionError> {
     let now = inner.clock.now();
