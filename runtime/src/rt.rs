@@ -50,9 +50,11 @@ pub trait Io: Send + Sync + Unpin + 'static {
     /// say `WouldBlock`: then [`Io::poll_io`] waits again).
     fn poll_ready(&self, cx: &mut Context<'_>, interest: Interest) -> Poll<io::Result<()>>;
 
-    /// Runs `op` (a non-blocking call on the socket) once the socket is
-    /// ready `on` its interest, again each time it says `WouldBlock`, until it
-    /// says something else.
+    /// Runs `op` (a non-blocking call on the socket) until it says
+    /// something other than `WouldBlock`, waiting for readiness `on` its
+    /// interest between tries. `op` may run before any wait (smol) or only
+    /// after one (tokio): it must itself say `WouldBlock` when it is too
+    /// early.
     fn poll_io<T>(&self, cx: &mut Context, on: Interest, op: impl Op<T>) -> Poll<io::Result<T>>;
 }
 
@@ -61,10 +63,13 @@ pub trait Op<R>: FnMut(&OwnedFd) -> io::Result<R> {}
 
 impl<R, F: FnMut(&OwnedFd) -> io::Result<R>> Op<R> for F {}
 
-/// A spawned task. Dropping it cancels it.
+/// A spawned task. Dropping it cancels it (it stops at its next await).
 pub trait Task: Send + 'static {
     /// Lets it run on its own.
     fn detach(self);
+
+    /// Cancels it, and completes once it stopped.
+    fn cancel(self) -> impl Future<Output = ()> + Send;
 }
 
 /// Runs `op` on `io` once it is ready (see [`Io::poll_io`]).

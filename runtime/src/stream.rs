@@ -6,6 +6,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
@@ -84,15 +85,18 @@ impl<R: Runtime> Stream<R> {
             Err(e) => return Err(e.into()),
         }
         let stream = Stream::new(rt, fd, unix)?;
-        // Writable once the connect completed, one way or the other.
-        io(
-            &stream.io,
-            Interest::Write,
-            |fd| match rustix::net::sockopt::socket_error(fd)? {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::from(e)),
-            },
-        )
+        // Done once the socket has a peer (or an error): until then the
+        // check says `WouldBlock`, and the reactor says when to look again.
+        io(&stream.io, Interest::Write, |fd| {
+            if let Err(e) = rustix::net::sockopt::socket_error(fd)? {
+                return Err(e.into());
+            }
+            match rustix::net::getpeername(fd) {
+                Ok(_) => Ok(()),
+                Err(Errno::NOTCONN) => Err(io::ErrorKind::WouldBlock.into()),
+                Err(e) => Err(e.into()),
+            }
+        })
         .await?;
         Ok(stream)
     }
@@ -204,6 +208,40 @@ fn socket(family: AddressFamily) -> io::Result<OwnedFd> {
     )?)
 }
 
+/// How much to ask the socket for: what a read may fill is zeroed first,
+/// so asking for far more than comes costs as much as the bytes. It grows
+/// while reads fill it and shrinks when they come back small.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadSize {
+    now: usize,
+    max: usize,
+}
+
+impl ReadSize {
+    /// The least a read asks for.
+    const MIN: usize = 16 * 1024;
+
+    pub(crate) fn new(max: usize) -> Self {
+        ReadSize {
+            now: Self::MIN.min(max),
+            max,
+        }
+    }
+
+    pub(crate) fn next(&self) -> usize {
+        self.now
+    }
+
+    /// Learns from what a read of [`ReadSize::next`] bytes gave.
+    pub(crate) fn record(&mut self, read: &io::Result<usize>) {
+        match read {
+            Ok(n) if *n >= self.now => self.now = (self.now * 2).min(self.max),
+            Ok(n) if *n < self.now / 4 => self.now = (self.now / 2).max(Self::MIN.min(self.max)),
+            _ => {}
+        }
+    }
+}
+
 /// The next connection on a TCP listener, and where it comes from.
 pub async fn accept_tcp<R: Runtime>(
     rt: &R,
@@ -222,11 +260,23 @@ pub(crate) fn accept_one(listener: &OwnedFd) -> io::Result<(OwnedFd, Option<Sock
     Ok(rustix::net::acceptfrom_with(listener, flags)?)
 }
 
+/// Name lookups under way at once, at most.
+const MAX_LOOKUPS: usize = 8;
+
 /// The addresses `host:port` names: at once for a literal address, else
 /// from the system's resolver on a thread of its own (it blocks).
 pub async fn resolve(host_port: &str) -> io::Result<Vec<SocketAddr>> {
     if let Ok(addr) = host_port.parse::<SocketAddr>() {
         return Ok(vec![addr]);
+    }
+    // One thread per lookup, and only so many at once: a resolver that
+    // hangs must not pile up threads while reconnections retry.
+    static LOOKUPS: AtomicUsize = AtomicUsize::new(0);
+    if LOOKUPS.fetch_add(1, Ordering::AcqRel) >= MAX_LOOKUPS {
+        LOOKUPS.fetch_sub(1, Ordering::AcqRel);
+        return Err(io::Error::other(format!(
+            "{host_port}: {MAX_LOOKUPS} name lookups are already under way"
+        )));
     }
     let (tx, rx) = async_channel::bounded(1);
     let name = host_port.to_owned();
@@ -235,8 +285,37 @@ pub async fn resolve(host_port: &str) -> io::Result<Vec<SocketAddr>> {
         .spawn(move || {
             use std::net::ToSocketAddrs as _;
             let _ = tx.send_blocking(name.to_socket_addrs().map(Vec::from_iter));
+            LOOKUPS.fetch_sub(1, Ordering::AcqRel);
+        })
+        .inspect_err(|_| {
+            LOOKUPS.fetch_sub(1, Ordering::AcqRel);
         })?;
     rx.recv()
         .await
         .unwrap_or_else(|_| Err(io::Error::other("the resolver thread stopped")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_size_follows_what_comes() {
+        let mut size = ReadSize::new(256 * 1024);
+        assert_eq!(size.next(), 16 * 1024);
+        for _ in 0..10 {
+            let full = size.next();
+            size.record(&Ok(full));
+        }
+        assert_eq!(size.next(), 256 * 1024);
+        size.record(&Ok(10));
+        assert_eq!(size.next(), 128 * 1024);
+        for _ in 0..10 {
+            size.record(&Ok(10));
+        }
+        assert_eq!(size.next(), 16 * 1024);
+        size.record(&Ok(8 * 1024)); // half full: stays
+        size.record(&Err(io::ErrorKind::WouldBlock.into()));
+        assert_eq!(size.next(), 16 * 1024);
+    }
 }
