@@ -38,4 +38,4 @@ pub type EventStream = Feed<ConnectionEvent>;
 /// A watch's snapshot and changes ([`Plugin::watch`]).
 pub type WatchStream = Feed<WatchEvent>;
 /// Channels others open to this plugin ([`Plugin::incoming`]).
-pub type IncomingStream = Feed<Incoming>;
+pub type IncomingStream = plugboard_runtime::Offers<Smol>;

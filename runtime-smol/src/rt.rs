@@ -75,6 +75,10 @@ impl Task for SmolTask {
     fn detach(self) {
         self.0.detach();
     }
+
+    async fn cancel(self) {
+        self.0.cancel().await;
+    }
 }
 
 impl Future for SmolSleep {

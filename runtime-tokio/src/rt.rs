@@ -91,6 +91,13 @@ impl Task for TokioTask {
     fn detach(mut self) {
         self.0.take(); // a dropped JoinHandle leaves its task running
     }
+
+    async fn cancel(mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
 }
 
 impl Drop for TokioTask {

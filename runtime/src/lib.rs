@@ -4,8 +4,10 @@
 //! over its own. It depends on no runtime: `plugboard-tokio` and
 //! `plugboard-smol` implement the trait and re-export what is here.
 //!
-//! This crate only moves bytes, reads the clock and owns sockets; every
-//! protocol decision is made by `plugboard-core`'s state machines.
+//! This crate only moves bytes, reads the clock and owns sockets (and looks
+//! host names up, each on a short-lived thread of its own, at most eight
+//! at once); every protocol decision is made by `plugboard-core`'s state
+//! machines.
 
 #![warn(missing_docs)]
 
@@ -21,8 +23,8 @@ pub use plugboard_core::addr::{Addr, BadAddr};
 /// systemd socket activation (the listeners [`Server::bind_with`] takes).
 pub use plugboard_os::activation;
 pub use plugin::{
-    Channel, ConnectionEvent, Feed, Incoming, Path, Plugin, PluginBuilder, PluginError, Reconnect,
-    Stats, WatchEvent,
+    Channel, ConnectionEvent, Feed, Incoming, Offers, Path, Plugin, PluginBuilder, PluginError,
+    Reconnect, Stats, WatchEvent,
 };
 pub use rt::{io, Interest, Io, Op, Runtime, Task};
 pub use server::{ServeError, Server};

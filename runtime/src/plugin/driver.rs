@@ -15,9 +15,10 @@ use plugboard_os::WriteQueue;
 
 use super::{deliver, end, reconnect, Inner, PluginError, Reconnect, Shared};
 use crate::rt::Runtime;
-use crate::stream::Stream;
+use crate::stream::{ReadSize, Stream};
 
-const READ_SIZE: usize = 64 * 1024;
+/// The most one read asks the socket for.
+const READ_SIZE: usize = 256 * 1024;
 
 /// Connects and starts the driver. `ready` learns when the broker said hello.
 /// With `reconnect`, a lost connection is followed by new ones, with
@@ -62,6 +63,7 @@ pub(crate) async fn run<R: Runtime>(
     let epoch = shared.lock().epoch;
     let mut fds = Vec::new();
     let mut buf = BytesMut::new();
+    let mut size = ReadSize::new(READ_SIZE);
     let mut queue = WriteQueue::new();
     let unix = stream.carries_fds();
     loop {
@@ -109,7 +111,7 @@ pub(crate) async fn run<R: Runtime>(
         buf.clear();
         let read = async {
             let fds = unix.then_some(&mut fds);
-            Wake::Read(stream.read(&mut buf, READ_SIZE, fds).await)
+            Wake::Read(stream.read(&mut buf, size.next(), fds).await)
         };
         let flush = async {
             shared.flush.notified().await;
@@ -124,6 +126,7 @@ pub(crate) async fn run<R: Runtime>(
         };
         match future::or(read, future::or(flush, sleep)).await {
             Wake::Read(read) => {
+                size.record(&read);
                 let mut inner = shared.lock();
                 let now = inner.clock.now();
                 match read {
@@ -137,12 +140,14 @@ pub(crate) async fn run<R: Runtime>(
                     Err(e) => end(&mut inner, format!("read failed: {e}")),
                 }
             }
-            Wake::Flush => {}
-            Wake::Timeout => {
-                let mut inner = shared.lock();
-                let now = inner.clock.now();
-                inner.session.handle_timeout(now);
-            }
+            Wake::Flush | Wake::Timeout => {}
+        }
+        // A deadline that passed is handled whatever woke us: a broker that
+        // keeps the socket readable would otherwise starve the timers.
+        if timeout.is_some_and(|at| at <= std::time::Instant::now()) {
+            let mut inner = shared.lock();
+            let now = inner.clock.now();
+            inner.session.handle_timeout(now);
         }
     }
 }

@@ -34,7 +34,7 @@ use plugboard_core::shs::HandshakeConfig;
 use plugboard_core::{Keypair, NetworkKey, PublicKey};
 
 pub use channel::{Channel, Path};
-pub use feed::Feed;
+pub use feed::{Feed, Offers};
 pub use reconnect::{ConnectionEvent, Reconnect};
 
 use crate::clock::Clock;
@@ -551,7 +551,9 @@ async fn direct_listener<R: Runtime>(
 }
 
 impl<R: Runtime> Plugin<R> {
-    /// Starts describing a connection made with `keypair`.
+    /// Starts describing a connection made with `keypair`, on the runtime
+    /// `R::default()` gives (for tokio, the current one: call it inside the
+    /// runtime).
     pub fn builder(keypair: Keypair) -> PluginBuilder<R> {
         PluginBuilder {
             rt: R::default(),
@@ -793,14 +795,16 @@ impl<R: Runtime> Plugin<R> {
     /// or use it as a [`Stream`](futures_core::Stream); it ends once the
     /// connection is over for good. A plugin that reconnects keeps taking
     /// them across connections.
-    pub fn incoming(&self) -> Feed<Incoming<R>> {
-        Feed::new(self.incoming.clone())
+    pub fn incoming(&self) -> Offers<R> {
+        Offers::new(self.incoming.clone())
     }
 }
 
 impl<R: Runtime> Drop for Plugin<R> {
-    /// The connection ends: requests and relayed channels learn it, offers
-    /// still queued are let go.
+    /// The connection ends for good (no reconnecting): requests in flight
+    /// fail, relayed channels fail their next read or write (after what
+    /// they received), event feeds and offers end, and offers still queued
+    /// are let go. Direct channels are sockets of their own and go on.
     fn drop(&mut self) {
         let mut inner = self.shared.lock();
         if inner.ended.is_none() {

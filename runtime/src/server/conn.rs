@@ -14,7 +14,7 @@ use plugboard_os::{WriteQueue, LAST_WORDS_GRACE};
 
 use super::shared::{ConnSignals, Shared, State};
 use crate::rt::{Runtime, Task as _};
-use crate::stream::Stream;
+use crate::stream::{ReadSize, Stream};
 
 /// How much a reader asks the socket for at once.
 const READ_SIZE: usize = 256 * 1024;
@@ -59,6 +59,7 @@ impl<R: Runtime> Shared<R> {
         // buffer each; giving it back at every drained read would cost a
         // fresh allocation per message).
         let mut buf = BytesMut::new();
+        let mut size = ReadSize::new(READ_SIZE);
         loop {
             // Asked first: a peer that keeps the socket readable must not
             // keep a connection the broker ended open.
@@ -81,10 +82,10 @@ impl<R: Runtime> Shared<R> {
                     None => return,
                 }
             }
-            if buf.capacity() - buf.len() < READ_SIZE / 4 {
-                buf.reserve(READ_SIZE);
+            if buf.capacity() - buf.len() < size.next() {
+                buf.reserve(size.next());
             }
-            let read = async { Some(stream.read(&mut buf, READ_SIZE, None).await) };
+            let read = async { Some(stream.read(&mut buf, size.next(), None).await) };
             // Made only if polled: a busy socket is read first (`or` polls
             // it first), so no timer is armed per read.
             let quiet = async {
@@ -100,6 +101,7 @@ impl<R: Runtime> Shared<R> {
             let Some(result) = future::or(read, future::or(stop, quiet)).await else {
                 return;
             };
+            size.record(&result);
             if matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
                 buf = BytesMut::new(); // quiet for a while: give the buffer back
                 continue;

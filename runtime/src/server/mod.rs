@@ -25,7 +25,7 @@ use plugboard_os::{Bound, Socket, SocketPairs, SHUTDOWN_GRACE};
 
 use crate::clock::Clock;
 use crate::notify::Notify;
-use crate::rt::{io, Interest, Runtime};
+use crate::rt::{io, Interest, Runtime, Task as _};
 use crate::stream::{accept_one, accept_tcp, Stream};
 use shared::{Shared, State};
 
@@ -107,7 +107,10 @@ impl<R: Runtime> Server<R> {
         }
         tasks.push(rt.spawn(self.shared.clone().timers()));
         shutdown.await;
-        drop(tasks); // the listeners close here: nobody new gets in
+        // The listeners close here: nobody new gets in.
+        for task in tasks {
+            task.cancel().await;
+        }
 
         tracing::info!("shutting down");
         let writers = self.shared.shutdown();
