@@ -7,7 +7,7 @@ use std::time::{Duration, Instant as Clock};
 use bytes::Bytes;
 use plugboard_core::broker::{Broker, BrokerConfig, ConnId, Event, Origin};
 use plugboard_core::control::{Name, TransportKind};
-use plugboard_core::session::{Session, SessionConfig, SessionEvent};
+use plugboard_core::session::{Recv, Session, SessionConfig, SessionEvent};
 use plugboard_core::shs::HandshakeConfig;
 use plugboard_core::sim::{Chaos, Net};
 use plugboard_core::{Instant, Keypair};
@@ -105,9 +105,8 @@ impl Relay {
                         self.b.0.accept(self.now, channel).unwrap();
                         self.b.2 = channel;
                     }
-                    SessionEvent::Data { channel, payload } => {
-                        delivered += payload.len();
-                        self.b.0.consume(channel, payload.len());
+                    SessionEvent::Readable { channel } => {
+                        delivered += read_all(&mut self.b.0, channel);
                     }
                     _ => {}
                 }
@@ -176,8 +175,8 @@ pub fn small_message_ns(messages: usize) -> f64 {
             relay.b.0.handle_input(now, &bytes).unwrap();
         }
         while let Some(event) = relay.b.0.poll_event() {
-            if let SessionEvent::Data { channel, payload } = event {
-                relay.b.0.consume(channel, payload.len());
+            if let SessionEvent::Readable { channel } = event {
+                read_all(&mut relay.b.0, channel);
             }
         }
         while let Some(bytes) = relay.b.0.poll_transmit() {
@@ -245,6 +244,15 @@ pub fn fanout(watchers: usize, samples: usize) -> Duration {
     }
     times.sort_unstable();
     times[times.len() / 2]
+}
+
+/// Reads all `channel` has (its credit goes back); how many bytes.
+fn read_all(session: &mut Session, channel: u32) -> usize {
+    let mut n = 0;
+    while let Ok(Recv::Data(bytes)) = session.recv(channel, usize::MAX) {
+        n += bytes.len();
+    }
+    n
 }
 
 #[cfg(test)]

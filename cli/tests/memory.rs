@@ -13,7 +13,7 @@ use common::{Broker, Options};
 use mio::{Events, Interest, Poll, Token};
 use plugboard_core::control::{ChannelId, ErrorCode, Name};
 use plugboard_core::keys::{Keypair, PublicKey};
-use plugboard_core::session::{SessionConfig, SessionEvent};
+use plugboard_core::session::{Recv, SessionConfig, SessionEvent};
 use plugboard_core::shs::HandshakeConfig;
 use plugboard_mio::{Addr, PluginConn};
 
@@ -204,11 +204,11 @@ fn honest_transfer(conns: &mut Conns, from: usize, to: usize) {
         match event {
             SessionEvent::Incoming { channel, .. } if id == to => conns.accept(to, channel),
             SessionEvent::Opened { channel: c, .. } if id == from => channel = Some(c),
-            SessionEvent::Data { channel, payload } if id == to => {
-                got += payload.len();
-                conns.conns[to]
-                    .session_mut()
-                    .consume(channel, payload.len());
+            SessionEvent::Readable { channel } if id == to => {
+                let mut session = conns.conns[to].session_mut();
+                while let Ok(Recv::Data(bytes)) = session.recv(channel, usize::MAX) {
+                    got += bytes.len();
+                }
             }
             SessionEvent::Closed { reason, .. } if id == from || id == to => {
                 panic!("an honest connection was closed: {reason}")

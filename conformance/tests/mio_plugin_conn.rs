@@ -6,14 +6,14 @@
 #[path = "mio/common.rs"]
 mod common;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::Write as _;
 
-use bytes::{Buf as _, Bytes};
+use bytes::Bytes;
 use common::{broker_keys, echo_through, keys, plugin, Broker, PATIENCE};
 use mio::{Events, Interest, Poll, Token};
 use plugboard_core::control::{ChannelId, ChannelPath, IncomingPath, Name};
-use plugboard_core::session::{SessionConfig, SessionEvent};
+use plugboard_core::session::{Recv, SessionConfig, SessionEvent};
 use plugboard_core::shs::HandshakeConfig;
 use plugboard_mio::{Addr, PluginConn};
 use plugboard_tokio::plugin::Path;
@@ -26,8 +26,8 @@ const PLUGIN: Token = Token(7);
 /// An echo channel: what came in and is not sent back yet.
 #[derive(Default)]
 struct Echo {
-    pending: VecDeque<Bytes>,
-    fin: bool,
+    /// FIN went back.
+    finished: bool,
 }
 
 /// Runs a plugin named `name` over `addr` on this thread until its
@@ -89,19 +89,14 @@ fn serve(addr: Addr, seed: u8, name: &str, registered: oneshot::Sender<()>) -> S
                     }
                     _ => answer(&mut conn, channel),
                 },
-                SessionEvent::Data { channel, payload } => match echoes.get_mut(&channel) {
-                    Some(echo) => {
-                        echo.pending.push_back(payload);
-                        pump(&mut conn, channel, echo);
+                SessionEvent::Readable { channel } => match echoes.get_mut(&channel) {
+                    Some(echo) => pump(&mut conn, channel, echo),
+                    // Anything else is read and let go.
+                    None => {
+                        let mut session = conn.session_mut();
+                        while let Ok(Recv::Data(_)) = session.recv(channel, usize::MAX) {}
                     }
-                    None => conn.session_mut().consume(channel, payload.len()),
                 },
-                SessionEvent::Fin { channel } => {
-                    if let Some(echo) = echoes.get_mut(&channel) {
-                        echo.fin = true;
-                        pump(&mut conn, channel, echo);
-                    }
-                }
                 SessionEvent::Writable { channel } => {
                     if let Some(echo) = echoes.get_mut(&channel) {
                         pump(&mut conn, channel, echo);
@@ -109,6 +104,7 @@ fn serve(addr: Addr, seed: u8, name: &str, registered: oneshot::Sender<()>) -> S
                 }
                 SessionEvent::Reset { channel, .. } | SessionEvent::ChannelClosed { channel } => {
                     echoes.remove(&channel);
+                    conn.session_mut().close_channel(channel);
                 }
                 SessionEvent::Closed { reason, .. } => return reason,
                 _ => {}
@@ -127,23 +123,25 @@ fn answer(conn: &mut PluginConn, channel: ChannelId) {
     session.finish(channel).unwrap();
 }
 
-/// Sends back what credit allows; gives the credit of what went back to the
-/// opener (so a slow way back slows the way in), and finishes after the
-/// opener did and all went back.
+/// Sends back what credit allows, reading only that much (so the credit of
+/// the way in goes back as the way back drains, and a slow way back slows
+/// the way in); finishes once the opener did and all went back.
 fn pump(conn: &mut PluginConn, channel: ChannelId, echo: &mut Echo) {
     let mut session = conn.session_mut();
-    while let Some(front) = echo.pending.front_mut() {
-        let sent = session.send(channel, front.clone()).unwrap();
-        session.consume(channel, sent);
-        front.advance(sent);
-        if !front.is_empty() {
-            return; // Writable says when more credit came
+    while !echo.finished {
+        let room = session.send_capacity(channel);
+        match session.recv(channel, room) {
+            Ok(Recv::Data(bytes)) if !bytes.is_empty() => {
+                let sent = session.send(channel, bytes.clone()).unwrap();
+                assert_eq!(sent, bytes.len(), "read no more than fits");
+            }
+            Ok(Recv::Finished) => {
+                echo.finished = true;
+                session.finish(channel).unwrap();
+            }
+            // No room (Writable says when), nothing yet (Readable), or reset.
+            _ => return,
         }
-        echo.pending.pop_front();
-    }
-    if echo.fin {
-        echo.fin = false;
-        session.finish(channel).unwrap();
     }
 }
 

@@ -139,13 +139,8 @@ fuzz_target!(|ops: Vec<Op>| {
                     8 => s.register(now, name, false, Some(long(arg))).map(drop),
                     9 => s.reset(u32::from(arg % 8), ErrorCode::Cancelled, &long(arg)),
                     10 => s.reject(u32::from(arg % 8), &long(arg)),
-                    // Credit in the smallest grants: a frame each.
-                    _ => {
-                        for _ in 0..arg % 512 {
-                            s.consume(u32::from(arg % 8), 1);
-                        }
-                        Ok(())
-                    }
+                    // Credit in the smallest grants: a byte read at a time.
+                    _ => (0..arg % 512).try_for_each(|_| s.recv(u32::from(arg % 8), 1).map(drop)),
                 };
             }
             Op::Kill { node } => {

@@ -41,7 +41,7 @@ fuzz_target!(|ops: Vec<Op>| {
             }
             Op::Call { what, arg } => {
                 let name = Name::new("x").unwrap();
-                let _ = match what % 9 {
+                let _ = match what % 10 {
                     0 => session.register(now, name, arg % 2 == 0, None).map(drop),
                     1 => session.list(now).map(drop),
                     2 => session.watch(now).map(drop),
@@ -51,8 +51,9 @@ fuzz_target!(|ops: Vec<Op>| {
                         .send(u32::from(arg), Bytes::from_static(b"data"))
                         .map(drop),
                     6 => session.finish(u32::from(arg)),
-                    7 => {
-                        session.consume(u32::from(arg), usize::from(arg));
+                    7 => session.recv(u32::from(arg), usize::from(arg)).map(drop),
+                    8 => {
+                        session.close_channel(u32::from(arg));
                         Ok(())
                     }
                     _ => session.stats(now).map(drop),

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use plugboard_core::control::{ChannelId, ChannelPath, IncomingPath, Name};
-use plugboard_core::session::{SessionConfig, SessionEvent};
+use plugboard_core::session::{Recv, SessionConfig, SessionEvent};
 use plugboard_core::shs::HandshakeConfig;
 use plugboard_mio::{Addr, PluginConn};
 
@@ -133,8 +133,13 @@ fn clock(
             _ => answer_relayed(plugin, channel)?,
         },
         // Whatever the opener sends is read and let go: its credit goes back.
-        SessionEvent::Data { channel, payload } => {
-            plugin.session_mut().consume(channel, payload.len())
+        SessionEvent::Readable { channel } => {
+            let mut session = plugin.session_mut();
+            while let Ok(Recv::Data(_)) = session.recv(channel, usize::MAX) {}
+        }
+        // The application lets an ended channel go.
+        SessionEvent::Reset { channel, .. } | SessionEvent::ChannelClosed { channel } => {
+            plugin.session_mut().close_channel(channel)
         }
         SessionEvent::Closed { reason, .. } => return Ok(Some(reason)),
         _ => {}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use plugboard_core::broker::BrokerConfig;
 use plugboard_core::control::{Name, OpenedPath};
-use plugboard_core::session::{Session, SessionConfig, SessionEvent};
+use plugboard_core::session::{Recv, Session, SessionConfig, SessionEvent};
 use plugboard_core::shs::HandshakeConfig;
 use plugboard_core::{Keypair, PublicKey};
 use plugboard_tokio::{Addr, Clock, Server};
@@ -19,6 +19,8 @@ struct Driver<S> {
     stream: S,
     clock: Clock,
     events: Vec<SessionEvent>,
+    /// What the channels received, read as it came (its credit given back).
+    received: Vec<u8>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
@@ -33,6 +35,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             stream,
             clock,
             events: Vec::new(),
+            received: Vec::new(),
         };
         driver
             .until(|e| matches!(e, SessionEvent::Ready { .. }))
@@ -52,8 +55,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         loop {
             self.flush().await;
             while let Some(event) = self.session.poll_event() {
-                if let SessionEvent::Data { channel, payload } = &event {
-                    self.session.consume(*channel, payload.len());
+                if let SessionEvent::Readable { channel } = &event {
+                    while let Ok(Recv::Data(bytes)) = self.session.recv(*channel, usize::MAX) {
+                        self.received.extend_from_slice(&bytes);
+                    }
                 }
                 if wanted(&event) {
                     return event;
@@ -145,15 +150,11 @@ async fn register_open_and_relay_a_megabyte_over_unix() {
 
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
     let receiver = tokio::spawn(async move {
-        let mut got = Vec::new();
-        while got.len() < 1_000_000 {
-            if let SessionEvent::Data { payload, .. } =
-                b.until(|e| matches!(e, SessionEvent::Data { .. })).await
-            {
-                got.extend_from_slice(&payload);
-            }
+        while b.received.len() < 1_000_000 {
+            b.until(|e| matches!(e, SessionEvent::Readable { .. }))
+                .await;
         }
-        got
+        b.received
     });
     let mut sent = 0;
     while sent < data.len() {

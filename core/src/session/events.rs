@@ -127,15 +127,10 @@ pub enum SessionEvent {
         /// The runtime's token for the socketpair end, for [`ChannelPath::SocketPair`].
         fd: Option<u64>,
     },
-    /// Bytes on a channel. Call `consume` once the application took them.
-    Data {
-        /// The channel.
-        channel: ChannelId,
-        /// The bytes.
-        payload: Bytes,
-    },
-    /// The peer will send nothing more on the channel.
-    Fin {
+    /// The channel has bytes to [`Session::recv`](super::Session::recv), or
+    /// its end (FIN, or both directions done). Said once until a read finds
+    /// nothing.
+    Readable {
         /// The channel.
         channel: ChannelId,
     },

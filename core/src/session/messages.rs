@@ -239,8 +239,10 @@ impl Session {
             } => {
                 self.wire_mut()?.mux.open_remote(channel)?;
                 let await_path = !matches!(path, IncomingPath::Relay);
-                self.channels
-                    .insert(channel, ChannelState::Offered { await_path });
+                let offered = channels::Channel::new(ChannelStage::Offered { await_path });
+                if self.channels.insert(channel, offered).is_some() {
+                    return Err(SessionError::Protocol("an offer of a channel we hold"));
+                }
                 SessionEvent::Incoming {
                     channel,
                     from_name,
@@ -271,8 +273,8 @@ impl Session {
                         ))?)
                     }
                     _ => match self.channels.get_mut(&channel) {
-                        Some(state) => {
-                            *state = ChannelState::Open;
+                        Some(c) => {
+                            c.stage = ChannelStage::Open;
                             None
                         }
                         // Reset while the open was on its way: its RESET follows the
@@ -299,8 +301,8 @@ impl Session {
                 // A path can cross the channel's reset (ours at its deadline,
                 // or the opener's) on the way: then it resolves nothing.
                 let awaited = matches!(
-                    self.channels.get(&channel),
-                    Some(ChannelState::AwaitingPath { .. })
+                    self.channels.get(&channel).map(|c| c.stage),
+                    Some(ChannelStage::AwaitingPath { .. })
                 );
                 let fd = match path {
                     ChannelPath::SocketPair => {
@@ -316,7 +318,9 @@ impl Session {
                         ))?)
                     }
                     ChannelPath::Relay if awaited => {
-                        self.channels.insert(channel, ChannelState::Open);
+                        if let Some(c) = self.channels.get_mut(&channel) {
+                            c.stage = ChannelStage::Open;
+                        }
                         None
                     }
                     ChannelPath::Relay => return Ok(()),

@@ -4,6 +4,7 @@
 //! from then on requests, answers and channels. The same face as every state
 //! machine here: bytes and time in, bytes and events out.
 
+mod channels;
 mod events;
 mod messages;
 mod reconnect;
@@ -15,6 +16,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use rand_core::CryptoRngCore;
 
+use channels::ChannelStage;
+pub use channels::Recv;
 pub use events::{SessionError, SessionEvent};
 pub use reconnect::{Backoff, ConnectionEvent, Reconnect};
 
@@ -114,20 +117,6 @@ struct Request {
     deadline: Instant,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ChannelState {
-    /// We opened it; no answer yet.
-    Opening,
-    /// Offered to us; we have not answered. `await_path`: a direct channel
-    /// may replace it, so after accepting wait for its path.
-    Offered { await_path: bool },
-    /// Accepted, and we wait to learn its path until `deadline`: an opener
-    /// that never dials (or resets) must not hold the accept forever.
-    AwaitingPath { deadline: Instant },
-    /// Usable.
-    Open,
-}
-
 /// The plugin side of a connection to the broker.
 pub struct Session {
     config: SessionConfig,
@@ -137,7 +126,7 @@ pub struct Session {
     limits: Option<AnnouncedLimits>,
     next_request: RequestId,
     requests: BTreeMap<RequestId, Request>,
-    channels: BTreeMap<ChannelId, ChannelState>,
+    channels: BTreeMap<ChannelId, channels::Channel>,
     /// The last change a watch saw.
     watch_seq: Option<u64>,
     /// Pages of a resync still coming, and the number they all carry.
@@ -366,7 +355,8 @@ impl Session {
             return Err(SessionError::ChannelIdsExhausted);
         }
         let channel = self.wire_mut()?.mux.open_local();
-        self.channels.insert(channel, ChannelState::Opening);
+        self.channels
+            .insert(channel, channels::Channel::new(ChannelStage::Opening));
         // The broker answers an open within its own deadline: wait that long more.
         let open_timeout = self.limits.map_or(Duration::ZERO, |l| {
             Duration::from_millis(u64::from(l.open_timeout_ms))
@@ -384,88 +374,6 @@ impl Session {
         Ok((request, channel))
     }
 
-    /// Takes an incoming channel. One that waits for its path (see
-    /// [`IncomingPath`]) and has none by the broker's open timeout after
-    /// `now` is reset ([`SessionEvent::Reset`] with [`ErrorCode::OpenTimeout`]).
-    pub fn accept(&mut self, now: Instant, channel: ChannelId) -> Result<(), SessionError> {
-        let wait = self.limits.map_or(DEFAULT_PATH_TIMEOUT, |l| {
-            Duration::from_millis(u64::from(l.open_timeout_ms))
-        });
-        self.answer(channel, Some(now + wait))?;
-        self.send_message(&Message::Accept { channel })
-    }
-
-    /// Refuses an incoming channel; the opener gets `reason`.
-    pub fn reject(&mut self, channel: ChannelId, reason: &str) -> Result<(), SessionError> {
-        self.answer(channel, None)?;
-        self.channels.remove(&channel);
-        self.wire_mut()?.mux.forget(channel);
-        let reason = crate::mux::frame::truncate_utf8(reason, control::MAX_TEXT).to_owned();
-        self.send_message(&Message::Reject { channel, reason })
-    }
-
-    /// The opener could not dial the peer directly: use the relay.
-    pub fn direct_failed(&mut self, channel: ChannelId) -> Result<(), SessionError> {
-        self.send_message(&Message::DirectFailed { channel })
-    }
-
-    // ── channels ──────────────────────────────────────────────────────
-
-    /// How many bytes [`Session::send`] takes now on `channel`.
-    pub fn send_capacity(&self, channel: ChannelId) -> usize {
-        match self.channels.get(&channel) {
-            Some(ChannelState::Open) => self
-                .wire
-                .as_ref()
-                .map_or(0, |w| w.mux.send_capacity(channel)),
-            _ => 0,
-        }
-    }
-
-    /// Sends as much of `data` as credit allows; returns how much was taken.
-    /// [`SessionEvent::Writable`] says when more credit arrived.
-    pub fn send(&mut self, channel: ChannelId, mut data: Bytes) -> Result<usize, SessionError> {
-        self.usable(channel)?;
-        let n = data.len().min(self.send_capacity(channel));
-        if n > 0 {
-            let taken = data.split_to(n);
-            self.wire_mut()?.mux.send(channel, taken)?;
-        }
-        Ok(n)
-    }
-
-    /// Half-closes: this side sends nothing more on `channel`.
-    pub fn finish(&mut self, channel: ChannelId) -> Result<(), SessionError> {
-        self.usable(channel)?;
-        Ok(self.wire_mut()?.mux.finish(channel)?)
-    }
-
-    /// Ends `channel` in both directions.
-    pub fn reset(
-        &mut self,
-        channel: ChannelId,
-        code: ErrorCode,
-        reason: &str,
-    ) -> Result<(), SessionError> {
-        if self.channels.remove(&channel).is_none() {
-            return Err(SessionError::UnknownChannel(channel));
-        }
-        self.wire_mut()?.mux.reset(channel, code, reason);
-        Ok(())
-    }
-
-    /// The application consumed `n` bytes of `channel`: the credit goes back.
-    pub fn consume(&mut self, channel: ChannelId, n: usize) {
-        if let Some(wire) = self.wire.as_mut() {
-            wire.mux.consume(channel, n);
-        }
-    }
-
-    /// Channels this session knows, in any state.
-    pub fn channel_count(&self) -> usize {
-        self.channels.len()
-    }
-
     // ── internals ─────────────────────────────────────────────────────
 
     fn ensure_ready(&self) -> Result<(), SessionError> {
@@ -478,74 +386,6 @@ impl Session {
 
     fn wire_mut(&mut self) -> Result<&mut Wire, SessionError> {
         self.wire.as_mut().ok_or(SessionError::NotReady)
-    }
-
-    fn usable(&self, channel: ChannelId) -> Result<(), SessionError> {
-        self.ensure_ready()?;
-        match self.channels.get(&channel) {
-            Some(ChannelState::Open) => Ok(()),
-            Some(_) => Err(SessionError::ChannelNotOpen(channel)),
-            None => Err(SessionError::UnknownChannel(channel)),
-        }
-    }
-
-    /// Marks an offered channel answered; `path_deadline` is how long an
-    /// accepted one may wait for its path (a rejected one is forgotten next).
-    fn answer(
-        &mut self,
-        channel: ChannelId,
-        path_deadline: Option<Instant>,
-    ) -> Result<(), SessionError> {
-        self.ensure_ready()?;
-        match self.channels.get_mut(&channel) {
-            Some(state @ ChannelState::Offered { .. }) => {
-                let ChannelState::Offered { await_path } = *state else {
-                    unreachable!("matched")
-                };
-                *state = match (await_path, path_deadline) {
-                    (true, Some(deadline)) => ChannelState::AwaitingPath { deadline },
-                    _ => ChannelState::Open,
-                };
-                Ok(())
-            }
-            Some(_) => Err(SessionError::ChannelNotOpen(channel)),
-            None => Err(SessionError::UnknownChannel(channel)),
-        }
-    }
-
-    fn path_deadlines(&self) -> impl Iterator<Item = Instant> + '_ {
-        self.channels.values().filter_map(|state| match state {
-            ChannelState::AwaitingPath { deadline } => Some(*deadline),
-            _ => None,
-        })
-    }
-
-    /// Resets every accepted channel whose path did not come in time: the
-    /// opener never dialed, or dialed and never said it failed.
-    fn expire_paths(&mut self, now: Instant) {
-        if self.path_deadlines().all(|deadline| deadline > now) {
-            return;
-        }
-        let due: Vec<ChannelId> = self
-            .channels
-            .iter()
-            .filter(|(_, state)| {
-                matches!(state, ChannelState::AwaitingPath { deadline } if *deadline <= now)
-            })
-            .map(|(channel, _)| *channel)
-            .collect();
-        let reason = "the direct path never came";
-        for channel in due {
-            self.channels.remove(&channel);
-            if let Some(wire) = self.wire.as_mut() {
-                wire.mux.reset(channel, ErrorCode::OpenTimeout, reason);
-            }
-            self.events.push_back(SessionEvent::Reset {
-                channel,
-                code: ErrorCode::OpenTimeout,
-                reason: reason.into(),
-            });
-        }
     }
 
     fn request(
@@ -592,7 +432,7 @@ impl Session {
                 .go_away(code.unwrap_or(ErrorCode::ProtocolViolation), &reason);
         }
         self.requests.clear();
-        self.channels.clear();
+        // Channels stay: what they received can still be read.
         self.events.push_back(SessionEvent::Closed { code, reason });
     }
 
@@ -666,32 +506,19 @@ impl Session {
                         self.on_message(message)?;
                     }
                 }
-                MuxEvent::Data { channel, payload } => self
-                    .events
-                    .push_back(SessionEvent::Data { channel, payload }),
-                MuxEvent::Fin { channel } => self.events.push_back(SessionEvent::Fin { channel }),
+                MuxEvent::Data { channel, payload } => self.on_data(channel, payload),
+                MuxEvent::Fin { channel } => self.on_end(channel, false),
                 MuxEvent::Reset {
                     channel,
                     code,
                     reason,
-                } => {
-                    self.channels.remove(&channel);
-                    self.events.push_back(SessionEvent::Reset {
-                        channel,
-                        code,
-                        reason,
-                    });
-                }
+                } => self.on_reset(channel, code, reason),
                 MuxEvent::Credit { channel, .. } => {
                     if self.send_capacity(channel) > 0 {
                         self.events.push_back(SessionEvent::Writable { channel });
                     }
                 }
-                MuxEvent::Closed { channel } => {
-                    self.channels.remove(&channel);
-                    self.events
-                        .push_back(SessionEvent::ChannelClosed { channel });
-                }
+                MuxEvent::Closed { channel } => self.on_end(channel, true),
                 MuxEvent::Pong { .. } => {}
                 MuxEvent::GoAway { code, reason } => {
                     self.fail(format!("the broker went away: {reason}"), Some(code));

@@ -1052,21 +1052,8 @@ pub(crate) fn deliver<R: Runtime>(
                 let _ = inner.session.reject(refused.id, "not accepting channels");
             }
         }
-        SessionEvent::Data { channel, payload } => match inner.channels.get_mut(&channel) {
-            Some(c) if c.abandoned => {
-                // Nobody will read it.
-                inner.channels.remove(&channel);
-                let _ = inner.session.reset(channel, ErrorCode::Cancelled, "closed");
-            }
-            Some(c) => {
-                c.received.push_back(payload);
-                c.wake_reader();
-            }
-            None => {}
-        },
-        SessionEvent::Fin { channel } => {
+        SessionEvent::Readable { channel } | SessionEvent::ChannelClosed { channel } => {
             if let Some(c) = inner.channels.get_mut(&channel) {
-                c.fin = true;
                 c.wake_reader();
             }
         }
@@ -1083,20 +1070,13 @@ pub(crate) fn deliver<R: Runtime>(
                 if let Some(tx) = inner.paths.remove(&channel) {
                     let _ = tx.try_send(Resolved::Reset { code, reason });
                 }
-            } else if inner.channels.get(&channel).is_some_and(|c| c.abandoned) {
-                inner.channels.remove(&channel);
             } else if let Some(c) = inner.channels.get_mut(&channel) {
-                c.reset = Some((code, reason));
+                if claimed {
+                    // The direct listener settles the wait (see `direct::admit`).
+                    c.reset = Some((code, reason));
+                }
                 c.wake_reader();
                 c.wake_writer();
-            }
-        }
-        SessionEvent::ChannelClosed { channel } => {
-            if inner.channels.get(&channel).is_some_and(|c| c.abandoned) {
-                inner.channels.remove(&channel);
-            } else if let Some(c) = inner.channels.get_mut(&channel) {
-                c.closed = true;
-                c.wake_reader();
             }
         }
         SessionEvent::Writable { channel } => {

@@ -41,9 +41,8 @@ pub(crate) fn lose<R: Runtime>(inner: &mut Inner<R>, reason: String) {
         waiter.fail(error.clone());
     }
     for (id, mut c) in std::mem::take(&mut inner.channels) {
-        if c.abandoned {
-            continue; // nobody holds it
-        }
+        // What it had not read stays readable; the session goes.
+        c.unread = inner.session.take_unread(id);
         c.lost = Some(format!("the connection to the broker was lost: {reason}"));
         c.wake_reader();
         c.wake_writer();

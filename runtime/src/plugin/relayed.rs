@@ -1,13 +1,14 @@
 //! A channel relayed by the broker, read and written over the session:
 //! reads give credit back, writes wait for credit.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use plugboard_core::control::{ChannelId, ErrorCode};
+use plugboard_core::session::Recv;
 
 use super::{wake, Inner, Shared};
 use crate::rt::Runtime;
@@ -15,18 +16,17 @@ use crate::rt::Runtime;
 /// The allocation a channel's writes are copied into.
 const SEND_BUF: usize = 256 * 1024;
 
-/// What the driver delivered for one channel, and who waits on it.
+/// Who waits on one relayed channel; the session holds its bytes. A
+/// channel of a lost connection (the plugin reconnects) keeps what it had
+/// not read, to be read before the error.
 #[derive(Default)]
 pub(crate) struct ChannelState {
-    pub(crate) received: VecDeque<Bytes>,
-    pub(crate) fin: bool,
-    pub(crate) closed: bool,
+    /// Unread bytes of a lost connection's channel.
+    pub(crate) unread: VecDeque<Bytes>,
+    /// Reset while a direct dialer held its accept (see `direct::admit`).
     pub(crate) reset: Option<(ErrorCode, String)>,
     /// Its connection was lost (the plugin reconnects), and why.
     pub(crate) lost: Option<String>,
-    /// The application dropped its `Channel` after (or by) finishing: the
-    /// peer's FIN is awaited; data arriving for nobody resets the channel.
-    pub(crate) abandoned: bool,
     read_waker: Option<Waker>,
     write_waker: Option<Waker>,
 }
@@ -52,21 +52,6 @@ pub(crate) struct Relayed<R: Runtime> {
     /// reused once the driver wrote what was taken from it, instead of a
     /// fresh one per write (fresh memory costs page faults).
     send_buf: BytesMut,
-}
-
-/// A channel's state, where it is: with the current connection's channels,
-/// or an orphan of a lost one (the session knows nothing of it then).
-fn state<'a>(
-    channels: &'a mut HashMap<ChannelId, ChannelState>,
-    orphans: &'a mut HashMap<(u64, ChannelId), ChannelState>,
-    current: bool,
-    epoch: u64,
-    id: ChannelId,
-) -> Option<&'a mut ChannelState> {
-    match current {
-        true => channels.get_mut(&id),
-        false => orphans.get_mut(&(epoch, id)),
-    }
 }
 
 impl<R: Runtime> Relayed<R> {
@@ -114,48 +99,47 @@ impl<R: Runtime> Relayed<R> {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self;
-        let mut guard = this.shared.lock();
-        let current = this.current(&guard);
+        let mut guard = self.shared.lock();
         let inner = &mut *guard;
-        let c = state(
-            &mut inner.channels,
-            &mut inner.orphans,
-            current,
-            this.epoch,
-            this.id,
-        );
-        let Some(c) = c else {
-            return Poll::Ready(Err(broken("the channel is gone")));
-        };
-        if let Some(front) = c.received.front_mut() {
+        if !self.current(inner) {
+            // A lost connection's channel: what it had, then the error.
+            let Some(c) = inner.orphans.get_mut(&(self.epoch, self.id)) else {
+                return Poll::Ready(Err(broken("the channel is gone")));
+            };
+            let Some(front) = c.unread.front_mut() else {
+                let reason = c.lost.as_deref().unwrap_or("the connection was lost");
+                return Poll::Ready(Err(broken(reason)));
+            };
             let n = buf.len().min(front.len());
             buf[..n].copy_from_slice(&front[..n]);
             front.advance(n);
             if front.is_empty() {
-                c.received.pop_front();
+                c.unread.pop_front();
             }
-            if !current {
-                return Poll::Ready(Ok(n));
-            }
-            // Consumed: the credit goes back to the sender.
-            inner.session.consume(this.id, n);
-            drop(guard);
-            this.shared.flush.notify_one();
             return Poll::Ready(Ok(n));
         }
-        if c.fin || c.closed {
-            return Poll::Ready(Ok(0)); // end of stream
+        match inner.session.recv(self.id, buf.len()) {
+            Ok(Recv::Data(bytes)) => {
+                buf[..bytes.len()].copy_from_slice(&bytes);
+                drop(guard);
+                // The credit goes back to the sender.
+                self.shared.flush.notify_one();
+                Poll::Ready(Ok(bytes.len()))
+            }
+            Ok(Recv::Finished) => Poll::Ready(Ok(0)), // end of stream
+            Ok(Recv::Reset { code, reason }) => Poll::Ready(Err(reset_error(code, &reason))),
+            Ok(Recv::Blocked) => {
+                if let Some(reason) = &inner.ended {
+                    return Poll::Ready(Err(broken(reason)));
+                }
+                match inner.channels.get_mut(&self.id) {
+                    Some(c) => c.read_waker = Some(cx.waker().clone()),
+                    None => return Poll::Ready(Err(broken("the channel is gone"))),
+                }
+                Poll::Pending
+            }
+            Err(_) => Poll::Ready(Err(broken("the channel is gone"))),
         }
-        if let Some((code, reason)) = &c.reset {
-            let message = format!("reset by the peer ({code}): {reason}");
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, message)));
-        }
-        if let Some(reason) = c.lost.as_ref().or(inner.ended.as_ref()) {
-            return Poll::Ready(Err(broken(reason)));
-        }
-        c.read_waker = Some(cx.waker().clone());
-        Poll::Pending
     }
 
     pub(crate) fn poll_write(
@@ -165,28 +149,21 @@ impl<R: Runtime> Relayed<R> {
     ) -> Poll<io::Result<usize>> {
         let this = self;
         let mut guard = this.shared.lock();
-        let current = this.current(&guard);
         let inner = &mut *guard;
         if let Some(reason) = &inner.ended {
             return Poll::Ready(Err(broken(reason)));
         }
-        let c = state(
-            &mut inner.channels,
-            &mut inner.orphans,
-            current,
-            this.epoch,
-            this.id,
-        );
-        let Some(c) = c else {
+        if !this.current(inner) {
+            let lost = inner.orphans.get(&(this.epoch, this.id));
+            let reason = lost.and_then(|c| c.lost.as_deref());
+            return Poll::Ready(Err(broken(reason.unwrap_or("the channel is gone"))));
+        }
+        if let Some((code, reason)) = inner.session.reset_reason(this.id) {
+            return Poll::Ready(Err(reset_error(code, reason)));
+        }
+        let Some(c) = inner.channels.get_mut(&this.id) else {
             return Poll::Ready(Err(broken("the channel is gone")));
         };
-        if let Some(reason) = &c.lost {
-            return Poll::Ready(Err(broken(reason)));
-        }
-        if let Some((code, reason)) = &c.reset {
-            let message = format!("reset by the peer ({code}): {reason}");
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, message)));
-        }
         let room = inner.session.send_capacity(this.id).min(data.len());
         if room == 0 {
             c.write_waker = Some(cx.waker().clone());
@@ -229,27 +206,21 @@ impl<R: Runtime> Drop for Relayed<R> {
     /// then FIN. Data the peer sends afterwards finds nobody and resets the
     /// channel. [`Relayed::reset`] aborts at once instead.
     fn drop(&mut self) {
-        let mut guard = self.shared.lock();
-        if !self.current(&guard) {
+        let mut inner = self.shared.lock();
+        if !self.current(&inner) {
             // Its connection is gone, and so is the channel.
-            guard.orphans.remove(&(self.epoch, self.id));
+            inner.orphans.remove(&(self.epoch, self.id));
             return;
         }
-        let inner = &mut *guard;
-        let Some(c) = inner.channels.get_mut(&self.id) else {
-            return;
-        };
-        if c.closed || c.reset.is_some() {
-            inner.channels.remove(&self.id);
-            return;
-        }
-        c.abandoned = true;
-        let unread: usize = c.received.drain(..).map(|b| b.len()).sum();
-        inner.session.consume(self.id, unread);
-        if !self.finished {
-            let _ = inner.session.finish(self.id);
-        }
-        drop(guard);
+        inner.channels.remove(&self.id);
+        inner.session.close_channel(self.id);
+        drop(inner);
         self.shared.flush.notify_one();
     }
+}
+
+/// The error a reset channel reads and writes.
+fn reset_error(code: ErrorCode, reason: &str) -> io::Error {
+    let message = format!("reset by the peer ({code}): {reason}");
+    io::Error::new(io::ErrorKind::ConnectionReset, message)
 }

@@ -432,3 +432,114 @@ fn a_reset_racing_the_answer_leaves_no_channel_behind() {
     assert_eq!(net.node(a).session.channel_count(), 0);
     assert_eq!(net.broker.route_count(), 0);
 }
+
+/// What a channel receives waits in the session until the application
+/// reads it; its credit goes back only as it is read, so an unread channel
+/// holds at most its window. Readable is said once until a read finds the
+/// channel empty.
+#[test]
+fn a_channel_holds_what_is_unread_and_its_credit_waits_for_the_reader() {
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "slow", false);
+    let (ca, cb) = open_and_accept(&mut net, a, b, "slow");
+    let window = net.node(a).session.send_capacity(ca);
+    assert!(window > 0);
+    let data = Bytes::from(vec![7u8; window + 1000]);
+    assert_eq!(net.node(a).session.send(ca, data).unwrap(), window);
+    net.run();
+    let readable: Vec<SessionEvent> = net
+        .events(b)
+        .into_iter()
+        .filter(|e| matches!(e, SessionEvent::Readable { .. }))
+        .collect();
+    assert_eq!(readable, vec![SessionEvent::Readable { channel: cb }]);
+    // Nothing read: no credit came back.
+    assert_eq!(net.node(a).session.send_capacity(ca), 0);
+    let Ok(Recv::Data(first)) = net.node(b).session.recv(cb, 100) else {
+        panic!("bytes wait");
+    };
+    assert_eq!(first.len(), 100);
+    assert_eq!(read_all(&mut net, b, cb).len(), window - 100);
+    assert_eq!(net.node(b).session.recv(cb, 100), Ok(Recv::Blocked));
+    net.run();
+    // Read: the credit went back (the window may have grown too).
+    assert!(net.node(a).session.send_capacity(ca) >= window);
+}
+
+/// A reset channel keeps what came before the reset for the application,
+/// then says why; the session forgets it once the application lets go.
+#[test]
+fn a_reset_channel_reads_what_came_before_then_the_reset() {
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "svc", false);
+    let (ca, cb) = open_and_accept(&mut net, a, b, "svc");
+    net.node(a)
+        .session
+        .send(ca, Bytes::from_static(b"last words"))
+        .unwrap();
+    net.run();
+    net.node(a)
+        .session
+        .reset(ca, ErrorCode::Cancelled, "bye")
+        .unwrap();
+    net.run();
+    assert_eq!(read_all(&mut net, b, cb), b"last words");
+    let Ok(Recv::Reset { code, reason }) = net.node(b).session.recv(cb, 100) else {
+        panic!("the reset is read after the data");
+    };
+    assert_eq!(code, ErrorCode::Cancelled);
+    assert!(reason.contains("bye"), "{reason}");
+    // Still reset, until let go; then unknown.
+    assert!(net.node(b).session.reset_reason(cb).is_some());
+    net.node(b).session.close_channel(cb);
+    assert_eq!(
+        net.node(b).session.recv(cb, 1),
+        Err(crate::session::SessionError::UnknownChannel(cb))
+    );
+    assert_eq!(net.node(b).session.channel_count(), 0);
+}
+
+/// A channel the application let go finishes (what it wrote still goes);
+/// what it had unread gives its credit back; data that comes afterwards
+/// finds nobody and resets the channel, so nothing is held for nobody.
+#[test]
+fn a_channel_let_go_finishes_and_data_for_nobody_resets_it() {
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "svc", false);
+    let (ca, cb) = open_and_accept(&mut net, a, b, "svc");
+    let window = net.node(a).session.send_capacity(ca);
+    net.node(a)
+        .session
+        .send(ca, Bytes::from(vec![1u8; window]))
+        .unwrap();
+    net.node(b)
+        .session
+        .send(cb, Bytes::from_static(b"goodbye"))
+        .unwrap();
+    net.run();
+    net.events(a);
+    net.node(b).session.close_channel(cb);
+    net.run();
+    // The unread window went back, and b's FIN came after its bytes.
+    assert!(net.node(a).session.send_capacity(ca) >= window);
+    assert_eq!(read_all(&mut net, a, ca), b"goodbye");
+    assert_eq!(net.node(a).session.recv(ca, 1), Ok(Recv::Finished));
+    // More data for b: nobody reads it, so the channel is reset.
+    net.node(a)
+        .session
+        .send(ca, Bytes::from_static(b"anyone?"))
+        .unwrap();
+    net.run();
+    assert!(net
+        .events(a)
+        .iter()
+        .any(|e| matches!(e, SessionEvent::Reset { channel, .. } if *channel == ca)));
+    assert_eq!(net.node(b).session.channel_count(), 0);
+    assert_eq!(net.broker.route_count(), 0);
+}

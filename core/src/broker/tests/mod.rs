@@ -10,7 +10,7 @@ use crate::control::{
     ChannelPath, ErrorCode, IncomingPath, Member, Name, OpenedPath, Presence, TransportKind,
 };
 use crate::keys::Keypair;
-use crate::session::SessionEvent;
+use crate::session::{Recv, SessionEvent};
 use crate::sim::{Chaos, Net, NodeId};
 
 use super::*;
@@ -144,10 +144,9 @@ fn transfer(
         }
         net.run();
         for event in net.events(to) {
-            if let SessionEvent::Data { channel, payload } = event {
+            if let SessionEvent::Readable { channel } = event {
                 assert_eq!(channel, to_ch);
-                net.node(to).session.consume(to_ch, payload.len());
-                received.extend_from_slice(&payload);
+                received.extend_from_slice(&read_all(net, to, to_ch));
             }
         }
         net.events(from);
@@ -156,6 +155,15 @@ fn transfer(
         }
     }
     panic!("stalled after {} of {} bytes", received.len(), data.len());
+}
+
+/// Everything `channel` of `node` has to read now (its credit goes back).
+fn read_all(net: &mut Net, node: NodeId, channel: u32) -> Vec<u8> {
+    let mut all = Vec::new();
+    while let Ok(Recv::Data(bytes)) = net.node(node).session.recv(channel, usize::MAX) {
+        all.extend_from_slice(&bytes);
+    }
+    all
 }
 
 fn from_user(uid: u32) -> Origin {

@@ -18,7 +18,7 @@ use super::net::{Chaos, Net, NodeId};
 use crate::broker::Limits;
 use crate::control::{ErrorCode, Name, Presence, TransportKind};
 use crate::keys::{Keypair, PublicKey};
-use crate::session::SessionEvent;
+use crate::session::{Recv, SessionEvent};
 
 /// A broken invariant, with the step it broke at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -550,48 +550,13 @@ impl Sim {
                     app.channels.remove(&channel);
                 }
             }
-            SessionEvent::Data { channel, payload } => {
-                let Some(c) = app.channels.get_mut(&channel) else {
-                    return Err(
-                        self.violation(format!("node {id}: data on unknown channel {channel}"))
-                    );
-                };
-                check!(
-                    self,
-                    !c.fin_received,
-                    "node {id}: data on channel {channel} after FIN"
-                );
-                for (i, byte) in payload.iter().enumerate() {
-                    let offset = c.received + i as u64;
-                    if *byte != stream_byte(c.recv_seed, offset) {
-                        return Err(self.violation(format!(
-                            "node {id}: channel {channel} byte {offset} is wrong (lost, duplicated or reordered)"
-                        )));
-                    }
-                }
-                c.received += payload.len() as u64;
-                self.stats.bytes += payload.len() as u64;
-                let n = payload.len();
-                // Mostly read at once; sometimes leave it unread for a while.
-                self.net.node(id).session.consume(channel, n);
-            }
-            SessionEvent::Fin { channel } => {
-                if let Some(c) = app.channels.get_mut(&channel) {
-                    c.fin_received = true;
-                    if !c.fin_sent && self.net.node(id).session.finish(channel).is_ok() {
-                        self.apps
-                            .get_mut(&id)
-                            .expect("exists")
-                            .channels
-                            .get_mut(&channel)
-                            .expect("exists")
-                            .fin_sent = true;
-                    }
-                }
-            }
+            SessionEvent::Readable { channel } => return self.read_channel(id, channel),
             SessionEvent::Reset { channel, .. } | SessionEvent::ChannelClosed { channel } => {
                 app.channels.remove(&channel);
                 app.opens.retain(|_, ch| *ch != channel);
+                // The application lets it go (the session keeps an ended
+                // channel until then, for what it still had to read).
+                self.net.node(id).session.close_channel(channel);
             }
             SessionEvent::Closed { code, reason } => {
                 let allowed = matches!(
@@ -612,6 +577,62 @@ impl Sim {
                 );
                 self.apps.remove(&id);
             }
+        }
+        Ok(())
+    }
+
+    /// Reads what `channel` has: every byte checked against its stream, in
+    /// order, none after the peer's FIN; then FIN back once the peer's came.
+    fn read_channel(&mut self, id: usize, channel: u32) -> Result<(), Violation> {
+        loop {
+            let recv = self.net.node(id).session.recv(channel, usize::MAX);
+            let Some(app) = self.apps.get_mut(&id) else {
+                return Ok(());
+            };
+            let payload = match recv {
+                Ok(Recv::Data(payload)) => payload,
+                Ok(Recv::Finished) => break,
+                Ok(Recv::Blocked | Recv::Reset { .. }) => return Ok(()),
+                Err(e) => return Err(self.violation(format!("node {id}: readable {channel}: {e}"))),
+            };
+            let Some(c) = app.channels.get_mut(&channel) else {
+                return Err(self.violation(format!("node {id}: data on unknown channel {channel}")));
+            };
+            check!(
+                self,
+                !c.fin_received,
+                "node {id}: data on channel {channel} after FIN"
+            );
+            for (i, byte) in payload.iter().enumerate() {
+                let offset = c.received + i as u64;
+                if *byte != stream_byte(c.recv_seed, offset) {
+                    return Err(self.violation(format!(
+                        "node {id}: channel {channel} byte {offset} is wrong (lost, duplicated or reordered)"
+                    )));
+                }
+            }
+            c.received += payload.len() as u64;
+            self.stats.bytes += payload.len() as u64;
+        }
+        let Some(c) = self
+            .apps
+            .get_mut(&id)
+            .and_then(|app| app.channels.get_mut(&channel))
+        else {
+            return Ok(());
+        };
+        if c.fin_received {
+            return Ok(());
+        }
+        c.fin_received = true;
+        if !c.fin_sent && self.net.node(id).session.finish(channel).is_ok() {
+            self.apps
+                .get_mut(&id)
+                .expect("exists")
+                .channels
+                .get_mut(&channel)
+                .expect("exists")
+                .fin_sent = true;
         }
         Ok(())
     }

@@ -1,0 +1,358 @@
+//! The session's channels: where each stands (opening, offered, waiting for
+//! its path, open), what it received that the application has not read,
+//! and how it ends. Credit goes back to the sender as the application
+//! reads, so what a channel holds is bounded by its receive window.
+
+use std::collections::VecDeque;
+
+use super::*;
+
+/// How far a channel got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ChannelStage {
+    /// We opened it; no answer yet.
+    Opening,
+    /// Offered to us; we have not answered. `await_path`: a direct channel
+    /// may replace it, so after accepting wait for its path.
+    Offered { await_path: bool },
+    /// Accepted, and we wait to learn its path until `deadline`: an opener
+    /// that never dials (or resets) must not hold the accept forever.
+    AwaitingPath { deadline: Instant },
+    /// Usable.
+    Open,
+}
+
+/// One channel.
+pub(super) struct Channel {
+    pub(super) stage: ChannelStage,
+    /// Received, not yet read.
+    received: VecDeque<Bytes>,
+    /// The peer sends nothing more.
+    fin: bool,
+    /// Both directions are done.
+    closed: bool,
+    /// Reset (by the peer, the broker, or at the path deadline), and why.
+    reset: Option<(ErrorCode, String)>,
+    /// The application let go after finishing: what arrives is for nobody.
+    dropped: bool,
+    /// A [`SessionEvent::Readable`] is out that no read has answered yet.
+    readable_told: bool,
+}
+
+impl Channel {
+    pub(super) fn new(stage: ChannelStage) -> Self {
+        Channel {
+            stage,
+            received: VecDeque::new(),
+            fin: false,
+            closed: false,
+            reset: None,
+            dropped: false,
+            readable_told: false,
+        }
+    }
+
+    /// Nothing more will come, and the application may let it go.
+    fn is_over(&self) -> bool {
+        self.closed || self.reset.is_some()
+    }
+}
+
+/// What a read found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recv {
+    /// Bytes, in order.
+    Data(Bytes),
+    /// Nothing yet: [`SessionEvent::Readable`] says when there is.
+    Blocked,
+    /// The peer sends nothing more (everything it sent was read).
+    Finished,
+    /// The channel was reset: nothing more either way (everything received
+    /// before the reset was read).
+    Reset {
+        /// Why.
+        code: ErrorCode,
+        /// Why, for people.
+        reason: String,
+    },
+}
+
+impl Session {
+    // ── offers ────────────────────────────────────────────────────────
+
+    /// Takes an incoming channel. One that waits for its path (see
+    /// [`IncomingPath`]) and has none by the broker's open timeout after
+    /// `now` is reset ([`SessionEvent::Reset`] with [`ErrorCode::OpenTimeout`]).
+    pub fn accept(&mut self, now: Instant, channel: ChannelId) -> Result<(), SessionError> {
+        let wait = self.limits.map_or(DEFAULT_PATH_TIMEOUT, |l| {
+            Duration::from_millis(u64::from(l.open_timeout_ms))
+        });
+        self.answer(channel, Some(now + wait))?;
+        self.send_message(&Message::Accept { channel })
+    }
+
+    /// Refuses an incoming channel; the opener gets `reason`.
+    pub fn reject(&mut self, channel: ChannelId, reason: &str) -> Result<(), SessionError> {
+        self.answer(channel, None)?;
+        self.channels.remove(&channel);
+        self.wire_mut()?.mux.forget(channel);
+        let reason = crate::mux::frame::truncate_utf8(reason, control::MAX_TEXT).to_owned();
+        self.send_message(&Message::Reject { channel, reason })
+    }
+
+    /// The opener could not dial the peer directly: use the relay.
+    pub fn direct_failed(&mut self, channel: ChannelId) -> Result<(), SessionError> {
+        self.send_message(&Message::DirectFailed { channel })
+    }
+
+    // ── reading and writing ───────────────────────────────────────────
+
+    /// Reads up to `max` bytes of `channel`; the credit goes back to the
+    /// sender. Once it was reset or finished, says so (after the bytes that
+    /// came before).
+    pub fn recv(&mut self, channel: ChannelId, max: usize) -> Result<Recv, SessionError> {
+        let c = self
+            .channels
+            .get_mut(&channel)
+            .ok_or(SessionError::UnknownChannel(channel))?;
+        if let Some(front) = c.received.front_mut() {
+            let data = front.split_to(max.min(front.len()));
+            if front.is_empty() {
+                c.received.pop_front();
+            }
+            if let Some(wire) = self.wire.as_mut() {
+                wire.mux.consume(channel, data.len());
+            }
+            return Ok(Recv::Data(data));
+        }
+        Ok(match (&c.reset, c.fin || c.closed) {
+            (Some((code, reason)), _) => Recv::Reset {
+                code: *code,
+                reason: reason.clone(),
+            },
+            (None, true) => Recv::Finished,
+            (None, false) => {
+                c.readable_told = false;
+                Recv::Blocked
+            }
+        })
+    }
+
+    /// Why `channel` was reset, if it was.
+    pub fn reset_reason(&self, channel: ChannelId) -> Option<(ErrorCode, &str)> {
+        let c = self.channels.get(&channel)?;
+        c.reset
+            .as_ref()
+            .map(|(code, reason)| (*code, reason.as_str()))
+    }
+
+    /// How many bytes [`Session::send`] takes now on `channel`.
+    pub fn send_capacity(&self, channel: ChannelId) -> usize {
+        match self.channels.get(&channel) {
+            Some(c) if c.stage == ChannelStage::Open && !c.is_over() => self
+                .wire
+                .as_ref()
+                .map_or(0, |w| w.mux.send_capacity(channel)),
+            _ => 0,
+        }
+    }
+
+    /// Sends as much of `data` as credit allows; returns how much was taken.
+    /// [`SessionEvent::Writable`] says when more credit arrived.
+    pub fn send(&mut self, channel: ChannelId, mut data: Bytes) -> Result<usize, SessionError> {
+        self.usable(channel)?;
+        let n = data.len().min(self.send_capacity(channel));
+        if n > 0 {
+            let taken = data.split_to(n);
+            self.wire_mut()?.mux.send(channel, taken)?;
+        }
+        Ok(n)
+    }
+
+    /// Half-closes: this side sends nothing more on `channel`.
+    pub fn finish(&mut self, channel: ChannelId) -> Result<(), SessionError> {
+        self.usable(channel)?;
+        Ok(self.wire_mut()?.mux.finish(channel)?)
+    }
+
+    /// Ends `channel` in both directions; the session forgets it.
+    pub fn reset(
+        &mut self,
+        channel: ChannelId,
+        code: ErrorCode,
+        reason: &str,
+    ) -> Result<(), SessionError> {
+        if self.channels.remove(&channel).is_none() {
+            return Err(SessionError::UnknownChannel(channel));
+        }
+        if let Some(wire) = self.wire.as_mut() {
+            wire.mux.reset(channel, code, reason);
+        }
+        Ok(())
+    }
+
+    /// The application lets `channel` go: what it wrote is still delivered,
+    /// then FIN; what was received and not read is given back; data that
+    /// arrives later finds nobody and resets the channel. A channel that is
+    /// over already is forgotten at once.
+    pub fn close_channel(&mut self, channel: ChannelId) {
+        let Some(c) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        if c.is_over() || self.wire.is_none() {
+            self.channels.remove(&channel);
+            return;
+        }
+        c.dropped = true;
+        let unread: usize = c.received.drain(..).map(|b| b.len()).sum();
+        let wire = self.wire.as_mut().expect("checked");
+        wire.mux.consume(channel, unread);
+        // Finished already is fine: FIN goes once.
+        let _ = wire.mux.finish(channel);
+    }
+
+    /// What `channel` received and nobody read, taken out of the session
+    /// (for a runtime that keeps a lost connection's channels readable).
+    pub fn take_unread(&mut self, channel: ChannelId) -> VecDeque<Bytes> {
+        self.channels
+            .get_mut(&channel)
+            .map(|c| std::mem::take(&mut c.received))
+            .unwrap_or_default()
+    }
+
+    /// Channels this session knows, in any state.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    // ── internals ─────────────────────────────────────────────────────
+
+    pub(super) fn usable(&self, channel: ChannelId) -> Result<(), SessionError> {
+        self.ensure_ready()?;
+        match self.channels.get(&channel) {
+            Some(c) if c.stage == ChannelStage::Open && !c.is_over() => Ok(()),
+            Some(_) => Err(SessionError::ChannelNotOpen(channel)),
+            None => Err(SessionError::UnknownChannel(channel)),
+        }
+    }
+
+    /// Marks an offered channel answered; `path_deadline` is how long an
+    /// accepted one may wait for its path (a rejected one is forgotten next).
+    fn answer(
+        &mut self,
+        channel: ChannelId,
+        path_deadline: Option<Instant>,
+    ) -> Result<(), SessionError> {
+        self.ensure_ready()?;
+        let c = self
+            .channels
+            .get_mut(&channel)
+            .ok_or(SessionError::UnknownChannel(channel))?;
+        let ChannelStage::Offered { await_path } = c.stage else {
+            return Err(SessionError::ChannelNotOpen(channel));
+        };
+        c.stage = match (await_path, path_deadline) {
+            (true, Some(deadline)) => ChannelStage::AwaitingPath { deadline },
+            _ => ChannelStage::Open,
+        };
+        Ok(())
+    }
+
+    pub(super) fn path_deadlines(&self) -> impl Iterator<Item = Instant> + '_ {
+        self.channels.values().filter_map(|c| match c.stage {
+            ChannelStage::AwaitingPath { deadline } => Some(deadline),
+            _ => None,
+        })
+    }
+
+    /// Resets every accepted channel whose path did not come in time: the
+    /// opener never dialed, or dialed and never said it failed.
+    pub(super) fn expire_paths(&mut self, now: Instant) {
+        if self.path_deadlines().all(|deadline| deadline > now) {
+            return;
+        }
+        let due: Vec<ChannelId> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| matches!(c.stage, ChannelStage::AwaitingPath { deadline } if deadline <= now))
+            .map(|(channel, _)| *channel)
+            .collect();
+        let reason = "the direct path never came";
+        for channel in due {
+            self.channels.remove(&channel);
+            if let Some(wire) = self.wire.as_mut() {
+                wire.mux.reset(channel, ErrorCode::OpenTimeout, reason);
+            }
+            self.events.push_back(SessionEvent::Reset {
+                channel,
+                code: ErrorCode::OpenTimeout,
+                reason: reason.into(),
+            });
+        }
+    }
+
+    /// Bytes for `channel`: kept for the application, or (if it let the
+    /// channel go) the channel is reset, since nobody will read them.
+    pub(super) fn on_data(&mut self, channel: ChannelId, payload: Bytes) {
+        let Some(c) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        if c.dropped {
+            self.channels.remove(&channel);
+            if let Some(wire) = self.wire.as_mut() {
+                wire.mux.reset(channel, ErrorCode::Cancelled, "closed");
+            }
+            return;
+        }
+        c.received.push_back(payload);
+        self.tell_readable(channel);
+    }
+
+    /// The peer finished, or both directions did (`closed`).
+    pub(super) fn on_end(&mut self, channel: ChannelId, closed: bool) {
+        let Some(c) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        if closed && c.dropped {
+            self.channels.remove(&channel);
+            return;
+        }
+        c.fin = true;
+        c.closed |= closed;
+        self.tell_readable(channel);
+        if closed {
+            self.events
+                .push_back(SessionEvent::ChannelClosed { channel });
+        }
+    }
+
+    /// The peer or the broker reset `channel`. One the application holds
+    /// stays (readable, then reset) until it lets go; others are forgotten.
+    pub(super) fn on_reset(&mut self, channel: ChannelId, code: ErrorCode, reason: String) {
+        let Some(c) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        match c.stage {
+            ChannelStage::Open if !c.dropped => c.reset = Some((code, reason.clone())),
+            _ => {
+                self.channels.remove(&channel);
+            }
+        }
+        self.events.push_back(SessionEvent::Reset {
+            channel,
+            code,
+            reason,
+        });
+    }
+
+    /// Says `channel` is readable, once until a read finds it empty.
+    fn tell_readable(&mut self, channel: ChannelId) {
+        let Some(c) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        if !c.readable_told {
+            c.readable_told = true;
+            self.events.push_back(SessionEvent::Readable { channel });
+        }
+    }
+}
