@@ -27,6 +27,7 @@
 mod accept;
 pub mod activation;
 mod broker;
+mod clock;
 pub mod fdpass;
 mod listen;
 mod pairs;
@@ -35,6 +36,7 @@ mod write_queue;
 
 pub use accept::{accept_forever, AcceptPause};
 pub use broker::{log_entry, new_broker, LAST_WORDS_GRACE, SHUTDOWN_GRACE};
+pub use clock::Clock;
 pub use listen::{
     bind_all_with, bind_tcp, Bound, Listener, ServeError, Socket, SocketFile, BACKLOG,
 };

@@ -24,8 +24,8 @@ use plugboard_core::shs::HandshakeConfig;
 use plugboard_core::PublicKey;
 use plugboard_os::WriteQueue;
 
-use crate::clock::Clock;
 use crate::io::Stream;
+use plugboard_os::Clock;
 
 const READ_SIZE: usize = 64 * 1024;
 

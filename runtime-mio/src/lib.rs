@@ -18,16 +18,15 @@
 #![warn(missing_docs)]
 
 mod addr;
-mod clock;
 mod direct;
 mod io;
 mod plugin;
 mod server;
 
 pub use addr::{Addr, BadAddr};
-pub use clock::Clock;
 pub use direct::{ConnMut, DirectTcp};
 /// systemd socket activation (the listeners [`Server::bind_with`] takes).
 pub use plugboard_os::activation;
+pub use plugboard_os::Clock;
 pub use plugin::{ConnectError, PluginConn, SessionMut};
 pub use server::{ServeError, Server, StopHandle};

@@ -11,17 +11,16 @@
 
 #![warn(missing_docs)]
 
-mod clock;
 mod notify;
 pub mod plugin;
 mod rt;
 mod server;
 mod stream;
 
-pub use clock::Clock;
 pub use plugboard_core::addr::{Addr, BadAddr};
 /// systemd socket activation (the listeners [`Server::bind_with`] takes).
 pub use plugboard_os::activation;
+pub use plugboard_os::Clock;
 pub use plugin::{
     Channel, ConnectionEvent, Feed, Incoming, Offers, Path, Plugin, PluginBuilder, PluginError,
     Reconnect, Stats, WatchEvent,

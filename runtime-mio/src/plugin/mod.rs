@@ -37,8 +37,8 @@ use plugboard_core::Instant;
 use plugboard_os::WriteQueue;
 
 use crate::addr::Addr;
-use crate::clock::Clock;
 use crate::io::Stream;
+use plugboard_os::Clock;
 
 /// Most bytes one read asks for.
 const READ_SIZE: usize = 64 * 1024;

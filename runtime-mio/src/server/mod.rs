@@ -69,10 +69,9 @@ impl Server {
         Self::bind_with(config, addrs, Vec::new())
     }
 
-    /// Binds every address, as [`Server::bind`], and serves listeners a
-    /// service manager passed as well, after them, in order (systemd socket
-    /// activation: [`plugboard_os::activation`] finds them). Their socket
-    /// files are not ours: they stay when the server stops.
+    /// [`Server::bind`], plus the listeners systemd passed (found by
+    /// [`plugboard_os::activation`]), served after `addrs` in their order;
+    /// their socket files stay when the server stops.
     pub fn bind_with(
         config: BrokerConfig,
         addrs: &[Addr],

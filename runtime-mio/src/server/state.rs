@@ -13,8 +13,8 @@ use plugboard_os::SocketPairs;
 use plugboard_os::LAST_WORDS_GRACE;
 
 use super::conn::Conn;
-use crate::clock::Clock;
 use crate::io::Stream;
+use plugboard_os::Clock;
 
 /// Most bytes one read asks for.
 const READ_SIZE: usize = 256 * 1024;

@@ -20,9 +20,9 @@ use plugboard_core::PublicKey;
 use plugboard_os::{Place, Strangers};
 
 use super::{Resolved, Shared};
-use crate::clock::Clock;
 use crate::rt::{Runtime, Task as _};
 use crate::stream::{accept_tcp, Stream};
+use plugboard_os::Clock;
 
 const READ_SIZE: usize = 64 * 1024;
 /// Most plaintext sealed per write call.

@@ -37,9 +37,9 @@ pub use channel::{Channel, Path};
 pub use feed::{Feed, Offers};
 pub use reconnect::{ConnectionEvent, Reconnect};
 
-use crate::clock::Clock;
 use crate::notify::Notify;
 use crate::rt::Runtime;
+use plugboard_os::Clock;
 
 /// Where one answer goes.
 type Reply<T> = Sender<Result<T, PluginError>>;

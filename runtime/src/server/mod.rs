@@ -23,10 +23,10 @@ use plugboard_core::PublicKey;
 use plugboard_os::activation::Inherited;
 use plugboard_os::{Bound, Socket, SocketPairs, SHUTDOWN_GRACE};
 
-use crate::clock::Clock;
 use crate::notify::Notify;
 use crate::rt::{io, Interest, Runtime, Task as _};
 use crate::stream::{accept_one, accept_tcp, Stream};
+use plugboard_os::Clock;
 use shared::{Shared, State};
 
 pub use plugboard_os::ServeError;

@@ -11,9 +11,9 @@ use futures_lite::future;
 use plugboard_core::broker::{Broker, ConnId, Event};
 use plugboard_os::SocketPairs;
 
-use crate::clock::Clock;
 use crate::notify::Notify;
 use crate::rt::Runtime;
+use plugboard_os::Clock;
 
 pub(super) struct Shared<R> {
     pub(super) rt: R,

@@ -1,4 +1,7 @@
-//! The clock the core never reads: time since the runtime started.
+//! The clock the core never reads: time since the runtime started, on the
+//! monotonic clock, for every runtime.
+
+use std::time::Duration;
 
 use plugboard_core::Instant;
 
@@ -20,5 +23,10 @@ impl Clock {
     /// A core instant as a monotonic one, to sleep until.
     pub fn to_std(&self, at: Instant) -> std::time::Instant {
         self.0 + at.since_epoch()
+    }
+
+    /// How long from now until `at` (zero if it has passed): a poll timeout.
+    pub fn until(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.now())
     }
 }
