@@ -11,7 +11,6 @@ use bytes::Bytes;
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use plugboard_core::control::{ErrorCode, KeyStats, Member, Presence};
 use plugboard_core::NetworkKey;
-use tokio::sync::mpsc;
 
 use crate::{broker_keys, keys};
 
@@ -34,6 +33,9 @@ pub struct Connect {
     pub direct_advertise: Option<String>,
     /// Bounds on strangers at the direct listener, if not the default.
     pub direct_limits: Option<plugboard_core::budget::StrangerLimits>,
+    /// Changes a watch holds for a scenario that does not read, if not the
+    /// default.
+    pub watch_queue: Option<usize>,
 }
 
 impl Connect {
@@ -48,6 +50,7 @@ impl Connect {
             direct_listen: None,
             direct_advertise: None,
             direct_limits: None,
+            watch_queue: None,
         }
     }
 
@@ -72,6 +75,12 @@ impl Connect {
     /// Bounds strangers at the direct listener by `limits`.
     pub fn direct_limits(mut self, limits: plugboard_core::budget::StrangerLimits) -> Self {
         self.direct_limits = Some(limits);
+        self
+    }
+
+    /// A watch holds `changes` unread changes before it resyncs.
+    pub fn watch_queue(mut self, changes: usize) -> Self {
+        self.watch_queue = Some(changes);
         self
     }
 
@@ -117,6 +126,21 @@ pub enum Path {
     SocketPair,
     /// TCP from the opener to the target.
     Tcp,
+}
+
+/// A watch as a scenario reads it.
+pub type Watching = std::pin::Pin<Box<dyn futures_lite::Stream<Item = Watch> + Send>>;
+
+impl From<plugboard_tokio::WatchEvent> for Watch {
+    fn from(event: plugboard_tokio::WatchEvent) -> Self {
+        match event {
+            plugboard_tokio::WatchEvent::Snapshot(members) => Watch::Snapshot(members),
+            plugboard_tokio::WatchEvent::Resync { seq, members } => Watch::Resync { seq, members },
+            plugboard_tokio::WatchEvent::Change { seq, presence } => {
+                Watch::Change { seq, presence }
+            }
+        }
+    }
 }
 
 /// What a watch reports.
@@ -170,10 +194,9 @@ pub trait Api: 'static {
     fn list(plugin: &Self::Plugin) -> impl Future<Output = Result<Vec<Member>, Error>> + Send;
     /// Usage per key.
     fn stats(plugin: &Self::Plugin) -> impl Future<Output = Result<Vec<KeyStats>, Error>> + Send;
-    /// A snapshot, then every change.
-    fn watch(
-        plugin: &Self::Plugin,
-    ) -> impl Future<Output = Result<mpsc::UnboundedReceiver<Watch>, Error>> + Send;
+    /// A snapshot, then every change, read as the scenario reads it (so a
+    /// scenario can fall behind).
+    fn watch(plugin: &Self::Plugin) -> impl Future<Output = Result<Watching, Error>> + Send;
     /// Opens a channel to `name` (asking for a direct path if `direct`).
     fn open(
         plugin: &Self::Plugin,
@@ -218,6 +241,9 @@ macro_rules! configure {
         }
         if let Some(limits) = how.direct_limits {
             builder = builder.direct_limits(limits);
+        }
+        if let Some(changes) = how.watch_queue {
+            builder = builder.watch_queue(changes);
         }
         builder
     }};
@@ -283,26 +309,9 @@ impl Api for TokioApi {
         plugin.stats().await.map(|s| s.keys).map_err(tokio_error)
     }
 
-    async fn watch(plugin: &Self::Plugin) -> Result<mpsc::UnboundedReceiver<Watch>, Error> {
-        let mut events = plugin.watch().await.map_err(tokio_error)?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                let event = match event {
-                    plugboard_tokio::WatchEvent::Snapshot(members) => Watch::Snapshot(members),
-                    plugboard_tokio::WatchEvent::Resync { seq, members } => {
-                        Watch::Resync { seq, members }
-                    }
-                    plugboard_tokio::WatchEvent::Change { seq, presence } => {
-                        Watch::Change { seq, presence }
-                    }
-                };
-                if tx.send(event).is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(rx)
+    async fn watch(plugin: &Self::Plugin) -> Result<Watching, Error> {
+        let feed = plugin.watch().await.map_err(tokio_error)?;
+        Ok(Box::pin(futures_lite::StreamExt::map(feed, Watch::from)))
     }
 
     async fn open(
@@ -401,28 +410,9 @@ impl Api for SmolApi {
         plugin.stats().await.map(|s| s.keys).map_err(smol_error)
     }
 
-    async fn watch(plugin: &Self::Plugin) -> Result<mpsc::UnboundedReceiver<Watch>, Error> {
-        use futures_lite::StreamExt as _;
-        let mut events = plugin.watch().await.map_err(smol_error)?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        smol::spawn(async move {
-            while let Some(event) = events.next().await {
-                let event = match event {
-                    plugboard_smol::WatchEvent::Snapshot(members) => Watch::Snapshot(members),
-                    plugboard_smol::WatchEvent::Resync { seq, members } => {
-                        Watch::Resync { seq, members }
-                    }
-                    plugboard_smol::WatchEvent::Change { seq, presence } => {
-                        Watch::Change { seq, presence }
-                    }
-                };
-                if tx.send(event).is_err() {
-                    return;
-                }
-            }
-        })
-        .detach();
-        Ok(rx)
+    async fn watch(plugin: &Self::Plugin) -> Result<Watching, Error> {
+        let feed = plugin.watch().await.map_err(smol_error)?;
+        Ok(Box::pin(futures_lite::StreamExt::map(feed, Watch::from)))
     }
 
     async fn open(

@@ -38,6 +38,7 @@ macro_rules! suite {
             use super::*;
             $crate::suite!(@each $broker, $api, [
                 names_list_and_watch,
+                a_watcher_that_falls_behind_is_resynced,
                 opens_and_refusals_are_typed,
                 an_unanswered_open_times_out,
                 relayed_over_unix_64_mib_each_way,

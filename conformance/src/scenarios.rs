@@ -12,7 +12,7 @@ use plugboard_core::broker::Policy;
 use plugboard_core::control::{ErrorCode, Member, Presence};
 use tokio::sync::mpsc;
 
-use crate::api::{Api, Connect, Error, Path, Watch};
+use crate::api::{Api, Connect, Error, Path, Watch, Watching};
 use crate::broker::{start, Broker};
 use crate::keys;
 use crate::stream::{self, hashed_exchanges, serve_hasher, MIB};
@@ -35,8 +35,10 @@ pub(crate) async fn connect<A: Api>(how: Connect) -> A::Plugin {
         .unwrap_or_else(|e| panic!("{what}: {e:?}"))
 }
 
-async fn next(events: &mut mpsc::UnboundedReceiver<Watch>) -> Watch {
-    events.recv().await.expect("the watch ended")
+async fn next(events: &mut Watching) -> Watch {
+    futures_lite::StreamExt::next(events)
+        .await
+        .expect("the watch ended")
 }
 
 fn names(members: &[Member]) -> Vec<String> {
@@ -92,6 +94,51 @@ pub fn names_list_and_watch<B: Broker, A: Api>() {
             other => panic!("expected alpha to go down, got {other:?}"),
         }
         assert!(A::list(&watcher).await.unwrap().is_empty());
+    });
+}
+
+/// A watcher that does not read falls behind: what it missed is replaced by
+/// one resync (the registry as it is now, at the number of the last
+/// change), and changes go on from there, gap-free.
+pub fn a_watcher_that_falls_behind_is_resynced<B: Broker, A: Api>() {
+    let broker = start::<B>("behind", |_| {});
+    let addr = broker.unix.clone();
+    run::<A, _>(async {
+        let watcher = connect::<A>(Connect::new(&addr, 1).watch_queue(2)).await;
+        let mut events = A::watch(&watcher).await.unwrap();
+        // Six changes while the watcher reads nothing: three up, one down.
+        let mut up = Vec::new();
+        for (seed, name) in [(2, "one"), (3, "two"), (4, "three")] {
+            up.push(connect::<A>(Connect::new(&addr, seed).name(name)).await);
+        }
+        drop(up.remove(1)); // "two" goes, once the broker sees it leave
+        let mut members = A::list(&watcher).await.unwrap();
+        for _ in 0..1000 {
+            if names(&members) == ["one", "three"] {
+                break;
+            }
+            A::sleep(Duration::from_millis(10)).await;
+            members = A::list(&watcher).await.unwrap();
+        }
+        assert_eq!(names(&members), ["one", "three"]);
+        // The watch saw all four changes before `list` was answered (the
+        // broker answers in order), and could hold two of them.
+        match next(&mut events).await {
+            Watch::Resync { seq, members } => {
+                assert_eq!(seq, 4);
+                assert_eq!(names(&members), ["one", "three"]);
+            }
+            other => panic!("expected a resync, got {other:?}"),
+        }
+        let four = connect::<A>(Connect::new(&addr, 5).name("four")).await;
+        match next(&mut events).await {
+            Watch::Change {
+                seq: 5,
+                presence: Presence::Up(m),
+            } => assert_eq!(m.name.as_str(), "four"),
+            other => panic!("expected four to come up after the resync, got {other:?}"),
+        }
+        drop(four);
     });
 }
 

@@ -41,7 +41,7 @@ fuzz_target!(|ops: Vec<Op>| {
             }
             Op::Call { what, arg } => {
                 let name = Name::new("x").unwrap();
-                let _ = match what % 10 {
+                let _ = match what % 14 {
                     0 => session.register(now, name, arg % 2 == 0, None).map(drop),
                     1 => session.list(now).map(drop),
                     2 => session.watch(now).map(drop),
@@ -56,6 +56,22 @@ fuzz_target!(|ops: Vec<Op>| {
                         session.close_channel(u32::from(arg));
                         Ok(())
                     }
+                    // Direct dialers: any key, a token made of `arg`.
+                    9 => {
+                        let key = Keypair::from_seed([arg as u8; 32]).public();
+                        let _ = session.direct_expects(&key);
+                        let _ = session.direct_claim(&key, &[(arg >> 8) as u8; 32]);
+                        Ok(())
+                    }
+                    10 => {
+                        session.direct_established(u32::from(arg));
+                        Ok(())
+                    }
+                    11 => {
+                        session.direct_abandoned(u32::from(arg));
+                        Ok(())
+                    }
+                    12 => session.direct_failed(u32::from(arg)),
                     _ => session.stats(now).map(drop),
                 };
             }

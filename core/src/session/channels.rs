@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 
+use super::direct::Direct;
 use super::*;
 
 /// How far a channel got.
@@ -30,13 +31,15 @@ pub(super) struct Channel {
     /// The peer sends nothing more.
     fin: bool,
     /// Both directions are done.
-    closed: bool,
+    pub(super) closed: bool,
     /// Reset (by the peer, the broker, or at the path deadline), and why.
-    reset: Option<(ErrorCode, String)>,
+    pub(super) reset: Option<(ErrorCode, String)>,
     /// The application let go after finishing: what arrives is for nobody.
     dropped: bool,
     /// A [`SessionEvent::Readable`] is out that no read has answered yet.
     readable_told: bool,
+    /// Its part in a direct connection.
+    pub(super) direct: Direct,
 }
 
 impl Channel {
@@ -49,6 +52,7 @@ impl Channel {
             reset: None,
             dropped: false,
             readable_told: false,
+            direct: Direct::None,
         }
     }
 
@@ -102,6 +106,9 @@ impl Session {
 
     /// The opener could not dial the peer directly: use the relay.
     pub fn direct_failed(&mut self, channel: ChannelId) -> Result<(), SessionError> {
+        if let Some(c) = self.channels.get_mut(&channel) {
+            c.direct = Direct::None;
+        }
         self.send_message(&Message::DirectFailed { channel })
     }
 
@@ -109,7 +116,8 @@ impl Session {
 
     /// Reads up to `max` bytes of `channel`; the credit goes back to the
     /// sender. Once it was reset or finished, says so (after the bytes that
-    /// came before).
+    /// came before). With `max` 0 it only looks: `Data` (empty) while bytes
+    /// wait.
     pub fn recv(&mut self, channel: ChannelId, max: usize) -> Result<Recv, SessionError> {
         let c = self
             .channels
@@ -203,12 +211,39 @@ impl Session {
             self.channels.remove(&channel);
             return;
         }
+        match c.stage {
+            ChannelStage::Open => {}
+            // Not answered yet: refused.
+            ChannelStage::Offered { .. } => {
+                let _ = self.reject(channel, "closed");
+                return;
+            }
+            // No FIN before the route carries data: reset.
+            ChannelStage::Opening | ChannelStage::AwaitingPath { .. } => {
+                let _ = self.reset(channel, ErrorCode::Cancelled, "closed");
+                return;
+            }
+        }
         c.dropped = true;
         let unread: usize = c.received.drain(..).map(|b| b.len()).sum();
         let wire = self.wire.as_mut().expect("checked");
         wire.mux.consume(channel, unread);
         // Finished already is fine: FIN goes once.
         let _ = wire.mux.finish(channel);
+    }
+
+    /// How `channel` ended, if it did: [`Recv::Finished`] or [`Recv::Reset`]
+    /// (what a read says once the bytes are read).
+    pub fn channel_end(&self, channel: ChannelId) -> Option<Recv> {
+        let c = self.channels.get(&channel)?;
+        match (&c.reset, c.fin || c.closed) {
+            (Some((code, reason)), _) => Some(Recv::Reset {
+                code: *code,
+                reason: reason.clone(),
+            }),
+            (None, true) => Some(Recv::Finished),
+            (None, false) => None,
+        }
     }
 
     /// What `channel` received and nobody read, taken out of the session
@@ -274,7 +309,13 @@ impl Session {
         let due: Vec<ChannelId> = self
             .channels
             .iter()
-            .filter(|(_, c)| matches!(c.stage, ChannelStage::AwaitingPath { deadline } if deadline <= now))
+            .filter(|(_, c)| {
+                let due =
+                    matches!(c.stage, ChannelStage::AwaitingPath { deadline } if deadline <= now);
+                // A dialer that claimed it is finishing its handshake, under
+                // the direct listener's own deadline.
+                due && !c.direct.holds_reset()
+            })
             .map(|(channel, _)| *channel)
             .collect();
         let reason = "the direct path never came";
@@ -293,19 +334,31 @@ impl Session {
 
     /// Bytes for `channel`: kept for the application, or (if it let the
     /// channel go) the channel is reset, since nobody will read them.
-    pub(super) fn on_data(&mut self, channel: ChannelId, payload: Bytes) {
+    pub(super) fn on_data(
+        &mut self,
+        channel: ChannelId,
+        payload: Bytes,
+    ) -> Result<(), SessionError> {
         let Some(c) = self.channels.get_mut(&channel) else {
-            return;
+            return Ok(());
         };
+        if matches!(
+            c.stage,
+            ChannelStage::Opening | ChannelStage::Offered { .. }
+        ) {
+            // No route carries data before the target accepted (§5.6).
+            return Err(SessionError::Protocol("data on a channel not open yet"));
+        }
         if c.dropped {
             self.channels.remove(&channel);
             if let Some(wire) = self.wire.as_mut() {
                 wire.mux.reset(channel, ErrorCode::Cancelled, "closed");
             }
-            return;
+            return Ok(());
         }
         c.received.push_back(payload);
         self.tell_readable(channel);
+        Ok(())
     }
 
     /// The peer finished, or both directions did (`closed`).
@@ -332,6 +385,11 @@ impl Session {
         let Some(c) = self.channels.get_mut(&channel) else {
             return;
         };
+        if c.direct.holds_reset() {
+            // Said once the claimed dial is over (`direct_abandoned`).
+            c.reset = Some((code, reason));
+            return;
+        }
         match c.stage {
             ChannelStage::Open if !c.dropped => c.reset = Some((code, reason.clone())),
             _ => {

@@ -59,6 +59,12 @@ impl Session {
                     "the broker chose a feature we did not offer",
                 ));
             }
+            if limits.initial_window > self.config.max_window {
+                // Every channel would take more than we let one hold.
+                return Err(SessionError::Protocol(
+                    "the broker's initial window is beyond our largest",
+                ));
+            }
             self.features = features;
             let wire = self.wire.as_mut().expect("after the handshake");
             wire.mux.configure(MuxConfig {
@@ -97,7 +103,7 @@ impl Session {
                 let r = self.take_request(request)?;
                 match r.pending {
                     Pending::Unwatch => {
-                        self.watch_seq = None;
+                        self.watch = None;
                         self.resync = None;
                     }
                     _ => return Err(SessionError::Protocol("ok for a request that expects more")),
@@ -145,7 +151,7 @@ impl Session {
                 let Some(Pending::Watch(members)) = self.page(request, last, add)? else {
                     return Ok(());
                 };
-                self.watch_seq = Some(seq);
+                self.watch = Some(watch::WatchView::new(seq, &members));
                 SessionEvent::Watching {
                     request,
                     seq,
@@ -156,7 +162,7 @@ impl Session {
                 if self.features & FEATURE_WATCH_RESYNC == 0 {
                     return Err(SessionError::Protocol("a resync we did not ask for"));
                 }
-                match self.watch_seq {
+                match self.watch.as_ref().map(|w| w.seq) {
                     Some(seen) if seq > seen => {}
                     Some(_) => return Err(SessionError::Protocol("a resync that goes back")),
                     None => return Err(SessionError::Protocol("a resync without a watch")),
@@ -173,18 +179,16 @@ impl Session {
                     self.resync = Some((seq, all));
                     return Ok(());
                 }
-                self.watch_seq = Some(seq);
+                self.watch = Some(watch::WatchView::new(seq, &all));
                 SessionEvent::Resynced { seq, members: all }
             }
             Message::PresenceEvent { seq, presence } => {
                 if self.resync.is_some() {
                     return Err(SessionError::Protocol("a presence event inside a resync"));
                 }
-                match self.watch_seq {
-                    Some(last) if seq == last + 1 => self.watch_seq = Some(seq),
-                    Some(_) => {
-                        return Err(SessionError::Protocol("a presence event out of sequence"))
-                    }
+                let max = self.config.max_reply_entries;
+                match self.watch.as_mut() {
+                    Some(view) => view.apply(seq, &presence, max)?,
                     None => return Err(SessionError::Protocol("a presence event without a watch")),
                 }
                 SessionEvent::Presence { seq, presence }
@@ -239,7 +243,14 @@ impl Session {
             } => {
                 self.wire_mut()?.mux.open_remote(channel)?;
                 let await_path = !matches!(path, IncomingPath::Relay);
-                let offered = channels::Channel::new(ChannelStage::Offered { await_path });
+                let mut offered = channels::Channel::new(ChannelStage::Offered { await_path });
+                if let IncomingPath::ExpectDial { token } = path {
+                    offered.direct = direct::Direct::Expecting {
+                        from: from_key,
+                        token,
+                        claimed: false,
+                    };
+                }
                 if self.channels.insert(channel, offered).is_some() {
                     return Err(SessionError::Protocol("an offer of a channel we hold"));
                 }
@@ -275,6 +286,9 @@ impl Session {
                     _ => match self.channels.get_mut(&channel) {
                         Some(c) => {
                             c.stage = ChannelStage::Open;
+                            if let OpenedPath::Dial { .. } = path {
+                                c.direct = direct::Direct::Dialing;
+                            }
                             None
                         }
                         // Reset while the open was on its way: its RESET follows the
@@ -320,6 +334,8 @@ impl Session {
                     ChannelPath::Relay if awaited => {
                         if let Some(c) = self.channels.get_mut(&channel) {
                             c.stage = ChannelStage::Open;
+                            // Settled: a dialer still finishing gets nothing.
+                            c.direct = direct::Direct::None;
                         }
                         None
                     }

@@ -5,9 +5,11 @@
 //! machine here: bytes and time in, bytes and events out.
 
 mod channels;
+mod direct;
 mod events;
 mod messages;
 mod reconnect;
+mod watch;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -127,8 +129,8 @@ pub struct Session {
     next_request: RequestId,
     requests: BTreeMap<RequestId, Request>,
     channels: BTreeMap<ChannelId, channels::Channel>,
-    /// The last change a watch saw.
-    watch_seq: Option<u64>,
+    /// What the watch knows, once it started.
+    watch: Option<watch::WatchView>,
     /// Pages of a resync still coming, and the number they all carry.
     resync: Option<(u64, Vec<Member>)>,
     /// Feature bits both sides support, from the broker's hello.
@@ -155,7 +157,7 @@ impl Session {
             next_request: 1,
             requests: BTreeMap::new(),
             channels: BTreeMap::new(),
-            watch_seq: None,
+            watch: None,
             resync: None,
             features: 0,
             fds: VecDeque::new(),
@@ -506,7 +508,7 @@ impl Session {
                         self.on_message(message)?;
                     }
                 }
-                MuxEvent::Data { channel, payload } => self.on_data(channel, payload),
+                MuxEvent::Data { channel, payload } => self.on_data(channel, payload)?,
                 MuxEvent::Fin { channel } => self.on_end(channel, false),
                 MuxEvent::Reset {
                     channel,

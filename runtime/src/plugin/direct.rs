@@ -13,7 +13,6 @@ use bytes::{Buf as _, Bytes, BytesMut};
 use futures_lite::future;
 use plugboard_core::addr::Addr;
 use plugboard_core::budget::StrangerLimits;
-use plugboard_core::control::ErrorCode;
 use plugboard_core::direct::{DirectConn, DirectError, DirectEvent, TOKEN_LEN};
 use plugboard_core::shs::HandshakeConfig;
 use plugboard_core::PublicKey;
@@ -27,14 +26,6 @@ use plugboard_os::Clock;
 const READ_SIZE: usize = 64 * 1024;
 /// Most plaintext sealed per write call.
 const WRITE_CHUNK: usize = 64 * 1024;
-
-/// A token the broker told us to expect, for a channel we accepted.
-pub(crate) struct Expected {
-    pub(crate) from: PublicKey,
-    pub(crate) token: [u8; TOKEN_LEN],
-    /// Its dialer presented the token and is finishing the handshake.
-    pub(crate) claimed: bool,
-}
 
 /// An established direct connection, as a byte stream.
 pub(crate) struct DirectStream<R: Runtime> {
@@ -132,26 +123,13 @@ async fn admit<R: Runtime>(
     let established = DirectStream::new(shared.rt.clone(), tcp, conn, clock)
         .establish(|event, conn| match event {
             DirectEvent::Authorize(key) => {
-                let expected = shared
-                    .lock()
-                    .expected
-                    .values()
-                    .any(|e| e.from == *key && !e.claimed);
+                let expected = shared.lock().session.direct_expects(key);
                 let _ = conn.authorize(expected);
                 expected
             }
             DirectEvent::Token { peer, token } => {
                 let mut inner = shared.lock();
-                let id = inner
-                    .expected
-                    .iter_mut()
-                    .find(|(_, e)| !e.claimed && e.from == *peer && same_token(&e.token, token))
-                    .map(|(id, e)| {
-                        // A reset from now on waits for us (the
-                        // opener's own reset, once it is through, is one).
-                        e.claimed = true;
-                        *id
-                    });
+                let id = inner.session.direct_claim(peer, token);
                 channel = id.map(|id| (id, inner.epoch));
                 let _ = conn.answer_token(id.is_some());
                 id.is_some()
@@ -167,40 +145,35 @@ async fn admit<R: Runtime>(
         return;
     };
     let mut inner = shared.lock();
-    // Announced on a connection that was lost since: nothing awaits it.
-    let awaited = inner.epoch == epoch && inner.expected.remove(&id).is_some();
+    if inner.epoch != epoch {
+        return; // announced on a connection lost since: nothing awaits it
+    }
     match established {
-        // Resolved meanwhile (the relay path came, or the connection
-        // ended): this stream is for nobody.
-        Ok(stream) if !awaited || !inner.paths.contains_key(&id) => stream.abort(),
         Ok(stream) => {
-            // The relayed channel is the fallback no more.
+            // The relayed channel is the fallback no more; unless its path
+            // came meanwhile, and then this stream is for nobody.
+            if !inner.session.direct_established(id) {
+                stream.abort();
+                return;
+            }
             inner.channels.remove(&id);
-            let _ = inner.session.reset(id, ErrorCode::Cancelled, "direct");
-            if let Some(tx) = inner.paths.remove(&id) {
-                let _ = tx.try_send(Resolved::Tcp(Box::new(stream)));
+            match inner.paths.remove(&id) {
+                Some(tx) => drop(tx.try_send(Resolved::Tcp(Box::new(stream)))),
+                None => stream.abort(),
             }
             drop(inner);
             shared.flush.notify_one();
         }
         Err(reason) => {
             tracing::info!("direct connection from {from}: {reason}");
-            // A reset that came while we held the channel ends its
-            // wait now; otherwise the relay path or the deadline will.
-            let reset = inner.channels.get(&id).and_then(|c| c.reset.clone());
-            if let (true, Some((code, reason))) = (awaited, reset) {
-                inner.channels.remove(&id);
-                if let Some(tx) = inner.paths.remove(&id) {
-                    let _ = tx.try_send(Resolved::Reset { code, reason });
-                }
-            }
+            // A reset that came while the dialer held the channel ends
+            // its wait now (a Reset event); otherwise the relay path or
+            // the deadline will.
+            inner.session.direct_abandoned(id);
+            drop(inner);
+            shared.flush.notify_one();
         }
     }
-}
-
-/// Compares tokens in time independent of where they differ.
-fn same_token(a: &[u8; TOKEN_LEN], b: &[u8; TOKEN_LEN]) -> bool {
-    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 impl<R: Runtime> DirectStream<R> {

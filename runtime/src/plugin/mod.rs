@@ -13,6 +13,7 @@ mod channel;
 mod direct;
 mod driver;
 mod feed;
+mod queue;
 mod reconnect;
 mod relayed;
 
@@ -21,7 +22,7 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
-use async_channel::{bounded, unbounded, Receiver, Sender};
+use async_channel::{bounded, Receiver, Sender, TrySendError};
 use bytes::Bytes;
 use plugboard_core::addr::Addr;
 use plugboard_core::budget::StrangerLimits;
@@ -200,7 +201,7 @@ const MAX_UNCLAIMED_FDS: usize = 64;
 
 /// Everything the handles and the driver share.
 ///
-/// `session`, `waiters`, `channels`, `fds`, `paths` and `expected` belong to
+/// `session`, `waiters`, `channels`, `fds` and `paths` belong to
 /// the current connection; the rest outlives it when the plugin reconnects.
 pub(crate) struct Inner<R: Runtime> {
     pub(crate) session: Session,
@@ -210,7 +211,9 @@ pub(crate) struct Inner<R: Runtime> {
     /// Where incoming channels go; dropped when the connection is over for
     /// good, which ends [`Plugin::incoming`].
     incoming: Option<Sender<Incoming<R>>>,
-    watchers: Vec<Sender<WatchEvent>>,
+    watchers: Vec<queue::Queue<WatchEvent>>,
+    /// Their capacity.
+    watch_queue: usize,
     /// Why the connection ended for good, once it did.
     pub(crate) ended: Option<String>,
     /// Whether a lost connection is replaced rather than the end.
@@ -230,17 +233,14 @@ pub(crate) struct Inner<R: Runtime> {
     /// What to restore on a new connection.
     registration: Option<Registration>,
     watching: bool,
-    events: Vec<Sender<ConnectionEvent>>,
+    events: Vec<queue::Queue<ConnectionEvent>>,
     /// Descriptors from the broker, by the token the session knows them by.
     fds: HashMap<u64, OwnedFd>,
     next_fd: u64,
     /// Accepted channels waiting to learn their path. A reset of one ends
-    /// its wait, unless its dialer is mid-handshake (see `expected`).
+    /// its wait (the session holds one back while a dialer that presented
+    /// its token finishes its handshake).
     paths: HashMap<ChannelId, Sender<Resolved<R>>>,
-    /// Dialers the broker announced, by the channel they come for; a
-    /// `claimed` one presented its token and the direct listener settles
-    /// the channel's wait.
-    expected: HashMap<ChannelId, direct::Expected>,
 }
 
 impl<R: Runtime> Inner<R> {
@@ -258,7 +258,8 @@ impl<R: Runtime> Inner<R> {
 
     /// Tells every [`Plugin::events`] receiver.
     fn report(&mut self, event: ConnectionEvent) {
-        self.events.retain(|tx| tx.try_send(event.clone()).is_ok());
+        self.events
+            .retain(|q| q.push(event.clone(), || event.clone()));
     }
 
     /// Forgets a relayed channel that will have no handle, wherever it is
@@ -348,6 +349,7 @@ pub struct PluginBuilder<R: Runtime> {
     broker: Option<PublicKey>,
     network_key: NetworkKey,
     reconnect: Option<Reconnect>,
+    watch_queue: usize,
 }
 
 impl<R: Runtime> PluginBuilder<R> {
@@ -418,6 +420,15 @@ impl<R: Runtime> PluginBuilder<R> {
         self
     }
 
+    /// How many changes a watch holds for an application that does not
+    /// read (default 1,024, at least 1). Past that, the changes it did not
+    /// read are replaced by one [`WatchEvent::Resync`]: the registry as it
+    /// is now.
+    pub fn watch_queue(mut self, changes: usize) -> Self {
+        self.watch_queue = changes.max(1);
+        self
+    }
+
     /// Connects, completes the handshake and the hello, and registers the name if one was given.
     pub async fn connect(self, addr: &str) -> Result<Plugin<R>, PluginError> {
         let addr: Addr =
@@ -452,7 +463,7 @@ impl<R: Runtime> PluginBuilder<R> {
         config.boxstream = matches!(addr, Addr::Tcp(_));
         let clock = Clock::start();
         let session = Session::new(config.clone(), &mut rand_core::OsRng, clock.now())?;
-        let (incoming_tx, incoming_rx) = unbounded();
+        let (incoming_tx, incoming_rx) = bounded(queue::OFFER_QUEUE);
         let shared = Arc::new(Shared {
             rt: self.rt.clone(),
             inner: Mutex::new(Inner {
@@ -462,6 +473,7 @@ impl<R: Runtime> PluginBuilder<R> {
                 channels: HashMap::new(),
                 incoming: Some(incoming_tx),
                 watchers: Vec::new(),
+                watch_queue: self.watch_queue,
                 ended: None,
                 reconnect: self.reconnect.is_some(),
                 live: true,
@@ -474,7 +486,6 @@ impl<R: Runtime> PluginBuilder<R> {
                 fds: HashMap::new(),
                 next_fd: 0,
                 paths: HashMap::new(),
-                expected: HashMap::new(),
             }),
             flush: Notify::default(),
         });
@@ -566,6 +577,7 @@ impl<R: Runtime> Plugin<R> {
             broker: None,
             network_key: NetworkKey::SSB_MAIN,
             reconnect: None,
+            watch_queue: queue::WATCH_QUEUE,
         }
     }
 
@@ -607,10 +619,11 @@ impl<R: Runtime> Plugin<R> {
     }
 
     /// Changes of the connection from now on, one event each: see
-    /// [`ConnectionEvent`]. Each call makes a new receiver.
+    /// [`ConnectionEvent`]. Each call makes a new receiver. One that holds
+    /// 16 unread events gives them up for the latest.
     pub fn events(&self) -> Feed<ConnectionEvent> {
-        let (tx, rx) = unbounded();
-        self.shared.lock().events.push(tx);
+        let (queue, rx) = queue::Queue::new(queue::EVENT_QUEUE);
+        self.shared.lock().events.push(queue);
         Feed::new(rx)
     }
 
@@ -639,11 +652,17 @@ impl<R: Runtime> Plugin<R> {
     }
 
     /// A snapshot, then every change, in order. One watch per connection.
+    /// An application that falls behind (see [`PluginBuilder::watch_queue`])
+    /// gets a [`WatchEvent::Resync`] instead of what it missed.
     /// A plugin that reconnects watches again on the new connection: the
     /// receiver gets a new snapshot, then the changes from there.
     pub async fn watch(&self) -> Result<Feed<WatchEvent>, PluginError> {
-        let (tx, rx) = unbounded();
-        self.shared.lock().watchers.push(tx);
+        let rx = {
+            let mut inner = self.shared.lock();
+            let (queue, rx) = queue::Queue::new(inner.watch_queue);
+            inner.watchers.push(queue);
+            rx
+        };
         let watching = self
             .request(
                 |inner| {
@@ -715,8 +734,12 @@ impl<R: Runtime> Plugin<R> {
             code: ErrorCode::Malformed,
             message: e.to_string(),
         })?;
-        // The channel's id, and the connection it belongs to.
-        let mut opened = None;
+        // The channel's id, and the connection it belongs to, let go unless
+        // a handle takes it.
+        let mut opened = OpenGuard {
+            shared: &self.shared,
+            opened: None,
+        };
         let answer = self
             .request(
                 |inner| {
@@ -727,22 +750,13 @@ impl<R: Runtime> Plugin<R> {
                     inner
                         .channels
                         .insert(channel, relayed::ChannelState::default());
-                    opened = Some((channel, inner.epoch));
+                    opened.opened = Some((channel, inner.epoch));
                     Ok(request)
                 },
                 Waiter::Opened,
             )
-            .await;
-        let answer = match answer {
-            Ok(answer) => answer,
-            Err(e) => {
-                if let Some((id, epoch)) = opened {
-                    self.shared.lock().forget(epoch, id);
-                }
-                return Err(e);
-            }
-        };
-        let (id, epoch) = opened.expect("answered, so sent");
+            .await?;
+        let (id, epoch) = opened.opened.expect("answered, so sent");
         match (answer.path, answer.fd) {
             (OpenedPath::SocketPair, Some(fd)) => {
                 self.shared.lock().forget(epoch, id);
@@ -765,7 +779,7 @@ impl<R: Runtime> Plugin<R> {
                         // The relayed channel is the fallback no more.
                         inner.forget(epoch, id);
                         if current {
-                            let _ = inner.session.reset(id, ErrorCode::Cancelled, "direct");
+                            inner.session.direct_established(id);
                         }
                         Channel::tcp(Box::new(stream), id, answer.peer)
                     }
@@ -776,6 +790,7 @@ impl<R: Runtime> Plugin<R> {
                     Err(reason) => {
                         tracing::info!("direct channel to {name} at {addr}: {reason}; relaying");
                         inner.session.direct_failed(id)?;
+                        opened.opened = None; // the handle has it
                         self.relayed(id, epoch, answer.peer)
                     }
                 };
@@ -783,7 +798,10 @@ impl<R: Runtime> Plugin<R> {
                 self.shared.flush.notify_one();
                 Ok(channel)
             }
-            _ => Ok(self.relayed(id, epoch, answer.peer)),
+            _ => {
+                opened.opened = None; // the handle has it
+                Ok(self.relayed(id, epoch, answer.peer))
+            }
         }
     }
 
@@ -791,12 +809,36 @@ impl<R: Runtime> Plugin<R> {
         Channel::relayed(relayed::Relayed::new(self.shared.clone(), id, epoch), peer)
     }
 
-    /// Channels others open to this plugin: `.await` it for the next one,
+    /// Channels others open to this plugin (at most 64 wait; openers past
+    /// that are rejected, "too many offers waiting"): `.await` it for the next one,
     /// or use it as a [`Stream`](futures_core::Stream); it ends once the
     /// connection is over for good. A plugin that reconnects keeps taking
     /// them across connections.
     pub fn incoming(&self) -> Offers<R> {
         Offers::new(self.incoming.clone())
+    }
+}
+
+/// An open on its way: if it fails, or the caller stops waiting for it
+/// (drops the future), the channel is let go, so that nothing piles up for
+/// a handle that never comes.
+struct OpenGuard<'a, R: Runtime> {
+    shared: &'a Shared<R>,
+    opened: Option<(ChannelId, u64)>,
+}
+
+impl<R: Runtime> Drop for OpenGuard<'_, R> {
+    fn drop(&mut self) {
+        let Some((id, epoch)) = self.opened.take() else {
+            return;
+        };
+        let mut inner = self.shared.lock();
+        if inner.epoch == epoch {
+            inner.session.close_channel(id);
+        }
+        inner.forget(epoch, id);
+        drop(inner);
+        self.shared.flush.notify_one();
     }
 }
 
@@ -836,6 +878,8 @@ pub struct Incoming<R: Runtime> {
     /// What it sent along.
     pub metadata: Bytes,
     path: IncomingPath,
+    /// Accepted or rejected: dropping it does nothing more.
+    answered: bool,
 }
 
 impl<R: Runtime> Incoming<R> {
@@ -849,7 +893,8 @@ impl<R: Runtime> Incoming<R> {
         self.accept_raw().await.map(R::Channel::from)
     }
 
-    async fn accept_raw(self) -> Result<Channel<R>, PluginError> {
+    async fn accept_raw(mut self) -> Result<Channel<R>, PluginError> {
+        self.answered = true;
         let resolved = {
             let mut inner = self.shared.lock();
             if inner.epoch != self.epoch {
@@ -863,15 +908,6 @@ impl<R: Runtime> Incoming<R> {
             match self.path {
                 IncomingPath::Relay => None,
                 IncomingPath::AwaitPath | IncomingPath::ExpectDial { .. } => {
-                    if let IncomingPath::ExpectDial { token } = self.path {
-                        let from = self.from_key;
-                        let expected = direct::Expected {
-                            from,
-                            token,
-                            claimed: false,
-                        };
-                        inner.expected.insert(self.id, expected);
-                    }
                     let (tx, rx) = bounded(1);
                     inner.paths.insert(self.id, tx);
                     Some(rx)
@@ -914,7 +950,8 @@ impl<R: Runtime> Incoming<R> {
     }
 
     /// Refuses it; the opener gets `reason`.
-    pub fn reject(self, reason: &str) -> Result<(), PluginError> {
+    pub fn reject(mut self, reason: &str) -> Result<(), PluginError> {
+        self.answered = true;
         let mut inner = self.shared.lock();
         if inner.epoch != self.epoch {
             return Err(inner.stale());
@@ -923,6 +960,22 @@ impl<R: Runtime> Incoming<R> {
         drop(inner);
         self.shared.flush.notify_one();
         Ok(())
+    }
+}
+
+impl<R: Runtime> Drop for Incoming<R> {
+    /// An offer nobody answered is rejected: the opener learns it at once,
+    /// and nothing is held for it.
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let mut inner = self.shared.lock();
+        if inner.epoch == self.epoch {
+            let _ = inner.session.reject(self.id, "not taken");
+            drop(inner);
+            self.shared.flush.notify_one();
+        }
     }
 }
 
@@ -936,17 +989,19 @@ pub(crate) fn deliver<R: Runtime>(
     match event {
         SessionEvent::Ready { .. } | SessionEvent::NameAcquired { .. } => {}
         SessionEvent::ChannelPath { channel, path, fd } => {
-            let resolved = match (path, fd.and_then(|t| inner.fds.remove(&t))) {
+            // A descriptor for no awaited channel closes here.
+            let fd = fd.and_then(|t| inner.fds.remove(&t));
+            let Some(tx) = inner.paths.remove(&channel) else {
+                return;
+            };
+            let resolved = match (path, fd) {
                 (ChannelPath::SocketPair, Some(fd)) => {
                     inner.channels.remove(&channel);
                     Resolved::SocketPair(fd)
                 }
                 _ => Resolved::Relay,
             };
-            inner.expected.remove(&channel);
-            if let Some(tx) = inner.paths.remove(&channel) {
-                let _ = tx.try_send(resolved);
-            }
+            let _ = tx.try_send(resolved);
         }
         SessionEvent::Registered { request, queued } => {
             if let Some(Waiter::Registered(tx)) = inner.waiters.remove(&request) {
@@ -959,32 +1014,41 @@ pub(crate) fn deliver<R: Runtime>(
             }
         }
         SessionEvent::Watching {
-            request, members, ..
+            request,
+            seq,
+            members,
         } => {
-            inner
-                .watchers
-                .retain(|w| w.try_send(WatchEvent::Snapshot(members.clone())).is_ok());
+            let snapshot = || WatchEvent::Snapshot(members.clone());
+            let resync = || WatchEvent::Resync {
+                seq,
+                members: members.clone(),
+            };
+            inner.watchers.retain(|w| w.push(snapshot(), resync));
             if let Some(Waiter::Watching(tx)) = inner.waiters.remove(&request) {
                 reply(&tx, Ok(()));
             }
         }
         SessionEvent::Resynced { seq, members } => {
-            inner.watchers.retain(|w| {
-                w.try_send(WatchEvent::Resync {
-                    seq,
-                    members: members.clone(),
-                })
-                .is_ok()
-            });
+            let resync = || WatchEvent::Resync {
+                seq,
+                members: members.clone(),
+            };
+            inner.watchers.retain(|w| w.push(resync(), resync));
         }
         SessionEvent::Presence { seq, presence } => {
-            inner.watchers.retain(|w| {
-                w.try_send(WatchEvent::Change {
-                    seq,
-                    presence: presence.clone(),
-                })
-                .is_ok()
-            });
+            // A watcher that fell behind gets the registry as it is now.
+            let Inner {
+                session, watchers, ..
+            } = inner;
+            let resync = || {
+                let (seq, members) = session.watch_view().unwrap_or_default();
+                WatchEvent::Resync { seq, members }
+            };
+            let change = || WatchEvent::Change {
+                seq,
+                presence: presence.clone(),
+            };
+            watchers.retain(|w| w.push(change(), resync));
         }
         SessionEvent::Stats {
             request,
@@ -1039,17 +1103,20 @@ pub(crate) fn deliver<R: Runtime>(
                 protocol,
                 metadata,
                 path,
+                answered: false,
             };
             let refused = match &inner.incoming {
-                Some(tx) => tx
-                    .try_send(incoming)
-                    .err()
-                    .map(|refused| refused.into_inner()),
-                None => Some(incoming),
+                Some(tx) => tx.try_send(incoming).err().map(|refused| match refused {
+                    TrySendError::Full(offer) => (offer, "too many offers waiting"),
+                    TrySendError::Closed(offer) => (offer, "not accepting channels"),
+                }),
+                None => Some((incoming, "not accepting channels")),
             };
-            if let Some(refused) = refused {
-                // Nobody takes incoming channels: refuse it.
-                let _ = inner.session.reject(refused.id, "not accepting channels");
+            if let Some((mut refused, why)) = refused {
+                refused.answered = true; // dropped under the lock: no second answer
+                                         // The opener is told (Rejected, with why).
+                tracing::info!("refused an offer of channel {}: {why}", refused.id);
+                let _ = inner.session.reject(refused.id, why);
             }
         }
         SessionEvent::Readable { channel } | SessionEvent::ChannelClosed { channel } => {
@@ -1062,19 +1129,13 @@ pub(crate) fn deliver<R: Runtime>(
             code,
             reason,
         } => {
-            let claimed = inner.expected.get(&channel).is_some_and(|e| e.claimed);
-            if !claimed && inner.paths.contains_key(&channel) {
+            if inner.paths.contains_key(&channel) {
                 // Accepted, still without a path: its accept() ends here.
                 inner.channels.remove(&channel);
-                inner.expected.remove(&channel);
                 if let Some(tx) = inner.paths.remove(&channel) {
                     let _ = tx.try_send(Resolved::Reset { code, reason });
                 }
             } else if let Some(c) = inner.channels.get_mut(&channel) {
-                if claimed {
-                    // The direct listener settles the wait (see `direct::admit`).
-                    c.reset = Some((code, reason));
-                }
                 c.wake_reader();
                 c.wake_writer();
             }
@@ -1104,7 +1165,6 @@ pub(crate) fn end<R: Runtime>(inner: &mut Inner<R>, reason: String) {
     inner.watchers.clear();
     inner.incoming = None; // `incoming()` ends
     inner.paths.clear();
-    inner.expected.clear();
     for c in inner.channels.values_mut() {
         c.wake_reader();
         c.wake_writer();

@@ -43,13 +43,13 @@ pub(crate) fn lose<R: Runtime>(inner: &mut Inner<R>, reason: String) {
     for (id, mut c) in std::mem::take(&mut inner.channels) {
         // What it had not read stays readable; the session goes.
         c.unread = inner.session.take_unread(id);
+        c.end = inner.session.channel_end(id);
         c.lost = Some(format!("the connection to the broker was lost: {reason}"));
         c.wake_reader();
         c.wake_writer();
         inner.orphans.insert((lost, id), c);
     }
     inner.paths.clear(); // accepts waiting for a path fail
-    inner.expected.clear();
     inner.fds.clear();
     // The first loss of an outage is reported; later ones (of attempts)
     // only say why requests fail now.

@@ -21,10 +21,10 @@ const SEND_BUF: usize = 256 * 1024;
 /// not read, to be read before the error.
 #[derive(Default)]
 pub(crate) struct ChannelState {
-    /// Unread bytes of a lost connection's channel.
+    /// Unread bytes of a lost connection's channel, and how it had ended
+    /// (if it had): read after them instead of the loss.
     pub(crate) unread: VecDeque<Bytes>,
-    /// Reset while a direct dialer held its accept (see `direct::admit`).
-    pub(crate) reset: Option<(ErrorCode, String)>,
+    pub(crate) end: Option<Recv>,
     /// Its connection was lost (the plugin reconnects), and why.
     pub(crate) lost: Option<String>,
     read_waker: Option<Waker>,
@@ -107,8 +107,13 @@ impl<R: Runtime> Relayed<R> {
                 return Poll::Ready(Err(broken("the channel is gone")));
             };
             let Some(front) = c.unread.front_mut() else {
-                let reason = c.lost.as_deref().unwrap_or("the connection was lost");
-                return Poll::Ready(Err(broken(reason)));
+                return Poll::Ready(match &c.end {
+                    Some(Recv::Finished) => Ok(0),
+                    Some(Recv::Reset { code, reason }) => Err(reset_error(*code, reason)),
+                    _ => Err(broken(
+                        c.lost.as_deref().unwrap_or("the connection was lost"),
+                    )),
+                });
             };
             let n = buf.len().min(front.len());
             buf[..n].copy_from_slice(&front[..n]);
@@ -166,6 +171,10 @@ impl<R: Runtime> Relayed<R> {
         };
         let room = inner.session.send_capacity(this.id).min(data.len());
         if room == 0 {
+            // Finished, or over both ways: nothing will ever fit.
+            if let Err(e) = inner.session.send(this.id, Bytes::new()) {
+                return Poll::Ready(Err(broken(&e.to_string())));
+            }
             c.write_waker = Some(cx.waker().clone());
             return Poll::Pending;
         }

@@ -543,3 +543,221 @@ fn a_channel_let_go_finishes_and_data_for_nobody_resets_it() {
     assert_eq!(net.node(b).session.channel_count(), 0);
     assert_eq!(net.broker.route_count(), 0);
 }
+
+/// A dial offer accepted by `b` ("far", with a direct address) from `a`:
+/// the opener's channel, the target's, and the token.
+fn dial_offer(net: &mut Net, a: NodeId, b: NodeId) -> (u32, u32, [u8; 32]) {
+    let now = net.now;
+    net.node(b)
+        .session
+        .register(now, name("far"), false, Some("tcp:10.0.0.2:8008".into()))
+        .unwrap();
+    net.run();
+    net.events(b);
+    let (_, ours) = net
+        .node(a)
+        .session
+        .open(now, name("far"), "p", Bytes::new(), true)
+        .unwrap();
+    let SessionEvent::Incoming {
+        channel: theirs,
+        path: IncomingPath::ExpectDial { token },
+        ..
+    } = one_event(net, b)
+    else {
+        panic!("no dial offer")
+    };
+    let now = net.now;
+    net.node(b).session.accept(now, theirs).unwrap();
+    assert!(matches!(
+        one_event(net, a),
+        SessionEvent::Opened {
+            path: OpenedPath::Dial { .. },
+            ..
+        }
+    ));
+    (ours, theirs, token)
+}
+
+/// The target admits only the dialer the broker announced: its key, then
+/// its token (once); when the direct connection is up both ends let the
+/// relayed channel go, and the broker releases it.
+#[test]
+fn only_the_announced_dialer_gets_a_direct_channel_and_the_relay_goes() {
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    let (ours, theirs, token) = dial_offer(&mut net, a, b);
+    let a_key = keypair(1).public();
+    let stranger = keypair(9).public();
+    let session = &mut net.node(b).session;
+    assert!(session.direct_expects(&a_key));
+    assert!(!session.direct_expects(&stranger));
+    let mut wrong = token;
+    wrong[31] ^= 1;
+    assert_eq!(session.direct_claim(&a_key, &wrong), None);
+    assert_eq!(session.direct_claim(&stranger, &token), None);
+    assert_eq!(session.direct_claim(&a_key, &token), Some(theirs));
+    // Claimed: the token works once.
+    assert!(!session.direct_expects(&a_key));
+    assert_eq!(session.direct_claim(&a_key, &token), None);
+    assert!(session.direct_established(theirs));
+    assert!(net.node(a).session.direct_established(ours));
+    net.run();
+    assert_eq!(net.broker.route_count(), 0);
+    assert_eq!(net.node(a).session.channel_count(), 0);
+    assert_eq!(net.node(b).session.channel_count(), 0);
+}
+
+/// A reset of the relayed channel while a dialer that presented its token
+/// finishes its handshake waits for the outcome: if the dial fails, the
+/// reset ends the channel then; the path deadline does not cut the
+/// handshake short.
+#[test]
+fn a_reset_during_a_claimed_dial_waits_for_its_outcome() {
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    let (ours, theirs, token) = dial_offer(&mut net, a, b);
+    let a_key = keypair(1).public();
+    assert_eq!(
+        net.node(b).session.direct_claim(&a_key, &token),
+        Some(theirs)
+    );
+    net.node(a)
+        .session
+        .reset(ours, ErrorCode::Cancelled, "gave up")
+        .unwrap();
+    net.run();
+    assert!(!net
+        .events(b)
+        .iter()
+        .any(|e| matches!(e, SessionEvent::Reset { .. })));
+    // Past the path deadline: still held for the dialer.
+    let later = net.now + Duration::from_secs(3600);
+    net.node(b).session.handle_timeout(later);
+    net.run();
+    assert!(!net
+        .events(b)
+        .iter()
+        .any(|e| matches!(e, SessionEvent::Reset { .. })));
+    net.node(b).session.direct_abandoned(theirs);
+    net.run();
+    let events = net.events(b);
+    assert!(
+        events.iter().any(|e| matches!(e,
+            SessionEvent::Reset { channel, code: ErrorCode::Cancelled, .. } if *channel == theirs)),
+        "{events:?}"
+    );
+    assert_eq!(net.node(b).session.channel_count(), 0);
+}
+
+/// Once the channel's path came another way (the opener could not dial
+/// and said so), a dialer that still gets through is for nobody.
+#[test]
+fn a_dial_that_lands_after_the_relay_path_is_for_nobody() {
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    let (ours, theirs, token) = dial_offer(&mut net, a, b);
+    let a_key = keypair(1).public();
+    assert_eq!(
+        net.node(b).session.direct_claim(&a_key, &token),
+        Some(theirs)
+    );
+    net.node(a).session.direct_failed(ours).unwrap();
+    assert!(matches!(
+        one_event(&mut net, b),
+        SessionEvent::ChannelPath {
+            path: ChannelPath::Relay,
+            ..
+        }
+    ));
+    assert!(!net.node(b).session.direct_established(theirs));
+    // The relayed channel is the channel: it carries data.
+    let data = vec![3u8; 1000];
+    assert_eq!(transfer(&mut net, a, ours, b, theirs, &data), data);
+}
+
+/// A broker that sends data on a channel before the target accepted it
+/// breaks the protocol (no route carries data then): the session ends
+/// instead of holding a window of it for an offer nobody took.
+#[test]
+fn data_on_a_channel_not_yet_accepted_breaks_the_protocol() {
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "svc", false);
+    let (_, theirs) = offer(&mut net, a, b, "svc");
+    let mut frame = bytes::BytesMut::new();
+    crate::mux::frame::encode(
+        &crate::mux::Frame::Data {
+            channel: theirs,
+            fin: false,
+            payload: Bytes::from_static(b"early"),
+        },
+        &mut frame,
+    );
+    let now = net.now;
+    let result = net.node(b).session.handle_input(now, &frame);
+    assert_eq!(
+        result,
+        Err(crate::session::SessionError::Protocol(
+            "data on a channel not open yet"
+        ))
+    );
+    assert!(net.node(b).session.is_closed());
+}
+
+/// Letting a channel go before it is open answers for it in the protocol's
+/// terms (an offer is rejected, an open or an accepted channel waiting for
+/// its path is reset), never a FIN before the route exists, which the
+/// broker would take as a violation of the whole connection.
+#[test]
+fn a_channel_let_go_before_it_is_open_is_rejected_or_reset() {
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "svc", false);
+    // An offer let go: the opener is told it was rejected.
+    let (_, theirs) = offer(&mut net, a, b, "svc");
+    net.node(b).session.close_channel(theirs);
+    net.run();
+    assert!(net.events(a).iter().any(|e| matches!(
+        e,
+        SessionEvent::Failed {
+            code: ErrorCode::Rejected,
+            ..
+        }
+    )));
+    // An open let go before its answer: reset, and the target hears of it.
+    let now = net.now;
+    let (_, ours) = net
+        .node(a)
+        .session
+        .open(now, name("svc"), "p", Bytes::new(), false)
+        .unwrap();
+    net.node(a).session.close_channel(ours);
+    net.run();
+    assert!(!net.node(a).closed && !net.node(b).closed);
+    assert_eq!(net.node(a).session.channel_count(), 0);
+    assert_eq!(net.broker.route_count(), 0);
+}
+
+/// A hello whose initial window is beyond the largest this session lets a
+/// channel hold ends the session: every channel would hold more than that.
+#[test]
+fn an_initial_window_beyond_ours_is_refused() {
+    let mut net = Net::new(7, Chaos::default(), |c| {
+        c.limits.max_window = 64 * 1024 * 1024;
+        c.limits.initial_window = 32 * 1024 * 1024;
+    });
+    let id = net.connect(keypair(1), TransportKind::Unix).unwrap();
+    net.run();
+    let events = net.events(id);
+    assert!(
+        events.iter().any(|e| matches!(e,
+            SessionEvent::Closed { reason, .. } if reason.contains("initial window"))),
+        "{events:?}"
+    );
+}
