@@ -1,0 +1,119 @@
+//! Requests to the broker: each gets an id, a deadline, and (in
+//! `messages.rs`) exactly one answer assembled from its pages.
+
+use super::*;
+
+impl Session {
+    /// Takes `name`; with `wait`, queues for it if taken.
+    /// `direct_addr` (`tcp:HOST:PORT`) is where direct channels may reach us.
+    pub fn register(
+        &mut self,
+        now: Instant,
+        name: Name,
+        wait: bool,
+        direct_addr: Option<String>,
+    ) -> Result<RequestId, SessionError> {
+        if direct_addr
+            .as_ref()
+            .is_some_and(|a| a.len() > control::MAX_TEXT)
+        {
+            return Err(SessionError::TooLong("direct address"));
+        }
+        self.request(now, Pending::Register, |request| Message::Register {
+            request,
+            name,
+            wait,
+            direct_addr: direct_addr.unwrap_or_default(),
+        })
+    }
+
+    /// Who is registered.
+    pub fn list(&mut self, now: Instant) -> Result<RequestId, SessionError> {
+        self.request(now, Pending::List(Vec::new()), |request| Message::List {
+            request,
+        })
+    }
+
+    /// A snapshot of who is registered, then every change.
+    pub fn watch(&mut self, now: Instant) -> Result<RequestId, SessionError> {
+        self.request(now, Pending::Watch(Vec::new()), |request| Message::Watch {
+            request,
+        })
+    }
+
+    /// Stop watching.
+    pub fn unwatch(&mut self, now: Instant) -> Result<RequestId, SessionError> {
+        self.request(now, Pending::Unwatch, |request| Message::Unwatch {
+            request,
+        })
+    }
+
+    /// Who holds what.
+    pub fn stats(&mut self, now: Instant) -> Result<RequestId, SessionError> {
+        let parts = Pending::Stats(Vec::new(), Vec::new(), Vec::new());
+        self.request(now, parts, |request| Message::Stats { request })
+    }
+
+    /// Opens a channel to `name`. The channel id is ours at once; it is usable
+    /// after [`SessionEvent::Opened`].
+    pub fn open(
+        &mut self,
+        now: Instant,
+        name: Name,
+        protocol: &str,
+        metadata: Bytes,
+        direct: bool,
+    ) -> Result<(RequestId, ChannelId), SessionError> {
+        if protocol.len() > control::MAX_SHORT_TEXT {
+            return Err(SessionError::TooLong("protocol"));
+        }
+        if metadata.len() > control::MAX_METADATA {
+            return Err(SessionError::TooLong("metadata"));
+        }
+        self.ensure_ready()?;
+        if !self.wire_mut()?.mux.can_open_local() {
+            return Err(SessionError::ChannelIdsExhausted);
+        }
+        let channel = self.wire_mut()?.mux.open_local();
+        self.channels
+            .insert(channel, channels::Channel::new(ChannelStage::Opening));
+        // The broker answers an open within its own deadline: wait that long more.
+        let open_timeout = self.limits.map_or(Duration::ZERO, |l| {
+            Duration::from_millis(u64::from(l.open_timeout_ms))
+        });
+        let request = self.request(now + open_timeout, Pending::Open(channel), |request| {
+            Message::Open {
+                request,
+                channel,
+                direct,
+                name,
+                protocol: protocol.to_owned(),
+                metadata,
+            }
+        })?;
+        Ok((request, channel))
+    }
+
+    pub(super) fn request(
+        &mut self,
+        now: Instant,
+        pending: Pending,
+        message: impl FnOnce(RequestId) -> Message,
+    ) -> Result<RequestId, SessionError> {
+        self.ensure_ready()?;
+        let request = self.next_request;
+        self.next_request = self.next_request.wrapping_add(1).max(1);
+        self.send_message(&message(request))?;
+        let deadline = now + self.config.request_timeout;
+        self.requests.insert(request, Request { pending, deadline });
+        Ok(request)
+    }
+
+    pub(super) fn send_message(&mut self, message: &Message) -> Result<(), SessionError> {
+        let wire = self.wire.as_mut().ok_or(SessionError::NotReady)?;
+        control::encode(message, &mut self.scratch);
+        wire.mux.send_control(&self.scratch);
+        self.scratch.clear();
+        Ok(())
+    }
+}

@@ -1,0 +1,198 @@
+//! What the session reports, handed to whoever waits for it: request
+//! answers to their waiters, watch changes and offers to their queues,
+//! channel news to their wakers; and the end of the connection.
+
+use super::*;
+
+/// Hands what the session reports to whoever waits for it. Called by the
+/// driver with the lock held.
+pub(crate) fn deliver<R: Runtime>(
+    shared: &Arc<Shared<R>>,
+    inner: &mut Inner<R>,
+    event: SessionEvent,
+) {
+    match event {
+        SessionEvent::Ready { .. } | SessionEvent::NameAcquired { .. } => {}
+        SessionEvent::ChannelPath { channel, path, fd } => {
+            // A descriptor for no awaited channel closes here.
+            let fd = fd.and_then(|t| inner.fds.remove(&t));
+            let Some(tx) = inner.paths.remove(&channel) else {
+                return;
+            };
+            let resolved = match (path, fd) {
+                (ChannelPath::SocketPair, Some(fd)) => {
+                    inner.channels.remove(&channel);
+                    Resolved::SocketPair(fd)
+                }
+                _ => Resolved::Relay,
+            };
+            let _ = tx.try_send(resolved);
+        }
+        SessionEvent::Registered { request, queued } => {
+            if let Some(Waiter::Registered(tx)) = inner.waiters.remove(&request) {
+                reply(&tx, Ok(queued));
+            }
+        }
+        SessionEvent::Members { request, members } => {
+            if let Some(Waiter::Members(tx)) = inner.waiters.remove(&request) {
+                reply(&tx, Ok(members));
+            }
+        }
+        SessionEvent::Watching {
+            request,
+            seq,
+            members,
+        } => {
+            let snapshot = || WatchEvent::Snapshot(members.clone());
+            let resync = || WatchEvent::Resync {
+                seq,
+                members: members.clone(),
+            };
+            inner.watchers.retain(|w| w.push(snapshot(), resync));
+            if let Some(Waiter::Watching(tx)) = inner.waiters.remove(&request) {
+                reply(&tx, Ok(()));
+            }
+        }
+        SessionEvent::Resynced { seq, members } => {
+            let resync = || WatchEvent::Resync {
+                seq,
+                members: members.clone(),
+            };
+            inner.watchers.retain(|w| w.push(resync(), resync));
+        }
+        SessionEvent::Presence { seq, presence } => {
+            // A watcher that fell behind gets the registry as it is now.
+            let Inner {
+                session, watchers, ..
+            } = inner;
+            let resync = || {
+                let (seq, members) = session.watch_view().unwrap_or_default();
+                WatchEvent::Resync { seq, members }
+            };
+            let change = || WatchEvent::Change {
+                seq,
+                presence: presence.clone(),
+            };
+            watchers.retain(|w| w.push(change(), resync));
+        }
+        SessionEvent::Stats {
+            request,
+            uids,
+            keys,
+            names,
+        } => {
+            if let Some(Waiter::Stats(tx)) = inner.waiters.remove(&request) {
+                reply(&tx, Ok(Stats { uids, keys, names }));
+            }
+        }
+        SessionEvent::Done { request } => {
+            if let Some(Waiter::Done(tx)) = inner.waiters.remove(&request) {
+                reply(&tx, Ok(()));
+            }
+        }
+        SessionEvent::Failed {
+            request,
+            code,
+            message,
+        } => {
+            if let Some(waiter) = inner.waiters.remove(&request) {
+                waiter.fail(PluginError::Refused { code, message });
+            }
+        }
+        SessionEvent::Opened {
+            request,
+            peer,
+            path,
+            fd,
+            ..
+        } => {
+            let fd = fd.and_then(|token| inner.fds.remove(&token));
+            if let Some(Waiter::Opened(tx)) = inner.waiters.remove(&request) {
+                reply(&tx, Ok(Opened { peer, path, fd }));
+            }
+        }
+        SessionEvent::Incoming {
+            channel,
+            from_name,
+            from_key,
+            protocol,
+            metadata,
+            path,
+        } => {
+            let incoming = Incoming {
+                shared: shared.clone(),
+                id: channel,
+                epoch: inner.epoch,
+                from_name,
+                from_key,
+                protocol,
+                metadata,
+                path,
+                answered: false,
+            };
+            let refused = match &inner.incoming {
+                Some(tx) => tx.try_send(incoming).err().map(|refused| match refused {
+                    TrySendError::Full(offer) => (offer, "too many offers waiting"),
+                    TrySendError::Closed(offer) => (offer, "not accepting channels"),
+                }),
+                None => Some((incoming, "not accepting channels")),
+            };
+            if let Some((mut refused, why)) = refused {
+                refused.answered = true; // dropped under the lock: no second answer
+                                         // The opener is told (Rejected, with why).
+                tracing::info!("refused an offer of channel {}: {why}", refused.id);
+                let _ = inner.session.reject(refused.id, why);
+            }
+        }
+        SessionEvent::Readable { channel } | SessionEvent::ChannelClosed { channel } => {
+            if let Some(c) = inner.channels.get_mut(&channel) {
+                c.wake_reader();
+            }
+        }
+        SessionEvent::Reset {
+            channel,
+            code,
+            reason,
+        } => {
+            if inner.paths.contains_key(&channel) {
+                // Accepted, still without a path: its accept() ends here.
+                inner.channels.remove(&channel);
+                if let Some(tx) = inner.paths.remove(&channel) {
+                    let _ = tx.try_send(Resolved::Reset { code, reason });
+                }
+            } else if let Some(c) = inner.channels.get_mut(&channel) {
+                c.wake_reader();
+                c.wake_writer();
+            }
+        }
+        SessionEvent::Writable { channel } => {
+            if let Some(c) = inner.channels.get_mut(&channel) {
+                c.wake_writer();
+            }
+        }
+        SessionEvent::Closed { reason, .. } => end(inner, reason),
+    }
+}
+
+/// The connection is over: every waiter and channel learns it. A plugin
+/// that reconnects has lost it instead (see [`reconnect::lose`]).
+pub(crate) fn end<R: Runtime>(inner: &mut Inner<R>, reason: String) {
+    if !inner.live {
+        return;
+    }
+    inner.live = false;
+    if inner.reconnect {
+        reconnect::lose(inner, reason);
+        return;
+    }
+    inner.ended = Some(reason.clone());
+    inner.waiters.clear(); // dropped senders: the waiters see Disconnected
+    inner.watchers.clear();
+    inner.incoming = None; // `incoming()` ends
+    inner.paths.clear();
+    for c in inner.channels.values_mut() {
+        c.wake_reader();
+        c.wake_writer();
+    }
+    inner.report(ConnectionEvent::Ended { reason });
+}
