@@ -312,13 +312,7 @@ impl<R: Runtime> DirectStream<R> {
         let this = self;
         loop {
             this.take_events();
-            if let Some(front) = this.received.front_mut() {
-                let n = buf.len().min(front.len());
-                buf[..n].copy_from_slice(&front[..n]);
-                front.advance(n);
-                if front.is_empty() {
-                    this.received.pop_front();
-                }
+            if let Some(n) = super::read_front(&mut this.received, buf) {
                 return Poll::Ready(Ok(n));
             }
             if this.fin {

@@ -20,7 +20,7 @@ mod queue;
 mod reconnect;
 mod relayed;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
@@ -624,6 +624,19 @@ impl<R: Runtime> Drop for Plugin<R> {
         // Queued offers hold the shared state, which holds the queue.
         while self.incoming.try_recv().is_ok() {}
     }
+}
+
+/// Copies what fits of the first chunk of `queue` into `buf`, dropping it
+/// once read; `None` if the queue is empty.
+pub(crate) fn read_front(queue: &mut VecDeque<Bytes>, buf: &mut [u8]) -> Option<usize> {
+    let front = queue.front_mut()?;
+    let n = buf.len().min(front.len());
+    buf[..n].copy_from_slice(&front[..n]);
+    bytes::Buf::advance(front, n);
+    if front.is_empty() {
+        queue.pop_front();
+    }
+    Some(n)
 }
 
 /// A waker slot.

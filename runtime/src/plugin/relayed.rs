@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use plugboard_core::control::{ChannelId, ErrorCode};
 use plugboard_core::session::Recv;
 
@@ -106,22 +106,16 @@ impl<R: Runtime> Relayed<R> {
             let Some(c) = inner.orphans.get_mut(&(self.epoch, self.id)) else {
                 return Poll::Ready(Err(broken("the channel is gone")));
             };
-            let Some(front) = c.unread.front_mut() else {
-                return Poll::Ready(match &c.end {
-                    Some(Recv::Finished) => Ok(0),
-                    Some(Recv::Reset { code, reason }) => Err(reset_error(*code, reason)),
-                    _ => Err(broken(
-                        c.lost.as_deref().unwrap_or("the connection was lost"),
-                    )),
-                });
-            };
-            let n = buf.len().min(front.len());
-            buf[..n].copy_from_slice(&front[..n]);
-            front.advance(n);
-            if front.is_empty() {
-                c.unread.pop_front();
+            if let Some(n) = super::read_front(&mut c.unread, buf) {
+                return Poll::Ready(Ok(n));
             }
-            return Poll::Ready(Ok(n));
+            return Poll::Ready(match &c.end {
+                Some(Recv::Finished) => Ok(0),
+                Some(Recv::Reset { code, reason }) => Err(reset_error(*code, reason)),
+                _ => Err(broken(
+                    c.lost.as_deref().unwrap_or("the connection was lost"),
+                )),
+            });
         }
         match inner.session.recv(self.id, buf.len()) {
             Ok(Recv::Data(bytes)) => {
