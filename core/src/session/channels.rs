@@ -27,7 +27,7 @@ pub(super) enum ChannelStage {
 pub(super) struct Channel {
     pub(super) stage: ChannelStage,
     /// Received, not yet read.
-    received: VecDeque<Bytes>,
+    pub(super) received: VecDeque<Bytes>,
     /// The peer sends nothing more.
     fin: bool,
     /// Both directions are done.
@@ -128,7 +128,7 @@ impl Session {
             if front.is_empty() {
                 c.received.pop_front();
             }
-            if let Some(wire) = self.wire.as_mut() {
+            if let Some(wire) = self.link.wire_mut() {
                 wire.mux.consume(channel, data.len());
             }
             return Ok(Recv::Data(data));
@@ -157,10 +157,9 @@ impl Session {
     /// How many bytes [`Session::send`] takes now on `channel`.
     pub fn send_capacity(&self, channel: ChannelId) -> usize {
         match self.channels.get(&channel) {
-            Some(c) if c.stage == ChannelStage::Open && !c.is_over() => self
-                .wire
-                .as_ref()
-                .map_or(0, |w| w.mux.send_capacity(channel)),
+            Some(c) if c.stage == ChannelStage::Open && !c.is_over() => {
+                self.link.wire().map_or(0, |w| w.mux.send_capacity(channel))
+            }
             _ => 0,
         }
     }
@@ -193,7 +192,7 @@ impl Session {
         if self.channels.remove(&channel).is_none() {
             return Err(SessionError::UnknownChannel(channel));
         }
-        if let Some(wire) = self.wire.as_mut() {
+        if let Some(wire) = self.link.wire_mut() {
             wire.mux.reset(channel, code, reason);
         }
         Ok(())
@@ -207,7 +206,7 @@ impl Session {
         let Some(c) = self.channels.get_mut(&channel) else {
             return;
         };
-        if c.is_over() || self.wire.is_none() {
+        if c.is_over() || self.link.wire().is_none() {
             self.channels.remove(&channel);
             return;
         }
@@ -226,7 +225,7 @@ impl Session {
         }
         c.dropped = true;
         let unread: usize = c.received.drain(..).map(|b| b.len()).sum();
-        let wire = self.wire.as_mut().expect("checked");
+        let wire = self.link.wire_mut().expect("checked");
         wire.mux.consume(channel, unread);
         // Finished already is fine: FIN goes once.
         let _ = wire.mux.finish(channel);
@@ -235,7 +234,10 @@ impl Session {
     /// How `channel` ended, if it did: [`Recv::Finished`] or [`Recv::Reset`]
     /// (what a read says once the bytes are read).
     pub fn channel_end(&self, channel: ChannelId) -> Option<Recv> {
-        let c = self.channels.get(&channel)?;
+        Self::end_of(self.channels.get(&channel)?)
+    }
+
+    pub(super) fn end_of(c: &Channel) -> Option<Recv> {
         match (&c.reset, c.fin || c.closed) {
             (Some((code, reason)), _) => Some(Recv::Reset {
                 code: *code,
@@ -321,7 +323,7 @@ impl Session {
         let reason = "the direct path never came";
         for channel in due {
             self.channels.remove(&channel);
-            if let Some(wire) = self.wire.as_mut() {
+            if let Some(wire) = self.link.wire_mut() {
                 wire.mux.reset(channel, ErrorCode::OpenTimeout, reason);
             }
             self.events.push_back(SessionEvent::Reset {
@@ -351,7 +353,7 @@ impl Session {
         }
         if c.dropped {
             self.channels.remove(&channel);
-            if let Some(wire) = self.wire.as_mut() {
+            if let Some(wire) = self.link.wire_mut() {
                 wire.mux.reset(channel, ErrorCode::Cancelled, "closed");
             }
             return Ok(());

@@ -65,7 +65,7 @@ impl Session {
         );
         if waits {
             self.channels.remove(&channel);
-            if let Some(wire) = self.wire.as_mut() {
+            if let Some(wire) = self.link.wire_mut() {
                 wire.mux.reset(channel, ErrorCode::Cancelled, "direct");
             }
         }

@@ -1,3 +1,5 @@
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 
 use crate::control::{
@@ -155,7 +157,51 @@ pub enum SessionEvent {
         /// The channel.
         channel: ChannelId,
     },
-    /// The connection is over.
+    /// A request the connection's end left unanswered: it failed. With
+    /// `reconnecting`, the session reconnects (worth retrying after
+    /// [`SessionEvent::Reconnected`]).
+    RequestLost {
+        /// Which.
+        request: RequestId,
+        /// Whether the session reconnects.
+        reconnecting: bool,
+    },
+    /// The connection this channel was on is lost (the session reconnects):
+    /// here is what it received and nobody read, and how it had ended, if it
+    /// had. The session forgets it; its id may be another channel's on the
+    /// next connection.
+    ChannelLost {
+        /// The channel.
+        channel: ChannelId,
+        /// Received, not read, in order.
+        unread: VecDeque<Bytes>,
+        /// [`Recv::Finished`](super::Recv::Finished) or
+        /// [`Recv::Reset`](super::Recv::Reset), if it had ended.
+        end: Option<super::Recv>,
+    },
+    /// The connection was lost and the session reconnects: the first loss
+    /// of an outage (once until [`SessionEvent::Reconnected`]). Requests in
+    /// flight and channels were lost before it.
+    Lost {
+        /// Why.
+        reason: String,
+    },
+    /// An attempt to reconnect failed (no socket, no handshake, no hello,
+    /// or the broker refused the name or the watch); the next follows.
+    AttemptFailed {
+        /// Which attempt of this outage (from 1).
+        attempt: u32,
+        /// Why.
+        reason: String,
+    },
+    /// Connected again: the name is the session's again and the watch
+    /// restarted (its [`SessionEvent::Watching`] came before, with the
+    /// session's own request id). Requests work again.
+    Reconnected {
+        /// The attempts it took (at least 1).
+        attempts: u32,
+    },
+    /// The connection is over for good.
     Closed {
         /// The broker's code, if it said one.
         code: Option<ErrorCode>,
@@ -186,6 +232,12 @@ pub enum SessionError {
     /// The session is over.
     #[error("the session is closed")]
     Closed,
+    /// The connection is lost and the session reconnects: not now.
+    #[error("the connection to the broker is lost; reconnecting")]
+    Reconnecting,
+    /// The session did not ask for a socket.
+    #[error("the session did not ask for a connection")]
+    NotDialing,
     /// No such channel.
     #[error("no channel {0}")]
     UnknownChannel(ChannelId),

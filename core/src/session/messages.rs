@@ -37,7 +37,7 @@ impl Session {
     }
 
     pub(super) fn on_message(&mut self, message: Message) -> Result<(), SessionError> {
-        if let Stage::AwaitHello { .. } = self.stage {
+        if let Link::Hello { .. } = self.link {
             let Message::BrokerHello {
                 version,
                 limits,
@@ -66,20 +66,25 @@ impl Session {
                 ));
             }
             self.features = features;
-            let wire = self.wire.as_mut().expect("after the handshake");
+            let (max_window, max_connection_window) =
+                (self.config.max_window, self.config.max_connection_window);
+            let wire = self.wire_mut()?;
             wire.mux.configure(MuxConfig {
                 max_frame: crate::mux::DEFAULT_MAX_FRAME,
                 initial_window: limits.initial_window,
-                max_window: self.config.max_window.max(limits.initial_window),
-                max_connection_window: self.config.max_connection_window,
+                max_window: max_window.max(limits.initial_window),
+                max_connection_window,
             });
             wire.mux.set_peer_max_frame(limits.max_frame);
             self.limits = Some(limits);
-            self.stage = Stage::Ready;
+            self.link.hello_done();
             self.events.push_back(SessionEvent::Ready {
                 broker: self.config.broker,
                 limits,
             });
+            if self.outage.is_some() {
+                self.restore()?;
+            }
             return Ok(());
         }
         let event = match message {
@@ -89,6 +94,14 @@ impl Session {
                 message,
             } => {
                 let r = self.take_request(request)?;
+                if r.restore {
+                    let what = match r.pending {
+                        Pending::Register(_) => "name",
+                        _ => "watch",
+                    };
+                    self.restore_refused(what, &message);
+                    return Ok(());
+                }
                 if let Pending::Open(channel) = r.pending {
                     self.channels.remove(&channel);
                     self.wire_mut()?.mux.forget(channel);
@@ -112,10 +125,15 @@ impl Session {
             }
             Message::Registered { request, queued } => {
                 let r = self.take_request(request)?;
-                let Pending::Register = r.pending else {
+                let Pending::Register(registration) = r.pending else {
                     return Err(SessionError::Protocol("registered for another request"));
                 };
-                SessionEvent::Registered { request, queued }
+                // Granted: a new connection takes it again.
+                self.restore.registration = Some(registration);
+                self.events
+                    .push_back(SessionEvent::Registered { request, queued });
+                self.check_restored();
+                return Ok(());
             }
             Message::NameAcquired { name } => SessionEvent::NameAcquired { name },
             Message::ListPage {
@@ -152,11 +170,14 @@ impl Session {
                     return Ok(());
                 };
                 self.watch = Some(watch::WatchView::new(seq, &members));
-                SessionEvent::Watching {
+                self.restore.watching = true;
+                self.events.push_back(SessionEvent::Watching {
                     request,
                     seq,
                     members,
-                }
+                });
+                self.check_restored();
+                return Ok(());
             }
             Message::Resync { seq, last, members } => {
                 if self.features & FEATURE_WATCH_RESYNC == 0 {

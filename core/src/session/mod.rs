@@ -7,6 +7,7 @@
 mod channels;
 mod direct;
 mod events;
+mod link;
 mod messages;
 mod reconnect;
 mod requests;
@@ -22,6 +23,7 @@ use rand_core::CryptoRngCore;
 use channels::ChannelStage;
 pub use channels::Recv;
 pub use events::{SessionError, SessionEvent};
+use link::Link;
 pub use reconnect::{Backoff, ConnectionEvent, Reconnect};
 
 use crate::control::{
@@ -63,6 +65,12 @@ pub struct SessionConfig {
     /// times the most a broker with default limits sends in one reply (a
     /// Stats reply has up to 3 × its `max_connections` entries).
     pub max_reply_entries: usize,
+    /// Reconnect when the connection is lost (see [`Reconnect`]); `None`
+    /// ends the session instead.
+    pub reconnect: Option<Reconnect>,
+    /// How long the runtime may take to connect a socket when the session
+    /// asks for one ([`Session::wants_dial`]).
+    pub connect_timeout: Duration,
 }
 
 /// How long an accepted channel waits for its path when the broker did not
@@ -83,20 +91,15 @@ impl SessionConfig {
             max_connection_window: defaults.max_connection_window,
             features: FEATURES,
             max_reply_entries: 100_000,
+            reconnect: None,
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }
 
-enum Stage {
-    Handshake(Box<ClientHandshake>),
-    AwaitHello { deadline: Instant },
-    Ready,
-    Closed,
-}
-
 /// What a request is, so that its answer can be checked and assembled.
 enum Pending {
-    Register,
+    Register(link::Registration),
     List(Vec<Member>),
     Watch(Vec<Member>),
     Unwatch,
@@ -110,7 +113,7 @@ impl Pending {
         match self {
             Pending::List(members) | Pending::Watch(members) => members.len(),
             Pending::Stats(uids, keys, names) => uids.len() + keys.len() + names.len(),
-            Pending::Register | Pending::Unwatch | Pending::Open(_) => 0,
+            Pending::Register(_) | Pending::Unwatch | Pending::Open(_) => 0,
         }
     }
 }
@@ -118,13 +121,24 @@ impl Pending {
 struct Request {
     pending: Pending,
     deadline: Instant,
+    /// Sent by the session to restore the name or the watch on a new
+    /// connection, not by the application.
+    restore: bool,
 }
 
 /// The plugin side of a connection to the broker.
 pub struct Session {
     config: SessionConfig,
-    stage: Stage,
-    wire: Option<Wire>,
+    /// The connection to the broker, and what it owns.
+    link: Link,
+    /// The latest time a call brought.
+    now: Instant,
+    /// While reconnecting: why, and how it goes.
+    outage: Option<link::Outage>,
+    /// What a new connection restores.
+    restore: link::Restore,
+    /// Randomness drawn ahead for the next wait between attempts.
+    jitter: u64,
     control: ControlDecoder,
     limits: Option<AnnouncedLimits>,
     next_request: RequestId,
@@ -151,8 +165,11 @@ impl Session {
         let handshake = ClientHandshake::new(config.handshake.clone(), config.broker, rng, now)?;
         Ok(Session {
             config,
-            stage: Stage::Handshake(Box::new(handshake)),
-            wire: None,
+            link: Link::Handshake(Box::new(handshake)),
+            now,
+            outage: None,
+            restore: link::Restore::default(),
+            jitter: rng.next_u64(),
             control: ControlDecoder::default(),
             limits: None,
             next_request: 1,
@@ -172,14 +189,15 @@ impl Session {
         self.limits.as_ref()
     }
 
-    /// Whether requests and channels can be used.
+    /// Whether requests and channels can be used (on a new connection,
+    /// once the name and the watch are restored).
     pub fn is_ready(&self) -> bool {
-        matches!(self.stage, Stage::Ready)
+        matches!(self.link, Link::Ready(_)) && self.outage.is_none()
     }
 
-    /// Whether the connection is over.
+    /// Whether the session is over for good.
     pub fn is_closed(&self) -> bool {
-        matches!(self.stage, Stage::Closed)
+        matches!(self.link, Link::Closed { .. })
     }
 
     // ── the face ──────────────────────────────────────────────────────
@@ -187,6 +205,14 @@ impl Session {
     /// Bytes from the broker. An error ends the session (the event
     /// [`SessionEvent::Closed`] says so too); close the socket.
     pub fn handle_input(&mut self, now: Instant, input: &[u8]) -> Result<(), SessionError> {
+        self.now = now;
+        if !self.link.is_connected() {
+            // Bytes of a socket the session let go: a runtime's mistake.
+            return Err(match self.link {
+                Link::Closed { .. } => SessionError::Closed,
+                _ => SessionError::Reconnecting,
+            });
+        }
         let result = self.input(now, input);
         if let Err(e) = &result {
             self.fail(e.to_string(), None);
@@ -207,17 +233,29 @@ impl Session {
     }
 
     /// The broker closed the connection.
-    pub fn handle_eof(&mut self, _now: Instant) {
-        if !self.is_closed() {
+    pub fn handle_eof(&mut self, now: Instant) {
+        self.now = now;
+        if self.link.is_connected() {
             self.fail("the broker closed the connection".into(), None);
         }
     }
 
-    /// Bytes to write to the broker.
+    /// The socket failed (a read or write error, or what the runtime found
+    /// wrong below the session): the connection is over.
+    pub fn handle_socket_error(&mut self, now: Instant, reason: &str) {
+        self.now = now;
+        if self.link.is_connected() {
+            self.end(reason.to_owned(), None, false);
+        }
+    }
+
+    /// Bytes to write to the broker. Once the session let the connection
+    /// go ([`Session::is_connected`] false), its last words, then nothing:
+    /// close the socket.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        match (&mut self.stage, &mut self.wire) {
-            (Stage::Handshake(handshake), _) => handshake.poll_transmit(),
-            (_, Some(wire)) => {
+        match &mut self.link {
+            Link::Handshake(handshake) => handshake.poll_transmit(),
+            Link::Hello { wire, .. } | Link::Ready(wire) => {
                 let out = wire.poll_transmit().map(|(bytes, _)| bytes);
                 if wire.mux.has_events() {
                     // Our FIN going out can close a channel: say so now.
@@ -225,7 +263,10 @@ impl Session {
                 }
                 out
             }
-            _ => None,
+            Link::Waiting { last_words, .. } | Link::Closed { last_words } => {
+                Some(std::mem::take(last_words)).filter(|b| !b.is_empty())
+            }
+            Link::Dialing { .. } => None,
         }
     }
 
@@ -237,10 +278,12 @@ impl Session {
     /// The earliest deadline: handshake, hello, a request's, or an accepted
     /// channel's that still waits for its path.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let stage = match &self.stage {
-            Stage::Handshake(handshake) => handshake.poll_timeout(),
-            Stage::AwaitHello { deadline } => Some(*deadline),
-            _ => None,
+        let stage = match &self.link {
+            Link::Handshake(handshake) => handshake.poll_timeout(),
+            Link::Hello { deadline, .. } => Some(*deadline),
+            Link::Waiting { at, .. } => Some(*at),
+            Link::Dialing { deadline } => Some(*deadline),
+            Link::Ready(_) | Link::Closed { .. } => None,
         };
         let request = self.requests.values().map(|r| r.deadline).min();
         let path = self.path_deadlines().min();
@@ -249,14 +292,19 @@ impl Session {
 
     /// Runs what is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        match &mut self.stage {
-            Stage::Handshake(handshake) => {
+        self.now = now;
+        match &mut self.link {
+            Link::Handshake(handshake) => {
                 if let Err(e) = handshake.handle_timeout(now) {
                     self.fail(e.to_string(), None);
                 }
             }
-            Stage::AwaitHello { deadline } if now >= *deadline => {
+            Link::Hello { deadline, .. } if now >= *deadline => {
                 self.fail("the broker did not say hello in time".into(), None);
+            }
+            Link::Waiting { at, .. } if now >= *at => self.dial(now),
+            Link::Dialing { deadline } if now >= *deadline => {
+                self.attempt_failed(now, "timed out connecting".into());
             }
             _ => {}
         }
@@ -272,14 +320,17 @@ impl Session {
     /// Ends the session from this side: a GOAWAY, then (box-stream) the
     /// goodbye. Returns the last bytes to write before closing the socket.
     pub fn close(&mut self, reason: &str) -> Bytes {
-        let last = match self.wire.as_mut() {
+        let last = match self.link.wire_mut() {
             Some(wire) => {
                 wire.mux.go_away(ErrorCode::Cancelled, reason);
                 wire.last_words()
             }
             None => Bytes::new(),
         };
-        self.stage = Stage::Closed;
+        self.link = Link::Closed {
+            last_words: Bytes::new(),
+        };
+        self.outage = None;
         self.requests.clear();
         self.channels.clear();
         last
@@ -287,16 +338,19 @@ impl Session {
 
     // ── internals ─────────────────────────────────────────────────────
 
+    /// The connection can carry requests and channels (it may still be
+    /// restoring the name and the watch).
     fn ensure_ready(&self) -> Result<(), SessionError> {
-        match self.stage {
-            Stage::Ready => Ok(()),
-            Stage::Closed => Err(SessionError::Closed),
-            _ => Err(SessionError::NotReady),
+        match (&self.link, &self.outage) {
+            (Link::Ready(_), _) => Ok(()),
+            (Link::Closed { .. }, _) => Err(SessionError::Closed),
+            (_, Some(_)) => Err(SessionError::Reconnecting),
+            (_, None) => Err(SessionError::NotReady),
         }
     }
 
     fn wire_mut(&mut self) -> Result<&mut Wire, SessionError> {
-        self.wire.as_mut().ok_or(SessionError::NotReady)
+        self.link.wire_mut().ok_or(SessionError::NotReady)
     }
 
     /// The broker ended the connection: nothing more is sent to it.
@@ -308,26 +362,42 @@ impl Session {
         self.end(reason, code, true);
     }
 
+    /// The connection is over: the session reconnects if configured to,
+    /// or ends.
     fn end(&mut self, reason: String, code: Option<ErrorCode>, tell_broker: bool) {
-        if self.is_closed() {
+        if !self.link.is_connected() {
             return;
         }
-        self.stage = Stage::Closed;
         // Tell the broker why, unless it is the one that ended the connection.
-        let tell = tell_broker.then_some(()).and(self.wire.as_mut());
-        if let Some(wire) = tell.filter(|w| !w.mux.is_going_away()) {
-            wire.mux
-                .go_away(code.unwrap_or(ErrorCode::ProtocolViolation), &reason);
+        let last_words = match self.link.wire_mut() {
+            Some(wire) => {
+                if tell_broker && !wire.mux.is_going_away() {
+                    wire.mux
+                        .go_away(code.unwrap_or(ErrorCode::ProtocolViolation), &reason);
+                }
+                wire.last_words()
+            }
+            None => Bytes::new(),
+        };
+        let reconnecting = self.config.reconnect.is_some();
+        for (request, r) in std::mem::take(&mut self.requests) {
+            self.forget_request(request, &r, reconnecting);
         }
-        self.requests.clear();
+        self.watch = None;
+        self.resync = None;
+        self.fds.clear();
+        if reconnecting {
+            self.lose(reason, last_words);
+            return;
+        }
         // Channels stay: what they received can still be read.
+        self.link = Link::Closed { last_words };
         self.events.push_back(SessionEvent::Closed { code, reason });
     }
 
     fn input(&mut self, now: Instant, input: &[u8]) -> Result<(), SessionError> {
-        match (&mut self.stage, &mut self.wire) {
-            (Stage::Closed, _) => Err(SessionError::Closed),
-            (Stage::Handshake(handshake), _) => {
+        match &mut self.link {
+            Link::Handshake(handshake) => {
                 handshake.handle_input(now, input)?;
                 match handshake.poll_event() {
                     Some(shs::Event::Established(established)) => {
@@ -336,7 +406,7 @@ impl Session {
                     _ => Ok(()),
                 }
             }
-            (_, Some(wire)) => {
+            Link::Hello { wire, .. } | Link::Ready(wire) => {
                 let result = wire.handle_input(input);
                 self.drain_mux()?;
                 match result {
@@ -348,7 +418,8 @@ impl Session {
                     Err(e) => Err(e.into()),
                 }
             }
-            (_, None) => Err(SessionError::NotReady),
+            Link::Waiting { .. } | Link::Dialing { .. } => Err(SessionError::Reconnecting),
+            Link::Closed { .. } => Err(SessionError::Closed),
         }
     }
 
@@ -365,11 +436,12 @@ impl Session {
                 ..MuxConfig::default()
             },
         );
-        self.wire = Some(match self.config.boxstream {
+        let wire = match self.config.boxstream {
             true => Wire::boxed(mux, &established.keys),
             false => Wire::plain(mux),
-        });
-        self.stage = Stage::AwaitHello {
+        };
+        self.link = Link::Hello {
+            wire,
             deadline: now + self.config.hello_timeout,
         };
         self.send_message(&Message::ClientHello {
@@ -378,7 +450,7 @@ impl Session {
             features: self.config.features,
         })?;
         if !established.early_data.is_empty() {
-            let wire = self.wire.as_mut().expect("just set");
+            let wire = self.wire_mut()?;
             wire.handle_input(&established.early_data)?;
             self.drain_mux()?;
         }
@@ -386,7 +458,7 @@ impl Session {
     }
 
     fn drain_mux(&mut self) -> Result<(), SessionError> {
-        while let Some(event) = self.wire.as_mut().and_then(|w| w.mux.poll_event()) {
+        while let Some(event) = self.link.wire_mut().and_then(|w| w.mux.poll_event()) {
             match event {
                 MuxEvent::Control(bytes) => {
                     self.control.push(&bytes);

@@ -81,13 +81,18 @@ impl Backoff {
 
     /// How long to wait before the next attempt.
     pub fn next(&mut self, rng: &mut impl RngCore) -> Duration {
+        self.next_from(rng.next_u64())
+    }
+
+    /// As [`Backoff::next`], with the randomness drawn already.
+    pub fn next_from(&mut self, random: u64) -> Duration {
         let low = self.policy.initial;
         let high = self.last.max(MIN_STEP).saturating_mul(3);
         let high = high.min(self.policy.max).max(low);
         let span = u64::try_from((high - low).as_nanos()).unwrap_or(u64::MAX);
         let jitter = match span {
             0 => 0,
-            span => rng.next_u64() % span,
+            span => random % span,
         };
         self.last = low + Duration::from_nanos(jitter);
         self.last

@@ -19,12 +19,13 @@ impl Session {
         {
             return Err(SessionError::TooLong("direct address"));
         }
-        self.request(now, Pending::Register, |request| Message::Register {
-            request,
+        let registration = link::Registration {
             name,
             wait,
-            direct_addr: direct_addr.unwrap_or_default(),
-        })
+            direct_addr,
+        };
+        let pending = Pending::Register(registration.clone());
+        self.request(now, pending, |request| registration.message(request))
     }
 
     /// Who is registered.
@@ -41,11 +42,13 @@ impl Session {
         })
     }
 
-    /// Stop watching.
+    /// Stop watching (a new connection does not restore it).
     pub fn unwatch(&mut self, now: Instant) -> Result<RequestId, SessionError> {
-        self.request(now, Pending::Unwatch, |request| Message::Unwatch {
+        let request = self.request(now, Pending::Unwatch, |request| Message::Unwatch {
             request,
-        })
+        })?;
+        self.restore.watching = false;
+        Ok(request)
     }
 
     /// Who holds what.
@@ -70,7 +73,7 @@ impl Session {
         if metadata.len() > control::MAX_METADATA {
             return Err(SessionError::TooLong("metadata"));
         }
-        self.ensure_ready()?;
+        self.ensure_usable()?;
         if !self.wire_mut()?.mux.can_open_local() {
             return Err(SessionError::ChannelIdsExhausted);
         }
@@ -94,23 +97,52 @@ impl Session {
         Ok((request, channel))
     }
 
+    /// An application's request: refused while a new connection restores
+    /// the name and the watch.
     pub(super) fn request(
         &mut self,
         now: Instant,
         pending: Pending,
         message: impl FnOnce(RequestId) -> Message,
     ) -> Result<RequestId, SessionError> {
+        self.ensure_usable()?;
+        self.request_as(now, false, pending, message)
+    }
+
+    /// Sends a request; `restore` marks the session's own.
+    pub(super) fn request_as(
+        &mut self,
+        now: Instant,
+        restore: bool,
+        pending: Pending,
+        message: impl FnOnce(RequestId) -> Message,
+    ) -> Result<RequestId, SessionError> {
         self.ensure_ready()?;
+        self.now = now;
         let request = self.next_request;
         self.next_request = self.next_request.wrapping_add(1).max(1);
         self.send_message(&message(request))?;
         let deadline = now + self.config.request_timeout;
-        self.requests.insert(request, Request { pending, deadline });
+        let r = Request {
+            pending,
+            deadline,
+            restore,
+        };
+        self.requests.insert(request, r);
         Ok(request)
     }
 
+    /// Ready, and not restoring.
+    fn ensure_usable(&self) -> Result<(), SessionError> {
+        self.ensure_ready()?;
+        match self.outage {
+            Some(_) => Err(SessionError::Reconnecting),
+            None => Ok(()),
+        }
+    }
+
     pub(super) fn send_message(&mut self, message: &Message) -> Result<(), SessionError> {
-        let wire = self.wire.as_mut().ok_or(SessionError::NotReady)?;
+        let wire = self.link.wire_mut().ok_or(SessionError::NotReady)?;
         control::encode(message, &mut self.scratch);
         wire.mux.send_control(&self.scratch);
         self.scratch.clear();

@@ -39,8 +39,13 @@ pub struct Node {
     pub events: VecDeque<SessionEvent>,
     /// While set, the plugin does not read: the broker's output for it stays queued.
     pub slow: bool,
-    /// The connection is over (closed by either side).
+    /// The link is down (closed by either side, or cut); a session that
+    /// reconnects gets a new one when it asks.
     pub closed: bool,
+    /// Where it connects from.
+    origin: Origin,
+    /// Links it had (the first one too).
+    pub links: u32,
     up: VecDeque<Bytes>,
     down: VecDeque<(Bytes, Option<u64>)>,
 }
@@ -63,6 +68,8 @@ pub struct Net {
     next_node: NodeId,
     rng: ChaCha20Rng,
     chaos: Chaos,
+    /// For a broker started again.
+    config: BrokerConfig,
 }
 
 impl Net {
@@ -74,7 +81,8 @@ impl Net {
         let broker_rng = ChaCha20Rng::seed_from_u64(rng.next_u64());
         Net {
             now: Instant::ZERO,
-            broker: Broker::new(config, Box::new(broker_rng)),
+            broker: Broker::new(config.clone(), Box::new(broker_rng)),
+            config,
             nodes: BTreeMap::new(),
             log: Vec::new(),
             socketpairs_work: true,
@@ -149,6 +157,8 @@ impl Net {
                 events: VecDeque::new(),
                 slow: false,
                 closed: false,
+                origin,
+                links: 1,
                 up: VecDeque::new(),
                 down: VecDeque::new(),
             },
@@ -182,9 +192,11 @@ impl Net {
         node.up.push_back(bytes);
     }
 
-    /// The plugin's socket dies (the process was killed).
+    /// The plugin process dies: its socket closes, and it never comes back.
     pub fn kill(&mut self, id: NodeId) {
         let node = self.node(id);
+        let _ = node.session.close("killed");
+        while node.session.poll_event().is_some() {}
         if node.closed {
             return;
         }
@@ -195,24 +207,99 @@ impl Net {
         self.broker.handle_disconnect(self.now, conn, "killed");
     }
 
+    /// The plugin's link breaks under both ends (a network fault): what was
+    /// in flight is lost; each end learns it from its socket.
+    pub fn cut(&mut self, id: NodeId) {
+        let now = self.now;
+        let node = self.node(id);
+        if node.closed {
+            return;
+        }
+        node.closed = true;
+        node.up.clear();
+        node.down.clear();
+        node.session.handle_socket_error(now, "the link was cut");
+        while let Some(e) = node.session.poll_event() {
+            node.events.push_back(e);
+        }
+        let conn = node.conn;
+        self.broker.handle_disconnect(now, conn, "the link was cut");
+        self.collect();
+    }
+
+    /// The broker process dies and starts again, with the same identity
+    /// and configuration and nothing else: every link breaks.
+    pub fn restart_broker(&mut self) {
+        let now = self.now;
+        for node in self.nodes.values_mut().filter(|n| !n.closed) {
+            node.closed = true;
+            node.up.clear();
+            node.down.clear();
+            node.session
+                .handle_socket_error(now, "the broker's socket reset");
+            while let Some(e) = node.session.poll_event() {
+                node.events.push_back(e);
+            }
+        }
+        let broker_rng = ChaCha20Rng::seed_from_u64(self.rng.next_u64());
+        self.broker = Broker::new(self.config.clone(), Box::new(broker_rng));
+        self.by_conn.clear();
+        self.writable.clear();
+        self.collect();
+    }
+
     /// Moves time on and runs every timer due.
     pub fn advance(&mut self, by: Duration) {
         self.now += by;
         self.broker.handle_timeout(self.now);
-        for node in self.nodes.values_mut().filter(|n| !n.closed) {
+        for node in self.nodes.values_mut().filter(|n| !n.session.is_closed()) {
             node.session.handle_timeout(self.now);
         }
         self.collect();
     }
 
-    /// Takes every session's events; a session that ended itself sends its
-    /// last words and closes its socket.
+    /// Gives a session that asks for a link a new one, as a runtime that
+    /// connects a socket does (the broker may turn it away at once).
+    fn redial(&mut self, id: NodeId) {
+        let now = self.now;
+        let origin = self.nodes[&id].origin;
+        let accepted = self.broker.accept(now, origin);
+        let node = self.nodes.get_mut(&id).expect("exists");
+        match accepted {
+            Ok(conn) => {
+                node.conn = conn;
+                node.closed = false;
+                node.links += 1;
+                node.up.clear();
+                node.down.clear();
+                self.by_conn.insert(conn, id);
+                let _ = node.session.connected(now, &mut self.rng);
+            }
+            Err(_) => {
+                let _ = node.session.dial_failed(
+                    now,
+                    "the broker turned the socket away",
+                    &mut self.rng,
+                );
+            }
+        }
+        while let Some(e) = node.session.poll_event() {
+            node.events.push_back(e);
+        }
+    }
+
+    /// Takes every session's events; a session that let its link go sends
+    /// its last words and closes its socket; one that asks for a new link
+    /// gets one.
     fn collect(&mut self) {
-        for node in self.nodes.values_mut().filter(|n| !n.closed) {
+        for node in self.nodes.values_mut() {
             while let Some(e) = node.session.poll_event() {
                 node.events.push_back(e);
             }
-            if node.session.is_closed() {
+            if node.closed {
+                continue;
+            }
+            if !node.session.is_connected() {
                 while let Some(bytes) = node.session.poll_transmit() {
                     node.up.push_back(bytes);
                 }
@@ -223,6 +310,15 @@ impl Net {
                 node.down.clear();
                 self.broker.handle_eof(self.now, node.conn);
             }
+        }
+        let dialing: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.closed && n.session.wants_dial())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dialing {
+            self.redial(id);
         }
     }
 
@@ -272,10 +368,12 @@ impl Net {
                 Event::Close {
                     conn, last_words, ..
                 } => {
+                    // A link the node replaced since is nothing to it.
                     if let Some(node) = self
                         .by_conn
                         .get(&conn)
                         .and_then(|id| self.nodes.get_mut(id))
+                        .filter(|node| node.conn == conn)
                     {
                         if !last_words.is_empty() && !node.closed {
                             node.down.push_back((last_words, None));
@@ -315,7 +413,7 @@ impl Net {
                 self.writable.remove(&conn);
                 continue;
             };
-            if node.closed {
+            if node.closed || node.conn != conn {
                 self.writable.remove(&conn);
                 continue;
             }
@@ -406,7 +504,7 @@ impl Net {
             while let Some(e) = node.session.poll_event() {
                 node.events.push_back(e);
             }
-            if result.is_err() || node.session.is_closed() {
+            if result.is_err() || !node.session.is_connected() {
                 node.closed = true;
                 let conn = node.conn;
                 self.broker

@@ -127,8 +127,9 @@ impl<R: Runtime> PluginBuilder<R> {
         };
         let mut config = SessionConfig::new(handshake.clone(), broker);
         config.boxstream = matches!(addr, Addr::Tcp(_));
+        config.reconnect = self.reconnect;
         let clock = Clock::start();
-        let session = Session::new(config.clone(), &mut rand_core::OsRng, clock.now())?;
+        let session = Session::new(config, &mut rand_core::OsRng, clock.now())?;
         let (incoming_tx, incoming_rx) = bounded(queue::OFFER_QUEUE);
         let shared = Arc::new(Shared {
             rt: self.rt.clone(),
@@ -141,13 +142,8 @@ impl<R: Runtime> PluginBuilder<R> {
                 watchers: Vec::new(),
                 watch_queue: self.watch_queue,
                 ended: None,
-                reconnect: self.reconnect.is_some(),
-                live: true,
                 epoch: 0,
-                down: None,
                 orphans: HashMap::new(),
-                registration: None,
-                watching: false,
                 events: Vec::new(),
                 fds: HashMap::new(),
                 next_fd: 0,
@@ -156,8 +152,7 @@ impl<R: Runtime> PluginBuilder<R> {
             flush: Notify::default(),
         });
         let (ready_tx, ready_rx) = bounded(1);
-        let reconnect = self.reconnect.map(|policy| (policy, config));
-        let driver = driver::spawn(shared.clone(), &addr, ready_tx, reconnect).await?;
+        let driver = driver::spawn(shared.clone(), &addr, ready_tx).await?;
         // Until connect returns, a lost connection is the end of it.
         let first = |e| match e {
             PluginError::Reconnecting(reason) => PluginError::Disconnected(reason),

@@ -170,19 +170,64 @@ pub(crate) fn deliver<R: Runtime>(
                 c.wake_writer();
             }
         }
+        SessionEvent::RequestLost {
+            request,
+            reconnecting,
+        } => {
+            if let Some(waiter) = inner.waiters.remove(&request) {
+                let error = match reconnecting {
+                    true => PluginError::Reconnecting(
+                        inner.session.outage().unwrap_or("lost").to_owned(),
+                    ),
+                    false => PluginError::Disconnected("the connection ended".into()),
+                };
+                waiter.fail(error);
+            }
+        }
+        SessionEvent::ChannelLost {
+            channel,
+            unread,
+            end,
+        } => {
+            inner.paths.remove(&channel); // an accept waiting for its path fails
+            if let Some(mut c) = inner.channels.remove(&channel) {
+                // What it had not read stays readable, then it fails.
+                let why = inner.session.outage().unwrap_or("lost");
+                c.unread = unread;
+                c.end = end;
+                c.lost = Some(format!("the connection to the broker was lost: {why}"));
+                c.wake_reader();
+                c.wake_writer();
+                inner.orphans.insert((inner.epoch, channel), c);
+            }
+        }
+        SessionEvent::Lost { reason } => {
+            lost(inner);
+            inner.report(ConnectionEvent::Lost { reason });
+        }
+        SessionEvent::AttemptFailed { attempt, reason } => {
+            lost(inner);
+            tracing::info!("reconnecting: attempt {attempt} failed: {reason}");
+        }
+        SessionEvent::Reconnected { attempts } => {
+            tracing::info!("reconnected after {attempts} attempts");
+            inner.report(ConnectionEvent::Reconnected { attempts });
+        }
         SessionEvent::Closed { reason, .. } => end(inner, reason),
     }
 }
 
-/// The connection is over: every waiter and channel learns it. A plugin
-/// that reconnects has lost it instead (see [`reconnect::lose`]).
+/// A connection (or an attempt) is lost: what the runtime kept for it
+/// means nothing to the next one.
+fn lost<R: Runtime>(inner: &mut Inner<R>) {
+    inner.epoch += 1;
+    inner.fds.clear();
+    inner.paths.clear();
+}
+
+/// The session is over for good: every waiter and channel learns it.
 pub(crate) fn end<R: Runtime>(inner: &mut Inner<R>, reason: String) {
-    if !inner.live {
-        return;
-    }
-    inner.live = false;
-    if inner.reconnect {
-        reconnect::lose(inner, reason);
+    if inner.ended.is_some() {
         return;
     }
     inner.ended = Some(reason.clone());

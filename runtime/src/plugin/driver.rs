@@ -1,6 +1,6 @@
 //! The task that owns a plugin's socket: it writes what the session has,
-//! reads what the broker sends, and runs the session's timers. A plugin that
-//! reconnects goes on with the next connection (see `reconnect.rs`).
+//! reads what the broker sends, and runs the session's timers. When the
+//! session reconnects, it connects the sockets the session asks for.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -10,10 +10,9 @@ use async_channel::Sender;
 use bytes::BytesMut;
 use futures_lite::future;
 use plugboard_core::addr::Addr;
-use plugboard_core::session::SessionConfig;
 use plugboard_os::WriteQueue;
 
-use super::{deliver, end, reconnect, Inner, PluginError, Reconnect, Shared};
+use super::{deliver, Inner, PluginError, Shared};
 use crate::rt::Runtime;
 use crate::stream::{ReadSize, Stream};
 
@@ -21,13 +20,10 @@ use crate::stream::{ReadSize, Stream};
 const READ_SIZE: usize = 256 * 1024;
 
 /// Connects and starts the driver. `ready` learns when the broker said hello.
-/// With `reconnect`, a lost connection is followed by new ones, with
-/// sessions made from the config.
 pub(crate) async fn spawn<R: Runtime>(
     shared: Arc<Shared<R>>,
     addr: &Addr,
     ready: Sender<Result<(), PluginError>>,
-    reconnect: Option<(Reconnect, SessionConfig)>,
 ) -> Result<R::Task, PluginError> {
     let stream = Stream::connect(&shared.rt, addr)
         .await
@@ -37,12 +33,66 @@ pub(crate) async fn spawn<R: Runtime>(
         })?;
     let addr = addr.clone();
     let rt = shared.rt.clone();
-    Ok(rt.spawn(async move {
-        run(shared.clone(), stream, Some(ready)).await;
-        if let Some((policy, config)) = reconnect {
-            reconnect::supervise(shared, addr, policy, config).await;
+    Ok(rt.spawn(run(shared, addr, stream, ready)))
+}
+
+/// Drives the session over its connections until it is over: this one,
+/// and (if it reconnects) each it asks for.
+async fn run<R: Runtime>(
+    shared: Arc<Shared<R>>,
+    addr: Addr,
+    stream: Stream<R>,
+    ready: Sender<Result<(), PluginError>>,
+) {
+    let mut ready = Some(ready);
+    let mut stream = Some(stream);
+    loop {
+        if let Some(stream) = stream.take() {
+            connection(&shared, stream, &mut ready).await;
         }
-    }))
+        // Between connections: the session waits, then asks for a socket.
+        let (dial, timeout) = {
+            let mut inner = shared.lock();
+            drain(&shared, &mut inner);
+            if inner.session.is_closed() {
+                return;
+            }
+            let timeout = inner.session.poll_timeout();
+            (
+                inner.session.wants_dial(),
+                timeout.map(|at| inner.clock.to_std(at)),
+            )
+        };
+        let sleep = async {
+            match timeout {
+                Some(at) => shared.rt.sleep_until(at).await,
+                None => future::pending().await,
+            }
+            None
+        };
+        let connect = async {
+            match dial {
+                true => Some(Stream::connect(&shared.rt, &addr).await),
+                false => future::pending().await,
+            }
+        };
+        let outcome = future::or(connect, sleep).await;
+        let mut inner = shared.lock();
+        let now = inner.clock.now();
+        match outcome {
+            Some(Ok(connected)) => {
+                if inner.session.connected(now, &mut rand_core::OsRng).is_ok() {
+                    stream = Some(connected);
+                }
+            }
+            Some(Err(e)) => {
+                let _ = inner
+                    .session
+                    .dial_failed(now, &e.to_string(), &mut rand_core::OsRng);
+            }
+            None => inner.session.handle_timeout(now),
+        }
+    }
 }
 
 /// What woke the driver.
@@ -52,22 +102,21 @@ enum Wake {
     Timeout,
 }
 
-/// Drives the session in `shared` over `stream` until the connection is
-/// over (ended, or lost when the plugin reconnects). `ready` learns when the
-/// broker said hello, or that it never will on this connection.
-pub(crate) async fn run<R: Runtime>(
-    shared: Arc<Shared<R>>,
+/// Drives the session over `stream` until it lets the connection go (it
+/// ended, or was lost). `ready` learns when the broker said hello, or that
+/// it never will on this connection.
+async fn connection<R: Runtime>(
+    shared: &Arc<Shared<R>>,
     stream: Stream<R>,
-    mut ready: Option<Sender<Result<(), PluginError>>>,
+    ready: &mut Option<Sender<Result<(), PluginError>>>,
 ) {
-    let epoch = shared.lock().epoch;
     let mut fds = Vec::new();
     let mut buf = BytesMut::new();
     let mut size = ReadSize::new(READ_SIZE);
     let mut queue = WriteQueue::new();
     let unix = stream.carries_fds();
     loop {
-        // Everything the session has goes out first.
+        // Everything the session has goes out first (last words too).
         loop {
             {
                 let mut inner = shared.lock();
@@ -80,32 +129,35 @@ pub(crate) async fn run<R: Runtime>(
             }
             if let Err(e) = stream.flush(&mut queue).await {
                 queue.clear();
-                end(&mut shared.lock(), format!("write failed: {e}"));
+                let mut inner = shared.lock();
+                let now = inner.clock.now();
+                inner
+                    .session
+                    .handle_socket_error(now, &format!("write failed: {e}"));
             }
         }
-        let (timeout, ended) = {
+        let (timeout, over) = {
             let mut inner = shared.lock();
-            drain(&shared, &mut inner, epoch);
-            // Over for good, or lost (and the next connection is not ours).
-            let over = match (&inner.ended, inner.epoch != epoch) {
-                (Some(reason), _) => Some(PluginError::Disconnected(reason.clone())),
-                (None, true) => Some(inner.stale()),
-                (None, false) => None,
-            };
+            drain(shared, &mut inner);
+            let over = !inner.session.is_connected();
             if let Some(tx) = ready.take() {
-                match (&over, inner.session.is_ready()) {
-                    (Some(e), _) => drop(tx.try_send(Err(e.clone()))),
-                    (None, true) => drop(tx.try_send(Ok(()))),
-                    (None, false) => ready = Some(tx),
+                let reason = || {
+                    let why = inner.ended.as_deref().or(inner.session.outage());
+                    why.unwrap_or("the connection ended").to_owned()
+                };
+                match (over, inner.session.is_ready()) {
+                    (true, _) => drop(tx.try_send(Err(PluginError::Disconnected(reason())))),
+                    (false, true) => drop(tx.try_send(Ok(()))),
+                    (false, false) => *ready = Some(tx),
                 }
             }
             let timeout = inner
                 .session
                 .poll_timeout()
                 .map(|at| inner.clock.to_std(at));
-            (timeout, over.is_some())
+            (timeout, over)
         };
-        if ended {
+        if over {
             return; // dropping the socket says so to the broker
         }
         buf.clear();
@@ -131,13 +183,15 @@ pub(crate) async fn run<R: Runtime>(
                 let now = inner.clock.now();
                 match read {
                     Ok(0) => inner.session.handle_eof(now),
-                    // Errors end the session; its Closed event says why.
+                    // Errors end the connection; the session's events say why.
                     Ok(_) => {
                         if let Err(reason) = hand_over(&mut inner, now, &buf, &mut fds) {
-                            end(&mut inner, reason);
+                            inner.session.handle_socket_error(now, &reason);
                         }
                     }
-                    Err(e) => end(&mut inner, format!("read failed: {e}")),
+                    Err(e) => inner
+                        .session
+                        .handle_socket_error(now, &format!("read failed: {e}")),
                 }
             }
             Wake::Flush | Wake::Timeout => {}
@@ -173,13 +227,9 @@ fn hand_over<R: Runtime>(
     Ok(())
 }
 
-/// Hands every session event to its waiter, while the connection is the
-/// current one (what a lost one still had to say is for nobody).
-fn drain<R: Runtime>(shared: &Arc<Shared<R>>, inner: &mut Inner<R>, epoch: u64) {
-    while inner.epoch == epoch {
-        let Some(event) = inner.session.poll_event() else {
-            break;
-        };
+/// Hands every session event to whoever waits for it.
+fn drain<R: Runtime>(shared: &Arc<Shared<R>>, inner: &mut Inner<R>) {
+    while let Some(event) = inner.session.poll_event() {
         deliver(shared, inner, event);
     }
 }

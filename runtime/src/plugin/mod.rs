@@ -17,7 +17,6 @@ mod driver;
 mod feed;
 mod incoming;
 mod queue;
-mod reconnect;
 mod relayed;
 
 use std::collections::{HashMap, VecDeque};
@@ -42,7 +41,7 @@ pub use channel::{Channel, Path};
 pub(crate) use deliver::{deliver, end};
 pub use feed::{Feed, Offers};
 pub use incoming::Incoming;
-pub use reconnect::{ConnectionEvent, Reconnect};
+pub use plugboard_core::session::{ConnectionEvent, Reconnect};
 
 use crate::notify::Notify;
 use crate::rt::Runtime;
@@ -174,14 +173,6 @@ fn reply<T>(tx: &Reply<T>, answer: Result<T, PluginError>) {
     let _ = tx.try_send(answer);
 }
 
-/// The name this plugin holds, to take again on a new connection.
-#[derive(Clone)]
-struct Registration {
-    name: Name,
-    wait: bool,
-    direct_addr: Option<String>,
-}
-
 /// The broker's answer to an open.
 struct Opened {
     peer: PublicKey,
@@ -207,8 +198,9 @@ const MAX_UNCLAIMED_FDS: usize = 64;
 
 /// Everything the handles and the driver share.
 ///
-/// `session`, `waiters`, `channels`, `fds` and `paths` belong to
-/// the current connection; the rest outlives it when the plugin reconnects.
+/// The session spans connections (it reconnects, if configured to);
+/// `waiters`, `channels`, `fds` and `paths` belong to the current
+/// connection, and the session says when they are lost.
 pub(crate) struct Inner<R: Runtime> {
     pub(crate) session: Session,
     pub(crate) clock: Clock,
@@ -222,23 +214,12 @@ pub(crate) struct Inner<R: Runtime> {
     watch_queue: usize,
     /// Why the connection ended for good, once it did.
     pub(crate) ended: Option<String>,
-    /// Whether a lost connection is replaced rather than the end.
-    reconnect: bool,
-    /// The current connection is up (it may still be restoring).
-    live: bool,
     /// Counts lost connections: channels and offers remember the one they
-    /// were made on, and a lost one's ids mean nothing to the next session.
+    /// were made on, and a lost one's ids mean nothing to the next.
     pub(crate) epoch: u64,
-    /// Why the connection was lost (or, after failed attempts, the last
-    /// one), from then until the name and the watch are restored on a new
-    /// connection; user requests fail meanwhile.
-    down: Option<String>,
     /// Relayed channels of lost connections (by epoch and id), until their
     /// handles let go: what they received can still be read, then an error.
     pub(crate) orphans: HashMap<(u64, ChannelId), relayed::ChannelState>,
-    /// What to restore on a new connection.
-    registration: Option<Registration>,
-    watching: bool,
     events: Vec<queue::Queue<ConnectionEvent>>,
     /// Descriptors from the broker, by the token the session knows them by.
     fds: HashMap<u64, OwnedFd>,
@@ -279,8 +260,18 @@ impl<R: Runtime> Inner<R> {
 
     /// The error for something made on a connection that was lost.
     pub(crate) fn stale(&self) -> PluginError {
-        let reason = self.down.as_deref().unwrap_or("it was lost");
+        let reason = self.session.outage().unwrap_or("it was lost");
         PluginError::Reconnecting(format!("the connection it was on is gone ({reason})"))
+    }
+
+    /// Why the session refused a call.
+    fn refused(&self, e: SessionError) -> PluginError {
+        match (e, self.session.outage()) {
+            (SessionError::Reconnecting, Some(reason)) => {
+                PluginError::Reconnecting(reason.to_owned())
+            }
+            (e, _) => e.into(),
+        }
     }
 }
 
@@ -298,13 +289,10 @@ impl<R: Runtime> Shared<R> {
             .expect("a task panicked holding the session")
     }
 
-    /// Sends a request on the current connection and waits for its answer.
-    /// A user's request (`restoring` false) is refused while the connection
-    /// is down, and so is one that restores the name or the watch on a new
-    /// connection once that connection is lost too.
+    /// Sends a request on the current connection and waits for its answer
+    /// (refused while the session reconnects).
     async fn call<T>(
         &self,
-        restoring: bool,
         send: impl FnOnce(&mut Inner<R>) -> Result<RequestId, SessionError>,
         waiter: impl FnOnce(Reply<T>) -> Waiter,
     ) -> Result<T, PluginError> {
@@ -314,13 +302,7 @@ impl<R: Runtime> Shared<R> {
             if let Some(reason) = &inner.ended {
                 return Err(PluginError::Disconnected(reason.clone()));
             }
-            match &inner.down {
-                Some(reason) if !restoring || !inner.live => {
-                    return Err(PluginError::Reconnecting(reason.clone()))
-                }
-                _ => {}
-            }
-            let request = send(&mut inner)?;
+            let request = send(&mut inner).map_err(|e| inner.refused(e))?;
             inner.waiters.insert(request, waiter(tx));
         }
         self.flush.notify_one();
@@ -355,30 +337,19 @@ impl<R: Runtime> Plugin<R> {
         send: impl FnOnce(&mut Inner<R>) -> Result<RequestId, SessionError>,
         waiter: impl FnOnce(Reply<T>) -> Waiter,
     ) -> Result<T, PluginError> {
-        self.shared.call(false, send, waiter).await
+        self.shared.call(send, waiter).await
     }
 
     async fn register(&self, name: Name, wait: bool) -> Result<bool, PluginError> {
-        let registration = Registration {
-            name,
-            wait,
-            direct_addr: self.direct_addr.clone(),
-        };
-        let queued = self
-            .request(
-                |inner| {
-                    // Remembered as it is sent: a connection lost right
-                    // after the answer still restores it.
-                    inner.registration = Some(registration.clone());
-                    reconnect::send_register(inner, registration)
-                },
-                Waiter::Registered,
-            )
-            .await;
-        if queued.is_err() {
-            self.shared.lock().registration = None;
-        }
-        queued
+        let direct_addr = self.direct_addr.clone();
+        self.request(
+            |inner| {
+                let now = inner.clock.now();
+                inner.session.register(now, name, wait, direct_addr)
+            },
+            Waiter::Registered,
+        )
+        .await
     }
 
     /// Changes of the connection from now on, one event each: see
@@ -426,30 +397,20 @@ impl<R: Runtime> Plugin<R> {
             inner.watchers.push(queue);
             rx
         };
-        let watching = self
-            .request(
-                |inner| {
-                    inner.watching = true; // as for the name
-                    let now = inner.clock.now();
-                    inner.session.watch(now)
-                },
-                Waiter::Watching,
-            )
-            .await;
-        if let Err(e) = watching {
-            self.shared.lock().watching = false;
-            return Err(e);
-        }
+        self.request(
+            |inner| {
+                let now = inner.clock.now();
+                inner.session.watch(now)
+            },
+            Waiter::Watching,
+        )
+        .await?;
         Ok(Feed::new(rx))
     }
 
     /// Ends the watch: its receiver gets nothing more.
     pub async fn unwatch(&self) -> Result<(), PluginError> {
-        {
-            let mut inner = self.shared.lock();
-            inner.watchers.clear();
-            inner.watching = false;
-        }
+        self.shared.lock().watchers.clear();
         self.request(
             |inner| {
                 let now = inner.clock.now();
@@ -552,7 +513,10 @@ impl<R: Runtime> Plugin<R> {
                     }
                     Err(reason) => {
                         tracing::info!("direct channel to {name} at {addr}: {reason}; relaying");
-                        inner.session.direct_failed(id)?;
+                        inner
+                            .session
+                            .direct_failed(id)
+                            .map_err(|e| inner.refused(e))?;
                         opened.opened = None; // the handle has it
                         self.relayed(id, epoch, answer.peer)
                     }
@@ -614,8 +578,8 @@ impl<R: Runtime> Drop for Plugin<R> {
         let mut inner = self.shared.lock();
         if inner.ended.is_none() {
             // Over for good, connected or not: no reconnecting after this.
-            inner.reconnect = false;
-            inner.live = true;
+            // (The socket closes with the driver.)
+            let _ = inner.session.close("the plugin was dropped");
             end(&mut inner, "the plugin was dropped".into());
         }
         inner.events.clear(); // the event feeds end

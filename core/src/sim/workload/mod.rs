@@ -577,6 +577,23 @@ impl Sim {
                 );
                 self.apps.remove(&id);
             }
+            SessionEvent::RequestLost {
+                request,
+                reconnecting: false,
+            } => {
+                if let Some(ch) = app.opens.remove(&request) {
+                    app.channels.remove(&ch);
+                }
+            }
+            SessionEvent::RequestLost { .. }
+            | SessionEvent::ChannelLost { .. }
+            | SessionEvent::Lost { .. }
+            | SessionEvent::AttemptFailed { .. }
+            | SessionEvent::Reconnected { .. } => {
+                return Err(self.violation(format!(
+                    "node {id}: {event:?} without reconnection configured"
+                )))
+            }
         }
         Ok(())
     }

@@ -1,0 +1,266 @@
+//! The connection under the session, and reconnection: a session spans
+//! connections when [`SessionConfig::reconnect`] says so.
+//!
+//! A lost connection fails what was in flight on it (one
+//! [`SessionEvent::RequestLost`] per request, one [`SessionEvent::ChannelLost`]
+//! per channel, with what it received and nobody read), says
+//! [`SessionEvent::Lost`] once per outage, and waits (jittered backoff) before
+//! asking the runtime for a socket ([`Session::wants_dial`]). On the new
+//! connection the session takes its name again and restarts its watch; once
+//! the broker granted both, [`SessionEvent::Reconnected`]. A refusal, or a
+//! loss before then, is a failed attempt ([`SessionEvent::AttemptFailed`]).
+
+use super::*;
+
+/// Where the connection stands; each stage owns what it needs.
+pub(super) enum Link {
+    /// shs1 with the broker.
+    Handshake(Box<ClientHandshake>),
+    /// The handshake is done; the broker's hello must come by `deadline`.
+    Hello { wire: Wire, deadline: Instant },
+    /// Requests and channels work.
+    Ready(Wire),
+    /// Lost; the next attempt at `at`. `last_words` go out before the
+    /// runtime closes the lost socket.
+    Waiting { at: Instant, last_words: Bytes },
+    /// The runtime connects a socket, by `deadline`.
+    Dialing { deadline: Instant },
+    /// Over for good.
+    Closed { last_words: Bytes },
+}
+
+impl Link {
+    /// The runtime has a socket for this stage.
+    pub(super) fn is_connected(&self) -> bool {
+        matches!(
+            self,
+            Link::Handshake(_) | Link::Hello { .. } | Link::Ready(_)
+        )
+    }
+
+    pub(super) fn wire_mut(&mut self) -> Option<&mut Wire> {
+        match self {
+            Link::Hello { wire, .. } | Link::Ready(wire) => Some(wire),
+            _ => None,
+        }
+    }
+
+    /// The broker's hello came: requests and channels work.
+    pub(super) fn hello_done(&mut self) {
+        if !matches!(self, Link::Hello { .. }) {
+            return;
+        }
+        let closed = Link::Closed {
+            last_words: Bytes::new(),
+        };
+        if let Link::Hello { wire, .. } = std::mem::replace(self, closed) {
+            *self = Link::Ready(wire);
+        }
+    }
+
+    pub(super) fn wire(&self) -> Option<&Wire> {
+        match self {
+            Link::Hello { wire, .. } | Link::Ready(wire) => Some(wire),
+            _ => None,
+        }
+    }
+}
+
+/// An outage: from the loss of a connection until a new one restored the
+/// name and the watch.
+pub(super) struct Outage {
+    /// Why the last attempt (or the connection) failed.
+    reason: String,
+    /// Attempts so far.
+    attempts: u32,
+    backoff: Backoff,
+}
+
+/// What a new connection restores: what the broker granted.
+#[derive(Default)]
+pub(super) struct Restore {
+    pub(super) registration: Option<Registration>,
+    pub(super) watching: bool,
+}
+
+/// A name taken, as it was asked for.
+#[derive(Clone)]
+pub(super) struct Registration {
+    pub(super) name: Name,
+    pub(super) wait: bool,
+    pub(super) direct_addr: Option<String>,
+}
+
+impl Registration {
+    pub(super) fn message(self, request: RequestId) -> Message {
+        Message::Register {
+            request,
+            name: self.name,
+            wait: self.wait,
+            direct_addr: self.direct_addr.unwrap_or_default(),
+        }
+    }
+}
+
+impl Session {
+    /// The session wants a new socket to the broker: connect one, then call
+    /// [`Session::connected`] (or [`Session::dial_failed`]).
+    pub fn wants_dial(&self) -> bool {
+        matches!(self.link, Link::Dialing { .. })
+    }
+
+    /// The session has a connection (close the socket once this turns false,
+    /// after writing what [`Session::poll_transmit`] still gives).
+    pub fn is_connected(&self) -> bool {
+        self.link.is_connected()
+    }
+
+    /// While reconnecting: why the connection (or the last attempt) failed.
+    pub fn outage(&self) -> Option<&str> {
+        self.outage.as_ref().map(|o| o.reason.as_str())
+    }
+
+    /// The socket the session asked for is connected: the handshake starts.
+    pub fn connected(
+        &mut self,
+        now: Instant,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), SessionError> {
+        if !self.wants_dial() {
+            return Err(SessionError::NotDialing);
+        }
+        self.now = now;
+        self.jitter = rng.next_u64();
+        let handshake =
+            ClientHandshake::new(self.config.handshake.clone(), self.config.broker, rng, now)?;
+        self.link = Link::Handshake(Box::new(handshake));
+        self.control = ControlDecoder::default();
+        self.limits = None;
+        self.features = 0;
+        Ok(())
+    }
+
+    /// The socket the session asked for could not be connected.
+    pub fn dial_failed(
+        &mut self,
+        now: Instant,
+        reason: &str,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), SessionError> {
+        if !self.wants_dial() {
+            return Err(SessionError::NotDialing);
+        }
+        self.jitter = rng.next_u64();
+        self.attempt_failed(now, reason.to_owned());
+        Ok(())
+    }
+
+    // ── internals ─────────────────────────────────────────────────────
+
+    /// The wait is over: ask for a socket.
+    pub(super) fn dial(&mut self, now: Instant) {
+        if let Some(outage) = self.outage.as_mut() {
+            outage.attempts = outage.attempts.saturating_add(1);
+        }
+        self.link = Link::Dialing {
+            deadline: now + self.config.connect_timeout,
+        };
+    }
+
+    /// An attempt that had no connection failed: wait for the next.
+    pub(super) fn attempt_failed(&mut self, now: Instant, reason: String) {
+        self.now = now;
+        self.lose(reason, Bytes::new());
+    }
+
+    /// The connection (or an attempt) is lost: say so, and wait for the
+    /// next attempt. Requests were failed already; channels are handed over.
+    pub(super) fn lose(&mut self, reason: String, last_words: Bytes) {
+        for (channel, mut c) in std::mem::take(&mut self.channels) {
+            let end = Self::end_of(&c);
+            self.events.push_back(SessionEvent::ChannelLost {
+                channel,
+                unread: std::mem::take(&mut c.received),
+                end,
+            });
+        }
+        let policy = self.config.reconnect.unwrap_or_default();
+        let outage = match self.outage.as_mut() {
+            Some(outage) => {
+                self.events.push_back(SessionEvent::AttemptFailed {
+                    attempt: outage.attempts,
+                    reason: reason.clone(),
+                });
+                outage.reason = reason;
+                outage
+            }
+            None => {
+                self.events.push_back(SessionEvent::Lost {
+                    reason: reason.clone(),
+                });
+                self.outage.insert(Outage {
+                    reason,
+                    attempts: 0,
+                    backoff: Backoff::new(policy),
+                })
+            }
+        };
+        let wait = outage.backoff.next_from(self.jitter);
+        self.link = Link::Waiting {
+            at: self.now + wait,
+            last_words,
+        };
+    }
+
+    /// A request the connection's end leaves unanswered. One the session
+    /// sent to restore is its own business; an application's fails.
+    pub(super) fn forget_request(&mut self, request: RequestId, r: &Request, reconnecting: bool) {
+        if r.restore {
+            return;
+        }
+        self.events.push_back(SessionEvent::RequestLost {
+            request,
+            reconnecting,
+        });
+    }
+
+    /// The broker said hello on a new connection: take the name again and
+    /// restart the watch.
+    pub(super) fn restore(&mut self) -> Result<(), SessionError> {
+        let now = self.now;
+        if let Some(registration) = self.restore.registration.clone() {
+            let pending = Pending::Register(registration.clone());
+            self.request_as(now, true, pending, |request| registration.message(request))?;
+        }
+        if self.restore.watching {
+            self.request_as(now, true, Pending::Watch(Vec::new()), |request| {
+                Message::Watch { request }
+            })?;
+        }
+        self.check_restored();
+        Ok(())
+    }
+
+    /// A request sent to restore was refused: this connection is no use.
+    pub(super) fn restore_refused(&mut self, what: &str, message: &str) {
+        let reason = format!("the broker refused to restore the {what}: {message}");
+        self.end(reason, Some(ErrorCode::Cancelled), true);
+    }
+
+    /// Once nothing the session sent to restore is unanswered, the outage
+    /// is over.
+    pub(super) fn check_restored(&mut self) {
+        if !matches!(self.link, Link::Ready(_)) || self.requests.values().any(|r| r.restore) {
+            return;
+        }
+        if let Some(outage) = self.outage.take() {
+            // The next outage waits from the start again.
+            self.events.push_back(SessionEvent::Reconnected {
+                attempts: outage.attempts.max(1),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
