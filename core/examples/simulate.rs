@@ -34,6 +34,8 @@ fn main() {
                 totals.bytes += stats.bytes;
                 totals.budget_refusals += stats.budget_refusals;
                 totals.resyncs += stats.resyncs;
+                totals.outages += stats.outages;
+                totals.reconnects += stats.reconnects;
             }
             Err(violation) => {
                 violations += 1;
@@ -46,8 +48,14 @@ fn main() {
         }
     }
     println!(
-        "plugins={} channels={} checked_bytes={} budget_refusals={} resyncs={}",
-        totals.connects, totals.channels, totals.bytes, totals.budget_refusals, totals.resyncs
+        "plugins={} channels={} checked_bytes={} budget_refusals={} resyncs={} outages={} reconnects={}",
+        totals.connects,
+        totals.channels,
+        totals.bytes,
+        totals.budget_refusals,
+        totals.resyncs,
+        totals.outages,
+        totals.reconnects
     );
     println!("seeds={} violations={violations}", args.seeds);
     if violations > 0 {

@@ -81,6 +81,9 @@ pub(super) struct Outage {
 pub(super) struct Restore {
     pub(super) registration: Option<Registration>,
     pub(super) watching: bool,
+    /// A connection got as far as the broker's hello: only then is a loss
+    /// an outage.
+    pub(super) was_ready: bool,
 }
 
 /// A name taken, as it was asked for.

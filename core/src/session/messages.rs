@@ -78,6 +78,7 @@ impl Session {
             wire.mux.set_peer_max_frame(limits.max_frame);
             self.limits = Some(limits);
             self.link.hello_done();
+            self.restore.was_ready = true;
             self.events.push_back(SessionEvent::Ready {
                 broker: self.config.broker,
                 limits,

@@ -65,8 +65,9 @@ pub struct SessionConfig {
     /// times the most a broker with default limits sends in one reply (a
     /// Stats reply has up to 3 × its `max_connections` entries).
     pub max_reply_entries: usize,
-    /// Reconnect when the connection is lost (see [`Reconnect`]); `None`
-    /// ends the session instead.
+    /// Reconnect when a connection that got as far as the broker's hello is
+    /// lost (see [`Reconnect`]); `None` ends the session instead. A first
+    /// connection that never got there ends it either way.
     pub reconnect: Option<Reconnect>,
     /// How long the runtime may take to connect a socket when the session
     /// asks for one ([`Session::wants_dial`]).
@@ -379,7 +380,9 @@ impl Session {
             }
             None => Bytes::new(),
         };
-        let reconnecting = self.config.reconnect.is_some();
+        // A first connection that never got ready was refused, or was not
+        // to a broker: that is the end, not an outage.
+        let reconnecting = self.config.reconnect.is_some() && self.restore.was_ready;
         for (request, r) in std::mem::take(&mut self.requests) {
             self.forget_request(request, &r, reconnecting);
         }

@@ -279,3 +279,23 @@ fn without_reconnection_a_loss_is_the_end() {
     assert_eq!(net.node(a).links, 1);
     assert_eq!(net.node(a).session.list(now), Err(SessionError::Closed));
 }
+
+#[test]
+fn a_first_connection_that_never_got_ready_is_the_end() {
+    let mut net = net(6);
+    // Over TCP the broker's default policy admits nobody.
+    let a = net
+        .connect_with(Keypair::from_seed([1; 32]), TransportKind::Tcp, |c| {
+            c.reconnect = Some(POLICY)
+        })
+        .unwrap();
+    net.run();
+    let events = net.events(a);
+    assert!(
+        matches!(&events[..], [SessionEvent::Closed { .. }]),
+        "{events:?}"
+    );
+    net.advance(Duration::from_secs(10));
+    net.run();
+    assert_eq!(net.node(a).links, 1);
+}

@@ -4,7 +4,10 @@
 //! wait in line), list, watch, open channels to each other, accept, reject
 //! or ignore them, and send data whose every byte is predictable, so the
 //! receiver can check order and exactly-once delivery. The RNG also kills
-//! plugins, makes readers slow, splits and delays writes and moves time.
+//! plugins, cuts links, restarts the broker, makes readers slow, splits and
+//! delays writes and moves time. Half the plugins reconnect: their requests
+//! are answered once (or lost once), their channels' bytes arrive in order
+//! up to the loss, and their name and watch come back after every outage.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -16,9 +19,10 @@ mod hostile;
 
 use super::net::{Chaos, Net, NodeId};
 use crate::broker::Limits;
+use crate::control::RequestId;
 use crate::control::{ErrorCode, Name, Presence, TransportKind};
 use crate::keys::{Keypair, PublicKey};
-use crate::session::{Recv, SessionEvent};
+use crate::session::{Reconnect, Recv, SessionEvent};
 
 /// A broken invariant, with the step it broke at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +55,10 @@ pub struct RunStats {
     pub budget_refusals: usize,
     /// Watchers that fell behind and were sent a fresh snapshot.
     pub resyncs: usize,
+    /// Outages of plugins that reconnect, and how many ended restored.
+    pub outages: usize,
+    /// Outages that ended with the name and watch restored.
+    pub reconnects: usize,
 }
 
 const NAMES: [&str; 5] = ["alpha", "beta", "gamma", "delta", "eps"];
@@ -88,10 +96,36 @@ struct App {
     channels: BTreeMap<u32, AppChannel>,
     opens: BTreeMap<u32, u32>, // request → channel
     owns: Option<Name>,
-    register_pending: Option<Name>,
+    register_pending: Option<(RequestId, Name, bool)>,
     /// Applying snapshot and events: the name → key view of a watcher.
     view: Option<(u64, BTreeMap<Name, PublicKey>)>,
-    watch_pending: bool,
+    watch_pending: Option<RequestId>,
+    /// Requests the application made and has no outcome for yet.
+    asked: BTreeSet<RequestId>,
+    /// The name the broker granted (owned or queued for), and whether in line.
+    registered: Option<(Name, bool)>,
+    /// Between `Lost` and `Reconnected`.
+    outage: bool,
+    /// In this outage, the watch came back.
+    watch_restored: bool,
+    /// In this outage, the broker granted the name again (owned or queued).
+    name_restored: bool,
+}
+
+impl App {
+    /// A request without an answer: what it was for is not pending.
+    fn forget_request(&mut self, request: RequestId) {
+        if self
+            .register_pending
+            .as_ref()
+            .is_some_and(|r| r.0 == request)
+        {
+            self.register_pending = None;
+        }
+        if self.watch_pending == Some(request) {
+            self.watch_pending = None;
+        }
+    }
 }
 
 /// Runs one seed for `steps` steps; returns what it did or the first broken invariant.
@@ -196,8 +230,23 @@ impl Sim {
             self.net.run();
             self.react()?;
         }
+        // Those still in an outage get back (each attempt is at most 2 s
+        // apart, and nothing refuses them now but a name taken meanwhile).
+        for _ in 0..200 {
+            if !self.apps.values().any(|a| a.outage) {
+                break;
+            }
+            self.net.advance(Duration::from_millis(250));
+            self.net.run();
+            self.react()?;
+        }
+        for _ in 0..10 {
+            self.net.run();
+            self.react()?;
+        }
         self.check_always()?;
         self.check_settled()?;
+        self.check_answered()?;
         let all: Vec<NodeId> = self.net.nodes.keys().copied().collect();
         for id in all {
             self.net.kill(id);
@@ -232,7 +281,14 @@ impl Sim {
                     _ => TransportKind::Unix,
                 };
                 // Over TCP the default policy admits nobody: those are refused in the handshake.
-                if let Some(id) = self.net.connect(key, transport) {
+                let reconnect = self.rand(2) == 0;
+                let connected = self.net.connect_with(key, transport, |c| {
+                    c.reconnect = reconnect.then_some(Reconnect {
+                        initial: Duration::from_millis(50),
+                        max: Duration::from_secs(2),
+                    });
+                });
+                if let Some(id) = connected {
                     self.stats.connects += 1;
                     self.apps.insert(id, App::default());
                 }
@@ -242,31 +298,35 @@ impl Sim {
                 let name = Name::new(NAMES[self.rand(NAMES.len() as u32) as usize]).expect("valid");
                 let wait = self.rand(2) == 0;
                 let app = &self.apps[&id];
-                if app.owns.is_none()
-                    && app.register_pending.is_none()
-                    && self
+                if app.registered.is_none() && app.register_pending.is_none() {
+                    let asked = self
                         .net
                         .node(id)
                         .session
-                        .register(now, name.clone(), wait, None)
-                        .is_ok()
-                {
-                    self.apps.get_mut(&id).expect("live").register_pending = Some(name);
+                        .register(now, name.clone(), wait, None);
+                    if let Ok(request) = asked {
+                        let app = self.apps.get_mut(&id).expect("live");
+                        app.register_pending = Some((request, name, wait));
+                        app.asked.insert(request);
+                    }
                 }
             }
             20..=24 => {
                 let Some(id) = self.pick_live() else { return };
                 let app = &self.apps[&id];
-                if app.view.is_none()
-                    && !app.watch_pending
-                    && self.net.node(id).session.watch(now).is_ok()
-                {
-                    self.apps.get_mut(&id).expect("live").watch_pending = true;
+                if app.view.is_none() && app.watch_pending.is_none() {
+                    if let Ok(request) = self.net.node(id).session.watch(now) {
+                        let app = self.apps.get_mut(&id).expect("live");
+                        app.watch_pending = Some(request);
+                        app.asked.insert(request);
+                    }
                 }
             }
             25..=27 => {
                 let Some(id) = self.pick_live() else { return };
-                let _ = self.net.node(id).session.list(now);
+                if let Ok(request) = self.net.node(id).session.list(now) {
+                    self.apps.get_mut(&id).expect("live").asked.insert(request);
+                }
             }
             28..=44 => {
                 let Some(id) = self.pick_live() else { return };
@@ -282,6 +342,7 @@ impl Sim {
                 {
                     let app = self.apps.get_mut(&id).expect("live");
                     app.opens.insert(request, channel);
+                    app.asked.insert(request);
                     app.channels.insert(
                         channel,
                         AppChannel {
@@ -357,9 +418,14 @@ impl Sim {
                         .fin_sent = true;
                 }
             }
-            80..=84 => {
+            80..=82 => {
                 if let Some(id) = self.pick_live() {
                     self.net.kill(id);
+                }
+            }
+            83..=84 => {
+                if let Some(id) = self.pick_live() {
+                    self.net.cut(id);
                 }
             }
             85..=87 => {
@@ -373,6 +439,10 @@ impl Sim {
             _ => {
                 let ms = match self.rand(10) {
                     0 => 11_000 + self.rand(30_000),
+                    1 if self.rand(8) == 0 => {
+                        self.net.restart_broker();
+                        return;
+                    }
                     _ => self.rand(500),
                 };
                 self.net.advance(Duration::from_millis(u64::from(ms)));
@@ -397,40 +467,70 @@ impl Sim {
     fn on_event(&mut self, id: NodeId, event: SessionEvent) -> Result<(), Violation> {
         let app = self.apps.entry(id).or_default();
         match event {
-            SessionEvent::Ready { .. }
-            | SessionEvent::Done { .. }
-            | SessionEvent::Members { .. }
-            | SessionEvent::Stats { .. }
-            | SessionEvent::Writable { .. } => {}
-            SessionEvent::Registered { queued, .. } => {
-                let name = app.register_pending.take();
-                if !queued {
-                    app.owns = name;
+            SessionEvent::Ready { .. } | SessionEvent::Writable { .. } => {}
+            SessionEvent::Registered { request, queued } => {
+                let mine = app.asked.remove(&request);
+                if mine {
+                    let asked = app.register_pending.take();
+                    app.registered = asked.map(|(_, name, wait)| (name, wait));
                 }
+                // The session's own, restoring the name in an outage.
+                let restoring = !mine && app.outage;
+                app.name_restored |= restoring;
+                let name = app.registered.as_ref().map(|(name, _)| name.clone());
+                app.owns = if queued { None } else { name };
+                check!(
+                    self,
+                    mine || restoring,
+                    "node {id}: registered for request {request}, asked by nobody"
+                );
             }
             SessionEvent::NameAcquired { name } => app.owns = Some(name),
+            SessionEvent::Members { request, .. }
+            | SessionEvent::Stats { request, .. }
+            | SessionEvent::Done { request } => {
+                let mine = app.asked.remove(&request);
+                check!(
+                    self,
+                    mine,
+                    "node {id}: answer to request {request}, asked by nobody or answered before"
+                );
+            }
             SessionEvent::Failed {
                 request,
                 code,
                 message,
             } => {
-                // Which request failed is in `request`; registers and watches are one at a time.
-                if !app.opens.contains_key(&request) {
-                    app.register_pending = None;
-                    app.watch_pending = false;
-                }
-                if let Some(ch) = app.opens.remove(&request) {
-                    app.channels.remove(&ch);
-                }
+                let mine = app.asked.remove(&request);
+                app.forget_request(request);
+                check!(
+                    self,
+                    mine,
+                    "node {id}: request {request} failed, asked by nobody or answered before"
+                );
                 check!(
                     self,
                     code != ErrorCode::Malformed && code != ErrorCode::ProtocolViolation,
                     "node {id}: request {request} failed as malformed: {message}"
                 );
             }
-            SessionEvent::Watching { seq, members, .. } => {
-                app.watch_pending = false;
+            SessionEvent::Watching {
+                request,
+                seq,
+                members,
+            } => {
+                let mine = app.asked.remove(&request);
+                if mine {
+                    app.watch_pending = None;
+                }
+                let restoring = !mine && app.outage;
+                app.watch_restored |= restoring;
                 app.view = Some((seq, members.into_iter().map(|m| (m.name, m.key)).collect()));
+                check!(
+                    self,
+                    mine || restoring,
+                    "node {id}: watching for request {request}, asked by nobody"
+                );
             }
             SessionEvent::Resynced { seq, members } => {
                 let Some((at, view)) = app.view.as_mut() else {
@@ -527,10 +627,11 @@ impl Sim {
                 ..
             } => {
                 let expected = app.opens.remove(&request);
+                let mine = app.asked.remove(&request);
                 check!(
                     self,
-                    expected == Some(channel),
-                    "node {id}: opened {channel} for request {request}"
+                    mine && expected == Some(channel),
+                    "node {id}: opened {channel} for request {request} (asked: {mine})"
                 );
                 self.stats.channels += 1;
                 match fd {
@@ -577,22 +678,94 @@ impl Sim {
                 );
                 self.apps.remove(&id);
             }
-            SessionEvent::RequestLost {
-                request,
-                reconnecting: false,
-            } => {
+            SessionEvent::RequestLost { request, .. } => {
+                let mine = app.asked.remove(&request);
+                app.forget_request(request);
                 if let Some(ch) = app.opens.remove(&request) {
                     app.channels.remove(&ch);
                 }
+                check!(
+                    self,
+                    mine,
+                    "node {id}: request {request} lost, asked by nobody or answered before"
+                );
             }
-            SessionEvent::RequestLost { .. }
-            | SessionEvent::ChannelLost { .. }
-            | SessionEvent::Lost { .. }
-            | SessionEvent::AttemptFailed { .. }
-            | SessionEvent::Reconnected { .. } => {
-                return Err(self.violation(format!(
-                    "node {id}: {event:?} without reconnection configured"
-                )))
+            SessionEvent::ChannelLost {
+                channel, unread, ..
+            } => {
+                let known = app.channels.remove(&channel);
+                let bytes: usize = unread.iter().map(|b| b.len()).sum();
+                let Some(c) = known else {
+                    check!(
+                        self,
+                        bytes == 0,
+                        "node {id}: {bytes} bytes of a channel {channel} it let go"
+                    );
+                    return Ok(());
+                };
+                check!(
+                    self,
+                    bytes == 0 || !c.fin_received,
+                    "node {id}: lost channel {channel} has data after FIN"
+                );
+                let all = unread.iter().flat_map(|b| b.iter());
+                for (offset, byte) in (c.received..).zip(all) {
+                    check!(
+                        self,
+                        *byte == stream_byte(c.recv_seed, offset),
+                        "node {id}: lost channel {channel} byte {offset} is wrong"
+                    );
+                }
+                self.stats.bytes += bytes as u64;
+            }
+            SessionEvent::Lost { reason } => {
+                let reconnects = !app.outage;
+                app.outage = true;
+                app.watch_restored = false;
+                app.name_restored = false;
+                app.owns = None;
+                self.stats.outages += 1;
+                check!(
+                    self,
+                    reconnects,
+                    "node {id}: lost twice in one outage: {reason}"
+                );
+            }
+            SessionEvent::AttemptFailed { .. } => {
+                // Whatever it had restored on that connection is gone with it.
+                app.watch_restored = false;
+                app.name_restored = false;
+                app.owns = None;
+                check!(self, app.outage, "node {id}: an attempt outside an outage");
+            }
+            SessionEvent::Reconnected { .. } => {
+                let conn = self.net.nodes[&id].conn;
+                let owned = self.net.broker.registry().name_of(conn).cloned();
+                let app = self.apps.get_mut(&id).expect("exists");
+                let was_out = std::mem::replace(&mut app.outage, false);
+                self.stats.reconnects += 1;
+                check!(self, was_out, "node {id}: reconnected without an outage");
+                check!(
+                    self,
+                    app.registered.is_none() || app.name_restored,
+                    "node {id}: reconnected without taking its name again"
+                );
+                // Without waiting in line, it holds the name again (one
+                // that waits may have been given it since: that news is
+                // on its way).
+                if let Some((name, false)) = &app.registered {
+                    check!(
+                        self,
+                        owned.as_ref() == Some(name) && app.owns.as_ref() == Some(name),
+                        "node {id}: reconnected without its name {name} (it believes {:?}, the broker says {owned:?})",
+                        app.owns
+                    );
+                }
+                check!(
+                    self,
+                    app.view.is_none() || app.watch_restored,
+                    "node {id}: reconnected without its watch"
+                );
             }
         }
         Ok(())
@@ -697,7 +870,10 @@ impl Sim {
             .collect();
         let seq = self.net.broker.registry().seq();
         for (id, app) in &self.apps {
-            if self.net.nodes[id].closed {
+            if self.net.nodes[id].session.is_closed() {
+                continue;
+            }
+            if self.net.nodes[id].closed || app.outage {
                 continue;
             }
             if let Some((at, view)) = &app.view {
@@ -718,6 +894,27 @@ impl Sim {
                 .collect();
             check!(self, owned == app.owns.as_ref(),
                 "node {id} believes it owns {:?}, the broker says {owned:?}; session closed {}; log {log:?}", app.owns, self.net.nodes[id].session.is_closed());
+        }
+        Ok(())
+    }
+
+    /// Once every deadline passed, every request the application made has
+    /// had its one outcome (answered, failed or lost).
+    fn check_answered(&mut self) -> Result<(), Violation> {
+        let open_timeout = Limits::default().open_timeout;
+        self.net.advance(open_timeout + Duration::from_secs(1));
+        self.net.run();
+        self.react()?;
+        for (id, app) in &self.apps {
+            if self.net.nodes[id].session.is_closed() {
+                continue;
+            }
+            check!(
+                self,
+                app.asked.is_empty(),
+                "node {id}: requests {:?} never answered nor lost",
+                app.asked
+            );
         }
         Ok(())
     }
