@@ -47,6 +47,23 @@ impl Stream {
         matches!(self, Stream::Unix(_))
     }
 
+    /// Whether a non-blocking connect finished: `Ok(false)` while under
+    /// way, the error if it failed.
+    pub(crate) fn connected(&self) -> io::Result<bool> {
+        let (error, peer) = match self {
+            Stream::Unix(s) => (s.take_error()?, s.peer_addr().map(drop)),
+            Stream::Tcp(s) => (s.take_error()?, s.peer_addr().map(drop)),
+        };
+        if let Some(e) = error {
+            return Err(e);
+        }
+        match peer {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// No more writes from this side (the peer reads the end of the stream).
     pub(crate) fn shutdown_write(&self) {
         let _ = match self {

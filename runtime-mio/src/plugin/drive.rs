@@ -1,11 +1,16 @@
 //! The socket side of a [`PluginConn`]: reading into the session (with the
-//! descriptors that come along), writing what it has.
+//! descriptors that come along), writing what it has, and the sockets the
+//! session asks for when it reconnects.
 
 use std::io;
 
+use mio::event::Source as _;
+use mio::{Interest, Registry, Token};
 use plugboard_core::Instant;
 
-use super::{PluginConn, MAX_UNCLAIMED_FDS, READ_SIZE, WRITE_BATCH};
+use super::{PluginConn, Socket, MAX_UNCLAIMED_FDS, READ_SIZE, WRITE_BATCH};
+use crate::addr::Addr;
+use crate::io::Stream;
 
 impl PluginConn {
     /// Reads until the socket is drained: readiness is edge-triggered. The
@@ -13,13 +18,13 @@ impl PluginConn {
     /// bound on control messages), so this ends soon even on a busy
     /// connection.
     pub(super) fn read(&mut self) {
-        while !self.session.is_closed() {
+        while self.session.is_connected() {
+            let Socket::Up(stream) = &self.socket else {
+                return;
+            };
             self.buf.reserve(READ_SIZE);
             let now = self.clock.now();
-            match self
-                .stream
-                .read(&mut self.buf, READ_SIZE, Some(&mut self.received))
-            {
+            match stream.read(&mut self.buf, READ_SIZE, Some(&mut self.received)) {
                 Ok(0) => self.session.handle_eof(now),
                 Ok(_) => {
                     if let Err(reason) = self.hand_over(now) {
@@ -58,9 +63,29 @@ impl PluginConn {
     }
 
     /// Writes what the session has, until it has nothing more or the socket
-    /// is full (WRITABLE resumes). The rest stays in the session meanwhile.
+    /// is full (WRITABLE resumes), then follows the session: lets a lost
+    /// connection's socket go, connects one it asks for.
     pub(super) fn flush(&mut self) {
+        self.write();
+        if !self.session.is_connected() {
+            if let Socket::Up(_) = self.socket {
+                self.write(); // last words, as far as they go
+                self.hang_up();
+            }
+        }
+        match self.socket {
+            Socket::Down if self.session.wants_dial() => self.dial(),
+            // The session gave up on it (its connect deadline passed).
+            Socket::Connecting(_) if !self.session.wants_dial() => self.hang_up(),
+            _ => {}
+        }
+    }
+
+    fn write(&mut self) {
         while self.writable && !self.shut {
+            let Socket::Up(stream) = &self.socket else {
+                return;
+            };
             if self.queue.is_empty() {
                 let mut taken = 0;
                 while taken < WRITE_BATCH {
@@ -77,7 +102,7 @@ impl PluginConn {
                     return;
                 }
             }
-            match self.stream.flush(&mut self.queue) {
+            match stream.flush(&mut self.queue) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
                 Err(e) => self.fail(format!("write failed: {e}")),
@@ -85,20 +110,98 @@ impl PluginConn {
         }
     }
 
-    /// The socket failed: the session is over.
+    /// The socket failed: the connection is over (the session says what
+    /// comes next).
     fn fail(&mut self, reason: String) {
-        if !self.session.is_closed() {
-            let _ = self.session.close(&reason);
-            self.failed = Some(reason);
-        }
+        let now = self.clock.now();
+        self.session.handle_socket_error(now, &reason);
         self.queue.clear();
         self.shut_write();
     }
 
     pub(super) fn shut_write(&mut self) {
-        if !self.shut {
+        if let (false, Socket::Up(stream)) = (self.shut, &self.socket) {
             self.shut = true;
-            self.stream.shutdown_write();
+            stream.shutdown_write();
         }
     }
+
+    /// Lets the socket go, and what belonged to its connection.
+    fn hang_up(&mut self) {
+        if let (Some((registry, ..)), Some(s)) = (&self.poll, self.socket.stream()) {
+            let _ = s.deregister(registry);
+        }
+        self.socket = Socket::Down;
+        self.queue.clear();
+        self.buf.clear();
+        self.received.clear();
+        self.fds.clear();
+        self.writable = true;
+        self.shut = false;
+    }
+
+    /// Starts connecting the socket the session asked for, in the user's
+    /// poll: its first event says whether it connected.
+    fn dial(&mut self) {
+        let now = self.clock.now();
+        let started = match &self.poll {
+            Some((registry, token, interest)) => connect(&self.addr, registry, *token, *interest),
+            None => Err(io::Error::other("not registered in a poll")),
+        };
+        match started {
+            Ok(stream) => self.socket = Socket::Connecting(stream),
+            Err(e) => {
+                let _ = self
+                    .session
+                    .dial_failed(now, &e.to_string(), &mut rand_core::OsRng);
+            }
+        }
+    }
+
+    /// A connecting socket had an event: connected, or failed.
+    pub(super) fn check_connected(&mut self) {
+        let Socket::Connecting(stream) = &self.socket else {
+            return;
+        };
+        let now = self.clock.now();
+        match stream.connected() {
+            Ok(false) => {} // not yet
+            Ok(true) => {
+                let Socket::Connecting(stream) = std::mem::replace(&mut self.socket, Socket::Down)
+                else {
+                    return;
+                };
+                self.socket = Socket::Up(stream);
+                let _ = self.session.connected(now, &mut rand_core::OsRng);
+            }
+            Err(e) => {
+                self.hang_up();
+                let _ = self
+                    .session
+                    .dial_failed(now, &e.to_string(), &mut rand_core::OsRng);
+            }
+        }
+    }
+}
+
+/// A non-blocking connect to `addr`, registered in the poll.
+fn connect(
+    addr: &Addr,
+    registry: &Registry,
+    token: Token,
+    interest: Interest,
+) -> io::Result<Stream> {
+    let mut stream = match addr {
+        Addr::Unix(path) => Stream::Unix(mio::net::UnixStream::connect(path)?),
+        Addr::Tcp(host_port) => {
+            // A name is looked up here, blocking: a reference loop's
+            // simplification (use an address to avoid it).
+            let to = std::net::ToSocketAddrs::to_socket_addrs(host_port.as_str())?
+                .next()
+                .ok_or_else(|| io::Error::other("the name has no address"))?;
+            Stream::Tcp(mio::net::TcpStream::connect(to)?)
+        }
+    };
+    stream.register(registry, token, interest)?;
+    Ok(stream)
 }

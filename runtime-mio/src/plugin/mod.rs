@@ -20,6 +20,11 @@
 //! return, and on WRITABLE when the socket was full. Requests and channels
 //! are the core's [`Session`] API, reached through [`PluginConn::session_mut`]
 //! (whose guard writes what the call produced when it goes out of scope).
+//!
+//! With [`SessionConfig::reconnect`], the session reconnects when the
+//! connection is lost: the `PluginConn` connects the sockets it asks for and
+//! registers them in your poll under the same token (so register it before
+//! the first loss), and the session's events say `Lost`, `Reconnected`.
 
 mod drive;
 
@@ -38,6 +43,25 @@ use plugboard_os::WriteQueue;
 
 use crate::addr::Addr;
 use crate::io::Stream;
+
+/// The socket under the session.
+enum Socket {
+    /// Connected.
+    Up(Stream),
+    /// A connect the session asked for, under way.
+    Connecting(Stream),
+    /// None: the session waits before its next attempt, or is over.
+    Down,
+}
+
+impl Socket {
+    fn stream(&mut self) -> Option<&mut Stream> {
+        match self {
+            Socket::Up(s) | Socket::Connecting(s) => Some(s),
+            Socket::Down => None,
+        }
+    }
+}
 use plugboard_os::Clock;
 
 /// Most bytes one read asks for.
@@ -68,7 +92,11 @@ pub enum ConnectError {
 /// your `mio::Poll` with **both** `Interest::READABLE` and
 /// `Interest::WRITABLE` (it is a [`Source`]), and hand it its events.
 pub struct PluginConn {
-    stream: Stream,
+    socket: Socket,
+    /// Where the session's new sockets connect to.
+    addr: Addr,
+    /// Where the user registered us: new sockets go there too.
+    poll: Option<(Registry, Token, Interest)>,
     session: Session,
     clock: Clock,
     /// Taken from the session, not written yet.
@@ -83,9 +111,6 @@ pub struct PluginConn {
     /// Descriptors from the broker, by the token the session knows them by.
     fds: HashMap<u64, OwnedFd>,
     next_fd: u64,
-    /// The socket failed: the session was closed here, and its `Closed`
-    /// event is still to be reported.
-    failed: Option<String>,
 }
 
 impl PluginConn {
@@ -114,7 +139,9 @@ impl PluginConn {
         let clock = Clock::start();
         let session = Session::new(config, &mut rand_core::OsRng, clock.now())?;
         let mut conn = PluginConn {
-            stream,
+            socket: Socket::Up(stream),
+            addr: addr.clone(),
+            poll: None,
             session,
             clock,
             queue: WriteQueue::new(),
@@ -124,7 +151,6 @@ impl PluginConn {
             received: Vec::new(),
             fds: HashMap::new(),
             next_fd: 0,
-            failed: None,
         };
         conn.flush(); // the handshake's first message
         Ok(conn)
@@ -149,11 +175,7 @@ impl PluginConn {
     /// The next thing that happened. Drain it after every call into this
     /// connection.
     pub fn poll_event(&mut self) -> Option<SessionEvent> {
-        self.session.poll_event().or_else(|| {
-            self.failed
-                .take()
-                .map(|reason| SessionEvent::Closed { code: None, reason })
-        })
+        self.session.poll_event()
     }
 
     /// Takes the descriptor an `Opened` or `ChannelPath` event names by
@@ -179,11 +201,15 @@ impl PluginConn {
 
     /// The poll says the socket is ready: read what came, write what waits.
     pub fn handle_ready(&mut self, event: &Event) {
-        if event.is_writable() || event.is_write_closed() || event.is_error() {
-            self.writable = true;
-        }
-        if event.is_readable() || event.is_read_closed() || event.is_error() {
-            self.read();
+        if let Socket::Connecting(_) = self.socket {
+            self.check_connected();
+        } else {
+            if event.is_writable() || event.is_write_closed() || event.is_error() {
+                self.writable = true;
+            }
+            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                self.read();
+            }
         }
         self.flush();
     }
@@ -210,7 +236,11 @@ impl Source for PluginConn {
         token: Token,
         interests: Interest,
     ) -> io::Result<()> {
-        self.stream.register(registry, token, interests)
+        self.poll = Some((registry.try_clone()?, token, interests));
+        match self.socket.stream() {
+            Some(s) => s.register(registry, token, interests),
+            None => Ok(()),
+        }
     }
 
     fn reregister(
@@ -219,11 +249,18 @@ impl Source for PluginConn {
         token: Token,
         interests: Interest,
     ) -> io::Result<()> {
-        self.stream.reregister(registry, token, interests)
+        self.poll = Some((registry.try_clone()?, token, interests));
+        match self.socket.stream() {
+            Some(s) => s.reregister(registry, token, interests),
+            None => Ok(()),
+        }
     }
 
     fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        self.stream.deregister(registry)
+        self.poll = None;
+        self.socket
+            .stream()
+            .map_or(Ok(()), |s| s.deregister(registry))
     }
 }
 
