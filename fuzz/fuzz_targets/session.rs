@@ -1,6 +1,8 @@
 //! A plugin session, ready, under arbitrary bytes from "the broker" in
-//! arbitrary splits, mixed with its own API calls. Oracle: no panic; once
-//! the session reports an error it is closed and stays closed.
+//! arbitrary splits, mixed with its own API calls and (when it reconnects)
+//! socket failures and new sockets, made or not. Oracle: no panic; once the
+//! session reports an error its connection is over and input is refused
+//! until it is given a new socket.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -8,7 +10,9 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use plugboard_core::control::{Name, TransportKind};
 use plugboard_core::keys::Keypair;
+use plugboard_core::session::Reconnect;
 use plugboard_core::sim::{Chaos, Net};
+use rand_chacha::rand_core::SeedableRng;
 
 #[derive(Arbitrary, Debug)]
 enum Op<'a> {
@@ -17,10 +21,13 @@ enum Op<'a> {
     Timeout { ms: u16 },
 }
 
-fuzz_target!(|ops: Vec<Op>| {
+fuzz_target!(|input: (bool, Vec<Op>)| {
+    let (reconnect, ops) = input;
     let mut net = Net::new(3, Chaos::default(), |_| {});
     let id = net
-        .connect(Keypair::from_seed([1; 32]), TransportKind::Unix)
+        .connect_with(Keypair::from_seed([1; 32]), TransportKind::Unix, |c| {
+            c.reconnect = reconnect.then(Reconnect::default);
+        })
         .unwrap();
     net.run();
     let mut now = net.now;
@@ -36,12 +43,14 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
                 if result.is_err() {
                     failed = true;
-                    assert!(session.is_closed());
+                    assert!(!session.is_connected());
+                    assert!(reconnect || session.is_closed());
                 }
             }
             Op::Call { what, arg } => {
                 let name = Name::new("x").unwrap();
-                let _ = match what % 14 {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(u64::from(arg));
+                let _ = match what % 16 {
                     0 => session.register(now, name, arg % 2 == 0, None).map(drop),
                     1 => session.list(now).map(drop),
                     2 => session.watch(now).map(drop),
@@ -72,6 +81,14 @@ fuzz_target!(|ops: Vec<Op>| {
                         Ok(())
                     }
                     12 => session.direct_failed(u32::from(arg)),
+                    13 => {
+                        session.handle_socket_error(now, "fuzzed");
+                        failed |= !session.is_connected();
+                        Ok(())
+                    }
+                    // The socket the session asked for: made, or not.
+                    14 if arg % 2 == 0 => session.connected(now, &mut rng).map(|()| failed = false),
+                    14 => session.dial_failed(now, "fuzzed", &mut rng),
                     _ => session.stats(now).map(drop),
                 };
             }
