@@ -87,8 +87,10 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                         Ok(())
                     }
                     // The socket the session asked for: made, or not.
-                    14 if arg % 2 == 0 => session.connected(now, &mut rng).map(|()| failed = false),
-                    14 => session.dial_failed(now, "fuzzed", &mut rng),
+                    14 if arg % 2 == 0 => session
+                        .handle_connected(now, &mut rng)
+                        .map(|()| failed = false),
+                    14 => session.handle_dial_failed(now, "fuzzed", &mut rng),
                     _ => session.stats(now).map(drop),
                 };
             }

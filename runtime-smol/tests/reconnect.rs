@@ -85,6 +85,22 @@ async fn next_event(events: &mut EventStream) -> ConnectionEvent {
     soon("a connection event", events.next()).await.unwrap()
 }
 
+/// Waits for `Reconnected`: its attempts, and why the failed ones failed.
+async fn reconnected(events: &mut EventStream) -> (u32, Vec<String>) {
+    let mut failures = Vec::new();
+    loop {
+        match next_event(events).await {
+            ConnectionEvent::Reconnected { attempts } => return (attempts, failures),
+            // (A feed 16 behind keeps the latest: numbers may skip.)
+            ConnectionEvent::AttemptFailed { attempt, reason } => {
+                assert!(attempt as usize > failures.len(), "attempts in order");
+                failures.push(reason);
+            }
+            other => panic!("{other:?} before reconnecting"),
+        }
+    }
+}
+
 fn names(members: &[Member]) -> Vec<&str> {
     members.iter().map(|m| m.name.as_str()).collect()
 }
@@ -173,15 +189,10 @@ fn a_lost_broker_is_replaced_name_and_watch_restored() {
         // A new broker on the same socket.
         let broker = Broker::start("reconnect");
         assert_eq!(broker.unix, unix);
-        let ConnectionEvent::Reconnected { attempts } = next_event(&mut echo_events).await else {
-            panic!("echo did not report its reconnection");
-        };
-        assert!(attempts >= 1);
-        let ConnectionEvent::Reconnected { attempts } = next_event(&mut watcher_events).await
-        else {
-            panic!("the watcher did not report its reconnection");
-        };
-        assert!(attempts >= 1);
+        let (attempts, failures) = reconnected(&mut echo_events).await;
+        assert!(attempts as usize > failures.len());
+        let (attempts, failures) = reconnected(&mut watcher_events).await;
+        assert!(attempts as usize > failures.len());
 
         // The watch started again: a snapshot, with echo in it or right after.
         let snapshot = loop {
@@ -332,10 +343,12 @@ fn a_broker_that_refuses_the_name_is_a_failed_attempt() {
 
         // One that takes it: reconnected, once, after more than one attempt.
         let broker = Broker::start("refused");
-        let ConnectionEvent::Reconnected { attempts } = next_event(&mut events).await else {
-            panic!("no reconnection");
-        };
+        let (attempts, failures) = reconnected(&mut events).await;
         assert!(attempts >= 2, "{attempts}");
+        assert!(
+            failures.iter().any(|f| f.contains("may not register")),
+            "the refusals were reported: {failures:?}"
+        );
         let other = plugin(&broker.unix, 6, None).await;
         let members = other.list().await.unwrap();
         assert_eq!(names(&members), ["proud"]);

@@ -176,6 +176,15 @@ impl<R: Runtime> Stream<R> {
             .poll_io(cx, Interest::Write, |fd| queue.write_to(fd))
     }
 
+    /// Runs `write` (a non-blocking write of what someone else queued)
+    /// until it is done, waiting for room between tries.
+    pub async fn flush_with(
+        &self,
+        mut write: impl FnMut(&OwnedFd) -> io::Result<()>,
+    ) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.io.poll_io(cx, Interest::Write, &mut write)).await
+    }
+
     /// As [`Stream::poll_flush`], awaited.
     pub async fn flush(&self, queue: &mut WriteQueue) -> io::Result<()> {
         std::future::poll_fn(|cx| self.poll_flush(cx, queue)).await

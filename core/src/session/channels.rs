@@ -248,15 +248,6 @@ impl Session {
         }
     }
 
-    /// What `channel` received and nobody read, taken out of the session
-    /// (for a runtime that keeps a lost connection's channels readable).
-    pub fn take_unread(&mut self, channel: ChannelId) -> VecDeque<Bytes> {
-        self.channels
-            .get_mut(&channel)
-            .map(|c| std::mem::take(&mut c.received))
-            .unwrap_or_default()
-    }
-
     /// Channels this session knows, in any state.
     pub fn channel_count(&self) -> usize {
         self.channels.len()

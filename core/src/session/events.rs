@@ -14,7 +14,9 @@ use crate::wire::WireError;
 /// What happened on a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEvent {
-    /// The broker said hello: requests and channels can be used.
+    /// The broker said hello on the first connection: requests and
+    /// channels can be used. (On a new one, [`SessionEvent::Reconnected`]
+    /// says so.)
     Ready {
         /// The broker's key.
         broker: PublicKey,
@@ -194,16 +196,18 @@ pub enum SessionEvent {
         /// Why.
         reason: String,
     },
-    /// Connected again: the name is the session's again and the watch
-    /// restarted (its [`SessionEvent::Watching`] came before, with the
-    /// session's own request id). Requests work again.
+    /// Connected again: the name is the session's again (held, or in line
+    /// for it when it waits for it) and the watch restarted (their
+    /// [`SessionEvent::Registered`] and [`SessionEvent::Watching`] came
+    /// before, with the session's own request ids). Requests work again.
     Reconnected {
         /// The attempts it took (at least 1).
         attempts: u32,
     },
     /// The connection is over for good.
     Closed {
-        /// The broker's code, if it said one.
+        /// The broker's code, or the session's own (a request or ping
+        /// unanswered: [`ErrorCode::IdleTimeout`]), if there is one.
         code: Option<ErrorCode>,
         /// Why.
         reason: String,
@@ -226,7 +230,7 @@ pub enum SessionError {
     /// The broker broke the protocol.
     #[error("the broker broke the protocol: {0}")]
     Protocol(&'static str),
-    /// Not yet: the broker has not said hello.
+    /// Not yet: the broker has not said hello on the first connection.
     #[error("the session is not ready yet")]
     NotReady,
     /// The session is over.

@@ -18,8 +18,14 @@ pub(super) enum Link {
     Handshake(Box<ClientHandshake>),
     /// The handshake is done; the broker's hello must come by `deadline`.
     Hello { wire: Wire, deadline: Instant },
-    /// Requests and channels work.
-    Ready(Wire),
+    /// Requests and channels work (the application's once the name and
+    /// watch are restored). `heard` is when the broker last sent anything;
+    /// `ping` the deadline of a ping sent after a quiet spell.
+    Ready {
+        wire: Wire,
+        heard: Instant,
+        ping: Option<Instant>,
+    },
     /// Lost; the next attempt at `at`. `last_words` go out before the
     /// runtime closes the lost socket.
     Waiting { at: Instant, last_words: Bytes },
@@ -34,19 +40,19 @@ impl Link {
     pub(super) fn is_connected(&self) -> bool {
         matches!(
             self,
-            Link::Handshake(_) | Link::Hello { .. } | Link::Ready(_)
+            Link::Handshake(_) | Link::Hello { .. } | Link::Ready { .. }
         )
     }
 
     pub(super) fn wire_mut(&mut self) -> Option<&mut Wire> {
         match self {
-            Link::Hello { wire, .. } | Link::Ready(wire) => Some(wire),
+            Link::Hello { wire, .. } | Link::Ready { wire, .. } => Some(wire),
             _ => None,
         }
     }
 
-    /// The broker's hello came: requests and channels work.
-    pub(super) fn hello_done(&mut self) {
+    /// The broker's hello came at `now`: requests and channels work.
+    pub(super) fn hello_done(&mut self, now: Instant) {
         if !matches!(self, Link::Hello { .. }) {
             return;
         }
@@ -54,13 +60,17 @@ impl Link {
             last_words: Bytes::new(),
         };
         if let Link::Hello { wire, .. } = std::mem::replace(self, closed) {
-            *self = Link::Ready(wire);
+            *self = Link::Ready {
+                wire,
+                heard: now,
+                ping: None,
+            };
         }
     }
 
     pub(super) fn wire(&self) -> Option<&Wire> {
         match self {
-            Link::Hello { wire, .. } | Link::Ready(wire) => Some(wire),
+            Link::Hello { wire, .. } | Link::Ready { wire, .. } => Some(wire),
             _ => None,
         }
     }
@@ -84,6 +94,9 @@ pub(super) struct Restore {
     /// A connection got as far as the broker's hello: only then is a loss
     /// an outage.
     pub(super) was_ready: bool,
+    /// When the last outage ended, and its waits: a loss soon after goes
+    /// on from them.
+    pub(super) calm: Option<(Instant, Backoff)>,
 }
 
 /// A name taken, as it was asked for.
@@ -107,7 +120,7 @@ impl Registration {
 
 impl Session {
     /// The session wants a new socket to the broker: connect one, then call
-    /// [`Session::connected`] (or [`Session::dial_failed`]).
+    /// [`Session::handle_connected`] (or [`Session::handle_dial_failed`]).
     pub fn wants_dial(&self) -> bool {
         matches!(self.link, Link::Dialing { .. })
     }
@@ -124,7 +137,7 @@ impl Session {
     }
 
     /// The socket the session asked for is connected: the handshake starts.
-    pub fn connected(
+    pub fn handle_connected(
         &mut self,
         now: Instant,
         rng: &mut impl CryptoRngCore,
@@ -137,6 +150,7 @@ impl Session {
         let handshake =
             ClientHandshake::new(self.config.handshake.clone(), self.config.broker, rng, now)?;
         self.link = Link::Handshake(Box::new(handshake));
+        self.fds.clear();
         self.control = ControlDecoder::default();
         self.limits = None;
         self.features = 0;
@@ -144,7 +158,7 @@ impl Session {
     }
 
     /// The socket the session asked for could not be connected.
-    pub fn dial_failed(
+    pub fn handle_dial_failed(
         &mut self,
         now: Instant,
         reason: &str,
@@ -201,10 +215,14 @@ impl Session {
                 self.events.push_back(SessionEvent::Lost {
                     reason: reason.clone(),
                 });
+                let backoff = match self.restore.calm.take() {
+                    Some((since, backoff)) if self.now < since + policy.max => backoff,
+                    _ => Backoff::new(policy),
+                };
                 self.outage.insert(Outage {
                     reason,
                     attempts: 0,
-                    backoff: Backoff::new(policy),
+                    backoff,
                 })
             }
         };
@@ -233,10 +251,12 @@ impl Session {
         let now = self.now;
         if let Some(registration) = self.restore.registration.clone() {
             let pending = Pending::Register(registration.clone());
-            self.request_as(now, true, pending, |request| registration.message(request))?;
+            let message = |request| registration.message(request);
+            self.request_as(now, Duration::ZERO, true, pending, message)?;
         }
         if self.restore.watching {
-            self.request_as(now, true, Pending::Watch(Vec::new()), |request| {
+            let pending = Pending::Watch(Vec::new());
+            self.request_as(now, Duration::ZERO, true, pending, |request| {
                 Message::Watch { request }
             })?;
         }
@@ -253,13 +273,13 @@ impl Session {
     /// Once nothing the session sent to restore is unanswered, the outage
     /// is over.
     pub(super) fn check_restored(&mut self) {
-        if !matches!(self.link, Link::Ready(_)) || self.requests.values().any(|r| r.restore) {
+        if !matches!(self.link, Link::Ready { .. }) || self.requests.values().any(|r| r.restore) {
             return;
         }
         if let Some(outage) = self.outage.take() {
-            // The next outage waits from the start again.
+            self.restore.calm = Some((self.now, outage.backoff));
             self.events.push_back(SessionEvent::Reconnected {
-                attempts: outage.attempts.max(1),
+                attempts: outage.attempts,
             });
         }
     }

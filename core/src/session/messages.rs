@@ -77,12 +77,14 @@ impl Session {
             });
             wire.mux.set_peer_max_frame(limits.max_frame);
             self.limits = Some(limits);
-            self.link.hello_done();
-            self.restore.was_ready = true;
-            self.events.push_back(SessionEvent::Ready {
-                broker: self.config.broker,
-                limits,
-            });
+            self.link.hello_done(self.now);
+            // On a new connection, `Reconnected` says when it is usable.
+            if !std::mem::replace(&mut self.restore.was_ready, true) {
+                self.events.push_back(SessionEvent::Ready {
+                    broker: self.config.broker,
+                    limits,
+                });
+            }
             if self.outage.is_some() {
                 self.restore()?;
             }

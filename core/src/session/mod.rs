@@ -1,4 +1,6 @@
-//! The plugin session: the client side of one connection to the broker.
+//! The plugin session: the client side of a plugin's connection to the
+//! broker, and of the connections that replace it when it reconnects
+//! (`link.rs`).
 //!
 //! shs1 as the client, then the wire (plain or box-stream), the hello, and
 //! from then on requests, answers and channels. The same face as every state
@@ -24,7 +26,7 @@ use channels::ChannelStage;
 pub use channels::Recv;
 pub use events::{SessionError, SessionEvent};
 use link::Link;
-pub use reconnect::{Backoff, ConnectionEvent, Reconnect};
+pub use reconnect::{Backoff, ConnectionEvent, Reconnect, MIN_WAIT};
 
 use crate::control::{
     self, AnnouncedLimits, ChannelId, ChannelPath, ControlDecoder, ErrorCode, Features,
@@ -49,8 +51,9 @@ pub struct SessionConfig {
     /// The broker's hello must come this long after the handshake.
     pub hello_timeout: Duration,
     /// The broker answers every request or ends the connection; a request
-    /// unanswered this long means it is gone, and the session closes
-    /// ([`SessionEvent::Closed`] with [`ErrorCode::IdleTimeout`]).
+    /// unanswered this long means it is gone, and the connection is over
+    /// (with [`ErrorCode::IdleTimeout`]: [`SessionEvent::Closed`], or a
+    /// loss when the session reconnects).
     pub request_timeout: Duration,
     /// Largest a channel's receive window may grow to.
     pub max_window: u32,
@@ -70,8 +73,12 @@ pub struct SessionConfig {
     /// connection that never got there ends it either way.
     pub reconnect: Option<Reconnect>,
     /// How long the runtime may take to connect a socket when the session
-    /// asks for one ([`Session::wants_dial`]).
+    /// asks for one ([`Session::wants_dial`]); the first socket, made
+    /// before [`Session::new`], is the runtime's own business.
     pub connect_timeout: Duration,
+    /// A broker silent this long is pinged; one that does not answer within
+    /// `request_timeout` is gone (a cut that no RST reported). `None`: never.
+    pub keepalive: Option<Duration>,
 }
 
 /// How long an accepted channel waits for its path when the broker did not
@@ -94,6 +101,7 @@ impl SessionConfig {
             max_reply_entries: 100_000,
             reconnect: None,
             connect_timeout: Duration::from_secs(10),
+            keepalive: Some(Duration::from_secs(20)),
         }
     }
 }
@@ -127,7 +135,8 @@ struct Request {
     restore: bool,
 }
 
-/// The plugin side of a connection to the broker.
+/// The plugin side of a connection to the broker (of each, in turn, when
+/// it reconnects).
 pub struct Session {
     config: SessionConfig,
     /// The connection to the broker, and what it owns.
@@ -193,7 +202,7 @@ impl Session {
     /// Whether requests and channels can be used (on a new connection,
     /// once the name and the watch are restored).
     pub fn is_ready(&self) -> bool {
-        matches!(self.link, Link::Ready(_)) && self.outage.is_none()
+        matches!(self.link, Link::Ready { .. }) && self.outage.is_none()
     }
 
     /// Whether the session is over for good.
@@ -203,8 +212,10 @@ impl Session {
 
     // ── the face ──────────────────────────────────────────────────────
 
-    /// Bytes from the broker. An error ends the session (the event
-    /// [`SessionEvent::Closed`] says so too); close the socket.
+    /// Bytes from the broker. An error ends the connection (the events say
+    /// so too): write what [`Session::poll_transmit`] still gives, then
+    /// close the socket. Bytes after that (the session let the connection
+    /// go) are refused: `Closed`, or `Reconnecting`.
     pub fn handle_input(&mut self, now: Instant, input: &[u8]) -> Result<(), SessionError> {
         self.now = now;
         if !self.link.is_connected() {
@@ -229,7 +240,9 @@ impl Session {
         input: &[u8],
         fd: u64,
     ) -> Result<(), SessionError> {
-        self.fds.push_back(fd);
+        if self.link.is_connected() {
+            self.fds.push_back(fd);
+        }
         self.handle_input(now, input)
     }
 
@@ -237,7 +250,7 @@ impl Session {
     pub fn handle_eof(&mut self, now: Instant) {
         self.now = now;
         if self.link.is_connected() {
-            self.fail("the broker closed the connection".into(), None);
+            self.ended_by_broker("the broker closed the connection".into(), None);
         }
     }
 
@@ -256,7 +269,7 @@ impl Session {
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         match &mut self.link {
             Link::Handshake(handshake) => handshake.poll_transmit(),
-            Link::Hello { wire, .. } | Link::Ready(wire) => {
+            Link::Hello { wire, .. } | Link::Ready { wire, .. } => {
                 let out = wire.poll_transmit().map(|(bytes, _)| bytes);
                 if wire.mux.has_events() {
                     // Our FIN going out can close a channel: say so now.
@@ -276,15 +289,19 @@ impl Session {
         self.events.pop_front()
     }
 
-    /// The earliest deadline: handshake, hello, a request's, or an accepted
-    /// channel's that still waits for its path.
+    /// The earliest deadline: handshake, hello, a request's, an accepted
+    /// channel's that still waits for its path, the keepalive's; between
+    /// connections, the next attempt's or the connect's.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let stage = match &self.link {
             Link::Handshake(handshake) => handshake.poll_timeout(),
             Link::Hello { deadline, .. } => Some(*deadline),
             Link::Waiting { at, .. } => Some(*at),
             Link::Dialing { deadline } => Some(*deadline),
-            Link::Ready(_) | Link::Closed { .. } => None,
+            Link::Ready { heard, ping, .. } => {
+                ping.or(self.config.keepalive.map(|quiet| *heard + quiet))
+            }
+            Link::Closed { .. } => None,
         };
         let request = self.requests.values().map(|r| r.deadline).min();
         let path = self.path_deadlines().min();
@@ -306,6 +323,21 @@ impl Session {
             Link::Waiting { at, .. } if now >= *at => self.dial(now),
             Link::Dialing { deadline } if now >= *deadline => {
                 self.attempt_failed(now, "timed out connecting".into());
+            }
+            Link::Ready {
+                ping: Some(deadline),
+                ..
+            } if now >= *deadline => {
+                let reason = "the broker did not answer a ping in time".into();
+                self.fail(reason, Some(ErrorCode::IdleTimeout));
+            }
+            Link::Ready {
+                wire,
+                heard,
+                ping: ping @ None,
+            } if (self.config.keepalive).is_some_and(|quiet| now >= *heard + quiet) => {
+                wire.mux.ping(0);
+                *ping = Some(now + self.config.request_timeout);
             }
             _ => {}
         }
@@ -343,7 +375,7 @@ impl Session {
     /// restoring the name and the watch).
     fn ensure_ready(&self) -> Result<(), SessionError> {
         match (&self.link, &self.outage) {
-            (Link::Ready(_), _) => Ok(()),
+            (Link::Ready { .. }, _) => Ok(()),
             (Link::Closed { .. }, _) => Err(SessionError::Closed),
             (_, Some(_)) => Err(SessionError::Reconnecting),
             (_, None) => Err(SessionError::NotReady),
@@ -409,7 +441,14 @@ impl Session {
                     _ => Ok(()),
                 }
             }
-            Link::Hello { wire, .. } | Link::Ready(wire) => {
+            Link::Hello { .. } | Link::Ready { .. } => {
+                if let Link::Ready { heard, ping, .. } = &mut self.link {
+                    // Anything from the broker shows it is there.
+                    (*heard, *ping) = (now, None);
+                }
+                let Some(wire) = self.link.wire_mut() else {
+                    return Ok(());
+                };
                 let result = wire.handle_input(input);
                 self.drain_mux()?;
                 match result {

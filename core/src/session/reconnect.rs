@@ -1,6 +1,6 @@
-//! Reconnection's protocol-free parts, shared by every plugin API: the
-//! policy, the waits between attempts (from injected randomness), and the
-//! events a plugin reports about its connection.
+//! Reconnection's policy and the waits between attempts (from injected
+//! randomness), used by the session (`link.rs`), and the events the async
+//! plugin API reports about its connection.
 
 use std::time::Duration;
 
@@ -8,13 +8,20 @@ use rand_core::RngCore;
 
 /// The least a wait grows from (a policy starting at zero still grows).
 const MIN_STEP: Duration = Duration::from_millis(1);
+/// The shortest wait, whatever the policy: attempts never spin.
+pub const MIN_WAIT: Duration = Duration::from_millis(10);
 
 /// How a plugin reconnects.
 ///
 /// Before each attempt it waits a random time ("decorrelated jitter"):
-/// between `initial` and three times the previous wait, at most `max`. The
-/// first wait is between `initial` and three times `initial`. Plugins that
-/// lost the same broker so spread out instead of knocking all at once.
+/// between `initial` and three times the previous wait, at most `max`, and
+/// never under [`MIN_WAIT`]. The first wait is between `initial` and three
+/// times `initial`. Plugins that lost the same broker so spread out instead
+/// of knocking all at once. A connection lost within `max` of the last
+/// outage's end goes on from that outage's waits instead of starting over
+/// (a broker that keeps dropping plugins is not hammered).
+///
+/// Attempts go on until the plugin is dropped, whatever refuses them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reconnect {
     /// The shortest wait before an attempt.
@@ -36,9 +43,10 @@ impl Default for Reconnect {
 /// A change of a plugin's connection to the broker.
 ///
 /// A plugin that reconnects reports [`ConnectionEvent::Lost`] once when its
-/// connection is lost and [`ConnectionEvent::Reconnected`] once when it is
-/// back (however many attempts that took), and so on for every outage. One
-/// that does not reports [`ConnectionEvent::Ended`] when its connection ends.
+/// connection is lost, [`ConnectionEvent::AttemptFailed`] for each attempt
+/// that fails, and [`ConnectionEvent::Reconnected`] once when it is back,
+/// and so on for every outage. [`ConnectionEvent::Ended`] is the end: of
+/// the connection, for one that does not reconnect; of the plugin, dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConnectionEvent {
@@ -48,7 +56,17 @@ pub enum ConnectionEvent {
         /// Why.
         reason: String,
     },
-    /// Connected again: the name is registered again and the watch restarted
+    /// An attempt to reconnect failed: no socket, no handshake, no hello,
+    /// or the broker refused the name or the watch (then why says so). The
+    /// next attempt follows after a wait.
+    AttemptFailed {
+        /// Which attempt of this outage (from 1).
+        attempt: u32,
+        /// Why.
+        reason: String,
+    },
+    /// Connected again: the name is the plugin's again (held, or, for one
+    /// that waits for its name, in line for it) and the watch restarted
     /// (with a new snapshot). Requests work again.
     Reconnected {
         /// The connection attempts it took (at least 1).
@@ -94,7 +112,7 @@ impl Backoff {
             0 => 0,
             span => random % span,
         };
-        self.last = low + Duration::from_nanos(jitter);
+        self.last = (low + Duration::from_nanos(jitter)).max(MIN_WAIT);
         self.last
     }
 }
@@ -135,12 +153,18 @@ mod tests {
             max: Duration::ZERO,
         };
         let mut backoff = Backoff::new(zero);
-        assert_eq!(backoff.next(&mut rng), Duration::ZERO);
+        assert_eq!(backoff.next(&mut rng), MIN_WAIT);
         let inverted = Reconnect {
             initial: Duration::from_secs(5),
             max: Duration::from_secs(1),
         };
         let mut backoff = Backoff::new(inverted);
         assert!((0..10).all(|_| backoff.next(&mut rng) == Duration::from_secs(1)));
+        let tiny = Reconnect {
+            initial: Duration::from_micros(1),
+            max: Duration::from_millis(2),
+        };
+        let mut backoff = Backoff::new(tiny);
+        assert!((0..10).all(|_| backoff.next(&mut rng) == MIN_WAIT));
     }
 }

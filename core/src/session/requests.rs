@@ -42,13 +42,13 @@ impl Session {
         })
     }
 
-    /// Stop watching (a new connection does not restore it).
+    /// Stop watching. A new connection does not restore the watch, even
+    /// if this call fails (during an outage, say).
     pub fn unwatch(&mut self, now: Instant) -> Result<RequestId, SessionError> {
-        let request = self.request(now, Pending::Unwatch, |request| Message::Unwatch {
-            request,
-        })?;
         self.restore.watching = false;
-        Ok(request)
+        self.request(now, Pending::Unwatch, |request| Message::Unwatch {
+            request,
+        })
     }
 
     /// Who holds what.
@@ -84,16 +84,16 @@ impl Session {
         let open_timeout = self.limits.map_or(Duration::ZERO, |l| {
             Duration::from_millis(u64::from(l.open_timeout_ms))
         });
-        let request = self.request(now + open_timeout, Pending::Open(channel), |request| {
-            Message::Open {
+        let pending = Pending::Open(channel);
+        let request =
+            self.request_as(now, open_timeout, false, pending, |request| Message::Open {
                 request,
                 channel,
                 direct,
                 name,
                 protocol: protocol.to_owned(),
                 metadata,
-            }
-        })?;
+            })?;
         Ok((request, channel))
     }
 
@@ -106,13 +106,15 @@ impl Session {
         message: impl FnOnce(RequestId) -> Message,
     ) -> Result<RequestId, SessionError> {
         self.ensure_usable()?;
-        self.request_as(now, false, pending, message)
+        self.request_as(now, Duration::ZERO, false, pending, message)
     }
 
-    /// Sends a request; `restore` marks the session's own.
+    /// Sends a request, answered by `request_timeout` plus `more`;
+    /// `restore` marks the session's own.
     pub(super) fn request_as(
         &mut self,
         now: Instant,
+        more: Duration,
         restore: bool,
         pending: Pending,
         message: impl FnOnce(RequestId) -> Message,
@@ -122,7 +124,7 @@ impl Session {
         let request = self.next_request;
         self.next_request = self.next_request.wrapping_add(1).max(1);
         self.send_message(&message(request))?;
-        let deadline = now + self.config.request_timeout;
+        let deadline = now + more + self.config.request_timeout;
         let r = Request {
             pending,
             deadline,
@@ -142,7 +144,10 @@ impl Session {
     }
 
     pub(super) fn send_message(&mut self, message: &Message) -> Result<(), SessionError> {
-        let wire = self.link.wire_mut().ok_or(SessionError::NotReady)?;
+        let Some(wire) = self.link.wire_mut() else {
+            // Why not: closed, reconnecting, or not there yet.
+            return Err(self.ensure_ready().err().unwrap_or(SessionError::NotReady));
+        };
         control::encode(message, &mut self.scratch);
         wire.mux.send_control(&self.scratch);
         self.scratch.clear();

@@ -112,8 +112,10 @@ fn a_reply_past_the_entry_bound_ends_the_session() {
 /// `a` opens `far` (which listens for direct dials) and `b` accepts; returns
 /// the opener's channel and the target's, with `a` told to dial.
 fn accepted_dial_offer(net: &mut Net) -> (usize, ChannelId, usize, ChannelId) {
-    let a = net.connect(Keypair::from_seed([1; 32]), TransportKind::Unix);
-    let b = net.connect(Keypair::from_seed([2; 32]), TransportKind::Unix);
+    // No keepalive: the only deadlines are the channels'.
+    let quiet = |c: &mut crate::session::SessionConfig| c.keepalive = None;
+    let a = net.connect_with(Keypair::from_seed([1; 32]), TransportKind::Unix, quiet);
+    let b = net.connect_with(Keypair::from_seed([2; 32]), TransportKind::Unix, quiet);
     let (a, b) = (a.unwrap(), b.unwrap());
     net.run();
     let now = net.now;

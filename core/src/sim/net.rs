@@ -25,6 +25,18 @@ pub struct Chaos {
     pub split_and_delay: bool,
 }
 
+/// What becomes of the sockets sessions ask for when they reconnect.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Dials {
+    /// They connect at once (the broker may still turn them away).
+    #[default]
+    Connect,
+    /// They fail at once (nothing listens).
+    Refuse,
+    /// They never connect (a black hole): the session's deadline ends them.
+    Hang,
+}
+
 /// One plugin: its session and both directions of its link.
 pub struct Node {
     /// The plugin's state machine.
@@ -62,6 +74,8 @@ pub struct Net {
     pub log: Vec<LogEntry>,
     /// Whether the runtime manages to make socketpairs.
     pub socketpairs_work: bool,
+    /// What becomes of the sockets reconnecting sessions ask for.
+    pub dials: Dials,
     by_conn: BTreeMap<ConnId, NodeId>,
     /// Connections with output the broker announced and the runtime did not drain.
     writable: BTreeSet<ConnId>,
@@ -86,6 +100,7 @@ impl Net {
             nodes: BTreeMap::new(),
             log: Vec::new(),
             socketpairs_work: true,
+            dials: Dials::Connect,
             by_conn: BTreeMap::new(),
             writable: BTreeSet::new(),
             next_node: 0,
@@ -262,6 +277,19 @@ impl Net {
     /// connects a socket does (the broker may turn it away at once).
     fn redial(&mut self, id: NodeId) {
         let now = self.now;
+        match self.dials {
+            Dials::Connect => {}
+            Dials::Hang => return,
+            Dials::Refuse => {
+                let node = self.nodes.get_mut(&id).expect("exists");
+                let refused = "connection refused";
+                let _ = node.session.handle_dial_failed(now, refused, &mut self.rng);
+                while let Some(e) = node.session.poll_event() {
+                    node.events.push_back(e);
+                }
+                return;
+            }
+        }
         let origin = self.nodes[&id].origin;
         let accepted = self.broker.accept(now, origin);
         let node = self.nodes.get_mut(&id).expect("exists");
@@ -273,10 +301,10 @@ impl Net {
                 node.up.clear();
                 node.down.clear();
                 self.by_conn.insert(conn, id);
-                let _ = node.session.connected(now, &mut self.rng);
+                let _ = node.session.handle_connected(now, &mut self.rng);
             }
             Err(_) => {
-                let _ = node.session.dial_failed(
+                let _ = node.session.handle_dial_failed(
                     now,
                     "the broker turned the socket away",
                     &mut self.rng,

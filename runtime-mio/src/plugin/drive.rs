@@ -135,7 +135,7 @@ impl PluginConn {
         self.queue.clear();
         self.buf.clear();
         self.received.clear();
-        self.fds.clear();
+        // Tokens are never reused: events already out may still name these.
         self.writable = true;
         self.shut = false;
     }
@@ -153,7 +153,7 @@ impl PluginConn {
             Err(e) => {
                 let _ = self
                     .session
-                    .dial_failed(now, &e.to_string(), &mut rand_core::OsRng);
+                    .handle_dial_failed(now, &e.to_string(), &mut rand_core::OsRng);
             }
         }
     }
@@ -172,13 +172,13 @@ impl PluginConn {
                     return;
                 };
                 self.socket = Socket::Up(stream);
-                let _ = self.session.connected(now, &mut rand_core::OsRng);
+                let _ = self.session.handle_connected(now, &mut rand_core::OsRng);
             }
             Err(e) => {
                 self.hang_up();
                 let _ = self
                     .session
-                    .dial_failed(now, &e.to_string(), &mut rand_core::OsRng);
+                    .handle_dial_failed(now, &e.to_string(), &mut rand_core::OsRng);
             }
         }
     }

@@ -24,7 +24,9 @@
 //! With [`SessionConfig::reconnect`], the session reconnects when the
 //! connection is lost: the `PluginConn` connects the sockets it asks for and
 //! registers them in your poll under the same token (so register it before
-//! the first loss), and the session's events say `Lost`, `Reconnected`.
+//! the first loss), and the session's events say what became of what was in flight
+//! (`RequestLost`, `ChannelLost`), then `Lost`, `AttemptFailed`,
+//! `Reconnected`; descriptor tokens stay valid across connections.
 
 mod drive;
 
@@ -214,7 +216,7 @@ impl PluginConn {
         self.flush();
     }
 
-    /// Whether the connection is over.
+    /// Whether the session is over for good.
     pub fn is_closed(&self) -> bool {
         self.session.is_closed()
     }

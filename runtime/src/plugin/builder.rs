@@ -67,20 +67,26 @@ impl<R: Runtime> PluginBuilder<R> {
     }
 
     /// When the connection to the broker is lost, connect again (with
-    /// jittered backoff, until the plugin is dropped) instead of ending.
+    /// jittered backoff, until the plugin is dropped) instead of ending. The
+    /// core's session does this (`SessionConfig::reconnect`); a broker that
+    /// goes quiet is pinged after 20 s and given up after 30 s more.
     ///
     /// On a loss: requests in flight (opens too) fail with
     /// [`PluginError::Reconnecting`], and so do new ones until the plugin is
-    /// back; relayed channels fail (reads and writes error); direct channels
-    /// are sockets of their own and go on; [`Plugin::events`] says
-    /// [`ConnectionEvent::Lost`]. On a new connection the plugin registers
-    /// its name again (waiting in line if [`PluginBuilder::wait_for_name`]
-    /// said so) and restarts its watch (the receiver gets a fresh
-    /// [`WatchEvent::Snapshot`]); then [`ConnectionEvent::Reconnected`]. A
-    /// broker that refuses the name or the watch counts as a failed attempt.
+    /// back; relayed channels give what they had received, then fail
+    /// (reads and writes error); direct channels are sockets of their own
+    /// and go on; [`Plugin::events`] says [`ConnectionEvent::Lost`]. Each
+    /// attempt that fails (no socket within 10 s, no handshake, no hello, a
+    /// broker that refuses the name or the watch) is a
+    /// [`ConnectionEvent::AttemptFailed`]. On a new connection the plugin
+    /// registers its name again (waiting in line if
+    /// [`PluginBuilder::wait_for_name`] said so) and restarts its watch (the
+    /// receiver gets a fresh [`WatchEvent::Snapshot`]); then
+    /// [`ConnectionEvent::Reconnected`].
     ///
-    /// Only a connection that was made is replaced: [`PluginBuilder::connect`]
-    /// itself fails if the broker cannot be reached.
+    /// Only a connection that got the broker's hello is replaced:
+    /// [`PluginBuilder::connect`] itself fails if the broker cannot be
+    /// reached or refuses us.
     pub fn reconnect(mut self, policy: Reconnect) -> Self {
         self.reconnect = Some(policy);
         self
@@ -148,6 +154,8 @@ impl<R: Runtime> PluginBuilder<R> {
                 fds: HashMap::new(),
                 next_fd: 0,
                 paths: HashMap::new(),
+                socket: None,
+                out: WriteQueue::new(),
             }),
             flush: Notify::default(),
         });

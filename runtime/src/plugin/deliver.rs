@@ -208,6 +208,7 @@ pub(crate) fn deliver<R: Runtime>(
         SessionEvent::AttemptFailed { attempt, reason } => {
             lost(inner);
             tracing::info!("reconnecting: attempt {attempt} failed: {reason}");
+            inner.report(ConnectionEvent::AttemptFailed { attempt, reason });
         }
         SessionEvent::Reconnected { attempts } => {
             tracing::info!("reconnected after {attempts} attempts");

@@ -10,9 +10,8 @@ use async_channel::Sender;
 use bytes::BytesMut;
 use futures_lite::future;
 use plugboard_core::addr::Addr;
-use plugboard_os::WriteQueue;
 
-use super::{deliver, Inner, PluginError, Shared};
+use super::{drain, Inner, PluginError, Shared};
 use crate::rt::Runtime;
 use crate::stream::{ReadSize, Stream};
 
@@ -81,14 +80,19 @@ async fn run<R: Runtime>(
         let now = inner.clock.now();
         match outcome {
             Some(Ok(connected)) => {
-                if inner.session.connected(now, &mut rand_core::OsRng).is_ok() {
+                if inner
+                    .session
+                    .handle_connected(now, &mut rand_core::OsRng)
+                    .is_ok()
+                {
                     stream = Some(connected);
                 }
             }
             Some(Err(e)) => {
-                let _ = inner
-                    .session
-                    .dial_failed(now, &e.to_string(), &mut rand_core::OsRng);
+                let _ =
+                    inner
+                        .session
+                        .handle_dial_failed(now, &e.to_string(), &mut rand_core::OsRng);
             }
             None => inner.session.handle_timeout(now),
         }
@@ -98,47 +102,44 @@ async fn run<R: Runtime>(
 /// What woke the driver.
 enum Wake {
     Read(io::Result<usize>),
-    Flush,
+    Flushed(io::Result<()>),
+    Told,
     Timeout,
 }
 
 /// Drives the session over `stream` until it lets the connection go (it
 /// ended, or was lost). `ready` learns when the broker said hello, or that
-/// it never will on this connection.
+/// it never will on this connection. The socket is shared while it lasts:
+/// whichever task has bytes for it writes them ([`Shared::transmit`]).
 async fn connection<R: Runtime>(
     shared: &Arc<Shared<R>>,
     stream: Stream<R>,
     ready: &mut Option<Sender<Result<(), PluginError>>>,
 ) {
+    let stream = Arc::new(stream);
+    shared.lock().socket = Some(stream.clone());
+    drive(shared, &stream, ready).await;
+    let mut inner = shared.lock();
+    inner.socket = None; // dropping the socket says so to the broker
+    inner.out.clear();
+}
+
+async fn drive<R: Runtime>(
+    shared: &Arc<Shared<R>>,
+    stream: &Stream<R>,
+    ready: &mut Option<Sender<Result<(), PluginError>>>,
+) {
     let mut fds = Vec::new();
     let mut buf = BytesMut::new();
     let mut size = ReadSize::new(READ_SIZE);
-    let mut queue = WriteQueue::new();
     let unix = stream.carries_fds();
     loop {
-        // Everything the session has goes out first (last words too).
-        loop {
-            {
-                let mut inner = shared.lock();
-                while let Some(bytes) = inner.session.poll_transmit() {
-                    queue.push(bytes);
-                }
-            }
-            if queue.is_empty() {
-                break;
-            }
-            if let Err(e) = stream.flush(&mut queue).await {
-                queue.clear();
-                let mut inner = shared.lock();
-                let now = inner.clock.now();
-                inner
-                    .session
-                    .handle_socket_error(now, &format!("write failed: {e}"));
-            }
-        }
-        let (timeout, over) = {
+        let (timeout, blocked) = {
             let mut inner = shared.lock();
-            drain(shared, &mut inner);
+            // What the session has goes out (its last words too, as far as
+            // the socket takes them).
+            // (The driver is here anyway: what transmit leaves is seen below.)
+            let _ = shared.transmit(&mut inner);
             let over = !inner.session.is_connected();
             if let Some(tx) = ready.take() {
                 let reason = || {
@@ -151,23 +152,30 @@ async fn connection<R: Runtime>(
                     (false, false) => *ready = Some(tx),
                 }
             }
+            if over {
+                return;
+            }
             let timeout = inner
                 .session
                 .poll_timeout()
                 .map(|at| inner.clock.to_std(at));
-            (timeout, over)
+            (timeout, !inner.out.is_empty())
         };
-        if over {
-            return; // dropping the socket says so to the broker
-        }
         buf.clear();
         let read = async {
             let fds = unix.then_some(&mut fds);
             Wake::Read(stream.read(&mut buf, size.next(), fds).await)
         };
-        let flush = async {
+        let told = async {
             shared.flush.notified().await;
-            Wake::Flush
+            Wake::Told
+        };
+        // The rest of what the socket did not take, once it has room.
+        let flushed = async {
+            match blocked {
+                true => Wake::Flushed(stream.flush_with(|fd| shared.lock().out.write_to(fd)).await),
+                false => future::pending().await,
+            }
         };
         let sleep = async {
             match timeout {
@@ -176,11 +184,12 @@ async fn connection<R: Runtime>(
             }
             Wake::Timeout
         };
-        match future::or(read, future::or(flush, sleep)).await {
+        let woke = future::or(read, future::or(flushed, future::or(told, sleep))).await;
+        let mut inner = shared.lock();
+        let now = inner.clock.now();
+        match woke {
             Wake::Read(read) => {
                 size.record(&read);
-                let mut inner = shared.lock();
-                let now = inner.clock.now();
                 match read {
                     Ok(0) => inner.session.handle_eof(now),
                     // Errors end the connection; the session's events say why.
@@ -194,15 +203,22 @@ async fn connection<R: Runtime>(
                         .handle_socket_error(now, &format!("read failed: {e}")),
                 }
             }
-            Wake::Flush | Wake::Timeout => {}
+            Wake::Flushed(Err(e)) => {
+                inner.out.clear();
+                inner
+                    .session
+                    .handle_socket_error(now, &format!("write failed: {e}"));
+            }
+            Wake::Flushed(Ok(())) | Wake::Told | Wake::Timeout => {}
         }
         // A deadline that passed is handled whatever woke us: a broker that
         // keeps the socket readable would otherwise starve the timers.
         if timeout.is_some_and(|at| at <= std::time::Instant::now()) {
-            let mut inner = shared.lock();
-            let now = inner.clock.now();
             inner.session.handle_timeout(now);
         }
+        // What that changed is handed over before the lock goes: a handle
+        // must not find the session past a loss the runtime has not seen.
+        let _ = shared.transmit(&mut inner);
     }
 }
 
@@ -225,11 +241,4 @@ fn hand_over<R: Runtime>(
         let _ = inner.session.handle_input_with_fd(now, bytes, token);
     }
     Ok(())
-}
-
-/// Hands every session event to whoever waits for it.
-fn drain<R: Runtime>(shared: &Arc<Shared<R>>, inner: &mut Inner<R>) {
-    while let Some(event) = inner.session.poll_event() {
-        deliver(shared, inner, event);
-    }
 }

@@ -45,7 +45,9 @@ pub use plugboard_core::session::{ConnectionEvent, Reconnect};
 
 use crate::notify::Notify;
 use crate::rt::Runtime;
+use crate::stream::Stream;
 use plugboard_os::Clock;
+use plugboard_os::WriteQueue;
 
 /// Where one answer goes.
 type Reply<T> = Sender<Result<T, PluginError>>;
@@ -214,7 +216,7 @@ pub(crate) struct Inner<R: Runtime> {
     watch_queue: usize,
     /// Why the connection ended for good, once it did.
     pub(crate) ended: Option<String>,
-    /// Counts lost connections: channels and offers remember the one they
+    /// Counts lost connections and failed attempts: channels and offers remember the one they
     /// were made on, and a lost one's ids mean nothing to the next.
     pub(crate) epoch: u64,
     /// Relayed channels of lost connections (by epoch and id), until their
@@ -228,6 +230,12 @@ pub(crate) struct Inner<R: Runtime> {
     /// its wait (the session holds one back while a dialer that presented
     /// its token finishes its handshake).
     paths: HashMap<ChannelId, Sender<Resolved<R>>>,
+    /// The current connection's socket, for whichever task has bytes to
+    /// send (while the session has a connection).
+    pub(crate) socket: Option<Arc<Stream<R>>>,
+    /// Taken from the session, not yet taken by the socket: while it is not
+    /// empty, the driver waits for room and nobody else writes around it.
+    pub(crate) out: WriteQueue,
 }
 
 impl<R: Runtime> Inner<R> {
@@ -278,7 +286,8 @@ impl<R: Runtime> Inner<R> {
 pub(crate) struct Shared<R: Runtime> {
     pub(crate) rt: R,
     pub(crate) inner: Mutex<Inner<R>>,
-    /// The driver has output to write.
+    /// The driver has something to do: output the socket did not take, or
+    /// news from the session.
     pub(crate) flush: Notify,
 }
 
@@ -289,10 +298,49 @@ impl<R: Runtime> Shared<R> {
             .expect("a task panicked holding the session")
     }
 
+    /// Sends what the session has from the calling task, as far as the
+    /// socket takes it now, and hands over what the session reports; wakes
+    /// the driver only for what is left (see [`Shared::transmit`]).
+    pub(crate) fn send_now(self: &Arc<Self>, inner: &mut Inner<R>) {
+        if self.transmit(inner) {
+            self.flush.notify_one();
+        }
+    }
+
+    /// Sends what the session has, as far as the socket takes it now, and
+    /// hands over what the session reports. Returns whether the driver has
+    /// something left to do: a full socket, a connection that ended, news
+    /// a delivery made.
+    pub(crate) fn transmit(self: &Arc<Self>, inner: &mut Inner<R>) -> bool {
+        let mut woke = drain(self, inner);
+        let Inner {
+            session,
+            out,
+            socket,
+            clock,
+            ..
+        } = inner;
+        while let Some(bytes) = session.poll_transmit() {
+            out.push(bytes);
+        }
+        if let (false, Some(socket)) = (out.is_empty(), socket.as_ref()) {
+            match socket.try_flush(out) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => woke = true,
+                Err(e) => {
+                    out.clear();
+                    let now = clock.now();
+                    session.handle_socket_error(now, &format!("write failed: {e}"));
+                    woke = true;
+                }
+            }
+        }
+        woke | drain(self, inner)
+    }
     /// Sends a request on the current connection and waits for its answer
     /// (refused while the session reconnects).
     async fn call<T>(
-        &self,
+        self: &Arc<Self>,
         send: impl FnOnce(&mut Inner<R>) -> Result<RequestId, SessionError>,
         waiter: impl FnOnce(Reply<T>) -> Waiter,
     ) -> Result<T, PluginError> {
@@ -304,8 +352,8 @@ impl<R: Runtime> Shared<R> {
             }
             let request = send(&mut inner).map_err(|e| inner.refused(e))?;
             inner.waiters.insert(request, waiter(tx));
+            self.send_now(&mut inner);
         }
-        self.flush.notify_one();
         rx.recv()
             .await
             .unwrap_or_else(|_| Err(PluginError::Disconnected("the connection ended".into())))
@@ -578,8 +626,15 @@ impl<R: Runtime> Drop for Plugin<R> {
         let mut inner = self.shared.lock();
         if inner.ended.is_none() {
             // Over for good, connected or not: no reconnecting after this.
-            // (The socket closes with the driver.)
-            let _ = inner.session.close("the plugin was dropped");
+            // The broker is told why if the socket takes it now; the
+            // socket closes with the driver.
+            let last = inner.session.close("the plugin was dropped");
+            // Handles that outlive the plugin must not keep the socket open.
+            if let Some(socket) = inner.socket.take() {
+                inner.out.push(last);
+                let _ = socket.try_flush(&mut inner.out);
+                inner.out.clear();
+            }
             end(&mut inner, "the plugin was dropped".into());
         }
         inner.events.clear(); // the event feeds end
@@ -588,6 +643,17 @@ impl<R: Runtime> Drop for Plugin<R> {
         // Queued offers hold the shared state, which holds the queue.
         while self.incoming.try_recv().is_ok() {}
     }
+}
+
+/// Hands every session event to whoever waits for it; says whether there
+/// was any.
+pub(crate) fn drain<R: Runtime>(shared: &Arc<Shared<R>>, inner: &mut Inner<R>) -> bool {
+    let mut any = false;
+    while let Some(event) = inner.session.poll_event() {
+        any = true;
+        deliver(shared, inner, event);
+    }
+    any
 }
 
 /// Copies what fits of the first chunk of `queue` into `buf`, dropping it

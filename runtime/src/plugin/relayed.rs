@@ -84,8 +84,7 @@ impl<R: Runtime> Relayed<R> {
         }
         let _ = inner.session.reset(self.id, ErrorCode::Cancelled, reason);
         inner.channels.remove(&self.id);
-        drop(inner);
-        self.shared.flush.notify_one();
+        self.shared.send_now(&mut inner);
     }
 }
 
@@ -120,9 +119,8 @@ impl<R: Runtime> Relayed<R> {
         match inner.session.recv(self.id, buf.len()) {
             Ok(Recv::Data(bytes)) => {
                 buf[..bytes.len()].copy_from_slice(&bytes);
-                drop(guard);
                 // The credit goes back to the sender.
-                self.shared.flush.notify_one();
+                self.shared.send_now(inner);
                 Poll::Ready(Ok(bytes.len()))
             }
             Ok(Recv::Finished) => Poll::Ready(Ok(0)), // end of stream
@@ -179,13 +177,13 @@ impl<R: Runtime> Relayed<R> {
             .session
             .send(this.id, chunk)
             .map_err(|e| broken(&e.to_string()))?;
-        drop(guard);
-        this.shared.flush.notify_one();
+        this.shared.send_now(inner);
         Poll::Ready(Ok(sent))
     }
 
     pub(crate) fn poll_flush(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // The driver writes as soon as it is told: nothing is held here.
+        // Written as far as the socket took it; the driver writes the rest
+        // when it has room: nothing is held here.
         Poll::Ready(Ok(()))
     }
 
@@ -196,8 +194,7 @@ impl<R: Runtime> Relayed<R> {
             let mut inner = this.shared.lock();
             if this.current(&inner) {
                 let _ = inner.session.finish(this.id);
-                drop(inner);
-                this.shared.flush.notify_one();
+                this.shared.send_now(&mut inner);
             }
         }
         Poll::Ready(Ok(()))
@@ -217,8 +214,7 @@ impl<R: Runtime> Drop for Relayed<R> {
         }
         inner.channels.remove(&self.id);
         inner.session.close_channel(self.id);
-        drop(inner);
-        self.shared.flush.notify_one();
+        self.shared.send_now(&mut inner);
     }
 }
 

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crate::control::{Name, Presence, TransportKind};
 use crate::keys::Keypair;
 use crate::session::{Reconnect, Recv, SessionError, SessionEvent};
-use crate::sim::{Chaos, Net, NodeId};
+use crate::sim::{Chaos, Dials, Net, NodeId};
 
 const POLICY: Reconnect = Reconnect {
     initial: Duration::from_millis(100),
@@ -42,6 +42,27 @@ fn plugin(net: &mut Net, seed: u8, name: Option<&str>) -> NodeId {
     net.run();
     net.events(id);
     id
+}
+
+/// `a` opens a channel to `name` (held by `b`), offered to `b` and not
+/// answered yet: the open's request, and the channel's id at each end.
+fn offered(net: &mut Net, a: NodeId, b: NodeId, name: &str) -> (u32, u32, u32) {
+    let now = net.now;
+    let (asked, ours) = net
+        .node(a)
+        .session
+        .open(now, Name::new(name).unwrap(), "p", Bytes::new(), false)
+        .unwrap();
+    net.run();
+    let theirs = net
+        .events(b)
+        .into_iter()
+        .find_map(|e| match e {
+            SessionEvent::Incoming { channel, .. } => Some(channel),
+            _ => None,
+        })
+        .unwrap();
+    (asked, ours, theirs)
 }
 
 /// Moves time in small steps until `id` reports `Reconnected` (or 30 s
@@ -123,21 +144,8 @@ fn what_was_in_flight_fails_once_and_channels_keep_what_they_received() {
     let mut net = net(2);
     let a = plugin(&mut net, 1, None);
     let b = plugin(&mut net, 2, Some("beta"));
+    let (_, ours, theirs) = offered(&mut net, a, b, "beta");
     let now = net.now;
-    let (_, ours) = net
-        .node(a)
-        .session
-        .open(now, Name::new("beta").unwrap(), "p", Bytes::new(), false)
-        .unwrap();
-    net.run();
-    let theirs = net
-        .events(b)
-        .into_iter()
-        .find_map(|e| match e {
-            SessionEvent::Incoming { channel, .. } => Some(channel),
-            _ => None,
-        })
-        .unwrap();
     net.node(b).session.accept(now, theirs).unwrap();
     net.run();
     net.node(b)
@@ -298,4 +306,161 @@ fn a_first_connection_that_never_got_ready_is_the_end() {
     net.advance(Duration::from_secs(10));
     net.run();
     assert_eq!(net.node(a).links, 1);
+}
+
+#[test]
+fn refused_dials_are_failed_attempts_then_it_gets_back() {
+    let mut net = net(7);
+    let a = plugin(&mut net, 1, Some("delta"));
+    net.dials = Dials::Refuse;
+    net.cut(a);
+    for _ in 0..30 {
+        net.advance(Duration::from_millis(100));
+        net.run();
+    }
+    let events = net.events(a);
+    let attempts: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            SessionEvent::AttemptFailed { attempt, reason } if reason == "connection refused" => {
+                Some(*attempt)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(attempts.len() >= 2, "{events:?}");
+    assert!(
+        attempts.windows(2).all(|w| w[1] == w[0] + 1),
+        "{attempts:?}"
+    );
+    assert_eq!(attempts[0], 1);
+    net.dials = Dials::Connect;
+    let more = until_reconnected(&mut net, a);
+    let Some(SessionEvent::Reconnected { attempts: n }) = more.last() else {
+        panic!("{more:?}");
+    };
+    assert_eq!(*n as usize, attempts.len() + 1);
+    // `Ready` was said once, for the first connection: `Reconnected` is
+    // the news of the new one.
+    assert!(!more.iter().any(|e| matches!(e, SessionEvent::Ready { .. })));
+}
+
+#[test]
+fn a_dial_that_never_connects_times_out() {
+    let mut net = net(8);
+    let a = plugin(&mut net, 1, None);
+    net.dials = Dials::Hang;
+    net.cut(a);
+    // Until the first attempt starts.
+    while !net.node(a).session.wants_dial() {
+        net.advance(Duration::from_millis(10));
+        net.run();
+    }
+    net.advance(Duration::from_secs(10)); // the default connect timeout
+    net.run();
+    assert!(!net.node(a).session.wants_dial());
+    let events = net.events(a);
+    assert!(
+        events.iter().any(|e| matches!(e,
+            SessionEvent::AttemptFailed { attempt: 1, reason } if reason == "timed out connecting")),
+        "{events:?}"
+    );
+    // A connect that completes after the session gave up on it is refused.
+    let now = net.now;
+    let late = net
+        .node(a)
+        .session
+        .handle_connected(now, &mut rand_core::OsRng);
+    assert_eq!(late, Err(SessionError::NotDialing));
+}
+
+#[test]
+fn an_unwatch_during_an_outage_is_not_undone() {
+    let mut net = net(9);
+    let a = plugin(&mut net, 1, None);
+    net.dials = Dials::Refuse;
+    net.cut(a);
+    let now = net.now;
+    assert_eq!(
+        net.node(a).session.unwatch(now),
+        Err(SessionError::Reconnecting)
+    );
+    net.dials = Dials::Connect;
+    let events = until_reconnected(&mut net, a);
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, SessionEvent::Watching { .. })),
+        "{events:?}"
+    );
+    // And a watch asked for now starts.
+    let now = net.now;
+    net.node(a).session.watch(now).unwrap();
+    net.run();
+    assert!(net
+        .events(a)
+        .iter()
+        .any(|e| matches!(e, SessionEvent::Watching { .. })));
+}
+
+#[test]
+fn an_offer_and_an_open_in_flight_are_lost_with_the_connection() {
+    let mut net = net(10);
+    let a = plugin(&mut net, 1, None);
+    let b = plugin(&mut net, 2, Some("echo"));
+    let (asked, _, offered) = offered(&mut net, a, b, "echo");
+    // Neither answered: the target's link breaks, then the opener's.
+    net.cut(b);
+    let events = net.events(b);
+    assert!(
+        events.iter().any(|e| matches!(e,
+            SessionEvent::ChannelLost { channel, unread, end: None } if *channel == offered && unread.is_empty())),
+        "{events:?}"
+    );
+    net.run();
+    // The broker answered the open (the target is gone), or it is lost.
+    let now = net.now;
+    net.node(a).session.list(now).unwrap();
+    net.cut(a);
+    let events = net.events(a);
+    let outcomes = events
+        .iter()
+        .filter(|e| match e {
+            SessionEvent::Failed { request, .. } | SessionEvent::RequestLost { request, .. } => {
+                *request == asked
+            }
+            _ => false,
+        })
+        .count();
+    assert_eq!(outcomes, 1, "{events:?}");
+    let lost = events
+        .iter()
+        .position(|e| matches!(e, SessionEvent::Lost { .. }));
+    let requests_lost = events
+        .iter()
+        .rposition(|e| matches!(e, SessionEvent::RequestLost { .. }));
+    assert!(
+        requests_lost < lost,
+        "requests, channels, then Lost: {events:?}"
+    );
+}
+
+#[test]
+fn a_broker_that_stops_answering_is_found_out_by_the_keepalive() {
+    let mut net = net(11);
+    let a = plugin(&mut net, 1, None);
+    // The plugin's reads stop (its link is a black hole from the broker's side).
+    net.node(a).slow = true;
+    net.advance(Duration::from_secs(20)); // quiet: a ping goes out
+    net.run();
+    net.advance(Duration::from_secs(30)); // no answer read
+    net.run();
+    let events = net.events(a);
+    assert!(
+        events.iter().any(|e| matches!(e,
+            SessionEvent::Lost { reason } if reason.contains("ping"))),
+        "{events:?}"
+    );
+    net.node(a).slow = false;
+    until_reconnected(&mut net, a);
 }
