@@ -349,3 +349,48 @@ async fn a_broker_that_refuses_the_name_is_a_failed_attempt() {
     assert!(events.try_next().is_none());
     broker.stop().await;
 }
+
+/// What a relayed channel had received and not read when the connection
+/// was lost is still read, then how it ended (the peer's FIN, if it came
+/// before the loss, or the loss); a write fails. Nothing received is dropped.
+#[tokio::test]
+async fn a_lost_channel_is_read_to_its_end() {
+    let broker = Broker::start("unread").await;
+    let reader = reconnecting(&broker.unix, 1, None).await;
+    let talker = Arc::new(reconnecting(&broker.unix, 2, Some("talker")).await);
+    let speaking = {
+        let talker = talker.clone();
+        tokio::spawn(async move {
+            let offer = talker.incoming().await.unwrap();
+            let mut channel = offer.accept().await.unwrap();
+            // One write, one frame: once a byte of it is read, all of it
+            // is in the reader's session.
+            channel.write_all(b"said before the end").await.unwrap();
+            channel.shutdown().await.unwrap();
+            channel
+        })
+    };
+    let mut channel = reader.open("talker", "words").await.unwrap();
+    let _kept = within("the talker", speaking).await.unwrap();
+    let mut first = [0u8; 1];
+    within("the first byte", channel.read_exact(&mut first))
+        .await
+        .unwrap();
+    let mut events = reader.events();
+    broker.stop().await;
+    assert!(matches!(
+        next_event(&mut events).await,
+        ConnectionEvent::Lost { .. }
+    ));
+    let mut rest = Vec::new();
+    let mut buf = [0u8; 64];
+    loop {
+        match within("the unread bytes", channel.read(&mut buf)).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => rest.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert_eq!(&first[..], b"s");
+    assert_eq!(rest, b"aid before the end");
+    assert!(channel.write_all(b"more").await.is_err());
+}
