@@ -2,13 +2,16 @@
 //!
 //! A scenario is generic over the broker it runs against ([`Broker`]: the
 //! tokio, smol or mio server, each on its own thread) and over the plugin
-//! API it drives ([`Api`]: tokio's or smol's). Each runtime's test file
-//! instantiates the suite with [`suite!`]; nothing here is specific to one
-//! runtime but the small adapters in `broker` and `api`.
+//! API it drives ([`Api`]: tokio's, smol's, or mio's `PluginConn` through
+//! the bridge in [`mio_api`]). Each broker's test file instantiates the
+//! suite with [`suite!`] for each of the three APIs; nothing here is
+//! specific to one runtime but the small adapters in `broker`, `api` and
+//! `mio_api`.
 
 pub mod api;
 pub mod broker;
 pub mod hostile;
+pub mod mio_api;
 pub mod scenarios;
 pub mod strangers;
 pub mod stream;

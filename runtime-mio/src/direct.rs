@@ -116,6 +116,13 @@ impl DirectTcp {
         self.flush();
     }
 
+    /// Sealed bytes the socket has not taken yet: send more while this is
+    /// small, and the socket's WRITABLE drains it (the connection itself
+    /// takes whatever it is given).
+    pub fn unsent(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Whether both sides said goodbye, or it failed: drop it.
     pub fn is_done(&self) -> bool {
         self.conn.is_finished() || self.conn.is_failed()
