@@ -140,6 +140,11 @@ impl Channel {
         }
     }
 
+    /// Credit left after what is queued: how much more may be queued now.
+    pub(super) fn send_capacity(&self) -> usize {
+        (self.send_credit as usize).saturating_sub(self.queued)
+    }
+
     /// Whether a frame could go out now: data and credit, or a FIN owed.
     pub(super) fn wants_to_send(&self) -> bool {
         (self.queued > 0 && self.send_credit > 0) || self.fin_owed()

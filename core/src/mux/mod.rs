@@ -410,6 +410,20 @@ impl Mux {
         self.queue_on(id, |channel| channel.enqueue(data))
     }
 
+    /// Queues as much of `data` as the channel's credit allows, after what
+    /// is queued already; returns how much that was. One lookup, for the
+    /// session's every write.
+    pub fn send_up_to(&mut self, id: ChannelId, mut data: Bytes) -> Result<usize, ChannelError> {
+        let mut taken = 0;
+        self.queue_on(id, |channel| {
+            taken = data.len().min(channel.send_capacity());
+            if taken > 0 {
+                channel.enqueue(data.split_to(taken));
+            }
+        })?;
+        Ok(taken)
+    }
+
     /// Queues a copy of `data` on a channel (see [`Mux::send`]). The relay
     /// uses it: a slice of a read buffer would keep the whole buffer alive
     /// while it waits for credit, for as long as the receiver likes.
@@ -440,7 +454,7 @@ impl Mux {
     pub fn send_capacity(&self, id: ChannelId) -> usize {
         self.channels
             .get(&id)
-            .map_or(0, |c| (c.send_credit as usize).saturating_sub(c.queued))
+            .map_or(0, Channel::send_capacity)
     }
 
     /// Credit the peer still has on a channel: what it may send before the next grant.

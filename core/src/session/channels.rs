@@ -166,14 +166,9 @@ impl Session {
 
     /// Sends as much of `data` as credit allows; returns how much was taken.
     /// [`SessionEvent::Writable`] says when more credit arrived.
-    pub fn send(&mut self, channel: ChannelId, mut data: Bytes) -> Result<usize, SessionError> {
+    pub fn send(&mut self, channel: ChannelId, data: Bytes) -> Result<usize, SessionError> {
         self.usable(channel)?;
-        let n = data.len().min(self.send_capacity(channel));
-        if n > 0 {
-            let taken = data.split_to(n);
-            self.wire_mut()?.mux.send(channel, taken)?;
-        }
-        Ok(n)
+        Ok(self.wire_mut()?.mux.send_up_to(channel, data)?)
     }
 
     /// Half-closes: this side sends nothing more on `channel`.
