@@ -452,9 +452,7 @@ impl Mux {
 
     /// Credit left after what is queued: how much more may be sent now.
     pub fn send_capacity(&self, id: ChannelId) -> usize {
-        self.channels
-            .get(&id)
-            .map_or(0, Channel::send_capacity)
+        self.channels.get(&id).map_or(0, Channel::send_capacity)
     }
 
     /// Credit the peer still has on a channel: what it may send before the next grant.

@@ -88,7 +88,7 @@ impl Session {
     /// [`IncomingPath`]) and has none by the broker's open timeout after
     /// `now` is reset ([`SessionEvent::Reset`] with [`ErrorCode::OpenTimeout`]).
     pub fn accept(&mut self, now: Instant, channel: ChannelId) -> Result<(), SessionError> {
-        let wait = self.limits.map_or(DEFAULT_PATH_TIMEOUT, |l| {
+        let wait = self.link.limits().map_or(DEFAULT_PATH_TIMEOUT, |l| {
             Duration::from_millis(u64::from(l.open_timeout_ms))
         });
         self.answer(channel, Some(now + wait))?;

@@ -17,14 +17,17 @@ pub(super) enum Link {
     /// shs1 with the broker.
     Handshake(Box<ClientHandshake>),
     /// The handshake is done; the broker's hello must come by `deadline`.
-    Hello { wire: Wire, deadline: Instant },
+    Hello { conn: Conn, deadline: Instant },
     /// Requests and channels work (the application's once the name and
     /// watch are restored). `heard` is when the broker last sent anything;
-    /// `ping` the deadline of a ping sent after a quiet spell.
+    /// `ping` the deadline of a ping sent after a quiet spell. `limits` and
+    /// `features` are what the broker's hello said.
     Ready {
-        wire: Wire,
+        conn: Conn,
         heard: Instant,
         ping: Option<Instant>,
+        limits: AnnouncedLimits,
+        features: Features,
     },
     /// Lost; the next attempt at `at`. `last_words` go out before the
     /// runtime closes the lost socket.
@@ -33,6 +36,30 @@ pub(super) enum Link {
     Dialing { deadline: Instant },
     /// Over for good.
     Closed { last_words: Bytes },
+}
+
+/// A connection past its handshake, and what belongs to it alone (a new
+/// connection starts them afresh).
+pub(super) struct Conn {
+    pub(super) wire: Wire,
+    /// Control messages, reassembled from the control channel.
+    pub(super) control: ControlDecoder,
+    /// The runtime's tokens for descriptors that came with this
+    /// connection's frames, in order, until a message claims each.
+    pub(super) fds: VecDeque<u64>,
+    /// Pages of a resync still coming, and the number they all carry.
+    pub(super) resync: Option<(u64, Vec<Member>)>,
+}
+
+impl Conn {
+    pub(super) fn new(wire: Wire) -> Self {
+        Conn {
+            wire,
+            control: ControlDecoder::default(),
+            fds: VecDeque::new(),
+            resync: None,
+        }
+    }
 }
 
 impl Link {
@@ -44,35 +71,55 @@ impl Link {
         )
     }
 
-    pub(super) fn wire_mut(&mut self) -> Option<&mut Wire> {
+    pub(super) fn conn_mut(&mut self) -> Option<&mut Conn> {
         match self {
-            Link::Hello { wire, .. } | Link::Ready { wire, .. } => Some(wire),
+            Link::Hello { conn, .. } | Link::Ready { conn, .. } => Some(conn),
             _ => None,
         }
     }
 
-    /// The broker's hello came at `now`: requests and channels work.
-    pub(super) fn hello_done(&mut self, now: Instant) {
+    pub(super) fn wire_mut(&mut self) -> Option<&mut Wire> {
+        self.conn_mut().map(|c| &mut c.wire)
+    }
+
+    pub(super) fn wire(&self) -> Option<&Wire> {
+        match self {
+            Link::Hello { conn, .. } | Link::Ready { conn, .. } => Some(&conn.wire),
+            _ => None,
+        }
+    }
+
+    /// The broker's hello came at `now`, with its limits and the features
+    /// both sides have: requests and channels work.
+    pub(super) fn hello_done(&mut self, now: Instant, limits: AnnouncedLimits, features: Features) {
         if !matches!(self, Link::Hello { .. }) {
             return;
         }
         let closed = Link::Closed {
             last_words: Bytes::new(),
         };
-        if let Link::Hello { wire, .. } = std::mem::replace(self, closed) {
+        if let Link::Hello { conn, .. } = std::mem::replace(self, closed) {
             *self = Link::Ready {
-                wire,
+                conn,
                 heard: now,
                 ping: None,
+                limits,
+                features,
             };
         }
     }
 
-    pub(super) fn wire(&self) -> Option<&Wire> {
+    /// The limits of the broker this connection said hello to.
+    pub(super) fn limits(&self) -> Option<&AnnouncedLimits> {
         match self {
-            Link::Hello { wire, .. } | Link::Ready { wire, .. } => Some(wire),
+            Link::Ready { limits, .. } => Some(limits),
             _ => None,
         }
+    }
+
+    /// Whether this connection agreed on `feature`.
+    pub(super) fn has_feature(&self, feature: Features) -> bool {
+        matches!(self, Link::Ready { features, .. } if features & feature != 0)
     }
 }
 
@@ -150,10 +197,6 @@ impl Session {
         let handshake =
             ClientHandshake::new(self.config.handshake.clone(), self.config.broker, rng, now)?;
         self.link = Link::Handshake(Box::new(handshake));
-        self.fds.clear();
-        self.control = ControlDecoder::default();
-        self.limits = None;
-        self.features = 0;
         Ok(())
     }
 

@@ -65,7 +65,6 @@ impl Session {
                     "the broker's initial window is beyond our largest",
                 ));
             }
-            self.features = features;
             let (max_window, max_connection_window) =
                 (self.config.max_window, self.config.max_connection_window);
             let wire = self.wire_mut()?;
@@ -76,8 +75,7 @@ impl Session {
                 max_connection_window,
             });
             wire.mux.set_peer_max_frame(limits.max_frame);
-            self.limits = Some(limits);
-            self.link.hello_done(self.now);
+            self.link.hello_done(self.now, limits, features);
             // On a new connection, `Reconnected` says when it is usable.
             if !std::mem::replace(&mut self.restore.was_ready, true) {
                 self.events.push_back(SessionEvent::Ready {
@@ -120,7 +118,9 @@ impl Session {
                 match r.pending {
                     Pending::Unwatch => {
                         self.watch = None;
-                        self.resync = None;
+                        if let Some(conn) = self.link.conn_mut() {
+                            conn.resync = None;
+                        }
                     }
                     _ => return Err(SessionError::Protocol("ok for a request that expects more")),
                 }
@@ -183,7 +183,7 @@ impl Session {
                 return Ok(());
             }
             Message::Resync { seq, last, members } => {
-                if self.features & FEATURE_WATCH_RESYNC == 0 {
+                if !self.link.has_feature(FEATURE_WATCH_RESYNC) {
                     return Err(SessionError::Protocol("a resync we did not ask for"));
                 }
                 match self.watch.as_ref().map(|w| w.seq) {
@@ -191,7 +191,8 @@ impl Session {
                     Some(_) => return Err(SessionError::Protocol("a resync that goes back")),
                     None => return Err(SessionError::Protocol("a resync without a watch")),
                 }
-                let (at, mut all) = self.resync.take().unwrap_or((seq, Vec::new()));
+                let conn = self.link.conn_mut().ok_or(SessionError::NotReady)?;
+                let (at, mut all) = conn.resync.take().unwrap_or((seq, Vec::new()));
                 if at != seq {
                     return Err(SessionError::Protocol("resync pages of two numbers"));
                 }
@@ -200,14 +201,14 @@ impl Session {
                     return Err(SessionError::ReplyTooLarge(self.config.max_reply_entries));
                 }
                 if !last {
-                    self.resync = Some((seq, all));
+                    conn.resync = Some((seq, all));
                     return Ok(());
                 }
                 self.watch = Some(watch::WatchView::new(seq, &all));
                 SessionEvent::Resynced { seq, members: all }
             }
             Message::PresenceEvent { seq, presence } => {
-                if self.resync.is_some() {
+                if self.link.conn_mut().is_some_and(|c| c.resync.is_some()) {
                     return Err(SessionError::Protocol("a presence event inside a resync"));
                 }
                 let max = self.config.max_reply_entries;
@@ -218,7 +219,7 @@ impl Session {
                 SessionEvent::Presence { seq, presence }
             }
             Message::UidStatsPage { request, uids } => {
-                if self.features & FEATURE_STATS_UIDS == 0 {
+                if !self.link.has_feature(FEATURE_STATS_UIDS) {
                     return Err(SessionError::Protocol("uid stats we did not ask for"));
                 }
                 let add = |p: &mut Pending| match p {
@@ -303,7 +304,7 @@ impl Session {
                     OpenedPath::SocketPair => {
                         self.channels.remove(&channel);
                         self.wire_mut()?.mux.forget(channel);
-                        Some(self.fds.pop_front().ok_or(SessionError::Protocol(
+                        Some(self.take_fd().ok_or(SessionError::Protocol(
                             "a socketpair without its descriptor",
                         ))?)
                     }
@@ -351,7 +352,7 @@ impl Session {
                         // Taken off the queue either way, so that later
                         // descriptors line up with their messages; the
                         // runtime closes one that came for no awaited channel.
-                        Some(self.fds.pop_front().ok_or(SessionError::Protocol(
+                        Some(self.take_fd().ok_or(SessionError::Protocol(
                             "a socketpair without its descriptor",
                         ))?)
                     }

@@ -149,18 +149,11 @@ pub struct Session {
     restore: link::Restore,
     /// Randomness drawn ahead for the next wait between attempts.
     jitter: u64,
-    control: ControlDecoder,
-    limits: Option<AnnouncedLimits>,
     next_request: RequestId,
     requests: BTreeMap<RequestId, Request>,
     channels: BTreeMap<ChannelId, channels::Channel>,
     /// What the watch knows, once it started.
     watch: Option<watch::WatchView>,
-    /// Pages of a resync still coming, and the number they all carry.
-    resync: Option<(u64, Vec<Member>)>,
-    /// Feature bits both sides support, from the broker's hello.
-    features: Features,
-    fds: VecDeque<u64>,
     events: VecDeque<SessionEvent>,
     scratch: BytesMut,
 }
@@ -180,15 +173,10 @@ impl Session {
             outage: None,
             restore: link::Restore::default(),
             jitter: rng.next_u64(),
-            control: ControlDecoder::default(),
-            limits: None,
             next_request: 1,
             requests: BTreeMap::new(),
             channels: BTreeMap::new(),
             watch: None,
-            resync: None,
-            features: 0,
-            fds: VecDeque::new(),
             events: VecDeque::new(),
             scratch: BytesMut::new(),
         })
@@ -196,7 +184,7 @@ impl Session {
 
     /// The broker's limits, once its hello arrived.
     pub fn limits(&self) -> Option<&AnnouncedLimits> {
-        self.limits.as_ref()
+        self.link.limits()
     }
 
     /// Whether requests and channels can be used (on a new connection,
@@ -240,8 +228,9 @@ impl Session {
         input: &[u8],
         fd: u64,
     ) -> Result<(), SessionError> {
-        if self.link.is_connected() {
-            self.fds.push_back(fd);
+        // (Before the handshake is done, no message can claim it.)
+        if let Some(conn) = self.link.conn_mut() {
+            conn.fds.push_back(fd);
         }
         self.handle_input(now, input)
     }
@@ -269,9 +258,9 @@ impl Session {
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         match &mut self.link {
             Link::Handshake(handshake) => handshake.poll_transmit(),
-            Link::Hello { wire, .. } | Link::Ready { wire, .. } => {
-                let out = wire.poll_transmit().map(|(bytes, _)| bytes);
-                if wire.mux.has_events() {
+            Link::Hello { conn, .. } | Link::Ready { conn, .. } => {
+                let out = conn.wire.poll_transmit().map(|(bytes, _)| bytes);
+                if conn.wire.mux.has_events() {
                     // Our FIN going out can close a channel: say so now.
                     let _ = self.drain_mux();
                 }
@@ -332,11 +321,12 @@ impl Session {
                 self.fail(reason, Some(ErrorCode::IdleTimeout));
             }
             Link::Ready {
-                wire,
+                conn,
                 heard,
                 ping: ping @ None,
+                ..
             } if (self.config.keepalive).is_some_and(|quiet| now >= *heard + quiet) => {
-                wire.mux.ping(0);
+                conn.wire.mux.ping(0);
                 *ping = Some(now + self.config.request_timeout);
             }
             _ => {}
@@ -386,6 +376,19 @@ impl Session {
         self.link.wire_mut().ok_or(SessionError::NotReady)
     }
 
+    /// The next control message the connection has whole, if any.
+    fn next_message(&mut self) -> Result<Option<Message>, SessionError> {
+        match self.link.conn_mut() {
+            Some(conn) => Ok(conn.control.next()?),
+            None => Ok(None),
+        }
+    }
+
+    /// The token of the next descriptor that came with this connection.
+    fn take_fd(&mut self) -> Option<u64> {
+        self.link.conn_mut()?.fds.pop_front()
+    }
+
     /// The broker ended the connection: nothing more is sent to it.
     fn ended_by_broker(&mut self, reason: String, code: Option<ErrorCode>) {
         self.end(reason, code, false);
@@ -419,8 +422,6 @@ impl Session {
             self.forget_request(request, &r, reconnecting);
         }
         self.watch = None;
-        self.resync = None;
-        self.fds.clear();
         if reconnecting {
             self.lose(reason, last_words);
             return;
@@ -483,7 +484,7 @@ impl Session {
             false => Wire::plain(mux),
         };
         self.link = Link::Hello {
-            wire,
+            conn: link::Conn::new(wire),
             deadline: now + self.config.hello_timeout,
         };
         self.send_message(&Message::ClientHello {
@@ -503,8 +504,11 @@ impl Session {
         while let Some(event) = self.link.wire_mut().and_then(|w| w.mux.poll_event()) {
             match event {
                 MuxEvent::Control(bytes) => {
-                    self.control.push(&bytes);
-                    while let Some(message) = self.control.next()? {
+                    if let Some(conn) = self.link.conn_mut() {
+                        conn.control.push(&bytes);
+                    }
+                    // Until the connection has no more, or is over.
+                    while let Some(message) = self.next_message()? {
                         self.on_message(message)?;
                     }
                 }

@@ -81,7 +81,7 @@ impl Session {
         self.channels
             .insert(channel, channels::Channel::new(ChannelStage::Opening));
         // The broker answers an open within its own deadline: wait that long more.
-        let open_timeout = self.limits.map_or(Duration::ZERO, |l| {
+        let open_timeout = self.link.limits().map_or(Duration::ZERO, |l| {
             Duration::from_millis(u64::from(l.open_timeout_ms))
         });
         let pending = Pending::Open(channel);
