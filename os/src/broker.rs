@@ -1,11 +1,15 @@
 //! What every runtime does the same around the core's broker: make it with
-//! the OS's randomness, and write its log entries.
+//! the OS's randomness, carry out the events that are no runtime's own
+//! (socketpairs, log lines), and write its log entries.
 
 use std::time::Duration;
 
-use plugboard_core::broker::{Broker, BrokerConfig, LogEntry};
+use bytes::Bytes;
+use plugboard_core::broker::{Broker, BrokerConfig, ConnId, Event, LogEntry};
 use rand_chacha::rand_core::SeedableRng as _;
 use rand_chacha::ChaCha20Rng;
+
+use crate::{Clock, SocketPairs};
 
 /// How long a connection the broker ended may take to accept its last
 /// bytes before its socket closes anyway: a peer that stopped reading would
@@ -36,5 +40,47 @@ pub fn log_entry(entry: &LogEntry) {
         (None, true) => tracing::warn!(conn = entry.conn, "{}", entry.message),
         (Some(code), false) => tracing::info!(conn = entry.conn, %key, %code, "{}", entry.message),
         (None, false) => tracing::info!(conn = entry.conn, %key, "{}", entry.message),
+    }
+}
+
+/// A broker event only the runtime can carry out: its sockets are the
+/// runtime's own.
+#[derive(Debug)]
+pub enum ConnEvent {
+    /// The broker has output for the connection.
+    Transmit(ConnId),
+    /// The broker let go of the connection: write these last words (best
+    /// effort, within [`LAST_WORDS_GRACE`]), then close. The socketpair
+    /// ends meant for it are closed already.
+    Close(ConnId, Bytes),
+}
+
+/// The broker's next event for the runtime, once the ones before it that
+/// are the same for every runtime are carried out: socketpairs made (see
+/// [`SocketPairs::create`]), log entries written.
+pub fn poll_event(
+    broker: &mut Broker,
+    pairs: &mut SocketPairs,
+    clock: &Clock,
+) -> Option<ConnEvent> {
+    loop {
+        match broker.poll_event()? {
+            Event::Transmit(conn) => return Some(ConnEvent::Transmit(conn)),
+            Event::Close {
+                conn,
+                last_words,
+                reason,
+            } => {
+                tracing::debug!(conn, "closing: {reason}");
+                pairs.forget_conn(conn);
+                return Some(ConnEvent::Close(conn, last_words));
+            }
+            Event::CreateSocketPair {
+                pair,
+                opener,
+                target,
+            } => pairs.create(broker, clock.now(), pair, opener, target),
+            Event::Log(entry) => log_entry(&entry),
+        }
     }
 }

@@ -10,8 +10,12 @@
 //!
 //! - [`WriteQueue`]: chunks to write, some carrying a descriptor, sent in
 //!   vectored writes; a chunk with a descriptor goes in a `sendmsg` of its own.
-//! - [`fdpass`]: reading bytes with the descriptors that came along.
+//! - [`fdpass`]: reading bytes with the descriptors that came along, and
+//!   keeping a plugin's under the session's tokens ([`FdTokens`]).
+//! - [`stream`]: a stream socket's own calls (accept, connect, half-close).
 //! - [`SocketPairs`]: the broker's socketpair ends on their way out.
+//! - [`poll_event`]: the broker's events, less those every runtime carries
+//!   out the same (socketpairs, log lines).
 //! - [`Listener`]: binding unix and TCP listeners by the broker's rules
 //!   (a unix socket file is mode 0600 from the moment it exists; a stale
 //!   one is replaced, a live one refused) or adopting passed ones.
@@ -32,11 +36,13 @@ pub mod fdpass;
 mod listen;
 mod pairs;
 mod strangers;
+pub mod stream;
 mod write_queue;
 
 pub use accept::{accept_forever, AcceptPause};
-pub use broker::{log_entry, new_broker, LAST_WORDS_GRACE, SHUTDOWN_GRACE};
+pub use broker::{log_entry, new_broker, poll_event, ConnEvent, LAST_WORDS_GRACE, SHUTDOWN_GRACE};
 pub use clock::Clock;
+pub use fdpass::FdTokens;
 pub use listen::{
     bind_all_with, bind_tcp, Bound, Listener, ServeError, Socket, SocketFile, BACKLOG,
 };

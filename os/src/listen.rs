@@ -10,7 +10,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -134,6 +134,37 @@ impl<U, T> Bound<U, T> {
     /// Where a connection this (TCP) listener accepted from `peer` comes from.
     pub fn tcp_origin(&self, peer: SocketAddr) -> Origin {
         Origin::tcp(self.id, peer.ip())
+    }
+
+    /// Whether it is a unix socket (its connections can carry descriptors).
+    pub fn is_unix(&self) -> bool {
+        matches!(self.socket, Socket::Unix(_))
+    }
+
+    /// The next connection waiting on `listener` (this listener's socket,
+    /// as its runtime holds it), without waiting: `WouldBlock` when none
+    /// does. With it, where it comes from: a unix peer's user, as
+    /// `SO_PEERCRED` says (Linux), or a TCP peer's address.
+    pub fn accept_from(&self, listener: impl AsFd) -> io::Result<(OwnedFd, Origin)> {
+        let (socket, peer) = crate::stream::accept(listener)?;
+        let origin = match self.socket {
+            Socket::Unix(_) => self.unix_origin(&socket),
+            Socket::Tcp(_) => {
+                let peer = peer.and_then(|peer| SocketAddr::try_from(peer).ok());
+                let peer = peer.ok_or_else(|| io::Error::other("a TCP peer without an address"))?;
+                self.tcp_origin(peer)
+            }
+        };
+        Ok((socket, origin))
+    }
+}
+
+impl<S> Socket<S, S> {
+    /// The socket, whichever kind it is.
+    pub fn get(&self) -> &S {
+        match self {
+            Socket::Unix(socket) | Socket::Tcp(socket) => socket,
+        }
     }
 }
 
