@@ -14,7 +14,7 @@ use plugboard_core::addr::Addr;
 use plugboard_os::fdpass::read_into;
 use plugboard_os::WriteQueue;
 use rustix::io::Errno;
-use rustix::net::{AddressFamily, SocketAddrAny, SocketAddrUnix, SocketFlags, SocketType};
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
 use crate::rt::{io, Interest, Io, Runtime};
 
@@ -29,10 +29,7 @@ impl<R: Runtime> Stream<R> {
     /// Takes a connected socket (made non-blocking here).
     pub fn new(rt: &R, socket: impl Into<OwnedFd>, unix: bool) -> io::Result<Self> {
         let fd = socket.into();
-        rustix::io::ioctl_fionbio(&fd, true)?;
-        if !unix {
-            let _ = rustix::net::sockopt::set_tcp_nodelay(&fd, true);
-        }
+        plugboard_os::stream::prepare(&fd, unix)?;
         Ok(Stream {
             io: rt.register(fd)?,
             unix,
@@ -88,14 +85,7 @@ impl<R: Runtime> Stream<R> {
         // Done once the socket has a peer (or an error): until then the
         // check says `WouldBlock`, and the reactor says when to look again.
         io(&stream.io, Interest::Write, |fd| {
-            if let Err(e) = rustix::net::sockopt::socket_error(fd)? {
-                return Err(e.into());
-            }
-            match rustix::net::getpeername(fd) {
-                Ok(_) => Ok(()),
-                Err(Errno::NOTCONN) => Err(io::ErrorKind::WouldBlock.into()),
-                Err(e) => Err(e.into()),
-            }
+            plugboard_os::stream::connected(fd)
         })
         .await?;
         Ok(stream)
@@ -197,7 +187,7 @@ impl<R: Runtime> Stream<R> {
 
     /// No more writes from this side (the peer reads the end of the stream).
     pub fn shutdown_write(&self) {
-        let _ = rustix::net::shutdown(self.io.get_ref(), rustix::net::Shutdown::Write);
+        plugboard_os::stream::shutdown_write(self.io.get_ref());
     }
 
     /// The socket.
@@ -256,17 +246,14 @@ pub async fn accept_tcp<R: Runtime>(
     rt: &R,
     listener: &R::Io,
 ) -> io::Result<(Stream<R>, SocketAddr)> {
-    let (stream, peer) = io(listener, Interest::Read, accept_one).await?;
+    let (stream, peer) = io(listener, Interest::Read, |fd| {
+        plugboard_os::stream::accept(fd)
+    })
+    .await?;
     let peer = peer
         .and_then(|peer| SocketAddr::try_from(peer).ok())
         .ok_or_else(|| io::Error::other("a TCP peer without an address"))?;
     Ok((Stream::new(rt, stream, false)?, peer))
-}
-
-/// One connection off a listening socket, if one waits.
-pub(crate) fn accept_one(listener: &OwnedFd) -> io::Result<(OwnedFd, Option<SocketAddrAny>)> {
-    let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
-    Ok(rustix::net::acceptfrom_with(listener, flags)?)
 }
 
 /// Name lookups under way at once, at most.

@@ -15,7 +15,7 @@ pub(crate) fn deliver<R: Runtime>(
         SessionEvent::Ready { .. } | SessionEvent::NameAcquired { .. } => {}
         SessionEvent::ChannelPath { channel, path, fd } => {
             // A descriptor for no awaited channel closes here.
-            let fd = fd.and_then(|t| inner.fds.remove(&t));
+            let fd = fd.and_then(|t| inner.fds.take(t));
             let Some(tx) = inner.paths.remove(&channel) else {
                 return;
             };
@@ -106,7 +106,7 @@ pub(crate) fn deliver<R: Runtime>(
             fd,
             ..
         } => {
-            let fd = fd.and_then(|token| inner.fds.remove(&token));
+            let fd = fd.and_then(|token| inner.fds.take(token));
             if let Some(Waiter::Opened(tx)) = inner.waiters.remove(&request) {
                 reply(&tx, Ok(Opened { peer, path, fd }));
             }

@@ -3,7 +3,6 @@
 //! session reconnects, it connects the sockets the session asks for.
 
 use std::io;
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use async_channel::Sender;
@@ -129,7 +128,7 @@ async fn drive<R: Runtime>(
     stream: &Stream<R>,
     ready: &mut Option<Sender<Result<(), PluginError>>>,
 ) {
-    let mut fds = Vec::new();
+    let mut received = Vec::new();
     let mut buf = BytesMut::new();
     let mut size = ReadSize::new(READ_SIZE);
     let unix = stream.carries_fds();
@@ -163,7 +162,7 @@ async fn drive<R: Runtime>(
         };
         buf.clear();
         let read = async {
-            let fds = unix.then_some(&mut fds);
+            let fds = unix.then_some(&mut received);
             Wake::Read(stream.read(&mut buf, size.next(), fds).await)
         };
         let told = async {
@@ -194,8 +193,9 @@ async fn drive<R: Runtime>(
                     Ok(0) => inner.session.handle_eof(now),
                     // Errors end the connection; the session's events say why.
                     Ok(_) => {
-                        if let Err(reason) = hand_over(&mut inner, now, &buf, &mut fds) {
-                            inner.session.handle_socket_error(now, &reason);
+                        let Inner { session, fds, .. } = &mut *inner;
+                        if let Err(reason) = fds.hand_over(session, now, &buf, &mut received) {
+                            session.handle_socket_error(now, &reason);
                         }
                     }
                     Err(e) => inner
@@ -220,25 +220,4 @@ async fn drive<R: Runtime>(
         // must not find the session past a loss the runtime has not seen.
         let _ = shared.transmit(&mut inner);
     }
-}
-
-/// Gives the session what was read, and the descriptors that came with it
-/// (they belong to frames at or after the start of `input`, in order).
-fn hand_over<R: Runtime>(
-    inner: &mut Inner<R>,
-    now: plugboard_core::Instant,
-    input: &[u8],
-    fds: &mut Vec<OwnedFd>,
-) -> Result<(), String> {
-    if fds.is_empty() {
-        let _ = inner.session.handle_input(now, input);
-        return Ok(());
-    }
-    let last = fds.len() - 1;
-    for (i, fd) in fds.drain(..).enumerate() {
-        let token = inner.keep_fd(fd)?;
-        let bytes = if i == last { input } else { &[][..] };
-        let _ = inner.session.handle_input_with_fd(now, bytes, token);
-    }
-    Ok(())
 }

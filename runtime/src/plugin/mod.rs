@@ -46,8 +46,8 @@ pub use plugboard_core::session::{ConnectionEvent, Reconnect};
 use crate::notify::Notify;
 use crate::rt::Runtime;
 use crate::stream::Stream;
-use plugboard_os::Clock;
 use plugboard_os::WriteQueue;
+use plugboard_os::{Clock, FdTokens};
 
 /// Where one answer goes.
 type Reply<T> = Sender<Result<T, PluginError>>;
@@ -194,10 +194,6 @@ enum Resolved<R: Runtime> {
     },
 }
 
-/// Descriptors that came from the broker beyond this many, unclaimed, end
-/// the connection: a broker does not send more than it announces.
-const MAX_UNCLAIMED_FDS: usize = 64;
-
 /// Everything the handles and the driver share.
 ///
 /// The session spans connections (it reconnects, if configured to);
@@ -224,8 +220,7 @@ pub(crate) struct Inner<R: Runtime> {
     pub(crate) orphans: HashMap<(u64, ChannelId), relayed::ChannelState>,
     events: Vec<queue::Queue<ConnectionEvent>>,
     /// Descriptors from the broker, by the token the session knows them by.
-    fds: HashMap<u64, OwnedFd>,
-    next_fd: u64,
+    pub(crate) fds: FdTokens,
     /// Accepted channels waiting to learn their path. A reset of one ends
     /// its wait (the session holds one back while a dialer that presented
     /// its token finishes its handshake).
@@ -239,18 +234,6 @@ pub(crate) struct Inner<R: Runtime> {
 }
 
 impl<R: Runtime> Inner<R> {
-    /// Keeps a descriptor that came with the broker's bytes; the session
-    /// refers to it by the returned token.
-    pub(crate) fn keep_fd(&mut self, fd: OwnedFd) -> Result<u64, String> {
-        if self.fds.len() >= MAX_UNCLAIMED_FDS {
-            return Err("the broker sent descriptors nobody asked for".into());
-        }
-        let token = self.next_fd;
-        self.next_fd += 1;
-        self.fds.insert(token, fd);
-        Ok(token)
-    }
-
     /// Tells every [`Plugin::events`] receiver.
     fn report(&mut self, event: ConnectionEvent) {
         self.events

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::TcpListener;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,11 +22,11 @@ use plugboard_core::addr::Addr;
 use plugboard_core::broker::{BrokerConfig, Origin};
 use plugboard_core::PublicKey;
 use plugboard_os::activation::Inherited;
-use plugboard_os::{Bound, Socket, SocketPairs, SHUTDOWN_GRACE};
+use plugboard_os::{Bound, SocketPairs, SHUTDOWN_GRACE};
 
 use crate::notify::Notify;
 use crate::rt::{io, Interest, Runtime, Task as _};
-use crate::stream::{accept_one, accept_tcp, Stream};
+use crate::stream::Stream;
 use plugboard_os::Clock;
 use shared::{Shared, State};
 
@@ -129,17 +130,9 @@ impl<R: Runtime> Server<R> {
 
 /// The next connection on `listener`, and where it comes from.
 async fn accept<R: Runtime>(rt: &R, listener: &Listener<R>) -> io::Result<(Stream<R>, Origin)> {
-    Ok(match &listener.socket {
-        Socket::Unix(l) => {
-            let (stream, _) = io(l, Interest::Read, accept_one).await?;
-            let origin = listener.unix_origin(&stream);
-            (Stream::new(rt, stream, true)?, origin)
-        }
-        Socket::Tcp(l) => {
-            let (stream, peer) = accept_tcp(rt, l).await?;
-            (stream, listener.tcp_origin(peer))
-        }
-    })
+    let accept = |fd: &OwnedFd| listener.accept_from(fd);
+    let (stream, origin) = io(listener.socket.get(), Interest::Read, accept).await?;
+    Ok((Stream::new(rt, stream, listener.is_unix())?, origin))
 }
 
 impl<R: Runtime> Shared<R> {

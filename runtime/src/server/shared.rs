@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use futures_lite::future;
-use plugboard_core::broker::{Broker, ConnId, Event};
-use plugboard_os::SocketPairs;
+use plugboard_core::broker::{Broker, ConnId};
+use plugboard_os::{ConnEvent, SocketPairs};
 
 use crate::notify::Notify;
 use crate::rt::Runtime;
@@ -116,33 +116,19 @@ impl<R: Runtime> Shared<R> {
 
     /// Carries out what the broker asked for. Called after every broker call.
     pub(super) fn dispatch(&self, state: &mut State) {
-        while let Some(event) = state.broker.poll_event() {
+        let State { broker, pairs, .. } = state;
+        while let Some(event) = plugboard_os::poll_event(broker, pairs, &self.clock) {
             match event {
-                Event::Transmit(conn) => {
+                ConnEvent::Transmit(conn) => {
                     if let Some(signals) = state.conns.get(&conn) {
                         signals.wake.notify_one();
                     }
                 }
-                Event::Close {
-                    conn,
-                    last_words,
-                    reason,
-                } => {
-                    tracing::debug!(conn, "closing: {reason}");
-                    if let Some(signals) = state.forget_conn(conn) {
+                ConnEvent::Close(conn, last_words) => {
+                    if let Some(signals) = state.conns.remove(&conn) {
                         signals.end(last_words);
                     }
                 }
-                Event::CreateSocketPair {
-                    pair,
-                    opener,
-                    target,
-                } => {
-                    let now = self.clock.now();
-                    let State { broker, pairs, .. } = &mut *state;
-                    pairs.create(broker, now, pair, opener, target);
-                }
-                Event::Log(entry) => plugboard_os::log_entry(&entry),
             }
         }
         self.timer.notify_one();
