@@ -22,17 +22,15 @@ use mio::{Interest, Registry, Token};
 use plugboard_core::direct::{DirectConn, DirectEvent, TOKEN_LEN};
 use plugboard_core::shs::HandshakeConfig;
 use plugboard_core::PublicKey;
-use plugboard_os::WriteQueue;
-
-use crate::io::Stream;
-use plugboard_os::Clock;
+use plugboard_os::fdpass::read_into;
+use plugboard_os::{Clock, WriteQueue};
 
 const READ_SIZE: usize = 64 * 1024;
 
 /// One end of a direct TCP channel. Register it with **both**
 /// `Interest::READABLE` and `Interest::WRITABLE`; hand it its events.
 pub struct DirectTcp {
-    stream: Stream,
+    stream: TcpStream,
     conn: DirectConn,
     clock: Clock,
     queue: WriteQueue,
@@ -74,7 +72,7 @@ impl DirectTcp {
 
     fn new(stream: TcpStream, conn: DirectConn, clock: Clock) -> Self {
         let mut direct = DirectTcp {
-            stream: Stream::Tcp(stream),
+            stream,
             conn,
             clock,
             queue: WriteQueue::new(),
@@ -131,7 +129,7 @@ impl DirectTcp {
     fn read(&mut self) {
         while !self.eof {
             self.buf.clear();
-            match self.stream.read(&mut self.buf, READ_SIZE, None) {
+            match read_into(&self.stream, &mut self.buf, READ_SIZE, None) {
                 Ok(0) => {
                     self.eof = true;
                     let _ = self.conn.handle_eof();
@@ -155,7 +153,7 @@ impl DirectTcp {
         while let Some(bytes) = self.conn.poll_transmit() {
             self.queue.push(bytes);
         }
-        match self.stream.flush(&mut self.queue) {
+        match self.queue.write_to(&self.stream) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => {

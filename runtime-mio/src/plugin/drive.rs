@@ -6,9 +6,9 @@ use std::io;
 
 use mio::event::Source as _;
 use mio::{Interest, Registry, Token};
-use plugboard_core::Instant;
+use plugboard_os::fdpass::read_into;
 
-use super::{PluginConn, Socket, MAX_UNCLAIMED_FDS, READ_SIZE, WRITE_BATCH};
+use super::{PluginConn, Socket, READ_SIZE, WRITE_BATCH};
 use crate::addr::Addr;
 use crate::io::Stream;
 
@@ -18,16 +18,19 @@ impl PluginConn {
     /// bound on control messages), so this ends soon even on a busy
     /// connection.
     pub(super) fn read(&mut self) {
+        let mut fds = Vec::new();
         while self.session.is_connected() {
             let Socket::Up(stream) = &self.socket else {
                 return;
             };
             self.buf.reserve(READ_SIZE);
             let now = self.clock.now();
-            match stream.read(&mut self.buf, READ_SIZE, Some(&mut self.received)) {
+            let fds_too = stream.unix.then_some(&mut fds);
+            match read_into(stream, &mut self.buf, READ_SIZE, fds_too) {
                 Ok(0) => self.session.handle_eof(now),
                 Ok(_) => {
-                    if let Err(reason) = self.hand_over(now) {
+                    let session = &mut self.session;
+                    if let Err(reason) = self.fds.hand_over(session, now, &self.buf, &mut fds) {
                         self.fail(reason);
                     }
                     self.buf.clear();
@@ -37,29 +40,6 @@ impl PluginConn {
                 Err(e) => self.fail(format!("read failed: {e}")),
             }
         }
-    }
-
-    /// Gives the session what was read, and the descriptors that came with
-    /// it (each under a token; they belong to frames in `buf`, in order).
-    /// Errors end the session, whose `Closed` event says why.
-    fn hand_over(&mut self, now: Instant) -> Result<(), String> {
-        let fds = std::mem::take(&mut self.received);
-        let last = fds.len().checked_sub(1);
-        for (i, fd) in fds.into_iter().enumerate() {
-            if self.fds.len() >= MAX_UNCLAIMED_FDS {
-                return Err("the broker sent descriptors nobody asked for".into());
-            }
-            let token = self.next_fd;
-            self.next_fd += 1;
-            self.fds.insert(token, fd);
-            // The session queues the tokens; the bytes go with the last.
-            let input = if Some(i) == last { &self.buf[..] } else { &[] };
-            let _ = self.session.handle_input_with_fd(now, input, token);
-        }
-        if last.is_none() {
-            let _ = self.session.handle_input(now, &self.buf);
-        }
-        Ok(())
     }
 
     /// Writes what the session has, until it has nothing more or the socket
@@ -102,7 +82,7 @@ impl PluginConn {
                     return;
                 }
             }
-            match stream.flush(&mut self.queue) {
+            match self.queue.write_to(stream) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
                 Err(e) => self.fail(format!("write failed: {e}")),
@@ -122,7 +102,7 @@ impl PluginConn {
     pub(super) fn shut_write(&mut self) {
         if let (false, Socket::Up(stream)) = (self.shut, &self.socket) {
             self.shut = true;
-            stream.shutdown_write();
+            plugboard_os::stream::shutdown_write(stream);
         }
     }
 
@@ -134,7 +114,6 @@ impl PluginConn {
         self.socket = Socket::Down;
         self.queue.clear();
         self.buf.clear();
-        self.received.clear();
         // Tokens are never reused: events already out may still name these.
         self.writable = true;
         self.shut = false;
@@ -164,9 +143,9 @@ impl PluginConn {
             return;
         };
         let now = self.clock.now();
-        match stream.connected() {
-            Ok(false) => {} // not yet
-            Ok(true) => {
+        match plugboard_os::stream::connected(stream) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {} // not yet
+            Ok(()) => {
                 let Socket::Connecting(stream) = std::mem::replace(&mut self.socket, Socket::Down)
                 else {
                     return;
@@ -192,14 +171,14 @@ fn connect(
     interest: Interest,
 ) -> io::Result<Stream> {
     let mut stream = match addr {
-        Addr::Unix(path) => Stream::Unix(mio::net::UnixStream::connect(path)?),
+        Addr::Unix(path) => Stream::new(mio::net::UnixStream::connect(path)?, true)?,
         Addr::Tcp(host_port) => {
             // A name is looked up here, blocking: a reference loop's
             // simplification (use an address to avoid it).
             let to = std::net::ToSocketAddrs::to_socket_addrs(host_port.as_str())?
                 .next()
                 .ok_or_else(|| io::Error::other("the name has no address"))?;
-            Stream::Tcp(mio::net::TcpStream::connect(to)?)
+            Stream::new(mio::net::TcpStream::connect(to)?, false)?
         }
     };
     stream.register(registry, token, interest)?;

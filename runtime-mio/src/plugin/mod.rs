@@ -30,7 +30,6 @@
 
 mod drive;
 
-use std::collections::HashMap;
 use std::io;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::OwnedFd;
@@ -41,7 +40,7 @@ use mio::event::{Event, Source};
 use mio::{Interest, Registry, Token};
 use plugboard_core::session::{Session, SessionConfig, SessionError, SessionEvent};
 use plugboard_core::Instant;
-use plugboard_os::WriteQueue;
+use plugboard_os::{FdTokens, WriteQueue};
 
 use crate::addr::Addr;
 use crate::io::Stream;
@@ -70,9 +69,6 @@ use plugboard_os::Clock;
 const READ_SIZE: usize = 64 * 1024;
 /// Most bytes taken from the session before writing them.
 const WRITE_BATCH: usize = 256 * 1024;
-/// Descriptors from the broker beyond this many, unclaimed, end the
-/// connection: a broker does not send more than it announces.
-const MAX_UNCLAIMED_FDS: usize = 64;
 
 /// Why [`PluginConn::connect`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -108,11 +104,8 @@ pub struct PluginConn {
     /// Our side of the socket is shut (the session is over, all written).
     shut: bool,
     buf: BytesMut,
-    /// Descriptors read, not yet handed to the session.
-    received: Vec<OwnedFd>,
     /// Descriptors from the broker, by the token the session knows them by.
-    fds: HashMap<u64, OwnedFd>,
-    next_fd: u64,
+    fds: FdTokens,
 }
 
 impl PluginConn {
@@ -120,24 +113,19 @@ impl PluginConn {
     /// starts the handshake. Over TCP the session uses box-stream
     /// (`config.boxstream` is set); on a unix socket it is left as given.
     pub fn connect(addr: &Addr, mut config: SessionConfig) -> Result<PluginConn, ConnectError> {
-        let unreachable = |source| ConnectError::Unreachable {
-            addr: addr.clone(),
-            source,
-        };
         let stream = match addr {
             Addr::Unix(path) => {
-                let s = std::os::unix::net::UnixStream::connect(path).map_err(unreachable)?;
-                s.set_nonblocking(true).map_err(unreachable)?;
-                Stream::Unix(mio::net::UnixStream::from_std(s))
+                std::os::unix::net::UnixStream::connect(path).and_then(|s| Stream::new(s, true))
             }
             Addr::Tcp(host_port) => {
-                let s = std::net::TcpStream::connect(host_port).map_err(unreachable)?;
-                s.set_nonblocking(true).map_err(unreachable)?;
-                let _ = s.set_nodelay(true);
                 config.boxstream = true;
-                Stream::Tcp(mio::net::TcpStream::from_std(s))
+                std::net::TcpStream::connect(host_port).and_then(|s| Stream::new(s, false))
             }
         };
+        let stream = stream.map_err(|source| ConnectError::Unreachable {
+            addr: addr.clone(),
+            source,
+        })?;
         let clock = Clock::start();
         let session = Session::new(config, &mut rand_core::OsRng, clock.now())?;
         let mut conn = PluginConn {
@@ -150,9 +138,7 @@ impl PluginConn {
             writable: true,
             shut: false,
             buf: BytesMut::new(),
-            received: Vec::new(),
-            fds: HashMap::new(),
-            next_fd: 0,
+            fds: FdTokens::new(),
         };
         conn.flush(); // the handshake's first message
         Ok(conn)
@@ -183,7 +169,7 @@ impl PluginConn {
     /// Takes the descriptor an `Opened` or `ChannelPath` event names by
     /// token: a socketpair end, the direct channel to the other plugin.
     pub fn take_fd(&mut self, token: u64) -> Option<OwnedFd> {
-        self.fds.remove(&token)
+        self.fds.take(token)
     }
 
     /// How long until the session's next deadline: the longest your poll

@@ -2,18 +2,18 @@
 //! glue's rules, under mio; and accepting from them.
 
 use std::io;
+use std::os::fd::OwnedFd;
 
-use mio::net::{TcpListener, UnixListener};
 use plugboard_core::broker::Origin;
 use plugboard_core::Instant;
-use plugboard_os::{AcceptPause, Bound, Socket};
+use plugboard_os::{AcceptPause, Bound};
 
 use crate::addr::Addr;
 use crate::io::Stream;
 
 /// A bound listener.
 pub(super) struct Listener {
-    bound: Bound<UnixListener, TcpListener>,
+    bound: Bound<OwnedFd, OwnedFd>,
     /// Failed accepts (out of descriptors, say): while one is on, the
     /// listener rests until `resume`.
     pause: AcceptPause,
@@ -22,7 +22,7 @@ pub(super) struct Listener {
 
 impl Listener {
     /// Takes a listener the shared glue bound or adopted.
-    pub(super) fn new(bound: Bound<UnixListener, TcpListener>) -> Listener {
+    pub(super) fn new(bound: Bound<OwnedFd, OwnedFd>) -> Listener {
         Listener {
             bound,
             pause: AcceptPause::new(),
@@ -32,18 +32,8 @@ impl Listener {
 
     /// The next waiting connection; `WouldBlock` when there is none.
     fn accept_one(&self) -> io::Result<(Stream, Origin)> {
-        match &self.bound.socket {
-            Socket::Unix(listener) => {
-                let (stream, _) = listener.accept()?;
-                let origin = self.bound.unix_origin(&stream);
-                Ok((Stream::Unix(stream), origin))
-            }
-            Socket::Tcp(listener) => {
-                let (stream, peer) = listener.accept()?;
-                let _ = stream.set_nodelay(true);
-                Ok((Stream::Tcp(stream), self.bound.tcp_origin(peer)))
-            }
-        }
+        let (fd, origin) = self.bound.accept_from(self.bound.socket.get())?;
+        Ok((Stream::new(fd, self.bound.is_unix())?, origin))
     }
 
     /// Every connection waiting now, handed to `adopt`. A failed accept
@@ -82,10 +72,8 @@ impl Listener {
         self.bound.owned_file()
     }
 
-    pub(super) fn source(&mut self) -> &mut dyn mio::event::Source {
-        match &mut self.bound.socket {
-            Socket::Unix(listener) => listener,
-            Socket::Tcp(listener) => listener,
-        }
+    /// The listening socket, to register in the poll.
+    pub(super) fn fd(&self) -> &OwnedFd {
+        self.bound.socket.get()
     }
 }

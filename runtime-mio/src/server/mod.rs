@@ -13,10 +13,12 @@ mod listener;
 mod state;
 
 use std::io;
+use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use plugboard_core::broker::BrokerConfig;
 use plugboard_core::PublicKey;
@@ -82,14 +84,18 @@ impl Server {
         let bound = plugboard_os::bind_all_with(
             addrs,
             inherited,
-            |l| Ok(mio::net::UnixListener::from_std(l)),
-            |l| Ok(mio::net::TcpListener::from_std(l)),
+            |l| Ok(OwnedFd::from(l)),
+            |l| Ok(OwnedFd::from(l)),
         )?;
         for (i, bound) in bound.into_iter().enumerate() {
             assert!(1 + i < FIRST_CONN, "too many listeners");
-            let mut listener = Listener::new(bound);
+            let listener = Listener::new(bound);
             poll.registry()
-                .register(listener.source(), Token(1 + i), Interest::READABLE)
+                .register(
+                    &mut SourceFd(&listener.fd().as_raw_fd()),
+                    Token(1 + i),
+                    Interest::READABLE,
+                )
                 .map_err(ServeError::EventLoop)?;
             listeners.push(listener);
         }
@@ -192,8 +198,9 @@ impl Server {
     /// for that to be written, removes the socket files we made.
     fn shutdown(mut self, events: &mut Events) {
         tracing::info!("shutting down");
-        for listener in &mut self.listeners {
-            let _ = self.poll.registry().deregister(listener.source());
+        for listener in &self.listeners {
+            let fd = listener.fd().as_raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
         }
         let now = self.state.clock.now();
         self.state.broker.shutdown(now);

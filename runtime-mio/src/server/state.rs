@@ -7,10 +7,11 @@ use std::io;
 
 use bytes::{Bytes, BytesMut};
 use mio::{Interest, Registry, Token};
-use plugboard_core::broker::{Broker, ConnId, Event, Origin};
+use plugboard_core::broker::{Broker, ConnId, Origin};
 use plugboard_core::Instant;
-use plugboard_os::SocketPairs;
+use plugboard_os::fdpass::read_into;
 use plugboard_os::LAST_WORDS_GRACE;
+use plugboard_os::{ConnEvent, SocketPairs};
 
 use super::conn::Conn;
 use crate::io::Stream;
@@ -126,7 +127,7 @@ impl State {
                 c.buf.reserve(READ_SIZE);
             }
             let max = c.buf.capacity() - c.buf.len();
-            let result = c.stream.read(&mut c.buf, max, None);
+            let result = read_into(&c.stream, &mut c.buf, max, None);
             let now = self.clock.now();
             match result {
                 Ok(0) => {
@@ -159,7 +160,7 @@ impl State {
             return;
         };
         while c.writable {
-            match c.stream.flush(&mut c.queue) {
+            match c.queue.write_to(&c.stream) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.writable = false,
                 Err(e) => {
@@ -175,7 +176,7 @@ impl State {
             if c.closing.is_some() {
                 if c.queue.is_empty() {
                     // The last words are out: done.
-                    c.stream.shutdown_write();
+                    plugboard_os::stream::shutdown_write(&c.stream);
                     self.forget(conn);
                 }
                 return;
@@ -185,7 +186,7 @@ impl State {
             }
             // Take what the broker has, up to a batch (a frame that carries
             // a descriptor takes it along).
-            let carries_fds = c.stream.carries_fds();
+            let carries_fds = c.stream.unix;
             let taken = self.pairs.take_output(
                 &mut self.broker,
                 conn,
@@ -209,27 +210,12 @@ impl State {
     /// Carries out what the broker asked for. Called after every broker call.
     pub(super) fn dispatch(&mut self) {
         loop {
-            while let Some(event) = self.broker.poll_event() {
+            while let Some(event) =
+                plugboard_os::poll_event(&mut self.broker, &mut self.pairs, &self.clock)
+            {
                 match event {
-                    Event::Transmit(conn) => self.dirty.push(conn),
-                    Event::Close {
-                        conn,
-                        last_words,
-                        reason,
-                    } => {
-                        tracing::debug!(conn, "closing: {reason}");
-                        self.close(conn, last_words);
-                    }
-                    Event::CreateSocketPair {
-                        pair,
-                        opener,
-                        target,
-                    } => {
-                        let now = self.clock.now();
-                        self.pairs
-                            .create(&mut self.broker, now, pair, opener, target);
-                    }
-                    Event::Log(entry) => plugboard_os::log_entry(&entry),
+                    ConnEvent::Transmit(conn) => self.dirty.push(conn),
+                    ConnEvent::Close(conn, last_words) => self.close(conn, last_words),
                 }
             }
             // Flushing pulls from the broker, which may have more to say.
@@ -243,7 +229,6 @@ impl State {
     /// The broker ended `conn`: write its last words (best effort, within
     /// the grace), then close.
     fn close(&mut self, conn: ConnId, last_words: Bytes) {
-        self.pairs.forget_conn(conn);
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
