@@ -130,18 +130,13 @@ impl DirectTcp {
         while !self.eof {
             self.buf.clear();
             match read_into(&self.stream, &mut self.buf, READ_SIZE, None) {
-                Ok(0) => {
-                    self.eof = true;
-                    let _ = self.conn.handle_eof();
-                }
-                Ok(_) => {
+                Ok(n) if n > 0 => {
                     let now = self.clock.now();
                     let _ = self.conn.handle_input(now, &self.buf);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // A broken socket ends the stream where it broke.
-                Err(_) => {
+                // The end of the stream; a broken socket ends it where it broke.
+                _ => {
                     self.eof = true;
                     let _ = self.conn.handle_eof();
                 }
@@ -153,10 +148,8 @@ impl DirectTcp {
         while let Some(bytes) = self.conn.poll_transmit() {
             self.queue.push(bytes);
         }
-        match self.queue.write_to(&self.stream) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => {
+        if let Err(e) = self.queue.write_to(&self.stream) {
+            if e.kind() != io::ErrorKind::WouldBlock {
                 // The peer is gone: what it did not read is lost, and
                 // reading tells the connection so.
                 self.queue.clear();
@@ -188,22 +181,12 @@ impl Drop for ConnMut<'_> {
 }
 
 impl Source for DirectTcp {
-    fn register(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interests: Interest,
-    ) -> io::Result<()> {
-        self.stream.register(registry, token, interests)
+    fn register(&mut self, registry: &Registry, token: Token, on: Interest) -> io::Result<()> {
+        self.stream.register(registry, token, on)
     }
 
-    fn reregister(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interests: Interest,
-    ) -> io::Result<()> {
-        self.stream.reregister(registry, token, interests)
+    fn reregister(&mut self, registry: &Registry, token: Token, on: Interest) -> io::Result<()> {
+        self.stream.reregister(registry, token, on)
     }
 
     fn deregister(&mut self, registry: &Registry) -> io::Result<()> {

@@ -7,6 +7,7 @@ use std::io;
 use mio::event::Source as _;
 use mio::{Interest, Registry, Token};
 use plugboard_os::fdpass::read_into;
+use rand_core::OsRng;
 
 use super::{PluginConn, Socket, READ_SIZE, WRITE_BATCH};
 use crate::addr::Addr;
@@ -36,7 +37,6 @@ impl PluginConn {
                     self.buf.clear();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => self.fail(format!("read failed: {e}")),
             }
         }
@@ -44,14 +44,12 @@ impl PluginConn {
 
     /// Writes what the session has, until it has nothing more or the socket
     /// is full (WRITABLE resumes), then follows the session: lets a lost
-    /// connection's socket go, connects one it asks for.
+    /// connection's socket go (its last words written as far as they went),
+    /// connects one it asks for.
     pub(super) fn flush(&mut self) {
         self.write();
-        if !self.session.is_connected() {
-            if let Socket::Up(_) = self.socket {
-                self.write(); // last words, as far as they go
-                self.hang_up();
-            }
+        if let (Socket::Up(_), false) = (&self.socket, self.session.is_connected()) {
+            self.hang_up();
         }
         match self.socket {
             Socket::Down if self.session.wants_dial() => self.dial(),
@@ -66,21 +64,17 @@ impl PluginConn {
             let Socket::Up(stream) = &self.socket else {
                 return;
             };
+            while self.queue.len() < WRITE_BATCH {
+                let Some(bytes) = self.session.poll_transmit() else {
+                    break;
+                };
+                self.queue.push(bytes);
+            }
             if self.queue.is_empty() {
-                let mut taken = 0;
-                while taken < WRITE_BATCH {
-                    let Some(bytes) = self.session.poll_transmit() else {
-                        break;
-                    };
-                    taken += bytes.len();
-                    self.queue.push(bytes);
+                if self.session.is_closed() {
+                    self.shut_write();
                 }
-                if self.queue.is_empty() {
-                    if self.session.is_closed() {
-                        self.shut_write();
-                    }
-                    return;
-                }
+                return;
             }
             match self.queue.write_to(stream) {
                 Ok(()) => {}
@@ -93,28 +87,27 @@ impl PluginConn {
     /// The socket failed: the connection is over (the session says what
     /// comes next).
     fn fail(&mut self, reason: String) {
-        let now = self.clock.now();
-        self.session.handle_socket_error(now, &reason);
+        self.session.handle_socket_error(self.clock.now(), &reason);
         self.queue.clear();
         self.shut_write();
     }
 
-    pub(super) fn shut_write(&mut self) {
+    fn shut_write(&mut self) {
         if let (false, Socket::Up(stream)) = (self.shut, &self.socket) {
             self.shut = true;
             plugboard_os::stream::shutdown_write(stream);
         }
     }
 
-    /// Lets the socket go, and what belonged to its connection.
+    /// Lets the socket go, and what belonged to its connection (not the
+    /// descriptors: events already out may still name them).
     fn hang_up(&mut self) {
-        if let (Some((registry, ..)), Some(s)) = (&self.poll, self.socket.stream()) {
-            let _ = s.deregister(registry);
+        if let Some((registry, ..)) = &self.poll {
+            let _ = self.socket.with(|s| s.deregister(registry));
         }
         self.socket = Socket::Down;
         self.queue.clear();
         self.buf.clear();
-        // Tokens are never reused: events already out may still name these.
         self.writable = true;
         self.shut = false;
     }
@@ -122,18 +115,13 @@ impl PluginConn {
     /// Starts connecting the socket the session asked for, in the user's
     /// poll: its first event says whether it connected.
     fn dial(&mut self) {
-        let now = self.clock.now();
         let started = match &self.poll {
-            Some((registry, token, interest)) => connect(&self.addr, registry, *token, *interest),
+            Some(poll) => connect(&self.addr, poll),
             None => Err(io::Error::other("not registered in a poll")),
         };
         match started {
             Ok(stream) => self.socket = Socket::Connecting(stream),
-            Err(e) => {
-                let _ = self
-                    .session
-                    .handle_dial_failed(now, &e.to_string(), &mut rand_core::OsRng);
-            }
+            Err(e) => self.dial_failed(e),
         }
     }
 
@@ -142,34 +130,30 @@ impl PluginConn {
         let Socket::Connecting(stream) = &self.socket else {
             return;
         };
-        let now = self.clock.now();
         match plugboard_os::stream::connected(stream) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {} // not yet
-            Ok(()) => {
-                let Socket::Connecting(stream) = std::mem::replace(&mut self.socket, Socket::Down)
-                else {
-                    return;
-                };
-                self.socket = Socket::Up(stream);
-                let _ = self.session.handle_connected(now, &mut rand_core::OsRng);
-            }
             Err(e) => {
                 self.hang_up();
-                let _ = self
-                    .session
-                    .handle_dial_failed(now, &e.to_string(), &mut rand_core::OsRng);
+                self.dial_failed(e);
+            }
+            Ok(()) => {
+                if let Socket::Connecting(s) = std::mem::replace(&mut self.socket, Socket::Down) {
+                    self.socket = Socket::Up(s);
+                }
+                let now = self.clock.now();
+                let _ = self.session.handle_connected(now, &mut OsRng);
             }
         }
+    }
+
+    fn dial_failed(&mut self, e: io::Error) {
+        let (now, reason) = (self.clock.now(), e.to_string());
+        let _ = self.session.handle_dial_failed(now, &reason, &mut OsRng);
     }
 }
 
 /// A non-blocking connect to `addr`, registered in the poll.
-fn connect(
-    addr: &Addr,
-    registry: &Registry,
-    token: Token,
-    interest: Interest,
-) -> io::Result<Stream> {
+fn connect(addr: &Addr, (registry, token, on): &(Registry, Token, Interest)) -> io::Result<Stream> {
     let mut stream = match addr {
         Addr::Unix(path) => Stream::new(mio::net::UnixStream::connect(path)?, true)?,
         Addr::Tcp(host_port) => {
@@ -181,6 +165,6 @@ fn connect(
             Stream::new(mio::net::TcpStream::connect(to)?, false)?
         }
     };
-    stream.register(registry, token, interest)?;
+    stream.register(registry, *token, *on)?;
     Ok(stream)
 }

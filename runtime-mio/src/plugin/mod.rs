@@ -1,32 +1,5 @@
 //! A plugin's connection to the broker, as one more source in your own
 //! `mio::Poll`.
-//!
-//! ```text
-//! let mut conn = PluginConn::connect(&addr, config)?;
-//! poll.registry().register(&mut conn, PLUGIN, Interest::READABLE | Interest::WRITABLE)?;
-//! loop {
-//!     poll.poll(&mut events, conn.timeout())?;        // (min with your own timeouts)
-//!     for event in &events {
-//!         if event.token() == PLUGIN { conn.handle_ready(event) } else { /* yours */ }
-//!     }
-//!     conn.handle_timeout();
-//!     while let Some(event) = conn.poll_event() {
-//!         // Ready, Incoming, Data, ...: answer through conn.session_mut()
-//!     }
-//! }
-//! ```
-//!
-//! Everything the session has to send is written before these calls
-//! return, and on WRITABLE when the socket was full. Requests and channels
-//! are the core's [`Session`] API, reached through [`PluginConn::session_mut`]
-//! (whose guard writes what the call produced when it goes out of scope).
-//!
-//! With [`SessionConfig::reconnect`], the session reconnects when the
-//! connection is lost: the `PluginConn` connects the sockets it asks for and
-//! registers them in your poll under the same token (so register it before
-//! the first loss), and the session's events say what became of what was in flight
-//! (`RequestLost`, `ChannelLost`), then `Lost`, `AttemptFailed`,
-//! `Reconnected`; descriptor tokens stay valid across connections.
 
 mod drive;
 
@@ -40,7 +13,8 @@ use mio::event::{Event, Source};
 use mio::{Interest, Registry, Token};
 use plugboard_core::session::{Session, SessionConfig, SessionError, SessionEvent};
 use plugboard_core::Instant;
-use plugboard_os::{FdTokens, WriteQueue};
+use plugboard_os::{Clock, FdTokens, WriteQueue};
+use rand_core::OsRng;
 
 use crate::addr::Addr;
 use crate::io::Stream;
@@ -56,14 +30,14 @@ enum Socket {
 }
 
 impl Socket {
-    fn stream(&mut self) -> Option<&mut Stream> {
+    /// `f` on the stream, if there is one (else there is nothing to do).
+    fn with(&mut self, f: impl FnOnce(&mut Stream) -> io::Result<()>) -> io::Result<()> {
         match self {
-            Socket::Up(s) | Socket::Connecting(s) => Some(s),
-            Socket::Down => None,
+            Socket::Up(s) | Socket::Connecting(s) => f(s),
+            Socket::Down => Ok(()),
         }
     }
 }
-use plugboard_os::Clock;
 
 /// Most bytes one read asks for.
 const READ_SIZE: usize = 64 * 1024;
@@ -88,7 +62,34 @@ pub enum ConnectError {
 
 /// A connection to the broker driving a core [`Session`]. Register it in
 /// your `mio::Poll` with **both** `Interest::READABLE` and
-/// `Interest::WRITABLE` (it is a [`Source`]), and hand it its events.
+/// `Interest::WRITABLE` (it is a [`Source`]), and hand it its events:
+///
+/// ```text
+/// let mut conn = PluginConn::connect(&addr, config)?;
+/// poll.registry().register(&mut conn, PLUGIN, Interest::READABLE | Interest::WRITABLE)?;
+/// loop {
+///     poll.poll(&mut events, conn.timeout())?;        // (min with your own timeouts)
+///     for event in &events {
+///         if event.token() == PLUGIN { conn.handle_ready(event) } else { /* yours */ }
+///     }
+///     conn.handle_timeout();
+///     while let Some(event) = conn.poll_event() {
+///         // Ready, Incoming, Data, ...: answer through conn.session_mut()
+///     }
+/// }
+/// ```
+///
+/// Everything the session has to send is written before these calls
+/// return, and on WRITABLE when the socket was full. Requests and channels
+/// are the core's [`Session`] API, reached through [`PluginConn::session_mut`]
+/// (whose guard writes what the call produced when it goes out of scope).
+///
+/// With [`SessionConfig::reconnect`], the session reconnects when the
+/// connection is lost: the `PluginConn` connects the sockets it asks for and
+/// registers them in your poll under the same token (so register it before
+/// the first loss), and the session's events say what became of what was
+/// in flight (`RequestLost`, `ChannelLost`), then `Lost`, `AttemptFailed`,
+/// `Reconnected`; descriptor tokens stay valid across connections.
 pub struct PluginConn {
     socket: Socket,
     /// Where the session's new sockets connect to.
@@ -127,7 +128,7 @@ impl PluginConn {
             source,
         })?;
         let clock = Clock::start();
-        let session = Session::new(config, &mut rand_core::OsRng, clock.now())?;
+        let session = Session::new(config, &mut OsRng, clock.now())?;
         let mut conn = PluginConn {
             socket: Socket::Up(stream),
             addr: addr.clone(),
@@ -192,9 +193,7 @@ impl PluginConn {
         if let Socket::Connecting(_) = self.socket {
             self.check_connected();
         } else {
-            if event.is_writable() || event.is_write_closed() || event.is_error() {
-                self.writable = true;
-            }
+            self.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
             if event.is_readable() || event.is_read_closed() || event.is_error() {
                 self.read();
             }
@@ -212,43 +211,24 @@ impl PluginConn {
     pub fn close(&mut self, reason: &str) {
         let last = self.session.close(reason);
         self.queue.push(last);
-        self.flush();
-        self.shut_write();
+        self.flush(); // lets the socket go: the session is over
     }
 }
 
 impl Source for PluginConn {
-    fn register(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interests: Interest,
-    ) -> io::Result<()> {
-        self.poll = Some((registry.try_clone()?, token, interests));
-        match self.socket.stream() {
-            Some(s) => s.register(registry, token, interests),
-            None => Ok(()),
-        }
+    fn register(&mut self, registry: &Registry, token: Token, on: Interest) -> io::Result<()> {
+        self.poll = Some((registry.try_clone()?, token, on));
+        self.socket.with(|s| s.register(registry, token, on))
     }
 
-    fn reregister(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interests: Interest,
-    ) -> io::Result<()> {
-        self.poll = Some((registry.try_clone()?, token, interests));
-        match self.socket.stream() {
-            Some(s) => s.reregister(registry, token, interests),
-            None => Ok(()),
-        }
+    fn reregister(&mut self, registry: &Registry, token: Token, on: Interest) -> io::Result<()> {
+        self.poll = Some((registry.try_clone()?, token, on));
+        self.socket.with(|s| s.reregister(registry, token, on))
     }
 
     fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
         self.poll = None;
-        self.socket
-            .stream()
-            .map_or(Ok(()), |s| s.deregister(registry))
+        self.socket.with(|s| s.deregister(registry))
     }
 }
 

@@ -8,8 +8,6 @@
 //! say. Output stays in the broker until a socket can take it, so a slow
 //! peer holds memory only as far as the broker's own bounds allow.
 
-mod conn;
-mod listener;
 mod state;
 
 use std::io;
@@ -21,18 +19,17 @@ use std::time::Duration;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use plugboard_core::broker::BrokerConfig;
-use plugboard_core::PublicKey;
-
+use plugboard_core::{Instant, PublicKey};
 use plugboard_os::activation::Inherited;
-use plugboard_os::SHUTDOWN_GRACE;
+use plugboard_os::{AcceptPause, Bound, SHUTDOWN_GRACE};
 
 use crate::addr::Addr;
-use listener::Listener;
+use crate::io::Stream;
 use state::{State, FIRST_CONN};
 
-const WAKER: Token = Token(0);
-
 pub use plugboard_os::ServeError;
+
+const WAKER: Token = Token(0);
 
 /// A bound broker, ready to [`Server::run`] on the current thread.
 pub struct Server {
@@ -40,6 +37,15 @@ pub struct Server {
     listeners: Vec<Listener>,
     state: State,
     stop: StopHandle,
+}
+
+/// A listening socket, bound (or passed) by the shared OS glue's rules.
+struct Listener {
+    bound: Bound<OwnedFd, OwnedFd>,
+    /// Failed accepts (out of descriptors, say): while a spell of them
+    /// lasts, the listener rests until `resume`.
+    pause: AcceptPause,
+    resume: Option<Instant>,
 }
 
 /// Stops a running [`Server`] from any thread.
@@ -55,10 +61,6 @@ impl StopHandle {
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
         let _ = self.waker.wake();
-    }
-
-    fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::Acquire)
     }
 }
 
@@ -80,46 +82,42 @@ impl Server {
         inherited: Vec<Inherited>,
     ) -> Result<Server, ServeError> {
         let poll = Poll::new().map_err(ServeError::EventLoop)?;
-        let mut listeners = Vec::new();
         let bound = plugboard_os::bind_all_with(
             addrs,
             inherited,
             |l| Ok(OwnedFd::from(l)),
             |l| Ok(OwnedFd::from(l)),
         )?;
+        let mut listeners = Vec::new();
         for (i, bound) in bound.into_iter().enumerate() {
             assert!(1 + i < FIRST_CONN, "too many listeners");
-            let listener = Listener::new(bound);
+            let fd = bound.socket.get().as_raw_fd();
             poll.registry()
-                .register(
-                    &mut SourceFd(&listener.fd().as_raw_fd()),
-                    Token(1 + i),
-                    Interest::READABLE,
-                )
+                .register(&mut SourceFd(&fd), Token(1 + i), Interest::READABLE)
                 .map_err(ServeError::EventLoop)?;
-            listeners.push(listener);
+            listeners.push(Listener {
+                bound,
+                pause: AcceptPause::new(),
+                resume: None,
+            });
         }
-        let stop = StopHandle {
-            waker: Arc::new(Waker::new(poll.registry(), WAKER).map_err(ServeError::EventLoop)?),
-            stopped: Arc::new(AtomicBool::new(false)),
-        };
-        let broker = plugboard_os::new_broker(config);
+        let waker = Waker::new(poll.registry(), WAKER).map_err(ServeError::EventLoop)?;
         let registry = poll.registry().try_clone().map_err(ServeError::EventLoop)?;
-        let state = State::new(broker, registry);
         Ok(Server {
             poll,
             listeners,
-            state,
-            stop,
+            state: State::new(plugboard_os::new_broker(config), registry),
+            stop: StopHandle {
+                waker: Arc::new(waker),
+                stopped: Arc::new(AtomicBool::new(false)),
+            },
         })
     }
 
     /// The addresses actually bound (a TCP port 0 becomes the real port).
     pub fn local_addrs(&self) -> Vec<Addr> {
-        self.listeners
-            .iter()
-            .map(|l| l.local_addr().clone())
-            .collect()
+        let addrs = self.listeners.iter();
+        addrs.map(|l| l.bound.local_addr().clone()).collect()
     }
 
     /// The broker's key.
@@ -137,59 +135,69 @@ impl Server {
     /// connection's, and logged).
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
-        while !self.stop.is_stopped() {
+        while !self.stop.stopped.load(Ordering::Acquire) {
+            let resume = self.listeners.iter().filter_map(|l| l.resume).min();
+            let deadline = self.state.next_deadline().into_iter().chain(resume).min();
             // Connections that have more to read do not wait: they get
             // their next turn at once, after whatever else is ready.
-            let resume = self.listeners.iter().filter_map(|l| l.resume).min();
-            let timeout = match self.state.has_unread() {
-                true => Some(Duration::ZERO),
-                false => self
-                    .state
-                    .next_deadline()
-                    .into_iter()
-                    .chain(resume)
-                    .min()
-                    .map(|at| self.state.clock.until(at)),
+            let timeout = match self.state.unread.is_empty() {
+                true => deadline.map(|at| self.state.clock.until(at)),
+                false => Some(Duration::ZERO),
             };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
+            match self.poll.poll(&mut events, timeout) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                result => result?,
             }
             for event in events.iter() {
                 match event.token() {
                     WAKER => {} // the loop condition looks
                     Token(i) if i < FIRST_CONN => self.accept(i - 1),
-                    Token(i) => self.state.ready(
-                        (i - FIRST_CONN) as u64,
+                    token => self.state.ready(
+                        token,
                         event.is_readable() || event.is_read_closed() || event.is_error(),
                         event.is_writable() || event.is_write_closed() || event.is_error(),
                     ),
                 }
             }
-            self.resume_listeners();
+            // Listeners whose rest after a failed accept is over try again.
+            for i in 0..self.listeners.len() {
+                if self.listeners[i].resume.is_some() {
+                    self.accept(i);
+                }
+            }
             self.state.read_turn();
-            let now = self.state.clock.now();
-            self.state.timers(now);
+            self.state.timers(self.state.clock.now());
         }
         self.shutdown(&mut events);
         Ok(())
     }
 
-    /// Accepts every connection waiting on listener `i`.
+    /// Accepts every connection waiting on listener `i`. A failed accept
+    /// (out of descriptors, say) makes the listener rest: the waiting
+    /// connections stay in the backlog, and the loop comes back at `resume`
+    /// (readiness is edge-triggered: it would not say so again).
     fn accept(&mut self, i: usize) {
         let now = self.state.clock.now();
-        let state = &mut self.state;
-        self.listeners[i].accept(now, |stream, origin| state.accept(stream, origin));
-    }
-
-    /// Listeners whose rest after a failed accept is over try again.
-    fn resume_listeners(&mut self) {
-        let now = self.state.clock.now();
-        for i in 0..self.listeners.len() {
-            if self.listeners[i].resume.is_some_and(|at| at <= now) {
-                self.accept(i);
+        let l = &mut self.listeners[i];
+        if l.resume.is_some_and(|at| at > now) {
+            return;
+        }
+        l.resume = None;
+        let unix = l.bound.is_unix();
+        loop {
+            let accepted = l.bound.accept_from(l.bound.socket.get());
+            match accepted.and_then(|(fd, origin)| Ok((Stream::new(fd, unix)?, origin))) {
+                Ok((stream, origin)) => {
+                    l.pause.accepted(l.bound.local_addr());
+                    self.state.accept(stream, origin);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    if let Some(rest) = l.pause.failed(l.bound.local_addr(), &e) {
+                        l.resume = Some(now + rest);
+                        return;
+                    }
+                }
             }
         }
     }
@@ -198,37 +206,32 @@ impl Server {
     /// for that to be written, removes the socket files we made.
     fn shutdown(mut self, events: &mut Events) {
         tracing::info!("shutting down");
-        for listener in &self.listeners {
-            let fd = listener.fd().as_raw_fd();
-            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-        }
+        // The listeners close here: nobody new gets in.
+        let files: Vec<_> = self
+            .listeners
+            .drain(..)
+            .filter_map(|l| l.bound.owned_file().cloned())
+            .collect();
         let now = self.state.clock.now();
         self.state.broker.shutdown(now);
         self.state.dispatch();
         // Every connection is closing now: each leaves once its last words
         // are written, or when its grace is over.
         let deadline = now + SHUTDOWN_GRACE;
-        while !self.state.conns.is_empty() {
-            let now = self.state.clock.now();
-            if now >= deadline {
-                break;
-            }
+        while !self.state.conns.is_empty() && self.state.clock.now() < deadline {
             let timeout = self.state.clock.until(deadline);
             if self.poll.poll(events, Some(timeout)).is_err() {
                 break;
             }
             for event in events.iter() {
-                let Token(i) = event.token();
-                if i >= FIRST_CONN {
-                    self.state.ready((i - FIRST_CONN) as u64, false, true);
+                if event.token().0 >= FIRST_CONN {
+                    self.state.ready(event.token(), false, true);
                 }
             }
             self.state.expire(self.state.clock.now());
         }
-        for listener in &self.listeners {
-            if let Some(file) = listener.owned_file() {
-                file.remove_logged();
-            }
+        for file in files {
+            file.remove_logged();
         }
     }
 }

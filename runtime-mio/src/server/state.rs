@@ -10,12 +10,9 @@ use mio::{Interest, Registry, Token};
 use plugboard_core::broker::{Broker, ConnId, Origin};
 use plugboard_core::Instant;
 use plugboard_os::fdpass::read_into;
-use plugboard_os::LAST_WORDS_GRACE;
-use plugboard_os::{ConnEvent, SocketPairs};
+use plugboard_os::{Clock, ConnEvent, SocketPairs, WriteQueue, LAST_WORDS_GRACE};
 
-use super::conn::Conn;
 use crate::io::Stream;
-use plugboard_os::Clock;
 
 /// Most bytes one read asks for.
 const READ_SIZE: usize = 256 * 1024;
@@ -28,10 +25,6 @@ const WRITE_BATCH: usize = 256 * 1024;
 /// Tokens: 0 is the waker, listeners follow, and a connection's token is
 /// this plus its [`ConnId`] (which the broker never reuses).
 pub(super) const FIRST_CONN: usize = 1 << 20;
-
-pub(super) fn token(conn: ConnId) -> Token {
-    Token(FIRST_CONN + conn as usize)
-}
 
 pub(super) struct State {
     pub(super) broker: Broker,
@@ -46,9 +39,40 @@ pub(super) struct State {
     /// Connections with input to read, one turn each in order. Edge-triggered
     /// readiness is not repeated: a connection stays here until a read says
     /// `WouldBlock`.
-    unread: VecDeque<ConnId>,
+    pub(super) unread: VecDeque<ConnId>,
     /// Closing connections by deadline (in order: the grace is constant).
     closing: VecDeque<(Instant, ConnId)>,
+}
+
+/// One accepted socket.
+pub(super) struct Conn {
+    stream: Stream,
+    /// Taken from the broker, not written yet (socketpair ends included).
+    queue: WriteQueue,
+    /// The read buffer; empty, without an allocation, while the socket is
+    /// idle (10,000 idle connections would otherwise pin a buffer each).
+    buf: BytesMut,
+    /// The last write did not hit `WouldBlock`: write without waiting for
+    /// the next WRITABLE event.
+    writable: bool,
+    /// Waiting for a reading turn (in `State::unread`).
+    unread: bool,
+    /// The broker let go of this connection: write what is held by this
+    /// deadline, then close.
+    closing: Option<Instant>,
+}
+
+impl Conn {
+    fn new(stream: Stream) -> Conn {
+        Conn {
+            stream,
+            queue: WriteQueue::new(),
+            buf: BytesMut::new(),
+            writable: true,
+            unread: false,
+            closing: None,
+        }
+    }
 }
 
 impl State {
@@ -65,23 +89,25 @@ impl State {
         }
     }
 
-    /// An accepted socket: the broker decides whether it stays.
+    /// An accepted socket: the broker decides whether it stays (if not,
+    /// the socket is dropped; the broker logged why).
     pub(super) fn accept(&mut self, mut stream: Stream, origin: Origin) {
         let now = self.clock.now();
-        let accepted = self.broker.accept(now, origin);
-        if let Ok(conn) = accepted {
+        if let Ok(conn) = self.broker.accept(now, origin) {
             // Edge-triggered, both ways, for the connection's whole life.
-            let interest = Interest::READABLE | Interest::WRITABLE;
-            match self.registry.register(&mut stream, token(conn), interest) {
+            let token = Token(FIRST_CONN + conn as usize);
+            let both = Interest::READABLE | Interest::WRITABLE;
+            match self.registry.register(&mut stream, token, both) {
                 Ok(()) => drop(self.conns.insert(conn, Conn::new(stream))),
                 Err(e) => self.broker.handle_disconnect(now, conn, &e.to_string()),
             }
-        } // refused: the socket is dropped, the broker logged why
+        }
         self.dispatch();
     }
 
-    /// The poll says `conn`'s socket is ready.
-    pub(super) fn ready(&mut self, conn: ConnId, readable: bool, writable: bool) {
+    /// The poll says the socket under `token` is ready.
+    pub(super) fn ready(&mut self, token: Token, readable: bool, writable: bool) {
+        let conn = (token.0 - FIRST_CONN) as ConnId;
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -96,17 +122,10 @@ impl State {
         }
     }
 
-    /// Whether a connection waits for its turn to read (poll without waiting).
-    pub(super) fn has_unread(&self) -> bool {
-        !self.unread.is_empty()
-    }
-
-    /// One reading turn for every connection that has input.
+    /// One reading turn for every connection that has input (those that
+    /// may have more wait for the next).
     pub(super) fn read_turn(&mut self) {
-        for _ in 0..self.unread.len() {
-            let Some(conn) = self.unread.pop_front() else {
-                break;
-            };
+        for conn in std::mem::take(&mut self.unread) {
             let more = self.read(conn);
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.unread = more;
@@ -130,19 +149,18 @@ impl State {
             let result = read_into(&c.stream, &mut c.buf, max, None);
             let now = self.clock.now();
             match result {
-                Ok(0) => {
+                // The broker keeps the buffer (no copy on unix sockets).
+                Ok(n) if n > 0 => self.broker.handle_input_owned(now, conn, c.buf.split()),
+                Ok(_) => {
                     self.broker.handle_eof(now, conn);
                     self.forget(conn);
                 }
-                // The broker keeps the buffer (no copy on unix sockets).
-                Ok(_) => self.broker.handle_input_owned(now, conn, c.buf.split()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if c.buf.is_empty() {
                         c.buf = BytesMut::new();
                     }
                     return false;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.broker.handle_disconnect(now, conn, &e.to_string());
                     self.forget(conn);
@@ -156,55 +174,43 @@ impl State {
     /// Writes what `conn` holds and what the broker has for it, until
     /// either runs dry or the socket is full (then WRITABLE resumes it).
     fn flush(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.conns.get_mut(&conn).filter(|c| c.writable) else {
             return;
         };
-        while c.writable {
+        let failed = loop {
             match c.queue.write_to(&c.stream) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.writable = false,
-                Err(e) => {
-                    if c.closing.is_none() {
-                        let reason = format!("write failed: {e}");
-                        self.broker
-                            .handle_disconnect(self.clock.now(), conn, &reason);
-                    }
-                    self.forget(conn);
-                    return;
-                }
-            }
-            if c.closing.is_some() {
-                if c.queue.is_empty() {
+                Ok(()) if c.closing.is_some() => {
                     // The last words are out: done.
                     plugboard_os::stream::shutdown_write(&c.stream);
                     self.forget(conn);
+                    return;
                 }
-                return;
-            }
-            if !c.writable {
-                return;
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.writable = false;
+                    return;
+                }
+                Err(e) => break e,
             }
             // Take what the broker has, up to a batch (a frame that carries
             // a descriptor takes it along).
-            let carries_fds = c.stream.unix;
-            let taken = self.pairs.take_output(
-                &mut self.broker,
-                conn,
-                &mut c.queue,
-                WRITE_BATCH,
-                carries_fds,
-            );
+            let (queue, unix) = (&mut c.queue, c.stream.unix);
+            let taken = self
+                .pairs
+                .take_output(&mut self.broker, conn, queue, WRITE_BATCH, unix);
             if let Err(e) = taken {
-                let reason = format!("write failed: {e}");
-                self.broker
-                    .handle_disconnect(self.clock.now(), conn, &reason);
-                self.forget(conn);
-                return;
+                break e;
             }
             if c.queue.is_empty() {
                 return;
             }
+        };
+        if c.closing.is_none() {
+            let reason = format!("write failed: {failed}");
+            self.broker
+                .handle_disconnect(self.clock.now(), conn, &reason);
         }
+        self.forget(conn);
     }
 
     /// Carries out what the broker asked for. Called after every broker call.
@@ -257,7 +263,8 @@ impl State {
         self.broker.poll_timeout().into_iter().chain(closing).min()
     }
 
-    /// Runs the broker's timers if one is due.
+    /// Runs the broker's timers if one is due, and closes the connections
+    /// whose grace is over.
     pub(super) fn timers(&mut self, now: Instant) {
         if self.broker.poll_timeout().is_some_and(|at| at <= now) {
             self.broker.handle_timeout(now);
