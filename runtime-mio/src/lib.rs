@@ -17,14 +17,13 @@
 
 #![warn(missing_docs)]
 
-mod addr;
 mod direct;
 mod io;
 mod plugin;
 mod server;
 
-pub use addr::{Addr, BadAddr};
 pub use direct::{ConnMut, DirectTcp};
+pub use plugboard_core::addr::{Addr, BadAddr};
 /// systemd socket activation (the listeners [`Server::bind_with`] takes).
 pub use plugboard_os::activation;
 pub use plugboard_os::Clock;
