@@ -147,8 +147,11 @@ impl Server {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         while !self.stop.stopped.load(Ordering::Acquire) {
+            // The broker's deadline, a closing connection's, a resting listener's.
+            let closing = self.state.closing.front().map(|&(at, _)| at);
             let resume = self.listeners.iter().filter_map(|l| l.resume).min();
-            let deadline = self.state.next_deadline().into_iter().chain(resume).min();
+            let deadlines = [self.state.broker.poll_timeout(), closing, resume];
+            let deadline = deadlines.into_iter().flatten().min();
             // Connections that have more to read do not wait: they get
             // their next turn at once, after whatever else is ready.
             let timeout = match self.state.unread.is_empty() {
@@ -478,12 +481,6 @@ impl State {
             self.closing.pop_front();
             self.forget(conn);
         }
-    }
-
-    /// The earliest deadline: the broker's, or a closing connection's.
-    fn next_deadline(&self) -> Option<Instant> {
-        let closing = self.closing.front().map(|&(at, _)| at);
-        self.broker.poll_timeout().into_iter().chain(closing).min()
     }
 
     /// Runs the broker's timers if one is due, and closes the connections
