@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod broker;
+pub mod descriptors;
 pub mod ends;
 pub mod hostile;
 pub mod mio_api;
