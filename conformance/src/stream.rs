@@ -119,6 +119,14 @@ pub async fn both_ways<A: Api>(channel: A::Channel, seed: u64, len: u64) -> (Dig
     (sent, received)
 }
 
+/// Sends `len` bytes from `seed` on `channel`, whose other end echoes,
+/// while reading what comes back; fails unless the same bytes came back.
+pub async fn echo_through<A: Api>(channel: A::Channel, seed: u64, len: u64) {
+    let (sent, received) = both_ways::<A>(channel, seed, len).await;
+    assert_eq!(sent, expected_digest(seed, len));
+    assert_eq!(received, sent, "the echo differs");
+}
+
 /// A hasher on `plugin`: each incoming channel's metadata is `seed, len`
 /// (u64 LE each); it hashes what it reads while it sends `len` bytes from
 /// `reply_seed(seed)`, then reports both digests. Runs until the plugin's
