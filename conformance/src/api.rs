@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use plugboard_core::control::{ErrorCode, KeyStats, Member, Presence};
-use plugboard_core::NetworkKey;
+use plugboard_core::{NetworkKey, PublicKey};
 
 use crate::{broker_keys, keys};
 
@@ -197,6 +197,8 @@ pub trait Api: 'static {
     /// A snapshot, then every change, read as the scenario reads it (so a
     /// scenario can fall behind).
     fn watch(plugin: &Self::Plugin) -> impl Future<Output = Result<Watching, Error>> + Send;
+    /// Ends the watch: its stream ends.
+    fn unwatch(plugin: &Self::Plugin) -> impl Future<Output = Result<(), Error>> + Send;
     /// Opens a channel to `name` (asking for a direct path if `direct`).
     fn open(
         plugin: &Self::Plugin,
@@ -209,6 +211,10 @@ pub trait Api: 'static {
     fn incoming(plugin: &Self::Plugin) -> impl Future<Output = Option<Self::Incoming>> + Send;
     /// What the opener sent along with an incoming channel.
     fn metadata(incoming: &Self::Incoming) -> Bytes;
+    /// The protocol the opener named.
+    fn protocol(incoming: &Self::Incoming) -> String;
+    /// The opener's key.
+    fn from_key(incoming: &Self::Incoming) -> PublicKey;
     /// Takes the channel (waiting for its path, if direct).
     fn accept(
         incoming: Self::Incoming,
@@ -217,6 +223,10 @@ pub trait Api: 'static {
     fn reject(incoming: Self::Incoming, reason: &str) -> Result<(), Error>;
     /// Which way a channel goes.
     fn path(channel: &Self::Channel) -> Path;
+    /// The key of the channel's other end.
+    fn peer(channel: &Self::Channel) -> PublicKey;
+    /// Ends the channel both ways at once (dropping it closes gracefully).
+    fn reset(channel: Self::Channel, reason: &str);
 }
 
 /// A plugin builder set up as `how` says (tokio's and smol's builders have
@@ -314,6 +324,10 @@ impl Api for TokioApi {
         Ok(Box::pin(futures_lite::StreamExt::map(feed, Watch::from)))
     }
 
+    async fn unwatch(plugin: &Self::Plugin) -> Result<(), Error> {
+        plugin.unwatch().await.map_err(tokio_error)
+    }
+
     async fn open(
         plugin: &Self::Plugin,
         name: &str,
@@ -333,6 +347,14 @@ impl Api for TokioApi {
         incoming.metadata.clone()
     }
 
+    fn protocol(incoming: &Self::Incoming) -> String {
+        incoming.protocol.clone()
+    }
+
+    fn from_key(incoming: &Self::Incoming) -> PublicKey {
+        incoming.from_key
+    }
+
     async fn accept(incoming: Self::Incoming) -> Result<Self::Channel, Error> {
         incoming.accept().await.map(Compat).map_err(tokio_error)
     }
@@ -347,6 +369,14 @@ impl Api for TokioApi {
             plugboard_tokio::plugin::Path::SocketPair => Path::SocketPair,
             plugboard_tokio::plugin::Path::Tcp => Path::Tcp,
         }
+    }
+
+    fn peer(channel: &Self::Channel) -> PublicKey {
+        channel.0.peer()
+    }
+
+    fn reset(channel: Self::Channel, reason: &str) {
+        channel.0.reset(reason)
     }
 }
 
@@ -415,6 +445,10 @@ impl Api for SmolApi {
         Ok(Box::pin(futures_lite::StreamExt::map(feed, Watch::from)))
     }
 
+    async fn unwatch(plugin: &Self::Plugin) -> Result<(), Error> {
+        plugin.unwatch().await.map_err(smol_error)
+    }
+
     async fn open(
         plugin: &Self::Plugin,
         name: &str,
@@ -435,6 +469,14 @@ impl Api for SmolApi {
         incoming.metadata.clone()
     }
 
+    fn protocol(incoming: &Self::Incoming) -> String {
+        incoming.protocol.clone()
+    }
+
+    fn from_key(incoming: &Self::Incoming) -> PublicKey {
+        incoming.from_key
+    }
+
     async fn accept(incoming: Self::Incoming) -> Result<Self::Channel, Error> {
         incoming.accept().await.map_err(smol_error)
     }
@@ -449,6 +491,14 @@ impl Api for SmolApi {
             plugboard_smol::Path::SocketPair => Path::SocketPair,
             plugboard_smol::Path::Tcp => Path::Tcp,
         }
+    }
+
+    fn peer(channel: &Self::Channel) -> PublicKey {
+        channel.peer()
+    }
+
+    fn reset(channel: Self::Channel, reason: &str) {
+        channel.reset(reason)
     }
 }
 

@@ -43,6 +43,13 @@ impl Running {
     }
 }
 
+impl Running {
+    /// Stops the broker (gracefully) and waits for it; as dropping it does.
+    pub fn stop(self) {
+        drop(self)
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -52,13 +59,27 @@ impl Drop for Running {
 }
 
 /// Starts broker `B` for the scenario `name`, with the suite's defaults
-/// (every test key 1–60 may do anything over TCP), changed by `tweak`.
+/// ([`config`]), changed by `tweak`, on the unix socket
+/// [`socket_path`]`::<B>(name)`: the same again for the same name.
 pub fn start<B: Broker>(name: &str, tweak: impl FnOnce(&mut BrokerConfig)) -> Running {
-    let path = std::env::temp_dir().join(format!(
+    let mut config = config();
+    tweak(&mut config);
+    B::serve(config, socket_path::<B>(name))
+}
+
+/// Where [`start`] puts broker `B`'s unix socket for `name`: in the
+/// temporary directory, named after this process.
+pub fn socket_path<B: Broker>(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
         "plugboard-conformance-{}-{}-{name}.sock",
         B::NAME,
         std::process::id()
-    ));
+    ))
+}
+
+/// The suite's broker: the identity [`broker_keys`], and every test key
+/// 1–60 ([`keys`]) may do anything, over TCP too.
+pub fn config() -> BrokerConfig {
     let mut config = BrokerConfig::new(HandshakeConfig::new(broker_keys()));
     config.policy.keys = (1..=60)
         .map(|seed| policy::KeyGrant {
@@ -71,8 +92,7 @@ pub fn start<B: Broker>(name: &str, tweak: impl FnOnce(&mut BrokerConfig)) -> Ru
             stats: true,
         })
         .collect();
-    tweak(&mut config);
-    B::serve(config, path)
+    config
 }
 
 /// The tokio server, on a two-worker runtime.

@@ -10,6 +10,8 @@
 
 pub mod api;
 pub mod broker;
+pub mod descriptors;
+pub mod ends;
 pub mod hostile;
 pub mod mio_api;
 pub mod scenarios;
@@ -55,6 +57,11 @@ macro_rules! suite {
             ]);
             $crate::suite!(@each_in strangers, $broker, $api, [
                 the_direct_listener_bounds_strangers,
+            ]);
+            $crate::suite!(@each_in ends, $broker, $api, [
+                dropping_closes_gracefully_and_reset_aborts,
+                a_dropped_plugin_resets_its_channels,
+                a_stopped_broker_says_why,
             ]);
         }
     };

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use plugboard_core::broker::Policy;
-use plugboard_core::control::{ErrorCode, Member, Presence};
+use plugboard_core::control::{ErrorCode, Member, Presence, TransportKind};
 use tokio::sync::mpsc;
 
 use crate::api::{Api, Connect, Error, Path, Watch, Watching};
@@ -21,14 +21,15 @@ use crate::stream::{self, hashed_exchanges, serve_hasher, MIB};
 const SCENARIO: Duration = Duration::from_secs(300);
 
 /// Runs `scenario` on `A`'s runtime, failing if it hangs.
-pub(crate) fn run<A: Api, F: Future>(scenario: F) -> F::Output {
+pub fn run<A: Api, F: Future>(scenario: F) -> F::Output {
     A::block_on(futures_lite::future::or(scenario, async {
         A::sleep(SCENARIO).await;
         panic!("the scenario hung");
     }))
 }
 
-pub(crate) async fn connect<A: Api>(how: Connect) -> A::Plugin {
+/// Connects as `how` says, or fails the scenario.
+pub async fn connect<A: Api>(how: Connect) -> A::Plugin {
     let what = format!("{how:?}");
     A::connect(how)
         .await
@@ -49,17 +50,19 @@ fn names(members: &[Member]) -> Vec<String> {
 
 // ── names, list, watch ─────────────────────────────────────────────────
 
-/// Register, a taken name, waiting in line and taking over; list; a watch's
-/// snapshot then numbered changes.
+/// Register (on the unix socket and over TCP), a taken name, waiting in
+/// line and taking over; list, with each member's key and transport; a
+/// watch's snapshot then numbered changes, until it is ended.
 pub fn names_list_and_watch<B: Broker, A: Api>() {
     let broker = start::<B>("names", |_| {});
-    let addr = broker.unix.clone();
+    let (addr, tcp) = (broker.unix.clone(), broker.tcp.clone());
     run::<A, _>(async {
         let watcher = connect::<A>(Connect::new(&addr, 1)).await;
         let mut events = A::watch(&watcher).await.unwrap();
         assert_eq!(next(&mut events).await, Watch::Snapshot(vec![]));
 
         let alpha = connect::<A>(Connect::new(&addr, 2).name("alpha")).await;
+        let beta = connect::<A>(Connect::new(&tcp, 5).name("beta")).await;
         let taken = A::connect(Connect::new(&addr, 3).name("alpha")).await;
         assert_eq!(
             taken.err().and_then(|e| e.code()),
@@ -68,19 +71,30 @@ pub fn names_list_and_watch<B: Broker, A: Api>() {
         let standby = connect::<A>(Connect::new(&addr, 4).name("alpha").wait()).await;
 
         let members = A::list(&watcher).await.unwrap();
-        assert_eq!(names(&members), ["alpha"]);
-        assert_eq!(members[0].key, keys(2).public());
-        match next(&mut events).await {
-            Watch::Change {
-                seq: 1,
-                presence: Presence::Up(m),
-            } => assert_eq!((m.name.as_str(), m.key), ("alpha", keys(2).public())),
-            other => panic!("expected alpha to come up, got {other:?}"),
+        let listed: Vec<_> = members
+            .iter()
+            .map(|m| (m.name.as_str(), m.key, m.transport))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("alpha", keys(2).public(), TransportKind::Unix),
+                ("beta", keys(5).public(), TransportKind::Tcp)
+            ]
+        );
+        for (seq, name, seed) in [(1, "alpha", 2), (2, "beta", 5)] {
+            match next(&mut events).await {
+                Watch::Change {
+                    seq: s,
+                    presence: Presence::Up(m),
+                } if s == seq => assert_eq!((m.name.as_str(), m.key), (name, keys(seed).public())),
+                other => panic!("expected {name} to come up as change {seq}, got {other:?}"),
+            }
         }
         drop(alpha);
         match next(&mut events).await {
             Watch::Change {
-                seq: 2,
+                seq: 3,
                 presence: Presence::OwnerChanged { new, .. },
             } => assert_eq!(new.key, keys(4).public()),
             other => panic!("expected the standby to take over, got {other:?}"),
@@ -88,12 +102,17 @@ pub fn names_list_and_watch<B: Broker, A: Api>() {
         drop(standby);
         match next(&mut events).await {
             Watch::Change {
-                seq: 3,
+                seq: 4,
                 presence: Presence::Down { name, .. },
             } => assert_eq!(name.as_str(), "alpha"),
             other => panic!("expected alpha to go down, got {other:?}"),
         }
-        assert!(A::list(&watcher).await.unwrap().is_empty());
+        assert_eq!(names(&A::list(&watcher).await.unwrap()), ["beta"]);
+        // Ended, the watch says nothing more.
+        A::unwatch(&watcher).await.unwrap();
+        let after = futures_lite::StreamExt::next(&mut events).await;
+        assert_eq!(after, None, "the stream ends with the watch");
+        drop(beta);
     });
 }
 
@@ -144,32 +163,43 @@ pub fn a_watcher_that_falls_behind_is_resynced<B: Broker, A: Api>() {
 
 // ── open, accept, reject, refusals ─────────────────────────────────────
 
-/// Opens to a missing name, a rejecting target and an unreachable broker
-/// fail with their own errors; an accepted channel carries data both ways.
+/// Opens to a missing name (relayed or direct), a rejecting target and an
+/// unreachable broker fail with their own errors; the target sees who opens,
+/// with what protocol and metadata; an accepted channel knows its peer at
+/// each end and carries data both ways.
 pub fn opens_and_refusals_are_typed<B: Broker, A: Api>() {
     let broker = start::<B>("refusals", |_| {});
     let addr = broker.unix.clone();
     run::<A, _>(async {
         let client = connect::<A>(Connect::new(&addr, 1)).await;
-        let missing = A::open(&client, "nobody", "x", Bytes::new(), false).await;
-        assert_eq!(
-            missing.err().and_then(|e| e.code()),
-            Some(ErrorCode::NoSuchName)
-        );
+        for direct in [false, true] {
+            let missing = A::open(&client, "nobody", "x", Bytes::new(), direct).await;
+            assert_eq!(
+                missing.err().and_then(|e| e.code()),
+                Some(ErrorCode::NoSuchName),
+                "direct: {direct}"
+            );
+        }
 
         let picky = Arc::new(connect::<A>(Connect::new(&addr, 2).name("picky")).await);
         let target = picky.clone();
         let answers = A::spawn(async move {
             let incoming = A::incoming(&target).await.expect("the first open");
+            assert_eq!(A::protocol(&incoming), "rude");
+            assert_eq!(&A::metadata(&incoming)[..], b"hello");
+            assert_eq!(A::from_key(&incoming), keys(1).public());
             A::reject(incoming, "no thanks").unwrap();
             let incoming = A::incoming(&target).await.expect("the second open");
+            assert_eq!(A::protocol(&incoming), "polite");
             let mut channel = A::accept(incoming).await.unwrap();
+            assert_eq!(A::peer(&channel), keys(1).public());
             let mut got = Vec::new();
             channel.read_to_end(&mut got).await.unwrap();
             channel.write_all(&got).await.unwrap();
             channel.close().await.unwrap();
         });
-        match A::open(&client, "picky", "rude", Bytes::new(), false).await {
+        let hello = Bytes::from_static(b"hello");
+        match A::open(&client, "picky", "rude", hello, false).await {
             Err(Error::Refused(ErrorCode::Rejected, message)) => {
                 assert!(message.contains("no thanks"), "{message}")
             }
@@ -180,6 +210,7 @@ pub fn opens_and_refusals_are_typed<B: Broker, A: Api>() {
             .await
             .unwrap();
         assert_eq!(A::path(&channel), Path::Relayed);
+        assert_eq!(A::peer(&channel), keys(2).public());
         channel.write_all(b"hello there").await.unwrap();
         channel.close().await.unwrap();
         let mut back = Vec::new();
@@ -347,9 +378,17 @@ pub fn direct_tcp_refuses_strangers_and_falls_back<B: Broker, A: Api>() {
         let (tx, mut reports) = mpsc::unbounded_channel();
         let _dead = serve_hasher::<A>(connect::<A>(dead).await, tx);
         // Asked for direct, the channel ends up relayed.
-        let (sent, received) = stream::exchange::<A>(&client, "dead", 9, MIB, Path::Relayed).await;
-        let report = reports.recv().await.unwrap();
-        assert_eq!((report.received, report.sent), (sent, received));
+        let channel =
+            stream::open_hashed::<A>(&client, "dead", (9, MIB), true, Path::Relayed).await;
+        let (sent, received) = stream::both_ways::<A>(channel, 9, MIB).await;
+        let exchanged = stream::Exchanged {
+            seed: 9,
+            len: MIB,
+            path: Path::Relayed,
+            sent,
+            received,
+        };
+        stream::check_reports(&mut reports, &[exchanged]).await;
     });
 }
 

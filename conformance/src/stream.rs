@@ -7,6 +7,7 @@ use std::io;
 
 use bytes::Bytes;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use plugboard_core::PublicKey;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest as _, Sha256};
@@ -100,6 +101,8 @@ pub struct Report {
     pub seed: u64,
     /// The path of the hasher's end.
     pub path: Path,
+    /// The key of its other end.
+    pub peer: PublicKey,
     /// What it read.
     pub received: Digest,
     /// What it wrote.
@@ -108,12 +111,20 @@ pub struct Report {
 
 /// Sends `len` bytes from `seed` while reading everything the other way, on
 /// one channel; returns (sent, received).
-async fn both_ways<A: Api>(channel: A::Channel, seed: u64, len: u64) -> (Digest, Digest) {
+pub async fn both_ways<A: Api>(channel: A::Channel, seed: u64, len: u64) -> (Digest, Digest) {
     let (mut rd, mut wr) = futures_lite::io::split(channel);
     let writer = A::spawn(async move { send_stream(&mut wr, seed, len).await });
     let received = recv_stream(&mut rd).await.expect("a hashed read");
     let sent = writer.await.expect("a hashed write");
     (sent, received)
+}
+
+/// Sends `len` bytes from `seed` on `channel`, whose other end echoes,
+/// while reading what comes back; fails unless the same bytes came back.
+pub async fn echo_through<A: Api>(channel: A::Channel, seed: u64, len: u64) {
+    let (sent, received) = both_ways::<A>(channel, seed, len).await;
+    assert_eq!(sent, expected_digest(seed, len));
+    assert_eq!(received, sent, "the echo differs");
 }
 
 /// A hasher on `plugin`: each incoming channel's metadata is `seed, len`
@@ -140,15 +151,35 @@ pub fn answer_hashed<A: Api>(incoming: A::Incoming, reports: mpsc::UnboundedSend
         let Ok(channel) = A::accept(incoming).await else {
             return;
         };
-        let path = A::path(&channel);
+        let (path, peer) = (A::path(&channel), A::peer(&channel));
         let (sent, received) = both_ways::<A>(channel, reply_seed(seed), len).await;
         let _ = reports.send(Report {
             seed,
             path,
+            peer,
             received,
             sent,
         });
     }));
+}
+
+/// Opens a channel to the hasher `target` (asking for a direct one if
+/// `direct`) that must take `path`, telling it `seed` and `len`.
+pub async fn open_hashed<A: Api>(
+    client: &A::Plugin,
+    target: &str,
+    (seed, len): (u64, u64),
+    direct: bool,
+    path: Path,
+) -> A::Channel {
+    let mut meta = Vec::with_capacity(16);
+    meta.extend_from_slice(&seed.to_le_bytes());
+    meta.extend_from_slice(&len.to_le_bytes());
+    let channel = A::open(client, target, "hash", Bytes::from(meta), direct)
+        .await
+        .expect("the open");
+    assert_eq!(A::path(&channel), path, "channel {seed}: the opener's path");
+    channel
 }
 
 /// Opens a channel to the hasher `target` that must take `path`, and runs one
@@ -161,15 +192,60 @@ pub async fn exchange<A: Api>(
     len: u64,
     path: Path,
 ) -> (Digest, Digest) {
-    let mut meta = Vec::with_capacity(16);
-    meta.extend_from_slice(&seed.to_le_bytes());
-    meta.extend_from_slice(&len.to_le_bytes());
     let direct = path != Path::Relayed;
-    let channel = A::open(client, target, "hash", Bytes::from(meta), direct)
-        .await
-        .expect("the open");
-    assert_eq!(A::path(&channel), path, "channel {seed}: the opener's path");
+    let channel = open_hashed::<A>(client, target, (seed, len), direct, path).await;
     both_ways::<A>(channel, seed, len).await
+}
+
+/// What the opener's end of one hashed exchange saw.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchanged {
+    /// The opener's seed.
+    pub seed: u64,
+    /// Bytes each way.
+    pub len: u64,
+    /// The path both ends must have taken.
+    pub path: Path,
+    /// What the opener wrote.
+    pub sent: Digest,
+    /// What it read.
+    pub received: Digest,
+}
+
+/// Waits for the hasher's report on each of `exchanged` and checks that
+/// both ends took the path and that no byte was lost, duplicated or changed
+/// either way. Returns the reports, by seed.
+pub async fn check_reports(
+    reports: &mut mpsc::UnboundedReceiver<Report>,
+    exchanged: &[Exchanged],
+) -> HashMap<u64, Report> {
+    let mut by_seed = HashMap::new();
+    for _ in exchanged {
+        let r = reports.recv().await.expect("the hasher reports");
+        by_seed.insert(r.seed, r);
+    }
+    for &Exchanged {
+        seed,
+        len,
+        path,
+        sent,
+        received,
+    } in exchanged
+    {
+        let report = &by_seed[&seed];
+        assert_eq!(report.path, path, "channel {seed}: the hasher's path");
+        assert_eq!(sent, expected_digest(seed, len), "channel {seed}: sent");
+        assert_eq!(
+            report.received, sent,
+            "channel {seed}: damaged on the way in"
+        );
+        assert_eq!(
+            received, report.sent,
+            "channel {seed}: damaged on the way back"
+        );
+        assert_eq!(received, expected_digest(reply_seed(seed), len));
+    }
+    by_seed
 }
 
 /// `client` opens a channel per entry of `sizes`, all at once on its one
@@ -192,28 +268,16 @@ pub async fn hashed_exchanges<A: Api>(
             A::spawn(async move { exchange::<A>(&client, target, seed, len, path).await }),
         ));
     }
-    let mut opened = Vec::new();
+    let mut exchanged = Vec::new();
     for (seed, len, run) in runs {
         let (sent, received) = run.await;
-        opened.push((seed, len, sent, received));
+        exchanged.push(Exchanged {
+            seed,
+            len,
+            path,
+            sent,
+            received,
+        });
     }
-    let mut by_seed = HashMap::new();
-    for _ in sizes {
-        let r = reports.recv().await.expect("the hasher reports");
-        by_seed.insert(r.seed, r);
-    }
-    for (seed, len, sent, received) in opened {
-        let report = &by_seed[&seed];
-        assert_eq!(report.path, path, "channel {seed}: the hasher's path");
-        assert_eq!(sent, expected_digest(seed, len), "channel {seed}: sent");
-        assert_eq!(
-            report.received, sent,
-            "channel {seed}: damaged on the way in"
-        );
-        assert_eq!(
-            received, report.sent,
-            "channel {seed}: damaged on the way back"
-        );
-        assert_eq!(received, expected_digest(reply_seed(seed), len));
-    }
+    check_reports(reports, &exchanged).await;
 }

@@ -84,13 +84,14 @@ async fn relayed_echo_over_unix_and_tcp() {
 #[tokio::test]
 async fn tcp_admits_only_the_keys_the_policy_names() {
     let broker = Broker::start("policy");
-    let stranger = plugboard_tokio::Plugin::builder(keys(42))
+    // The policy names keys 1 to 60.
+    let stranger = plugboard_tokio::Plugin::builder(keys(99))
         .broker_key(common::broker_keys().public())
         .connect(&broker.tcp)
         .await;
     assert!(stranger.is_err());
     // On the unix socket the same key is welcome.
-    let welcome = plugin(&broker.unix, 42, None).await;
+    let welcome = plugin(&broker.unix, 99, None).await;
     assert!(welcome.list().await.unwrap().is_empty());
     broker.stop();
 }

@@ -1,359 +1,52 @@
-//! Reconnection: a plugin that lost its broker connects to the next one on
-//! the same socket, takes its name again, restarts its watch, and says so
-//! once; what was in flight fails with a typed error. Without reconnection
-//! the end is the end. (The same three scenarios as plugboard-tokio's.)
+//! Reconnection on smol, a smoke test: smol's timers pace the attempts and
+//! its sockets make the new connection. Reconnection itself is
+//! plugboard-runtime's, the same on every runtime: plugboard-tokio's
+//! tests/reconnect.rs tests it in full.
 
-mod common;
-
-use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_io::Timer;
-use common::{broker_keys, echo_through, keys, plugin, run, Broker};
-use futures_lite::{future, AsyncReadExt, AsyncWriteExt, StreamExt};
-use plugboard_core::control::{Member, Presence};
-use plugboard_smol::{
-    Channel, ConnectionEvent, EventStream, Path, Plugin, PluginError, Reconnect, WatchEvent,
-};
+use futures_lite::StreamExt;
+use plugboard_conformance::api::{Connect, SmolApi};
+use plugboard_conformance::broker::{start, SmolBroker};
+use plugboard_conformance::scenarios::{connect, run};
+use plugboard_conformance::{broker_keys, keys};
+use plugboard_smol::{ConnectionEvent, Plugin, Reconnect};
 
-/// A safety net, not a measurement.
-async fn soon<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    let limit = Duration::from_secs(20);
-    future::or(fut, async {
-        Timer::after(limit).await;
-        panic!("{what}: not within {limit:?}");
-    })
-    .await
-}
-
-/// Small waits, so that the tests do not sleep much.
-fn quick() -> Reconnect {
-    Reconnect {
-        initial: Duration::from_millis(5),
-        max: Duration::from_millis(50),
-    }
-}
-
-async fn reconnecting(addr: &str, seed: u8, name: Option<&str>) -> Plugin {
-    let mut builder = Plugin::builder(keys(seed))
-        .broker_key(broker_keys().public())
-        .reconnect(quick());
-    if let Some(name) = name {
-        builder = builder.name(name);
-    }
-    soon("connect", builder.connect(addr)).await.unwrap()
-}
-
-/// Echoes every incoming channel, across reconnections; a channel that
-/// breaks just ends.
-fn serve_echo(plugin: Arc<Plugin>) -> smol::Task<()> {
-    smol::spawn(async move {
-        let mut incoming = plugin.incoming();
-        while let Some(offer) = incoming.next().await {
-            smol::spawn(async move {
-                let Ok(mut channel) = offer.accept().await else {
-                    return;
-                };
-                let mut buf = vec![0u8; 32 * 1024];
-                loop {
-                    match channel.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if channel.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = channel.close().await;
+#[test]
+fn a_plugin_reconnects_to_a_broker_started_again() {
+    let broker = start::<SmolBroker>("reconnect", |_| {});
+    let unix = broker.unix.clone();
+    run::<SmolApi, _>(async move {
+        let phoenix = Plugin::builder(keys(1))
+            .broker_key(broker_keys().public())
+            .name("phoenix")
+            .reconnect(Reconnect {
+                initial: Duration::from_millis(5),
+                max: Duration::from_millis(50),
             })
-            .detach();
-        }
-    })
-}
+            .connect(&unix)
+            .await
+            .unwrap();
+        let mut events = phoenix.events();
+        broker.stop();
+        let lost = events.next().await;
+        assert!(
+            matches!(lost, Some(ConnectionEvent::Lost { .. })),
+            "{lost:?}"
+        );
 
-/// Writes a few bytes and reads them back.
-async fn ping(channel: &mut Channel, what: &[u8]) {
-    channel.write_all(what).await.unwrap();
-    let mut back = vec![0u8; what.len()];
-    soon("echo", channel.read_exact(&mut back)).await.unwrap();
-    assert_eq!(back, what);
-}
-
-async fn next_event(events: &mut EventStream) -> ConnectionEvent {
-    soon("a connection event", events.next()).await.unwrap()
-}
-
-/// Waits for `Reconnected`: its attempts, and why the failed ones failed.
-async fn reconnected(events: &mut EventStream) -> (u32, Vec<String>) {
-    let mut failures = Vec::new();
-    loop {
-        match next_event(events).await {
-            ConnectionEvent::Reconnected { attempts } => return (attempts, failures),
-            // (A feed 16 behind keeps the latest: numbers may skip.)
-            ConnectionEvent::AttemptFailed { attempt, reason } => {
-                assert!(attempt as usize > failures.len(), "attempts in order");
-                failures.push(reason);
+        let broker = start::<SmolBroker>("reconnect", |_| {});
+        loop {
+            match events.next().await {
+                Some(ConnectionEvent::AttemptFailed { .. }) => {}
+                Some(ConnectionEvent::Reconnected { attempts }) => break assert!(attempts >= 1),
+                other => panic!("{other:?} before reconnecting"),
             }
-            other => panic!("{other:?} before reconnecting"),
         }
-    }
-}
-
-fn names(members: &[Member]) -> Vec<&str> {
-    members.iter().map(|m| m.name.as_str()).collect()
-}
-
-#[test]
-fn a_lost_broker_is_replaced_name_and_watch_restored() {
-    run(async {
-        let broker = Broker::start("reconnect");
-        let unix = broker.unix.clone();
-
-        let echo = Arc::new(reconnecting(&unix, 1, Some("echo")).await);
-        let mut echo_events = echo.events();
-        let echo_server = serve_echo(echo.clone());
-        // Does not reconnect, and never answers what is opened to it.
-        let sleepy = plugin(&unix, 2, Some("sleepy")).await;
-        let mut sleepy_events = sleepy.events();
-        let watcher = reconnecting(&unix, 3, None).await;
-        let mut watcher_events = watcher.events();
-        let mut watch = watcher.watch().await.unwrap();
-        let Some(WatchEvent::Snapshot(members)) = watch.next().await else {
-            panic!("no snapshot");
-        };
-        assert_eq!(names(&members), ["echo", "sleepy"]);
-
-        // Channels made before the loss: one relayed, one over a socketpair.
-        let mut relayed = watcher.open("echo", "echo").await.unwrap();
-        assert_eq!(relayed.path(), Path::Relayed);
-        ping(&mut relayed, b"relayed").await;
-        let mut pair = watcher.open_direct("echo", "echo").await.unwrap();
-        assert_eq!(pair.path(), Path::SocketPair);
-        ping(&mut pair, b"direct").await;
-
-        // An open in flight: sleepy got the offer and sits on it.
-        let opening = {
-            let echo = echo.clone();
-            smol::spawn(async move { echo.open("sleepy", "nap").await })
-        };
-        let offer = soon("the offer", sleepy.incoming().next()).await.unwrap();
-
-        broker.stop().await;
-
-        // What was in flight fails, typed; the loss is reported once.
-        let opened = soon("the open", opening).await;
-        assert!(
-            matches!(opened, Err(PluginError::Reconnecting(_))),
-            "{:?}",
-            opened.err()
-        );
-        assert!(matches!(
-            next_event(&mut echo_events).await,
-            ConnectionEvent::Lost { .. }
-        ));
-        assert!(matches!(
-            next_event(&mut watcher_events).await,
-            ConnectionEvent::Lost { .. }
-        ));
-        // Until it is back, requests fail the same way.
-        let listed = watcher.list().await;
-        assert!(
-            matches!(listed, Err(PluginError::Reconnecting(_))),
-            "{listed:?}"
-        );
-        // The relayed channel went with the connection; the socketpair did not.
-        let written = relayed.write_all(b"lost").await.unwrap_err();
-        assert!(
-            matches!(
-                written.kind(),
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-            ),
-            "{written}"
-        );
-        let mut buf = [0u8; 16];
-        assert!(relayed.read(&mut buf).await.is_err());
-        ping(&mut pair, b"still direct").await;
-        // The plugin that does not reconnect is over, and so is its offer.
-        assert!(matches!(
-            next_event(&mut sleepy_events).await,
-            ConnectionEvent::Ended { .. }
-        ));
-        assert!(matches!(
-            sleepy.list().await,
-            Err(PluginError::Disconnected(_))
-        ));
-        assert!(offer.accept().await.is_err());
-
-        // A new broker on the same socket.
-        let broker = Broker::start("reconnect");
-        assert_eq!(broker.unix, unix);
-        let (attempts, failures) = reconnected(&mut echo_events).await;
-        assert!(attempts as usize > failures.len());
-        let (attempts, failures) = reconnected(&mut watcher_events).await;
-        assert!(attempts as usize > failures.len());
-
-        // The watch started again: a snapshot, with echo in it or right after.
-        let snapshot = loop {
-            match soon("the new snapshot", watch.next()).await.unwrap() {
-                WatchEvent::Snapshot(members) => break members,
-                WatchEvent::Change { .. } | WatchEvent::Resync { .. } => {}
-            }
-        };
-        assert!(!names(&snapshot).contains(&"sleepy"));
-        if !names(&snapshot).contains(&"echo") {
-            let Some(WatchEvent::Change {
-                presence: Presence::Up(member),
-                ..
-            }) = soon("echo's return", watch.next()).await
-            else {
-                panic!("echo did not come back");
-            };
-            assert_eq!(member.name.as_str(), "echo");
-        }
-
-        // The name is echo's again: another plugin finds it and talks to it
-        // (through echo's incoming stream, which went on).
-        let client = plugin(&broker.unix, 4, None).await;
-        let members = client.list().await.unwrap();
-        assert_eq!(names(&members), ["echo"]);
-        assert_eq!(members[0].key, keys(1).public());
-        let channel = client.open("echo", "echo").await.unwrap();
-        echo_through(channel, 256 * 1024).await;
-        // And the reconnected plugins work as before.
-        let mut relayed = watcher.open("echo", "echo").await.unwrap();
-        ping(&mut relayed, b"relayed again").await;
-        assert_eq!(names(&echo.list().await.unwrap()), ["echo"]);
-
-        // One event each way, no more.
-        assert!(echo_events.try_next().is_none());
-        assert!(watcher_events.try_next().is_none());
-
-        drop(relayed);
-        echo_server.cancel().await;
-        broker.stop().await;
-    });
-}
-
-#[test]
-fn without_reconnection_the_end_is_the_end() {
-    run(async {
-        let broker = Broker::start("no-reconnect");
-        let alone = Arc::new(plugin(&broker.unix, 1, Some("alone")).await);
-        let mut events = alone.events();
-        let sleepy = plugin(&broker.unix, 2, Some("sleepy")).await;
-        let opening = {
-            let alone = alone.clone();
-            smol::spawn(async move { alone.open("sleepy", "nap").await })
-        };
-        let _offer = soon("the offer", sleepy.incoming().next()).await.unwrap();
-
-        broker.stop().await;
-
-        let opened = soon("the open", opening).await;
-        assert!(
-            matches!(opened, Err(PluginError::Disconnected(_))),
-            "{:?}",
-            opened.err()
-        );
-        assert!(matches!(
-            next_event(&mut events).await,
-            ConnectionEvent::Ended { .. }
-        ));
-        assert!(matches!(
-            alone.list().await,
-            Err(PluginError::Disconnected(_))
-        ));
-        assert!(matches!(
-            alone.open("sleepy", "nap").await,
-            Err(PluginError::Disconnected(_))
-        ));
-
-        // A broker back on the socket changes nothing for it.
-        let broker = Broker::start("no-reconnect");
-        let other = plugin(&broker.unix, 3, None).await;
-        assert!(other.list().await.unwrap().is_empty());
-        assert!(matches!(
-            alone.list().await,
-            Err(PluginError::Disconnected(_))
-        ));
-        assert!(events.try_next().is_none());
-        broker.stop().await;
-    });
-}
-
-/// A broker on `addr` that lets key 5 connect but not register a name.
-fn strict_broker(addr: &str) -> (smol::channel::Sender<()>, smol::Task<()>) {
-    use plugboard_core::broker::{policy, BrokerConfig};
-    use plugboard_core::shs::HandshakeConfig;
-    let mut config = BrokerConfig::new(HandshakeConfig::new(broker_keys()));
-    config.policy.keys = vec![policy::KeyGrant {
-        id: keys(5).public(),
-        register: vec![],
-        open: vec![policy::Pattern::any()],
-        direct: vec![policy::Pattern::any()],
-        list: true,
-        watch: true,
-        stats: false,
-    }];
-    let addr: plugboard_smol::Addr = addr.parse().unwrap();
-    let server = plugboard_smol::Server::bind(config, &[addr]).unwrap();
-    let (stop, stopped) = smol::channel::bounded::<()>(1);
-    let task = smol::spawn(server.run(async move {
-        let _ = stopped.recv().await;
-    }));
-    (stop, task)
-}
-
-#[test]
-fn a_broker_that_refuses_the_name_is_a_failed_attempt() {
-    run(async {
-        let broker = Broker::start("refused");
-        let unix = broker.unix.clone();
-        let proud = reconnecting(&unix, 5, Some("proud")).await;
-        let mut events = proud.events();
-        broker.stop().await;
-        assert!(matches!(
-            next_event(&mut events).await,
-            ConnectionEvent::Lost { .. }
-        ));
-
-        // The next broker lets it in but refuses its name: not reconnected,
-        // it tries again (its requests say why meanwhile).
-        let (stop, task) = strict_broker(&unix);
-        soon("the refusal", async {
-            loop {
-                match proud.list().await {
-                    Err(PluginError::Reconnecting(reason))
-                        if reason.contains("may not register") =>
-                    {
-                        break
-                    }
-                    Err(PluginError::Reconnecting(_)) => {
-                        Timer::after(Duration::from_millis(5)).await;
-                    }
-                    other => panic!("{other:?}"),
-                }
-            }
-        })
-        .await;
-        stop.send(()).await.unwrap();
-        soon("the strict broker's stop", task).await;
-
-        // One that takes it: reconnected, once, after more than one attempt.
-        let broker = Broker::start("refused");
-        let (attempts, failures) = reconnected(&mut events).await;
-        assert!(attempts >= 2, "{attempts}");
-        assert!(
-            failures.iter().any(|f| f.contains("may not register")),
-            "the refusals were reported: {failures:?}"
-        );
-        let other = plugin(&broker.unix, 6, None).await;
+        // The new broker knows the name, and whose it is.
+        let other = connect::<SmolApi>(Connect::new(&broker.unix, 2)).await;
         let members = other.list().await.unwrap();
-        assert_eq!(names(&members), ["proud"]);
-        assert_eq!(members[0].key, keys(5).public());
-        assert!(events.try_next().is_none());
-        broker.stop().await;
+        let listed: Vec<_> = members.iter().map(|m| (m.name.as_str(), m.key)).collect();
+        assert_eq!(listed, [("phoenix", keys(1).public())]);
     });
 }

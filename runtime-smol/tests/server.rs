@@ -1,21 +1,27 @@
-//! The smol server's own rules: binding (0600, a stale file replaced, a
-//! live one refused), TCP admits only named keys, a graceful stop says why
-//! and removes the socket file.
+//! The server's own rules: binding (0600, a stale file replaced, a live
+//! one refused, a TCP port in use), and listeners bound by someone else.
+//! The server is plugboard-runtime's, the same on every runtime: tested
+//! here, on smol. (What it serves is the conformance suite's.)
 
-mod common;
-
-use plugboard_os::activation::adopt;
 use std::os::unix::fs::PermissionsExt as _;
 
-use common::{broker_keys, config, keys, plugin, run, sock_path, within, Broker, PATIENCE};
-use futures_lite::StreamExt;
+use plugboard_conformance::api::{Connect, SmolApi};
+use plugboard_conformance::broker::{config, socket_path, SmolBroker};
+use plugboard_conformance::scenarios::{connect, run};
+use plugboard_conformance::{broker_keys, keys};
 use plugboard_core::broker::BrokerConfig;
 use plugboard_core::shs::HandshakeConfig;
-use plugboard_smol::{Addr, Plugin, PluginError, ServeError, Server};
+use plugboard_os::activation::adopt;
+use plugboard_smol::{Addr, ServeError, Server};
+
+/// A unix socket path of this test process.
+fn sock_path(name: &str) -> std::path::PathBuf {
+    socket_path::<SmolBroker>(name)
+}
 
 #[test]
 fn binding_rules() {
-    run(async {
+    run::<SmolApi, _>(async {
         // A stale file (nobody answers) is replaced; the socket is private.
         let path = sock_path("stale");
         let dead = std::os::unix::net::UnixListener::bind(&path).unwrap();
@@ -51,50 +57,10 @@ fn binding_rules() {
         let task = smol::spawn(server.run(async move {
             let _ = stopped.recv().await;
         }));
-        let client = plugin(&addrs[0].to_string(), 1, None).await;
+        let client = connect::<SmolApi>(Connect::new(&addrs[0].to_string(), 1)).await;
         assert!(client.list().await.unwrap().is_empty());
         drop(stop);
-        within(PATIENCE, task).await;
-        assert!(!path.exists(), "the socket file stayed");
-    });
-}
-
-#[test]
-fn tcp_admits_only_the_keys_the_policy_names() {
-    run(async {
-        let broker = Broker::start("policy");
-        let stranger = Plugin::builder(keys(42))
-            .broker_key(broker_keys().public())
-            .connect(&broker.tcp)
-            .await;
-        assert!(stranger.is_err());
-        // On the unix socket the same key is welcome.
-        let welcome = plugin(&broker.unix, 42, None).await;
-        assert!(welcome.list().await.unwrap().is_empty());
-        broker.stop().await;
-    });
-}
-
-#[test]
-fn a_stop_says_why_and_removes_the_socket() {
-    run(async {
-        let broker = Broker::start("stop");
-        let path = sock_path("stop");
-        let client = plugin(&broker.unix, 1, Some("leaving")).await;
-        let mut changes = client.watch().await.unwrap();
-        assert!(changes.next().await.is_some(), "no snapshot");
-        broker.stop().await;
-        // The watch ends with the connection.
-        while within(PATIENCE, changes.next()).await.is_some() {}
-        // The server's last words said why.
-        match client.list().await {
-            Err(PluginError::Disconnected(reason)) => {
-                assert!(reason.contains("shutting down"), "{reason}")
-            }
-            other => panic!("{other:?}"),
-        }
-        // Offers end too.
-        assert!(within(PATIENCE, client.incoming().next()).await.is_none());
+        task.await;
         assert!(!path.exists(), "the socket file stayed");
     });
 }
@@ -104,7 +70,7 @@ fn a_stop_says_why_and_removes_the_socket() {
 /// the server stops: they are not the server's.
 #[test]
 fn serves_listeners_bound_elsewhere() {
-    run(async {
+    run::<SmolApi, _>(async {
         let path = sock_path("inherited");
         let _ = std::fs::remove_file(&path);
         let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
@@ -128,17 +94,18 @@ fn serves_listeners_bound_elsewhere() {
         }));
         // Through the inherited unix socket, a named plugin and a client.
         let unix_addr = Addr::Unix(path.clone()).to_string();
-        let named = plugin(&unix_addr, 1, Some("passed")).await;
-        let client = plugin(&unix_addr, 2, None).await;
+        let named = connect::<SmolApi>(Connect::new(&unix_addr, 1).name("passed")).await;
+        let client = connect::<SmolApi>(Connect::new(&unix_addr, 2)).await;
         let members = client.list().await.unwrap();
         assert_eq!(members.len(), 1);
         assert_eq!(members[0].name.as_str(), "passed");
         // Through the inherited TCP socket, the same broker.
-        let remote = plugin(&Addr::Tcp(tcp_addr).to_string(), 3, None).await;
+        let tcp_addr = Addr::Tcp(tcp_addr).to_string();
+        let remote = connect::<SmolApi>(Connect::new(&tcp_addr, 3)).await;
         assert_eq!(remote.list().await.unwrap().len(), 1);
         drop((named, client, remote));
         drop(stop);
-        within(PATIENCE, task).await;
+        task.await;
         assert!(path.exists(), "an inherited socket file was removed");
         assert!(!own.exists(), "the server's own socket file stayed");
         let _ = std::fs::remove_file(&path);

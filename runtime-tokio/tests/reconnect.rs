@@ -2,18 +2,41 @@
 //! the same socket, takes its name again, restarts its watch, and says so
 //! once; what was in flight fails with a typed error. Without reconnection
 //! the end is the end.
-
-mod common;
+//!
+//! Reconnection is `plugboard-runtime`'s, the same for every runtime: it is
+//! tested here, on tokio (plugboard-smol has a smoke test of its own). The
+//! brokers are the conformance suite's tokio server, on a thread of its
+//! own, restarted on the same socket by name.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{broker_keys, echo_through, keys, plugin, Broker};
+use plugboard_conformance::api::{Compat, Connect, TokioApi};
+use plugboard_conformance::broker::{start, Running, TokioBroker};
+use plugboard_conformance::scenarios::connect;
+use plugboard_conformance::{broker_keys, keys, stream};
 use plugboard_core::control::{Member, Presence};
 use plugboard_tokio::plugin::Path;
-use plugboard_tokio::{ConnectionEvent, Plugin, PluginError, Reconnect, WatchEvent};
+use plugboard_tokio::{Channel, ConnectionEvent, Plugin, PluginError, Reconnect, WatchEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The tokio broker on the unix socket named `name` (the same each time).
+fn broker(name: &str) -> Running {
+    start::<TokioBroker>(name, |_| {})
+}
+
+/// Stops `broker` gracefully, off this runtime's thread (that waits).
+async fn stop(broker: Running) {
+    tokio::task::spawn_blocking(move || broker.stop())
+        .await
+        .unwrap()
+}
+
+/// A plugin that does not reconnect.
+async fn plugin(how: Connect) -> Plugin {
+    within("connect", connect::<TokioApi>(how)).await
+}
 
 /// A safety net, not a measurement.
 async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
@@ -67,7 +90,7 @@ fn serve_echo(plugin: Arc<Plugin>) -> tokio::task::JoinHandle<()> {
 }
 
 /// Writes a few bytes and reads them back.
-async fn ping(channel: &mut plugboard_tokio::Channel, what: &[u8]) {
+async fn ping(channel: &mut Channel, what: &[u8]) {
     channel.write_all(what).await.unwrap();
     let mut back = vec![0u8; what.len()];
     within("echo", channel.read_exact(&mut back)).await.unwrap();
@@ -98,16 +121,22 @@ fn names(members: &[Member]) -> Vec<&str> {
     members.iter().map(|m| m.name.as_str()).collect()
 }
 
+/// `len` bytes through an echo and back, written while read, checked.
+async fn echo_through(channel: Channel, len: u64) {
+    let echoed = stream::echo_through::<TokioApi>(Compat(channel), 7, len);
+    within("the echo", echoed).await
+}
+
 #[tokio::test]
 async fn a_lost_broker_is_replaced_name_and_watch_restored() {
-    let broker = Broker::start("reconnect").await;
+    let broker = broker("reconnect");
     let unix = broker.unix.clone();
 
     let echo = Arc::new(reconnecting(&unix, 1, Some("echo")).await);
     let mut echo_events = echo.events();
     let echo_server = serve_echo(echo.clone());
     // Does not reconnect, and never answers what is opened to it.
-    let sleepy = plugin(&unix, 2, Some("sleepy")).await;
+    let sleepy = plugin(Connect::new(&unix, 2).name("sleepy")).await;
     let mut sleepy_events = sleepy.events();
     let watcher = reconnecting(&unix, 3, None).await;
     let mut watcher_events = watcher.events();
@@ -134,7 +163,7 @@ async fn a_lost_broker_is_replaced_name_and_watch_restored() {
         .await
         .unwrap();
 
-    broker.stop().await;
+    stop(broker).await;
 
     // What was in flight fails, typed; the loss is reported once.
     let opened = within("the open", opening).await.unwrap();
@@ -180,7 +209,7 @@ async fn a_lost_broker_is_replaced_name_and_watch_restored() {
     assert!(offer.accept().await.is_err());
 
     // A new broker on the same socket.
-    let broker = Broker::start("reconnect").await;
+    let broker = self::broker("reconnect");
     assert_eq!(broker.unix, unix);
     let (attempts, failures) = reconnected(&mut echo_events).await;
     assert!(attempts as usize > failures.len());
@@ -208,7 +237,7 @@ async fn a_lost_broker_is_replaced_name_and_watch_restored() {
 
     // The name is echo's again: another plugin finds it and talks to it
     // (through echo's incoming stream, which went on).
-    let client = plugin(&broker.unix, 4, None).await;
+    let client = plugin(Connect::new(&broker.unix, 4)).await;
     let members = client.list().await.unwrap();
     assert_eq!(names(&members), ["echo"]);
     assert_eq!(members[0].key, keys(1).public());
@@ -225,15 +254,15 @@ async fn a_lost_broker_is_replaced_name_and_watch_restored() {
 
     drop(relayed);
     echo_server.abort();
-    broker.stop().await;
+    stop(broker).await;
 }
 
 #[tokio::test]
 async fn without_reconnection_the_end_is_the_end() {
-    let broker = Broker::start("no-reconnect").await;
-    let alone = Arc::new(plugin(&broker.unix, 1, Some("alone")).await);
+    let broker = broker("no-reconnect");
+    let alone = Arc::new(plugin(Connect::new(&broker.unix, 1).name("alone")).await);
     let mut events = alone.events();
-    let sleepy = plugin(&broker.unix, 2, Some("sleepy")).await;
+    let sleepy = plugin(Connect::new(&broker.unix, 2).name("sleepy")).await;
     let opening = {
         let alone = alone.clone();
         tokio::spawn(async move { alone.open("sleepy", "nap").await })
@@ -242,7 +271,7 @@ async fn without_reconnection_the_end_is_the_end() {
         .await
         .unwrap();
 
-    broker.stop().await;
+    stop(broker).await;
 
     let opened = within("the open", opening).await.unwrap();
     assert!(
@@ -263,52 +292,41 @@ async fn without_reconnection_the_end_is_the_end() {
     ));
 
     // A broker back on the socket changes nothing for it.
-    let broker = Broker::start("no-reconnect").await;
-    let other = plugin(&broker.unix, 3, None).await;
+    let broker = self::broker("no-reconnect");
+    let other = plugin(Connect::new(&broker.unix, 3)).await;
     assert!(other.list().await.unwrap().is_empty());
     assert!(matches!(
         alone.list().await,
         Err(PluginError::Disconnected(_))
     ));
     assert!(events.try_next().is_none());
-    broker.stop().await;
+    stop(broker).await;
 }
 
-/// A broker on `addr` that lets key 5 connect but not register a name.
-async fn strict_broker(
-    addr: &str,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-) {
-    use plugboard_core::broker::{policy, BrokerConfig};
-    use plugboard_core::shs::HandshakeConfig;
-    let mut config = BrokerConfig::new(HandshakeConfig::new(broker_keys()));
-    config.policy.keys = vec![policy::KeyGrant {
-        id: keys(5).public(),
-        register: vec![],
-        open: vec![policy::Pattern::any()],
-        direct: vec![policy::Pattern::any()],
-        list: true,
-        watch: true,
-        stats: false,
-    }];
-    let addr: plugboard_tokio::Addr = addr.parse().unwrap();
-    let server = plugboard_tokio::Server::bind(config, &[addr]).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
-    (stop, task)
+/// A broker on the socket named `name` that lets key 5 connect but not
+/// register a name.
+fn strict_broker(name: &str) -> Running {
+    use plugboard_core::broker::policy;
+    start::<TokioBroker>(name, |config| {
+        config.policy.keys = vec![policy::KeyGrant {
+            id: keys(5).public(),
+            register: vec![],
+            open: vec![policy::Pattern::any()],
+            direct: vec![policy::Pattern::any()],
+            list: true,
+            watch: true,
+            stats: false,
+        }]
+    })
 }
 
 #[tokio::test]
 async fn a_broker_that_refuses_the_name_is_a_failed_attempt() {
-    let broker = Broker::start("refused").await;
+    let broker = broker("refused");
     let unix = broker.unix.clone();
     let proud = reconnecting(&unix, 5, Some("proud")).await;
     let mut events = proud.events();
-    broker.stop().await;
+    stop(broker).await;
     assert!(matches!(
         next_event(&mut events).await,
         ConnectionEvent::Lost { .. }
@@ -316,7 +334,8 @@ async fn a_broker_that_refuses_the_name_is_a_failed_attempt() {
 
     // The next broker lets it in but refuses its name: not reconnected, it
     // tries again (its requests say why meanwhile).
-    let (stop, task) = strict_broker(&unix).await;
+    let strict = strict_broker("refused");
+    assert_eq!(strict.unix, unix);
     within("the refusal", async {
         loop {
             match proud.list().await {
@@ -331,23 +350,22 @@ async fn a_broker_that_refuses_the_name_is_a_failed_attempt() {
         }
     })
     .await;
-    stop.send(()).unwrap();
-    task.await.unwrap();
+    stop(strict).await;
 
     // One that takes it: reconnected, once, after more than one attempt.
-    let broker = Broker::start("refused").await;
+    let broker = self::broker("refused");
     let (attempts, failures) = reconnected(&mut events).await;
     assert!(attempts >= 2, "{attempts}");
     assert!(
         failures.iter().any(|f| f.contains("may not register")),
         "the refusals were reported: {failures:?}"
     );
-    let other = plugin(&broker.unix, 6, None).await;
+    let other = plugin(Connect::new(&broker.unix, 6)).await;
     let members = other.list().await.unwrap();
     assert_eq!(names(&members), ["proud"]);
     assert_eq!(members[0].key, keys(5).public());
     assert!(events.try_next().is_none());
-    broker.stop().await;
+    stop(broker).await;
 }
 
 /// What a relayed channel had received and not read when the connection
@@ -355,7 +373,7 @@ async fn a_broker_that_refuses_the_name_is_a_failed_attempt() {
 /// before the loss, or the loss); a write fails. Nothing received is dropped.
 #[tokio::test]
 async fn a_lost_channel_is_read_to_its_end() {
-    let broker = Broker::start("unread").await;
+    let broker = broker("unread");
     let reader = reconnecting(&broker.unix, 1, None).await;
     let talker = Arc::new(reconnecting(&broker.unix, 2, Some("talker")).await);
     let speaking = {
@@ -377,7 +395,7 @@ async fn a_lost_channel_is_read_to_its_end() {
         .await
         .unwrap();
     let mut events = reader.events();
-    broker.stop().await;
+    stop(broker).await;
     assert!(matches!(
         next_event(&mut events).await,
         ConnectionEvent::Lost { .. }

@@ -16,11 +16,12 @@ use plugboard_core::control::{
 use plugboard_core::direct::DirectEvent;
 use plugboard_core::session::{Recv, SessionConfig, SessionEvent};
 use plugboard_core::shs::HandshakeConfig;
+use plugboard_core::PublicKey;
 use plugboard_mio::{Addr, Clock, DirectTcp, PluginConn};
 use plugboard_os::{Place, Strangers};
 use tokio::sync::{mpsc, oneshot};
 
-use super::pipe::{End, Feed, Pipe, PIPE_BYTES};
+use super::pipe::{Broken, End, Feed, Pipe, PIPE_BYTES};
 use super::{Command, Inbox, MioIncoming, MioPlugin, Opened, Reply, Shared};
 use crate::api::{Connect, Error, Path, Watch};
 use crate::broker_keys;
@@ -70,6 +71,7 @@ enum Pending {
     List(Reply<Vec<plugboard_core::control::Member>>),
     Stats(Reply<Vec<plugboard_core::control::KeyStats>>),
     Watch(Reply<Arc<Feed>>),
+    Unwatch(Reply<()>),
     Open(Reply<Opened>),
 }
 
@@ -95,13 +97,15 @@ struct Loop {
     offered: HashMap<ChannelId, IncomingPath>,
     /// Offers reset before the scenario answered them.
     reset_offers: HashMap<ChannelId, (ErrorCode, String)>,
-    /// Accepted channels waiting for their path.
-    accepts: HashMap<ChannelId, Reply<Opened>>,
+    /// Accepted channels waiting for their path, and their openers.
+    accepts: HashMap<ChannelId, (Reply<Opened>, PublicKey)>,
     relayed: HashMap<ChannelId, Arc<Pipe>>,
     directs: HashMap<Token, Direct>,
     next_token: usize,
     feed: Option<Arc<Feed>>,
     dropped: bool,
+    /// Why the connection ended, once it has.
+    closed: Option<String>,
 }
 
 fn other(e: impl ToString) -> Error {
@@ -170,6 +174,7 @@ impl Loop {
             next_token: FIRST_DIRECT,
             feed: None,
             dropped: false,
+            closed: None,
         })
     }
 
@@ -241,7 +246,8 @@ impl Loop {
 
     fn command(&mut self, command: Command) {
         let Some(conn) = &mut self.conn else {
-            return refuse(command, "the connection is over");
+            let why = self.closed.as_deref().unwrap_or("the connection is over");
+            return refuse(command, why);
         };
         let mut session = conn.session_mut();
         let now = session.now();
@@ -249,6 +255,13 @@ impl Loop {
             Command::List(reply) => (session.list(now), Pending::List(reply)),
             Command::Stats(reply) => (session.stats(now), Pending::Stats(reply)),
             Command::Watch(reply) => (session.watch(now), Pending::Watch(reply)),
+            Command::Unwatch(reply) => {
+                // The scenario's stream ends at once, as the runtimes' do.
+                if let Some(feed) = self.feed.take() {
+                    feed.end();
+                }
+                (session.unwatch(now), Pending::Unwatch(reply))
+            }
             Command::Open {
                 name,
                 protocol,
@@ -263,7 +276,11 @@ impl Loop {
                 let opened = session.open(now, name, &protocol, metadata, direct);
                 (opened.map(|(request, _)| request), Pending::Open(reply))
             }
-            Command::Accept { channel, reply } => {
+            Command::Accept {
+                channel,
+                peer,
+                reply,
+            } => {
                 if let Some((code, reason)) = self.reset_offers.remove(&channel) {
                     return drop(reply.send(Err(Error::Reset(code, reason))));
                 }
@@ -275,9 +292,9 @@ impl Loop {
                 match path {
                     Some(IncomingPath::Relay) => {
                         let pipe = self.relay(channel);
-                        let _ = reply.send(Ok(Opened::Pipe(pipe, Path::Relayed)));
+                        let _ = reply.send(Ok(Opened::Pipe(pipe, Path::Relayed, peer)));
                     }
-                    _ => drop(self.accepts.insert(channel, reply)),
+                    _ => drop(self.accepts.insert(channel, (reply, peer))),
                 }
                 return;
             }
@@ -363,6 +380,11 @@ impl Loop {
                     let _ = reply.send(Ok(keys));
                 }
             }
+            SessionEvent::Done { request } => {
+                if let Some(Pending::Unwatch(reply)) = self.requests.remove(&request) {
+                    let _ = reply.send(Ok(()));
+                }
+            }
             SessionEvent::Watching {
                 request, members, ..
             } => {
@@ -384,10 +406,12 @@ impl Loop {
             }
             SessionEvent::Incoming {
                 channel,
+                from_key,
+                protocol,
                 metadata,
                 path,
                 ..
-            } => self.offer(channel, metadata, path),
+            } => self.offer(channel, from_key, protocol, metadata, path),
             SessionEvent::Opened {
                 request,
                 channel,
@@ -401,28 +425,38 @@ impl Loop {
                 match path {
                     OpenedPath::Relay => {
                         let pipe = self.relay(channel);
-                        let _ = reply.send(Ok(Opened::Pipe(pipe, Path::Relayed)));
+                        let _ = reply.send(Ok(Opened::Pipe(pipe, Path::Relayed, peer)));
                     }
                     OpenedPath::SocketPair => {
-                        let _ = reply.send(self.take_fd(fd).map(Opened::Fd));
+                        let _ = reply.send(self.take_fd(fd).map(|fd| Opened::Fd(fd, peer)));
                     }
                     OpenedPath::Dial { addr, token } => {
                         let handshake = self.handshake.clone();
                         match DirectTcp::dial(&addr, handshake, peer, token, self.clock) {
-                            Ok(tcp) => self.add_direct(tcp, Role::Dialing { channel, reply }),
-                            Err(_) => self.fall_back(channel, reply),
+                            Ok(tcp) => {
+                                let role = Role::Dialing {
+                                    channel,
+                                    peer,
+                                    reply,
+                                };
+                                self.add_direct(tcp, role)
+                            }
+                            Err(_) => self.fall_back(channel, peer, reply),
                         }
                     }
                 }
             }
             SessionEvent::ChannelPath { channel, path, fd } => {
                 let fd = self.take_fd(fd);
-                let Some(reply) = self.accepts.remove(&channel) else {
+                let Some((reply, peer)) = self.accepts.remove(&channel) else {
                     return; // a socketpair for a channel that is gone: closed
                 };
                 let opened = match path {
-                    ChannelPath::Relay => Ok(Opened::Pipe(self.relay(channel), Path::Relayed)),
-                    ChannelPath::SocketPair => fd.map(Opened::Fd),
+                    ChannelPath::Relay => {
+                        let pipe = self.relay(channel);
+                        Ok(Opened::Pipe(pipe, Path::Relayed, peer))
+                    }
+                    ChannelPath::SocketPair => fd.map(|fd| Opened::Fd(fd, peer)),
                 };
                 let _ = reply.send(opened);
             }
@@ -431,7 +465,7 @@ impl Loop {
                 code,
                 reason,
             } => {
-                if let Some(reply) = self.accepts.remove(&channel) {
+                if let Some((reply, _)) = self.accepts.remove(&channel) {
                     let _ = reply.send(Err(Error::Reset(code, reason)));
                 } else if self.offered.remove(&channel).is_some() {
                     self.reset_offers.insert(channel, (code, reason));
@@ -444,13 +478,12 @@ impl Loop {
                 if let Some(pipe) = self.relayed.remove(&channel) {
                     let mut st = pipe.lock();
                     unread.into_iter().for_each(|b| st.deliver(b));
-                    st.break_off("the connection was lost".into());
+                    st.cut_off("the connection was lost".into());
                 }
             }
             SessionEvent::Closed { reason, .. } => self.hang_up(&reason),
             // No reconnection is configured; readiness is looked at anyway.
-            SessionEvent::Done { .. }
-            | SessionEvent::NameAcquired { .. }
+            SessionEvent::NameAcquired { .. }
             | SessionEvent::Readable { .. }
             | SessionEvent::Writable { .. }
             | SessionEvent::ChannelClosed { .. }
@@ -471,9 +504,18 @@ impl Loop {
         }
     }
 
-    fn offer(&mut self, channel: ChannelId, metadata: bytes::Bytes, path: IncomingPath) {
+    fn offer(
+        &mut self,
+        channel: ChannelId,
+        from_key: PublicKey,
+        protocol: String,
+        metadata: bytes::Bytes,
+        path: IncomingPath,
+    ) {
         let incoming = MioIncoming {
             channel,
+            from_key,
+            protocol,
             metadata,
             plugin: self.shared.clone(),
             answered: false,
@@ -492,12 +534,12 @@ impl Loop {
     }
 
     /// The dial failed: the relayed channel it kept is the channel.
-    fn fall_back(&mut self, channel: ChannelId, reply: Reply<Opened>) {
+    fn fall_back(&mut self, channel: ChannelId, peer: PublicKey, reply: Reply<Opened>) {
         if let Some(conn) = &mut self.conn {
             let _ = conn.session_mut().direct_failed(channel);
         }
         let pipe = self.relay(channel);
-        let _ = reply.send(Ok(Opened::Pipe(pipe, Path::Relayed)));
+        let _ = reply.send(Ok(Opened::Pipe(pipe, Path::Relayed, peer)));
     }
 
     /// The connection is over: what waited on it fails.
@@ -507,15 +549,16 @@ impl Loop {
         };
         let _ = self.poll.registry().deregister(&mut conn);
         drop(conn);
+        self.closed = Some(reason.to_owned());
         self.connected(Err(Error::Disconnected(reason.to_owned())));
         let gone = || Error::Disconnected(reason.to_owned());
         self.requests.drain().for_each(|(_, p)| fail(p, gone()));
         self.accepts
             .drain()
-            .for_each(|(_, r)| drop(r.send(Err(gone()))));
+            .for_each(|(_, (r, _))| drop(r.send(Err(gone()))));
         for (_, pipe) in self.relayed.drain() {
             pipe.lock()
-                .break_off(format!("the connection is over: {reason}"));
+                .cut_off(format!("the connection is over: {reason}"));
         }
         self.offers = None;
         if let Some(feed) = self.feed.take() {
@@ -534,6 +577,13 @@ impl Loop {
             let mut session = conn.session_mut();
             self.relayed.retain(|&channel, pipe| {
                 let mut st = pipe.lock();
+                if let Some(reason) = st.reset.take() {
+                    // At once, both ways; then let go, as a dropped one.
+                    let _ = session.reset(channel, ErrorCode::Cancelled, &reason);
+                    session.close_channel(channel);
+                    any = true;
+                    return false;
+                }
                 any |= relay_out(&mut session, channel, &mut st);
                 any |= relay_in(&mut session, channel, &mut st);
                 // Let go once what it wrote went to the session.
@@ -568,7 +618,7 @@ fn relay_out(
                     break;
                 }
             }
-            Err(e) => st.break_off(e.to_string()),
+            Err(e) => st.cut_off(e.to_string()),
         }
     }
     // (A dropped channel is finished by `close_channel`.)
@@ -597,7 +647,7 @@ fn relay_in(
             Ok(Recv::Data(_) | Recv::Blocked) => break,
             Ok(Recv::Finished) => st.end(End::Fin),
             Ok(Recv::Reset { code, reason }) => st.break_off(format!("{code:?}: {reason}")),
-            Err(e) => st.break_off(e.to_string()),
+            Err(e) => st.cut_off(e.to_string()),
         }
         got = true;
     }
@@ -612,6 +662,7 @@ fn refuse(command: Command, why: &str) {
         Command::List(reply) => drop(reply.send(Err(gone()))),
         Command::Stats(reply) => drop(reply.send(Err(gone()))),
         Command::Watch(reply) => drop(reply.send(Err(gone()))),
+        Command::Unwatch(reply) => drop(reply.send(Err(gone()))),
         Command::Open { reply, .. } | Command::Accept { reply, .. } => {
             drop(reply.send(Err(gone())))
         }
@@ -625,6 +676,7 @@ fn fail(pending: Pending, error: Error) {
         Pending::List(reply) => drop(reply.send(Err(error))),
         Pending::Stats(reply) => drop(reply.send(Err(error))),
         Pending::Watch(reply) => drop(reply.send(Err(error))),
+        Pending::Unwatch(reply) => drop(reply.send(Err(error))),
         Pending::Open(reply) => drop(reply.send(Err(error))),
     }
 }

@@ -29,6 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use plugboard_core::control::{ChannelId, KeyStats, Member};
+use plugboard_core::PublicKey;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{Api, Connect, Error, Path, Spawned, Watching};
@@ -73,6 +74,7 @@ enum Command {
     List(Reply<Vec<Member>>),
     Stats(Reply<Vec<KeyStats>>),
     Watch(Reply<Arc<Feed>>),
+    Unwatch(Reply<()>),
     Open {
         name: String,
         protocol: String,
@@ -82,6 +84,8 @@ enum Command {
     },
     Accept {
         channel: ChannelId,
+        /// The opener.
+        peer: PublicKey,
         reply: Reply<Opened>,
     },
     Reject {
@@ -90,12 +94,12 @@ enum Command {
     },
 }
 
-/// A channel as the thread hands it over.
+/// A channel as the thread hands it over, with its other end's key.
 enum Opened {
     /// Bytes the thread moves: a relayed channel, or a direct TCP one.
-    Pipe(Arc<Pipe>, Path),
+    Pipe(Arc<Pipe>, Path, PublicKey),
     /// A socketpair end from the broker.
-    Fd(OwnedFd),
+    Fd(OwnedFd, PublicKey),
 }
 
 /// A plugin: its thread runs until the plugin and its channels are dropped.
@@ -115,12 +119,11 @@ impl MioPlugin {
 
 fn into_channel(opened: Opened, shared: Arc<Shared>) -> MioChannel {
     match opened {
-        Opened::Pipe(pipe, path) => MioChannel(Kind::Piped { pipe, shared, path }),
-        Opened::Fd(fd) => {
+        Opened::Pipe(pipe, path, peer) => MioChannel(Kind::Piped { pipe, shared, path }, peer),
+        Opened::Fd(fd, peer) => {
             let stream = UnixStream::from(fd);
-            MioChannel(Kind::Fd(
-                smol::Async::new(stream).expect("a non-blocking socketpair end"),
-            ))
+            let stream = smol::Async::new(stream).expect("a non-blocking socketpair end");
+            MioChannel(Kind::Fd(stream), peer)
         }
     }
 }
@@ -136,6 +139,8 @@ impl Drop for MioPlugin {
 /// Someone opens a channel to the plugin.
 pub struct MioIncoming {
     channel: ChannelId,
+    from_key: PublicKey,
+    protocol: String,
     metadata: Bytes,
     plugin: Arc<Shared>,
     answered: bool,
@@ -153,8 +158,9 @@ impl Drop for MioIncoming {
     }
 }
 
-/// A channel: bytes the plugin's thread moves, or a socketpair end.
-pub struct MioChannel(Kind);
+/// A channel: bytes the plugin's thread moves, or a socketpair end; and
+/// the key of its other end.
+pub struct MioChannel(Kind, PublicKey);
 
 enum Kind {
     /// Relayed, or direct over TCP: the thread moves its bytes.
@@ -275,6 +281,10 @@ impl Api for MioApi {
         Ok(Box::pin(WatchStream { feed, shared }))
     }
 
+    async fn unwatch(plugin: &Self::Plugin) -> Result<(), Error> {
+        plugin.ask(Command::Unwatch).await
+    }
+
     async fn open(
         plugin: &Self::Plugin,
         name: &str,
@@ -303,12 +313,21 @@ impl Api for MioApi {
         incoming.metadata.clone()
     }
 
+    fn protocol(incoming: &Self::Incoming) -> String {
+        incoming.protocol.clone()
+    }
+
+    fn from_key(incoming: &Self::Incoming) -> PublicKey {
+        incoming.from_key
+    }
+
     async fn accept(mut incoming: Self::Incoming) -> Result<Self::Channel, Error> {
         incoming.answered = true;
         let (tx, rx) = oneshot::channel();
         let shared = incoming.plugin.clone();
         shared.send(Command::Accept {
             channel: incoming.channel,
+            peer: incoming.from_key,
             reply: tx,
         });
         let opened = rx
@@ -330,6 +349,25 @@ impl Api for MioApi {
         match &channel.0 {
             Kind::Piped { path, .. } => *path,
             Kind::Fd(_) => Path::SocketPair,
+        }
+    }
+
+    fn peer(channel: &Self::Channel) -> PublicKey {
+        channel.1
+    }
+
+    /// A relayed channel is reset through the session; a direct TCP one is
+    /// cut without a goodbye (its peer reads an error); a socketpair is shut
+    /// both ways (its peer reads the end: a socket cannot say more).
+    fn reset(channel: Self::Channel, reason: &str) {
+        match &channel.0 {
+            Kind::Piped { pipe, shared, .. } => {
+                pipe.lock().reset = Some(reason.to_owned());
+                shared.wake();
+            }
+            Kind::Fd(stream) => {
+                let _ = stream.get_ref().shutdown(std::net::Shutdown::Both);
+            }
         }
     }
 }

@@ -21,7 +21,28 @@ pub(super) const PIPE_BYTES: usize = 256 * 1024;
 #[derive(Debug, Clone)]
 pub(super) enum End {
     Fin,
-    Broken(String),
+    Broken(Broken),
+}
+
+/// Why a channel is over both ways, as its reads and writes say it: the
+/// peer reset it (`ConnectionReset`), or our side's connection is over
+/// (`BrokenPipe`), as the async runtimes' channels say it.
+#[derive(Debug, Clone)]
+pub(super) struct Broken {
+    kind: io::ErrorKind,
+    why: String,
+}
+
+impl Broken {
+    /// A reset, saying `why`.
+    pub(super) fn reset(why: String) -> Self {
+        let kind = io::ErrorKind::ConnectionReset;
+        Broken { kind, why }
+    }
+
+    fn error(&self) -> io::Error {
+        io::Error::new(self.kind, self.why.clone())
+    }
 }
 
 /// One channel's bytes, both ways.
@@ -44,14 +65,12 @@ pub(super) struct PipeState {
     pub finish: bool,
     pub finish_sent: bool,
     /// Writes fail from now on, with this.
-    pub broken: Option<String>,
+    pub broken: Option<Broken>,
     pub writer: Option<Waker>,
     /// The scenario let the channel go.
     pub dropped: bool,
-}
-
-fn reset(why: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionReset, why.to_owned())
+    /// The scenario reset the channel, saying this.
+    pub reset: Option<String>,
 }
 
 impl Pipe {
@@ -85,7 +104,7 @@ impl Pipe {
         }
         match &st.end {
             Some(End::Fin) => Poll::Ready(Ok(0)),
-            Some(End::Broken(why)) => Poll::Ready(Err(reset(why))),
+            Some(End::Broken(broken)) => Poll::Ready(Err(broken.error())),
             None => {
                 st.reader = Some(cx.waker().clone());
                 Poll::Pending
@@ -100,8 +119,8 @@ impl Pipe {
         shared: &Shared,
     ) -> Poll<io::Result<usize>> {
         let mut st = self.lock();
-        if let Some(why) = &st.broken {
-            return Poll::Ready(Err(reset(why)));
+        if let Some(broken) = &st.broken {
+            return Poll::Ready(Err(broken.error()));
         }
         if st.finish {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
@@ -121,8 +140,8 @@ impl Pipe {
     /// Ready once the thread took everything written.
     pub(super) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut st = self.lock();
-        if let Some(why) = &st.broken {
-            return Poll::Ready(Err(reset(why)));
+        if let Some(broken) = &st.broken {
+            return Poll::Ready(Err(broken.error()));
         }
         if st.outbound.is_empty() {
             return Poll::Ready(Ok(()));
@@ -134,8 +153,8 @@ impl Pipe {
     /// Ready once the peer was told that nothing more comes.
     pub(super) fn poll_close(&self, cx: &mut Context<'_>, shared: &Shared) -> Poll<io::Result<()>> {
         let mut st = self.lock();
-        if let Some(why) = &st.broken {
-            return Poll::Ready(Err(reset(why)));
+        if let Some(broken) = &st.broken {
+            return Poll::Ready(Err(broken.error()));
         }
         if st.finish_sent {
             return Poll::Ready(Ok(()));
@@ -164,10 +183,20 @@ impl PipeState {
         wake(&mut self.reader);
     }
 
-    /// The channel is over both ways.
+    /// The channel is over both ways: the peer reset it, or its path broke.
     pub(super) fn break_off(&mut self, why: String) {
-        self.end(End::Broken(why.clone()));
-        self.broken.get_or_insert(why);
+        self.over(io::ErrorKind::ConnectionReset, why);
+    }
+
+    /// The channel is over both ways because our connection is.
+    pub(super) fn cut_off(&mut self, why: String) {
+        self.over(io::ErrorKind::BrokenPipe, why);
+    }
+
+    fn over(&mut self, kind: io::ErrorKind, why: String) {
+        let broken = Broken { kind, why };
+        self.end(End::Broken(broken.clone()));
+        self.broken.get_or_insert(broken);
         self.outbound.clear();
         self.outbound_len = 0;
         wake(&mut self.writer);

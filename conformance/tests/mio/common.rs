@@ -1,90 +1,32 @@
-//! What the integration tests share: the mio broker on its own thread (unix
-//! and TCP), test identities, tokio plugins, an echo plugin, a checked echo.
+//! What the mio tests share: the suite's mio broker (on a thread of its
+//! own, unix and TCP) and test identities, tokio plugins, an echo plugin, a
+//! checked echo.
 #![allow(dead_code)] // each test binary uses its own part
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use plugboard_core::broker::{policy, BrokerConfig};
-use plugboard_core::shs::HandshakeConfig;
-use plugboard_core::Keypair;
-use plugboard_mio::{Addr, Server, StopHandle};
+use plugboard_conformance::api::{Compat, TokioApi};
+use plugboard_conformance::broker::{socket_path, start, MioBroker, Running};
+pub use plugboard_conformance::{broker_keys, keys};
 use plugboard_tokio::Plugin;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A safety net, not a measurement.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
-/// The mio server, running on a thread of its own.
-pub struct Broker {
-    pub path: PathBuf,
-    pub unix: String,
-    pub tcp: String,
-    stop: StopHandle,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+/// The mio server: the conformance suite's, every test key 1–60 admitted
+/// over TCP too. Stopping it (or dropping it) waits for its thread.
+pub struct Broker;
 
 impl Broker {
-    pub fn start(name: &str) -> Self {
-        Self::start_with(name, |_| {})
-    }
-
-    pub fn start_with(name: &str, configure: impl FnOnce(&mut BrokerConfig)) -> Self {
-        let path = sock_path(name);
-        let mut config = BrokerConfig::new(HandshakeConfig::new(broker_keys()));
-        // Over TCP only named keys are admitted: name the test keys.
-        config.policy.keys = (1..=9)
-            .map(|s| policy::KeyGrant {
-                id: keys(s).public(),
-                register: vec![policy::Pattern::any()],
-                open: vec![policy::Pattern::any()],
-                direct: vec![policy::Pattern::any()],
-                list: true,
-                watch: true,
-                stats: false,
-            })
-            .collect();
-        configure(&mut config);
-        let server = Server::bind(
-            config,
-            &[Addr::Unix(path.clone()), Addr::Tcp("127.0.0.1:0".into())],
-        )
-        .unwrap();
-        let addrs = server.local_addrs();
-        let stop = server.stop_handle();
-        let thread = std::thread::spawn(move || server.run().unwrap());
-        Broker {
-            path,
-            unix: addrs[0].to_string(),
-            tcp: addrs[1].to_string(),
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops the server and waits for its thread.
-    pub fn stop(mut self) {
-        self.stop.stop();
-        self.thread.take().unwrap().join().unwrap();
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.stop.stop();
+    pub fn start(name: &str) -> Running {
+        start::<MioBroker>(name, |_| {})
     }
 }
 
 pub fn sock_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("plugboard-mio-{}-{name}.sock", std::process::id()))
-}
-
-pub fn broker_keys() -> Keypair {
-    Keypair::from_seed([0xB0; 32])
-}
-
-pub fn keys(seed: u8) -> Keypair {
-    Keypair::from_seed([seed; 32])
+    socket_path::<MioBroker>(name)
 }
 
 /// A tokio plugin as `keys(seed)`, named or not.
@@ -119,23 +61,13 @@ pub fn serve_echo(plugin: Plugin) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Writes `size` patterned bytes into `channel` and checks that the same
-/// bytes come back.
+/// Writes `size` bytes into `channel` while reading, and checks that the
+/// same bytes come back.
 pub async fn echo_through(channel: plugboard_tokio::Channel, size: usize) {
-    let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
-    let (mut rd, mut wr) = tokio::io::split(channel);
-    let sent = data.clone();
-    let writer = tokio::spawn(async move {
-        wr.write_all(&sent).await.unwrap();
-        wr.shutdown().await.unwrap();
-        wr
-    });
-    let mut back = Vec::with_capacity(size);
-    tokio::time::timeout(PATIENCE, rd.read_to_end(&mut back))
+    let size = size as u64;
+    let echoed =
+        plugboard_conformance::stream::echo_through::<TokioApi>(Compat(channel), size, size);
+    tokio::time::timeout(PATIENCE, echoed)
         .await
         .expect("the echo stalled")
-        .unwrap();
-    let _wr = writer.await.unwrap();
-    assert_eq!(back.len(), data.len());
-    assert!(back == data, "the echo differs");
 }

@@ -15,6 +15,7 @@ pub(super) enum Role {
     /// We opened `channel` and dial its target.
     Dialing {
         channel: ChannelId,
+        peer: PublicKey,
         reply: Reply<Opened>,
     },
     /// A stranger at our listener, holding a `place` until its handshake is
@@ -40,8 +41,13 @@ impl Loop {
         self.next_token += 1;
         if self.poll.registry().register(&mut tcp, token, BOTH).is_ok() {
             self.directs.insert(token, Direct { tcp, role });
-        } else if let Role::Dialing { channel, reply } = role {
-            self.fall_back(channel, reply);
+        } else if let Role::Dialing {
+            channel,
+            peer,
+            reply,
+        } = role
+        {
+            self.fall_back(channel, peer, reply);
         }
     }
 
@@ -81,8 +87,8 @@ impl Loop {
             if over {
                 let _ = self.poll.registry().deregister(&mut d.tcp);
                 if let Role::Piped(pipe) = &d.role {
-                    pipe.lock()
-                        .end(End::Broken("the direct connection ended".into()));
+                    let ended = Broken::reset("the direct connection ended".into());
+                    pipe.lock().end(End::Broken(ended));
                 }
             } else {
                 self.directs.insert(token, d);
@@ -102,7 +108,7 @@ impl Loop {
                 *channel = session.and_then(|mut s| s.direct_claim(&peer, &token));
                 let _ = d.tcp.conn_mut().answer_token(channel.is_some());
             }
-            (DirectEvent::Established { .. }, _) => {
+            (DirectEvent::Established { peer }, _) => {
                 let role = std::mem::replace(
                     &mut d.role,
                     Role::Admitting {
@@ -111,19 +117,20 @@ impl Loop {
                     },
                 );
                 let (channel, reply) = match role {
-                    Role::Dialing { channel, reply } => (channel, Some(reply)),
+                    Role::Dialing { channel, reply, .. } => (channel, Some(reply)),
                     Role::Admitting {
                         channel: Some(channel),
                         ..
-                    } => (channel, self.accepts.remove(&channel)),
+                    } => (channel, self.accepts.remove(&channel).map(|(r, _)| r)),
                     _ => return,
                 };
                 let ours = session.is_some_and(|mut s| s.direct_established(channel));
                 match (ours, reply) {
                     (true, Some(reply)) => {
                         let pipe = Arc::new(Pipe::default());
+                        // The key the handshake with the peer proved.
                         if reply
-                            .send(Ok(Opened::Pipe(pipe.clone(), Path::Tcp)))
+                            .send(Ok(Opened::Pipe(pipe.clone(), Path::Tcp, peer)))
                             .is_ok()
                         {
                             d.role = Role::Piped(pipe);
@@ -149,7 +156,11 @@ impl Loop {
                     },
                 );
                 match role {
-                    Role::Dialing { channel, reply } => self.fall_back(channel, reply),
+                    Role::Dialing {
+                        channel,
+                        peer,
+                        reply,
+                    } => self.fall_back(channel, peer, reply),
                     Role::Admitting {
                         channel: Some(channel),
                         ..
@@ -167,9 +178,22 @@ impl Loop {
     }
 
     /// Moves what the scenario wrote to the direct connections (as far as
-    /// their sockets take it).
+    /// their sockets take it); cuts those the scenario reset.
     pub(super) fn direct_bytes(&mut self) -> bool {
         let mut any = false;
+        let registry = self.poll.registry();
+        self.directs.retain(|_, d| {
+            let Role::Piped(pipe) = &d.role else {
+                return true;
+            };
+            if pipe.lock().reset.take().is_none() {
+                return true;
+            }
+            // No goodbye: the peer reads an error, not an end.
+            let _ = registry.deregister(&mut d.tcp);
+            any = true;
+            false
+        });
         for d in self.directs.values_mut() {
             let Role::Piped(pipe) = &d.role else {
                 continue;
