@@ -67,6 +67,16 @@ pub fn start<B: Broker>(name: &str, tweak: impl FnOnce(&mut BrokerConfig)) -> Ru
     B::serve(config, socket_path::<B>(name))
 }
 
+/// [`start`] for scenario `name` run with plugin API `A`: one test binary
+/// runs a scenario on one broker with every API at once, each on a socket
+/// of its own.
+pub fn start_for<B: Broker, A: crate::Api>(
+    name: &str,
+    tweak: impl FnOnce(&mut BrokerConfig),
+) -> Running {
+    start::<B>(&format!("{name}-{}", A::NAME), tweak)
+}
+
 /// Where [`start`] puts broker `B`'s unix socket for `name`: in the
 /// temporary directory, named after this process.
 pub fn socket_path<B: Broker>(name: &str) -> PathBuf {

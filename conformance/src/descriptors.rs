@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::api::{Api, Connect, Path};
-use crate::broker::{start, Broker};
+use crate::broker::{start_for, Broker};
 use crate::keys;
 use crate::scenarios::{connect, run};
 use crate::stream::{both_ways, check_reports, open_hashed, serve_hasher, Exchanged, MIB};
@@ -47,7 +47,7 @@ const CLOSING: Duration = Duration::from_secs(10);
 /// the path and the peer's key it should; every digest is checked. Then
 /// every descriptor opened for them is closed.
 pub fn direct_paths_leave_no_descriptor_behind<B: Broker, A: Api>() {
-    let broker = start::<B>(&format!("paths-{}", A::NAME), |_| {});
+    let broker = start_for::<B, A>("paths", |_| {});
     let (unix, tcp) = (broker.unix.clone(), broker.tcp.clone());
     run::<A, _>(async {
         let (tx, mut reports) = mpsc::unbounded_channel();

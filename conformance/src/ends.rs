@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::api::{Api, Connect, Error, Path, Watch};
-use crate::broker::{start, Broker};
+use crate::broker::{start_for, Broker};
 use crate::scenarios::{connect, run};
 
 /// Opens a channel from `client` to `target` (registered as "sink") and
@@ -33,7 +33,7 @@ async fn open_and_accept<A: Api>(
 /// the peer's read fails with the reason (relayed) or ends (a socketpair
 /// cannot say more than its end). On a relayed channel and on a socketpair.
 pub fn dropping_closes_gracefully_and_reset_aborts<B: Broker, A: Api>() {
-    let broker = start::<B>(&format!("ends-{}", A::NAME), |_| {});
+    let broker = start_for::<B, A>("ends", |_| {});
     let addr = broker.unix.clone();
     run::<A, _>(async {
         let sink = connect::<A>(Connect::new(&addr, 1).name("sink")).await;
@@ -67,7 +67,7 @@ pub fn dropping_closes_gracefully_and_reset_aborts<B: Broker, A: Api>() {
 /// peer's read fails with a reset (not an end), and the dropped plugin's own
 /// end fails (its connection is over) instead of waiting for ever.
 pub fn a_dropped_plugin_resets_its_channels<B: Broker, A: Api>() {
-    let broker = start::<B>(&format!("dropped-{}", A::NAME), |_| {});
+    let broker = start_for::<B, A>("dropped", |_| {});
     let addr = broker.unix.clone();
     run::<A, _>(async {
         let fragile = connect::<A>(Connect::new(&addr, 1).name("sink")).await;
@@ -86,7 +86,7 @@ pub fn a_dropped_plugin_resets_its_channels<B: Broker, A: Api>() {
 /// waiting ends (it used to wait for ever), and so does one called after;
 /// requests fail with the broker's reason; its socket file is removed.
 pub fn a_stopped_broker_says_why<B: Broker, A: Api>() {
-    let broker = start::<B>(&format!("stop-{}", A::NAME), |_| {});
+    let broker = start_for::<B, A>("stop", |_| {});
     let (addr, path) = (broker.unix.clone(), broker.path.clone());
     run::<A, _>(async move {
         let leaving = Arc::new(connect::<A>(Connect::new(&addr, 1).name("leaving")).await);

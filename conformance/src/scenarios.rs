@@ -13,7 +13,7 @@ use plugboard_core::control::{ErrorCode, Member, Presence, TransportKind};
 use tokio::sync::mpsc;
 
 use crate::api::{Api, Connect, Error, Path, Watch, Watching};
-use crate::broker::{start, Broker};
+use crate::broker::{start_for, Broker};
 use crate::keys;
 use crate::stream::{self, hashed_exchanges, serve_hasher, MIB};
 
@@ -54,7 +54,7 @@ fn names(members: &[Member]) -> Vec<String> {
 /// line and taking over; list, with each member's key and transport; a
 /// watch's snapshot then numbered changes, until it is ended.
 pub fn names_list_and_watch<B: Broker, A: Api>() {
-    let broker = start::<B>("names", |_| {});
+    let broker = start_for::<B, A>("names", |_| {});
     let (addr, tcp) = (broker.unix.clone(), broker.tcp.clone());
     run::<A, _>(async {
         let watcher = connect::<A>(Connect::new(&addr, 1)).await;
@@ -120,7 +120,7 @@ pub fn names_list_and_watch<B: Broker, A: Api>() {
 /// one resync (the registry as it is now, at the number of the last
 /// change), and changes go on from there, gap-free.
 pub fn a_watcher_that_falls_behind_is_resynced<B: Broker, A: Api>() {
-    let broker = start::<B>("behind", |_| {});
+    let broker = start_for::<B, A>("behind", |_| {});
     let addr = broker.unix.clone();
     run::<A, _>(async {
         let watcher = connect::<A>(Connect::new(&addr, 1).watch_queue(2)).await;
@@ -168,7 +168,7 @@ pub fn a_watcher_that_falls_behind_is_resynced<B: Broker, A: Api>() {
 /// with what protocol and metadata; an accepted channel knows its peer at
 /// each end and carries data both ways.
 pub fn opens_and_refusals_are_typed<B: Broker, A: Api>() {
-    let broker = start::<B>("refusals", |_| {});
+    let broker = start_for::<B, A>("refusals", |_| {});
     let addr = broker.unix.clone();
     run::<A, _>(async {
         let client = connect::<A>(Connect::new(&addr, 1)).await;
@@ -232,7 +232,7 @@ pub fn opens_and_refusals_are_typed<B: Broker, A: Api>() {
 pub fn an_unanswered_open_times_out<B: Broker, A: Api>() {
     // Short, but long enough for a busy machine to answer the second open
     // in time.
-    let broker = start::<B>("open-timeout", |c| {
+    let broker = start_for::<B, A>("open-timeout", |c| {
         c.limits.open_timeout = Duration::from_secs(3);
     });
     let addr = broker.unix.clone();
@@ -330,7 +330,7 @@ pub fn direct_tcp_64_mib_each_way<B: Broker, A: Api>() {
 }
 
 fn bulk<B: Broker, A: Api>(name: &str, tcp: bool, listen: bool, sizes: &[u64], path: Path) {
-    let broker = start::<B>(name, |_| {});
+    let broker = start_for::<B, A>(name, |_| {});
     let target = broker.unix.clone();
     let opener = if tcp {
         broker.tcp.clone()
@@ -352,7 +352,7 @@ fn bulk<B: Broker, A: Api>(name: &str, tcp: bool, listen: bool, sizes: &[u64], p
 /// Direct TCP: a key the broker announced nothing for gets no handshake at
 /// the target's direct address; a dead direct address falls back to the relay.
 pub fn direct_tcp_refuses_strangers_and_falls_back<B: Broker, A: Api>() {
-    let broker = start::<B>("dial", |_| {});
+    let broker = start_for::<B, A>("dial", |_| {});
     let (unix, tcp) = (broker.unix.clone(), broker.tcp.clone());
     run::<A, _>(async {
         let port = free_port();
@@ -401,10 +401,8 @@ pub fn openers_that_never_dial_cannot_hold_an_accept<B: Broker, A: Api>() {
     const ROUNDS: u32 = 20;
     // The bound on one accept: the open timeout, and room for a busy machine.
     const BOUND: Duration = Duration::from_secs(8);
-    // Named per API: one test binary runs this broker with both APIs at
-    // once, and the raw opener finds the broker by its socket's path.
-    let name = format!("never-dials-{}", A::NAME);
-    let broker = start::<B>(&name, |c| c.limits.open_timeout = OPEN_TIMEOUT);
+    // The raw opener finds the broker by its socket's path.
+    let broker = start_for::<B, A>("never-dials", |c| c.limits.open_timeout = OPEN_TIMEOUT);
     let (tcp, path) = (broker.tcp.clone(), broker.path.clone());
     run::<A, _>(async {
         // Over TCP, so that the raw opener on the unix socket is told to
@@ -480,7 +478,7 @@ pub(crate) fn free_port() -> u16 {
 /// A plugin whose connection dies mid-transfer: its peer's reads and writes
 /// fail (a reset, not an end), watchers see it leave, its name is free at once.
 pub fn a_plugin_killed_mid_transfer<B: Broker, A: Api>() {
-    let broker = start::<B>("killed", |_| {});
+    let broker = start_for::<B, A>("killed", |_| {});
     let addr = broker.unix.clone();
     run::<A, _>(async {
         let watcher = connect::<A>(Connect::new(&addr, 1)).await;
@@ -621,7 +619,7 @@ pub fn policy_refusals_over_tcp<B: Broker, A: Api>() {
         limited.public(),
     );
     let policy = Policy::from_toml(&text).unwrap();
-    let broker = start::<B>("policy", |c| c.policy = policy);
+    let broker = start_for::<B, A>("policy", |c| c.policy = policy);
     let (tcp, unix) = (broker.tcp.clone(), broker.unix.clone());
     run::<A, _>(async {
         // A key the policy does not name: cut in the handshake over TCP,

@@ -12,7 +12,7 @@ use plugboard_core::budget::StrangerLimits;
 use tokio::sync::mpsc;
 
 use crate::api::{Api, Connect, Path};
-use crate::broker::{start, Broker};
+use crate::broker::{start_for, Broker};
 use crate::scenarios::{connect, free_port, run};
 use crate::stream::{hashed_exchanges, serve_hasher, MIB};
 
@@ -73,7 +73,7 @@ pub fn the_direct_listener_bounds_strangers<B: Broker, A: Api>() {
     // Refusals beyond the bounds are at once: this long is plenty for them.
     let at_once = Duration::from_millis(1000);
     crate::hostile::raise_open_files(4096).expect("open files for the crowd");
-    let broker = start::<B>("strangers", |_| {});
+    let broker = start_for::<B, A>("strangers", |_| {});
     let (unix, tcp) = (broker.unix.clone(), broker.tcp.clone());
     run::<A, _>(async {
         let port = free_port();
