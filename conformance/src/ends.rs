@@ -6,6 +6,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
@@ -97,7 +98,9 @@ pub fn a_stopped_broker_says_why<B: Broker, A: Api>() {
         }
         let target = leaving.clone();
         let waiting = A::spawn(async move { A::incoming(&target).await.is_none() });
-
+        // Time for the task to be waiting already (if it is not, this checks
+        // a call made after the stop, as below).
+        A::sleep(Duration::from_millis(50)).await;
         broker.stop();
         while futures_lite::StreamExt::next(&mut events).await.is_some() {}
         match A::list(&leaving).await {

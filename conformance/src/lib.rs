@@ -3,10 +3,11 @@
 //! A scenario is generic over the broker it runs against ([`Broker`]: the
 //! tokio, smol or mio server, each on its own thread) and over the plugin
 //! API it drives ([`Api`]: tokio's, smol's, or mio's `PluginConn` through
-//! the bridge in [`mio_api`]). Each broker's test file instantiates the
-//! suite with [`suite!`] for each of the three APIs; nothing here is
-//! specific to one runtime but the small adapters in `broker`, `api` and
-//! `mio_api`.
+//! the bridge in [`mio_api`]). The test files instantiate the suite with
+//! [`suite!`] for every broker with every API (`tests/*_broker.rs`; smol's
+//! API against the tokio broker is in `smol_broker.rs`); nothing here is
+//! specific to one runtime but the adapters in `broker` and `api`, and the
+//! loop in `mio_api` that drives a `PluginConn`.
 
 pub mod api;
 pub mod broker;

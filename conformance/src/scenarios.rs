@@ -125,7 +125,7 @@ pub fn a_watcher_that_falls_behind_is_resynced<B: Broker, A: Api>() {
     run::<A, _>(async {
         let watcher = connect::<A>(Connect::new(&addr, 1).watch_queue(2)).await;
         let mut events = A::watch(&watcher).await.unwrap();
-        // Six changes while the watcher reads nothing: three up, one down.
+        // Four changes while the watcher reads nothing: three up, one down.
         let mut up = Vec::new();
         for (seed, name) in [(2, "one"), (3, "two"), (4, "three")] {
             up.push(connect::<A>(Connect::new(&addr, seed).name(name)).await);

@@ -1,7 +1,7 @@
 //! Reconnection on smol, a smoke test: smol's timers pace the attempts and
 //! its sockets make the new connection. Reconnection itself is
-//! plugboard-runtime's, the same on every runtime: plugboard-tokio's
-//! tests/reconnect.rs tests it in full.
+//! plugboard-runtime's, the same on every runtime: `tokio_reconnect.rs`
+//! tests it in full.
 
 use std::time::Duration;
 

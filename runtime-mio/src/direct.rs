@@ -1,14 +1,13 @@
 //! A direct channel over TCP (PROTOCOL.md §5.11) as one more source in your
 //! `mio::Poll`: the core's [`DirectConn`] around a non-blocking socket.
 //!
-//! The opener makes one with [`DirectTcp::dial`] when its open is answered
-//! with `OpenedPath::Dial { addr, token }`; a target that registered a
-//! direct address makes one with [`DirectTcp::accept`] for each connection
-//! its listener accepts, and answers [`DirectEvent::Authorize`] and
-//! [`DirectEvent::Token`] from what the broker announced (`ExpectDial`).
-//! Once [`DirectEvent::Established`] arrives, both reset the relayed channel
-//! (`ErrorCode::Cancelled`, reason `direct`); if the dial fails, the opener
-//! calls `Session::direct_failed` and keeps the relay.
+//! The opener makes one with [`DirectTcp::dial`] for `OpenedPath::Dial`; a
+//! target with a direct address, one with [`DirectTcp::accept`] per accepted
+//! connection, answering [`DirectEvent::Authorize`] with
+//! `Session::direct_expects` and [`DirectEvent::Token`] with `direct_claim`.
+//! At [`DirectEvent::Established`] both call `Session::direct_established`
+//! (which lets the relay go; `false`: close this); a failed dial calls
+//! `direct_failed` (the relay stays), a failed admission `direct_abandoned`.
 
 use std::io;
 use std::ops::{Deref, DerefMut};

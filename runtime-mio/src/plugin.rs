@@ -90,7 +90,7 @@ pub enum ConnectError {
 /// registers them in your poll under the same token (so register it before
 /// the first loss), and the session's events say what became of what was
 /// in flight (`RequestLost`, `ChannelLost`), then `Lost`, `AttemptFailed`,
-/// `Reconnected`; descriptor tokens stay valid across connections.
+/// `Reconnected`; descriptor tokens are never reused.
 pub struct PluginConn {
     socket: Socket,
     /// Where the session's new sockets connect to.
@@ -163,13 +163,16 @@ impl PluginConn {
     }
 
     /// The next thing that happened. Drain it after every call into this
-    /// connection.
+    /// connection. A lost connection's descriptors close at its `Lost`.
     pub fn poll_event(&mut self) -> Option<SessionEvent> {
-        self.session.poll_event()
+        let event = self.session.poll_event();
+        if let Some(SessionEvent::Lost { .. } | SessionEvent::Closed { .. }) = event {
+            self.fds.clear();
+        }
+        event
     }
 
-    /// Takes the descriptor an `Opened` or `ChannelPath` event names by
-    /// token: a socketpair end, the direct channel to the other plugin.
+    /// The descriptor an `Opened` or `ChannelPath` event names: take it then.
     pub fn take_fd(&mut self, token: u64) -> Option<OwnedFd> {
         self.fds.take(token)
     }

@@ -390,7 +390,10 @@ impl Loop {
             } => {
                 if let Some(Pending::Watch(reply)) = self.requests.remove(&request) {
                     let feed = Arc::new(Feed::new(self.watch_queue, members));
-                    self.feed = Some(feed.clone());
+                    // A watch started again replaces the one before.
+                    if let Some(old) = self.feed.replace(feed.clone()) {
+                        old.end();
+                    }
                     let _ = reply.send(Ok(feed));
                 }
             }

@@ -7,8 +7,11 @@
 //! ([`event_loop`]), and does what an embedder's loop does: it answers the
 //! session's events and moves channel bytes. The scenario's side talks to
 //! that thread through a command queue and a `mio::Waker`; a channel is a
-//! pair of bounded byte queues ([`Pipe`]) the thread fills and drains, and a
+//! pair of byte queues ([`Pipe`]) the thread fills and drains, and a
 //! socketpair end is handed over as it is (async-io's `Async<UnixStream>`).
+//! The queues are bounded but for what a direct TCP channel receives:
+//! `DirectTcp` reads whatever arrives (it has no way to pause), a test
+//! bridge's limit, not the async APIs'.
 //!
 //! Nothing here is protocol: the decisions are the core session's, as in any
 //! embedding; this is the glue of one, written for a test.

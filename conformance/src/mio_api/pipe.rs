@@ -269,19 +269,19 @@ impl Feed {
         wake(&mut st.reader);
     }
 
-    /// The resync a reader that fell behind waits for, from `view`; `false`
-    /// if nobody waits for one.
-    pub(super) fn resync(&self, view: impl FnOnce() -> Option<(u64, Vec<Member>)>) -> bool {
+    /// The resync a reader that fell behind waits for, from `view` (the
+    /// session's watch; without one, the watch is over).
+    pub(super) fn resync(&self, view: impl FnOnce() -> Option<(u64, Vec<Member>)>) {
         let mut st = self.0.lock().unwrap();
         if !st.behind || st.reader.is_none() {
-            return false;
+            return;
         }
-        if let Some((seq, members)) = view() {
-            st.behind = false;
-            st.queue.push_back(Watch::Resync { seq, members });
-            wake(&mut st.reader);
+        st.behind = false;
+        match view() {
+            Some((seq, members)) => st.queue.push_back(Watch::Resync { seq, members }),
+            None => st.ended = true,
         }
-        true
+        wake(&mut st.reader);
     }
 
     pub(super) fn end(&self) {

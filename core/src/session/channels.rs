@@ -23,11 +23,75 @@ pub(super) enum ChannelStage {
     Open,
 }
 
+/// Payloads this long stay slices of the read buffer; shorter ones are
+/// copied (see [`Received`]). Bulk data comes in frames this long or longer.
+const KEEP_FROM: usize = 8 * 1024;
+/// What short payloads are gathered in.
+const GATHER: usize = 16 * 1024;
+
+/// What a channel received and the application has not read, in order.
+/// A slice of the read buffer keeps the whole buffer alive until it is
+/// read: short payloads are copied together instead, so that a peer cannot
+/// make one unread byte hold a whole read (a slice of at least `KEEP_FROM`
+/// bytes holds at most a read's worth, 32 times itself for a 256 KiB read).
+#[derive(Default)]
+pub(super) struct Received {
+    chunks: VecDeque<Bytes>,
+    /// Short payloads that came after `chunks`.
+    gather: BytesMut,
+}
+
+impl Received {
+    fn push(&mut self, payload: Bytes) {
+        if payload.len() >= KEEP_FROM {
+            self.seal();
+            self.chunks.push_back(payload);
+            return;
+        }
+        if self.gather.capacity() - self.gather.len() < payload.len() {
+            self.seal();
+            self.gather = BytesMut::with_capacity(GATHER);
+        }
+        self.gather.extend_from_slice(&payload);
+    }
+
+    fn seal(&mut self) {
+        if !self.gather.is_empty() {
+            self.chunks.push_back(self.gather.split().freeze());
+        }
+    }
+
+    /// Up to `max` bytes from the front; `None` when nothing waits.
+    fn take(&mut self, max: usize) -> Option<Bytes> {
+        if self.chunks.is_empty() {
+            self.seal();
+        }
+        let front = self.chunks.front_mut()?;
+        let data = front.split_to(max.min(front.len()));
+        if front.is_empty() {
+            self.chunks.pop_front();
+        }
+        Some(data)
+    }
+
+    /// Drops everything; how many bytes that was.
+    fn clear(&mut self) -> usize {
+        self.seal();
+        self.chunks.drain(..).map(|b| b.len()).sum()
+    }
+
+    /// Everything, in order.
+    pub(super) fn into_chunks(mut self) -> VecDeque<Bytes> {
+        self.seal();
+        self.chunks
+    }
+}
+
 /// One channel.
 pub(super) struct Channel {
     pub(super) stage: ChannelStage,
     /// Received, not yet read.
-    pub(super) received: VecDeque<Bytes>,
+    pub(super) received: Received,
     /// The peer sends nothing more.
     fin: bool,
     /// Both directions are done.
@@ -46,7 +110,7 @@ impl Channel {
     pub(super) fn new(stage: ChannelStage) -> Self {
         Channel {
             stage,
-            received: VecDeque::new(),
+            received: Received::default(),
             fin: false,
             closed: false,
             reset: None,
@@ -123,11 +187,7 @@ impl Session {
             .channels
             .get_mut(&channel)
             .ok_or(SessionError::UnknownChannel(channel))?;
-        if let Some(front) = c.received.front_mut() {
-            let data = front.split_to(max.min(front.len()));
-            if front.is_empty() {
-                c.received.pop_front();
-            }
+        if let Some(data) = c.received.take(max) {
             if let Some(wire) = self.link.wire_mut() {
                 wire.mux.consume(channel, data.len());
             }
@@ -219,7 +279,7 @@ impl Session {
             }
         }
         c.dropped = true;
-        let unread: usize = c.received.drain(..).map(|b| b.len()).sum();
+        let unread = c.received.clear();
         let wire = self.link.wire_mut().expect("checked");
         wire.mux.consume(channel, unread);
         // Finished already is fine: FIN goes once.
@@ -344,7 +404,7 @@ impl Session {
             }
             return Ok(());
         }
-        c.received.push_back(payload);
+        c.received.push(payload);
         self.tell_readable(channel);
         Ok(())
     }
@@ -400,5 +460,31 @@ impl Session {
             c.readable_told = true;
             self.events.push_back(SessionEvent::Readable { channel });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A short payload is copied: the read it came in is not kept alive by
+    /// it (a peer could otherwise pin a read per unread byte). A long one
+    /// stays a slice, and everything reads back in order.
+    #[test]
+    fn short_payloads_let_their_read_go() {
+        let read = Bytes::from(vec![7u8; 256 * 1024]);
+        let mut received = Received::default();
+        received.push(read.slice(0..1));
+        received.push(read.slice(1..3));
+        assert!(read.is_unique(), "a short payload holds its read");
+        received.push(read.slice(3..3 + KEEP_FROM));
+        assert!(!read.is_unique(), "a long payload was copied");
+        received.push(read.slice(100..101));
+        let mut all = Vec::new();
+        while let Some(bytes) = received.take(5000) {
+            all.extend_from_slice(&bytes);
+        }
+        assert_eq!(all.len(), 1 + 2 + KEEP_FROM + 1);
+        assert!(read.is_unique(), "read, nothing holds it");
     }
 }

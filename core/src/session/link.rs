@@ -240,7 +240,7 @@ impl Session {
             let end = Self::end_of(&c);
             self.events.push_back(SessionEvent::ChannelLost {
                 channel,
-                unread: std::mem::take(&mut c.received),
+                unread: std::mem::take(&mut c.received).into_chunks(),
                 end,
             });
         }
@@ -278,8 +278,8 @@ impl Session {
 
     /// A request the connection's end leaves unanswered. One the session
     /// sent to restore is its own business; an application's fails.
-    pub(super) fn forget_request(&mut self, request: RequestId, r: &Request, reconnecting: bool) {
-        if r.restore {
+    pub(super) fn forget_request(&mut self, request: RequestId, restore: bool, reconnecting: bool) {
+        if restore {
             return;
         }
         self.events.push_back(SessionEvent::RequestLost {

@@ -30,10 +30,15 @@ impl Session {
         }
     }
 
+    /// Takes the request `request` answers; it is the one being answered
+    /// (see [`Session::answering`]) until the next message.
     fn take_request(&mut self, request: RequestId) -> Result<Request, SessionError> {
-        self.requests
+        let r = self
+            .requests
             .remove(&request)
-            .ok_or(SessionError::Protocol("an answer to no request"))
+            .ok_or(SessionError::Protocol("an answer to no request"))?;
+        self.answering = Some((request, r.restore));
+        Ok(r)
     }
 
     pub(super) fn on_message(&mut self, message: Message) -> Result<(), SessionError> {
@@ -124,6 +129,11 @@ impl Session {
                     }
                     _ => return Err(SessionError::Protocol("ok for a request that expects more")),
                 }
+                if r.restore {
+                    // The session's own unwatch (see `Snapshot`).
+                    self.check_restored();
+                    return Ok(());
+                }
                 SessionEvent::Done { request }
             }
             Message::Registered { request, queued } => {
@@ -172,6 +182,14 @@ impl Session {
                 let Some(Pending::Watch(members)) = self.page(request, last, add)? else {
                     return Ok(());
                 };
+                if self.answering == Some((request, true)) && !self.restore.watching {
+                    // The application let the watch go while it was being
+                    // restored: it ends here, unseen.
+                    let now = self.now;
+                    let unwatch = |request| Message::Unwatch { request };
+                    self.request_as(now, Duration::ZERO, true, Pending::Unwatch, unwatch)?;
+                    return Ok(());
+                }
                 self.watch = Some(watch::WatchView::new(seq, &members));
                 self.restore.watching = true;
                 self.events.push_back(SessionEvent::Watching {

@@ -81,6 +81,10 @@ pub struct SessionConfig {
     pub keepalive: Option<Duration>,
 }
 
+/// Most bytes of urgent frames (pongs, credit, requests) the session holds
+/// for a broker that sends and does not read: past it, the connection ends.
+const MAX_UNSENT_URGENT: usize = 4 << 20;
+
 /// How long an accepted channel waits for its path when the broker did not
 /// announce its open timeout.
 const DEFAULT_PATH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -154,6 +158,10 @@ pub struct Session {
     channels: BTreeMap<ChannelId, channels::Channel>,
     /// What the watch knows, once it started.
     watch: Option<watch::WatchView>,
+    /// The request the message being handled answers (and whether it is
+    /// the session's own): if the message turns out wrong, the request
+    /// still gets its one outcome.
+    answering: Option<(RequestId, bool)>,
     events: VecDeque<SessionEvent>,
     scratch: BytesMut,
 }
@@ -177,12 +185,14 @@ impl Session {
             requests: BTreeMap::new(),
             channels: BTreeMap::new(),
             watch: None,
+            answering: None,
             events: VecDeque::new(),
             scratch: BytesMut::new(),
         })
     }
 
-    /// The broker's limits, once its hello arrived.
+    /// The limits the broker said hello with, while that connection is up
+    /// (`None` before the hello and between connections).
     pub fn limits(&self) -> Option<&AnnouncedLimits> {
         self.link.limits()
     }
@@ -419,7 +429,7 @@ impl Session {
         // to a broker: that is the end, not an outage.
         let reconnecting = self.config.reconnect.is_some() && self.restore.was_ready;
         for (request, r) in std::mem::take(&mut self.requests) {
-            self.forget_request(request, &r, reconnecting);
+            self.forget_request(request, r.restore, reconnecting);
         }
         self.watch = None;
         if reconnecting {
@@ -451,6 +461,10 @@ impl Session {
                     return Ok(());
                 };
                 let result = wire.handle_input(input);
+                if wire.mux.queued_urgent() > MAX_UNSENT_URGENT {
+                    // Pongs and credit it asked for and does not read.
+                    return Err(SessionError::Protocol("the broker does not read"));
+                }
                 self.drain_mux()?;
                 match result {
                     Ok(()) => Ok(()),
@@ -509,7 +523,14 @@ impl Session {
                     }
                     // Until the connection has no more, or is over.
                     while let Some(message) = self.next_message()? {
-                        self.on_message(message)?;
+                        self.answering = None;
+                        let handled = self.on_message(message);
+                        if let (Err(_), Some((request, restore))) = (&handled, self.answering) {
+                            let reconnecting =
+                                self.config.reconnect.is_some() && self.restore.was_ready;
+                            self.forget_request(request, restore, reconnecting);
+                        }
+                        handled?;
                     }
                 }
                 MuxEvent::Data { channel, payload } => self.on_data(channel, payload)?,

@@ -4,9 +4,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::control::{ChannelId, ErrorCode, IncomingPath, Name, OpenedPath, TransportKind};
+use bytes::BytesMut;
+
+use crate::control::{
+    ChannelId, ErrorCode, IncomingPath, Message, Name, OpenedPath, Presence, TransportKind,
+};
 use crate::keys::Keypair;
-use crate::session::SessionEvent;
+use crate::session::{SessionError, SessionEvent};
 use crate::sim::{Chaos, Net};
 
 /// A broker with room for 1,000 connections of one key registering at once.
@@ -238,4 +242,118 @@ fn an_openers_reset_reaches_a_channel_awaiting_its_path() {
     // Nothing is left to time out.
     assert_eq!(net.node(b).session.channel_count(), 0);
     assert_eq!(net.node(b).session.poll_timeout(), None);
+}
+
+// ── a broker that breaks the protocol ──────────────────────────────────
+
+/// `message` as the broker's control channel carries it (unix: no box-stream).
+fn from_broker(message: &Message) -> Bytes {
+    let mut body = BytesMut::new();
+    crate::control::encode(message, &mut body);
+    let mut out = BytesMut::new();
+    crate::mux::frame::encode_data_header(0, false, body.len() as u32, &mut out);
+    out.extend_from_slice(&body);
+    out.freeze()
+}
+
+/// A ready plugin whose broker will be played by hand.
+fn hand_played() -> (Net, usize) {
+    let mut net = roomy(30, Chaos::default());
+    let id = net
+        .connect(Keypair::from_seed([4; 32]), TransportKind::Unix)
+        .unwrap();
+    net.run();
+    net.events(id);
+    (net, id)
+}
+
+fn drain(net: &mut Net, id: usize) -> Vec<SessionEvent> {
+    std::iter::from_fn(|| net.node(id).session.poll_event()).collect()
+}
+
+/// An answer of the wrong kind ends the connection, and the request it
+/// named still gets its one outcome (it used to be taken and forgotten, and
+/// whoever waited for it waited for ever).
+#[test]
+fn a_wrong_answer_still_fails_its_request_once() {
+    let (mut net, id) = hand_played();
+    let now = net.now;
+    let request = net.node(id).session.list(now).unwrap();
+    let peer = Keypair::from_seed([9; 32]).public();
+    let wrong = from_broker(&Message::Opened {
+        request,
+        channel: 1,
+        peer,
+        path: OpenedPath::Relay,
+    });
+    assert!(net.node(id).session.handle_input(now, &wrong).is_err());
+    let events = drain(&mut net, id);
+    let outcomes = events
+        .iter()
+        .filter(|e| matches!(e, SessionEvent::RequestLost { request: r, .. } if *r == request))
+        .count();
+    assert_eq!(outcomes, 1, "{events:?}");
+    assert!(
+        matches!(events.last(), Some(SessionEvent::Closed { .. })),
+        "{events:?}"
+    );
+}
+
+/// A snapshot at the last sequence number, then a change: a protocol error,
+/// not an overflow.
+#[test]
+fn a_change_after_the_last_sequence_number_is_refused() {
+    let (mut net, id) = hand_played();
+    let now = net.now;
+    let request = net.node(id).session.watch(now).unwrap();
+    let snapshot = from_broker(&Message::Snapshot {
+        request,
+        seq: u64::MAX,
+        last: true,
+        members: Vec::new(),
+    });
+    net.node(id).session.handle_input(now, &snapshot).unwrap();
+    let change = from_broker(&Message::PresenceEvent {
+        seq: 0,
+        presence: Presence::Down {
+            name: Name::new("x").unwrap(),
+            key: Keypair::from_seed([9; 32]).public(),
+        },
+    });
+    let refused = net.node(id).session.handle_input(now, &change);
+    assert!(
+        matches!(refused, Err(SessionError::Protocol(_))),
+        "{refused:?}"
+    );
+}
+
+/// A broker that pings and never reads makes the plugin queue pongs: past
+/// a bound, the connection ends instead of growing.
+#[test]
+fn a_broker_that_pings_and_never_reads_is_cut() {
+    let (mut net, id) = hand_played();
+    let now = net.now;
+    let mut pings = BytesMut::new();
+    for opaque in 0..10_000 {
+        let ping = crate::mux::frame::Frame::Ping {
+            opaque,
+            pong: false,
+        };
+        crate::mux::frame::encode(&ping, &mut pings);
+    }
+    let mut ended = None;
+    for round in 0..1_000 {
+        if let Err(e) = net.node(id).session.handle_input(now, &pings) {
+            ended = Some((round, e));
+            break;
+        }
+    }
+    let (round, error) = ended.expect("the session kept every pong");
+    assert_eq!(error, SessionError::Protocol("the broker does not read"));
+    // It held no more than the bound, and a frame's worth.
+    let pong_bytes = pings.len();
+    assert!(
+        round * pong_bytes <= (4 << 20) + pong_bytes,
+        "{round} rounds"
+    );
 }

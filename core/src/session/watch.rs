@@ -37,7 +37,7 @@ impl WatchView {
         presence: &Presence,
         max: usize,
     ) -> Result<(), SessionError> {
-        if seq != self.seq + 1 {
+        if self.seq.checked_add(1) != Some(seq) {
             return Err(SessionError::Protocol("a presence event out of sequence"));
         }
         match presence {

@@ -533,8 +533,13 @@ impl<R: Runtime> Plugin<R> {
                     Ok(stream) => {
                         // The relayed channel is the fallback no more.
                         inner.forget(epoch, id);
-                        if current {
-                            inner.session.direct_established(id);
+                        if current && !inner.session.direct_established(id) {
+                            // Reset while we dialed: nobody awaits this one.
+                            stream.abort();
+                            return Err(PluginError::Reset {
+                                code: ErrorCode::Cancelled,
+                                reason: "the channel was reset while it was dialed".into(),
+                            });
                         }
                         Channel::tcp(Box::new(stream), id, answer.peer)
                     }

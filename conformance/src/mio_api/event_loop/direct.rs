@@ -59,7 +59,10 @@ impl Loop {
             let (socket, from) = match listener.socket.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => return, // out of descriptors: the next readiness retries
+                // Out of descriptors: readiness is edge-triggered, so what waits
+                // stays until the next connection (the mio server rests and
+                // retries with AcceptPause; a test bridge need not).
+                Err(_) => return,
             };
             // Beyond the bounds the socket closes at once.
             let Ok(place) = listener.strangers.admit(from.ip()) else {

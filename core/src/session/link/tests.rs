@@ -403,6 +403,56 @@ fn an_unwatch_during_an_outage_is_not_undone() {
         .any(|e| matches!(e, SessionEvent::Watching { .. })));
 }
 
+/// An unwatch made after the new connection's hello, while the session
+/// restores the watch: the restored watch is let go unseen, and the broker
+/// sends it nothing more. (It used to come back, and stay on every later
+/// connection.)
+#[test]
+fn an_unwatch_while_the_watch_is_restored_is_not_undone() {
+    let mut net = net(12);
+    let a = plugin(&mut net, 1, None);
+    net.cut(a);
+    // Until the broker's hello on the new connection: the restore is sent.
+    for _ in 0..300 {
+        if net.node(a).session.limits().is_some() {
+            break;
+        }
+        net.advance(Duration::from_millis(10));
+        net.round();
+    }
+    assert!(net.node(a).session.limits().is_some(), "no new hello");
+    let now = net.now;
+    assert_eq!(
+        net.node(a).session.unwatch(now),
+        Err(SessionError::Reconnecting)
+    );
+    let events = until_reconnected(&mut net, a);
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, SessionEvent::Watching { .. })),
+        "{events:?}"
+    );
+    // The broker has no watch for it: a name coming up says nothing.
+    let _b = plugin(&mut net, 2, Some("newcomer"));
+    net.run();
+    let events = net.events(a);
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, SessionEvent::Presence { .. })),
+        "{events:?}"
+    );
+    // And a watch asked for now starts.
+    let now = net.now;
+    net.node(a).session.watch(now).unwrap();
+    net.run();
+    assert!(net
+        .events(a)
+        .iter()
+        .any(|e| matches!(e, SessionEvent::Watching { .. })));
+}
+
 #[test]
 fn an_offer_and_an_open_in_flight_are_lost_with_the_connection() {
     let mut net = net(10);
