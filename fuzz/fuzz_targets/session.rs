@@ -1,5 +1,6 @@
 //! A plugin session, ready, under arbitrary bytes from "the broker" in
-//! arbitrary splits, mixed with its own API calls and (when it reconnects)
+//! arbitrary splits (some with descriptors), mixed with its own API calls
+//! (every one, misuse included) and (when it reconnects)
 //! socket failures and new sockets, made or not. Oracle: no panic; once the
 //! session reports an error its connection is over and input is refused
 //! until it is given a new socket.
@@ -8,7 +9,7 @@
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use plugboard_core::control::{Name, TransportKind};
+use plugboard_core::control::{ErrorCode, Name, TransportKind};
 use plugboard_core::keys::Keypair;
 use plugboard_core::session::Reconnect;
 use plugboard_core::sim::{Chaos, Net};
@@ -17,8 +18,15 @@ use rand_chacha::rand_core::SeedableRng;
 #[derive(Arbitrary, Debug)]
 enum Op<'a> {
     Bytes(&'a [u8]),
-    Call { what: u8, arg: u16 },
-    Timeout { ms: u16 },
+    /// Bytes with a descriptor on their first byte.
+    BytesWithFd(&'a [u8]),
+    Call {
+        what: u8,
+        arg: u16,
+    },
+    Timeout {
+        ms: u16,
+    },
 }
 
 fuzz_target!(|input: (bool, Vec<Op>)| {
@@ -34,10 +42,17 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
     let session = &mut net.node(id).session;
     assert!(session.is_ready());
     let mut failed = false;
+    let mut next_fd = 0;
     for op in ops {
         match op {
-            Op::Bytes(bytes) => {
-                let result = session.handle_input(now, bytes);
+            Op::Bytes(bytes) | Op::BytesWithFd(bytes) => {
+                let result = match op {
+                    Op::BytesWithFd(_) => {
+                        next_fd += 1;
+                        session.handle_input_with_fd(now, bytes, next_fd)
+                    }
+                    _ => session.handle_input(now, bytes),
+                };
                 if failed {
                     assert!(result.is_err(), "input accepted after the session failed");
                 }
@@ -50,7 +65,7 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
             Op::Call { what, arg } => {
                 let name = Name::new("x").unwrap();
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(u64::from(arg));
-                let _ = match what % 16 {
+                let _ = match what % 21 {
                     0 => session.register(now, name, arg % 2 == 0, None).map(drop),
                     1 => session.list(now).map(drop),
                     2 => session.watch(now).map(drop),
@@ -91,6 +106,19 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                         .handle_connected(now, &mut rng)
                         .map(|()| failed = false),
                     14 => session.handle_dial_failed(now, "fuzzed", &mut rng),
+                    15 => session.unwatch(now).map(drop),
+                    16 => session.reject(u32::from(arg), "fuzzed"),
+                    17 => session.reset(u32::from(arg), ErrorCode::Cancelled, "fuzzed"),
+                    18 => {
+                        session.handle_eof(now);
+                        failed |= !session.is_connected();
+                        Ok(())
+                    }
+                    19 => {
+                        let _ = session.close("fuzzed");
+                        failed |= !session.is_connected();
+                        Ok(())
+                    }
                     _ => session.stats(now).map(drop),
                 };
             }

@@ -39,7 +39,7 @@ pub struct DirectTcp {
 }
 
 impl DirectTcp {
-    /// Dials `addr` (`tcp:HOST:PORT`, from `OpenedPath::Dial`) to prove our
+    /// Dials `addr` (`tcp:IP:PORT`, from `OpenedPath::Dial`) to prove our
     /// key to `target` and present `token`.
     pub fn dial(
         addr: &str,
@@ -48,12 +48,12 @@ impl DirectTcp {
         token: [u8; TOKEN_LEN],
         clock: Clock,
     ) -> io::Result<Self> {
-        let host_port = addr
+        // Not a name: its lookup (the target's choice) would block the loop.
+        let not_an_address = || io::Error::new(io::ErrorKind::InvalidInput, "not tcp:IP:PORT");
+        let socket: std::net::SocketAddr = addr
             .strip_prefix("tcp:")
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a tcp: address"))?;
-        let socket = std::net::ToSocketAddrs::to_socket_addrs(host_port)?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(not_an_address)?;
         let conn = DirectConn::dial(config, target, token, &mut rand_core::OsRng, clock.now())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         // Non-blocking: the first WRITABLE says the connect finished.
