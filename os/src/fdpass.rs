@@ -1,16 +1,12 @@
 //! Reading from a socket, with the descriptors that came along (SCM_RIGHTS:
-//! socketpair ends for direct channels between plugins on one host), and
-//! keeping those a plugin received until the application takes them.
-//! Sending them is [`WriteQueue::push_with_fd`](crate::WriteQueue::push_with_fd).
+//! socketpair ends for direct channels between plugins on one host).
+//! Keeping them is [`FdTokens`](crate::FdTokens)'s; sending them is [`WriteQueue::push_with_fd`](crate::WriteQueue::push_with_fd).
 
-use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 
 use bytes::BytesMut;
-use plugboard_core::session::Session;
-use plugboard_core::Instant;
 use rustix::io::Errno;
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 
@@ -75,66 +71,6 @@ fn recv(socket: impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
             Err(e) => return Err(e.into()),
             Ok((n, _)) => return Ok(n),
         }
-    }
-}
-
-/// Descriptors from the broker beyond this many, unclaimed, end the
-/// connection: a broker does not send more than it announces.
-pub const MAX_UNCLAIMED_FDS: usize = 64;
-
-/// The descriptors a plugin received, each under the token its session
-/// knows it by (`Opened`, `ChannelPath`), until the application takes it.
-#[derive(Debug, Default)]
-pub struct FdTokens {
-    fds: HashMap<u64, OwnedFd>,
-    /// Tokens are never reused: events already out may still name old ones.
-    next: u64,
-}
-
-impl FdTokens {
-    /// None yet.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Gives `session` what was read, and the descriptors that came with
-    /// it (each under a new token; they belong to frames in `input`, in
-    /// order). An error ends the connection: the session is to hear it
-    /// ([`Session::handle_socket_error`]).
-    pub fn hand_over(
-        &mut self,
-        session: &mut Session,
-        now: Instant,
-        input: &[u8],
-        fds: &mut Vec<OwnedFd>,
-    ) -> Result<(), String> {
-        if fds.is_empty() {
-            let _ = session.handle_input(now, input);
-            return Ok(());
-        }
-        let last = fds.len() - 1;
-        for (i, fd) in fds.drain(..).enumerate() {
-            if self.fds.len() >= MAX_UNCLAIMED_FDS {
-                return Err("the broker sent descriptors nobody asked for".into());
-            }
-            let token = self.next;
-            self.next += 1;
-            self.fds.insert(token, fd);
-            // The session queues the tokens; the bytes go with the last.
-            let bytes = if i == last { input } else { &[][..] };
-            let _ = session.handle_input_with_fd(now, bytes, token);
-        }
-        Ok(())
-    }
-
-    /// Takes the descriptor under `token`.
-    pub fn take(&mut self, token: u64) -> Option<OwnedFd> {
-        self.fds.remove(&token)
-    }
-
-    /// Drops every descriptor not taken (our copies close).
-    pub fn clear(&mut self) {
-        self.fds.clear();
     }
 }
 

@@ -10,8 +10,8 @@
 //!
 //! - [`WriteQueue`]: chunks to write, some carrying a descriptor, sent in
 //!   vectored writes; a chunk with a descriptor goes in a `sendmsg` of its own.
-//! - [`fdpass`]: reading bytes with the descriptors that came along, and
-//!   keeping a plugin's under the session's tokens ([`FdTokens`]).
+//! - [`fdpass`]: reading bytes with the descriptors that came along;
+//!   [`FdTokens`] keeps a plugin's under the session's tokens.
 //! - [`stream`]: a stream socket's own calls (accept, connect, half-close).
 //! - [`SocketPairs`]: the broker's socketpair ends on their way out.
 //! - [`poll_event`]: the broker's events, less those every runtime carries
@@ -32,6 +32,7 @@ mod accept;
 pub mod activation;
 mod broker;
 mod clock;
+mod fd_tokens;
 pub mod fdpass;
 mod listen;
 mod pairs;
@@ -42,7 +43,7 @@ mod write_queue;
 pub use accept::{accept_forever, AcceptPause};
 pub use broker::{log_entry, new_broker, poll_event, ConnEvent, LAST_WORDS_GRACE, SHUTDOWN_GRACE};
 pub use clock::Clock;
-pub use fdpass::FdTokens;
+pub use fd_tokens::{FdTokens, MAX_UNCLAIMED_FDS};
 pub use listen::{
     bind_all_with, bind_tcp, Bound, Listener, ServeError, Socket, SocketFile, BACKLOG,
 };
