@@ -423,6 +423,7 @@ impl Loop {
                 fd,
             } => {
                 let Some(Pending::Open(reply)) = self.requests.remove(&request) else {
+                    drop(self.take_fd(fd)); // nobody asked: it closes
                     return;
                 };
                 match path {
