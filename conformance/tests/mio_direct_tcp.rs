@@ -114,9 +114,10 @@ fn a_plugin_conn_dials_a_direct_tcp_channel() {
                     let _ = conn
                         .session_mut()
                         .reset(channel, ErrorCode::Cancelled, "direct");
-                    let mut c = d.conn_mut();
-                    c.send(&data).unwrap();
-                    c.finish().unwrap();
+                    d.with_conn(|c| {
+                        c.send(&data).unwrap();
+                        c.finish().unwrap();
+                    });
                 }
                 DirectEvent::Data(bytes) => back.extend_from_slice(&bytes),
                 DirectEvent::Fin => fin = true,
@@ -234,11 +235,11 @@ fn a_plugin_conn_takes_a_direct_tcp_channel() {
             match event {
                 DirectEvent::Authorize(key) => {
                     let known = expected.is_some_and(|(_, from, _)| from == key);
-                    d.conn_mut().authorize(known).unwrap();
+                    d.with_conn(|c| c.authorize(known)).unwrap();
                 }
                 DirectEvent::Token { peer, token } => {
                     let ok = expected.is_some_and(|(_, from, t)| from == peer && t == token);
-                    d.conn_mut().answer_token(ok).unwrap();
+                    d.with_conn(|c| c.answer_token(ok)).unwrap();
                 }
                 DirectEvent::Established { .. } => {
                     let (channel, _, _) = expected.take().unwrap();
@@ -247,8 +248,8 @@ fn a_plugin_conn_takes_a_direct_tcp_channel() {
                         .unwrap();
                 }
                 // An echo: what comes in goes back.
-                DirectEvent::Data(bytes) => d.conn_mut().send(&bytes).unwrap(),
-                DirectEvent::Fin => d.conn_mut().finish().unwrap(),
+                DirectEvent::Data(bytes) => d.with_conn(|c| c.send(&bytes)).unwrap(),
+                DirectEvent::Fin => d.with_conn(|c| c.finish()).unwrap(),
                 DirectEvent::Failed(e) => panic!("the direct channel failed: {e}"),
             }
         }

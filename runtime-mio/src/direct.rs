@@ -10,7 +10,6 @@
 //! `direct_failed` (the relay stays), a failed admission `direct_abandoned`.
 
 use std::io;
-use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +35,8 @@ pub struct DirectTcp {
     buf: BytesMut,
     /// The socket's end was read.
     eof: bool,
+    /// Reading stopped for events not taken yet: it resumes once they are.
+    paused: bool,
 }
 
 impl DirectTcp {
@@ -77,31 +78,43 @@ impl DirectTcp {
             queue: WriteQueue::new(),
             buf: BytesMut::new(),
             eof: false,
+            paused: false,
         };
         direct.flush();
         direct
     }
 
-    /// The connection's state machine: answer `Authorize`/`Token`, `send`,
-    /// `finish`. What the call produced is written when the guard goes.
-    pub fn conn_mut(&mut self) -> ConnMut<'_> {
-        ConnMut(self)
+    /// Runs `f` on the connection's state machine (answer `Authorize` and
+    /// `Token`, `send`, `finish`), then writes what it produced.
+    pub fn with_conn<T>(&mut self, f: impl FnOnce(&mut DirectConn) -> T) -> T {
+        let result = f(&mut self.conn);
+        self.flush();
+        result
     }
 
     /// The next thing to handle: `Authorize` and `Token` (target), then
-    /// `Established`, `Data`, `Fin`; `Failed` is the last.
+    /// `Established`, `Data`, `Fin`; `Failed` is the last. Until they are
+    /// taken, nothing more is read: the peer waits.
     pub fn poll_event(&mut self) -> Option<DirectEvent> {
         self.conn.poll_event()
     }
 
     /// Until the channel is up, how long to wait at most (the handshake's
     /// and the token's deadline).
+    /// (Now, when reading can resume.)
     pub fn timeout(&self) -> Option<Duration> {
+        if self.paused && !self.conn.has_events() {
+            return Some(Duration::ZERO);
+        }
         self.conn.poll_timeout().map(|at| self.clock.until(at))
     }
 
-    /// Fails the connection if it is not up by its deadline.
+    /// Fails the connection if it is not up by its deadline; reads on if
+    /// the events that paused it were taken.
     pub fn handle_timeout(&mut self) {
+        if self.paused && !self.conn.has_events() {
+            self.read();
+        }
         self.conn.handle_timeout(self.clock.now());
     }
 
@@ -126,7 +139,12 @@ impl DirectTcp {
     }
 
     fn read(&mut self) {
+        self.paused = false;
         while !self.eof {
+            if self.conn.has_events() {
+                self.paused = true; // readiness will not come again: see `timeout`
+                return;
+            }
             self.buf.clear();
             match read_into(&self.stream, &mut self.buf, READ_SIZE, None) {
                 Ok(n) if n > 0 => {
@@ -154,28 +172,6 @@ impl DirectTcp {
                 self.queue.clear();
             }
         }
-    }
-}
-
-/// [`DirectTcp::conn_mut`]'s guard: writes what the call produced.
-pub struct ConnMut<'a>(&'a mut DirectTcp);
-
-impl Deref for ConnMut<'_> {
-    type Target = DirectConn;
-    fn deref(&self) -> &DirectConn {
-        &self.0.conn
-    }
-}
-
-impl DerefMut for ConnMut<'_> {
-    fn deref_mut(&mut self) -> &mut DirectConn {
-        &mut self.0.conn
-    }
-}
-
-impl Drop for ConnMut<'_> {
-    fn drop(&mut self) {
-        self.0.flush();
     }
 }
 

@@ -22,7 +22,7 @@ mod io;
 mod plugin;
 mod server;
 
-pub use direct::{ConnMut, DirectTcp};
+pub use direct::DirectTcp;
 pub use plugboard_core::addr::{Addr, BadAddr};
 /// systemd socket activation (the listeners [`Server::bind_with`] takes).
 pub use plugboard_os::activation;

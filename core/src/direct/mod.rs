@@ -225,6 +225,12 @@ impl DirectConn {
         (!self.out.is_empty()).then(|| self.out.split().freeze())
     }
 
+    /// Events the owner has not taken yet: a runtime reads no more while
+    /// there are (the peer then waits on TCP).
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// The next thing to tell the owner.
     pub fn poll_event(&mut self) -> Option<DirectEvent> {
         self.events.pop_front()

@@ -105,11 +105,11 @@ impl Loop {
         match (event, &mut d.role) {
             (DirectEvent::Authorize(key), _) => {
                 let expected = session.is_some_and(|s| s.direct_expects(&key));
-                let _ = d.tcp.conn_mut().authorize(expected);
+                let _ = d.tcp.with_conn(|c| c.authorize(expected));
             }
             (DirectEvent::Token { peer, token }, Role::Admitting { channel, .. }) => {
                 *channel = session.and_then(|mut s| s.direct_claim(&peer, &token));
-                let _ = d.tcp.conn_mut().answer_token(channel.is_some());
+                let _ = d.tcp.with_conn(|c| c.answer_token(channel.is_some()));
             }
             (DirectEvent::Established { peer }, _) => {
                 let role = std::mem::replace(
@@ -208,14 +208,14 @@ impl Loop {
                     break;
                 };
                 sent = true;
-                if let Err(e) = d.tcp.conn_mut().send(&bytes) {
+                if let Err(e) = d.tcp.with_conn(|c| c.send(&bytes)) {
                     st.break_off(e.to_string());
                 }
             }
             if (st.finish || st.dropped) && st.outbound.is_empty() && !st.finish_sent {
                 st.finish_sent = true;
                 sent = true;
-                let _ = d.tcp.conn_mut().finish();
+                let _ = d.tcp.with_conn(|c| c.finish());
             }
             if sent {
                 st.wake_writer();
