@@ -9,9 +9,9 @@
 //! that thread through a command queue and a `mio::Waker`; a channel is a
 //! pair of byte queues ([`Pipe`]) the thread fills and drains, and a
 //! socketpair end is handed over as it is (async-io's `Async<UnixStream>`).
-//! The queues are bounded but for what a direct TCP channel receives:
-//! `DirectTcp` reads whatever arrives (it has no way to pause), a test
-//! bridge's limit, not the async APIs'.
+//! The queues are bounded but for what a direct TCP channel receives: the
+//! bridge takes every event its `DirectTcp` makes (which would pause while
+//! they wait), a test bridge's limit, not the async APIs'.
 //!
 //! Nothing here is protocol: the decisions are the core session's, as in any
 //! embedding; this is the glue of one, written for a test.
