@@ -110,12 +110,13 @@ impl DirectTcp {
     }
 
     /// Fails the connection if it is not up by its deadline; reads on if
-    /// the events that paused it were taken.
+    /// the events that paused it were taken. Writes what that produced.
     pub fn handle_timeout(&mut self) {
         if self.paused && !self.conn.has_events() {
             self.read();
         }
         self.conn.handle_timeout(self.clock.now());
+        self.flush();
     }
 
     /// Reads what arrived and writes what is pending.
