@@ -533,13 +533,12 @@ impl<R: Runtime> Plugin<R> {
                     Ok(stream) => {
                         // The relayed channel is the fallback no more.
                         inner.forget(epoch, id);
-                        if current && !inner.session.direct_established(id) {
-                            // Reset while we dialed: nobody awaits this one.
-                            stream.abort();
-                            return Err(PluginError::Reset {
-                                code: ErrorCode::Cancelled,
-                                reason: "the channel was reset while it was dialed".into(),
-                            });
+                        if current {
+                            // `false`: the relayed channel was reset while we
+                            // dialed; the target's own success does that, and
+                            // its reset can cross our acceptance. The direct
+                            // connection is up either way.
+                            inner.session.direct_established(id);
                         }
                         Channel::tcp(Box::new(stream), id, answer.peer)
                     }

@@ -119,16 +119,23 @@ impl Loop {
                         channel: None,
                     },
                 );
-                let (channel, reply) = match role {
-                    Role::Dialing { channel, reply, .. } => (channel, Some(reply)),
+                let (channel, reply, dialed) = match role {
+                    Role::Dialing { channel, reply, .. } => (channel, Some(reply), true),
                     Role::Admitting {
                         channel: Some(channel),
                         ..
-                    } => (channel, self.accepts.remove(&channel).map(|(r, _)| r)),
+                    } => (
+                        channel,
+                        self.accepts.remove(&channel).map(|(r, _)| r),
+                        false,
+                    ),
                     _ => return,
                 };
                 let ours = session.is_some_and(|mut s| s.direct_established(channel));
-                match (ours, reply) {
+                // A dialer's channel is up even if the relay was reset while it
+                // dialed: the target's own success resets it, and that reset
+                // can cross the acceptance.
+                match (ours || dialed, reply) {
                     (true, Some(reply)) => {
                         let pipe = Arc::new(Pipe::default());
                         // The key the handshake with the peer proved.
