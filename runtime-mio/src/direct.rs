@@ -6,8 +6,8 @@
 //! connection, answering [`DirectEvent::Authorize`] with
 //! `Session::direct_expects` and [`DirectEvent::Token`] with `direct_claim`.
 //! At [`DirectEvent::Established`] both call `Session::direct_established`
-//! (which lets the relay go; `false`: close this); a failed dial calls
-//! `direct_failed` (the relay stays), a failed admission `direct_abandoned`.
+//! (which lets the relay go; `false`, for a target: close this); a failed
+//! dial calls `direct_failed` (the relay stays), a failed admission `direct_abandoned`.
 
 use std::io;
 use std::sync::Arc;
