@@ -18,6 +18,7 @@
 #   INTEROP_BYTES      bytes to echo in (a) and (b)          (default 16777216)
 #   INTEROP_TIMEOUT    seconds allowed per step               (default 300)
 #   SHS1_TEST_SEED     seed for shs1-test (default: random; printed so a run can be repeated)
+#   PLUGBOARD_CRYPTO   the Rust side's crypto provider: rustcrypto (default) or libsodium
 # Prints one PASS/FAIL line per step and a closing "interop: N passed, N failed" line;
 # exits non-zero if any step failed.
 set -euo pipefail
@@ -164,7 +165,7 @@ stop_server() {
   wait "$SERVER_PID" 2>/dev/null || true
 }
 
-echo "interop: shs-echo=$SHS_ECHO server-adapter=$SERVER_ADAPTER client-adapter=$CLIENT_ADAPTER"
+echo "interop: shs-echo=$SHS_ECHO server-adapter=$SERVER_ADAPTER client-adapter=$CLIENT_ADAPTER crypto=${PLUGBOARD_CRYPTO:-rustcrypto}"
 echo "interop: bytes=$BYTES step-timeout=${STEP_TIMEOUT}s shs1-test seed=$SEED"
 
 # ---------------------------------------------------------------------------------------

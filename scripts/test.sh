@@ -11,6 +11,12 @@ if [ ! -f interop/node_modules/.package-lock.json ] ||
   npm ci --prefix interop --no-audit --no-fund --loglevel=error
 fi
 
+# Twice: on the default crypto provider (pure-Rust RustCrypto), then with
+# every feature, which puts the plugin builders, the `plugboard` command and
+# the conformance suite's brokers on libsodium (the `libsodium` feature).
+echo "== tests, crypto provider: rustcrypto (default features)"
+cargo test --workspace
+echo "== tests, crypto provider: libsodium (--all-features)"
 cargo test --workspace --all-features
 
 cargo build --release -p plugboard-core --examples --all-features
@@ -19,4 +25,7 @@ bin=target/release/examples
 # The deterministic simulation: a broker and many plugins, 1000 seeds.
 "$bin/simulate" --seeds 1000 --start 0 | tail -n 2
 
-interop/run.sh "$bin/shs-echo" "$bin/shs1-test-server" "$bin/shs1-test-client"
+# Interop with the JavaScript implementation, once on each crypto provider.
+for crypto in rustcrypto libsodium; do
+  PLUGBOARD_CRYPTO=$crypto interop/run.sh "$bin/shs-echo" "$bin/shs1-test-server" "$bin/shs1-test-client"
+done

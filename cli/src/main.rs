@@ -328,6 +328,8 @@ async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure
     let owner = keypair.public();
     let mut handshake = HandshakeConfig::new(keypair);
     handshake.network_key = args.network_key;
+    handshake.crypto = plugboard_os::default_crypto();
+    tracing::info!("box-stream and shs1 run on {}", handshake.crypto.name());
     let mut config = BrokerConfig::new(handshake);
     if let Some(file) = args.policy {
         let text =

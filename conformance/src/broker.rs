@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use plugboard_core::broker::{policy, BrokerConfig};
-use plugboard_core::shs::HandshakeConfig;
 
 use crate::{broker_keys, keys};
 
@@ -90,7 +89,7 @@ pub fn socket_path<B: Broker>(name: &str) -> PathBuf {
 /// The suite's broker: the identity [`broker_keys`], and every test key
 /// 1–60 ([`keys`]) may do anything, over TCP too.
 pub fn config() -> BrokerConfig {
-    let mut config = BrokerConfig::new(HandshakeConfig::new(broker_keys()));
+    let mut config = BrokerConfig::new(crate::handshake(broker_keys()));
     config.policy.keys = (1..=60)
         .map(|seed| policy::KeyGrant {
             id: keys(seed).public(),

@@ -11,7 +11,7 @@ use plugboard_core::broker::Limits;
 use plugboard_core::control::{self, ErrorCode, Message, Name, OpenedPath};
 use plugboard_core::direct::{DirectConn, DirectError, DirectEvent};
 use plugboard_core::mux::{frame, Frame};
-use plugboard_core::shs::{ClientHandshake, Event, HandshakeConfig};
+use plugboard_core::shs::{ClientHandshake, Event};
 use plugboard_core::{Instant, NetworkKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -66,7 +66,7 @@ async fn until_closed(stream: &mut UnixStream) -> Vec<u8> {
 }
 
 fn client_handshake(seed: u8, network_key: NetworkKey) -> ClientHandshake {
-    let mut config = HandshakeConfig::new(keys(seed));
+    let mut config = crate::handshake(keys(seed));
     config.network_key = network_key;
     ClientHandshake::new(
         Arc::new(config),
@@ -686,7 +686,7 @@ pub(crate) fn raise_open_files(wanted: u64) -> Result<(), String> {
 /// `target`, with a made-up token; returns how it failed. Blocking.
 pub fn dial_uninvited(port: u16, seed: u8, target: u8) -> DirectError {
     use std::io::{Read, Write};
-    let config = Arc::new(HandshakeConfig::new(keys(seed)));
+    let config = Arc::new(crate::handshake(keys(seed)));
     let mut conn = DirectConn::dial(
         config,
         keys(target).public(),

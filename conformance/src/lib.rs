@@ -34,6 +34,14 @@ pub fn keys(seed: u8) -> Keypair {
     Keypair::from_seed([seed; 32])
 }
 
+/// A handshake configuration on the build's crypto provider (libsodium with
+/// the `libsodium` feature), as the plugin builders make theirs.
+pub fn handshake(keypair: Keypair) -> plugboard_core::shs::HandshakeConfig {
+    let mut config = plugboard_core::shs::HandshakeConfig::new(keypair);
+    config.crypto = plugboard_os::default_crypto();
+    config
+}
+
 /// Instantiates the client-side scenarios as `#[test]`s for one broker and
 /// one plugin API, in a module named after them.
 #[macro_export]

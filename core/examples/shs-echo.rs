@@ -7,7 +7,8 @@
 //! ```
 //! The server echoes every byte back until the client's goodbye, then says
 //! goodbye too. The client sends N pseudo-random bytes, checks the echo byte
-//! for byte, and exits 0 only if all of it held.
+//! for byte, and exits 0 only if all of it held. `PLUGBOARD_CRYPTO=libsodium`
+//! runs it on the libsodium provider.
 
 mod common;
 
@@ -20,7 +21,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use clap::Parser;
 use common::{parse_seed, run_handshake, Clock};
-use plugboard_core::boxstream::{self, Event as BoxEvent, Opener};
+use plugboard_core::boxstream::{Event as BoxEvent, Opener};
 use plugboard_core::shs::{ClientHandshake, HandshakeConfig, ServerHandshake};
 use plugboard_core::{Keypair, NetworkKey, PublicKey};
 use rand_core::OsRng;
@@ -61,6 +62,7 @@ fn main() {
     };
     let mut config = HandshakeConfig::new(keypair);
     config.network_key = args.network_key;
+    config.crypto = common::crypto_from_env();
     let config = Arc::new(config);
 
     let result = match (&args.listen, &args.connect, args.server_key) {
@@ -110,7 +112,7 @@ fn echo_connection(
     let session = run_handshake(&mut handshake, &mut stream, clock, |h, _| h.authorize(true))?;
     stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
 
-    let (mut sealer, mut opener) = boxstream::session(&session.keys);
+    let (mut sealer, mut opener) = session.boxstream();
     opener.handle_input(&session.early_data)?;
     let mut out = BytesMut::with_capacity(64 * 1024);
     let mut buf = vec![0u8; 64 * 1024];
@@ -147,7 +149,7 @@ fn echo_client(
         unreachable!("clients are not asked to authorize")
     })?;
     stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
-    let (mut sealer, mut opener) = boxstream::session(&session.keys);
+    let (mut sealer, mut opener) = session.boxstream();
 
     // Write on one thread, read and check on this one, so neither side's
     // buffers fill while the other waits.

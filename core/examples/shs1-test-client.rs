@@ -37,6 +37,7 @@ fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     );
     let mut config = HandshakeConfig::new(Keypair::generate(&mut OsRng));
     config.network_key = network;
+    config.crypto = common::crypto_from_env();
 
     let clock = Clock::start();
     let mut io = Stdio {

@@ -4,6 +4,7 @@
 //! - [`keys`]: identities (ed25519), SSB ids, network keys, SSB secret files.
 //! - [`shs`]: the SSB secret handshake (shs1), client and server.
 //! - [`boxstream`]: SSB's box-stream, the encrypted transport after the handshake.
+//! - [`crypto`]: the secretbox cipher both run on, a provider chosen per configuration.
 //!
 //! No clock is read ([`time::Instant`] is an argument), no socket touched, no
 //! randomness drawn but from the RNG passed in. After every input, the owner
@@ -17,6 +18,7 @@ pub mod boxstream;
 pub mod broker;
 pub mod budget;
 pub mod control;
+pub mod crypto;
 pub mod direct;
 pub mod keys;
 pub mod mux;

@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::boxstream::{self, BoxStreamError, Opener, Sealer};
 use crate::mux::{Mux, MuxError};
-use crate::shs::SessionKeys;
+use crate::shs::Established;
 
 /// How plaintext mux bytes travel.
 pub enum Framing {
@@ -58,8 +58,8 @@ impl Wire {
     }
 
     /// Box-stream framing with the handshake's keys.
-    pub fn boxed(mux: Mux, keys: &SessionKeys) -> Self {
-        let (sealer, opener) = boxstream::session(keys);
+    pub fn boxed(mux: Mux, established: &Established) -> Self {
+        let (sealer, opener) = established.boxstream();
         Wire {
             mux,
             framing: Framing::BoxStream(Box::new(BoxedIo {

@@ -1,11 +1,12 @@
 //! Known-answer tests: transcripts recorded from the JavaScript implementation
 //! SSB runs (secret-handshake 1.1.21, pull-box-stream 1.0.13, on libsodium).
-//! Both roles must reproduce every byte.
+//! Both roles must reproduce every byte, on either crypto provider.
 
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use plugboard_core::boxstream::{self, Event as BoxEvent, Opener, Sealer};
+use plugboard_core::crypto::Crypto;
 use plugboard_core::shs::{ClientHandshake, Event, HandshakeConfig, ServerHandshake, SessionKeys};
 use plugboard_core::{Instant, Keypair, NetworkKey, PublicKey};
 use serde_json::Value;
@@ -23,11 +24,17 @@ fn array<const N: usize>(v: &Value) -> [u8; N] {
     bytes(v).try_into().unwrap()
 }
 
-fn config(side: &Value, app_key: &Value) -> Arc<HandshakeConfig> {
+/// Every provider: each vector must come out the same on all of them.
+fn providers() -> [Crypto; 2] {
+    [Crypto::rust_crypto(), plugboard_sodium::crypto()]
+}
+
+fn config(side: &Value, app_key: &Value, crypto: &Crypto) -> Arc<HandshakeConfig> {
     let keypair = Keypair::from_seed(array(&side["seed"]));
     assert_eq!(keypair.public().0, array(&side["public_key"]));
     let mut config = HandshakeConfig::new(keypair);
     config.network_key = NetworkKey(array(app_key));
+    config.crypto = crypto.clone();
     Arc::new(config)
 }
 
@@ -42,19 +49,19 @@ fn session_keys(v: &Value) -> SessionKeys {
 
 /// Runs both roles with the recorded keys; checks every message; returns
 /// (client keys, server keys).
-fn replay_handshake(case: &Value) -> (SessionKeys, SessionKeys) {
+fn replay_handshake(case: &Value, crypto: &Crypto) -> (SessionKeys, SessionKeys) {
     let now = Instant::ZERO;
     let messages = &case["messages"];
     let server_key = PublicKey(array(&case["server"]["public_key"]));
     let mut client = ClientHandshake::with_ephemeral(
-        config(&case["client"], &case["app_key"]),
+        config(&case["client"], &case["app_key"], crypto),
         server_key,
         array(&case["client"]["eph_x25519_secret"]),
         now,
     )
     .unwrap();
     let mut server = ServerHandshake::with_ephemeral(
-        config(&case["server"], &case["app_key"]),
+        config(&case["server"], &case["app_key"], crypto),
         array(&case["server"]["eph_x25519_secret"]),
         now,
     );
@@ -108,6 +115,7 @@ fn replay_handshake(case: &Value) -> (SessionKeys, SessionKeys) {
         panic!("client not established");
     };
     assert_eq!(client_done.peer, server_key);
+    assert_eq!(client_done.crypto.name(), crypto.name());
     assert!(client.poll_timeout().is_none() && server.poll_timeout().is_none());
     (client_done.keys.clone(), server_done.keys.clone())
 }
@@ -138,16 +146,25 @@ fn open_all(opener: &mut Opener, stream: &[u8]) -> Vec<Vec<u8>> {
     bodies
 }
 
+/// Each recorded case, once per provider.
+fn cases_on_providers(vectors: &Value) -> impl Iterator<Item = (&Value, Crypto)> {
+    let cases = vectors["cases"].as_array().unwrap();
+    assert!(!cases.is_empty());
+    providers()
+        .into_iter()
+        .flat_map(move |crypto| cases.iter().map(move |case| (case, crypto.clone())))
+}
+
 #[test]
 fn shs1_boxstream_sessions_both_roles() {
     let vectors = load("shs1-boxstream.json");
-    for case in vectors["cases"].as_array().unwrap() {
-        let (client_keys, server_keys) = replay_handshake(case);
+    for (case, crypto) in cases_on_providers(&vectors) {
+        let (client_keys, server_keys) = replay_handshake(case, &crypto);
         assert_eq!(client_keys, session_keys(&case["client_session"]));
         assert_eq!(server_keys, session_keys(&case["server_session"]));
 
-        let (mut client_sealer, mut client_opener) = boxstream::session(&client_keys);
-        let (mut server_sealer, mut server_opener) = boxstream::session(&server_keys);
+        let (mut client_sealer, mut client_opener) = boxstream::session(&crypto, &client_keys);
+        let (mut server_sealer, mut server_opener) = boxstream::session(&crypto, &server_keys);
         let writes: Vec<Vec<u8>> = case["plaintext_client_writes"]
             .as_array()
             .unwrap()
@@ -173,8 +190,8 @@ fn shs1_boxstream_sessions_both_roles() {
 #[test]
 fn shs1_js_transcripts_both_roles() {
     let vectors = load("shs1-js-transcripts.json");
-    for case in vectors["cases"].as_array().unwrap() {
-        let (client_keys, server_keys) = replay_handshake(case);
+    for (case, crypto) in cases_on_providers(&vectors) {
+        let (client_keys, server_keys) = replay_handshake(case, &crypto);
         let to_server = &case["client_to_server"];
         let to_client = &case["server_to_client"];
         assert_eq!(client_keys.encrypt_key, array(&to_server["key"]));
@@ -191,8 +208,8 @@ fn shs1_js_transcripts_both_roles() {
 #[test]
 fn boxstream_js_vectors() {
     let vectors = load("boxstream-js-vectors.json");
-    for case in vectors["cases"].as_array().unwrap() {
-        let name = case["name"].as_str().unwrap();
+    for (case, crypto) in cases_on_providers(&vectors) {
+        let name = format!("{} on {}", case["name"].as_str().unwrap(), crypto.name());
         let key = array(&case["key"]);
         let nonce = array(&case["nonce"]);
         let writes: Vec<Vec<u8>> = case["plaintext_writes"]
@@ -203,11 +220,11 @@ fn boxstream_js_vectors() {
             .collect();
         let stream = bytes(&case["stream"]);
         let sealed = seal_all(
-            &mut Sealer::new(&key, &nonce),
+            &mut Sealer::new(&crypto, &key, &nonce),
             writes.iter().map(Vec::as_slice),
         );
         assert_eq!(sealed, stream, "{name}: sealed bytes differ");
-        let opened = open_all(&mut Opener::new(&key, &nonce), &stream).concat();
+        let opened = open_all(&mut Opener::new(&crypto, &key, &nonce), &stream).concat();
         assert_eq!(
             opened,
             bytes(&case["decoded"]),

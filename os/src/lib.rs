@@ -24,6 +24,8 @@
 //!   total, held until each handshake is over.
 //! - [`AcceptPause`]: what to do when `accept` fails (out of descriptors:
 //!   pause, and say so once, rather than spin).
+//! - [`default_crypto`]: the crypto provider this build chose (libsodium
+//!   with the `libsodium` feature).
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -32,6 +34,7 @@ mod accept;
 pub mod activation;
 mod broker;
 mod clock;
+mod crypto;
 mod fd_tokens;
 pub mod fdpass;
 mod listen;
@@ -43,6 +46,7 @@ mod write_queue;
 pub use accept::{accept_forever, AcceptPause};
 pub use broker::{log_entry, new_broker, poll_event, ConnEvent, LAST_WORDS_GRACE, SHUTDOWN_GRACE};
 pub use clock::Clock;
+pub use crypto::default_crypto;
 pub use fd_tokens::{FdTokens, MAX_UNCLAIMED_FDS};
 pub use listen::{
     bind_all_with, bind_tcp, Bound, Listener, ServeError, Socket, SocketFile, BACKLOG,

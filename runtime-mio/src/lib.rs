@@ -26,6 +26,6 @@ pub use direct::DirectTcp;
 pub use plugboard_core::addr::{Addr, BadAddr};
 /// systemd socket activation (the listeners [`Server::bind_with`] takes).
 pub use plugboard_os::activation;
-pub use plugboard_os::Clock;
+pub use plugboard_os::{default_crypto, Clock};
 pub use plugin::{ConnectError, PluginConn, SessionMut};
 pub use server::{ServeError, Server, StopHandle};

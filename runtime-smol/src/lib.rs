@@ -18,8 +18,8 @@ mod rt;
 /// systemd socket activation (the listeners [`Server::bind_with`] takes).
 pub use plugboard_runtime::activation;
 pub use plugboard_runtime::{
-    Addr, BadAddr, Clock, ConnectionEvent, Feed, Path, PluginError, Reconnect, ServeError, Stats,
-    WatchEvent,
+    default_crypto, Addr, BadAddr, Clock, ConnectionEvent, Feed, Path, PluginError, Reconnect,
+    ServeError, Stats, WatchEvent,
 };
 pub use rt::{Smol, SmolIo, SmolSleep, SmolTask};
 

@@ -13,8 +13,8 @@ pub use channel::Channel;
 /// systemd socket activation (the listeners [`Server::bind_with`] takes).
 pub use plugboard_runtime::activation;
 pub use plugboard_runtime::{
-    Addr, BadAddr, Clock, ConnectionEvent, Feed, Offers, PluginError, Reconnect, ServeError,
-    WatchEvent,
+    default_crypto, Addr, BadAddr, Clock, ConnectionEvent, Feed, Offers, PluginError, Reconnect,
+    ServeError, WatchEvent,
 };
 pub use rt::{Tokio, TokioIo, TokioTask};
 

@@ -20,7 +20,7 @@ mod stream;
 pub use plugboard_core::addr::{Addr, BadAddr};
 /// systemd socket activation (the listeners [`Server::bind_with`] takes).
 pub use plugboard_os::activation;
-pub use plugboard_os::Clock;
+pub use plugboard_os::{default_crypto, Clock};
 pub use plugin::{
     Channel, ConnectionEvent, Feed, Incoming, Offers, Path, Plugin, PluginBuilder, PluginError,
     Reconnect, Stats, WatchEvent,

@@ -1,5 +1,6 @@
 //! Measures each pair of (plugboard, baseline) in one run and prints the
-//! ratios, one line per pair, last: `<name> <ours / baseline>`. Lower is better.
+//! ratios, one line per pair, last: `<name> <ours / baseline>`. Lower is better,
+//! but for `boxstream_rustcrypto_vs_sodium`: the libsodium provider's speed-up.
 //!
 //! ```text
 //! cargo run --release -p plugboard-benches --bin ratios
@@ -66,6 +67,44 @@ fn main() {
         "18-byte secretbox seal+open {header_time:>9.2?}: the protocol's floor for boxstream_vs_secretbox is {:.3}",
         (header_time + body_time).as_secs_f64() / body_time.as_secs_f64()
     );
+
+    // The same on the libsodium provider, against libsodium called directly,
+    // with its own floor (a faster cipher makes the fixed header box weigh
+    // more), and how much faster than RustCrypto box-stream runs on it.
+    let mut sodium_stream = boxstream::Stream::new(&plugboard_sodium::crypto());
+    let mut sodium_raw = boxstream::Raw::libsodium(boxstream::CHUNK);
+    let (sodium_ours, sodium_base) = measure::compare(
+        ROUNDS,
+        ROUND_TIME,
+        || boxstream::plugboard(&mut sodium_stream),
+        || boxstream::raw(&mut sodium_raw),
+    );
+    println!(
+        "4 KiB seal+open, libsodium box-stream {sodium_ours:>9.2?} ({:.0} MiB/s)   secretbox {sodium_base:>9.2?} ({:.0} MiB/s)",
+        mib_s(sodium_ours),
+        mib_s(sodium_base)
+    );
+    ratios.push(("boxstream_sodium_vs_libsodium", sodium_ours, sodium_base));
+    let mut sodium_header = boxstream::Raw::libsodium(18);
+    let (header_time, body_time) = measure::compare(
+        ROUNDS,
+        ROUND_TIME,
+        || boxstream::raw(&mut sodium_header),
+        || boxstream::raw(&mut sodium_raw),
+    );
+    println!("18-byte libsodium secretbox seal+open {header_time:>9.2?}");
+    ratios.push(("boxstream_sodium_floor", header_time + body_time, body_time));
+    let (rust_time, sodium_time) = measure::compare(
+        ROUNDS,
+        ROUND_TIME,
+        || boxstream::plugboard(&mut stream),
+        || boxstream::plugboard(&mut sodium_stream),
+    );
+    println!(
+        "4 KiB box-stream seal+open  rustcrypto {rust_time:>9.2?}   libsodium {sodium_time:>9.2?}"
+    );
+    // Higher is better for this one: the provider's speed-up.
+    ratios.push(("boxstream_rustcrypto_vs_sodium", rust_time, sodium_time));
 
     let mut relay = relay::Relay::default();
     let source = vec![0x5au8; relay::WRITE];

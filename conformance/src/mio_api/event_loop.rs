@@ -124,7 +124,7 @@ impl Loop {
         let addr: Addr = how.addr.parse().map_err(other)?;
         let handshake = HandshakeConfig {
             network_key: how.network_key,
-            ..HandshakeConfig::new(how.keypair())
+            ..crate::handshake(how.keypair())
         };
         let listener = match &how.direct_listen {
             Some(listen) => Some(Listener::bind(

@@ -119,6 +119,19 @@ pub fn run_handshake<H: Handshake>(
 }
 
 /// Parses a 32-byte hex seed.
+/// The crypto provider `PLUGBOARD_CRYPTO` names: `rustcrypto` (the default,
+/// also when unset) or `libsodium`. Anything else is a mistake worth stopping for.
+pub fn crypto_from_env() -> plugboard_core::crypto::Crypto {
+    match std::env::var("PLUGBOARD_CRYPTO").as_deref() {
+        Err(std::env::VarError::NotPresent) | Ok("rustcrypto") => Default::default(),
+        Ok("libsodium") => plugboard_sodium::crypto(),
+        other => {
+            eprintln!("PLUGBOARD_CRYPTO must be rustcrypto or libsodium, not {other:?}");
+            std::process::exit(2);
+        }
+    }
+}
+
 pub fn parse_seed(text: &str) -> Result<[u8; 32], String> {
     let bytes = hex_decode(text).ok_or("the seed is not hex")?;
     bytes

@@ -21,14 +21,13 @@ mod seal;
 pub use open::{Event, Opener};
 pub use seal::Sealer;
 
+use crate::crypto::{Crypto, TAG_LEN};
 use crate::shs::SessionKeys;
 
 /// Largest body one frame carries.
 pub const MAX_BODY: usize = 4096;
 /// Size of a boxed header.
 pub const HEADER_LEN: usize = 34;
-/// Size of a Poly1305 tag.
-const TAG_LEN: usize = 16;
 
 /// Why a box-stream failed. Once failed, an [`Opener`] stays failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,11 +50,11 @@ pub enum BoxStreamError {
     Closed,
 }
 
-/// Both directions of a session, from the handshake's keys.
-pub fn session(keys: &SessionKeys) -> (Sealer, Opener) {
+/// Both directions of a session, from the handshake's keys, on `crypto`.
+pub fn session(crypto: &Crypto, keys: &SessionKeys) -> (Sealer, Opener) {
     (
-        Sealer::new(&keys.encrypt_key, &keys.encrypt_nonce),
-        Opener::new(&keys.decrypt_key, &keys.decrypt_nonce),
+        Sealer::new(crypto, &keys.encrypt_key, &keys.encrypt_nonce),
+        Opener::new(crypto, &keys.decrypt_key, &keys.decrypt_nonce),
     )
 }
 

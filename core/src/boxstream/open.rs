@@ -1,11 +1,10 @@
 use std::collections::VecDeque;
 
 use bytes::{Buf as _, Bytes, BytesMut};
-use crypto_secretbox::aead::{AeadInPlace, KeyInit};
-use crypto_secretbox::XSalsa20Poly1305;
 
 use super::nonce::Nonce;
 use super::{BoxStreamError, HEADER_LEN, MAX_BODY, TAG_LEN};
+use crate::crypto::{Crypto, SecretBox};
 
 /// What an [`Opener`] read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +21,7 @@ pub enum Event {
 /// [`Bytes`] slices of it, so a frame costs no allocation and one copy (into
 /// the buffer).
 pub struct Opener {
-    cipher: XSalsa20Poly1305,
+    cipher: Box<dyn SecretBox>,
     nonce: Nonce,
     buffer: BytesMut,
     /// The opened header of the frame whose body is still arriving.
@@ -44,10 +43,10 @@ enum State {
 }
 
 impl Opener {
-    /// An opener starting at `nonce`.
-    pub fn new(key: &[u8; 32], nonce: &[u8; 24]) -> Self {
+    /// An opener under `key` starting at `nonce`, on `crypto`'s cipher.
+    pub fn new(crypto: &Crypto, key: &[u8; 32], nonce: &[u8; 24]) -> Self {
         Opener {
-            cipher: XSalsa20Poly1305::new(key.into()),
+            cipher: crypto.secretbox(key),
             nonce: Nonce(*nonce),
             buffer: BytesMut::new(),
             pending_body: None,
@@ -116,14 +115,12 @@ impl Opener {
             }
             self.pending_body = None;
             let mut plaintext = self.buffer.split_to(body.len);
-            self.cipher
-                .decrypt_in_place_detached(
-                    &self.nonce.next().into(),
-                    b"",
-                    &mut plaintext,
-                    &body.tag.into(),
-                )
-                .map_err(|_| BoxStreamError::Forged)?;
+            if !self
+                .cipher
+                .open_detached(&self.nonce.next(), &mut plaintext, &body.tag)
+            {
+                return Err(BoxStreamError::Forged);
+            }
             if !plaintext.is_empty() {
                 self.events.push_back(Event::Data(plaintext.freeze()));
             }
@@ -136,9 +133,13 @@ impl Opener {
         header.copy_from_slice(&self.buffer[..HEADER_LEN]);
         self.buffer.advance(HEADER_LEN);
         let (tag, plaintext) = header.split_at_mut(TAG_LEN);
-        self.cipher
-            .decrypt_in_place_detached(&self.nonce.next().into(), b"", plaintext, (&*tag).into())
-            .map_err(|_| BoxStreamError::Forged)?;
+        let tag: &[u8; TAG_LEN] = (&*tag).try_into().expect("split at 16");
+        if !self
+            .cipher
+            .open_detached(&self.nonce.next(), plaintext, tag)
+        {
+            return Err(BoxStreamError::Forged);
+        }
         if plaintext.iter().all(|&b| b == 0) {
             return Ok(None);
         }

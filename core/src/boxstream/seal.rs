@@ -1,22 +1,21 @@
 use bytes::BytesMut;
-use crypto_secretbox::aead::{AeadInPlace, KeyInit};
-use crypto_secretbox::XSalsa20Poly1305;
 
 use super::nonce::Nonce;
 use super::{BoxStreamError, HEADER_LEN, MAX_BODY, TAG_LEN};
+use crate::crypto::{Crypto, SecretBox};
 
 /// The sending half of a box-stream.
 pub struct Sealer {
-    cipher: XSalsa20Poly1305,
+    cipher: Box<dyn SecretBox>,
     nonce: Nonce,
     said_goodbye: bool,
 }
 
 impl Sealer {
-    /// A sealer starting at `nonce`.
-    pub fn new(key: &[u8; 32], nonce: &[u8; 24]) -> Self {
+    /// A sealer under `key` starting at `nonce`, on `crypto`'s cipher.
+    pub fn new(crypto: &Crypto, key: &[u8; 32], nonce: &[u8; 24]) -> Self {
         Sealer {
-            cipher: XSalsa20Poly1305::new(key.into()),
+            cipher: crypto.secretbox(key),
             nonce: Nonce(*nonce),
             said_goodbye: false,
         }
@@ -66,10 +65,7 @@ impl Sealer {
         out.resize(start + HEADER_LEN, 0);
         out.extend_from_slice(chunk);
         let (header, body) = out[start..].split_at_mut(HEADER_LEN);
-        let body_tag = self
-            .cipher
-            .encrypt_in_place_detached(&body_nonce.into(), b"", body)
-            .expect("secretbox seals any length");
+        let body_tag = self.cipher.seal_detached(&body_nonce, body);
         header[TAG_LEN..TAG_LEN + 2].copy_from_slice(&(chunk.len() as u16).to_be_bytes());
         header[TAG_LEN + 2..].copy_from_slice(&body_tag);
         self.seal_header(header, header_nonce);
@@ -78,10 +74,7 @@ impl Sealer {
     /// Boxes `header[16..34]` in place; the tag goes first.
     fn seal_header(&self, header: &mut [u8], nonce: [u8; 24]) {
         let (tag, plaintext) = header.split_at_mut(TAG_LEN);
-        let header_tag = self
-            .cipher
-            .encrypt_in_place_detached(&nonce.into(), b"", plaintext)
-            .expect("secretbox seals any length");
+        let header_tag = self.cipher.seal_detached(&nonce, plaintext);
         tag.copy_from_slice(&header_tag);
     }
 }

@@ -669,7 +669,7 @@ impl Broker {
         }
         c.wire = Some(match (c.transport, boxed) {
             (TransportKind::Unix, false) => Wire::plain(mux),
-            _ => Wire::boxed(mux, &established.keys),
+            _ => Wire::boxed(mux, &established),
         });
         c.stage = Stage::Hello;
         self.set_deadline(conn, Some(now + hello_timeout));

@@ -381,7 +381,7 @@ impl DirectConn {
             return;
         };
         self.peer = Some(established.peer);
-        let (mut sealer, opener) = boxstream::session(&established.keys);
+        let (mut sealer, opener) = established.boxstream();
         match self.token.take() {
             Some(token) => {
                 sealer

@@ -494,7 +494,7 @@ impl Session {
             },
         );
         let wire = match self.config.boxstream {
-            true => Wire::boxed(mux, &established.keys),
+            true => Wire::boxed(mux, &established),
             false => Wire::plain(mux),
         };
         self.link = Link::Hello {

@@ -179,6 +179,7 @@ impl ClientHandshake {
         plaintext[64..].copy_from_slice(self.config.keypair.public().as_bytes());
         let mut auth = [0u8; 112];
         crypto::seal(
+            &self.config.crypto,
             &KeySchedule::auth_key(network, &eph_eph, &eph_server),
             &plaintext,
             &mut auth,
@@ -213,7 +214,7 @@ impl ClientHandshake {
                 &client_eph,
             ),
         };
-        if !crypto::open(&schedule.accept_key, &mut message) {
+        if !crypto::open(&self.config.crypto, &schedule.accept_key, &mut message) {
             return Err(HandshakeError::ServerAcceptUnreadable);
         }
         let server_signature: &[u8; 64] = message[16..].try_into().expect("80 - 16 = 64");
@@ -234,7 +235,8 @@ impl ClientHandshake {
             &self.hello_mac,
             &waiting.server_hello_mac,
         );
-        self.io.establish(self.server, keys);
+        self.io
+            .establish(self.server, keys, self.config.crypto.clone());
         self.state = State::Done;
         Ok(())
     }

@@ -1,7 +1,5 @@
 //! The primitives of shs1, each exactly as strict as libsodium's.
 
-use crypto_secretbox::aead::{AeadInPlace, KeyInit};
-use crypto_secretbox::XSalsa20Poly1305;
 use curve25519_dalek::edwards::CompressedEdwardsY;
 use ed25519_dalek::{Signature, VerifyingKey};
 use hmac::{Hmac, Mac};
@@ -10,6 +8,7 @@ use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
 
 use super::error::{HandshakeError, InvalidKey};
+use crate::crypto::Crypto;
 use crate::keys::NetworkKey;
 
 /// A secret derived in the handshake; wiped when dropped.
@@ -105,22 +104,18 @@ fn is_canonical(encoding: &[u8; 32]) -> bool {
 const ZERO_NONCE: [u8; 24] = [0; 24];
 
 /// `crypto_secretbox_easy` with the zero nonce: writes `tag || ciphertext` to `out`.
-pub(crate) fn seal(key: &[u8; 32], plaintext: &[u8], out: &mut [u8]) {
+pub(crate) fn seal(crypto: &Crypto, key: &[u8; 32], plaintext: &[u8], out: &mut [u8]) {
     let (tag, body) = out.split_at_mut(16);
     body.copy_from_slice(plaintext);
-    let tag_value = XSalsa20Poly1305::new(key.into())
-        .encrypt_in_place_detached(&ZERO_NONCE.into(), b"", body)
-        .expect("secretbox seals any length");
-    tag.copy_from_slice(&tag_value);
+    tag.copy_from_slice(&crypto.secretbox(key).seal_detached(&ZERO_NONCE, body));
 }
 
 /// `crypto_secretbox_open_easy` with the zero nonce, in place: on success the
 /// plaintext is `boxed[16..]`.
-pub(crate) fn open(key: &[u8; 32], boxed: &mut [u8]) -> bool {
+pub(crate) fn open(crypto: &Crypto, key: &[u8; 32], boxed: &mut [u8]) -> bool {
     let (tag, body) = boxed.split_at_mut(16);
-    XSalsa20Poly1305::new(key.into())
-        .decrypt_in_place_detached(&ZERO_NONCE.into(), b"", body, (&*tag).into())
-        .is_ok()
+    let tag: &[u8; 16] = (&*tag).try_into().expect("split at 16");
+    crypto.secretbox(key).open_detached(&ZERO_NONCE, body, tag)
 }
 
 #[cfg(test)]
@@ -233,13 +228,14 @@ mod tests {
 
     #[test]
     fn secretbox_round_trip_and_forgery() {
+        let crypto = Crypto::default();
         let key = [3u8; 32];
         let mut boxed = [0u8; 16 + 5];
-        seal(&key, b"hello", &mut boxed);
+        seal(&crypto, &key, b"hello", &mut boxed);
         let mut copy = boxed;
-        assert!(open(&key, &mut copy));
+        assert!(open(&crypto, &key, &mut copy));
         assert_eq!(&copy[16..], b"hello");
         boxed[20] ^= 1;
-        assert!(!open(&key, &mut boxed));
+        assert!(!open(&crypto, &key, &mut boxed));
     }
 }

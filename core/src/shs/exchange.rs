@@ -4,6 +4,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::{Established, Event, HandshakeError, Phase, SessionKeys};
+use crate::crypto::Crypto;
 use crate::keys::PublicKey;
 use crate::time::Instant;
 
@@ -34,10 +35,11 @@ impl Exchange {
     }
 
     /// The last event: the session, with what arrived after the handshake.
-    pub(super) fn establish(&mut self, peer: PublicKey, keys: SessionKeys) {
+    pub(super) fn establish(&mut self, peer: PublicKey, keys: SessionKeys, crypto: Crypto) {
         self.event = Some(Event::Established(Established {
             peer,
             keys,
+            crypto,
             early_data: self.inbox.split().freeze(),
         }));
     }

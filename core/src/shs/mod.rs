@@ -32,6 +32,8 @@ pub use client::ClientHandshake;
 pub use error::{HandshakeError, InvalidKey, Phase};
 pub use server::ServerHandshake;
 
+use crate::boxstream::{self, Opener, Sealer};
+use crate::crypto::Crypto;
 use crate::keys::{Keypair, NetworkKey, PublicKey};
 use crate::time::Instant;
 use crypto::{sha256, Secret};
@@ -53,15 +55,20 @@ pub struct HandshakeConfig {
     pub network_key: NetworkKey,
     /// Deadline for the whole handshake, counted from construction.
     pub timeout: Duration,
+    /// The secretbox implementation the handshake's boxes and the
+    /// box-stream after it run on.
+    pub crypto: Crypto,
 }
 
 impl HandshakeConfig {
-    /// SSB's main network and the default timeout.
+    /// SSB's main network, the default timeout and the default (pure Rust)
+    /// crypto provider.
     pub fn new(keypair: Keypair) -> Self {
         HandshakeConfig {
             keypair,
             network_key: NetworkKey::SSB_MAIN,
             timeout: DEFAULT_TIMEOUT,
+            crypto: Crypto::default(),
         }
     }
 }
@@ -130,6 +137,15 @@ pub struct Established {
     /// Bytes that arrived after the last handshake message: they belong to
     /// the next layer.
     pub early_data: Bytes,
+    /// The provider the handshake ran on, for the box-stream after it.
+    pub crypto: Crypto,
+}
+
+impl Established {
+    /// Both directions of the box-stream this session continues with.
+    pub fn boxstream(&self) -> (Sealer, Opener) {
+        boxstream::session(&self.crypto, &self.keys)
+    }
 }
 
 /// The box-stream parameters of one side of a session. The other side's

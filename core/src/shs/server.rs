@@ -116,6 +116,7 @@ impl ServerHandshake {
         signed[128..].copy_from_slice(&pending.schedule.ab_hash[..]);
         let mut accept_message = [0u8; 80];
         crypto::seal(
+            &self.config.crypto,
             &pending.schedule.accept_key,
             &keypair.sign(&signed),
             &mut accept_message,
@@ -128,7 +129,8 @@ impl ServerHandshake {
             &pending.server_hello_mac,
             &pending.client_hello_mac,
         );
-        self.io.establish(pending.client, keys);
+        self.io
+            .establish(pending.client, keys, self.config.crypto.clone());
         self.state = State::Done;
         Ok(())
     }
@@ -225,7 +227,7 @@ impl ServerHandshake {
         let keypair = &self.config.keypair;
         let eph_server = crypto::dh(keypair.curve_secret(), &waiting.client_ephemeral)?;
         let auth_key = KeySchedule::auth_key(network, &waiting.eph_eph, &eph_server);
-        if !crypto::open(&auth_key, &mut message) {
+        if !crypto::open(&self.config.crypto, &auth_key, &mut message) {
             return Err(HandshakeError::ClientAuthUnreadable);
         }
         let client_signature: [u8; 64] = message[16..80].try_into().expect("sized");

@@ -92,7 +92,7 @@ impl Forge {
         let eph_server = crypto::dh(&a, &server_curve).unwrap();
         let key = KeySchedule::auth_key(&self.network, &self.eph_eph(), &eph_server);
         let mut message = [0u8; 112];
-        crypto::seal(&key, plaintext, &mut message);
+        crypto::seal(&Crypto::default(), &key, plaintext, &mut message);
         message
     }
 
@@ -115,7 +115,7 @@ impl Forge {
             crypto::dh(self.client.curve_secret(), &Self::eph_public(SERVER_EPH)).unwrap();
         let key = KeySchedule::accept_key(&self.network, &self.eph_eph(), &eph_server, &client_eph);
         let mut message = [0u8; 80];
-        crypto::seal(&key, signature, &mut message);
+        crypto::seal(&Crypto::default(), &key, signature, &mut message);
         message
     }
 }

@@ -2,6 +2,7 @@
 //! (its handshake, hello and name), and the direct listener it may open.
 
 use super::*;
+use plugboard_core::crypto::Crypto;
 
 /// How to connect.
 pub struct PluginBuilder<R: Runtime> {
@@ -14,6 +15,7 @@ pub struct PluginBuilder<R: Runtime> {
     direct_advertise: Option<String>,
     broker: Option<PublicKey>,
     network_key: NetworkKey,
+    crypto: Crypto,
     reconnect: Option<Reconnect>,
     watch_queue: usize,
 }
@@ -63,6 +65,14 @@ impl<R: Runtime> PluginBuilder<R> {
     /// The network key (default: SSB's main network).
     pub fn network_key(mut self, key: NetworkKey) -> Self {
         self.network_key = key;
+        self
+    }
+
+    /// The crypto provider box-stream and the handshake run on, here and on
+    /// direct TCP channels (default: [`default_crypto`](crate::default_crypto),
+    /// libsodium with the `libsodium` feature, pure Rust otherwise).
+    pub fn crypto(mut self, crypto: Crypto) -> Self {
+        self.crypto = crypto;
         self
     }
 
@@ -122,6 +132,7 @@ impl<R: Runtime> PluginBuilder<R> {
         let broker = self.broker.unwrap_or_else(|| self.keypair.public());
         let mut handshake = HandshakeConfig::new(self.keypair);
         handshake.network_key = self.network_key;
+        handshake.crypto = self.crypto;
         let direct_listener = match (&self.direct_listen, &name) {
             (None, _) => None,
             (Some(_), None) => {
@@ -244,6 +255,7 @@ impl<R: Runtime> Plugin<R> {
             direct_advertise: None,
             broker: None,
             network_key: NetworkKey::SSB_MAIN,
+            crypto: plugboard_os::default_crypto(),
             reconnect: None,
             watch_queue: queue::WATCH_QUEUE,
         }
