@@ -10,6 +10,14 @@ fn bench(c: &mut Criterion) {
     });
     let mut raw = boxstream::Raw::default();
     group.bench_function("secretbox", |b| b.iter(|| boxstream::raw(&mut raw)));
+    let mut stream = boxstream::Stream::new(&plugboard_sodium::crypto());
+    group.bench_function("box-stream on libsodium", |b| {
+        b.iter(|| boxstream::plugboard(&mut stream))
+    });
+    let mut raw = boxstream::Raw::libsodium(boxstream::CHUNK);
+    group.bench_function("libsodium secretbox", |b| {
+        b.iter(|| boxstream::raw(&mut raw))
+    });
     group.finish();
 }
 

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant as StdInstant};
 
 use mio::{Events, Interest, Poll, Token};
 use plugboard_core::direct::DirectEvent;
-use plugboard_core::shs::HandshakeConfig;
 use plugboard_core::Keypair;
 use plugboard_mio::{Clock, DirectTcp};
 
@@ -24,13 +23,19 @@ fn a_flooding_direct_peer_waits_for_the_embedder() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = format!("tcp:{}", listener.local_addr().unwrap());
     let clock = Clock::start();
-    let dialer_config = Arc::new(HandshakeConfig::new(Keypair::from_seed([6; 32])));
+    let dialer_config = Arc::new(plugboard_conformance::handshake(Keypair::from_seed(
+        [6; 32],
+    )));
     let mut dialer =
         DirectTcp::dial(&addr, dialer_config, target_keys.public(), [5; 32], clock).unwrap();
     let (stream, _) = listener.accept().unwrap();
     stream.set_nonblocking(true).unwrap();
     let stream = mio::net::TcpStream::from_std(stream);
-    let mut target = DirectTcp::accept(stream, Arc::new(HandshakeConfig::new(target_keys)), clock);
+    let mut target = DirectTcp::accept(
+        stream,
+        Arc::new(plugboard_conformance::handshake(target_keys)),
+        clock,
+    );
     let mut poll = Poll::new().unwrap();
     let both = Interest::READABLE | Interest::WRITABLE;
     poll.registry().register(&mut dialer, DIALER, both).unwrap();

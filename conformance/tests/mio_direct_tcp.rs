@@ -14,7 +14,6 @@ use mio::{Events, Interest, Poll, Token};
 use plugboard_core::control::{ErrorCode, Name, OpenedPath};
 use plugboard_core::direct::DirectEvent;
 use plugboard_core::session::{SessionConfig, SessionEvent};
-use plugboard_core::shs::HandshakeConfig;
 use plugboard_mio::{Addr, Clock, DirectTcp, PluginConn};
 
 const PLUGIN: Token = Token(1);
@@ -41,7 +40,7 @@ fn a_plugin_conn_dials_a_direct_tcp_channel() {
     };
 
     // The opener: a PluginConn over TCP in a loop of our own.
-    let handshake = HandshakeConfig::new(keys(2));
+    let handshake = plugboard_conformance::handshake(keys(2));
     let mut config = SessionConfig::new(handshake.clone(), broker_keys().public());
     config.boxstream = true;
     let addr: Addr = broker.tcp.parse().unwrap();
@@ -143,7 +142,7 @@ fn a_plugin_conn_takes_a_direct_tcp_channel() {
     let broker = Broker::start("direct-tcp-target");
     let mut listener = mio::net::TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let direct_addr = format!("tcp:{}", listener.local_addr().unwrap());
-    let handshake = HandshakeConfig::new(keys(5));
+    let handshake = plugboard_conformance::handshake(keys(5));
     let config = SessionConfig::new(handshake.clone(), broker_keys().public());
     let addr: Addr = broker.unix.parse().unwrap();
     let mut conn = PluginConn::connect(&addr, config).unwrap();

@@ -14,7 +14,6 @@ use common::{broker_keys, echo_through, keys, plugin, Broker, PATIENCE};
 use mio::{Events, Interest, Poll, Token};
 use plugboard_core::control::{ChannelId, ChannelPath, IncomingPath, Name};
 use plugboard_core::session::{Recv, SessionConfig, SessionEvent};
-use plugboard_core::shs::HandshakeConfig;
 use plugboard_mio::{Addr, PluginConn};
 use plugboard_tokio::plugin::Path;
 use tokio::io::AsyncReadExt as _;
@@ -35,7 +34,10 @@ struct Echo {
 /// and the channel's end (over a socketpair when the opener asked for a
 /// direct channel); protocol "echo" gets its bytes back.
 fn serve(addr: Addr, seed: u8, name: &str, registered: oneshot::Sender<()>) -> String {
-    let config = SessionConfig::new(HandshakeConfig::new(keys(seed)), broker_keys().public());
+    let config = SessionConfig::new(
+        plugboard_conformance::handshake(keys(seed)),
+        broker_keys().public(),
+    );
     let mut conn = PluginConn::connect(&addr, config).unwrap();
     let mut poll = Poll::new().unwrap();
     let interest = Interest::READABLE | Interest::WRITABLE;
@@ -201,7 +203,8 @@ async fn a_plugin_conn_serves_channels_through_the_mio_server() {
 #[tokio::test]
 async fn a_plugin_conn_serves_channels_through_the_tokio_server() {
     let path = common::sock_path("tokio-server");
-    let config = plugboard_core::broker::BrokerConfig::new(HandshakeConfig::new(broker_keys()));
+    let config =
+        plugboard_core::broker::BrokerConfig::new(plugboard_conformance::handshake(broker_keys()));
     let server =
         plugboard_tokio::Server::bind(config, &[plugboard_tokio::Addr::Unix(path)]).unwrap();
     let addr = server.local_addrs()[0].to_string();

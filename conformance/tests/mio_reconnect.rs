@@ -13,7 +13,6 @@ use common::{broker_keys, keys, plugin, Broker, PATIENCE};
 use mio::{Events, Interest, Poll, Token};
 use plugboard_core::control::Name;
 use plugboard_core::session::{Reconnect, SessionConfig, SessionEvent};
-use plugboard_core::shs::HandshakeConfig;
 use plugboard_mio::{Addr, PluginConn};
 
 const PLUGIN: Token = Token(3);
@@ -22,7 +21,10 @@ const PLUGIN: Token = Token(3);
 /// first `Ready`, and reports every event until told to stop (or the
 /// session ends).
 fn serve(addr: Addr, name: &str, events: mpsc::Sender<SessionEvent>, stop: mpsc::Receiver<()>) {
-    let mut config = SessionConfig::new(HandshakeConfig::new(keys(1)), broker_keys().public());
+    let mut config = SessionConfig::new(
+        plugboard_conformance::handshake(keys(1)),
+        broker_keys().public(),
+    );
     config.reconnect = Some(Reconnect {
         initial: Duration::from_millis(20),
         max: Duration::from_millis(200),

@@ -7,7 +7,6 @@ mod common;
 use common::{echo_through, keys, plugin, serve_echo, sock_path, Broker, PATIENCE};
 use plugboard_core::broker::BrokerConfig;
 use plugboard_core::control::{Presence, TransportKind};
-use plugboard_core::shs::HandshakeConfig;
 use plugboard_mio::{Addr, ServeError, Server};
 use plugboard_tokio::plugin::Path;
 use plugboard_tokio::{PluginError, WatchEvent};
@@ -104,7 +103,7 @@ async fn a_stop_says_why_and_removes_the_socket() {
     // The watch ends with the connection (its sender is dropped).
     let mut changes = client.watch().await.unwrap();
     // A live socket is not taken over.
-    let config = BrokerConfig::new(HandshakeConfig::new(keys(9)));
+    let config = BrokerConfig::new(plugboard_conformance::handshake(keys(9)));
     match Server::bind(config, &[Addr::Unix(path.clone())]) {
         Err(ServeError::InUse(p)) => assert_eq!(p, path),
         other => panic!("bound over a live broker: {:?}", other.err()),
@@ -131,7 +130,7 @@ fn a_stale_socket_file_is_replaced() {
     let dead = std::os::unix::net::UnixListener::bind(&path).unwrap();
     drop(dead); // the file stays, nobody answers
     assert!(path.exists());
-    let config = BrokerConfig::new(HandshakeConfig::new(keys(9)));
+    let config = BrokerConfig::new(plugboard_conformance::handshake(keys(9)));
     let server = Server::bind(config, &[Addr::Unix(path.clone())]).unwrap();
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();

@@ -10,7 +10,6 @@ use plugboard_conformance::broker::{config, socket_path, SmolBroker};
 use plugboard_conformance::scenarios::{connect, run};
 use plugboard_conformance::{broker_keys, keys};
 use plugboard_core::broker::BrokerConfig;
-use plugboard_core::shs::HandshakeConfig;
 use plugboard_os::activation::adopt;
 use plugboard_smol::{Addr, ServeError, Server};
 
@@ -40,14 +39,14 @@ fn binding_rules() {
         );
 
         // A live one is not taken over.
-        let other = BrokerConfig::new(HandshakeConfig::new(keys(9)));
+        let other = BrokerConfig::new(plugboard_conformance::handshake(keys(9)));
         match Server::bind(other, &[Addr::Unix(path.clone())]) {
             Err(ServeError::InUse(p)) => assert_eq!(p, path),
             other => panic!("bound over a live socket: {:?}", other.err()),
         }
         // A TCP port in use is a bind error.
         let taken = addrs[1].clone();
-        let other = BrokerConfig::new(HandshakeConfig::new(keys(9)));
+        let other = BrokerConfig::new(plugboard_conformance::handshake(keys(9)));
         assert!(matches!(
             Server::bind(other, &[taken]),
             Err(ServeError::Bind { .. })

@@ -12,6 +12,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use crypto_secretbox::aead::{AeadInPlace, KeyInit};
 use crypto_secretbox::XSalsa20Poly1305;
 
@@ -49,6 +50,39 @@ pub trait SecretBox: Send + Sync {
         in_out: &mut [u8],
         tag: &[u8; TAG_LEN],
     ) -> bool;
+
+    /// Appends `plaintext`, encrypted under `nonce`, to `out`; returns its
+    /// tag. The default copies, then seals in place; a library that
+    /// encrypts from one buffer into another saves that copy.
+    fn seal_detached_append(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        plaintext: &[u8],
+        out: &mut BytesMut,
+    ) -> [u8; TAG_LEN] {
+        let start = out.len();
+        out.extend_from_slice(plaintext);
+        self.seal_detached(nonce, &mut out[start..])
+    }
+
+    /// If `tag` authenticates `ciphertext` under `nonce`, appends its
+    /// plaintext to `out` and returns true. Otherwise returns false and
+    /// leaves `out` as it was. The default copies, then opens in place.
+    fn open_detached_append(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        ciphertext: &[u8],
+        tag: &[u8; TAG_LEN],
+        out: &mut BytesMut,
+    ) -> bool {
+        let start = out.len();
+        out.extend_from_slice(ciphertext);
+        let authentic = self.open_detached(nonce, &mut out[start..], tag);
+        if !authentic {
+            out.truncate(start);
+        }
+        authentic
+    }
 }
 
 /// The provider a configuration runs on: a cheap handle to share.

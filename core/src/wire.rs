@@ -57,7 +57,7 @@ impl Wire {
         }
     }
 
-    /// Box-stream framing with the handshake's keys.
+    /// Box-stream framing, from the handshake's keys on its crypto provider.
     pub fn boxed(mux: Mux, established: &Established) -> Self {
         let (sealer, opener) = established.boxstream();
         Wire {

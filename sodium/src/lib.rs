@@ -18,8 +18,12 @@
 //! Building it needs a C compiler and make: libsodium is compiled from the
 //! source bundled in `libsodium-sys-stable`.
 
+#![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::sync::OnceLock;
 
+use bytes::BytesMut;
 use plugboard_core::crypto::{Crypto, CryptoProvider, SecretBox, KEY_LEN, NONCE_LEN, TAG_LEN};
 use zeroize::Zeroizing;
 
@@ -132,6 +136,67 @@ impl SecretBox for SodiumBox {
             )
         };
         status == 0
+    }
+
+    fn seal_detached_append(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        plaintext: &[u8],
+        out: &mut BytesMut,
+    ) -> [u8; TAG_LEN] {
+        let mut tag = [0u8; TAG_LEN];
+        out.reserve(plaintext.len());
+        let spare = out.spare_capacity_mut();
+        assert!(spare.len() >= plaintext.len(), "reserved above");
+        // SAFETY: libsodium writes `plaintext.len()` bytes of ciphertext to
+        // `spare`, which has room for them (reserved and asserted), reads
+        // that many from `plaintext` (a different allocation: `out` is
+        // borrowed mutably, so they cannot overlap), and the fixed-size
+        // tag, nonce and key. After it returns 0 those bytes are
+        // initialized, so the length may cover them.
+        unsafe {
+            let status = libsodium_sys::crypto_secretbox_detached(
+                spare.as_mut_ptr().cast(),
+                tag.as_mut_ptr(),
+                plaintext.as_ptr(),
+                plaintext.len() as u64,
+                nonce.as_ptr(),
+                self.key.as_ptr(),
+            );
+            assert_eq!(status, 0, "crypto_secretbox_detached failed");
+            out.set_len(out.len() + plaintext.len());
+        }
+        tag
+    }
+
+    fn open_detached_append(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        ciphertext: &[u8],
+        tag: &[u8; TAG_LEN],
+        out: &mut BytesMut,
+    ) -> bool {
+        out.reserve(ciphertext.len());
+        let spare = out.spare_capacity_mut();
+        assert!(spare.len() >= ciphertext.len(), "reserved above");
+        // SAFETY: as in `seal_detached_append`, with the roles swapped. On
+        // a forgery libsodium returns -1 and the length stays as it was, so
+        // nothing it may have written becomes readable.
+        unsafe {
+            let status = libsodium_sys::crypto_secretbox_open_detached(
+                spare.as_mut_ptr().cast(),
+                ciphertext.as_ptr(),
+                tag.as_ptr(),
+                ciphertext.len() as u64,
+                nonce.as_ptr(),
+                self.key.as_ptr(),
+            );
+            if status != 0 {
+                return false;
+            }
+            out.set_len(out.len() + ciphertext.len());
+        }
+        true
     }
 }
 

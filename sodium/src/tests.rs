@@ -1,6 +1,7 @@
 //! The two providers agree at the primitive: the same ciphertext and tag for
 //! any key, nonce and message, and each opens what the other sealed.
 
+use bytes::BytesMut;
 use plugboard_core::crypto::{Crypto, SecretBox};
 use proptest::prelude::*;
 
@@ -41,11 +42,26 @@ proptest! {
         for opener in [&rust, &sodium] {
             prop_assert!(!opener.open_detached(&nonce, &mut forged.clone(), &forged_tag));
         }
+
+        // Appending (from one buffer into another) gives the same bytes,
+        // after what `out` held; a forgery leaves `out` as it was.
+        for cipher in [&rust, &sodium] {
+            let mut out = BytesMut::from(&b"before"[..]);
+            prop_assert_eq!(cipher.seal_detached_append(&nonce, &message, &mut out), tag);
+            prop_assert_eq!(&out[..6], b"before");
+            prop_assert_eq!(&out[6..], &by_rust[..]);
+            let mut out = BytesMut::from(&b"before"[..]);
+            prop_assert!(cipher.open_detached_append(&nonce, &by_rust, &tag, &mut out));
+            prop_assert_eq!(&out[6..], &message[..]);
+            let mut out = BytesMut::from(&b"before"[..]);
+            prop_assert!(!cipher.open_detached_append(&nonce, &forged, &forged_tag, &mut out));
+            prop_assert_eq!(&out[..], b"before");
+        }
     }
 }
 
 #[test]
-fn named_and_initialized_once() {
+fn named() {
     let (a, b) = (super::crypto(), super::Sodium::new());
     assert_eq!(a.name(), "libsodium");
     assert_eq!(

@@ -118,7 +118,6 @@ pub fn run_handshake<H: Handshake>(
     }
 }
 
-/// Parses a 32-byte hex seed.
 /// The crypto provider `PLUGBOARD_CRYPTO` names: `rustcrypto` (the default,
 /// also when unset) or `libsodium`. Anything else is a mistake worth stopping for.
 pub fn crypto_from_env() -> plugboard_core::crypto::Crypto {
@@ -132,6 +131,7 @@ pub fn crypto_from_env() -> plugboard_core::crypto::Crypto {
     }
 }
 
+/// Parses a 32-byte hex seed.
 pub fn parse_seed(text: &str) -> Result<[u8; 32], String> {
     let bytes = hex_decode(text).ok_or("the seed is not hex")?;
     bytes

@@ -1,6 +1,6 @@
 use std::collections::VecDeque;
 
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use super::nonce::Nonce;
 use super::{BoxStreamError, HEADER_LEN, MAX_BODY, TAG_LEN};
@@ -17,13 +17,18 @@ pub enum Event {
 
 /// The receiving half of a box-stream.
 ///
-/// Bodies are decrypted in place in the read buffer and handed out as
-/// [`Bytes`] slices of it, so a frame costs no allocation and one copy (into
-/// the buffer).
+/// A body that arrives whole in one input is decrypted straight from it into
+/// the plaintext buffer (with no copy before, on a provider that can); one
+/// split across inputs is gathered in the read buffer and decrypted there in
+/// place. Either way it is handed out as a [`Bytes`] slice of the buffer, so
+/// a frame costs no allocation of its own.
 pub struct Opener {
     cipher: Box<dyn SecretBox>,
     nonce: Nonce,
+    /// The part of a header or body that arrived so far, when it came split.
     buffer: BytesMut,
+    /// Plaintext of bodies that arrived whole, handed out in slices.
+    plain: BytesMut,
     /// The opened header of the frame whose body is still arriving.
     pending_body: Option<PendingBody>,
     events: VecDeque<Event>,
@@ -49,6 +54,7 @@ impl Opener {
             cipher: crypto.secretbox(key),
             nonce: Nonce(*nonce),
             buffer: BytesMut::new(),
+            plain: BytesMut::new(),
             pending_body: None,
             events: VecDeque::new(),
             state: State::Open,
@@ -64,8 +70,7 @@ impl Opener {
             State::Goodbye => return self.fail(BoxStreamError::DataAfterGoodbye),
             State::Open => {}
         }
-        self.buffer.extend_from_slice(input);
-        match self.open_frames() {
+        match self.open_frames(input) {
             Ok(()) => Ok(()),
             Err(error) => self.fail(error),
         }
@@ -99,39 +104,80 @@ impl Opener {
         Err(error)
     }
 
-    fn open_frames(&mut self) -> Result<(), BoxStreamError> {
+    fn open_frames(&mut self, mut input: &[u8]) -> Result<(), BoxStreamError> {
         loop {
-            let body = match self.pending_body {
+            let body = match self.pending_body.take() {
                 Some(body) => body,
-                None if self.buffer.len() < HEADER_LEN => return Ok(()),
-                None => match self.open_header()? {
-                    Some(body) => body,
-                    None => return self.on_goodbye(),
-                },
+                None => {
+                    let mut header = [0u8; HEADER_LEN];
+                    if !self.gather(&mut input, &mut header) {
+                        return Ok(());
+                    }
+                    match self.open_header(header)? {
+                        Some(body) => body,
+                        None => return self.on_goodbye(input),
+                    }
+                }
             };
-            if self.buffer.len() < body.len {
-                self.pending_body = Some(body);
-                return Ok(());
-            }
-            self.pending_body = None;
-            let mut plaintext = self.buffer.split_to(body.len);
-            if !self
-                .cipher
-                .open_detached(&self.nonce.next(), &mut plaintext, &body.tag)
-            {
-                return Err(BoxStreamError::Forged);
-            }
+            let plaintext = if self.buffer.is_empty() && input.len() >= body.len {
+                // The whole body is here: decrypt it from the input.
+                let (ciphertext, rest) = input.split_at(body.len);
+                input = rest;
+                let nonce = self.nonce.next();
+                let plain = &mut self.plain;
+                if !self
+                    .cipher
+                    .open_detached_append(&nonce, ciphertext, &body.tag, plain)
+                {
+                    return Err(BoxStreamError::Forged);
+                }
+                self.plain.split()
+            } else {
+                let missing = body.len - self.buffer.len();
+                if input.len() < missing {
+                    self.buffer.extend_from_slice(input);
+                    self.pending_body = Some(body);
+                    return Ok(());
+                }
+                self.buffer.extend_from_slice(&input[..missing]);
+                input = &input[missing..];
+                let mut plaintext = self.buffer.split();
+                if !self
+                    .cipher
+                    .open_detached(&self.nonce.next(), &mut plaintext, &body.tag)
+                {
+                    return Err(BoxStreamError::Forged);
+                }
+                plaintext
+            };
             if !plaintext.is_empty() {
                 self.events.push_back(Event::Data(plaintext.freeze()));
             }
         }
     }
 
-    /// Opens the header at the front of the buffer; `None` is the goodbye.
-    fn open_header(&mut self) -> Result<Option<PendingBody>, BoxStreamError> {
-        let mut header = [0u8; HEADER_LEN];
-        header.copy_from_slice(&self.buffer[..HEADER_LEN]);
-        self.buffer.advance(HEADER_LEN);
+    /// Fills `header` from what was gathered and `input`; false (keeping
+    /// what there is) while it is not all here.
+    fn gather(&mut self, input: &mut &[u8], header: &mut [u8; HEADER_LEN]) -> bool {
+        let missing = HEADER_LEN - self.buffer.len();
+        if input.len() < missing {
+            self.buffer.extend_from_slice(input);
+            *input = &[];
+            return false;
+        }
+        let gathered = self.buffer.len();
+        header[..gathered].copy_from_slice(&self.buffer);
+        header[gathered..].copy_from_slice(&input[..missing]);
+        self.buffer.clear();
+        *input = &input[missing..];
+        true
+    }
+
+    /// Opens a header; `None` is the goodbye.
+    fn open_header(
+        &mut self,
+        mut header: [u8; HEADER_LEN],
+    ) -> Result<Option<PendingBody>, BoxStreamError> {
         let (tag, plaintext) = header.split_at_mut(TAG_LEN);
         let tag: &[u8; TAG_LEN] = (&*tag).try_into().expect("split at 16");
         if !self
@@ -153,8 +199,8 @@ impl Opener {
         }))
     }
 
-    fn on_goodbye(&mut self) -> Result<(), BoxStreamError> {
-        if !self.buffer.is_empty() {
+    fn on_goodbye(&mut self, rest: &[u8]) -> Result<(), BoxStreamError> {
+        if !rest.is_empty() {
             return Err(BoxStreamError::DataAfterGoodbye);
         }
         self.state = State::Goodbye;

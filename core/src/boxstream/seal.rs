@@ -63,9 +63,8 @@ impl Sealer {
         let body_nonce = self.nonce.next();
         let start = out.len();
         out.resize(start + HEADER_LEN, 0);
-        out.extend_from_slice(chunk);
-        let (header, body) = out[start..].split_at_mut(HEADER_LEN);
-        let body_tag = self.cipher.seal_detached(&body_nonce, body);
+        let body_tag = self.cipher.seal_detached_append(&body_nonce, chunk, out);
+        let header = &mut out[start..start + HEADER_LEN];
         header[TAG_LEN..TAG_LEN + 2].copy_from_slice(&(chunk.len() as u16).to_be_bytes());
         header[TAG_LEN + 2..].copy_from_slice(&body_tag);
         self.seal_header(header, header_nonce);

@@ -46,7 +46,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// read message 4.
 pub const MAX_EARLY_DATA: usize = 64 * 1024;
 
-/// What both roles need: who we are, which network, how long to wait.
+/// What both roles need: who we are, which network, how long to wait, and
+/// which secretbox implementation to run on.
 #[derive(Clone, Debug)]
 pub struct HandshakeConfig {
     /// This side's long-term identity.
