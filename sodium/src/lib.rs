@@ -4,7 +4,7 @@
 //! default is the pure-Rust RustCrypto cipher, whose Salsa20 has no SIMD code
 //! on stable Rust. This crate runs the same two operations on libsodium's
 //! `crypto_secretbox_detached` and `crypto_secretbox_open_detached`, which
-//! pick SIMD Salsa20 at run time: about 2.5× the speed on x86-64.
+//! pick SIMD Salsa20 at run time: about 3.5× the speed on x86-64 (docs/PERFORMANCE.md).
 //!
 //! ```
 //! use plugboard_core::shs::HandshakeConfig;
