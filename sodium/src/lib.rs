@@ -150,9 +150,9 @@ impl SecretBox for SodiumBox {
         assert!(spare.len() >= plaintext.len(), "reserved above");
         // SAFETY: libsodium writes `plaintext.len()` bytes of ciphertext to
         // `spare`, which has room for them (reserved and asserted), reads
-        // that many from `plaintext` (a different allocation: `out` is
-        // borrowed mutably, so they cannot overlap), and the fixed-size
-        // tag, nonce and key. After it returns 0 those bytes are
+        // that many from `plaintext`, which cannot overlap `spare` (spare
+        // capacity is memory no initialized slice covers, even one of the
+        // same allocation), and reads the fixed-size tag, nonce and key. After it returns 0 those bytes are
         // initialized, so the length may cover them.
         unsafe {
             let status = libsodium_sys::crypto_secretbox_detached(

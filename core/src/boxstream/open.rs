@@ -6,6 +6,10 @@ use super::nonce::Nonce;
 use super::{BoxStreamError, HEADER_LEN, MAX_BODY, TAG_LEN};
 use crate::crypto::{Crypto, SecretBox};
 
+/// How much plaintext room the opener takes at a time for bodies that
+/// arrive whole: one allocation serves many frames, whose [`Bytes`] share it.
+const PLAIN_CHUNK: usize = 64 * 1024;
+
 /// What an [`Opener`] read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -20,8 +24,9 @@ pub enum Event {
 /// A body that arrives whole in one input is decrypted straight from it into
 /// the plaintext buffer (with no copy before, on a provider that can); one
 /// split across inputs is gathered in the read buffer and decrypted there in
-/// place. Either way it is handed out as a [`Bytes`] slice of the buffer, so
-/// a frame costs no allocation of its own.
+/// place. Either way it is handed out as a [`Bytes`] slice of a buffer that
+/// serves many frames (64 KiB at a time), so a frame costs no allocation of
+/// its own.
 pub struct Opener {
     cipher: Box<dyn SecretBox>,
     nonce: Nonce,
@@ -124,6 +129,10 @@ impl Opener {
                 let (ciphertext, rest) = input.split_at(body.len);
                 input = rest;
                 let nonce = self.nonce.next();
+                if self.plain.capacity() < body.len {
+                    // Reclaimed if every earlier body was dropped, else new.
+                    self.plain.reserve(PLAIN_CHUNK);
+                }
                 let plain = &mut self.plain;
                 if !self
                     .cipher

@@ -160,3 +160,25 @@ fn nothing_is_sealed_after_goodbye() {
     assert_eq!(sealer.goodbye(&mut out), Err(BoxStreamError::Closed));
     assert_eq!(out.len(), HEADER_LEN);
 }
+
+#[test]
+fn bodies_that_arrive_whole_share_an_allocation() {
+    // Regression: each body once took an allocation of its own (two, with
+    // its split), because the plaintext buffer reserved exactly one body.
+    let writes: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 1000]).collect();
+    let stream = sealed(&writes.iter().map(Vec::as_slice).collect::<Vec<_>>(), false);
+    let mut opener = Opener::new(&Crypto::default(), &KEY, &NONCE);
+    opener.handle_input(&stream).unwrap();
+    let bodies: Vec<_> = std::iter::from_fn(|| opener.poll_event()).collect();
+    assert_eq!(bodies.len(), 8);
+    for pair in bodies.windows(2) {
+        let (Event::Data(a), Event::Data(b)) = (&pair[0], &pair[1]) else {
+            panic!("data expected");
+        };
+        assert_eq!(
+            a.as_ptr().wrapping_add(a.len()),
+            b.as_ptr(),
+            "one buffer, in order"
+        );
+    }
+}
