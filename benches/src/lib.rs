@@ -8,4 +8,5 @@ pub mod floor;
 pub mod handshake;
 pub mod measure;
 pub mod net;
+pub mod procs;
 pub mod relay;

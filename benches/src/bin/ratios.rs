@@ -4,11 +4,12 @@
 //!
 //! ```text
 //! cargo run --release -p plugboard-benches --bin ratios
+//! cargo run --release -p plugboard-benches --bin ratios -- --processes   # only the relay in processes
 //! ```
 
 use std::time::Duration;
 
-use plugboard_benches::{boxstream, broker, floor, handshake, measure, net, relay};
+use plugboard_benches::{boxstream, broker, floor, handshake, measure, net, procs, relay};
 
 const ROUNDS: usize = 21;
 const ROUND_TIME: Duration = Duration::from_millis(250);
@@ -21,10 +22,36 @@ const IDLE_CONNS: usize = 10_000;
 /// core is busy, so many rounds keep the median steady (~1.6 s in all).
 const DIRECT_BYTES: usize = 64 << 20;
 const DIRECT_ROUNDS: usize = 61;
+/// Bytes per transfer, and rounds, of the relay with every role in its own
+/// process (a round of 1 GiB takes ~0.5–1 s).
+const PROCS_BYTES: usize = 1 << 30;
+const PROCS_ROUNDS: usize = 5;
+/// Round trips of 64 bytes on each path, in alternating slices.
+const PROCS_ROUND_TRIPS: usize = 20_000;
+/// The relay over TCP, box-stream on both hops: bytes per round, and rounds.
+const TCP_BYTES: usize = 256 << 20;
+const TCP_ROUNDS: usize = 3;
 
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some(broker::CHILD_ARG) {
-        broker::child_main();
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some(broker::CHILD_ARG) => broker::child_main(),
+        Some(procs::ROLE_ARG) => procs::roles::main(&args[2..]),
+        _ => {}
+    }
+    if args.get(1).map(String::as_str) == Some("--processes") {
+        // Only the figures with every role in its own process.
+        let mut stream = boxstream::Stream::default();
+        let (chunk, _) = measure::compare(
+            ROUNDS,
+            ROUND_TIME,
+            || boxstream::plugboard(&mut stream),
+            || (),
+        );
+        for (name, ours, base) in processes(chunk) {
+            println!("{name} {:.3}", ours.as_secs_f64() / base.as_secs_f64());
+        }
+        return;
     }
     let mut ratios = Vec::new();
 
@@ -54,6 +81,8 @@ fn main() {
         mib_s(base)
     );
     ratios.push(("boxstream_vs_secretbox", ours, base));
+    // Kept for the TCP relay: box-stream's own seal+open rate in this run.
+    let boxstream_chunk = ours;
     // Box-stream seals every frame twice, body and 18-byte header: the
     // header's secretbox is part of the protocol, and sets a floor under the ratio.
     let mut header = boxstream::Raw::new(18);
@@ -216,6 +245,8 @@ fn main() {
         rss_after as f64 / (1 << 20) as f64
     );
 
+    ratios.extend(processes(boxstream_chunk));
+
     let small_ns = relay::small_message_ns(2_000_000);
     let fanout = relay::fanout(10_000, 21);
 
@@ -225,4 +256,82 @@ fn main() {
     println!("relay_small_ns {small_ns:.0}");
     println!("fanout_10k_ms {:.3}", fanout.as_secs_f64() * 1e3);
     println!("idle_conn_bytes {idle_bytes:.0}");
+}
+
+type Ratio = (&'static str, Duration, Duration);
+
+/// The figures with every role in a process of its own; `boxstream_chunk`
+/// is box-stream's seal+open of a 4 KiB chunk, measured in this run.
+fn processes(boxstream_chunk: Duration) -> Vec<Ratio> {
+    let mut ratios = Vec::new();
+    let mib_s = |d: Duration| boxstream::CHUNK as f64 / d.as_secs_f64() / (1 << 20) as f64;
+    // Every role in a process of its own, as a deployment runs: the relay
+    // through each broker next to a bare forwarder, alternating rounds.
+    let mut forwarder = procs::Path::forwarder();
+    for (adapter, suffix) in [("tokio", ""), ("smol", "_smol"), ("mio", "_mio")] {
+        let (broker, unix, _) = procs::broker(adapter);
+        let mut relay = procs::Path::relay(broker, &unix);
+        let f = procs::compare(
+            &mut relay,
+            &mut forwarder,
+            PROCS_BYTES,
+            PROCS_ROUNDS,
+            PROCS_ROUND_TRIPS,
+        );
+        let gib_s = |d: Duration| (PROCS_BYTES >> 30) as f64 / d.as_secs_f64();
+        println!(
+            "1 GiB, processes, {adapter} broker  CPU {:.2?}/GiB, wall {:.2?} ({:.2} GiB/s)   forwarder CPU {:.2?}/GiB, wall {:.2?} ({:.2} GiB/s); wall ratio min {:.3} max {:.3}",
+            f.cpu_per_gib.0,
+            f.wall.0,
+            gib_s(f.wall.0),
+            f.cpu_per_gib.1,
+            f.wall.1,
+            gib_s(f.wall.1),
+            f.wall_ratio_range.0,
+            f.wall_ratio_range.1,
+        );
+        let (o, b) = f.parts_per_gib;
+        println!(
+            "    CPU per GiB by process: relay source {:.2?} broker {:.2?} sink {:.2?}   forwarder's source {:.2?} forwarder {:.2?} sink {:.2?}",
+            o[0], o[1], o[2], b[0], b[1], b[2]
+        );
+        println!(
+            "64-byte round trip, processes, {adapter} broker {:>9.2?}   forwarder {:>9.2?}",
+            f.round_trip.0, f.round_trip.1
+        );
+        let name = |figure: &str| -> &'static str { format!("{figure}{suffix}").leak() };
+        ratios.push((
+            name("relay_cpu_vs_forwarder"),
+            f.cpu_per_gib.0,
+            f.cpu_per_gib.1,
+        ));
+        ratios.push((name("relay_procs_vs_forwarder"), f.wall.0, f.wall.1));
+        ratios.push((
+            name("rtt_procs_vs_forwarder"),
+            f.round_trip.0,
+            f.round_trip.1,
+        ));
+    }
+    drop(forwarder);
+
+    // The relay over TCP, box-stream on both hops (four seals and opens per
+    // byte, on two cores), against box-stream's seal+open in this process.
+    let (broker, _, tcp) = procs::broker("tokio");
+    let mut relay = procs::Path::relay(broker, &tcp);
+    let mut walls: Vec<Duration> = (0..TCP_ROUNDS)
+        .map(|_| relay.bulk(TCP_BYTES).wall)
+        .collect();
+    walls.sort_unstable();
+    let tcp_wall = walls[walls.len() / 2];
+    drop(relay);
+    let per_chunk = tcp_wall.mul_f64(boxstream::CHUNK as f64 / TCP_BYTES as f64);
+    println!(
+        "{} MiB over TCP through the tokio broker, box-stream both hops {tcp_wall:>9.2?} ({:.0} MiB/s)   box-stream seal+open {:.0} MiB/s",
+        TCP_BYTES >> 20,
+        (TCP_BYTES >> 20) as f64 / tcp_wall.as_secs_f64(),
+        mib_s(boxstream_chunk),
+    );
+    ratios.push(("relay_tcp_vs_boxstream", per_chunk, boxstream_chunk));
+
+    ratios
 }
