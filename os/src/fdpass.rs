@@ -52,15 +52,25 @@ pub fn read_into(
     fds: Option<&mut Vec<OwnedFd>>,
 ) -> io::Result<usize> {
     let start = buf.len();
-    // Zeroed first: that costs far less than the system call that fills
-    // it, and needs no `unsafe`.
+    // Zeroed first: that needs no `unsafe`. A reader that reads often
+    // keeps a buffer of its own and calls `read_at`, which zeroes nothing.
     buf.resize(start + max, 0);
-    let result = match fds {
-        Some(fds) => recv_with_fds(socket, &mut buf[start..], fds),
-        None => recv(socket, &mut buf[start..]),
-    };
+    let result = read_at(socket, &mut buf[start..], fds);
     buf.truncate(start + *result.as_ref().unwrap_or(&0));
     result
+}
+
+/// One non-blocking read into `buf`, as [`read_into`] does; how many
+/// bytes came.
+pub fn read_at(
+    socket: impl AsFd,
+    buf: &mut [u8],
+    fds: Option<&mut Vec<OwnedFd>>,
+) -> io::Result<usize> {
+    match fds {
+        Some(fds) => recv_with_fds(socket, buf, fds),
+        None => recv(socket, buf),
+    }
 }
 
 /// One non-blocking read, retried on `EINTR`.

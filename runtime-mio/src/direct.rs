@@ -13,14 +13,13 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use mio::event::{Event, Source};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use plugboard_core::direct::{DirectConn, DirectEvent, TOKEN_LEN};
 use plugboard_core::shs::HandshakeConfig;
 use plugboard_core::PublicKey;
-use plugboard_os::fdpass::read_into;
+use plugboard_os::fdpass::read_at;
 use plugboard_os::{Clock, WriteQueue};
 
 const READ_SIZE: usize = 64 * 1024;
@@ -32,7 +31,8 @@ pub struct DirectTcp {
     conn: DirectConn,
     clock: Clock,
     queue: WriteQueue,
-    buf: BytesMut,
+    /// Zeroed once; the connection copies what it keeps.
+    buf: Vec<u8>,
     /// The socket's end was read.
     eof: bool,
     /// Reading stopped for events not taken yet: it resumes once they are.
@@ -76,7 +76,7 @@ impl DirectTcp {
             conn,
             clock,
             queue: WriteQueue::new(),
-            buf: BytesMut::new(),
+            buf: vec![0; READ_SIZE],
             eof: false,
             paused: false,
         };
@@ -146,11 +146,10 @@ impl DirectTcp {
                 self.paused = true; // readiness will not come again: see `timeout`
                 return;
             }
-            self.buf.clear();
-            match read_into(&self.stream, &mut self.buf, READ_SIZE, None) {
+            match read_at(&self.stream, &mut self.buf, None) {
                 Ok(n) if n > 0 => {
                     let now = self.clock.now();
-                    let _ = self.conn.handle_input(now, &self.buf);
+                    let _ = self.conn.handle_input(now, &self.buf[..n]);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // The end of the stream; a broken socket ends it where it broke.

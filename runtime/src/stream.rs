@@ -122,6 +122,21 @@ impl<R: Runtime> Stream<R> {
         std::future::poll_fn(|cx| self.poll_read(cx, buf, max, fds.as_deref_mut())).await
     }
 
+    /// Reads into `buf` once there are bytes, as [`Stream::read`] does but
+    /// into memory the caller keeps (nothing is zeroed per read).
+    pub async fn read_at(
+        &self,
+        buf: &mut [u8],
+        mut fds: Option<&mut Vec<OwnedFd>>,
+    ) -> io::Result<usize> {
+        std::future::poll_fn(|cx| {
+            self.io.poll_io(cx, Interest::Read, |fd| {
+                plugboard_os::fdpass::read_at(fd, &mut *buf, fds.as_deref_mut())
+            })
+        })
+        .await
+    }
+
     /// Reads into `buf` once there are bytes; 0 is the end of the stream.
     pub fn poll_read_slice(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         self.io.poll_io(cx, Interest::Read, |fd| {

@@ -6,7 +6,6 @@ use std::io;
 use std::sync::Arc;
 
 use async_channel::Sender;
-use bytes::BytesMut;
 use futures_lite::future;
 use plugboard_core::addr::Addr;
 
@@ -129,7 +128,9 @@ async fn drive<R: Runtime>(
     ready: &mut Option<Sender<Result<(), PluginError>>>,
 ) {
     let mut received = Vec::new();
-    let mut buf = BytesMut::new();
+    // Kept for the connection's life and zeroed only as it grows: the
+    // session copies what it keeps, so a read needs no fresh memory.
+    let mut buf = Vec::new();
     let mut size = ReadSize::new(READ_SIZE);
     let unix = stream.carries_fds();
     loop {
@@ -160,10 +161,13 @@ async fn drive<R: Runtime>(
                 .map(|at| inner.clock.to_std(at));
             (timeout, !inner.out.is_empty())
         };
-        buf.clear();
+        let want = size.next();
+        if buf.len() < want {
+            buf.resize(want, 0);
+        }
         let read = async {
             let fds = unix.then_some(&mut received);
-            Wake::Read(stream.read(&mut buf, size.next(), fds).await)
+            Wake::Read(stream.read_at(&mut buf[..want], fds).await)
         };
         let told = async {
             shared.flush.notified().await;
@@ -192,9 +196,10 @@ async fn drive<R: Runtime>(
                 match read {
                     Ok(0) => inner.session.handle_eof(now),
                     // Errors end the connection; the session's events say why.
-                    Ok(_) => {
+                    Ok(n) => {
                         let Inner { session, fds, .. } = &mut *inner;
-                        if let Err(reason) = fds.hand_over(session, now, &buf, &mut received) {
+                        let input = &buf[..n];
+                        if let Err(reason) = fds.hand_over(session, now, input, &mut received) {
                             session.handle_socket_error(now, &reason);
                         }
                     }

@@ -13,8 +13,10 @@ use plugboard_core::session::Recv;
 use super::{wake, Inner, Shared};
 use crate::rt::Runtime;
 
-/// The allocation a channel's writes are copied into.
-const SEND_BUF: usize = 256 * 1024;
+/// The allocation a channel's small writes are copied into, many to one.
+const SEND_BUF: usize = 64 * 1024;
+/// Writes of this much or more are copied into an allocation of their own.
+const OWN_ALLOCATION: usize = 4 * 1024;
 
 /// Who waits on one relayed channel; the session holds its bytes. A
 /// channel of a lost connection (the plugin reconnects) keeps what it had
@@ -170,9 +172,17 @@ impl<R: Runtime> Relayed<R> {
             c.write_waker = Some(cx.waker().clone());
             return Poll::Pending;
         }
-        this.send_buf.reserve(SEND_BUF.max(room));
-        this.send_buf.extend_from_slice(&data[..room]);
-        let chunk = this.send_buf.split().freeze();
+        let chunk = if room >= OWN_ALLOCATION {
+            // A large write gets an allocation of its size, which goes
+            // back to the allocator's warm memory once it is sent; cut
+            // from one large shared buffer, every few writes would take
+            // fresh memory from the system (page faults and all).
+            Bytes::copy_from_slice(&data[..room])
+        } else {
+            this.send_buf.reserve(SEND_BUF);
+            this.send_buf.extend_from_slice(&data[..room]);
+            this.send_buf.split().freeze()
+        };
         let sent = inner
             .session
             .send(this.id, chunk)
