@@ -95,10 +95,13 @@ pub fn cpu_of(pid: u32) -> Duration {
     Duration::from_secs_f64(ticks as f64 / hz as f64)
 }
 
-/// A source and whatever its bytes pass through on their way to the sink.
-pub struct Path {
+/// A source, what its bytes pass through (a broker or a forwarder), and
+/// the sink. Fields drop in this order: the source leaves first, the
+/// sink before the broker (which would otherwise wait for it to go).
+pub struct Route {
     source: Process,
-    others: Vec<Process>,
+    sink: Process,
+    middle: Process,
 }
 
 /// One transfer: its wall time, and the CPU time of every process involved.
@@ -106,21 +109,24 @@ pub struct Path {
 pub struct Sample {
     /// From the first byte written to the sink's answer.
     pub wall: Duration,
-    /// Source, sink, and broker or forwarder.
+    /// Source, sink, and broker or forwarder, from the command to the
+    /// answer: opening the channel or connection is in it (a few
+    /// milliseconds against a second or more per GiB).
     pub cpu: Duration,
     /// The same by process: source, broker or forwarder, sink.
     pub parts: [Duration; 3],
 }
 
-impl Path {
+impl Route {
     /// Through the broker at `addr` (`unix:` or `tcp:`): a sink plugin that
     /// registers there, a source plugin that opens channels to it.
     pub fn relay(broker: Process, addr: &str) -> Self {
         let sink = Process::start(&["sink", addr]);
         let source = Process::start(&["source", addr]);
-        Path {
+        Route {
             source,
-            others: vec![broker, sink],
+            sink,
+            middle: broker,
         }
     }
 
@@ -140,19 +146,16 @@ impl Path {
             &sink_path.display().to_string(),
         ]);
         let source = Process::start(&["source", &raw(&forwarder_path)]);
-        Path {
+        Route {
             source,
-            others: vec![forwarder, sink],
+            sink,
+            middle: forwarder,
         }
     }
 
     /// CPU so far of the source, the broker or forwarder, and the sink.
     fn cpu(&self) -> [Duration; 3] {
-        [
-            self.source.cpu(),
-            self.others[0].cpu(),
-            self.others[1].cpu(),
-        ]
+        [self.source.cpu(), self.middle.cpu(), self.sink.cpu()]
     }
 
     /// `bytes` from the source to the sink.
@@ -194,11 +197,11 @@ pub struct Figures {
     pub round_trip: (Duration, Duration),
 }
 
-/// `rounds` transfers of `bytes` on each path, alternating which goes
-/// first, then `rtts` round trips on each, alternating in slices.
+/// `rounds` transfers of `bytes` on each route, alternating which goes
+/// first, then `rtts` round trips on each, in alternating slices.
 pub fn compare(
-    relay: &mut Path,
-    forwarder: &mut Path,
+    relay: &mut Route,
+    forwarder: &mut Route,
     bytes: usize,
     rounds: usize,
     rtts: usize,
@@ -220,7 +223,7 @@ pub fn compare(
         .zip(&base)
         .map(|(o, b)| o.wall.as_secs_f64() / b.wall.as_secs_f64())
         .collect();
-    let slices = 5;
+    let slices = 5.min(rtts.max(1));
     let (mut rtt_ours, mut rtt_base) = (Vec::new(), Vec::new());
     for _ in 0..slices {
         rtt_ours.push(relay.round_trip(rtts / slices));

@@ -58,19 +58,6 @@ proptest! {
                 decoded.push(f);
             }
         }
-        // The same, a frame's part at a time (as `Mux::handle_input` feeds it).
-        let mut parts = FrameDecoder::new(4096);
-        let mut by_parts = Vec::new();
-        for mut piece in [&stream[..cut], &stream[cut..]] {
-            while !piece.is_empty() {
-                piece = parts.push_part(piece);
-                while let Some(f) = parts.next_frame().unwrap() {
-                    by_parts.push(f);
-                }
-            }
-        }
-        prop_assert_eq!(&by_parts, &decoded);
-        prop_assert_eq!(parts.buffered(), 0);
         // Reset codes keep their number; `Other(n)` for a known n decodes to its name.
         let normalize = |f: &Frame| match f {
             Frame::Reset { channel, code, reason } => Frame::Reset { channel: *channel, code: ErrorCode::from_u16(code.to_u16()), reason: reason.clone() },

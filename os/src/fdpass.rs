@@ -52,17 +52,19 @@ pub fn read_into(
     fds: Option<&mut Vec<OwnedFd>>,
 ) -> io::Result<usize> {
     let start = buf.len();
-    // Zeroed first: that needs no `unsafe`. A reader that reads often
-    // keeps a buffer of its own and calls `read_at`, which zeroes nothing.
+    // Zeroed first: that needs no `unsafe`. It is for a reader that hands
+    // what it read on as an owned buffer (the broker's, which the mux keeps
+    // without a copy); one that lends it keeps a buffer of its own and
+    // calls `recv_into`, which zeroes nothing.
     buf.resize(start + max, 0);
-    let result = read_at(socket, &mut buf[start..], fds);
+    let result = recv_into(socket, &mut buf[start..], fds);
     buf.truncate(start + *result.as_ref().unwrap_or(&0));
     result
 }
 
 /// One non-blocking read into `buf`, as [`read_into`] does; how many
 /// bytes came.
-pub fn read_at(
+pub fn recv_into(
     socket: impl AsFd,
     buf: &mut [u8],
     fds: Option<&mut Vec<OwnedFd>>,

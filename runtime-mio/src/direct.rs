@@ -13,13 +13,14 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use mio::event::{Event, Source};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use plugboard_core::direct::{DirectConn, DirectEvent, TOKEN_LEN};
 use plugboard_core::shs::HandshakeConfig;
 use plugboard_core::PublicKey;
-use plugboard_os::fdpass::read_at;
+use plugboard_os::fdpass::read_into;
 use plugboard_os::{Clock, WriteQueue};
 
 const READ_SIZE: usize = 64 * 1024;
@@ -31,8 +32,7 @@ pub struct DirectTcp {
     conn: DirectConn,
     clock: Clock,
     queue: WriteQueue,
-    /// Zeroed once; the connection copies what it keeps.
-    buf: Vec<u8>,
+    buf: BytesMut,
     /// The socket's end was read.
     eof: bool,
     /// Reading stopped for events not taken yet: it resumes once they are.
@@ -76,7 +76,7 @@ impl DirectTcp {
             conn,
             clock,
             queue: WriteQueue::new(),
-            buf: vec![0; READ_SIZE],
+            buf: BytesMut::new(),
             eof: false,
             paused: false,
         };
@@ -146,10 +146,11 @@ impl DirectTcp {
                 self.paused = true; // readiness will not come again: see `timeout`
                 return;
             }
-            match read_at(&self.stream, &mut self.buf, None) {
+            self.buf.clear();
+            match read_into(&self.stream, &mut self.buf, READ_SIZE, None) {
                 Ok(n) if n > 0 => {
                     let now = self.clock.now();
-                    let _ = self.conn.handle_input(now, &self.buf[..n]);
+                    let _ = self.conn.handle_input(now, &self.buf);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // The end of the stream; a broken socket ends it where it broke.

@@ -8,11 +8,12 @@ use std::ops::{Deref, DerefMut};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use mio::event::{Event, Source};
 use mio::{Interest, Registry, Token};
 use plugboard_core::session::{Session, SessionConfig, SessionError, SessionEvent};
 use plugboard_core::Instant;
-use plugboard_os::fdpass::read_at;
+use plugboard_os::fdpass::read_into;
 use plugboard_os::{Clock, FdTokens, WriteQueue};
 use rand_core::OsRng;
 
@@ -104,8 +105,7 @@ pub struct PluginConn {
     writable: bool,
     /// Our side of the socket is shut (the session is over, all written).
     shut: bool,
-    /// Zeroed once, as it grows; the session copies what it keeps.
-    buf: Vec<u8>,
+    buf: BytesMut,
     /// Descriptors from the broker, by the token the session knows them by.
     fds: FdTokens,
 }
@@ -139,7 +139,7 @@ impl PluginConn {
             queue: WriteQueue::new(),
             writable: true,
             shut: false,
-            buf: Vec::new(),
+            buf: BytesMut::new(),
             fds: FdTokens::new(),
         };
         conn.flush(); // the handshake's first message
@@ -278,16 +278,17 @@ impl PluginConn {
             let Socket::Up(stream) = &self.socket else {
                 return;
             };
-            self.buf.resize(READ_SIZE, 0);
+            self.buf.reserve(READ_SIZE);
             let now = self.clock.now();
             let fds_too = stream.unix.then_some(&mut fds);
-            match read_at(stream, &mut self.buf, fds_too) {
+            match read_into(stream, &mut self.buf, READ_SIZE, fds_too) {
                 Ok(0) => self.session.handle_eof(now),
-                Ok(n) => {
-                    let (session, input) = (&mut self.session, &self.buf[..n]);
-                    if let Err(reason) = self.fds.hand_over(session, now, input, &mut fds) {
+                Ok(_) => {
+                    let session = &mut self.session;
+                    if let Err(reason) = self.fds.hand_over(session, now, &self.buf, &mut fds) {
                         self.fail(reason);
                     }
+                    self.buf.clear();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => self.fail(format!("read failed: {e}")),
@@ -360,7 +361,7 @@ impl PluginConn {
         }
         self.socket = Socket::Down;
         self.queue.clear();
-        self.buf = Vec::new();
+        self.buf.clear();
         self.writable = true;
         self.shut = false;
     }

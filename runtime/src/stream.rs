@@ -124,14 +124,14 @@ impl<R: Runtime> Stream<R> {
 
     /// Reads into `buf` once there are bytes, as [`Stream::read`] does but
     /// into memory the caller keeps (nothing is zeroed per read).
-    pub async fn read_at(
+    pub async fn recv_into(
         &self,
         buf: &mut [u8],
         mut fds: Option<&mut Vec<OwnedFd>>,
     ) -> io::Result<usize> {
         std::future::poll_fn(|cx| {
             self.io.poll_io(cx, Interest::Read, |fd| {
-                plugboard_os::fdpass::read_at(fd, &mut *buf, fds.as_deref_mut())
+                plugboard_os::fdpass::recv_into(fd, &mut *buf, fds.as_deref_mut())
             })
         })
         .await

@@ -23,7 +23,7 @@ const IDLE_CONNS: usize = 10_000;
 const DIRECT_BYTES: usize = 64 << 20;
 const DIRECT_ROUNDS: usize = 61;
 /// Bytes per transfer, and rounds, of the relay with every role in its own
-/// process (a round of 1 GiB takes ~0.5–1 s).
+/// process (a round of 1 GiB takes ~0.5–2 s).
 const PROCS_BYTES: usize = 1 << 30;
 const PROCS_ROUNDS: usize = 5;
 /// Round trips of 64 bytes on each path, in alternating slices.
@@ -267,10 +267,10 @@ fn processes(boxstream_chunk: Duration) -> Vec<Ratio> {
     let mib_s = |d: Duration| boxstream::CHUNK as f64 / d.as_secs_f64() / (1 << 20) as f64;
     // Every role in a process of its own, as a deployment runs: the relay
     // through each broker next to a bare forwarder, alternating rounds.
-    let mut forwarder = procs::Path::forwarder();
+    let mut forwarder = procs::Route::forwarder();
     for (adapter, suffix) in [("tokio", ""), ("smol", "_smol"), ("mio", "_mio")] {
         let (broker, unix, _) = procs::broker(adapter);
-        let mut relay = procs::Path::relay(broker, &unix);
+        let mut relay = procs::Route::relay(broker, &unix);
         let f = procs::compare(
             &mut relay,
             &mut forwarder,
@@ -278,9 +278,10 @@ fn processes(boxstream_chunk: Duration) -> Vec<Ratio> {
             PROCS_ROUNDS,
             PROCS_ROUND_TRIPS,
         );
-        let gib_s = |d: Duration| (PROCS_BYTES >> 30) as f64 / d.as_secs_f64();
+        let gib_s = |d: Duration| PROCS_BYTES as f64 / (1u64 << 30) as f64 / d.as_secs_f64();
         println!(
-            "1 GiB, processes, {adapter} broker  CPU {:.2?}/GiB, wall {:.2?} ({:.2} GiB/s)   forwarder CPU {:.2?}/GiB, wall {:.2?} ({:.2} GiB/s); wall ratio min {:.3} max {:.3}",
+            "{} MiB, processes, {adapter} broker  CPU {:.2?}/GiB, wall {:.2?} ({:.2} GiB/s)   forwarder CPU {:.2?}/GiB, wall {:.2?} ({:.2} GiB/s); wall ratio min {:.3} max {:.3}",
+            PROCS_BYTES >> 20,
             f.cpu_per_gib.0,
             f.wall.0,
             gib_s(f.wall.0),
@@ -314,10 +315,11 @@ fn processes(boxstream_chunk: Duration) -> Vec<Ratio> {
     }
     drop(forwarder);
 
-    // The relay over TCP, box-stream on both hops (four seals and opens per
-    // byte, on two cores), against box-stream's seal+open in this process.
+    // The relay over TCP, box-stream on both hops (two seals and two opens
+    // per byte, on two cores; wall time), against one box-stream seal+open
+    // in this process.
     let (broker, _, tcp) = procs::broker("tokio");
-    let mut relay = procs::Path::relay(broker, &tcp);
+    let mut relay = procs::Route::relay(broker, &tcp);
     let mut walls: Vec<Duration> = (0..TCP_ROUNDS)
         .map(|_| relay.bulk(TCP_BYTES).wall)
         .collect();

@@ -137,35 +137,6 @@ impl FrameDecoder {
         self.buffer.extend_from_slice(input);
     }
 
-    /// Takes from `input` at most what the frame being read still lacks
-    /// (its header first, then the rest of it), and returns the remainder:
-    /// call [`FrameDecoder::next_frame`] after each call. Each frame is
-    /// then gathered in an allocation of its own size, which its payload
-    /// keeps, instead of every read being copied into one large buffer
-    /// that the frames cut from it share (a fresh large allocation per
-    /// read, which costs page faults and goes back to the system at free).
-    pub fn push_part<'a>(&mut self, input: &'a [u8]) -> &'a [u8] {
-        let have = self.buffer.len();
-        let want = if have < HEADER_LEN {
-            HEADER_LEN - have
-        } else {
-            // A header that next_frame has seen and accepted.
-            let len = u32::from_be_bytes([
-                self.buffer[6],
-                self.buffer[7],
-                self.buffer[8],
-                self.buffer[9],
-            ]);
-            (HEADER_LEN + len as usize).saturating_sub(have)
-        };
-        // Zero only if a whole frame were left in the buffer, which
-        // next_frame never does; taking everything then still ends the loop.
-        let want = if want == 0 { input.len() } else { want };
-        let (now, rest) = input.split_at(want.min(input.len()));
-        self.buffer.extend_from_slice(now);
-        rest
-    }
-
     /// Appends input it may keep without copying, if nothing is buffered.
     pub fn push_owned(&mut self, input: BytesMut) {
         if self.buffer.is_empty() {
@@ -348,39 +319,6 @@ mod tests {
         }
         assert_eq!(decoder.buffered(), 0, "left over");
         Ok(frames)
-    }
-
-    /// Regression (issue 12): a read's bytes were copied into one buffer
-    /// that every frame cut from it then shared, so each read cost a fresh
-    /// allocation as large as the read, page faults and all. Fed a part at
-    /// a time, each frame has an allocation of its own.
-    #[test]
-    fn frames_fed_in_parts_do_not_share_one_buffer() {
-        let mut input = BytesMut::new();
-        for channel in 1..=3 {
-            let payload = Bytes::from(vec![channel as u8; 1000]);
-            let fin = false;
-            encode(&Frame::Data { channel, fin, payload }, &mut input);
-        }
-        let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME);
-        let mut rest = &input[..];
-        let mut payloads = Vec::new();
-        while !rest.is_empty() {
-            rest = decoder.push_part(rest);
-            while let Some(frame) = decoder.next_frame().unwrap() {
-                let Frame::Data { payload, .. } = frame else { panic!("data") };
-                payloads.push(payload);
-            }
-        }
-        assert_eq!(payloads.len(), 3);
-        for (i, pair) in payloads.windows(2).enumerate() {
-            assert_eq!(pair[0][..], vec![i as u8 + 1; 1000][..]);
-            // Cut from one buffer, the next payload would start right
-            // after this one's end and the next frame's header.
-            let end = pair[0].as_ptr() as usize + pair[0].len();
-            assert_ne!(pair[1].as_ptr() as usize, end + HEADER_LEN);
-        }
-        assert_eq!(decoder.buffered(), 0);
     }
 
     #[test]

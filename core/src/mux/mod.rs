@@ -223,12 +223,9 @@ impl Mux {
     // ── input ─────────────────────────────────────────────────────────
 
     /// Takes bytes from the peer (plain, or opened from box-stream).
-    pub fn handle_input(&mut self, mut input: &[u8]) -> Result<(), MuxError> {
-        while !input.is_empty() {
-            input = self.decoder.push_part(input);
-            self.decode_frames()?;
-        }
-        Ok(())
+    pub fn handle_input(&mut self, input: &[u8]) -> Result<(), MuxError> {
+        self.decoder.push(input);
+        self.decode_frames()
     }
 
     /// As [`Mux::handle_input`], keeping the buffer without a copy when it can.

@@ -167,7 +167,7 @@ async fn drive<R: Runtime>(
         }
         let read = async {
             let fds = unix.then_some(&mut received);
-            Wake::Read(stream.read_at(&mut buf[..want], fds).await)
+            Wake::Read(stream.recv_into(&mut buf[..want], fds).await)
         };
         let told = async {
             shared.flush.notified().await;

@@ -179,7 +179,11 @@ impl<R: Runtime> Relayed<R> {
             // fresh memory from the system (page faults and all).
             Bytes::copy_from_slice(&data[..room])
         } else {
-            this.send_buf.reserve(SEND_BUF);
+            // Fresh memory only once the last is used up, so small
+            // writes share one allocation instead of each taking its own.
+            if this.send_buf.capacity() < room {
+                this.send_buf.reserve(SEND_BUF);
+            }
             this.send_buf.extend_from_slice(&data[..room]);
             this.send_buf.split().freeze()
         };
