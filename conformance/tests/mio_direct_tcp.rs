@@ -259,3 +259,127 @@ fn a_plugin_conn_takes_a_direct_tcp_channel() {
     drop(conn);
     broker.stop();
 }
+
+/// Regression (found stressing `direct_tcp_64_mib_each_way` on mio): a
+/// `DirectTcp` whose peer said goodbye was done as soon as it had said its
+/// own, with sealed bytes still queued for a full socket; dropped then, its
+/// peer saw the stream end in the middle of a frame.
+#[test]
+fn a_direct_tcp_is_done_only_once_its_queue_is_written() {
+    // More than loopback's socket buffers hold, so some stays queued.
+    const SENT: usize = 32 << 20;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("tcp:{}", listener.local_addr().unwrap());
+    let clock = Clock::start();
+    let config = |seed| Arc::new(plugboard_conformance::handshake(keys(seed)));
+    let token = [9u8; 32];
+    let dialer = DirectTcp::dial(&addr, config(2), keys(4).public(), token, clock).unwrap();
+    let (socket, _) = listener.accept().unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let socket = mio::net::TcpStream::from_std(socket);
+    let target = DirectTcp::accept(socket, config(4), clock);
+    let mut pair = Pair::new(dialer, target);
+
+    while pair.up != (true, true) {
+        pair.step(true);
+    }
+    // The dialer sends more than the sockets hold while the target reads
+    // nothing; then both say goodbye, and the dialer reads the target's.
+    pair.dialer.with_conn(|c| c.send(&vec![7; SENT])).unwrap();
+    pair.dialer.with_conn(|c| c.finish()).unwrap();
+    pair.target.with_conn(|c| c.finish()).unwrap();
+    while !pair.dialer_fin {
+        pair.step(false);
+    }
+    assert!(
+        pair.dialer.with_conn(|c| c.is_finished()),
+        "both said goodbye"
+    );
+    assert!(pair.dialer.unsent() > 0, "the target read nothing yet");
+    assert!(!pair.dialer.is_done(), "done with bytes still queued");
+
+    // The target reads: the dialer writes the rest, then it is done.
+    while !(pair.dialer.is_done() && pair.target_fin) {
+        pair.step(true);
+    }
+    assert_eq!(pair.received, SENT, "everything arrived");
+}
+
+/// Two `DirectTcp` ends, each in a poll of its own: readiness is
+/// edge-triggered, so the target's waits in its poll while it is not asked.
+struct Pair {
+    dialer: DirectTcp,
+    target: DirectTcp,
+    polls: [Poll; 2],
+    events: Events,
+    started: std::time::Instant,
+    up: (bool, bool),
+    dialer_fin: bool,
+    target_fin: bool,
+    received: usize,
+}
+
+impl Pair {
+    fn new(mut dialer: DirectTcp, mut target: DirectTcp) -> Self {
+        let polls = [Poll::new().unwrap(), Poll::new().unwrap()];
+        let both = Interest::READABLE | Interest::WRITABLE;
+        polls[0]
+            .registry()
+            .register(&mut dialer, PLUGIN, both)
+            .unwrap();
+        polls[1]
+            .registry()
+            .register(&mut target, DIRECT, both)
+            .unwrap();
+        Pair {
+            dialer,
+            target,
+            polls,
+            events: Events::with_capacity(64),
+            started: std::time::Instant::now(),
+            up: (false, false),
+            dialer_fin: false,
+            target_fin: false,
+            received: 0,
+        }
+    }
+
+    /// One turn of the loop; the target reads only if `target_reads`.
+    fn step(&mut self, target_reads: bool) {
+        assert!(self.started.elapsed() < PATIENCE, "the connection stalled");
+        let wait = std::time::Duration::from_millis(5);
+        self.polls[0].poll(&mut self.events, Some(wait)).unwrap();
+        for event in &self.events {
+            self.dialer.handle_ready(event);
+        }
+        if target_reads {
+            self.polls[1].poll(&mut self.events, Some(wait)).unwrap();
+            for event in &self.events {
+                self.target.handle_ready(event);
+            }
+        }
+        self.dialer.handle_timeout();
+        while let Some(event) = self.dialer.poll_event() {
+            match event {
+                DirectEvent::Established { .. } => self.up.0 = true,
+                DirectEvent::Fin => self.dialer_fin = true,
+                other => panic!("the dialer: {other:?}"),
+            }
+        }
+        if !target_reads {
+            return;
+        }
+        self.target.handle_timeout();
+        while let Some(event) = self.target.poll_event() {
+            let target = &mut self.target;
+            match event {
+                DirectEvent::Authorize(_) => target.with_conn(|c| c.authorize(true)).unwrap(),
+                DirectEvent::Token { .. } => target.with_conn(|c| c.answer_token(true)).unwrap(),
+                DirectEvent::Established { .. } => self.up.1 = true,
+                DirectEvent::Data(bytes) => self.received += bytes.len(),
+                DirectEvent::Fin => self.target_fin = true,
+                other => panic!("the target: {other:?}"),
+            }
+        }
+    }
+}

@@ -134,9 +134,12 @@ impl DirectTcp {
         self.queue.len()
     }
 
-    /// Whether both sides said goodbye, or it failed: drop it.
+    /// Whether both sides said goodbye and everything sealed was written,
+    /// or it failed: drop it. (Dropped with bytes still queued, say for a
+    /// peer that sent its goodbye before reading all of ours, the socket
+    /// would close in the middle of a frame.)
     pub fn is_done(&self) -> bool {
-        self.conn.is_finished() || self.conn.is_failed()
+        (self.conn.is_finished() && self.queue.is_empty()) || self.conn.is_failed()
     }
 
     fn read(&mut self) {
