@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release -p plugboard-benches --bin ratios
 //! cargo run --release -p plugboard-benches --bin ratios -- --processes   # only the relay in processes
+//! cargo run --release -p plugboard-benches --bin ratios -- --handshakes  # only the broker's CPU per handshake
 //! ```
 
 use std::time::Duration;
@@ -51,6 +52,19 @@ fn main() {
         for (name, ours, base) in processes(chunk) {
             println!("{name} {:.3}", ours.as_secs_f64() / base.as_secs_f64());
         }
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("--handshakes") {
+        // Only the broker's CPU per TCP handshake.
+        let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+        broker::raise_file_limit();
+        let mut child = broker::BrokerProcess::start();
+        let (ours, base) =
+            broker::handshake_cpu_vs_primitives(&runtime, &mut child, ROUNDS, HANDSHAKES_PER_ROUND);
+        println!(
+            "handshakes_per_s_vs_primitives {:.3}",
+            ours.as_secs_f64() / base.as_secs_f64()
+        );
         return;
     }
     let mut ratios = Vec::new();
