@@ -16,12 +16,86 @@ pub enum Framing {
     BoxStream(Box<BoxedIo>),
 }
 
-/// Both halves of a box-stream, and the buffer sealed output is built in.
+/// Both halves of a box-stream, and the buffer sealed output is built in:
+/// what a [`Wire`] and the broker's per-connection `Link` frame with.
 pub struct BoxedIo {
     sealer: Sealer,
     opener: Opener,
     sealed: BytesMut,
     plain: BytesMut,
+}
+
+impl BoxedIo {
+    /// Both halves, from the handshake's keys on its crypto provider.
+    pub fn new(established: &Established) -> Self {
+        let (sealer, opener) = established.boxstream();
+        BoxedIo {
+            sealer,
+            opener,
+            sealed: BytesMut::new(),
+            plain: BytesMut::new(),
+        }
+    }
+
+    /// Opens what the socket said: each box's plaintext to `deliver`, in
+    /// order. `Ok(true)` once the peer said goodbye.
+    pub fn open<E: From<BoxStreamError>>(
+        &mut self,
+        input: &[u8],
+        mut deliver: impl FnMut(Bytes) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        self.opener.handle_input(input)?;
+        while let Some(event) = self.opener.poll_event() {
+            match event {
+                boxstream::Event::Data(bytes) => deliver(bytes)?,
+                boxstream::Event::Goodbye => return Ok(true),
+            }
+        }
+        Ok(false)
+    }
+
+    /// The socket ended: fine after a goodbye, truncation otherwise.
+    pub fn handle_eof(&mut self) -> Result<(), BoxStreamError> {
+        self.opener.handle_eof()
+    }
+
+    /// Seals what `next` gives, up to a batch, into one write; `None` when
+    /// `next` had nothing (or our goodbye was said: nothing more may go out).
+    pub fn seal_from(&mut self, mut next: impl FnMut() -> Option<Bytes>) -> Option<Bytes> {
+        while self.plain.len() < SEAL_BATCH {
+            let Some(chunk) = next() else {
+                break;
+            };
+            self.plain.extend_from_slice(&chunk);
+        }
+        if !self.plain.is_empty() {
+            let sealed = self.sealer.seal(&self.plain, &mut self.sealed);
+            self.plain.clear();
+            if sealed.is_err() {
+                self.sealed.clear();
+            }
+        }
+        (!self.sealed.is_empty()).then(|| self.sealed.split().freeze())
+    }
+
+    /// Seals `plain` (empty after our goodbye).
+    pub fn seal(&mut self, plain: &[u8]) -> Bytes {
+        if !plain.is_empty() && self.sealer.seal(plain, &mut self.sealed).is_err() {
+            self.sealed.clear();
+        }
+        self.sealed.split().freeze()
+    }
+
+    /// Whether sealed bytes wait.
+    pub fn has_output(&self) -> bool {
+        !self.sealed.is_empty()
+    }
+
+    /// Appends box-stream's goodbye to `out` (nothing if it was said).
+    pub fn goodbye(&mut self, out: &mut BytesMut) {
+        // An error only means the goodbye was said already.
+        let _ = self.sealer.goodbye(out);
+    }
 }
 
 /// Why a wire failed on input.
@@ -59,15 +133,9 @@ impl Wire {
 
     /// Box-stream framing, from the handshake's keys on its crypto provider.
     pub fn boxed(mux: Mux, established: &Established) -> Self {
-        let (sealer, opener) = established.boxstream();
         Wire {
             mux,
-            framing: Framing::BoxStream(Box::new(BoxedIo {
-                sealer,
-                opener,
-                sealed: BytesMut::new(),
-                plain: BytesMut::new(),
-            })),
+            framing: Framing::BoxStream(Box::new(BoxedIo::new(established))),
         }
     }
 
@@ -81,14 +149,11 @@ impl Wire {
         match &mut self.framing {
             Framing::Plain => Ok(self.mux.handle_input(input)?),
             Framing::BoxStream(io) => {
-                io.opener.handle_input(input)?;
-                while let Some(event) = io.opener.poll_event() {
-                    match event {
-                        boxstream::Event::Data(bytes) => self.mux.handle_input(&bytes)?,
-                        boxstream::Event::Goodbye => return Err(WireError::Goodbye),
-                    }
+                let deliver = |bytes: Bytes| Ok::<_, WireError>(self.mux.handle_input(&bytes)?);
+                match io.open(input, deliver)? {
+                    true => Err(WireError::Goodbye),
+                    false => Ok(()),
                 }
-                Ok(())
             }
         }
     }
@@ -106,7 +171,7 @@ impl Wire {
     pub fn handle_eof(&mut self) -> Result<(), WireError> {
         match &mut self.framing {
             Framing::Plain => Ok(()),
-            Framing::BoxStream(io) => Ok(io.opener.handle_eof()?),
+            Framing::BoxStream(io) => Ok(io.handle_eof()?),
         }
     }
 
@@ -115,23 +180,9 @@ impl Wire {
     pub fn poll_transmit(&mut self) -> Option<(Bytes, Option<u64>)> {
         match &mut self.framing {
             Framing::Plain => self.mux.poll_transmit_tagged(),
-            Framing::BoxStream(io) => {
-                while io.plain.len() < SEAL_BATCH {
-                    let Some(chunk) = self.mux.poll_transmit() else {
-                        break;
-                    };
-                    io.plain.extend_from_slice(&chunk);
-                }
-                if !io.plain.is_empty() {
-                    let sealed = io.sealer.seal(&io.plain, &mut io.sealed);
-                    io.plain.clear();
-                    if sealed.is_err() {
-                        // Sealing after our goodbye: nothing more may go out.
-                        io.sealed.clear();
-                    }
-                }
-                (!io.sealed.is_empty()).then(|| (io.sealed.split().freeze(), None))
-            }
+            Framing::BoxStream(io) => io
+                .seal_from(|| self.mux.poll_transmit())
+                .map(|sealed| (sealed, None)),
         }
     }
 
@@ -139,7 +190,7 @@ impl Wire {
     pub fn has_output(&self) -> bool {
         match &self.framing {
             Framing::Plain => self.mux.has_output(),
-            Framing::BoxStream(io) => !io.sealed.is_empty() || self.mux.has_output(),
+            Framing::BoxStream(io) => io.has_output() || self.mux.has_output(),
         }
     }
 
@@ -148,8 +199,7 @@ impl Wire {
     pub fn goodbye(&mut self) -> Bytes {
         let mut out = BytesMut::new();
         if let Framing::BoxStream(io) = &mut self.framing {
-            // An error only means the goodbye was said already.
-            let _ = io.sealer.goodbye(&mut out);
+            io.goodbye(&mut out);
         }
         out.freeze()
     }
@@ -162,8 +212,7 @@ impl Wire {
             out.extend_from_slice(&chunk);
         }
         if let Framing::BoxStream(io) = &mut self.framing {
-            // An error only means the goodbye was said already.
-            let _ = io.sealer.goodbye(&mut out);
+            io.goodbye(&mut out);
         }
         out.freeze()
     }

@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use plugboard_core::broker::{Broker, BrokerConfig, ConnId, Event, LogEntry};
+use plugboard_core::broker::{
+    Broker, BrokerConfig, ConnId, Event, Hub, LogEntry, PairId, Transmit,
+};
+use plugboard_core::Instant;
 use rand_chacha::rand_core::SeedableRng as _;
 use rand_chacha::ChaCha20Rng;
 
@@ -23,14 +26,56 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// tokens) seeded from the OS, and socketpair ends passed over unix sockets
 /// (every runtime here can); unix peers told apart by user, the broker's
 /// own being the process's.
-pub fn new_broker(mut config: BrokerConfig) -> Broker {
+pub fn new_broker(config: BrokerConfig) -> Broker {
+    let (config, rng) = on_this_os(config);
+    Broker::new(config, rng)
+}
+
+/// As [`new_broker`], the hub alone: for a runtime that drives each
+/// connection's `Link` on its own task.
+pub fn new_hub(config: BrokerConfig) -> Hub {
+    let (config, rng) = on_this_os(config);
+    Hub::new(config, rng)
+}
+
+fn on_this_os(mut config: BrokerConfig) -> (BrokerConfig, Box<ChaCha20Rng>) {
     config.fd_passing = true;
     config
         .owner_uid
         .get_or_insert_with(|| rustix::process::getuid().as_raw());
     let rng = ChaCha20Rng::from_rng(rand_core::OsRng).expect("the OS has randomness");
-    Broker::new(config, Box::new(rng))
+    (config, Box::new(rng))
 }
+
+/// What the glue here asks of a broker: the whole one ([`Broker`], with
+/// its links) or its [`Hub`] (whose transmits and last words are plaintext
+/// for each connection's link).
+pub trait BrokerFace {
+    /// The next event.
+    fn poll_event(&mut self) -> Option<Event>;
+    /// The next bytes for `conn`.
+    fn poll_transmit(&mut self, conn: ConnId) -> Option<Transmit>;
+    /// A socketpair was made, or not.
+    fn socketpair_ready(&mut self, now: Instant, pair: PairId, ok: bool) -> bool;
+}
+
+macro_rules! face {
+    ($ty:ty) => {
+        impl BrokerFace for $ty {
+            fn poll_event(&mut self) -> Option<Event> {
+                <$ty>::poll_event(self)
+            }
+            fn poll_transmit(&mut self, conn: ConnId) -> Option<Transmit> {
+                <$ty>::poll_transmit(self, conn)
+            }
+            fn socketpair_ready(&mut self, now: Instant, pair: PairId, ok: bool) -> bool {
+                <$ty>::socketpair_ready(self, now, pair, ok)
+            }
+        }
+    };
+}
+face!(Broker);
+face!(Hub);
 
 /// One line for a broker's [`LogEntry`] (`Event::Log`).
 pub fn log_entry(entry: &LogEntry) {
@@ -59,7 +104,7 @@ pub enum ConnEvent {
 /// are the same for every runtime are carried out: socketpairs made (see
 /// [`SocketPairs::create`]), log entries written.
 pub fn poll_event(
-    broker: &mut Broker,
+    broker: &mut impl BrokerFace,
     pairs: &mut SocketPairs,
     clock: &Clock,
 ) -> Option<ConnEvent> {

@@ -44,7 +44,10 @@ pub mod stream;
 mod write_queue;
 
 pub use accept::{accept_forever, AcceptPause};
-pub use broker::{log_entry, new_broker, poll_event, ConnEvent, LAST_WORDS_GRACE, SHUTDOWN_GRACE};
+pub use broker::{
+    log_entry, new_broker, new_hub, poll_event, BrokerFace, ConnEvent, LAST_WORDS_GRACE,
+    SHUTDOWN_GRACE,
+};
 pub use clock::Clock;
 pub use crypto::default_crypto;
 pub use fd_tokens::{FdTokens, MAX_UNCLAIMED_FDS};

@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
 
-use plugboard_core::broker::{Broker, ConnId, PairEnd, PairId};
+use plugboard_core::broker::{ConnId, PairEnd, PairId};
 use plugboard_core::Instant;
 
-use crate::WriteQueue;
+use crate::{BrokerFace, WriteQueue};
 
 /// The ends the broker announced and its connections have not written yet.
 #[derive(Debug, Default)]
@@ -26,7 +26,7 @@ impl SocketPairs {
     /// tells it whether that worked; the broker queues each end's frame.
     pub fn create(
         &mut self,
-        broker: &mut Broker,
+        broker: &mut impl BrokerFace,
         now: Instant,
         pair: PairId,
         opener: ConnId,
@@ -72,7 +72,7 @@ impl SocketPairs {
     /// went missing, or one meant for a socket that cannot carry it.
     pub fn take_output(
         &mut self,
-        broker: &mut Broker,
+        broker: &mut impl BrokerFace,
         conn: ConnId,
         queue: &mut WriteQueue,
         batch: usize,

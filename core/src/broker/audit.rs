@@ -7,9 +7,9 @@ use crate::control::MAX_MESSAGE;
 use crate::keys::PublicKey;
 use crate::mux::HEADER_LEN;
 
-use super::{Broker, ConnId, Connection, KeyUsage, Registry};
+use super::{ConnId, Connection, Hub, KeyUsage, Registry};
 
-impl Broker {
+impl Hub {
     /// Connections held, in any stage.
     pub fn connection_count(&self) -> usize {
         self.conns.len()
@@ -113,7 +113,7 @@ impl Broker {
             .map(|c| {
                 c.queued()
                     + c.control.buffered()
-                    + c.wire.as_ref().map_or(0, |w| w.mux.buffered_input())
+                    + c.mux.as_ref().map_or(0, |mux| mux.buffered_input())
             })
             .sum()
     }
@@ -142,8 +142,8 @@ impl Broker {
     }
 
     /// Checks the budgets of what a peer makes the broker hold against what
-    /// it holds: the bytes it buffers ([`Broker::buffered_bound`]), the byte
-    /// books ([`Broker::check_byte_books`]), bytes reserved and socketpair
+    /// it holds: the bytes it buffers ([`Hub::buffered_bound`]), the byte
+    /// books ([`Hub::check_byte_books`]), bytes reserved and socketpair
     /// ends in flight per key and in all. (Counts of connections, channels
     /// and opens are checked where they are taken.)
     pub fn check_budgets(&self) -> Result<(), String> {

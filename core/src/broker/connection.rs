@@ -4,17 +4,16 @@ use std::collections::BTreeSet;
 
 use crate::control::{ChannelId, ControlDecoder, Features, TransportKind};
 use crate::keys::PublicKey;
-use crate::shs::ServerHandshake;
+use crate::mux::Mux;
 use crate::time::Instant;
-use crate::wire::Wire;
 
 use super::door::Origin;
 use super::policy::Permissions;
 use super::ConnId;
 
 pub(super) enum Stage {
-    /// shs1 in progress.
-    Handshake(Box<ServerHandshake>),
+    /// shs1 in progress (in the connection's link).
+    Handshake,
     /// Authenticated; waiting for the plugin's hello.
     Hello,
     /// Talking.
@@ -39,9 +38,10 @@ pub(super) struct Connection {
     pub(super) origin: Origin,
     pub(super) transport: TransportKind,
     pub(super) stage: Stage,
-    pub(super) wire: Option<Wire>,
-    /// The handshake's last message, still to send when the wire took over.
-    pub(super) handshake_tail: Option<bytes::Bytes>,
+    /// The channels, once the handshake is over.
+    pub(super) mux: Option<Mux>,
+    /// Its link runs box-stream: no descriptors can cross it.
+    pub(super) boxed: bool,
     /// Known once the handshake authorized it.
     pub(super) key: Option<PublicKey>,
     pub(super) rights: Permissions,
@@ -76,16 +76,16 @@ pub(super) struct Connection {
 impl Connection {
     pub(super) fn new(
         origin: Origin,
-        handshake: ServerHandshake,
+        boxed: bool,
         now: Instant,
         handshake_deadline: Instant,
     ) -> Self {
         Connection {
             origin,
             transport: origin.transport(),
-            stage: Stage::Handshake(Box::new(handshake)),
-            wire: None,
-            handshake_tail: None,
+            stage: Stage::Handshake,
+            mux: None,
+            boxed,
             key: None,
             rights: super::policy::Permissions::none(),
             control: ControlDecoder::default(),
@@ -108,16 +108,13 @@ impl Connection {
     }
 
     pub(super) fn has_output(&self) -> bool {
-        match &self.stage {
-            Stage::Handshake(_) => true, // cheap to ask again
-            _ => self.handshake_tail.is_some() || self.wire.as_ref().is_some_and(Wire::has_output),
-        }
+        self.mux.as_ref().is_some_and(Mux::has_output)
     }
 
     /// Bytes queued for this connection and not yet handed to the runtime.
     pub(super) fn queued(&self) -> usize {
-        self.wire
+        self.mux
             .as_ref()
-            .map_or(0, |w| w.mux.queued_urgent() + w.mux.queued_data())
+            .map_or(0, |mux| mux.queued_urgent() + mux.queued_data())
     }
 }

@@ -17,20 +17,20 @@ use super::connection::{Connection, Stage, Watch};
 use super::policy::any_matches;
 use super::rates::RateRefusal;
 use super::registry::{Holder, RegisterError, Registered};
-use super::{Broker, ConnId};
+use super::{ConnId, Hub};
 
 /// Room for the fixed part of a page message around its entries.
 const PAGE_BUDGET: usize = MAX_MESSAGE - 64;
 
-impl Broker {
+impl Hub {
     /// Handles everything the mux of `conn` has for the broker.
     pub(super) fn drain_mux(&mut self, now: Instant, conn: ConnId) {
         loop {
             let Some(event) = self
                 .conns
                 .get_mut(&conn)
-                .and_then(|c| c.wire.as_mut())
-                .and_then(|w| w.mux.poll_event())
+                .and_then(|c| c.mux.as_mut())
+                .and_then(|mux| mux.poll_event())
             else {
                 return;
             };
@@ -39,7 +39,7 @@ impl Broker {
                 MuxEvent::Pong { .. } => {}
                 MuxEvent::GoAway { code, reason } => {
                     let reason = format!("went away ({code}): {reason}");
-                    return self.peer_ended(now, conn, reason, true);
+                    return self.peer_ended(now, conn, reason);
                 }
                 relayed => self.on_channel_event(now, conn, relayed),
             }
@@ -322,7 +322,7 @@ impl Broker {
     /// Queues a change for one watcher. One that offered
     /// `FEATURE_WATCH_RESYNC` and has half its control-queue bound unread
     /// falls behind instead of being cut off for others' churn: its changes
-    /// are dropped until it reads, then [`Broker::resync`] replaces them.
+    /// are dropped until it reads, then [`Hub::resync`] replaces them.
     fn queue_change(&mut self, conn: ConnId, seq: u64, encoded: &[u8]) {
         let backlog = self.config.limits.max_control_queue / 2;
         let queued = self.queued_control(conn);
@@ -418,9 +418,8 @@ impl Broker {
 
     /// Tells every watcher about a change: encoded once, queued for each.
     pub(super) fn announce(&mut self, now: Instant, mut presence: Presence) {
-        let since = |broker: &Broker, conn: ConnId| {
-            broker.conns.get(&conn).map_or(0, |c| millis(now - c.since))
-        };
+        let since =
+            |hub: &Hub, conn: ConnId| hub.conns.get(&conn).map_or(0, |c| millis(now - c.since));
         match &mut presence {
             Presence::Up(member) | Presence::OwnerChanged { new: member, .. } => {
                 if let Some(holder) = self.registry.owner(&member.name) {

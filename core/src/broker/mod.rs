@@ -1,13 +1,21 @@
-//! The broker: one state machine that owns every connection from accept to
-//! close (handshake → wire → mux → control), the registry of names, the
-//! watchers, the relay table, the policy, the limits and the timers.
+//! The broker, in two kinds of state (as quinn splits `Endpoint` from
+//! `Connection`):
 //!
-//! A runtime drives it with the usual face: [`Broker::accept`] a socket,
+//! - a [`Link`] per connection: its handshake and its transport
+//!   (box-stream or plain), the crypto and the per-byte work, touching
+//!   nothing another connection owns;
+//! - the [`Hub`]: every connection's mux and control stage, the registry of
+//!   names, the watchers, the relay table, the policy, the limits and the
+//!   timers, fed the plaintext the links open.
+//!
+//! [`Broker`] holds both for a runtime that drives everything on one thread
+//! (mio, the simulation), with the usual face: [`Broker::accept`] a socket,
 //! feed its bytes to [`Broker::handle_input`], write what
 //! [`Broker::poll_transmit`] gives for a connection when
 //! [`Event::Transmit`] says it has something, close sockets on
 //! [`Event::Close`], and call [`Broker::handle_timeout`] at
-//! [`Broker::poll_timeout`].
+//! [`Broker::poll_timeout`]. A runtime with threads keeps the hub behind a
+//! lock and drives each link outside it (`plugboard-runtime`'s server).
 
 mod audit;
 mod config;
@@ -15,12 +23,14 @@ mod connection;
 mod control;
 mod door;
 mod fds;
+mod link;
 mod memory;
 mod opens;
 pub mod policy;
 mod rates;
 pub mod registry;
 mod relay;
+mod serial;
 mod share;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -32,14 +42,15 @@ use rand_core::CryptoRngCore;
 pub use config::Limits;
 pub use door::{Cred, DoorRefusal, ListenerId, Origin, Peer};
 pub use fds::FdRefusal;
+pub use link::{Link, LinkEnd, LinkEvent};
 pub use policy::{Permissions, Policy};
+pub use serial::Broker;
 
 use crate::control::{ChannelId, ErrorCode, Message, RequestId, TransportKind};
 use crate::keys::PublicKey;
-use crate::mux::Mux;
-use crate::shs::{self, HandshakeConfig, ServerHandshake};
+use crate::mux::{Mux, MuxError};
+use crate::shs::HandshakeConfig;
 use crate::time::Instant;
-use crate::wire::{Wire, WireError};
 use connection::{Connection, Stage, Watch};
 use door::Door;
 use fds::FdBudget;
@@ -123,7 +134,9 @@ pub enum Event {
     Close {
         /// The connection.
         conn: ConnId,
-        /// The final frames (a GOAWAY that says why; box-stream's goodbye).
+        /// The final frames: a GOAWAY that says why, and from a [`Broker`]
+        /// box-stream's goodbye; from a [`Hub`], plaintext for the
+        /// connection's [`Link::last_words`].
         last_words: Bytes,
         /// Why, for the log.
         reason: String,
@@ -245,8 +258,10 @@ enum DirectPlan {
     Dial { addr: String, token: [u8; 32] },
 }
 
-/// The broker.
-pub struct Broker {
+/// What the broker's connections share: their muxes and control stages,
+/// the names, watchers, routes, opens, policy, budgets and timers. It takes
+/// plaintext: each connection's [`Link`] runs its handshake and transport.
+pub struct Hub {
     config: BrokerConfig,
     owner: PublicKey,
     rng: Box<dyn CryptoRngCore + Send>,
@@ -283,9 +298,9 @@ pub struct Broker {
     last_now: Instant,
 }
 
-impl Broker {
-    /// A broker with no connections. `rng` makes ephemeral keys and direct
-    /// channel tokens.
+impl Hub {
+    /// A hub with no connections. `rng` makes direct channel tokens (and,
+    /// through [`Hub::rng`], the [`Broker`]'s ephemeral keys).
     ///
     /// Limits that cannot work together are made to: `max_window` is at
     /// least `initial_window`, and `max_frame` at least 1 KiB.
@@ -306,7 +321,7 @@ impl Broker {
             limits.registrations_per_network_per_s,
             Some(limits.registrations_per_s),
         );
-        Broker {
+        Hub {
             owner: config.handshake.keypair.public(),
             config,
             rng,
@@ -338,6 +353,11 @@ impl Broker {
         self.owner
     }
 
+    /// The identity and network key every link handshakes with.
+    pub fn handshake_config(&self) -> Arc<HandshakeConfig> {
+        self.config.handshake.clone()
+    }
+
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.config.limits
@@ -345,8 +365,19 @@ impl Broker {
 
     // ── the face ──────────────────────────────────────────────────────
 
-    /// A socket was accepted from `origin`. Its handshake starts; the timer
-    /// runs (the first message has the shorter `first_message_timeout`).
+    /// The randomness the hub was made with, for a [`Link`] made on the same thread.
+    pub fn rng(&mut self) -> &mut (dyn CryptoRngCore + Send) {
+        &mut *self.rng
+    }
+
+    /// Whether a connection from `origin` runs box-stream after its handshake.
+    pub fn is_boxed(&self, origin: &Origin) -> bool {
+        origin.transport() != TransportKind::Unix || self.config.boxstream_on_unix
+    }
+
+    /// A socket was accepted from `origin`; its [`Link`] runs the handshake.
+    /// The timer runs (the first message has the shorter
+    /// `first_message_timeout`).
     pub fn accept(&mut self, now: Instant, origin: Origin) -> Result<ConnId, AcceptError> {
         let conn = self.next_conn;
         self.next_conn += 1;
@@ -384,47 +415,55 @@ impl Broker {
             *self.by_uid.entry(uid).or_insert(0) += 1;
         }
         let limits = &self.config.limits;
-        let handshake = ServerHandshake::new(self.config.handshake.clone(), &mut self.rng, now);
         let handshake_deadline = now + limits.handshake_timeout;
         let first_deadline = handshake_deadline.min(now + limits.first_message_timeout);
+        let boxed = self.is_boxed(&origin);
         self.conns.insert(
             conn,
-            Connection::new(origin, handshake, now, handshake_deadline),
+            Connection::new(origin, boxed, now, handshake_deadline),
         );
         self.set_deadline(conn, Some(first_deadline));
-        self.wake(conn);
         Ok(conn)
     }
 
-    /// Bytes arrived on a connection.
+    /// What a connection's [`Link`] said. For [`LinkEvent::Authorize`], the
+    /// verdict to hand to [`Link::authorize`]; `None` for everything else.
+    pub fn handle_link(&mut self, now: Instant, conn: ConnId, event: LinkEvent) -> Option<bool> {
+        let verdict = match event {
+            LinkEvent::FirstMessage => {
+                // Past message 1, the whole handshake's deadline holds.
+                let c = self.conns.get(&conn)?;
+                let deadline = c.handshake_deadline;
+                self.set_deadline(conn, Some(deadline));
+                None
+            }
+            LinkEvent::Authorize(key) => Some(self.authorize(now, conn, key)),
+            LinkEvent::Established => {
+                self.established(now, conn);
+                None
+            }
+            LinkEvent::Input(bytes) => {
+                self.input(now, conn, Input::Owned(bytes));
+                None
+            }
+            LinkEvent::Ended(end) => {
+                match end {
+                    LinkEnd::Handshake(e) => {
+                        self.drop_connection(now, conn, None, format!("handshake failed: {e}"))
+                    }
+                    LinkEnd::Goodbye => self.peer_ended(now, conn, "said goodbye".into()),
+                    LinkEnd::BoxStream(e) => self.peer_ended(now, conn, format!("box-stream: {e}")),
+                }
+                None
+            }
+        };
+        self.finish_call(now);
+        verdict
+    }
+
+    /// Plaintext mux bytes arrived on a connection.
     pub fn handle_input(&mut self, now: Instant, conn: ConnId, input: &[u8]) {
         self.input(now, conn, Input::Borrowed(input));
-        self.finish_call(now);
-    }
-
-    /// As [`Broker::handle_input`], keeping the buffer without a copy where it can.
-    pub fn handle_input_owned(&mut self, now: Instant, conn: ConnId, input: BytesMut) {
-        self.input(now, conn, Input::Owned(input));
-        self.finish_call(now);
-    }
-
-    /// The peer closed its end (EOF).
-    pub fn handle_eof(&mut self, now: Instant, conn: ConnId) {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        let reason = match (&mut c.stage, &mut c.wire) {
-            (Stage::Handshake(handshake), _) => match handshake.handle_eof() {
-                Err(e) => e.to_string(),
-                Ok(()) => "closed during the handshake".into(),
-            },
-            (_, Some(wire)) => match wire.handle_eof() {
-                Ok(()) => "closed by the peer".into(),
-                Err(e) => format!("closed by the peer: {e}"),
-            },
-            (_, None) => "closed by the peer".into(),
-        };
-        self.disconnect(now, conn, reason);
         self.finish_call(now);
     }
 
@@ -438,7 +477,7 @@ impl Broker {
     pub fn poll_transmit(&mut self, conn: ConnId) -> Option<Transmit> {
         let resync_below = self.config.limits.max_control_queue / 4;
         let mut c = self.conns.get_mut(&conn)?;
-        let urgent = |c: &Connection| c.wire.as_ref().map_or(0, |w| w.mux.queued_urgent());
+        let urgent = |c: &Connection| c.mux.as_ref().map_or(0, Mux::queued_urgent);
         // A watcher that fell behind gets its resync once it has read most
         // of its queue.
         if matches!(c.watch, Watch::Behind { .. }) && urgent(c) <= resync_below {
@@ -449,15 +488,8 @@ impl Broker {
             c = self.conns.get_mut(&conn)?;
         }
         let urgent_before = urgent(c);
-        let out = match (&mut c.stage, &mut c.wire) {
-            (Stage::Handshake(handshake), _) => handshake
-                .poll_transmit()
-                .map(|data| Transmit { data, fd: None }),
-            (_, _) if c.handshake_tail.is_some() => c
-                .handshake_tail
-                .take()
-                .map(|data| Transmit { data, fd: None }),
-            (_, Some(wire)) => wire.poll_transmit().map(|(data, tag)| {
+        let out = c.mux.as_mut().and_then(|mux| {
+            mux.poll_transmit_tagged().map(|(data, tag)| {
                 let fd = tag.map(opens::decode_pair_tag);
                 if let Some((pair, end)) = fd {
                     // The end is the runtime's to send now (at most a batch
@@ -465,14 +497,13 @@ impl Broker {
                     self.fds.release(pair, end);
                 }
                 Transmit { data, fd }
-            }),
-            (_, None) => None,
-        };
+            })
+        });
         match &out {
             Some(t) => c.bytes_out += t.data.len() as u64,
             None => c.notified = false,
         }
-        let events_due = c.wire.as_ref().is_some_and(|w| w.mux.has_events());
+        let events_due = c.mux.as_ref().is_some_and(Mux::has_events);
         // Credit held back waits for channel data to drain: retried when a
         // data chunk went out, not for every PONG or control message (a
         // peer's pings would each cost a pass over every waiting channel).
@@ -544,29 +575,18 @@ impl Broker {
         c.bytes_in += input.len() as u64;
         c.last_input = now;
         c.ping_sent = None;
-        let result = match (&mut c.stage, &mut c.wire) {
-            (Stage::Handshake(handshake), _) => {
-                let result = handshake.handle_input(now, input.as_slice());
-                match result {
-                    Ok(()) => self.advance_handshake(now, conn),
-                    Err(e) => {
-                        self.handshake_failed(now, conn, e);
-                        return;
-                    }
-                }
-                return;
-            }
-            (_, Some(wire)) => match input {
-                Input::Borrowed(bytes) => wire.handle_input(bytes),
-                Input::Owned(bytes) => wire.handle_input_owned(bytes),
-            },
-            (_, None) => return,
+        let Some(mux) = c.mux.as_mut() else {
+            return; // no plaintext before the handshake is over
         };
-        self.after_wire_input(now, conn, result);
+        let result = match input {
+            Input::Borrowed(bytes) => mux.handle_input(bytes),
+            Input::Owned(bytes) => mux.handle_input_owned(bytes),
+        };
+        self.after_mux_input(now, conn, result);
     }
 
     /// Handles what the mux made of the input, then the input's fate.
-    fn after_wire_input(&mut self, now: Instant, conn: ConnId, result: Result<(), WireError>) {
+    fn after_mux_input(&mut self, now: Instant, conn: ConnId, result: Result<(), MuxError>) {
         self.drain_mux(now, conn);
         match result {
             Ok(()) => {
@@ -575,59 +595,26 @@ impl Broker {
                 self.wake(conn);
                 self.check_blame(conn);
             }
-            Err(WireError::Goodbye) => self.peer_ended(now, conn, "said goodbye".into(), true),
-            Err(WireError::BoxStream(e)) => {
-                self.peer_ended(now, conn, format!("box-stream: {e}"), false)
-            }
-            Err(WireError::Mux(e)) => {
-                self.close(now, conn, ErrorCode::ProtocolViolation, e.to_string())
-            }
+            Err(e) => self.close(now, conn, ErrorCode::ProtocolViolation, e.to_string()),
         }
     }
 
-    fn advance_handshake(&mut self, now: Instant, conn: ConnId) {
-        loop {
-            let Some(c) = self.conns.get_mut(&conn) else {
-                return;
-            };
-            let Stage::Handshake(handshake) = &mut c.stage else {
-                return;
-            };
-            match handshake.poll_event() {
-                None => {
-                    // Past message 1, the whole handshake's deadline holds.
-                    let extend = handshake.phase() != Some(shs::Phase::ClientHello)
-                        && c.deadline != Some(c.handshake_deadline);
-                    let deadline = c.handshake_deadline;
-                    if extend {
-                        self.set_deadline(conn, Some(deadline));
-                    }
-                    self.wake(conn);
-                    return;
-                }
-                Some(shs::Event::Authorize(key)) => {
-                    let verdict = self.admit(conn, key);
-                    let Some(Connection {
-                        stage: Stage::Handshake(handshake),
-                        ..
-                    }) = self.conns.get_mut(&conn)
-                    else {
-                        return;
-                    };
-                    match verdict {
-                        Ok(()) => handshake.authorize(true).expect("the handshake asked"),
-                        Err((code, reason)) => {
-                            // Refused: nothing more is sent, the key never gets a session.
-                            let _ = handshake.authorize(false);
-                            self.drop_connection(now, conn, Some(code), reason);
-                            return;
-                        }
-                    }
-                }
-                Some(shs::Event::Established(established)) => {
-                    self.established(now, conn, established);
-                    return;
-                }
+    /// The link of `conn` asks whether `key` may in: the policy and the
+    /// per-key limit decide. Refused, the connection is dropped with
+    /// nothing more sent: the key never gets a session.
+    fn authorize(&mut self, now: Instant, conn: ConnId, key: PublicKey) -> bool {
+        let asking = self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| matches!(c.stage, Stage::Handshake) && c.key.is_none());
+        if !asking {
+            return false;
+        }
+        match self.admit(conn, key) {
+            Ok(()) => true,
+            Err((code, reason)) => {
+                self.drop_connection(now, conn, Some(code), reason);
+                false
             }
         }
     }
@@ -657,33 +644,24 @@ impl Broker {
         Ok(())
     }
 
-    fn established(&mut self, now: Instant, conn: ConnId, established: shs::Established) {
-        let origin = self.conns[&conn].origin;
-        self.door.release(&origin);
-        let boxed = self.config.boxstream_on_unix;
-        let mux = Mux::new(crate::mux::Side::Listener, self.config.limits.mux_config());
-        let hello_timeout = self.config.limits.hello_timeout;
-        let c = self.conns.get_mut(&conn).expect("caller holds it");
-        if let Stage::Handshake(handshake) = &mut c.stage {
-            c.handshake_tail = handshake.poll_transmit();
+    /// The handshake of `conn` is over (its key was admitted): the mux
+    /// starts, and the hello is due.
+    fn established(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !matches!(c.stage, Stage::Handshake) || c.key.is_none() {
+            return;
         }
-        c.wire = Some(match (c.transport, boxed) {
-            (TransportKind::Unix, false) => Wire::plain(mux),
-            _ => Wire::boxed(mux, &established),
-        });
+        let origin = c.origin;
+        c.mux = Some(Mux::new(
+            crate::mux::Side::Listener,
+            self.config.limits.mux_config(),
+        ));
         c.stage = Stage::Hello;
+        self.door.release(&origin);
+        let hello_timeout = self.config.limits.hello_timeout;
         self.set_deadline(conn, Some(now + hello_timeout));
-        self.wake(conn);
-        if !established.early_data.is_empty() {
-            let c = self.conns.get_mut(&conn).expect("still here");
-            let wire = c.wire.as_mut().expect("just set");
-            let result = wire.handle_input(&established.early_data);
-            self.after_wire_input(now, conn, result);
-        }
-    }
-
-    fn handshake_failed(&mut self, now: Instant, conn: ConnId, error: shs::HandshakeError) {
-        self.drop_connection(now, conn, None, format!("handshake failed: {error}"));
     }
 
     // ── connection timers ─────────────────────────────────────────────
@@ -708,7 +686,7 @@ impl Broker {
         };
         c.deadline = None;
         match c.stage {
-            Stage::Handshake(_) => {
+            Stage::Handshake => {
                 self.drop_connection(now, conn, None, "handshake timed out".into());
             }
             Stage::Hello => self.close(
@@ -728,8 +706,8 @@ impl Broker {
                 None if now >= c.last_input + limits.idle_timeout => {
                     c.ping_sent = Some(now);
                     let opaque = now.as_nanos();
-                    if let Some(wire) = c.wire.as_mut() {
-                        wire.mux.ping(opaque);
+                    if let Some(mux) = c.mux.as_mut() {
+                        mux.ping(opaque);
                     }
                     self.wake(conn);
                     self.set_deadline(conn, Some(now + limits.dead_peer_timeout));
@@ -761,11 +739,11 @@ impl Broker {
     }
 
     fn send_tagged(&mut self, conn: ConnId, message: &Message, tag: Option<u64>) {
-        let Some(wire) = self.conns.get_mut(&conn).and_then(|c| c.wire.as_mut()) else {
+        let Some(mux) = self.conns.get_mut(&conn).and_then(|c| c.mux.as_mut()) else {
             return;
         };
         crate::control::encode(message, &mut self.scratch);
-        wire.mux.send_control_tagged(&self.scratch, tag);
+        mux.send_control_tagged(&self.scratch, tag);
         self.scratch.clear();
         self.wake(conn);
     }
@@ -787,10 +765,10 @@ impl Broker {
 
     /// Queues pre-encoded control bytes (a watch event shared by all watchers).
     fn reply_encoded(&mut self, conn: ConnId, encoded: &[u8]) {
-        let Some(wire) = self.conns.get_mut(&conn).and_then(|c| c.wire.as_mut()) else {
+        let Some(mux) = self.conns.get_mut(&conn).and_then(|c| c.mux.as_mut()) else {
             return;
         };
-        wire.mux.send_control(encoded);
+        mux.send_control(encoded);
         self.wake(conn);
         self.check_blame(conn);
     }
@@ -798,8 +776,8 @@ impl Broker {
     fn queued_control(&self, conn: ConnId) -> usize {
         self.conns
             .get(&conn)
-            .and_then(|c| c.wire.as_ref())
-            .map_or(0, |w| w.mux.queued_urgent())
+            .and_then(|c| c.mux.as_ref())
+            .map_or(0, Mux::queued_urgent)
     }
 
     /// Whether `conn` can take `len` more control bytes it did not ask for
@@ -855,20 +833,19 @@ impl Broker {
 
     // ── the end of a connection ───────────────────────────────────────
 
-    /// Ends a connection the broker decided to end: GOAWAY (and box-stream
-    /// goodbye) as last words, then everything it held is released.
+    /// Ends a connection the broker decided to end: what it still had to
+    /// send and a GOAWAY as last words (the link adds box-stream's
+    /// goodbye), then everything it held is released.
     fn close(&mut self, now: Instant, conn: ConnId, code: ErrorCode, reason: String) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         let mut last_words = BytesMut::new();
-        if let Some(tail) = c.handshake_tail.take() {
-            // Message 4 first: the peer must see the handshake end, then why.
-            last_words.extend_from_slice(&tail);
-        }
-        if let Some(wire) = c.wire.as_mut() {
-            wire.mux.go_away(code, &reason);
-            last_words.extend_from_slice(&wire.last_words());
+        if let Some(mux) = c.mux.as_mut() {
+            mux.go_away(code, &reason);
+            while let Some(chunk) = mux.poll_transmit() {
+                last_words.extend_from_slice(&chunk);
+            }
         }
         let last_words = last_words.freeze();
         let key = c.key;
@@ -905,15 +882,13 @@ impl Broker {
 
     /// The peer ended the connection (GOAWAY, box-stream goodbye) or broke
     /// its box-stream: everything is released and the runtime is told to
-    /// close the socket, after our goodbye if the peer said one.
-    fn peer_ended(&mut self, now: Instant, conn: ConnId, reason: String, answer_goodbye: bool) {
-        let Some(c) = self.conns.get_mut(&conn) else {
+    /// close the socket (after box-stream's goodbye, which the link adds
+    /// if its stream is whole).
+    pub(super) fn peer_ended(&mut self, now: Instant, conn: ConnId, reason: String) {
+        let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        let last_words = match (answer_goodbye, c.wire.as_mut()) {
-            (true, Some(wire)) => wire.goodbye(),
-            _ => Bytes::new(),
-        };
+        let last_words = Bytes::new();
         let key = c.key;
         self.log(conn, key, None, format!("ended by the peer: {reason}"));
         self.teardown(now, conn);
@@ -944,7 +919,7 @@ impl Broker {
         if let Some(deadline) = c.deadline {
             self.timers.remove(&(deadline, Timer::Conn(conn)));
         }
-        if matches!(c.stage, Stage::Handshake(_)) {
+        if matches!(c.stage, Stage::Handshake) {
             self.door.release(&c.origin);
         }
         if let Some(uid) = c.origin.uid() {
@@ -1004,13 +979,6 @@ impl Input<'_> {
         match self {
             Input::Borrowed(b) => b.len(),
             Input::Owned(b) => b.len(),
-        }
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        match self {
-            Input::Borrowed(b) => b,
-            Input::Owned(b) => b,
         }
     }
 }

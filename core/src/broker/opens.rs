@@ -15,7 +15,7 @@ use crate::time::Instant;
 use super::control::error;
 use super::policy::any_matches;
 use super::relay::End;
-use super::{Broker, ConnId, DirectPlan, PairEnd, PairId, PendingOpen, Timer};
+use super::{ConnId, DirectPlan, Hub, PairEnd, PairId, PendingOpen, Timer};
 
 /// The mux tag of a frame that carries a socketpair end.
 fn pair_tag(pair: PairId, end: PairEnd) -> u64 {
@@ -31,7 +31,7 @@ pub(super) fn decode_pair_tag(tag: u64) -> (PairId, PairEnd) {
     (tag >> 1, end)
 }
 
-impl Broker {
+impl Hub {
     // ── opens ─────────────────────────────────────────────────────────
 
     #[allow(clippy::too_many_arguments)]
@@ -49,7 +49,7 @@ impl Broker {
         let c = self.conns.get_mut(&conn).expect("handling its message");
         let key = c.key.expect("ready connections are authenticated");
         // The id is the opener's to use up, whatever the answer.
-        if let Err(e) = c.wire.as_mut().expect("ready").mux.open_remote(channel) {
+        if let Err(e) = c.mux.as_mut().expect("ready").open_remote(channel) {
             return self.close(now, conn, ErrorCode::ProtocolViolation, e.to_string());
         }
         let may_open = any_matches(&c.rights.open, &name);
@@ -83,9 +83,9 @@ impl Broker {
         };
         let target_usage = self.key_usage(&target.key);
         let ids_left = self.conns[&target.conn]
-            .wire
+            .mux
             .as_ref()
-            .is_some_and(|w| w.mux.can_open_local());
+            .is_some_and(|mux| mux.can_open_local());
         if target_usage.channels + target_usage.pending_incoming >= limits.max_channels_per_key
             || !ids_left
         {
@@ -128,12 +128,7 @@ impl Broker {
             .conns
             .get_mut(&target.conn)
             .expect("registry holds live connections");
-        let target_channel = t
-            .wire
-            .as_mut()
-            .expect("registered means ready")
-            .mux
-            .open_local();
+        let target_channel = t.mux.as_mut().expect("registered means ready").open_local();
         t.opens_in.insert(target_channel);
         let Message::Incoming {
             from_name,
@@ -188,7 +183,7 @@ impl Broker {
 
     /// A channel between two keys begins a stage (waiting for its answer,
     /// for its socketpair, or relayed): its share and its bytes are counted.
-    /// Every stage that begins ends in [`Broker::release_channel`].
+    /// Every stage that begins ends in [`Hub::release_channel`].
     fn hold_channel(&mut self, opener: PublicKey, target: PublicKey) {
         self.shares.add(opener, target);
         self.bytes.reserve_open(opener, self.open_cost());
@@ -204,9 +199,7 @@ impl Broker {
         if !direct {
             return DirectPlan::Relay;
         }
-        let plain_unix = |c: &super::Connection| {
-            c.transport == TransportKind::Unix && c.wire.as_ref().is_some_and(|w| !w.is_boxed())
-        };
+        let plain_unix = |c: &super::Connection| c.transport == TransportKind::Unix && !c.boxed;
         let (o, t) = (&self.conns[&opener], &self.conns[&target]);
         if self.config.fd_passing && plain_unix(o) && plain_unix(t) {
             return DirectPlan::SocketPair;
@@ -229,8 +222,8 @@ impl Broker {
         code: ErrorCode,
         message: String,
     ) {
-        if let Some(wire) = self.conns.get_mut(&conn).and_then(|c| c.wire.as_mut()) {
-            wire.mux.forget(channel);
+        if let Some(mux) = self.conns.get_mut(&conn).and_then(|c| c.mux.as_mut()) {
+            mux.forget(channel);
         }
         self.refuse(conn, request, code, message);
     }
@@ -264,8 +257,8 @@ impl Broker {
         let offered = self
             .conns
             .get(&conn)
-            .and_then(|c| c.wire.as_ref())
-            .is_some_and(|w| channel % 2 == 0 && w.mux.was_allocated(channel));
+            .and_then(|c| c.mux.as_ref())
+            .is_some_and(|mux| channel % 2 == 0 && mux.was_allocated(channel));
         if !offered {
             let reason = format!("an answer for channel {channel}, which was never offered");
             self.close(now, conn, ErrorCode::ProtocolViolation, reason);

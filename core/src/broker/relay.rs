@@ -14,7 +14,7 @@ use crate::mux::MuxEvent;
 use crate::time::Instant;
 
 use super::control::error;
-use super::{Broker, ConnId};
+use super::{ConnId, Hub};
 
 mod credit;
 
@@ -120,7 +120,7 @@ impl Routes {
     }
 }
 
-impl Broker {
+impl Hub {
     /// `conn` is gone: the other end of its relayed `channel` is reset.
     pub(super) fn routes_peer_gone(&mut self, conn: ConnId, channel: ChannelId) {
         if let Some(unlinked) = self.routes.unlink((conn, channel)) {
@@ -162,15 +162,15 @@ impl Broker {
         code: ErrorCode,
         reason: &str,
     ) {
-        if let Some(wire) = self.conns.get_mut(&conn).and_then(|c| c.wire.as_mut()) {
-            wire.mux.reset(channel, code, reason);
+        if let Some(mux) = self.conns.get_mut(&conn).and_then(|c| c.mux.as_mut()) {
+            mux.reset(channel, code, reason);
             self.wake(conn);
         }
     }
 
     pub(super) fn forget_channel(&mut self, conn: ConnId, channel: ChannelId) {
-        if let Some(wire) = self.conns.get_mut(&conn).and_then(|c| c.wire.as_mut()) {
-            wire.mux.forget(channel);
+        if let Some(mux) = self.conns.get_mut(&conn).and_then(|c| c.mux.as_mut()) {
+            mux.forget(channel);
         }
     }
 
@@ -194,15 +194,15 @@ impl Broker {
                 // Copied: a slice would keep its whole read buffer alive for
                 // as long as the receiver does not read, beyond what the
                 // reservations cover.
-                if let Some(wire) = self.conns.get_mut(&peer.0).and_then(|c| c.wire.as_mut()) {
+                if let Some(mux) = self.conns.get_mut(&peer.0).and_then(|c| c.mux.as_mut()) {
                     // Only fails if the peer's end is already gone.
-                    let _ = wire.mux.send_copy(peer.1, &payload);
+                    let _ = mux.send_copy(peer.1, &payload);
                 }
                 self.wake(peer.0);
             }
             MuxEvent::Fin { .. } => {
-                if let Some(wire) = self.conns.get_mut(&peer.0).and_then(|c| c.wire.as_mut()) {
-                    let _ = wire.mux.finish(peer.1);
+                if let Some(mux) = self.conns.get_mut(&peer.0).and_then(|c| c.mux.as_mut()) {
+                    let _ = mux.finish(peer.1);
                 }
                 self.wake(peer.0);
                 // Nothing more comes that way: the growth reserved for it

@@ -1,15 +1,20 @@
-//! One accepted connection: a reader task that hands the broker what the
-//! socket says, and a writer task that writes what the broker has for it.
+//! One accepted connection: a reader task that runs what the socket says
+//! through the connection's link and hands the hub what that gives, and a
+//! writer task that writes what the link and the hub have for it.
+//!
+//! The link's lock is only ever taken before the hub's, never while
+//! holding it: the crypto runs under the link's alone.
 
 use std::future::Future;
 use std::io;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::future;
-use plugboard_core::broker::{ConnId, Origin};
+use plugboard_core::broker::{ConnId, Link, Origin};
+use plugboard_core::Instant;
 use plugboard_os::{WriteQueue, LAST_WORDS_GRACE};
 
 use super::shared::{ConnSignals, Shared, State};
@@ -23,34 +28,49 @@ const IDLE_RELEASE: Duration = Duration::from_millis(100);
 /// Most bytes a writer takes from the broker before writing them.
 const WRITE_BATCH: usize = 256 * 1024;
 
+/// A connection's link, shared by its reader and its writer.
+struct SharedLink(Mutex<Link>);
+
+impl SharedLink {
+    fn lock(&self) -> MutexGuard<'_, Link> {
+        self.0.lock().expect("a task panicked holding a link")
+    }
+}
+
 impl<R: Runtime> Shared<R> {
-    /// Takes an accepted socket: the broker decides, tasks start.
+    /// Takes an accepted socket: the hub decides, tasks start.
     pub(super) fn adopt(self: Arc<Self>, stream: Stream<R>, origin: Origin) {
         let signals = Arc::new(ConnSignals::default());
-        let conn = {
+        let (accepted, now) = {
             let mut state = self.lock();
             let now = self.clock.now();
-            let conn = state.broker.accept(now, origin);
-            if let Ok(conn) = conn {
+            let accepted = state.hub.accept(now, origin).map(|conn| {
                 state.conns.insert(conn, signals.clone());
-            }
+                let config = state.hub.handshake_config();
+                (conn, config, state.hub.is_boxed(&origin))
+            });
             self.dispatch(&mut state);
-            conn
+            (accepted, now)
         };
-        let Ok(conn) = conn else {
-            return; // refused: the socket is dropped, the broker logged why
+        let Ok((conn, config, boxed)) = accepted else {
+            return; // refused: the socket is dropped, the hub logged why
         };
+        let link = Link::new(config, &mut rand_core::OsRng, now, boxed);
+        let link = Arc::new(SharedLink(Mutex::new(link)));
         let stream = Arc::new(stream);
         let rt = self.rt.clone();
-        rt.spawn(self.clone().read(conn, stream.clone(), signals.clone()))
-            .detach();
-        rt.spawn(self.write(conn, stream, signals)).detach();
+        let reader = self
+            .clone()
+            .read(conn, stream.clone(), link.clone(), signals.clone());
+        rt.spawn(reader).detach();
+        rt.spawn(self.write(conn, stream, link, signals)).detach();
     }
 
     async fn read(
         self: Arc<Self>,
         conn: ConnId,
         stream: Arc<Stream<R>>,
+        link: Arc<SharedLink>,
         signals: Arc<ConnSignals>,
     ) {
         // An idle connection holds no read buffer: one is taken when the
@@ -76,7 +96,7 @@ impl<R: Runtime> Shared<R> {
                 match future::or(ready, stopped).await {
                     Some(Ok(())) => {}
                     Some(Err(e)) => {
-                        self.handle_read(conn, &signals, Err(e), &mut buf);
+                        self.handle_read(conn, &link, &signals, Err(e), &mut buf);
                         return;
                     }
                     None => return,
@@ -106,61 +126,86 @@ impl<R: Runtime> Shared<R> {
                 buf = BytesMut::new(); // quiet for a while: give the buffer back
                 continue;
             }
-            if self.handle_read(conn, &signals, result, &mut buf) {
+            if self.handle_read(conn, &link, &signals, result, &mut buf) {
                 return;
             }
         }
     }
 
-    /// Hands the broker what a read said; whether the connection is gone.
+    /// Runs what a read said through the link, and hands the hub what
+    /// that gives; whether the connection is gone.
     fn handle_read(
         &self,
         conn: ConnId,
+        link: &SharedLink,
         signals: &ConnSignals,
         result: io::Result<usize>,
         buf: &mut BytesMut,
     ) -> bool {
-        let mut state = self.lock();
         let now = self.clock.now();
-        let gone = !matches!(result, Ok(n) if n > 0);
-        match result {
-            Ok(0) => state.broker.handle_eof(now, conn),
-            Ok(_) => state.broker.handle_input_owned(now, conn, buf.split()),
-            Err(e) => state.broker.handle_disconnect(now, conn, &e.to_string()),
-        }
-        if gone && state.forget_conn(conn).is_some() {
+        let mut link = link.lock();
+        let reason = match result {
+            Ok(0) => link.handle_eof(),
+            Ok(_) => {
+                link.handle_input(now, buf.split());
+                self.carry(now, conn, &mut link);
+                if link.has_output() {
+                    signals.wake.notify_one(); // a handshake message, or message 4
+                }
+                return false;
+            }
+            Err(e) => e.to_string(),
+        };
+        drop(link);
+        let mut state = self.lock();
+        state.hub.handle_disconnect(now, conn, &reason);
+        if state.forget_conn(conn).is_some() {
             signals.end(Bytes::new());
         }
         self.dispatch(&mut state);
-        gone
+        true
+    }
+
+    /// Carries the link's events to the hub, taking the hub's lock once for
+    /// a run of them and letting go for the crypto an admitted key starts.
+    fn carry(&self, now: Instant, conn: ConnId, link: &mut Link) {
+        loop {
+            let mut state = None;
+            let mut verdict = None;
+            while let Some(event) = link.poll_event() {
+                let state = state.get_or_insert_with(|| self.lock());
+                verdict = state.hub.handle_link(now, conn, event);
+                if verdict.is_some() {
+                    break;
+                }
+            }
+            if let Some(mut state) = state {
+                self.dispatch(&mut state);
+            }
+            match verdict {
+                // Message 4 is made with the hub let go.
+                Some(accept) => link.authorize(accept),
+                None => return,
+            }
+        }
     }
 
     async fn write(
         self: Arc<Self>,
         conn: ConnId,
         stream: Arc<Stream<R>>,
+        link: Arc<SharedLink>,
         signals: Arc<ConnSignals>,
     ) {
         let mut queue = WriteQueue::new();
+        let mut plain = BytesMut::new();
         loop {
             signals.wake.notified().await;
             loop {
-                // Take what the broker has, up to a batch (a frame that
-                // carries a descriptor takes it along), then write it in as
-                // few system calls as it takes.
-                let taken = {
-                    let mut state = self.lock();
-                    let State { broker, pairs, .. } = &mut *state;
-                    let taken = pairs.take_output(
-                        broker,
-                        conn,
-                        &mut queue,
-                        WRITE_BATCH,
-                        stream.carries_fds(),
-                    );
-                    self.dispatch(&mut state);
-                    taken
-                };
+                // Take what the link and the hub have, up to a batch (a
+                // frame that carries a descriptor takes it along), then
+                // write it in as few system calls as it takes.
+                let taken = self.take_output(conn, &stream, &link, &mut queue, &mut plain);
                 if queue.is_empty() && taken.is_ok() {
                     break;
                 }
@@ -173,7 +218,7 @@ impl<R: Runtime> Shared<R> {
                     let mut state = self.lock();
                     let now = self.clock.now();
                     let reason = format!("write failed: {e}");
-                    state.broker.handle_disconnect(now, conn, &reason);
+                    state.hub.handle_disconnect(now, conn, &reason);
                     if state.forget_conn(conn).is_some() {
                         signals.end(Bytes::new());
                     }
@@ -185,7 +230,7 @@ impl<R: Runtime> Shared<R> {
             if let Some(last_words) = signals.take_end() {
                 // The last words, if the peer takes them within the grace;
                 // then the socket closes whatever it does.
-                queue.push(last_words);
+                queue.push(link.lock().last_words(&last_words));
                 let grace = std::time::Instant::now() + LAST_WORDS_GRACE;
                 let flushed = async {
                     let _ = stream.flush(&mut queue).await;
@@ -195,6 +240,47 @@ impl<R: Runtime> Shared<R> {
                 return;
             }
         }
+    }
+
+    /// The link's own bytes (the handshake's) first; then the hub's, as
+    /// they are on a plain link, or gathered and sealed with the hub let go.
+    fn take_output(
+        &self,
+        conn: ConnId,
+        stream: &Stream<R>,
+        link: &SharedLink,
+        queue: &mut WriteQueue,
+        plain: &mut BytesMut,
+    ) -> io::Result<()> {
+        let is_plain = {
+            let mut link = link.lock();
+            while let Some(data) = link.poll_transmit() {
+                queue.push(data);
+            }
+            link.is_plain()
+        };
+        let mut state = self.lock();
+        let taken = match is_plain {
+            true => {
+                let State { hub, pairs, .. } = &mut *state;
+                pairs.take_output(hub, conn, queue, WRITE_BATCH, stream.carries_fds())
+            }
+            false => {
+                while plain.len() < WRITE_BATCH {
+                    let Some(t) = state.hub.poll_transmit(conn) else {
+                        break;
+                    };
+                    plain.extend_from_slice(&t.data);
+                }
+                Ok(())
+            }
+        };
+        self.dispatch(&mut state);
+        drop(state);
+        if !plain.is_empty() {
+            queue.push(link.lock().seal(plain.split().freeze()));
+        }
+        taken
     }
 
     /// Runs a write, unless the broker ends the connection meanwhile and the

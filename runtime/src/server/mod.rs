@@ -1,10 +1,14 @@
 //! The broker as a server: listeners, one reader and one writer task per
-//! connection, one timer task, all around one [`Broker`] state machine.
+//! connection, one timer task, around the broker's two kinds of state.
 //!
-//! The broker sits behind a mutex that is never held across an await:
-//! each task locks it, hands it bytes or time, takes what it has, and lets
-//! go. Output stays in the broker until the connection's writer can take it,
-//! so a slow socket holds memory only as far as the broker's own bounds allow.
+//! Each connection's [`Link`](plugboard_core::broker::Link) (its handshake
+//! and box-stream: all the crypto) belongs to its own two tasks, so every
+//! core can run handshakes and seal and open boxes at once. The
+//! [`Hub`](plugboard_core::broker::Hub) sits behind a mutex that is never
+//! held across an await nor during crypto: a task locks it to hand it
+//! plaintext, a key to admit or time, takes what it has, and lets go.
+//! Output stays in the hub until the connection's writer can take it, so a
+//! slow socket holds memory only as far as the broker's own bounds allow.
 
 mod conn;
 mod shared;
@@ -72,7 +76,7 @@ impl<R: Runtime> Server<R> {
                 rt,
                 clock: Clock::start(),
                 state: Mutex::new(State {
-                    broker: plugboard_os::new_broker(config),
+                    hub: plugboard_os::new_hub(config),
                     conns: HashMap::new(),
                     pairs: SocketPairs::new(),
                 }),
@@ -92,7 +96,7 @@ impl<R: Runtime> Server<R> {
 
     /// The broker's key.
     pub fn public_key(&self) -> PublicKey {
-        self.shared.lock().broker.public_key()
+        self.shared.lock().hub.public_key()
     }
 
     /// Serves until `shutdown` completes; then tells every connection why it

@@ -1,6 +1,6 @@
-//! What every task of the server shares: the broker, the connections'
+//! What every task of the server shares: the hub, the connections'
 //! signals, the socketpair ends in flight; and carrying out what the
-//! broker asks for after each call.
+//! hub asks for after each call.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use futures_lite::future;
-use plugboard_core::broker::{Broker, ConnId};
+use plugboard_core::broker::{ConnId, Hub};
 use plugboard_os::{ConnEvent, SocketPairs};
 
 use crate::notify::Notify;
@@ -24,7 +24,7 @@ pub(super) struct Shared<R> {
 }
 
 pub(super) struct State {
-    pub(super) broker: Broker,
+    pub(super) hub: Hub,
     pub(super) conns: HashMap<ConnId, Arc<ConnSignals>>,
     /// Socketpair ends on their way to their connections.
     pub(super) pairs: SocketPairs,
@@ -50,7 +50,8 @@ pub(super) struct ConnSignals {
     pub(super) ended: Notify,
     /// The connection is over (asked by the reader before each read).
     pub(super) is_ended: AtomicBool,
-    /// The connection is over: these last words, then close.
+    /// The connection is over: these last words (plaintext, for the
+    /// link to seal), then close.
     end: Mutex<Option<Bytes>>,
 }
 
@@ -73,9 +74,7 @@ impl ConnSignals {
 
 impl<R: Runtime> Shared<R> {
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .expect("a task panicked holding the broker")
+        self.state.lock().expect("a task panicked holding the hub")
     }
 
     /// Tells the broker to shut down and every connection why; returns the
@@ -83,7 +82,7 @@ impl<R: Runtime> Shared<R> {
     pub(super) fn shutdown(&self) -> Vec<Arc<ConnSignals>> {
         let mut state = self.lock();
         let now = self.clock.now();
-        state.broker.shutdown(now);
+        state.hub.shutdown(now);
         let writers = state.conns.values().cloned().collect();
         self.dispatch(&mut state);
         writers
@@ -92,7 +91,7 @@ impl<R: Runtime> Shared<R> {
     /// Runs the broker's timers.
     pub(super) async fn timers(self: Arc<Self>) {
         loop {
-            let deadline = self.lock().broker.poll_timeout();
+            let deadline = self.lock().hub.poll_timeout();
             let sleep = async {
                 match deadline {
                     Some(at) => self.rt.sleep_until(self.clock.to_std(at)).await,
@@ -108,16 +107,16 @@ impl<R: Runtime> Shared<R> {
             if expired {
                 let mut state = self.lock();
                 let now = self.clock.now();
-                state.broker.handle_timeout(now);
+                state.hub.handle_timeout(now);
                 self.dispatch(&mut state);
             }
         }
     }
 
-    /// Carries out what the broker asked for. Called after every broker call.
+    /// Carries out what the hub asked for. Called after every hub call.
     pub(super) fn dispatch(&self, state: &mut State) {
-        let State { broker, pairs, .. } = state;
-        while let Some(event) = plugboard_os::poll_event(broker, pairs, &self.clock) {
+        let State { hub, pairs, .. } = state;
+        while let Some(event) = plugboard_os::poll_event(hub, pairs, &self.clock) {
             match event {
                 ConnEvent::Transmit(conn) => {
                     if let Some(signals) = state.conns.get(&conn) {

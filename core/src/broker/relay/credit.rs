@@ -12,7 +12,7 @@ use crate::control::ChannelId;
 use crate::keys::PublicKey;
 
 use super::End;
-use crate::broker::{Broker, ConnId};
+use crate::broker::{ConnId, Hub};
 
 /// One direction of a relayed channel, as the broker sees it.
 struct Exposure {
@@ -24,7 +24,7 @@ struct Exposure {
     finished: bool,
 }
 
-impl Broker {
+impl Hub {
     /// Passes held credit from `end` (the receiver) to its peer (the sender)
     /// as far as the bounds allow: what the sender may still send plus what
     /// the broker holds for the receiver stays within `max_window`, and
@@ -49,8 +49,8 @@ impl Broker {
             false => u64::from(held).min(ceiling.saturating_sub(in_flight)),
         };
         if pass > 0 {
-            let sender = self.conns.get_mut(&peer.0).and_then(|c| c.wire.as_mut());
-            sender.expect("found above").mux.grant(peer.1, pass as u32);
+            let sender = self.conns.get_mut(&peer.0).and_then(|c| c.mux.as_mut());
+            sender.expect("found above").grant(peer.1, pass as u32);
             self.wake(peer.0);
             self.check_blame(peer.0);
         }
@@ -84,14 +84,14 @@ impl Broker {
     /// What the sender to `end` may still send, and what is queued for
     /// `end`: the broker's exposure for that direction.
     fn exposure(&self, end: End, peer: End) -> Option<Exposure> {
-        let wire = |conn: ConnId| self.conns.get(&conn).and_then(|c| c.wire.as_ref());
-        let queued = wire(end.0).map_or(0, |w| w.mux.queued(end.1)) as u64;
-        let sender = wire(peer.0)?;
+        let mux = |conn: ConnId| self.conns.get(&conn).and_then(|c| c.mux.as_ref());
+        let queued = mux(end.0).map_or(0, |mux| mux.queued(end.1)) as u64;
+        let sender = mux(peer.0)?;
         // Nothing is owed to a sender that finished.
-        let finished = sender.mux.recv_finished(peer.1);
+        let finished = sender.recv_finished(peer.1);
         let owed = match finished {
             true => 0,
-            false => u64::from(sender.mux.recv_credit(peer.1)),
+            false => u64::from(sender.recv_credit(peer.1)),
         };
         Some(Exposure {
             owed,
@@ -109,7 +109,7 @@ impl Broker {
     }
 }
 
-impl Broker {
+impl Hub {
     /// Checks the byte books against the queues themselves: for every
     /// direction of every relayed channel, what the sender may still send
     /// plus what is queued for the receiver (read from the muxes) is within

@@ -11,6 +11,7 @@ use crate::control::{
 };
 use crate::keys::Keypair;
 use crate::session::{Recv, SessionEvent};
+use crate::shs;
 use crate::sim::{Chaos, Net, NodeId};
 
 use super::*;

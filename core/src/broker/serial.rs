@@ -1,0 +1,153 @@
+//! The hub and every connection's link, driven together on one thread: the
+//! face a single-threaded runtime (mio), the simulation and the fuzz
+//! targets drive, bytes in and bytes out.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::{Bytes, BytesMut};
+use rand_core::CryptoRngCore;
+
+use crate::time::Instant;
+
+use super::{AcceptError, BrokerConfig, ConnId, Event, Hub, Link, Origin, PairId, Transmit};
+
+/// The whole broker on one thread.
+pub struct Broker {
+    hub: Hub,
+    links: HashMap<ConnId, Link>,
+    /// Events the links caused, ahead of the hub's.
+    events: VecDeque<Event>,
+}
+
+impl Broker {
+    /// A broker with no connections. `rng` makes ephemeral keys and direct
+    /// channel tokens.
+    ///
+    /// Limits that cannot work together are made to: `max_window` is at
+    /// least `initial_window`, and `max_frame` at least 1 KiB.
+    pub fn new(config: BrokerConfig, rng: Box<dyn CryptoRngCore + Send>) -> Self {
+        Broker {
+            hub: Hub::new(config, rng),
+            links: HashMap::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// A socket was accepted from `origin`. Its handshake starts; the timer
+    /// runs (the first message has the shorter `first_message_timeout`).
+    pub fn accept(&mut self, now: Instant, origin: Origin) -> Result<ConnId, AcceptError> {
+        let conn = self.hub.accept(now, origin)?;
+        let boxed = self.hub.is_boxed(&origin);
+        let config = self.hub.handshake_config();
+        let link = Link::new(config, &mut self.hub.rng(), now, boxed);
+        self.links.insert(conn, link);
+        Ok(conn)
+    }
+
+    /// Bytes arrived on a connection.
+    pub fn handle_input(&mut self, now: Instant, conn: ConnId, input: &[u8]) {
+        self.handle_input_owned(now, conn, BytesMut::from(input));
+    }
+
+    /// As [`Broker::handle_input`], keeping the buffer without a copy where it can.
+    pub fn handle_input_owned(&mut self, now: Instant, conn: ConnId, input: BytesMut) {
+        let Some(link) = self.links.get_mut(&conn) else {
+            return;
+        };
+        link.handle_input(now, input);
+        while let Some(event) = link.poll_event() {
+            if let Some(verdict) = self.hub.handle_link(now, conn, event) {
+                link.authorize(verdict);
+            }
+        }
+        if link.has_output() && self.hub.is_open(conn) {
+            self.events.push_back(Event::Transmit(conn));
+        }
+    }
+
+    /// The peer closed its end (EOF).
+    pub fn handle_eof(&mut self, now: Instant, conn: ConnId) {
+        if let Some(mut link) = self.links.remove(&conn) {
+            let reason = link.handle_eof();
+            self.hub.handle_disconnect(now, conn, &reason);
+        }
+    }
+
+    /// The socket failed or the runtime gave up on it.
+    pub fn handle_disconnect(&mut self, now: Instant, conn: ConnId, reason: &str) {
+        self.links.remove(&conn);
+        self.hub.handle_disconnect(now, conn, reason);
+    }
+
+    /// The next bytes to write to `conn`: the handshake's, then the mux's
+    /// (sealed in batches on box-stream).
+    pub fn poll_transmit(&mut self, conn: ConnId) -> Option<Transmit> {
+        let link = self.links.get_mut(&conn)?;
+        if let Some(data) = link.poll_transmit() {
+            return Some(Transmit { data, fd: None });
+        }
+        if link.is_plain() {
+            return self.hub.poll_transmit(conn);
+        }
+        let hub = &mut self.hub;
+        let data = link.seal_from(|| hub.poll_transmit(conn).map(|t| t.data))?;
+        Some(Transmit { data, fd: None })
+    }
+
+    /// The next event for the runtime.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        let event = match self.events.pop_front() {
+            Some(event) => event,
+            None => self.hub.poll_event()?,
+        };
+        Some(match event {
+            Event::Close {
+                conn,
+                last_words,
+                reason,
+            } => {
+                let last_words = match self.links.remove(&conn) {
+                    Some(mut link) => link.last_words(&last_words),
+                    None => Bytes::new(),
+                };
+                Event::Close {
+                    conn,
+                    last_words,
+                    reason,
+                }
+            }
+            event => event,
+        })
+    }
+
+    /// The earliest deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.hub.poll_timeout()
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.hub.handle_timeout(now);
+    }
+
+    /// The runtime made (or failed to make) the socketpair for a direct
+    /// channel. Returns whether its ends are still wanted: `false` when one
+    /// side left meanwhile, and the runtime drops both.
+    pub fn socketpair_ready(&mut self, now: Instant, pair: PairId, ok: bool) -> bool {
+        self.hub.socketpair_ready(now, pair, ok)
+    }
+
+    /// Ends every connection, telling each why.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.hub.shutdown(now);
+    }
+}
+
+/// A look at the hub: its books, for tests, the simulation and the fuzz targets.
+impl std::ops::Deref for Broker {
+    type Target = Hub;
+
+    fn deref(&self) -> &Hub {
+        &self.hub
+    }
+}
