@@ -1,6 +1,7 @@
 //! The primitives of shs1, each exactly as strict as libsodium's.
 
-use curve25519_dalek::edwards::CompressedEdwardsY;
+use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::scalar::Scalar;
 use ed25519_dalek::{Signature, VerifyingKey};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256, Sha512};
@@ -74,7 +75,7 @@ impl LongTermKey {
         if !is_canonical(bytes) {
             return Err(InvalidKey::NonCanonical);
         }
-        if !point.is_torsion_free() {
+        if !is_torsion_free(&point) {
             return Err(InvalidKey::NotTorsionFree);
         }
         Ok(LongTermKey {
@@ -89,6 +90,15 @@ impl LongTermKey {
             .verify_strict(message, &Signature::from_bytes(signature))
             .is_ok()
     }
+}
+
+/// `ℓ·A` is the identity, decided in variable time (the key is public, and
+/// the constant-time check cost a handshake as much as a signature): since
+/// a torsion component has an order dividing 8 and ℓ is odd, `(ℓ−1)·A = −A`
+/// holds exactly when `A` has none.
+fn is_torsion_free(point: &EdwardsPoint) -> bool {
+    let minus_one = -Scalar::ONE;
+    EdwardsPoint::vartime_double_scalar_mul_basepoint(&minus_one, point, &Scalar::ZERO) == -point
 }
 
 /// libsodium's `ge25519_is_canonical`: y (the encoding without its sign bit)
@@ -122,6 +132,20 @@ pub(crate) fn open(crypto: &Crypto, key: &[u8; 32], boxed: &mut [u8]) -> bool {
 mod tests {
     use super::*;
     use curve25519_dalek::constants::EIGHT_TORSION;
+
+    #[test]
+    fn the_variable_time_torsion_check_agrees_with_the_constant_time_one() {
+        for k in 1u64..40 {
+            let prime_order = EdwardsPoint::mul_base(&Scalar::from(k * 7919 + 3));
+            assert!(is_torsion_free(&prime_order));
+            for (i, torsion) in EIGHT_TORSION.iter().enumerate() {
+                let point = prime_order + torsion;
+                assert_eq!(is_torsion_free(&point), point.is_torsion_free());
+                assert_eq!(is_torsion_free(&point), i == 0, "torsion point {i}");
+                assert_eq!(is_torsion_free(torsion), i == 0);
+            }
+        }
+    }
 
     #[test]
     fn auth_is_hmac_sha512_truncated() {
