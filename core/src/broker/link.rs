@@ -244,7 +244,7 @@ impl Link {
         };
         // One read's boxes become one input for the hub: one call there,
         // however many boxes the read held.
-        let mut plain = BytesMut::new();
+        let mut plain = BytesMut::with_capacity(input.len()); // boxes only shrink
         let opened = io.open(input, |bytes| {
             plain.extend_from_slice(&bytes);
             Ok::<_, BoxStreamError>(())
@@ -262,5 +262,257 @@ impl Link {
     fn break_with(&mut self, end: LinkEnd) {
         self.stage = Stage::Broken;
         self.events.push_back(LinkEvent::Ended(end));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boxstream::{Event as BoxEvent, Opener, Sealer};
+    use crate::keys::Keypair;
+    use crate::shs::ClientHandshake;
+    use rand_chacha::rand_core::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    const NOW: Instant = Instant::ZERO;
+
+    struct Client {
+        hs: ClientHandshake,
+        key: PublicKey,
+    }
+
+    /// A link (`boxed` or not) and a client that sent message 1.
+    fn pair(boxed: bool) -> (Link, Client) {
+        let server = Arc::new(HandshakeConfig::new(Keypair::from_seed([1; 32])));
+        let client_keys = Keypair::from_seed([2; 32]);
+        let key = client_keys.public();
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let link = Link::new(server.clone(), &mut rng, NOW, boxed);
+        let config = Arc::new(HandshakeConfig::new(client_keys));
+        let hs = ClientHandshake::new(config, server.keypair.public(), &mut rng, NOW).unwrap();
+        (link, Client { hs, key })
+    }
+
+    fn events(link: &mut Link) -> Vec<LinkEvent> {
+        std::iter::from_fn(|| link.poll_event()).collect()
+    }
+
+    fn input(link: &mut Link, bytes: &[u8]) {
+        link.handle_input(NOW, BytesMut::from(bytes));
+    }
+
+    /// Runs the handshake to message 3 and returns message 3's events.
+    fn to_authorize(link: &mut Link, client: &mut Client) -> Vec<LinkEvent> {
+        input(link, &client.hs.poll_transmit().unwrap());
+        assert_eq!(events(link), [LinkEvent::FirstMessage]);
+        let hello = link.poll_transmit().expect("message 2");
+        client.hs.handle_input(NOW, &hello).unwrap();
+        input(link, &client.hs.poll_transmit().expect("message 3"));
+        events(link)
+    }
+
+    /// The client's view once message 4 arrived: its box-stream halves.
+    fn client_established(link: &mut Link, client: &mut Client) -> (Sealer, Opener) {
+        let accept = link.poll_transmit().expect("message 4");
+        client.hs.handle_input(NOW, &accept).unwrap();
+        match client.hs.poll_event() {
+            Some(shs::Event::Established(done)) => done.boxstream(),
+            other => panic!("not established: {other:?}"),
+        }
+    }
+
+    fn open_all(opener: &mut Opener, bytes: &[u8]) -> (Vec<u8>, bool) {
+        opener.handle_input(bytes).unwrap();
+        let mut plain = Vec::new();
+        let mut goodbye = false;
+        while let Some(event) = opener.poll_event() {
+            match event {
+                BoxEvent::Data(data) => plain.extend_from_slice(&data),
+                BoxEvent::Goodbye => goodbye = true,
+            }
+        }
+        (plain, goodbye)
+    }
+
+    #[test]
+    fn a_boxed_link_asks_for_admission_then_opens_and_seals() {
+        let (mut link, mut client) = pair(true);
+        let asked = to_authorize(&mut link, &mut client);
+        assert_eq!(asked, [LinkEvent::Authorize(client.key)]);
+        assert_eq!(link.poll_transmit(), None, "nothing before the verdict");
+        link.authorize(true);
+        assert_eq!(events(&mut link), [LinkEvent::Established]);
+        let (mut sealer, mut opener) = client_established(&mut link, &mut client);
+
+        // In: the client's boxes come out as one run of plaintext.
+        let mut boxes = BytesMut::new();
+        sealer.seal(b"hello ", &mut boxes).unwrap();
+        sealer.seal(b"hub", &mut boxes).unwrap();
+        input(&mut link, &boxes);
+        assert_eq!(
+            events(&mut link),
+            [LinkEvent::Input(BytesMut::from(&b"hello hub"[..]))]
+        );
+
+        // Out: sealed, in batches, and the last words end with the goodbye.
+        let sealed = link.seal(Bytes::from_static(b"one"));
+        let mut chunks = vec![Bytes::from_static(b"two"), Bytes::from_static(b"three")];
+        let batch = link.seal_from(|| chunks.pop()).unwrap();
+        let last = link.last_words(b"bye");
+        let (plain, _) = open_all(&mut opener, &[&sealed[..], &batch, &last].concat());
+        assert_eq!(plain, b"onethreetwobye");
+        assert!(opener.is_finished(), "the last words end with the goodbye");
+    }
+
+    #[test]
+    fn a_refused_key_gets_nothing_more() {
+        let (mut link, mut client) = pair(true);
+        to_authorize(&mut link, &mut client);
+        link.authorize(false);
+        assert_eq!(events(&mut link), []);
+        assert_eq!(link.poll_transmit(), None);
+        assert!(!link.has_output());
+        assert!(link.last_words(b"a GOAWAY").is_empty());
+        assert!(link.seal(Bytes::from_static(b"x")).is_empty());
+    }
+
+    #[test]
+    fn what_follows_message_3_is_the_transports() {
+        let (mut link, mut client) = pair(false);
+        input(&mut link, &client.hs.poll_transmit().unwrap());
+        events(&mut link);
+        client
+            .hs
+            .handle_input(NOW, &link.poll_transmit().unwrap())
+            .unwrap();
+        let mut auth = client.hs.poll_transmit().unwrap().to_vec();
+        auth.extend_from_slice(b"early");
+        input(&mut link, &auth);
+        assert_eq!(events(&mut link), [LinkEvent::Authorize(client.key)]);
+        link.authorize(true);
+        assert_eq!(
+            events(&mut link),
+            [
+                LinkEvent::Established,
+                LinkEvent::Input(BytesMut::from(&b"early"[..]))
+            ]
+        );
+        assert!(link.is_plain());
+        // Message 4 leads the last words if it was never written.
+        let last = link.last_words(b"bye");
+        assert!(last.ends_with(b"bye") && last.len() > 3);
+        assert_eq!(link.poll_transmit(), None);
+    }
+
+    #[test]
+    fn the_peers_goodbye_is_answered_and_a_forged_box_is_not() {
+        let (mut link, mut client) = pair(true);
+        to_authorize(&mut link, &mut client);
+        link.authorize(true);
+        events(&mut link);
+        let (mut sealer, mut opener) = client_established(&mut link, &mut client);
+        let mut bye = BytesMut::new();
+        sealer.goodbye(&mut bye).unwrap();
+        input(&mut link, &bye);
+        assert_eq!(events(&mut link), [LinkEvent::Ended(LinkEnd::Goodbye)]);
+        let (_, goodbye) = open_all(&mut opener, &link.last_words(b""));
+        assert!(goodbye, "our goodbye answers theirs");
+
+        let (mut link, mut client) = pair(true);
+        to_authorize(&mut link, &mut client);
+        link.authorize(true);
+        events(&mut link);
+        input(&mut link, &[0x55; 64]);
+        let ended = events(&mut link);
+        assert!(
+            matches!(ended[..], [LinkEvent::Ended(LinkEnd::BoxStream(_))]),
+            "{ended:?}"
+        );
+        assert!(
+            link.last_words(b"why").is_empty(),
+            "nothing after a broken stream"
+        );
+        input(&mut link, b"more");
+        assert_eq!(events(&mut link), [], "nothing after the end");
+    }
+
+    #[test]
+    fn a_bad_first_message_fails_the_handshake() {
+        let (mut link, _) = pair(true);
+        input(&mut link, &[0u8; 64]);
+        let ended = events(&mut link);
+        assert!(
+            matches!(ended[..], [LinkEvent::Ended(LinkEnd::Handshake(_))]),
+            "{ended:?}"
+        );
+        assert_eq!(link.poll_transmit(), None);
+        assert_eq!(link.handle_eof(), "closed by the peer");
+    }
+
+    /// Feeds `bytes` in pieces cut at `cuts` (fractions of its length).
+    fn input_in_pieces(link: &mut Link, bytes: &[u8], cuts: &[f64]) -> Vec<LinkEvent> {
+        let mut at: Vec<usize> = cuts
+            .iter()
+            .map(|f| (f * bytes.len() as f64) as usize)
+            .collect();
+        at.extend([0, bytes.len()]);
+        at.sort_unstable();
+        let mut seen = Vec::new();
+        for piece in at.windows(2) {
+            input(link, &bytes[piece[0]..piece[1]]);
+            seen.extend(events(link));
+        }
+        seen
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_split_of_the_input_gives_the_same_events(
+            cuts1 in proptest::collection::vec(0.0..1.0f64, 0..4),
+            cuts3 in proptest::collection::vec(0.0..1.0f64, 0..8),
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 1..9000),
+        ) {
+            let (mut link, mut client) = pair(true);
+            let first = input_in_pieces(&mut link, &client.hs.poll_transmit().unwrap(), &cuts1);
+            proptest::prop_assert_eq!(first, [LinkEvent::FirstMessage]);
+            client.hs.handle_input(NOW, &link.poll_transmit().unwrap()).unwrap();
+            // Message 3 and the first boxes, as one stream cut anywhere.
+            let mut stream = client.hs.poll_transmit().unwrap().to_vec();
+            let (mut sealer, _) = {
+                // The client's keys are known once message 4 arrives; seal
+                // with a twin that runs the same handshake.
+                let (mut twin_link, mut twin) = pair(true);
+                to_authorize(&mut twin_link, &mut twin);
+                twin_link.authorize(true);
+                events(&mut twin_link);
+                client_established(&mut twin_link, &mut twin)
+            };
+            let mut boxes = BytesMut::new();
+            for chunk in payload.chunks(3000) {
+                sealer.seal(chunk, &mut boxes).unwrap();
+            }
+            stream.extend_from_slice(&boxes);
+            let mut seen = Vec::new();
+            let mut plain = Vec::new();
+            let mut at: Vec<usize> = cuts3.iter().map(|f| (f * stream.len() as f64) as usize).collect();
+            at.extend([0, stream.len()]);
+            at.sort_unstable();
+            for piece in at.windows(2) {
+                input(&mut link, &stream[piece[0]..piece[1]]);
+                while let Some(event) = link.poll_event() {
+                    match event {
+                        LinkEvent::Authorize(_) => {
+                            seen.push("authorize");
+                            link.authorize(true);
+                        }
+                        LinkEvent::Established => seen.push("established"),
+                        LinkEvent::Input(bytes) => plain.extend_from_slice(&bytes),
+                        other => proptest::prop_assert!(false, "unexpected {other:?}"),
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(seen, ["authorize", "established"]);
+            proptest::prop_assert_eq!(plain, payload);
+        }
     }
 }
