@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run --release -p plugboard-benches --bin ratios
 //! cargo run --release -p plugboard-benches --bin ratios -- --processes   # only the relay in processes
-//! cargo run --release -p plugboard-benches --bin ratios -- --handshakes  # only the broker's CPU per handshake
+//! cargo run --release -p plugboard-benches --bin ratios -- --handshakes  # the broker alone: CPU per handshake, bytes per idle connection
 //! ```
 
 use std::time::Duration;
@@ -55,7 +55,7 @@ fn main() {
         return;
     }
     if args.get(1).map(String::as_str) == Some("--handshakes") {
-        // Only the broker's CPU per TCP handshake.
+        // Only the broker alone: CPU per TCP handshake, memory per idle connection.
         let runtime = tokio::runtime::Runtime::new().expect("a runtime");
         broker::raise_file_limit();
         let mut child = broker::BrokerProcess::start();
@@ -65,6 +65,11 @@ fn main() {
             "handshakes_per_s_vs_primitives {:.3}",
             ours.as_secs_f64() / base.as_secs_f64()
         );
+        drop(child);
+        let child = broker::BrokerProcess::start();
+        let (before, after) = broker::idle_connections(&runtime, &child, IDLE_CONNS, 64);
+        let idle_bytes = after.saturating_sub(before) as f64 / IDLE_CONNS as f64;
+        println!("idle_conn_bytes {idle_bytes:.0}");
         return;
     }
     let mut ratios = Vec::new();
