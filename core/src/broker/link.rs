@@ -199,11 +199,11 @@ impl Link {
     }
 
     /// Mux plaintext made ready for the socket: sealed on a box-stream, as
-    /// it is on a plain link.
-    pub fn seal(&mut self, plain: Bytes) -> Bytes {
+    /// it is on a plain link (which [`Link::seal_from`] passes on uncopied).
+    pub fn seal(&mut self, plain: &[u8]) -> Bytes {
         match &mut self.stage {
-            Stage::Boxed { io, .. } => io.seal(&plain),
-            Stage::Plain { .. } => plain,
+            Stage::Boxed { io, .. } => io.seal(plain),
+            Stage::Plain { .. } => Bytes::copy_from_slice(plain),
             Stage::Handshake { .. } | Stage::Broken => Bytes::new(),
         }
     }
@@ -355,7 +355,7 @@ mod tests {
         );
 
         // Out: sealed, in batches, and the last words end with the goodbye.
-        let sealed = link.seal(Bytes::from_static(b"one"));
+        let sealed = link.seal(b"one");
         let mut chunks = vec![Bytes::from_static(b"two"), Bytes::from_static(b"three")];
         let batch = link.seal_from(|| chunks.pop()).unwrap();
         let last = link.last_words(b"bye");
@@ -373,7 +373,7 @@ mod tests {
         assert_eq!(link.poll_transmit(), None);
         assert!(!link.has_output());
         assert!(link.last_words(b"a GOAWAY").is_empty());
-        assert!(link.seal(Bytes::from_static(b"x")).is_empty());
+        assert!(link.seal(b"x").is_empty());
     }
 
     #[test]

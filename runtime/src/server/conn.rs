@@ -27,6 +27,9 @@ const READ_SIZE: usize = 256 * 1024;
 const IDLE_RELEASE: Duration = Duration::from_millis(100);
 /// Most bytes a writer takes from the broker before writing them.
 const WRITE_BATCH: usize = 256 * 1024;
+/// Most plaintext a writer gathers for one seal: its gathering buffer,
+/// kept between batches, stays this small on every box-stream connection.
+const SEAL_BATCH: usize = 64 * 1024;
 
 /// A connection's link, shared by its reader and its writer.
 struct SharedLink(Mutex<Link>);
@@ -259,28 +262,33 @@ impl<R: Runtime> Shared<R> {
             }
             link.is_plain()
         };
-        let mut state = self.lock();
-        let taken = match is_plain {
-            true => {
-                let State { hub, pairs, .. } = &mut *state;
-                pairs.take_output(hub, conn, queue, WRITE_BATCH, stream.carries_fds())
-            }
-            false => {
-                while plain.len() < WRITE_BATCH {
+        if is_plain {
+            let mut state = self.lock();
+            let State { hub, pairs, .. } = &mut *state;
+            let taken = pairs.take_output(hub, conn, queue, WRITE_BATCH, stream.carries_fds());
+            self.dispatch(&mut state);
+            return taken;
+        }
+        // Box-stream: a seal's worth of plaintext at a time, sealed with
+        // the hub let go, until a batch is ready.
+        while queue.len() < WRITE_BATCH {
+            {
+                let mut state = self.lock();
+                while plain.len() < SEAL_BATCH {
                     let Some(t) = state.hub.poll_transmit(conn) else {
                         break;
                     };
                     plain.extend_from_slice(&t.data);
                 }
-                Ok(())
+                self.dispatch(&mut state);
             }
-        };
-        self.dispatch(&mut state);
-        drop(state);
-        if !plain.is_empty() {
-            queue.push(link.lock().seal(plain.split().freeze()));
+            if plain.is_empty() {
+                break;
+            }
+            queue.push(link.lock().seal(plain));
+            plain.clear(); // kept: one buffer for every seal
         }
-        taken
+        Ok(())
     }
 
     /// Runs a write, unless the broker ends the connection meanwhile and the
