@@ -1,6 +1,7 @@
 //! A connection after its handshake: the mux, over plain framing (unix
-//! sockets) or inside box-stream (TCP). The broker and the plugin session
-//! both sit on a [`Wire`].
+//! sockets) or inside box-stream (TCP). The plugin session sits on a
+//! [`Wire`]; the broker's per-connection `Link` frames with the same
+//! [`BoxedIo`].
 
 use bytes::{Bytes, BytesMut};
 
@@ -86,11 +87,6 @@ impl BoxedIo {
         self.sealed.split().freeze()
     }
 
-    /// Whether sealed bytes wait.
-    pub fn has_output(&self) -> bool {
-        !self.sealed.is_empty()
-    }
-
     /// Appends box-stream's goodbye to `out` (nothing if it was said).
     pub fn goodbye(&mut self, out: &mut BytesMut) {
         // An error only means the goodbye was said already.
@@ -139,11 +135,6 @@ impl Wire {
         }
     }
 
-    /// Whether this wire encrypts.
-    pub fn is_boxed(&self) -> bool {
-        matches!(self.framing, Framing::BoxStream(_))
-    }
-
     /// Takes bytes from the socket into the mux.
     pub fn handle_input(&mut self, input: &[u8]) -> Result<(), WireError> {
         match &mut self.framing {
@@ -158,23 +149,6 @@ impl Wire {
         }
     }
 
-    /// As [`Wire::handle_input`], keeping the buffer without a copy where the
-    /// framing is plain.
-    pub fn handle_input_owned(&mut self, input: BytesMut) -> Result<(), WireError> {
-        match self.framing {
-            Framing::Plain => Ok(self.mux.handle_input_owned(input)?),
-            Framing::BoxStream(_) => self.handle_input(&input),
-        }
-    }
-
-    /// The socket ended: fine after a goodbye, truncation otherwise.
-    pub fn handle_eof(&mut self) -> Result<(), WireError> {
-        match &mut self.framing {
-            Framing::Plain => Ok(()),
-            Framing::BoxStream(io) => Ok(io.handle_eof()?),
-        }
-    }
-
     /// The next bytes for the socket, with the attachment tag of the mux
     /// frame they start, if any (plain framing only).
     pub fn poll_transmit(&mut self) -> Option<(Bytes, Option<u64>)> {
@@ -184,24 +158,6 @@ impl Wire {
                 .seal_from(|| self.mux.poll_transmit())
                 .map(|sealed| (sealed, None)),
         }
-    }
-
-    /// Whether [`Wire::poll_transmit`] has something.
-    pub fn has_output(&self) -> bool {
-        match &self.framing {
-            Framing::Plain => self.mux.has_output(),
-            Framing::BoxStream(io) => io.has_output() || self.mux.has_output(),
-        }
-    }
-
-    /// Box-stream's goodbye (nothing on plain framing): the answer to a peer
-    /// that ended the connection.
-    pub fn goodbye(&mut self) -> Bytes {
-        let mut out = BytesMut::new();
-        if let Framing::BoxStream(io) = &mut self.framing {
-            io.goodbye(&mut out);
-        }
-        out.freeze()
     }
 
     /// Everything still to send, then (box-stream) the goodbye: the last

@@ -126,9 +126,10 @@ impl Link {
     }
 
     /// The socket ended: why, for the log (a box-stream that ends without
-    /// its goodbye was cut).
+    /// its goodbye was cut). Nothing more goes out: no last words answer a
+    /// peer that is gone.
     pub fn handle_eof(&mut self) -> String {
-        match &mut self.stage {
+        let reason = match &mut self.stage {
             Stage::Handshake { shs, .. } => match shs.handle_eof() {
                 Err(e) => e.to_string(),
                 Ok(()) => "closed during the handshake".into(),
@@ -138,7 +139,14 @@ impl Link {
                 Err(e) => format!("closed by the peer: {e}"),
             },
             Stage::Plain { .. } | Stage::Broken => "closed by the peer".into(),
-        }
+        };
+        self.handle_disconnect();
+        reason
+    }
+
+    /// The socket failed: nothing more goes out.
+    pub fn handle_disconnect(&mut self) {
+        self.stage = Stage::Broken;
     }
 
     /// What happened, in order.
@@ -186,7 +194,7 @@ impl Link {
     /// Whether [`Link::poll_transmit`] has something.
     pub fn has_output(&self) -> bool {
         match &self.stage {
-            Stage::Handshake { .. } => true, // cheap to ask again
+            Stage::Handshake { shs, .. } => shs.has_output(),
             Stage::Plain { tail } | Stage::Boxed { tail, .. } => tail.is_some(),
             Stage::Broken => false,
         }
@@ -447,6 +455,32 @@ mod tests {
         );
         assert_eq!(link.poll_transmit(), None);
         assert_eq!(link.handle_eof(), "closed by the peer");
+    }
+
+    #[test]
+    fn a_socket_that_ended_gets_no_last_words() {
+        // Regression: the threaded server wrote box-stream's goodbye (and
+        // message 4, if due) to a peer whose socket had ended.
+        let (mut link, mut client) = pair(true);
+        to_authorize(&mut link, &mut client);
+        link.authorize(true);
+        events(&mut link);
+        assert!(link
+            .handle_eof()
+            .starts_with("closed by the peer: the stream ended without a goodbye"));
+        assert!(link.last_words(b"").is_empty());
+        assert_eq!(
+            link.poll_transmit(),
+            None,
+            "message 4 is not written either"
+        );
+
+        let (mut link, mut client) = pair(false);
+        to_authorize(&mut link, &mut client);
+        link.authorize(true);
+        events(&mut link);
+        link.handle_disconnect();
+        assert!(link.last_words(b"GOAWAY").is_empty());
     }
 
     /// Feeds `bytes` in pieces cut at `cuts` (fractions of its length).

@@ -126,6 +126,8 @@ pub struct Transmit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The connection has bytes to write: call [`Broker::poll_transmit`]
+    /// (a [`Hub`] says so for its own plaintext only: a runtime that drives
+    /// links itself asks [`Link::has_output`] after their input)
     /// for it until it returns `None` (or the socket is full; resume when
     /// it is writable).
     Transmit(ConnId),
@@ -192,7 +194,7 @@ pub fn printable(text: String) -> String {
     escaped
 }
 
-/// Why [`Broker::accept`] turned a socket away (close it at once).
+/// Why [`Broker::accept`] (or [`Hub::accept`]) turned a socket away (close it at once).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AcceptError {
     /// `max_connections` reached.
@@ -375,7 +377,9 @@ impl Hub {
         origin.transport() != TransportKind::Unix || self.config.boxstream_on_unix
     }
 
-    /// A socket was accepted from `origin`; its [`Link`] runs the handshake.
+    /// A socket was accepted from `origin`. The caller makes its [`Link`]
+    /// (`Link::new(hub.handshake_config(), rng, now, hub.is_boxed(&origin))`),
+    /// which runs the handshake.
     /// The timer runs (the first message has the shorter
     /// `first_message_timeout`).
     pub fn accept(&mut self, now: Instant, origin: Origin) -> Result<ConnId, AcceptError> {
@@ -443,7 +447,7 @@ impl Hub {
                 None
             }
             LinkEvent::Input(bytes) => {
-                self.input(now, conn, Input::Owned(bytes));
+                self.input(now, conn, bytes);
                 None
             }
             LinkEvent::Ended(end) => {
@@ -461,19 +465,14 @@ impl Hub {
         verdict
     }
 
-    /// Plaintext mux bytes arrived on a connection.
-    pub fn handle_input(&mut self, now: Instant, conn: ConnId, input: &[u8]) {
-        self.input(now, conn, Input::Borrowed(input));
-        self.finish_call(now);
-    }
-
     /// The socket failed or the runtime gave up on it.
     pub fn handle_disconnect(&mut self, now: Instant, conn: ConnId, reason: &str) {
         self.disconnect(now, conn, reason.to_owned());
         self.finish_call(now);
     }
 
-    /// The next bytes to write to `conn`.
+    /// The next plaintext mux bytes for `conn`: for its link to seal,
+    /// unless [`Link::is_plain`] (then they go out as they are).
     pub fn poll_transmit(&mut self, conn: ConnId) -> Option<Transmit> {
         let resync_below = self.config.limits.max_control_queue / 4;
         let mut c = self.conns.get_mut(&conn)?;
@@ -568,7 +567,7 @@ impl Hub {
 
     // ── input ─────────────────────────────────────────────────────────
 
-    fn input(&mut self, now: Instant, conn: ConnId, input: Input<'_>) {
+    fn input(&mut self, now: Instant, conn: ConnId, input: BytesMut) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -578,10 +577,7 @@ impl Hub {
         let Some(mux) = c.mux.as_mut() else {
             return; // no plaintext before the handshake is over
         };
-        let result = match input {
-            Input::Borrowed(bytes) => mux.handle_input(bytes),
-            Input::Owned(bytes) => mux.handle_input_owned(bytes),
-        };
+        let result = mux.handle_input_owned(input);
         self.after_mux_input(now, conn, result);
     }
 
@@ -733,7 +729,7 @@ impl Hub {
     }
 
     /// Queues a control message the connection did not ask for (an
-    /// incoming open): the caller checked [`Broker::has_room`] first.
+    /// incoming open): the caller checked [`Hub::has_room`] first.
     fn send(&mut self, conn: ConnId, message: &Message) {
         self.send_tagged(conn, message, None);
     }
@@ -804,7 +800,7 @@ impl Hub {
         }));
     }
 
-    /// As [`Broker::log`], for an operator to see by default.
+    /// As [`Hub::log`], for an operator to see by default.
     fn warn(&mut self, conn: ConnId, code: Option<ErrorCode>, message: String) {
         self.events.push_back(Event::Log(LogEntry {
             conn,
@@ -964,21 +960,6 @@ impl Hub {
     fn forget_key_if_idle(&mut self, key: &PublicKey) {
         if self.usage.get(key).is_some_and(KeyUsage::is_empty) {
             self.usage.remove(key);
-        }
-    }
-}
-
-/// Input, borrowed or owned.
-enum Input<'a> {
-    Borrowed(&'a [u8]),
-    Owned(BytesMut),
-}
-
-impl Input<'_> {
-    fn len(&self) -> usize {
-        match self {
-            Input::Borrowed(b) => b.len(),
-            Input::Owned(b) => b.len(),
         }
     }
 }

@@ -92,10 +92,13 @@ impl LongTermKey {
     }
 }
 
-/// `ℓ·A` is the identity, decided in variable time (the key is public, and
-/// the constant-time check cost a handshake as much as a signature): since
-/// a torsion component has an order dividing 8 and ℓ is odd, `(ℓ−1)·A = −A`
-/// holds exactly when `A` has none.
+/// `ℓ·A` is the identity: since a torsion component has an order dividing
+/// 8 and ℓ is odd, `(ℓ−1)·A = −A` holds exactly when `A` has none. Decided
+/// with the variable-time double-base multiplication, whose branches
+/// depend on the scalar only (here the constant ℓ−1), never on the point,
+/// and compared in constant time: the client's key stays as hidden as
+/// message 3 keeps it, at half the cost of the constant-time check (which
+/// cost a handshake as much as a signature).
 fn is_torsion_free(point: &EdwardsPoint) -> bool {
     let minus_one = -Scalar::ONE;
     EdwardsPoint::vartime_double_scalar_mul_basepoint(&minus_one, point, &Scalar::ZERO) == -point

@@ -48,6 +48,10 @@ impl Exchange {
         (!self.outbox.is_empty()).then(|| self.outbox.split().freeze())
     }
 
+    pub(super) fn has_output(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
     pub(super) fn poll_event(&mut self) -> Option<Event> {
         self.event.take()
     }

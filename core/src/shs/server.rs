@@ -140,6 +140,11 @@ impl ServerHandshake {
         self.io.poll_transmit()
     }
 
+    /// Whether [`ServerHandshake::poll_transmit`] has something.
+    pub fn has_output(&self) -> bool {
+        self.io.has_output()
+    }
+
     /// The next thing to tell the owner: [`Event::Authorize`], then [`Event::Established`].
     pub fn poll_event(&mut self) -> Option<Event> {
         self.io.poll_event()

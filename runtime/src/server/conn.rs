@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::future;
-use plugboard_core::broker::{ConnId, Link, Origin};
+use plugboard_core::broker::{ConnId, Link, LinkEvent, Origin};
 use plugboard_core::Instant;
 use plugboard_os::{WriteQueue, LAST_WORDS_GRACE};
 
@@ -25,7 +25,7 @@ use crate::stream::{ReadSize, Stream};
 const READ_SIZE: usize = 256 * 1024;
 /// How long a connection stays quiet before its read buffer is given back.
 const IDLE_RELEASE: Duration = Duration::from_millis(100);
-/// Most bytes a writer takes from the broker before writing them.
+/// Most bytes a writer takes from the link and the hub before writing them.
 const WRITE_BATCH: usize = 256 * 1024;
 /// Most plaintext a writer gathers for one seal: its gathering buffer,
 /// kept between batches, stays this small on every box-stream connection.
@@ -157,7 +157,10 @@ impl<R: Runtime> Shared<R> {
                 }
                 return false;
             }
-            Err(e) => e.to_string(),
+            Err(e) => {
+                link.handle_disconnect();
+                e.to_string()
+            }
         };
         drop(link);
         let mut state = self.lock();
@@ -177,7 +180,14 @@ impl<R: Runtime> Shared<R> {
             let mut verdict = None;
             while let Some(event) = link.poll_event() {
                 let state = state.get_or_insert_with(|| self.lock());
+                let established = event == LinkEvent::Established;
                 verdict = state.hub.handle_link(now, conn, event);
+                if established && !state.hub.is_open(conn) {
+                    // Dropped (a timeout, a shutdown) while message 4 was
+                    // made with the hub let go: it is not sent.
+                    link.handle_disconnect();
+                    break;
+                }
                 if verdict.is_some() {
                     break;
                 }
@@ -285,7 +295,13 @@ impl<R: Runtime> Shared<R> {
             if plain.is_empty() {
                 break;
             }
-            queue.push(link.lock().seal(plain));
+            let mut link = link.lock();
+            // The handshake may have ended since the link was asked above:
+            // message 4, made before the hub had any of this, goes first.
+            while let Some(data) = link.poll_transmit() {
+                queue.push(data);
+            }
+            queue.push(link.seal(plain));
             plain.clear(); // kept: one buffer for every seal
         }
         Ok(())

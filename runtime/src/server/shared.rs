@@ -42,7 +42,7 @@ impl State {
 /// What the broker tells one connection's tasks.
 #[derive(Default)]
 pub(super) struct ConnSignals {
-    /// Output is waiting in the broker (for the writer).
+    /// Output is waiting in the link or the hub (for the writer).
     pub(super) wake: Notify,
     /// The connection is over (for the reader).
     pub(super) stop: Notify,
