@@ -236,7 +236,7 @@ pub fn fanout(watchers: usize, samples: usize) -> Duration {
             net.broker.handle_input(now, conn, bytes);
         }
         times.push(start.elapsed());
-        assert_eq!(net.broker.registry().len(), i + 1);
+        assert_eq!(net.broker.hub().registry().len(), i + 1);
         net.run();
         for id in &ids {
             net.node(*id).events.clear();

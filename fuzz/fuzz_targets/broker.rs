@@ -165,7 +165,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
         }
-        if let Err(e) = net.broker.check_budgets() {
+        if let Err(e) = net.broker.hub().check_budgets() {
             panic!("budgets: {e}");
         }
     }
@@ -180,7 +180,7 @@ fuzz_target!(|ops: Vec<Op>| {
     net.run();
     net.advance(Duration::from_secs(60));
     net.run();
-    if let Err(e) = net.broker.check_empty() {
+    if let Err(e) = net.broker.hub().check_empty() {
         panic!("{e}");
     }
 });

@@ -525,12 +525,18 @@ mod tests {
         net.advance(Duration::from_millis(3_001));
         net.run();
         assert!(
-            !net.broker.is_open(silent),
+            !net.broker.hub().is_open(silent),
             "the silent one outlived its deadline"
         );
-        assert!(net.broker.is_open(slow), "the one that spoke was cut early");
+        assert!(
+            net.broker.hub().is_open(slow),
+            "the one that spoke was cut early"
+        );
         net.advance(Duration::from_secs(7));
         net.run();
-        assert!(!net.broker.is_open(slow), "the handshake deadline holds");
+        assert!(
+            !net.broker.hub().is_open(slow),
+            "the handshake deadline holds"
+        );
     }
 }

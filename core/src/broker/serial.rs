@@ -141,13 +141,19 @@ impl Broker {
     pub fn shutdown(&mut self, now: Instant) {
         self.hub.shutdown(now);
     }
-}
 
-/// A look at the hub: its books, for tests, the simulation and the fuzz targets.
-impl std::ops::Deref for Broker {
-    type Target = Hub;
-
-    fn deref(&self) -> &Hub {
+    /// The hub: its books, for tests, the simulation and the fuzz targets.
+    pub fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    /// The broker's key.
+    pub fn public_key(&self) -> crate::keys::PublicKey {
+        self.hub.public_key()
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &super::Limits {
+        self.hub.limits()
     }
 }

@@ -36,10 +36,10 @@ fn one_user_with_many_keys_stops_at_its_limit() {
             "node {id} is not ready"
         );
     }
-    assert_eq!(net.broker.uid_connections(1001), 3);
+    assert_eq!(net.broker.hub().uid_connections(1001), 3);
     net.kill(mine[0]);
     net.run();
-    assert_eq!(net.broker.uid_connections(1001), 2);
+    assert_eq!(net.broker.hub().uid_connections(1001), 2);
     assert!(net
         .connect_from(keypair(4), from_user(1001), |_| {})
         .is_some());
@@ -130,8 +130,8 @@ fn socketpair_ends_for_a_connection_that_does_not_read_are_bounded() {
         .count();
     assert_eq!((pairs, paths.len() - pairs), (4, 6), "{paths:?}");
     let a_key = keypair(1).public();
-    assert_eq!(net.broker.descriptors_in_flight(Some(&a_key)), 4);
-    assert_eq!(net.broker.descriptors_in_flight(None), 4);
+    assert_eq!(net.broker.hub().descriptors_in_flight(Some(&a_key)), 4);
+    assert_eq!(net.broker.hub().descriptors_in_flight(None), 4);
     assert!(net
         .log
         .iter()
@@ -139,7 +139,7 @@ fn socketpair_ends_for_a_connection_that_does_not_read_are_bounded() {
     // It reads: its ends ride out, and the budget is whole again.
     net.node(a).slow = false;
     net.run();
-    assert_eq!(net.broker.descriptors_in_flight(None), 0);
+    assert_eq!(net.broker.hub().descriptors_in_flight(None), 0);
 }
 
 /// A refusal's code and message.
@@ -205,7 +205,7 @@ fn one_key_holds_only_its_share_of_anothers_channels() {
         "{message}"
     );
     let (g, t) = (keypair(1).public(), keypair(3).public());
-    assert_eq!(net.broker.channels_between(t, g), 3);
+    assert_eq!(net.broker.hub().channels_between(t, g), 3);
     open_and_accept(&mut net, other, target, "svc");
 }
 
@@ -251,15 +251,15 @@ fn a_key_that_writes_everywhere_and_reads_nothing_stops_at_its_byte_budget() {
                 .send(ch, Bytes::from(vec![9; 16 * 1024]));
         }
         net.run();
-        net.broker.check_byte_books().unwrap();
+        net.broker.hub().check_byte_books().unwrap();
     }
     let key = keypair(1).public();
     assert_eq!(
-        net.broker.bytes_reserved(Some(&key)),
+        net.broker.hub().bytes_reserved(Some(&key)),
         5 * 2 * u64::from(WINDOW)
     );
     // Measured from the queues: both windows of each channel, no more.
-    let held = net.broker.buffered_bytes() as u64;
+    let held = net.broker.hub().buffered_bytes() as u64;
     assert!(held <= 5 * 2 * u64::from(WINDOW) + 64 * 1024, "{held}");
     // Another key is not disturbed.
     net.events(target);
@@ -314,8 +314,8 @@ fn send_all(net: &mut Net, sender: NodeId, reader: NodeId, pairs: &[(u32, u32)])
             }
         }
         net.events(sender);
-        net.broker.check_budgets().unwrap();
-        most = most.max(net.broker.bytes_grown(&reader_key, Some(&sender_key)));
+        net.broker.hub().check_budgets().unwrap();
+        most = most.max(net.broker.hub().bytes_grown(&reader_key, Some(&sender_key)));
         if received.iter().all(|&n| n == data.len()) {
             break;
         }
@@ -347,7 +347,7 @@ fn a_sender_that_stops_pins_only_its_share_of_the_readers_growth() {
     register(&mut net, other, "other", false);
     let [sender_key, reader_key, other_key] = [sender, reader, other].map(|n| net.node(n).key);
     send_all(&mut net, sender, reader, &pairs);
-    let pinned = net.broker.bytes_grown(&reader_key, Some(&sender_key));
+    let pinned = net.broker.hub().bytes_grown(&reader_key, Some(&sender_key));
     assert_eq!(pinned, GROWTH / 2, "the share is full");
     open_and_accept(&mut net, reader, other, "other");
     let theirs: Vec<(u32, u32)> = (0..2)
@@ -356,8 +356,8 @@ fn a_sender_that_stops_pins_only_its_share_of_the_readers_growth() {
     let most = send_all(&mut net, other, reader, &theirs);
     assert!(most > GROWTH / 4, "the other sender's windows grew: {most}");
     assert_eq!(
-        net.broker.bytes_grown(&reader_key, None),
-        pinned + net.broker.bytes_grown(&reader_key, Some(&other_key))
+        net.broker.hub().bytes_grown(&reader_key, None),
+        pinned + net.broker.hub().bytes_grown(&reader_key, Some(&other_key))
     );
 }
 
@@ -384,12 +384,12 @@ fn growth_is_given_back_after_the_senders_fin() {
     let pairs = [open_and_accept(&mut net, sender, reader, "svc")];
     let reader_key = net.node(reader).key;
     send_all(&mut net, sender, reader, &pairs);
-    assert!(net.broker.bytes_grown(&reader_key, None) > 0);
+    assert!(net.broker.hub().bytes_grown(&reader_key, None) > 0);
     net.node(sender).session.finish(pairs[0].0).unwrap();
     net.run();
     net.events(reader);
-    net.broker.check_budgets().unwrap();
-    assert_eq!(net.broker.bytes_grown(&reader_key, None), 0);
+    net.broker.hub().check_budgets().unwrap();
+    assert_eq!(net.broker.hub().bytes_grown(&reader_key, None), 0);
 }
 
 /// A receiver's grants beyond the initial window are bounded by its share
@@ -411,13 +411,13 @@ fn a_receivers_grants_are_bounded_by_its_share_for_the_sender() {
     let conn = net.node(reader).conn;
     net.broker.handle_input(net.now, conn, &grants);
     net.run();
-    net.broker.check_budgets().unwrap();
+    net.broker.hub().check_budgets().unwrap();
     assert_eq!(
-        net.broker.bytes_grown(&reader_key, Some(&sender_key)),
+        net.broker.hub().bytes_grown(&reader_key, Some(&sender_key)),
         GROWTH / 2
     );
     assert_eq!(
-        net.broker.bytes_reserved(Some(&sender_key)),
+        net.broker.hub().bytes_reserved(Some(&sender_key)),
         3 * 2 * u64::from(GROWN_WINDOW)
     );
     let capacity: usize = pairs

@@ -27,7 +27,7 @@ fn open_accept_and_a_megabyte_each_way_over_unix_and_tcp() {
         assert_eq!(transfer(&mut net, a, ca, b, cb, &data), data);
         assert_eq!(transfer(&mut net, b, cb, a, ca, &data), data);
         // The broker held at most a window per direction at any time.
-        assert!(net.broker.buffered_bytes() <= 2 * 256 * 1024);
+        assert!(net.broker.hub().buffered_bytes() <= 2 * 256 * 1024);
 
         // Half-close both ways: the channel and the route are gone.
         net.node(a).session.finish(ca).unwrap();
@@ -39,8 +39,8 @@ fn open_accept_and_a_megabyte_each_way_over_unix_and_tcp() {
         assert!(net
             .events(b)
             .contains(&SessionEvent::ChannelClosed { channel: cb }));
-        assert_eq!(net.broker.route_count(), 0);
-        assert_eq!(net.broker.key_usage(&keypair(1).public()).channels, 0);
+        assert_eq!(net.broker.hub().route_count(), 0);
+        assert_eq!(net.broker.hub().key_usage(&keypair(1).public()).channels, 0);
     }
 }
 
@@ -100,7 +100,7 @@ fn everything_is_released_when_everyone_leaves() {
         net.kill(id);
     }
     net.run();
-    net.broker.check_empty().unwrap();
+    net.broker.hub().check_empty().unwrap();
 }
 
 #[test]
@@ -149,7 +149,7 @@ fn socketpairs_for_two_unix_plugins_and_relay_when_they_fail() {
                 }]
             ));
             assert_eq!(
-                net.broker.route_count(),
+                net.broker.hub().route_count(),
                 0,
                 "the broker is out of the data path"
             );
@@ -259,10 +259,10 @@ fn a_channel_to_ones_own_name_is_released_with_its_connection() {
         .events(a)
         .iter()
         .any(|e| matches!(e, SessionEvent::Opened { channel, .. } if *channel == opener_channel)));
-    assert_eq!(net.broker.key_usage(&keypair(1).public()).channels, 2);
+    assert_eq!(net.broker.hub().key_usage(&keypair(1).public()).channels, 2);
     net.kill(a);
     net.run();
-    assert_eq!(net.broker.key_count(), 0);
+    assert_eq!(net.broker.hub().key_count(), 0);
 }
 
 #[test]
@@ -322,7 +322,7 @@ fn an_opener_that_gives_up_gets_its_answer() {
     net.run();
     assert!(!net.node(a).closed);
     assert_eq!(
-        net.broker.key_usage(&keypair(1).public()),
+        net.broker.hub().key_usage(&keypair(1).public()),
         KeyUsage {
             connections: 1,
             ..KeyUsage::default()
@@ -430,7 +430,7 @@ fn a_reset_racing_the_answer_leaves_no_channel_behind() {
         }
     )));
     assert_eq!(net.node(a).session.channel_count(), 0);
-    assert_eq!(net.broker.route_count(), 0);
+    assert_eq!(net.broker.hub().route_count(), 0);
 }
 
 /// What a channel receives waits in the session until the application
@@ -541,7 +541,7 @@ fn a_channel_let_go_finishes_and_data_for_nobody_resets_it() {
         .iter()
         .any(|e| matches!(e, SessionEvent::Reset { channel, .. } if *channel == ca)));
     assert_eq!(net.node(b).session.channel_count(), 0);
-    assert_eq!(net.broker.route_count(), 0);
+    assert_eq!(net.broker.hub().route_count(), 0);
 }
 
 /// A dial offer accepted by `b` ("far", with a direct address) from `a`:
@@ -604,7 +604,7 @@ fn only_the_announced_dialer_gets_a_direct_channel_and_the_relay_goes() {
     assert!(session.direct_established(theirs));
     assert!(net.node(a).session.direct_established(ours));
     net.run();
-    assert_eq!(net.broker.route_count(), 0);
+    assert_eq!(net.broker.hub().route_count(), 0);
     assert_eq!(net.node(a).session.channel_count(), 0);
     assert_eq!(net.node(b).session.channel_count(), 0);
 }
@@ -741,7 +741,7 @@ fn a_channel_let_go_before_it_is_open_is_rejected_or_reset() {
     net.run();
     assert!(!net.node(a).closed && !net.node(b).closed);
     assert_eq!(net.node(a).session.channel_count(), 0);
-    assert_eq!(net.broker.route_count(), 0);
+    assert_eq!(net.broker.hub().route_count(), 0);
 }
 
 /// A hello whose initial window is beyond the largest this session lets a

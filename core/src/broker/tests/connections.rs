@@ -57,7 +57,7 @@ fn hello_and_handshake_deadlines() {
     let conn = net.broker.accept(net.now, Origin::unix(0, None)).unwrap();
     net.advance(Duration::from_secs(11));
     net.run();
-    assert_eq!(net.broker.connection_count(), 0);
+    assert_eq!(net.broker.hub().connection_count(), 0);
     assert!(net
         .log
         .iter()
@@ -281,7 +281,7 @@ fn versions_and_hello_deadline() {
         .log
         .iter()
         .any(|l| l.conn == conn && l.code == Some(ErrorCode::UnsupportedVersion)));
-    assert!(net.broker.key_of(conn).is_none(), "closed");
+    assert!(net.broker.hub().key_of(conn).is_none(), "closed");
 }
 
 #[test]
@@ -326,7 +326,7 @@ fn a_plugin_that_says_goodbye_has_its_socket_closed() {
                 0
             }
         );
-        assert_eq!(net.broker.connection_count(), 0);
+        assert_eq!(net.broker.hub().connection_count(), 0);
     }
 }
 
@@ -366,9 +366,13 @@ fn a_reader_over_its_bound_gets_nothing_more_worked_on() {
     );
     let conn = net.node(a).conn;
     net.broker.handle_input(net.now, conn, &frame);
-    assert_eq!(net.broker.key_of(conn), None, "closed as a slow reader");
+    assert_eq!(
+        net.broker.hub().key_of(conn),
+        None,
+        "closed as a slow reader"
+    );
     assert!(
-        net.broker.registry().owner(&name("last")).is_none(),
+        net.broker.hub().registry().owner(&name("last")).is_none(),
         "requests after the bound were not worked on"
     );
 }

@@ -83,7 +83,7 @@ fn waiting_in_line_takes_over_and_watchers_see_it() {
             presence: Presence::Down { .. }
         }]
     ));
-    assert!(net.broker.registry().is_empty());
+    assert!(net.broker.hub().registry().is_empty());
 }
 
 #[test]
@@ -130,7 +130,7 @@ fn refusals_say_which_refusal() {
     assert!(
         matches!(net.events(b)[..], [SessionEvent::Reset { channel: c, code: ErrorCode::OpenTimeout, .. }] if c == channel)
     );
-    assert_eq!(net.broker.pending_open_count(), 0);
+    assert_eq!(net.broker.hub().pending_open_count(), 0);
 
     // The target goes away before answering.
     open(&mut net);
@@ -400,7 +400,7 @@ fn a_watcher_that_falls_behind_others_churn_is_resynchronised_not_cut() {
         "the watcher was cut for others' churn"
     );
     let conn = net.node(watcher).conn;
-    assert!(net.broker.queued_for(conn) <= 4096);
+    assert!(net.broker.hub().queued_for(conn) <= 4096);
     assert!(net
         .log
         .iter()
@@ -413,7 +413,7 @@ fn a_watcher_that_falls_behind_others_churn_is_resynchronised_not_cut() {
     let Some((SessionEvent::Resynced { seq, members }, before)) = events.split_last() else {
         panic!("no resync at the end: {events:?}");
     };
-    assert_eq!(*seq, net.broker.registry().seq());
+    assert_eq!(*seq, net.broker.hub().registry().seq());
     assert_eq!(
         members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
         ["stays"]
@@ -467,7 +467,7 @@ fn watch_state_is_checked() {
     assert_eq!(failed_code(&one_event(&mut net, a)), ErrorCode::WatchState);
     net.node(a).session.unwatch(now).unwrap();
     assert!(matches!(one_event(&mut net, a), SessionEvent::Done { .. }));
-    assert_eq!(net.broker.watchers().count(), 0);
+    assert_eq!(net.broker.hub().watchers().count(), 0);
 }
 
 /// `stats` says what each unix user holds (with FEATURE_STATS_UIDS); a
@@ -549,12 +549,12 @@ fn a_resync_over_the_bound_ends_the_watcher_at_once() {
         stay.push(id);
     }
     let conn = net.node(watcher).conn;
-    assert!(net.broker.is_open(conn));
+    assert!(net.broker.hub().is_open(conn));
     // The watcher reads: the broker drains its queue and, at a quarter,
     // queues the resync, which does not fit.
     while net.broker.poll_transmit(conn).is_some() {}
     assert!(
-        !net.broker.is_open(conn),
+        !net.broker.hub().is_open(conn),
         "still open with its resync over the bound"
     );
     let cut = std::iter::from_fn(|| net.broker.poll_event())

@@ -740,7 +740,7 @@ impl Sim {
             }
             SessionEvent::Reconnected { .. } => {
                 let conn = self.net.nodes[&id].conn;
-                let owned = self.net.broker.registry().name_of(conn).cloned();
+                let owned = self.net.broker.hub().registry().name_of(conn).cloned();
                 let app = self.apps.get_mut(&id).expect("exists");
                 let was_out = std::mem::replace(&mut app.outage, false);
                 self.stats.reconnects += 1;
@@ -838,7 +838,7 @@ impl Sim {
     /// Checked after every step.
     fn check_always(&mut self) -> Result<(), Violation> {
         let broker = &self.net.broker;
-        let registry = broker.registry();
+        let registry = broker.hub().registry();
         let mut owners = BTreeSet::new();
         for (name, holder) in registry.members() {
             check!(
@@ -849,12 +849,12 @@ impl Sim {
             );
             check!(
                 self,
-                broker.key_of(holder.conn) == Some(holder.key),
+                broker.hub().key_of(holder.conn) == Some(holder.key),
                 "{name} is owned by a dead or other connection"
             );
         }
         // Every budget, measured from what the broker holds.
-        let budgets = broker.check_budgets();
+        let budgets = broker.hub().check_budgets();
         check!(self, budgets.is_ok(), "{}", budgets.unwrap_err());
         Ok(())
     }
@@ -864,11 +864,12 @@ impl Sim {
         let registry: BTreeMap<Name, PublicKey> = self
             .net
             .broker
+            .hub()
             .registry()
             .members()
             .map(|(n, h)| (n.clone(), h.key))
             .collect();
-        let seq = self.net.broker.registry().seq();
+        let seq = self.net.broker.hub().registry().seq();
         for (id, app) in &self.apps {
             if self.net.nodes[id].session.is_closed() {
                 continue;
@@ -884,7 +885,7 @@ impl Sim {
                 );
             }
             let conn = self.net.nodes[id].conn;
-            let owned = self.net.broker.registry().name_of(conn);
+            let owned = self.net.broker.hub().registry().name_of(conn);
             let log: Vec<&String> = self
                 .net
                 .log
@@ -921,7 +922,7 @@ impl Sim {
 
     /// Everyone is gone: nothing is left.
     fn check_empty(&mut self) -> Result<(), Violation> {
-        let empty = self.net.broker.check_empty();
+        let empty = self.net.broker.hub().check_empty();
         check!(self, empty.is_ok(), "{}", empty.unwrap_err());
         Ok(())
     }
