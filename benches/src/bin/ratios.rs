@@ -57,18 +57,13 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("--handshakes") {
         // Only the broker alone: CPU per TCP handshake, memory per idle connection.
         let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-        broker::raise_file_limit();
-        let mut child = broker::BrokerProcess::start();
-        let (ours, base) =
-            broker::handshake_cpu_vs_primitives(&runtime, &mut child, ROUNDS, HANDSHAKES_PER_ROUND);
+        let alone = broker_alone(&runtime);
         println!(
             "handshakes_per_s_vs_primitives {:.3}",
-            ours.as_secs_f64() / base.as_secs_f64()
+            alone.handshake.as_secs_f64() / alone.primitives.as_secs_f64()
         );
-        drop(child);
-        let child = broker::BrokerProcess::start();
-        let (before, after) = broker::idle_connections(&runtime, &child, IDLE_CONNS, 64);
-        let idle_bytes = after.saturating_sub(before) as f64 / IDLE_CONNS as f64;
+        let idle_bytes =
+            alone.rss_after.saturating_sub(alone.rss_before) as f64 / IDLE_CONNS as f64;
         println!("idle_conn_bytes {idle_bytes:.0}");
         return;
     }
@@ -241,22 +236,18 @@ fn main() {
         ratios.push((rt_name, rt_ours, rt_raw));
     }
 
-    // The broker alone in a child process: its CPU time per TCP handshake
-    // (clients here), and its memory per idle connection.
-    broker::raise_file_limit();
-    let mut child = broker::BrokerProcess::start();
-    let (hs_ours, hs_base) =
-        broker::handshake_cpu_vs_primitives(&runtime, &mut child, ROUNDS, HANDSHAKES_PER_ROUND);
+    let BrokerAlone {
+        handshake: hs_ours,
+        primitives: hs_base,
+        rss_before,
+        rss_after,
+    } = broker_alone(&runtime);
     println!(
         "TCP handshake, broker CPU  plugboard {hs_ours:>9.2?} ({:.0}/s of CPU)   server-side primitives {hs_base:>9.2?} ({:.0}/s)",
         1.0 / hs_ours.as_secs_f64(),
         1.0 / hs_base.as_secs_f64()
     );
     ratios.push(("handshakes_per_s_vs_primitives", hs_ours, hs_base));
-    drop(child);
-    let child = broker::BrokerProcess::start();
-    let (rss_before, rss_after) = broker::idle_connections(&runtime, &child, IDLE_CONNS, 64);
-    drop(child);
     let idle_bytes = rss_after.saturating_sub(rss_before) as f64 / IDLE_CONNS as f64;
     println!(
         "{IDLE_CONNS} idle unix connections  broker RSS {:.1} MiB -> {:.1} MiB   {idle_bytes:.0} bytes each",
@@ -355,4 +346,30 @@ fn processes(boxstream_chunk: Duration) -> Vec<Ratio> {
     ratios.push(("relay_tcp_vs_boxstream", per_chunk, boxstream_chunk));
 
     ratios
+}
+
+/// The broker alone in a child process: its CPU time per TCP handshake
+/// (clients here) against the server side's primitives, and its resident
+/// memory before and after `IDLE_CONNS` idle connections.
+struct BrokerAlone {
+    handshake: std::time::Duration,
+    primitives: std::time::Duration,
+    rss_before: u64,
+    rss_after: u64,
+}
+
+fn broker_alone(runtime: &tokio::runtime::Runtime) -> BrokerAlone {
+    broker::raise_file_limit();
+    let mut child = broker::BrokerProcess::start();
+    let (handshake, primitives) =
+        broker::handshake_cpu_vs_primitives(runtime, &mut child, ROUNDS, HANDSHAKES_PER_ROUND);
+    drop(child);
+    let child = broker::BrokerProcess::start();
+    let (rss_before, rss_after) = broker::idle_connections(runtime, &child, IDLE_CONNS, 64);
+    BrokerAlone {
+        handshake,
+        primitives,
+        rss_before,
+        rss_after,
+    }
 }

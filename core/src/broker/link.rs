@@ -319,6 +319,24 @@ mod tests {
         events(link)
     }
 
+    /// A link past its handshake, its key admitted (events drained), and
+    /// its client still waiting for message 4.
+    fn established(boxed: bool) -> (Link, Client) {
+        let (mut link, mut client) = pair(boxed);
+        to_authorize(&mut link, &mut client);
+        link.authorize(true);
+        events(&mut link);
+        (link, client)
+    }
+
+    /// The offsets `cuts` (fractions of `len`) make, as pieces in order.
+    fn pieces(len: usize, cuts: &[f64]) -> Vec<std::ops::Range<usize>> {
+        let mut at: Vec<usize> = cuts.iter().map(|f| (f * len as f64) as usize).collect();
+        at.extend([0, len]);
+        at.sort_unstable();
+        at.windows(2).map(|w| w[0]..w[1]).collect()
+    }
+
     /// The client's view once message 4 arrived: its box-stream halves.
     fn client_established(link: &mut Link, client: &mut Client) -> (Sealer, Opener) {
         let accept = link.poll_transmit().expect("message 4");
@@ -408,16 +426,17 @@ mod tests {
         assert!(link.is_plain());
         // Message 4 leads the last words if it was never written.
         let last = link.last_words(b"bye");
-        assert!(last.ends_with(b"bye") && last.len() > 3);
+        client.hs.handle_input(NOW, &last).unwrap();
+        match client.hs.poll_event() {
+            Some(shs::Event::Established(done)) => assert_eq!(&done.early_data[..], b"bye"),
+            other => panic!("message 4 did not lead the last words: {other:?}"),
+        }
         assert_eq!(link.poll_transmit(), None);
     }
 
     #[test]
     fn the_peers_goodbye_is_answered_and_a_forged_box_is_not() {
-        let (mut link, mut client) = pair(true);
-        to_authorize(&mut link, &mut client);
-        link.authorize(true);
-        events(&mut link);
+        let (mut link, mut client) = established(true);
         let (mut sealer, mut opener) = client_established(&mut link, &mut client);
         let mut bye = BytesMut::new();
         sealer.goodbye(&mut bye).unwrap();
@@ -426,10 +445,7 @@ mod tests {
         let (_, goodbye) = open_all(&mut opener, &link.last_words(b""));
         assert!(goodbye, "our goodbye answers theirs");
 
-        let (mut link, mut client) = pair(true);
-        to_authorize(&mut link, &mut client);
-        link.authorize(true);
-        events(&mut link);
+        let (mut link, _) = established(true);
         input(&mut link, &[0x55; 64]);
         let ended = events(&mut link);
         assert!(
@@ -461,10 +477,7 @@ mod tests {
     fn a_socket_that_ended_gets_no_last_words() {
         // Regression: the threaded server wrote box-stream's goodbye (and
         // message 4, if due) to a peer whose socket had ended.
-        let (mut link, mut client) = pair(true);
-        to_authorize(&mut link, &mut client);
-        link.authorize(true);
-        events(&mut link);
+        let (mut link, _) = established(true);
         assert!(link
             .handle_eof()
             .starts_with("closed by the peer: the stream ended without a goodbye"));
@@ -475,25 +488,16 @@ mod tests {
             "message 4 is not written either"
         );
 
-        let (mut link, mut client) = pair(false);
-        to_authorize(&mut link, &mut client);
-        link.authorize(true);
-        events(&mut link);
+        let (mut link, _) = established(false);
         link.handle_disconnect();
         assert!(link.last_words(b"GOAWAY").is_empty());
     }
 
     /// Feeds `bytes` in pieces cut at `cuts` (fractions of its length).
     fn input_in_pieces(link: &mut Link, bytes: &[u8], cuts: &[f64]) -> Vec<LinkEvent> {
-        let mut at: Vec<usize> = cuts
-            .iter()
-            .map(|f| (f * bytes.len() as f64) as usize)
-            .collect();
-        at.extend([0, bytes.len()]);
-        at.sort_unstable();
         let mut seen = Vec::new();
-        for piece in at.windows(2) {
-            input(link, &bytes[piece[0]..piece[1]]);
+        for piece in pieces(bytes.len(), cuts) {
+            input(link, &bytes[piece]);
             seen.extend(events(link));
         }
         seen
@@ -515,10 +519,7 @@ mod tests {
             let (mut sealer, _) = {
                 // The client's keys are known once message 4 arrives; seal
                 // with a twin that runs the same handshake.
-                let (mut twin_link, mut twin) = pair(true);
-                to_authorize(&mut twin_link, &mut twin);
-                twin_link.authorize(true);
-                events(&mut twin_link);
+                let (mut twin_link, mut twin) = established(true);
                 client_established(&mut twin_link, &mut twin)
             };
             let mut boxes = BytesMut::new();
@@ -528,11 +529,8 @@ mod tests {
             stream.extend_from_slice(&boxes);
             let mut seen = Vec::new();
             let mut plain = Vec::new();
-            let mut at: Vec<usize> = cuts3.iter().map(|f| (f * stream.len() as f64) as usize).collect();
-            at.extend([0, stream.len()]);
-            at.sort_unstable();
-            for piece in at.windows(2) {
-                input(&mut link, &stream[piece[0]..piece[1]]);
+            for piece in pieces(stream.len(), &cuts3) {
+                input(&mut link, &stream[piece]);
                 while let Some(event) = link.poll_event() {
                     match event {
                         LinkEvent::Authorize(_) => {
