@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use plugboard_core::broker::Limits;
 use plugboard_core::control::{self, ErrorCode, Message, Name, OpenedPath};
 use plugboard_core::direct::{DirectConn, DirectError, DirectEvent};
-use plugboard_core::mux::{frame, Frame};
+use plugboard_core::mux::{frame, Frame, FrameDecoder};
 use plugboard_core::shs::{ClientHandshake, Event};
 use plugboard_core::{Instant, NetworkKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -81,7 +81,7 @@ fn client_handshake(seed: u8, network_key: NetworkKey) -> ClientHandshake {
 /// frames from here on.
 pub(crate) struct Raw {
     stream: UnixStream,
-    frames: frame::FrameDecoder,
+    frames: FrameDecoder,
     control: control::ControlDecoder,
 }
 
@@ -108,7 +108,7 @@ impl Raw {
         }
         let mut raw = Raw {
             stream,
-            frames: frame::FrameDecoder::new(1 << 20),
+            frames: FrameDecoder::new(1 << 20),
             control: control::ControlDecoder::new(),
         };
         raw.send(&Message::ClientHello {

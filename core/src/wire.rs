@@ -135,16 +135,29 @@ impl Wire {
         }
     }
 
-    /// Takes bytes from the socket into the mux.
-    pub fn handle_input(&mut self, input: &[u8]) -> Result<(), WireError> {
+    /// The mux bytes that bytes from the socket carry, for
+    /// [`Mux::poll_input`]: `input` itself on plain framing; on box-stream,
+    /// every whole box opened into `plain` (those before a bad one too).
+    /// Beside them, how the input ended: [`WireError::Goodbye`] once the
+    /// peer said goodbye, or why the box-stream broke.
+    pub fn open<'a>(
+        &mut self,
+        input: &'a [u8],
+        plain: &'a mut BytesMut,
+    ) -> (&'a [u8], Result<(), WireError>) {
         match &mut self.framing {
-            Framing::Plain => Ok(self.mux.handle_input(input)?),
+            Framing::Plain => (input, Ok(())),
             Framing::BoxStream(io) => {
-                let deliver = |bytes: Bytes| Ok::<_, WireError>(self.mux.handle_input(&bytes)?);
-                match io.open(input, deliver)? {
-                    true => Err(WireError::Goodbye),
-                    false => Ok(()),
-                }
+                let opened = io.open(input, |bytes| {
+                    plain.extend_from_slice(&bytes);
+                    Ok::<_, BoxStreamError>(())
+                });
+                let end = match opened {
+                    Ok(false) => Ok(()),
+                    Ok(true) => Err(WireError::Goodbye),
+                    Err(e) => Err(e.into()),
+                };
+                (&plain[..], end)
             }
         }
     }

@@ -4,8 +4,18 @@
 
 use bytes::{Bytes, BytesMut};
 use plugboard_core::control::ErrorCode;
-use plugboard_core::mux::{frame, Frame, FrameDecoder, Mux, MuxConfig, MuxEvent, Side};
+use plugboard_core::mux::{frame, Frame, FrameDecoder, Mux, MuxConfig, MuxError, MuxInput, Side};
 use proptest::prelude::*;
+
+/// Feeds `input` to `mux`: channel bytes to `data`, events dropped.
+fn feed(mux: &mut Mux, mut input: &[u8], mut data: impl FnMut(u32, &[u8])) -> Result<(), MuxError> {
+    while let Some(next) = mux.poll_input(&mut input)? {
+        if let MuxInput::Data { channel, bytes } = next {
+            data(channel, bytes);
+        }
+    }
+    Ok(())
+}
 
 fn frame_strategy() -> impl Strategy<Value = Frame> {
     let code = any::<u16>().prop_map(ErrorCode::from_u16);
@@ -68,6 +78,57 @@ proptest! {
         prop_assert_eq!(decoder.buffered(), 0);
     }
 
+    /// However the input is cut, the mux passes on the same bytes per
+    /// channel and the same events in the same order, and fails the same.
+    #[test]
+    fn any_split_of_the_input_says_the_same(
+        frames in proptest::collection::vec(frame_strategy(), 1..12),
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
+    ) {
+        let mut stream = BytesMut::new();
+        for f in &frames {
+            // Channels 1 and 3, which the receiver knows, most of the time.
+            let f = match f {
+                Frame::Data { channel, fin, payload } if *channel != 0 => Frame::Data { channel: 1 + 2 * (channel % 2), fin: *fin, payload: payload.clone() },
+                Frame::Window { channel, increment } => Frame::Window { channel: 1 + 2 * (channel % 2), increment: *increment },
+                other => other.clone(),
+            };
+            frame::encode(&f, &mut stream);
+        }
+        let run = |cuts: &[usize]| {
+            let config = MuxConfig { max_frame: 4096, ..MuxConfig::default() };
+            let mut rx = Mux::new(Side::Listener, config);
+            rx.open_remote(1).unwrap();
+            rx.open_remote(3).unwrap();
+            let mut said: Vec<String> = Vec::new();
+            let mut bytes = [Vec::new(), Vec::new(), Vec::new()];
+            let mut at = 0;
+            for &cut in cuts.iter().chain([stream.len()].iter()) {
+                let mut input = &stream[at..cut.max(at)];
+                at = cut.max(at);
+                loop {
+                    match rx.poll_input(&mut input) {
+                        Ok(Some(MuxInput::Data { channel, bytes: b })) => {
+                            prop_assert!(!b.is_empty());
+                            bytes[channel as usize / 2 + usize::from(channel != 0)].extend_from_slice(b);
+                        }
+                        Ok(Some(MuxInput::Event(event))) => said.push(format!("{event:?}")),
+                        Ok(None) => break,
+                        Err(e) => {
+                            said.push(format!("{e}"));
+                            return Ok((said, bytes));
+                        }
+                    }
+                }
+            }
+            Ok((said, bytes))
+        };
+        let whole = run(&[])?;
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
+        cuts.sort_unstable();
+        prop_assert_eq!(run(&cuts)?, whole);
+    }
+
     #[test]
     fn flow_control_holds_under_any_schedule(
         writes in proptest::collection::vec(1..20_000usize, 1..30),
@@ -102,14 +163,12 @@ proptest! {
             // Some of the writer's output reaches the reader.
             for _ in 0..*pulls.next().unwrap() {
                 let Some(chunk) = tx.poll_transmit() else { break };
-                rx.handle_input(&chunk).expect("the sender stays within its credit");
-            }
-            while let Some(event) = rx.poll_event() {
-                if let MuxEvent::Data { channel, payload } = event {
+                feed(&mut rx, &chunk, |channel, bytes| {
                     let i = channels.iter().position(|c| *c == channel).unwrap();
-                    received[i].extend_from_slice(&payload);
-                    unread[i] += payload.len();
-                }
+                    received[i].extend_from_slice(bytes);
+                    unread[i] += bytes.len();
+                })
+                .expect("the sender stays within its credit");
             }
             // The reader consumes at its own pace; credit flows back.
             for i in 0..2 {
@@ -118,9 +177,8 @@ proptest! {
                 unread[i] -= n;
             }
             while let Some(chunk) = rx.poll_transmit() {
-                tx.handle_input(&chunk).unwrap();
+                feed(&mut tx, &chunk, |_, _| {}).unwrap();
             }
-            while tx.poll_event().is_some() {}
             prop_assert!(rx.recv_credit(channels[0]) <= 65536 && rx.recv_credit(channels[1]) <= 65536);
             if received[0].len() + received[1].len() == total && writes.len() == 0 {
                 break;
@@ -132,26 +190,27 @@ proptest! {
         // Drain: everything sent arrives, once, in order.
         for _ in 0..10_000 {
             let mut moved = false;
+            let mut arrived = Vec::new();
             while let Some(chunk) = tx.poll_transmit() {
-                rx.handle_input(&chunk).expect("the sender stays within its credit");
+                feed(&mut rx, &chunk, |channel, bytes| {
+                    let i = channels.iter().position(|c| *c == channel).unwrap();
+                    received[i].extend_from_slice(bytes);
+                    arrived.push((channel, bytes.len()));
+                })
+                .expect("the sender stays within its credit");
                 moved = true;
             }
-            while let Some(event) = rx.poll_event() {
-                if let MuxEvent::Data { channel, payload } = event {
-                    let i = channels.iter().position(|c| *c == channel).unwrap();
-                    received[i].extend_from_slice(&payload);
-                    rx.consume(channel, payload.len());
-                }
+            for (channel, n) in arrived {
+                rx.consume(channel, n);
             }
             for i in 0..2 {
                 rx.consume(channels[i], unread[i]);
                 unread[i] = 0;
             }
             while let Some(chunk) = rx.poll_transmit() {
-                tx.handle_input(&chunk).unwrap();
+                feed(&mut tx, &chunk, |_, _| {}).unwrap();
                 moved = true;
             }
-            while tx.poll_event().is_some() {}
             if !moved {
                 break;
             }

@@ -7,7 +7,7 @@
 use arbitrary::Arbitrary;
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use plugboard_core::mux::{frame, FrameDecoder, Mux, MuxConfig, MuxEvent, Side};
+use plugboard_core::mux::{frame, FrameDecoder, Mux, MuxConfig, MuxInput, Side};
 
 #[derive(Arbitrary, Debug)]
 struct Input<'a> {
@@ -53,25 +53,38 @@ fuzz_target!(|input: Input| {
         .map(|&s| usize::from(s))
         .chain([usize::MAX])
     {
-        let (now, later) = rest.split_at(split.min(rest.len()));
-        rest = later;
-        let result = mux.handle_input(now);
         if failed {
             // A violation ends the connection: the owner stops feeding it.
             break;
         }
-        failed = result.is_err();
-        while let Some(event) = mux.poll_event() {
-            if let MuxEvent::Data { channel, payload } = event {
-                let c = channel as usize;
-                received[c] += payload.len();
-                assert!(
-                    received[c] <= granted[c],
-                    "channel {c} got more than its credit"
-                );
-                if let Some(&n) = consume.next() {
-                    let n = usize::from(n).min(payload.len());
-                    mux.consume(channel, n);
+        let (mut now, later) = rest.split_at(split.min(rest.len()));
+        rest = later;
+        loop {
+            match mux.poll_input(&mut now) {
+                Ok(Some(MuxInput::Data { channel, bytes })) => {
+                    assert!(!bytes.is_empty(), "an empty piece");
+                    if channel == 0 {
+                        continue; // the control channel has no credit
+                    }
+                    let c = channel as usize;
+                    received[c] += bytes.len();
+                    assert!(
+                        received[c] <= granted[c],
+                        "channel {c} got more than its credit"
+                    );
+                    if let Some(&n) = consume.next() {
+                        let n = usize::from(n).min(bytes.len());
+                        mux.consume(channel, n);
+                    }
+                }
+                Ok(Some(MuxInput::Event(_))) => {}
+                Ok(None) => {
+                    assert!(now.is_empty(), "input left over");
+                    break;
+                }
+                Err(_) => {
+                    failed = true;
+                    break;
                 }
             }
         }

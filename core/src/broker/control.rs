@@ -10,7 +10,7 @@ use crate::control::{
     Usage, FEATURES, FEATURE_STATS_UIDS, FEATURE_WATCH_RESYNC, KEY_STATS_LEN, MAX_MESSAGE,
     UID_STATS_LEN, VERSION,
 };
-use crate::mux::MuxEvent;
+use crate::mux::{MuxError, MuxEvent, MuxInput};
 use crate::time::Instant;
 
 use super::connection::{Connection, Stage, Watch};
@@ -25,23 +25,37 @@ const PAGE_BUDGET: usize = MAX_MESSAGE - 64;
 impl Hub {
     /// Handles everything the mux of `conn` has for the broker.
     pub(super) fn drain_mux(&mut self, now: Instant, conn: ConnId) {
+        // With no input, the mux has only events: it cannot fail.
+        let _ = self.run_mux(now, conn, &mut &[][..]);
+    }
+
+    /// Feeds `input` to the mux of `conn` and handles what the mux says,
+    /// in order: the events it had waiting first.
+    pub(super) fn run_mux(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        input: &mut &[u8],
+    ) -> Result<(), MuxError> {
         loop {
-            let Some(event) = self
-                .conns
-                .get_mut(&conn)
-                .and_then(|c| c.mux.as_mut())
-                .and_then(|mux| mux.poll_event())
-            else {
-                return;
+            let Some(mux) = self.conns.get_mut(&conn).and_then(|c| c.mux.as_mut()) else {
+                return Ok(());
             };
-            match event {
-                MuxEvent::Control(bytes) => self.on_control_bytes(now, conn, &bytes),
-                MuxEvent::Pong { .. } => {}
-                MuxEvent::GoAway { code, reason } => {
-                    let reason = format!("went away ({code}): {reason}");
-                    return self.peer_ended(now, conn, reason);
+            let Some(next) = mux.poll_input(input)? else {
+                return Ok(());
+            };
+            match next {
+                MuxInput::Data { channel: 0, bytes } => self.on_control_bytes(now, conn, bytes),
+                MuxInput::Data { channel, bytes } => {
+                    self.on_channel_data(now, conn, channel, bytes)
                 }
-                relayed => self.on_channel_event(now, conn, relayed),
+                MuxInput::Event(MuxEvent::Pong { .. }) => {}
+                MuxInput::Event(MuxEvent::GoAway { code, reason }) => {
+                    let reason = format!("went away ({code}): {reason}");
+                    self.peer_ended(now, conn, reason);
+                    return Ok(());
+                }
+                MuxInput::Event(relayed) => self.on_channel_event(now, conn, relayed),
             }
         }
     }

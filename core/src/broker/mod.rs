@@ -48,7 +48,7 @@ pub use serial::Broker;
 
 use crate::control::{ChannelId, ErrorCode, Message, RequestId, TransportKind};
 use crate::keys::PublicKey;
-use crate::mux::{Mux, MuxError};
+use crate::mux::Mux;
 use crate::shs::HandshakeConfig;
 use crate::time::Instant;
 use connection::{Connection, Stage, Watch};
@@ -574,17 +574,10 @@ impl Hub {
         c.bytes_in += input.len() as u64;
         c.last_input = now;
         c.ping_sent = None;
-        let Some(mux) = c.mux.as_mut() else {
+        if c.mux.is_none() {
             return; // no plaintext before the handshake is over
-        };
-        let result = mux.handle_input_owned(input);
-        self.after_mux_input(now, conn, result);
-    }
-
-    /// Handles what the mux made of the input, then the input's fate.
-    fn after_mux_input(&mut self, now: Instant, conn: ConnId, result: Result<(), MuxError>) {
-        self.drain_mux(now, conn);
-        match result {
+        }
+        match self.run_mux(now, conn, &mut &input[..]) {
             Ok(()) => {
                 // Input can queue output of its own (a PONG): tell the runtime,
                 // and count it under the bound like any answer.

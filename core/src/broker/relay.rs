@@ -176,9 +176,29 @@ impl Hub {
 
     // ── data, FIN, reset and credit between the ends ──────────────────
 
+    /// Bytes on a relayed channel: copied from the input straight into the
+    /// other end's queue (a slice would keep the read buffer alive for as
+    /// long as the receiver does not read, beyond what the reservations
+    /// cover).
+    pub(super) fn on_channel_data(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        channel: ChannelId,
+        bytes: &[u8],
+    ) {
+        let Some(peer) = self.routes.peer((conn, channel)) else {
+            return self.on_unrouted(now, conn, channel, "data", None);
+        };
+        if let Some(mux) = self.conns.get_mut(&peer.0).and_then(|c| c.mux.as_mut()) {
+            // Only fails if the peer's end is already gone.
+            let _ = mux.send_copy(peer.1, bytes);
+        }
+        self.wake(peer.0);
+    }
+
     pub(super) fn on_channel_event(&mut self, now: Instant, conn: ConnId, event: MuxEvent) {
         let (channel, kind) = match &event {
-            MuxEvent::Data { channel, .. } => (*channel, "data"),
             MuxEvent::Fin { channel } => (*channel, "FIN"),
             MuxEvent::Reset { channel, .. } => (*channel, "RESET"),
             MuxEvent::Credit { channel, .. } => (*channel, "WINDOW"),
@@ -187,19 +207,9 @@ impl Hub {
         };
         let end = (conn, channel);
         let Some(peer) = self.routes.peer(end) else {
-            return self.on_unrouted(now, conn, channel, kind, event);
+            return self.on_unrouted(now, conn, channel, kind, Some(event));
         };
         match event {
-            MuxEvent::Data { payload, .. } => {
-                // Copied: a slice would keep its whole read buffer alive for
-                // as long as the receiver does not read, beyond what the
-                // reservations cover.
-                if let Some(mux) = self.conns.get_mut(&peer.0).and_then(|c| c.mux.as_mut()) {
-                    // Only fails if the peer's end is already gone.
-                    let _ = mux.send_copy(peer.1, &payload);
-                }
-                self.wake(peer.0);
-            }
             MuxEvent::Fin { .. } => {
                 if let Some(mux) = self.conns.get_mut(&peer.0).and_then(|c| c.mux.as_mut()) {
                     let _ = mux.finish(peer.1);
@@ -255,11 +265,11 @@ impl Hub {
         conn: ConnId,
         channel: ChannelId,
         kind: &str,
-        event: MuxEvent,
+        event: Option<MuxEvent>,
     ) {
         let reason = match event {
-            MuxEvent::Credit { .. } | MuxEvent::Closed { .. } => return,
-            MuxEvent::Reset { reason, .. } => reason,
+            Some(MuxEvent::Credit { .. } | MuxEvent::Closed { .. }) => return,
+            Some(MuxEvent::Reset { reason, .. }) => reason,
             _ => {
                 let reason = format!("{kind} on channel {channel} before it was opened");
                 return self.close(now, conn, ErrorCode::ProtocolViolation, reason);

@@ -55,8 +55,8 @@ impl Channel {
         }
     }
 
-    /// Accounts for a DATA frame from the peer.
-    pub(super) fn receive(&mut self, id: ChannelId, len: usize, fin: bool) -> Result<(), MuxError> {
+    /// Accounts for a DATA frame from the peer, as its header arrives.
+    pub(super) fn receive(&mut self, id: ChannelId, len: usize) -> Result<(), MuxError> {
         if self.recv_fin {
             return Err(MuxError::DataAfterFin(id));
         }
@@ -69,8 +69,12 @@ impl Channel {
         }
         self.recv_credit -= len as u32;
         self.unread += len;
-        self.recv_fin = fin;
         Ok(())
+    }
+
+    /// The peer's FIN arrived, at the end of its frame.
+    pub(super) fn end_receiving(&mut self) {
+        self.recv_fin = true;
     }
 
     pub(super) fn add_credit(&mut self, id: ChannelId, increment: u32) -> Result<(), MuxError> {

@@ -19,12 +19,12 @@ pub const HEADER_LEN: usize = 10;
 /// Frame payload limit unless the peer announced another.
 pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024;
 
-const DATA: u8 = 0;
+pub(super) const DATA: u8 = 0;
 const WINDOW: u8 = 1;
 const RESET: u8 = 2;
 const PING: u8 = 3;
 const GOAWAY: u8 = 4;
-const FIN: u8 = 0x01;
+pub(super) const FIN: u8 = 0x01;
 const PONG: u8 = 0x01;
 
 /// A decoded frame.
@@ -117,65 +117,48 @@ pub enum FrameError {
     BadUtf8,
 }
 
-/// Splits a byte stream into frames. Payloads are slices of its buffer.
-pub struct FrameDecoder {
-    buffer: BytesMut,
-    max_payload: u32,
+/// A frame's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Header {
+    pub(super) kind: u8,
+    pub(super) flags: u8,
+    pub(super) channel: u32,
+    pub(super) len: u32,
 }
 
-impl FrameDecoder {
-    /// A decoder that refuses payloads over `max_payload`.
-    pub fn new(max_payload: u32) -> Self {
-        FrameDecoder {
-            buffer: BytesMut::new(),
+impl Header {
+    /// Parses and checks a header: everything that can be refused before
+    /// the payload arrives is refused here.
+    pub(super) fn parse(bytes: &[u8; HEADER_LEN], max_payload: u32) -> Result<Self, FrameError> {
+        let word = |at: usize| {
+            u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
+        let header = Header {
+            kind: bytes[0],
+            flags: bytes[1],
+            channel: word(2),
+            len: word(6),
+        };
+        check_header(
+            header.kind,
+            header.flags,
+            header.channel,
+            header.len,
             max_payload,
-        }
+        )?;
+        Ok(header)
     }
 
-    /// Appends input.
-    pub fn push(&mut self, input: &[u8]) {
-        self.buffer.extend_from_slice(input);
-    }
-
-    /// Appends input it may keep without copying, if nothing is buffered.
-    pub fn push_owned(&mut self, input: BytesMut) {
-        if self.buffer.is_empty() {
-            self.buffer = input;
-        } else {
-            self.buffer.extend_from_slice(&input);
-        }
-    }
-
-    /// Bytes buffered and not yet decoded.
-    pub fn buffered(&self) -> usize {
-        self.buffer.len()
-    }
-
-    /// The next complete frame, or `None` if more input is needed.
-    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        if self.buffer.len() < HEADER_LEN {
-            return Ok(None);
-        }
-        let header = &self.buffer[..HEADER_LEN];
-        let kind = header[0];
-        let flags = header[1];
-        let channel = u32::from_be_bytes([header[2], header[3], header[4], header[5]]);
-        let len = u32::from_be_bytes([header[6], header[7], header[8], header[9]]);
-        check_header(kind, flags, channel, len, self.max_payload)?;
-        let len = len as usize;
-        if self.buffer.len() < HEADER_LEN + len {
-            // Reserve now so that a large payload arrives without regrowing.
-            self.buffer.reserve(HEADER_LEN + len - self.buffer.len());
-            return Ok(None);
-        }
-        self.buffer.advance(HEADER_LEN);
-        let mut payload = self.buffer.split_to(len).freeze();
-        if self.buffer.is_empty() {
-            // Let go of the input's allocation: an idle connection must not
-            // keep its last read buffer alive.
-            self.buffer = BytesMut::new();
-        }
-        let frame = match kind {
+    /// The frame a whole payload makes, for every type but DATA (whose
+    /// payload the decoder passes on as it arrives).
+    pub(super) fn into_frame(self, mut payload: Bytes) -> Result<Frame, FrameError> {
+        let Header {
+            kind,
+            flags,
+            channel,
+            ..
+        } = self;
+        Ok(match kind {
             DATA => Frame::Data {
                 channel,
                 fin: flags & FIN != 0,
@@ -205,8 +188,7 @@ impl FrameDecoder {
                     reason: utf8(payload)?,
                 }
             }
-        };
-        Ok(Some(frame))
+        })
     }
 }
 
@@ -309,6 +291,7 @@ pub(crate) fn truncate_utf8(text: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mux::FrameDecoder;
 
     fn decode_all(bytes: &[u8]) -> Result<Vec<Frame>, FrameError> {
         let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME);

@@ -10,6 +10,7 @@
 //! turn, so one busy channel cannot starve the others or the control traffic.
 
 mod channel;
+pub mod decode;
 pub mod frame;
 
 use std::collections::{HashMap, VecDeque};
@@ -18,7 +19,9 @@ use bytes::{Bytes, BytesMut};
 
 use crate::control::ErrorCode;
 use channel::Channel;
-pub use frame::{Frame, FrameDecoder, FrameError, DEFAULT_MAX_FRAME, HEADER_LEN};
+pub use decode::FrameDecoder;
+use decode::{Deframer, Piece};
+pub use frame::{Frame, FrameError, DEFAULT_MAX_FRAME, HEADER_LEN};
 
 /// A WINDOW frame on the wire: header and a u32 increment.
 const WINDOW_FRAME_LEN: usize = HEADER_LEN + 4;
@@ -60,18 +63,24 @@ impl Default for MuxConfig {
     }
 }
 
-/// What the peer did.
+/// What [`Mux::poll_input`] has for its caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MuxEvent {
-    /// Bytes on the control channel.
-    Control(Bytes),
-    /// Bytes on a channel.
+pub enum MuxInput<'a> {
+    /// Bytes on a channel (0 is the control channel), in order: a slice of
+    /// the input, passed on as it arrives, before its frame is whole.
     Data {
         /// The channel.
         channel: ChannelId,
-        /// The bytes (a slice of the read buffer).
-        payload: Bytes,
+        /// The bytes.
+        bytes: &'a [u8],
     },
+    /// Something else the peer did.
+    Event(MuxEvent),
+}
+
+/// What the peer did, besides sending bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MuxEvent {
     /// The peer will send nothing more on this channel.
     Fin {
         /// The channel.
@@ -154,12 +163,18 @@ pub enum ChannelError {
     Finished(ChannelId),
 }
 
+/// The channel bytes one piece of input passed on, if any.
+type Passed<'a> = Option<(ChannelId, &'a [u8])>;
+
 /// One connection's channels.
 pub struct Mux {
     side: Side,
     config: MuxConfig,
     peer_max_frame: u32,
-    decoder: FrameDecoder,
+    deframer: Deframer,
+    /// The DATA frame whose payload is arriving, if it is passed on: its
+    /// channel, and whether it carries FIN.
+    receiving: Option<(ChannelId, bool)>,
     channels: HashMap<ChannelId, Channel>,
     next_local: u64,
     last_remote: ChannelId,
@@ -176,6 +191,8 @@ pub struct Mux {
     scratch: BytesMut,
     events: VecDeque<MuxEvent>,
     going_away: bool,
+    /// The peer broke the protocol: its input is no longer read.
+    broken: bool,
 }
 
 impl Mux {
@@ -185,7 +202,8 @@ impl Mux {
             side,
             config,
             peer_max_frame: DEFAULT_MAX_FRAME,
-            decoder: FrameDecoder::new(config.max_frame),
+            deframer: Deframer::new(config.max_frame),
+            receiving: None,
             channels: HashMap::new(),
             next_local: match side {
                 Side::Dialer => 1,
@@ -201,6 +219,7 @@ impl Mux {
             scratch: BytesMut::new(),
             events: VecDeque::new(),
             going_away: false,
+            broken: false,
         }
     }
 
@@ -222,21 +241,67 @@ impl Mux {
 
     // ── input ─────────────────────────────────────────────────────────
 
-    /// Takes bytes from the peer (plain, or opened from box-stream).
-    pub fn handle_input(&mut self, input: &[u8]) -> Result<(), MuxError> {
-        self.decoder.push(input);
-        self.decode_frames()
+    /// The next thing the peer did: an event already waiting, else what
+    /// the front of `input` (plain, or opened from box-stream) says, which
+    /// it advances past what it used. `None` once `input` is used up and no
+    /// event waits. Channel bytes are slices of `input`: a relay copies
+    /// them once, to where they go. After an error the connection is
+    /// broken: input is taken and ignored from then on.
+    pub fn poll_input<'a>(
+        &mut self,
+        input: &mut &'a [u8],
+    ) -> Result<Option<MuxInput<'a>>, MuxError> {
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Ok(Some(MuxInput::Event(event)));
+            }
+            if self.broken {
+                *input = &[];
+                return Ok(None);
+            }
+            let next = self.take_piece(input);
+            self.broken = next.is_err();
+            match next? {
+                None => return Ok(None),
+                Some(Some((channel, bytes))) => return Ok(Some(MuxInput::Data { channel, bytes })),
+                Some(None) => {}
+            }
+        }
     }
 
-    /// As [`Mux::handle_input`], keeping the buffer without a copy when it can.
-    pub fn handle_input_owned(&mut self, input: BytesMut) -> Result<(), MuxError> {
-        self.decoder.push_owned(input);
-        self.decode_frames()
+    /// Takes the next piece of input: a DATA header checked against its
+    /// channel's credit, another frame handled whole, payload returned if
+    /// it is passed on. `None` once `input` is used up.
+    fn take_piece<'a>(&mut self, input: &mut &'a [u8]) -> Result<Option<Passed<'a>>, MuxError> {
+        let Some(piece) = self.deframer.decode(input)? else {
+            return Ok(None);
+        };
+        match piece {
+            Piece::DataStart { channel, len, fin } => {
+                self.receiving = self.start_data(channel, len, fin)?;
+            }
+            Piece::Payload(bytes) => {
+                // A channel reset or forgotten meanwhile takes no more.
+                let live = |id| id == 0 || self.channels.contains_key(&id);
+                if let Some((channel, _)) = self.receiving.filter(|(id, _)| live(*id)) {
+                    return Ok(Some(Some((channel, bytes))));
+                }
+            }
+            Piece::DataEnd => {
+                if let Some((id, true)) = self.receiving.take() {
+                    self.end_data(id);
+                }
+            }
+            Piece::Frame(frame) if !self.going_away => self.on_frame(frame)?,
+            Piece::Frame(_) => {}
+        }
+        Ok(Some(None))
     }
 
-    /// Bytes received and not yet decoded (less than one frame).
+    /// Input decoded and not yet passed on: part of a header or of a small
+    /// frame (never DATA payload).
     pub fn buffered_input(&self) -> usize {
-        self.decoder.buffered()
+        self.deframer.buffered()
     }
 
     /// Whether [`Mux::poll_event`] has something.
@@ -244,52 +309,46 @@ impl Mux {
         !self.events.is_empty()
     }
 
-    /// The next thing the peer did.
+    /// The next thing the peer did that needs no input: what the last
+    /// input or this side's own actions (a FIN going out) left waiting.
     pub fn poll_event(&mut self) -> Option<MuxEvent> {
         self.events.pop_front()
     }
 
-    fn decode_frames(&mut self) -> Result<(), MuxError> {
-        while let Some(frame) = self.decoder.next_frame()? {
-            if self.going_away {
-                continue;
-            }
-            self.on_frame(frame)?;
+    /// A DATA frame begins: whether its payload is passed on (and for
+    /// which channel, with its FIN).
+    fn start_data(
+        &mut self,
+        id: ChannelId,
+        len: u32,
+        fin: bool,
+    ) -> Result<Option<(ChannelId, bool)>, MuxError> {
+        if self.going_away {
+            return Ok(None);
         }
-        Ok(())
+        if id == 0 {
+            return Ok(Some((0, false))); // (FIN is refused there by the header check)
+        }
+        let Some(channel) = self.live_channel(id)? else {
+            return Ok(None); // closed already: what was in flight is dropped
+        };
+        channel.receive(id, len as usize)?;
+        Ok(Some((id, fin)))
+    }
+
+    /// A DATA frame with FIN is whole: the peer's direction is over.
+    fn end_data(&mut self, id: ChannelId) {
+        if let Some(channel) = self.channels.get_mut(&id) {
+            channel.end_receiving();
+            self.events.push_back(MuxEvent::Fin { channel: id });
+            self.retire_if_done(id);
+        }
     }
 
     fn on_frame(&mut self, frame: Frame) -> Result<(), MuxError> {
         match frame {
-            Frame::Data {
-                channel: 0,
-                payload,
-                ..
-            } => {
-                if !payload.is_empty() {
-                    self.events.push_back(MuxEvent::Control(payload));
-                }
-            }
-            Frame::Data {
-                channel: id,
-                fin,
-                payload,
-            } => {
-                let Some(channel) = self.live_channel(id)? else {
-                    return Ok(()); // closed already: what was in flight is dropped
-                };
-                channel.receive(id, payload.len(), fin)?;
-                if !payload.is_empty() {
-                    self.events.push_back(MuxEvent::Data {
-                        channel: id,
-                        payload,
-                    });
-                }
-                if fin {
-                    self.events.push_back(MuxEvent::Fin { channel: id });
-                    self.retire_if_done(id);
-                }
-            }
+            // The deframer passes DATA on in pieces.
+            Frame::Data { .. } => {}
             Frame::Window {
                 channel: id,
                 increment,

@@ -21,25 +21,46 @@ fn pair() -> (Mux, Mux) {
     (a, b)
 }
 
-/// Moves everything `from` has to send into `to`; returns the chunks.
-fn pump(from: &mut Mux, to: &mut Mux) -> Vec<Bytes> {
-    let mut chunks = Vec::new();
-    while let Some(chunk) = from.poll_transmit() {
-        to.handle_input(&chunk).unwrap();
-        chunks.push(chunk);
+/// What a mux said: bytes on a channel, or an event.
+#[derive(Debug, PartialEq)]
+enum Got {
+    Data(ChannelId, Vec<u8>),
+    Event(MuxEvent),
+}
+
+/// Feeds `input` to `mux`; returns everything it said, in order.
+fn feed(mux: &mut Mux, mut input: &[u8]) -> Result<Vec<Got>, MuxError> {
+    let mut got = Vec::new();
+    while let Some(next) = mux.poll_input(&mut input)? {
+        got.push(match next {
+            MuxInput::Data { channel, bytes } => Got::Data(channel, bytes.to_vec()),
+            MuxInput::Event(event) => Got::Event(event),
+        });
     }
-    chunks
+    Ok(got)
 }
 
-fn events(mux: &mut Mux) -> Vec<MuxEvent> {
-    std::iter::from_fn(|| mux.poll_event()).collect()
+/// Moves everything `from` has to send into `to`; returns what `to` said.
+fn pump(from: &mut Mux, to: &mut Mux) -> Vec<Got> {
+    let mut got = Vec::new();
+    while let Some(chunk) = from.poll_transmit() {
+        got.extend(feed(to, &chunk).unwrap());
+    }
+    got.extend(events(to));
+    got
 }
 
-fn data_of(events: &[MuxEvent], id: ChannelId) -> Vec<u8> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            MuxEvent::Data { channel, payload } if *channel == id => Some(payload.to_vec()),
+/// The events waiting with no input.
+fn events(mux: &mut Mux) -> Vec<Got> {
+    std::iter::from_fn(|| mux.poll_event())
+        .map(Got::Event)
+        .collect()
+}
+
+fn data_of(got: &[Got], id: ChannelId) -> Vec<u8> {
+    got.iter()
+        .filter_map(|g| match g {
+            Got::Data(channel, bytes) if *channel == id => Some(bytes.clone()),
             _ => None,
         })
         .flatten()
@@ -77,8 +98,7 @@ fn sender_stops_at_credit_and_resumes_on_grant() {
     let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
     a.send(id, Bytes::from(data.clone())).unwrap();
     assert_eq!(a.send_capacity(id), 0);
-    pump(&mut a, &mut b);
-    let got = events(&mut b);
+    let got = pump(&mut a, &mut b);
     assert_eq!(
         data_of(&got, id),
         data[..4096],
@@ -93,9 +113,7 @@ fn sender_stops_at_credit_and_resumes_on_grant() {
         b.consume(id, received.len() - consumed);
         consumed = received.len();
         pump(&mut b, &mut a);
-        events(&mut a);
-        pump(&mut a, &mut b);
-        let more = data_of(&events(&mut b), id);
+        let more = data_of(&pump(&mut a, &mut b), id);
         assert!(!more.is_empty(), "stalled at {}", received.len());
         received.extend(more);
     }
@@ -110,12 +128,10 @@ fn window_grows_while_the_reader_keeps_up_and_stops_at_the_cap() {
     for _ in 0..50 {
         a.send(id, Bytes::from(vec![7; a.send_capacity(id)]))
             .unwrap();
-        pump(&mut a, &mut b);
-        let n = data_of(&events(&mut b), id).len();
+        let n = data_of(&pump(&mut a, &mut b), id).len();
         delivered += n;
         b.consume(id, n);
         pump(&mut b, &mut a);
-        events(&mut a);
     }
     let window = b.channels[&id].window;
     assert_eq!(window, 16 * 1024, "grew from 4 KiB to max_window");
@@ -129,12 +145,10 @@ fn a_slow_reader_keeps_its_window() {
     for _ in 0..20 {
         a.send(id, Bytes::from(vec![7; a.send_capacity(id)]))
             .unwrap();
-        pump(&mut a, &mut b);
-        let n = data_of(&events(&mut b), id).len();
+        let n = data_of(&pump(&mut a, &mut b), id).len();
         // Consumes only half of what arrived: never caught up.
         b.consume(id, n / 2 + 1);
         pump(&mut b, &mut a);
-        events(&mut a);
     }
     assert_eq!(b.channels[&id].window, 4096);
 }
@@ -175,19 +189,17 @@ fn half_close_then_close() {
         a.send(id, Bytes::from_static(b"x")),
         Err(ChannelError::Finished(id))
     );
-    pump(&mut a, &mut b);
-    let got = events(&mut b);
+    let got = pump(&mut a, &mut b);
     assert_eq!(data_of(&got, id), b"request");
-    assert!(got.contains(&MuxEvent::Fin { channel: id }));
+    assert!(got.contains(&Got::Event(MuxEvent::Fin { channel: id })));
     // b still answers on its half.
     b.send(id, Bytes::from_static(b"response")).unwrap();
     b.finish(id).unwrap();
-    pump(&mut b, &mut a);
-    let got = events(&mut a);
+    let got = pump(&mut b, &mut a);
     assert_eq!(data_of(&got, id), b"response");
-    assert!(got.contains(&MuxEvent::Fin { channel: id }));
-    assert!(got.contains(&MuxEvent::Closed { channel: id }));
-    assert!(events(&mut b).contains(&MuxEvent::Closed { channel: id }));
+    assert!(got.contains(&Got::Event(MuxEvent::Fin { channel: id })));
+    assert!(got.contains(&Got::Event(MuxEvent::Closed { channel: id })));
+    assert!(events(&mut b).contains(&Got::Event(MuxEvent::Closed { channel: id })));
     assert!(!a.contains(id) && !b.contains(id));
 }
 
@@ -200,31 +212,30 @@ fn reset_drops_queued_data_and_late_frames() {
     a.send(id, Bytes::from(vec![1; 100])).unwrap();
     a.reset(id, ErrorCode::Cancelled, "bye");
     assert_eq!(a.queued(id), 0);
-    pump(&mut a, &mut b);
-    let got = events(&mut b);
+    let got = pump(&mut a, &mut b);
     assert_eq!(
         got,
-        vec![MuxEvent::Reset {
+        vec![Got::Event(MuxEvent::Reset {
             channel: id,
             code: ErrorCode::Cancelled,
             reason: "bye".into()
-        }]
+        })]
     );
     // What b sent before it learned of the reset is dropped, not an error.
     for chunk in in_flight {
-        a.handle_input(&chunk).unwrap();
+        assert_eq!(feed(&mut a, &chunk), Ok(vec![]));
     }
-    assert!(events(&mut a).is_empty());
 }
 
 #[test]
 fn ping_is_answered() {
     let (mut a, mut b) = pair();
     a.ping(42);
-    pump(&mut a, &mut b);
-    pump(&mut b, &mut a);
-    assert_eq!(events(&mut a), vec![MuxEvent::Pong { opaque: 42 }]);
-    assert!(events(&mut b).is_empty());
+    assert!(pump(&mut a, &mut b).is_empty());
+    assert_eq!(
+        pump(&mut b, &mut a),
+        vec![Got::Event(MuxEvent::Pong { opaque: 42 })]
+    );
 }
 
 #[test]
@@ -233,13 +244,12 @@ fn go_away_is_the_last_frame() {
     let id = open(&mut a, &mut b);
     a.send(id, Bytes::from(vec![1; 100])).unwrap();
     a.go_away(ErrorCode::Shutdown, "closing");
-    pump(&mut a, &mut b);
     assert_eq!(
-        events(&mut b),
-        vec![MuxEvent::GoAway {
+        pump(&mut a, &mut b),
+        vec![Got::Event(MuxEvent::GoAway {
             code: ErrorCode::Shutdown,
             reason: "closing".into()
-        }]
+        })]
     );
     assert!(b.is_going_away());
 }
@@ -263,11 +273,16 @@ fn violations_end_the_connection() {
         })
     };
     assert_eq!(
-        b.handle_input(&data(7, 1, false)),
+        feed(&mut b, &data(7, 1, false)),
         Err(MuxError::UnknownChannel(7))
     );
+    // Broken: whatever comes next is taken and ignored.
+    let mut next = &data(id, 1, false)[..];
+    assert_eq!(b.poll_input(&mut next), Ok(None));
+    assert!(next.is_empty());
+    let (_, mut b) = pair();
     assert_eq!(
-        b.handle_input(&data(4, 1, false)),
+        feed(&mut b, &data(4, 1, false)),
         Err(MuxError::UnknownChannel(4)),
         "b's own id space, never allocated"
     );
@@ -275,10 +290,10 @@ fn violations_end_the_connection() {
     let (_, mut b) = pair();
     b.open_remote(id).unwrap();
     for _ in 0..4 {
-        b.handle_input(&data(id, 1024, false)).unwrap();
+        feed(&mut b, &data(id, 1024, false)).unwrap();
     }
     assert_eq!(
-        b.handle_input(&data(id, 1, false)),
+        feed(&mut b, &data(id, 1, false)),
         Err(MuxError::BeyondCredit {
             channel: id,
             len: 1,
@@ -288,9 +303,9 @@ fn violations_end_the_connection() {
 
     let (_, mut b) = pair();
     b.open_remote(id).unwrap();
-    b.handle_input(&data(id, 1, true)).unwrap();
+    feed(&mut b, &data(id, 1, true)).unwrap();
     assert_eq!(
-        b.handle_input(&data(id, 1, false)),
+        feed(&mut b, &data(id, 1, false)),
         Err(MuxError::DataAfterFin(id))
     );
 
@@ -302,19 +317,19 @@ fn violations_end_the_connection() {
             increment,
         })
     };
-    b.handle_input(&window(u32::MAX - 4096)).unwrap();
-    assert_eq!(
-        b.handle_input(&window(1)),
-        Err(MuxError::CreditOverflow(id))
-    );
+    feed(&mut b, &window(u32::MAX - 4096)).unwrap();
+    assert_eq!(feed(&mut b, &window(1)), Err(MuxError::CreditOverflow(id)));
 
     let (_, mut b) = pair();
     assert!(matches!(
-        b.handle_input(&raw(Frame::Data {
-            channel: 1,
-            fin: false,
-            payload: Bytes::from(vec![0; 1025])
-        })),
+        feed(
+            &mut b,
+            &raw(Frame::Data {
+                channel: 1,
+                fin: false,
+                payload: Bytes::from(vec![0; 1025])
+            })
+        ),
         Err(MuxError::Frame(FrameError::TooLong {
             len: 1025,
             max: 1024
@@ -332,14 +347,13 @@ fn go_away_finishes_a_frame_already_begun() {
     let header = a.poll_transmit().unwrap();
     assert_eq!(header.len(), HEADER_LEN);
     a.go_away(ErrorCode::Shutdown, "bye");
-    b.handle_input(&header).unwrap();
-    pump(&mut a, &mut b);
-    let got = events(&mut b);
+    assert_eq!(feed(&mut b, &header), Ok(vec![]));
+    let got = pump(&mut a, &mut b);
     assert_eq!(data_of(&got, id), vec![1; 100]);
-    assert!(got.contains(&MuxEvent::GoAway {
+    assert!(got.contains(&Got::Event(MuxEvent::GoAway {
         code: ErrorCode::Shutdown,
         reason: "bye".into()
-    }));
+    })));
 }
 
 #[test]
@@ -349,7 +363,6 @@ fn no_credit_for_a_finished_direction() {
     let id = open(&mut a, &mut b);
     a.finish(id).unwrap();
     pump(&mut a, &mut b);
-    events(&mut b);
     assert!(b.recv_finished(id));
     b.grant(id, 1000);
     assert!(b.poll_transmit().is_none());
@@ -364,7 +377,7 @@ fn credit_owed_past_u32_saturates() {
     let id = open(&mut a, &mut b);
     b.grant(id, u32::MAX - 10);
     b.grant(id, 100);
-    let mut frames = frame::FrameDecoder::new(1 << 20);
+    let mut frames = FrameDecoder::new(1 << 20);
     frames.push(&b.poll_transmit().expect("a WINDOW"));
     assert_eq!(
         frames.next_frame().unwrap(),

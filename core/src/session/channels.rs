@@ -23,67 +23,41 @@ pub(super) enum ChannelStage {
     Open,
 }
 
-/// Payloads this long stay slices of the read buffer; shorter ones are
-/// copied (see [`Received`]). Bulk data comes in frames this long or longer.
-const KEEP_FROM: usize = 8 * 1024;
-/// What short payloads are gathered in.
-const GATHER: usize = 16 * 1024;
-
-/// What a channel received and the application has not read, in order.
-/// A slice of the read buffer keeps the whole buffer alive until it is
-/// read: short payloads are copied together instead, so that a peer cannot
-/// make one unread byte hold a whole read (a slice of at least `KEEP_FROM`
-/// bytes holds at most a read's worth, 32 times itself for a 256 KiB read).
+/// What a channel received and the application has not read, in order:
+/// one buffer per channel, that the reads drain and the next bytes reuse,
+/// so bulk data costs no allocation per frame or per read. It holds the
+/// unread bytes (bounded by the receive window) and its spare room.
 #[derive(Default)]
 pub(super) struct Received {
-    chunks: VecDeque<Bytes>,
-    /// Short payloads that came after `chunks`.
-    gather: BytesMut,
+    buffer: BytesMut,
 }
 
 impl Received {
-    fn push(&mut self, payload: Bytes) {
-        if payload.len() >= KEEP_FROM {
-            self.seal();
-            self.chunks.push_back(payload);
-            return;
-        }
-        if self.gather.capacity() - self.gather.len() < payload.len() {
-            self.seal();
-            self.gather = BytesMut::with_capacity(GATHER);
-        }
-        self.gather.extend_from_slice(&payload);
-    }
-
-    fn seal(&mut self) {
-        if !self.gather.is_empty() {
-            self.chunks.push_back(self.gather.split().freeze());
-        }
+    fn push(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
     }
 
     /// Up to `max` bytes from the front; `None` when nothing waits.
     fn take(&mut self, max: usize) -> Option<Bytes> {
-        if self.chunks.is_empty() {
-            self.seal();
+        if self.buffer.is_empty() {
+            return None;
         }
-        let front = self.chunks.front_mut()?;
-        let data = front.split_to(max.min(front.len()));
-        if front.is_empty() {
-            self.chunks.pop_front();
-        }
-        Some(data)
+        let n = max.min(self.buffer.len());
+        Some(self.buffer.split_to(n).freeze())
     }
 
     /// Drops everything; how many bytes that was.
     fn clear(&mut self) -> usize {
-        self.seal();
-        self.chunks.drain(..).map(|b| b.len()).sum()
+        std::mem::take(&mut self.buffer).len()
     }
 
     /// Everything, in order.
-    pub(super) fn into_chunks(mut self) -> VecDeque<Bytes> {
-        self.seal();
-        self.chunks
+    pub(super) fn into_chunks(self) -> VecDeque<Bytes> {
+        let mut chunks = VecDeque::new();
+        if !self.buffer.is_empty() {
+            chunks.push_back(self.buffer.freeze());
+        }
+        chunks
     }
 }
 
@@ -385,7 +359,7 @@ impl Session {
     pub(super) fn on_data(
         &mut self,
         channel: ChannelId,
-        payload: Bytes,
+        payload: &[u8],
     ) -> Result<(), SessionError> {
         let Some(c) = self.channels.get_mut(&channel) else {
             return Ok(());
@@ -467,24 +441,31 @@ impl Session {
 mod tests {
     use super::*;
 
-    /// A short payload is copied: the read it came in is not kept alive by
-    /// it (a peer could otherwise pin a read per unread byte). A long one
-    /// stays a slice, and everything reads back in order.
+    /// Bulk data reuses the channel's buffer: once the reads drained it,
+    /// the next bytes go where the last ones were, with no new allocation.
     #[test]
-    fn short_payloads_let_their_read_go() {
-        let read = Bytes::from(vec![7u8; 256 * 1024]);
+    fn a_drained_buffer_takes_the_next_bytes_in_place() {
         let mut received = Received::default();
-        received.push(read.slice(0..1));
-        received.push(read.slice(1..3));
-        assert!(read.is_unique(), "a short payload holds its read");
-        received.push(read.slice(3..3 + KEEP_FROM));
-        assert!(!read.is_unique(), "a long payload was copied");
-        received.push(read.slice(100..101));
-        let mut all = Vec::new();
-        while let Some(bytes) = received.take(5000) {
-            all.extend_from_slice(&bytes);
+        received.push(&[7; 64 * 1024]);
+        let first = received.take(usize::MAX).unwrap();
+        let at = first.as_ptr();
+        drop(first);
+        for round in 0..100u8 {
+            // A read's frames, then the application reads it all.
+            for frame in 0..4u8 {
+                received.push(&[round ^ frame; 16 * 1024]);
+            }
+            let mut read = 0;
+            while let Some(bytes) = received.take(10_000) {
+                if read == 0 {
+                    assert_eq!(bytes.as_ptr(), at, "round {round}: a new allocation");
+                }
+                assert_eq!(bytes[0], round ^ (read / (16 * 1024)) as u8);
+                read += bytes.len();
+            }
+            assert_eq!(read, 64 * 1024);
         }
-        assert_eq!(all.len(), 1 + 2 + KEEP_FROM + 1);
-        assert!(read.is_unique(), "read, nothing holds it");
+        received.push(b"unread");
+        assert_eq!(received.clear(), 6);
     }
 }

@@ -34,7 +34,7 @@ use crate::control::{
     FEATURES, FEATURE_STATS_UIDS, FEATURE_WATCH_RESYNC, VERSION,
 };
 use crate::keys::PublicKey;
-use crate::mux::{Mux, MuxConfig, MuxEvent, Side};
+use crate::mux::{Mux, MuxConfig, MuxEvent, MuxInput, Side};
 use crate::shs::{self, ClientHandshake, HandshakeConfig};
 use crate::time::Instant;
 use crate::wire::{Wire, WireError};
@@ -164,6 +164,8 @@ pub struct Session {
     answering: Option<(RequestId, bool)>,
     events: VecDeque<SessionEvent>,
     scratch: BytesMut,
+    /// What box-stream input opens into, kept between reads.
+    opened: BytesMut,
 }
 
 impl Session {
@@ -188,6 +190,7 @@ impl Session {
             answering: None,
             events: VecDeque::new(),
             scratch: BytesMut::new(),
+            opened: BytesMut::new(),
         })
     }
 
@@ -457,23 +460,7 @@ impl Session {
                     // Anything from the broker shows it is there.
                     (*heard, *ping) = (now, None);
                 }
-                let Some(wire) = self.link.wire_mut() else {
-                    return Ok(());
-                };
-                let result = wire.handle_input(input);
-                if wire.mux.queued_urgent() > MAX_UNSENT_URGENT {
-                    // Pongs and credit it asked for and does not read.
-                    return Err(SessionError::Protocol("the broker does not read"));
-                }
-                self.drain_mux()?;
-                match result {
-                    Ok(()) => Ok(()),
-                    Err(WireError::Goodbye) => {
-                        self.ended_by_broker("the broker said goodbye".into(), None);
-                        Ok(())
-                    }
-                    Err(e) => Err(e.into()),
-                }
+                self.feed_wire(input)
             }
             Link::Waiting { .. } | Link::Dialing { .. } => Err(SessionError::Reconnecting),
             Link::Closed { .. } => Err(SessionError::Closed),
@@ -507,19 +494,58 @@ impl Session {
             features: self.config.features,
         })?;
         if !established.early_data.is_empty() {
-            let wire = self.wire_mut()?;
-            wire.handle_input(&established.early_data)?;
-            self.drain_mux()?;
+            self.feed_wire(&established.early_data)?;
         }
         Ok(())
     }
 
+    /// Takes bytes from the socket through the wire's framing into the mux,
+    /// and handles what the mux says, in order.
+    fn feed_wire(&mut self, input: &[u8]) -> Result<(), SessionError> {
+        let Some(wire) = self.link.wire_mut() else {
+            return Ok(());
+        };
+        let mut opened = std::mem::take(&mut self.opened);
+        let (mut plain, end) = wire.open(input, &mut opened);
+        let fed = self.run_mux(&mut plain);
+        opened.clear();
+        self.opened = opened;
+        fed?;
+        if self
+            .link
+            .wire_mut()
+            .is_some_and(|wire| wire.mux.queued_urgent() > MAX_UNSENT_URGENT)
+        {
+            // Pongs and credit it asked for and does not read.
+            return Err(SessionError::Protocol("the broker does not read"));
+        }
+        match end {
+            Ok(()) => Ok(()),
+            Err(WireError::Goodbye) => {
+                self.ended_by_broker("the broker said goodbye".into(), None);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Handles the events the mux has waiting.
     fn drain_mux(&mut self) -> Result<(), SessionError> {
-        while let Some(event) = self.link.wire_mut().and_then(|w| w.mux.poll_event()) {
-            match event {
-                MuxEvent::Control(bytes) => {
+        self.run_mux(&mut &[][..])
+    }
+
+    /// Feeds `input` (mux bytes) to the mux and handles what it says, in
+    /// order: the events it had waiting first.
+    fn run_mux(&mut self, input: &mut &[u8]) -> Result<(), SessionError> {
+        loop {
+            let Some(wire) = self.link.wire_mut() else {
+                return Ok(());
+            };
+            let event = match wire.mux.poll_input(input)? {
+                None => return Ok(()),
+                Some(MuxInput::Data { channel: 0, bytes }) => {
                     if let Some(conn) = self.link.conn_mut() {
-                        conn.control.push(&bytes);
+                        conn.control.push(bytes);
                     }
                     // Until the connection has no more, or is over.
                     while let Some(message) = self.next_message()? {
@@ -532,8 +558,15 @@ impl Session {
                         }
                         handled?;
                     }
+                    continue;
                 }
-                MuxEvent::Data { channel, payload } => self.on_data(channel, payload)?,
+                Some(MuxInput::Data { channel, bytes }) => {
+                    self.on_data(channel, bytes)?;
+                    continue;
+                }
+                Some(MuxInput::Event(event)) => event,
+            };
+            match event {
                 MuxEvent::Fin { channel } => self.on_end(channel, false),
                 MuxEvent::Reset {
                     channel,
@@ -553,7 +586,6 @@ impl Session {
                 }
             }
         }
-        Ok(())
     }
 }
 
