@@ -15,13 +15,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use plugboard_core::broker::{Broker, BrokerConfig, ConnId, Origin};
 use plugboard_core::{Instant, PublicKey};
 use plugboard_os::activation::Inherited;
-use plugboard_os::fdpass::read_into;
+use plugboard_os::fdpass::recv_into;
 use plugboard_os::{AcceptPause, Bound, Clock, ConnEvent, SocketPairs, WriteQueue};
 use plugboard_os::{LAST_WORDS_GRACE, SHUTDOWN_GRACE};
 
@@ -268,6 +268,10 @@ struct State {
     unread: VecDeque<ConnId>,
     /// Closing connections by deadline (in order: the grace is constant).
     closing: VecDeque<(Instant, ConnId)>,
+    /// The one read buffer: the loop reads a connection at a time, and the
+    /// broker copies what it keeps, so no connection holds one of its own
+    /// and none is zeroed per read.
+    read_buf: Vec<u8>,
 }
 
 /// One accepted socket.
@@ -275,9 +279,6 @@ struct Conn {
     stream: Stream,
     /// Taken from the broker, not written yet (socketpair ends included).
     queue: WriteQueue,
-    /// The read buffer; empty, without an allocation, while the socket is
-    /// idle (10,000 idle connections would otherwise pin a buffer each).
-    buf: BytesMut,
     /// The last write did not hit `WouldBlock`: write without waiting for
     /// the next WRITABLE event.
     writable: bool,
@@ -293,7 +294,6 @@ impl Conn {
         Conn {
             stream,
             queue: WriteQueue::new(),
-            buf: BytesMut::new(),
             writable: true,
             unread: false,
             closing: None,
@@ -312,6 +312,7 @@ impl State {
             dirty: Vec::new(),
             unread: VecDeque::new(),
             closing: VecDeque::new(),
+            read_buf: Vec::new(),
         }
     }
 
@@ -368,25 +369,16 @@ impl State {
             let Some(c) = self.conns.get_mut(&conn).filter(|c| c.closing.is_none()) else {
                 return false;
             };
-            if c.buf.capacity() - c.buf.len() < READ_SIZE / 4 {
-                c.buf.reserve(READ_SIZE);
-            }
-            let max = c.buf.capacity() - c.buf.len();
-            let result = read_into(&c.stream, &mut c.buf, max, None);
+            self.read_buf.resize(READ_SIZE, 0); // (once)
+            let result = recv_into(&c.stream, &mut self.read_buf, None);
             let now = self.clock.now();
             match result {
-                // The broker keeps the buffer (no copy on unix sockets).
-                Ok(n) if n > 0 => self.broker.handle_input_owned(now, conn, c.buf.split()),
+                Ok(n) if n > 0 => self.broker.handle_input(now, conn, &self.read_buf[..n]),
                 Ok(_) => {
                     self.broker.handle_eof(now, conn);
                     self.forget(conn);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if c.buf.is_empty() {
-                        c.buf = BytesMut::new();
-                    }
-                    return false;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) => {
                     self.broker.handle_disconnect(now, conn, &e.to_string());
                     self.forget(conn);
@@ -466,7 +458,6 @@ impl State {
         };
         let deadline = self.clock.now() + LAST_WORDS_GRACE;
         c.queue.push(last_words);
-        c.buf = BytesMut::new();
         c.closing = Some(deadline);
         self.closing.push_back((deadline, conn));
         self.flush(conn);

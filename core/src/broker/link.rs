@@ -88,30 +88,40 @@ impl Link {
     }
 
     /// Bytes from the socket. Runs the handshake's crypto or opens boxes;
-    /// what comes of it is in [`Link::poll_event`].
-    pub fn handle_input(&mut self, now: Instant, input: BytesMut) {
+    /// what comes of it is in [`Link::poll_event`]. Past a plain handshake
+    /// the bytes are the mux's as they are: they are given back, for the
+    /// caller to hand the hub ([`Hub::handle_plaintext`](super::Hub::handle_plaintext))
+    /// after the events it polls, with nothing copied.
+    #[must_use = "plaintext passed through goes to the hub"]
+    pub fn handle_input<'a>(&mut self, now: Instant, input: &'a [u8]) -> Option<&'a [u8]> {
         match &mut self.stage {
             Stage::Handshake {
                 shs,
                 first_message_seen,
                 ..
             } => {
-                if let Err(e) = shs.handle_input(now, &input) {
-                    return self.break_with(LinkEnd::Handshake(e));
+                if let Err(e) = shs.handle_input(now, input) {
+                    self.break_with(LinkEnd::Handshake(e));
+                    return None;
                 }
                 if !*first_message_seen && shs.phase() != Some(shs::Phase::ClientHello) {
                     *first_message_seen = true;
                     self.events.push_back(LinkEvent::FirstMessage);
                 }
             }
-            Stage::Plain { .. } => {
+            // Behind events still to carry (never, with an owner that
+            // polls after every input), it must wait its turn: a copy.
+            Stage::Plain { .. } if !self.events.is_empty() => {
                 if !input.is_empty() {
+                    let input = BytesMut::from(input);
                     self.events.push_back(LinkEvent::Input(input));
                 }
             }
-            Stage::Boxed { .. } => self.open(&input),
+            Stage::Plain { .. } => return (!input.is_empty()).then_some(input),
+            Stage::Boxed { .. } => self.open(input),
             Stage::Broken => {}
         }
+        None
     }
 
     /// The hub's verdict on the key [`LinkEvent::Authorize`] named: accepted,
@@ -306,7 +316,7 @@ mod tests {
     }
 
     fn input(link: &mut Link, bytes: &[u8]) {
-        link.handle_input(NOW, BytesMut::from(bytes));
+        assert_eq!(link.handle_input(NOW, bytes), None, "passed through");
     }
 
     /// Runs the handshake to message 3 and returns message 3's events.
@@ -424,6 +434,11 @@ mod tests {
             ]
         );
         assert!(link.is_plain());
+        // Then plaintext passes through, uncopied.
+        let more = b"more".to_vec();
+        let passed = link.handle_input(NOW, &more).expect("passed through");
+        assert_eq!(passed.as_ptr(), more.as_ptr());
+        assert_eq!(events(&mut link), []);
         // Message 4 leads the last words if it was never written.
         let last = link.last_words(b"bye");
         client.hs.handle_input(NOW, &last).unwrap();

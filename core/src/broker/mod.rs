@@ -447,7 +447,7 @@ impl Hub {
                 None
             }
             LinkEvent::Input(bytes) => {
-                self.input(now, conn, bytes);
+                self.input(now, conn, &bytes);
                 None
             }
             LinkEvent::Ended(end) => {
@@ -567,7 +567,14 @@ impl Hub {
 
     // ── input ─────────────────────────────────────────────────────────
 
-    fn input(&mut self, now: Instant, conn: ConnId, input: BytesMut) {
+    /// Plaintext mux bytes a plain link passed through
+    /// ([`Link::handle_input`]): as [`LinkEvent::Input`], uncopied.
+    pub fn handle_plaintext(&mut self, now: Instant, conn: ConnId, plain: &[u8]) {
+        self.input(now, conn, plain);
+        self.finish_call(now);
+    }
+
+    fn input(&mut self, now: Instant, conn: ConnId, input: &[u8]) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -577,7 +584,7 @@ impl Hub {
         if c.mux.is_none() {
             return; // no plaintext before the handshake is over
         }
-        match self.run_mux(now, conn, &mut &input[..]) {
+        match self.run_mux(now, conn, &mut &*input) {
             Ok(()) => {
                 // Input can queue output of its own (a PONG): tell the runtime,
                 // and count it under the bound like any answer.

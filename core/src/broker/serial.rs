@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use rand_core::CryptoRngCore;
 
 use crate::time::Instant;
@@ -44,21 +44,20 @@ impl Broker {
         Ok(conn)
     }
 
-    /// Bytes arrived on a connection.
+    /// Bytes arrived on a connection. What the broker keeps of them it
+    /// copies: the caller may reuse its buffer.
     pub fn handle_input(&mut self, now: Instant, conn: ConnId, input: &[u8]) {
-        self.handle_input_owned(now, conn, BytesMut::from(input));
-    }
-
-    /// As [`Broker::handle_input`], keeping the buffer without a copy where it can.
-    pub fn handle_input_owned(&mut self, now: Instant, conn: ConnId, input: BytesMut) {
         let Some(link) = self.links.get_mut(&conn) else {
             return;
         };
-        link.handle_input(now, input);
+        let plain = link.handle_input(now, input);
         while let Some(event) = link.poll_event() {
             if let Some(verdict) = self.hub.handle_link(now, conn, event) {
                 link.authorize(verdict);
             }
+        }
+        if let Some(plain) = plain {
+            self.hub.handle_plaintext(now, conn, plain);
         }
         if link.has_output() && self.hub.is_open(conn) {
             self.events.push_back(Event::Transmit(conn));

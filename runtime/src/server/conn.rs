@@ -80,8 +80,9 @@ impl<R: Runtime> Shared<R> {
         // socket is readable, and given back once the socket stayed quiet
         // for a moment (10,000 idle connections would otherwise pin a
         // buffer each; giving it back at every drained read would cost a
-        // fresh allocation per message).
-        let mut buf = BytesMut::new();
+        // fresh allocation per message). It is zeroed once, as it grows,
+        // not per read: what the broker keeps of a read, it copies.
+        let mut buf = Vec::new();
         let mut size = ReadSize::new(READ_SIZE);
         loop {
             // Asked first: a peer that keeps the socket readable must not
@@ -89,7 +90,7 @@ impl<R: Runtime> Shared<R> {
             if signals.is_ended.load(Ordering::Acquire) {
                 return;
             }
-            if buf.capacity() == 0 {
+            if buf.is_empty() {
                 // Idle, with no buffer: wait for bytes before taking one.
                 let ready = async { Some(stream.readable().await) };
                 let stopped = async {
@@ -99,16 +100,17 @@ impl<R: Runtime> Shared<R> {
                 match future::or(ready, stopped).await {
                     Some(Ok(())) => {}
                     Some(Err(e)) => {
-                        self.handle_read(conn, &link, &signals, Err(e), &mut buf);
+                        self.handle_read(conn, &link, &signals, Err(e));
                         return;
                     }
                     None => return,
                 }
             }
-            if buf.capacity() - buf.len() < size.next() {
-                buf.reserve(size.next());
+            if buf.len() < size.next() {
+                buf.resize(size.next(), 0);
             }
-            let read = async { Some(stream.read(&mut buf, size.next(), None).await) };
+            let into = &mut buf[..size.next()];
+            let read = async { Some(stream.recv_into(into, None).await) };
             // Made only if polled: a busy socket is read first (`or` polls
             // it first), so no timer is armed per read.
             let quiet = async {
@@ -126,10 +128,11 @@ impl<R: Runtime> Shared<R> {
             };
             size.record(&result);
             if matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
-                buf = BytesMut::new(); // quiet for a while: give the buffer back
+                buf = Vec::new(); // quiet for a while: give the buffer back
                 continue;
             }
-            if self.handle_read(conn, &link, &signals, result, &mut buf) {
+            let result = result.map(|n| &buf[..n]);
+            if self.handle_read(conn, &link, &signals, result) {
                 return;
             }
         }
@@ -142,16 +145,20 @@ impl<R: Runtime> Shared<R> {
         conn: ConnId,
         link: &SharedLink,
         signals: &ConnSignals,
-        result: io::Result<usize>,
-        buf: &mut BytesMut,
+        result: io::Result<&[u8]>,
     ) -> bool {
         let now = self.clock.now();
         let mut link = link.lock();
         let reason = match result {
-            Ok(0) => link.handle_eof(),
-            Ok(_) => {
-                link.handle_input(now, buf.split());
+            Ok([]) => link.handle_eof(),
+            Ok(input) => {
+                let plain = link.handle_input(now, input);
                 self.carry(now, conn, &mut link);
+                if let Some(plain) = plain {
+                    let mut state = self.lock();
+                    state.hub.handle_plaintext(now, conn, plain);
+                    self.dispatch(&mut state);
+                }
                 if link.has_output() {
                     signals.wake.notify_one(); // a handshake message, or message 4
                 }
