@@ -55,8 +55,9 @@ impl Channel {
         }
     }
 
-    /// Accounts for a DATA frame from the peer, as its header arrives.
-    pub(super) fn receive(&mut self, id: ChannelId, len: usize) -> Result<(), MuxError> {
+    /// Checks a DATA frame from the peer as its header arrives: within
+    /// the credit, and not after FIN.
+    pub(super) fn check_frame(&self, id: ChannelId, len: usize) -> Result<(), MuxError> {
         if self.recv_fin {
             return Err(MuxError::DataAfterFin(id));
         }
@@ -67,9 +68,16 @@ impl Channel {
                 credit: self.recv_credit,
             });
         }
-        self.recv_credit -= len as u32;
-        self.unread += len;
         Ok(())
+    }
+
+    /// Accounts for payload as it is passed on: the credit it used stays
+    /// the peer's until then (a relay counts what is still to come as
+    /// owed, not as queued anywhere). The frame was checked against the
+    /// credit, which only grows meanwhile.
+    pub(super) fn receive(&mut self, n: usize) {
+        self.recv_credit = self.recv_credit.saturating_sub(n as u32);
+        self.unread += n;
     }
 
     /// The peer's FIN arrived, at the end of its frame.

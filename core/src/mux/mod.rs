@@ -280,13 +280,17 @@ impl Mux {
             Piece::DataStart { channel, len, fin } => {
                 self.receiving = self.start_data(channel, len, fin)?;
             }
-            Piece::Payload(bytes) => {
-                // A channel reset or forgotten meanwhile takes no more.
-                let live = |id| id == 0 || self.channels.contains_key(&id);
-                if let Some((channel, _)) = self.receiving.filter(|(id, _)| live(*id)) {
-                    return Ok(Some(Some((channel, bytes))));
+            Piece::Payload(bytes) => match self.receiving {
+                Some((0, _)) => return Ok(Some(Some((0, bytes)))),
+                Some((id, _)) => {
+                    // A channel reset or forgotten meanwhile takes no more.
+                    if let Some(channel) = self.channels.get_mut(&id) {
+                        channel.receive(bytes.len());
+                        return Ok(Some(Some((id, bytes))));
+                    }
                 }
-            }
+                None => {}
+            },
             Piece::DataEnd => {
                 if let Some((id, true)) = self.receiving.take() {
                     self.end_data(id);
@@ -332,7 +336,7 @@ impl Mux {
         let Some(channel) = self.live_channel(id)? else {
             return Ok(None); // closed already: what was in flight is dropped
         };
-        channel.receive(id, len as usize)?;
+        channel.check_frame(id, len as usize)?;
         Ok(Some((id, fin)))
     }
 
