@@ -2,8 +2,15 @@
 //! through the connection's link and hands the hub what that gives, and a
 //! writer task that writes what the link and the hub have for it.
 //!
-//! The link's lock is only ever taken before the hub's, never while
-//! holding it: the crypto runs under the link's alone.
+//! A reader that made output for other connections (the relayed data it
+//! read, a reply) writes it to their sockets itself when nobody is writing
+//! there, as far as they take it without blocking; only what is left wakes
+//! their writers. So a relayed chunk goes from one socket to the other in
+//! one task, as a bare forwarder moves it.
+//!
+//! Locks are taken in one order: a connection's write queue, then its link,
+//! then the hub; a reader lets go of its own link before it writes to
+//! others. The crypto runs under a link's lock alone.
 
 use std::future::Future;
 use std::io;
@@ -17,7 +24,7 @@ use plugboard_core::broker::{ConnId, Link, LinkEvent, Origin};
 use plugboard_core::Instant;
 use plugboard_os::{WriteQueue, LAST_WORDS_GRACE};
 
-use super::shared::{ConnSignals, Shared, State};
+use super::shared::{Conn, Shared, State};
 use crate::rt::{Runtime, Task as _};
 use crate::stream::{ReadSize, Stream};
 
@@ -30,6 +37,10 @@ const WRITE_BATCH: usize = 256 * 1024;
 /// Most plaintext a writer gathers for one seal: its gathering buffer,
 /// kept between batches, stays this small on every box-stream connection.
 const SEAL_BATCH: usize = 64 * 1024;
+/// Most other connections one read writes to itself; the rest are woken.
+/// A relay writes to one; a broadcast (a presence change to every watcher)
+/// is spread over their writers.
+const WRITE_THROUGH: usize = 4;
 
 /// A connection's link, shared by its reader and its writer.
 struct SharedLink(Mutex<Link>);
@@ -40,42 +51,65 @@ impl SharedLink {
     }
 }
 
+/// What writing to a connection takes, for its writer and for any task
+/// that has output for it.
+pub(super) struct ConnIo<R: Runtime> {
+    stream: Stream<R>,
+    link: SharedLink,
+    outbox: Mutex<Outbox>,
+}
+
+/// Bytes taken from the link and the hub, not yet written.
+#[derive(Default)]
+struct Outbox {
+    queue: WriteQueue,
+    /// Plaintext gathered for one seal (box-stream only), kept.
+    plain: BytesMut,
+}
+
+impl<R: Runtime> ConnIo<R> {
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        self.outbox
+            .lock()
+            .expect("a task panicked holding a write queue")
+    }
+}
+
 impl<R: Runtime> Shared<R> {
     /// Takes an accepted socket: the hub decides, tasks start.
     pub(super) fn adopt(self: Arc<Self>, stream: Stream<R>, origin: Origin) {
-        let signals = Arc::new(ConnSignals::default());
         let (accepted, now) = {
             let mut state = self.lock();
             let now = self.clock.now();
             let accepted = state.hub.accept(now, origin).map(|conn| {
-                state.conns.insert(conn, signals.clone());
+                let c = Arc::new(Conn::new(conn));
+                state.conns.insert(conn, c.clone());
                 let config = state.hub.handshake_config();
-                (conn, config, state.hub.is_boxed(&origin))
+                (c, config, state.hub.is_boxed(&origin))
             });
             self.dispatch(&mut state);
             (accepted, now)
         };
-        let Ok((conn, config, boxed)) = accepted else {
+        let Ok((c, config, boxed)) = accepted else {
             return; // refused: the socket is dropped, the hub logged why
         };
         let link = Link::new(config, &mut rand_core::OsRng, now, boxed);
-        let link = Arc::new(SharedLink(Mutex::new(link)));
-        let stream = Arc::new(stream);
+        let io = ConnIo {
+            stream,
+            link: SharedLink(Mutex::new(link)),
+            outbox: Mutex::default(),
+        };
+        c.io.get_or_init(|| io);
         let rt = self.rt.clone();
-        let reader = self
-            .clone()
-            .read(conn, stream.clone(), link.clone(), signals.clone());
-        rt.spawn(reader).detach();
-        rt.spawn(self.write(conn, stream, link, signals)).detach();
+        rt.spawn(self.clone().read(c.clone())).detach();
+        rt.spawn(self.write(c)).detach();
     }
 
-    async fn read(
-        self: Arc<Self>,
-        conn: ConnId,
-        stream: Arc<Stream<R>>,
-        link: Arc<SharedLink>,
-        signals: Arc<ConnSignals>,
-    ) {
+    async fn read(self: Arc<Self>, c: Arc<Conn<R>>) {
+        let Some(io) = c.io.get() else {
+            return;
+        };
+        let signals = &c.signals;
         // An idle connection holds no read buffer: one is taken when the
         // socket is readable, and given back once the socket stayed quiet
         // for a moment (10,000 idle connections would otherwise pin a
@@ -92,7 +126,7 @@ impl<R: Runtime> Shared<R> {
             }
             if buf.is_empty() {
                 // Idle, with no buffer: wait for bytes before taking one.
-                let ready = async { Some(stream.readable().await) };
+                let ready = async { Some(io.stream.readable().await) };
                 let stopped = async {
                     signals.stop.notified().await;
                     None
@@ -100,7 +134,7 @@ impl<R: Runtime> Shared<R> {
                 match future::or(ready, stopped).await {
                     Some(Ok(())) => {}
                     Some(Err(e)) => {
-                        self.handle_read(conn, &link, &signals, Err(e));
+                        self.handle_read(&c, io, Err(e));
                         return;
                     }
                     None => return,
@@ -110,7 +144,7 @@ impl<R: Runtime> Shared<R> {
                 buf.resize(size.next(), 0);
             }
             let into = &mut buf[..size.next()];
-            let read = async { Some(stream.recv_into(into, None).await) };
+            let read = async { Some(io.stream.recv_into(into, None).await) };
             // Made only if polled: a busy socket is read first (`or` polls
             // it first), so no timer is armed per read.
             let quiet = async {
@@ -132,36 +166,33 @@ impl<R: Runtime> Shared<R> {
                 continue;
             }
             let result = result.map(|n| &buf[..n]);
-            if self.handle_read(conn, &link, &signals, result) {
+            if self.handle_read(&c, io, result) {
                 return;
             }
         }
     }
 
-    /// Runs what a read said through the link, and hands the hub what
-    /// that gives; whether the connection is gone.
-    fn handle_read(
-        &self,
-        conn: ConnId,
-        link: &SharedLink,
-        signals: &ConnSignals,
-        result: io::Result<&[u8]>,
-    ) -> bool {
+    /// Runs what a read said through the link, hands the hub what that
+    /// gives, and writes the output it made; whether the connection is gone.
+    fn handle_read(&self, c: &Conn<R>, io: &ConnIo<R>, result: io::Result<&[u8]>) -> bool {
         let now = self.clock.now();
-        let mut link = link.lock();
+        let mut link = io.link.lock();
         let reason = match result {
             Ok([]) => link.handle_eof(),
             Ok(input) => {
+                let mut to_write = Vec::new();
                 let plain = link.handle_input(now, input);
-                self.carry(now, conn, &mut link);
+                self.carry(now, c.id, &mut link, &mut to_write);
                 if let Some(plain) = plain {
                     let mut state = self.lock();
-                    state.hub.handle_plaintext(now, conn, plain);
-                    self.dispatch(&mut state);
+                    state.hub.handle_plaintext(now, c.id, plain);
+                    self.dispatch_and_keep(&mut state, Some(&mut to_write));
                 }
                 if link.has_output() {
-                    signals.wake.notify_one(); // a handshake message, or message 4
+                    c.signals.wake.notify_one(); // a handshake message, or message 4
                 }
+                drop(link);
+                self.write_through(to_write);
                 return false;
             }
             Err(e) => {
@@ -171,9 +202,9 @@ impl<R: Runtime> Shared<R> {
         };
         drop(link);
         let mut state = self.lock();
-        state.hub.handle_disconnect(now, conn, &reason);
-        if state.forget_conn(conn).is_some() {
-            signals.end(Bytes::new());
+        state.hub.handle_disconnect(now, c.id, &reason);
+        if state.forget_conn(c.id).is_some() {
+            c.signals.end(Bytes::new());
         }
         self.dispatch(&mut state);
         true
@@ -181,7 +212,7 @@ impl<R: Runtime> Shared<R> {
 
     /// Carries the link's events to the hub, taking the hub's lock once for
     /// a run of them and letting go for the crypto an admitted key starts.
-    fn carry(&self, now: Instant, conn: ConnId, link: &mut Link) {
+    fn carry(&self, now: Instant, conn: ConnId, link: &mut Link, to_write: &mut Vec<Arc<Conn<R>>>) {
         loop {
             let mut state = None;
             let mut verdict = None;
@@ -200,7 +231,7 @@ impl<R: Runtime> Shared<R> {
                 }
             }
             if let Some(mut state) = state {
-                self.dispatch(&mut state);
+                self.dispatch_and_keep(&mut state, Some(to_write));
             }
             match verdict {
                 // Message 4 is made with the hub let go.
@@ -210,53 +241,95 @@ impl<R: Runtime> Shared<R> {
         }
     }
 
-    async fn write(
-        self: Arc<Self>,
-        conn: ConnId,
-        stream: Arc<Stream<R>>,
-        link: Arc<SharedLink>,
-        signals: Arc<ConnSignals>,
-    ) {
-        let mut queue = WriteQueue::new();
-        let mut plain = BytesMut::new();
+    /// Writes the output a read made for these connections, as far as
+    /// their sockets take it now, where nobody else is writing; wakes the
+    /// writers of the rest. Called holding no lock.
+    fn write_through(&self, mut to_write: Vec<Arc<Conn<R>>>) {
+        to_write.sort_unstable_by_key(|c| c.id);
+        to_write.dedup_by_key(|c| c.id);
+        for (i, c) in to_write.iter().enumerate() {
+            let written = c.io.get().filter(|_| i < WRITE_THROUGH).and_then(|io| {
+                // Someone is writing there: it takes this output too.
+                let mut outbox = io.outbox.try_lock().ok()?;
+                loop {
+                    if let Err(e) = self.take_output(c.id, io, &mut outbox) {
+                        drop(outbox);
+                        self.write_failed(c, io, e);
+                        return Some(());
+                    }
+                    if outbox.queue.is_empty() {
+                        return Some(());
+                    }
+                    // Anything left (a full socket, a failure) is the writer's.
+                    io.stream.try_flush(&mut outbox.queue).ok()?;
+                }
+            });
+            if written.is_none() {
+                c.signals.wake.notify_one();
+            }
+        }
+    }
+
+    /// Writing to `c` failed: the connection is over, with no last words
+    /// (the socket may hold half a frame).
+    fn write_failed(&self, c: &Conn<R>, io: &ConnIo<R>, e: io::Error) {
+        io.outbox().queue.clear();
+        io.link.lock().handle_disconnect();
+        let mut state = self.lock();
+        let now = self.clock.now();
+        let reason = format!("write failed: {e}");
+        state.hub.handle_disconnect(now, c.id, &reason);
+        if state.forget_conn(c.id).is_some() {
+            c.signals.end(Bytes::new());
+        }
+        self.dispatch(&mut state);
+    }
+
+    async fn write(self: Arc<Self>, c: Arc<Conn<R>>) {
+        let Some(io) = c.io.get() else {
+            return;
+        };
+        let signals = &c.signals;
         loop {
             signals.wake.notified().await;
             loop {
                 // Take what the link and the hub have, up to a batch (a
                 // frame that carries a descriptor takes it along), then
                 // write it in as few system calls as it takes.
-                let taken = self.take_output(conn, &stream, &link, &mut queue, &mut plain);
-                if queue.is_empty() && taken.is_ok() {
-                    break;
-                }
+                let taken = {
+                    let mut outbox = io.outbox();
+                    self.take_output(c.id, io, &mut outbox)
+                        .map(|()| outbox.queue.is_empty())
+                };
                 let written = match taken {
-                    Ok(()) => self.unless_ended(&signals, stream.flush(&mut queue)).await,
+                    Ok(true) => break,
+                    Ok(false) => {
+                        let flush = io.stream.flush_with(|fd| io.outbox().queue.write_to(fd));
+                        self.unless_ended(signals, flush).await
+                    }
                     Err(e) => Err(e),
                 };
                 if let Err(e) = written {
-                    queue.clear();
-                    let mut state = self.lock();
-                    let now = self.clock.now();
-                    let reason = format!("write failed: {e}");
-                    state.hub.handle_disconnect(now, conn, &reason);
-                    if state.forget_conn(conn).is_some() {
-                        signals.end(Bytes::new());
-                    }
-                    self.dispatch(&mut state);
-                    // The socket may hold half a frame now: no last words.
-                    return;
+                    return self.write_failed(&c, io, e);
                 }
             }
             if let Some(last_words) = signals.take_end() {
                 // The last words, if the peer takes them within the grace;
                 // then the socket closes whatever it does.
-                queue.push(link.lock().last_words(&last_words));
+                {
+                    let mut outbox = io.outbox();
+                    let last_words = io.link.lock().last_words(&last_words);
+                    outbox.queue.push(last_words);
+                }
                 let grace = std::time::Instant::now() + LAST_WORDS_GRACE;
                 let flushed = async {
-                    let _ = stream.flush(&mut queue).await;
+                    let _ = io
+                        .stream
+                        .flush_with(|fd| io.outbox().queue.write_to(fd))
+                        .await;
                 };
                 future::or(flushed, self.rt.sleep_until(grace)).await;
-                stream.shutdown_write();
+                io.stream.shutdown_write();
                 return;
             }
         }
@@ -264,16 +337,10 @@ impl<R: Runtime> Shared<R> {
 
     /// The link's own bytes (the handshake's) first; then the hub's, as
     /// they are on a plain link, or gathered and sealed with the hub let go.
-    fn take_output(
-        &self,
-        conn: ConnId,
-        stream: &Stream<R>,
-        link: &SharedLink,
-        queue: &mut WriteQueue,
-        plain: &mut BytesMut,
-    ) -> io::Result<()> {
+    fn take_output(&self, conn: ConnId, io: &ConnIo<R>, outbox: &mut Outbox) -> io::Result<()> {
+        let Outbox { queue, plain } = outbox;
         let is_plain = {
-            let mut link = link.lock();
+            let mut link = io.link.lock();
             while let Some(data) = link.poll_transmit() {
                 queue.push(data);
             }
@@ -282,7 +349,8 @@ impl<R: Runtime> Shared<R> {
         if is_plain {
             let mut state = self.lock();
             let State { hub, pairs, .. } = &mut *state;
-            let taken = pairs.take_output(hub, conn, queue, WRITE_BATCH, stream.carries_fds());
+            let carries_fds = io.stream.carries_fds();
+            let taken = pairs.take_output(hub, conn, queue, WRITE_BATCH, carries_fds);
             self.dispatch(&mut state);
             return taken;
         }
@@ -302,7 +370,7 @@ impl<R: Runtime> Shared<R> {
             if plain.is_empty() {
                 break;
             }
-            let mut link = link.lock();
+            let mut link = io.link.lock();
             // The handshake may have ended since the link was asked above:
             // message 4, made before the hub had any of this, goes first.
             while let Some(data) = link.poll_transmit() {
@@ -318,7 +386,7 @@ impl<R: Runtime> Shared<R> {
     /// write is still stuck a grace later (the peer stopped reading).
     async fn unless_ended(
         &self,
-        signals: &ConnSignals,
+        signals: &super::shared::ConnSignals,
         write: impl Future<Output = io::Result<()>>,
     ) -> io::Result<()> {
         future::or(write, async {

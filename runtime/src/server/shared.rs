@@ -4,38 +4,58 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
 use futures_lite::future;
 use plugboard_core::broker::{ConnId, Hub};
 use plugboard_os::{ConnEvent, SocketPairs};
 
+use super::conn::ConnIo;
 use crate::notify::Notify;
 use crate::rt::Runtime;
 use plugboard_os::Clock;
 
-pub(super) struct Shared<R> {
+pub(super) struct Shared<R: Runtime> {
     pub(super) rt: R,
     pub(super) clock: Clock,
-    pub(super) state: Mutex<State>,
+    pub(super) state: Mutex<State<R>>,
     /// Wakes the timer task when a call may have moved the next deadline.
     pub(super) timer: Notify,
 }
 
-pub(super) struct State {
+pub(super) struct State<R: Runtime> {
     pub(super) hub: Hub,
-    pub(super) conns: HashMap<ConnId, Arc<ConnSignals>>,
+    pub(super) conns: HashMap<ConnId, Arc<Conn<R>>>,
     /// Socketpair ends on their way to their connections.
     pub(super) pairs: SocketPairs,
 }
 
-impl State {
+impl<R: Runtime> State<R> {
     /// A connection is gone: the ends meant for it are closed (their
     /// peers see the end of the stream).
-    pub(super) fn forget_conn(&mut self, conn: ConnId) -> Option<Arc<ConnSignals>> {
+    pub(super) fn forget_conn(&mut self, conn: ConnId) -> Option<Arc<Conn<R>>> {
         self.pairs.forget_conn(conn);
         self.conns.remove(&conn)
+    }
+}
+
+/// One connection, as every task of the server reaches it.
+pub(super) struct Conn<R: Runtime> {
+    pub(super) id: ConnId,
+    pub(super) signals: ConnSignals,
+    /// Its socket, link and write queue, once its tasks start: a task that
+    /// made output for it writes it at once if nobody else is writing.
+    pub(super) io: OnceLock<ConnIo<R>>,
+}
+
+impl<R: Runtime> Conn<R> {
+    pub(super) fn new(id: ConnId) -> Self {
+        Conn {
+            id,
+            signals: ConnSignals::default(),
+            io: OnceLock::new(),
+        }
     }
 }
 
@@ -73,13 +93,13 @@ impl ConnSignals {
 }
 
 impl<R: Runtime> Shared<R> {
-    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State<R>> {
         self.state.lock().expect("a task panicked holding the hub")
     }
 
     /// Tells the broker to shut down and every connection why; returns the
-    /// connections' signals, held by their tasks until they are done.
-    pub(super) fn shutdown(&self) -> Vec<Arc<ConnSignals>> {
+    /// connections, held by their tasks until they are done.
+    pub(super) fn shutdown(&self) -> Vec<Arc<Conn<R>>> {
         let mut state = self.lock();
         let now = self.clock.now();
         state.hub.shutdown(now);
@@ -114,18 +134,37 @@ impl<R: Runtime> Shared<R> {
     }
 
     /// Carries out what the hub asked for. Called after every hub call.
-    pub(super) fn dispatch(&self, state: &mut State) {
+    pub(super) fn dispatch(&self, state: &mut State<R>) {
+        self.dispatch_and_keep(state, None);
+    }
+
+    /// As [`Shared::dispatch`], but the connections with output are put in
+    /// `to_write` (once each) instead of waking their writers: the caller
+    /// writes to them once it let go of every lock
+    /// ([`Shared::write_through`]), saving each a wake-up.
+    pub(super) fn dispatch_and_keep(
+        &self,
+        state: &mut State<R>,
+        mut to_write: Option<&mut Vec<Arc<Conn<R>>>>,
+    ) {
         let State { hub, pairs, .. } = state;
         while let Some(event) = plugboard_os::poll_event(hub, pairs, &self.clock) {
             match event {
                 ConnEvent::Transmit(conn) => {
-                    if let Some(signals) = state.conns.get(&conn) {
-                        signals.wake.notify_one();
+                    let Some(conn) = state.conns.get(&conn) else {
+                        continue;
+                    };
+                    match to_write.as_deref_mut() {
+                        Some(list) if !list.iter().any(|c| Arc::ptr_eq(c, conn)) => {
+                            list.push(conn.clone())
+                        }
+                        Some(_) => {}
+                        None => conn.signals.wake.notify_one(),
                     }
                 }
                 ConnEvent::Close(conn, last_words) => {
-                    if let Some(signals) = state.conns.remove(&conn) {
-                        signals.end(last_words);
+                    if let Some(conn) = state.conns.remove(&conn) {
+                        conn.signals.end(last_words);
                     }
                 }
             }
