@@ -7,8 +7,12 @@
 //! [`Hub`](plugboard_core::broker::Hub) sits behind a mutex that is never
 //! held across an await nor during crypto: a task locks it to hand it
 //! plaintext, a key to admit or time, takes what it has, and lets go.
-//! Output stays in the hub until the connection's writer can take it, so a
-//! slow socket holds memory only as far as the broker's own bounds allow.
+//! Output stays in the hub until a task can write it, so a slow socket
+//! holds memory only as far as the broker's own bounds allow. The task
+//! that made output for a connection (a reader that relayed data, a reply)
+//! writes it to that socket itself when nobody else is writing there, as
+//! far as the socket takes it without blocking; the connection's writer
+//! is woken only for the rest.
 
 mod conn;
 mod shared;
