@@ -251,18 +251,19 @@ impl<R: Runtime> Shared<R> {
             let written = c.io.get().filter(|_| i < WRITE_THROUGH).and_then(|io| {
                 // Someone is writing there: it takes this output too.
                 let mut outbox = io.outbox.try_lock().ok()?;
-                loop {
-                    if let Err(e) = self.take_output(c.id, io, &mut outbox) {
-                        drop(outbox);
-                        self.write_failed(c, io, e);
-                        return Some(());
-                    }
-                    if outbox.queue.is_empty() {
-                        return Some(());
-                    }
-                    // Anything left (a full socket, a failure) is the writer's.
-                    io.stream.try_flush(&mut outbox.queue).ok()?;
+                // Output is taken from the hub only into an empty queue: a
+                // full socket's bytes stay in the hub, under its bounds.
+                io.stream.try_flush(&mut outbox.queue).ok()?;
+                // One batch: the rest is the writer's, not this reader's.
+                if let Err(e) = self.take_output(c.id, io, &mut outbox) {
+                    drop(outbox);
+                    self.write_failed(c, io, e);
+                    return Some(());
                 }
+                let full = outbox.queue.len() >= WRITE_BATCH;
+                // Anything left (a full socket, a failure) is the writer's.
+                io.stream.try_flush(&mut outbox.queue).ok()?;
+                (!full).then_some(())
             });
             if written.is_none() {
                 c.signals.wake.notify_one();
