@@ -37,10 +37,10 @@ const WRITE_BATCH: usize = 256 * 1024;
 /// Most plaintext a writer gathers for one seal: its gathering buffer,
 /// kept between batches, stays this small on every box-stream connection.
 const SEAL_BATCH: usize = 64 * 1024;
-/// Most other connections one read writes to itself; the rest are woken.
-/// A relay writes to one; a broadcast (a presence change to every watcher)
-/// is spread over their writers.
-const WRITE_THROUGH: usize = 4;
+/// Most connections one read writes to itself; the rest are woken. A relay
+/// writes to one; a broadcast (a presence change to every watcher) is
+/// spread over their writers.
+pub(super) const WRITE_THROUGH: usize = 4;
 
 /// A connection's link, shared by its reader and its writer.
 struct SharedLink(Mutex<Link>);
@@ -244,11 +244,9 @@ impl<R: Runtime> Shared<R> {
     /// Writes the output a read made for these connections, as far as
     /// their sockets take it now, where nobody else is writing; wakes the
     /// writers of the rest. Called holding no lock.
-    fn write_through(&self, mut to_write: Vec<Arc<Conn<R>>>) {
-        to_write.sort_unstable_by_key(|c| c.id);
-        to_write.dedup_by_key(|c| c.id);
-        for (i, c) in to_write.iter().enumerate() {
-            let written = c.io.get().filter(|_| i < WRITE_THROUGH).and_then(|io| {
+    fn write_through(&self, to_write: Vec<Arc<Conn<R>>>) {
+        for c in &to_write {
+            let written = c.io.get().and_then(|io| {
                 // Someone is writing there: it takes this output too.
                 let mut outbox = io.outbox.try_lock().ok()?;
                 // Output is taken from the hub only into an empty queue: a

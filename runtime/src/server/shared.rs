@@ -11,7 +11,7 @@ use futures_lite::future;
 use plugboard_core::broker::{ConnId, Hub};
 use plugboard_os::{ConnEvent, SocketPairs};
 
-use super::conn::ConnIo;
+use super::conn::{ConnIo, WRITE_THROUGH};
 use crate::notify::Notify;
 use crate::rt::Runtime;
 use plugboard_os::Clock;
@@ -138,10 +138,11 @@ impl<R: Runtime> Shared<R> {
         self.dispatch_and_keep(state, None);
     }
 
-    /// As [`Shared::dispatch`], but the connections with output are put in
-    /// `to_write` (once each) instead of waking their writers: the caller
-    /// writes to them once it let go of every lock
-    /// ([`Shared::write_through`]), saving each a wake-up.
+    /// As [`Shared::dispatch`], but the first [`WRITE_THROUGH`] connections
+    /// with output are put in `to_write` (once each) instead of waking their
+    /// writers: the caller writes to them once it let go of every lock
+    /// ([`Shared::write_through`]), saving each a wake-up. The rest (a
+    /// broadcast to every watcher) are spread over their writers.
     pub(super) fn dispatch_and_keep(
         &self,
         state: &mut State<R>,
@@ -155,11 +156,9 @@ impl<R: Runtime> Shared<R> {
                         continue;
                     };
                     match to_write.as_deref_mut() {
-                        Some(list) if !list.iter().any(|c| Arc::ptr_eq(c, conn)) => {
-                            list.push(conn.clone())
-                        }
-                        Some(_) => {}
-                        None => conn.signals.wake.notify_one(),
+                        Some(list) if list.iter().any(|c| Arc::ptr_eq(c, conn)) => {}
+                        Some(list) if list.len() < WRITE_THROUGH => list.push(conn.clone()),
+                        _ => conn.signals.wake.notify_one(),
                     }
                 }
                 ConnEvent::Close(conn, last_words) => {
