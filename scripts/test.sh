@@ -25,6 +25,10 @@ bin=target/release/examples
 # The deterministic simulation: a broker and many plugins, 1000 seeds.
 "$bin/simulate" --seeds 1000 --start 0 | tail -n 2
 
+# The JS muxrpc transcript the core's muxrpc_vectors test replays is what
+# muxrpc 8.0.0 writes today.
+node interop/muxrpc-vectors.js --check core/tests/vectors/muxrpc_js.json
+
 # Interop with the JavaScript implementation, once on each crypto provider.
 for crypto in rustcrypto libsodium; do
   PLUGBOARD_CRYPTO=$crypto interop/run.sh "$bin/shs-echo" "$bin/shs1-test-server" "$bin/shs1-test-client"

@@ -5,6 +5,7 @@
 //! - [`shs`]: the SSB secret handshake (shs1), client and server.
 //! - [`boxstream`]: SSB's box-stream, the encrypted transport after the handshake.
 //! - [`crypto`]: the secretbox cipher both run on, a provider chosen per configuration.
+//! - [`muxrpc`]: SSB's RPC protocol over packet-stream, for plugins that speak it.
 //!
 //! No clock is read ([`time::Instant`] is an argument), no socket touched, no
 //! randomness drawn but from the RNG passed in. After every input, the owner
@@ -22,6 +23,7 @@ pub mod crypto;
 pub mod direct;
 pub mod keys;
 pub mod mux;
+pub mod muxrpc;
 pub mod session;
 pub mod shs;
 #[cfg(any(test, feature = "sim"))]
