@@ -15,6 +15,7 @@ pub mod descriptors;
 pub mod ends;
 pub mod hostile;
 pub mod mio_api;
+pub mod muxrpc;
 pub mod scenarios;
 pub mod strangers;
 pub mod stream;
@@ -66,6 +67,9 @@ macro_rules! suite {
             ]);
             $crate::suite!(@each_in strangers, $broker, $api, [
                 the_direct_listener_bounds_strangers,
+            ]);
+            $crate::suite!(@each_in muxrpc, $broker, $api, [
+                muxrpc_between_plugins,
             ]);
             $crate::suite!(@each_in ends, $broker, $api, [
                 dropping_closes_gracefully_and_reset_aborts,

@@ -17,6 +17,8 @@ mod rt;
 
 /// systemd socket activation (the listeners [`Server::bind_with`] takes).
 pub use plugboard_runtime::activation;
+/// muxrpc on a channel ([`Channel::muxrpc`]).
+pub use plugboard_runtime::muxrpc;
 pub use plugboard_runtime::{
     default_crypto, Addr, BadAddr, Clock, ConnectionEvent, Feed, Path, PluginError, Reconnect,
     ServeError, Stats, WatchEvent,

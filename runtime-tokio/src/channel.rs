@@ -52,6 +52,17 @@ impl Channel {
     pub fn reset(self, reason: &str) {
         self.0.reset(reason)
     }
+
+    /// Speaks muxrpc on the channel: see [`plugboard_runtime::Channel::muxrpc`].
+    pub fn muxrpc(
+        self,
+        config: plugboard_runtime::muxrpc::Config,
+    ) -> (
+        plugboard_runtime::muxrpc::Rpc,
+        plugboard_runtime::muxrpc::Calls,
+    ) {
+        self.0.muxrpc(config)
+    }
 }
 
 impl AsyncRead for Channel {

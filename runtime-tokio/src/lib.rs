@@ -12,6 +12,8 @@ mod rt;
 pub use channel::Channel;
 /// systemd socket activation (the listeners [`Server::bind_with`] takes).
 pub use plugboard_runtime::activation;
+/// muxrpc on a channel ([`Channel::muxrpc`]).
+pub use plugboard_runtime::muxrpc;
 pub use plugboard_runtime::{
     default_crypto, Addr, BadAddr, Clock, ConnectionEvent, Feed, Offers, PluginError, Reconnect,
     ServeError, WatchEvent,

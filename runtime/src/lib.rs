@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+pub mod muxrpc;
 mod notify;
 pub mod plugin;
 mod rt;

@@ -149,6 +149,12 @@ pub struct Config {
     /// Bytes the session may hold in all: events waiting for the
     /// application and answers it made itself waiting to be written.
     pub max_buffered: usize,
+    /// When the peer ends a stream this side has not, end it as the
+    /// [`Event::End`] is taken (after whatever the application sent in
+    /// answer to the data before it), as JS does. An owner that queues
+    /// events for its application sets this to `false` and ends each
+    /// stream when the application has read that far.
+    pub end_on_take: bool,
 }
 
 impl Config {
@@ -160,6 +166,7 @@ impl Config {
             max_open: 256,
             max_stream_buffer: 4 << 20,
             max_buffered: 16 << 20,
+            end_on_take: true,
         }
     }
 }

@@ -44,7 +44,8 @@ pub enum Event {
     },
     /// The peer's side of a stream is over. If this side had not ended
     /// it, the session does so as this event is taken (after the data the
-    /// application sent in answer to what came before).
+    /// application sent in answer to what came before), unless
+    /// [`Config::end_on_take`] is off.
     End {
         /// The stream.
         id: ReqId,
@@ -207,7 +208,10 @@ impl Session {
                     open.waiting -= cost;
                 }
             }
-            Event::End { id, .. } if self.open.get(id).is_some_and(|open| open.they_ended) => {
+            Event::End { id, .. }
+                if self.config.end_on_take
+                    && self.open.get(id).is_some_and(|open| open.they_ended) =>
+            {
                 self.send_end(*id, None);
                 self.remove(*id);
             }

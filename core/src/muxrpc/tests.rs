@@ -253,6 +253,37 @@ fn a_duplex_stream_carries_data_both_ways() {
 }
 
 #[test]
+fn an_owner_that_queues_events_ends_streams_itself() {
+    let mut config = Config::new(manifest());
+    config.end_on_take = false;
+    let mut a = Session::new(config);
+    let mut b = Session::new(Config::new(manifest()));
+    let stream = a.call(CallKind::Duplex, &["echo"], json!([])).unwrap();
+    pump(&mut a, &mut b);
+    let (id, ..) = request(&mut b);
+    b.send(id, Body::text("x")).unwrap();
+    b.end(id, Ok(())).unwrap();
+    pump(&mut a, &mut b);
+    assert_eq!(events(&mut a).len(), 2, "the data and the end");
+    pump(&mut a, &mut b);
+    assert_eq!(events(&mut b), vec![], "`a` has not ended its side");
+    a.send(stream, Body::text("late answer")).unwrap();
+    a.end(stream, Ok(())).unwrap();
+    pump(&mut a, &mut b);
+    assert_eq!(
+        events(&mut b),
+        vec![
+            Event::Data {
+                id,
+                body: Body::text("late answer")
+            },
+            ok_end(id)
+        ]
+    );
+    close(&mut a, &mut b);
+}
+
+#[test]
 fn both_sides_may_send_request_one_at_once() {
     let (mut a, mut b) = pair();
     let from_a = a.call(CallKind::Async, &["whoami"], json!([])).unwrap();

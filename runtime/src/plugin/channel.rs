@@ -98,6 +98,24 @@ impl<R: Runtime> Channel<R> {
         self.path() == Path::Relayed
     }
 
+    /// Speaks muxrpc on the channel (protocol `muxrpc`): its driver runs on
+    /// the runtime's executor; the handles call the peer and take its calls.
+    pub fn muxrpc(
+        self,
+        config: crate::muxrpc::Config,
+    ) -> (crate::muxrpc::Rpc, crate::muxrpc::Calls) {
+        use crate::rt::Task as _;
+        let (rpc, calls, driver) = crate::muxrpc::connect(self, config);
+        R::default()
+            .spawn(async move {
+                if let Err(e) = driver.await {
+                    tracing::debug!("muxrpc session ended: {e}");
+                }
+            })
+            .detach();
+        (rpc, calls)
+    }
+
     /// Ends the channel both ways at once.
     pub fn reset(self, reason: &str) {
         match self.io {
