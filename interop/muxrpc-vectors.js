@@ -12,16 +12,7 @@ const fs = require('fs')
 const pull = require('pull-stream')
 const MRPC = require('muxrpc')
 
-// As secret-stack serves it: `manifest` is a method of its own.
-const manifest = {
-  manifest: 'sync',
-  whoami: 'sync',
-  add: 'async',
-  fail: 'async',
-  count: 'source',
-  collect: 'sink',
-  echo: 'duplex',
-}
+const { manifest, api: methods } = require('./muxrpc-api')
 
 // An error whose stack does not name this machine's paths.
 function fixedError(message) {
@@ -30,39 +21,7 @@ function fixedError(message) {
   return error
 }
 
-const collected = []
-const api = {
-  manifest: () => manifest,
-  whoami: () => ({ id: '@server' }),
-  add: (a, b, cb) => cb(null, a + b),
-  fail: (cb) => cb(fixedError('nope')),
-  count: (n) => pull.values([...Array(n).keys()]),
-  collect: () => pull.collect((err, values) => collected.push(values)),
-  echo: () => {
-    // Sends back what it takes, then ends when its input does.
-    const queue = []
-    let waiting = null
-    let ended = false
-    return {
-      source: (abort, cb) => {
-        if (abort || (ended && !queue.length)) return cb(abort || true)
-        if (queue.length) return cb(null, queue.shift())
-        waiting = cb
-      },
-      sink: (read) => {
-        read(null, function next(end, data) {
-          if (end) {
-            ended = true
-            if (waiting) { const cb = waiting; waiting = null; cb(true) }
-            return
-          }
-          if (waiting) { const cb = waiting; waiting = null; cb(null, data) } else queue.push(data)
-          read(null, next)
-        })
-      },
-    }
-  },
-}
+const api = methods({ id: '@server', error: () => fixedError('nope') })
 
 const transcript = []
 function tap(from) {
@@ -113,7 +72,9 @@ function steps(rpc, client, done) {
 }
 
 run(() => {
-  if (collected.length !== 1 || collected[0].join() !== 'a,b,c') {
+  let collected
+  api.collected((err, values) => { collected = values })
+  if (collected.join() !== 'a,b,c') {
     console.error('the sink did not collect a, b, c:', collected)
     process.exit(1)
   }

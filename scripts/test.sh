@@ -20,7 +20,7 @@ echo "== tests, crypto provider: libsodium (--all-features)"
 cargo test --workspace --all-features
 
 cargo build --release -p plugboard-core --examples --all-features
-bin=target/release/examples
+bin="${CARGO_TARGET_DIR:-target}/release/examples"
 
 # The deterministic simulation: a broker and many plugins, 1000 seeds.
 "$bin/simulate" --seeds 1000 --start 0 | tail -n 2
@@ -33,3 +33,9 @@ node interop/muxrpc-vectors.js --check core/tests/vectors/muxrpc_js.json
 for crypto in rustcrypto libsodium; do
   PLUGBOARD_CRYPTO=$crypto interop/run.sh "$bin/shs-echo" "$bin/shs1-test-server" "$bin/shs1-test-client"
 done
+
+# muxrpc with JS muxrpc 8.0.0 through a broker, both ways (the debug builds
+# the tests made).
+cargo build -p plugboard-cli -p plugboard-tokio --bins --examples --all-features
+debug="${CARGO_TARGET_DIR:-target}/debug"
+interop/muxrpc.sh "$debug/plugboard" "$debug/examples/muxrpc_peer"

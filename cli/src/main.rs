@@ -84,6 +84,10 @@ enum Command {
         /// What this side will speak.
         #[arg(long, default_value = "stdio")]
         protocol: String,
+        /// Sent along with the open (an exposed command reads it as
+        /// PLUGBOARD_METADATA).
+        #[arg(long, default_value = "")]
+        metadata: String,
         /// Ask for a direct channel (a socketpair on one host, TCP across
         /// hosts); relayed if the broker cannot arrange one.
         #[arg(long)]
@@ -242,9 +246,10 @@ async fn run(command: Command, inherited: Vec<Inherited>) -> Result<(), Failure>
         Command::Connect {
             name,
             protocol,
+            metadata,
             direct,
             broker,
-        } => connect(name, protocol, direct, broker).await,
+        } => connect(name, protocol, metadata, direct, broker).await,
         Command::Expose {
             name,
             direct_listen,
@@ -655,12 +660,13 @@ async fn stats(args: BrokerArgs, json: bool) -> Result<(), Failure> {
 async fn connect(
     name: String,
     protocol: String,
+    metadata: String,
     direct: bool,
     args: BrokerArgs,
 ) -> Result<(), Failure> {
     let plugin = client(&args, None).await?;
     let channel = plugin
-        .open_with(&name, &protocol, Default::default(), direct)
+        .open_with(&name, &protocol, metadata.into_bytes().into(), direct)
         .await?;
     tracing::info!("channel to {name}: {:?}", channel.path());
     let (mut from_peer, mut to_peer) = tokio::io::split(channel);
@@ -670,12 +676,46 @@ async fn connect(
     };
     let download = async {
         let mut stdout = tokio::io::stdout();
-        tokio::io::copy(&mut from_peer, &mut stdout).await?;
-        stdout.flush().await
+        let copied = tokio::io::copy(&mut from_peer, &mut stdout).await;
+        match copied.and(stdout.flush().await) {
+            // Whoever reads our stdout stopped (as JS muxrpc does after its
+            // goodbye, and `head` after its lines): nothing more to deliver.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other,
+        }
     };
     let (up, down) = tokio::join!(upload, download);
     up.and(down)
         .map_err(|e| fail(format!("channel to {name}: {e}")))
+}
+
+/// Who opened a channel, for the command `expose` runs on it: the
+/// opener's key (as the broker authenticated it) and name (empty for a
+/// client), the protocol it named, and what it sent along, as text when
+/// that is UTF-8 and in hex always. The values come from the opener: NUL
+/// (which no environment can hold) and other control characters in the
+/// protocol are escaped as in log lines, and metadata that is not text is
+/// only in hex.
+fn caller_env(
+    from_name: Option<&str>,
+    from_key: &PublicKey,
+    protocol: &str,
+    metadata: &[u8],
+) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("PLUGBOARD_FROM_KEY", from_key.to_string()),
+        ("PLUGBOARD_FROM_NAME", from_name.unwrap_or("").to_owned()),
+        (
+            "PLUGBOARD_PROTOCOL",
+            plugboard_core::broker::printable(protocol.to_owned()),
+        ),
+        ("PLUGBOARD_METADATA_HEX", hex::encode(metadata)),
+    ];
+    let text = std::str::from_utf8(metadata)
+        .ok()
+        .filter(|t| !t.contains('\0'));
+    env.push(("PLUGBOARD_METADATA", text.unwrap_or("").to_owned()));
+    env
 }
 
 async fn expose(
@@ -697,6 +737,12 @@ async fn expose(
             Some(failure) = fatal.recv() => return Err(failure),
         };
         let from = incoming.from_key;
+        let caller = caller_env(
+            incoming.from_name.as_ref().map(|n| n.as_str()),
+            &from,
+            &incoming.protocol,
+            &incoming.metadata,
+        );
         let (command, cannot_run) = (command.clone(), cannot_run.clone());
         tokio::spawn(async move {
             // A direct channel's path takes a moment: wait for it here, not
@@ -712,6 +758,7 @@ async fn expose(
             // not leave a process behind.
             let child = tokio::process::Command::new(&command[0])
                 .args(&command[1..])
+                .envs(caller)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .kill_on_drop(true)
@@ -741,4 +788,33 @@ async fn expose(
         });
     }
     Err(fail("the broker closed the connection"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_caller_s_values_reach_the_command_as_an_environment_can_hold_them() {
+        let key = Keypair::from_seed([7; 32]).public();
+        let env: std::collections::HashMap<_, _> =
+            caller_env(Some("alpha"), &key, "muxrpc", b"{\"a\":1}")
+                .into_iter()
+                .collect();
+        assert_eq!(env["PLUGBOARD_FROM_KEY"], key.to_string());
+        assert_eq!(env["PLUGBOARD_FROM_NAME"], "alpha");
+        assert_eq!(env["PLUGBOARD_PROTOCOL"], "muxrpc");
+        assert_eq!(env["PLUGBOARD_METADATA"], "{\"a\":1}");
+        assert_eq!(env["PLUGBOARD_METADATA_HEX"], "7b2261223a317d");
+        // A client has no name; bytes no environment holds are escaped or
+        // left to the hex.
+        let env: std::collections::HashMap<_, _> = caller_env(None, &key, "a\0b\nc", &[0, 0xff])
+            .into_iter()
+            .collect();
+        assert_eq!(env["PLUGBOARD_FROM_NAME"], "");
+        assert_eq!(env["PLUGBOARD_PROTOCOL"], "a\\u{0}b\\nc");
+        assert_eq!(env["PLUGBOARD_METADATA"], "");
+        assert_eq!(env["PLUGBOARD_METADATA_HEX"], "00ff");
+        assert!(env.values().all(|v| !v.contains('\0')));
+    }
 }

@@ -187,6 +187,40 @@ fn tour(runtime: &str) {
     assert_eq!(v["member"]["name"], "echo");
 }
 
+/// `expose` tells the command who opened the channel, with what protocol
+/// and metadata (README, "Who calls").
+#[test]
+fn expose_tells_the_command_who_calls() {
+    let home = Home::new("who-calls");
+    let _broker = start_broker_on(&home, "tokio");
+    let script = r#"printf '%s|%s|%s|%s|%s' "$PLUGBOARD_FROM_KEY" "$PLUGBOARD_FROM_NAME" "$PLUGBOARD_PROTOCOL" "$PLUGBOARD_METADATA" "$PLUGBOARD_METADATA_HEX""#;
+    let _who = Running(home.spawn(&["expose", "who", "--", "sh", "-c", script]));
+    wait_for("who to be listed", || listed(&home, "who"));
+    let out = home
+        .command()
+        .args([
+            "connect",
+            "who",
+            "--protocol",
+            "greeting",
+            "--metadata",
+            "hi",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(home.run(&["id"]).stdout).unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("{}||greeting|hi|6869", id.trim_end())
+    );
+}
+
 #[test]
 fn failures_have_their_own_exit_codes() {
     let home = Home::new("codes");
