@@ -12,7 +12,7 @@ use plugboard_core::shs::HandshakeConfig;
 use plugboard_core::{Keypair, NetworkKey, PublicKey};
 use plugboard_os::activation::{self, Inherited};
 use plugboard_tokio::{Addr, Plugin, PluginError, Server, WatchEvent};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Exit codes a script can tell apart.
 mod exit {
@@ -676,13 +676,30 @@ async fn connect(
     };
     let download = async {
         let mut stdout = tokio::io::stdout();
-        let copied = tokio::io::copy(&mut from_peer, &mut stdout).await;
-        match copied.and(stdout.flush().await) {
-            // Whoever reads our stdout stopped (as JS muxrpc does after its
-            // goodbye, and `head` after its lines): nothing more to deliver.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-            other => other,
+        let mut buf = vec![0; 64 * 1024];
+        // Whoever reads our stdout may stop (as JS muxrpc does after its
+        // goodbye, and `head` after its lines): nothing more to deliver,
+        // not a failure. A channel that breaks is one, read side only.
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::BrokenPipe;
+        loop {
+            let n = from_peer.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            // Flushed each time: tokio's stdout holds what it is given
+            // until then, and the other end may be waiting for it.
+            match stdout.write_all(&buf[..n]).await {
+                Ok(()) => {}
+                Err(e) if gone(&e) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            match stdout.flush().await {
+                Ok(()) => {}
+                Err(e) if gone(&e) => return Ok(()),
+                Err(e) => return Err(e),
+            }
         }
+        Ok(())
     };
     let (up, down) = tokio::join!(upload, download);
     up.and(down)

@@ -107,3 +107,20 @@ fn a_flooded_stream_ends_and_a_call_beside_it_is_answered() {
         assert_eq!(driver.await, Ok(()));
     });
 }
+
+#[test]
+fn a_dropped_driver_ends_every_call_waiting_on_it() {
+    smol::block_on(async {
+        let (ours, _peer) = UnixStream::pair().unwrap();
+        let (rpc, mut calls, driver) = muxrpc::connect(ours, Config::new(json!({})));
+        let rpc2 = rpc.clone();
+        let waiting = smol::spawn(async move { rpc2.call(&["never"], json!([])).await });
+        let driver = smol::spawn(driver);
+        // Let the call go out, then cancel the driver's task.
+        smol::Timer::after(std::time::Duration::from_millis(50)).await;
+        driver.cancel().await;
+        assert_eq!(waiting.await, Err(Error::Call(CallError::Ended)));
+        assert!(calls.next().await.is_none());
+        assert!(rpc.close().await.is_err());
+    });
+}

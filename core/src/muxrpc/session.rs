@@ -87,8 +87,9 @@ pub enum SessionError {
     /// The byte stream ended without a goodbye.
     #[error("the stream ended without a goodbye")]
     NoGoodbye,
-    /// The answers the session makes itself piled up beyond
-    /// [`Config::max_buffered`]: the peer calls and does not read.
+    /// The session had an answer of its own to make (a refusal, the
+    /// manifest) while more than [`Config::max_buffered`] waited to be
+    /// written: the peer calls and does not read.
     #[error("the peer does not read its answers")]
     NotReading,
 }
@@ -116,9 +117,22 @@ pub enum UseError {
     Exhausted,
 }
 
+/// Whether the peer sends data on a stream: not on a source it called (this
+/// side sends) nor on a sink this side called.
+fn peer_sends(kind: CallKind, id: ReqId) -> bool {
+    match kind {
+        CallKind::Source => id.is_ours(),
+        CallKind::Sink => !id.is_ours(),
+        CallKind::Duplex => true,
+        CallKind::Async => false,
+    }
+}
+
 /// One call open.
 struct Open {
     kind: CallKind,
+    /// Tells this call from an earlier one under the same number.
+    generation: u64,
     /// This side sent its end (streams), or its answer is due (the peer's
     /// async calls): nothing more to send.
     we_ended: bool,
@@ -152,8 +166,13 @@ pub struct Session {
     open: HashMap<ReqId, Open>,
     /// The peer's calls among `open`.
     peer_open: usize,
-    /// Each with the bytes it holds (a body, a request's arguments).
-    events: VecDeque<(Event, usize)>,
+    /// Each with the bytes it holds (a body, a request's arguments) and
+    /// the generation of the call it concerns: a number the peer reuses
+    /// after a call ended names another call, which the old call's events
+    /// must not be charged to.
+    events: VecDeque<(Event, usize, u64)>,
+    /// The generation the next call open gets.
+    generation: u64,
     /// Bytes held in `events`.
     events_bytes: usize,
     out: BytesMut,
@@ -171,6 +190,7 @@ impl Session {
             open: HashMap::new(),
             peer_open: 0,
             events: VecDeque::new(),
+            generation: 0,
             events_bytes: 0,
             out: BytesMut::new(),
             scratch: BytesMut::new(),
@@ -200,17 +220,22 @@ impl Session {
 
     /// What happened, in order.
     pub fn poll_event(&mut self) -> Option<Event> {
-        let (event, cost) = self.events.pop_front()?;
+        let (event, cost, generation) = self.events.pop_front()?;
         self.events_bytes -= cost;
+        let same_call = |open: &&mut Open| open.generation == generation;
         match &event {
             Event::Data { id, .. } => {
-                if let Some(open) = self.open.get_mut(id) {
+                if let Some(open) = self.open.get_mut(id).filter(same_call) {
                     open.waiting -= cost;
                 }
             }
             Event::End { id, .. }
                 if self.config.end_on_take
-                    && self.open.get(id).is_some_and(|open| open.they_ended) =>
+                    && self
+                        .open
+                        .get_mut(id)
+                        .filter(same_call)
+                        .is_some_and(|open| open.they_ended) =>
             {
                 self.send_end(*id, None);
                 self.remove(*id);
@@ -260,7 +285,7 @@ impl Session {
             false,
             &request::body(kind, name, &args),
         )?;
-        self.open.insert(id, Open::new(kind));
+        self.insert_open(id, kind);
         Ok(id)
     }
 
@@ -380,10 +405,12 @@ impl Session {
             // Nothing can be answered after the goodbye; the peer's comes.
             return;
         }
-        let checked = match request::parse(&packet.body, packet.stream) {
-            _ if self.peer_open >= self.config.max_open => {
-                Err(RpcError::new("too many calls open"))
-            }
+        // Refused before its body is parsed: a flood costs no parsing.
+        let parsed = match self.peer_open >= self.config.max_open {
+            true => Err(RpcError::new("too many calls open")),
+            false => request::parse(&packet.body, packet.stream),
+        };
+        let checked = match parsed {
             Ok(request) if request.kind == CallKind::Async && request.name == ["manifest"] => {
                 let manifest = Body::json(&self.config.manifest);
                 return self.answer(id, false, false, &manifest);
@@ -402,7 +429,7 @@ impl Session {
     }
 
     fn accept_request(&mut self, id: ReqId, request: Request, cost: usize) {
-        self.open.insert(id, Open::new(request.kind));
+        self.insert_open(id, request.kind);
         self.peer_open += 1;
         let event = Event::Request {
             id,
@@ -416,7 +443,7 @@ impl Session {
     fn on_stream_data(&mut self, id: ReqId, body: Body) {
         let max = self.config.max_stream_buffer;
         let open = self.open.get_mut(&id).expect("looked up");
-        if open.flooded || open.they_ended {
+        if open.flooded || open.they_ended || !peer_sends(open.kind, id) {
             return;
         }
         if open.waiting + body.bytes.len() > max {
@@ -429,18 +456,31 @@ impl Session {
 
     fn on_stream_end(&mut self, id: ReqId, body: &Body) {
         let open = self.open.get_mut(&id).expect("looked up");
+        if open.they_ended {
+            return; // a second end says nothing new
+        }
         if open.flooded {
             // The application was told; this side ended it then.
             return self.remove(id);
         }
         open.they_ended = true;
+        // Where only this side sends, the peer's end is an abort: nothing
+        // can come that the application would answer, so this side ends
+        // now, whoever queues the events.
         let we_ended = open.we_ended;
-        let result = match body.to_json() {
-            Ok(Value::Bool(true)) => Ok(()),
-            _ => Err(CallError::Remote(RpcError::from_body(body))),
+        let end_now = !we_ended && !peer_sends(open.kind, id);
+        let (result, cost) = match body.to_json() {
+            Ok(Value::Bool(true)) => (Ok(()), 0),
+            _ => {
+                let error = CallError::Remote(RpcError::from_body(body));
+                (Err(error), body.bytes.len())
+            }
         };
-        self.queue_event(Event::End { id, result }, 0);
-        if we_ended {
+        self.queue_event(Event::End { id, result }, cost);
+        if end_now {
+            self.send_end(id, None);
+        }
+        if we_ended || end_now {
             self.remove(id);
         }
         // Otherwise this side ends when the application takes the event,
@@ -549,8 +589,27 @@ impl Session {
     }
 
     fn queue_event(&mut self, event: Event, cost: usize) {
+        let generation = match &event {
+            Event::Data { id, .. } | Event::End { id, .. } => {
+                self.open.get(id).map_or(u64::MAX, |open| open.generation)
+            }
+            _ => u64::MAX,
+        };
         self.events_bytes += cost;
-        self.events.push_back((event, cost));
+        self.events.push_back((event, cost, generation));
+    }
+
+    fn insert_open(&mut self, id: ReqId, kind: CallKind) {
+        self.generation += 1;
+        let open = Open {
+            kind,
+            generation: self.generation,
+            we_ended: false,
+            waiting: 0,
+            flooded: false,
+            they_ended: false,
+        };
+        self.open.insert(id, open);
     }
 
     fn remove(&mut self, id: ReqId) {
@@ -564,18 +623,6 @@ impl Session {
         if self.phase == Phase::Closing && self.open.is_empty() {
             self.out.extend_from_slice(&GOODBYE);
             self.phase = Phase::GoodbyeSent;
-        }
-    }
-}
-
-impl Open {
-    fn new(kind: CallKind) -> Self {
-        Open {
-            kind,
-            we_ended: false,
-            waiting: 0,
-            flooded: false,
-            they_ended: false,
         }
     }
 }

@@ -550,6 +550,51 @@ fn a_stream_that_ends_without_a_goodbye_ends_every_call() {
 }
 
 #[test]
+fn a_number_reused_while_the_old_call_s_data_waits_is_charged_apart() {
+    // Found in review: the old stream's data was charged to the new call.
+    let mut config = Config::new(manifest());
+    config.end_on_take = false;
+    let mut a = Session::new(config);
+    let sink = json!({"name": ["collect"], "args": [], "type": "sink"});
+    a.handle_input(&wire(&[json_packet(5, true, false, sink.clone())]));
+    let (id, ..) = request(&mut a);
+    a.end(id, Ok(())).unwrap();
+    a.handle_input(&wire(&[
+        Packet {
+            req: 5,
+            stream: true,
+            end: false,
+            body: Body::text("xx"),
+        },
+        json_packet(5, true, true, json!(true)),
+        json_packet(5, true, false, sink),
+        json_packet(5, true, true, json!(true)),
+        json_packet(5, true, true, json!(true)),
+    ]));
+    let got = events(&mut a);
+    assert_eq!(got.len(), 4, "data, end, the new call, one end: {got:?}");
+    assert_eq!(a.held(), 0);
+}
+
+#[test]
+fn the_peer_s_end_of_a_stream_only_this_side_sends_on_ends_it_at_once() {
+    let mut config = Config::new(manifest());
+    config.end_on_take = false;
+    let mut a = Session::new(config);
+    let mut b = Session::new(Config::new(manifest()));
+    let stream = b.call(CallKind::Source, &["count"], json!([])).unwrap();
+    pump(&mut a, &mut b);
+    let (id, ..) = request(&mut a);
+    // The caller gives up before any data; the callee's next send fails.
+    b.end(stream, Ok(())).unwrap();
+    pump(&mut a, &mut b);
+    assert_eq!(a.send(id, Body::text("0")), Err(UseError::NotOpen(id)));
+    assert_eq!(events(&mut a), vec![ok_end(id)]);
+    pump(&mut a, &mut b);
+    assert_eq!(events(&mut b), vec![ok_end(stream)]);
+}
+
+#[test]
 fn an_answer_numbered_i32_min_is_dropped() {
     // Found by the fuzzer: negating i32::MIN overflowed.
     let mut a = Session::new(Config::new(manifest()));

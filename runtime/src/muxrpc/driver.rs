@@ -51,7 +51,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             if self.out.is_empty() {
                 let mut state = lock(&self.shared);
                 match state.session.poll_transmit() {
-                    Some(bytes) => self.out = bytes,
+                    Some(bytes) => {
+                        self.out = bytes;
+                        state.wake_senders();
+                    }
                     None => {
                         state.wake_senders();
                         return Ok(wrote);
@@ -72,8 +75,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
 
     /// Reads once, unless the handles hold too much. Whether it read.
     fn poll_read(&mut self, cx: &mut Context) -> io::Result<bool> {
-        if self.read_done || lock(&self.shared).is_full() {
-            return Ok(false);
+        {
+            // Nothing more is read while the handles hold too much, or
+            // while what was written is not read by the peer (answers
+            // the application makes to calls it keeps sending).
+            let state = lock(&self.shared);
+            let unsent = state.session.queued() + self.out.len();
+            if self.read_done || state.is_full() || unsent > state.max_unsent() {
+                return Ok(false);
+            }
         }
         let n = match Pin::new(&mut self.io).poll_read(cx, &mut self.buf) {
             Poll::Ready(Ok(n)) => n,
@@ -101,11 +111,26 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     }
 }
 
+impl<T> Drop for Driver<T> {
+    /// A driver dropped before the session ended (its task cancelled)
+    /// ends it, so no handle waits for bytes that will never move.
+    fn drop(&mut self) {
+        let mut state = lock(&self.shared);
+        if state.closed().is_none() {
+            state.session.handle_end();
+            state.dispatch();
+        }
+    }
+}
+
 impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
     type Output = Result<(), Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        // Before looking at the session: a handle that queues output after
+        // the look wakes this poll's waker.
+        lock(&this.shared).set_driver(cx.waker());
         loop {
             if let Some(result) = &this.closing {
                 // Both goodbyes are through: half-close, as JS does.

@@ -172,11 +172,21 @@ pub struct Call {
 impl Call {
     /// Answers an async call.
     pub fn respond(mut self, result: Result<Body, RpcError>) -> Result<(), Error> {
+        if self.kind.is_stream() {
+            // Dropped, it ends the stream with an error.
+            return Err(Error::Use(UseError::NotOpen(self.id)));
+        }
         let shared = self.shared.take().expect("answered once");
         let mut state = lock(&shared);
-        state.session.respond(self.id, result)?;
+        let sent = state.session.respond(self.id, result);
+        if sent.is_err() {
+            // An answer that cannot be sent (an empty body) must not leave
+            // the peer waiting.
+            let refusal = RpcError::new("the answer could not be sent");
+            let _ = state.session.respond(self.id, Err(refusal));
+        }
         state.wake_driver();
-        Ok(())
+        Ok(sent?)
     }
 
     /// The stream of a source, sink or duplex call.

@@ -80,6 +80,11 @@ impl State {
         }
     }
 
+    /// Past this many bytes unwritten, the driver reads nothing more.
+    pub(super) fn max_unsent(&self) -> usize {
+        self.max_held.max(SEND_HIGH)
+    }
+
     /// The application's handles hold as much as they may: the driver
     /// reads nothing more until they take some.
     pub(super) fn is_full(&self) -> bool {
