@@ -124,3 +124,30 @@ fn a_dropped_driver_ends_every_call_waiting_on_it() {
         assert!(rpc.close().await.is_err());
     });
 }
+
+#[test]
+fn calls_nobody_takes_are_refused() {
+    smol::block_on(async {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let (_rpc, calls, driver) = muxrpc::connect(ours, Config::new(json!({"add": "async"})));
+        let _driver = smol::spawn(driver);
+        drop(calls);
+        let call = json!({"name": ["add"], "args": [1, 2]});
+        peer.write_all(&wire(&[Packet {
+            req: 1,
+            stream: false,
+            end: false,
+            body: Body::json(&call),
+        }]))
+        .await
+        .unwrap();
+        let mut decoder = PacketDecoder::new(1 << 20);
+        let answer = read_until(&mut peer, &mut decoder, |p| p.req == -1).await;
+        let answer = answer.last().unwrap();
+        assert!(answer.end);
+        assert_eq!(
+            RpcError::from_body(&answer.body).message,
+            "nobody takes calls here"
+        );
+    });
+}

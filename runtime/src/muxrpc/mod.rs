@@ -155,6 +155,14 @@ impl Calls {
     }
 }
 
+impl Drop for Calls {
+    /// Nobody takes the peer's calls any more: those waiting and those to
+    /// come are refused with an error.
+    fn drop(&mut self) {
+        lock(&self.shared).drop_calls();
+    }
+}
+
 /// A call of the peer's. Answer an async one with [`Call::respond`]; take
 /// a stream's with [`Call::into_stream`]. Dropped unanswered, the call is
 /// answered with an error.

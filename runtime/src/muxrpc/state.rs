@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use plugboard_core::muxrpc::{
-    Body, CallError, CallKind, Config, Event, ReqId, Session, SessionError, UseError,
+    Body, CallError, CallKind, Config, Event, ReqId, RpcError, Session, SessionError, UseError,
 };
 use serde_json::Value;
 
@@ -27,6 +27,8 @@ pub(super) struct Incoming {
     pub(super) kind: CallKind,
     pub(super) name: Vec<String>,
     pub(super) args: Value,
+    /// What it counts for in `held`.
+    cost: usize,
 }
 
 enum Answer {
@@ -51,6 +53,8 @@ pub(super) struct State {
     driver: Option<Waker>,
     calls: VecDeque<Incoming>,
     calls_waker: Option<Waker>,
+    /// The application dropped its `Calls`.
+    calls_dropped: bool,
     answers: HashMap<ReqId, Answer>,
     inboxes: HashMap<ReqId, Inbox>,
     /// Bytes in every inbox: past `max_held` the driver stops reading.
@@ -71,6 +75,7 @@ impl State {
             driver: None,
             calls: VecDeque::new(),
             calls_waker: None,
+            calls_dropped: false,
             answers: HashMap::new(),
             inboxes: HashMap::new(),
             held: 0,
@@ -124,14 +129,22 @@ impl State {
                     name,
                     args,
                 } => {
+                    if self.calls_dropped {
+                        self.refuse(id, kind);
+                        continue;
+                    }
                     if kind.is_stream() {
                         self.inboxes.insert(id, Inbox::default());
                     }
+                    // Held until taken: it counts with the inboxes.
+                    let cost = args.to_string().len();
+                    self.held += cost;
                     self.calls.push_back(Incoming {
                         id,
                         kind,
                         name,
                         args,
+                        cost,
                     });
                     wake(&mut self.calls_waker);
                 }
@@ -167,13 +180,42 @@ impl State {
             return; // its handle is gone
         };
         let len = body.bytes.len();
+        if inbox.bytes + len > self.max_stream_buffer {
+            // The session ends the stream and says so in an event; this
+            // and what follows are dropped.
+            return self.session.overflow(id);
+        }
         inbox.items.push_back(Ok(body));
         inbox.bytes += len;
         self.held += len;
         wake(&mut inbox.waker);
-        if inbox.bytes > self.max_stream_buffer {
-            // The session ends the stream and says so in an event.
-            self.session.overflow(id);
+    }
+
+    /// `Calls` is gone: the peer's calls are refused, now and from now on.
+    pub(super) fn drop_calls(&mut self) {
+        self.calls_dropped = true;
+        for call in std::mem::take(&mut self.calls) {
+            self.release(call.cost);
+            self.refuse(call.id, call.kind);
+        }
+        self.wake_driver();
+    }
+
+    fn refuse(&mut self, id: ReqId, kind: CallKind) {
+        let refusal = RpcError::new("nobody takes calls here");
+        let _ = match kind {
+            CallKind::Async => self.session.respond(id, Err(refusal)),
+            _ => self.session.end(id, Err(refusal)),
+        };
+        self.forget_inbox(id);
+    }
+
+    /// `n` bytes held for the handles are let go.
+    fn release(&mut self, n: usize) {
+        let was_full = self.is_full();
+        self.held -= n;
+        if was_full && !self.is_full() {
+            self.wake_driver();
         }
     }
 
@@ -231,6 +273,7 @@ impl State {
 
     pub(super) fn poll_call(&mut self, cx: &mut Context) -> Poll<Option<Incoming>> {
         if let Some(call) = self.calls.pop_front() {
+            self.release(call.cost);
             return Poll::Ready(Some(call));
         }
         if self.closed.is_some() {
@@ -245,7 +288,6 @@ impl State {
         id: ReqId,
         cx: &mut Context,
     ) -> Poll<Option<Result<Body, Error>>> {
-        let was_full = self.is_full();
         let Some(inbox) = self.inboxes.get_mut(&id) else {
             return Poll::Ready(None);
         };
@@ -253,10 +295,7 @@ impl State {
             Some(item) => {
                 if let Ok(body) = &item {
                     inbox.bytes -= body.bytes.len();
-                    self.held -= body.bytes.len();
-                    if was_full && !self.is_full() {
-                        self.wake_driver();
-                    }
+                    self.release(body.bytes.len());
                 }
                 Poll::Ready(Some(item.map_err(Error::from)))
             }
@@ -287,11 +326,7 @@ impl State {
     /// A stream's handle is gone: what it held is let go.
     pub(super) fn forget_inbox(&mut self, id: ReqId) {
         if let Some(inbox) = self.inboxes.remove(&id) {
-            let was_full = self.is_full();
-            self.held -= inbox.bytes;
-            if was_full && !self.is_full() {
-                self.wake_driver();
-            }
+            self.release(inbox.bytes);
         }
     }
 
