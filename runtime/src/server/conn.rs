@@ -10,7 +10,8 @@
 //!
 //! Locks are taken in one order: a connection's write queue, then its link,
 //! then the hub; a reader lets go of its own link before it writes to
-//! others. The crypto runs under a link's lock alone.
+//! others. The crypto runs under a link's lock (with that connection's
+//! write queue when its output is sealed), never under the hub's.
 
 use std::future::Future;
 use std::io;

@@ -8,11 +8,11 @@
 //! held across an await nor during crypto: a task locks it to hand it
 //! plaintext, a key to admit or time, takes what it has, and lets go.
 //! Output stays in the hub until a task can write it, so a slow socket
-//! holds memory only as far as the broker's own bounds allow. The task
-//! that made output for a connection (a reader that relayed data, a reply)
-//! writes it to that socket itself when nobody else is writing there, as
-//! far as the socket takes it without blocking; the connection's writer
-//! is woken only for the rest.
+//! holds memory only as far as the broker's own bounds allow. A reader
+//! that made output for a connection (relayed data, a reply) writes it to
+//! that socket itself when nobody else is writing there, as far as the
+//! socket takes it without blocking; timers and the rest wake the
+//! connection's writer.
 
 mod conn;
 mod shared;
