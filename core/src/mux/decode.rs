@@ -31,7 +31,7 @@ pub enum Piece<'a> {
     Frame(Frame),
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum State {
     /// `have` bytes of a header are in `header`.
     Header { have: usize },
@@ -41,10 +41,13 @@ enum State {
     Payload { left: u32 },
     /// A DATA frame's payload is all passed on.
     End,
+    /// The stream broke the framing: every call says so again.
+    Broken(FrameError),
 }
 
 /// Splits a byte stream into frames, passing DATA payload on uncopied.
-/// After an error the stream is broken: decode nothing more.
+/// After an error the stream is broken: every later call returns the same
+/// error and takes no input.
 pub struct Deframer {
     max_payload: u32,
     header: [u8; HEADER_LEN],
@@ -68,7 +71,7 @@ impl Deframer {
         match self.state {
             State::Header { have } => have,
             State::Body(_) => HEADER_LEN + self.body.len(),
-            State::Payload { .. } | State::End => 0,
+            State::Payload { .. } | State::End | State::Broken(_) => 0,
         }
     }
 
@@ -81,6 +84,17 @@ impl Deframer {
     /// what it used; `None` once `input` is used up (a partial header or
     /// body is kept for the next call).
     pub fn decode<'a>(&mut self, input: &mut &'a [u8]) -> Result<Option<Piece<'a>>, FrameError> {
+        if let State::Broken(e) = &self.state {
+            return Err(e.clone());
+        }
+        let piece = self.decode_piece(input);
+        if let Err(e) = &piece {
+            self.state = State::Broken(e.clone());
+        }
+        piece
+    }
+
+    fn decode_piece<'a>(&mut self, input: &mut &'a [u8]) -> Result<Option<Piece<'a>>, FrameError> {
         loop {
             match &mut self.state {
                 State::Header { have } => {
@@ -139,6 +153,7 @@ impl Deframer {
                     self.state = State::Header { have: 0 };
                     return Ok(Some(Piece::DataEnd));
                 }
+                State::Broken(e) => return Err(e.clone()),
             }
         }
     }
@@ -314,6 +329,28 @@ mod tests {
             assert_eq!(payload, b"hello", "cut at {cut}");
             assert!(held < HEADER_LEN + 8, "held {held} bytes, cut at {cut}");
         }
+    }
+
+    #[test]
+    fn a_broken_stream_says_so_again_and_takes_nothing() {
+        let mut deframer = Deframer::new(16);
+        // A DATA header announcing 17 bytes, over the maximum of 16.
+        let mut bad = BytesMut::new();
+        encode(
+            &Frame::Data {
+                channel: 1,
+                fin: false,
+                payload: Bytes::from(vec![0; 17]),
+            },
+            &mut bad,
+        );
+        let mut rest = &bad[..];
+        let error = deframer.decode(&mut rest).unwrap_err();
+        let good = stream();
+        let mut rest = &good[..];
+        assert_eq!(deframer.decode(&mut rest), Err(error));
+        assert_eq!(rest.len(), good.len(), "no input taken once broken");
+        assert_eq!(deframer.buffered(), 0);
     }
 
     #[test]

@@ -163,8 +163,15 @@ pub enum ChannelError {
     Finished(ChannelId),
 }
 
-/// The channel bytes one piece of input passed on, if any.
-type Passed<'a> = Option<(ChannelId, &'a [u8])>;
+/// What one piece of input came to.
+enum Step<'a> {
+    /// The input is used up.
+    Drained,
+    /// A header, a frame or payload handled with nothing to pass on.
+    Handled,
+    /// Channel bytes to pass on.
+    Passed(ChannelId, &'a [u8]),
+}
 
 /// One connection's channels.
 pub struct Mux {
@@ -262,31 +269,31 @@ impl Mux {
             let next = self.take_piece(input);
             self.broken = next.is_err();
             match next? {
-                None => return Ok(None),
-                Some(Some((channel, bytes))) => return Ok(Some(MuxInput::Data { channel, bytes })),
-                Some(None) => {}
+                Step::Drained => return Ok(None),
+                Step::Passed(channel, bytes) => return Ok(Some(MuxInput::Data { channel, bytes })),
+                Step::Handled => {}
             }
         }
     }
 
     /// Takes the next piece of input: a DATA header checked against its
     /// channel's credit, another frame handled whole, payload returned if
-    /// it is passed on. `None` once `input` is used up.
-    fn take_piece<'a>(&mut self, input: &mut &'a [u8]) -> Result<Option<Passed<'a>>, MuxError> {
+    /// it is passed on.
+    fn take_piece<'a>(&mut self, input: &mut &'a [u8]) -> Result<Step<'a>, MuxError> {
         let Some(piece) = self.deframer.decode(input)? else {
-            return Ok(None);
+            return Ok(Step::Drained);
         };
         match piece {
             Piece::DataStart { channel, len, fin } => {
                 self.receiving = self.start_data(channel, len, fin)?;
             }
             Piece::Payload(bytes) => match self.receiving {
-                Some((0, _)) => return Ok(Some(Some((0, bytes)))),
+                Some((0, _)) => return Ok(Step::Passed(0, bytes)),
                 Some((id, _)) => {
                     // A channel reset or forgotten meanwhile takes no more.
                     if let Some(channel) = self.channels.get_mut(&id) {
                         channel.receive(bytes.len());
-                        return Ok(Some(Some((id, bytes))));
+                        return Ok(Step::Passed(id, bytes));
                     }
                 }
                 None => {}
@@ -299,7 +306,7 @@ impl Mux {
             Piece::Frame(frame) if !self.going_away => self.on_frame(frame)?,
             Piece::Frame(_) => {}
         }
-        Ok(Some(None))
+        Ok(Step::Handled)
     }
 
     /// Input decoded and not yet passed on: part of a header or of a small
@@ -664,6 +671,8 @@ impl Mux {
         self.ready.clear();
         // A payload whose header went out stays: the frame must be whole.
         self.channels.clear();
+        // Nothing more is passed on, the control channel's included.
+        self.receiving = None;
         self.window_total = 0;
         self.going_away = true;
         self.urgent_bytes = 0;

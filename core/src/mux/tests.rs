@@ -227,6 +227,61 @@ fn reset_drops_queued_data_and_late_frames() {
     }
 }
 
+/// Everything `mux` has to send, as one stream.
+fn output(mux: &mut Mux) -> Vec<u8> {
+    std::iter::from_fn(|| mux.poll_transmit())
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn credit_is_taken_as_payload_passes() {
+    let (mut a, mut b) = pair();
+    let id = open(&mut a, &mut b);
+    a.send(id, Bytes::from(vec![7; 1000])).unwrap();
+    let frame = output(&mut a);
+    let initial = b.recv_credit(id);
+    // The header and 300 bytes of the payload: only those are charged, the
+    // rest is still the sender's (a relay counts it as owed, not queued).
+    let cut = HEADER_LEN + 300;
+    assert_eq!(data_of(&feed(&mut b, &frame[..cut]).unwrap(), id), [7; 300]);
+    assert_eq!(b.recv_credit(id), initial - 300);
+    assert_eq!(data_of(&feed(&mut b, &frame[cut..]).unwrap(), id), [7; 700]);
+    assert_eq!(b.recv_credit(id), initial - 1000);
+}
+
+#[test]
+fn a_channel_reset_mid_frame_takes_no_more_of_it() {
+    let (mut a, mut b) = pair();
+    let id = open(&mut a, &mut b);
+    let other = open(&mut a, &mut b);
+    a.send(id, Bytes::from(vec![7; 1000])).unwrap();
+    a.send(other, Bytes::from(vec![8; 10])).unwrap();
+    let stream = output(&mut a);
+    let cut = HEADER_LEN + 300;
+    assert_eq!(
+        data_of(&feed(&mut b, &stream[..cut]).unwrap(), id),
+        [7; 300]
+    );
+    b.reset(id, ErrorCode::Cancelled, "enough");
+    // The rest of the frame is dropped; the frame after it reads as usual.
+    assert_eq!(
+        feed(&mut b, &stream[cut..]).unwrap(),
+        [Got::Data(other, vec![8; 10])]
+    );
+}
+
+#[test]
+fn going_away_mid_frame_passes_no_more_of_it_even_on_the_control_channel() {
+    let (mut a, mut b) = pair();
+    a.send_control(&[3; 100]);
+    let stream = output(&mut a);
+    let cut = HEADER_LEN + 40;
+    assert_eq!(data_of(&feed(&mut b, &stream[..cut]).unwrap(), 0), [3; 40]);
+    b.go_away(ErrorCode::Shutdown, "closing");
+    assert_eq!(feed(&mut b, &stream[cut..]).unwrap(), []);
+}
+
 #[test]
 fn ping_is_answered() {
     let (mut a, mut b) = pair();
