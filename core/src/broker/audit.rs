@@ -70,7 +70,13 @@ impl Hub {
 
     /// Relayed channels (each counted once).
     pub fn route_count(&self) -> usize {
-        self.routes.len() / 2
+        let ends: usize = self
+            .conns
+            .values()
+            .filter_map(|c| c.port.as_ref())
+            .map(|p| p.route_ends())
+            .sum();
+        ends / 2
     }
 
     /// Opens not yet answered (including those waiting for a socketpair).
@@ -111,9 +117,7 @@ impl Hub {
         self.conns
             .values()
             .map(|c| {
-                c.queued()
-                    + c.control.buffered()
-                    + c.mux.as_ref().map_or(0, |mux| mux.buffered_input())
+                c.queued() + c.control.buffered() + c.mux().map_or(0, |mux| mux.buffered_input())
             })
             .sum()
     }

@@ -9,6 +9,7 @@ use crate::time::Instant;
 
 use super::door::Origin;
 use super::policy::Permissions;
+use super::port::Port;
 use super::ConnId;
 
 pub(super) enum Stage {
@@ -38,8 +39,8 @@ pub(super) struct Connection {
     pub(super) origin: Origin,
     pub(super) transport: TransportKind,
     pub(super) stage: Stage,
-    /// The channels, once the handshake is over.
-    pub(super) mux: Option<Mux>,
+    /// Its mux and relay ends, once the handshake is over.
+    pub(super) port: Option<Port>,
     /// Its link runs box-stream: no descriptors can cross it.
     pub(super) boxed: bool,
     /// Known once the handshake authorized it.
@@ -61,14 +62,10 @@ pub(super) struct Connection {
     pub(super) direct_addr: Option<String>,
     /// A `Transmit` event is out and not yet drained.
     pub(super) notified: bool,
-    /// Relayed channel ends on this connection.
-    pub(super) routes: BTreeSet<ChannelId>,
     /// Opens this connection made that await an answer: (target, target channel).
     pub(super) opens_out: BTreeSet<(ConnId, ChannelId)>,
     /// Opens to this connection that it has not answered (its channel ids).
     pub(super) opens_in: BTreeSet<ChannelId>,
-    /// Route ends here holding credit they could not pass on yet.
-    pub(super) credit_waiting: BTreeSet<ChannelId>,
     pub(super) bytes_in: u64,
     pub(super) bytes_out: u64,
 }
@@ -84,7 +81,7 @@ impl Connection {
             origin,
             transport: origin.transport(),
             stage: Stage::Handshake,
-            mux: None,
+            port: None,
             boxed,
             key: None,
             rights: super::policy::Permissions::none(),
@@ -98,23 +95,29 @@ impl Connection {
             features: 0,
             direct_addr: None,
             notified: false,
-            routes: BTreeSet::new(),
             opens_out: BTreeSet::new(),
             opens_in: BTreeSet::new(),
-            credit_waiting: BTreeSet::new(),
             bytes_in: 0,
             bytes_out: 0,
         }
     }
 
+    /// Its mux, once the handshake is over.
+    pub(super) fn mux(&self) -> Option<&Mux> {
+        self.port.as_ref().map(|p| &p.mux)
+    }
+
+    pub(super) fn mux_mut(&mut self) -> Option<&mut Mux> {
+        self.port.as_mut().map(|p| &mut p.mux)
+    }
+
     pub(super) fn has_output(&self) -> bool {
-        self.mux.as_ref().is_some_and(Mux::has_output)
+        self.mux().is_some_and(Mux::has_output)
     }
 
     /// Bytes queued for this connection and not yet handed to the runtime.
     pub(super) fn queued(&self) -> usize {
-        self.mux
-            .as_ref()
+        self.mux()
             .map_or(0, |mux| mux.queued_urgent() + mux.queued_data())
     }
 }

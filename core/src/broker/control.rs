@@ -15,6 +15,7 @@ use crate::time::Instant;
 
 use super::connection::{Connection, Stage, Watch};
 use super::policy::any_matches;
+use super::port::Port;
 use super::rates::RateRefusal;
 use super::registry::{Holder, RegisterError, Registered};
 use super::{ConnId, Hub};
@@ -38,7 +39,7 @@ impl Hub {
         input: &mut &[u8],
     ) -> Result<(), MuxError> {
         loop {
-            let Some(mux) = self.conns.get_mut(&conn).and_then(|c| c.mux.as_mut()) else {
+            let Some(mux) = self.conns.get_mut(&conn).and_then(|c| c.mux_mut()) else {
                 return Ok(());
             };
             let Some(next) = mux.poll_input(input)? else {
@@ -483,7 +484,7 @@ pub(super) fn error(request: RequestId, code: ErrorCode, mut message: String) ->
 fn usage_of(c: &Connection) -> Usage {
     Usage {
         connections: 1,
-        channels: (c.routes.len() + c.opens_out.len()) as u32,
+        channels: (c.port.as_ref().map_or(0, Port::route_ends) + c.opens_out.len()) as u32,
         bytes_in: c.bytes_in,
         bytes_out: c.bytes_out,
         queued: c.queued() as u64,

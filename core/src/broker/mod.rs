@@ -4,9 +4,10 @@
 //! - a [`Link`] per connection: its handshake and its transport
 //!   (box-stream or plain), the crypto and the per-byte work, touching
 //!   nothing another connection owns;
-//! - the [`Hub`]: every connection's mux and control stage, the registry of
-//!   names, the watchers, the relay table, the policy, the limits and the
-//!   timers, fed the plaintext the links open.
+//! - the [`Hub`]: every connection's control stage and its `Port` (its mux
+//!   and its ends of relayed channels, which the relayed data path touches;
+//!   still held here), the registry of names, the watchers, the policy, the
+//!   limits and the timers, fed the plaintext the links open.
 //!
 //! [`Broker`] holds both for a runtime that drives everything on one thread
 //! (mio, the simulation), with the usual face: [`Broker::accept`] a socket,
@@ -27,6 +28,7 @@ mod link;
 mod memory;
 mod opens;
 pub mod policy;
+mod port;
 mod rates;
 pub mod registry;
 mod relay;
@@ -56,6 +58,7 @@ use door::Door;
 use fds::FdBudget;
 pub use memory::ByteRefusal;
 use memory::{ByteBudget, ByteLimits};
+use port::Port;
 use registry::Registry;
 use share::Shares;
 
@@ -275,7 +278,6 @@ pub struct Hub {
     usage: HashMap<PublicKey, KeyUsage>,
     registry: Registry,
     watchers: BTreeSet<ConnId>,
-    routes: relay::Routes,
     /// By target end.
     pending: BTreeMap<(ConnId, ChannelId), PendingOpen>,
     /// Accepted opens waiting for the runtime's socketpair, by pair.
@@ -334,7 +336,6 @@ impl Hub {
             usage: HashMap::new(),
             registry: Registry::default(),
             watchers: BTreeSet::new(),
-            routes: relay::Routes::default(),
             pending: BTreeMap::new(),
             pairs: BTreeMap::new(),
             next_pair: 1,
@@ -476,7 +477,7 @@ impl Hub {
     pub fn poll_transmit(&mut self, conn: ConnId) -> Option<Transmit> {
         let resync_below = self.config.limits.max_control_queue / 4;
         let mut c = self.conns.get_mut(&conn)?;
-        let urgent = |c: &Connection| c.mux.as_ref().map_or(0, Mux::queued_urgent);
+        let urgent = |c: &Connection| c.mux().map_or(0, Mux::queued_urgent);
         // A watcher that fell behind gets its resync once it has read most
         // of its queue.
         if matches!(c.watch, Watch::Behind { .. }) && urgent(c) <= resync_below {
@@ -487,7 +488,7 @@ impl Hub {
             c = self.conns.get_mut(&conn)?;
         }
         let urgent_before = urgent(c);
-        let out = c.mux.as_mut().and_then(|mux| {
+        let out = c.mux_mut().and_then(|mux| {
             mux.poll_transmit_tagged().map(|(data, tag)| {
                 let fd = tag.map(opens::decode_pair_tag);
                 if let Some((pair, end)) = fd {
@@ -502,12 +503,16 @@ impl Hub {
             Some(t) => c.bytes_out += t.data.len() as u64,
             None => c.notified = false,
         }
-        let events_due = c.mux.as_ref().is_some_and(Mux::has_events);
+        let events_due = c.mux().is_some_and(Mux::has_events);
         // Credit held back waits for channel data to drain: retried when a
         // data chunk went out, not for every PONG or control message (a
         // peer's pings would each cost a pass over every waiting channel).
         let data_went = out.is_some() && urgent(c) == urgent_before;
-        if data_went && !c.credit_waiting.is_empty() {
+        if data_went
+            && c.port
+                .as_ref()
+                .is_some_and(|p| !p.credit_waiting.is_empty())
+        {
             self.retry_credit(conn);
         }
         if events_due {
@@ -581,7 +586,7 @@ impl Hub {
         c.bytes_in += input.len() as u64;
         c.last_input = now;
         c.ping_sent = None;
-        if c.mux.is_none() {
+        if c.port.is_none() {
             return; // no plaintext before the handshake is over
         }
         match self.run_mux(now, conn, &mut &*input) {
@@ -650,10 +655,10 @@ impl Hub {
             return;
         }
         let origin = c.origin;
-        c.mux = Some(Mux::new(
+        c.port = Some(Port::new(Mux::new(
             crate::mux::Side::Listener,
             self.config.limits.mux_config(),
-        ));
+        )));
         c.stage = Stage::Hello;
         self.door.release(&origin);
         let hello_timeout = self.config.limits.hello_timeout;
@@ -702,7 +707,7 @@ impl Hub {
                 None if now >= c.last_input + limits.idle_timeout => {
                     c.ping_sent = Some(now);
                     let opaque = now.as_nanos();
-                    if let Some(mux) = c.mux.as_mut() {
+                    if let Some(mux) = c.mux_mut() {
                         mux.ping(opaque);
                     }
                     self.wake(conn);
@@ -735,7 +740,7 @@ impl Hub {
     }
 
     fn send_tagged(&mut self, conn: ConnId, message: &Message, tag: Option<u64>) {
-        let Some(mux) = self.conns.get_mut(&conn).and_then(|c| c.mux.as_mut()) else {
+        let Some(mux) = self.conns.get_mut(&conn).and_then(|c| c.mux_mut()) else {
             return;
         };
         crate::control::encode(message, &mut self.scratch);
@@ -761,7 +766,7 @@ impl Hub {
 
     /// Queues pre-encoded control bytes (a watch event shared by all watchers).
     fn reply_encoded(&mut self, conn: ConnId, encoded: &[u8]) {
-        let Some(mux) = self.conns.get_mut(&conn).and_then(|c| c.mux.as_mut()) else {
+        let Some(mux) = self.conns.get_mut(&conn).and_then(|c| c.mux_mut()) else {
             return;
         };
         mux.send_control(encoded);
@@ -772,7 +777,7 @@ impl Hub {
     fn queued_control(&self, conn: ConnId) -> usize {
         self.conns
             .get(&conn)
-            .and_then(|c| c.mux.as_ref())
+            .and_then(|c| c.mux())
             .map_or(0, Mux::queued_urgent)
     }
 
@@ -837,7 +842,7 @@ impl Hub {
             return;
         };
         let mut last_words = BytesMut::new();
-        if let Some(mux) = c.mux.as_mut() {
+        if let Some(mux) = c.mux_mut() {
             mux.go_away(code, &reason);
             while let Some(chunk) = mux.poll_transmit() {
                 last_words.extend_from_slice(&chunk);
@@ -909,7 +914,7 @@ impl Hub {
     /// or freed, and watchers told), its watch, its channels (peers reset),
     /// its opens (the other side told), its timers and its counts.
     fn teardown(&mut self, now: Instant, conn: ConnId) {
-        let Some(c) = self.conns.remove(&conn) else {
+        let Some(mut c) = self.conns.remove(&conn) else {
             return;
         };
         if let Some(deadline) = c.deadline {
@@ -937,8 +942,8 @@ impl Hub {
             }
         }
 
-        for &channel in &c.routes {
-            self.routes_peer_gone(conn, channel);
+        if let Some(port) = c.port.as_mut() {
+            self.routes_gone(conn, port);
         }
         for &(target, target_channel) in &c.opens_out {
             self.cancel_open_by_opener(target, target_channel);

@@ -49,7 +49,7 @@ impl Hub {
         let c = self.conns.get_mut(&conn).expect("handling its message");
         let key = c.key.expect("ready connections are authenticated");
         // The id is the opener's to use up, whatever the answer.
-        if let Err(e) = c.mux.as_mut().expect("ready").open_remote(channel) {
+        if let Err(e) = c.mux_mut().expect("ready").open_remote(channel) {
             return self.close(now, conn, ErrorCode::ProtocolViolation, e.to_string());
         }
         let may_open = any_matches(&c.rights.open, &name);
@@ -83,8 +83,7 @@ impl Hub {
         };
         let target_usage = self.key_usage(&target.key);
         let ids_left = self.conns[&target.conn]
-            .mux
-            .as_ref()
+            .mux()
             .is_some_and(|mux| mux.can_open_local());
         if target_usage.channels + target_usage.pending_incoming >= limits.max_channels_per_key
             || !ids_left
@@ -128,7 +127,7 @@ impl Hub {
             .conns
             .get_mut(&target.conn)
             .expect("registry holds live connections");
-        let target_channel = t.mux.as_mut().expect("registered means ready").open_local();
+        let target_channel = t.mux_mut().expect("registered means ready").open_local();
         t.opens_in.insert(target_channel);
         let Message::Incoming {
             from_name,
@@ -222,7 +221,7 @@ impl Hub {
         code: ErrorCode,
         message: String,
     ) {
-        if let Some(mux) = self.conns.get_mut(&conn).and_then(|c| c.mux.as_mut()) {
+        if let Some(mux) = self.conns.get_mut(&conn).and_then(|c| c.mux_mut()) {
             mux.forget(channel);
         }
         self.refuse(conn, request, code, message);
@@ -257,7 +256,7 @@ impl Hub {
         let offered = self
             .conns
             .get(&conn)
-            .and_then(|c| c.mux.as_ref())
+            .and_then(|c| c.mux())
             .is_some_and(|mux| channel % 2 == 0 && mux.was_allocated(channel));
         if !offered {
             let reason = format!("an answer for channel {channel}, which was never offered");
@@ -301,18 +300,14 @@ impl Hub {
     /// socketpair, the target) to use the relay.
     fn establish(&mut self, target_end: End, open: PendingOpen, tell_target: bool) {
         let opener_end = (open.opener, open.opener_channel);
-        self.routes
-            .link((opener_end, open.opener_key), (target_end, open.target_key));
+        self.link_route((opener_end, open.opener_key), (target_end, open.target_key));
         self.hold_channel(open.opener_key, open.target_key);
-        for (end, key) in [(opener_end, open.opener_key), (target_end, open.target_key)] {
-            if let Some(c) = self.conns.get_mut(&end.0) {
-                c.routes.insert(end.1);
-            }
+        for key in [open.opener_key, open.target_key] {
             self.usage.entry(key).or_default().channels += 1;
         }
         let path = match open.plan {
             DirectPlan::Dial { addr, token } => {
-                self.routes.offer_dial(opener_end);
+                self.offer_dial(opener_end);
                 OpenedPath::Dial { addr, token }
             }
             DirectPlan::Relay | DirectPlan::SocketPair => OpenedPath::Relay,
@@ -388,7 +383,7 @@ impl Hub {
     /// The opener could not dial: the target is told to use the relay.
     /// Counts once, and only for a channel that was offered for dialing.
     pub(super) fn on_direct_failed(&mut self, conn: ConnId, channel: ChannelId) {
-        let Some((target, target_channel)) = self.routes.take_dial_offer((conn, channel)) else {
+        let Some((target, target_channel)) = self.take_dial_offer((conn, channel)) else {
             return;
         };
         let path = Message::ChannelPath {

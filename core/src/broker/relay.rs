@@ -1,12 +1,11 @@
-//! Relayed channels: the relay table, data, FIN and RESET from one end to
-//! the other. Credit passed end to end and the byte books are in
-//! `credit.rs`; opens and their answers in `opens.rs`.
+//! Relayed channels: linking and unlinking their ends, data, FIN and RESET
+//! from one end to the other. Credit passed end to end and the byte books
+//! are in `credit.rs`; opens and their answers in `opens.rs`.
 //!
 //! A relayed channel has two ends, (opener connection, opener's id) and
-//! (target connection, broker's id). Data and FIN from one end go to the
+//! (target connection, broker's id), each kept in its connection's
+//! [`Port`] with the other's address. Data and FIN from one end go to the
 //! other.
-
-use std::collections::HashMap;
 
 use crate::control::{ChannelId, ErrorCode};
 use crate::keys::PublicKey;
@@ -14,68 +13,82 @@ use crate::mux::MuxEvent;
 use crate::time::Instant;
 
 use super::control::error;
+use super::port::{Port, RelayEnd};
 use super::{ConnId, Hub};
 
 mod credit;
 
-/// One end of a relayed channel: a connection and its id for the channel.
-pub(super) type End = (ConnId, ChannelId);
+pub(super) use super::port::End;
 
-struct RouteEnd {
-    peer: End,
-    /// The key of this end's connection: charged for the channel, and for
-    /// its reservations (the opener's both windows, this end's `grown`).
-    key: PublicKey,
-    /// Credit this end granted that is not passed to the peer yet.
-    held: u32,
-    /// This end's mux retired the channel (both FINs).
-    closed: bool,
-    /// This end (an opener) was told to dial; a DirectFailed is still due.
-    dial_offered: bool,
-    /// This end opened the channel (its key reserved both initial windows).
-    opener: bool,
-    /// Credit this end granted beyond the initial window that the relay
-    /// passed on: reserved from `key`'s growth (see `memory`).
-    grown: u64,
-}
-
-/// A route just removed.
+/// A route just removed, with what it held.
 struct Unlinked {
     /// The opener's key, then the target's (for the channel counts).
     keys: [PublicKey; 2],
-    peer: End,
     /// Each end's growth: (receiver, sender, bytes).
     growth: [(PublicKey, PublicKey, u64); 2],
 }
 
-/// Both ends of every relayed channel.
-#[derive(Default)]
-pub(super) struct Routes {
-    ends: HashMap<End, RouteEnd>,
+impl Unlinked {
+    fn new(a: &RelayEnd, b: &RelayEnd) -> Self {
+        Unlinked {
+            keys: match a.opener {
+                true => [a.key, b.key],
+                false => [b.key, a.key],
+            },
+            growth: [(a.key, a.peer_key, a.grown), (b.key, b.peer_key, b.grown)],
+        }
+    }
 }
 
-impl Routes {
-    pub(super) fn link(
+impl Port {
+    /// Removes the end of `channel` here.
+    fn remove_end(&mut self, channel: ChannelId) -> Option<RelayEnd> {
+        self.credit_waiting.remove(&channel);
+        self.ends.remove(&channel)
+    }
+}
+
+impl Hub {
+    pub(super) fn port(&self, conn: ConnId) -> Option<&Port> {
+        self.conns.get(&conn)?.port.as_ref()
+    }
+
+    pub(super) fn port_mut(&mut self, conn: ConnId) -> Option<&mut Port> {
+        self.conns.get_mut(&conn)?.port.as_mut()
+    }
+
+    fn end(&self, end: End) -> Option<&RelayEnd> {
+        self.port(end.0)?.ends.get(&end.1)
+    }
+
+    fn end_mut(&mut self, end: End) -> Option<&mut RelayEnd> {
+        self.port_mut(end.0)?.ends.get_mut(&end.1)
+    }
+
+    /// Links an opener's end and a target's end into a relayed channel.
+    pub(super) fn link_route(
         &mut self,
         (opener, o_key): (End, PublicKey),
         (target, t_key): (End, PublicKey),
     ) {
-        let end = |peer, key, opener| RouteEnd {
-            peer,
-            key,
-            held: 0,
-            closed: false,
-            dial_offered: false,
-            opener,
-            grown: 0,
-        };
-        self.ends.insert(opener, end(target, o_key, true));
-        self.ends.insert(target, end(opener, t_key, false));
+        let initial = self.config.limits.initial_window;
+        let ends = [
+            (opener, RelayEnd::new(target, [o_key, t_key], true, initial)),
+            (
+                target,
+                RelayEnd::new(opener, [t_key, o_key], false, initial),
+            ),
+        ];
+        for (end, relay_end) in ends {
+            if let Some(port) = self.port_mut(end.0) {
+                port.ends.insert(end.1, relay_end);
+            }
+        }
     }
 
     /// The opener at `end` was told to dial: one DirectFailed is due.
     pub(super) fn offer_dial(&mut self, end: End) {
-        if let Some(end) = self.ends.get_mut(&end) {
+        if let Some(end) = self.end_mut(end) {
             end.dial_offered = true;
         }
     }
@@ -83,66 +96,49 @@ impl Routes {
     /// The peer of `end`, if `end` was told to dial and has not said it
     /// failed yet; after this it has.
     pub(super) fn take_dial_offer(&mut self, end: End) -> Option<End> {
-        let route = self.ends.get_mut(&end)?;
+        let route = self.end_mut(end)?;
         std::mem::take(&mut route.dial_offered).then_some(route.peer)
     }
 
     fn peer(&self, end: End) -> Option<End> {
-        self.ends.get(&end).map(|e| e.peer)
+        self.end(end).map(|e| e.peer)
     }
 
-    /// The key at the other end of `end`'s channel (`end` is linked): the
-    /// sender, for `end`'s growth.
-    fn peer_key(&self, end: &RouteEnd) -> PublicKey {
-        self.ends[&end.peer].key
-    }
-
-    /// Removes both ends; returns both keys and the other end.
-    fn unlink(&mut self, end: End) -> Option<Unlinked> {
-        let this = self.ends.remove(&end)?;
-        let peer = self.ends.remove(&this.peer).expect("ends come in pairs");
-        let keys = match this.opener {
-            true => [this.key, peer.key],
-            false => [peer.key, this.key],
-        };
-        Some(Unlinked {
-            keys,
-            peer: this.peer,
-            growth: [
-                (this.key, peer.key, this.grown),
-                (peer.key, this.key, peer.grown),
-            ],
-        })
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.ends.len()
+    /// Removes both ends of the channel `end` is on; returns the other end
+    /// and what the route held.
+    fn unlink(&mut self, end: End) -> Option<(End, Unlinked)> {
+        let this = self.port_mut(end.0)?.remove_end(end.1)?;
+        let peer = self
+            .port_mut(this.peer.0)
+            .and_then(|port| port.remove_end(this.peer.1))
+            .expect("ends come in pairs");
+        Some((this.peer, Unlinked::new(&this, &peer)))
     }
 }
 
 impl Hub {
-    /// `conn` is gone: the other end of its relayed `channel` is reset.
-    pub(super) fn routes_peer_gone(&mut self, conn: ConnId, channel: ChannelId) {
-        if let Some(unlinked) = self.routes.unlink((conn, channel)) {
-            let peer = unlinked.peer;
-            self.release_route(conn, channel, unlinked);
-            self.reset_channel(
-                peer.0,
-                peer.1,
-                ErrorCode::PeerGone,
-                "the other end went away",
-            );
+    /// `conn` is gone with its `port`: the other ends of its relayed
+    /// channels are reset.
+    pub(super) fn routes_gone(&mut self, conn: ConnId, port: &mut Port) {
+        while let Some((_, this)) = port.ends.pop_first() {
+            // A channel to itself has both ends here.
+            let peer = match this.peer.0 == conn {
+                true => port.ends.remove(&this.peer.1),
+                false => self
+                    .port_mut(this.peer.0)
+                    .and_then(|p| p.remove_end(this.peer.1)),
+            };
+            let peer = peer.expect("ends come in pairs");
+            self.release_route(Unlinked::new(&this, &peer));
+            if this.peer.0 != conn {
+                let reason = "the other end went away";
+                self.reset_channel(this.peer.0, this.peer.1, ErrorCode::PeerGone, reason);
+            }
         }
     }
 
-    /// Forgets a removed route in both connections and in both keys' counts.
-    fn release_route(&mut self, conn: ConnId, channel: ChannelId, unlinked: Unlinked) {
-        for (conn, channel) in [(conn, channel), unlinked.peer] {
-            if let Some(c) = self.conns.get_mut(&conn) {
-                c.routes.remove(&channel);
-                c.credit_waiting.remove(&channel);
-            }
-        }
+    /// Forgets a removed route in both keys' counts and budgets.
+    fn release_route(&mut self, unlinked: Unlinked) {
         self.release_channel(unlinked.keys[0], unlinked.keys[1]);
         for (receiver, sender, n) in unlinked.growth {
             self.bytes.shrink(receiver, sender, n);
@@ -162,15 +158,15 @@ impl Hub {
         code: ErrorCode,
         reason: &str,
     ) {
-        if let Some(mux) = self.conns.get_mut(&conn).and_then(|c| c.mux.as_mut()) {
-            mux.reset(channel, code, reason);
+        if let Some(port) = self.port_mut(conn) {
+            port.mux.reset(channel, code, reason);
             self.wake(conn);
         }
     }
 
     pub(super) fn forget_channel(&mut self, conn: ConnId, channel: ChannelId) {
-        if let Some(mux) = self.conns.get_mut(&conn).and_then(|c| c.mux.as_mut()) {
-            mux.forget(channel);
+        if let Some(port) = self.port_mut(conn) {
+            port.mux.forget(channel);
         }
     }
 
@@ -187,12 +183,11 @@ impl Hub {
         channel: ChannelId,
         bytes: &[u8],
     ) {
-        let Some(peer) = self.routes.peer((conn, channel)) else {
+        let Some(peer) = self.peer((conn, channel)) else {
             return self.on_unrouted(now, conn, channel, "data", None);
         };
-        if let Some(mux) = self.conns.get_mut(&peer.0).and_then(|c| c.mux.as_mut()) {
-            // Only fails if the peer's end is already gone.
-            let _ = mux.send_copy(peer.1, bytes);
+        if let Some(port) = self.port_mut(peer.0) {
+            port.deliver(peer.1, bytes);
         }
         self.wake(peer.0);
     }
@@ -206,13 +201,13 @@ impl Hub {
             _ => return,
         };
         let end = (conn, channel);
-        let Some(peer) = self.routes.peer(end) else {
+        let Some(peer) = self.peer(end) else {
             return self.on_unrouted(now, conn, channel, kind, Some(event));
         };
         match event {
             MuxEvent::Fin { .. } => {
-                if let Some(mux) = self.conns.get_mut(&peer.0).and_then(|c| c.mux.as_mut()) {
-                    let _ = mux.finish(peer.1);
+                if let Some(port) = self.port_mut(peer.0) {
+                    port.finish(peer.1);
                 }
                 self.wake(peer.0);
                 // Nothing more comes that way: the growth reserved for it
@@ -220,8 +215,8 @@ impl Hub {
                 self.pass_credit(peer);
             }
             MuxEvent::Reset { code, reason, .. } => {
-                if let Some(unlinked) = self.routes.unlink(end) {
-                    self.release_route(conn, channel, unlinked);
+                if let Some((_, unlinked)) = self.unlink(end) {
+                    self.release_route(unlinked);
                 }
                 // The reason is traffic the peer did not ask for: passed on
                 // only while it has room for that, so resets cannot fill
@@ -233,22 +228,18 @@ impl Hub {
                 self.reset_channel(peer.0, peer.1, code, &reason);
             }
             MuxEvent::Credit { increment, .. } => {
-                if let Some(route) = self.routes.ends.get_mut(&end) {
+                if let Some(route) = self.end_mut(end) {
                     route.held = route.held.saturating_add(increment);
                 }
                 self.pass_credit(end);
             }
             MuxEvent::Closed { .. } => {
-                let both = match self.routes.ends.get_mut(&end) {
-                    Some(route) => {
-                        route.closed = true;
-                        self.routes.ends.get(&peer).is_some_and(|p| p.closed)
-                    }
-                    None => false,
-                };
-                if both {
-                    if let Some(unlinked) = self.routes.unlink(end) {
-                        self.release_route(conn, channel, unlinked);
+                if let Some(route) = self.end_mut(end) {
+                    route.closed = true;
+                }
+                if self.end(peer).is_some_and(|p| p.closed) {
+                    if let Some((_, unlinked)) = self.unlink(end) {
+                        self.release_route(unlinked);
                     }
                 }
             }

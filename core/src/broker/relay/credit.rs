@@ -8,21 +8,10 @@
 
 use std::collections::HashMap;
 
-use crate::control::ChannelId;
 use crate::keys::PublicKey;
 
 use super::End;
 use crate::broker::{ConnId, Hub};
-
-/// One direction of a relayed channel, as the broker sees it.
-struct Exposure {
-    /// Credit the sender holds.
-    owed: u64,
-    /// Bytes queued for the receiver.
-    queued: u64,
-    /// The sender finished its direction.
-    finished: bool,
-}
 
 impl Hub {
     /// Passes held credit from `end` (the receiver) to its peer (the sender)
@@ -31,26 +20,27 @@ impl Hub {
     /// beyond the initial window within what the receiver's key may reserve
     /// for the sender's. What cannot pass waits for output to drain.
     pub(super) fn pass_credit(&mut self, end: End) {
-        let Some(route) = self.routes.ends.get(&end) else {
+        let Some(route) = self.end(end) else {
             return;
         };
-        let (peer, held, grown) = (route.peer, route.held, route.grown);
-        let (receiver, sender) = (route.key, self.routes.peer_key(route));
-        let Some(exposure) = self.exposure(end, peer) else {
-            return;
-        };
+        let (peer, held, grown, finished) = (route.peer, route.held, route.grown, route.finished);
+        let (receiver, sender) = (route.key, route.peer_key);
+        let in_flight = self
+            .port(end.0)
+            .and_then(|p| p.exposure(end.1))
+            .expect("found above");
         let initial = u64::from(self.config.limits.initial_window);
         let max_window = u64::from(self.config.limits.max_window);
         let free = self.bytes.growth_free(&receiver, &sender);
         let ceiling = max_window.min(initial + grown + free);
-        let in_flight = exposure.owed + exposure.queued;
-        let pass = match exposure.finished {
+        let pass = match finished {
             true => 0,
             false => u64::from(held).min(ceiling.saturating_sub(in_flight)),
         };
         if pass > 0 {
-            let sender = self.conns.get_mut(&peer.0).and_then(|c| c.mux.as_mut());
-            sender.expect("found above").grant(peer.1, pass as u32);
+            if let Some(port) = self.port_mut(peer.0) {
+                port.mux.grant(peer.1, pass as u32);
+            }
             self.wake(peer.0);
             self.check_blame(peer.0);
         }
@@ -61,48 +51,29 @@ impl Hub {
             true => self.bytes.grow(receiver, sender, now_grown - grown),
             false => self.bytes.shrink(receiver, sender, grown - now_grown),
         }
-        let left = if exposure.finished {
-            0
-        } else {
-            held - pass as u32
+        let left = match finished {
+            true => 0,
+            false => held - pass as u32,
         };
-        if let Some(route) = self.routes.ends.get_mut(&end) {
-            route.held = left;
-            route.grown = now_grown;
-        }
+        let port = self.port_mut(end.0).expect("found above");
+        let route = port.ends.get_mut(&end.1).expect("found above");
+        route.held = left;
+        route.grown = now_grown;
+        route.owed += pass;
         // Looked at again as output drains: to pass what is held, or, once
         // the sender finished, to give back growth as its queue empties.
-        let again = left > 0 || (exposure.finished && now_grown > 0);
-        if let Some(c) = self.conns.get_mut(&end.0) {
-            match again {
-                false => c.credit_waiting.remove(&end.1),
-                true => c.credit_waiting.insert(end.1),
-            };
-        }
-    }
-
-    /// What the sender to `end` may still send, and what is queued for
-    /// `end`: the broker's exposure for that direction.
-    fn exposure(&self, end: End, peer: End) -> Option<Exposure> {
-        let mux = |conn: ConnId| self.conns.get(&conn).and_then(|c| c.mux.as_ref());
-        let queued = mux(end.0).map_or(0, |mux| mux.queued(end.1)) as u64;
-        let sender = mux(peer.0)?;
-        // Nothing is owed to a sender that finished.
-        let finished = sender.recv_finished(peer.1);
-        let owed = match finished {
-            true => 0,
-            false => u64::from(sender.recv_credit(peer.1)),
+        match left > 0 || (finished && now_grown > 0) {
+            false => port.credit_waiting.remove(&end.1),
+            true => port.credit_waiting.insert(end.1),
         };
-        Some(Exposure {
-            owed,
-            queued,
-            finished,
-        })
     }
 
     /// Output drained on `conn`: credit held for its channels may pass now.
     pub(in crate::broker) fn retry_credit(&mut self, conn: ConnId) {
-        let waiting: Vec<ChannelId> = self.conns[&conn].credit_waiting.iter().copied().collect();
+        let Some(port) = self.port(conn) else {
+            return;
+        };
+        let waiting: Vec<_> = port.credit_waiting.iter().copied().collect();
         for channel in waiting {
             self.pass_credit((conn, channel));
         }
@@ -130,22 +101,40 @@ impl Hub {
         for open in stages {
             *opens.entry(open.opener_key).or_default() += self.open_cost();
         }
-        for (end, route) in &self.routes.ends {
-            if route.opener {
-                *opens.entry(route.key).or_default() += self.open_cost();
-            }
-            *growth.entry(route.key).or_default() += route.grown;
-            let sender = self.routes.peer_key(route);
-            *shares.entry((route.key, sender)).or_default() += route.grown;
-            *by_sender.entry(sender).or_default() += route.grown;
-            let Some(Exposure { owed, queued, .. }) = self.exposure(*end, route.peer) else {
+        for (&conn, c) in &self.conns {
+            let Some(port) = &c.port else {
                 continue;
             };
-            if queued + owed > initial + route.grown {
-                return Err(format!(
-                    "channel {end:?}: {queued} queued + {owed} owed > {initial} + {} reserved",
-                    route.grown
-                ));
+            for (&channel, route) in &port.ends {
+                let end = (conn, channel);
+                if route.opener {
+                    *opens.entry(route.key).or_default() += self.open_cost();
+                }
+                *growth.entry(route.key).or_default() += route.grown;
+                let sender = route.peer_key;
+                *shares.entry((route.key, sender)).or_default() += route.grown;
+                *by_sender.entry(sender).or_default() += route.grown;
+                // What this end counts as owed is what the sender's mux
+                // lets it send.
+                let sender_mux = self.port(route.peer.0).map(|p| &p.mux);
+                if let Some(mux) =
+                    sender_mux.filter(|m| !route.finished && m.contains(route.peer.1))
+                {
+                    let credit = u64::from(mux.recv_credit(route.peer.1));
+                    if credit != route.owed {
+                        return Err(format!(
+                            "channel {end:?}: {} owed, the sender's mux gives it {credit}",
+                            route.owed
+                        ));
+                    }
+                }
+                let exposure = port.exposure(channel).expect("an end here");
+                if exposure > initial + route.grown {
+                    return Err(format!(
+                        "channel {end:?}: {exposure} queued and owed > {initial} + {} reserved",
+                        route.grown
+                    ));
+                }
             }
         }
         opens.retain(|_, n| *n > 0);
