@@ -74,7 +74,7 @@ impl Hub {
             .conns
             .values()
             .filter_map(|c| c.port.as_ref())
-            .map(|p| p.route_ends())
+            .map(|p| p.lock().route_ends())
             .sum();
         ends / 2
     }
@@ -117,7 +117,11 @@ impl Hub {
         self.conns
             .values()
             .map(|c| {
-                c.queued() + c.control.buffered() + c.mux().map_or(0, |mux| mux.buffered_input())
+                c.queued()
+                    + c.control.buffered()
+                    + c.port
+                        .as_ref()
+                        .map_or(0, |port| port.lock().mux.buffered_input())
             })
             .sum()
     }

@@ -10,12 +10,10 @@ use crate::control::{
     Usage, FEATURES, FEATURE_STATS_UIDS, FEATURE_WATCH_RESYNC, KEY_STATS_LEN, MAX_MESSAGE,
     UID_STATS_LEN, VERSION,
 };
-use crate::mux::{MuxError, MuxEvent, MuxInput};
 use crate::time::Instant;
 
 use super::connection::{Connection, Stage, Watch};
 use super::policy::any_matches;
-use super::port::Port;
 use super::rates::RateRefusal;
 use super::registry::{Holder, RegisterError, Registered};
 use super::{ConnId, Hub};
@@ -24,44 +22,7 @@ use super::{ConnId, Hub};
 const PAGE_BUDGET: usize = MAX_MESSAGE - 64;
 
 impl Hub {
-    /// Handles everything the mux of `conn` has for the broker.
-    pub(super) fn drain_mux(&mut self, now: Instant, conn: ConnId) {
-        // With no input, the mux has only events: it cannot fail.
-        let _ = self.run_mux(now, conn, &mut &[][..]);
-    }
-
-    /// Feeds `input` to the mux of `conn` and handles what the mux says,
-    /// in order: the events it had waiting first.
-    pub(super) fn run_mux(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        input: &mut &[u8],
-    ) -> Result<(), MuxError> {
-        loop {
-            let Some(mux) = self.conns.get_mut(&conn).and_then(|c| c.mux_mut()) else {
-                return Ok(());
-            };
-            let Some(next) = mux.poll_input(input)? else {
-                return Ok(());
-            };
-            match next {
-                MuxInput::Data { channel: 0, bytes } => self.on_control_bytes(now, conn, bytes),
-                MuxInput::Data { channel, bytes } => {
-                    self.on_channel_data(now, conn, channel, bytes)
-                }
-                MuxInput::Event(MuxEvent::Pong { .. }) => {}
-                MuxInput::Event(MuxEvent::GoAway { code, reason }) => {
-                    let reason = format!("went away ({code}): {reason}");
-                    self.peer_ended(now, conn, reason);
-                    return Ok(());
-                }
-                MuxInput::Event(relayed) => self.on_channel_event(now, conn, relayed),
-            }
-        }
-    }
-
-    fn on_control_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+    pub(super) fn on_control_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -120,6 +81,9 @@ impl Hub {
                     Watch::Off => error(request, ErrorCode::WatchState, "not watching".into()),
                     Watch::Live | Watch::Behind { .. } => Message::Ok { request },
                 };
+                if let Some(port) = &c.port {
+                    port.lock().resync_due = false;
+                }
                 self.watchers.remove(&conn);
                 self.reply(conn, &reply);
             }
@@ -348,6 +312,9 @@ impl Hub {
             Watch::Off | Watch::Behind { .. } => {}
             Watch::Live if c.features & FEATURE_WATCH_RESYNC != 0 && queued > backlog => {
                 c.watch = Watch::Behind { from_seq: seq };
+                if let Some(port) = &c.port {
+                    port.lock().resync_due = true;
+                }
                 let key = c.key;
                 let message = format!(
                     "fell behind its watch ({queued} control bytes unread): changes from {seq} \
@@ -369,6 +336,9 @@ impl Hub {
             return;
         };
         c.watch = Watch::Live;
+        if let Some(port) = &c.port {
+            port.lock().resync_due = false;
+        }
         let key = c.key;
         let seq = self.registry.seq();
         let message = format!("watch resynchronised at {seq}: changes {from_seq}..={seq} dropped");
@@ -482,12 +452,15 @@ pub(super) fn error(request: RequestId, code: ErrorCode, mut message: String) ->
 
 /// What one connection holds, as `stats` reports it.
 fn usage_of(c: &Connection) -> Usage {
+    let port = c.port.as_ref().map(|p| p.lock());
     Usage {
         connections: 1,
-        channels: (c.port.as_ref().map_or(0, Port::route_ends) + c.opens_out.len()) as u32,
-        bytes_in: c.bytes_in,
-        bytes_out: c.bytes_out,
-        queued: c.queued() as u64,
+        channels: (port.as_ref().map_or(0, |p| p.route_ends()) + c.opens_out.len()) as u32,
+        bytes_in: port.as_ref().map_or(0, |p| p.bytes_in),
+        bytes_out: port.as_ref().map_or(0, |p| p.bytes_out),
+        queued: port
+            .as_ref()
+            .map_or(0, |p| p.mux.queued_urgent() + p.mux.queued_data()) as u64,
     }
 }
 

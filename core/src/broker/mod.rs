@@ -23,6 +23,7 @@ mod config;
 mod connection;
 mod control;
 mod door;
+mod drive;
 mod fds;
 mod link;
 mod memory;
@@ -43,6 +44,7 @@ use rand_core::CryptoRngCore;
 
 pub use config::Limits;
 pub use door::{Cred, DoorRefusal, ListenerId, Origin, Peer};
+pub use drive::PortDriver;
 pub use fds::FdRefusal;
 pub use link::{Link, LinkEnd, LinkEvent};
 pub use policy::{Permissions, Policy};
@@ -53,12 +55,13 @@ use crate::keys::PublicKey;
 use crate::mux::Mux;
 use crate::shs::HandshakeConfig;
 use crate::time::Instant;
-use connection::{Connection, Stage, Watch};
+use connection::{Connection, Stage};
 use door::Door;
 use fds::FdBudget;
 pub use memory::ByteRefusal;
 use memory::{ByteBudget, ByteLimits};
-use port::Port;
+pub use port::PortHandle;
+use port::{HubInput, Port, PortLimits};
 use registry::Registry;
 use share::Shares;
 
@@ -473,53 +476,56 @@ impl Hub {
     }
 
     /// The next plaintext mux bytes for `conn`: for its link to seal,
-    /// unless [`Link::is_plain`] (then they go out as they are).
+    /// unless [`Link::is_plain`] (then they go out as they are). For a
+    /// runtime that drives the hub and every port on one thread; a
+    /// threaded one calls [`PortHandle::poll_transmit`] with the hub let go.
     pub fn poll_transmit(&mut self, conn: ConnId) -> Option<Transmit> {
-        let resync_below = self.config.limits.max_control_queue / 4;
-        let mut c = self.conns.get_mut(&conn)?;
-        let urgent = |c: &Connection| c.mux().map_or(0, Mux::queued_urgent);
-        // A watcher that fell behind gets its resync once it has read most
-        // of its queue.
-        if matches!(c.watch, Watch::Behind { .. }) && urgent(c) <= resync_below {
-            self.resync(conn);
-            // A resync over the bound ends the connection now, as a Watch
-            // over it would, not at some later call.
-            self.finish_call(self.last_now);
-            c = self.conns.get_mut(&conn)?;
-        }
-        let urgent_before = urgent(c);
-        let out = c.mux_mut().and_then(|mux| {
-            mux.poll_transmit_tagged().map(|(data, tag)| {
-                let fd = tag.map(opens::decode_pair_tag);
-                if let Some((pair, end)) = fd {
-                    // The end is the runtime's to send now (at most a batch
-                    // of them wait in its queue).
-                    self.fds.release(pair, end);
+        let port = self.port(conn)?;
+        port.poll_transmit(self)
+    }
+
+    /// The port of `conn`, once its handshake is over: what its runtime
+    /// drives relayed data through without the hub.
+    pub fn port(&self, conn: ConnId) -> Option<PortHandle> {
+        self.conns.get(&conn)?.port.clone()
+    }
+
+    /// What a port handed the hub (see [`PortDriver`]).
+    pub(in crate::broker) fn handle_port(&mut self, now: Option<Instant>, conn: ConnId, input: HubInput<'_>) {
+        let now = now.unwrap_or(self.last_now);
+        // A port's step can come after its connection ended (another
+        // thread ended it): nothing is left to do.
+        if self.conns.contains_key(&conn) {
+            match input {
+                HubInput::Control(bytes) => self.on_control_bytes(now, conn, bytes),
+                HubInput::Unrouted(channel) => self.on_unrouted(now, conn, channel, "data", None),
+                HubInput::Event(crate::mux::MuxEvent::GoAway { code, reason }) => {
+                    let reason = format!("went away ({code}): {reason}");
+                    self.peer_ended(now, conn, reason);
                 }
-                Transmit { data, fd }
-            })
-        });
-        match &out {
-            Some(t) => c.bytes_out += t.data.len() as u64,
-            None => c.notified = false,
+                HubInput::Event(event) => self.on_channel_event(now, conn, event),
+                HubInput::Credit(channel) => self.pass_credit((conn, channel)),
+                HubInput::Violation(e) => {
+                    self.close(now, conn, ErrorCode::ProtocolViolation, e.to_string())
+                }
+                HubInput::Slow => self.check_blame(conn),
+            }
         }
-        let events_due = c.mux().is_some_and(Mux::has_events);
-        // Credit held back waits for channel data to drain: retried when a
-        // data chunk went out, not for every PONG or control message (a
-        // peer's pings would each cost a pass over every waiting channel).
-        let data_went = out.is_some() && urgent(c) == urgent_before;
-        if data_went
-            && c.port
-                .as_ref()
-                .is_some_and(|p| !p.credit_waiting.is_empty())
-        {
-            self.retry_credit(conn);
-        }
-        if events_due {
-            // Sending a FIN can retire a channel: its route goes with it.
-            self.drain_mux(self.last_now, conn);
-        }
-        out
+        self.finish_call(now);
+    }
+
+    /// A socketpair end's frame is leaving: the end is the runtime's to
+    /// send now (at most a batch of them wait in its queue).
+    pub(in crate::broker) fn release_fd(&mut self, pair: PairId, end: PairEnd) {
+        self.fds.release(pair, end);
+    }
+
+    /// A watcher that fell behind read most of its queue: its resync.
+    pub(in crate::broker) fn resync_port(&mut self, conn: ConnId) {
+        self.resync(conn);
+        // A resync over the bound ends the connection now, as a Watch
+        // over it would, not at some later call.
+        self.finish_call(self.last_now);
     }
 
     /// The next event for the runtime.
@@ -573,30 +579,18 @@ impl Hub {
     // ── input ─────────────────────────────────────────────────────────
 
     /// Plaintext mux bytes a plain link passed through
-    /// ([`Link::handle_input`]): as [`LinkEvent::Input`], uncopied.
+    /// ([`Link::handle_input`]): as [`LinkEvent::Input`], uncopied. For a
+    /// runtime that drives the hub and every port on one thread; a
+    /// threaded one calls [`PortHandle::handle_input`] with the hub let go.
     pub fn handle_plaintext(&mut self, now: Instant, conn: ConnId, plain: &[u8]) {
         self.input(now, conn, plain);
         self.finish_call(now);
     }
 
     fn input(&mut self, now: Instant, conn: ConnId, input: &[u8]) {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        c.bytes_in += input.len() as u64;
-        c.last_input = now;
-        c.ping_sent = None;
-        if c.port.is_none() {
-            return; // no plaintext before the handshake is over
-        }
-        match self.run_mux(now, conn, &mut &*input) {
-            Ok(()) => {
-                // Input can queue output of its own (a PONG): tell the runtime,
-                // and count it under the bound like any answer.
-                self.wake(conn);
-                self.check_blame(conn);
-            }
-            Err(e) => self.close(now, conn, ErrorCode::ProtocolViolation, e.to_string()),
+        // No plaintext before the handshake is over.
+        if let Some(port) = self.port(conn) {
+            port.handle_input(now, input, self);
         }
     }
 
@@ -655,10 +649,17 @@ impl Hub {
             return;
         }
         let origin = c.origin;
-        c.port = Some(Port::new(Mux::new(
-            crate::mux::Side::Listener,
-            self.config.limits.mux_config(),
-        )));
+        let limits = &self.config.limits;
+        let port = Port::new(
+            Mux::new(crate::mux::Side::Listener, limits.mux_config()),
+            PortLimits {
+                initial_window: u64::from(limits.initial_window),
+                max_window: u64::from(limits.max_window),
+                max_control_queue: limits.max_control_queue,
+            },
+            now,
+        );
+        c.port = Some(PortHandle::new(conn, port));
         c.stage = Stage::Hello;
         self.door.release(&origin);
         let hello_timeout = self.config.limits.hello_timeout;
@@ -696,28 +697,35 @@ impl Hub {
                 ErrorCode::HelloTimeout,
                 "no hello in time".into(),
             ),
-            Stage::Ready => match c.ping_sent {
-                Some(sent) if now >= sent + limits.dead_peer_timeout => self.close(
+            Stage::Ready => {
+                let port = c.port.clone().expect("ready means established");
+                let mut port = port.lock();
+                match port.ping_sent {
+                Some(sent) if now >= sent + limits.dead_peer_timeout => {
+                    drop(port);
+                    self.close(
                     now,
                     conn,
                     ErrorCode::IdleTimeout,
                     "no answer to a ping".into(),
-                ),
-                Some(sent) => self.set_deadline(conn, Some(sent + limits.dead_peer_timeout)),
-                None if now >= c.last_input + limits.idle_timeout => {
-                    c.ping_sent = Some(now);
-                    let opaque = now.as_nanos();
-                    if let Some(mux) = c.mux_mut() {
-                        mux.ping(opaque);
-                    }
+                )}
+                Some(sent) => {
+                    drop(port);
+                    self.set_deadline(conn, Some(sent + limits.dead_peer_timeout))
+                }
+                None if now >= port.last_input + limits.idle_timeout => {
+                    port.ping_sent = Some(now);
+                    port.mux.ping(now.as_nanos());
+                    drop(port);
                     self.wake(conn);
                     self.set_deadline(conn, Some(now + limits.dead_peer_timeout));
                 }
                 None => {
-                    let at = c.last_input + limits.idle_timeout;
+                    let at = port.last_input + limits.idle_timeout;
+                    drop(port);
                     self.set_deadline(conn, Some(at));
                 }
-            },
+            }},
         }
     }
 
@@ -725,11 +733,9 @@ impl Hub {
 
     /// Emits [`Event::Transmit`] if the connection has output and no event is out.
     fn wake(&mut self, conn: ConnId) {
-        if let Some(c) = self.conns.get_mut(&conn) {
-            if !c.notified && c.has_output() {
-                c.notified = true;
-                self.events.push_back(Event::Transmit(conn));
-            }
+        let port = self.conns.get(&conn).and_then(|c| c.port.as_ref());
+        if port.is_some_and(|port| port.lock().take_wake()) {
+            self.events.push_back(Event::Transmit(conn));
         }
     }
 
@@ -740,11 +746,11 @@ impl Hub {
     }
 
     fn send_tagged(&mut self, conn: ConnId, message: &Message, tag: Option<u64>) {
-        let Some(mux) = self.conns.get_mut(&conn).and_then(|c| c.mux_mut()) else {
+        let Some(port) = self.conns.get(&conn).and_then(|c| c.port.as_ref()) else {
             return;
         };
         crate::control::encode(message, &mut self.scratch);
-        mux.send_control_tagged(&self.scratch, tag);
+        port.lock().mux.send_control_tagged(&self.scratch, tag);
         self.scratch.clear();
         self.wake(conn);
     }
@@ -766,10 +772,10 @@ impl Hub {
 
     /// Queues pre-encoded control bytes (a watch event shared by all watchers).
     fn reply_encoded(&mut self, conn: ConnId, encoded: &[u8]) {
-        let Some(mux) = self.conns.get_mut(&conn).and_then(|c| c.mux_mut()) else {
+        let Some(port) = self.conns.get(&conn).and_then(|c| c.port.as_ref()) else {
             return;
         };
-        mux.send_control(encoded);
+        port.lock().mux.send_control(encoded);
         self.wake(conn);
         self.check_blame(conn);
     }
@@ -777,8 +783,8 @@ impl Hub {
     fn queued_control(&self, conn: ConnId) -> usize {
         self.conns
             .get(&conn)
-            .and_then(|c| c.mux())
-            .map_or(0, Mux::queued_urgent)
+            .and_then(|c| c.port.as_ref())
+            .map_or(0, |port| port.lock().mux.queued_urgent())
     }
 
     /// Whether `conn` can take `len` more control bytes it did not ask for
@@ -842,9 +848,10 @@ impl Hub {
             return;
         };
         let mut last_words = BytesMut::new();
-        if let Some(mux) = c.mux_mut() {
-            mux.go_away(code, &reason);
-            while let Some(chunk) = mux.poll_transmit() {
+        if let Some(port) = &c.port {
+            let mut port = port.lock();
+            port.mux.go_away(code, &reason);
+            while let Some(chunk) = port.mux.poll_transmit() {
                 last_words.extend_from_slice(&chunk);
             }
         }
@@ -914,7 +921,7 @@ impl Hub {
     /// or freed, and watchers told), its watch, its channels (peers reset),
     /// its opens (the other side told), its timers and its counts.
     fn teardown(&mut self, now: Instant, conn: ConnId) {
-        let Some(mut c) = self.conns.remove(&conn) else {
+        let Some(c) = self.conns.remove(&conn) else {
             return;
         };
         if let Some(deadline) = c.deadline {
@@ -942,8 +949,9 @@ impl Hub {
             }
         }
 
-        if let Some(port) = c.port.as_mut() {
-            self.routes_gone(conn, port);
+        if let Some(port) = &c.port {
+            let ends = std::mem::take(&mut port.lock().ends);
+            self.routes_gone(conn, ends);
         }
         for &(target, target_channel) in &c.opens_out {
             self.cancel_open_by_opener(target, target_channel);
@@ -971,3 +979,15 @@ impl Hub {
 
 #[cfg(test)]
 mod tests;
+
+/// The hub drives ports itself for a runtime on one thread.
+impl PortDriver for Hub {
+    fn with_hub<R>(&mut self, f: impl FnOnce(&mut Hub) -> R) -> R {
+        f(self)
+    }
+
+    fn wake(&mut self, port: &PortHandle) {
+        // The port said it was not notified yet (`Port::take_wake`).
+        self.events.push_back(Event::Transmit(port.conn()));
+    }
+}

@@ -49,7 +49,8 @@ impl Hub {
         let c = self.conns.get_mut(&conn).expect("handling its message");
         let key = c.key.expect("ready connections are authenticated");
         // The id is the opener's to use up, whatever the answer.
-        if let Err(e) = c.mux_mut().expect("ready").open_remote(channel) {
+        let opened = c.port.as_ref().expect("ready").lock().mux.open_remote(channel);
+        if let Err(e) = opened {
             return self.close(now, conn, ErrorCode::ProtocolViolation, e.to_string());
         }
         let may_open = any_matches(&c.rights.open, &name);
@@ -82,9 +83,9 @@ impl Hub {
             return self.refuse_open(conn, channel, request, ErrorCode::NoSuchName, message);
         };
         let target_usage = self.key_usage(&target.key);
-        let ids_left = self.conns[&target.conn]
-            .mux()
-            .is_some_and(|mux| mux.can_open_local());
+        let ids_left = self
+            .lock_port(target.conn)
+            .is_some_and(|port| port.mux.can_open_local());
         if target_usage.channels + target_usage.pending_incoming >= limits.max_channels_per_key
             || !ids_left
         {
@@ -127,7 +128,13 @@ impl Hub {
             .conns
             .get_mut(&target.conn)
             .expect("registry holds live connections");
-        let target_channel = t.mux_mut().expect("registered means ready").open_local();
+        let target_channel = t
+            .port
+            .as_ref()
+            .expect("registered means ready")
+            .lock()
+            .mux
+            .open_local();
         t.opens_in.insert(target_channel);
         let Message::Incoming {
             from_name,
@@ -221,8 +228,8 @@ impl Hub {
         code: ErrorCode,
         message: String,
     ) {
-        if let Some(mux) = self.conns.get_mut(&conn).and_then(|c| c.mux_mut()) {
-            mux.forget(channel);
+        if let Some(mut port) = self.lock_port(conn) {
+            port.mux.forget(channel);
         }
         self.refuse(conn, request, code, message);
     }
@@ -256,8 +263,8 @@ impl Hub {
         let offered = self
             .conns
             .get(&conn)
-            .and_then(|c| c.mux())
-            .is_some_and(|mux| channel % 2 == 0 && mux.was_allocated(channel));
+            .and_then(|c| c.port.as_ref())
+            .is_some_and(|port| channel % 2 == 0 && port.lock().mux.was_allocated(channel));
         if !offered {
             let reason = format!("an answer for channel {channel}, which was never offered");
             self.close(now, conn, ErrorCode::ProtocolViolation, reason);

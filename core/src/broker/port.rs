@@ -1,21 +1,94 @@
 //! One connection's mux and its ends of relayed channels: what the relayed
 //! data path touches of a connection, and nothing another connection owns.
 //!
+//! A port is shared ([`PortHandle`]) by whoever drives it: its own reader
+//! and writer, the readers of the connections relaying to it, and the hub
+//! for control traffic and lifecycle. Relayed data and credit go from one
+//! port to the other without the hub (`drive.rs`); what needs the hub's
+//! books (control messages, channels opening and closing, growth beyond
+//! what a channel reserved) is handed to it as a [`HubInput`].
+//!
 //! Each direction of a relayed channel is accounted at its receiving end:
 //! the credit its sender still holds (`owed`) is counted there, from the
 //! credit passed to the sender and the bytes that arrived, so passing
 //! credit on reads no other connection's state.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::any::Any;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+
+use bytes::Bytes;
 
 use crate::control::ChannelId;
 use crate::keys::PublicKey;
-use crate::mux::Mux;
+use crate::mux::{Mux, MuxError, MuxEvent, MuxInput};
+use crate::time::Instant;
 
 use super::ConnId;
 
 /// One end of a relayed channel: a connection and its id for the channel.
 pub(super) type End = (ConnId, ChannelId);
+
+/// A connection's port, shared by everyone who drives it. Its lock is
+/// taken alone, never while another port's is held, and after the hub's
+/// when both are.
+#[derive(Clone)]
+pub struct PortHandle(Arc<Shared>);
+
+struct Shared {
+    conn: ConnId,
+    port: Mutex<Port>,
+    /// What the runtime keeps for the connection (its writer), for the
+    /// readers that deliver to it; weak, as that holds this port.
+    owner: OnceLock<Weak<dyn Any + Send + Sync>>,
+}
+
+impl PortHandle {
+    pub(super) fn new(conn: ConnId, port: Port) -> Self {
+        PortHandle(Arc::new(Shared {
+            conn,
+            port: Mutex::new(port),
+            owner: OnceLock::new(),
+        }))
+    }
+
+    /// The connection it belongs to.
+    pub fn conn(&self) -> ConnId {
+        self.0.conn
+    }
+
+    /// Keeps what the runtime holds for the connection with its port, for
+    /// [`PortDriver::wake`](super::PortDriver::wake) to find (set once;
+    /// later calls are ignored).
+    pub fn set_owner(&self, owner: &Arc<dyn Any + Send + Sync>) {
+        let _ = self.0.owner.set(Arc::downgrade(owner));
+    }
+
+    /// What [`PortHandle::set_owner`] kept, while the runtime keeps it.
+    pub fn owner(&self) -> Option<Arc<dyn Any + Send + Sync>> {
+        self.0.owner.get()?.upgrade()
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, Port> {
+        // A panic elsewhere is the runtime's to report; the books stay
+        // usable for the connections still up.
+        self.0.port.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl std::fmt::Debug for PortHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PortHandle({})", self.conn())
+    }
+}
+
+/// The limits a port applies on its own.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PortLimits {
+    pub(super) initial_window: u64,
+    pub(super) max_window: u64,
+    pub(super) max_control_queue: usize,
+}
 
 /// A connection's mux and its ends of relayed channels.
 pub(super) struct Port {
@@ -25,12 +98,24 @@ pub(super) struct Port {
     /// Ends holding credit they could not pass on yet, or growth to give
     /// back as their queue drains.
     pub(super) credit_waiting: BTreeSet<ChannelId>,
+    pub(super) limits: PortLimits,
+    pub(super) last_input: Instant,
+    pub(super) ping_sent: Option<Instant>,
+    pub(super) bytes_in: u64,
+    pub(super) bytes_out: u64,
+    /// The runtime was told it has output, and has not drained it since.
+    pub(super) notified: bool,
+    /// Its watch fell behind: the hub sends the resync once the control
+    /// queue drained to a quarter of its bound.
+    pub(super) resync_due: bool,
 }
 
 /// One end of a relayed channel, and the direction that ends here.
 pub(super) struct RelayEnd {
     /// The other end.
     pub(super) peer: End,
+    /// The other end's port.
+    pub(super) peer_port: PortHandle,
     /// This end's key: charged for the channel, and for the growth of the
     /// direction that ends here.
     pub(super) key: PublicKey,
@@ -45,8 +130,11 @@ pub(super) struct RelayEnd {
     pub(super) owed: u64,
     /// The sender finished its direction: its FIN arrived here.
     pub(super) finished: bool,
-    /// Credit beyond the initial window passed to the sender: reserved
-    /// from `key`'s growth (see `memory`).
+    /// Credit beyond the initial window passed to the sender, at most:
+    /// reserved from `key`'s growth (see `memory`). It follows the most
+    /// the direction had out, not each pass, so a steady transfer does not
+    /// go to the hub for every grant; it is given back when the direction
+    /// drains or finishes.
     pub(super) grown: u64,
     /// This end's mux retired the channel (both FINs).
     pub(super) closed: bool,
@@ -56,14 +144,21 @@ pub(super) struct RelayEnd {
 
 impl RelayEnd {
     /// An end just linked: its sender holds the initial window.
-    pub(super) fn new(peer: End, keys: [PublicKey; 2], opener: bool, initial: u32) -> Self {
+    pub(super) fn new(
+        peer: End,
+        peer_port: PortHandle,
+        keys: [PublicKey; 2],
+        opener: bool,
+        initial: u64,
+    ) -> Self {
         RelayEnd {
             peer,
+            peer_port,
             key: keys[0],
             peer_key: keys[1],
             opener,
             held: 0,
-            owed: u64::from(initial),
+            owed: initial,
             finished: false,
             grown: 0,
             closed: false,
@@ -72,36 +167,176 @@ impl RelayEnd {
     }
 }
 
+/// What a port's input or output needs from outside it.
+pub(super) enum Step<'a> {
+    /// Payload for the other end of a relayed channel.
+    Deliver {
+        to: PortHandle,
+        channel: ChannelId,
+        bytes: &'a [u8],
+    },
+    /// The sender's FIN, for the other end.
+    Finish { to: PortHandle, channel: ChannelId },
+    /// Credit passed to the sender, at the other end.
+    Grant {
+        to: PortHandle,
+        channel: ChannelId,
+        increment: u32,
+    },
+    /// For the hub.
+    Hub(HubInput<'a>),
+}
+
+/// What a port hands the hub.
+pub(super) enum HubInput<'a> {
+    /// Control channel bytes.
+    Control(&'a [u8]),
+    /// Data on a channel with no route (an open not answered yet).
+    Unrouted(ChannelId),
+    /// A channel event the hub decides on: an end reset or closed, one
+    /// with no route, the peer's GOAWAY.
+    Event(MuxEvent),
+    /// Credit at this end needs the hub's budget: growth beyond what the
+    /// channel reserved, or growth to give back.
+    Credit(ChannelId),
+    /// The peer broke the mux protocol.
+    Violation(MuxError),
+    /// Its control queue is over the bound.
+    Slow,
+}
+
 impl Port {
-    pub(super) fn new(mux: Mux) -> Self {
+    pub(super) fn new(mux: Mux, limits: PortLimits, now: Instant) -> Self {
         Port {
             mux,
             ends: BTreeMap::new(),
             credit_waiting: BTreeSet::new(),
+            limits,
+            last_input: now,
+            ping_sent: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            notified: false,
+            resync_due: false,
         }
+    }
+
+    /// Input arrived at `now`.
+    pub(super) fn note_input(&mut self, now: Instant, len: usize) {
+        self.bytes_in += len as u64;
+        self.last_input = now;
+        self.ping_sent = None;
+    }
+
+    /// The next thing the input (or this port's own actions) needs from
+    /// outside; `None` once the input is used up and nothing waits.
+    pub(super) fn step<'a>(&mut self, input: &mut &'a [u8]) -> Option<Step<'a>> {
+        loop {
+            let next = match self.mux.poll_input(input) {
+                Ok(next) => next?,
+                Err(e) => return Some(Step::Hub(HubInput::Violation(e))),
+            };
+            let event = match next {
+                MuxInput::Data { channel: 0, bytes } => {
+                    return Some(Step::Hub(HubInput::Control(bytes)))
+                }
+                MuxInput::Data { channel, bytes } => {
+                    return Some(match self.ends.get(&channel) {
+                        Some(end) => Step::Deliver {
+                            to: end.peer_port.clone(),
+                            channel: end.peer.1,
+                            bytes,
+                        },
+                        None => Step::Hub(HubInput::Unrouted(channel)),
+                    });
+                }
+                MuxInput::Event(MuxEvent::Pong { .. }) => continue,
+                MuxInput::Event(event) => event,
+            };
+            match event {
+                MuxEvent::Fin { channel } if self.ends.contains_key(&channel) => {
+                    let end = &self.ends[&channel];
+                    return Some(Step::Finish {
+                        to: end.peer_port.clone(),
+                        channel: end.peer.1,
+                    });
+                }
+                MuxEvent::Credit { channel, increment } if self.ends.contains_key(&channel) => {
+                    let end = self.ends.get_mut(&channel).expect("checked");
+                    end.held = end.held.saturating_add(increment);
+                    match self.credit_step(channel) {
+                        Some(step) => return Some(step),
+                        None => continue,
+                    }
+                }
+                event => return Some(Step::Hub(HubInput::Event(event))),
+            }
+        }
+    }
+
+    /// Passes the credit held at `channel`'s end on, as far as what the
+    /// channel reserved allows; what needs more of the receiver's budget,
+    /// or gives some back, is the hub's.
+    pub(super) fn credit_step(&mut self, channel: ChannelId) -> Option<Step<'static>> {
+        let queued = self.mux.queued(channel) as u64;
+        let PortLimits {
+            initial_window,
+            max_window,
+            ..
+        } = self.limits;
+        let end = self.ends.get_mut(&channel)?;
+        let in_flight = end.owed + queued;
+        if end.finished {
+            // Nothing passes; what was reserved goes back as the queue drains.
+            return (end.grown > 0).then_some(Step::Hub(HubInput::Credit(channel)));
+        }
+        let reserved = max_window.min(initial_window + end.grown);
+        let pass = u64::from(end.held).min(reserved.saturating_sub(in_flight));
+        let short = pass < u64::from(end.held) && reserved < max_window;
+        let drained = in_flight + pass <= initial_window && end.grown > 0;
+        if short || drained {
+            return Some(Step::Hub(HubInput::Credit(channel)));
+        }
+        end.held -= pass as u32;
+        end.owed += pass;
+        match end.held > 0 {
+            true => self.credit_waiting.insert(channel),
+            false => self.credit_waiting.remove(&channel),
+        };
+        (pass > 0).then(|| Step::Grant {
+            to: end.peer_port.clone(),
+            channel: end.peer.1,
+            increment: pass as u32,
+        })
     }
 
     /// Bytes the sender sent on `channel`, to queue here: charged to its
     /// credit. Nothing is queued on a channel this mux no longer has.
     pub(super) fn deliver(&mut self, channel: ChannelId, bytes: &[u8]) {
         if let Some(end) = self.ends.get_mut(&channel) {
-            debug_assert!(
-                end.owed >= bytes.len() as u64,
-                "the sender's mux checked it"
-            );
+            debug_assert!(end.owed >= bytes.len() as u64, "the sender's mux checked it");
             end.owed = end.owed.saturating_sub(bytes.len() as u64);
         }
         // Fails only if this end's channel is gone already.
         let _ = self.mux.send_copy(channel, bytes);
     }
 
-    /// The sender finished: nothing more is owed to it.
-    pub(super) fn finish(&mut self, channel: ChannelId) {
-        if let Some(end) = self.ends.get_mut(&channel) {
-            end.finished = true;
-            end.owed = 0;
-        }
+    /// The sender finished: nothing more is owed to it. Whether the hub
+    /// has growth to give back.
+    pub(super) fn finish(&mut self, channel: ChannelId) -> bool {
         let _ = self.mux.finish(channel);
+        let Some(end) = self.ends.get_mut(&channel) else {
+            return false;
+        };
+        end.finished = true;
+        end.owed = 0;
+        end.held = 0;
+        end.grown > 0
+    }
+
+    /// Credit for the sender at `channel` (this port's end of it).
+    pub(super) fn grant(&mut self, channel: ChannelId, increment: u32) {
+        self.mux.grant(channel, increment);
     }
 
     /// What the sender to `channel` may still send plus what is queued
@@ -114,5 +349,49 @@ impl Port {
     /// Ends of relayed channels here.
     pub(super) fn route_ends(&self) -> usize {
         self.ends.len()
+    }
+
+    /// Whether the runtime should be told it has output (once, until it
+    /// drains it).
+    pub(super) fn take_wake(&mut self) -> bool {
+        let wake = !self.notified && self.mux.has_output();
+        self.notified |= wake;
+        wake
+    }
+
+    /// Whether its control queue is over the bound.
+    pub(super) fn is_slow(&self) -> bool {
+        self.mux.queued_urgent() > self.limits.max_control_queue
+    }
+
+    /// Whether a watcher's resync is due: it fell behind and has read most
+    /// of its queue.
+    pub(super) fn resync_ready(&self) -> bool {
+        self.resync_due && self.mux.queued_urgent() <= self.limits.max_control_queue / 4
+    }
+
+    /// The next chunk of output, with the tag of a message that carries a
+    /// descriptor; and whether it was channel data (credit waiting for
+    /// the queue to drain may pass now).
+    pub(super) fn poll_transmit(&mut self) -> Option<(Bytes, Option<u64>, bool)> {
+        let urgent_before = self.mux.queued_urgent();
+        let Some((data, tag)) = self.mux.poll_transmit_tagged() else {
+            self.notified = false;
+            return None;
+        };
+        self.bytes_out += data.len() as u64;
+        let was_data = self.mux.queued_urgent() == urgent_before;
+        Some((data, tag, was_data))
+    }
+
+    /// Ends waiting for their queue to drain.
+    pub(super) fn waiting(&self) -> Vec<ChannelId> {
+        self.credit_waiting.iter().copied().collect()
+    }
+
+    /// Removes the end of `channel` here.
+    pub(super) fn remove_end(&mut self, channel: ChannelId) -> Option<RelayEnd> {
+        self.credit_waiting.remove(&channel);
+        self.ends.remove(&channel)
     }
 }

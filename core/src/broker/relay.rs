@@ -13,6 +13,9 @@ use crate::mux::MuxEvent;
 use crate::time::Instant;
 
 use super::control::error;
+use std::collections::BTreeMap;
+use std::sync::MutexGuard;
+
 use super::port::{Port, RelayEnd};
 use super::{ConnId, Hub};
 
@@ -40,29 +43,14 @@ impl Unlinked {
     }
 }
 
-impl Port {
-    /// Removes the end of `channel` here.
-    fn remove_end(&mut self, channel: ChannelId) -> Option<RelayEnd> {
-        self.credit_waiting.remove(&channel);
-        self.ends.remove(&channel)
-    }
-}
-
 impl Hub {
-    pub(super) fn port(&self, conn: ConnId) -> Option<&Port> {
-        self.conns.get(&conn)?.port.as_ref()
+    /// The port of `conn`, locked (the hub's lock is held: ports come after it).
+    pub(super) fn lock_port(&self, conn: ConnId) -> Option<MutexGuard<'_, Port>> {
+        Some(self.conns.get(&conn)?.port.as_ref()?.lock())
     }
 
-    pub(super) fn port_mut(&mut self, conn: ConnId) -> Option<&mut Port> {
-        self.conns.get_mut(&conn)?.port.as_mut()
-    }
-
-    fn end(&self, end: End) -> Option<&RelayEnd> {
-        self.port(end.0)?.ends.get(&end.1)
-    }
-
-    fn end_mut(&mut self, end: End) -> Option<&mut RelayEnd> {
-        self.port_mut(end.0)?.ends.get_mut(&end.1)
+    fn with_end<R>(&self, end: End, f: impl FnOnce(&mut RelayEnd) -> R) -> Option<R> {
+        self.lock_port(end.0)?.ends.get_mut(&end.1).map(f)
     }
 
     /// Links an opener's end and a target's end into a relayed channel.
@@ -71,69 +59,70 @@ impl Hub {
         (opener, o_key): (End, PublicKey),
         (target, t_key): (End, PublicKey),
     ) {
-        let initial = self.config.limits.initial_window;
-        let ends = [
-            (opener, RelayEnd::new(target, [o_key, t_key], true, initial)),
-            (
-                target,
-                RelayEnd::new(opener, [t_key, o_key], false, initial),
-            ),
-        ];
-        for (end, relay_end) in ends {
-            if let Some(port) = self.port_mut(end.0) {
-                port.ends.insert(end.1, relay_end);
-            }
-        }
+        let initial = u64::from(self.config.limits.initial_window);
+        let (Some(o_port), Some(t_port)) = (self.port(opener.0), self.port(target.0)) else {
+            return;
+        };
+        let o_end = RelayEnd::new(target, t_port.clone(), [o_key, t_key], true, initial);
+        let t_end = RelayEnd::new(opener, o_port.clone(), [t_key, o_key], false, initial);
+        o_port.lock().ends.insert(opener.1, o_end);
+        t_port.lock().ends.insert(target.1, t_end);
     }
 
     /// The opener at `end` was told to dial: one DirectFailed is due.
     pub(super) fn offer_dial(&mut self, end: End) {
-        if let Some(end) = self.end_mut(end) {
-            end.dial_offered = true;
-        }
+        self.with_end(end, |end| end.dial_offered = true);
     }
 
     /// The peer of `end`, if `end` was told to dial and has not said it
     /// failed yet; after this it has.
     pub(super) fn take_dial_offer(&mut self, end: End) -> Option<End> {
-        let route = self.end_mut(end)?;
-        std::mem::take(&mut route.dial_offered).then_some(route.peer)
+        self.with_end(end, |route| {
+            std::mem::take(&mut route.dial_offered).then_some(route.peer)
+        })?
     }
 
     fn peer(&self, end: End) -> Option<End> {
-        self.end(end).map(|e| e.peer)
+        self.with_end(end, |e| e.peer)
     }
 
-    /// Removes both ends of the channel `end` is on; returns the other end
-    /// and what the route held.
-    fn unlink(&mut self, end: End) -> Option<(End, Unlinked)> {
-        let this = self.port_mut(end.0)?.remove_end(end.1)?;
-        let peer = self
-            .port_mut(this.peer.0)
-            .and_then(|port| port.remove_end(this.peer.1))
-            .expect("ends come in pairs");
-        Some((this.peer, Unlinked::new(&this, &peer)))
+    /// Removes both ends of the channel `end` is on, the other one reset
+    /// with `code` and `reason` in the same breath (its reader must not see
+    /// the channel live and unrouted); returns what the route held.
+    fn unlink(&mut self, end: End, reset: Option<(ErrorCode, &str)>) -> Option<Unlinked> {
+        let this = self.lock_port(end.0)?.remove_end(end.1)?;
+        let peer = {
+            let mut port = this.peer_port.lock();
+            let peer = port.remove_end(this.peer.1).expect("ends come in pairs");
+            if let Some((code, reason)) = reset {
+                port.mux.reset(this.peer.1, code, reason);
+            }
+            peer
+        };
+        if reset.is_some() {
+            self.wake(this.peer.0);
+        }
+        Some(Unlinked::new(&this, &peer))
     }
-}
 
-impl Hub {
-    /// `conn` is gone with its `port`: the other ends of its relayed
-    /// channels are reset.
-    pub(super) fn routes_gone(&mut self, conn: ConnId, port: &mut Port) {
-        while let Some((_, this)) = port.ends.pop_first() {
+    /// `conn` is gone with these ends of relayed channels: their other
+    /// ends are reset.
+    pub(super) fn routes_gone(&mut self, conn: ConnId, mut ends: BTreeMap<ChannelId, RelayEnd>) {
+        while let Some((_, this)) = ends.pop_first() {
             // A channel to itself has both ends here.
             let peer = match this.peer.0 == conn {
-                true => port.ends.remove(&this.peer.1),
-                false => self
-                    .port_mut(this.peer.0)
-                    .and_then(|p| p.remove_end(this.peer.1)),
+                true => ends.remove(&this.peer.1),
+                false => {
+                    let mut port = this.peer_port.lock();
+                    let peer = port.remove_end(this.peer.1);
+                    let reason = "the other end went away";
+                    port.mux.reset(this.peer.1, ErrorCode::PeerGone, reason);
+                    peer
+                }
             };
             let peer = peer.expect("ends come in pairs");
+            self.wake(this.peer.0);
             self.release_route(Unlinked::new(&this, &peer));
-            if this.peer.0 != conn {
-                let reason = "the other end went away";
-                self.reset_channel(this.peer.0, this.peer.1, ErrorCode::PeerGone, reason);
-            }
         }
     }
 
@@ -158,39 +147,19 @@ impl Hub {
         code: ErrorCode,
         reason: &str,
     ) {
-        if let Some(port) = self.port_mut(conn) {
-            port.mux.reset(channel, code, reason);
+        let reset = self.lock_port(conn).map(|mut port| port.mux.reset(channel, code, reason));
+        if reset.is_some() {
             self.wake(conn);
         }
     }
 
     pub(super) fn forget_channel(&mut self, conn: ConnId, channel: ChannelId) {
-        if let Some(port) = self.port_mut(conn) {
+        if let Some(mut port) = self.lock_port(conn) {
             port.mux.forget(channel);
         }
     }
 
-    // ── data, FIN, reset and credit between the ends ──────────────────
-
-    /// Bytes on a relayed channel: copied from the input straight into the
-    /// other end's queue (a slice would keep the read buffer alive for as
-    /// long as the receiver does not read, beyond what the reservations
-    /// cover).
-    pub(super) fn on_channel_data(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        channel: ChannelId,
-        bytes: &[u8],
-    ) {
-        let Some(peer) = self.peer((conn, channel)) else {
-            return self.on_unrouted(now, conn, channel, "data", None);
-        };
-        if let Some(port) = self.port_mut(peer.0) {
-            port.deliver(peer.1, bytes);
-        }
-        self.wake(peer.0);
-    }
+    // ── FIN, reset and credit between the ends ────────────────────────
 
     pub(super) fn on_channel_event(&mut self, now: Instant, conn: ConnId, event: MuxEvent) {
         let (channel, kind) = match &event {
@@ -206,18 +175,15 @@ impl Hub {
         };
         match event {
             MuxEvent::Fin { .. } => {
-                if let Some(port) = self.port_mut(peer.0) {
-                    port.finish(peer.1);
-                }
+                // Ports pass a routed FIN on themselves: this one was
+                // unrouted when its port looked (a route linked meanwhile).
+                let give_back = self.lock_port(peer.0).is_some_and(|mut p| p.finish(peer.1));
                 self.wake(peer.0);
-                // Nothing more comes that way: the growth reserved for it
-                // shrinks to what is still queued, and with the queue.
-                self.pass_credit(peer);
+                if give_back {
+                    self.pass_credit(peer);
+                }
             }
             MuxEvent::Reset { code, reason, .. } => {
-                if let Some((_, unlinked)) = self.unlink(end) {
-                    self.release_route(unlinked);
-                }
                 // The reason is traffic the peer did not ask for: passed on
                 // only while it has room for that, so resets cannot fill
                 // the queue its replies are judged by.
@@ -225,20 +191,18 @@ impl Hub {
                     true => reason,
                     false => String::new(),
                 };
-                self.reset_channel(peer.0, peer.1, code, &reason);
+                if let Some(unlinked) = self.unlink(end, Some((code, &reason))) {
+                    self.release_route(unlinked);
+                }
             }
             MuxEvent::Credit { increment, .. } => {
-                if let Some(route) = self.end_mut(end) {
-                    route.held = route.held.saturating_add(increment);
-                }
+                self.with_end(end, |route| route.held = route.held.saturating_add(increment));
                 self.pass_credit(end);
             }
             MuxEvent::Closed { .. } => {
-                if let Some(route) = self.end_mut(end) {
-                    route.closed = true;
-                }
-                if self.end(peer).is_some_and(|p| p.closed) {
-                    if let Some((_, unlinked)) = self.unlink(end) {
+                self.with_end(end, |route| route.closed = true);
+                if self.with_end(peer, |p| p.closed) == Some(true) {
+                    if let Some(unlinked) = self.unlink(end, None) {
                         self.release_route(unlinked);
                     }
                 }
@@ -250,7 +214,7 @@ impl Hub {
     /// A channel event with no route: an open still waiting for its answer
     /// (or for its socketpair). Either side may give up on it with a reset;
     /// anything else is too early.
-    fn on_unrouted(
+    pub(in crate::broker) fn on_unrouted(
         &mut self,
         now: Instant,
         conn: ConnId,

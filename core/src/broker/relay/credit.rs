@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use crate::keys::PublicKey;
 
 use super::End;
-use crate::broker::{ConnId, Hub};
+use crate::broker::port::RelayEnd;
+use crate::broker::Hub;
 
 impl Hub {
     /// Passes held credit from `end` (the receiver) to its peer (the sender)
@@ -19,16 +20,24 @@ impl Hub {
     /// the broker holds for the receiver stays within `max_window`, and
     /// beyond the initial window within what the receiver's key may reserve
     /// for the sender's. What cannot pass waits for output to drain.
-    pub(super) fn pass_credit(&mut self, end: End) {
-        let Some(route) = self.end(end) else {
+    ///
+    /// The port passes what fits in what the channel reserved itself
+    /// (`Port::credit_step`); this is for the rest: the reservation grows
+    /// as credit beyond it passes, and is given back once the direction
+    /// drained (nothing queued or owed beyond the initial window) or, after
+    /// the sender's FIN, as its queue empties.
+    pub(in crate::broker) fn pass_credit(&mut self, end: End) {
+        let Some(port) = self.port(end.0) else {
             return;
         };
-        let (peer, held, grown, finished) = (route.peer, route.held, route.grown, route.finished);
+        let mut port = port.lock();
+        let Some(in_flight) = port.exposure(end.1) else {
+            return;
+        };
+        let route = &port.ends[&end.1];
+        let (peer_port, peer) = (route.peer_port.clone(), route.peer);
+        let (held, grown, finished) = (route.held, route.grown, route.finished);
         let (receiver, sender) = (route.key, route.peer_key);
-        let in_flight = self
-            .port(end.0)
-            .and_then(|p| p.exposure(end.1))
-            .expect("found above");
         let initial = u64::from(self.config.limits.initial_window);
         let max_window = u64::from(self.config.limits.max_window);
         let free = self.bytes.growth_free(&receiver, &sender);
@@ -37,16 +46,11 @@ impl Hub {
             true => 0,
             false => u64::from(held).min(ceiling.saturating_sub(in_flight)),
         };
-        if pass > 0 {
-            if let Some(port) = self.port_mut(peer.0) {
-                port.mux.grant(peer.1, pass as u32);
-            }
-            self.wake(peer.0);
-            self.check_blame(peer.0);
-        }
-        // The reservation follows the exposure: up as credit passes, down
-        // as the queue has drained since.
-        let now_grown = (in_flight + pass).saturating_sub(initial);
+        let needed = (in_flight + pass).saturating_sub(initial);
+        let now_grown = match finished || needed == 0 {
+            true => needed,
+            false => needed.max(grown),
+        };
         match now_grown > grown {
             true => self.bytes.grow(receiver, sender, now_grown - grown),
             false => self.bytes.shrink(receiver, sender, grown - now_grown),
@@ -55,7 +59,6 @@ impl Hub {
             true => 0,
             false => held - pass as u32,
         };
-        let port = self.port_mut(end.0).expect("found above");
         let route = port.ends.get_mut(&end.1).expect("found above");
         route.held = left;
         route.grown = now_grown;
@@ -66,16 +69,10 @@ impl Hub {
             false => port.credit_waiting.remove(&end.1),
             true => port.credit_waiting.insert(end.1),
         };
-    }
-
-    /// Output drained on `conn`: credit held for its channels may pass now.
-    pub(in crate::broker) fn retry_credit(&mut self, conn: ConnId) {
-        let Some(port) = self.port(conn) else {
-            return;
-        };
-        let waiting: Vec<_> = port.credit_waiting.iter().copied().collect();
-        for channel in waiting {
-            self.pass_credit((conn, channel));
+        drop(port);
+        if pass > 0 {
+            peer_port.lock().grant(peer.1, pass as u32);
+            self.wake(peer.0);
         }
     }
 }
@@ -105,6 +102,7 @@ impl Hub {
             let Some(port) = &c.port else {
                 continue;
             };
+            let port = port.lock();
             for (&channel, route) in &port.ends {
                 let end = (conn, channel);
                 if route.opener {
@@ -115,18 +113,16 @@ impl Hub {
                 *shares.entry((route.key, sender)).or_default() += route.grown;
                 *by_sender.entry(sender).or_default() += route.grown;
                 // What this end counts as owed is what the sender's mux
-                // lets it send.
-                let sender_mux = self.port(route.peer.0).map(|p| &p.mux);
-                if let Some(mux) =
-                    sender_mux.filter(|m| !route.finished && m.contains(route.peer.1))
-                {
-                    let credit = u64::from(mux.recv_credit(route.peer.1));
-                    if credit != route.owed {
-                        return Err(format!(
-                            "channel {end:?}: {} owed, the sender's mux gives it {credit}",
-                            route.owed
-                        ));
-                    }
+                // lets it send (a channel to itself: this port's own mux).
+                let credit = match route.peer.0 == conn {
+                    true => sender_credit(&port.mux, route),
+                    false => sender_credit(&route.peer_port.lock().mux, route),
+                };
+                if let Some(credit) = credit.filter(|&credit| credit != route.owed) {
+                    return Err(format!(
+                        "channel {end:?}: {} owed, the sender's mux gives it {credit}",
+                        route.owed
+                    ));
                 }
                 let exposure = port.exposure(channel).expect("an end here");
                 if exposure > initial + route.grown {
@@ -160,4 +156,11 @@ impl Hub {
         }
         Ok(())
     }
+}
+
+/// What the sender's mux lets it send toward `route`'s end, while it has
+/// the channel and has not finished.
+fn sender_credit(mux: &crate::mux::Mux, route: &RelayEnd) -> Option<u64> {
+    let channel = route.peer.1;
+    (!route.finished && mux.contains(channel)).then(|| u64::from(mux.recv_credit(channel)))
 }
