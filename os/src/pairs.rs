@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
 
-use plugboard_core::broker::{ConnId, PairEnd, PairId};
+use plugboard_core::broker::{ConnId, PairEnd, PairId, Transmit};
 use plugboard_core::Instant;
 
 use crate::{BrokerFace, WriteQueue};
@@ -82,19 +82,33 @@ impl SocketPairs {
             let Some(t) = broker.poll_transmit(conn) else {
                 break;
             };
-            match t.fd {
-                None => queue.push(t.data),
-                Some(end) => match self.ends.remove(&end) {
-                    Some((_, fd)) if carries_fds => queue.push_with_fd(t.data, fd),
-                    Some(_) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::Unsupported,
-                            "descriptors cannot cross a TCP connection",
-                        ))
-                    }
-                    None => return Err(io::Error::other("a socketpair end went missing")),
-                },
-            }
+            self.push(t, queue, carries_fds)?;
+        }
+        Ok(())
+    }
+
+    /// Moves one piece of the broker's output into `queue`, with the
+    /// socketpair end its frame announces. An error cuts the connection:
+    /// an end that went missing, or one meant for a socket that cannot
+    /// carry it.
+    pub fn push(
+        &mut self,
+        t: Transmit,
+        queue: &mut WriteQueue,
+        carries_fds: bool,
+    ) -> io::Result<()> {
+        match t.fd {
+            None => queue.push(t.data),
+            Some(end) => match self.ends.remove(&end) {
+                Some((_, fd)) if carries_fds => queue.push_with_fd(t.data, fd),
+                Some(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        "descriptors cannot cross a TCP connection",
+                    ))
+                }
+                None => return Err(io::Error::other("a socketpair end went missing")),
+            },
         }
         Ok(())
     }

@@ -491,7 +491,12 @@ impl Hub {
     }
 
     /// What a port handed the hub (see [`PortDriver`]).
-    pub(in crate::broker) fn handle_port(&mut self, now: Option<Instant>, conn: ConnId, input: HubInput<'_>) {
+    pub(in crate::broker) fn handle_port(
+        &mut self,
+        now: Option<Instant>,
+        conn: ConnId,
+        input: HubInput<'_>,
+    ) {
         let now = now.unwrap_or(self.last_now);
         // A port's step can come after its connection ended (another
         // thread ended it): nothing is left to do.
@@ -701,31 +706,33 @@ impl Hub {
                 let port = c.port.clone().expect("ready means established");
                 let mut port = port.lock();
                 match port.ping_sent {
-                Some(sent) if now >= sent + limits.dead_peer_timeout => {
-                    drop(port);
-                    self.close(
-                    now,
-                    conn,
-                    ErrorCode::IdleTimeout,
-                    "no answer to a ping".into(),
-                )}
-                Some(sent) => {
-                    drop(port);
-                    self.set_deadline(conn, Some(sent + limits.dead_peer_timeout))
+                    Some(sent) if now >= sent + limits.dead_peer_timeout => {
+                        drop(port);
+                        self.close(
+                            now,
+                            conn,
+                            ErrorCode::IdleTimeout,
+                            "no answer to a ping".into(),
+                        )
+                    }
+                    Some(sent) => {
+                        drop(port);
+                        self.set_deadline(conn, Some(sent + limits.dead_peer_timeout))
+                    }
+                    None if now >= port.last_input + limits.idle_timeout => {
+                        port.ping_sent = Some(now);
+                        port.mux.ping(now.as_nanos());
+                        drop(port);
+                        self.wake(conn);
+                        self.set_deadline(conn, Some(now + limits.dead_peer_timeout));
+                    }
+                    None => {
+                        let at = port.last_input + limits.idle_timeout;
+                        drop(port);
+                        self.set_deadline(conn, Some(at));
+                    }
                 }
-                None if now >= port.last_input + limits.idle_timeout => {
-                    port.ping_sent = Some(now);
-                    port.mux.ping(now.as_nanos());
-                    drop(port);
-                    self.wake(conn);
-                    self.set_deadline(conn, Some(now + limits.dead_peer_timeout));
-                }
-                None => {
-                    let at = port.last_input + limits.idle_timeout;
-                    drop(port);
-                    self.set_deadline(conn, Some(at));
-                }
-            }},
+            }
         }
     }
 

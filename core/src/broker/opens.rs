@@ -49,7 +49,13 @@ impl Hub {
         let c = self.conns.get_mut(&conn).expect("handling its message");
         let key = c.key.expect("ready connections are authenticated");
         // The id is the opener's to use up, whatever the answer.
-        let opened = c.port.as_ref().expect("ready").lock().mux.open_remote(channel);
+        let opened = c
+            .port
+            .as_ref()
+            .expect("ready")
+            .lock()
+            .mux
+            .open_remote(channel);
         if let Err(e) = opened {
             return self.close(now, conn, ErrorCode::ProtocolViolation, e.to_string());
         }

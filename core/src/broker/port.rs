@@ -13,8 +13,8 @@
 //! credit passed to the sender and the bytes that arrived, so passing
 //! credit on reads no other connection's state.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::any::Any;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
 use bytes::Bytes;
@@ -314,7 +314,10 @@ impl Port {
     /// credit. Nothing is queued on a channel this mux no longer has.
     pub(super) fn deliver(&mut self, channel: ChannelId, bytes: &[u8]) {
         if let Some(end) = self.ends.get_mut(&channel) {
-            debug_assert!(end.owed >= bytes.len() as u64, "the sender's mux checked it");
+            debug_assert!(
+                end.owed >= bytes.len() as u64,
+                "the sender's mux checked it"
+            );
             end.owed = end.owed.saturating_sub(bytes.len() as u64);
         }
         // Fails only if this end's channel is gone already.

@@ -147,7 +147,9 @@ impl Hub {
         code: ErrorCode,
         reason: &str,
     ) {
-        let reset = self.lock_port(conn).map(|mut port| port.mux.reset(channel, code, reason));
+        let reset = self
+            .lock_port(conn)
+            .map(|mut port| port.mux.reset(channel, code, reason));
         if reset.is_some() {
             self.wake(conn);
         }
@@ -196,7 +198,9 @@ impl Hub {
                 }
             }
             MuxEvent::Credit { increment, .. } => {
-                self.with_end(end, |route| route.held = route.held.saturating_add(increment));
+                self.with_end(end, |route| {
+                    route.held = route.held.saturating_add(increment)
+                });
                 self.pass_credit(end);
             }
             MuxEvent::Closed { .. } => {

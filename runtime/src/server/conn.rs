@@ -13,6 +13,7 @@
 //! others. The crypto runs under a link's lock (with that connection's
 //! write queue when its output is sealed), never under the hub's.
 
+use std::any::Any;
 use std::future::Future;
 use std::io;
 use std::sync::atomic::Ordering;
@@ -21,11 +22,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::future;
-use plugboard_core::broker::{ConnId, Link, LinkEvent, Origin};
+use plugboard_core::broker::{Link, LinkEvent, Origin};
 use plugboard_core::Instant;
 use plugboard_os::{WriteQueue, LAST_WORDS_GRACE};
 
-use super::shared::{Conn, Shared, State};
+use super::shared::{Conn, Shared, TaskDriver};
 use crate::rt::{Runtime, Task as _};
 use crate::stream::{ReadSize, Stream};
 
@@ -173,9 +174,10 @@ impl<R: Runtime> Shared<R> {
         }
     }
 
-    /// Runs what a read said through the link, hands the hub what that
-    /// gives, and writes the output it made; whether the connection is gone.
-    fn handle_read(&self, c: &Conn<R>, io: &ConnIo<R>, result: io::Result<&[u8]>) -> bool {
+    /// Runs what a read said through the link, its plaintext through the
+    /// connection's port (the hub only for what needs it), and writes the
+    /// output it made; whether the connection is gone.
+    fn handle_read(&self, c: &Arc<Conn<R>>, io: &ConnIo<R>, result: io::Result<&[u8]>) -> bool {
         let now = self.clock.now();
         let mut link = io.link.lock();
         let reason = match result {
@@ -183,16 +185,20 @@ impl<R: Runtime> Shared<R> {
             Ok(input) => {
                 let mut to_write = Vec::new();
                 let plain = link.handle_input(now, input);
-                self.carry(now, c.id, &mut link, &mut to_write);
-                if let Some(plain) = plain {
-                    let mut state = self.lock();
-                    state.hub.handle_plaintext(now, c.id, plain);
-                    self.dispatch_and_keep(&mut state, Some(&mut to_write));
-                }
+                let opened = self.carry(now, c, &mut link, &mut to_write);
                 if link.has_output() {
                     c.signals.wake.notify_one(); // a handshake message, or message 4
                 }
                 drop(link);
+                if let Some(port) = c.port.get() {
+                    let mut driver = TaskDriver::new(self, Some(&mut to_write));
+                    for bytes in &opened {
+                        port.handle_input(now, bytes, &mut driver);
+                    }
+                    if let Some(plain) = plain {
+                        port.handle_input(now, plain, &mut driver);
+                    }
+                }
                 self.write_through(to_write);
                 return false;
             }
@@ -212,20 +218,37 @@ impl<R: Runtime> Shared<R> {
     }
 
     /// Carries the link's events to the hub, taking the hub's lock once for
-    /// a run of them and letting go for the crypto an admitted key starts.
-    fn carry(&self, now: Instant, conn: ConnId, link: &mut Link, to_write: &mut Vec<Arc<Conn<R>>>) {
+    /// a run of them and letting go for the crypto an admitted key starts;
+    /// returns the plaintext the link opened, for the connection's port.
+    fn carry(
+        &self,
+        now: Instant,
+        c: &Arc<Conn<R>>,
+        link: &mut Link,
+        to_write: &mut Vec<Arc<Conn<R>>>,
+    ) -> Vec<BytesMut> {
+        let mut opened = Vec::new();
         loop {
             let mut state = None;
             let mut verdict = None;
             while let Some(event) = link.poll_event() {
+                if let LinkEvent::Input(bytes) = event {
+                    opened.push(bytes);
+                    continue;
+                }
                 let state = state.get_or_insert_with(|| self.lock());
                 let established = event == LinkEvent::Established;
-                verdict = state.hub.handle_link(now, conn, event);
-                if established && !state.hub.is_open(conn) {
+                verdict = state.hub.handle_link(now, c.id, event);
+                if established && !state.hub.is_open(c.id) {
                     // Dropped (a timeout, a shutdown) while message 4 was
                     // made with the hub let go: it is not sent.
                     link.handle_disconnect();
                     break;
+                }
+                if let Some(port) = state.hub.port(c.id).filter(|_| established) {
+                    let owner: Arc<dyn Any + Send + Sync> = c.clone();
+                    port.set_owner(&owner);
+                    let _ = c.port.set(port);
                 }
                 if verdict.is_some() {
                     break;
@@ -237,7 +260,7 @@ impl<R: Runtime> Shared<R> {
             match verdict {
                 // Message 4 is made with the hub let go.
                 Some(accept) => link.authorize(accept),
-                None => return,
+                None => return opened,
             }
         }
     }
@@ -250,11 +273,11 @@ impl<R: Runtime> Shared<R> {
             let written = c.io.get().and_then(|io| {
                 // Someone is writing there: it takes this output too.
                 let mut outbox = io.outbox.try_lock().ok()?;
-                // Output is taken from the hub only into an empty queue: a
-                // full socket's bytes stay in the hub, under its bounds.
+                // Output is taken from the port only into an empty queue: a
+                // full socket's bytes stay in the port, under its bounds.
                 io.stream.try_flush(&mut outbox.queue).ok()?;
                 // One batch: the rest is the writer's, not this reader's.
-                if let Err(e) = self.take_output(c.id, io, &mut outbox) {
+                if let Err(e) = self.take_output(c, io, &mut outbox) {
                     drop(outbox);
                     self.write_failed(c, io, e);
                     return Some(());
@@ -298,7 +321,7 @@ impl<R: Runtime> Shared<R> {
                 // write it in as few system calls as it takes.
                 let taken = {
                     let mut outbox = io.outbox();
-                    self.take_output(c.id, io, &mut outbox)
+                    self.take_output(&c, io, &mut outbox)
                         .map(|()| outbox.queue.is_empty())
                 };
                 let written = match taken {
@@ -335,9 +358,11 @@ impl<R: Runtime> Shared<R> {
         }
     }
 
-    /// The link's own bytes (the handshake's) first; then the hub's, as
-    /// they are on a plain link, or gathered and sealed with the hub let go.
-    fn take_output(&self, conn: ConnId, io: &ConnIo<R>, outbox: &mut Outbox) -> io::Result<()> {
+    /// The link's own bytes (the handshake's) first; then the port's, as
+    /// they are on a plain link, or gathered and sealed a batch at a time.
+    /// The hub's lock is taken only for what needs the hub (a socketpair
+    /// end riding out, a resync, growth), never for relayed data.
+    fn take_output(&self, c: &Conn<R>, io: &ConnIo<R>, outbox: &mut Outbox) -> io::Result<()> {
         let Outbox { queue, plain } = outbox;
         let is_plain = {
             let mut link = io.link.lock();
@@ -346,33 +371,38 @@ impl<R: Runtime> Shared<R> {
             }
             link.is_plain()
         };
+        let Some(port) = c.port.get() else {
+            return Ok(()); // the handshake is not over
+        };
+        let mut driver = TaskDriver::new(self, None);
         if is_plain {
-            let mut state = self.lock();
-            let State { hub, pairs, .. } = &mut *state;
             let carries_fds = io.stream.carries_fds();
-            let taken = pairs.take_output(hub, conn, queue, WRITE_BATCH, carries_fds);
-            self.dispatch(&mut state);
-            return taken;
-        }
-        // Box-stream: a seal's worth of plaintext at a time, sealed with
-        // the hub let go, until a batch is ready.
-        while queue.len() < WRITE_BATCH {
-            {
-                let mut state = self.lock();
-                while plain.len() < SEAL_BATCH {
-                    let Some(t) = state.hub.poll_transmit(conn) else {
-                        break;
-                    };
-                    plain.extend_from_slice(&t.data);
+            while queue.len() < WRITE_BATCH {
+                let Some(t) = port.poll_transmit(&mut driver) else {
+                    break;
+                };
+                match t.fd {
+                    None => queue.push(t.data),
+                    Some(_) => self.lock().pairs.push(t, queue, carries_fds)?,
                 }
-                self.dispatch(&mut state);
+            }
+            return Ok(());
+        }
+        // Box-stream: a seal's worth of plaintext at a time, until a batch
+        // is ready.
+        while queue.len() < WRITE_BATCH {
+            while plain.len() < SEAL_BATCH {
+                let Some(t) = port.poll_transmit(&mut driver) else {
+                    break;
+                };
+                plain.extend_from_slice(&t.data);
             }
             if plain.is_empty() {
                 break;
             }
             let mut link = io.link.lock();
             // The handshake may have ended since the link was asked above:
-            // message 4, made before the hub had any of this, goes first.
+            // message 4, made before the port had any of this, goes first.
             while let Some(data) = link.poll_transmit() {
                 queue.push(data);
             }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
 use futures_lite::future;
-use plugboard_core::broker::{ConnId, Hub};
+use plugboard_core::broker::{ConnId, Hub, PortDriver, PortHandle};
 use plugboard_os::{ConnEvent, SocketPairs};
 
 use super::conn::{ConnIo, WRITE_THROUGH};
@@ -47,6 +47,8 @@ pub(super) struct Conn<R: Runtime> {
     /// Its socket, link and write queue, once its tasks start: a task that
     /// made output for it writes it at once if nobody else is writing.
     pub(super) io: OnceLock<ConnIo<R>>,
+    /// Its mux and relay ends, once its handshake is over.
+    pub(super) port: OnceLock<PortHandle>,
 }
 
 impl<R: Runtime> Conn<R> {
@@ -55,6 +57,7 @@ impl<R: Runtime> Conn<R> {
             id,
             signals: ConnSignals::default(),
             io: OnceLock::new(),
+            port: OnceLock::new(),
         }
     }
 }
@@ -155,11 +158,7 @@ impl<R: Runtime> Shared<R> {
                     let Some(conn) = state.conns.get(&conn) else {
                         continue;
                     };
-                    match to_write.as_deref_mut() {
-                        Some(list) if list.iter().any(|c| Arc::ptr_eq(c, conn)) => {}
-                        Some(list) if list.len() < WRITE_THROUGH => list.push(conn.clone()),
-                        _ => conn.signals.wake.notify_one(),
-                    }
+                    keep_or_wake(to_write.as_deref_mut(), conn);
                 }
                 ConnEvent::Close(conn, last_words) => {
                     if let Some(conn) = state.conns.remove(&conn) {
@@ -169,5 +168,47 @@ impl<R: Runtime> Shared<R> {
             }
         }
         self.timer.notify_one();
+    }
+}
+
+/// Puts `conn` in `to_write` (once) if there is one with room, else wakes
+/// its writer.
+fn keep_or_wake<R: Runtime>(to_write: Option<&mut Vec<Arc<Conn<R>>>>, conn: &Arc<Conn<R>>) {
+    match to_write {
+        Some(list) if list.iter().any(|c| Arc::ptr_eq(c, conn)) => {}
+        Some(list) if list.len() < WRITE_THROUGH => list.push(conn.clone()),
+        _ => conn.signals.wake.notify_one(),
+    }
+}
+
+/// Drives ports from one connection's task: the hub under the server's
+/// lock, taken only for what needs it; other connections' output written
+/// by this task once it let go of every lock (a reader, with `to_write`)
+/// or left to their writers.
+pub(super) struct TaskDriver<'a, R: Runtime> {
+    shared: &'a Shared<R>,
+    to_write: Option<&'a mut Vec<Arc<Conn<R>>>>,
+}
+
+impl<'a, R: Runtime> TaskDriver<'a, R> {
+    pub(super) fn new(shared: &'a Shared<R>, to_write: Option<&'a mut Vec<Arc<Conn<R>>>>) -> Self {
+        TaskDriver { shared, to_write }
+    }
+}
+
+impl<R: Runtime> PortDriver for TaskDriver<'_, R> {
+    fn with_hub<T>(&mut self, f: impl FnOnce(&mut Hub) -> T) -> T {
+        let mut state = self.shared.lock();
+        let out = f(&mut state.hub);
+        self.shared
+            .dispatch_and_keep(&mut state, self.to_write.as_deref_mut());
+        out
+    }
+
+    fn wake(&mut self, port: &PortHandle) {
+        let owner = port.owner().and_then(|o| o.downcast::<Conn<R>>().ok());
+        if let Some(conn) = owner {
+            keep_or_wake(self.to_write.as_deref_mut(), &conn);
+        }
     }
 }
