@@ -134,7 +134,8 @@ pub(super) struct RelayEnd {
     /// reserved from `key`'s growth (see `memory`). It follows the most
     /// the direction had out, not each pass, so a steady transfer does not
     /// go to the hub for every grant; it is given back when the direction
-    /// drains or finishes.
+    /// drains, and after the sender's FIN once the queue is within the
+    /// initial window.
     pub(super) grown: u64,
     /// This end's mux retired the channel (both FINs).
     pub(super) closed: bool,
@@ -287,8 +288,10 @@ impl Port {
         let end = self.ends.get_mut(&channel)?;
         let in_flight = end.owed + queued;
         if end.finished {
-            // Nothing passes; what was reserved goes back as the queue drains.
-            return (end.grown > 0).then_some(Step::Hub(HubInput::Credit(channel)));
+            // Nothing passes; what was reserved goes back once the queue
+            // is within the initial window (not at every chunk written).
+            let release = end.grown > 0 && queued <= initial_window;
+            return release.then_some(Step::Hub(HubInput::Credit(channel)));
         }
         let reserved = max_window.min(initial_window + end.grown);
         let pass = u64::from(end.held).min(reserved.saturating_sub(in_flight));

@@ -23,6 +23,7 @@ use std::io;
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -85,6 +86,7 @@ impl<R: Runtime> Server<R> {
                     pairs: SocketPairs::new(),
                 }),
                 timer: Notify::default(),
+                hub_locks: Arc::default(),
             }),
             listeners,
         })
@@ -96,6 +98,14 @@ impl<R: Runtime> Server<R> {
             .iter()
             .map(|l| l.local_addr().clone())
             .collect()
+    }
+
+    /// How many times the hub's lock has been taken, counted from here on
+    /// for as long as the server runs: for tests and measures of what
+    /// goes through the hub (control traffic and lifecycle; relayed data
+    /// moves between connections without it).
+    pub fn hub_locks(&self) -> Arc<AtomicU64> {
+        self.shared.hub_locks.clone()
     }
 
     /// The broker's key.

@@ -3,7 +3,7 @@
 //! hub asks for after each call.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
@@ -22,6 +22,8 @@ pub(super) struct Shared<R: Runtime> {
     pub(super) state: Mutex<State<R>>,
     /// Wakes the timer task when a call may have moved the next deadline.
     pub(super) timer: Notify,
+    /// Times the hub's lock was taken (see [`Server::hub_locks`](super::Server::hub_locks)).
+    pub(super) hub_locks: Arc<AtomicU64>,
 }
 
 pub(super) struct State<R: Runtime> {
@@ -97,6 +99,7 @@ impl ConnSignals {
 
 impl<R: Runtime> Shared<R> {
     pub(super) fn lock(&self) -> MutexGuard<'_, State<R>> {
+        self.hub_locks.fetch_add(1, Ordering::Relaxed);
         self.state.lock().expect("a task panicked holding the hub")
     }
 

@@ -24,8 +24,9 @@ impl Hub {
     /// The port passes what fits in what the channel reserved itself
     /// (`Port::credit_step`); this is for the rest: the reservation grows
     /// as credit beyond it passes, and is given back once the direction
-    /// drained (nothing queued or owed beyond the initial window) or, after
-    /// the sender's FIN, as its queue empties.
+    /// drained (nothing queued or owed beyond the initial window). At the
+    /// sender's FIN it shrinks to what is queued beyond the initial window,
+    /// and the rest goes once the queue is within it.
     pub(in crate::broker) fn pass_credit(&mut self, end: End) {
         let Some(port) = self.port(end.0) else {
             return;
