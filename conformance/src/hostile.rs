@@ -8,16 +8,17 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use plugboard_core::broker::Limits;
-use plugboard_core::control::{self, ErrorCode, Message, Name, OpenedPath};
+use plugboard_core::control::{self, ErrorCode, Message, Name, OpenedPath, Presence};
 use plugboard_core::direct::{DirectConn, DirectError, DirectEvent};
 use plugboard_core::mux::{frame, Frame, FrameDecoder};
 use plugboard_core::shs::{ClientHandshake, Event};
+use plugboard_core::wire::BoxedIo;
 use plugboard_core::{Instant, NetworkKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::api::{Api, Connect, Error, Path, Spawned, TokioApi};
+use crate::api::{Api, Connect, Error, Path, Spawned, TokioApi, Watch};
 use crate::broker::{start, Broker};
 use crate::stream::{hashed_exchanges, serve_hasher, MIB};
 use crate::{broker_keys, keys};
@@ -203,6 +204,99 @@ impl Raw {
         );
         self.stream.write_all(&out).await.unwrap();
     }
+}
+
+/// The next watch event, within 10 s.
+async fn next_watched(watching: &mut crate::api::Watching) -> Watch {
+    let next = futures_lite::StreamExt::next(watching);
+    tokio::time::timeout(Duration::from_secs(10), next)
+        .await
+        .expect("a watch event in time")
+        .expect("the watch goes on")
+}
+
+/// A control message as a mux frame, appended to `out`.
+fn control_frame(message: &Message, out: &mut BytesMut) {
+    let mut body = BytesMut::new();
+    control::encode(message, &mut body);
+    let payload = body.freeze();
+    frame::encode(
+        &Frame::Data {
+            channel: 0,
+            fin: false,
+            payload,
+        },
+        out,
+    );
+}
+
+/// A box-stream connection's last read carries its hello, a Register and
+/// box-stream's goodbye at once: the broker hears all of it, in order, so
+/// watchers see the name come and then go (the threaded server once handed
+/// the goodbye to the hub before the port had the plaintext read with it,
+/// and the Register was lost).
+pub fn last_words_read_with_the_goodbye_are_heard<B: Broker>() {
+    let broker = start::<B>("last-words", |_| {});
+    let tcp = broker.tcp.clone();
+    run(async {
+        let watcher = plugin(&tcp, 1, None).await;
+        let mut watching = A::watch(&watcher).await.expect("a watch");
+        assert!(matches!(
+            next_watched(&mut watching).await,
+            Watch::Snapshot(_)
+        ));
+
+        // A plugin driven by hand over TCP: shs1, then box-stream.
+        let at = tcp.strip_prefix("tcp:").expect("a tcp: address");
+        let mut stream = tokio::net::TcpStream::connect(at).await.unwrap();
+        let mut hs = client_handshake(2, NetworkKey::SSB_MAIN);
+        let mut buf = vec![0u8; 4096];
+        let established = loop {
+            while let Some(bytes) = hs.poll_transmit() {
+                stream.write_all(&bytes).await.unwrap();
+            }
+            if let Some(Event::Established(established)) = hs.poll_event() {
+                break established;
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the broker closed the handshake");
+            hs.handle_input(Instant::ZERO, &buf[..n]).unwrap();
+        };
+        let mut io = BoxedIo::new(&established);
+        let mut plain = BytesMut::new();
+        let hello = Message::ClientHello {
+            min_version: 1,
+            max_version: 1,
+            features: 0,
+        };
+        control_frame(&hello, &mut plain);
+        let name = Name::new("last-words").unwrap();
+        let register = Message::Register {
+            request: 1,
+            name: name.clone(),
+            wait: false,
+            direct_addr: String::new(),
+        };
+        control_frame(&register, &mut plain);
+        let mut last = BytesMut::from(&io.seal(&plain)[..]);
+        io.goodbye(&mut last);
+        stream.write_all(&last).await.unwrap();
+
+        match next_watched(&mut watching).await {
+            Watch::Change {
+                presence: Presence::Up(member),
+                ..
+            } => assert_eq!(member.name, name),
+            other => panic!("expected last-words up, got {other:?}"),
+        }
+        match next_watched(&mut watching).await {
+            Watch::Change {
+                presence: Presence::Down { name: gone, .. },
+                ..
+            } => assert_eq!(gone, name),
+            other => panic!("expected last-words down, got {other:?}"),
+        }
+    });
 }
 
 /// An opener that asks `target` for `rounds` direct channels, one after

@@ -106,6 +106,7 @@ macro_rules! hostile_suite {
                 a_watcher_that_falls_behind_is_resynchronised,
                 a_thousand_connections_of_one_key,
                 a_peer_that_floods_after_it_is_cut_is_hung_up,
+                last_words_read_with_the_goodbye_are_heard,
             ]);
         }
     };

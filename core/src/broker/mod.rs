@@ -37,6 +37,7 @@ mod serial;
 mod share;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -292,6 +293,8 @@ pub struct Hub {
     shares: Shares,
     /// Buffer bytes reserved, per key.
     bytes: ByteBudget,
+    /// Moves whenever growth is given back (ports read it without the hub).
+    growth_epoch: Arc<AtomicU64>,
     /// Registrations, per source and in all: each can be an event for every
     /// watcher.
     registrations: rates::TieredRates,
@@ -345,6 +348,7 @@ impl Hub {
             fds,
             shares: Shares::default(),
             bytes,
+            growth_epoch: Arc::default(),
             registrations,
             timers: BTreeSet::new(),
             events: VecDeque::new(),
@@ -662,6 +666,7 @@ impl Hub {
                 max_window: u64::from(limits.max_window),
                 max_control_queue: limits.max_control_queue,
             },
+            self.growth_epoch.clone(),
             now,
         );
         c.port = Some(PortHandle::new(conn, port));

@@ -15,6 +15,7 @@
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
 use bytes::Bytes;
@@ -99,6 +100,8 @@ pub(super) struct Port {
     /// back as their queue drains.
     pub(super) credit_waiting: BTreeSet<ChannelId>,
     pub(super) limits: PortLimits,
+    /// The hub's growth epoch: it moves whenever growth is given back.
+    pub(super) growth_epoch: Arc<AtomicU64>,
     pub(super) last_input: Instant,
     pub(super) ping_sent: Option<Instant>,
     pub(super) bytes_in: u64,
@@ -141,6 +144,9 @@ pub(super) struct RelayEnd {
     pub(super) closed: bool,
     /// This end (an opener) was told to dial; a DirectFailed is still due.
     pub(super) dial_offered: bool,
+    /// The hub could not reserve the growth its held credit needs, at this
+    /// growth epoch: it is not asked again until some growth is given back.
+    pub(super) starved_at: Option<u64>,
 }
 
 impl RelayEnd {
@@ -164,6 +170,7 @@ impl RelayEnd {
             grown: 0,
             closed: false,
             dial_offered: false,
+            starved_at: None,
         }
     }
 }
@@ -207,12 +214,18 @@ pub(super) enum HubInput<'a> {
 }
 
 impl Port {
-    pub(super) fn new(mux: Mux, limits: PortLimits, now: Instant) -> Self {
+    pub(super) fn new(
+        mux: Mux,
+        limits: PortLimits,
+        growth_epoch: Arc<AtomicU64>,
+        now: Instant,
+    ) -> Self {
         Port {
             mux,
             ends: BTreeMap::new(),
             credit_waiting: BTreeSet::new(),
             limits,
+            growth_epoch,
             last_input: now,
             ping_sent: None,
             bytes_in: 0,
@@ -295,7 +308,12 @@ impl Port {
         }
         let reserved = max_window.min(initial_window + end.grown);
         let pass = u64::from(end.held).min(reserved.saturating_sub(in_flight));
-        let short = pass < u64::from(end.held) && reserved < max_window;
+        // More of the receiver's budget could pass more: asked of the hub,
+        // unless it had none at this epoch (a starved channel must not
+        // take the hub's lock for every chunk written).
+        let epoch = self.growth_epoch.load(Ordering::Relaxed);
+        let short =
+            pass < u64::from(end.held) && reserved < max_window && end.starved_at != Some(epoch);
         let drained = in_flight + pass <= initial_window && end.grown > 0;
         if short || drained {
             return Some(Step::Hub(HubInput::Credit(channel)));
@@ -331,6 +349,8 @@ impl Port {
     /// has growth to give back.
     pub(super) fn finish(&mut self, channel: ChannelId) -> bool {
         let _ = self.mux.finish(channel);
+        // Nothing held passes now; the hub puts it back if growth is to go.
+        self.credit_waiting.remove(&channel);
         let Some(end) = self.ends.get_mut(&channel) else {
             return false;
         };
@@ -399,5 +419,105 @@ impl Port {
     pub(super) fn remove_end(&mut self, channel: ChannelId) -> Option<RelayEnd> {
         self.credit_waiting.remove(&channel);
         self.ends.remove(&channel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::Keypair;
+    use crate::mux::{MuxConfig, Side};
+
+    const INITIAL: u64 = 1000;
+
+    fn port(epoch: &Arc<AtomicU64>) -> Port {
+        let config = MuxConfig {
+            max_frame: 1024,
+            initial_window: INITIAL as u32,
+            max_window: INITIAL as u32,
+            max_connection_window: u64::MAX,
+        };
+        let limits = PortLimits {
+            initial_window: INITIAL,
+            max_window: 8 * INITIAL,
+            max_control_queue: 4096,
+        };
+        Port::new(
+            Mux::new(Side::Listener, config),
+            limits,
+            epoch.clone(),
+            Instant::ZERO,
+        )
+    }
+
+    /// A receiver's port with one relayed channel whose end holds `held`
+    /// credit, and the sender's port.
+    fn linked(held: u32) -> (Port, PortHandle, Arc<AtomicU64>, ChannelId) {
+        let epoch = Arc::new(AtomicU64::new(0));
+        let sender = PortHandle::new(2, port(&epoch));
+        let mut receiver = port(&epoch);
+        let channel = receiver.mux.open_local();
+        let keys = [
+            Keypair::from_seed([1; 32]).public(),
+            Keypair::from_seed([2; 32]).public(),
+        ];
+        let mut end = RelayEnd::new((2, 1), sender.clone(), keys, false, INITIAL);
+        end.held = held;
+        receiver.ends.insert(channel, end);
+        (receiver, sender, epoch, channel)
+    }
+
+    #[test]
+    fn credit_within_the_reservation_passes_without_the_hub() {
+        let (mut receiver, _sender, _, channel) = linked(0);
+        receiver.ends.get_mut(&channel).unwrap().owed = 0;
+        receiver.ends.get_mut(&channel).unwrap().held = 600;
+        match receiver.credit_step(channel) {
+            Some(Step::Grant {
+                increment: 600,
+                channel: 1,
+                ..
+            }) => {}
+            _ => panic!("expected a grant of 600 on the sender's channel 1"),
+        }
+        assert_eq!(receiver.ends[&channel].owed, 600);
+        assert!(receiver.credit_waiting.is_empty());
+    }
+
+    #[test]
+    fn growth_goes_to_the_hub_once_per_epoch_when_starved() {
+        // The sender holds the whole initial window: anything more needs
+        // growth, which only the hub can reserve.
+        let (mut receiver, _sender, epoch, channel) = linked(500);
+        assert!(matches!(
+            receiver.credit_step(channel),
+            Some(Step::Hub(HubInput::Credit(c))) if c == channel
+        ));
+        // The hub had no budget at this epoch: no more asking, however
+        // many chunks are written meanwhile.
+        receiver.ends.get_mut(&channel).unwrap().starved_at = Some(0);
+        assert!(receiver.credit_step(channel).is_none());
+        assert_eq!(receiver.ends[&channel].held, 500, "still held");
+        // Growth given back somewhere: asked again.
+        epoch.fetch_add(1, Ordering::Relaxed);
+        assert!(matches!(
+            receiver.credit_step(channel),
+            Some(Step::Hub(HubInput::Credit(_)))
+        ));
+    }
+
+    #[test]
+    fn a_finished_direction_waits_for_nothing_and_gives_growth_back_when_drained() {
+        let (mut receiver, _sender, _, channel) = linked(500);
+        receiver.credit_waiting.insert(channel);
+        assert!(!receiver.finish(channel), "no growth to give back");
+        assert!(receiver.credit_waiting.is_empty());
+        let end = &receiver.ends[&channel];
+        assert_eq!((end.owed, end.held, end.finished), (0, 0, true));
+        receiver.ends.get_mut(&channel).unwrap().grown = 300;
+        assert!(matches!(
+            receiver.credit_step(channel),
+            Some(Step::Hub(HubInput::Credit(_)))
+        ));
     }
 }

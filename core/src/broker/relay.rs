@@ -130,7 +130,7 @@ impl Hub {
     fn release_route(&mut self, unlinked: Unlinked) {
         self.release_channel(unlinked.keys[0], unlinked.keys[1]);
         for (receiver, sender, n) in unlinked.growth {
-            self.bytes.shrink(receiver, sender, n);
+            self.shrink_growth(receiver, sender, n);
         }
         for key in unlinked.keys {
             if let Some(usage) = self.usage.get_mut(&key) {

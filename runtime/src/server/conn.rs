@@ -185,19 +185,13 @@ impl<R: Runtime> Shared<R> {
             Ok(input) => {
                 let mut to_write = Vec::new();
                 let plain = link.handle_input(now, input);
-                let opened = self.carry(now, c, &mut link, &mut to_write);
+                self.carry(now, c, &mut link, &mut to_write);
                 if link.has_output() {
                     c.signals.wake.notify_one(); // a handshake message, or message 4
                 }
                 drop(link);
-                if let Some(port) = c.port.get() {
-                    let mut driver = TaskDriver::new(self, Some(&mut to_write));
-                    for bytes in &opened {
-                        port.handle_input(now, bytes, &mut driver);
-                    }
-                    if let Some(plain) = plain {
-                        port.handle_input(now, plain, &mut driver);
-                    }
+                if let Some((port, plain)) = c.port.get().zip(plain) {
+                    port.handle_input(now, plain, &mut TaskDriver::new(self, Some(&mut to_write)));
                 }
                 self.write_through(to_write);
                 return false;
@@ -217,23 +211,28 @@ impl<R: Runtime> Shared<R> {
         true
     }
 
-    /// Carries the link's events to the hub, taking the hub's lock once for
-    /// a run of them and letting go for the crypto an admitted key starts;
-    /// returns the plaintext the link opened, for the connection's port.
+    /// Carries the link's events, in order, to the hub, taking the hub's
+    /// lock once for a run of them and letting go for the crypto an
+    /// admitted key starts, and the plaintext it opened to the connection's
+    /// port, with the hub let go (an end of stream read with the last of it
+    /// comes after it).
     fn carry(
         &self,
         now: Instant,
         c: &Arc<Conn<R>>,
         link: &mut Link,
         to_write: &mut Vec<Arc<Conn<R>>>,
-    ) -> Vec<BytesMut> {
-        let mut opened = Vec::new();
+    ) {
         loop {
             let mut state = None;
             let mut verdict = None;
             while let Some(event) = link.poll_event() {
                 if let LinkEvent::Input(bytes) = event {
-                    opened.push(bytes);
+                    state = None; // ports come after the hub's lock, never under it here
+                    if let Some(port) = c.port.get() {
+                        let mut driver = TaskDriver::new(self, Some(&mut *to_write));
+                        port.handle_input(now, &bytes, &mut driver);
+                    }
                     continue;
                 }
                 let state = state.get_or_insert_with(|| self.lock());
@@ -260,7 +259,7 @@ impl<R: Runtime> Shared<R> {
             match verdict {
                 // Message 4 is made with the hub let go.
                 Some(accept) => link.authorize(accept),
-                None => return opened,
+                None => return,
             }
         }
     }
