@@ -17,8 +17,10 @@ pub trait PortDriver {
     /// Runs `f` on the hub (under its lock, if it has one), then carries
     /// out the events it made.
     fn with_hub<R>(&mut self, f: impl FnOnce(&mut Hub) -> R) -> R;
-    /// `port`'s connection has output: its writer must look (once per
-    /// call of [`PortHandle::poll_transmit`] that returned `None`).
+    /// `port`'s connection has output: its writer must look. Called at most
+    /// once until [`PortHandle::poll_transmit`] returns `None` (a writer
+    /// that stops before that comes back by itself), and possibly before
+    /// the writer waits: the runtime latches it.
     fn wake(&mut self, port: &PortHandle);
 }
 
@@ -85,13 +87,18 @@ impl PortHandle {
                 channel,
                 increment,
             } => {
-                let wake = {
+                let (wake, slow) = {
                     let mut port = to.lock();
                     port.grant(channel, increment);
-                    port.take_wake()
+                    (port.take_wake(), port.is_slow())
                 };
                 if wake {
                     driver.wake(&to);
+                }
+                // A WINDOW frame counts under the sender's control queue
+                // bound like any answer.
+                if slow {
+                    driver.with_hub(|hub| hub.handle_port(now, to.conn(), HubInput::Slow));
                 }
             }
             Step::Hub(input) => driver.with_hub(|hub| hub.handle_port(now, self.conn(), input)),

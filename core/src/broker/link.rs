@@ -90,9 +90,11 @@ impl Link {
     /// Bytes from the socket. Runs the handshake's crypto or opens boxes;
     /// what comes of it is in [`Link::poll_event`]. Past a plain handshake
     /// the bytes are the mux's as they are: they are given back, for the
-    /// caller to hand the hub ([`Hub::handle_plaintext`](super::Hub::handle_plaintext))
-    /// after the events it polls, with nothing copied.
-    #[must_use = "plaintext passed through goes to the hub"]
+    /// caller to hand the connection's port
+    /// ([`PortHandle::handle_input`](super::PortHandle::handle_input), or
+    /// [`Hub::handle_plaintext`](super::Hub::handle_plaintext) on one
+    /// thread) after the events it polls, with nothing copied.
+    #[must_use = "plaintext passed through goes to the connection's port"]
     pub fn handle_input<'a>(&mut self, now: Instant, input: &'a [u8]) -> Option<&'a [u8]> {
         match &mut self.stage {
             Stage::Handshake {

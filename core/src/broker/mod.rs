@@ -1,13 +1,14 @@
-//! The broker, in two kinds of state (as quinn splits `Endpoint` from
+//! The broker, in three kinds of state (as quinn splits `Endpoint` from
 //! `Connection`):
 //!
 //! - a [`Link`] per connection: its handshake and its transport
-//!   (box-stream or plain), the crypto and the per-byte work, touching
-//!   nothing another connection owns;
-//! - the [`Hub`]: every connection's control stage and its `Port` (its mux
-//!   and its ends of relayed channels, which the relayed data path touches;
-//!   still held here), the registry of names, the watchers, the policy, the
-//!   limits and the timers, fed the plaintext the links open.
+//!   (box-stream or plain), the crypto and the per-byte work;
+//! - a [`PortHandle`] per connection: its mux and its ends of relayed
+//!   channels, driven by `drive.rs` (relayed data and credit go from one
+//!   port to the other, locking each in turn, without the hub);
+//! - the [`Hub`]: every connection's control stage, the registry of names,
+//!   the watchers, the opens, the policy, the budgets and the timers, given
+//!   what a port cannot decide alone.
 //!
 //! [`Broker`] holds both for a runtime that drives everything on one thread
 //! (mio, the simulation), with the usual face: [`Broker::accept`] a socket,
@@ -16,7 +17,8 @@
 //! [`Event::Transmit`] says it has something, close sockets on
 //! [`Event::Close`], and call [`Broker::handle_timeout`] at
 //! [`Broker::poll_timeout`]. A runtime with threads keeps the hub behind a
-//! lock and drives each link outside it (`plugboard-runtime`'s server).
+//! lock and drives each link and port outside it (`plugboard-runtime`'s
+//! server).
 
 mod audit;
 mod config;

@@ -30,9 +30,13 @@ use super::ConnId;
 /// One end of a relayed channel: a connection and its id for the channel.
 pub(super) type End = (ConnId, ChannelId);
 
-/// A connection's port, shared by everyone who drives it. Its lock is
-/// taken alone, never while another port's is held, and after the hub's
-/// when both are.
+/// A connection's port, shared by everyone who drives it.
+///
+/// Lock order, for every runtime: a connection's write queue, then its
+/// link, then the hub, then a port. Two ports are held at once only under
+/// the hub's lock (its audit, `check_byte_books`); `drive.rs` holds no
+/// port guard across [`PortDriver::with_hub`](super::PortDriver::with_hub)
+/// or [`PortDriver::wake`](super::PortDriver::wake).
 #[derive(Clone)]
 pub struct PortHandle(Arc<Shared>);
 

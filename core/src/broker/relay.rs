@@ -1,5 +1,6 @@
-//! Relayed channels: linking and unlinking their ends, data, FIN and RESET
-//! from one end to the other. Credit passed end to end and the byte books
+//! Relayed channels: linking and unlinking their ends, and the FIN, RESET
+//! and close events the hub decides on (data and credit go port to port,
+//! in `drive.rs`). Credit passed end to end and the byte books
 //! are in `credit.rs`; opens and their answers in `opens.rs`.
 //!
 //! A relayed channel has two ends, (opener connection, opener's id) and

@@ -1,6 +1,7 @@
 //! One accepted connection: a reader task that runs what the socket says
-//! through the connection's link and hands the hub what that gives, and a
-//! writer task that writes what the link and the hub have for it.
+//! through the connection's link and its plaintext through the
+//! connection's port (the hub only for what needs it), and a writer task
+//! that writes what the link and the port have for it.
 //!
 //! A reader that made output for other connections (the relayed data it
 //! read, a reply) writes it to their sockets itself when nobody is writing
@@ -9,8 +10,8 @@
 //! one task, as a bare forwarder moves it.
 //!
 //! Locks are taken in one order: a connection's write queue, then its link,
-//! then the hub; a reader lets go of its own link before it writes to
-//! others. The crypto runs under a link's lock (with that connection's
+//! then the hub, then a port (see `plugboard_core::broker::PortHandle`); a
+//! reader lets go of its own link before it writes to others. The crypto runs under a link's lock (with that connection's
 //! write queue when its output is sealed), never under the hub's.
 
 use std::any::Any;

@@ -6,9 +6,11 @@
 //! core can run handshakes and seal and open boxes at once. The
 //! [`Hub`](plugboard_core::broker::Hub) sits behind a mutex that is never
 //! held across an await nor during crypto: a task locks it to hand it
-//! plaintext, a key to admit or time, takes what it has, and lets go.
-//! Output stays in the hub until a task can write it, so a slow socket
-//! holds memory only as far as the broker's own bounds allow. A reader
+//! control traffic, a key to admit or time, and lets go. Relayed data
+//! moves between the connections' ports
+//! ([`PortHandle`](plugboard_core::broker::PortHandle)) without it. Output
+//! stays in a connection's port until a task can write it, so a slow
+//! socket holds memory only as far as the broker's own bounds allow. A reader
 //! that made output for a connection (relayed data, a reply) writes it to
 //! that socket itself when nobody else is writing there, as far as the
 //! socket takes it without blocking; timers and the rest wake the

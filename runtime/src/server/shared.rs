@@ -209,6 +209,9 @@ impl<R: Runtime> PortDriver for TaskDriver<'_, R> {
     }
 
     fn wake(&mut self, port: &PortHandle) {
+        // The owner is set under the hub's lock when the handshake ends,
+        // before any other connection can reach the port; it is gone only
+        // once the connection is.
         let owner = port.owner().and_then(|o| o.downcast::<Conn<R>>().ok());
         if let Some(conn) = owner {
             keep_or_wake(self.to_write.as_deref_mut(), &conn);
