@@ -68,13 +68,17 @@ impl Hub {
         self.usage.get(key).copied().unwrap_or_default()
     }
 
-    /// Relayed channels (each counted once).
+    /// Relayed channels (each counted once; an orphan, whose other end
+    /// left, too).
     pub fn route_count(&self) -> usize {
         let ends: usize = self
             .conns
             .values()
             .filter_map(|c| c.port.as_ref())
-            .map(|p| p.lock().route_ends())
+            .map(|p| {
+                let port = p.lock();
+                port.route_ends() + port.orphans()
+            })
             .sum();
         ends / 2
     }

@@ -25,6 +25,7 @@ use crate::keys::PublicKey;
 use crate::mux::{Mux, MuxError, MuxEvent, MuxInput};
 use crate::time::Instant;
 
+use super::relay::rule;
 use super::ConnId;
 
 /// One end of a relayed channel: a connection and its id for the channel.
@@ -95,6 +96,16 @@ pub(super) struct PortLimits {
     pub(super) max_control_queue: usize,
 }
 
+impl PortLimits {
+    /// The bounds the credit rule keeps.
+    pub(super) fn bounds(&self) -> rule::Bounds {
+        rule::Bounds {
+            initial_window: self.initial_window,
+            max_window: self.max_window,
+        }
+    }
+}
+
 /// A connection's mux and its ends of relayed channels.
 pub(super) struct Port {
     pub(super) mux: Mux,
@@ -121,8 +132,9 @@ pub(super) struct Port {
 pub(super) struct RelayEnd {
     /// The other end.
     pub(super) peer: End,
-    /// The other end's port.
-    pub(super) peer_port: PortHandle,
+    /// The other end's port; `None` once its connection is gone and this
+    /// end only sends what it had (an orphan: see `Hub::routes_gone`).
+    pub(super) peer_port: Option<PortHandle>,
     /// This end's key: charged for the channel, and for the growth of the
     /// direction that ends here.
     pub(super) key: PublicKey,
@@ -154,6 +166,13 @@ pub(super) struct RelayEnd {
 }
 
 impl RelayEnd {
+    /// Applies what the credit rule decided.
+    pub(super) fn settle(&mut self, settled: rule::Settled) {
+        self.held = settled.held;
+        self.owed += settled.pass;
+        self.grown = settled.grown;
+    }
+
     /// An end just linked: its sender holds the initial window.
     pub(super) fn new(
         peer: End,
@@ -164,7 +183,7 @@ impl RelayEnd {
     ) -> Self {
         RelayEnd {
             peer,
-            peer_port,
+            peer_port: Some(peer_port),
             key: keys[0],
             peer_key: keys[1],
             opener,
@@ -260,11 +279,17 @@ impl Port {
                 }
                 MuxInput::Data { channel, bytes } => {
                     return Some(match self.ends.get(&channel) {
-                        Some(end) => Step::Deliver {
-                            to: end.peer_port.clone(),
-                            channel: end.peer.1,
+                        Some(RelayEnd {
+                            peer_port: Some(to),
+                            peer,
+                            ..
+                        }) => Step::Deliver {
+                            to: to.clone(),
+                            channel: peer.1,
                             bytes,
                         },
+                        // Nobody to take it (checked against its credit).
+                        Some(_orphan) => continue,
                         None => Step::Hub(HubInput::Unrouted(channel)),
                     });
                 }
@@ -274,10 +299,15 @@ impl Port {
             match event {
                 MuxEvent::Fin { channel } if self.ends.contains_key(&channel) => {
                     let end = &self.ends[&channel];
-                    return Some(Step::Finish {
-                        to: end.peer_port.clone(),
-                        channel: end.peer.1,
-                    });
+                    match &end.peer_port {
+                        Some(to) => {
+                            return Some(Step::Finish {
+                                to: to.clone(),
+                                channel: end.peer.1,
+                            })
+                        }
+                        None => continue,
+                    }
                 }
                 MuxEvent::Credit { channel, increment } if self.ends.contains_key(&channel) => {
                     let end = self.ends.get_mut(&channel).expect("checked");
@@ -293,46 +323,46 @@ impl Port {
     }
 
     /// Passes the credit held at `channel`'s end on, as far as what the
-    /// channel reserved allows; what needs more of the receiver's budget,
-    /// or gives some back, is the hub's.
+    /// channel reserved allows (`rule::local`); what needs more of the
+    /// receiver's budget, or gives some back, is the hub's.
     pub(super) fn credit_step(&mut self, channel: ChannelId) -> Option<Step<'static>> {
-        let queued = self.mux.queued(channel) as u64;
-        let PortLimits {
-            initial_window,
-            max_window,
-            ..
-        } = self.limits;
-        let end = self.ends.get_mut(&channel)?;
-        let in_flight = end.owed + queued;
-        if end.finished {
-            // Nothing passes; what was reserved goes back once the queue
-            // is within the initial window (not at every chunk written).
-            let release = end.grown > 0 && queued <= initial_window;
-            return release.then_some(Step::Hub(HubInput::Credit(channel)));
-        }
-        let reserved = max_window.min(initial_window + end.grown);
-        let pass = u64::from(end.held).min(reserved.saturating_sub(in_flight));
-        // More of the receiver's budget could pass more: asked of the hub,
-        // unless it had none at this epoch (a starved channel must not
-        // take the hub's lock for every chunk written).
+        let books = self.books(channel)?;
         let epoch = self.growth_epoch.load(Ordering::Relaxed);
-        let short =
-            pass < u64::from(end.held) && reserved < max_window && end.starved_at != Some(epoch);
-        let drained = in_flight + pass <= initial_window && end.grown > 0;
-        if short || drained {
-            return Some(Step::Hub(HubInput::Credit(channel)));
-        }
-        end.held -= pass as u32;
-        end.owed += pass;
-        match end.held > 0 {
+        let end = self.ends.get_mut(&channel)?;
+        let settled = match rule::local(books, self.limits.bounds(), end.starved_at == Some(epoch))
+        {
+            rule::Local::Hub => return Some(Step::Hub(HubInput::Credit(channel))),
+            rule::Local::Settled(settled) => settled,
+        };
+        end.settle(settled);
+        // An orphan's sender finished: nothing passes to it.
+        let grant = end.peer_port.as_ref().filter(|_| settled.pass > 0);
+        let grant = grant.map(|to| Step::Grant {
+            to: to.clone(),
+            channel: end.peer.1,
+            increment: settled.pass as u32,
+        });
+        self.wait_for_drain(channel, settled.waiting);
+        grant
+    }
+
+    /// The books of the direction that ends at `channel`, for the rule.
+    pub(super) fn books(&self, channel: ChannelId) -> Option<rule::Books> {
+        let end = self.ends.get(&channel)?;
+        Some(rule::Books {
+            held: end.held,
+            in_flight: end.owed + self.mux.queued(channel) as u64,
+            grown: end.grown,
+            finished: end.finished,
+        })
+    }
+
+    /// Whether `channel`'s end is looked at again as output drains.
+    pub(super) fn wait_for_drain(&mut self, channel: ChannelId, waiting: bool) {
+        match waiting {
             true => self.credit_waiting.insert(channel),
             false => self.credit_waiting.remove(&channel),
         };
-        (pass > 0).then(|| Step::Grant {
-            to: end.peer_port.clone(),
-            channel: end.peer.1,
-            increment: pass as u32,
-        })
     }
 
     /// Bytes the sender sent on `channel`, to queue here: charged to its
@@ -379,6 +409,11 @@ impl Port {
     /// Ends of relayed channels here.
     pub(super) fn route_ends(&self) -> usize {
         self.ends.len()
+    }
+
+    /// Ends here whose other end is gone.
+    pub(super) fn orphans(&self) -> usize {
+        self.ends.values().filter(|e| e.peer_port.is_none()).count()
     }
 
     /// Whether the runtime should be told it has output (once, until it

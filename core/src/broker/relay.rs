@@ -21,6 +21,7 @@ use super::port::{Port, RelayEnd};
 use super::{ConnId, Hub};
 
 mod credit;
+pub(super) mod rule;
 
 pub(super) use super::port::End;
 
@@ -40,6 +41,20 @@ impl Unlinked {
                 false => [b.key, a.key],
             },
             growth: [(a.key, a.peer_key, a.grown), (b.key, b.peer_key, b.grown)],
+        }
+    }
+
+    /// An orphan's route (its other end was released when it left).
+    fn orphan(end: &RelayEnd) -> Self {
+        Unlinked {
+            keys: match end.opener {
+                true => [end.key, end.peer_key],
+                false => [end.peer_key, end.key],
+            },
+            growth: [
+                (end.key, end.peer_key, end.grown),
+                (end.peer_key, end.key, 0),
+            ],
         }
     }
 }
@@ -92,8 +107,11 @@ impl Hub {
     /// the channel live and unrouted); returns what the route held.
     fn unlink(&mut self, end: End, reset: Option<(ErrorCode, &str)>) -> Option<Unlinked> {
         let this = self.lock_port(end.0)?.remove_end(end.1)?;
+        let Some(peer_port) = &this.peer_port else {
+            return Some(Unlinked::orphan(&this));
+        };
         let peer = {
-            let mut port = this.peer_port.lock();
+            let mut port = peer_port.lock();
             let peer = port.remove_end(this.peer.1).expect("ends come in pairs");
             if let Some((code, reason)) = reset {
                 port.mux.reset(this.peer.1, code, reason);
@@ -106,18 +124,38 @@ impl Hub {
         Some(Unlinked::new(&this, &peer))
     }
 
-    /// `conn` is gone with these ends of relayed channels: their other
-    /// ends are reset.
+    /// `conn` is gone with these ends of relayed channels. The other end
+    /// of each is reset, unless `conn` had finished sending on it and the
+    /// other end has not sent all of that yet: then it is an orphan that
+    /// sends what it has (the FIN included), then a RESET (nothing `conn`
+    /// sent is lost). An orphan keeps its route's books (its growth, the
+    /// opens reservation, both keys' channel counts) until it is gone.
     pub(super) fn routes_gone(&mut self, conn: ConnId, mut ends: BTreeMap<ChannelId, RelayEnd>) {
+        let reason = "the other end went away";
         while let Some((_, this)) = ends.pop_first() {
+            let Some(peer_port) = &this.peer_port else {
+                self.release_route(Unlinked::orphan(&this));
+                continue;
+            };
             // A channel to itself has both ends here.
             let peer = match this.peer.0 == conn {
                 true => ends.remove(&this.peer.1),
                 false => {
-                    let mut port = this.peer_port.lock();
-                    let peer = port.remove_end(this.peer.1);
-                    let reason = "the other end went away";
-                    port.mux.reset(this.peer.1, ErrorCode::PeerGone, reason);
+                    let mut port = peer_port.lock();
+                    let channel = this.peer.1;
+                    let finished = port.ends.get(&channel).is_some_and(|p| p.finished);
+                    if finished && port.mux.has_unsent(channel) {
+                        let orphan = port.ends.get_mut(&channel).expect("checked");
+                        orphan.peer_port = None;
+                        orphan.dial_offered = false;
+                        port.mux
+                            .reset_when_sent(channel, ErrorCode::PeerGone, reason);
+                        drop(port);
+                        self.shrink_growth(this.key, this.peer_key, this.grown);
+                        continue;
+                    }
+                    let peer = port.remove_end(channel);
+                    port.mux.reset(channel, ErrorCode::PeerGone, reason);
                     peer
                 }
             };
@@ -205,8 +243,11 @@ impl Hub {
                 self.pass_credit(end);
             }
             MuxEvent::Closed { .. } => {
-                self.with_end(end, |route| route.closed = true);
-                if self.with_end(peer, |p| p.closed) == Some(true) {
+                let orphan = self.with_end(end, |route| {
+                    route.closed = true;
+                    route.peer_port.is_none()
+                });
+                if orphan == Some(true) || self.with_end(peer, |p| p.closed) == Some(true) {
                     if let Some(unlinked) = self.unlink(end, None) {
                         self.release_route(unlinked);
                     }

@@ -34,6 +34,8 @@ pub(super) struct Channel {
     fin_sent: bool,
     /// In the mux's ready list.
     pub(super) scheduled: bool,
+    /// Given up once what is queued is sent: the RESET to send then.
+    pub(super) reset_when_sent: Option<Box<(super::ErrorCode, String)>>,
 }
 
 impl Channel {
@@ -52,6 +54,7 @@ impl Channel {
             fin_queued: false,
             fin_sent: false,
             scheduled: false,
+            reset_when_sent: None,
         }
     }
 
@@ -190,6 +193,11 @@ impl Channel {
 
     pub(super) fn recv_finished(&self) -> bool {
         self.recv_fin
+    }
+
+    /// Nothing more to send: the queue and any FIN are handed out.
+    pub(super) fn sent_all(&self) -> bool {
+        self.queued == 0 && (!self.fin_queued || self.fin_sent)
     }
 
     /// Both directions are over and our FIN has been handed out.

@@ -102,7 +102,8 @@ pub enum MuxEvent {
         /// How much.
         increment: u32,
     },
-    /// Both directions finished and our FIN went out: the channel is gone.
+    /// Both directions finished and our FIN went out, or a channel given
+    /// up with [`Mux::reset_when_sent`] sent all it had: the channel is gone.
     Closed {
         /// The channel.
         channel: ChannelId,
@@ -551,6 +552,12 @@ impl Mux {
         self.channels.get(&id).map_or(0, |c| c.queued)
     }
 
+    /// Whether the channel has something left to send: queued bytes, or a
+    /// FIN not handed out yet.
+    pub fn has_unsent(&self, id: ChannelId) -> bool {
+        self.channels.get(&id).is_some_and(|c| !c.sent_all())
+    }
+
     /// Sends FIN after what is queued: this side will send nothing more.
     pub fn finish(&mut self, id: ChannelId) -> Result<(), ChannelError> {
         let channel = self
@@ -575,6 +582,35 @@ impl Mux {
                 reason: reason.to_owned(),
             });
         }
+    }
+
+    /// Ends the channel once what is queued on it (and its FIN, if one is
+    /// queued) is sent: then a RESET goes with `code` and `reason`, unless
+    /// both directions finished by then and it closes as usual. Either way
+    /// [`MuxEvent::Closed`] says it is gone. Meanwhile the peer's input on
+    /// it is still checked against its credit; its caller passes none on.
+    pub fn reset_when_sent(&mut self, id: ChannelId, code: ErrorCode, reason: &str) {
+        let Some(channel) = self.channels.get_mut(&id) else {
+            return;
+        };
+        channel.reset_when_sent = Some(Box::new((code, reason.to_owned())));
+        self.give_up_if_sent(id);
+    }
+
+    /// Sends the RESET of a channel given up once it has sent all it had.
+    fn give_up_if_sent(&mut self, id: ChannelId) {
+        let Some(channel) = self.channels.get_mut(&id) else {
+            return;
+        };
+        if !channel.sent_all() {
+            return;
+        }
+        let Some(reset) = channel.reset_when_sent.take() else {
+            return;
+        };
+        let (code, reason) = *reset;
+        self.reset(id, code, &reason);
+        self.events.push_back(MuxEvent::Closed { channel: id });
     }
 
     /// Grants the peer `increment` more bytes on the channel. Grants made
@@ -765,6 +801,7 @@ impl Mux {
             if fin {
                 self.retire_if_done(id);
             }
+            self.give_up_if_sent(id);
             return Some((header, None));
         }
         None

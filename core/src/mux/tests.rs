@@ -227,6 +227,81 @@ fn reset_drops_queued_data_and_late_frames() {
     }
 }
 
+#[test]
+fn reset_when_sent_sends_the_queue_and_fin_first() {
+    let (mut a, mut b) = pair();
+    let id = open(&mut a, &mut b);
+    a.send(id, Bytes::from(vec![3; 6000])).unwrap();
+    a.finish(id).unwrap();
+    a.reset_when_sent(id, ErrorCode::PeerGone, "gone");
+    // Beyond the initial window: the rest waits for credit.
+    let got = pump(&mut a, &mut b);
+    assert_eq!(data_of(&got, id).len(), 4096);
+    assert!(a.contains(id) && a.has_unsent(id));
+    b.consume(id, 4096);
+    let got = pump(&mut b, &mut a);
+    assert!(
+        matches!(got[..], [Got::Event(MuxEvent::Credit { .. })]),
+        "{got:?}"
+    );
+    let got = pump(&mut a, &mut b);
+    assert_eq!(data_of(&got, id).len(), 6000 - 4096);
+    let reset = Got::Event(MuxEvent::Reset {
+        channel: id,
+        code: ErrorCode::PeerGone,
+        reason: "gone".into(),
+    });
+    let fin = got
+        .iter()
+        .position(|g| *g == Got::Event(MuxEvent::Fin { channel: id }));
+    assert_eq!(fin, Some(got.len() - 2), "FIN, then the reset: {got:?}");
+    assert_eq!(got.last(), Some(&reset));
+    assert_eq!(
+        events(&mut a),
+        vec![Got::Event(MuxEvent::Closed { channel: id })]
+    );
+    assert!(!a.contains(id) && !b.contains(id));
+}
+
+#[test]
+fn reset_when_sent_closes_as_usual_if_both_sides_finished() {
+    let (mut a, mut b) = pair();
+    let id = open(&mut a, &mut b);
+    b.finish(id).unwrap();
+    pump(&mut b, &mut a);
+    a.send(id, Bytes::from_static(b"last words")).unwrap();
+    a.finish(id).unwrap();
+    a.reset_when_sent(id, ErrorCode::PeerGone, "gone");
+    let got = pump(&mut a, &mut b);
+    assert_eq!(data_of(&got, id), b"last words");
+    assert!(got.contains(&Got::Event(MuxEvent::Closed { channel: id })));
+    assert!(!got
+        .iter()
+        .any(|g| matches!(g, Got::Event(MuxEvent::Reset { .. }))));
+    assert_eq!(
+        events(&mut a),
+        vec![Got::Event(MuxEvent::Closed { channel: id })]
+    );
+}
+
+#[test]
+fn reset_when_sent_with_nothing_left_resets_now() {
+    let (mut a, mut b) = pair();
+    let id = open(&mut a, &mut b);
+    assert!(!a.has_unsent(id));
+    a.reset_when_sent(id, ErrorCode::PeerGone, "gone");
+    assert!(!a.contains(id));
+    assert_eq!(
+        events(&mut a),
+        vec![Got::Event(MuxEvent::Closed { channel: id })]
+    );
+    let got = pump(&mut a, &mut b);
+    assert!(
+        matches!(got[..], [Got::Event(MuxEvent::Reset { .. })]),
+        "{got:?}"
+    );
+}
+
 /// Everything `mux` has to send, as one stream.
 fn output(mux: &mut Mux) -> Vec<u8> {
     std::iter::from_fn(|| mux.poll_transmit())

@@ -107,10 +107,12 @@ pub enum Recv {
     Data(Bytes),
     /// Nothing yet: [`SessionEvent::Readable`] says when there is.
     Blocked,
-    /// The peer sends nothing more (everything it sent was read).
+    /// The peer sends nothing more (everything it sent was read), even if
+    /// the channel was reset after its FIN ([`SessionEvent::Reset`] says
+    /// so, and sending fails).
     Finished,
-    /// The channel was reset: nothing more either way (everything received
-    /// before the reset was read).
+    /// The channel was reset before the peer finished: nothing more either
+    /// way (everything received before the reset was read).
     Reset {
         /// Why.
         code: ErrorCode,
@@ -154,7 +156,7 @@ impl Session {
 
     /// Reads up to `max` bytes of `channel`; the credit goes back to the
     /// sender. Once it was reset or finished, says so (after the bytes that
-    /// came before). With `max` 0 it only looks: `Data` (empty) while bytes
+    /// came before; finished if the peer's FIN came before a reset). With `max` 0 it only looks: `Data` (empty) while bytes
     /// wait.
     pub fn recv(&mut self, channel: ChannelId, max: usize) -> Result<Recv, SessionError> {
         let c = self
@@ -167,13 +169,9 @@ impl Session {
             }
             return Ok(Recv::Data(data));
         }
-        Ok(match (&c.reset, c.fin || c.closed) {
-            (Some((code, reason)), _) => Recv::Reset {
-                code: *code,
-                reason: reason.clone(),
-            },
-            (None, true) => Recv::Finished,
-            (None, false) => {
+        Ok(match Self::end_of(c) {
+            Some(end) => end,
+            None => {
                 c.readable_told = false;
                 Recv::Blocked
             }
@@ -266,13 +264,16 @@ impl Session {
         Self::end_of(self.channels.get(&channel)?)
     }
 
+    /// A reset after the peer's FIN does not take back the end of what it
+    /// sent: that was whole (a relay resets a channel whose sender finished
+    /// and then left, once it delivered all of it).
     pub(super) fn end_of(c: &Channel) -> Option<Recv> {
         match (&c.reset, c.fin || c.closed) {
-            (Some((code, reason)), _) => Some(Recv::Reset {
+            (_, true) => Some(Recv::Finished),
+            (Some((code, reason)), false) => Some(Recv::Reset {
                 code: *code,
                 reason: reason.clone(),
             }),
-            (None, true) => Some(Recv::Finished),
             (None, false) => None,
         }
     }

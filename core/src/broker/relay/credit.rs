@@ -11,73 +11,45 @@ use std::sync::atomic::Ordering;
 
 use crate::keys::PublicKey;
 
+use super::rule;
 use super::End;
 use crate::broker::port::RelayEnd;
 use crate::broker::Hub;
 
 impl Hub {
     /// Passes held credit from `end` (the receiver) to its peer (the sender)
-    /// as far as the bounds allow: what the sender may still send plus what
-    /// the broker holds for the receiver stays within `max_window`, and
-    /// beyond the initial window within what the receiver's key may reserve
-    /// for the sender's. What cannot pass waits for output to drain.
-    ///
-    /// The port passes what fits in what the channel reserved itself
-    /// (`Port::credit_step`); this is for the rest: the reservation grows
-    /// as credit beyond it passes, and is given back once the direction
-    /// drained (nothing queued or owed beyond the initial window). At the
-    /// sender's FIN it shrinks to what is queued beyond the initial window,
-    /// and the rest goes once the queue is within it.
+    /// as `rule::settle` decides with the growth budget the receiver's key
+    /// has left for the sender's: reserving growth, or giving it back.
+    /// The port settles on its own what needs neither (`rule::local`).
     pub(in crate::broker) fn pass_credit(&mut self, end: End) {
         let Some(port) = self.port(end.0) else {
             return;
         };
         let mut port = port.lock();
-        let Some(in_flight) = port.exposure(end.1) else {
+        let Some(books) = port.books(end.1) else {
             return;
         };
         let route = &port.ends[&end.1];
-        let (peer_port, peer) = (route.peer_port.clone(), route.peer);
-        let (held, grown, finished) = (route.held, route.grown, route.finished);
         let (receiver, sender) = (route.key, route.peer_key);
-        let initial = u64::from(self.config.limits.initial_window);
-        let max_window = u64::from(self.config.limits.max_window);
         let free = self.bytes.growth_free(&receiver, &sender);
-        let ceiling = max_window.min(initial + grown + free);
-        let pass = match finished {
-            true => 0,
-            false => u64::from(held).min(ceiling.saturating_sub(in_flight)),
-        };
-        let needed = (in_flight + pass).saturating_sub(initial);
-        let now_grown = match finished || needed == 0 {
-            true => needed,
-            false => needed.max(grown),
-        };
-        match now_grown > grown {
-            true => self.bytes.grow(receiver, sender, now_grown - grown),
-            false => self.shrink_growth(receiver, sender, grown - now_grown),
+        let settled = rule::settle(books, port.limits.bounds(), free);
+        match settled.grown > books.grown {
+            true => self
+                .bytes
+                .grow(receiver, sender, settled.grown - books.grown),
+            false => self.shrink_growth(receiver, sender, books.grown - settled.grown),
         }
+        let epoch = self.growth_epoch.load(Ordering::Relaxed);
+        let route = port.ends.get_mut(&end.1).expect("found above");
+        route.settle(settled);
         // Held back for want of budget (not by `max_window`): not asked
         // again until some growth is given back.
-        let starved = !finished && pass < u64::from(held) && ceiling < max_window;
-        let left = match finished {
-            true => 0,
-            false => held - pass as u32,
-        };
-        let route = port.ends.get_mut(&end.1).expect("found above");
-        route.held = left;
-        route.grown = now_grown;
-        route.owed += pass;
-        route.starved_at = starved.then(|| self.growth_epoch.load(Ordering::Relaxed));
-        // Looked at again as output drains: to pass what is held, or, once
-        // the sender finished, to give back growth as its queue empties.
-        match left > 0 || (finished && now_grown > 0) {
-            false => port.credit_waiting.remove(&end.1),
-            true => port.credit_waiting.insert(end.1),
-        };
+        route.starved_at = settled.starved.then_some(epoch);
+        let (peer_port, peer) = (route.peer_port.clone(), route.peer);
+        port.wait_for_drain(end.1, settled.waiting);
         drop(port);
-        if pass > 0 {
-            peer_port.lock().grant(peer.1, pass as u32);
+        if let Some(peer_port) = peer_port.filter(|_| settled.pass > 0) {
+            peer_port.lock().grant(peer.1, settled.pass as u32);
             self.wake(peer.0);
         }
     }
@@ -129,8 +101,12 @@ impl Hub {
             let port = port.lock();
             for (&channel, route) in &port.ends {
                 let end = (conn, channel);
-                if route.opener {
-                    *opens.entry(route.key).or_default() += self.open_cost();
+                // An orphan holds its route's opens reservation, whichever
+                // end opened it.
+                match (route.opener, &route.peer_port) {
+                    (true, _) => *opens.entry(route.key).or_default() += self.open_cost(),
+                    (false, None) => *opens.entry(route.peer_key).or_default() += self.open_cost(),
+                    (false, Some(_)) => {}
                 }
                 *growth.entry(route.key).or_default() += route.grown;
                 let sender = route.peer_key;
@@ -138,9 +114,10 @@ impl Hub {
                 *by_sender.entry(sender).or_default() += route.grown;
                 // What this end counts as owed is what the sender's mux
                 // lets it send (a channel to itself: this port's own mux).
-                let credit = match route.peer.0 == conn {
-                    true => sender_credit(&port.mux, route),
-                    false => sender_credit(&route.peer_port.lock().mux, route),
+                let credit = match (&route.peer_port, route.peer.0 == conn) {
+                    (_, true) => sender_credit(&port.mux, route),
+                    (Some(peer_port), false) => sender_credit(&peer_port.lock().mux, route),
+                    (None, false) => None, // an orphan: its sender finished
                 };
                 if let Some(credit) = credit.filter(|&credit| credit != route.owed) {
                     return Err(format!(

@@ -761,3 +761,112 @@ fn an_initial_window_beyond_ours_is_refused() {
         "{events:?}"
     );
 }
+
+/// Reads `channel` of `node` to its end: the bytes, then how it ended.
+fn read_to_end(net: &mut Net, node: NodeId, channel: u32) -> (Vec<u8>, Recv) {
+    let mut all = Vec::new();
+    for _ in 0..1000 {
+        net.run();
+        match net.node(node).session.recv(channel, usize::MAX) {
+            Ok(Recv::Data(bytes)) => all.extend_from_slice(&bytes),
+            Ok(Recv::Blocked) => {}
+            Ok(end) => return (all, end),
+            Err(e) => panic!("after {} bytes: {e}", all.len()),
+        }
+    }
+    panic!("no end after {} bytes", all.len());
+}
+
+/// A sender that finished and left before the broker wrote all it sent:
+/// its peer still reads every byte and the FIN, then (still sending) a
+/// reset; or, finished too, a clean close. The route's books are held
+/// until then and released after.
+#[test]
+fn a_finished_sender_that_leaves_is_heard_to_the_end() {
+    for peer_finished in [false, true] {
+        let mut net = net();
+        let a = unix(&mut net, 1);
+        let b = unix(&mut net, 2);
+        register(&mut net, b, "svc", false);
+        let (ca, cb) = open_and_accept(&mut net, a, b, "svc");
+        if peer_finished {
+            net.node(b).session.finish(cb).unwrap();
+        }
+        net.node(b).slow = true;
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = net
+            .node(a)
+            .session
+            .send(ca, Bytes::from(data.clone()))
+            .unwrap();
+        assert_eq!(sent, data.len(), "within the initial window");
+        net.node(a).session.finish(ca).unwrap();
+        net.run();
+        net.kill(a);
+        net.run();
+        // The route lives on as an orphan at b's end, its books intact.
+        let hub = net.broker.hub();
+        assert_eq!(hub.route_count(), 1);
+        hub.check_byte_books().unwrap();
+        assert_eq!(hub.key_usage(&keypair(1).public()).channels, 1);
+
+        net.node(b).slow = false;
+        let (received, end) = read_to_end(&mut net, b, cb);
+        assert!(
+            received == data,
+            "{} of {} bytes",
+            received.len(),
+            data.len()
+        );
+        assert!(matches!(end, Recv::Finished), "{end:?}");
+        net.run();
+        let events = net.events(b);
+        let closed = match peer_finished {
+            true => events.contains(&SessionEvent::ChannelClosed { channel: cb }),
+            false => events.iter().any(|e| {
+                matches!(e, SessionEvent::Reset { channel, code: ErrorCode::PeerGone, .. }
+                    if *channel == cb)
+            }),
+        };
+        assert!(closed, "peer finished: {peer_finished}; {events:?}");
+        let hub = net.broker.hub();
+        assert_eq!(hub.route_count(), 0);
+        hub.check_byte_books().unwrap();
+        assert_eq!(hub.key_usage(&keypair(1).public()).channels, 0);
+        assert_eq!(hub.key_usage(&keypair(2).public()).channels, 0);
+    }
+}
+
+/// While the orphan drains, what its receiver sends toward the gone end
+/// is dropped without fault; the receiver leaving releases the orphan.
+#[test]
+fn an_orphan_takes_its_receivers_data_and_departure_quietly() {
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "svc", false);
+    let (ca, cb) = open_and_accept(&mut net, a, b, "svc");
+    net.node(b).slow = true;
+    net.node(a)
+        .session
+        .send(ca, Bytes::from(vec![7; 100_000]))
+        .unwrap();
+    net.node(a).session.finish(ca).unwrap();
+    net.run();
+    net.kill(a);
+    net.run();
+    assert_eq!(net.broker.hub().route_count(), 1);
+    // b writes on: its reads are still paused, so none of the orphan's
+    // queue has gone out yet.
+    net.node(b)
+        .session
+        .send(cb, Bytes::from(vec![9; 50_000]))
+        .unwrap();
+    net.node(b).session.finish(cb).unwrap();
+    net.run();
+    assert!(!net.node(b).closed, "b is still connected");
+    net.broker.hub().check_byte_books().unwrap();
+    net.kill(b);
+    net.run();
+    net.broker.hub().check_empty().unwrap();
+}
