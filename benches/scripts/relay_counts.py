@@ -7,29 +7,12 @@ process for one 1 GiB transfer, with every role in a process of its own as
 
 Needs `perf` with the syscalls tracepoints (run as root)."""
 import os, signal, subprocess, sys, time
+from roles import start_roles
 
 target = os.environ.get("CARGO_TARGET_DIR", "target")
 exe = sys.argv[2] if len(sys.argv) > 2 else f"{target}/release/ratios"
-def start(*args):
-    p = subprocess.Popen([exe, "--procs-role", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    hello = p.stdout.readline().strip()
-    return p, hello
 mode = sys.argv[1]
-procs = []
-if mode == "forwarder":
-    d = "/tmp"; sink_path = f"{d}/cnt-sink-{os.getpid()}.sock"; fwd = f"{d}/cnt-fwd-{os.getpid()}.sock"
-    sink, _ = start("sink", "raw:" + sink_path)
-    f, _ = start("forwarder", fwd, sink_path)
-    src, _ = start("source", "raw:" + fwd)
-    procs = [("source", src), ("forwarder", f), ("sink", sink)]
-else:
-    b, hello = start("broker", mode)
-    unix = hello.split()[0]
-    sink, _ = start("sink", unix)
-    src, _ = start("source", unix)
-    procs = [("source", src), ("broker", b), ("sink", sink)]
-# warm up
-src.stdin.write("bulk 67108864\n"); src.stdin.flush(); src.stdout.readline()
+src, procs = start_roles(mode, exe, "cnt")
 ev = "syscalls:sys_enter_recvfrom,syscalls:sys_enter_recvmsg,syscalls:sys_enter_sendmsg,syscalls:sys_enter_sendto,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex,context-switches,task-clock"
 stats = []
 for name, p in procs:

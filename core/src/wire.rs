@@ -162,6 +162,11 @@ impl Wire {
         }
     }
 
+    /// Whether mux bytes go to the socket as they are.
+    pub fn is_plain(&self) -> bool {
+        matches!(self.framing, Framing::Plain)
+    }
+
     /// The next bytes for the socket, with the attachment tag of the mux
     /// frame they start, if any (plain framing only).
     pub fn poll_transmit(&mut self) -> Option<(Bytes, Option<u64>)> {

@@ -57,4 +57,4 @@ pub use listen::{
 pub use pairs::SocketPairs;
 pub use plugboard_core::addr::{Addr, BadAddr};
 pub use strangers::{Place, Strangers};
-pub use write_queue::WriteQueue;
+pub use write_queue::{send as send_vectored, WriteQueue};

@@ -120,8 +120,9 @@ impl WriteQueue {
     }
 }
 
-/// One vectored send, retried on `EINTR`.
-fn send(socket: std::os::fd::BorrowedFd<'_>, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+/// One vectored send, retried on `EINTR`: what the socket took (never
+/// raising SIGPIPE).
+pub fn send(socket: std::os::fd::BorrowedFd<'_>, slices: &[IoSlice<'_>]) -> io::Result<usize> {
     loop {
         let mut no_control = SendAncillaryBuffer::default();
         match rustix::net::sendmsg(socket, slices, &mut no_control, SendFlags::NOSIGNAL) {

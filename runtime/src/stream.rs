@@ -164,6 +164,12 @@ impl<R: Runtime> Stream<R> {
         )?)
     }
 
+    /// Writes from `slices`, in order, what the socket takes now.
+    pub fn try_write_vectored(&self, slices: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
+        use std::os::fd::AsFd as _;
+        plugboard_os::send_vectored(self.io.get_ref().as_fd(), slices)
+    }
+
     /// Ends both directions at once (unread data is dropped).
     pub fn shutdown_both(&self) {
         let _ = rustix::net::shutdown(self.io.get_ref(), rustix::net::Shutdown::Both);

@@ -22,6 +22,20 @@ pub trait PortDriver {
     /// that stops before that comes back by itself), and possibly before
     /// the writer waits: the runtime latches it.
     fn wake(&mut self, port: &PortHandle);
+    /// Whether [`PortDriver::write_through`] can write to `port`'s
+    /// connection (its link is plain, and the driver has its socket).
+    fn can_write_through(&mut self, port: &PortHandle) -> bool {
+        let _ = port;
+        false
+    }
+    /// Writes `parts`, in order, to `port`'s connection now, if nothing is
+    /// waiting to be written there before them: returns how many bytes its
+    /// socket took (0 if none; the port queues what is left). Called
+    /// holding `port`'s lock, so it must not wait for one of its own.
+    fn write_through(&mut self, port: &PortHandle, parts: &[&[u8]]) -> usize {
+        let _ = (port, parts);
+        0
+    }
 }
 
 impl PortHandle {
@@ -60,13 +74,18 @@ impl PortHandle {
     fn apply(&self, now: Option<Instant>, step: Step<'_>, driver: &mut impl PortDriver) {
         match step {
             Step::Deliver { to, channel, bytes } => {
-                let wake = {
+                let (grant, wake) = {
+                    let through = driver.can_write_through(&to);
                     let mut port = to.lock();
-                    port.deliver(channel, bytes);
-                    port.take_wake()
+                    let mut write = |parts: &[&[u8]]| driver.write_through(&to, parts);
+                    let grant = port.deliver(channel, bytes, through.then_some(&mut write));
+                    (grant, port.take_wake())
                 };
                 if wake {
                     driver.wake(&to);
+                }
+                if let Some(grant) = grant {
+                    to.apply(now, grant, driver);
                 }
             }
             Step::Finish { to, channel } => {

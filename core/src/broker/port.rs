@@ -198,6 +198,9 @@ impl RelayEnd {
     }
 }
 
+/// Writes parts, in order, to a connection's socket now: what it took.
+pub(super) type WriteThrough<'a> = dyn FnMut(&[&[u8]]) -> usize + 'a;
+
 /// What a port's input or output needs from outside it.
 pub(super) enum Step<'a> {
     /// Payload for the other end of a relayed channel.
@@ -365,9 +368,18 @@ impl Port {
         };
     }
 
-    /// Bytes the sender sent on `channel`, to queue here: charged to its
-    /// credit. Nothing is queued on a channel this mux no longer has.
-    pub(super) fn deliver(&mut self, channel: ChannelId, bytes: &[u8]) {
+    /// Bytes the sender sent on `channel`, charged to its credit: written
+    /// straight to this connection by `write`, if given, when they are next on the
+    /// wire (a frame at a time; what the socket did not take is queued),
+    /// else copied into the queue. Nothing goes on a channel this mux no
+    /// longer has. Returns a grant that the drop in what is out for the
+    /// channel lets pass, if credit waited for it.
+    pub(super) fn deliver(
+        &mut self,
+        channel: ChannelId,
+        mut bytes: &[u8],
+        mut write: Option<&mut WriteThrough<'_>>,
+    ) -> Option<Step<'static>> {
         if let Some(end) = self.ends.get_mut(&channel) {
             debug_assert!(
                 end.owed >= bytes.len() as u64,
@@ -375,8 +387,30 @@ impl Port {
             );
             end.owed = end.owed.saturating_sub(bytes.len() as u64);
         }
+        let mut through = false;
+        while let Some(write) = write.as_mut() {
+            let Some((header, n)) = self.mux.frame_through(channel, bytes.len()) else {
+                break;
+            };
+            let (payload, rest) = bytes.split_at(n);
+            let written = write(&[&header, payload]);
+            self.bytes_out += written as u64;
+            through = true;
+            bytes = rest;
+            if written < header.len() + n {
+                self.mux
+                    .unwritten(crate::mux::unwritten(&header, payload, written));
+                break;
+            }
+        }
         // Fails only if this end's channel is gone already.
         let _ = self.mux.send_copy(channel, bytes);
+        // Bytes written at once leave no queue to drain: credit held back
+        // for them is looked at now.
+        match through && self.credit_waiting.contains(&channel) {
+            true => self.credit_step(channel),
+            false => None,
+        }
     }
 
     /// The sender finished: nothing more is owed to it. Whether the hub
@@ -543,6 +577,66 @@ mod tests {
             receiver.credit_step(channel),
             Some(Step::Hub(HubInput::Credit(_)))
         ));
+    }
+
+    /// Everything a port sends on the wire: what `write` took, then its
+    /// output, decoded to one channel's payload.
+    fn payload_on_the_wire(wire: &[u8], channel: ChannelId) -> Vec<u8> {
+        let mut decoder = crate::mux::FrameDecoder::new(1 << 20);
+        decoder.push(wire);
+        let mut payload = Vec::new();
+        while let Some(frame) = decoder.next_frame().unwrap() {
+            if let crate::mux::Frame::Data {
+                channel: c,
+                payload: data,
+                ..
+            } = frame
+            {
+                assert_eq!(c, channel);
+                payload.extend_from_slice(&data);
+            }
+        }
+        payload
+    }
+
+    proptest::proptest! {
+        /// Written straight to the socket, partly or not at all, relayed
+        /// bytes reach the wire whole and in order, with the credit taken
+        /// once, as if they had been queued.
+        #[test]
+        fn bytes_written_through_reach_the_wire_as_queued_ones(
+            pieces in proptest::collection::vec((1usize..700, 0usize..2000), 1..6),
+        ) {
+            let (mut receiver, _sender, _, channel) = linked(0);
+            receiver.ends.get_mut(&channel).unwrap().owed = u64::MAX / 2;
+            let mut wire = Vec::new();
+            let mut sent = Vec::new();
+            for (i, (len, take)) in pieces.into_iter().enumerate() {
+                let bytes: Vec<u8> = (0..len).map(|j| (i * 31 + j) as u8).collect();
+                let mut write = |parts: &[&[u8]]| {
+                    let all: Vec<u8> = parts.concat();
+                    let n = take.min(all.len());
+                    wire.extend_from_slice(&all[..n]);
+                    n
+                };
+                receiver.deliver(channel, &bytes, Some(&mut write));
+                sent.extend_from_slice(&bytes);
+                // The writer runs now and then.
+                if i % 2 == 1 {
+                    while let Some((data, _, _)) = receiver.poll_transmit() {
+                        wire.extend_from_slice(&data);
+                    }
+                }
+            }
+            while let Some((data, _, _)) = receiver.poll_transmit() {
+                wire.extend_from_slice(&data);
+            }
+            let credit = INITIAL as usize;
+            let passed = sent.len().min(credit);
+            proptest::prop_assert_eq!(payload_on_the_wire(&wire, channel), &sent[..passed]);
+            proptest::prop_assert_eq!(receiver.mux.queued(channel), sent.len() - passed);
+            proptest::prop_assert_eq!(receiver.bytes_out, wire.len() as u64);
+        }
     }
 
     #[test]

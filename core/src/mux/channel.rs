@@ -6,8 +6,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::{ChannelId, MuxError};
 
-/// The size of the chunks copied data is gathered into: one frame's worth.
-const COPY_CHUNK: usize = 16 * 1024;
+use super::pool::ChunkPool;
 
 pub(super) struct Channel {
     // Receiving.
@@ -27,7 +26,8 @@ pub(super) struct Channel {
     pub(super) send_credit: u32,
     queue: VecDeque<Bytes>,
     /// Copied bytes after everything in `queue`, gathered into chunks of
-    /// up to [`COPY_CHUNK`] so that many small writes cost one allocation.
+    /// up to a pool chunk's size so that many small writes cost one
+    /// allocation.
     tail: BytesMut,
     pub(super) queued: usize,
     pub(super) fin_queued: bool,
@@ -118,40 +118,41 @@ impl Channel {
         Some((grant, growth))
     }
 
-    pub(super) fn enqueue(&mut self, data: Bytes) {
+    pub(super) fn enqueue(&mut self, data: Bytes, pool: &mut ChunkPool) {
         if !data.is_empty() {
-            self.seal_tail();
+            self.seal_tail(pool);
             self.queued += data.len();
             self.queue.push_back(data);
         }
     }
 
-    /// Queues a copy of `data`: the queue then holds exactly what it
-    /// counts, never a slice that keeps a larger buffer alive.
-    pub(super) fn enqueue_copy(&mut self, mut data: &[u8]) {
+    /// Queues a copy of `data`, in chunks of `pool`'s allocations: the
+    /// queue holds what it counts and at most one partly filled allocation
+    /// more.
+    pub(super) fn enqueue_copy(&mut self, mut data: &[u8], pool: &mut ChunkPool) {
         self.queued += data.len();
         while !data.is_empty() {
-            if self.tail.capacity() == 0 {
-                // Exactly one chunk: growing by doubling would leave up to
-                // twice what is queued allocated.
-                self.tail.reserve(COPY_CHUNK);
+            if self.tail.capacity() == self.tail.len() {
+                self.seal_tail(pool);
+                self.tail = pool.take();
             }
-            let room = COPY_CHUNK - self.tail.len();
+            let room = self.tail.capacity() - self.tail.len();
             let (now, rest) = data.split_at(room.min(data.len()));
             self.tail.extend_from_slice(now);
             data = rest;
-            if self.tail.len() == COPY_CHUNK {
-                self.seal_tail();
-            }
         }
     }
 
-    /// Moves the copied bytes into the queue as one chunk of their own
-    /// allocation (no spare capacity shared with the next).
-    fn seal_tail(&mut self) {
-        if !self.tail.is_empty() {
-            self.queue
-                .push_back(std::mem::take(&mut self.tail).freeze());
+    /// Moves the copied bytes into the queue as one chunk; a used-up
+    /// allocation goes back to the pool, to be used again once sent.
+    fn seal_tail(&mut self, pool: &mut ChunkPool) {
+        if self.tail.is_empty() {
+            return;
+        }
+        let used_up = self.tail.len() == self.tail.capacity();
+        self.queue.push_back(self.tail.split().freeze());
+        if used_up {
+            pool.give(std::mem::take(&mut self.tail));
         }
     }
 
@@ -171,10 +172,14 @@ impl Channel {
 
     /// The payload of the next DATA frame (a slice of the queue, at most
     /// `max_frame` and the credit) and whether it carries FIN.
-    pub(super) fn next_frame(&mut self, max_frame: u32) -> Option<(Bytes, bool)> {
+    pub(super) fn next_frame(
+        &mut self,
+        max_frame: u32,
+        pool: &mut ChunkPool,
+    ) -> Option<(Bytes, bool)> {
         let allowed = self.send_credit.min(max_frame) as usize;
         if self.queue.is_empty() && allowed > 0 {
-            self.seal_tail();
+            self.seal_tail(pool);
         }
         let fin_owed = self.fin_owed();
         let payload = match self.queue.front_mut() {

@@ -12,6 +12,7 @@
 mod channel;
 pub mod decode;
 pub mod frame;
+mod pool;
 
 use std::collections::{HashMap, VecDeque};
 
@@ -22,6 +23,7 @@ use channel::Channel;
 pub use decode::FrameDecoder;
 use decode::{Deframer, Piece};
 pub use frame::{Frame, FrameError, DEFAULT_MAX_FRAME, HEADER_LEN};
+use pool::ChunkPool;
 
 /// A WINDOW frame on the wire: header and a u32 increment.
 const WINDOW_FRAME_LEN: usize = HEADER_LEN + 4;
@@ -61,6 +63,20 @@ impl Default for MuxConfig {
             max_connection_window: 64 * 1024 * 1024,
         }
     }
+}
+
+/// What a writer did not take of a header from [`Mux::frame_through`]
+/// and its payload (`written` bytes of the two went), copied: for
+/// [`Mux::unwritten`].
+pub fn unwritten(header: &[u8], payload: &[u8], written: usize) -> Bytes {
+    let mut rest = BytesMut::with_capacity(header.len() + payload.len() - written);
+    if written < header.len() {
+        rest.extend_from_slice(&header[written..]);
+        rest.extend_from_slice(payload);
+    } else {
+        rest.extend_from_slice(&payload[written - header.len()..]);
+    }
+    rest.freeze()
 }
 
 /// What [`Mux::poll_input`] has for its caller.
@@ -198,6 +214,8 @@ pub struct Mux {
     pending_payload: Option<Bytes>,
     scratch: BytesMut,
     events: VecDeque<MuxEvent>,
+    /// Allocations for copied chunks, used again once sent.
+    pool: ChunkPool,
     going_away: bool,
     /// The peer broke the protocol: its input is no longer read.
     broken: bool,
@@ -226,6 +244,7 @@ impl Mux {
             pending_payload: None,
             scratch: BytesMut::new(),
             events: VecDeque::new(),
+            pool: ChunkPool::default(),
             going_away: false,
             broken: false,
         }
@@ -478,7 +497,7 @@ impl Mux {
     /// [`Mux::send_capacity`] (a session) or within the credit it passed on (the
     /// broker): the mux sends only as credit allows and holds the rest.
     pub fn send(&mut self, id: ChannelId, data: Bytes) -> Result<(), ChannelError> {
-        self.queue_on(id, |channel| channel.enqueue(data))
+        self.queue_on(id, |channel, pool| channel.enqueue(data, pool))
     }
 
     /// Queues as much of `data` as the channel's credit allows, after what
@@ -486,10 +505,10 @@ impl Mux {
     /// session's every write.
     pub fn send_up_to(&mut self, id: ChannelId, mut data: Bytes) -> Result<usize, ChannelError> {
         let mut taken = 0;
-        self.queue_on(id, |channel| {
+        self.queue_on(id, |channel, pool| {
             taken = data.len().min(channel.send_capacity());
             if taken > 0 {
-                channel.enqueue(data.split_to(taken));
+                channel.enqueue(data.split_to(taken), pool);
             }
         })?;
         Ok(taken)
@@ -499,13 +518,13 @@ impl Mux {
     /// uses it: a slice of a read buffer would keep the whole buffer alive
     /// while it waits for credit, for as long as the receiver likes.
     pub fn send_copy(&mut self, id: ChannelId, data: &[u8]) -> Result<(), ChannelError> {
-        self.queue_on(id, |channel| channel.enqueue_copy(data))
+        self.queue_on(id, |channel, pool| channel.enqueue_copy(data, pool))
     }
 
     fn queue_on(
         &mut self,
         id: ChannelId,
-        enqueue: impl FnOnce(&mut Channel),
+        enqueue: impl FnOnce(&mut Channel, &mut ChunkPool),
     ) -> Result<(), ChannelError> {
         let channel = self
             .channels
@@ -514,7 +533,7 @@ impl Mux {
         if channel.fin_queued {
             return Err(ChannelError::Finished(id));
         }
-        enqueue(channel);
+        enqueue(channel, &mut self.pool);
         if channel.wants_to_send() {
             self.schedule(id);
         }
@@ -556,6 +575,38 @@ impl Mux {
     /// FIN not handed out yet.
     pub fn has_unsent(&self, id: ChannelId) -> bool {
         self.channels.get(&id).is_some_and(|c| !c.sent_all())
+    }
+
+    /// Frames up to `len` bytes of channel `id` for the caller to write
+    /// straight from its own buffer, saving the copy into the queue: only
+    /// when nothing else waits to go out (the frame must be next on the
+    /// wire) and the channel has nothing queued and credit. Returns the
+    /// DATA header and how many bytes it covers (within the credit, which
+    /// is taken, and the peer's largest frame). The caller writes the
+    /// header and those bytes, and hands what the socket did not take to
+    /// [`Mux::unwritten`].
+    pub fn frame_through(&mut self, id: ChannelId, len: usize) -> Option<(Bytes, usize)> {
+        if self.has_output() || self.going_away || len == 0 {
+            return None;
+        }
+        let max_frame = self.peer_max_frame as usize;
+        let channel = self.channels.get_mut(&id)?;
+        if channel.queued > 0 || channel.fin_queued || channel.send_credit == 0 {
+            return None;
+        }
+        let n = len.min(channel.send_credit as usize).min(max_frame);
+        channel.send_credit -= n as u32;
+        frame::encode_data_header(id, false, n as u32, &mut self.scratch);
+        Some((self.scratch.split().freeze(), n))
+    }
+
+    /// What the socket did not take of a frame from [`Mux::frame_through`]:
+    /// it goes out before anything else.
+    pub fn unwritten(&mut self, rest: Bytes) {
+        debug_assert!(self.pending_payload.is_none(), "the frame was next");
+        if !rest.is_empty() {
+            self.pending_payload = Some(rest);
+        }
     }
 
     /// Sends FIN after what is queued: this side will send nothing more.
@@ -786,7 +837,8 @@ impl Mux {
                 continue;
             };
             channel.scheduled = false;
-            let Some((payload, fin)) = channel.next_frame(self.peer_max_frame) else {
+            let Some((payload, fin)) = channel.next_frame(self.peer_max_frame, &mut self.pool)
+            else {
                 continue; // out of credit: a WINDOW reschedules it
             };
             if channel.wants_to_send() {
@@ -804,6 +856,7 @@ impl Mux {
             self.give_up_if_sent(id);
             return Some((header, None));
         }
+        self.pool.trim();
         None
     }
 }

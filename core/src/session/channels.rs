@@ -203,6 +203,35 @@ impl Session {
         Ok(self.wire_mut()?.mux.send_up_to(channel, data)?)
     }
 
+    /// Sends a frame of `data` straight from the caller's buffer when it is
+    /// next on the wire (plain framing, nothing queued or waiting to go
+    /// out, credit): `write` writes the parts it is given to the socket now
+    /// and says how much it took; what it did not is kept (copied) to go
+    /// out first. Returns how much of `data` was taken: 0 when this cannot
+    /// be done now ([`Session::send`] queues it then).
+    pub fn send_through(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        write: impl FnOnce(&[&[u8]]) -> usize,
+    ) -> Result<usize, SessionError> {
+        self.usable(channel)?;
+        let wire = self.wire_mut()?;
+        if !wire.is_plain() {
+            return Ok(0);
+        }
+        let Some((header, n)) = wire.mux.frame_through(channel, data.len()) else {
+            return Ok(0);
+        };
+        let payload = &data[..n];
+        let written = write(&[&header, payload]);
+        if written < header.len() + n {
+            wire.mux
+                .unwritten(crate::mux::unwritten(&header, payload, written));
+        }
+        Ok(n)
+    }
+
     /// Half-closes: this side sends nothing more on `channel`.
     pub fn finish(&mut self, channel: ChannelId) -> Result<(), SessionError> {
         self.usable(channel)?;

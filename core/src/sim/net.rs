@@ -207,6 +207,16 @@ impl Net {
         node.up.push_back(bytes);
     }
 
+    /// Bytes a plain plugin wrote to its socket itself, as
+    /// [`Session::send_through`](crate::session::Session::send_through)
+    /// does: after what its session handed out, before what it has not.
+    pub fn written_through(&mut self, id: NodeId, bytes: Bytes) {
+        let node = self.node(id);
+        if !node.closed && !bytes.is_empty() {
+            node.up.push_back(bytes);
+        }
+    }
+
     /// The plugin process dies: its socket closes, and it never comes back.
     pub fn kill(&mut self, id: NodeId) {
         let node = self.node(id);

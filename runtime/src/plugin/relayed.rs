@@ -172,6 +172,23 @@ impl<R: Runtime> Relayed<R> {
             c.write_waker = Some(cx.waker().clone());
             return Poll::Pending;
         }
+        // Straight from the application's buffer when nothing waits to go
+        // out before it: no copy, and no allocation to hold one.
+        if let (true, Some(socket)) = (inner.out.is_empty(), inner.socket.clone()) {
+            let write = |parts: &[&[u8]]| {
+                let slices: Vec<std::io::IoSlice<'_>> =
+                    parts.iter().map(|p| std::io::IoSlice::new(p)).collect();
+                socket.try_write_vectored(&slices).unwrap_or(0)
+            };
+            let taken = inner
+                .session
+                .send_through(this.id, &data[..room], write)
+                .map_err(|e| broken(&e.to_string()))?;
+            if taken > 0 {
+                this.shared.send_now(inner);
+                return Poll::Ready(Ok(taken));
+            }
+        }
         let chunk = if room >= OWN_ALLOCATION {
             // A large write gets an allocation of its size, which goes
             // back to the allocator's warm memory once it is sent; cut

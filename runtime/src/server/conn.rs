@@ -30,6 +30,7 @@ use plugboard_os::{WriteQueue, LAST_WORDS_GRACE};
 use super::shared::{Conn, Shared, TaskDriver};
 use crate::rt::{Runtime, Task as _};
 use crate::stream::{ReadSize, Stream};
+use std::io::IoSlice;
 
 /// How much a reader asks the socket for at once.
 const READ_SIZE: usize = 256 * 1024;
@@ -60,6 +61,8 @@ pub(super) struct ConnIo<R: Runtime> {
     stream: Stream<R>,
     link: SharedLink,
     outbox: Mutex<Outbox>,
+    /// Box-stream on the link: its plaintext is sealed by its writer.
+    boxed: bool,
 }
 
 /// Bytes taken from the link and the hub, not yet written.
@@ -75,6 +78,25 @@ impl<R: Runtime> ConnIo<R> {
         self.outbox
             .lock()
             .expect("a task panicked holding a write queue")
+    }
+
+    /// Whether relayed bytes can be written to this connection as they are.
+    pub(super) fn is_plain(&self) -> bool {
+        !self.boxed
+    }
+
+    /// Writes `parts` to the socket now if nobody is writing there and
+    /// nothing waits to be written first: what it took (0 otherwise; a
+    /// failure is the writer's to find).
+    pub(super) fn write_through(&self, parts: &[&[u8]]) -> usize {
+        let Ok(outbox) = self.outbox.try_lock() else {
+            return 0;
+        };
+        if self.boxed || !outbox.queue.is_empty() {
+            return 0;
+        }
+        let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        self.stream.try_write_vectored(&slices).unwrap_or(0)
     }
 }
 
@@ -101,6 +123,7 @@ impl<R: Runtime> Shared<R> {
             stream,
             link: SharedLink(Mutex::new(link)),
             outbox: Mutex::default(),
+            boxed,
         };
         c.io.get_or_init(|| io);
         let rt = self.rt.clone();

@@ -209,12 +209,26 @@ impl<R: Runtime> PortDriver for TaskDriver<'_, R> {
     }
 
     fn wake(&mut self, port: &PortHandle) {
-        // The owner is set under the hub's lock when the handshake ends,
-        // before any other connection can reach the port; it is gone only
-        // once the connection is.
-        let owner = port.owner().and_then(|o| o.downcast::<Conn<R>>().ok());
-        if let Some(conn) = owner {
+        if let Some(conn) = owner::<R>(port) {
             keep_or_wake(self.to_write.as_deref_mut(), &conn);
         }
     }
+
+    fn can_write_through(&mut self, port: &PortHandle) -> bool {
+        let io = owner::<R>(port).and_then(|conn| conn.io.get().map(|io| io.is_plain()));
+        io == Some(true)
+    }
+
+    fn write_through(&mut self, port: &PortHandle, parts: &[&[u8]]) -> usize {
+        owner::<R>(port)
+            .and_then(|conn| Some(conn.io.get()?.write_through(parts)))
+            .unwrap_or(0)
+    }
+}
+
+/// The connection whose port this is. The owner is set under the hub's
+/// lock when the handshake ends, before any other connection can reach
+/// the port; it is gone only once the connection is.
+fn owner<R: Runtime>(port: &PortHandle) -> Option<Arc<Conn<R>>> {
+    port.owner().and_then(|o| o.downcast::<Conn<R>>().ok())
 }

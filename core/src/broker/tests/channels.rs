@@ -870,3 +870,56 @@ fn an_orphan_takes_its_receivers_data_and_departure_quietly() {
     net.run();
     net.broker.hub().check_empty().unwrap();
 }
+
+/// A plugin writing frames straight from its buffer, its socket taking
+/// any part of each: the peer reads every byte, in order, and what the
+/// socket did not take goes out first.
+#[test]
+fn frames_written_straight_from_the_senders_buffer_arrive_whole() {
+    for take in [0, 3, 9, 100, 5000, usize::MAX] {
+        let mut net = net();
+        let a = unix(&mut net, 1);
+        let b = unix(&mut net, 2);
+        register(&mut net, b, "svc", false);
+        let (ca, cb) = open_and_accept(&mut net, a, b, "svc");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        let mut sent = 0;
+        let mut received = Vec::new();
+        for _ in 0..1000 {
+            if sent < data.len() {
+                let mut wire = Vec::new();
+                let session = &mut net.node(a).session;
+                let taken = session
+                    .send_through(ca, &data[sent..], |parts| {
+                        let all = parts.concat();
+                        let n = take.min(all.len());
+                        wire.extend_from_slice(&all[..n]);
+                        n
+                    })
+                    .unwrap();
+                net.written_through(a, Bytes::from(wire));
+                sent += match taken {
+                    0 => {
+                        let rest = Bytes::copy_from_slice(&data[sent..]);
+                        net.node(a).session.send(ca, rest).unwrap()
+                    }
+                    n => n,
+                };
+            }
+            net.run();
+            received.extend_from_slice(&read_all(&mut net, b, cb));
+            net.events(a);
+            net.events(b);
+            if received.len() == data.len() {
+                break;
+            }
+        }
+        assert!(
+            received == data,
+            "take {take}: {} of {}",
+            received.len(),
+            data.len()
+        );
+        net.broker.hub().check_byte_books().unwrap();
+    }
+}
