@@ -964,8 +964,17 @@ impl Hub {
         }
 
         if let Some(port) = &c.port {
-            let ends = std::mem::take(&mut port.lock().ends);
-            self.routes_gone(conn, ends);
+            let (ends, unsent) = {
+                let mut port = port.lock();
+                let ends = std::mem::take(&mut port.ends);
+                let unsent: std::collections::BTreeSet<_> = ends
+                    .keys()
+                    .copied()
+                    .filter(|&c| port.mux.has_unsent(c))
+                    .collect();
+                (ends, unsent)
+            };
+            self.routes_gone(conn, ends, &unsent);
         }
         for &(target, target_channel) in &c.opens_out {
             self.cancel_open_by_opener(target, target_channel);

@@ -291,7 +291,8 @@ impl Port {
                             channel: peer.1,
                             bytes,
                         },
-                        // Nobody to take it (checked against its credit).
+                        // An orphan's: nobody to take it, so it is dropped
+                        // (its mux checked it against the credit).
                         Some(_orphan) => continue,
                         None => Step::Hub(HubInput::Unrouted(channel)),
                     });

@@ -6,7 +6,10 @@
 //! A relayed channel has two ends, (opener connection, opener's id) and
 //! (target connection, broker's id), each kept in its connection's
 //! [`Port`] with the other's address. Data and FIN from one end go to the
-//! other.
+//! other. An end whose other end left after its FIN, before all it sent
+//! was written, is an *orphan* (`RelayEnd::peer_port` is `None`): it sends
+//! what it holds, then its RESET, and its books are its own key's
+//! (`routes_gone`).
 
 use crate::control::{ChannelId, ErrorCode};
 use crate::keys::PublicKey;
@@ -14,7 +17,7 @@ use crate::mux::MuxEvent;
 use crate::time::Instant;
 
 use super::control::error;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::MutexGuard;
 
 use super::port::{Port, RelayEnd};
@@ -41,20 +44,6 @@ impl Unlinked {
                 false => [b.key, a.key],
             },
             growth: [(a.key, a.peer_key, a.grown), (b.key, b.peer_key, b.grown)],
-        }
-    }
-
-    /// An orphan's route (its other end was released when it left).
-    fn orphan(end: &RelayEnd) -> Self {
-        Unlinked {
-            keys: match end.opener {
-                true => [end.key, end.peer_key],
-                false => [end.peer_key, end.key],
-            },
-            growth: [
-                (end.key, end.peer_key, end.grown),
-                (end.peer_key, end.key, 0),
-            ],
         }
     }
 }
@@ -108,7 +97,8 @@ impl Hub {
     fn unlink(&mut self, end: End, reset: Option<(ErrorCode, &str)>) -> Option<Unlinked> {
         let this = self.lock_port(end.0)?.remove_end(end.1)?;
         let Some(peer_port) = &this.peer_port else {
-            return Some(Unlinked::orphan(&this));
+            self.release_orphan(&this);
+            return None;
         };
         let peer = {
             let mut port = peer_port.lock();
@@ -124,45 +114,95 @@ impl Hub {
         Some(Unlinked::new(&this, &peer))
     }
 
-    /// `conn` is gone with these ends of relayed channels. The other end
-    /// of each is reset, unless `conn` had finished sending on it and the
-    /// other end has not sent all of that yet: then it is an orphan that
-    /// sends what it has (the FIN included), then a RESET (nothing `conn`
-    /// sent is lost). An orphan keeps its route's books (its growth, the
-    /// opens reservation, both keys' channel counts) until it is gone.
-    pub(super) fn routes_gone(&mut self, conn: ConnId, mut ends: BTreeMap<ChannelId, RelayEnd>) {
+    /// `conn` is gone with these ends of relayed channels; `unsent` are
+    /// those its mux had not sent all of (data or FIN) toward it. The other
+    /// end of each is reset, unless `conn` had finished sending on it and
+    /// that end has not sent all of it yet: then it becomes an orphan that
+    /// sends what it has, the FIN included, and then a RESET (or closes as
+    /// usual if its own direction had reached `conn` whole). Nothing `conn`
+    /// sent is lost. The orphan's books move to the key at its end, which
+    /// keeps it by not reading: `conn`'s key is free of them at once.
+    pub(super) fn routes_gone(
+        &mut self,
+        conn: ConnId,
+        mut ends: BTreeMap<ChannelId, RelayEnd>,
+        unsent: &BTreeSet<ChannelId>,
+    ) {
         let reason = "the other end went away";
-        while let Some((_, this)) = ends.pop_first() {
-            let Some(peer_port) = &this.peer_port else {
-                self.release_route(Unlinked::orphan(&this));
+        while let Some((channel, this)) = ends.pop_first() {
+            let Some(peer_port) = this.peer_port.clone() else {
+                self.release_orphan(&this);
                 continue;
             };
             // A channel to itself has both ends here.
-            let peer = match this.peer.0 == conn {
-                true => ends.remove(&this.peer.1),
-                false => {
-                    let mut port = peer_port.lock();
-                    let channel = this.peer.1;
-                    let finished = port.ends.get(&channel).is_some_and(|p| p.finished);
-                    if finished && port.mux.has_unsent(channel) {
-                        let orphan = port.ends.get_mut(&channel).expect("checked");
-                        orphan.peer_port = None;
-                        orphan.dial_offered = false;
-                        port.mux
-                            .reset_when_sent(channel, ErrorCode::PeerGone, reason);
-                        drop(port);
-                        self.shrink_growth(this.key, this.peer_key, this.grown);
-                        continue;
-                    }
-                    let peer = port.remove_end(channel);
-                    port.mux.reset(channel, ErrorCode::PeerGone, reason);
-                    peer
+            if this.peer.0 == conn {
+                let peer = ends.remove(&this.peer.1).expect("ends come in pairs");
+                self.release_route(Unlinked::new(&this, &peer));
+                continue;
+            }
+            let room = self.has_room(this.peer.0, reason.len());
+            let reason = if room { reason } else { "" };
+            // Its own direction reached `conn` whole: it may close cleanly.
+            let heard = this.finished && !unsent.contains(&channel);
+            let mut port = peer_port.lock();
+            let peer = port.remove_end(this.peer.1).expect("ends come in pairs");
+            let unheard = peer.finished && port.mux.has_unsent(this.peer.1);
+            if unheard && self.adopt_orphan(&this, &peer) {
+                let mut orphan = peer;
+                orphan.peer_port = None;
+                // Its opener was told to dial, and may still say it failed:
+                // there is nothing to fall back to now.
+                orphan.dial_offered = false;
+                orphan.opener = true; // it holds the opens reservation now
+                if !heard {
+                    port.mux
+                        .reset_when_sent(this.peer.1, ErrorCode::PeerGone, reason);
                 }
-            };
-            let peer = peer.expect("ends come in pairs");
+                port.ends.insert(this.peer.1, orphan);
+                drop(port);
+            } else {
+                port.mux.reset(this.peer.1, ErrorCode::PeerGone, reason);
+                drop(port);
+                self.release_route(Unlinked::new(&this, &peer));
+            }
             self.wake(this.peer.0);
-            self.release_route(Unlinked::new(&this, &peer));
         }
+    }
+
+    /// Moves the books of a route whose end `gone` left onto the key at
+    /// its other end, `orphan`, which keeps it: `gone`'s key releases the
+    /// opens reservation (if it opened), its share and its channel and its
+    /// growth. False, changing nothing, if `orphan`'s key cannot take the
+    /// reservation on.
+    fn adopt_orphan(&mut self, gone: &RelayEnd, orphan: &RelayEnd) -> bool {
+        let cost = self.open_cost();
+        if gone.opener {
+            if self.bytes.check_open(&orphan.key, cost).is_err() {
+                return false;
+            }
+            self.bytes.release_open(gone.key, cost);
+            self.bytes.reserve_open(orphan.key, cost);
+        }
+        match gone.opener {
+            true => self.shares.remove(gone.key, orphan.key),
+            false => self.shares.remove(orphan.key, gone.key),
+        }
+        self.shrink_growth(gone.key, gone.peer_key, gone.grown);
+        if let Some(usage) = self.usage.get_mut(&gone.key) {
+            usage.channels -= 1;
+        }
+        self.forget_key_if_idle(&gone.key);
+        true
+    }
+
+    /// Forgets an orphan: its key's reservation, channel and growth.
+    fn release_orphan(&mut self, orphan: &RelayEnd) {
+        self.bytes.release_open(orphan.key, self.open_cost());
+        self.shrink_growth(orphan.key, orphan.peer_key, orphan.grown);
+        if let Some(usage) = self.usage.get_mut(&orphan.key) {
+            usage.channels -= 1;
+        }
+        self.forget_key_if_idle(&orphan.key);
     }
 
     /// Forgets a removed route in both keys' counts and budgets.

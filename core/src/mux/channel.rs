@@ -34,7 +34,8 @@ pub(super) struct Channel {
     fin_sent: bool,
     /// In the mux's ready list.
     pub(super) scheduled: bool,
-    /// Given up once what is queued is sent: the RESET to send then.
+    /// Given up once what is queued is sent: the RESET to send then (boxed:
+    /// rare, and `Channel` stays small).
     pub(super) reset_when_sent: Option<Box<(super::ErrorCode, String)>>,
 }
 
@@ -198,6 +199,14 @@ impl Channel {
 
     pub(super) fn recv_finished(&self) -> bool {
         self.recv_fin
+    }
+
+    /// A channel to be reset once sent whose peer finished: its FIN, not
+    /// handed out yet, is not sent (the RESET goes in its place).
+    pub(super) fn unhear_fin(&mut self) {
+        if self.reset_when_sent.is_some() && self.recv_fin && !self.fin_sent {
+            self.fin_queued = false;
+        }
     }
 
     /// Nothing more to send: the queue and any FIN are handed out.

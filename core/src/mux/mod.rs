@@ -371,8 +371,10 @@ impl Mux {
     fn end_data(&mut self, id: ChannelId) {
         if let Some(channel) = self.channels.get_mut(&id) {
             channel.end_receiving();
+            channel.unhear_fin();
             self.events.push_back(MuxEvent::Fin { channel: id });
             self.retire_if_done(id);
+            self.give_up_if_sent(id);
         }
     }
 
@@ -636,15 +638,18 @@ impl Mux {
     }
 
     /// Ends the channel once what is queued on it (and its FIN, if one is
-    /// queued) is sent: then a RESET goes with `code` and `reason`, unless
-    /// both directions finished by then and it closes as usual. Either way
-    /// [`MuxEvent::Closed`] says it is gone. Meanwhile the peer's input on
-    /// it is still checked against its credit; its caller passes none on.
+    /// queued) is sent: then a RESET goes with `code` and `reason`, and
+    /// [`MuxEvent::Closed`] says it is gone. The FIN goes only while the
+    /// peer has not finished: once it has, the FIN would close the channel
+    /// on its side as if what it sent had been heard, so the RESET goes in
+    /// its place. Meanwhile the peer's input is still checked against its
+    /// credit; the caller passes none on.
     pub fn reset_when_sent(&mut self, id: ChannelId, code: ErrorCode, reason: &str) {
         let Some(channel) = self.channels.get_mut(&id) else {
             return;
         };
         channel.reset_when_sent = Some(Box::new((code, reason.to_owned())));
+        channel.unhear_fin();
         self.give_up_if_sent(id);
     }
 
@@ -710,8 +715,11 @@ impl Mux {
         }
     }
 
+    /// Closes a channel whose directions are both over, unless it is to be
+    /// reset once sent (`reset_when_sent`).
     fn retire_if_done(&mut self, id: ChannelId) {
-        if self.channels.get(&id).is_some_and(Channel::is_done) {
+        let done = |c: &Channel| c.is_done() && c.reset_when_sent.is_none();
+        if self.channels.get(&id).is_some_and(done) {
             self.remove(id);
             self.events.push_back(MuxEvent::Closed { channel: id });
         }

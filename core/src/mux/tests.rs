@@ -264,24 +264,40 @@ fn reset_when_sent_sends_the_queue_and_fin_first() {
 }
 
 #[test]
-fn reset_when_sent_closes_as_usual_if_both_sides_finished() {
-    let (mut a, mut b) = pair();
-    let id = open(&mut a, &mut b);
-    b.finish(id).unwrap();
-    pump(&mut b, &mut a);
-    a.send(id, Bytes::from_static(b"last words")).unwrap();
-    a.finish(id).unwrap();
-    a.reset_when_sent(id, ErrorCode::PeerGone, "gone");
-    let got = pump(&mut a, &mut b);
-    assert_eq!(data_of(&got, id), b"last words");
-    assert!(got.contains(&Got::Event(MuxEvent::Closed { channel: id })));
-    assert!(!got
-        .iter()
-        .any(|g| matches!(g, Got::Event(MuxEvent::Reset { .. }))));
-    assert_eq!(
-        events(&mut a),
-        vec![Got::Event(MuxEvent::Closed { channel: id })]
-    );
+fn reset_when_sent_to_a_peer_that_finished_resets_in_place_of_the_fin() {
+    for finished_before in [true, false] {
+        let (mut a, mut b) = pair();
+        let id = open(&mut a, &mut b);
+        let b_finishes = |a: &mut Mux, b: &mut Mux| {
+            b.finish(id).unwrap();
+            pump(b, a);
+        };
+        if finished_before {
+            b_finishes(&mut a, &mut b);
+        }
+        a.send(id, Bytes::from_static(b"last words")).unwrap();
+        a.finish(id).unwrap();
+        a.reset_when_sent(id, ErrorCode::PeerGone, "gone");
+        if !finished_before {
+            b_finishes(&mut a, &mut b);
+        }
+        let got = pump(&mut a, &mut b);
+        assert_eq!(data_of(&got, id), b"last words");
+        // b's direction went unheard: no FIN to close it cleanly.
+        assert!(
+            !got.contains(&Got::Event(MuxEvent::Fin { channel: id })),
+            "{got:?}"
+        );
+        assert!(
+            matches!(got.last(), Some(Got::Event(MuxEvent::Reset { .. }))),
+            "{got:?}"
+        );
+        assert_eq!(
+            events(&mut a),
+            vec![Got::Event(MuxEvent::Closed { channel: id })]
+        );
+        assert!(!a.contains(id) && !b.contains(id));
+    }
 }
 
 #[test]

@@ -101,12 +101,9 @@ impl Hub {
             let port = port.lock();
             for (&channel, route) in &port.ends {
                 let end = (conn, channel);
-                // An orphan holds its route's opens reservation, whichever
-                // end opened it.
-                match (route.opener, &route.peer_port) {
-                    (true, _) => *opens.entry(route.key).or_default() += self.open_cost(),
-                    (false, None) => *opens.entry(route.peer_key).or_default() += self.open_cost(),
-                    (false, Some(_)) => {}
+                // (An orphan holds its route's reservation: see `routes_gone`.)
+                if route.opener {
+                    *opens.entry(route.key).or_default() += self.open_cost();
                 }
                 *growth.entry(route.key).or_default() += route.grown;
                 let sender = route.peer_key;

@@ -804,11 +804,13 @@ fn a_finished_sender_that_leaves_is_heard_to_the_end() {
         net.run();
         net.kill(a);
         net.run();
-        // The route lives on as an orphan at b's end, its books intact.
+        // The route lives on as an orphan at b's end, its books moved to
+        // b's key (which holds it by not reading): a's are free at once.
         let hub = net.broker.hub();
         assert_eq!(hub.route_count(), 1);
         hub.check_byte_books().unwrap();
-        assert_eq!(hub.key_usage(&keypair(1).public()).channels, 1);
+        assert_eq!(hub.key_usage(&keypair(1).public()).channels, 0);
+        assert_eq!(hub.key_usage(&keypair(2).public()).channels, 1);
 
         net.node(b).slow = false;
         let (received, end) = read_to_end(&mut net, b, cb);
@@ -838,9 +840,11 @@ fn a_finished_sender_that_leaves_is_heard_to_the_end() {
 }
 
 /// While the orphan drains, what its receiver sends toward the gone end
-/// is dropped without fault; the receiver leaving releases the orphan.
+/// is dropped without fault, and the receiver learns it was not heard: a
+/// reset, not a clean close, even though it finished. Its leaving releases
+/// everything.
 #[test]
-fn an_orphan_takes_its_receivers_data_and_departure_quietly() {
+fn an_orphans_receiver_is_told_its_words_went_unheard() {
     let mut net = net();
     let a = unix(&mut net, 1);
     let b = unix(&mut net, 2);
@@ -856,19 +860,79 @@ fn an_orphan_takes_its_receivers_data_and_departure_quietly() {
     net.kill(a);
     net.run();
     assert_eq!(net.broker.hub().route_count(), 1);
-    // b writes on: its reads are still paused, so none of the orphan's
-    // queue has gone out yet.
+    // b writes on and finishes, its reads still paused.
     net.node(b)
         .session
         .send(cb, Bytes::from(vec![9; 50_000]))
         .unwrap();
     net.node(b).session.finish(cb).unwrap();
     net.run();
-    assert!(!net.node(b).closed, "b is still connected");
     net.broker.hub().check_byte_books().unwrap();
+    net.node(b).slow = false;
+    let (received, end) = read_to_end(&mut net, b, cb);
+    assert_eq!(received, vec![7; 100_000]);
+    assert!(
+        matches!(
+            end,
+            Recv::Reset {
+                code: ErrorCode::PeerGone,
+                ..
+            }
+        ),
+        "{end:?}"
+    );
+    assert!(!net.node(b).closed, "b is still connected");
+    let events = net.events(b);
+    assert!(
+        !events.contains(&SessionEvent::ChannelClosed { channel: cb }),
+        "{events:?}"
+    );
+    assert_eq!(net.broker.hub().route_count(), 0);
     net.kill(b);
     net.run();
     net.broker.hub().check_empty().unwrap();
+}
+
+/// The orphan's books are the key's that keeps it: when it cannot take
+/// them on, the channel is reset at once, as before orphans.
+#[test]
+fn an_orphan_over_its_keepers_budget_is_reset_at_once() {
+    let mut net = Net::new(1, Chaos::default(), |c| {
+        // Room for one channel's reservation per key.
+        c.limits.max_bytes_per_key = 2 * u64::from(c.limits.initial_window);
+    });
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "svc", false);
+    let (ca, cb) = open_and_accept(&mut net, a, b, "svc");
+    // b holds a channel of its own, its whole budget.
+    let c = unix(&mut net, 3);
+    register(&mut net, c, "other", false);
+    open_and_accept(&mut net, b, c, "other");
+    net.node(b).slow = true;
+    net.node(a)
+        .session
+        .send(ca, Bytes::from(vec![7; 1000]))
+        .unwrap();
+    net.node(a).session.finish(ca).unwrap();
+    net.run();
+    net.kill(a);
+    net.run();
+    net.node(b).slow = false;
+    let (_, end) = read_to_end(&mut net, b, cb);
+    assert!(
+        matches!(
+            end,
+            Recv::Reset {
+                code: ErrorCode::PeerGone,
+                ..
+            }
+        ),
+        "{end:?}"
+    );
+    assert_eq!(net.broker.hub().route_count(), 1, "b's channel to c");
+    net.broker.hub().check_byte_books().unwrap();
+    assert_eq!(net.broker.hub().key_usage(&keypair(1).public()).channels, 0);
 }
 
 /// A plugin writing frames straight from its buffer, its socket taking
@@ -922,4 +986,63 @@ fn frames_written_straight_from_the_senders_buffer_arrive_whole() {
         );
         net.broker.hub().check_byte_books().unwrap();
     }
+}
+
+/// An orphan at the end that opened the channel, with its window grown:
+/// the growth stays reserved (the receiver's) while it drains, the opens
+/// reservation was the opener's all along, and both go once it is sent.
+#[test]
+fn an_orphan_that_opened_keeps_its_growth_until_drained() {
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, a, "svc", false);
+    let (cb, ca) = open_and_accept(&mut net, b, a, "svc");
+    // b reads as it arrives: its window, and the growth for it, grow.
+    let warm: Vec<u8> = (0..4_000_000u32).map(|i| i as u8).collect();
+    assert_eq!(transfer(&mut net, a, ca, b, cb, &warm).len(), warm.len());
+    let (b_key, a_key) = (keypair(2).public(), keypair(1).public());
+    net.node(b).slow = true;
+    let mut sent = Vec::new();
+    for _ in 0..100 {
+        let chunk = Bytes::from(vec![sent.len() as u8; 64 * 1024]);
+        match net.node(a).session.send(ca, chunk.clone()).unwrap() {
+            0 => break,
+            n => sent.extend_from_slice(&chunk[..n]),
+        }
+        net.run();
+    }
+    net.node(a).session.finish(ca).unwrap();
+    net.run();
+    let grown = net.broker.hub().bytes_grown(&b_key, Some(&a_key));
+    assert!(grown > 0, "b's window grew beyond the initial one");
+    net.kill(a);
+    net.run();
+    let hub = net.broker.hub();
+    assert_eq!(hub.route_count(), 1);
+    assert_eq!(
+        hub.bytes_grown(&b_key, Some(&a_key)),
+        grown,
+        "kept while it drains"
+    );
+    assert_eq!(hub.bytes_reserved(Some(&a_key)), 0);
+    assert_eq!(hub.key_usage(&a_key).channels, 0);
+    hub.check_byte_books().unwrap();
+
+    net.node(b).slow = false;
+    let (received, end) = read_to_end(&mut net, b, cb);
+    assert!(
+        received == sent,
+        "{} of {} bytes",
+        received.len(),
+        sent.len()
+    );
+    assert!(matches!(end, Recv::Finished), "{end:?}");
+    net.run();
+    let hub = net.broker.hub();
+    assert_eq!(hub.route_count(), 0);
+    assert_eq!(hub.bytes_grown(&b_key, None), 0);
+    assert_eq!(hub.bytes_reserved(Some(&b_key)), 0);
+    assert_eq!(hub.key_usage(&b_key).channels, 0);
+    hub.check_byte_books().unwrap();
 }
