@@ -762,6 +762,17 @@ fn an_initial_window_beyond_ours_is_refused() {
     );
 }
 
+fn assert_peer_gone(end: &Recv) {
+    let gone = matches!(
+        end,
+        Recv::Reset {
+            code: ErrorCode::PeerGone,
+            ..
+        }
+    );
+    assert!(gone, "{end:?}");
+}
+
 /// Reads `channel` of `node` to its end: the bytes, then how it ended.
 fn read_to_end(net: &mut Net, node: NodeId, channel: u32) -> (Vec<u8>, Recv) {
     let mut all = Vec::new();
@@ -871,16 +882,7 @@ fn an_orphans_receiver_is_told_its_words_went_unheard() {
     net.node(b).slow = false;
     let (received, end) = read_to_end(&mut net, b, cb);
     assert_eq!(received, vec![7; 100_000]);
-    assert!(
-        matches!(
-            end,
-            Recv::Reset {
-                code: ErrorCode::PeerGone,
-                ..
-            }
-        ),
-        "{end:?}"
-    );
+    assert_peer_gone(&end);
     assert!(!net.node(b).closed, "b is still connected");
     let events = net.events(b);
     assert!(
@@ -920,16 +922,7 @@ fn an_orphan_over_its_keepers_budget_is_reset_at_once() {
     net.run();
     net.node(b).slow = false;
     let (_, end) = read_to_end(&mut net, b, cb);
-    assert!(
-        matches!(
-            end,
-            Recv::Reset {
-                code: ErrorCode::PeerGone,
-                ..
-            }
-        ),
-        "{end:?}"
-    );
+    assert_peer_gone(&end);
     assert_eq!(net.broker.hub().route_count(), 1, "b's channel to c");
     net.broker.hub().check_byte_books().unwrap();
     assert_eq!(net.broker.hub().key_usage(&keypair(1).public()).channels, 0);
