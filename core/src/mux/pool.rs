@@ -11,8 +11,11 @@ use std::collections::VecDeque;
 use bytes::BytesMut;
 
 /// Most allocations kept for reuse per mux (each [`CHUNK`] bytes): what a
-/// deep queue cycles through.
-const MAX_SPARE: usize = 64;
+/// queue as deep as the default `max_window` (16 MiB) cycles through. They
+/// are the queue's own chunks, or ones it sent since the mux last had
+/// nothing to send: charged to the budgets while queued, and not kept
+/// once the queue empties.
+const MAX_SPARE: usize = 1024;
 /// Allocations a mux with nothing left to send keeps: none, as an idle
 /// connection holds no buffer (the chunks still being written keep their
 /// own allocations alive until then).
