@@ -153,7 +153,7 @@ impl Channel {
         let used_up = self.tail.len() == self.tail.capacity();
         self.queue.push_back(self.tail.split().freeze());
         if used_up {
-            pool.give(std::mem::take(&mut self.tail));
+            pool.give(std::mem::take(&mut self.tail), self.queued);
         }
     }
 
