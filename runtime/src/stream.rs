@@ -164,10 +164,13 @@ impl<R: Runtime> Stream<R> {
         )?)
     }
 
-    /// Writes from `slices`, in order, what the socket takes now.
-    pub fn try_write_vectored(&self, slices: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
+    /// Writes a frame's parts (its header, its payload), in order, as far
+    /// as the socket takes them now, in one vectored send.
+    pub fn try_write_frame(&self, parts: &[&[u8]]) -> io::Result<usize> {
         use std::os::fd::AsFd as _;
-        plugboard_os::send_vectored(self.io.get_ref().as_fd(), slices)
+        debug_assert!(parts.len() <= 2, "a header and its payload");
+        let part = |i: usize| std::io::IoSlice::new(parts.get(i).copied().unwrap_or_default());
+        plugboard_os::send_vectored(self.io.get_ref().as_fd(), &[part(0), part(1)])
     }
 
     /// Ends both directions at once (unread data is dropped).

@@ -389,19 +389,22 @@ impl Port {
             end.owed = end.owed.saturating_sub(bytes.len() as u64);
         }
         let mut through = false;
-        while let Some(write) = write.as_mut() {
-            let Some((header, n)) = self.mux.frame_through(channel, bytes.len()) else {
-                break;
-            };
-            let (payload, rest) = bytes.split_at(n);
-            let written = write(&[&header, payload]);
-            self.bytes_out += written as u64;
-            through = true;
-            bytes = rest;
-            if written < header.len() + n {
-                self.mux
-                    .unwritten(crate::mux::unwritten(&header, payload, written));
-                break;
+        if let Some(write) = write.as_mut() {
+            while !bytes.is_empty() {
+                let mut written = 0;
+                let n = self.mux.send_through(channel, bytes, |parts| {
+                    written = write(parts);
+                    written
+                });
+                if n == 0 {
+                    break;
+                }
+                self.bytes_out += written as u64;
+                through = true;
+                bytes = &bytes[n..];
+                if written < crate::mux::HEADER_LEN + n {
+                    break; // the socket is full: the rest is queued
+                }
             }
         }
         // Fails only if this end's channel is gone already.

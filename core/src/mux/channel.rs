@@ -194,7 +194,17 @@ impl Channel {
         self.send_credit -= payload.len() as u32;
         let fin = self.fin_owed();
         self.fin_sent |= fin;
+        // Drained: the rest of the last chunk's allocation goes back to
+        // the pool, not kept by an idle channel.
+        if self.queued == 0 && self.tail.is_empty() && self.tail.capacity() > 0 {
+            pool.give(std::mem::take(&mut self.tail), 0);
+        }
         Some((payload, fin))
+    }
+
+    /// Bytes queued and not yet handed out.
+    pub(super) fn queued(&self) -> usize {
+        self.queued
     }
 
     pub(super) fn recv_finished(&self) -> bool {

@@ -65,10 +65,9 @@ impl Default for MuxConfig {
     }
 }
 
-/// What a writer did not take of a header from [`Mux::frame_through`]
-/// and its payload (`written` bytes of the two went), copied: for
-/// [`Mux::unwritten`].
-pub fn unwritten(header: &[u8], payload: &[u8], written: usize) -> Bytes {
+/// What a writer did not take of a frame's header and payload (`written`
+/// bytes of the two went), copied.
+fn unwritten(header: &[u8], payload: &[u8], written: usize) -> Bytes {
     let mut rest = BytesMut::with_capacity(header.len() + payload.len() - written);
     if written < header.len() {
         rest.extend_from_slice(&header[written..]);
@@ -579,36 +578,42 @@ impl Mux {
         self.channels.get(&id).is_some_and(|c| !c.sent_all())
     }
 
-    /// Frames up to `len` bytes of channel `id` for the caller to write
-    /// straight from its own buffer, saving the copy into the queue: only
-    /// when nothing else waits to go out (the frame must be next on the
-    /// wire) and the channel has nothing queued and credit. Returns the
-    /// DATA header and how many bytes it covers (within the credit, which
-    /// is taken, and the peer's largest frame). The caller writes the
-    /// header and those bytes, and hands what the socket did not take to
-    /// [`Mux::unwritten`].
-    pub fn frame_through(&mut self, id: ChannelId, len: usize) -> Option<(Bytes, usize)> {
-        if self.has_output() || self.going_away || len == 0 {
-            return None;
+    /// Sends a frame of `data` on channel `id` straight from the caller's
+    /// buffer, saving the copy into the queue, when it is next on the wire:
+    /// nothing else waits to go out, the channel has nothing queued, and it
+    /// has credit. `write` writes the parts it is given (a DATA header, then
+    /// up to the credit and the peer's largest frame of `data`) to the
+    /// socket now and says how much it took; what it did not take is kept
+    /// (copied) to go out before anything else. Returns how much of `data`
+    /// went into the frame: 0 if it cannot be done now (nothing was taken;
+    /// queue it instead).
+    pub fn send_through(
+        &mut self,
+        id: ChannelId,
+        data: &[u8],
+        write: impl FnOnce(&[&[u8]]) -> usize,
+    ) -> usize {
+        if self.has_output() || self.going_away || data.is_empty() {
+            return 0;
         }
         let max_frame = self.peer_max_frame as usize;
-        let channel = self.channels.get_mut(&id)?;
+        let Some(channel) = self.channels.get_mut(&id) else {
+            return 0;
+        };
         if channel.queued > 0 || channel.fin_queued || channel.send_credit == 0 {
-            return None;
+            return 0;
         }
-        let n = len.min(channel.send_credit as usize).min(max_frame);
+        let n = data.len().min(channel.send_credit as usize).min(max_frame);
         channel.send_credit -= n as u32;
         frame::encode_data_header(id, false, n as u32, &mut self.scratch);
-        Some((self.scratch.split().freeze(), n))
-    }
-
-    /// What the socket did not take of a frame from [`Mux::frame_through`]:
-    /// it goes out before anything else.
-    pub fn unwritten(&mut self, rest: Bytes) {
-        debug_assert!(self.pending_payload.is_none(), "the frame was next");
-        if !rest.is_empty() {
-            self.pending_payload = Some(rest);
+        let header = self.scratch.split();
+        let payload = &data[..n];
+        let written = write(&[&header, payload]);
+        if written < header.len() + n {
+            // Goes out first: nothing was waiting before this frame.
+            self.pending_payload = Some(unwritten(&header, payload, written));
         }
+        n
     }
 
     /// Sends FIN after what is queued: this side will send nothing more.
@@ -849,6 +854,7 @@ impl Mux {
             else {
                 continue; // out of credit: a WINDOW reschedules it
             };
+            self.pool.prune(channel.queued());
             if channel.wants_to_send() {
                 channel.scheduled = true;
                 self.ready.push_back(id);

@@ -53,11 +53,17 @@ impl ChunkPool {
 
     /// Keeps `buf`'s allocation (its bytes were cut off and queued on a
     /// channel that now has `queued` bytes queued) for when they are sent.
-    /// Allocations already free go when the pool holds more than that
-    /// queue's worth: a queue that shrank does not leave its memory here.
-    /// (Ones still being sent cost nothing to keep: their memory is alive.)
     pub(super) fn give(&mut self, buf: BytesMut, queued: usize) {
         self.spare.push_back(buf);
+        self.prune(queued);
+    }
+
+    /// Lets a few free allocations go while the pool holds more than
+    /// `queued` bytes' worth (a channel's queue, as it gives back or sends
+    /// a chunk) plus [`SLACK`]: a queue that shrank does not leave its
+    /// memory here. Ones still being sent cost nothing to keep (their
+    /// memory is alive) and move to the back.
+    pub(super) fn prune(&mut self, queued: usize) {
         let keep = (queued / CHUNK + SLACK).min(MAX_SPARE);
         for _ in 0..PROBES {
             if self.spare.len() <= keep {

@@ -220,16 +220,7 @@ impl Session {
         if !wire.is_plain() {
             return Ok(0);
         }
-        let Some((header, n)) = wire.mux.frame_through(channel, data.len()) else {
-            return Ok(0);
-        };
-        let payload = &data[..n];
-        let written = write(&[&header, payload]);
-        if written < header.len() + n {
-            wire.mux
-                .unwritten(crate::mux::unwritten(&header, payload, written));
-        }
-        Ok(n)
+        Ok(wire.mux.send_through(channel, data, write))
     }
 
     /// Half-closes: this side sends nothing more on `channel`.

@@ -175,11 +175,7 @@ impl<R: Runtime> Relayed<R> {
         // Straight from the application's buffer when nothing waits to go
         // out before it: no copy, and no allocation to hold one.
         if let (true, Some(socket)) = (inner.out.is_empty(), inner.socket.clone()) {
-            let write = |parts: &[&[u8]]| {
-                let slices: Vec<std::io::IoSlice<'_>> =
-                    parts.iter().map(|p| std::io::IoSlice::new(p)).collect();
-                socket.try_write_vectored(&slices).unwrap_or(0)
-            };
+            let write = |parts: &[&[u8]]| socket.try_write_frame(parts).unwrap_or(0);
             let taken = inner
                 .session
                 .send_through(this.id, &data[..room], write)

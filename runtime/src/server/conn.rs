@@ -30,7 +30,6 @@ use plugboard_os::{WriteQueue, LAST_WORDS_GRACE};
 use super::shared::{Conn, Shared, TaskDriver};
 use crate::rt::{Runtime, Task as _};
 use crate::stream::{ReadSize, Stream};
-use std::io::IoSlice;
 
 /// How much a reader asks the socket for at once.
 const READ_SIZE: usize = 256 * 1024;
@@ -85,9 +84,12 @@ impl<R: Runtime> ConnIo<R> {
         !self.boxed
     }
 
-    /// Writes `parts` to the socket now if nobody is writing there and
-    /// nothing waits to be written first: what it took (0 otherwise; a
-    /// failure is the writer's to find).
+    /// Writes a frame's `parts` (header, payload) to the socket now if
+    /// nobody is writing there and nothing waits to be written first: what
+    /// it took (0 otherwise; a failure is the writer's to find). The link's
+    /// own output (message 4) cannot be waiting: a channel with credit
+    /// means the port had output after the handshake, which only
+    /// `take_output` drains, taking the link's first.
     pub(super) fn write_through(&self, parts: &[&[u8]]) -> usize {
         let Ok(outbox) = self.outbox.try_lock() else {
             return 0;
@@ -95,8 +97,7 @@ impl<R: Runtime> ConnIo<R> {
         if self.boxed || !outbox.queue.is_empty() {
             return 0;
         }
-        let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
-        self.stream.try_write_vectored(&slices).unwrap_or(0)
+        self.stream.try_write_frame(parts).unwrap_or(0)
     }
 }
 
