@@ -437,13 +437,6 @@ impl Port {
         self.mux.grant(channel, increment);
     }
 
-    /// What the sender to `channel` may still send plus what is queued
-    /// here: the broker's exposure for that direction.
-    pub(super) fn exposure(&self, channel: ChannelId) -> Option<u64> {
-        let end = self.ends.get(&channel)?;
-        Some(end.owed + self.mux.queued(channel) as u64)
-    }
-
     /// Ends of relayed channels here.
     pub(super) fn route_ends(&self) -> usize {
         self.ends.len()

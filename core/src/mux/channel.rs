@@ -202,11 +202,6 @@ impl Channel {
         Some((payload, fin))
     }
 
-    /// Bytes queued and not yet handed out.
-    pub(super) fn queued(&self) -> usize {
-        self.queued
-    }
-
     pub(super) fn recv_finished(&self) -> bool {
         self.recv_fin
     }

@@ -854,7 +854,7 @@ impl Mux {
             else {
                 continue; // out of credit: a WINDOW reschedules it
             };
-            self.pool.prune(channel.queued());
+            self.pool.prune(channel.queued);
             if channel.wants_to_send() {
                 channel.scheduled = true;
                 self.ready.push_back(id);

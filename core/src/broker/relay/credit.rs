@@ -122,7 +122,7 @@ impl Hub {
                         route.owed
                     ));
                 }
-                let exposure = port.exposure(channel).expect("an end here");
+                let exposure = port.books(channel).expect("an end here").in_flight;
                 if exposure > initial + route.grown {
                     return Err(format!(
                         "channel {end:?}: {exposure} queued and owed > {initial} + {} reserved",
