@@ -98,6 +98,10 @@ pub enum ConnEvent {
     /// effort, within [`LAST_WORDS_GRACE`]), then close. The socketpair
     /// ends meant for it are closed already.
     Close(ConnId, Bytes),
+    /// A legacy connection's client was accepted by its plugin: hand its
+    /// link the verdict (`Link::authorize(true)`, message 4) and carry its
+    /// events.
+    Authorized(ConnId),
 }
 
 /// The broker's next event for the runtime, once the ones before it that
@@ -126,6 +130,7 @@ pub fn poll_event(
                 target,
             } => pairs.create(broker, clock.now(), pair, opener, target),
             Event::Log(entry) => log_entry(&entry),
+            Event::Authorized(conn) => return Some(ConnEvent::Authorized(conn)),
         }
     }
 }

@@ -440,6 +440,8 @@ impl State {
                 match event {
                     ConnEvent::Transmit(conn) => self.dirty.push(conn),
                     ConnEvent::Close(conn, last_words) => self.close(conn, last_words),
+                    // The broker's own links take it (`Broker::poll_event`).
+                    ConnEvent::Authorized(_) => {}
                 }
             }
             // Flushing pulls from the broker, which may have more to say.

@@ -34,6 +34,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections of one key.
     pub max_connections_per_key: usize,
+    /// Connections from one source (a TCP peer's address or IPv6 /64, a
+    /// unix peer's uid) on legacy listeners, past the handshake: they admit
+    /// any key that completes it, and keys cost nothing to make.
+    pub max_legacy_connections_per_source: usize,
     /// Connections from one user's processes on unix sockets (keys cost
     /// nothing to make; a uid does), handshakes included.
     pub max_connections_per_uid: usize,
@@ -112,6 +116,7 @@ impl Default for Limits {
             open_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             max_connections_per_key: 64,
+            max_legacy_connections_per_source: 64,
             max_connections_per_uid: 1024,
             max_handshaking: 256,
             max_handshaking_per_source: 16,

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::budget::Source;
 use crate::control::{ChannelId, ControlDecoder, Features, TransportKind};
 use crate::keys::PublicKey;
 use crate::time::Instant;
@@ -18,6 +19,8 @@ pub(super) enum Stage {
     Hello,
     /// Talking.
     Ready,
+    /// A legacy client past message 4: its bridge carries one channel.
+    Legacy,
 }
 
 /// Where a connection's watch stands.
@@ -61,6 +64,12 @@ pub(super) struct Connection {
     pub(super) opens_out: BTreeSet<(ConnId, ChannelId)>,
     /// Opens to this connection that it has not answered (its channel ids).
     pub(super) opens_in: BTreeSet<ChannelId>,
+    /// A legacy client's source, counted once its key is known.
+    pub(super) legacy_source: Option<Source>,
+    /// A legacy connection's output as its idle timer last saw it, and
+    /// when it saw it move.
+    pub(super) legacy_bytes_out: u64,
+    pub(super) legacy_output_at: Instant,
 }
 
 impl Connection {
@@ -87,6 +96,9 @@ impl Connection {
             direct_addr: None,
             opens_out: BTreeSet::new(),
             opens_in: BTreeSet::new(),
+            legacy_source: None,
+            legacy_bytes_out: 0,
+            legacy_output_at: now,
         }
     }
 

@@ -36,20 +36,37 @@ pub trait PortDriver {
         let _ = (port, parts);
         0
     }
+    /// `port` (a legacy connection's) takes input again
+    /// ([`PortHandle::input_room`]): its runtime reads the socket again.
+    fn resume(&mut self, port: &PortHandle) {
+        let _ = port;
+    }
 }
 
 impl PortHandle {
     /// Plaintext mux bytes from the connection's link, arrived at `now`.
     /// What the broker keeps of them it copies.
     pub fn handle_input(&self, now: Instant, mut input: &[u8], driver: &mut impl PortDriver) {
-        self.lock().note_input(now, input.len());
-        self.run(Some(now), &mut input, driver);
+        let bridge = {
+            let mut port = self.lock();
+            port.note_input(now, input.len());
+            port.is_bridge()
+        };
+        match bridge {
+            true => self.bridge_input(Some(now), input, driver),
+            false => self.run(Some(now), &mut input, driver),
+        }
     }
 
     /// Runs the port's input (and the events its own actions left) until
     /// both are used up. `now` is `None` while taking output (which no
     /// runtime times): the hub takes the latest time it was given.
-    fn run(&self, now: Option<Instant>, input: &mut &[u8], driver: &mut impl PortDriver) {
+    pub(super) fn run(
+        &self,
+        now: Option<Instant>,
+        input: &mut &[u8],
+        driver: &mut impl PortDriver,
+    ) {
         loop {
             let step = self.lock().step(input);
             let Some(step) = step else {
@@ -106,13 +123,16 @@ impl PortHandle {
                 channel,
                 increment,
             } => {
-                let (wake, slow) = {
+                let (wake, slow, bridge) = {
                     let mut port = to.lock();
                     port.grant(channel, increment);
-                    (port.take_wake(), port.is_slow())
+                    (port.take_wake(), port.is_slow(), port.is_bridge())
                 };
                 if wake {
                     driver.wake(&to);
+                }
+                if bridge {
+                    to.bridge_granted(now, driver);
                 }
                 // A WINDOW frame counts under the sender's control queue
                 // bound like any answer.
@@ -132,6 +152,9 @@ impl PortHandle {
         // of its queue.
         if self.lock().resync_ready() {
             driver.with_hub(|hub| hub.resync_port(self.conn()));
+        }
+        if self.lock().is_bridge() {
+            return self.poll_bridge_transmit(driver);
         }
         let (data, tag, was_data) = self.lock().poll_transmit()?;
         let fd = tag.map(decode_pair_tag);
@@ -157,5 +180,24 @@ impl PortHandle {
             self.run(now, &mut &[][..], driver);
         }
         Some(Transmit { data, fd })
+    }
+
+    /// [`PortHandle::poll_transmit`] for a legacy connection: the payloads
+    /// alone, each one credit given back as the client's (see `bridge.rs`).
+    fn poll_bridge_transmit(&self, driver: &mut impl PortDriver) -> Option<Transmit> {
+        let out = {
+            let mut port = self.lock();
+            let channel = port.bridge.as_ref().map(|b| b.channel)?;
+            port.poll_bridge_transmit().map(|out| (channel, out))
+        };
+        let Some((channel, (data, credit))) = out else {
+            // Taking the last frames can retire the channel.
+            if self.lock().mux.has_events() {
+                self.run(None, &mut &[][..], driver);
+            }
+            return None;
+        };
+        self.bridge_window(channel, credit, driver);
+        Some(Transmit { data, fd: None })
     }
 }

@@ -30,6 +30,9 @@ enum Stage {
         boxed: bool,
         first_message_seen: bool,
     },
+    /// No handshake (a legacy `noauth` socket): `key` is taken as the
+    /// peer's, and what it sends waits for the verdict, up to `MAX_EARLY`.
+    Trusted { early: BytesMut },
     /// Past the handshake. `tail` is message 4, until it is written.
     Plain { tail: Option<Bytes> },
     Boxed {
@@ -65,9 +68,27 @@ pub enum LinkEnd {
     Goodbye,
     /// The box-stream was forged, cut, or went on after goodbye.
     BoxStream(BoxStreamError),
+    /// A `noauth` peer sent more than this before it was admitted.
+    TooEarly(usize),
 }
 
+/// Most a `noauth` peer may send before the plugin's verdict: a client
+/// speaks first (muxrpc may), but does not stream before an answer.
+const MAX_EARLY: usize = 64 * 1024;
+
 impl Link {
+    /// A link with no handshake (a legacy `noauth` socket): its peer is
+    /// taken to be `key`, for the hub to authorize as it would a proved one
+    /// ([`LinkEvent::Authorize`] comes first); no box-stream follows.
+    pub fn noauth(key: PublicKey) -> Self {
+        Link {
+            stage: Stage::Trusted {
+                early: BytesMut::new(),
+            },
+            events: VecDeque::from([LinkEvent::Authorize(key)]),
+        }
+    }
+
     /// A link for a connection just accepted: its handshake starts, with an
     /// ephemeral key from `rng`. `boxed`: box-stream follows the handshake
     /// (TCP, or unix with box-stream asked for).
@@ -120,6 +141,10 @@ impl Link {
                 }
             }
             Stage::Plain { .. } => return (!input.is_empty()).then_some(input),
+            Stage::Trusted { early } if early.len() + input.len() <= MAX_EARLY => {
+                early.extend_from_slice(input);
+            }
+            Stage::Trusted { .. } => self.break_with(LinkEnd::TooEarly(MAX_EARLY)),
             Stage::Boxed { .. } => self.open(input),
             Stage::Broken => {}
         }
@@ -130,30 +155,63 @@ impl Link {
     /// message 4 is made (and [`LinkEvent::Established`] follows); refused,
     /// the handshake ends with nothing more sent.
     pub fn authorize(&mut self, accept: bool) {
-        if let Stage::Handshake { shs, .. } = &mut self.stage {
-            if shs.authorize(accept).is_err() || !accept {
-                self.stage = Stage::Broken;
+        match &mut self.stage {
+            Stage::Handshake { shs, .. } => {
+                if shs.authorize(accept).is_err() || !accept {
+                    self.stage = Stage::Broken;
+                }
             }
+            Stage::Trusted { early } if accept => {
+                let early = std::mem::take(early);
+                self.stage = Stage::Plain { tail: None };
+                self.events.push_back(LinkEvent::Established);
+                if !early.is_empty() {
+                    self.events.push_back(LinkEvent::Input(early));
+                }
+            }
+            Stage::Trusted { .. } => self.stage = Stage::Broken,
+            _ => {}
         }
     }
 
-    /// The socket ended: why, for the log (a box-stream that ends without
-    /// its goodbye was cut). Nothing more goes out: no last words answer a
-    /// peer that is gone.
-    pub fn handle_eof(&mut self) -> String {
-        let reason = match &mut self.stage {
+    /// The socket ended: whether on a box boundary (or a plain link's:
+    /// a clean end of the stream), and why, for the log (a box-stream that
+    /// ends without its goodbye was cut). Unclean, nothing more goes out;
+    /// clean, output may still go (a legacy client's half-closed socket
+    /// still hears the plugin out), unless the caller ends the link with
+    /// [`Link::handle_disconnect`].
+    pub fn handle_eof(&mut self) -> (bool, String) {
+        let (clean, reason) = match &mut self.stage {
             Stage::Handshake { shs, .. } => match shs.handle_eof() {
-                Err(e) => e.to_string(),
-                Ok(()) => "closed during the handshake".into(),
+                Err(e) => (false, e.to_string()),
+                Ok(()) => (false, "closed during the handshake".into()),
             },
             Stage::Boxed { io, .. } => match io.handle_eof() {
-                Ok(()) => "closed by the peer".into(),
-                Err(e) => format!("closed by the peer: {e}"),
+                Ok(()) => (true, "closed by the peer".into()),
+                // On a box boundary, without the goodbye (ssb-client's way).
+                Err(e @ BoxStreamError::Truncated(0)) => (true, format!("closed by the peer: {e}")),
+                Err(e) => (false, format!("closed by the peer: {e}")),
             },
-            Stage::Plain { .. } | Stage::Broken => "closed by the peer".into(),
+            Stage::Plain { .. } => (true, "closed by the peer".into()),
+            Stage::Trusted { .. } => (false, "closed before it was admitted".into()),
+            Stage::Broken => (false, "closed by the peer".into()),
         };
-        self.handle_disconnect();
-        reason
+        if !clean {
+            self.handle_disconnect();
+        }
+        (clean, reason)
+    }
+
+    /// Box-stream's goodbye now (a legacy client's plugin finished): the
+    /// bytes to write after what was sealed before; nothing more is sealed
+    /// after it. Empty on a plain link (its runtime shuts the socket's
+    /// writing half instead) and once said.
+    pub fn goodbye(&mut self) -> Bytes {
+        let mut out = BytesMut::new();
+        if let Stage::Boxed { io, .. } = &mut self.stage {
+            io.goodbye(&mut out);
+        }
+        out.freeze()
     }
 
     /// The socket failed: nothing more goes out.
@@ -199,7 +257,7 @@ impl Link {
         match &mut self.stage {
             Stage::Handshake { shs, .. } => shs.poll_transmit(),
             Stage::Plain { tail } | Stage::Boxed { tail, .. } => tail.take(),
-            Stage::Broken => None,
+            Stage::Trusted { .. } | Stage::Broken => None,
         }
     }
 
@@ -208,7 +266,7 @@ impl Link {
         match &self.stage {
             Stage::Handshake { shs, .. } => shs.has_output(),
             Stage::Plain { tail } | Stage::Boxed { tail, .. } => tail.is_some(),
-            Stage::Broken => false,
+            Stage::Trusted { .. } | Stage::Broken => false,
         }
     }
 
@@ -224,7 +282,7 @@ impl Link {
         match &mut self.stage {
             Stage::Boxed { io, .. } => io.seal(plain),
             Stage::Plain { .. } => Bytes::copy_from_slice(plain),
-            Stage::Handshake { .. } | Stage::Broken => Bytes::new(),
+            Stage::Handshake { .. } | Stage::Trusted { .. } | Stage::Broken => Bytes::new(),
         }
     }
 
@@ -233,7 +291,7 @@ impl Link {
         match &mut self.stage {
             Stage::Boxed { io, .. } => io.seal_from(next),
             Stage::Plain { .. } => next(),
-            Stage::Handshake { .. } | Stage::Broken => None,
+            Stage::Handshake { .. } | Stage::Trusted { .. } | Stage::Broken => None,
         }
     }
 
@@ -253,7 +311,7 @@ impl Link {
                 out.extend_from_slice(&io.seal(plain));
                 io.goodbye(&mut out);
             }
-            Stage::Handshake { .. } | Stage::Broken => {}
+            Stage::Handshake { .. } | Stage::Trusted { .. } | Stage::Broken => {}
         }
         out.freeze()
     }
@@ -487,17 +545,20 @@ mod tests {
             "{ended:?}"
         );
         assert_eq!(link.poll_transmit(), None);
-        assert_eq!(link.handle_eof(), "closed by the peer");
+        assert_eq!(link.handle_eof(), (false, "closed by the peer".into()));
     }
 
     #[test]
     fn a_socket_that_ended_gets_no_last_words() {
         // Regression: the threaded server wrote box-stream's goodbye (and
         // message 4, if due) to a peer whose socket had ended.
+        // An end on a box boundary is clean (a legacy client's way to
+        // finish), so the link could still speak: the runtime ends it.
         let (mut link, _) = established(true);
-        assert!(link
-            .handle_eof()
-            .starts_with("closed by the peer: the stream ended without a goodbye"));
+        let (clean, reason) = link.handle_eof();
+        assert!(clean, "{reason}");
+        assert!(reason.starts_with("closed by the peer: the stream ended without a goodbye"));
+        link.handle_disconnect();
         assert!(link.last_words(b"").is_empty());
         assert_eq!(
             link.poll_transmit(),

@@ -21,12 +21,14 @@
 //! server).
 
 mod audit;
+mod bridge;
 mod config;
 mod connection;
 mod control;
 mod door;
 mod drive;
 mod fds;
+mod legacy;
 mod link;
 mod memory;
 mod opens;
@@ -49,6 +51,7 @@ pub use config::Limits;
 pub use door::{Cred, DoorRefusal, ListenerId, Origin, Peer};
 pub use drive::PortDriver;
 pub use fds::FdRefusal;
+pub use legacy::{LegacyRoute, LinkPlan};
 pub use link::{Link, LinkEnd, LinkEvent};
 pub use policy::{Permissions, Policy};
 pub use serial::Broker;
@@ -92,6 +95,9 @@ pub struct BrokerConfig {
     /// (a simulation, an embedding that cannot tell users apart): every
     /// unix peer is the broker's user.
     pub owner_uid: Option<u32>,
+    /// Listeners whose clients are SSB clients as they are, and the route
+    /// each takes (PROTOCOL §9).
+    pub legacy: HashMap<ListenerId, LegacyRoute>,
 }
 
 impl BrokerConfig {
@@ -108,6 +114,7 @@ impl BrokerConfig {
             fd_passing: false,
             boxstream_on_unix: false,
             owner_uid: None,
+            legacy: HashMap::new(),
         }
     }
 }
@@ -165,6 +172,10 @@ pub enum Event {
     },
     /// Something worth a log line: every refusal and every disconnect.
     Log(LogEntry),
+    /// The plugin accepted this legacy connection's client: hand its
+    /// [`Link::authorize`] `true` (message 4) and carry its events, and
+    /// read its socket as far as [`PortHandle::input_room`] says.
+    Authorized(ConnId),
 }
 
 /// A log line with its subject.
@@ -255,7 +266,9 @@ enum Timer {
 struct PendingOpen {
     opener: ConnId,
     opener_channel: ChannelId,
-    request: RequestId,
+    /// The opener's request, answered with Opened or an error; `None` for
+    /// a legacy connection, whose answer is message 4 or the socket closed.
+    request: Option<RequestId>,
     opener_key: PublicKey,
     target_key: PublicKey,
     deadline: Instant,
@@ -307,7 +320,12 @@ pub struct Hub {
     slow: Vec<ConnId>,
     scratch: BytesMut,
     /// The latest time any call brought, for work done in `poll_transmit`.
-    last_now: Instant,
+    pub(super) last_now: Instant,
+    /// Legacy connections past the handshake, per source.
+    legacy_sources: legacy::LegacySources,
+    /// Legacy connections whose channel is gone: closed at the end of the
+    /// current call.
+    legacy_done: Vec<ConnId>,
 }
 
 impl Hub {
@@ -357,6 +375,8 @@ impl Hub {
             slow: Vec::new(),
             scratch: BytesMut::new(),
             last_now: Instant::ZERO,
+            legacy_sources: Default::default(),
+            legacy_done: Vec::new(),
         }
     }
 
@@ -451,7 +471,7 @@ impl Hub {
                 self.set_deadline(conn, Some(deadline));
                 None
             }
-            LinkEvent::Authorize(key) => Some(self.authorize(now, conn, key)),
+            LinkEvent::Authorize(key) => self.authorize(now, conn, key),
             LinkEvent::Established => {
                 self.established(now, conn);
                 None
@@ -465,14 +485,38 @@ impl Hub {
                     LinkEnd::Handshake(e) => {
                         self.drop_connection(now, conn, None, format!("handshake failed: {e}"))
                     }
+                    LinkEnd::Goodbye if self.is_legacy(conn) => self.legacy_eof(now, conn),
                     LinkEnd::Goodbye => self.peer_ended(now, conn, "said goodbye".into()),
                     LinkEnd::BoxStream(e) => self.peer_ended(now, conn, format!("box-stream: {e}")),
+                    LinkEnd::TooEarly(n) => {
+                        let reason = format!("sent more than {n} bytes before it was admitted");
+                        self.drop_connection(now, conn, Some(ErrorCode::ProtocolViolation), reason)
+                    }
                 }
                 None
             }
         };
         self.finish_call(now);
         verdict
+    }
+
+    /// The socket ended (EOF); `clean`: on a box boundary (what
+    /// [`Link::handle_eof`] says). A legacy client's clean end is its
+    /// channel's FIN, and the connection stays for what the plugin still
+    /// sends (`true`); any other end is a disconnect (`false`: the
+    /// connection is gone).
+    pub fn handle_eof(&mut self, now: Instant, conn: ConnId, clean: bool, reason: &str) -> bool {
+        let stays = clean
+            && self
+                .conns
+                .get(&conn)
+                .is_some_and(|c| matches!(c.stage, Stage::Legacy));
+        match stays {
+            true => self.legacy_eof(now, conn),
+            false => self.disconnect(now, conn, reason.to_owned()),
+        }
+        self.finish_call(now);
+        stays
     }
 
     /// The socket failed or the runtime gave up on it.
@@ -608,19 +652,24 @@ impl Hub {
     /// The link of `conn` asks whether `key` may in: the policy and the
     /// per-key limit decide. Refused, the connection is dropped with
     /// nothing more sent: the key never gets a session.
-    fn authorize(&mut self, now: Instant, conn: ConnId, key: PublicKey) -> bool {
+    /// On a legacy listener the route's plugin decides instead, later
+    /// (`None` meanwhile: [`Event::Authorized`] brings its yes).
+    fn authorize(&mut self, now: Instant, conn: ConnId, key: PublicKey) -> Option<bool> {
         let asking = self
             .conns
             .get(&conn)
             .is_some_and(|c| matches!(c.stage, Stage::Handshake) && c.key.is_none());
         if !asking {
-            return false;
+            return Some(false);
+        }
+        if self.is_legacy(conn) {
+            return self.offer_legacy(now, conn, key);
         }
         match self.admit(conn, key) {
-            Ok(()) => true,
+            Ok(()) => Some(true),
             Err((code, reason)) => {
                 self.drop_connection(now, conn, Some(code), reason);
-                false
+                Some(false)
             }
         }
     }
@@ -658,6 +707,9 @@ impl Hub {
         };
         if !matches!(c.stage, Stage::Handshake) || c.key.is_none() {
             return;
+        }
+        if c.port.is_some() {
+            return self.legacy_established(now, conn);
         }
         let origin = c.origin;
         let limits = &self.config.limits;
@@ -709,6 +761,7 @@ impl Hub {
                 ErrorCode::HelloTimeout,
                 "no hello in time".into(),
             ),
+            Stage::Legacy => self.on_legacy_timer(now, conn),
             Stage::Ready => {
                 let port = c.port.clone().expect("ready means established");
                 let mut port = port.lock();
@@ -850,6 +903,19 @@ impl Hub {
                 self.close(now, conn, ErrorCode::SlowReader, reason);
             }
         }
+        while let Some(conn) = self.legacy_done.pop() {
+            let Some(c) = self.conns.get(&conn) else {
+                continue;
+            };
+            let key = c.key;
+            self.log(conn, key, None, "closed: its channel ended".into());
+            self.teardown(now, conn);
+            self.events.push_back(Event::Close {
+                conn,
+                last_words: Bytes::new(),
+                reason: "its channel ended".into(),
+            });
+        }
     }
 
     // ── the end of a connection ───────────────────────────────────────
@@ -862,7 +928,8 @@ impl Hub {
             return;
         };
         let mut last_words = BytesMut::new();
-        if let Some(port) = &c.port {
+        // A legacy client hears no mux: its link's goodbye is the end.
+        if let Some(port) = c.port.as_ref().filter(|p| !p.lock().is_bridge()) {
             let mut port = port.lock();
             port.mux.go_away(code, &reason);
             while let Some(chunk) = port.mux.poll_transmit() {
@@ -943,6 +1010,9 @@ impl Hub {
         }
         if matches!(c.stage, Stage::Handshake) {
             self.door.release(&c.origin);
+        }
+        if let Some(source) = c.legacy_source {
+            self.legacy_sources.remove(source);
         }
         if let Some(uid) = c.origin.uid() {
             let n = self.by_uid.get_mut(&uid).expect("counted at accept");

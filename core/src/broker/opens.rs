@@ -17,6 +17,15 @@ use super::policy::any_matches;
 use super::relay::End;
 use super::{ConnId, DirectPlan, Hub, PairEnd, PairId, PendingOpen, Timer};
 
+/// Who opens a channel: a connection, its id for the channel, its key, and
+/// the request to answer (none for a legacy connection).
+pub(super) struct Opener {
+    pub(super) conn: ConnId,
+    pub(super) channel: ChannelId,
+    pub(super) key: PublicKey,
+    pub(super) request: Option<RequestId>,
+}
+
 /// The mux tag of a frame that carries a socketpair end.
 fn pair_tag(pair: PairId, end: PairEnd) -> u64 {
     pair << 1 | u64::from(end == PairEnd::Target)
@@ -84,9 +93,39 @@ impl Hub {
         if let Some((code, message)) = refusal {
             return self.refuse_open(conn, channel, request, code, message);
         }
-        let Some(target) = self.registry.owner(&name).copied() else {
+        let opener = Opener {
+            conn,
+            channel,
+            key,
+            request: Some(request),
+        };
+        let timeout = self.config.limits.open_timeout;
+        let offered = self.offer(now, opener, &name, protocol, metadata, direct, timeout);
+        if let Err((code, message)) = offered {
+            self.refuse_open(conn, channel, request, code, message);
+        }
+    }
+
+    /// Offers a channel from `opener` to the owner of `name` as an
+    /// Incoming, if the target and the budgets have room: the open then
+    /// waits for the target's answer until `timeout`. Refused, why (the
+    /// opener's channel is the caller's to forget).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn offer(
+        &mut self,
+        now: Instant,
+        opener: Opener,
+        name: &Name,
+        protocol: String,
+        metadata: Bytes,
+        direct: bool,
+        timeout: std::time::Duration,
+    ) -> Result<(), (ErrorCode, String)> {
+        let Opener { conn, key, .. } = opener;
+        let limits = &self.config.limits;
+        let Some(target) = self.registry.owner(name).copied() else {
             let message = format!("nobody has the name {name}");
-            return self.refuse_open(conn, channel, request, ErrorCode::NoSuchName, message);
+            return Err((ErrorCode::NoSuchName, message));
         };
         let target_usage = self.key_usage(&target.key);
         let ids_left = self
@@ -96,18 +135,18 @@ impl Hub {
             || !ids_left
         {
             let message = format!("{name} holds as many channels as it may");
-            return self.refuse_open(conn, channel, request, ErrorCode::TooManyChannels, message);
+            return Err((ErrorCode::TooManyChannels, message));
         }
         let between = self.shares.between(key, target.key);
         if between >= limits.max_channels_between_keys {
             let message = format!(
                 "{key} holds {between} channels with {name}, the most one key may hold with another"
             );
-            return self.refuse_open(conn, channel, request, ErrorCode::TooManyChannels, message);
+            return Err((ErrorCode::TooManyChannels, message));
         }
         if let Err(refusal) = self.bytes.check_open(&key, self.open_cost()) {
             let message = format!("{key} may not open another channel: {refusal}");
-            return self.refuse_open(conn, channel, request, ErrorCode::TooManyBytes, message);
+            return Err((ErrorCode::TooManyBytes, message));
         }
 
         let plan = self.plan(conn, target.conn, direct);
@@ -128,7 +167,7 @@ impl Hub {
         if !self.has_room(target.conn, control::encoded_len(&incoming)) {
             let message =
                 format!("{name} is not reading its messages: its control queue is half full");
-            return self.refuse_open(conn, channel, request, ErrorCode::PeerBusy, message);
+            return Err((ErrorCode::PeerBusy, message));
         }
         let t = self
             .conns
@@ -163,14 +202,14 @@ impl Hub {
         };
         self.send(target.conn, &incoming);
 
-        let deadline = now + self.config.limits.open_timeout;
+        let deadline = now + timeout;
         let end = (target.conn, target_channel);
         self.pending.insert(
             end,
             PendingOpen {
                 opener: conn,
-                opener_channel: channel,
-                request,
+                opener_channel: opener.channel,
+                request: opener.request,
                 opener_key: key,
                 target_key: target.key,
                 deadline,
@@ -186,6 +225,20 @@ impl Hub {
         self.usage.entry(key).or_default().pending_opens += 1;
         self.usage.entry(target.key).or_default().pending_incoming += 1;
         self.hold_channel(key, target.key);
+        Ok(())
+    }
+
+    /// Tells the opener of `open` it was refused: an error for its
+    /// request, or, on a legacy connection, the socket closed with nothing
+    /// more sent.
+    pub(super) fn refuse_opener(&mut self, open: &PendingOpen, code: ErrorCode, message: String) {
+        match open.request {
+            Some(request) => self.reply(open.opener, &error(request, code, message)),
+            None => {
+                let now = self.last_now;
+                self.drop_connection(now, open.opener, Some(code), message);
+            }
+        }
     }
 
     /// Both initial windows: what opening a channel reserves.
@@ -325,13 +378,19 @@ impl Hub {
             }
             DirectPlan::Relay | DirectPlan::SocketPair => OpenedPath::Relay,
         };
-        let opened = Message::Opened {
-            request: open.request,
-            channel: open.opener_channel,
-            peer: open.target_key,
-            path,
-        };
-        self.reply(open.opener, &opened);
+        match open.request {
+            Some(request) => {
+                let opened = Message::Opened {
+                    request,
+                    channel: open.opener_channel,
+                    peer: open.target_key,
+                    path,
+                };
+                self.reply(open.opener, &opened);
+            }
+            // A legacy client: message 4 goes now.
+            None => self.legacy_accepted(open.opener),
+        }
         if tell_target {
             let path = Message::ChannelPath {
                 channel: target_end.1,
@@ -360,10 +419,7 @@ impl Hub {
             Some(ErrorCode::Rejected),
             message.clone(),
         );
-        self.reply(
-            open.opener,
-            &error(open.request, ErrorCode::Rejected, reason),
-        );
+        self.refuse_opener(&open, ErrorCode::Rejected, reason);
     }
 
     pub(super) fn on_open_timeout(&mut self, _now: Instant, target: ConnId, channel: ChannelId) {
@@ -387,10 +443,7 @@ impl Hub {
             Some(ErrorCode::OpenTimeout),
             message.clone(),
         );
-        self.reply(
-            open.opener,
-            &error(open.request, ErrorCode::OpenTimeout, message),
-        );
+        self.refuse_opener(&open, ErrorCode::OpenTimeout, message);
     }
 
     /// The opener could not dial: the target is told to use the relay.
@@ -419,7 +472,9 @@ impl Hub {
         self.forget_channel(open.opener, open.opener_channel);
         self.forget_channel(target, channel);
         let opened = Message::Opened {
-            request: open.request,
+            request: open
+                .request
+                .expect("a socketpair's opener speaks the control protocol"),
             channel: open.opener_channel,
             peer: open.target_key,
             path: OpenedPath::SocketPair,
@@ -449,10 +504,7 @@ impl Hub {
         if let Some(open) = self.take_pending((target, channel)) {
             self.forget_channel(open.opener, open.opener_channel);
             let message = format!("{} went away before answering", open.target_key);
-            self.reply(
-                open.opener,
-                &error(open.request, ErrorCode::PeerGone, message),
-            );
+            self.refuse_opener(&open, ErrorCode::PeerGone, message);
         }
     }
 
@@ -471,10 +523,7 @@ impl Hub {
             if target == conn {
                 self.forget_channel(open.opener, open.opener_channel);
                 let message = format!("{} went away", open.target_key);
-                self.reply(
-                    open.opener,
-                    &error(open.request, ErrorCode::PeerGone, message),
-                );
+                self.refuse_opener(&open, ErrorCode::PeerGone, message);
             } else {
                 self.reset_channel(target, channel, ErrorCode::PeerGone, "the opener went away");
             }

@@ -25,6 +25,7 @@ use crate::keys::PublicKey;
 use crate::mux::{Mux, MuxError, MuxEvent, MuxInput};
 use crate::time::Instant;
 
+use super::bridge::Bridge;
 use super::relay::rule;
 use super::ConnId;
 
@@ -126,6 +127,8 @@ pub(super) struct Port {
     /// Its watch fell behind: the hub sends the resync once the control
     /// queue drained to a quarter of its bound.
     pub(super) resync_due: bool,
+    /// A legacy connection's: its one channel is a bare byte stream.
+    pub(super) bridge: Option<Bridge>,
 }
 
 /// One end of a relayed channel, and the direction that ends here.
@@ -258,6 +261,7 @@ impl Port {
             bytes_out: 0,
             notified: false,
             resync_due: false,
+            bridge: None,
         }
     }
 
@@ -389,7 +393,9 @@ impl Port {
             end.owed = end.owed.saturating_sub(bytes.len() as u64);
         }
         let mut through = false;
-        if let Some(write) = write.as_mut() {
+        // A bridge's frames are filtered on their way out: never written
+        // through.
+        if let Some(write) = write.as_mut().filter(|_| self.bridge.is_none()) {
             while !bytes.is_empty() {
                 let mut written = 0;
                 let n = self.mux.send_through(channel, bytes, |parts| {

@@ -16,7 +16,6 @@ use crate::keys::PublicKey;
 use crate::mux::MuxEvent;
 use crate::time::Instant;
 
-use super::control::error;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::MutexGuard;
 
@@ -98,6 +97,7 @@ impl Hub {
         let this = self.lock_port(end.0)?.remove_end(end.1)?;
         let Some(peer_port) = &this.peer_port else {
             self.release_orphan(&this);
+            self.bridge_gone(end.0);
             return None;
         };
         let peer = {
@@ -111,6 +111,8 @@ impl Hub {
         if reset.is_some() {
             self.wake(this.peer.0);
         }
+        self.bridge_gone(end.0);
+        self.bridge_gone(this.peer.0);
         Some(Unlinked::new(&this, &peer))
     }
 
@@ -164,6 +166,7 @@ impl Hub {
                 port.mux.reset(this.peer.1, ErrorCode::PeerGone, reason);
                 drop(port);
                 self.release_route(Unlinked::new(&this, &peer));
+                self.bridge_gone(this.peer.0);
             }
             self.wake(this.peer.0);
         }
@@ -337,15 +340,12 @@ impl Hub {
             // The target gave up before answering: as good as a reject.
             self.forget_channel(open.opener, open.opener_channel);
             let message = format!("reset before answering: {reason}");
-            self.reply(
-                open.opener,
-                &error(open.request, ErrorCode::Rejected, message),
-            );
+            self.refuse_opener(&open, ErrorCode::Rejected, message);
         } else if let Some(end) = as_opener {
             if let Some(open) = self.take_pending(end) {
                 self.reset_channel(end.0, end.1, ErrorCode::Cancelled, "the opener gave up");
                 let message = "cancelled by the opener".to_owned();
-                self.reply(conn, &error(open.request, ErrorCode::Cancelled, message));
+                self.refuse_opener(&open, ErrorCode::Cancelled, message);
             }
         } else if let Some(pair) = pair {
             let (target, target_channel, open) = self.pairs.remove(&pair).expect("found");
@@ -354,10 +354,7 @@ impl Hub {
             if target == conn {
                 self.forget_channel(open.opener, open.opener_channel);
                 let message = format!("reset before its path was set: {reason}");
-                self.reply(
-                    open.opener,
-                    &error(open.request, ErrorCode::Rejected, message),
-                );
+                self.refuse_opener(&open, ErrorCode::Rejected, message);
             } else {
                 self.reset_channel(
                     target,
@@ -366,7 +363,7 @@ impl Hub {
                     "the opener gave up",
                 );
                 let message = "cancelled by the opener".to_owned();
-                self.reply(conn, &error(open.request, ErrorCode::Cancelled, message));
+                self.refuse_opener(&open, ErrorCode::Cancelled, message);
             }
         }
     }

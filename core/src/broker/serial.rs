@@ -37,9 +37,8 @@ impl Broker {
     /// runs (the first message has the shorter `first_message_timeout`).
     pub fn accept(&mut self, now: Instant, origin: Origin) -> Result<ConnId, AcceptError> {
         let conn = self.hub.accept(now, origin)?;
-        let boxed = self.hub.is_boxed(&origin);
-        let config = self.hub.handshake_config();
-        let link = Link::new(config, &mut self.hub.rng(), now, boxed);
+        let plan = self.hub.link_plan(&origin);
+        let link = plan.start(&mut self.hub.rng(), now);
         self.links.insert(conn, link);
         Ok(conn)
     }
@@ -51,24 +50,43 @@ impl Broker {
             return;
         };
         let plain = link.handle_input(now, input);
+        self.carry(now, conn);
+        if let Some(plain) = plain {
+            self.hub.handle_plaintext(now, conn, plain);
+        }
+    }
+
+    /// Carries a link's events to the hub, and its verdicts back.
+    fn carry(&mut self, now: Instant, conn: ConnId) {
+        let Some(link) = self.links.get_mut(&conn) else {
+            return;
+        };
         while let Some(event) = link.poll_event() {
             if let Some(verdict) = self.hub.handle_link(now, conn, event) {
                 link.authorize(verdict);
             }
-        }
-        if let Some(plain) = plain {
-            self.hub.handle_plaintext(now, conn, plain);
         }
         if link.has_output() && self.hub.is_open(conn) {
             self.events.push_back(Event::Transmit(conn));
         }
     }
 
+    /// How much a legacy connection takes now (see
+    /// [`PortHandle::input_room`](super::PortHandle::input_room)); `None`
+    /// for every other connection. What is read past it is held, up to a
+    /// bound: a runtime that does not keep to it ends the connection.
+    pub fn input_room(&self, conn: ConnId) -> Option<usize> {
+        self.hub.port(conn)?.input_room()
+    }
+
     /// The peer closed its end (EOF).
     pub fn handle_eof(&mut self, now: Instant, conn: ConnId) {
-        if let Some(mut link) = self.links.remove(&conn) {
-            let reason = link.handle_eof();
-            self.hub.handle_disconnect(now, conn, &reason);
+        let Some(link) = self.links.get_mut(&conn) else {
+            return;
+        };
+        let (clean, reason) = link.handle_eof();
+        if !self.hub.handle_eof(now, conn, clean, &reason) {
+            self.links.remove(&conn);
         }
     }
 
@@ -89,16 +107,33 @@ impl Broker {
             return self.hub.poll_transmit(conn);
         }
         let hub = &mut self.hub;
-        let data = link.seal_from(|| hub.poll_transmit(conn).map(|t| t.data))?;
+        if let Some(data) = link.seal_from(|| hub.poll_transmit(conn).map(|t| t.data)) {
+            return Some(Transmit { data, fd: None });
+        }
+        // A legacy client's plugin finished, and all it sent is out.
+        let goodbye = self.hub.port(conn).is_some_and(|port| port.take_goodbye());
+        let data = goodbye.then(|| link.goodbye()).filter(|b| !b.is_empty())?;
         Some(Transmit { data, fd: None })
     }
 
     /// The next event for the runtime.
     pub fn poll_event(&mut self) -> Option<Event> {
-        let event = match self.events.pop_front() {
+        let mut event = match self.events.pop_front() {
             Some(event) => event,
             None => self.hub.poll_event()?,
         };
+        // A legacy client admitted: its link makes message 4 here.
+        while let Event::Authorized(conn) = event {
+            if let Some(link) = self.links.get_mut(&conn) {
+                link.authorize(true);
+                let now = self.hub.last_now;
+                self.carry(now, conn);
+            }
+            event = match self.events.pop_front() {
+                Some(event) => event,
+                None => self.hub.poll_event()?,
+            };
+        }
         Some(match event {
             Event::Close {
                 conn,

@@ -19,12 +19,12 @@ pub const HEADER_LEN: usize = 10;
 /// Frame payload limit unless the peer announced another.
 pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024;
 
-pub(super) const DATA: u8 = 0;
+pub(crate) const DATA: u8 = 0;
 const WINDOW: u8 = 1;
 const RESET: u8 = 2;
 const PING: u8 = 3;
 const GOAWAY: u8 = 4;
-pub(super) const FIN: u8 = 0x01;
+pub(crate) const FIN: u8 = 0x01;
 const PONG: u8 = 0x01;
 
 /// A decoded frame.

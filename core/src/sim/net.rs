@@ -84,6 +84,9 @@ pub struct Net {
     chaos: Chaos,
     /// For a broker started again.
     config: BrokerConfig,
+    /// The last words of connections that are no node's (a test's own,
+    /// driven by hand), as the broker closed them.
+    pub closed_others: BTreeMap<ConnId, Bytes>,
 }
 
 impl Net {
@@ -106,6 +109,7 @@ impl Net {
             next_node: 0,
             rng,
             chaos,
+            closed_others: BTreeMap::new(),
         }
     }
 
@@ -403,9 +407,14 @@ impl Net {
                 Event::Transmit(conn) => {
                     self.writable.insert(conn);
                 }
+                // The broker's own link takes it (the net has no legacy listener).
+                Event::Authorized(_) => {}
                 Event::Close {
                     conn, last_words, ..
                 } => {
+                    if !self.by_conn.contains_key(&conn) {
+                        self.closed_others.insert(conn, last_words.clone());
+                    }
                     // A link the node replaced since is nothing to it.
                     if let Some(node) = self
                         .by_conn

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::future;
-use plugboard_core::broker::{Link, LinkEvent, Origin};
+use plugboard_core::broker::{Link, LinkEvent, LinkPlan, Origin, PortHandle};
 use plugboard_core::Instant;
 use plugboard_os::{WriteQueue, LAST_WORDS_GRACE};
 
@@ -33,6 +33,8 @@ use crate::stream::{ReadSize, Stream};
 
 /// How much a reader asks the socket for at once.
 const READ_SIZE: usize = 256 * 1024;
+/// Least a reader asks a legacy client's socket for: one whole box.
+const MIN_LEGACY_READ: usize = 4096 + 34;
 /// How long a connection stays quiet before its read buffer is given back.
 const IDLE_RELEASE: Duration = Duration::from_millis(100);
 /// Most bytes a writer takes from the link and the hub before writing them.
@@ -110,16 +112,16 @@ impl<R: Runtime> Shared<R> {
             let accepted = state.hub.accept(now, origin).map(|conn| {
                 let c = Arc::new(Conn::new(conn));
                 state.conns.insert(conn, c.clone());
-                let config = state.hub.handshake_config();
-                (c, config, state.hub.is_boxed(&origin))
+                (c, state.hub.link_plan(&origin))
             });
             self.dispatch(&mut state);
             (accepted, now)
         };
-        let Ok((c, config, boxed)) = accepted else {
+        let Ok((c, plan)) = accepted else {
             return; // refused: the socket is dropped, the hub logged why
         };
-        let link = Link::new(config, &mut rand_core::OsRng, now, boxed);
+        let boxed = matches!(plan, LinkPlan::Handshake { boxed: true, .. });
+        let link = plan.start(&mut rand_core::OsRng, now);
         let io = ConnIo {
             stream,
             link: SharedLink(Mutex::new(link)),
@@ -145,11 +147,33 @@ impl<R: Runtime> Shared<R> {
         // not per read: what the broker keeps of a read, it copies.
         let mut buf = Vec::new();
         let mut size = ReadSize::new(READ_SIZE);
+        // A link with no handshake has its key to carry before any input.
+        self.tell_link(&c, io, false);
         loop {
             // Asked first: a peer that keeps the socket readable must not
             // keep a connection the broker ended open.
             if signals.is_ended.load(Ordering::Acquire) {
                 return;
+            }
+            if signals.authorized.swap(false, Ordering::AcqRel) {
+                self.tell_link(&c, io, true);
+            }
+            // A legacy client is read only as far as its plugin's credit
+            // goes (TCP pushes back on it); none, and it waits for some.
+            let room = c.port.get().and_then(|port| port.input_room());
+            if room == Some(0) {
+                let resumed = async {
+                    signals.resume.notified().await;
+                    true
+                };
+                let stopped = async {
+                    signals.stop.notified().await;
+                    false
+                };
+                if !future::or(resumed, stopped).await {
+                    return;
+                }
+                continue;
             }
             if buf.is_empty() {
                 // Idle, with no buffer: wait for bytes before taking one.
@@ -170,7 +194,9 @@ impl<R: Runtime> Shared<R> {
             if buf.len() < size.next() {
                 buf.resize(size.next(), 0);
             }
-            let into = &mut buf[..size.next()];
+            // At least a box's worth, so a little credit still moves.
+            let want = room.map_or(usize::MAX, |room| room.max(MIN_LEGACY_READ));
+            let into = &mut buf[..size.next().min(want)];
             let read = async { Some(io.stream.recv_into(into, None).await) };
             // Made only if polled: a busy socket is read first (`or` polls
             // it first), so no timer is armed per read.
@@ -206,7 +232,23 @@ impl<R: Runtime> Shared<R> {
         let now = self.clock.now();
         let mut link = io.link.lock();
         let reason = match result {
-            Ok([]) => link.handle_eof(),
+            Ok([]) => {
+                let (clean, reason) = link.handle_eof();
+                drop(link);
+                let mut state = self.lock();
+                let stays = state.hub.handle_eof(now, c.id, clean, &reason);
+                let forgotten = (!stays).then(|| state.forget_conn(c.id)).flatten();
+                self.dispatch(&mut state);
+                drop(state);
+                if !stays {
+                    // No goodbye answers a peer that is gone.
+                    io.link.lock().handle_disconnect();
+                    if forgotten.is_some() {
+                        c.signals.end(Bytes::new());
+                    }
+                }
+                return true; // a legacy client's plugin may still speak
+            }
             Ok(input) => {
                 let mut to_write = Vec::new();
                 let plain = link.handle_input(now, input);
@@ -234,6 +276,24 @@ impl<R: Runtime> Shared<R> {
         }
         self.dispatch(&mut state);
         true
+    }
+
+    /// Carries what the link has for the hub: a `noauth` link's key at the
+    /// start, or, `authorized`, message 4 and what follows once a legacy
+    /// client's plugin accepted it. Called by the connection's reader.
+    fn tell_link(&self, c: &Arc<Conn<R>>, io: &ConnIo<R>, authorized: bool) {
+        let now = self.clock.now();
+        let mut to_write = Vec::new();
+        let mut link = io.link.lock();
+        if authorized {
+            link.authorize(true);
+        }
+        self.carry(now, c, &mut link, &mut to_write);
+        if link.has_output() {
+            c.signals.wake.notify_one(); // message 4
+        }
+        drop(link);
+        self.write_through(to_write);
     }
 
     /// Carries the link's events, in order, to the hub, taking the hub's
@@ -349,7 +409,12 @@ impl<R: Runtime> Shared<R> {
                         .map(|()| outbox.queue.is_empty())
                 };
                 let written = match taken {
-                    Ok(true) => break,
+                    Ok(true) => {
+                        if signals.half_close.swap(false, Ordering::AcqRel) {
+                            io.stream.shutdown_write();
+                        }
+                        break;
+                    }
                     Ok(false) => {
                         let flush = io.stream.flush_with(|fd| io.outbox().queue.write_to(fd));
                         self.unless_ended(signals, flush).await
@@ -410,13 +475,35 @@ impl<R: Runtime> Shared<R> {
                     Some(_) => self.lock().pairs.push(t, queue, carries_fds)?,
                 }
             }
+            // A `noauth` legacy client's plugin finished: the socket's
+            // writing half closes once the queue is out.
+            if port.take_goodbye() {
+                c.signals.half_close.store(true, Ordering::Release);
+                c.signals.wake.notify_one();
+            }
             return Ok(());
         }
         // Box-stream: a seal's worth of plaintext at a time, until a batch
         // is ready.
+        self.seal_output(port, &mut driver, io, queue, plain);
+        // A legacy client's plugin finished, and all it sent is sealed.
+        if port.take_goodbye() {
+            queue.push(io.link.lock().goodbye());
+        }
+        Ok(())
+    }
+
+    fn seal_output(
+        &self,
+        port: &PortHandle,
+        driver: &mut TaskDriver<'_, R>,
+        io: &ConnIo<R>,
+        queue: &mut WriteQueue,
+        plain: &mut BytesMut,
+    ) {
         while queue.len() < WRITE_BATCH {
             while plain.len() < SEAL_BATCH {
-                let Some(t) = port.poll_transmit(&mut driver) else {
+                let Some(t) = port.poll_transmit(driver) else {
                     break;
                 };
                 plain.extend_from_slice(&t.data);
@@ -433,7 +520,6 @@ impl<R: Runtime> Shared<R> {
             queue.push(link.seal(plain));
             plain.clear(); // kept: one buffer for every seal
         }
-        Ok(())
     }
 
     /// Runs a write, unless the broker ends the connection meanwhile and the

@@ -75,6 +75,14 @@ pub(super) struct ConnSignals {
     pub(super) ended: Notify,
     /// The connection is over (asked by the reader before each read).
     pub(super) is_ended: AtomicBool,
+    /// For the reader: a legacy client was accepted (its link makes
+    /// message 4), or its port takes input again.
+    pub(super) resume: Notify,
+    /// A legacy client was accepted, and its link not told yet.
+    pub(super) authorized: AtomicBool,
+    /// A `noauth` legacy client's plugin finished: the writer shuts the
+    /// socket's writing half once its queue is out.
+    pub(super) half_close: AtomicBool,
     /// The connection is over: these last words (plaintext, for the
     /// link to seal), then close.
     end: Mutex<Option<Bytes>>,
@@ -168,6 +176,13 @@ impl<R: Runtime> Shared<R> {
                         conn.signals.end(last_words);
                     }
                 }
+                // Its reader tells the link, with the hub let go.
+                ConnEvent::Authorized(conn) => {
+                    if let Some(conn) = state.conns.get(&conn) {
+                        conn.signals.authorized.store(true, Ordering::Release);
+                        conn.signals.resume.notify_one();
+                    }
+                }
             }
         }
         self.timer.notify_one();
@@ -211,6 +226,12 @@ impl<R: Runtime> PortDriver for TaskDriver<'_, R> {
     fn wake(&mut self, port: &PortHandle) {
         if let Some(conn) = owner::<R>(port) {
             keep_or_wake(self.to_write.as_deref_mut(), &conn);
+        }
+    }
+
+    fn resume(&mut self, port: &PortHandle) {
+        if let Some(conn) = owner::<R>(port) {
+            conn.signals.resume.notify_one();
         }
     }
 

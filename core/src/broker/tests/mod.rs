@@ -174,4 +174,5 @@ fn from_user(uid: u32) -> Origin {
 mod budgets;
 mod channels;
 mod connections;
+mod legacy;
 mod requests;
