@@ -39,3 +39,7 @@ done
 cargo build -p plugboard-cli -p plugboard-tokio --bins --examples --all-features
 debug="${CARGO_TARGET_DIR:-target}/debug"
 interop/muxrpc.sh "$debug/plugboard" "$debug/examples/muxrpc_peer"
+
+# SSB clients as they are (ssb-client, secret-stack) through the legacy
+# route, to a JS muxrpc server and to the Rust example SSB server.
+interop/legacy.sh "$debug/plugboard" "$debug/examples/ssb_server"

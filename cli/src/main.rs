@@ -14,6 +14,8 @@ use plugboard_os::activation::{self, Inherited};
 use plugboard_tokio::{Addr, Plugin, PluginError, Server, WatchEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod legacy;
+
 /// Exit codes a script can tell apart.
 mod exit {
     pub const FAILED: u8 = 1;
@@ -157,6 +159,8 @@ struct ServeArgs {
     /// protocol from the same flags.
     #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
     runtime: Runtime,
+    #[command(flatten)]
+    legacy: legacy::LegacyArgs,
 }
 
 /// The runtime adapters `serve` can run the broker on.
@@ -331,10 +335,17 @@ async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure
     }
     let keypair = load_key(&path)?;
     let owner = keypair.public();
-    let mut handshake = HandshakeConfig::new(keypair);
+    let mut handshake = HandshakeConfig::new(keypair.clone());
     handshake.network_key = args.network_key;
     handshake.crypto = plugboard_os::default_crypto();
     tracing::info!("box-stream and shs1 run on {}", handshake.crypto.name());
+    let load = |path: &Path| load_key(path).map_err(|Failure(_, message)| message);
+    let legacy = legacy::routes(&args.legacy, &keypair, &handshake, load).map_err(fail)?;
+    if !legacy.is_empty() && args.runtime == Runtime::Mio {
+        return Err(fail(
+            "the legacy route runs on --runtime tokio or smol (the mio loop does not yet read a legacy client only as far as its plugin's credit)",
+        ));
+    }
     let mut config = BrokerConfig::new(handshake);
     if let Some(file) = args.policy {
         let text =
@@ -364,10 +375,24 @@ async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure
     } else {
         args.listen
     };
-    let addrs: Vec<Addr> = listen
+    let mut addrs: Vec<Addr> = listen
         .iter()
         .map(|a| a.parse().map_err(fail))
         .collect::<Result<_, _>>()?;
+    // Legacy listeners are bound after the broker's own: their ids follow.
+    let mut legacy_lines = std::collections::HashMap::new();
+    for (addr, route) in legacy {
+        let id = addrs.len();
+        let line = format!(
+            " (legacy{}: SSB clients of {} reach {})",
+            if route.noauth { ", no handshake" } else { "" },
+            route.handshake.keypair.public(),
+            route.name
+        );
+        legacy_lines.insert(id, line);
+        config.legacy.insert(id as u32, route);
+        addrs.push(addr);
+    }
     for addr in &addrs {
         if let Addr::Unix(path) = addr {
             if let Some(dir) = path.parent() {
@@ -390,7 +415,11 @@ async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure
     // Every runtime serves the bound addresses first, in order, then the
     // inherited listeners, in the order they were passed.
     let announce = |local: Vec<Addr>, key: PublicKey, runtime: &str| {
-        let bound = local.into_iter().take(addrs.len()).map(|a| a.to_string());
+        let bound = local.into_iter().take(addrs.len()).enumerate();
+        let bound = bound.map(|(i, a)| match legacy_lines.get(&i) {
+            Some(line) => format!("{a}{line}"),
+            None => a.to_string(),
+        });
         for addr in bound.chain(passed.iter().cloned()) {
             eprintln!("plugboard: listening on {addr} as {key}{runtime}");
         }
