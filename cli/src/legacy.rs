@@ -173,9 +173,9 @@ mod tests {
             legacy_idle_timeout_s: 60,
             ..LegacyArgs::default()
         };
-        let routes = routes(&args, &own, &base, no_files).unwrap();
-        assert_eq!(routes.len(), 3);
-        for (_, route) in &routes {
+        let got = routes(&args, &own, &base, no_files).unwrap();
+        assert_eq!(got.len(), 3);
+        for (_, route) in &got {
             assert_eq!(route.name.as_str(), "ssb");
             assert_eq!(
                 route.handshake.keypair.public(),
@@ -186,7 +186,7 @@ mod tests {
             assert_eq!(route.offer_timeout, Duration::from_millis(900));
             assert_eq!(route.idle_timeout, Duration::from_secs(60));
         }
-        let noauth: Vec<bool> = routes.iter().map(|(_, r)| r.noauth).collect();
+        let noauth: Vec<bool> = got.iter().map(|(_, r)| r.noauth).collect();
         assert_eq!(noauth, [false, false, true]);
     }
 
@@ -238,12 +238,12 @@ offer_timeout_ms = 700
             legacy_config: Some(file.clone()),
             ..LegacyArgs::default()
         };
-        let routes = routes(&args, &own, &base, load).unwrap();
-        assert_eq!(routes.len(), 2);
-        assert_eq!(routes[0].1.handshake.network_key, NetworkKey::SSB_MAIN);
-        assert_eq!(routes[1].1.handshake.network_key, NetworkKey([0x77; 32]));
-        assert_eq!(routes[1].1.handshake.keypair.public(), other.public());
-        assert_eq!(routes[1].1.offer_timeout, Duration::from_millis(700));
+        let got = routes(&args, &own, &base, load).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].1.handshake.network_key, NetworkKey::SSB_MAIN);
+        assert_eq!(got[1].1.handshake.network_key, NetworkKey([0x77; 32]));
+        assert_eq!(got[1].1.handshake.keypair.public(), other.public());
+        assert_eq!(got[1].1.offer_timeout, Duration::from_millis(700));
 
         std::fs::write(
             &file,

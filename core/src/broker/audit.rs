@@ -108,6 +108,7 @@ impl Hub {
             + self.fds.held()
             + self.by_uid.len()
             + self.door.held()
+            + self.legacy_sources.len()
     }
 
     /// Every key with what is accounted to it.

@@ -107,13 +107,12 @@ impl Port {
         self.bridge.is_some()
     }
 
-    /// How much of the client's plaintext its channel takes now.
+    /// How much of the client's plaintext its channel takes now: the
+    /// credit the plugin gave.
     fn bridge_room(&self) -> usize {
-        let Some(bridge) = &self.bridge else {
-            return 0;
-        };
-        let credit = self.mux.recv_credit(bridge.channel) as usize;
-        credit.min(self.mux.config().max_frame as usize)
+        self.bridge
+            .as_ref()
+            .map_or(0, |b| self.mux.recv_credit(b.channel) as usize)
     }
 
     /// The next chunk of output for the client, with the credit its
@@ -236,9 +235,12 @@ impl PortHandle {
                     bridge.held.extend_from_slice(input);
                     return;
                 } else {
+                    // Past the bound with no credit: in it goes, and the
+                    // mux finds the credit broken.
+                    let max_frame = port.mux.config().max_frame as usize;
                     let n = match room {
-                        0 => input.len().min(port.mux.config().max_frame as usize),
-                        room => input.len().min(room),
+                        0 => input.len().min(max_frame),
+                        room => input.len().min(room).min(max_frame),
                     };
                     Some((data_header(channel, false, n), n))
                 }

@@ -52,6 +52,18 @@ pub struct LegacyRoute {
     pub noauth: bool,
 }
 
+impl std::fmt::Debug for LegacyRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LegacyRoute")
+            .field("key", &self.handshake.keypair.public())
+            .field("name", &self.name)
+            .field("offer_timeout", &self.offer_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("noauth", &self.noauth)
+            .finish_non_exhaustive()
+    }
+}
+
 impl LegacyRoute {
     /// A route to `name` under `handshake`, with the default timeouts.
     pub fn new(handshake: Arc<HandshakeConfig>, name: Name) -> Self {
@@ -103,6 +115,11 @@ impl LegacySources {
         }
         *n += 1;
         true
+    }
+
+    /// Sources with a legacy connection.
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
     }
 
     pub(super) fn remove(&mut self, source: Source) {

@@ -157,7 +157,8 @@ impl Link {
     pub fn authorize(&mut self, accept: bool) {
         match &mut self.stage {
             Stage::Handshake { shs, .. } => {
-                if shs.authorize(accept).is_err() || !accept {
+                let broken = shs.authorize(accept).is_err() || !accept;
+                if broken {
                     self.stage = Stage::Broken;
                 }
             }

@@ -40,6 +40,8 @@ impl Broker {
         let plan = self.hub.link_plan(&origin);
         let link = plan.start(&mut self.hub.rng(), now);
         self.links.insert(conn, link);
+        // A link with no handshake has its key to carry at once.
+        self.carry(now, conn);
         Ok(conn)
     }
 
