@@ -2,7 +2,7 @@
 // (`plugboard serve --legacy-listen ... --legacy-route NAME`): ssb-client
 // 4.9.0 and a secret-stack 8.1.0 peer (interop/package-lock.json), unmodified.
 //
-// usage: node js-legacy-client.js MODE PORT SERVER_ID NETWORK_KEY
+// usage: node js-legacy-client.js MODE PORT SERVER_ID NETWORK_KEY [KEY_FILE]
 //   ssb-client           no manifest (asks the server's `manifest`), then
 //                        whoami, hello (must see our own id), count(5);
 //                        closes (ssb-client sends no box-stream goodbye)
@@ -11,6 +11,9 @@
 //   hangup               a call, then the socket destroyed mid-stream, no goodbye
 //   midcall              calls `stall` and waits: the call must fail once
 //                        the plugin dies (the test kills it on "stalled")
+//   noauth               as ssb-client-manifest, over the broker's noauth unix
+//                        socket (PORT is its path; KEY_FILE the identity's own
+//                        secret, which the plugin sees as the caller)
 //   refused              the handshake must fail (no plugin, rejected key,
 //                        another network key): no muxrpc session at all
 // Prints "ok" and exits 0, or says what failed and exits 1.
@@ -107,6 +110,12 @@ switch (mode) {
   case 'ssb-client':
   case 'ssb-client-manifest':
     viaSsbClient(mode === 'ssb-client-manifest', (err, sbot) => {
+      if (err) return fail(err)
+      exercise(sbot, () => sbot.close(ok))
+    })
+    break
+  case 'noauth':
+    ssbClient(keys, { remote: 'unix:' + port + '~noauth', caps: { shs: networkKey }, manifest }, (err, sbot) => {
       if (err) return fail(err)
       exercise(sbot, () => sbot.close(ok))
     })

@@ -59,10 +59,12 @@ unlisted() { ! listed "$1"; }
 
 "$plugboard" keygen >/dev/null
 me="$("$plugboard" id)"
-"$plugboard" serve --legacy-listen tcp:127.0.0.1:0 --legacy-route ssb >"$home/broker.log" 2>&1 &
+# PLUGBOARD_RUNTIME picks the broker's runtime (tokio by default).
+"$plugboard" serve --runtime "${PLUGBOARD_RUNTIME:-tokio}" --legacy-route ssb \
+  --legacy-listen tcp:127.0.0.1:0 --legacy-noauth-unix "$home/ssb.sock" >"$home/broker.log" 2>&1 &
 pids+=($!)
 wait_until "the broker's socket" test -S "$home/broker.sock"
-wait_until "the legacy listener" grep -q "(legacy" "$home/broker.log"
+wait_until "the legacy listener" grep -q "(legacy:" "$home/broker.log"
 port="$(sed -n 's/.*listening on tcp:127\.0\.0\.1:\([0-9]*\) (legacy.*/\1/p' "$home/broker.log")"
 
 # client STEP MODE [NETWORK_KEY] [KEY_FILE]: runs js-legacy-client.js, which prints "ok".
@@ -106,6 +108,16 @@ if wait_until "ssb to be listed" listed ssb; then
 else
   fail "(b) Rust example: the plugin did not register"
 fi
+
+step="a local tool on the noauth socket, as the identity itself"
+if timeout 60 node "$here/js-legacy-client.js" noauth "$home/ssb.sock" "$me" "$ssb_main" "$home/secret" \
+  >"$home/client.log" 2>&1 && grep -qx ok "$home/client.log"; then
+  pass "$step"
+else
+  fail "$step"
+fi
+step="... on a socket only its owner can reach"
+if [ "$(stat -c %a "$home/ssb.sock")" = 600 ]; then pass "$step"; else fail "$step"; fi
 
 client "a client that hangs up with no goodbye" hangup
 client "... and the next client is served" ssb-client
