@@ -1,5 +1,7 @@
 //! The broker under an arbitrary sequence of accepts, honest plugins acting,
-//! raw byte chunks on any connection, kills and time jumps; peer texts as
+//! raw byte chunks on any connection (a legacy `noauth` client's go
+//! straight into its bridge to the plugin holding "a"), ends of stream,
+//! kills and time jumps; peer texts as
 //! long as the wire allows, and credit in one-byte grants. Oracles: no
 //! panic; after every step every budget holds, measured from what the broker
 //! holds (`Broker::check_budgets`);
@@ -11,7 +13,7 @@ use std::time::Duration;
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use plugboard_core::broker::Origin;
+use plugboard_core::broker::{Cred, LegacyRoute, Origin};
 use plugboard_core::control::{ErrorCode, Name, TransportKind, MAX_TEXT};
 use plugboard_core::keys::Keypair;
 use plugboard_core::sim::{Chaos, Net};
@@ -21,6 +23,17 @@ enum Op {
     /// A socket that never speaks shs1 (raw bytes go to it).
     AcceptRaw {
         tcp: bool,
+    },
+    /// A legacy client with no handshake, offered to the holder of "a":
+    /// its chunks are its bridged channel's bytes.
+    AcceptLegacy,
+    /// A raw socket's peer ends its stream (cleanly, if on a boundary).
+    Eof {
+        conn: u8,
+    },
+    /// What the broker has for a raw socket is read.
+    Drain {
+        conn: u8,
     },
     /// An honest plugin with one of a few keys.
     Connect {
@@ -51,6 +64,8 @@ enum Op {
 }
 
 const NAMES: [&str; 3] = ["a", "b", "c"];
+/// The legacy listener's id.
+const LEGACY: u32 = 2;
 
 fuzz_target!(|ops: Vec<Op>| {
     let mut net = Net::new(7, Chaos::default(), |c| {
@@ -72,6 +87,10 @@ fuzz_target!(|ops: Vec<Op>| {
         c.limits.max_bytes = 8 * 2 * 4096;
         c.limits.registrations_per_source_per_s = 3;
         c.limits.registrations_per_s = 5;
+        c.limits.max_legacy_connections_per_source = 3;
+        let mut route = LegacyRoute::new(c.handshake.clone(), Name::new("a").unwrap());
+        route.noauth = true;
+        c.legacy.insert(LEGACY, route);
     });
     let mut raw = Vec::new();
     for op in ops.into_iter().take(200) {
@@ -87,6 +106,22 @@ fuzz_target!(|ops: Vec<Op>| {
                 };
                 if let Ok(conn) = net.broker.accept(now, origin) {
                     raw.push(conn);
+                }
+            }
+            Op::AcceptLegacy => {
+                let origin = Origin::unix(LEGACY, Some(Cred { uid: 9, gid: 9 }));
+                if let Ok(conn) = net.broker.accept(now, origin) {
+                    raw.push(conn);
+                }
+            }
+            Op::Eof { conn } => {
+                if let Some(&c) = raw.get(usize::from(conn) % raw.len().max(1)) {
+                    net.broker.handle_eof(now, c);
+                }
+            }
+            Op::Drain { conn } => {
+                if let Some(&c) = raw.get(usize::from(conn) % raw.len().max(1)) {
+                    while net.broker.poll_transmit(c).is_some() {}
                 }
             }
             Op::Connect { key, tcp } => {
