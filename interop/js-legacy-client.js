@@ -8,6 +8,8 @@
 //                        closes (ssb-client sends no box-stream goodbye)
 //   ssb-client-manifest  the same with the manifest given up front
 //   secret-stack         the same from a secret-stack peer's connect()
+//   upload               8 MiB through a sink, far past any window, then
+//                        `uploaded` must say all of it arrived
 //   hangup               a call, then the socket destroyed mid-stream, no goodbye
 //   midcall              calls `stall` and waits: the call must fail once
 //                        the plugin dies (the test kills it on "stalled")
@@ -30,6 +32,8 @@ const manifest = {
   whoami: 'sync',
   hello: 'async',
   count: 'source',
+  upload: 'sink',
+  uploaded: 'async',
   stall: 'async',
 }
 
@@ -124,6 +128,23 @@ switch (mode) {
     viaSecretStack((err, rpc, app) => {
       if (err) return fail(err)
       exercise(rpc, () => rpc.close(() => app.close(ok)))
+    })
+    break
+  case 'upload':
+    viaSsbClient(true, (err, sbot) => {
+      if (err) return fail(err)
+      const chunk = Buffer.alloc(64 * 1024, 7)
+      pull(
+        pull.values(Array(128).fill(chunk)),
+        sbot.upload((err) => {
+          if (err) return fail(err)
+          sbot.uploaded((err, n) => {
+            if (err) return fail(err)
+            same('uploaded', n, 128 * 64 * 1024)
+            sbot.close(ok)
+          })
+        })
+      )
     })
     break
   case 'hangup':

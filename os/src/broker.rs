@@ -98,6 +98,11 @@ pub enum ConnEvent {
     /// effort, within [`LAST_WORDS_GRACE`]), then close. The socketpair
     /// ends meant for it are closed already.
     Close(ConnId, Bytes),
+    /// The broker let go of a legacy connection whose channel was reset:
+    /// close it with nothing more written, box-stream's goodbye included.
+    Abort(ConnId),
+    /// A legacy connection takes input again: read its socket.
+    Resume(ConnId),
     /// A legacy connection's client was accepted by its plugin: hand its
     /// link the verdict (`Link::authorize(true)`, message 4) and carry its
     /// events.
@@ -131,6 +136,12 @@ pub fn poll_event(
             } => pairs.create(broker, clock.now(), pair, opener, target),
             Event::Log(entry) => log_entry(&entry),
             Event::Authorized(conn) => return Some(ConnEvent::Authorized(conn)),
+            Event::Resume(conn) => return Some(ConnEvent::Resume(conn)),
+            Event::Abort { conn, reason } => {
+                tracing::debug!(conn, "closing with no last words: {reason}");
+                pairs.forget_conn(conn);
+                return Some(ConnEvent::Abort(conn));
+            }
         }
     }
 }

@@ -440,8 +440,9 @@ impl State {
                 match event {
                     ConnEvent::Transmit(conn) => self.dirty.push(conn),
                     ConnEvent::Close(conn, last_words) => self.close(conn, last_words),
-                    // The broker's own links take it (`Broker::poll_event`).
-                    ConnEvent::Authorized(_) => {}
+                    // Legacy listeners are refused here (`Server::bind_with`);
+                    // a `Broker` handles Authorized itself.
+                    ConnEvent::Authorized(_) | ConnEvent::Resume(_) | ConnEvent::Abort(_) => {}
                 }
             }
             // Flushing pulls from the broker, which may have more to say.

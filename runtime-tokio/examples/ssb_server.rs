@@ -12,7 +12,13 @@
 //! - `hello` (async): `{ "caller": <the client's id> }`: the key the
 //!   handshake proved, which the broker passed on with the offer;
 //! - `count` (source): `0, 1, ... n-1` for `count(n)`;
-//! - `stall` (async): never answers (a call in flight, for tests).
+//! - `upload` (sink): takes what is sent, and `uploaded` (async) says how
+//!   many bytes it took;
+//! - `stall` (async): never answers (a call in flight, for tests; it
+//!   prints `stalled` when the call arrives).
+//!
+//! `SSB_SERVER_ACCEPT_DELAY_MS` makes it take that long to accept each
+//! client (a server that looks something up first).
 
 use plugboard_tokio::muxrpc::{Body, Calls, Config, RpcError};
 use plugboard_tokio::Plugin;
@@ -26,6 +32,8 @@ fn manifest() -> Value {
         "whoami": "sync",
         "hello": "async",
         "count": "source",
+        "upload": "sink",
+        "uploaded": "async",
         "stall": "async"
     })
 }
@@ -37,6 +45,8 @@ async fn main() -> Result<(), Failure> {
         return Err("usage: ssb_server SECRET BROKER NAME SSB_ID [REJECT_KEY...]".into());
     };
     let keypair = plugboard_core::keys::secret_file::read(secret.as_ref())?;
+    let delay = std::env::var("SSB_SERVER_ACCEPT_DELAY_MS").ok();
+    let delay = std::time::Duration::from_millis(delay.map_or(Ok(0), |ms| ms.parse())?);
     let plugin = Plugin::builder(keypair).name(name).connect(broker).await?;
     println!("serving {name} as {ssb_id}");
     while let Some(incoming) = plugin.incoming().await {
@@ -46,15 +56,22 @@ async fn main() -> Result<(), Failure> {
             incoming.reject("not served here")?;
             continue;
         }
-        println!("serving {caller}");
-        let (_rpc, calls) = incoming.accept().await?.muxrpc(Config::new(manifest()));
-        tokio::spawn(serve(calls, caller, ssb_id.clone()));
+        let ssb_id = ssb_id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            println!("serving {caller}");
+            if let Ok(channel) = incoming.accept().await {
+                let (_rpc, calls) = channel.muxrpc(Config::new(manifest()));
+                serve(calls, caller, ssb_id).await;
+            }
+        });
     }
     Ok(())
 }
 
 async fn serve(mut calls: Calls, caller: String, ssb_id: String) {
     let mut stalled = Vec::new();
+    let mut uploaded = 0u64;
     while let Some(call) = calls.next().await {
         let answer = match call.name.join(".").as_str() {
             "manifest" => Ok(Body::json(&manifest())),
@@ -71,7 +88,18 @@ async fn serve(mut calls: Calls, caller: String, ssb_id: String) {
                 let _ = stream.end(Ok(()));
                 continue;
             }
+            "uploaded" => Ok(Body::json(&json!(uploaded))),
+            "upload" => {
+                let Ok(mut stream) = call.into_stream() else {
+                    continue;
+                };
+                while let Some(Ok(item)) = stream.recv().await {
+                    uploaded += item.bytes.len() as u64;
+                }
+                continue;
+            }
             "stall" => {
+                println!("stalled");
                 stalled.push(call);
                 continue;
             }

@@ -28,6 +28,11 @@ use crate::time::Instant;
 use super::drive::PortDriver;
 use super::port::{Port, PortHandle};
 
+/// Least a runtime reads from a legacy client's socket when the plugin
+/// gave any credit at all: one whole box (4 KiB and its 34 bytes of
+/// headers), so a little credit still moves a box along.
+pub const MIN_READ: usize = 4096 + 34;
+
 /// Most plaintext a bridge holds beyond the plugin's credit: what a read
 /// sized to the credit can open past it (the rest of a box begun earlier,
 /// and one more), with room to spare. A client that makes it hold more
@@ -49,6 +54,8 @@ pub(super) struct Bridge {
     fin_next: bool,
     /// The plugin finished: box-stream's goodbye is due.
     goodbye_due: bool,
+    /// The plugin's FIN went out (all it sent before it too).
+    finished: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +75,7 @@ impl Bridge {
             payload_next: false,
             fin_next: false,
             goodbye_due: false,
+            finished: false,
         }
     }
 
@@ -75,22 +83,32 @@ impl Bridge {
     /// nothing (a header, or a frame only the broker's side knows).
     fn filter(&mut self, chunk: &Bytes) -> bool {
         if std::mem::take(&mut self.payload_next) {
-            self.goodbye_due |= std::mem::take(&mut self.fin_next);
+            if std::mem::take(&mut self.fin_next) {
+                self.finish();
+            }
             return true;
         }
         // Every other chunk starts a frame (a bridge never writes through,
-        // so no chunk holds the rest of a frame begun elsewhere).
-        if chunk.len() >= HEADER_LEN && chunk[0] == frame::DATA {
+        // so no chunk holds the rest of a frame begun elsewhere). A DATA
+        // header alone, on the bridged channel, announces a payload; a
+        // whole frame in one chunk (control, WINDOW, RESET...) is dropped.
+        let channel = || u32::from_be_bytes(chunk[2..6].try_into().expect("4 bytes"));
+        if chunk.len() == HEADER_LEN && chunk[0] == frame::DATA && channel() == self.channel {
             let fin = chunk[1] & frame::FIN != 0;
             let len = u32::from_be_bytes(chunk[6..10].try_into().expect("4 bytes"));
             if len > 0 {
                 self.payload_next = true;
                 self.fin_next = fin;
-            } else {
-                self.goodbye_due |= fin;
+            } else if fin {
+                self.finish();
             }
         }
         false
+    }
+
+    fn finish(&mut self) {
+        self.goodbye_due = true;
+        self.finished = true;
     }
 }
 
@@ -134,17 +152,33 @@ impl Port {
 }
 
 impl PortHandle {
-    /// For a legacy connection's port, how much plaintext it takes now:
-    /// read the socket no further (TCP pushes back on the client), and
-    /// nothing while it is 0, until [`PortDriver::resume`] says so. `None`
-    /// for every other port (a mux peer keeps to its credit itself).
+    /// For a legacy connection's port, how much to read from its socket
+    /// now: the plugin's credit, or [`MIN_READ`] if that is less (what a
+    /// read opens past the credit is held, within [`MAX_HELD`]); 0 while
+    /// there is none or something is held, until [`PortDriver::resume`]
+    /// (or [`Event::Resume`](super::Event::Resume)) says so. TCP then
+    /// pushes back on the client. `None` for every other port (a mux peer
+    /// keeps to its credit itself).
     pub fn input_room(&self) -> Option<usize> {
         let port = self.lock();
         let bridge = port.bridge.as_ref()?;
-        Some(match bridge.held.is_empty() {
-            true => port.bridge_room(),
+        let room = port.bridge_room();
+        Some(match bridge.held.is_empty() && room > 0 {
+            true => room.max(MIN_READ),
             false => 0,
         })
+    }
+
+    /// Whether the plugin finished a legacy connection's channel, and all
+    /// it sent went out: its end is clean.
+    pub(super) fn plugin_finished(&self) -> bool {
+        self.lock().bridge.as_ref().is_some_and(|b| b.finished)
+    }
+
+    /// Whether this is a legacy connection's port (its channel a bare
+    /// byte stream, see `bridge.rs`).
+    pub fn is_bridge(&self) -> bool {
+        self.lock().is_bridge()
     }
 
     /// Whether the plugin finished its direction and everything before
@@ -213,6 +247,19 @@ impl PortHandle {
         if self.input_room().is_some_and(|room| room > 0) {
             driver.resume(self);
         }
+    }
+
+    /// Credit for a bridge's channel: as [`Port::grant`], then what is
+    /// held goes on and its runtime reads again.
+    pub(super) fn grant_bridge(
+        &self,
+        now: Option<Instant>,
+        channel: ChannelId,
+        increment: u32,
+        driver: &mut impl PortDriver,
+    ) {
+        self.lock().grant(channel, increment);
+        self.bridge_granted(now, driver);
     }
 
     /// Feeds `input` to the bridged channel as DATA frames within its

@@ -38,6 +38,11 @@ pub struct Limits {
     /// unix peer's uid) on legacy listeners, past the handshake: they admit
     /// any key that completes it, and keys cost nothing to make.
     pub max_legacy_connections_per_source: usize,
+    /// Connections on legacy listeners in all, past the handshake: well
+    /// under `max_connections` (and, at two initial windows each, under
+    /// `max_bytes`), so strangers who complete the handshake cannot take
+    /// what the plugins need.
+    pub max_legacy_connections: usize,
     /// Connections from one user's processes on unix sockets (keys cost
     /// nothing to make; a uid does), handshakes included.
     pub max_connections_per_uid: usize,
@@ -117,6 +122,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_connections_per_key: 64,
             max_legacy_connections_per_source: 64,
+            max_legacy_connections: 1024,
             max_connections_per_uid: 1024,
             max_handshaking: 256,
             max_handshaking_per_source: 16,

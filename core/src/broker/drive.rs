@@ -123,16 +123,17 @@ impl PortHandle {
                 channel,
                 increment,
             } => {
-                let (wake, slow, bridge) = {
+                if to.is_bridge() {
+                    // No WINDOW goes to a legacy client: its socket is read again.
+                    return to.grant_bridge(now, channel, increment, driver);
+                }
+                let (wake, slow) = {
                     let mut port = to.lock();
                     port.grant(channel, increment);
-                    (port.take_wake(), port.is_slow(), port.is_bridge())
+                    (port.take_wake(), port.is_slow())
                 };
                 if wake {
                     driver.wake(&to);
-                }
-                if bridge {
-                    to.bridge_granted(now, driver);
                 }
                 // A WINDOW frame counts under the sender's control queue
                 // bound like any answer.

@@ -105,28 +105,42 @@ impl LinkPlan {
 /// that completes the handshake gets this far, so one address cannot hold
 /// every connection the broker takes.
 #[derive(Default)]
-pub(super) struct LegacySources(HashMap<Source, usize>);
+pub(super) struct LegacySources {
+    by_source: HashMap<Source, usize>,
+    total: usize,
+}
+
+/// Why a legacy connection was not counted in.
+enum Full {
+    Source,
+    All,
+}
 
 impl LegacySources {
-    fn add(&mut self, source: Source, limit: usize) -> bool {
-        let n = self.0.entry(source).or_insert(0);
-        if *n >= limit {
-            return false;
+    fn add(&mut self, source: Source, per_source: usize, total: usize) -> Result<(), Full> {
+        if self.total >= total {
+            return Err(Full::All);
+        }
+        let n = self.by_source.entry(source).or_insert(0);
+        if *n >= per_source {
+            return Err(Full::Source);
         }
         *n += 1;
-        true
+        self.total += 1;
+        Ok(())
     }
 
     /// Sources with a legacy connection.
     pub(super) fn len(&self) -> usize {
-        self.0.len()
+        self.by_source.len()
     }
 
     pub(super) fn remove(&mut self, source: Source) {
-        if let Some(n) = self.0.get_mut(&source) {
+        if let Some(n) = self.by_source.get_mut(&source) {
             *n -= 1;
+            self.total -= 1;
             if *n == 0 {
-                self.0.remove(&source);
+                self.by_source.remove(&source);
             }
         }
     }
@@ -174,34 +188,48 @@ impl Hub {
         let c = &self.conns[&conn];
         let origin = c.origin;
         let route = self.legacy_route(&origin).expect("a legacy connection");
-        let (name, timeout) = (route.name.clone(), route.offer_timeout);
+        let (name, timeout, noauth) = (route.name.clone(), route.offer_timeout, route.noauth);
         let limits = &self.config.limits;
+        let (per_source, total) = (
+            limits.max_legacy_connections_per_source,
+            limits.max_legacy_connections,
+        );
         let usage = self.usage.entry(key).or_default();
         let source = origin.rate_source();
-        let refusal = if usage.connections >= limits.max_connections_per_key {
+        // The socket's mode keeps others out of a noauth socket; its
+        // peer's uid says so again.
+        let owner = self.config.owner_uid;
+        let refusal = if noauth && owner.is_some() && origin.uid() != owner {
+            let reason = format!("{} may not use a noauth socket", origin.describe());
+            Some((ErrorCode::NotPermitted, reason))
+        } else if usage.connections >= limits.max_connections_per_key {
             let n = usage.connections;
             Some((
                 ErrorCode::TooManyConnections,
                 format!("{key} already has {n} connections"),
             ))
-        } else if !self
-            .legacy_sources
-            .add(source, limits.max_legacy_connections_per_source)
-        {
-            let reason = format!(
-                "{} already has {} legacy connections",
-                origin.describe(),
-                limits.max_legacy_connections_per_source
-            );
-            Some((ErrorCode::TooManyConnections, reason))
         } else {
-            None
+            match self.legacy_sources.add(source, per_source, total) {
+                Ok(()) => None,
+                Err(Full::Source) => {
+                    let reason = format!(
+                        "{} already has {per_source} legacy connections",
+                        origin.describe()
+                    );
+                    Some((ErrorCode::TooManyConnections, reason))
+                }
+                Err(Full::All) => {
+                    let reason = format!("{total} legacy connections, the most the broker takes");
+                    Some((ErrorCode::TooManyConnections, reason))
+                }
+            }
         };
         if let Some((code, reason)) = refusal {
             self.forget_key_if_idle(&key);
             self.drop_connection(now, conn, Some(code), reason);
             return Some(false);
         }
+        let usage = self.usage.entry(key).or_default();
         usage.connections += 1;
 
         let limits = &self.config.limits;
@@ -233,7 +261,13 @@ impl Hub {
         let metadata = legacy_metadata(&origin);
         let protocol = "muxrpc".to_owned();
         match self.offer(now, opener, &name, protocol, metadata, false, timeout) {
-            Ok(()) => None,
+            Ok(()) => {
+                // The offer's own timer answers for the plugin; this one
+                // only backs it up (the handshake's may be sooner).
+                let backstop = timeout + self.config.limits.handshake_timeout;
+                self.set_deadline(conn, Some(now + backstop));
+                None
+            }
             Err((code, reason)) => {
                 self.drop_connection(now, conn, Some(code), reason);
                 Some(false)
@@ -256,6 +290,12 @@ impl Hub {
         c.stage = Stage::Legacy;
         let origin = c.origin;
         self.door.release(&origin);
+        // What the plugin sent before the runtime had this port (its
+        // writer could not be found then) is looked at now.
+        if let Some(port) = &c.port {
+            port.lock().notified = false;
+        }
+        self.wake(conn);
         let idle = self.legacy_route(&origin).map(|r| r.idle_timeout);
         self.set_deadline(conn, idle.map(|idle| now + idle));
         // The plugin may have ended the channel while message 4 was made.

@@ -30,8 +30,9 @@ enum Stage {
         boxed: bool,
         first_message_seen: bool,
     },
-    /// No handshake (a legacy `noauth` socket): `key` is taken as the
-    /// peer's, and what it sends waits for the verdict, up to `MAX_EARLY`.
+    /// No handshake (a legacy `noauth` socket): the peer's key is taken as
+    /// given ([`Link::noauth`]), and what it sends waits for the verdict,
+    /// up to `MAX_EARLY`.
     Trusted { early: BytesMut },
     /// Past the handshake. `tail` is message 4, until it is written.
     Plain { tail: Option<Bytes> },
@@ -177,11 +178,10 @@ impl Link {
 
     /// The socket ended: whether on a box boundary (or a plain link's:
     /// a clean end of the stream), and why, for the log (a box-stream that
-    /// ends without its goodbye was cut). Unclean, nothing more goes out;
-    /// clean, output may still go (a legacy client's half-closed socket
-    /// still hears the plugin out), unless the caller ends the link with
-    /// [`Link::handle_disconnect`].
-    pub fn handle_eof(&mut self) -> (bool, String) {
+    /// ends without its goodbye was cut). Nothing more goes out (no last
+    /// words answer a peer that is gone), unless `half_close` and the end
+    /// was clean: a legacy client's socket may still hear the plugin out.
+    pub fn handle_eof(&mut self, half_close: bool) -> (bool, String) {
         let (clean, reason) = match &mut self.stage {
             Stage::Handshake { shs, .. } => match shs.handle_eof() {
                 Err(e) => (false, e.to_string()),
@@ -197,7 +197,7 @@ impl Link {
             Stage::Trusted { .. } => (false, "closed before it was admitted".into()),
             Stage::Broken => (false, "closed by the peer".into()),
         };
-        if !clean {
+        if !(clean && half_close) {
             self.handle_disconnect();
         }
         (clean, reason)
@@ -546,20 +546,17 @@ mod tests {
             "{ended:?}"
         );
         assert_eq!(link.poll_transmit(), None);
-        assert_eq!(link.handle_eof(), (false, "closed by the peer".into()));
+        assert_eq!(link.handle_eof(false), (false, "closed by the peer".into()));
     }
 
     #[test]
     fn a_socket_that_ended_gets_no_last_words() {
         // Regression: the threaded server wrote box-stream's goodbye (and
         // message 4, if due) to a peer whose socket had ended.
-        // An end on a box boundary is clean (a legacy client's way to
-        // finish), so the link could still speak: the runtime ends it.
         let (mut link, _) = established(true);
-        let (clean, reason) = link.handle_eof();
-        assert!(clean, "{reason}");
+        let (clean, reason) = link.handle_eof(false);
+        assert!(clean, "on a box boundary: {reason}");
         assert!(reason.starts_with("closed by the peer: the stream ended without a goodbye"));
-        link.handle_disconnect();
         assert!(link.last_words(b"").is_empty());
         assert_eq!(
             link.poll_transmit(),

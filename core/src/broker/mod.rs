@@ -152,9 +152,10 @@ pub enum Event {
     Close {
         /// The connection.
         conn: ConnId,
-        /// The final frames: a GOAWAY that says why, and from a [`Broker`]
-        /// box-stream's goodbye; from a [`Hub`], plaintext for the
-        /// connection's [`Link::last_words`].
+        /// The final frames: a GOAWAY that says why (none to a legacy
+        /// client, which hears no mux), and from a [`Broker`] box-stream's
+        /// goodbye; from a [`Hub`], plaintext for the connection's
+        /// [`Link::last_words`].
         last_words: Bytes,
         /// Why, for the log.
         reason: String,
@@ -174,8 +175,23 @@ pub enum Event {
     Log(LogEntry),
     /// The plugin accepted this legacy connection's client: hand its
     /// [`Link::authorize`] `true` (message 4) and carry its events, and
-    /// read its socket as far as [`PortHandle::input_room`] says.
+    /// read its socket as far as [`PortHandle::input_room`] says. (A
+    /// [`Broker`] does this itself and never returns it.)
     Authorized(ConnId),
+    /// The broker ended this legacy connection and already forgot it:
+    /// close the socket with nothing more written, not even box-stream's
+    /// goodbye (its channel was reset, or its plugin left: the client must
+    /// not read a clean end). A [`Broker`] returns it as a
+    /// [`Event::Close`] with no last words.
+    Abort {
+        /// The connection.
+        conn: ConnId,
+        /// Why, for the log.
+        reason: String,
+    },
+    /// This legacy connection takes input again
+    /// ([`PortHandle::input_room`] is no longer 0): read its socket.
+    Resume(ConnId),
 }
 
 /// A log line with its subject.
@@ -408,8 +424,8 @@ impl Hub {
     }
 
     /// A socket was accepted from `origin`. The caller makes its [`Link`]
-    /// (`Link::new(hub.handshake_config(), rng, now, hub.is_boxed(&origin))`),
-    /// which runs the handshake.
+    /// (`hub.link_plan(&origin).start(rng, now)`), which runs the
+    /// handshake (none on a legacy `noauth` listener).
     /// The timer runs (the first message has the shorter
     /// `first_message_timeout`).
     pub fn accept(&mut self, now: Instant, origin: Origin) -> Result<ConnId, AcceptError> {
@@ -534,8 +550,9 @@ impl Hub {
         port.poll_transmit(self)
     }
 
-    /// The port of `conn`, once its handshake is over: what its runtime
-    /// drives relayed data through without the hub.
+    /// The port of `conn`, once its handshake is over (a legacy client's
+    /// from its offer on, though it carries nothing before message 4):
+    /// what its runtime drives relayed data through without the hub.
     pub fn port(&self, conn: ConnId) -> Option<PortHandle> {
         self.conns.get(&conn)?.port.clone()
     }
@@ -908,12 +925,23 @@ impl Hub {
                 continue;
             };
             let key = c.key;
-            self.log(conn, key, None, "closed: its channel ended".into());
+            // Ended cleanly only if the plugin finished: then the client
+            // has box-stream's goodbye; else it must not read a clean end.
+            let finished = c.port.as_ref().is_some_and(|p| p.plugin_finished());
+            let reason = match finished {
+                true => "its channel ended",
+                false => "its channel was reset",
+            };
+            self.log(conn, key, None, format!("closed: {reason}"));
             self.teardown(now, conn);
-            self.events.push_back(Event::Close {
-                conn,
-                last_words: Bytes::new(),
-                reason: "its channel ended".into(),
+            let reason = reason.to_owned();
+            self.events.push_back(match finished {
+                true => Event::Close {
+                    conn,
+                    last_words: Bytes::new(),
+                    reason,
+                },
+                false => Event::Abort { conn, reason },
             });
         }
     }
@@ -1082,5 +1110,9 @@ impl PortDriver for Hub {
     fn wake(&mut self, port: &PortHandle) {
         // The port said it was not notified yet (`Port::take_wake`).
         self.events.push_back(Event::Transmit(port.conn()));
+    }
+
+    fn resume(&mut self, port: &PortHandle) {
+        self.events.push_back(Event::Resume(port.conn()));
     }
 }

@@ -81,15 +81,20 @@ impl Broker {
         self.hub.port(conn)?.input_room()
     }
 
-    /// The peer closed its end (EOF).
-    pub fn handle_eof(&mut self, now: Instant, conn: ConnId) {
+    /// The peer closed its end (EOF). Whether the connection stays: a
+    /// legacy client's clean end is its channel's FIN, and the plugin may
+    /// still answer it (stop reading it; keep writing).
+    pub fn handle_eof(&mut self, now: Instant, conn: ConnId) -> bool {
         let Some(link) = self.links.get_mut(&conn) else {
-            return;
+            return false;
         };
-        let (clean, reason) = link.handle_eof();
-        if !self.hub.handle_eof(now, conn, clean, &reason) {
+        let half_close = self.hub.port(conn).is_some_and(|port| port.is_bridge());
+        let (clean, reason) = link.handle_eof(half_close);
+        let stays = self.hub.handle_eof(now, conn, clean && half_close, &reason);
+        if !stays {
             self.links.remove(&conn);
         }
+        stays
     }
 
     /// The socket failed or the runtime gave up on it.
@@ -137,6 +142,15 @@ impl Broker {
             };
         }
         Some(match event {
+            // No last words at all: not even box-stream's goodbye.
+            Event::Abort { conn, reason } => {
+                self.links.remove(&conn);
+                Event::Close {
+                    conn,
+                    last_words: Bytes::new(),
+                    reason,
+                }
+            }
             Event::Close {
                 conn,
                 last_words,

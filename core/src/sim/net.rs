@@ -87,6 +87,9 @@ pub struct Net {
     /// The last words of connections that are no node's (a test's own,
     /// driven by hand), as the broker closed them.
     pub closed_others: BTreeMap<ConnId, Bytes>,
+    /// Legacy connections the broker said take input again
+    /// ([`Event::Resume`]) since a test last looked.
+    pub resumed: BTreeSet<ConnId>,
 }
 
 impl Net {
@@ -110,6 +113,7 @@ impl Net {
             rng,
             chaos,
             closed_others: BTreeMap::new(),
+            resumed: BTreeSet::new(),
         }
     }
 
@@ -407,8 +411,11 @@ impl Net {
                 Event::Transmit(conn) => {
                     self.writable.insert(conn);
                 }
-                // The broker's own link takes it (the net has no legacy listener).
-                Event::Authorized(_) => {}
+                Event::Resume(conn) => {
+                    self.resumed.insert(conn);
+                }
+                // A `Broker` handles these itself.
+                Event::Authorized(_) | Event::Abort { .. } => {}
                 Event::Close {
                     conn, last_words, ..
                 } => {

@@ -33,8 +33,6 @@ use crate::stream::{ReadSize, Stream};
 
 /// How much a reader asks the socket for at once.
 const READ_SIZE: usize = 256 * 1024;
-/// Least a reader asks a legacy client's socket for: one whole box.
-const MIN_LEGACY_READ: usize = 4096 + 34;
 /// How long a connection stays quiet before its read buffer is given back.
 const IDLE_RELEASE: Duration = Duration::from_millis(100);
 /// Most bytes a writer takes from the link and the hub before writing them.
@@ -46,6 +44,13 @@ const SEAL_BATCH: usize = 64 * 1024;
 /// writes to one; a broadcast (a presence change to every watcher) is
 /// spread over their writers.
 pub(super) const WRITE_THROUGH: usize = 4;
+
+/// What woke an idle reader.
+enum Woken {
+    Ready(io::Result<()>),
+    Stopped,
+    Resumed,
+}
 
 /// A connection's link, shared by its reader and its writer.
 struct SharedLink(Mutex<Link>);
@@ -177,25 +182,31 @@ impl<R: Runtime> Shared<R> {
             }
             if buf.is_empty() {
                 // Idle, with no buffer: wait for bytes before taking one.
-                let ready = async { Some(io.stream.readable().await) };
+                let ready = async { Woken::Ready(io.stream.readable().await) };
                 let stopped = async {
                     signals.stop.notified().await;
-                    None
+                    Woken::Stopped
                 };
-                match future::or(ready, stopped).await {
-                    Some(Ok(())) => {}
-                    Some(Err(e)) => {
+                // A legacy client's verdict (message 4 is due, and the
+                // client waits for it without a word) or room again.
+                let resumed = async {
+                    signals.resume.notified().await;
+                    Woken::Resumed
+                };
+                match future::or(ready, future::or(stopped, resumed)).await {
+                    Woken::Ready(Ok(())) => {}
+                    Woken::Ready(Err(e)) => {
                         self.handle_read(&c, io, Err(e));
                         return;
                     }
-                    None => return,
+                    Woken::Stopped => return,
+                    Woken::Resumed => continue,
                 }
             }
             if buf.len() < size.next() {
                 buf.resize(size.next(), 0);
             }
-            // At least a box's worth, so a little credit still moves.
-            let want = room.map_or(usize::MAX, |room| room.max(MIN_LEGACY_READ));
+            let want = room.unwrap_or(usize::MAX);
             let into = &mut buf[..size.next().min(want)];
             let read = async { Some(io.stream.recv_into(into, None).await) };
             // Made only if polled: a busy socket is read first (`or` polls
@@ -210,7 +221,13 @@ impl<R: Runtime> Shared<R> {
                 signals.stop.notified().await;
                 None
             };
-            let Some(result) = future::or(read, future::or(stop, quiet)).await else {
+            // As quiet, for a legacy client's verdict or room: look again.
+            let resumed = async {
+                signals.resume.notified().await;
+                Some(Err(io::ErrorKind::WouldBlock.into()))
+            };
+            let waits = future::or(stop, future::or(resumed, quiet));
+            let Some(result) = future::or(read, waits).await else {
                 return;
             };
             size.record(&result);
@@ -233,20 +250,22 @@ impl<R: Runtime> Shared<R> {
         let mut link = io.link.lock();
         let reason = match result {
             Ok([]) => {
-                let (clean, reason) = link.handle_eof();
-                drop(link);
-                let mut state = self.lock();
-                let stays = state.hub.handle_eof(now, c.id, clean, &reason);
-                let forgotten = (!stays).then(|| state.forget_conn(c.id)).flatten();
-                self.dispatch(&mut state);
-                drop(state);
+                // A legacy client's clean end leaves its link up for what
+                // the plugin still sends; decided with the link held, so
+                // no writer speaks to a peer that is gone meanwhile.
+                let half_close = c.port.get().is_some_and(|port| port.is_bridge());
+                let (clean, reason) = link.handle_eof(half_close);
+                let mut state = self.lock(); // the link, then the hub
+                let stays = state
+                    .hub
+                    .handle_eof(now, c.id, clean && half_close, &reason);
                 if !stays {
-                    // No goodbye answers a peer that is gone.
-                    io.link.lock().handle_disconnect();
-                    if forgotten.is_some() {
+                    link.handle_disconnect(); // a half-close the hub did not keep
+                    if state.forget_conn(c.id).is_some() {
                         c.signals.end(Bytes::new());
                     }
                 }
+                self.dispatch(&mut state);
                 return true; // a legacy client's plugin may still speak
             }
             Ok(input) => {
@@ -430,8 +449,12 @@ impl<R: Runtime> Shared<R> {
                 // then the socket closes whatever it does.
                 {
                     let mut outbox = io.outbox();
-                    let last_words = io.link.lock().last_words(&last_words);
-                    outbox.queue.push(last_words);
+                    let mut link = io.link.lock();
+                    if signals.abort.load(Ordering::Acquire) {
+                        outbox.queue.clear();
+                        link.handle_disconnect(); // no goodbye either
+                    }
+                    outbox.queue.push(link.last_words(&last_words));
                 }
                 let grace = std::time::Instant::now() + LAST_WORDS_GRACE;
                 let flushed = async {

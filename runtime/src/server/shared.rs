@@ -80,6 +80,9 @@ pub(super) struct ConnSignals {
     pub(super) resume: Notify,
     /// A legacy client was accepted, and its link not told yet.
     pub(super) authorized: AtomicBool,
+    /// The connection ends with nothing more written (its writer breaks
+    /// the link before its last words): a legacy client's reset channel.
+    pub(super) abort: AtomicBool,
     /// A `noauth` legacy client's plugin finished: the writer shuts the
     /// socket's writing half once its queue is out.
     pub(super) half_close: AtomicBool,
@@ -174,6 +177,17 @@ impl<R: Runtime> Shared<R> {
                 ConnEvent::Close(conn, last_words) => {
                     if let Some(conn) = state.conns.remove(&conn) {
                         conn.signals.end(last_words);
+                    }
+                }
+                ConnEvent::Abort(conn) => {
+                    if let Some(conn) = state.conns.remove(&conn) {
+                        conn.signals.abort.store(true, Ordering::Release);
+                        conn.signals.end(Bytes::new());
+                    }
+                }
+                ConnEvent::Resume(conn) => {
+                    if let Some(conn) = state.conns.get(&conn) {
+                        conn.signals.resume.notify_one();
                     }
                 }
                 // Its reader tells the link, with the hub let go.

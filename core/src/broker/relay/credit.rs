@@ -49,6 +49,10 @@ impl Hub {
         port.wait_for_drain(end.1, settled.waiting);
         drop(port);
         if let Some(peer_port) = peer_port.filter(|_| settled.pass > 0) {
+            if peer_port.is_bridge() {
+                let now = Some(self.last_now);
+                return peer_port.grant_bridge(now, peer.1, settled.pass as u32, self);
+            }
             peer_port.lock().grant(peer.1, settled.pass as u32);
             self.wake(peer.0);
         }
