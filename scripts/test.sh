@@ -42,6 +42,6 @@ interop/muxrpc.sh "$debug/plugboard" "$debug/examples/muxrpc_peer"
 
 # SSB clients as they are (ssb-client, secret-stack) through the legacy
 # route, to a JS muxrpc server and to the Rust example SSB server.
-for runtime in tokio smol; do
+for runtime in tokio smol mio; do
   PLUGBOARD_RUNTIME=$runtime interop/legacy.sh "$debug/plugboard" "$debug/examples/ssb_server"
 done

@@ -341,11 +341,6 @@ async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure
     tracing::info!("box-stream and shs1 run on {}", handshake.crypto.name());
     let load = |path: &Path| load_key(path).map_err(|Failure(_, message)| message);
     let legacy = legacy::routes(&args.legacy, &keypair, &handshake, load).map_err(fail)?;
-    if !legacy.is_empty() && args.runtime == Runtime::Mio {
-        return Err(fail(
-            "the legacy route runs on --runtime tokio or smol (the mio loop does not yet read a legacy client only as far as its plugin's credit)",
-        ));
-    }
     let mut config = BrokerConfig::new(handshake);
     if let Some(file) = args.policy {
         let text =

@@ -284,6 +284,11 @@ struct Conn {
     writable: bool,
     /// Waiting for a reading turn (in `State::unread`).
     unread: bool,
+    /// A legacy client with no room: not read until the broker resumes it.
+    paused: bool,
+    /// A legacy client's stream ended cleanly: it is not read again,
+    /// while the plugin may still answer it.
+    read_done: bool,
     /// The broker let go of this connection: write what is held by this
     /// deadline, then close.
     closing: Option<Instant>,
@@ -296,6 +301,8 @@ impl Conn {
             queue: WriteQueue::new(),
             writable: true,
             unread: false,
+            paused: false,
+            read_done: false,
             closing: None,
         }
     }
@@ -338,7 +345,7 @@ impl State {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if readable && !c.unread && c.closing.is_none() {
+        if readable && !c.unread && !c.read_done && c.closing.is_none() {
             c.unread = true;
             self.unread.push_back(conn);
         }
@@ -363,21 +370,42 @@ impl State {
         }
     }
 
+    /// A legacy client paused for want of room has some again.
+    fn resume(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn).filter(|c| c.paused) {
+            c.paused = false;
+            if !c.unread && !c.read_done {
+                c.unread = true;
+                self.unread.push_back(conn);
+            }
+        }
+    }
+
     /// Reads `conn` for one turn; whether it may have more.
     fn read(&mut self, conn: ConnId) -> bool {
         for _ in 0..READS_PER_TURN {
             let Some(c) = self.conns.get_mut(&conn).filter(|c| c.closing.is_none()) else {
                 return false;
             };
+            // A legacy client is read as far as its plugin's credit goes,
+            // and not at all without: `Resume` brings it back.
+            let room = self.broker.input_room(conn).unwrap_or(READ_SIZE);
+            if room == 0 {
+                c.paused = true;
+                return false;
+            }
             self.read_buf.resize(READ_SIZE, 0); // (once)
-            let result = recv_into(&c.stream, &mut self.read_buf, None);
+            let into = &mut self.read_buf[..room.min(READ_SIZE)];
+            let result = recv_into(&c.stream, into, None);
             let now = self.clock.now();
             match result {
                 Ok(n) if n > 0 => self.broker.handle_input(now, conn, &self.read_buf[..n]),
-                Ok(_) => {
-                    self.broker.handle_eof(now, conn);
-                    self.forget(conn);
+                Ok(_) if self.broker.handle_eof(now, conn) => {
+                    c.read_done = true;
+                    self.dispatch();
+                    return false;
                 }
+                Ok(_) => self.forget(conn),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) => {
                     self.broker.handle_disconnect(now, conn, &e.to_string());
@@ -440,9 +468,9 @@ impl State {
                 match event {
                     ConnEvent::Transmit(conn) => self.dirty.push(conn),
                     ConnEvent::Close(conn, last_words) => self.close(conn, last_words),
-                    // Legacy listeners are refused here (`Server::bind_with`);
-                    // a `Broker` handles Authorized itself.
-                    ConnEvent::Authorized(_) | ConnEvent::Resume(_) | ConnEvent::Abort(_) => {}
+                    ConnEvent::Resume(conn) => self.resume(conn),
+                    // A `Broker` handles these itself.
+                    ConnEvent::Authorized(_) | ConnEvent::Abort(_) => {}
                 }
             }
             // Flushing pulls from the broker, which may have more to say.
