@@ -32,12 +32,14 @@ pub(crate) struct LegacyArgs {
     /// The network key the clients use, hex or base64 (default: SSB's main network).
     #[arg(long, value_name = "KEY")]
     legacy_network_key: Option<NetworkKey>,
-    /// How long the plugin has to accept a client, in milliseconds (ssb-client waits 3 s).
-    #[arg(long, value_name = "MS", default_value_t = 1500)]
-    legacy_offer_timeout_ms: u64,
-    /// A client with no traffic either way this long is closed, in seconds.
-    #[arg(long, value_name = "S", default_value_t = 600)]
-    legacy_idle_timeout_s: u64,
+    /// How long the plugin has to accept a client, in milliseconds
+    /// (default 1500: ssb-client gives up after 3 s).
+    #[arg(long, value_name = "MS")]
+    legacy_offer_timeout_ms: Option<u64>,
+    /// A client with no traffic either way this long is closed, in
+    /// milliseconds (default 600000, secret-stack's).
+    #[arg(long, value_name = "MS")]
+    legacy_idle_timeout_ms: Option<u64>,
     /// A unix socket (mode 0600) where local SSB tools connect with no
     /// handshake, as ssb-server's ~/.ssb/socket; they are presented to the
     /// plugin as the legacy identity's own key. Needs --legacy-route.
@@ -91,13 +93,20 @@ pub(crate) fn routes(
         Ok(Arc::new(config))
     };
     let mut routes = Vec::new();
-    let flagged = !args.legacy_listen.is_empty() || args.legacy_noauth_unix.is_some();
-    match (&args.legacy_route, flagged) {
+    let listens = !args.legacy_listen.is_empty() || args.legacy_noauth_unix.is_some();
+    let settings = args.legacy_key.is_some()
+        || args.legacy_network_key.is_some()
+        || args.legacy_offer_timeout_ms.is_some()
+        || args.legacy_idle_timeout_ms.is_some();
+    match (&args.legacy_route, listens) {
         (None, true) => {
             return Err("--legacy-listen and --legacy-noauth-unix need --legacy-route NAME".into())
         }
         (Some(_), false) => {
             return Err("--legacy-route needs --legacy-listen or --legacy-noauth-unix".into())
+        }
+        (None, false) if settings => {
+            return Err("the --legacy-* settings are for --legacy-listen and --legacy-noauth-unix (a --legacy-config file has its own)".into())
         }
         _ => {}
     }
@@ -105,8 +114,12 @@ pub(crate) fn routes(
         let network = args.legacy_network_key.unwrap_or(NetworkKey::SSB_MAIN);
         let config = handshake(args.legacy_key.as_deref(), network)?;
         let mut route = LegacyRoute::new(config, name.clone());
-        route.offer_timeout = Duration::from_millis(args.legacy_offer_timeout_ms);
-        route.idle_timeout = Duration::from_secs(args.legacy_idle_timeout_s);
+        timeouts(
+            &mut route,
+            args.legacy_offer_timeout_ms,
+            args.legacy_idle_timeout_ms,
+        )
+        .map_err(|e| format!("--legacy-{e}"))?;
         for listen in &args.legacy_listen {
             let addr: Addr = listen
                 .parse()
@@ -135,18 +148,35 @@ pub(crate) fn routes(
                     "noauth is for a unix socket only its owner reaches".into()
                 ));
             }
-            let mut route = LegacyRoute::new(handshake(entry.key.as_deref(), network)?, name);
-            if let Some(ms) = entry.offer_timeout_ms {
-                route.offer_timeout = Duration::from_millis(ms);
-            }
-            if let Some(ms) = entry.idle_timeout_ms {
-                route.idle_timeout = Duration::from_millis(ms);
-            }
+            // A relative key file is where the file is.
+            let key = entry.key.as_ref().map(|key| match path.parent() {
+                Some(dir) => dir.join(key),
+                None => key.clone(),
+            });
+            let mut route = LegacyRoute::new(handshake(key.as_deref(), network)?, name);
+            timeouts(&mut route, entry.offer_timeout_ms, entry.idle_timeout_ms)
+                .map_err(|e| at(e.replace('-', "_")))?;
             route.noauth = entry.noauth;
             routes.push((addr, route));
         }
     }
     Ok(routes)
+}
+
+/// Sets the timeouts given (milliseconds, never 0); the error names the
+/// setting (`offer-timeout-ms`...).
+fn timeouts(route: &mut LegacyRoute, offer: Option<u64>, idle: Option<u64>) -> Result<(), String> {
+    for (name, ms, into) in [
+        ("offer-timeout-ms", offer, &mut route.offer_timeout),
+        ("idle-timeout-ms", idle, &mut route.idle_timeout),
+    ] {
+        match ms {
+            Some(0) => return Err(format!("{name}: 0 would refuse or close every client")),
+            Some(ms) => *into = Duration::from_millis(ms),
+            None => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -169,8 +199,8 @@ mod tests {
             legacy_listen: vec!["tcp:127.0.0.1:8008".into(), "tcp:[::1]:8008".into()],
             legacy_route: Some("ssb".parse().unwrap()),
             legacy_noauth_unix: Some("/tmp/ssb.sock".into()),
-            legacy_offer_timeout_ms: 900,
-            legacy_idle_timeout_s: 60,
+            legacy_offer_timeout_ms: Some(900),
+            legacy_idle_timeout_ms: Some(60_000),
             ..LegacyArgs::default()
         };
         let got = routes(&args, &own, &base, no_files).unwrap();
@@ -205,6 +235,22 @@ mod tests {
             ..LegacyArgs::default()
         };
         assert!(routes(&args, &own, &base, no_files).is_err());
+        let args = LegacyArgs {
+            legacy_network_key: Some(NetworkKey([1; 32])),
+            ..LegacyArgs::default()
+        };
+        assert!(
+            routes(&args, &own, &base, no_files).is_err(),
+            "a setting for nothing"
+        );
+        let args = LegacyArgs {
+            legacy_listen: vec!["tcp:127.0.0.1:8008".into()],
+            legacy_route: Some("ssb".parse().unwrap()),
+            legacy_offer_timeout_ms: Some(0),
+            ..LegacyArgs::default()
+        };
+        let error = routes(&args, &own, &base, no_files).unwrap_err();
+        assert!(error.starts_with("--legacy-offer-timeout-ms: 0"), "{error}");
     }
 
     #[test]
@@ -223,7 +269,7 @@ route = "ssb"
 [[legacy]]
 listen = "tcp:127.0.0.1:9009"
 route = "testnet"
-key = "/elsewhere/secret"
+key = "elsewhere/secret"
 network_key = "7777777777777777777777777777777777777777777777777777777777777777"
 offer_timeout_ms = 700
 "#,
@@ -231,7 +277,7 @@ offer_timeout_ms = 700
         .unwrap();
         let other = Keypair::from_seed([9; 32]);
         let load = |path: &Path| {
-            assert_eq!(path, Path::new("/elsewhere/secret"));
+            assert_eq!(path, dir.join("elsewhere/secret"), "beside the file");
             Ok(other.clone())
         };
         let args = LegacyArgs {

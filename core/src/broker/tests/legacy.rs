@@ -382,6 +382,7 @@ fn the_plugin_resetting_or_leaving_closes_the_client() {
         .unwrap();
     client.pump(&mut net);
     assert!(!net.broker.hub().is_open(client.conn));
+    assert!(!client.goodbye, "a reset is no clean end: no goodbye");
 
     let mut net = legacy_net(|_| {});
     let (plugin, mut client, _) = bridged(&mut net);
@@ -390,7 +391,51 @@ fn the_plugin_resetting_or_leaving_closes_the_client() {
     net.kill(plugin);
     client.pump(&mut net);
     assert!(!net.broker.hub().is_open(client.conn));
+    assert!(!client.goodbye, "the plugin left: no goodbye");
     net.broker.hub().check_budgets().unwrap();
+}
+
+#[test]
+fn a_plugin_that_accepts_then_resets_before_message_4_gets_the_client_nothing() {
+    let mut net = legacy_net(|_| {});
+    let (plugin, mut client, channel) = offered(&mut net, 2);
+    let now = net.now;
+    net.node(plugin).session.accept(now, channel).unwrap();
+    net.node(plugin)
+        .session
+        .reset(channel, ErrorCode::Rejected, "changed my mind")
+        .unwrap();
+    client.pump(&mut net);
+    assert!(client.boxes.is_none(), "no message 4");
+    assert!(!net.broker.hub().is_open(client.conn));
+    net.kill(plugin);
+    net.run();
+    net.broker.hub().check_empty().unwrap();
+}
+
+#[test]
+fn the_plugin_still_answers_a_client_whose_stream_ended() {
+    let mut net = legacy_net(|_| {});
+    let (plugin, mut client, channel) = bridged(&mut net);
+    client.send(b"a last request");
+    client.pump(&mut net);
+    net.broker.handle_eof(net.now, client.conn);
+    client.pump(&mut net);
+    net.events(plugin);
+    assert_eq!(read_all(&mut net, plugin, channel), b"a last request");
+    assert!(
+        net.broker.hub().is_open(client.conn),
+        "half closed, not gone"
+    );
+    net.node(plugin)
+        .session
+        .send(channel, Bytes::from_static(b"the answer"))
+        .unwrap();
+    net.node(plugin).session.finish(channel).unwrap();
+    client.pump(&mut net);
+    assert_eq!(client.got, b"the answer");
+    assert!(client.goodbye);
+    assert!(!net.broker.hub().is_open(client.conn));
 }
 
 #[test]
@@ -437,6 +482,16 @@ fn one_address_holds_no_more_legacy_connections_than_its_share() {
     let mut other = Client::dial(&mut net, 20, OTHER_NETWORK, [198, 51, 100, 8]);
     other.pump(&mut net);
     assert_eq!(net.events(plugin).len(), 1);
+    // One that leaves frees its place.
+    net.broker
+        .handle_disconnect(net.now, clients[0].conn, "gone");
+    let mut again = Client::dial(&mut net, 21, OTHER_NETWORK, [198, 51, 100, 7]);
+    again.pump(&mut net);
+    let offers = net.events(plugin);
+    let offers = offers
+        .iter()
+        .filter(|e| matches!(e, SessionEvent::Incoming { .. }));
+    assert_eq!(offers.count(), 1, "offered again");
 }
 
 /// A `noauth` client (no handshake, no box-stream) on a unix listener,
