@@ -1,4 +1,4 @@
-//! `serve`'s legacy listeners (PROTOCOL §9): where SSB clients as they are
+//! `serve`'s legacy listeners (PROTOCOL §11): where SSB clients as they are
 //! reach the plugin that holds a name. From flags (one route for every
 //! `--legacy-listen`) and from a file of `[[legacy]]` tables (one route
 //! each, with its own network key, identity and timeouts).

@@ -1,5 +1,5 @@
 //! A legacy connection's port: one relayed channel carried as a bare byte
-//! stream (PROTOCOL §9). An SSB client speaks muxrpc inside box-stream and
+//! stream (PROTOCOL §11). An SSB client speaks muxrpc inside box-stream and
 //! knows nothing of the mux, so the port's mux runs for it as if it had:
 //!
 //! - the client's plaintext enters as DATA frames on the bridged channel,

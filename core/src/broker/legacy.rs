@@ -1,4 +1,4 @@
-//! The legacy route (PROTOCOL §9): SSB clients as they are. On a legacy
+//! The legacy route (PROTOCOL §11): SSB clients as they are. On a legacy
 //! listener the broker is an SSB server under the route's own identity and
 //! network key. Once message 3 proved a client's key, the client is offered
 //! to the plugin that holds the route's name as an Incoming (protocol

@@ -96,7 +96,7 @@ pub struct BrokerConfig {
     /// unix peer is the broker's user.
     pub owner_uid: Option<u32>,
     /// Listeners whose clients are SSB clients as they are, and the route
-    /// each takes (PROTOCOL §9).
+    /// each takes (PROTOCOL §11).
     pub legacy: HashMap<ListenerId, LegacyRoute>,
 }
 
