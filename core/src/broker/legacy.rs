@@ -25,7 +25,7 @@ use super::bridge::Bridge;
 use super::connection::Stage;
 use super::door::{Origin, Peer};
 use super::opens::Opener;
-use super::port::{Port, PortHandle, PortLimits};
+use super::port::PortHandle;
 use super::{ConnId, Event, Hub, Link};
 
 /// The one channel of a legacy connection, as its port's mux numbers it
@@ -44,7 +44,9 @@ pub struct LegacyRoute {
     /// message 4 meanwhile: ssb-client gives up after 3 s).
     pub offer_timeout: Duration,
     /// A connection with no traffic either way for this long is closed:
-    /// muxrpc has no pings (secret-stack's default is 600 s).
+    /// muxrpc has no pings (secret-stack's default is 600 s). Output is
+    /// seen when the timer looks, so a connection that only receives may
+    /// last up to twice this.
     pub idle_timeout: Duration,
     /// No handshake and no box-stream (multiserver's `noauth`, as
     /// ssb-server's `~/.ssb/socket`): for a unix socket only its owner can
@@ -232,20 +234,10 @@ impl Hub {
         let usage = self.usage.entry(key).or_default();
         usage.connections += 1;
 
-        let limits = &self.config.limits;
-        let mut mux = Mux::new(Side::Listener, limits.mux_config());
+        let mut mux = Mux::new(Side::Listener, self.config.limits.mux_config());
         mux.open_remote(BRIDGED)
             .expect("the first id the client side has");
-        let mut port = Port::new(
-            mux,
-            PortLimits {
-                initial_window: u64::from(limits.initial_window),
-                max_window: u64::from(limits.max_window),
-                max_control_queue: limits.max_control_queue,
-            },
-            self.growth_epoch.clone(),
-            now,
-        );
+        let mut port = self.new_port(mux, now);
         port.bridge = Some(Bridge::new(BRIDGED));
         let c = self.conns.get_mut(&conn).expect("checked above");
         c.key = Some(key);

@@ -56,7 +56,9 @@ pub enum LinkEvent {
     Established,
     /// Plaintext mux bytes, in order.
     Input(BytesMut),
-    /// The peer ended the connection or broke it. The last event.
+    /// The peer ended the connection or broke it. The last event (after
+    /// a legacy client's goodbye the link may still send: the hub keeps
+    /// the connection for the plugin's answer, see PROTOCOL §11).
     Ended(LinkEnd),
 }
 

@@ -287,6 +287,8 @@ struct PendingOpen {
     request: Option<RequestId>,
     opener_key: PublicKey,
     target_key: PublicKey,
+    /// When it was offered; the target has until `deadline`.
+    since: Instant,
     deadline: Instant,
     plan: DirectPlan,
 }
@@ -729,22 +731,25 @@ impl Hub {
             return self.legacy_established(now, conn);
         }
         let origin = c.origin;
-        let limits = &self.config.limits;
-        let port = Port::new(
-            Mux::new(crate::mux::Side::Listener, limits.mux_config()),
-            PortLimits {
-                initial_window: u64::from(limits.initial_window),
-                max_window: u64::from(limits.max_window),
-                max_control_queue: limits.max_control_queue,
-            },
-            self.growth_epoch.clone(),
-            now,
-        );
+        let mux = Mux::new(crate::mux::Side::Listener, self.config.limits.mux_config());
+        let port = self.new_port(mux, now);
+        let c = self.conns.get_mut(&conn).expect("checked above");
         c.port = Some(PortHandle::new(conn, port));
         c.stage = Stage::Hello;
         self.door.release(&origin);
         let hello_timeout = self.config.limits.hello_timeout;
         self.set_deadline(conn, Some(now + hello_timeout));
+    }
+
+    /// A connection's port around `mux`, with the limits in force.
+    fn new_port(&self, mux: Mux, now: Instant) -> Port {
+        let limits = &self.config.limits;
+        let limits = PortLimits {
+            initial_window: u64::from(limits.initial_window),
+            max_window: u64::from(limits.max_window),
+            max_control_queue: limits.max_control_queue,
+        };
+        Port::new(mux, limits, self.growth_epoch.clone(), now)
     }
 
     // ── connection timers ─────────────────────────────────────────────

@@ -207,6 +207,7 @@ impl Hub {
         self.pending.insert(
             end,
             PendingOpen {
+                since: now,
                 opener: conn,
                 opener_channel: opener.channel,
                 request: opener.request,
@@ -426,10 +427,8 @@ impl Hub {
         let Some(open) = self.take_pending((target, channel)) else {
             return;
         };
-        let message = format!(
-            "{} did not answer within {:?}",
-            open.target_key, self.config.limits.open_timeout
-        );
+        let waited = open.deadline.saturating_duration_since(open.since);
+        let message = format!("{} did not answer within {waited:?}", open.target_key);
         self.reset_channel(
             target,
             channel,
