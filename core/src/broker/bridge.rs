@@ -175,12 +175,6 @@ impl PortHandle {
         self.lock().bridge.as_ref().is_some_and(|b| b.finished)
     }
 
-    /// Whether this is a legacy connection's port (its channel a bare
-    /// byte stream, see `bridge.rs`).
-    pub fn is_bridge(&self) -> bool {
-        self.lock().is_bridge()
-    }
-
     /// Whether the plugin finished its direction and everything before
     /// its FIN was handed out: box-stream's goodbye goes now (once).
     pub fn take_goodbye(&self) -> bool {

@@ -47,12 +47,8 @@ impl PortHandle {
     /// Plaintext mux bytes from the connection's link, arrived at `now`.
     /// What the broker keeps of them it copies.
     pub fn handle_input(&self, now: Instant, mut input: &[u8], driver: &mut impl PortDriver) {
-        let bridge = {
-            let mut port = self.lock();
-            port.note_input(now, input.len());
-            port.is_bridge()
-        };
-        match bridge {
+        self.lock().note_input(now, input.len());
+        match self.is_bridge() {
             true => self.bridge_input(Some(now), input, driver),
             false => self.run(Some(now), &mut input, driver),
         }
@@ -154,7 +150,7 @@ impl PortHandle {
         if self.lock().resync_ready() {
             driver.with_hub(|hub| hub.resync_port(self.conn()));
         }
-        if self.lock().is_bridge() {
+        if self.is_bridge() {
             return self.poll_bridge_transmit(driver);
         }
         let (data, tag, was_data) = self.lock().poll_transmit()?;

@@ -962,7 +962,7 @@ impl Hub {
         };
         let mut last_words = BytesMut::new();
         // A legacy client hears no mux: its link's goodbye is the end.
-        if let Some(port) = c.port.as_ref().filter(|p| !p.lock().is_bridge()) {
+        if let Some(port) = c.port.as_ref().filter(|p| !p.is_bridge()) {
             let mut port = port.lock();
             port.mux.go_away(code, &reason);
             while let Some(chunk) = port.mux.poll_transmit() {

@@ -44,6 +44,8 @@ pub struct PortHandle(Arc<Shared>);
 
 struct Shared {
     conn: ConnId,
+    /// A legacy connection's (its port has a bridge from the start).
+    bridge: bool,
     port: Mutex<Port>,
     /// What the runtime keeps for the connection (its writer), for the
     /// readers that deliver to it; weak, as that holds this port.
@@ -54,6 +56,7 @@ impl PortHandle {
     pub(super) fn new(conn: ConnId, port: Port) -> Self {
         PortHandle(Arc::new(Shared {
             conn,
+            bridge: port.bridge.is_some(),
             port: Mutex::new(port),
             owner: OnceLock::new(),
         }))
@@ -62,6 +65,12 @@ impl PortHandle {
     /// The connection it belongs to.
     pub fn conn(&self) -> ConnId {
         self.0.conn
+    }
+
+    /// Whether this is a legacy connection's port (its channel a bare
+    /// byte stream, see `bridge.rs`).
+    pub fn is_bridge(&self) -> bool {
+        self.0.bridge
     }
 
     /// Keeps what the runtime holds for the connection with its port, for
