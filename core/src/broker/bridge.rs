@@ -120,11 +120,6 @@ fn data_header(channel: ChannelId, fin: bool, len: usize) -> BytesMut {
 }
 
 impl Port {
-    /// Whether this is a legacy connection's port.
-    pub(super) fn is_bridge(&self) -> bool {
-        self.bridge.is_some()
-    }
-
     /// How much of the client's plaintext its channel takes now: the
     /// credit the plugin gave.
     fn bridge_room(&self) -> usize {
