@@ -43,6 +43,13 @@ pub fn shutdown_write(socket: impl AsFd) {
     let _ = rustix::net::shutdown(&socket, rustix::net::Shutdown::Write);
 }
 
+/// When the socket closes, the peer reads an error (a TCP reset), not the
+/// end of the stream: for a stream that must not look finished (a legacy
+/// client's channel that was reset, on a socket with no box-stream to say so).
+pub fn reset_on_close(socket: impl AsFd) {
+    let _ = rustix::net::sockopt::set_socket_linger(&socket, Some(std::time::Duration::ZERO));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -469,8 +469,9 @@ impl State {
                     ConnEvent::Transmit(conn) => self.dirty.push(conn),
                     ConnEvent::Close(conn, last_words) => self.close(conn, last_words),
                     ConnEvent::Resume(conn) => self.resume(conn),
-                    // A `Broker` handles these itself.
-                    ConnEvent::Authorized(_) | ConnEvent::Abort(_) => {}
+                    ConnEvent::Abort(conn) => self.abort(conn),
+                    // A `Broker` handles it itself.
+                    ConnEvent::Authorized(_) => {}
                 }
             }
             // Flushing pulls from the broker, which may have more to say.
@@ -492,6 +493,14 @@ impl State {
         c.closing = Some(deadline);
         self.closing.push_back((deadline, conn));
         self.flush(conn);
+    }
+
+    /// Ends `conn` with nothing more written: the peer reads a reset.
+    fn abort(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get(&conn) {
+            plugboard_os::stream::reset_on_close(&c.stream);
+        }
+        self.forget(conn);
     }
 
     /// Closes the connections whose last words did not go out in time.

@@ -214,6 +214,12 @@ impl<R: Runtime> Stream<R> {
         plugboard_os::stream::shutdown_write(self.io.get_ref());
     }
 
+    /// The peer reads a reset when the socket closes, not the end of the
+    /// stream (see `plugboard_os::stream::reset_on_close`).
+    pub fn reset_on_close(&self) {
+        plugboard_os::stream::reset_on_close(self.io.get_ref());
+    }
+
     /// The socket.
     pub fn fd(&self) -> &OwnedFd {
         self.io.get_ref()

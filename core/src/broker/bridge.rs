@@ -21,12 +21,12 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::control::ChannelId;
-use crate::mux::frame::{self, Frame};
-use crate::mux::HEADER_LEN;
+use crate::mux::frame;
+use crate::mux::{MuxError, HEADER_LEN};
 use crate::time::Instant;
 
 use super::drive::PortDriver;
-use super::port::{Port, PortHandle};
+use super::port::{HubInput, Port, PortHandle, Step};
 
 /// Least a runtime reads from a legacy client's socket when the plugin
 /// gave any credit at all: one whole box (4 KiB and its 34 bytes of
@@ -54,6 +54,9 @@ pub(super) struct Bridge {
     fin_next: bool,
     /// The plugin finished: box-stream's goodbye is due.
     goodbye_due: bool,
+    /// A task is feeding the channel (`PortHandle::feed`): others queue
+    /// behind it in `held`.
+    feeding: bool,
     /// The plugin's FIN went out (all it sent before it too).
     finished: bool,
 }
@@ -75,6 +78,7 @@ impl Bridge {
             payload_next: false,
             fin_next: false,
             goodbye_due: false,
+            feeding: false,
             finished: false,
         }
     }
@@ -110,13 +114,6 @@ impl Bridge {
         self.goodbye_due = true;
         self.finished = true;
     }
-}
-
-/// A DATA header for `len` bytes of the client's on `channel`.
-fn data_header(channel: ChannelId, fin: bool, len: usize) -> BytesMut {
-    let mut header = BytesMut::with_capacity(HEADER_LEN);
-    frame::encode_data_header(channel, fin, len as u32, &mut header);
-    header
 }
 
 impl Port {
@@ -181,28 +178,37 @@ impl PortHandle {
 
     /// The client's plaintext, for a legacy connection's port: fed to the
     /// channel as far as its credit goes, the rest held (copied) until
-    /// the plugin grants more.
+    /// the plugin grants more. One task feeds at a time (the client's
+    /// reader, or whoever brings the plugin's credit): bytes that come
+    /// while another feeds queue behind what it holds, and it takes them
+    /// in turn, so nothing overtakes and no two feeders spend one credit.
     pub(super) fn bridge_input(
         &self,
         now: Option<Instant>,
         input: &[u8],
         driver: &mut impl PortDriver,
     ) {
-        let held = {
+        let first = {
             let mut port = self.lock();
             let bridge = port.bridge.as_mut().expect("a bridge's port");
-            match bridge.held.is_empty() {
-                true => None,
-                false => {
-                    bridge.held.extend_from_slice(input);
-                    Some(std::mem::take(&mut bridge.held))
+            if bridge.feeding || !bridge.held.is_empty() {
+                bridge.held.extend_from_slice(input);
+                if bridge.held.len() > MAX_HELD {
+                    let len = bridge.held.len();
+                    drop(port);
+                    return self.overrun(now, len, driver);
                 }
+                if bridge.feeding {
+                    return; // its feeder takes it
+                }
+                bridge.feeding = true;
+                &[][..]
+            } else {
+                bridge.feeding = true;
+                input
             }
         };
-        match held {
-            Some(held) => self.feed_bridge(now, &held, driver),
-            None => self.feed_bridge(now, input, driver),
-        }
+        self.feed(now, first, driver);
     }
 
     /// The client's stream ended cleanly (box-stream's goodbye, or the
@@ -225,14 +231,7 @@ impl PortHandle {
     /// The plugin granted credit: what is held goes on, and the runtime
     /// reads the socket again.
     pub(super) fn bridge_granted(&self, now: Option<Instant>, driver: &mut impl PortDriver) {
-        let held = {
-            let mut port = self.lock();
-            let Some(bridge) = port.bridge.as_mut() else {
-                return;
-            };
-            std::mem::take(&mut bridge.held)
-        };
-        self.feed_bridge(now, &held, driver);
+        self.bridge_input(now, &[], driver);
         if self.input_room().is_some_and(|room| room > 0) {
             driver.resume(self);
         }
@@ -251,44 +250,114 @@ impl PortHandle {
         self.bridge_granted(now, driver);
     }
 
-    /// Feeds `input` to the bridged channel as DATA frames within its
-    /// credit; keeps the rest. Past [`MAX_HELD`] everything goes in, and
-    /// the mux finds the credit broken.
-    fn feed_bridge(&self, now: Option<Instant>, mut input: &[u8], driver: &mut impl PortDriver) {
+    /// Feeds, as the one feeder (`feeding` was set with the lock that
+    /// made this task it): `first`, then what is held (what others
+    /// queued meanwhile included), then the client's FIN if it is due,
+    /// until the credit runs out or nothing is left. Whether to stop is
+    /// decided under the port's lock with the credit read there, so a
+    /// grant that found this feeder at work is never missed.
+    fn feed(&self, now: Option<Instant>, first: &[u8], driver: &mut impl PortDriver) {
+        let left = self.feed_some(now, first, driver);
+        self.hold_front(now, left, driver);
         loop {
-            let step = {
+            let next = {
                 let mut port = self.lock();
                 let room = port.bridge_room();
                 let bridge = port.bridge.as_mut().expect("a bridge's port");
-                let channel = bridge.channel;
-                if input.is_empty() {
-                    if bridge.eof != EofState::Due {
-                        return;
-                    }
+                if !bridge.held.is_empty() && room > 0 {
+                    Next::Batch(std::mem::take(&mut bridge.held))
+                } else if bridge.held.is_empty() && bridge.eof == EofState::Due {
                     bridge.eof = EofState::Fed;
-                    Some((data_header(channel, true, 0), 0))
-                } else if room == 0 && input.len() <= MAX_HELD {
-                    bridge.held.extend_from_slice(input);
-                    return;
+                    Next::Fin(bridge.channel)
                 } else {
-                    // Past the bound with no credit: in it goes, and the
-                    // mux finds the credit broken.
-                    let max_frame = port.mux.config().max_frame as usize;
-                    let n = match room {
-                        0 => input.len().min(max_frame),
-                        room => input.len().min(room).min(max_frame),
-                    };
-                    Some((data_header(channel, false, n), n))
+                    bridge.feeding = false;
+                    return;
                 }
             };
-            let Some((header, n)) = step else {
-                return;
-            };
-            self.run(now, &mut &header[..], driver);
-            let (piece, rest) = input.split_at(n);
-            self.run(now, &mut &piece[..], driver);
-            input = rest;
+            match next {
+                Next::Batch(batch) => {
+                    let left = self.feed_some(now, &batch, driver);
+                    self.hold_front(now, left, driver);
+                }
+                Next::Fin(channel) => {
+                    let finished = self.lock().mux.finish_unframed(channel);
+                    match finished {
+                        Ok(()) => self.run(now, &mut &[][..], driver),
+                        Err(e) => self.apply(now, Step::Hub(HubInput::Violation(e)), driver),
+                    }
+                }
+            }
         }
+    }
+
+    /// Delivers `input` to the other end within the channel's credit, a
+    /// frame's worth at a time; returns what did not fit.
+    fn feed_some<'a>(
+        &self,
+        now: Option<Instant>,
+        mut input: &'a [u8],
+        driver: &mut impl PortDriver,
+    ) -> &'a [u8] {
+        while !input.is_empty() {
+            let (step, n) = {
+                let mut port = self.lock();
+                let room = port.bridge_room();
+                if room == 0 {
+                    return input;
+                }
+                let n = input
+                    .len()
+                    .min(room)
+                    .min(port.mux.config().max_frame as usize);
+                let channel = port.bridge.as_ref().expect("a bridge's port").channel;
+                let step = match port.mux.receive_unframed(channel, n) {
+                    Ok(true) => port.relay_step(channel, &input[..n]),
+                    Ok(false) => None,
+                    Err(e) => Some(Step::Hub(HubInput::Violation(e))),
+                };
+                (step, n)
+            };
+            if let Some(step) = step {
+                self.apply(now, step, driver);
+            }
+            input = &input[n..];
+        }
+        input
+    }
+
+    /// Puts what did not fit back in front of what is held.
+    fn hold_front(&self, now: Option<Instant>, left: &[u8], driver: &mut impl PortDriver) {
+        if left.is_empty() {
+            return;
+        }
+        let len = {
+            let mut port = self.lock();
+            let bridge = port.bridge.as_mut().expect("a bridge's port");
+            let mut held = BytesMut::with_capacity(left.len() + bridge.held.len());
+            held.extend_from_slice(left);
+            held.extend_from_slice(&bridge.held);
+            bridge.held = held;
+            bridge.held.len()
+        };
+        if len > MAX_HELD {
+            self.overrun(now, len, driver);
+        }
+    }
+
+    /// The client sent more than the bound past its credit: a violation,
+    /// which ends the connection.
+    fn overrun(&self, now: Option<Instant>, len: usize, driver: &mut impl PortDriver) {
+        let (channel, credit) = {
+            let port = self.lock();
+            let channel = port.bridge.as_ref().expect("a bridge's port").channel;
+            (channel, port.mux.recv_credit(channel))
+        };
+        let e = MuxError::BeyondCredit {
+            channel,
+            len,
+            credit,
+        };
+        self.apply(now, Step::Hub(HubInput::Violation(e)), driver);
     }
 
     /// Credit the client gives back for a payload handed out: as if it
@@ -299,8 +368,16 @@ impl PortHandle {
         increment: u32,
         driver: &mut impl PortDriver,
     ) {
-        let mut window = BytesMut::with_capacity(HEADER_LEN + 4);
-        frame::encode(&Frame::Window { channel, increment }, &mut window);
-        self.run(None, &mut &window[..], driver);
+        let taken = self.lock().mux.window_unframed(channel, increment);
+        match taken {
+            Ok(()) => self.run(None, &mut &[][..], driver),
+            Err(e) => self.apply(None, Step::Hub(HubInput::Violation(e)), driver),
+        }
     }
+}
+
+/// What a feeder does next.
+enum Next {
+    Batch(BytesMut),
+    Fin(ChannelId),
 }

@@ -84,7 +84,7 @@ impl PortHandle {
         }
     }
 
-    fn apply(&self, now: Option<Instant>, step: Step<'_>, driver: &mut impl PortDriver) {
+    pub(super) fn apply(&self, now: Option<Instant>, step: Step<'_>, driver: &mut impl PortDriver) {
         match step {
             Step::Deliver { to, channel, bytes } => {
                 let (grant, wake) = {

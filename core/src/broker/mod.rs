@@ -181,8 +181,8 @@ pub enum Event {
     /// The broker ended this legacy connection and already forgot it:
     /// close the socket with nothing more written, not even box-stream's
     /// goodbye (its channel was reset, or its plugin left: the client must
-    /// not read a clean end). A [`Broker`] returns it as a
-    /// [`Event::Close`] with no last words.
+    /// not read a clean end; where no box-stream could say so, the socket
+    /// should end with a reset).
     Abort {
         /// The connection.
         conn: ConnId,
@@ -970,13 +970,23 @@ impl Hub {
             }
         }
         let last_words = last_words.freeze();
+        // A legacy client whose plugin had not finished must not read a
+        // clean end (a shutdown, its idle timeout, a violation).
+        let abort = c
+            .port
+            .as_ref()
+            .is_some_and(|p| p.is_bridge() && !p.plugin_finished());
         let key = c.key;
         self.log(conn, key, Some(code), format!("closed: {reason}"));
         self.teardown(now, conn);
-        self.events.push_back(Event::Close {
-            conn,
-            last_words,
-            reason: printable(reason),
+        let reason = printable(reason);
+        self.events.push_back(match abort {
+            true => Event::Abort { conn, reason },
+            false => Event::Close {
+                conn,
+                last_words,
+                reason,
+            },
         });
     }
 

@@ -293,23 +293,10 @@ impl Port {
                 MuxInput::Data { channel: 0, bytes } => {
                     return Some(Step::Hub(HubInput::Control(bytes)))
                 }
-                MuxInput::Data { channel, bytes } => {
-                    return Some(match self.ends.get(&channel) {
-                        Some(RelayEnd {
-                            peer_port: Some(to),
-                            peer,
-                            ..
-                        }) => Step::Deliver {
-                            to: to.clone(),
-                            channel: peer.1,
-                            bytes,
-                        },
-                        // An orphan's: nobody to take it, so it is dropped
-                        // (its mux checked it against the credit).
-                        Some(_orphan) => continue,
-                        None => Step::Hub(HubInput::Unrouted(channel)),
-                    });
-                }
+                MuxInput::Data { channel, bytes } => match self.relay_step(channel, bytes) {
+                    Some(step) => return Some(step),
+                    None => continue,
+                },
                 MuxInput::Event(MuxEvent::Pong { .. }) => continue,
                 MuxInput::Event(event) => event,
             };
@@ -336,6 +323,26 @@ impl Port {
                 }
                 event => return Some(Step::Hub(HubInput::Event(event))),
             }
+        }
+    }
+
+    /// What becomes of payload that arrived on `channel` (its mux checked
+    /// it against the credit): delivered to the other end, the hub's if
+    /// the channel has no route yet, or dropped (`None`) at an orphan,
+    /// which has nobody to take it.
+    pub(super) fn relay_step<'a>(&self, channel: ChannelId, bytes: &'a [u8]) -> Option<Step<'a>> {
+        match self.ends.get(&channel) {
+            Some(RelayEnd {
+                peer_port: Some(to),
+                peer,
+                ..
+            }) => Some(Step::Deliver {
+                to: to.clone(),
+                channel: peer.1,
+                bytes,
+            }),
+            Some(_orphan) => None,
+            None => Some(Step::Hub(HubInput::Unrouted(channel))),
         }
     }
 

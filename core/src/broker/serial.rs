@@ -145,11 +145,7 @@ impl Broker {
             // No last words at all: not even box-stream's goodbye.
             Event::Abort { conn, reason } => {
                 self.links.remove(&conn);
-                Event::Close {
-                    conn,
-                    last_words: Bytes::new(),
-                    reason,
-                }
+                Event::Abort { conn, reason }
             }
             Event::Close {
                 conn,

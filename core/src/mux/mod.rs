@@ -436,6 +436,48 @@ impl Mux {
         }
     }
 
+    // ── a peer that speaks no mux (a legacy client's bridge) ──────────
+
+    /// `len` bytes of channel `id`'s data from a peer that speaks no mux,
+    /// checked against the channel's credit and accounted as a DATA
+    /// frame's payload would be. Whether they are passed on (not on a
+    /// channel gone, or while going away). Touches no decoder state, so
+    /// it may come between any two inputs.
+    pub fn receive_unframed(&mut self, id: ChannelId, len: usize) -> Result<bool, MuxError> {
+        if self.going_away {
+            return Ok(false);
+        }
+        let Some(channel) = self.live_channel(id)? else {
+            return Ok(false);
+        };
+        channel.check_frame(id, len)?;
+        channel.receive(len);
+        Ok(true)
+    }
+
+    /// Such a peer finished its direction of `id` (as DATA with FIN).
+    pub fn finish_unframed(&mut self, id: ChannelId) -> Result<(), MuxError> {
+        if self.going_away {
+            return Ok(());
+        }
+        if let Some(channel) = self.live_channel(id)? {
+            channel.check_frame(id, 0)?;
+            self.end_data(id);
+        }
+        Ok(())
+    }
+
+    /// Such a peer took `increment` bytes of `id`: credit, as its WINDOW.
+    pub fn window_unframed(&mut self, id: ChannelId, increment: u32) -> Result<(), MuxError> {
+        if self.going_away {
+            return Ok(());
+        }
+        self.on_frame(Frame::Window {
+            channel: id,
+            increment,
+        })
+    }
+
     /// Whether the id was ever allocated (by either side), open or closed.
     pub fn was_allocated(&self, id: ChannelId) -> bool {
         match self.is_local(id) {

@@ -451,8 +451,11 @@ impl<R: Runtime> Shared<R> {
                     let mut outbox = io.outbox();
                     let mut link = io.link.lock();
                     if signals.abort.load(Ordering::Acquire) {
+                        // No goodbye, and no end of stream either: a reset.
                         outbox.queue.clear();
-                        link.handle_disconnect(); // no goodbye either
+                        link.handle_disconnect();
+                        io.stream.reset_on_close();
+                        return;
                     }
                     outbox.queue.push(link.last_words(&last_words));
                 }
