@@ -14,6 +14,7 @@ use plugboard_os::activation::{self, Inherited};
 use plugboard_tokio::{Addr, Plugin, PluginError, Server, WatchEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod docs;
 mod legacy;
 
 /// Exit codes a script can tell apart.
@@ -114,6 +115,13 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Print a shell's completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff; `plugboard manpage | man -l -`).
+    Manpage,
 }
 
 #[derive(Args)]
@@ -244,6 +252,15 @@ async fn run(command: Command, inherited: Vec<Inherited>) -> Result<(), Failure>
             Ok(())
         }
         Command::Serve(args) => serve(args, inherited).await,
+        Command::Completions { shell } => {
+            docs::completions(shell, &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpage => match docs::manpage(&mut std::io::stdout()) {
+            // `plugboard manpage | head`: the reader had enough.
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(fail(e)),
+            _ => Ok(()),
+        },
         Command::List { broker, json } => list(broker, json).await,
         Command::Watch { broker, json } => watch(broker, json).await,
         Command::Stats { broker, json } => stats(broker, json).await,
