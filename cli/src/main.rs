@@ -14,6 +14,7 @@ use plugboard_os::activation::{self, Inherited};
 use plugboard_tokio::{Addr, Plugin, PluginError, Server, WatchEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod check;
 mod docs;
 mod legacy;
 
@@ -169,6 +170,11 @@ struct ServeArgs {
     runtime: Runtime,
     #[command(flatten)]
     legacy: legacy::LegacyArgs,
+    /// Load everything (identity, policy, limits, legacy routes, listen
+    /// addresses), print the configuration in force (flags, files and
+    /// defaults merged) and exit; on an error, say where and why, and exit 1.
+    #[arg(long)]
+    check: bool,
 }
 
 /// The runtime adapters `serve` can run the broker on.
@@ -342,6 +348,12 @@ fn load_key(path: &Path) -> Result<Keypair, Failure> {
 
 async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure> {
     let path = key_path(args.key);
+    if args.check && !path.exists() {
+        return Err(fail(format!(
+            "{}: no identity (serve creates one; plugboard keygen makes it now)",
+            path.display()
+        )));
+    }
     if !path.exists() {
         let keypair = keygen(&path)?;
         eprintln!(
@@ -359,16 +371,16 @@ async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure
     let load = |path: &Path| load_key(path).map_err(|Failure(_, message)| message);
     let legacy = legacy::routes(&args.legacy, &keypair, &handshake, load).map_err(fail)?;
     let mut config = BrokerConfig::new(handshake);
-    if let Some(file) = args.policy {
+    if let Some(file) = &args.policy {
         let text =
-            std::fs::read_to_string(&file).map_err(|e| fail(format!("{}: {e}", file.display())))?;
+            std::fs::read_to_string(file).map_err(|e| fail(format!("{}: {e}", file.display())))?;
         config.policy = Policy::from_toml(&text)
             .and_then(|policy| policy.check(&owner).map(|()| policy))
             .map_err(|e| fail(format!("{}: {e}", file.display())))?;
     }
-    if let Some(file) = args.limits {
+    if let Some(file) = &args.limits {
         let text =
-            std::fs::read_to_string(&file).map_err(|e| fail(format!("{}: {e}", file.display())))?;
+            std::fs::read_to_string(file).map_err(|e| fail(format!("{}: {e}", file.display())))?;
         config.limits = toml::from_str::<Limits>(&text)
             .map_err(|e| fail(format!("{}: {e}", file.display())))?;
     }
@@ -404,6 +416,19 @@ async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure
         legacy_lines.insert(id, line);
         config.legacy.insert(id as u32, route);
         addrs.push(addr);
+    }
+    if args.check {
+        let files = check::Files {
+            identity: &path,
+            policy: args.policy.as_deref(),
+            limits: args.limits.as_deref(),
+        };
+        let runtime = format!("{:?}", args.runtime).to_lowercase();
+        print!(
+            "{}",
+            check::effective(&config, files, &runtime, &addrs, inherited.len())
+        );
+        return Ok(());
     }
     for addr in &addrs {
         if let Addr::Unix(path) = addr {

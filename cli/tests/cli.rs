@@ -296,3 +296,45 @@ fn serve_creates_an_identity_and_removes_its_socket_on_sigterm() {
     std::io::Read::read_to_string(&mut broker.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("created a new identity"), "{stderr}");
 }
+
+#[test]
+fn serve_check_prints_the_merged_configuration_or_where_it_is_wrong() {
+    let home = Home::new("check");
+    assert!(home.run(&["keygen"]).status.success());
+    let limits = home.0.join("limits.toml");
+    std::fs::write(&limits, "open_timeout_ms = 2500\n").unwrap();
+    let out = home.run(&[
+        "serve",
+        "--check",
+        "--limits",
+        limits.to_str().unwrap(),
+        "--max-connections",
+        "77",
+        "--legacy-listen",
+        "tcp:127.0.0.1:8008",
+        "--legacy-route",
+        "ssb",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for line in [
+        "open_timeout_ms = 2500",       // the file
+        "max_connections = 77",         // a flag over the file
+        "max_connections_per_key = 64", // a default
+        "[[legacy]]",
+        "listen = \"tcp:127.0.0.1:8008\"",
+        "route = \"ssb\"",
+        "offer_timeout_ms = 1500",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
+    assert!(!home.socket().exists(), "a check binds nothing");
+
+    std::fs::write(&limits, "open_timeout_ms = 2500\nno_such_limit = 1\n").unwrap();
+    let out = home.run(&["serve", "--check", "--limits", limits.to_str().unwrap()]);
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{error}");
+    assert!(error.contains("limits.toml"), "the file: {error}");
+    assert!(error.contains("line 2"), "the line: {error}");
+    assert!(error.contains("no_such_limit"), "the reason: {error}");
+}
