@@ -338,3 +338,41 @@ fn serve_check_prints_the_merged_configuration_or_where_it_is_wrong() {
     assert!(error.contains("line 2"), "the line: {error}");
     assert!(error.contains("no_such_limit"), "the reason: {error}");
 }
+
+#[test]
+fn a_refused_handshake_says_what_to_check() {
+    let home = Home::new("refused");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tcp = format!("tcp:127.0.0.1:{port}");
+    let unix = format!("unix:{}", home.socket().display());
+    let _broker = Running(home.spawn(&["serve", "--listen", &unix, "--listen", &tcp]));
+    let socket = home.socket();
+    wait_for("the broker's socket", || Path::new(&socket).exists());
+    let broker_id = String::from_utf8(home.run(&["id"]).stdout).unwrap();
+    let broker_id = broker_id.trim();
+    // Another identity, over TCP, which the (default) policy does not name.
+    let stranger = Home::new("refused-stranger");
+    assert!(stranger.run(&["keygen"]).status.success());
+    let list = |extra: &[&str]| {
+        let mut args = vec!["list", "--broker", &tcp, "--broker-key", broker_id];
+        args.extend_from_slice(extra);
+        let out = stranger.run(&args);
+        assert!(!out.status.success());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let not_admitted = list(&[]);
+    assert!(
+        not_admitted.contains("did not admit this key"),
+        "{not_admitted}"
+    );
+    let other = "11".repeat(32);
+    let other_network = list(&["--network-key", &other]);
+    assert!(
+        other_network.contains("another network key"),
+        "{other_network}"
+    );
+}

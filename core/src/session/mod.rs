@@ -252,7 +252,16 @@ impl Session {
     pub fn handle_eof(&mut self, now: Instant) {
         self.now = now;
         if self.link.is_connected() {
-            self.ended_by_broker("the broker closed the connection".into(), None);
+            // In the handshake, where it ended says why (another network
+            // key, a key not admitted...).
+            let reason = match &mut self.link {
+                Link::Handshake(shs) => match shs.handle_eof() {
+                    Err(e) => format!("the broker closed the connection in the handshake: {e}"),
+                    Ok(()) => "the broker closed the connection".into(),
+                },
+                _ => "the broker closed the connection".into(),
+            };
+            self.ended_by_broker(reason, None);
         }
     }
 

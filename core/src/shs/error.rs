@@ -92,8 +92,11 @@ pub enum HandshakeError {
     /// The server's signature over the handshake does not verify.
     #[error("the server's signature does not verify")]
     BadServerSignature,
-    /// The connection ended in the middle of a message.
-    #[error("the connection ended after {received} of {expected} bytes of {phase}")]
+    /// The connection ended in the middle of a message (or before it).
+    /// Where a client's handshake ended says why (PROTOCOL §2.2): before
+    /// the server's hello, the server is on another network key; after
+    /// our authentication, it did not admit us.
+    #[error("{}", truncated(*phase, *received, *expected))]
     Truncated {
         /// What was being waited for.
         phase: Phase,
@@ -122,4 +125,22 @@ pub enum HandshakeError {
     /// called when no decision was asked for (API misuse).
     #[error("no authorization decision is pending")]
     NotAuthorizing,
+}
+
+/// What a handshake that ended early says, and, for a client, what to check.
+fn truncated(phase: Phase, received: usize, expected: usize) -> String {
+    let what = format!("the connection ended after {received} of {expected} bytes of {phase}");
+    match (phase, received) {
+        (Phase::ServerHello, 0) => format!(
+            "{what}: the server did not answer our hello, so it is on another network key \
+             (check the network key on both sides) or does not speak shs1"
+        ),
+        (Phase::ServerAccept, 0) => format!(
+            "{what}: the server ended the handshake after our authentication: it did not admit \
+             this key (a broker over TCP admits only keys its policy names; a legacy route's \
+             plugin decides), a per-key or per-address limit was reached, or the server's key \
+             is not the one dialled"
+        ),
+        _ => what,
+    }
 }

@@ -382,6 +382,38 @@ fn truncation_reports_how_far_it_got() {
 }
 
 #[test]
+fn a_client_whose_handshake_ends_early_is_told_what_to_check() {
+    // No hello back: another network key.
+    let mut client = client_for(&keypair(2));
+    client.poll_transmit();
+    let error = client.handle_eof().unwrap_err();
+    assert!(error.to_string().contains("another network key"), "{error}");
+
+    // Our authentication sent, then nothing: not admitted.
+    let mut client = client_for(&keypair(2));
+    let mut server = ServerHandshake::with_ephemeral(config(keypair(2)), SERVER_EPH, T0);
+    server
+        .handle_input(T0, &client.poll_transmit().unwrap())
+        .unwrap();
+    client
+        .handle_input(T0, &server.poll_transmit().unwrap())
+        .unwrap();
+    client.poll_transmit();
+    let error = client.handle_eof().unwrap_err().to_string();
+    assert!(error.contains("did not admit this key"), "{error}");
+    assert!(error.contains("policy"), "{error}");
+
+    // Cut in the middle of a message: only how far it got.
+    let mut cut = self::server();
+    cut.handle_input(T0, &[0; 10]).unwrap();
+    let error = cut.handle_eof().unwrap_err().to_string();
+    assert_eq!(
+        error,
+        "the connection ended after 10 of 64 bytes of the client hello"
+    );
+}
+
+#[test]
 fn deadline_is_part_of_the_state_machine() {
     let mut client = client_for(&keypair(2));
     let deadline = T0 + DEFAULT_TIMEOUT;
