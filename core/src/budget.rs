@@ -111,6 +111,11 @@ impl HandshakeBudget {
         self.limits
     }
 
+    /// New limits: what is held stays held, and counts against them.
+    pub fn set_limits(&mut self, limits: StrangerLimits) {
+        self.limits = limits;
+    }
+
     /// Takes a place for a handshake from `source`, if one is free.
     pub fn take(&mut self, source: Source) -> Result<(), Refused> {
         if self.held >= self.limits.total {

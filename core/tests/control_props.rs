@@ -4,9 +4,9 @@
 
 use bytes::{Bytes, BytesMut};
 use plugboard_core::control::{
-    decode, encode, encoded_len, AnnouncedLimits, ChannelPath, ControlDecoder, DecodeError,
-    ErrorCode, IncomingPath, KeyStats, Member, Message, Name, NameStats, OpenedPath, Presence,
-    TransportKind, Usage, MAX_MESSAGE, MAX_METADATA, MAX_SHORT_TEXT, MAX_TEXT,
+    decode, encode, encoded_len, AnnouncedLimits, CauseCount, ChannelPath, ControlDecoder,
+    DecodeError, ErrorCode, IncomingPath, KeyStats, Member, Message, Name, NameStats, OpenedPath,
+    Outcome, Presence, TransportKind, Usage, MAX_MESSAGE, MAX_METADATA, MAX_SHORT_TEXT, MAX_TEXT,
 };
 use plugboard_core::PublicKey;
 use proptest::collection::vec;
@@ -239,6 +239,23 @@ fn message() -> impl Strategy<Value = Message> {
                 keys,
                 names,
             }),
+        (
+            request,
+            vec(
+                (any::<bool>(), any::<u64>(), text(MAX_SHORT_TEXT)).prop_map(
+                    |(refusal, count, cause)| CauseCount {
+                        outcome: match refusal {
+                            true => Outcome::Refusal,
+                            false => Outcome::Disconnect,
+                        },
+                        cause,
+                        count,
+                    }
+                ),
+                0..5
+            ),
+        )
+            .prop_map(|(request, counters)| Message::CounterPage { request, counters }),
         (
             channel,
             proptest::option::of(name()),

@@ -2,6 +2,7 @@
 //! the OS's randomness, carry out the events that are no runtime's own
 //! (socketpairs, log lines), and write its log entries.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +13,7 @@ use plugboard_core::Instant;
 use rand_chacha::rand_core::SeedableRng as _;
 use rand_chacha::ChaCha20Rng;
 
+use crate::log_limit::{self, LogLimiter, Suppressed};
 use crate::{Clock, SocketPairs};
 
 /// How long a connection the broker ended may take to accept its last
@@ -77,14 +79,36 @@ macro_rules! face {
 face!(Broker);
 face!(Hub);
 
-/// One line for a broker's [`LogEntry`] (`Event::Log`).
+/// One line for a broker's [`LogEntry`] (`Event::Log`): a warning, or
+/// at info (`plugboard serve`'s default level) every refusal and
+/// disconnect with its cause and key; at most
+/// [`LINES_PER_WINDOW`](crate::log_limit::LINES_PER_WINDOW) a cause per
+/// window, and then how many were held back.
 pub fn log_entry(entry: &LogEntry) {
+    static LIMITER: Mutex<Option<LogLimiter>> = Mutex::new(None);
+    let cause = entry.counted.map_or("note", |(_, cause)| cause.label());
+    let (admitted, held) = {
+        let mut limiter = LIMITER.lock().unwrap_or_else(|e| e.into_inner());
+        let limiter = limiter.get_or_insert_with(LogLimiter::default);
+        limiter.admit(std::time::Instant::now(), cause)
+    };
+    for Suppressed { cause, lines } in held {
+        tracing::warn!(
+            cause,
+            "{lines} more lines of this cause were not logged in the last {:?}",
+            log_limit::WINDOW
+        );
+    }
+    if !admitted {
+        return;
+    }
     let key = entry.key.map(|k| k.to_string()).unwrap_or_default();
-    match (entry.code, entry.warning) {
-        (Some(code), true) => tracing::warn!(conn = entry.conn, %code, "{}", entry.message),
-        (None, true) => tracing::warn!(conn = entry.conn, "{}", entry.message),
-        (Some(code), false) => tracing::info!(conn = entry.conn, %key, %code, "{}", entry.message),
-        (None, false) => tracing::info!(conn = entry.conn, %key, "{}", entry.message),
+    let outcome = entry.counted.map_or("note", |(outcome, _)| outcome.label());
+    let conn = entry.conn;
+    let message = &entry.message;
+    match entry.warning {
+        true => tracing::warn!(conn, outcome, cause, "{message}"),
+        false => tracing::info!(conn, %key, outcome, cause, "{message}"),
     }
 }
 

@@ -38,6 +38,7 @@ mod crypto;
 mod fd_tokens;
 pub mod fdpass;
 mod listen;
+pub mod log_limit;
 mod pairs;
 mod strangers;
 pub mod stream;

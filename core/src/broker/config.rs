@@ -168,6 +168,37 @@ impl Limits {
 
     /// The mux configuration of each connection. The broker only passes
     /// credit through, so windows never grow on its side.
+    /// `new`, but with the limits a running broker keeps: those every
+    /// connection was told in its hello and by which its channels' buffers
+    /// are counted (frames, windows, the control queue, the idle timeout).
+    /// Also the names of those that `new` would have changed.
+    pub fn keep_fixed(&self, mut new: Limits) -> (Limits, Vec<&'static str>) {
+        let mut kept = Vec::new();
+        macro_rules! keep {
+            ($($field:ident as $name:literal),*) => {$(
+                if new.$field != self.$field {
+                    new.$field = self.$field;
+                    kept.push($name);
+                }
+            )*};
+        }
+        keep!(
+            max_frame as "max_frame",
+            initial_window as "initial_window",
+            max_window as "max_window",
+            max_control_queue as "max_control_queue",
+            idle_timeout as "idle_timeout_ms"
+        );
+        (new, kept)
+    }
+
+    /// Makes limits that cannot work together work: `max_window` at least
+    /// `initial_window`, `max_frame` at least 1 KiB.
+    pub(crate) fn reconcile(&mut self) {
+        self.max_window = self.max_window.max(self.initial_window);
+        self.max_frame = self.max_frame.max(1024);
+    }
+
     pub(crate) fn mux_config(&self) -> MuxConfig {
         MuxConfig {
             max_frame: self.max_frame,
@@ -195,6 +226,22 @@ mod millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_running_broker_keeps_the_limits_its_peers_were_told() {
+        let old = Limits::default();
+        let new = Limits {
+            max_connections: 7,
+            initial_window: 1024,
+            idle_timeout: Duration::from_secs(1),
+            ..Limits::default()
+        };
+        let (merged, kept) = old.keep_fixed(new);
+        assert_eq!(merged.max_connections, 7);
+        assert_eq!(merged.initial_window, old.initial_window);
+        assert_eq!(merged.idle_timeout, old.idle_timeout);
+        assert_eq!(kept, ["initial_window", "idle_timeout_ms"]);
+    }
 
     #[test]
     fn limits_from_toml_keep_defaults_for_the_rest() {

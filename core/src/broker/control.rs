@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use crate::control::{
     self, ErrorCode, Features, KeyStats, Member, Message, NameStats, Presence, RequestId, UidStats,
-    Usage, FEATURES, FEATURE_STATS_UIDS, FEATURE_WATCH_RESYNC, KEY_STATS_LEN, MAX_MESSAGE,
-    UID_STATS_LEN, VERSION,
+    Usage, FEATURES, FEATURE_STATS_COUNTERS, FEATURE_STATS_UIDS, FEATURE_WATCH_RESYNC,
+    KEY_STATS_LEN, MAX_MESSAGE, UID_STATS_LEN, VERSION,
 };
 use crate::time::Instant;
 
@@ -16,7 +16,7 @@ use super::connection::{Connection, Stage, Watch};
 use super::policy::any_matches;
 use super::rates::RateRefusal;
 use super::registry::{Holder, RegisterError, Registered};
-use super::{ConnId, Hub};
+use super::{Cause, ConnId, Hub, Outcome};
 
 /// Room for the fixed part of a page message around its entries.
 const PAGE_BUDGET: usize = MAX_MESSAGE - 64;
@@ -387,7 +387,8 @@ impl Hub {
                 usage: usage_of(&self.conns[&holder.conn]),
             })
             .collect();
-        if self.conns[&conn].features & FEATURE_STATS_UIDS != 0 {
+        let features = self.conns[&conn].features;
+        if features & FEATURE_STATS_UIDS != 0 {
             let uids: Vec<UidStats> = per_uid
                 .into_iter()
                 .map(|(uid, usage)| UidStats { uid, usage })
@@ -395,6 +396,11 @@ impl Hub {
             for (uids, _) in pages(uids, |_| UID_STATS_LEN) {
                 self.reply(conn, &Message::UidStatsPage { request, uids });
             }
+        }
+        if features & FEATURE_STATS_COUNTERS != 0 {
+            // A few dozen causes at most: one page.
+            let counters = self.counters.to_wire();
+            self.reply(conn, &Message::CounterPage { request, counters });
         }
         for page in stats_pages(request, keys, names) {
             self.reply(conn, &page);
@@ -432,7 +438,8 @@ impl Hub {
         message: String,
     ) {
         let key = self.conns.get(&conn).and_then(|c| c.key);
-        self.log(conn, key, Some(code), format!("refused: {message}"));
+        let line = format!("refused: {message}");
+        self.record(conn, key, Outcome::Refusal, Cause::Code(code), line);
         self.reply(conn, &error(request, code, message));
     }
 }
@@ -563,6 +570,7 @@ fn kind(message: &Message) -> &'static str {
         Message::Resync { .. } => "resync",
         Message::PresenceEvent { .. } => "presence event",
         Message::UidStatsPage { .. } => "uid stats page",
+        Message::CounterPage { .. } => "counter page",
         Message::StatsPage { .. } => "stats page",
         Message::Incoming { .. } => "incoming",
         Message::Opened { .. } => "opened",

@@ -139,23 +139,44 @@ pub(super) struct Door {
     report: RefusalReport,
 }
 
+fn stranger_limits(limits: &Limits) -> StrangerLimits {
+    StrangerLimits {
+        total: limits.max_handshaking,
+        per_source: limits.max_handshaking_per_source,
+        per_network: limits.max_handshaking_per_network,
+        deadline: limits.handshake_timeout,
+    }
+}
+
+/// New handshakes per source and per /48 (none for everyone: the places bound that).
+fn handshake_rates(limits: &Limits) -> TieredRates {
+    TieredRates::new(
+        limits.handshakes_per_source_per_s,
+        limits.handshakes_per_network_per_s,
+        None,
+    )
+}
+
 impl Door {
     pub(super) fn new(limits: &Limits) -> Self {
         Door {
-            limits: StrangerLimits {
-                total: limits.max_handshaking,
-                per_source: limits.max_handshaking_per_source,
-                per_network: limits.max_handshaking_per_network,
-                deadline: limits.handshake_timeout,
-            },
+            limits: stranger_limits(limits),
             places: HashMap::new(),
-            rates: TieredRates::new(
-                limits.handshakes_per_source_per_s,
-                limits.handshakes_per_network_per_s,
-                None,
-            ),
+            rates: handshake_rates(limits),
             report: RefusalReport::new(),
         }
+    }
+
+    /// New limits (a reload): places held stay held; the next admission
+    /// is judged by these. Rates start afresh if they changed.
+    pub(super) fn set_limits(&mut self, limits: &Limits) {
+        let rates = handshake_rates(limits);
+        if (rates.per_source(), rates.per_network())
+            != (self.rates.per_source(), self.rates.per_network())
+        {
+            self.rates = rates;
+        }
+        self.limits = stranger_limits(limits);
     }
 
     /// A place for a handshake from `origin`, if one is free and its source
@@ -191,6 +212,8 @@ impl Door {
             .places
             .entry(origin.listener)
             .or_insert_with(|| HandshakeBudget::new(limits));
+        // (Limits may have been reloaded since the place was made.)
+        places.set_limits(limits);
         let source = from_network.unwrap_or(Source::LOCAL);
         // Looked at before the rate is charged: a refusal costs no allowance.
         if places.held() >= places.limits().total {

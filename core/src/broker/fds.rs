@@ -43,6 +43,12 @@ impl FdBudget {
         }
     }
 
+    /// New limits (a reload): ends in flight stay, and count against them.
+    pub(super) fn set_limits(&mut self, per_key_limit: usize, total_limit: usize) {
+        self.per_key_limit = per_key_limit;
+        self.total_limit = total_limit;
+    }
+
     /// Reserves both ends of `pair`, or neither.
     pub(super) fn reserve(
         &mut self,

@@ -26,7 +26,7 @@ use super::connection::Stage;
 use super::door::{Origin, Peer};
 use super::opens::Opener;
 use super::port::PortHandle;
-use super::{ConnId, Event, Hub, Link};
+use super::{Cause, ConnId, Event, Hub, Link};
 
 /// The one channel of a legacy connection, as its port's mux numbers it
 /// (an id the client side would have picked).
@@ -228,7 +228,7 @@ impl Hub {
         };
         if let Some((code, reason)) = refusal {
             self.forget_key_if_idle(&key);
-            self.drop_connection(now, conn, Some(code), reason);
+            self.drop_connection(now, conn, Some(key), Cause::Code(code), reason);
             return Some(false);
         }
         let usage = self.usage.entry(key).or_default();
@@ -261,7 +261,7 @@ impl Hub {
                 None
             }
             Err((code, reason)) => {
-                self.drop_connection(now, conn, Some(code), reason);
+                self.drop_connection(now, conn, Some(key), Cause::Code(code), reason);
                 Some(false)
             }
         }

@@ -86,7 +86,23 @@ pub(super) struct ByteLimits {
     pub(super) growth_total: u64,
 }
 
+impl ByteLimits {
+    pub(super) fn of(limits: &super::Limits) -> Self {
+        ByteLimits {
+            per_key: limits.max_bytes_per_key,
+            total: limits.max_bytes,
+            growth_per_key: limits.max_grown_bytes_per_key,
+            growth_total: limits.max_grown_bytes,
+        }
+    }
+}
+
 impl ByteBudget {
+    /// New limits (a reload): what is reserved stays, and counts against them.
+    pub(super) fn set_limits(&mut self, limits: ByteLimits) {
+        self.limits = limits;
+    }
+
     pub(super) fn new(limits: ByteLimits) -> Self {
         ByteBudget {
             opens: HashMap::new(),

@@ -22,6 +22,7 @@
 
 mod audit;
 mod bridge;
+mod cause;
 mod config;
 mod connection;
 mod control;
@@ -47,6 +48,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use rand_core::CryptoRngCore;
 
+pub use cause::{Cause, Counters, Outcome};
 pub use config::Limits;
 pub use door::{Cred, DoorRefusal, ListenerId, Origin, Peer};
 pub use drive::PortDriver;
@@ -205,6 +207,9 @@ pub struct LogEntry {
     pub code: Option<ErrorCode>,
     /// What happened.
     pub message: String,
+    /// What it counts as, and why: a refusal or a disconnect (both for a
+    /// connection refused), or neither for a note.
+    pub counted: Option<(Outcome, Cause)>,
     /// Whether an operator should see it by default: the broker turning
     /// sockets away (an attack, or limits too tight) rather than one peer's
     /// business.
@@ -344,6 +349,8 @@ pub struct Hub {
     /// Legacy connections whose channel is gone: closed at the end of the
     /// current call.
     legacy_done: Vec<ConnId>,
+    /// Refusals and disconnects by cause, since the start.
+    counters: Counters,
 }
 
 impl Hub {
@@ -353,22 +360,12 @@ impl Hub {
     /// Limits that cannot work together are made to: `max_window` is at
     /// least `initial_window`, and `max_frame` at least 1 KiB.
     pub fn new(mut config: BrokerConfig, rng: Box<dyn CryptoRngCore + Send>) -> Self {
-        let limits = &mut config.limits;
-        limits.max_window = limits.max_window.max(limits.initial_window);
-        limits.max_frame = limits.max_frame.max(1024);
+        config.limits.reconcile();
+        let limits = &config.limits;
         let door = Door::new(limits);
         let fds = FdBudget::new(limits.max_descriptors_per_key, limits.max_descriptors);
-        let bytes = ByteBudget::new(ByteLimits {
-            per_key: limits.max_bytes_per_key,
-            total: limits.max_bytes,
-            growth_per_key: limits.max_grown_bytes_per_key,
-            growth_total: limits.max_grown_bytes,
-        });
-        let registrations = rates::TieredRates::new(
-            limits.registrations_per_source_per_s,
-            limits.registrations_per_network_per_s,
-            Some(limits.registrations_per_s),
-        );
+        let bytes = ByteBudget::new(ByteLimits::of(limits));
+        let registrations = registration_rates(limits);
         Hub {
             owner: config.handshake.keypair.public(),
             config,
@@ -395,6 +392,7 @@ impl Hub {
             last_now: Instant::ZERO,
             legacy_sources: Default::default(),
             legacy_done: Vec::new(),
+            counters: Counters::default(),
         }
     }
 
@@ -411,6 +409,38 @@ impl Hub {
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.config.limits
+    }
+
+    /// Takes a new policy and new limits (a reload): what comes next is
+    /// decided by them, what is held stays. Connections keep the rights they
+    /// were admitted with; the limits peers were told in their hello stay
+    /// until a restart ([`Limits::keep_fixed`]): their names are returned.
+    pub fn reconfigure(&mut self, policy: Policy, limits: Limits) -> Vec<&'static str> {
+        let (mut limits, kept) = self.config.limits.keep_fixed(limits);
+        limits.reconcile();
+        let old = std::mem::replace(&mut self.config.limits, limits);
+        let limits = &self.config.limits;
+        self.config.policy = policy;
+        self.door.set_limits(limits);
+        self.fds
+            .set_limits(limits.max_descriptors_per_key, limits.max_descriptors);
+        self.bytes.set_limits(ByteLimits::of(limits));
+        let rates = |l: &Limits| {
+            (
+                l.registrations_per_source_per_s,
+                l.registrations_per_network_per_s,
+                l.registrations_per_s,
+            )
+        };
+        if rates(&old) != rates(limits) {
+            self.registrations = registration_rates(limits);
+        }
+        kept
+    }
+
+    /// Refusals and disconnects by cause, since the hub was made.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     // ── the face ──────────────────────────────────────────────────────
@@ -450,12 +480,17 @@ impl Hub {
                 .map_err(|(refusal, line)| (refusal.into(), line))
         };
         if let Err((error, line)) = admitted {
+            let cause = match error {
+                AcceptError::Door(_) => Cause::HandshakeLimit,
+                _ => Cause::Code(ErrorCode::TooManyConnections),
+            };
+            self.counters.add(Outcome::Refusal, cause);
             if let Some(refused) = line {
                 let reason = format!(
                     "refusing connections: {error} ({refused} refused since the last such line, the last from {})",
                     origin.describe()
                 );
-                self.warn(conn, Some(ErrorCode::TooManyConnections), reason);
+                self.warn(conn, Some((Outcome::Refusal, cause)), reason);
             }
             return Err(error);
         }
@@ -501,14 +536,27 @@ impl Hub {
             LinkEvent::Ended(end) => {
                 match end {
                     LinkEnd::Handshake(e) => {
-                        self.drop_connection(now, conn, None, format!("handshake failed: {e}"))
+                        let cause = Cause::of_handshake(&e);
+                        self.drop_connection(
+                            now,
+                            conn,
+                            None,
+                            cause,
+                            format!("handshake failed: {e}"),
+                        )
                     }
                     LinkEnd::Goodbye if self.is_legacy(conn) => self.legacy_eof(now, conn),
-                    LinkEnd::Goodbye => self.peer_ended(now, conn, "said goodbye".into()),
-                    LinkEnd::BoxStream(e) => self.peer_ended(now, conn, format!("box-stream: {e}")),
+                    LinkEnd::Goodbye => {
+                        self.peer_ended(now, conn, Cause::Goodbye, "said goodbye".into())
+                    }
+                    LinkEnd::BoxStream(e) => {
+                        let reason = format!("box-stream: {e}");
+                        self.peer_ended(now, conn, Cause::BoxStream, reason)
+                    }
                     LinkEnd::TooEarly(n) => {
                         let reason = format!("sent more than {n} bytes before it was admitted");
-                        self.drop_connection(now, conn, Some(ErrorCode::ProtocolViolation), reason)
+                        let cause = Cause::Code(ErrorCode::ProtocolViolation);
+                        self.drop_connection(now, conn, None, cause, reason)
                     }
                 }
                 None
@@ -575,7 +623,7 @@ impl Hub {
                 HubInput::Unrouted(channel) => self.on_unrouted(now, conn, channel, "data", None),
                 HubInput::Event(crate::mux::MuxEvent::GoAway { code, reason }) => {
                     let reason = format!("went away ({code}): {reason}");
-                    self.peer_ended(now, conn, reason);
+                    self.peer_ended(now, conn, Cause::Goodbye, reason);
                 }
                 HubInput::Event(event) => self.on_channel_event(now, conn, event),
                 HubInput::Credit(channel) => self.pass_credit((conn, channel)),
@@ -687,7 +735,7 @@ impl Hub {
         match self.admit(conn, key) {
             Ok(()) => Some(true),
             Err((code, reason)) => {
-                self.drop_connection(now, conn, Some(code), reason);
+                self.drop_connection(now, conn, Some(key), Cause::Code(code), reason);
                 Some(false)
             }
         }
@@ -775,7 +823,8 @@ impl Hub {
         c.deadline = None;
         match c.stage {
             Stage::Handshake => {
-                self.drop_connection(now, conn, None, "handshake timed out".into());
+                let reason = "handshake timed out".into();
+                self.drop_connection(now, conn, None, Cause::HandshakeTimeout, reason);
             }
             Stage::Hello => self.close(
                 now,
@@ -896,17 +945,49 @@ impl Hub {
             key,
             code,
             message: printable(message),
+            counted: None,
             warning: false,
         }));
     }
 
-    /// As [`Hub::log`], for an operator to see by default.
-    fn warn(&mut self, conn: ConnId, code: Option<ErrorCode>, message: String) {
+    /// Counts a refusal or a disconnect, and logs it.
+    fn record(
+        &mut self,
+        conn: ConnId,
+        key: Option<PublicKey>,
+        outcome: Outcome,
+        cause: Cause,
+        message: String,
+    ) {
+        self.counters.add(outcome, cause);
+        let code = match cause {
+            Cause::Code(code) => Some(code),
+            _ => None,
+        };
+        self.events.push_back(Event::Log(LogEntry {
+            conn,
+            key,
+            code,
+            message: printable(message),
+            counted: Some((outcome, cause)),
+            warning: false,
+        }));
+    }
+
+    /// A line for an operator to see even when only warnings are shown:
+    /// the broker turning sockets away (an attack, or limits too tight)
+    /// rather than one peer's business. Counted by the caller.
+    fn warn(&mut self, conn: ConnId, counted: Option<(Outcome, Cause)>, message: String) {
+        let code = match counted {
+            Some((_, Cause::Code(code))) => Some(code),
+            _ => None,
+        };
         self.events.push_back(Event::Log(LogEntry {
             conn,
             key: None,
             code,
             message: printable(message),
+            counted,
             warning: true,
         }));
     }
@@ -933,11 +1014,12 @@ impl Hub {
             // Ended cleanly only if the plugin finished: then the client
             // has box-stream's goodbye; else it must not read a clean end.
             let finished = c.port.as_ref().is_some_and(|p| p.plugin_finished());
-            let reason = match finished {
-                true => "its channel ended",
-                false => "its channel was reset",
+            let (cause, reason) = match finished {
+                true => (Cause::ChannelEnded, "its channel ended"),
+                false => (Cause::ChannelReset, "its channel was reset"),
             };
-            self.log(conn, key, None, format!("closed: {reason}"));
+            let message = format!("closed: {reason}");
+            self.record(conn, key, Outcome::Disconnect, cause, message);
             self.teardown(now, conn);
             let reason = reason.to_owned();
             self.events.push_back(match finished {
@@ -977,7 +1059,8 @@ impl Hub {
             .as_ref()
             .is_some_and(|p| p.is_bridge() && !p.plugin_finished());
         let key = c.key;
-        self.log(conn, key, Some(code), format!("closed: {reason}"));
+        let message = format!("closed: {reason}");
+        self.record(conn, key, Outcome::Disconnect, Cause::Code(code), message);
         self.teardown(now, conn);
         let reason = printable(reason);
         self.events.push_back(match abort {
@@ -990,20 +1073,26 @@ impl Hub {
         });
     }
 
-    /// Ends a connection without last words (handshake failures, refusals
-    /// there: nothing goes out that the handshake does not send).
+    /// Refuses a connection: ends it without last words (handshake
+    /// failures, refusals there: nothing goes out that the handshake does
+    /// not send). It counts as a refusal and as a disconnect.
+    /// `key`: the one it proved, if the connection has none yet (a key
+    /// refused in the handshake).
     fn drop_connection(
         &mut self,
         now: Instant,
         conn: ConnId,
-        code: Option<ErrorCode>,
+        key: Option<PublicKey>,
+        cause: Cause,
         reason: String,
     ) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        let key = c.key;
-        self.log(conn, key, code, format!("dropped: {reason}"));
+        let key = c.key.or(key);
+        self.counters.add(Outcome::Refusal, cause);
+        let message = format!("refused: {reason}");
+        self.record(conn, key, Outcome::Disconnect, cause, message);
         self.teardown(now, conn);
         self.events.push_back(Event::Close {
             conn,
@@ -1016,13 +1105,14 @@ impl Hub {
     /// its box-stream: everything is released and the runtime is told to
     /// close the socket (after box-stream's goodbye, which the link adds
     /// if its stream is whole).
-    pub(super) fn peer_ended(&mut self, now: Instant, conn: ConnId, reason: String) {
+    pub(super) fn peer_ended(&mut self, now: Instant, conn: ConnId, cause: Cause, reason: String) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
         let last_words = Bytes::new();
         let key = c.key;
-        self.log(conn, key, None, format!("ended by the peer: {reason}"));
+        let message = format!("ended by the peer: {reason}");
+        self.record(conn, key, Outcome::Disconnect, cause, message);
         self.teardown(now, conn);
         self.events.push_back(Event::Close {
             conn,
@@ -1037,7 +1127,8 @@ impl Hub {
             return;
         };
         let key = c.key;
-        self.log(conn, key, None, format!("disconnected: {reason}"));
+        let message = format!("disconnected: {reason}");
+        self.record(conn, key, Outcome::Disconnect, Cause::SocketClosed, message);
         self.teardown(now, conn);
     }
 
@@ -1130,4 +1221,14 @@ impl PortDriver for Hub {
     fn resume(&mut self, port: &PortHandle) {
         self.events.push_back(Event::Resume(port.conn()));
     }
+}
+
+/// Registrations per source, per /48 and in all (each can be an event for
+/// every watcher).
+fn registration_rates(limits: &Limits) -> rates::TieredRates {
+    rates::TieredRates::new(
+        limits.registrations_per_source_per_s,
+        limits.registrations_per_network_per_s,
+        Some(limits.registrations_per_s),
+    )
 }

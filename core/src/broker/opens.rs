@@ -15,7 +15,7 @@ use crate::time::Instant;
 use super::control::error;
 use super::policy::any_matches;
 use super::relay::End;
-use super::{ConnId, DirectPlan, Hub, PairEnd, PairId, PendingOpen, Timer};
+use super::{Cause, ConnId, DirectPlan, Hub, Outcome, PairEnd, PairId, PendingOpen, Timer};
 
 /// Who opens a channel: a connection, its id for the channel, its key, and
 /// the request to answer (none for a legacy connection).
@@ -232,12 +232,20 @@ impl Hub {
     /// Tells the opener of `open` it was refused: an error for its
     /// request, or, on a legacy connection, the socket closed with nothing
     /// more sent.
+    /// Counted and logged as a refusal of the opener's key.
     pub(super) fn refuse_opener(&mut self, open: &PendingOpen, code: ErrorCode, message: String) {
+        let target = open.target_key;
         match open.request {
-            Some(request) => self.reply(open.opener, &error(request, code, message)),
+            Some(request) => {
+                let line = format!("open to {target} refused: {message}");
+                let key = Some(open.opener_key);
+                self.record(open.opener, key, Outcome::Refusal, Cause::Code(code), line);
+                self.reply(open.opener, &error(request, code, message));
+            }
             None => {
                 let now = self.last_now;
-                self.drop_connection(now, open.opener, Some(code), message);
+                let line = format!("offer to {target} refused: {message}");
+                self.drop_connection(now, open.opener, None, Cause::Code(code), line);
             }
         }
     }
@@ -413,13 +421,6 @@ impl Hub {
         };
         self.forget_channel(conn, channel);
         self.forget_channel(open.opener, open.opener_channel);
-        let message = format!("rejected: {reason}");
-        self.log(
-            open.opener,
-            Some(open.opener_key),
-            Some(ErrorCode::Rejected),
-            message.clone(),
-        );
         self.refuse_opener(&open, ErrorCode::Rejected, reason);
     }
 
@@ -436,12 +437,6 @@ impl Hub {
             "not answered in time",
         );
         self.forget_channel(open.opener, open.opener_channel);
-        self.log(
-            open.opener,
-            Some(open.opener_key),
-            Some(ErrorCode::OpenTimeout),
-            message.clone(),
-        );
         self.refuse_opener(&open, ErrorCode::OpenTimeout, message);
     }
 

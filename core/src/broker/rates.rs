@@ -129,6 +129,16 @@ impl TieredRates {
         }
     }
 
+    /// Events a second one source may have.
+    pub(super) fn per_source(&self) -> u32 {
+        self.source.per_s
+    }
+
+    /// Events a second the sources of one /48 may have together.
+    pub(super) fn per_network(&self) -> u32 {
+        self.network.per_s
+    }
+
     /// Takes one event's worth of every tier's allowance `source` draws on,
     /// if every tier has it. A refused event spends nothing anywhere: a /64
     /// over its own rate does not use up its network's allowance, nor a

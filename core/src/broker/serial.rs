@@ -202,4 +202,18 @@ impl Broker {
     pub fn limits(&self) -> &super::Limits {
         self.hub.limits()
     }
+
+    /// Refusals and disconnects by cause ([`Hub::counters`]).
+    pub fn counters(&self) -> &super::Counters {
+        self.hub.counters()
+    }
+
+    /// A reload ([`Hub::reconfigure`]).
+    pub fn reconfigure(
+        &mut self,
+        policy: super::Policy,
+        limits: super::Limits,
+    ) -> Vec<&'static str> {
+        self.hub.reconfigure(policy, limits)
+    }
 }

@@ -12,9 +12,9 @@
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 
 use super::{
-    AnnouncedLimits, ChannelPath, ErrorCode, IncomingPath, InvalidName, KeyStats, Member, Message,
-    Name, NameStats, OpenedPath, Presence, TransportKind, UidStats, Usage, MAX_MESSAGE,
-    MAX_METADATA, MAX_SHORT_TEXT, MAX_TEXT,
+    AnnouncedLimits, CauseCount, ChannelPath, ErrorCode, IncomingPath, InvalidName, KeyStats,
+    Member, Message, Name, NameStats, OpenedPath, Outcome, Presence, TransportKind, UidStats,
+    Usage, MAX_MESSAGE, MAX_METADATA, MAX_SHORT_TEXT, MAX_TEXT,
 };
 use crate::keys::PublicKey;
 
@@ -31,6 +31,8 @@ const USAGE_LEN: usize = 4 + 4 + 8 + 8 + 8;
 pub(crate) const KEY_STATS_LEN: usize = KEY_LEN + USAGE_LEN;
 /// Encoded [`UidStats`].
 pub(crate) const UID_STATS_LEN: usize = 4 + USAGE_LEN;
+/// Smallest encoded [`CauseCount`]: outcome, count, an empty cause.
+const CAUSE_COUNT_MIN_LEN: usize = 1 + 8 + 1;
 /// Smallest encoded [`NameStats`].
 const NAME_STATS_MIN_LEN: usize = 1 + 1 + KEY_LEN + USAGE_LEN;
 
@@ -60,6 +62,7 @@ mod kind {
     pub const CHANNEL_PATH: u8 = 0x2A;
     pub const RESYNC: u8 = 0x2B;
     pub const UID_STATS_PAGE: u8 = 0x2C;
+    pub const COUNTER_PAGE: u8 = 0x2D;
 }
 
 // Flag bits of `register` and `open`; the others must be zero, so that they
@@ -130,6 +133,9 @@ pub enum DecodeError {
         /// The whole flags byte.
         flags: u8,
     },
+    /// A counter's outcome other than refusal (0) or disconnect (1).
+    #[error("unknown counter outcome {0}")]
+    BadOutcome(u8),
     /// A transport other than unix (1) or TCP (2).
     #[error("unknown transport {0}")]
     BadTransport(u8),
@@ -513,6 +519,20 @@ fn read_body(kind: u8, r: &mut Reader<'_>) -> Result<Message, DecodeError> {
                 })
             })?,
         },
+        kind::COUNTER_PAGE => Message::CounterPage {
+            request: r.u32()?,
+            counters: r.list(CAUSE_COUNT_MIN_LEN, |r| {
+                Ok(CauseCount {
+                    outcome: match r.u8()? {
+                        0 => Outcome::Refusal,
+                        1 => Outcome::Disconnect,
+                        other => return Err(DecodeError::BadOutcome(other)),
+                    },
+                    count: r.u64()?,
+                    cause: r.str8("cause")?,
+                })
+            })?,
+        },
         kind::STATS_PAGE => Message::StatsPage {
             request: r.u32()?,
             last: r.bool()?,
@@ -884,6 +904,19 @@ fn write_message(message: &Message, s: &mut impl Sink) {
             for entry in uids {
                 s.u32(entry.uid);
                 s.usage(&entry.usage);
+            }
+        }
+        Message::CounterPage { request, counters } => {
+            s.u8(kind::COUNTER_PAGE);
+            s.u32(*request);
+            s.count(counters.len());
+            for entry in counters {
+                s.u8(match entry.outcome {
+                    Outcome::Refusal => 0,
+                    Outcome::Disconnect => 1,
+                });
+                s.u64(entry.count);
+                s.str8("cause", &entry.cause);
             }
         }
         Message::StatsPage {
@@ -1328,6 +1361,17 @@ mod tests {
             },
             &[&b"\x2c\0\0\0\x01\0\0\0\x01\0\0\x03\xe8"[..], &usage_bytes].concat(),
         );
+        assert_layout(
+            Message::CounterPage {
+                request: 1,
+                counters: vec![CauseCount {
+                    outcome: Outcome::Disconnect,
+                    cause: "goodbye".into(),
+                    count: 2,
+                }],
+            },
+            &b"\x2d\0\0\0\x01\0\0\0\x01\x01\0\0\0\0\0\0\0\x02\x07goodbye"[..],
+        );
     }
 
     #[test]
@@ -1533,7 +1577,7 @@ mod tests {
 
     #[test]
     fn unknown_kind() {
-        for kind in [0x00, 0x03, 0x0f, 0x19, 0x1f, 0x2d, 0xff] {
+        for kind in [0x00, 0x03, 0x0f, 0x19, 0x1f, 0x2e, 0xff] {
             assert_eq!(
                 decode(&[kind, 0, 0, 0, 0]),
                 Err(DecodeError::UnknownKind(kind))

@@ -28,8 +28,12 @@ pub const FEATURE_WATCH_RESYNC: Features = 1 << 0;
 /// user holds.
 pub const FEATURE_STATS_UIDS: Features = 1 << 1;
 
+/// A `stats` answer carries a [`Message::CounterPage`]: refusals and
+/// disconnects by cause since the broker started.
+pub const FEATURE_STATS_COUNTERS: Features = 1 << 2;
+
 /// Every feature this implementation supports.
-pub const FEATURES: Features = FEATURE_WATCH_RESYNC | FEATURE_STATS_UIDS;
+pub const FEATURES: Features = FEATURE_WATCH_RESYNC | FEATURE_STATS_UIDS | FEATURE_STATS_COUNTERS;
 
 /// How a connection reached the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -130,6 +134,37 @@ pub struct UidStats {
     pub uid: u32,
     /// What its connections hold, summed.
     pub usage: Usage,
+}
+
+/// What a counter in `stats` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Outcome {
+    /// The broker said no: to a socket, a key, a name, an open, a request.
+    Refusal,
+    /// A connection ended, by either side, for any reason.
+    Disconnect,
+}
+
+impl Outcome {
+    /// Its name in logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Refusal => "refusal",
+            Outcome::Disconnect => "disconnect",
+        }
+    }
+}
+
+/// `stats`: how often the broker refused something, or a connection
+/// ended, for one cause, since the broker started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CauseCount {
+    /// What it counts.
+    pub outcome: Outcome,
+    /// Why: a label such as `not_permitted` or `network_key` (PROTOCOL §4.27).
+    pub cause: String,
+    /// How many.
+    pub count: u64,
 }
 
 /// `stats` about one name.
@@ -351,6 +386,15 @@ pub enum Message {
         request: RequestId,
         /// Per user id, ordered by uid across all parts.
         uids: Vec<UidStats>,
+    },
+    /// Part of the answer to `stats`, only with [`FEATURE_STATS_COUNTERS`]:
+    /// refusals and disconnects by cause, after the [`Message::UidStatsPage`]s
+    /// and before the [`Message::StatsPage`]s.
+    CounterPage {
+        /// The request's correlation id.
+        request: RequestId,
+        /// Refusals first, then disconnects, each by cause.
+        counters: Vec<CauseCount>,
     },
     /// Part of the answer to `stats`; the last part has `last`.
     StatsPage {

@@ -3,8 +3,8 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 use crate::control::{
-    AnnouncedLimits, ChannelId, ChannelPath, DecodeError, ErrorCode, IncomingPath, KeyStats,
-    Member, Name, NameStats, OpenedPath, Presence, RequestId, UidStats,
+    AnnouncedLimits, CauseCount, ChannelId, ChannelPath, DecodeError, ErrorCode, IncomingPath,
+    KeyStats, Member, Name, NameStats, OpenedPath, Presence, RequestId, UidStats,
 };
 use crate::keys::PublicKey;
 use crate::mux::{ChannelError, MuxError};
@@ -88,6 +88,10 @@ pub enum SessionEvent {
         /// Per unix user (empty when the broker did not offer
         /// [`crate::control::FEATURE_STATS_UIDS`]).
         uids: Vec<UidStats>,
+        /// Refusals and disconnects by cause since the broker started
+        /// (empty when the broker did not offer
+        /// [`crate::control::FEATURE_STATS_COUNTERS`]).
+        counters: Vec<CauseCount>,
         /// Per key.
         keys: Vec<KeyStats>,
         /// Per name.

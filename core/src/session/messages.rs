@@ -241,10 +241,26 @@ impl Session {
                     return Err(SessionError::Protocol("uid stats we did not ask for"));
                 }
                 let add = |p: &mut Pending| match p {
-                    Pending::Stats(all_uids, keys, names)
-                        if keys.is_empty() && names.is_empty() =>
+                    Pending::Stats(all_uids, counters, keys, names)
+                        if counters.is_empty() && keys.is_empty() && names.is_empty() =>
                     {
                         all_uids.extend(uids);
+                        true
+                    }
+                    _ => false,
+                };
+                self.page(request, false, add)?;
+                return Ok(());
+            }
+            Message::CounterPage { request, counters } => {
+                if !self.link.has_feature(FEATURE_STATS_COUNTERS) {
+                    return Err(SessionError::Protocol("counters we did not ask for"));
+                }
+                let add = |p: &mut Pending| match p {
+                    Pending::Stats(_, all, keys, names)
+                        if all.is_empty() && keys.is_empty() && names.is_empty() =>
+                    {
+                        all.extend(counters);
                         true
                     }
                     _ => false,
@@ -259,19 +275,22 @@ impl Session {
                 names,
             } => {
                 let add = |p: &mut Pending| match p {
-                    Pending::Stats(_, all_keys, all_names) => {
+                    Pending::Stats(_, _, all_keys, all_names) => {
                         all_keys.extend(keys);
                         all_names.extend(names);
                         true
                     }
                     _ => false,
                 };
-                let Some(Pending::Stats(uids, keys, names)) = self.page(request, last, add)? else {
+                let Some(Pending::Stats(uids, counters, keys, names)) =
+                    self.page(request, last, add)?
+                else {
                     return Ok(());
                 };
                 SessionEvent::Stats {
                     request,
                     uids,
+                    counters,
                     keys,
                     names,
                 }

@@ -29,9 +29,9 @@ use link::Link;
 pub use reconnect::{Backoff, ConnectionEvent, Reconnect, MIN_WAIT};
 
 use crate::control::{
-    self, AnnouncedLimits, ChannelId, ChannelPath, ControlDecoder, ErrorCode, Features,
+    self, AnnouncedLimits, CauseCount, ChannelId, ChannelPath, ControlDecoder, ErrorCode, Features,
     IncomingPath, KeyStats, Member, Message, Name, NameStats, OpenedPath, RequestId, UidStats,
-    FEATURES, FEATURE_STATS_UIDS, FEATURE_WATCH_RESYNC, VERSION,
+    FEATURES, FEATURE_STATS_COUNTERS, FEATURE_STATS_UIDS, FEATURE_WATCH_RESYNC, VERSION,
 };
 use crate::keys::PublicKey;
 use crate::mux::{Mux, MuxConfig, MuxEvent, MuxInput, Side};
@@ -116,7 +116,12 @@ enum Pending {
     List(Vec<Member>),
     Watch(Vec<Member>),
     Unwatch,
-    Stats(Vec<UidStats>, Vec<KeyStats>, Vec<NameStats>),
+    Stats(
+        Vec<UidStats>,
+        Vec<CauseCount>,
+        Vec<KeyStats>,
+        Vec<NameStats>,
+    ),
     Open(ChannelId),
 }
 
@@ -125,7 +130,9 @@ impl Pending {
     fn entries(&self) -> usize {
         match self {
             Pending::List(members) | Pending::Watch(members) => members.len(),
-            Pending::Stats(uids, keys, names) => uids.len() + keys.len() + names.len(),
+            Pending::Stats(uids, counters, keys, names) => {
+                uids.len() + counters.len() + keys.len() + names.len()
+            }
             Pending::Register(_) | Pending::Unwatch | Pending::Open(_) => 0,
         }
     }

@@ -53,7 +53,7 @@ impl Session {
 
     /// Who holds what.
     pub fn stats(&mut self, now: Instant) -> Result<RequestId, SessionError> {
-        let parts = Pending::Stats(Vec::new(), Vec::new(), Vec::new());
+        let parts = Pending::Stats(Vec::new(), Vec::new(), Vec::new(), Vec::new());
         self.request(now, parts, |request| Message::Stats { request })
     }
 

@@ -78,11 +78,18 @@ pub(crate) fn deliver<R: Runtime>(
         SessionEvent::Stats {
             request,
             uids,
+            counters,
             keys,
             names,
         } => {
             if let Some(Waiter::Stats(tx)) = inner.waiters.remove(&request) {
-                reply(&tx, Ok(Stats { uids, keys, names }));
+                let stats = Stats {
+                    uids,
+                    counters,
+                    keys,
+                    names,
+                };
+                reply(&tx, Ok(stats));
             }
         }
         SessionEvent::Done { request } => {

@@ -29,8 +29,8 @@ use bytes::Bytes;
 use plugboard_core::addr::Addr;
 use plugboard_core::budget::StrangerLimits;
 use plugboard_core::control::{
-    ChannelId, ChannelPath, ErrorCode, IncomingPath, KeyStats, Member, Name, NameStats, OpenedPath,
-    Presence, RequestId, UidStats,
+    CauseCount, ChannelId, ChannelPath, ErrorCode, IncomingPath, KeyStats, Member, Name, NameStats,
+    OpenedPath, Presence, RequestId, UidStats,
 };
 use plugboard_core::session::{Session, SessionConfig, SessionError, SessionEvent};
 use plugboard_core::shs::HandshakeConfig;
@@ -140,6 +140,8 @@ pub enum WatchEvent {
 pub struct Stats {
     /// Per unix user (what its connections over unix sockets hold).
     pub uids: Vec<UidStats>,
+    /// Refusals and disconnects by cause since the broker started.
+    pub counters: Vec<CauseCount>,
     /// Per key.
     pub keys: Vec<KeyStats>,
     /// Per name.

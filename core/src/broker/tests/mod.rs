@@ -175,4 +175,5 @@ mod budgets;
 mod channels;
 mod connections;
 mod legacy;
+mod operations;
 mod requests;
