@@ -5,7 +5,7 @@ use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use plugboard_core::broker::{BrokerConfig, Limits, Policy};
+use plugboard_core::broker::BrokerConfig;
 use plugboard_core::control::{ErrorCode, Member, Presence, TransportKind};
 use plugboard_core::keys::secret_file;
 use plugboard_core::shs::HandshakeConfig;
@@ -17,6 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 mod check;
 mod docs;
 mod legacy;
+mod metrics;
+mod service;
 
 /// Exit codes a script can tell apart.
 mod exit {
@@ -34,7 +36,8 @@ mod exit {
     about = "A plugin bus for Secure Scuttlebutt-style servers"
 )]
 struct Cli {
-    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    /// More log output (-v info, -vv debug; `serve` logs at info already,
+    /// -v is debug there); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
     #[command(subcommand)]
@@ -73,13 +76,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Who holds what, per key and per name.
+    /// Who holds what, per key, user and name; refusals and disconnects by cause.
     Stats {
         #[command(flatten)]
         broker: BrokerArgs,
-        /// One JSON object per line.
-        #[arg(long)]
+        /// One JSON object per line (as --format json).
+        #[arg(long, conflicts_with = "format")]
         json: bool,
+        /// text, json (one object per line), or openmetrics (for
+        /// node_exporter's textfile collector, Prometheus and the like).
+        #[arg(long, value_enum, default_value_t = StatsFormat::Text)]
+        format: StatsFormat,
     },
     /// Open a channel to NAME and connect it to stdin and stdout.
     Connect {
@@ -177,6 +184,17 @@ struct ServeArgs {
     check: bool,
 }
 
+/// How `stats` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum StatsFormat {
+    /// A line per row.
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// The OpenMetrics text format.
+    Openmetrics,
+}
+
 /// The runtime adapters `serve` can run the broker on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Runtime {
@@ -223,7 +241,10 @@ fn main() -> ExitCode {
         },
         _ => Vec::new(),
     };
-    let level = match cli.verbose {
+    // A broker says what it does, refusals and disconnects included (the
+    // log is rate-limited per cause); a client speaks only of trouble.
+    let serving = matches!(cli.command, Command::Serve(_));
+    let level = match cli.verbose + u8::from(serving) {
         0 => "warn",
         1 => "info",
         _ => "debug",
@@ -269,7 +290,14 @@ async fn run(command: Command, inherited: Vec<Inherited>) -> Result<(), Failure>
         },
         Command::List { broker, json } => list(broker, json).await,
         Command::Watch { broker, json } => watch(broker, json).await,
-        Command::Stats { broker, json } => stats(broker, json).await,
+        Command::Stats {
+            broker,
+            json,
+            format,
+        } => {
+            let format = if json { StatsFormat::Json } else { format };
+            stats(broker, format).await
+        }
         Command::Connect {
             name,
             protocol,
@@ -371,25 +399,16 @@ async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure
     let load = |path: &Path| load_key(path).map_err(|Failure(_, message)| message);
     let legacy = legacy::routes(&args.legacy, &keypair, &handshake, load).map_err(fail)?;
     let mut config = BrokerConfig::new(handshake);
-    if let Some(file) = &args.policy {
-        let text =
-            std::fs::read_to_string(file).map_err(|e| fail(format!("{}: {e}", file.display())))?;
-        config.policy = Policy::from_toml(&text)
-            .and_then(|policy| policy.check(&owner).map(|()| policy))
-            .map_err(|e| fail(format!("{}: {e}", file.display())))?;
-    }
-    if let Some(file) = &args.limits {
-        let text =
-            std::fs::read_to_string(file).map_err(|e| fail(format!("{}: {e}", file.display())))?;
-        config.limits = toml::from_str::<Limits>(&text)
-            .map_err(|e| fail(format!("{}: {e}", file.display())))?;
-    }
-    if let Some(n) = args.max_connections {
-        config.limits.max_connections = n;
-    }
-    if let Some(n) = args.max_connections_per_key {
-        config.limits.max_connections_per_key = n;
-    }
+    let sources = service::Sources {
+        policy: args.policy.clone(),
+        limits: args.limits.clone(),
+        max_connections: args.max_connections,
+        max_connections_per_key: args.max_connections_per_key,
+        owner,
+        base: config.limits.clone(),
+    };
+    (config.policy, config.limits) = sources.load().map_err(fail)?;
+    let settings = (config.policy.clone(), config.limits.clone());
     raise_file_limit(config.limits.max_connections + config.limits.max_descriptors);
 
     // Inherited listeners come in addition to --listen; the default socket
@@ -461,33 +480,40 @@ async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure
             eprintln!("plugboard: listening on {addr} as {key}{runtime}");
         }
     };
+    let stopped = |reload| service::until_stopped(sources, settings, reload);
     match args.runtime {
         Runtime::Tokio => {
             let server = Server::bind_with(config, &addrs, inherited).map_err(fail)?;
             announce(server.local_addrs(), server.public_key(), "");
-            server.run(shutdown_signal()).await;
+            let reload = server.reload_handle();
+            server.run(stopped(reload)).await;
             Ok(())
         }
         Runtime::Smol => {
             let server =
                 plugboard_smol::Server::bind_with(config, &addrs, inherited).map_err(fail)?;
             announce(server.local_addrs(), server.public_key(), " (smol)");
-            serve_smol(server).await
+            let reload = server.reload_handle();
+            serve_smol(server, stopped(reload)).await
         }
         Runtime::Mio => {
             let server =
                 plugboard_mio::Server::bind_with(config, &addrs, inherited).map_err(fail)?;
             announce(server.local_addrs(), server.public_key(), " (mio)");
-            serve_mio(server).await
+            let reload = server.reload_handle();
+            serve_mio(server, stopped(reload)).await
         }
     }
 }
 
-/// The broker on the mio adapter, on a thread of its own, until a signal.
-async fn serve_mio(server: plugboard_mio::Server) -> Result<(), Failure> {
+/// The broker on the mio adapter, on a thread of its own, until `stopped`.
+async fn serve_mio(
+    server: plugboard_mio::Server,
+    stopped: impl std::future::Future<Output = ()>,
+) -> Result<(), Failure> {
     let stop = server.stop_handle();
     let serving = std::thread::spawn(move || server.run());
-    shutdown_signal().await;
+    stopped.await;
     stop.stop();
     match serving.join() {
         Ok(Ok(())) => Ok(()),
@@ -496,27 +522,20 @@ async fn serve_mio(server: plugboard_mio::Server) -> Result<(), Failure> {
     }
 }
 
-/// The broker on the smol adapter, on a thread of its own, until a signal.
-async fn serve_smol(server: plugboard_smol::Server) -> Result<(), Failure> {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// The broker on the smol adapter, on a thread of its own, until `stopped`.
+async fn serve_smol(
+    server: plugboard_smol::Server,
+    stopped: impl std::future::Future<Output = ()>,
+) -> Result<(), Failure> {
+    let (stop, stop_seen) = tokio::sync::oneshot::channel::<()>();
     let serving = std::thread::spawn(move || {
         smol::block_on(server.run(async {
-            let _ = stopped.await;
+            let _ = stop_seen.await;
         }))
     });
-    shutdown_signal().await;
+    stopped.await;
     let _ = stop.send(());
     serving.join().map_err(|_| fail("the smol loop panicked"))
-}
-
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("a signal handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 /// Raises the open-file limit to `descriptors` (a socket per connection,
@@ -678,49 +697,72 @@ fn print_present(members: &[Member], json: bool) {
     }
 }
 
-async fn stats(args: BrokerArgs, json: bool) -> Result<(), Failure> {
+async fn stats(args: BrokerArgs, format: StatsFormat) -> Result<(), Failure> {
     let plugin = client(&args, None).await?;
     let stats = plugin.stats().await?;
-    for u in &stats.uids {
-        let (uid, u) = (u.uid, &u.usage);
-        match json {
-            true => println!(
-                "{}",
-                serde_json::json!({"uid": uid, "connections": u.connections, "channels": u.channels, "bytes_in": u.bytes_in, "bytes_out": u.bytes_out, "queued": u.queued})
-            ),
-            false => println!(
-                "uid  {uid}  conns {}  channels {}  in {}  out {}  queued {}",
-                u.connections, u.channels, u.bytes_in, u.bytes_out, u.queued
-            ),
+    match format {
+        StatsFormat::Openmetrics => print!("{}", metrics::openmetrics(&stats)),
+        StatsFormat::Json => {
+            for line in stats_rows(&stats) {
+                println!("{}", line.json);
+            }
         }
-    }
-    for k in &stats.keys {
-        let u = &k.usage;
-        match json {
-            true => println!(
-                "{}",
-                serde_json::json!({"key": k.key.to_string(), "connections": u.connections, "channels": u.channels, "bytes_in": u.bytes_in, "bytes_out": u.bytes_out, "queued": u.queued})
-            ),
-            false => println!(
-                "key  {}  conns {}  channels {}  in {}  out {}  queued {}",
-                k.key, u.connections, u.channels, u.bytes_in, u.bytes_out, u.queued
-            ),
-        }
-    }
-    for n in &stats.names {
-        let u = &n.usage;
-        match json {
-            true => println!(
-                "{}",
-                serde_json::json!({"name": n.name.as_str(), "key": n.key.to_string(), "channels": u.channels, "bytes_in": u.bytes_in, "bytes_out": u.bytes_out, "queued": u.queued})
-            ),
-            false => println!(
-                "name {}  {}  channels {}  in {}  out {}  queued {}",
-                n.name, n.key, u.channels, u.bytes_in, u.bytes_out, u.queued
-            ),
+        StatsFormat::Text => {
+            for line in stats_rows(&stats) {
+                println!("{}", line.text);
+            }
         }
     }
     Ok(())
+}
+
+/// A row of `stats`, as text and as JSON.
+struct StatsRow {
+    text: String,
+    json: serde_json::Value,
+}
+
+fn stats_rows(stats: &plugboard_tokio::plugin::Stats) -> Vec<StatsRow> {
+    use serde_json::json;
+    let mut rows = Vec::new();
+    let figures = |u: &plugboard_core::control::Usage| {
+        format!(
+            "conns {}  channels {}  in {}  out {}  queued {}",
+            u.connections, u.channels, u.bytes_in, u.bytes_out, u.queued
+        )
+    };
+    for u in &stats.uids {
+        let (uid, u) = (u.uid, &u.usage);
+        rows.push(StatsRow {
+            text: format!("uid  {uid}  {}", figures(u)),
+            json: json!({"uid": uid, "connections": u.connections, "channels": u.channels, "bytes_in": u.bytes_in, "bytes_out": u.bytes_out, "queued": u.queued}),
+        });
+    }
+    for k in &stats.keys {
+        let u = &k.usage;
+        rows.push(StatsRow {
+            text: format!("key  {}  {}", k.key, figures(u)),
+            json: json!({"key": k.key.to_string(), "connections": u.connections, "channels": u.channels, "bytes_in": u.bytes_in, "bytes_out": u.bytes_out, "queued": u.queued}),
+        });
+    }
+    for n in &stats.names {
+        let u = &n.usage;
+        rows.push(StatsRow {
+            text: format!(
+                "name {}  {}  channels {}  in {}  out {}  queued {}",
+                n.name, n.key, u.channels, u.bytes_in, u.bytes_out, u.queued
+            ),
+            json: json!({"name": n.name.as_str(), "key": n.key.to_string(), "channels": u.channels, "bytes_in": u.bytes_in, "bytes_out": u.bytes_out, "queued": u.queued}),
+        });
+    }
+    for c in &stats.counters {
+        let outcome = c.outcome.label();
+        rows.push(StatsRow {
+            text: format!("{outcome:<10}  {}  {}", c.cause, c.count),
+            json: json!({outcome: c.cause, "count": c.count}),
+        });
+    }
+    rows
 }
 
 async fn connect(

@@ -3,40 +3,12 @@
 
 use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt as _;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_plugboard");
 
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "plugboard-activation-{}-{name}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Dir(dir)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Kills on drop, so a failing test leaves no process behind.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{Running, Scratch as Dir};
 
 /// Runs `plugboard serve` with `listeners` as descriptors 3, 4, …, the way
 /// a service manager does. `LISTEN_PID` must be the pid of the process that
@@ -159,7 +131,7 @@ fn the_mio_broker_serves_passed_listeners_too() {
 }
 
 fn passed_listeners(runtime: &str) {
-    let home = Dir::new(&format!("both-{runtime}"));
+    let home = Dir::new(&format!("activation-both-{runtime}"));
     // The broker's identity exists first, so that `list` (same home, so same
     // key, which the broker admits over TCP as its own) can use it.
     let keygen = Command::new(BIN)
@@ -198,7 +170,7 @@ fn passed_listeners(runtime: &str) {
 
 #[test]
 fn without_listen_pid_for_it_the_broker_binds_its_default_socket() {
-    let home = Dir::new("other-pid");
+    let home = Dir::new("activation-other-pid");
     // LISTEN_PID names another process (here, the test's): whatever is at
     // descriptor 3 is not the broker's to take.
     let mut command = Command::new(BIN);

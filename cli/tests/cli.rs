@@ -295,6 +295,7 @@ fn serve_creates_an_identity_and_removes_its_socket_on_sigterm() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut broker.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("created a new identity"), "{stderr}");
+    assert!(stderr.contains("SIGTERM: shutting down"), "{stderr}");
 }
 
 #[test]
@@ -349,7 +350,14 @@ fn a_refused_handshake_says_what_to_check() {
         .port();
     let tcp = format!("tcp:127.0.0.1:{port}");
     let unix = format!("unix:{}", home.socket().display());
-    let _broker = Running(home.spawn(&["serve", "--listen", &unix, "--listen", &tcp]));
+    let log = home.0.join("broker.log");
+    let _broker = Running(
+        home.command()
+            .args(["serve", "--listen", &unix, "--listen", &tcp])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let socket = home.socket();
     wait_for("the broker's socket", || Path::new(&socket).exists());
     let broker_id = String::from_utf8(home.run(&["id"]).stdout).unwrap();
@@ -375,4 +383,87 @@ fn a_refused_handshake_says_what_to_check() {
         other_network.contains("another network key"),
         "{other_network}"
     );
+
+    // The broker counted both by cause, and logged each with the key.
+    let out = home.run(&["stats", "--format", "openmetrics"]);
+    let metrics = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{metrics}");
+    for sample in [
+        "plugboard_refusals_total{cause=\"not_permitted\"} 1\n",
+        "plugboard_refusals_total{cause=\"network_key\"} 1\n",
+        "plugboard_disconnects_total{cause=\"not_permitted\"} 1\n",
+    ] {
+        assert!(metrics.contains(sample), "no {sample:?} in:\n{metrics}");
+    }
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+    let stranger_id = String::from_utf8(stranger.run(&["id"]).stdout).unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    let refused = log
+        .lines()
+        .find(|l| l.contains("not_permitted") && l.contains(" INFO "))
+        .unwrap_or_else(|| panic!("no line for the refused key in:\n{log}"));
+    assert!(refused.contains(stranger_id.trim()), "{refused}");
+    assert!(log.lines().any(|l| l.contains("network_key")), "{log}");
+}
+
+/// SIGHUP reloads the limits: the next connection is judged by them, the
+/// ones held stay; a file that does not load changes nothing.
+#[test]
+fn sighup_reloads_limits_for_what_comes_next_and_keeps_the_old_on_a_bad_file() {
+    for runtime in ["tokio", "smol", "mio"] {
+        reload_on(runtime);
+    }
+}
+
+fn reload_on(runtime: &str) {
+    let home = Home::new(&format!("reload-{runtime}"));
+    assert!(home.run(&["keygen"]).status.success());
+    let limits = home.0.join("limits.toml");
+    std::fs::write(&limits, "max_connections_per_key = 64\n").unwrap();
+    let log = home.0.join("broker.log");
+    let broker = Running(
+        home.command()
+            .args(["serve", "--runtime", runtime])
+            .args(["--limits", limits.to_str().unwrap()])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the broker's socket", || home.socket().exists());
+    let hangup = || {
+        let pid = rustix::process::Pid::from_raw(broker.0.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    };
+    let logged = |what: &str| std::fs::read_to_string(&log).unwrap().contains(what);
+
+    std::fs::write(&limits, "max_connections_per_key = 1\nno_such_limit = 2\n").unwrap();
+    hangup();
+    wait_for("the refusal to reload", || logged("not reloaded"));
+    assert!(logged("no_such_limit"));
+    assert!(listed_ok(&home), "the old limits stay in force");
+
+    // One connection held (a watch), then the limit lowered to one.
+    let mut watch = Running(home.spawn(&["watch"]));
+    // (`stats` is a connection of the key too: two while the watch is there.)
+    wait_for("the watch", || {
+        let out = home.run(&["stats", "--json"]);
+        String::from_utf8_lossy(&out.stdout).contains("\"connections\":2")
+    });
+    std::fs::write(&limits, "max_connections_per_key = 1\n").unwrap();
+    hangup();
+    wait_for("the reload", || logged("max_connections_per_key: 64 -> 1"));
+    let out = home.run(&["list"]);
+    assert!(
+        !out.status.success(),
+        "a second connection of the key is refused"
+    );
+    assert!(
+        watch.0.try_wait().unwrap().is_none(),
+        "the connection held before the reload stays"
+    );
+    assert!(logged("too_many_connections"));
+}
+
+fn listed_ok(home: &Home) -> bool {
+    home.run(&["list"]).status.success()
 }

@@ -2,12 +2,12 @@
 //! the OS's randomness, carry out the events that are no runtime's own
 //! (socketpairs, log lines), and write its log entries.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use plugboard_core::broker::{
-    Broker, BrokerConfig, ConnId, Event, Hub, LogEntry, PairId, Transmit,
+    Broker, BrokerConfig, ConnId, Event, Hub, Limits, LogEntry, PairId, Policy, Transmit,
 };
 use plugboard_core::Instant;
 use rand_chacha::rand_core::SeedableRng as _;
@@ -47,6 +47,25 @@ fn on_this_os(mut config: BrokerConfig) -> (BrokerConfig, Box<ChaCha20Rng>) {
         .get_or_insert_with(|| rustix::process::getuid().as_raw());
     let rng = ChaCha20Rng::from_rng(rand_core::OsRng).expect("the OS has randomness");
     (config, Box::new(rng))
+}
+
+/// Reloads a running broker's policy and limits ([`Hub::reconfigure`])
+/// from any thread: a server's own way of reaching its broker, wrapped.
+#[derive(Clone)]
+pub struct ReloadHandle(Arc<dyn Fn(Policy, Limits) + Send + Sync>);
+
+impl ReloadHandle {
+    /// A handle that calls `reload`.
+    pub fn new(reload: impl Fn(Policy, Limits) + Send + Sync + 'static) -> Self {
+        ReloadHandle(Arc::new(reload))
+    }
+
+    /// Hands the broker a new policy and new limits: they decide what comes
+    /// next; what is held stays (see [`Limits::keep_fixed`] for the limits a
+    /// running broker keeps).
+    pub fn reload(&self, policy: Policy, limits: Limits) {
+        (self.0)(policy, limits)
+    }
 }
 
 /// What the glue here asks of a broker: the whole one ([`Broker`], with

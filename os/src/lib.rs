@@ -46,8 +46,8 @@ mod write_queue;
 
 pub use accept::{accept_forever, AcceptPause};
 pub use broker::{
-    log_entry, new_broker, new_hub, poll_event, BrokerFace, ConnEvent, LAST_WORDS_GRACE,
-    SHUTDOWN_GRACE,
+    log_entry, new_broker, new_hub, poll_event, BrokerFace, ConnEvent, ReloadHandle,
+    LAST_WORDS_GRACE, SHUTDOWN_GRACE,
 };
 pub use clock::Clock;
 pub use crypto::default_crypto;

@@ -309,7 +309,7 @@ impl SocketFile {
     /// is stopping.
     pub fn remove_logged(&self) {
         match self.remove() {
-            Ok(true) => {}
+            Ok(true) => tracing::info!("removed {}", self.path.display()),
             Ok(false) => tracing::info!(
                 "{}: another broker's socket is there now; leaving it",
                 self.path.display()

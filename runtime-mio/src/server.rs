@@ -12,17 +12,17 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
-use plugboard_core::broker::{Broker, BrokerConfig, ConnId, Origin};
+use plugboard_core::broker::{Broker, BrokerConfig, ConnId, Limits, Origin, Policy};
 use plugboard_core::{Instant, PublicKey};
 use plugboard_os::activation::Inherited;
 use plugboard_os::fdpass::recv_into;
-use plugboard_os::{AcceptPause, Bound, Clock, ConnEvent, SocketPairs, WriteQueue};
+use plugboard_os::{AcceptPause, Bound, Clock, ConnEvent, ReloadHandle, SocketPairs, WriteQueue};
 use plugboard_os::{LAST_WORDS_GRACE, SHUTDOWN_GRACE};
 
 use crate::io::Stream;
@@ -64,6 +64,8 @@ struct Listener {
 pub struct StopHandle {
     waker: Arc<Waker>,
     stopped: Arc<AtomicBool>,
+    /// A reload for the loop to carry out when it wakes.
+    reload: Arc<Mutex<Option<(Policy, Limits)>>>,
 }
 
 impl StopHandle {
@@ -121,6 +123,7 @@ impl Server {
             stop: StopHandle {
                 waker: Arc::new(waker),
                 stopped: Arc::new(AtomicBool::new(false)),
+                reload: Arc::default(),
             },
         })
     }
@@ -134,6 +137,15 @@ impl Server {
     /// The broker's key.
     pub fn public_key(&self) -> PublicKey {
         self.state.broker.public_key()
+    }
+
+    /// A handle that reloads the broker's policy and limits while it runs.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        let stop = self.stop.clone();
+        ReloadHandle::new(move |policy, limits| {
+            *stop.reload.lock().unwrap_or_else(|e| e.into_inner()) = Some((policy, limits));
+            let _ = stop.waker.wake();
+        })
     }
 
     /// A handle that stops [`Server::run`] from another thread.
@@ -164,7 +176,13 @@ impl Server {
             }
             for event in events.iter() {
                 match event.token() {
-                    WAKER => {} // the loop condition looks
+                    WAKER => {
+                        // A stop: the loop condition looks.
+                        let reload = self.stop.reload.lock().map(|mut r| r.take());
+                        if let Ok(Some((policy, limits))) = reload {
+                            self.state.broker.reconfigure(policy, limits);
+                        }
+                    }
                     Token(i) if i < FIRST_CONN => self.accept(i - 1),
                     token => self.state.ready(
                         token,
@@ -219,7 +237,10 @@ impl Server {
     /// Stops listening, tells every connection why it ends, waits a moment
     /// for that to be written, removes the socket files we made.
     fn shutdown(mut self, events: &mut Events) {
-        tracing::info!("shutting down");
+        tracing::info!(
+            "shutting down: {} connections told why",
+            self.state.conns.len()
+        );
         // The listeners close here: nobody new gets in.
         let files: Vec<_> = self
             .listeners

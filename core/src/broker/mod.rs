@@ -1090,9 +1090,9 @@ impl Hub {
             return;
         };
         let key = c.key.or(key);
-        self.counters.add(Outcome::Refusal, cause);
+        self.counters.add(Outcome::Disconnect, cause);
         let message = format!("refused: {reason}");
-        self.record(conn, key, Outcome::Disconnect, cause, message);
+        self.record(conn, key, Outcome::Refusal, cause, message);
         self.teardown(now, conn);
         self.events.push_back(Event::Close {
             conn,

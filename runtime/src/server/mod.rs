@@ -41,7 +41,7 @@ use crate::stream::Stream;
 use plugboard_os::Clock;
 use shared::{Shared, State};
 
-pub use plugboard_os::ServeError;
+pub use plugboard_os::{ReloadHandle, ServeError};
 
 /// A bound broker, ready to [`Server::run`].
 pub struct Server<R: Runtime> {
@@ -110,6 +110,14 @@ impl<R: Runtime> Server<R> {
         self.shared.hub_locks.clone()
     }
 
+    /// A handle that reloads the broker's policy and limits while it runs.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        let shared = self.shared.clone();
+        ReloadHandle::new(move |policy, limits| {
+            shared.lock().hub.reconfigure(policy, limits);
+        })
+    }
+
     /// The broker's key.
     pub fn public_key(&self) -> PublicKey {
         self.shared.lock().hub.public_key()
@@ -133,8 +141,8 @@ impl<R: Runtime> Server<R> {
             task.cancel().await;
         }
 
-        tracing::info!("shutting down");
         let writers = self.shared.shutdown();
+        tracing::info!("shutting down: {} connections told why", writers.len());
         let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
         while writers.iter().any(|w| Arc::strong_count(w) > 1)
             && std::time::Instant::now() < deadline

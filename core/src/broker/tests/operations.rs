@@ -120,7 +120,7 @@ fn a_key_refused_in_the_handshake_is_a_refusal_and_a_disconnect() {
     let line = net
         .log
         .iter()
-        .find(|l| l.counted == Some((Outcome::Disconnect, cause)))
+        .find(|l| l.counted == Some((Outcome::Refusal, cause)))
         .expect("a line");
     assert_eq!(line.key, Some(keypair(1).public()));
 }

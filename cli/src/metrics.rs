@@ -1,0 +1,224 @@
+//! `plugboard stats --format openmetrics`: the same figures as `stats`, and
+//! the broker's refusals and disconnects by cause, in the OpenMetrics text
+//! format (for node_exporter's textfile collector, Prometheus and the like).
+
+use std::fmt::Write as _;
+
+use plugboard_core::control::{Outcome, Usage};
+use plugboard_tokio::plugin::Stats;
+
+/// One family: its name, type, help, unit, and samples (labels, value).
+struct Family {
+    name: String,
+    kind: &'static str,
+    help: String,
+    unit: Option<&'static str>,
+    samples: Vec<(String, u64)>,
+}
+
+/// A figure `stats` gives for each key, user and name.
+struct Gauge {
+    what: &'static str,
+    help: &'static str,
+    unit: Option<&'static str>,
+    figure: fn(&Usage) -> u64,
+}
+
+const GAUGES: [Gauge; 5] = [
+    Gauge {
+        what: "connections",
+        help: "Connections held now",
+        unit: None,
+        figure: |u| u.connections.into(),
+    },
+    Gauge {
+        what: "channels",
+        help: "Channels open or being opened now",
+        unit: None,
+        figure: |u| u.channels.into(),
+    },
+    Gauge {
+        what: "received_bytes",
+        help: "Bytes received from it over the connections it holds now",
+        unit: Some("bytes"),
+        figure: |u| u.bytes_in,
+    },
+    Gauge {
+        what: "sent_bytes",
+        help: "Bytes sent to it over the connections it holds now",
+        unit: Some("bytes"),
+        figure: |u| u.bytes_out,
+    },
+    Gauge {
+        what: "queued_bytes",
+        help: "Bytes queued for it and not yet written",
+        unit: Some("bytes"),
+        figure: |u| u.queued,
+    },
+];
+
+/// The whole exposition, ending in `# EOF`.
+pub(crate) fn openmetrics(stats: &Stats) -> String {
+    let keys: Vec<_> = stats
+        .keys
+        .iter()
+        .map(|k| (k.key.to_string(), &k.usage))
+        .collect();
+    let uids: Vec<_> = stats
+        .uids
+        .iter()
+        .map(|u| (u.uid.to_string(), &u.usage))
+        .collect();
+    let names: Vec<_> = stats
+        .names
+        .iter()
+        .map(|n| (n.name.as_str().to_owned(), &n.usage))
+        .collect();
+    let mut families = Vec::new();
+    for (scope, rows, whose) in [
+        ("key", keys, "per key"),
+        ("uid", uids, "per unix user"),
+        ("name", names, "per name, on its holder's connection"),
+    ] {
+        for gauge in &GAUGES {
+            // A name is held on one connection: its count says nothing.
+            if scope == "name" && gauge.what == "connections" {
+                continue;
+            }
+            let samples = rows
+                .iter()
+                .map(|(value, usage)| {
+                    let labels = format!("{scope}=\"{}\"", escape(value));
+                    (labels, (gauge.figure)(usage))
+                })
+                .collect();
+            families.push(Family {
+                name: format!("plugboard_{scope}_{}", gauge.what),
+                kind: "gauge",
+                help: format!("{}, {whose}.", gauge.help),
+                unit: gauge.unit,
+                samples,
+            });
+        }
+    }
+    for (outcome, name, help) in [
+        (
+            Outcome::Refusal,
+            "refusals",
+            "Refusals since the broker started, by cause.",
+        ),
+        (
+            Outcome::Disconnect,
+            "disconnects",
+            "Connections ended since the broker started, by cause.",
+        ),
+    ] {
+        let samples = stats
+            .counters
+            .iter()
+            .filter(|c| c.outcome == outcome)
+            .map(|c| (format!("cause=\"{}\"", escape(&c.cause)), c.count))
+            .collect();
+        families.push(Family {
+            name: format!("plugboard_{name}"),
+            kind: "counter",
+            help: help.to_owned(),
+            unit: None,
+            samples,
+        });
+    }
+    let mut out = String::new();
+    for family in &families {
+        write_family(&mut out, family);
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+fn write_family(out: &mut String, family: &Family) {
+    let name = &family.name;
+    let _ = writeln!(out, "# TYPE {name} {}", family.kind);
+    if let Some(unit) = family.unit {
+        let _ = writeln!(out, "# UNIT {name} {unit}");
+    }
+    let _ = writeln!(out, "# HELP {name} {}", family.help);
+    let suffix = if family.kind == "counter" {
+        "_total"
+    } else {
+        ""
+    };
+    for (labels, value) in &family.samples {
+        let _ = writeln!(out, "{name}{suffix}{{{labels}}} {value}");
+    }
+}
+
+/// A label value as OpenMetrics quotes it.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugboard_core::control::{CauseCount, KeyStats, Name, NameStats};
+    use plugboard_core::Keypair;
+
+    #[test]
+    fn families_are_whole_typed_and_the_exposition_ends_in_eof() {
+        let key = Keypair::from_seed([1; 32]).public();
+        let usage = Usage {
+            connections: 2,
+            channels: 3,
+            bytes_in: 10,
+            bytes_out: 20,
+            queued: 0,
+        };
+        let stats = Stats {
+            uids: Vec::new(),
+            counters: vec![
+                CauseCount {
+                    outcome: Outcome::Refusal,
+                    cause: "not_permitted".into(),
+                    count: 4,
+                },
+                CauseCount {
+                    outcome: Outcome::Disconnect,
+                    cause: "weird\"cause\n".into(),
+                    count: 1,
+                },
+            ],
+            keys: vec![KeyStats {
+                key,
+                usage: usage.clone(),
+            }],
+            names: vec![NameStats {
+                name: Name::new("echo").unwrap(),
+                key,
+                usage,
+            }],
+        };
+        let text = openmetrics(&stats);
+        assert!(text.ends_with("# EOF\n"));
+        assert!(
+            text.contains(&format!("plugboard_key_connections{{key=\"{key}\"}} 2\n")),
+            "{text}"
+        );
+        assert!(text.contains("# UNIT plugboard_key_received_bytes bytes\n"));
+        assert!(text.contains("plugboard_name_channels{name=\"echo\"} 3\n"));
+        assert!(text.contains("# TYPE plugboard_refusals counter\n"));
+        assert!(text.contains("plugboard_refusals_total{cause=\"not_permitted\"} 4\n"));
+        assert!(text.contains("plugboard_disconnects_total{cause=\"weird\\\"cause\\n\"} 1\n"));
+        // Every sample belongs to the family declared last before it.
+        let mut family = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split(' ').next().unwrap().to_owned();
+            } else if !line.starts_with('#') {
+                assert!(line.starts_with(&family), "{line} outside {family}");
+            }
+        }
+    }
+}
