@@ -18,6 +18,7 @@ mod check;
 mod docs;
 mod legacy;
 mod metrics;
+mod monitor;
 mod service;
 
 /// Exit codes a script can tell apart.
@@ -72,6 +73,22 @@ enum Command {
     Watch {
         #[command(flatten)]
         broker: BrokerArgs,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the broker does, as it happens: opens, accepts, closes (with
+    /// bytes each way for relayed channels), direct channels, refusals and
+    /// disconnects with their cause (the policy's `monitor` right).
+    Monitor {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// Only events of this key (opener, target or connection).
+        #[arg(long = "of", value_name = "KEY")]
+        of: Option<PublicKey>,
+        /// Only events about this name.
+        #[arg(long)]
+        name: Option<String>,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
@@ -290,6 +307,12 @@ async fn run(command: Command, inherited: Vec<Inherited>) -> Result<(), Failure>
         },
         Command::List { broker, json } => list(broker, json).await,
         Command::Watch { broker, json } => watch(broker, json).await,
+        Command::Monitor {
+            broker,
+            of,
+            name,
+            json,
+        } => monitor(broker, of, name, json).await,
         Command::Stats {
             broker,
             json,
@@ -679,6 +702,34 @@ async fn watch(args: BrokerArgs, json: bool) -> Result<(), Failure> {
                 };
                 println!("{line}");
             }
+        }
+    }
+    Err(fail("the broker closed the connection"))
+}
+
+async fn monitor(
+    args: BrokerArgs,
+    key: Option<PublicKey>,
+    name: Option<String>,
+    json: bool,
+) -> Result<(), Failure> {
+    let name = name
+        .map(|n| plugboard_core::control::Name::new(&n))
+        .transpose()
+        .map_err(fail)?;
+    let plugin = client(&args, None).await?;
+    let mut events = plugin.monitor(key, name).await?;
+    if !json {
+        println!(
+            "# direct channels are out of the broker's sight once made: no close or bytes for them"
+        );
+    }
+    use std::io::Write as _;
+    while let Some(item) = events.recv().await {
+        let mut out = std::io::stdout().lock();
+        // A reader that went away (`| head`): done.
+        if writeln!(out, "{}", monitor::print(&item, json)).is_err() || out.flush().is_err() {
+            return Ok(());
         }
     }
     Err(fail("the broker closed the connection"))

@@ -99,6 +99,7 @@ pub fn config() -> BrokerConfig {
             list: true,
             watch: true,
             stats: true,
+            monitor: false,
         })
         .collect();
     config

@@ -316,6 +316,7 @@ fn strict_broker(name: &str) -> Running {
             list: true,
             watch: true,
             stats: false,
+            monitor: false,
         }]
     })
 }

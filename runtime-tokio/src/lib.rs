@@ -23,7 +23,9 @@ pub use rt::{Tokio, TokioIo, TokioTask};
 /// The plugin API's types, by their plain names.
 pub mod plugin {
     pub use crate::{Channel, Incoming, Plugin, PluginBuilder};
-    pub use plugboard_runtime::{ConnectionEvent, Path, PluginError, Reconnect, Stats, WatchEvent};
+    pub use plugboard_runtime::{
+        ConnectionEvent, MonitorItem, Path, PluginError, Reconnect, Stats, WatchEvent,
+    };
 }
 
 /// The broker as a server on tokio: see [`plugboard_runtime::Server`].

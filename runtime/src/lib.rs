@@ -23,8 +23,8 @@ pub use plugboard_core::addr::{Addr, BadAddr};
 pub use plugboard_os::activation;
 pub use plugboard_os::{default_crypto, Clock};
 pub use plugin::{
-    Channel, ConnectionEvent, Feed, Incoming, Offers, Path, Plugin, PluginBuilder, PluginError,
-    Reconnect, Stats, WatchEvent,
+    Channel, ConnectionEvent, Feed, Incoming, MonitorItem, Offers, Path, Plugin, PluginBuilder,
+    PluginError, Reconnect, Stats, WatchEvent,
 };
 pub use rt::{io, Interest, Io, Op, Runtime, Task};
 pub use server::{ServeError, Server};

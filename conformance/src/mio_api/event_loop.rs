@@ -494,6 +494,8 @@ impl Loop {
             | SessionEvent::Lost { .. }
             | SessionEvent::AttemptFailed { .. }
             | SessionEvent::Reconnected { .. } => {}
+            // This API does not monitor.
+            SessionEvent::Monitor(_) => {}
         }
     }
 

@@ -88,6 +88,9 @@ impl Hub {
                 self.reply(conn, &reply);
             }
             (true, Message::Stats { request }) => self.on_stats(now, conn, request),
+            (true, Message::Monitor { request, key, name }) => {
+                self.on_monitor(conn, request, key, name)
+            }
             (
                 true,
                 Message::Open {
@@ -571,6 +574,8 @@ fn kind(message: &Message) -> &'static str {
         Message::PresenceEvent { .. } => "presence event",
         Message::UidStatsPage { .. } => "uid stats page",
         Message::CounterPage { .. } => "counter page",
+        Message::Monitor { .. } => "monitor",
+        Message::MonitorEvent(_) => "monitor event",
         Message::StatsPage { .. } => "stats page",
         Message::Incoming { .. } => "incoming",
         Message::Opened { .. } => "opened",

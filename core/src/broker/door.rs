@@ -483,6 +483,7 @@ mod tests {
                 list: false,
                 watch: false,
                 stats: false,
+                monitor: false,
             });
         });
         let attacker = Origin::tcp(1, ip("192.0.2.66"));

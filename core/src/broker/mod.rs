@@ -32,6 +32,7 @@ mod fds;
 mod legacy;
 mod link;
 mod memory;
+mod monitor;
 mod opens;
 pub mod policy;
 mod port;
@@ -290,6 +291,8 @@ struct PendingOpen {
     /// The opener's request, answered with Opened or an error; `None` for
     /// a legacy connection, whose answer is message 4 or the socket closed.
     request: Option<RequestId>,
+    /// What monitors know it by.
+    seen: monitor::Seen,
     opener_key: PublicKey,
     target_key: PublicKey,
     /// When it was offered; the target has until `deadline`.
@@ -351,6 +354,12 @@ pub struct Hub {
     legacy_done: Vec<ConnId>,
     /// Refusals and disconnects by cause, since the start.
     counters: Counters,
+    /// Connections that asked to see what the broker does.
+    monitors: BTreeMap<ConnId, monitor::Filter>,
+    /// What they will be told at the end of the current call.
+    observed: Vec<crate::control::MonitorEvent>,
+    /// The last number a channel was given for monitors.
+    channel_serial: u64,
 }
 
 impl Hub {
@@ -393,6 +402,9 @@ impl Hub {
             legacy_sources: Default::default(),
             legacy_done: Vec::new(),
             counters: Counters::default(),
+            monitors: BTreeMap::new(),
+            observed: Vec::new(),
+            channel_serial: 0,
         }
     }
 
@@ -964,6 +976,7 @@ impl Hub {
             Cause::Code(code) => Some(code),
             _ => None,
         };
+        self.observe_outcome(key, outcome, cause, &message);
         self.events.push_back(Event::Log(LogEntry {
             conn,
             key,
@@ -974,6 +987,32 @@ impl Hub {
         }));
     }
 
+    /// A refusal or a disconnect, for monitors.
+    fn observe_outcome(
+        &mut self,
+        key: Option<PublicKey>,
+        outcome: Outcome,
+        cause: Cause,
+        message: &str,
+    ) {
+        let kind = match outcome {
+            Outcome::Refusal => crate::control::MonitorKind::Refusal,
+            Outcome::Disconnect => crate::control::MonitorKind::Disconnect,
+        };
+        self.observe(crate::control::MonitorEvent {
+            kind,
+            channel: 0,
+            key,
+            peer: None,
+            name: None,
+            cause: cause.label().to_owned(),
+            to_target: 0,
+            to_opener: 0,
+            duration_ms: 0,
+            detail: printable(message.to_owned()),
+        });
+    }
+
     /// A line for an operator to see even when only warnings are shown:
     /// the broker turning sockets away (an attack, or limits too tight)
     /// rather than one peer's business. Counted by the caller.
@@ -982,6 +1021,9 @@ impl Hub {
             Some((_, Cause::Code(code))) => Some(code),
             _ => None,
         };
+        if let Some((outcome, cause)) = counted {
+            self.observe_outcome(None, outcome, cause, &message);
+        }
         self.events.push_back(Event::Log(LogEntry {
             conn,
             key: None,
@@ -995,6 +1037,17 @@ impl Hub {
     /// Work deferred to the end of every public call: closing slow readers.
     fn finish_call(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
+        // Closing makes events for monitors, and sending them can find a
+        // monitor slow: until neither has more to do.
+        loop {
+            self.close_slow_and_legacy_done(now);
+            if !self.send_observed() && self.slow.is_empty() && self.legacy_done.is_empty() {
+                break;
+            }
+        }
+    }
+
+    fn close_slow_and_legacy_done(&mut self, now: Instant) {
         while let Some(conn) = self.slow.pop() {
             // Checked again: the runtime may have drained it since.
             if self.queued_control(conn) > self.config.limits.max_control_queue {
@@ -1156,6 +1209,7 @@ impl Hub {
             }
         }
         self.watchers.remove(&conn);
+        self.monitors.remove(&conn);
 
         let departure = self.registry.remove(conn);
         if let Some(presence) = departure.presence {

@@ -6,16 +6,19 @@
 use bytes::Bytes;
 
 use crate::control::{
-    self, ChannelId, ChannelPath, ErrorCode, IncomingPath, Message, Name, OpenedPath, RequestId,
-    TransportKind,
+    self, ChannelId, ChannelPath, ErrorCode, IncomingPath, Message, MonitorKind, Name, OpenedPath,
+    RequestId, TransportKind,
 };
 use crate::keys::PublicKey;
 use crate::time::Instant;
 
 use super::control::error;
+use super::monitor::Seen;
 use super::policy::any_matches;
 use super::relay::End;
-use super::{Cause, ConnId, DirectPlan, Hub, Outcome, PairEnd, PairId, PendingOpen, Timer};
+use super::{
+    printable, Cause, ConnId, DirectPlan, Hub, Outcome, PairEnd, PairId, PendingOpen, Timer,
+};
 
 /// Who opens a channel: a connection, its id for the channel, its key, and
 /// the request to answer (none for a legacy connection).
@@ -204,9 +207,17 @@ impl Hub {
 
         let deadline = now + timeout;
         let end = (target.conn, target_channel);
+        let seen = Seen {
+            serial: self.next_channel_serial(),
+            since: now,
+            name: Some(name.clone()),
+        };
+        let detail = format!("{key} opens {name}, held by {}", target.key);
+        self.observe(seen.event(MonitorKind::Open, key, target.key, "", detail));
         self.pending.insert(
             end,
             PendingOpen {
+                seen,
                 since: now,
                 opener: conn,
                 opener_channel: opener.channel,
@@ -235,6 +246,12 @@ impl Hub {
     /// Counted and logged as a refusal of the opener's key.
     pub(super) fn refuse_opener(&mut self, open: &PendingOpen, code: ErrorCode, message: String) {
         let target = open.target_key;
+        let label = Cause::Code(code).label();
+        let detail = printable(message.clone());
+        let event = open
+            .seen
+            .event(MonitorKind::Reject, open.opener_key, target, label, detail);
+        self.observe(event);
         match open.request {
             Some(request) => {
                 let line = format!("open to {target} refused: {message}");
@@ -248,6 +265,19 @@ impl Hub {
                 self.drop_connection(now, open.opener, None, Cause::Code(code), line);
             }
         }
+    }
+
+    /// A socketpair that was not made: the channel is relayed.
+    fn observe_fallback(&mut self, open: &PendingOpen, detail: String) {
+        let (key, peer) = (open.opener_key, open.target_key);
+        let event = open.seen.event(
+            MonitorKind::Fallback,
+            key,
+            peer,
+            "socketpair_failed",
+            detail,
+        );
+        self.observe(event);
     }
 
     /// Both initial windows: what opening a channel reserves.
@@ -343,6 +373,20 @@ impl Hub {
         let Some(open) = self.take_pending((conn, channel)) else {
             return self.unknown_answer(now, conn, channel);
         };
+        let path = match open.plan {
+            DirectPlan::Relay => "relay",
+            DirectPlan::SocketPair => "socketpair",
+            DirectPlan::Dial { .. } => "dial",
+        };
+        let detail = format!("{} accepted (path: {path})", open.target_key);
+        let event = open.seen.event(
+            MonitorKind::Accept,
+            open.opener_key,
+            open.target_key,
+            path,
+            detail,
+        );
+        self.observe(event);
         if open.plan == DirectPlan::SocketPair {
             let pair = self.next_pair;
             self.next_pair += 1;
@@ -351,12 +395,9 @@ impl Hub {
             if let Err(refusal) = self.fds.reserve(pair, ends.0, ends.1) {
                 // Relayed instead: the channel works all the same.
                 let key = Some(open.opener_key);
-                self.log(
-                    opener,
-                    key,
-                    None,
-                    format!("relaying, not a socketpair: {refusal}"),
-                );
+                let reason = format!("relaying, not a socketpair: {refusal}");
+                self.observe_fallback(&open, reason.clone());
+                self.log(opener, key, None, reason);
                 return self.establish((conn, channel), open, true);
             }
             self.hold_channel(open.opener_key, open.target_key);
@@ -375,7 +416,12 @@ impl Hub {
     /// socketpair, the target) to use the relay.
     fn establish(&mut self, target_end: End, open: PendingOpen, tell_target: bool) {
         let opener_end = (open.opener, open.opener_channel);
-        self.link_route((opener_end, open.opener_key), (target_end, open.target_key));
+        let seen = open.seen.clone();
+        self.link_route(
+            (opener_end, open.opener_key),
+            (target_end, open.target_key),
+            seen,
+        );
         self.hold_channel(open.opener_key, open.target_key);
         for key in [open.opener_key, open.target_key] {
             self.usage.entry(key).or_default().channels += 1;
@@ -383,6 +429,15 @@ impl Hub {
         let path = match open.plan {
             DirectPlan::Dial { addr, token } => {
                 self.offer_dial(opener_end);
+                let detail = format!(
+                    "the opener dials {addr}: the broker sees nothing of the channel from here on, \
+                     unless it falls back"
+                );
+                let (key, peer) = (open.opener_key, open.target_key);
+                let event = open
+                    .seen
+                    .event(MonitorKind::Direct, key, peer, "dial", detail);
+                self.observe(event);
                 OpenedPath::Dial { addr, token }
             }
             DirectPlan::Relay | DirectPlan::SocketPair => OpenedPath::Relay,
@@ -446,6 +501,13 @@ impl Hub {
         let Some((target, target_channel)) = self.take_dial_offer((conn, channel)) else {
             return;
         };
+        if let Some(seen) = self.with_end((conn, channel), |end| {
+            (end.seen.clone(), end.key, end.peer_key)
+        }) {
+            let (seen, key, peer) = seen;
+            let detail = "the opener could not dial the target: relaying".to_owned();
+            self.observe(seen.event(MonitorKind::Fallback, key, peer, "dial_failed", detail));
+        }
         let path = Message::ChannelPath {
             channel: target_channel,
             path: ChannelPath::Relay,
@@ -460,9 +522,16 @@ impl Hub {
         self.release_channel(open.opener_key, open.target_key);
         if !ok {
             self.fds.release_pair(pair);
+            self.observe_fallback(&open, "the socketpair could not be made: relaying".into());
             self.establish((target, channel), open, true);
             return false;
         }
+        let detail = "a socketpair: the broker sees nothing of the channel from here on".into();
+        let (key, peer) = (open.opener_key, open.target_key);
+        let event = open
+            .seen
+            .event(MonitorKind::Direct, key, peer, "socketpair", detail);
+        self.observe(event);
         self.forget_channel(open.opener, open.opener_channel);
         self.forget_channel(target, channel);
         let opened = Message::Opened {

@@ -32,6 +32,7 @@
 //! list = true
 //! watch = true
 //! stats = true
+//! monitor = true
 //! ```
 //!
 //! Patterns are names (or, for `direct`, `tcp:HOST:PORT` addresses) with
@@ -69,6 +70,10 @@ pub struct Permissions {
     /// May ask who holds what.
     #[serde(default)]
     pub stats: bool,
+    /// May watch what the broker does (`plugboard monitor`): every open,
+    /// accept, close, refusal and disconnect, with the keys and names.
+    #[serde(default)]
+    pub monitor: bool,
 }
 
 impl Permissions {
@@ -81,6 +86,7 @@ impl Permissions {
             list: true,
             watch: true,
             stats: true,
+            monitor: true,
         }
     }
 
@@ -93,6 +99,7 @@ impl Permissions {
             list: false,
             watch: false,
             stats: false,
+            monitor: false,
         }
     }
 }
@@ -124,6 +131,10 @@ pub struct KeyGrant {
     /// May ask who holds what.
     #[serde(default)]
     pub stats: bool,
+    /// May watch what the broker does (`plugboard monitor`): every open,
+    /// accept, close, refusal and disconnect, with the keys and names.
+    #[serde(default)]
+    pub monitor: bool,
 }
 
 impl KeyGrant {
@@ -136,6 +147,7 @@ impl KeyGrant {
             list: self.list,
             watch: self.watch,
             stats: self.stats,
+            monitor: self.monitor,
         }
     }
 }
@@ -222,6 +234,7 @@ impl Serialize for UserGrant {
 fn unix_default() -> Permissions {
     Permissions {
         stats: false,
+        monitor: false,
         ..Permissions::all()
     }
 }

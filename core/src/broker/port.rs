@@ -26,6 +26,7 @@ use crate::mux::{Mux, MuxError, MuxEvent, MuxInput};
 use crate::time::Instant;
 
 use super::bridge::Bridge;
+use super::monitor::Seen;
 use super::relay::rule;
 use super::ConnId;
 
@@ -175,6 +176,10 @@ pub(super) struct RelayEnd {
     /// The hub could not reserve the growth its held credit needs, at this
     /// growth epoch: it is not asked again until some growth is given back.
     pub(super) starved_at: Option<u64>,
+    /// What monitors know the channel by.
+    pub(super) seen: Seen,
+    /// Bytes this end's connection sent on the channel, relayed to the other.
+    pub(super) relayed: u64,
 }
 
 impl RelayEnd {
@@ -192,6 +197,7 @@ impl RelayEnd {
         keys: [PublicKey; 2],
         opener: bool,
         initial: u64,
+        seen: Seen,
     ) -> Self {
         RelayEnd {
             peer,
@@ -206,6 +212,8 @@ impl RelayEnd {
             closed: false,
             dial_offered: false,
             starved_at: None,
+            seen,
+            relayed: 0,
         }
     }
 }
@@ -330,17 +338,25 @@ impl Port {
     /// it against the credit): delivered to the other end, the hub's if
     /// the channel has no route yet, or dropped (`None`) at an orphan,
     /// which has nobody to take it.
-    pub(super) fn relay_step<'a>(&self, channel: ChannelId, bytes: &'a [u8]) -> Option<Step<'a>> {
-        match self.ends.get(&channel) {
+    pub(super) fn relay_step<'a>(
+        &mut self,
+        channel: ChannelId,
+        bytes: &'a [u8],
+    ) -> Option<Step<'a>> {
+        match self.ends.get_mut(&channel) {
             Some(RelayEnd {
                 peer_port: Some(to),
                 peer,
+                relayed,
                 ..
-            }) => Some(Step::Deliver {
-                to: to.clone(),
-                channel: peer.1,
-                bytes,
-            }),
+            }) => {
+                *relayed += bytes.len() as u64;
+                Some(Step::Deliver {
+                    to: to.clone(),
+                    channel: peer.1,
+                    bytes,
+                })
+            }
             Some(_orphan) => None,
             None => Some(Step::Hub(HubInput::Unrouted(channel))),
         }
@@ -553,7 +569,12 @@ mod tests {
             Keypair::from_seed([1; 32]).public(),
             Keypair::from_seed([2; 32]).public(),
         ];
-        let mut end = RelayEnd::new((2, 1), sender.clone(), keys, false, INITIAL);
+        let seen = Seen {
+            serial: 1,
+            since: crate::time::Instant::ZERO,
+            name: None,
+        };
+        let mut end = RelayEnd::new((2, 1), sender.clone(), keys, false, INITIAL, seen);
         end.held = held;
         receiver.ends.insert(channel, end);
         (receiver, sender, epoch, channel)

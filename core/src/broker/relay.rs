@@ -11,7 +11,7 @@
 //! what it holds, then its RESET, and its books are its own key's
 //! (`routes_gone`).
 
-use crate::control::{ChannelId, ErrorCode};
+use crate::control::{ChannelId, ErrorCode, MonitorKind};
 use crate::keys::PublicKey;
 use crate::mux::MuxEvent;
 use crate::time::Instant;
@@ -19,8 +19,9 @@ use crate::time::Instant;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::MutexGuard;
 
+use super::monitor::Seen;
 use super::port::{Port, RelayEnd};
-use super::{ConnId, Hub};
+use super::{Cause, ConnId, Hub};
 
 mod credit;
 pub(super) mod rule;
@@ -33,16 +34,23 @@ struct Unlinked {
     keys: [PublicKey; 2],
     /// Each end's growth: (receiver, sender, bytes).
     growth: [(PublicKey, PublicKey, u64); 2],
+    /// What monitors know the channel by.
+    seen: Seen,
+    /// Bytes relayed from the opener to the target, and back.
+    relayed: [u64; 2],
 }
 
 impl Unlinked {
     fn new(a: &RelayEnd, b: &RelayEnd) -> Self {
+        let (opener, target) = match a.opener {
+            true => (a, b),
+            false => (b, a),
+        };
         Unlinked {
-            keys: match a.opener {
-                true => [a.key, b.key],
-                false => [b.key, a.key],
-            },
+            keys: [opener.key, target.key],
             growth: [(a.key, a.peer_key, a.grown), (b.key, b.peer_key, b.grown)],
+            seen: a.seen.clone(),
+            relayed: [opener.relayed, target.relayed],
         }
     }
 }
@@ -53,7 +61,7 @@ impl Hub {
         Some(self.conns.get(&conn)?.port.as_ref()?.lock())
     }
 
-    fn with_end<R>(&self, end: End, f: impl FnOnce(&mut RelayEnd) -> R) -> Option<R> {
+    pub(super) fn with_end<R>(&self, end: End, f: impl FnOnce(&mut RelayEnd) -> R) -> Option<R> {
         self.lock_port(end.0)?.ends.get_mut(&end.1).map(f)
     }
 
@@ -62,13 +70,21 @@ impl Hub {
         &mut self,
         (opener, o_key): (End, PublicKey),
         (target, t_key): (End, PublicKey),
+        seen: Seen,
     ) {
         let initial = u64::from(self.config.limits.initial_window);
         let (Some(o_port), Some(t_port)) = (self.port(opener.0), self.port(target.0)) else {
             return;
         };
-        let o_end = RelayEnd::new(target, t_port.clone(), [o_key, t_key], true, initial);
-        let t_end = RelayEnd::new(opener, o_port.clone(), [t_key, o_key], false, initial);
+        let o_end = RelayEnd::new(
+            target,
+            t_port.clone(),
+            [o_key, t_key],
+            true,
+            initial,
+            seen.clone(),
+        );
+        let t_end = RelayEnd::new(opener, o_port.clone(), [t_key, o_key], false, initial, seen);
         o_port.lock().ends.insert(opener.1, o_end);
         t_port.lock().ends.insert(target.1, t_end);
     }
@@ -139,7 +155,7 @@ impl Hub {
             // A channel to itself has both ends here.
             if this.peer.0 == conn {
                 let peer = ends.remove(&this.peer.1).expect("ends come in pairs");
-                self.release_route(Unlinked::new(&this, &peer));
+                self.release_route(Unlinked::new(&this, &peer), "peer_gone");
                 continue;
             }
             let room = self.has_room(this.peer.0, reason.len());
@@ -165,7 +181,7 @@ impl Hub {
             } else {
                 port.mux.reset(this.peer.1, ErrorCode::PeerGone, reason);
                 drop(port);
-                self.release_route(Unlinked::new(&this, &peer));
+                self.release_route(Unlinked::new(&this, &peer), "peer_gone");
                 self.bridge_gone(this.peer.0);
             }
             self.wake(this.peer.0);
@@ -208,8 +224,22 @@ impl Hub {
         self.forget_key_if_idle(&orphan.key);
     }
 
-    /// Forgets a removed route in both keys' counts and budgets.
-    fn release_route(&mut self, unlinked: Unlinked) {
+    /// Forgets a removed route in both keys' counts and budgets, and tells
+    /// monitors how it ended (`cause`: empty for a clean end).
+    fn release_route(&mut self, unlinked: Unlinked, cause: &str) {
+        let seen = &unlinked.seen;
+        let [to_target, to_opener] = unlinked.relayed;
+        let duration = self.last_now.saturating_duration_since(seen.since);
+        let detail = match cause {
+            "" => "closed".to_owned(),
+            _ => format!("reset ({cause})"),
+        };
+        let [key, peer] = unlinked.keys;
+        let mut event = seen.event(MonitorKind::Close, key, peer, cause, detail);
+        event.to_target = to_target;
+        event.to_opener = to_opener;
+        event.duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        self.observe(event);
         self.release_channel(unlinked.keys[0], unlinked.keys[1]);
         for (receiver, sender, n) in unlinked.growth {
             self.shrink_growth(receiver, sender, n);
@@ -276,7 +306,7 @@ impl Hub {
                     false => String::new(),
                 };
                 if let Some(unlinked) = self.unlink(end, Some((code, &reason))) {
-                    self.release_route(unlinked);
+                    self.release_route(unlinked, Cause::Code(code).label());
                 }
             }
             MuxEvent::Credit { increment, .. } => {
@@ -292,7 +322,7 @@ impl Hub {
                 });
                 if orphan == Some(true) || self.with_end(peer, |p| p.closed) == Some(true) {
                     if let Some(unlinked) = self.unlink(end, None) {
-                        self.release_route(unlinked);
+                        self.release_route(unlinked, "");
                     }
                 }
             }

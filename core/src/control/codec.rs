@@ -13,8 +13,8 @@ use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 
 use super::{
     AnnouncedLimits, CauseCount, ChannelPath, ErrorCode, IncomingPath, InvalidName, KeyStats,
-    Member, Message, Name, NameStats, OpenedPath, Outcome, Presence, TransportKind, UidStats,
-    Usage, MAX_MESSAGE, MAX_METADATA, MAX_SHORT_TEXT, MAX_TEXT,
+    Member, Message, MonitorEvent, MonitorKind, Name, NameStats, OpenedPath, Outcome, Presence,
+    TransportKind, UidStats, Usage, MAX_MESSAGE, MAX_METADATA, MAX_SHORT_TEXT, MAX_TEXT,
 };
 use crate::keys::PublicKey;
 
@@ -63,12 +63,17 @@ mod kind {
     pub const RESYNC: u8 = 0x2B;
     pub const UID_STATS_PAGE: u8 = 0x2C;
     pub const COUNTER_PAGE: u8 = 0x2D;
+    pub const MONITOR: u8 = 0x19;
+    pub const MONITOR_EVENT: u8 = 0x2E;
 }
 
 // Flag bits of `register` and `open`; the others must be zero, so that they
 // can mean something later.
 const FLAG_WAIT: u8 = 0x01;
 const FLAG_DIRECT: u8 = 0x01;
+/// Monitor: a key follows. MonitorEvent: a key follows, then (0x02) a peer.
+const FLAG_KEY: u8 = 0x01;
+const FLAG_PEER: u8 = 0x02;
 
 const TRANSPORT_UNIX: u8 = 1;
 const TRANSPORT_TCP: u8 = 2;
@@ -133,6 +138,9 @@ pub enum DecodeError {
         /// The whole flags byte.
         flags: u8,
     },
+    /// A monitor event of a kind this version does not know.
+    #[error("unknown monitor event kind {0}")]
+    BadMonitorKind(u8),
     /// A counter's outcome other than refusal (0) or disconnect (1).
     #[error("unknown counter outcome {0}")]
     BadOutcome(u8),
@@ -460,6 +468,33 @@ fn read_body(kind: u8, r: &mut Reader<'_>) -> Result<Message, DecodeError> {
         kind::WATCH => Message::Watch { request: r.u32()? },
         kind::UNWATCH => Message::Unwatch { request: r.u32()? },
         kind::STATS => Message::Stats { request: r.u32()? },
+        kind::MONITOR => {
+            let request = r.u32()?;
+            let flags = r.flags(kind, FLAG_KEY)?;
+            Message::Monitor {
+                request,
+                key: (flags & FLAG_KEY != 0).then(|| r.key()).transpose()?,
+                name: r.optional_name()?,
+            }
+        }
+        kind::MONITOR_EVENT => {
+            let code = r.u8()?;
+            let kind_of = MonitorKind::from_u8(code).ok_or(DecodeError::BadMonitorKind(code))?;
+            let channel = r.u64()?;
+            let flags = r.flags(kind, FLAG_KEY | FLAG_PEER)?;
+            Message::MonitorEvent(MonitorEvent {
+                kind: kind_of,
+                channel,
+                key: (flags & FLAG_KEY != 0).then(|| r.key()).transpose()?,
+                peer: (flags & FLAG_PEER != 0).then(|| r.key()).transpose()?,
+                name: r.optional_name()?,
+                cause: r.str8("cause")?,
+                to_target: r.u64()?,
+                to_opener: r.u64()?,
+                duration_ms: r.u64()?,
+                detail: r.str16("detail")?,
+            })
+        }
         kind::OPEN => {
             let request = r.u32()?;
             let channel = r.u32()?;
@@ -644,6 +679,14 @@ trait Sink {
         self.put(bytes);
     }
 
+    /// A `name8`, length 0 for none.
+    fn optional_name(&mut self, name: Option<&Name>) {
+        match name {
+            Some(name) => self.name(name),
+            None => self.u8(0),
+        }
+    }
+
     fn str8(&mut self, field: &str, text: &str) {
         let text = cut(field, text, MAX_SHORT_TEXT);
         self.u8(text.len() as u8);
@@ -794,6 +837,36 @@ fn write_message(message: &Message, s: &mut impl Sink) {
         Message::Stats { request } => {
             s.u8(kind::STATS);
             s.u32(*request);
+        }
+        Message::Monitor { request, key, name } => {
+            s.u8(kind::MONITOR);
+            s.u32(*request);
+            s.u8(if key.is_some() { FLAG_KEY } else { 0 });
+            if let Some(key) = key {
+                s.key(key);
+            }
+            s.optional_name(name.as_ref());
+        }
+        Message::MonitorEvent(event) => {
+            s.u8(kind::MONITOR_EVENT);
+            s.u8(event.kind.to_u8());
+            s.u64(event.channel);
+            let flags = match (event.key.is_some(), event.peer.is_some()) {
+                (true, true) => FLAG_KEY | FLAG_PEER,
+                (true, false) => FLAG_KEY,
+                (false, true) => FLAG_PEER,
+                (false, false) => 0,
+            };
+            s.u8(flags);
+            for key in [&event.key, &event.peer].into_iter().flatten() {
+                s.key(key);
+            }
+            s.optional_name(event.name.as_ref());
+            s.str8("cause", &event.cause);
+            s.u64(event.to_target);
+            s.u64(event.to_opener);
+            s.u64(event.duration_ms);
+            s.str16("detail", &event.detail);
         }
         Message::Open {
             request,
@@ -950,10 +1023,7 @@ fn write_message(message: &Message, s: &mut impl Sink) {
         } => {
             s.u8(kind::INCOMING);
             s.u32(*channel);
-            match from_name {
-                Some(name) => s.name(name),
-                None => s.u8(0),
-            }
+            s.optional_name(from_name.as_ref());
             s.key(from_key);
             s.str8("protocol", protocol);
             s.metadata(metadata);

@@ -167,6 +167,88 @@ pub struct CauseCount {
     pub count: u64,
 }
 
+/// What a monitor saw happen (PROTOCOL §4.28).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MonitorKind {
+    /// A channel was asked for: `key` opens `name`, held by `peer`.
+    Open,
+    /// The target accepted; `cause` is the path: `relay`, `socketpair` or
+    /// `dial`.
+    Accept,
+    /// The opener was refused (the target's no, its timeout, its
+    /// departure); `cause` is the code's label.
+    Reject,
+    /// A relayed channel ended: the bytes each way and how long it lasted;
+    /// `cause` is empty for a clean end, else the reset's code.
+    Close,
+    /// A direct channel was made (`cause`: `socketpair` or `dial`): the
+    /// broker sees nothing of it from here on.
+    Direct,
+    /// A direct channel fell back to the relay; `cause` says why.
+    Fallback,
+    /// The broker refused something ([`Outcome::Refusal`]); `cause` is its
+    /// label.
+    Refusal,
+    /// A connection ended ([`Outcome::Disconnect`]); `cause` is its label.
+    Disconnect,
+}
+
+impl MonitorKind {
+    /// Its wire value.
+    pub fn to_u8(self) -> u8 {
+        self as u8 + 1
+    }
+
+    /// From its wire value.
+    pub fn from_u8(value: u8) -> Option<Self> {
+        use MonitorKind::*;
+        [
+            Open, Accept, Reject, Close, Direct, Fallback, Refusal, Disconnect,
+        ]
+        .get(usize::from(value).checked_sub(1)?)
+        .copied()
+    }
+
+    /// Its name in `plugboard monitor`'s output.
+    pub fn label(self) -> &'static str {
+        match self {
+            MonitorKind::Open => "open",
+            MonitorKind::Accept => "accept",
+            MonitorKind::Reject => "reject",
+            MonitorKind::Close => "close",
+            MonitorKind::Direct => "direct",
+            MonitorKind::Fallback => "fallback",
+            MonitorKind::Refusal => "refusal",
+            MonitorKind::Disconnect => "disconnect",
+        }
+    }
+}
+
+/// One thing the broker did, for a monitor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitorEvent {
+    /// What.
+    pub kind: MonitorKind,
+    /// The broker's number for the channel concerned (0: none).
+    pub channel: u64,
+    /// The opener's key, or the connection's.
+    pub key: Option<PublicKey>,
+    /// The target's key.
+    pub peer: Option<PublicKey>,
+    /// The name opened, or the one concerned.
+    pub name: Option<Name>,
+    /// Why, or which path (see [`MonitorKind`]).
+    pub cause: String,
+    /// A relayed channel's bytes from the opener to the target.
+    pub to_target: u64,
+    /// ... and from the target to the opener.
+    pub to_opener: u64,
+    /// How long the channel lasted, in milliseconds.
+    pub duration_ms: u64,
+    /// What happened, in words.
+    pub detail: String,
+}
+
 /// `stats` about one name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameStats {
@@ -387,6 +469,18 @@ pub enum Message {
         /// Per user id, ordered by uid across all parts.
         uids: Vec<UidStats>,
     },
+    /// Asks for every [`Message::MonitorEvent`] from now on (the policy's
+    /// `monitor` right), of one key and one name if given. Answered with Ok.
+    Monitor {
+        /// The request's correlation id.
+        request: RequestId,
+        /// Only events of this key (opener, target or connection).
+        key: Option<PublicKey>,
+        /// Only events about this name.
+        name: Option<Name>,
+    },
+    /// Something the broker did, for a monitor.
+    MonitorEvent(MonitorEvent),
     /// Part of the answer to `stats`, only with [`FEATURE_STATS_COUNTERS`]:
     /// refusals and disconnects by cause, after the [`Message::UidStatsPage`]s
     /// and before the [`Message::StatsPage`]s.

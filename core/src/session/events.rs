@@ -4,7 +4,7 @@ use bytes::Bytes;
 
 use crate::control::{
     AnnouncedLimits, CauseCount, ChannelId, ChannelPath, DecodeError, ErrorCode, IncomingPath,
-    KeyStats, Member, Name, NameStats, OpenedPath, Presence, RequestId, UidStats,
+    KeyStats, Member, MonitorEvent, Name, NameStats, OpenedPath, Presence, RequestId, UidStats,
 };
 use crate::keys::PublicKey;
 use crate::mux::{ChannelError, MuxError};
@@ -97,6 +97,8 @@ pub enum SessionEvent {
         /// Per name.
         names: Vec<NameStats>,
     },
+    /// Something the broker did, for a monitor ([`crate::Session::monitor`]).
+    Monitor(MonitorEvent),
     /// Someone opens a channel to us: `accept` or `reject` it.
     Incoming {
         /// Our id for it.

@@ -49,6 +49,9 @@ pub(super) struct Conn {
     pub(super) fds: VecDeque<u64>,
     /// Pages of a resync still coming, and the number they all carry.
     pub(super) resync: Option<(u64, Vec<Member>)>,
+    /// The broker agreed to send this connection monitor events (a new
+    /// connection does not monitor until asked again).
+    pub(super) monitoring: bool,
 }
 
 impl Conn {
@@ -58,6 +61,7 @@ impl Conn {
             control: ControlDecoder::default(),
             fds: VecDeque::new(),
             resync: None,
+            monitoring: false,
         }
     }
 }

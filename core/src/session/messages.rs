@@ -127,6 +127,11 @@ impl Session {
                             conn.resync = None;
                         }
                     }
+                    Pending::Monitor => {
+                        if let Some(conn) = self.link.conn_mut() {
+                            conn.monitoring = true;
+                        }
+                    }
                     _ => return Err(SessionError::Protocol("ok for a request that expects more")),
                 }
                 if r.restore {
@@ -149,6 +154,12 @@ impl Session {
                 return Ok(());
             }
             Message::NameAcquired { name } => SessionEvent::NameAcquired { name },
+            Message::MonitorEvent(event) => {
+                if !self.link.conn_mut().is_some_and(|c| c.monitoring) {
+                    return Err(SessionError::Protocol("a monitor event without a monitor"));
+                }
+                SessionEvent::Monitor(event)
+            }
             Message::ListPage {
                 request,
                 last,

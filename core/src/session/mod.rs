@@ -122,6 +122,7 @@ enum Pending {
         Vec<KeyStats>,
         Vec<NameStats>,
     ),
+    Monitor,
     Open(ChannelId),
 }
 
@@ -133,7 +134,7 @@ impl Pending {
             Pending::Stats(uids, counters, keys, names) => {
                 uids.len() + counters.len() + keys.len() + names.len()
             }
-            Pending::Register(_) | Pending::Unwatch | Pending::Open(_) => 0,
+            Pending::Register(_) | Pending::Unwatch | Pending::Open(_) | Pending::Monitor => 0,
         }
     }
 }

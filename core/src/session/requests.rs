@@ -51,6 +51,23 @@ impl Session {
         })
     }
 
+    /// Every [`crate::control::MonitorEvent`] from now on (the policy's
+    /// `monitor` right), of one key and one name if given:
+    /// [`SessionEvent::Done`], then [`SessionEvent::Monitor`]s. A new
+    /// connection does not monitor until asked again.
+    pub fn monitor(
+        &mut self,
+        now: Instant,
+        key: Option<PublicKey>,
+        name: Option<Name>,
+    ) -> Result<RequestId, SessionError> {
+        self.request(now, Pending::Monitor, |request| Message::Monitor {
+            request,
+            key,
+            name,
+        })
+    }
+
     /// Who holds what.
     pub fn stats(&mut self, now: Instant) -> Result<RequestId, SessionError> {
         let parts = Pending::Stats(Vec::new(), Vec::new(), Vec::new(), Vec::new());

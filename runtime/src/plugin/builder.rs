@@ -157,6 +157,7 @@ impl<R: Runtime> PluginBuilder<R> {
                 channels: HashMap::new(),
                 incoming: Some(incoming_tx),
                 watchers: Vec::new(),
+                monitors: Vec::new(),
                 watch_queue: self.watch_queue,
                 ended: None,
                 epoch: 0,

@@ -92,6 +92,12 @@ pub(crate) fn deliver<R: Runtime>(
                 reply(&tx, Ok(stats));
             }
         }
+        SessionEvent::Monitor(event) => {
+            let item = MonitorItem::Event(event);
+            inner
+                .monitors
+                .retain(|m| m.push(item.clone(), || MonitorItem::Missed));
+        }
         SessionEvent::Done { request } => {
             if let Some(Waiter::Done(tx)) = inner.waiters.remove(&request) {
                 reply(&tx, Ok(()));

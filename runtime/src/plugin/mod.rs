@@ -29,8 +29,8 @@ use bytes::Bytes;
 use plugboard_core::addr::Addr;
 use plugboard_core::budget::StrangerLimits;
 use plugboard_core::control::{
-    CauseCount, ChannelId, ChannelPath, ErrorCode, IncomingPath, KeyStats, Member, Name, NameStats,
-    OpenedPath, Presence, RequestId, UidStats,
+    CauseCount, ChannelId, ChannelPath, ErrorCode, IncomingPath, KeyStats, Member, MonitorEvent,
+    Name, NameStats, OpenedPath, Presence, RequestId, UidStats,
 };
 use plugboard_core::session::{Session, SessionConfig, SessionError, SessionEvent};
 use plugboard_core::shs::HandshakeConfig;
@@ -110,6 +110,16 @@ impl PluginError {
             _ => None,
         }
     }
+}
+
+/// What a monitor receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MonitorItem {
+    /// Something the broker did.
+    Event(MonitorEvent),
+    /// The application did not read in time: the events held for it were
+    /// dropped here (the broker's own bound cuts off a slow connection).
+    Missed,
 }
 
 /// A change seen by a watch.
@@ -210,6 +220,8 @@ pub(crate) struct Inner<R: Runtime> {
     /// good, which ends [`Plugin::incoming`].
     incoming: Option<Sender<Incoming<R>>>,
     watchers: Vec<queue::Queue<WatchEvent>>,
+    /// Monitors' queues (each holds `watch_queue` items).
+    monitors: Vec<queue::Queue<MonitorItem>>,
     /// Their capacity.
     watch_queue: usize,
     /// Why the connection ended for good, once it did.
@@ -436,6 +448,32 @@ impl<R: Runtime> Plugin<R> {
                 inner.session.watch(now)
             },
             Waiter::Watching,
+        )
+        .await?;
+        Ok(Feed::new(rx))
+    }
+
+    /// Everything the broker does, of `key` and about `name` if given
+    /// (opens, accepts, closes with their bytes, refusals and disconnects
+    /// with their causes): needs the policy's `monitor` right. Not restored
+    /// on a new connection.
+    pub async fn monitor(
+        &self,
+        key: Option<PublicKey>,
+        name: Option<Name>,
+    ) -> Result<Feed<MonitorItem>, PluginError> {
+        let rx = {
+            let mut inner = self.shared.lock();
+            let (queue, rx) = queue::Queue::new(inner.watch_queue);
+            inner.monitors.push(queue);
+            rx
+        };
+        self.request(
+            |inner| {
+                let now = inner.clock.now();
+                inner.session.monitor(now, key, name)
+            },
+            Waiter::Done,
         )
         .await?;
         Ok(Feed::new(rx))

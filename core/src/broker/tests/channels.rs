@@ -16,6 +16,7 @@ fn open_accept_and_a_megabyte_each_way_over_unix_and_tcp() {
                     list: true,
                     watch: true,
                     stats: false,
+                    monitor: false,
                 })
                 .collect();
         });

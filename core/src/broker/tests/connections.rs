@@ -298,6 +298,7 @@ fn a_plugin_that_says_goodbye_has_its_socket_closed() {
                 list: false,
                 watch: false,
                 stats: false,
+                monitor: false,
             })
         });
         let a = ready(&mut net, 1, transport);

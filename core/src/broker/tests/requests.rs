@@ -152,6 +152,7 @@ fn tcp_admits_only_named_keys_and_policy_refuses_with_a_code() {
             list: false,
             watch: false,
             stats: false,
+            monitor: false,
         });
     });
     // A foreign key over TCP: refused in the handshake, nothing sent after message 2.

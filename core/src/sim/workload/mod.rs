@@ -486,6 +486,14 @@ impl Sim {
                 );
             }
             SessionEvent::NameAcquired { name } => app.owns = Some(name),
+            SessionEvent::Monitor(event) => {
+                // The workload never asks to monitor.
+                check!(
+                    self,
+                    false,
+                    "node {id}: a monitor event nobody asked for: {event:?}"
+                );
+            }
             SessionEvent::Members { request, .. }
             | SessionEvent::Stats { request, .. }
             | SessionEvent::Done { request } => {

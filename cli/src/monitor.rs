@@ -1,0 +1,65 @@
+//! `plugboard monitor`: what the broker does, as it happens, one line (or
+//! one JSON object) per event.
+
+use plugboard_core::control::{MonitorEvent, MonitorKind};
+use plugboard_tokio::plugin::MonitorItem;
+
+/// One event as a line of text.
+pub(crate) fn line(event: &MonitorEvent) -> String {
+    let kind = event.kind.label();
+    let key = event.key.map(|k| k.to_string()).unwrap_or_default();
+    let name = event.name.as_ref().map_or("-", |n| n.as_str());
+    let channel = event.channel;
+    match event.kind {
+        MonitorKind::Open => {
+            let peer = event.peer.map(|k| k.to_string()).unwrap_or_default();
+            format!("{kind:<10} #{channel} {key} -> {name} ({peer})")
+        }
+        MonitorKind::Accept => format!("{kind:<10} #{channel} {name} path {}", event.cause),
+        MonitorKind::Close => {
+            let end = match event.cause.as_str() {
+                "" => String::new(),
+                cause => format!("  reset {cause}"),
+            };
+            format!(
+                "{kind:<10} #{channel} {name} to_target {} B  to_opener {} B  {} ms{end}",
+                event.to_target, event.to_opener, event.duration_ms
+            )
+        }
+        MonitorKind::Reject | MonitorKind::Direct | MonitorKind::Fallback => format!(
+            "{kind:<10} #{channel} {name} {}: {}",
+            event.cause, event.detail
+        ),
+        MonitorKind::Refusal | MonitorKind::Disconnect => {
+            format!("{kind:<10} {} {key} {}", event.cause, event.detail)
+        }
+    }
+}
+
+/// One event as a JSON object.
+pub(crate) fn json(event: &MonitorEvent) -> serde_json::Value {
+    serde_json::json!({
+        "event": event.kind.label(),
+        "channel": event.channel,
+        "key": event.key.map(|k| k.to_string()),
+        "peer": event.peer.map(|k| k.to_string()),
+        "name": event.name.as_ref().map(|n| n.as_str()),
+        "cause": event.cause,
+        "to_target": event.to_target,
+        "to_opener": event.to_opener,
+        "duration_ms": event.duration_ms,
+        "detail": event.detail,
+    })
+}
+
+/// What to print for an item.
+pub(crate) fn print(item: &MonitorItem, as_json: bool) -> String {
+    match (item, as_json) {
+        (MonitorItem::Event(event), true) => json(event).to_string(),
+        (MonitorItem::Event(event), false) => line(event),
+        (MonitorItem::Missed, true) => serde_json::json!({"event": "missed"}).to_string(),
+        (MonitorItem::Missed, false) => {
+            "missed     events were dropped: this monitor did not read in time".into()
+        }
+    }
+}
