@@ -467,3 +467,72 @@ fn reload_on(runtime: &str) {
 fn listed_ok(home: &Home) -> bool {
     home.run(&["list"]).status.success()
 }
+
+/// `plugboard monitor --json` sees a relayed channel open, be accepted and
+/// close with its bytes each way, and a refusal with its cause and key.
+#[test]
+fn monitor_sees_a_channel_with_its_bytes_and_a_refusal_with_its_cause() {
+    let home = Home::new("monitor");
+    assert!(home.run(&["keygen"]).status.success());
+    let _broker = start_broker(&home);
+    let seen = home.0.join("monitor.jsonl");
+    let _monitor = Running(
+        home.command()
+            .args(["monitor", "--json"])
+            .stdout(std::fs::File::create(&seen).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The monitor is there once its connection shows in stats (as stats'
+    // own does: two).
+    wait_for("the monitor", || {
+        let out = home.run(&["stats", "--json"]);
+        String::from_utf8_lossy(&out.stdout).contains("\"connections\":2")
+    });
+    let _echo = Running(home.spawn(&["expose", "echo", "--", "cat"]));
+    wait_for("echo to be listed", || listed(&home, "echo"));
+    let mut connect = home
+        .command()
+        .args(["connect", "echo"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sent = vec![b'x'; 100_000];
+    connect.stdin.take().unwrap().write_all(&sent).unwrap();
+    let out = connect.wait_with_output().unwrap();
+    assert_eq!(out.stdout.len(), sent.len(), "echoed whole");
+    assert!(!home.run(&["connect", "nobody"]).status.success());
+
+    let events = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&seen)
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok()) // the last may be half written
+            .collect()
+    };
+    let of = |events: &[serde_json::Value], kind: &str| {
+        events.iter().find(|e| e["event"] == kind).cloned()
+    };
+    wait_for("the refusal to be monitored", || {
+        of(&events(), "refusal").is_some() && of(&events(), "close").is_some()
+    });
+    let events = events();
+    let id = String::from_utf8(home.run(&["id"]).stdout).unwrap();
+    let open = of(&events, "open").expect("an open");
+    assert_eq!(open["name"], "echo");
+    assert_eq!(open["key"], id.trim());
+    let accept = of(&events, "accept").expect("an accept");
+    assert_eq!(
+        (&accept["channel"], &accept["cause"]),
+        (&open["channel"], &"relay".into())
+    );
+    let close = of(&events, "close").expect("a close");
+    assert_eq!(close["channel"], open["channel"]);
+    assert_eq!(close["to_target"], 100_000);
+    assert_eq!(close["to_opener"], 100_000);
+    let refusal = of(&events, "refusal").expect("a refusal");
+    assert_eq!(refusal["cause"], "no_such_name");
+    assert_eq!(refusal["key"], id.trim());
+}

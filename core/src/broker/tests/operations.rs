@@ -2,6 +2,7 @@
 //! what each refusal and disconnect was, and a reload.
 
 use super::*;
+use crate::control::MonitorKind;
 
 fn counted(net: &Net, outcome: Outcome, cause: Cause) -> u64 {
     net.broker.counters().get(outcome, cause)
@@ -171,4 +172,163 @@ fn a_reload_applies_new_limits_to_what_comes_next_and_keeps_what_peers_were_told
     };
     assert!(net.broker.reconfigure(Policy::default(), limits).is_empty());
     unix(&mut net, 1);
+}
+
+/// Every monitor event `id` got, in order.
+fn monitored(net: &mut Net, id: NodeId) -> Vec<crate::control::MonitorEvent> {
+    net.run();
+    net.events(id)
+        .into_iter()
+        .filter_map(|e| match e {
+            SessionEvent::Monitor(event) => Some(event),
+            _ => None,
+        })
+        .collect()
+}
+
+fn start_monitor(net: &mut Net, seed: u8, key: Option<PublicKey>, of: Option<&str>) -> NodeId {
+    let monitor = unix(net, seed);
+    let now = net.now;
+    net.node(monitor)
+        .session
+        .monitor(now, key, of.map(name))
+        .unwrap();
+    assert!(matches!(one_event(net, monitor), SessionEvent::Done { .. }));
+    monitor
+}
+
+#[test]
+fn a_monitor_sees_a_channel_open_accept_and_close_with_its_bytes_and_a_refusal_with_its_cause() {
+    let mut net = net();
+    let monitor = start_monitor(&mut net, 0xB0, None, None);
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "t", false);
+    let (ours, theirs) = open_and_accept(&mut net, a, b, "t");
+    let up = vec![7; 50_000];
+    let down = vec![9; 20_000];
+    assert_eq!(transfer(&mut net, a, ours, b, theirs, &up), up);
+    assert_eq!(transfer(&mut net, b, theirs, a, ours, &down), down);
+    for (node, channel) in [(a, ours), (b, theirs)] {
+        net.node(node).session.finish(channel).unwrap();
+    }
+    net.run();
+    for (node, channel) in [(a, ours), (b, theirs)] {
+        let _ = read_all(&mut net, node, channel);
+        net.node(node).session.close_channel(channel);
+    }
+    net.run();
+    let now = net.now;
+    net.node(a)
+        .session
+        .open(now, name("missing"), "p", Bytes::new(), false)
+        .unwrap();
+    net.run();
+
+    let events = monitored(&mut net, monitor);
+    let kinds: Vec<MonitorKind> = events.iter().map(|e| e.kind).collect();
+    let (a_key, b_key) = (keypair(1).public(), keypair(2).public());
+    let open = &events[kinds
+        .iter()
+        .position(|k| *k == MonitorKind::Open)
+        .expect("an open")];
+    assert_eq!(
+        (open.key, open.peer, open.name.clone()),
+        (Some(a_key), Some(b_key), Some(name("t")))
+    );
+    let accept = events
+        .iter()
+        .find(|e| e.kind == MonitorKind::Accept)
+        .expect("an accept");
+    assert_eq!(
+        (accept.channel, accept.cause.as_str()),
+        (open.channel, "relay")
+    );
+    let close = events
+        .iter()
+        .find(|e| e.kind == MonitorKind::Close)
+        .expect("a close");
+    assert_eq!(close.channel, open.channel);
+    assert_eq!((close.to_target, close.to_opener), (50_000, 20_000));
+    assert_eq!(close.cause, "", "a clean end");
+    let refusal = events
+        .iter()
+        .find(|e| e.kind == MonitorKind::Refusal)
+        .expect("a refusal");
+    assert_eq!(
+        (refusal.cause.as_str(), refusal.key),
+        ("no_such_name", Some(a_key))
+    );
+    // In the order they happened.
+    let at = |kind| kinds.iter().position(|k| *k == kind).unwrap();
+    assert!(at(MonitorKind::Open) < at(MonitorKind::Accept));
+    assert!(at(MonitorKind::Accept) < at(MonitorKind::Close));
+}
+
+#[test]
+fn a_monitor_sees_only_the_key_and_name_it_asked_for() {
+    let mut net = net();
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    let c = unix(&mut net, 3);
+    register(&mut net, b, "t", false);
+    register(&mut net, c, "u", false);
+    let of_u = start_monitor(&mut net, 0xB0, None, Some("u"));
+    let of_c = start_monitor(&mut net, 0xB0, Some(keypair(3).public()), None);
+    open_and_accept(&mut net, a, b, "t");
+    open_and_accept(&mut net, a, c, "u");
+    let names = |events: Vec<crate::control::MonitorEvent>| {
+        events
+            .into_iter()
+            .map(|e| e.name.map(|n| n.as_str().to_owned()))
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(
+        names(monitored(&mut net, of_u)),
+        [Some("u".to_owned())].into()
+    );
+    assert_eq!(
+        names(monitored(&mut net, of_c)),
+        [Some("u".to_owned())].into()
+    );
+}
+
+#[test]
+fn monitoring_needs_its_right_and_a_monitor_that_does_not_read_is_cut_off() {
+    let mut net = Net::new(6, Chaos::default(), |c| c.limits.max_control_queue = 4096);
+    // The [unix] defaults do not grant it.
+    let plain = unix(&mut net, 1);
+    let now = net.now;
+    net.node(plain).session.monitor(now, None, None).unwrap();
+    assert_eq!(
+        failed_code(&one_event(&mut net, plain)),
+        ErrorCode::NotPermitted
+    );
+
+    let monitor = start_monitor(&mut net, 0xB0, None, None);
+    net.node(monitor).slow = true;
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "t", false);
+    for _ in 0..200 {
+        let now = net.now;
+        net.node(plain)
+            .session
+            .open(now, name("missing"), "p", Bytes::new(), false)
+            .unwrap();
+        net.run();
+        net.events(plain);
+        if net.node(monitor).closed {
+            break;
+        }
+    }
+    assert!(net.node(monitor).closed, "the slow monitor was not cut off");
+    let cause = Cause::Code(ErrorCode::SlowReader);
+    assert_eq!(counted(&net, Outcome::Disconnect, cause), 1);
+    // Nobody else noticed.
+    let now = net.now;
+    net.node(plain).session.list(now).unwrap();
+    assert!(matches!(
+        one_event(&mut net, plain),
+        SessionEvent::Members { .. }
+    ));
 }
