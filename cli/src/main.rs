@@ -20,6 +20,7 @@ mod legacy;
 mod metrics;
 mod monitor;
 mod service;
+mod top;
 
 /// Exit codes a script can tell apart.
 mod exit {
@@ -92,6 +93,16 @@ enum Command {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+    },
+    /// A terminal view of who holds what, refreshed every second: per key,
+    /// user and name, connections, channels, bytes per second each way,
+    /// bytes queued (s: next order, q: quit).
+    Top {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// How often to refresh, in milliseconds.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..))]
+        interval_ms: u64,
     },
     /// Who holds what, per key, user and name; refusals and disconnects by cause.
     Stats {
@@ -313,6 +324,10 @@ async fn run(command: Command, inherited: Vec<Inherited>) -> Result<(), Failure>
             name,
             json,
         } => monitor(broker, of, name, json).await,
+        Command::Top {
+            broker,
+            interval_ms,
+        } => top(broker, Duration::from_millis(interval_ms)).await,
         Command::Stats {
             broker,
             json,
@@ -733,6 +748,55 @@ async fn monitor(
         }
     }
     Err(fail("the broker closed the connection"))
+}
+
+async fn top(args: BrokerArgs, interval: Duration) -> Result<(), Failure> {
+    use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+    let plugin = client(&args, None).await?;
+    // Asked once before the screen is taken: a refusal reads as any other.
+    let mut stats = plugin.stats().await?;
+    let mut view = top::Top::new(plugin.limits().map(|l| l.max_channels));
+    let mut terminal = ratatui::try_init().map_err(|e| fail(format!("the terminal: {e}")))?;
+    let mut last = std::time::Instant::now();
+    view.update(&stats, interval);
+    let outcome = loop {
+        if let Err(e) = terminal.draw(|frame| view.render(frame)) {
+            break Err(fail(format!("the terminal: {e}")));
+        }
+        // Keys until the next refresh (crossterm's poll blocks).
+        let until = last + interval;
+        let key = tokio::task::spawn_blocking(move || {
+            let wait = until.saturating_duration_since(std::time::Instant::now());
+            match event::poll(wait) {
+                Ok(true) => event::read().map(Some),
+                Ok(false) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(fail);
+        match key {
+            Ok(Ok(Some(Event::Key(k)))) if k.kind == KeyEventKind::Press => match k.code {
+                KeyCode::Char('q') | KeyCode::Esc => break Ok(()),
+                KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => break Ok(()),
+                KeyCode::Char('s') => view.sort = view.sort.next(),
+                _ => {}
+            },
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => break Err(fail(format!("the terminal: {e}"))),
+            Err(e) => break Err(e),
+        }
+        if last.elapsed() >= interval {
+            stats = match plugin.stats().await {
+                Ok(stats) => stats,
+                Err(e) => break Err(e.into()),
+            };
+            view.update(&stats, last.elapsed());
+            last = std::time::Instant::now();
+        }
+    };
+    ratatui::restore();
+    outcome
 }
 
 /// Who is there, one line each (a watch's snapshot or resync).

@@ -29,8 +29,8 @@ use bytes::Bytes;
 use plugboard_core::addr::Addr;
 use plugboard_core::budget::StrangerLimits;
 use plugboard_core::control::{
-    CauseCount, ChannelId, ChannelPath, ErrorCode, IncomingPath, KeyStats, Member, MonitorEvent,
-    Name, NameStats, OpenedPath, Presence, RequestId, UidStats,
+    AnnouncedLimits, CauseCount, ChannelId, ChannelPath, ErrorCode, IncomingPath, KeyStats, Member,
+    MonitorEvent, Name, NameStats, OpenedPath, Presence, RequestId, UidStats,
 };
 use plugboard_core::session::{Session, SessionConfig, SessionError, SessionEvent};
 use plugboard_core::shs::HandshakeConfig;
@@ -404,6 +404,12 @@ impl<R: Runtime> Plugin<R> {
         let (queue, rx) = queue::Queue::new(queue::EVENT_QUEUE);
         self.shared.lock().events.push(queue);
         Feed::new(rx)
+    }
+
+    /// The broker's limits, as its hello announced them (`None` between
+    /// connections).
+    pub fn limits(&self) -> Option<AnnouncedLimits> {
+        self.shared.lock().session.limits().copied()
     }
 
     /// Every named plugin.
