@@ -20,10 +20,12 @@ mod tests {
     /// while the news was on its way), 987 (an open still within its
     /// timeout when the run settled), 69, 615, 812 and 938 (the relay took
     /// a frame's credit when its header came and queued its payload as it
-    /// arrived: in between it passed on credit the frame still had coming).
+    /// arrived: in between it passed on credit the frame still had coming),
+    /// 199 (a Readable taken before a lost connection's ChannelLost: a
+    /// monitor cut off as a slow reader, with a channel of its own).
     #[test]
     fn saved_seeds() {
-        for seed in [0, 13, 16, 42, 43, 79, 97, 987, 69, 615, 812, 938] {
+        for seed in [0, 13, 16, 42, 43, 79, 97, 987, 69, 615, 812, 938, 199] {
             if let Err(violation) = super::run(seed, 300) {
                 panic!("{violation}");
             }

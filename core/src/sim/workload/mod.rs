@@ -110,6 +110,10 @@ struct App {
     watch_restored: bool,
     /// In this outage, the broker granted the name again (owned or queued).
     name_restored: bool,
+    /// A monitor asked for and not answered yet.
+    monitor_pending: Option<RequestId>,
+    /// The broker sends this connection monitor events.
+    monitoring: bool,
 }
 
 impl App {
@@ -124,6 +128,9 @@ impl App {
         }
         if self.watch_pending == Some(request) {
             self.watch_pending = None;
+        }
+        if self.monitor_pending == Some(request) {
+            self.monitor_pending = None;
         }
     }
 }
@@ -159,6 +166,8 @@ impl Sim {
                 split_and_delay: true,
             },
             |config| {
+                // Every unix peer may monitor: monitors see the churn.
+                config.policy.unix.monitor = true;
                 let limits: &mut Limits = &mut config.limits;
                 limits.initial_window = 8 * 1024;
                 limits.max_window = 64 * 1024;
@@ -322,10 +331,21 @@ impl Sim {
                     }
                 }
             }
-            25..=27 => {
+            25..=26 => {
                 let Some(id) = self.pick_live() else { return };
                 if let Ok(request) = self.net.node(id).session.list(now) {
                     self.apps.get_mut(&id).expect("live").asked.insert(request);
+                }
+            }
+            27 => {
+                let Some(id) = self.pick_live() else { return };
+                let app = &self.apps[&id];
+                if !app.monitoring && app.monitor_pending.is_none() {
+                    if let Ok(request) = self.net.node(id).session.monitor(now, None, None) {
+                        let app = self.apps.get_mut(&id).expect("live");
+                        app.monitor_pending = Some(request);
+                        app.asked.insert(request);
+                    }
                 }
             }
             28..=44 => {
@@ -487,16 +507,19 @@ impl Sim {
             }
             SessionEvent::NameAcquired { name } => app.owns = Some(name),
             SessionEvent::Monitor(event) => {
-                // The workload never asks to monitor.
                 check!(
                     self,
-                    false,
-                    "node {id}: a monitor event nobody asked for: {event:?}"
+                    app.monitoring,
+                    "node {id}: a monitor event it did not ask for: {event:?}"
                 );
             }
             SessionEvent::Members { request, .. }
             | SessionEvent::Stats { request, .. }
             | SessionEvent::Done { request } => {
+                if app.monitor_pending == Some(request) {
+                    app.monitor_pending = None;
+                    app.monitoring = true;
+                }
                 let mine = app.asked.remove(&request);
                 check!(
                     self,
@@ -729,6 +752,9 @@ impl Sim {
             SessionEvent::Lost { reason } => {
                 let reconnects = !app.outage;
                 app.outage = true;
+                // A new connection does not monitor until asked again.
+                app.monitoring = false;
+                app.monitor_pending = None;
                 app.watch_restored = false;
                 app.name_restored = false;
                 app.owns = None;
@@ -791,6 +817,9 @@ impl Sim {
                 Ok(Recv::Data(payload)) => payload,
                 Ok(Recv::Finished) => break,
                 Ok(Recv::Blocked | Recv::Reset { .. }) => return Ok(()),
+                // A Readable taken before the connection was lost (the
+                // session lost it as it read): ChannelLost brings the rest.
+                Err(_) if !self.net.node(id).session.is_ready() => return Ok(()),
                 Err(e) => return Err(self.violation(format!("node {id}: readable {channel}: {e}"))),
             };
             let Some(c) = app.channels.get_mut(&channel) else {
