@@ -111,8 +111,8 @@ enum Command {
         /// One JSON object per line (as --format json).
         #[arg(long, conflicts_with = "format")]
         json: bool,
-        /// text, json (one object per line), or openmetrics (for
-        /// node_exporter's textfile collector, Prometheus and the like).
+        /// text, json (one object per line), openmetrics, or prometheus
+        /// (the older text format node_exporter's textfile collector reads).
         #[arg(long, value_enum, default_value_t = StatsFormat::Text)]
         format: StatsFormat,
     },
@@ -221,6 +221,8 @@ enum StatsFormat {
     Json,
     /// The OpenMetrics text format.
     Openmetrics,
+    /// The Prometheus text format (0.0.4).
+    Prometheus,
 }
 
 /// The runtime adapters `serve` can run the broker on.
@@ -816,7 +818,18 @@ async fn stats(args: BrokerArgs, format: StatsFormat) -> Result<(), Failure> {
     let plugin = client(&args, None).await?;
     let stats = plugin.stats().await?;
     match format {
-        StatsFormat::Openmetrics => print!("{}", metrics::openmetrics(&stats)),
+        StatsFormat::Openmetrics => {
+            print!(
+                "{}",
+                metrics::exposition(&stats, metrics::Exposition::OpenMetrics)
+            )
+        }
+        StatsFormat::Prometheus => {
+            print!(
+                "{}",
+                metrics::exposition(&stats, metrics::Exposition::Prometheus)
+            )
+        }
         StatsFormat::Json => {
             for line in stats_rows(&stats) {
                 println!("{}", line.json);

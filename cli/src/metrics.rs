@@ -1,6 +1,7 @@
-//! `plugboard stats --format openmetrics`: the same figures as `stats`, and
-//! the broker's refusals and disconnects by cause, in the OpenMetrics text
-//! format (for node_exporter's textfile collector, Prometheus and the like).
+//! `plugboard stats --format openmetrics|prometheus`: the same figures as
+//! `stats`, and the broker's refusals and disconnects by cause, in the
+//! OpenMetrics text format, or Prometheus' own (0.0.4, which
+//! node_exporter's textfile collector reads).
 
 use std::fmt::Write as _;
 
@@ -57,8 +58,19 @@ const GAUGES: [Gauge; 5] = [
     },
 ];
 
-/// The whole exposition, ending in `# EOF`.
-pub(crate) fn openmetrics(stats: &Stats) -> String {
+/// Which text format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exposition {
+    /// OpenMetrics 1.0: a counter's family has no `_total`, units are
+    /// declared, and it ends in `# EOF`.
+    OpenMetrics,
+    /// Prometheus 0.0.4: a counter's family is its samples' name, `_total`
+    /// and all; no units, no end marker.
+    Prometheus,
+}
+
+/// The whole exposition.
+pub(crate) fn exposition(stats: &Stats, format: Exposition) -> String {
     let keys: Vec<_> = stats
         .keys
         .iter()
@@ -129,26 +141,32 @@ pub(crate) fn openmetrics(stats: &Stats) -> String {
     }
     let mut out = String::new();
     for family in &families {
-        write_family(&mut out, family);
+        write_family(&mut out, family, format);
     }
-    out.push_str("# EOF\n");
+    if format == Exposition::OpenMetrics {
+        out.push_str("# EOF\n");
+    }
     out
 }
 
-fn write_family(out: &mut String, family: &Family) {
-    let name = &family.name;
-    let _ = writeln!(out, "# TYPE {name} {}", family.kind);
-    if let Some(unit) = family.unit {
-        let _ = writeln!(out, "# UNIT {name} {unit}");
-    }
-    let _ = writeln!(out, "# HELP {name} {}", family.help);
+fn write_family(out: &mut String, family: &Family, format: Exposition) {
     let suffix = if family.kind == "counter" {
         "_total"
     } else {
         ""
     };
+    let sample = format!("{}{suffix}", family.name);
+    let name = match format {
+        Exposition::OpenMetrics => &family.name,
+        Exposition::Prometheus => &sample,
+    };
+    let _ = writeln!(out, "# TYPE {name} {}", family.kind);
+    if let (Some(unit), Exposition::OpenMetrics) = (family.unit, format) {
+        let _ = writeln!(out, "# UNIT {name} {unit}");
+    }
+    let _ = writeln!(out, "# HELP {name} {}", family.help);
     for (labels, value) in &family.samples {
-        let _ = writeln!(out, "{name}{suffix}{{{labels}}} {value}");
+        let _ = writeln!(out, "{sample}{{{labels}}} {value}");
     }
 }
 
@@ -200,7 +218,11 @@ mod tests {
                 usage,
             }],
         };
-        let text = openmetrics(&stats);
+        let prometheus = exposition(&stats, Exposition::Prometheus);
+        assert!(prometheus.contains("# TYPE plugboard_refusals_total counter\n"));
+        assert!(prometheus.contains("plugboard_refusals_total{cause=\"not_permitted\"} 4\n"));
+        assert!(!prometheus.contains("# UNIT") && !prometheus.contains("# EOF"));
+        let text = exposition(&stats, Exposition::OpenMetrics);
         assert!(text.ends_with("# EOF\n"));
         assert!(
             text.contains(&format!("plugboard_key_connections{{key=\"{key}\"}} 2\n")),

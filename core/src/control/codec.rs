@@ -1647,7 +1647,7 @@ mod tests {
 
     #[test]
     fn unknown_kind() {
-        for kind in [0x00, 0x03, 0x0f, 0x19, 0x1f, 0x2e, 0xff] {
+        for kind in [0x00, 0x03, 0x0f, 0x1a, 0x1f, 0x2f, 0xff] {
             assert_eq!(
                 decode(&[kind, 0, 0, 0, 0]),
                 Err(DecodeError::UnknownKind(kind))

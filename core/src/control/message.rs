@@ -32,8 +32,12 @@ pub const FEATURE_STATS_UIDS: Features = 1 << 1;
 /// disconnects by cause since the broker started.
 pub const FEATURE_STATS_COUNTERS: Features = 1 << 2;
 
+/// The broker takes [`Message::Monitor`] and sends [`Message::MonitorEvent`]s.
+pub const FEATURE_MONITOR: Features = 1 << 3;
+
 /// Every feature this implementation supports.
-pub const FEATURES: Features = FEATURE_WATCH_RESYNC | FEATURE_STATS_UIDS | FEATURE_STATS_COUNTERS;
+pub const FEATURES: Features =
+    FEATURE_WATCH_RESYNC | FEATURE_STATS_UIDS | FEATURE_STATS_COUNTERS | FEATURE_MONITOR;
 
 /// How a connection reached the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -161,13 +165,13 @@ impl Outcome {
 pub struct CauseCount {
     /// What it counts.
     pub outcome: Outcome,
-    /// Why: a label such as `not_permitted` or `network_key` (PROTOCOL §4.27).
+    /// Why: a label such as `not_permitted` or `network_key` (PROTOCOL §6.1).
     pub cause: String,
     /// How many.
     pub count: u64,
 }
 
-/// What a monitor saw happen (PROTOCOL §4.28).
+/// What a monitor saw happen (PROTOCOL §4.29).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MonitorKind {
     /// A channel was asked for: `key` opens `name`, held by `peer`.
@@ -471,6 +475,7 @@ pub enum Message {
     },
     /// Asks for every [`Message::MonitorEvent`] from now on (the policy's
     /// `monitor` right), of one key and one name if given. Answered with Ok.
+    /// Only to a broker that offered [`FEATURE_MONITOR`].
     Monitor {
         /// The request's correlation id.
         request: RequestId,

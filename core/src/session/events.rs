@@ -264,6 +264,9 @@ pub enum SessionError {
     /// [`SessionConfig::max_reply_entries`](super::SessionConfig).
     #[error("the broker sent a reply of more than {0} entries")]
     ReplyTooLarge(usize),
+    /// The broker did not offer what this needs (an older broker).
+    #[error("the broker does not support {0}")]
+    Unsupported(&'static str),
 }
 
 impl From<MuxError> for SessionError {

@@ -155,7 +155,9 @@ impl Session {
             }
             Message::NameAcquired { name } => SessionEvent::NameAcquired { name },
             Message::MonitorEvent(event) => {
-                if !self.link.conn_mut().is_some_and(|c| c.monitoring) {
+                if !self.link.has_feature(FEATURE_MONITOR)
+                    || !self.link.conn_mut().is_some_and(|c| c.monitoring)
+                {
                     return Err(SessionError::Protocol("a monitor event without a monitor"));
                 }
                 SessionEvent::Monitor(event)

@@ -31,7 +31,8 @@ pub use reconnect::{Backoff, ConnectionEvent, Reconnect, MIN_WAIT};
 use crate::control::{
     self, AnnouncedLimits, CauseCount, ChannelId, ChannelPath, ControlDecoder, ErrorCode, Features,
     IncomingPath, KeyStats, Member, Message, Name, NameStats, OpenedPath, RequestId, UidStats,
-    FEATURES, FEATURE_STATS_COUNTERS, FEATURE_STATS_UIDS, FEATURE_WATCH_RESYNC, VERSION,
+    FEATURES, FEATURE_MONITOR, FEATURE_STATS_COUNTERS, FEATURE_STATS_UIDS, FEATURE_WATCH_RESYNC,
+    VERSION,
 };
 use crate::keys::PublicKey;
 use crate::mux::{Mux, MuxConfig, MuxEvent, MuxInput, Side};

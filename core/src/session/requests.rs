@@ -61,6 +61,10 @@ impl Session {
         key: Option<PublicKey>,
         name: Option<Name>,
     ) -> Result<RequestId, SessionError> {
+        self.ensure_usable()?;
+        if !self.link.has_feature(FEATURE_MONITOR) {
+            return Err(SessionError::Unsupported("monitoring (feature bit 3)"));
+        }
         self.request(now, Pending::Monitor, |request| Message::Monitor {
             request,
             key,
