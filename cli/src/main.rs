@@ -325,18 +325,18 @@ async fn run(command: Command, inherited: Vec<Inherited>) -> Result<(), Failure>
             of,
             name,
             json,
-        } => monitor(broker, of, name, json).await,
+        } => monitor::run(broker, of, name, json).await,
         Command::Top {
             broker,
             interval_ms,
-        } => top(broker, Duration::from_millis(interval_ms)).await,
+        } => top::run(broker, Duration::from_millis(interval_ms)).await,
         Command::Stats {
             broker,
             json,
             format,
         } => {
             let format = if json { StatsFormat::Json } else { format };
-            stats(broker, format).await
+            metrics::run(broker, format).await
         }
         Command::Connect {
             name,
@@ -415,6 +415,7 @@ fn load_key(path: &Path) -> Result<Keypair, Failure> {
 // ── serve ─────────────────────────────────────────────────────────────
 
 async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure> {
+    let signals = service::Signals::install().map_err(|e| fail(format!("signals: {e}")))?;
     let path = key_path(args.key);
     if args.check && !path.exists() {
         return Err(fail(format!(
@@ -520,7 +521,7 @@ async fn serve(args: ServeArgs, inherited: Vec<Inherited>) -> Result<(), Failure
             eprintln!("plugboard: listening on {addr} as {key}{runtime}");
         }
     };
-    let stopped = |reload| service::until_stopped(sources, settings, reload);
+    let stopped = |reload| service::until_stopped(signals, sources, settings, reload);
     match args.runtime {
         Runtime::Tokio => {
             let server = Server::bind_with(config, &addrs, inherited).map_err(fail)?;
@@ -724,83 +725,6 @@ async fn watch(args: BrokerArgs, json: bool) -> Result<(), Failure> {
     Err(fail("the broker closed the connection"))
 }
 
-async fn monitor(
-    args: BrokerArgs,
-    key: Option<PublicKey>,
-    name: Option<String>,
-    json: bool,
-) -> Result<(), Failure> {
-    let name = name
-        .map(|n| plugboard_core::control::Name::new(&n))
-        .transpose()
-        .map_err(fail)?;
-    let plugin = client(&args, None).await?;
-    let mut events = plugin.monitor(key, name).await?;
-    if !json {
-        println!(
-            "# direct channels are out of the broker's sight once made: no close or bytes for them"
-        );
-    }
-    use std::io::Write as _;
-    while let Some(item) = events.recv().await {
-        let mut out = std::io::stdout().lock();
-        // A reader that went away (`| head`): done.
-        if writeln!(out, "{}", monitor::print(&item, json)).is_err() || out.flush().is_err() {
-            return Ok(());
-        }
-    }
-    Err(fail("the broker closed the connection"))
-}
-
-async fn top(args: BrokerArgs, interval: Duration) -> Result<(), Failure> {
-    use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
-    let plugin = client(&args, None).await?;
-    // Asked once before the screen is taken: a refusal reads as any other.
-    let mut stats = plugin.stats().await?;
-    let mut view = top::Top::new(plugin.limits().map(|l| l.max_channels));
-    let mut terminal = ratatui::try_init().map_err(|e| fail(format!("the terminal: {e}")))?;
-    let mut last = std::time::Instant::now();
-    view.update(&stats, interval);
-    let outcome = loop {
-        if let Err(e) = terminal.draw(|frame| view.render(frame)) {
-            break Err(fail(format!("the terminal: {e}")));
-        }
-        // Keys until the next refresh (crossterm's poll blocks).
-        let until = last + interval;
-        let key = tokio::task::spawn_blocking(move || {
-            let wait = until.saturating_duration_since(std::time::Instant::now());
-            match event::poll(wait) {
-                Ok(true) => event::read().map(Some),
-                Ok(false) => Ok(None),
-                Err(e) => Err(e),
-            }
-        })
-        .await
-        .map_err(fail);
-        match key {
-            Ok(Ok(Some(Event::Key(k)))) if k.kind == KeyEventKind::Press => match k.code {
-                KeyCode::Char('q') | KeyCode::Esc => break Ok(()),
-                KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => break Ok(()),
-                KeyCode::Char('s') => view.sort = view.sort.next(),
-                _ => {}
-            },
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => break Err(fail(format!("the terminal: {e}"))),
-            Err(e) => break Err(e),
-        }
-        if last.elapsed() >= interval {
-            stats = match plugin.stats().await {
-                Ok(stats) => stats,
-                Err(e) => break Err(e.into()),
-            };
-            view.update(&stats, last.elapsed());
-            last = std::time::Instant::now();
-        }
-    };
-    ratatui::restore();
-    outcome
-}
-
 /// Who is there, one line each (a watch's snapshot or resync).
 fn print_present(members: &[Member], json: bool) {
     for m in members {
@@ -812,85 +736,6 @@ fn print_present(members: &[Member], json: bool) {
             false => println!("present {} {}", m.name, m.key),
         }
     }
-}
-
-async fn stats(args: BrokerArgs, format: StatsFormat) -> Result<(), Failure> {
-    let plugin = client(&args, None).await?;
-    let stats = plugin.stats().await?;
-    match format {
-        StatsFormat::Openmetrics => {
-            print!(
-                "{}",
-                metrics::exposition(&stats, metrics::Exposition::OpenMetrics)
-            )
-        }
-        StatsFormat::Prometheus => {
-            print!(
-                "{}",
-                metrics::exposition(&stats, metrics::Exposition::Prometheus)
-            )
-        }
-        StatsFormat::Json => {
-            for line in stats_rows(&stats) {
-                println!("{}", line.json);
-            }
-        }
-        StatsFormat::Text => {
-            for line in stats_rows(&stats) {
-                println!("{}", line.text);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A row of `stats`, as text and as JSON.
-struct StatsRow {
-    text: String,
-    json: serde_json::Value,
-}
-
-fn stats_rows(stats: &plugboard_tokio::plugin::Stats) -> Vec<StatsRow> {
-    use serde_json::json;
-    let mut rows = Vec::new();
-    let figures = |u: &plugboard_core::control::Usage| {
-        format!(
-            "conns {}  channels {}  in {}  out {}  queued {}",
-            u.connections, u.channels, u.bytes_in, u.bytes_out, u.queued
-        )
-    };
-    for u in &stats.uids {
-        let (uid, u) = (u.uid, &u.usage);
-        rows.push(StatsRow {
-            text: format!("uid  {uid}  {}", figures(u)),
-            json: json!({"uid": uid, "connections": u.connections, "channels": u.channels, "bytes_in": u.bytes_in, "bytes_out": u.bytes_out, "queued": u.queued}),
-        });
-    }
-    for k in &stats.keys {
-        let u = &k.usage;
-        rows.push(StatsRow {
-            text: format!("key  {}  {}", k.key, figures(u)),
-            json: json!({"key": k.key.to_string(), "connections": u.connections, "channels": u.channels, "bytes_in": u.bytes_in, "bytes_out": u.bytes_out, "queued": u.queued}),
-        });
-    }
-    for n in &stats.names {
-        let u = &n.usage;
-        rows.push(StatsRow {
-            text: format!(
-                "name {}  {}  channels {}  in {}  out {}  queued {}",
-                n.name, n.key, u.channels, u.bytes_in, u.bytes_out, u.queued
-            ),
-            json: json!({"name": n.name.as_str(), "key": n.key.to_string(), "channels": u.channels, "bytes_in": u.bytes_in, "bytes_out": u.bytes_out, "queued": u.queued}),
-        });
-    }
-    for c in &stats.counters {
-        let outcome = c.outcome.label();
-        rows.push(StatsRow {
-            text: format!("{outcome:<10}  {}  {}", c.cause, c.count),
-            json: json!({outcome: c.cause, "count": c.count}),
-        });
-    }
-    rows
 }
 
 async fn connect(

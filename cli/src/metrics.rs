@@ -8,6 +8,8 @@ use std::fmt::Write as _;
 use plugboard_core::control::{Outcome, Usage};
 use plugboard_tokio::plugin::Stats;
 
+use crate::{client, BrokerArgs, Failure, StatsFormat};
+
 /// One family: its name, type, help, unit, and samples (labels, value).
 struct Family {
     name: String,
@@ -176,6 +178,80 @@ fn escape(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// `plugboard stats`: asks once and prints.
+pub(crate) async fn run(args: BrokerArgs, format: StatsFormat) -> Result<(), Failure> {
+    let plugin = client(&args, None).await?;
+    let stats = plugin.stats().await?;
+    match format {
+        StatsFormat::Openmetrics => {
+            print!("{}", exposition(&stats, Exposition::OpenMetrics))
+        }
+        StatsFormat::Prometheus => {
+            print!("{}", exposition(&stats, Exposition::Prometheus))
+        }
+        StatsFormat::Json => {
+            for line in stats_rows(&stats) {
+                println!("{}", line.json);
+            }
+        }
+        StatsFormat::Text => {
+            for line in stats_rows(&stats) {
+                println!("{}", line.text);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A row of `stats`, as text and as JSON.
+struct StatsRow {
+    text: String,
+    json: serde_json::Value,
+}
+
+fn stats_rows(stats: &plugboard_tokio::plugin::Stats) -> Vec<StatsRow> {
+    use serde_json::json;
+    let mut rows = Vec::new();
+    let figures = |u: &plugboard_core::control::Usage| {
+        format!(
+            "conns {}  channels {}  in {}  out {}  queued {}",
+            u.connections, u.channels, u.bytes_in, u.bytes_out, u.queued
+        )
+    };
+    for u in &stats.uids {
+        let (uid, u) = (u.uid, &u.usage);
+        rows.push(StatsRow {
+            text: format!("uid  {uid}  {}", figures(u)),
+            json: json!({"uid": uid, "connections": u.connections, "channels": u.channels, "bytes_in": u.bytes_in, "bytes_out": u.bytes_out, "queued": u.queued}),
+        });
+    }
+    for k in &stats.keys {
+        let u = &k.usage;
+        rows.push(StatsRow {
+            text: format!("key  {}  {}", k.key, figures(u)),
+            json: json!({"key": k.key.to_string(), "connections": u.connections, "channels": u.channels, "bytes_in": u.bytes_in, "bytes_out": u.bytes_out, "queued": u.queued}),
+        });
+    }
+    for n in &stats.names {
+        let u = &n.usage;
+        rows.push(StatsRow {
+            text: format!(
+                "name {}  {}  channels {}  in {}  out {}  queued {}",
+                n.name, n.key, u.channels, u.bytes_in, u.bytes_out, u.queued
+            ),
+            json: json!({"name": n.name.as_str(), "key": n.key.to_string(), "channels": u.channels, "bytes_in": u.bytes_in, "bytes_out": u.bytes_out, "queued": u.queued}),
+        });
+    }
+    for c in &stats.counters {
+        let outcome = c.outcome.label();
+        rows.push(StatsRow {
+            text: format!("{outcome:<10}  {}  {}", c.cause, c.count),
+            json: json!({"outcome": outcome, "cause": c.cause, "count": c.count}),
+        });
+    }
+    rows
 }
 
 #[cfg(test)]

@@ -85,21 +85,39 @@ pub(crate) fn changes(
     (lines, (new.0.clone(), merged))
 }
 
+/// The signals `serve` acts on, taken over from their default actions
+/// (which end the process) before anything is bound: a service manager may
+/// send one as soon as the socket exists.
+pub(crate) struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub(crate) fn install() -> std::io::Result<Self> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Waits for SIGINT or SIGTERM, and says what the broker will do; on
 /// SIGHUP, reloads the policy and limits (a file that fails to load
 /// leaves the configuration in force, and the log says why).
 pub(crate) async fn until_stopped(
+    mut signals: Signals,
     sources: Sources,
     mut current: (Policy, Limits),
     reload: ReloadHandle,
 ) {
-    let mut term = signal(SignalKind::terminate()).expect("a signal handler");
-    let mut hangup = signal(SignalKind::hangup()).expect("a signal handler");
     let name = loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break "SIGINT",
-            _ = term.recv() => break "SIGTERM",
-            _ = hangup.recv() => {
+            _ = signals.interrupt.recv() => break "SIGINT",
+            _ = signals.terminate.recv() => break "SIGTERM",
+            _ = signals.hangup.recv() => {
                 current = reload_once(&sources, current, &reload);
             }
         }

@@ -14,6 +14,58 @@ use ratatui::text::Line;
 use ratatui::widgets::{Block, Row, Table};
 use ratatui::Frame;
 
+use crate::{client, fail, BrokerArgs, Failure};
+
+/// Runs the view until `q`.
+pub(crate) async fn run(args: BrokerArgs, interval: Duration) -> Result<(), Failure> {
+    use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+    let plugin = client(&args, None).await?;
+    // Asked once before the screen is taken: a refusal reads as any other.
+    let mut stats = plugin.stats().await?;
+    let mut view = Top::new(plugin.limits().map(|l| l.max_channels));
+    let mut terminal = ratatui::try_init().map_err(|e| fail(format!("the terminal: {e}")))?;
+    let mut last = std::time::Instant::now();
+    view.update(&stats, interval);
+    let outcome = loop {
+        if let Err(e) = terminal.draw(|frame| view.render(frame)) {
+            break Err(fail(format!("the terminal: {e}")));
+        }
+        // Keys until the next refresh (crossterm's poll blocks).
+        let until = last + interval;
+        let key = tokio::task::spawn_blocking(move || {
+            let wait = until.saturating_duration_since(std::time::Instant::now());
+            match event::poll(wait) {
+                Ok(true) => event::read().map(Some),
+                Ok(false) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(fail);
+        match key {
+            Ok(Ok(Some(Event::Key(k)))) if k.kind == KeyEventKind::Press => match k.code {
+                KeyCode::Char('q') | KeyCode::Esc => break Ok(()),
+                KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => break Ok(()),
+                KeyCode::Char('s') => view.sort = view.sort.next(),
+                _ => {}
+            },
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => break Err(fail(format!("the terminal: {e}"))),
+            Err(e) => break Err(e),
+        }
+        if last.elapsed() >= interval {
+            stats = match plugin.stats().await {
+                Ok(stats) => stats,
+                Err(e) => break Err(e.into()),
+            };
+            view.update(&stats, last.elapsed());
+            last = std::time::Instant::now();
+        }
+    };
+    ratatui::restore();
+    outcome
+}
+
 /// What the rows are ordered by, largest first (names: alphabetical).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Sort {

@@ -474,9 +474,9 @@ fn listed_ok(home: &Home) -> bool {
 fn monitor_sees_a_channel_with_its_bytes_and_a_refusal_with_its_cause() {
     let home = Home::new("monitor");
     assert!(home.run(&["keygen"]).status.success());
-    let _broker = start_broker(&home);
+    let mut broker = start_broker(&home);
     let seen = home.0.join("monitor.jsonl");
-    let _monitor = Running(
+    let mut monitor = Running(
         home.command()
             .args(["monitor", "--json"])
             .stdout(std::fs::File::create(&seen).unwrap())
@@ -535,4 +535,12 @@ fn monitor_sees_a_channel_with_its_bytes_and_a_refusal_with_its_cause() {
     let refusal = of(&events, "refusal").expect("a refusal");
     assert_eq!(refusal["cause"], "no_such_name");
     assert_eq!(refusal["key"], id.trim());
+
+    // The broker goes: the monitor says so and ends (it is not restored).
+    let pid = rustix::process::Pid::from_raw(broker.0.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let _ = broker.0.wait();
+    wait_for("the monitor to end", || {
+        monitor.0.try_wait().unwrap().is_some()
+    });
 }

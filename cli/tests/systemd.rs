@@ -6,13 +6,12 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_plugboard");
 const UNITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../contrib/systemd");
 
 mod common;
-use common::{Running, Scratch as Dir};
+use common::{wait_for, Running, Scratch as Dir};
 
 /// The value of `key=` in a unit's text (the first one).
 fn setting<'a>(unit: &'a str, key: &str) -> &'a str {
@@ -99,14 +98,7 @@ fn the_user_socket_unit_activates_the_broker_and_serves_a_list() {
             .spawn()
             .expect("systemd-socket-activate (Debian's systemd package)"),
     );
-    let start = Instant::now();
-    while !Path::new(&path).exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no socket at {path}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("the socket", || Path::new(&path).exists());
     // systemd applies SocketMode= to the file once it is bound, as here
     // (systemd-socket-activate has no such option).
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();

@@ -5,8 +5,9 @@
 use bytes::{Bytes, BytesMut};
 use plugboard_core::control::{
     decode, encode, encoded_len, AnnouncedLimits, CauseCount, ChannelPath, ControlDecoder,
-    DecodeError, ErrorCode, IncomingPath, KeyStats, Member, Message, Name, NameStats, OpenedPath,
-    Outcome, Presence, TransportKind, Usage, MAX_MESSAGE, MAX_METADATA, MAX_SHORT_TEXT, MAX_TEXT,
+    DecodeError, ErrorCode, IncomingPath, KeyStats, Member, Message, MonitorEvent, MonitorKind,
+    Name, NameStats, OpenedPath, Outcome, Presence, TransportKind, Usage, MAX_MESSAGE,
+    MAX_METADATA, MAX_SHORT_TEXT, MAX_TEXT,
 };
 use plugboard_core::PublicKey;
 use proptest::collection::vec;
@@ -256,6 +257,40 @@ fn message() -> impl Strategy<Value = Message> {
             ),
         )
             .prop_map(|(request, counters)| Message::CounterPage { request, counters }),
+        (
+            request,
+            proptest::option::of(key()),
+            proptest::option::of(name())
+        )
+            .prop_map(|(request, key, name)| Message::Monitor { request, key, name }),
+        (
+            (
+                1u8..=9,
+                any::<u64>(),
+                proptest::option::of(key()),
+                proptest::option::of(key())
+            ),
+            (
+                proptest::option::of(name()),
+                text(MAX_SHORT_TEXT),
+                any::<[u64; 3]>(),
+                text(MAX_TEXT)
+            ),
+        )
+            .prop_map(|((kind, channel, key, peer), (name, cause, n, detail))| {
+                Message::MonitorEvent(MonitorEvent {
+                    kind: MonitorKind::from_u8(kind).expect("1..=9"),
+                    channel,
+                    key,
+                    peer,
+                    name,
+                    cause,
+                    to_target: n[0],
+                    to_opener: n[1],
+                    duration_ms: n[2],
+                    detail,
+                })
+            }),
         (
             channel,
             proptest::option::of(name()),

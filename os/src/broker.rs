@@ -102,11 +102,15 @@ face!(Hub);
 /// at info (`plugboard serve`'s default level) every refusal and
 /// disconnect with its cause and key; at most
 /// [`LINES_PER_WINDOW`](crate::log_limit::LINES_PER_WINDOW) a cause per
-/// window, and then how many were held back.
+/// window, and then how many were held back (with the next line).
+/// Warnings are not held back.
 pub fn log_entry(entry: &LogEntry) {
     static LIMITER: Mutex<Option<LogLimiter>> = Mutex::new(None);
     let cause = entry.counted.map_or("note", |(_, cause)| cause.label());
-    let (admitted, held) = {
+    // Warnings are the broker's own, already one per spell: never held.
+    let (admitted, held) = if entry.warning {
+        (true, Vec::new())
+    } else {
         let mut limiter = LIMITER.lock().unwrap_or_else(|e| e.into_inner());
         let limiter = limiter.get_or_insert_with(LogLimiter::default);
         limiter.admit(std::time::Instant::now(), cause)

@@ -177,7 +177,7 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     WAKER => {
-                        // A stop: the loop condition looks.
+                        // A stop (the loop condition looks) or a reload.
                         let reload = self.stop.reload.lock().map(|mut r| r.take());
                         if let Ok(Some((policy, limits))) = reload {
                             self.state.broker.reconfigure(policy, limits);

@@ -166,13 +166,13 @@ impl Limits {
         }
     }
 
-    /// The mux configuration of each connection. The broker only passes
-    /// credit through, so windows never grow on its side.
     /// `new`, but with the limits a running broker keeps: those every
     /// connection was told in its hello and by which its channels' buffers
-    /// are counted (frames, windows, the control queue, the idle timeout).
-    /// Also the names of those that `new` would have changed.
+    /// are counted or its peers time their requests (frames, windows, the
+    /// control queue, the idle and open timeouts). Also the names of those
+    /// that `new` would have changed.
     pub fn keep_fixed(&self, mut new: Limits) -> (Limits, Vec<&'static str>) {
+        new.reconcile();
         let mut kept = Vec::new();
         macro_rules! keep {
             ($($field:ident as $name:literal),*) => {$(
@@ -187,7 +187,10 @@ impl Limits {
             initial_window as "initial_window",
             max_window as "max_window",
             max_control_queue as "max_control_queue",
-            idle_timeout as "idle_timeout_ms"
+            idle_timeout as "idle_timeout_ms",
+            // A session waits for an Open's answer this long after what
+            // the hello said: raised here, older sessions would give up.
+            open_timeout as "open_timeout_ms"
         );
         (new, kept)
     }
@@ -199,6 +202,8 @@ impl Limits {
         self.max_frame = self.max_frame.max(1024);
     }
 
+    /// The mux configuration of each connection. The broker only passes
+    /// credit through, so windows never grow on its side.
     pub(crate) fn mux_config(&self) -> MuxConfig {
         MuxConfig {
             max_frame: self.max_frame,

@@ -222,18 +222,30 @@ pub struct LogEntry {
 /// sent, and a peer must not be able to forge a line of its own or drive
 /// the terminal that reads them.
 pub fn printable(text: String) -> String {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(unprintable) {
         return text;
     }
     let mut escaped = String::with_capacity(text.len() + 8);
     for c in text.chars() {
-        if c.is_control() {
+        if unprintable(c) {
             escaped.extend(c.escape_default());
         } else {
             escaped.push(c);
         }
     }
     escaped
+}
+
+/// Control characters, and the invisible ones that reorder or break what
+/// a terminal shows (bidirectional overrides and isolates, line and
+/// paragraph separators, zero-width marks): a quoted text could pass for
+/// something else.
+fn unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}'
+        )
 }
 
 /// Why [`Broker::accept`] (or [`Hub::accept`]) turned a socket away (close it at once).
@@ -428,8 +440,7 @@ impl Hub {
     /// were admitted with; the limits peers were told in their hello stay
     /// until a restart ([`Limits::keep_fixed`]): their names are returned.
     pub fn reconfigure(&mut self, policy: Policy, limits: Limits) -> Vec<&'static str> {
-        let (mut limits, kept) = self.config.limits.keep_fixed(limits);
-        limits.reconcile();
+        let (limits, kept) = self.config.limits.keep_fixed(limits);
         let old = std::mem::replace(&mut self.config.limits, limits);
         let limits = &self.config.limits;
         self.config.policy = policy;
@@ -1009,7 +1020,7 @@ impl Hub {
             to_target: 0,
             to_opener: 0,
             duration_ms: 0,
-            detail: printable(message.to_owned()),
+            detail: monitor::fit(message.to_owned()),
         });
     }
 
@@ -1034,7 +1045,8 @@ impl Hub {
         }));
     }
 
-    /// Work deferred to the end of every public call: closing slow readers.
+    /// Work deferred to the end of every public call: closing slow readers
+    /// and finished legacy connections, telling monitors what happened.
     fn finish_call(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
         // Closing makes events for monitors, and sending them can find a
@@ -1232,7 +1244,7 @@ impl Hub {
                     .collect();
                 (ends, unsent)
             };
-            self.routes_gone(conn, ends, &unsent);
+            self.routes_gone(now, conn, ends, &unsent);
         }
         for &(target, target_channel) in &c.opens_out {
             self.cancel_open_by_opener(target, target_channel);

@@ -1,21 +1,30 @@
 //! Monitors: connections that asked to see what the broker does (the
 //! policy's `monitor` right). Events are gathered during a call and sent
-//! at its end, encoded once: no port is locked where they arise. A monitor
-//! that does not read is closed as a slow reader, as any watcher is.
+//! at its end, encoded once: no port is locked where they arise.
+//!
+//! Events are others' churn, as a watcher's changes are: one peer's
+//! teardown can make thousands in one call. So a monitor with half its
+//! control-queue bound unread falls behind instead of being cut off: its
+//! events are dropped, counted, and a Missed event says how many once it
+//! has read. What it holds stays under half the bound.
 
 use bytes::BytesMut;
 
-use crate::control::{self, ErrorCode, Message, MonitorEvent, MonitorKind, Name, RequestId};
+use crate::control::{
+    self, ErrorCode, Message, MonitorEvent, MonitorKind, Name, RequestId, MAX_TEXT,
+};
 use crate::keys::PublicKey;
 use crate::time::Instant;
 
 use super::{ConnId, Hub};
 
-/// What one monitor asked to see.
+/// What one monitor asked to see, and what it missed.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Filter {
     key: Option<PublicKey>,
     name: Option<Name>,
+    /// Events dropped while it was behind, not told yet.
+    missed: u64,
 }
 
 impl Filter {
@@ -57,8 +66,38 @@ impl Seen {
             to_target: 0,
             to_opener: 0,
             duration_ms: 0,
-            detail,
+            detail: fit(detail),
         }
+    }
+}
+
+/// A detail as a MonitorEvent carries it: printable (it quotes what peers
+/// sent), and within the message's text limit.
+pub(super) fn fit(detail: String) -> String {
+    let mut detail = super::printable(detail);
+    if detail.len() > MAX_TEXT {
+        let mut end = MAX_TEXT;
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        detail.truncate(end);
+    }
+    detail
+}
+
+/// The event that stands for `n` dropped ones.
+fn missed(n: u64) -> MonitorEvent {
+    MonitorEvent {
+        kind: MonitorKind::Missed,
+        channel: 0,
+        key: None,
+        peer: None,
+        name: None,
+        cause: String::new(),
+        to_target: n,
+        to_opener: 0,
+        duration_ms: 0,
+        detail: format!("{n} events dropped: this monitor did not read in time"),
     }
 }
 
@@ -78,7 +117,12 @@ impl Hub {
             let message = "already monitoring".to_owned();
             return self.refuse(conn, request, ErrorCode::WatchState, message);
         }
-        self.monitors.insert(conn, Filter { key, name });
+        let filter = Filter {
+            key,
+            name,
+            missed: 0,
+        };
+        self.monitors.insert(conn, filter);
         self.reply(conn, &Message::Ok { request });
     }
 
@@ -95,12 +139,13 @@ impl Hub {
         }
     }
 
-    /// Sends what was observed to each monitor that asked for it. True if
-    /// there was anything.
+    /// Sends what was observed to each monitor that asked for it, but to
+    /// one behind: that one's are counted. True if there was anything.
     pub(super) fn send_observed(&mut self) -> bool {
         if self.observed.is_empty() {
             return false;
         }
+        let behind = self.config.limits.max_control_queue / 2;
         let mut encoded = BytesMut::new();
         for event in std::mem::take(&mut self.observed) {
             let to: Vec<ConnId> = self
@@ -115,6 +160,16 @@ impl Hub {
             encoded.clear();
             control::encode(&Message::MonitorEvent(event), &mut encoded);
             for conn in to {
+                let queued = self.queued_control(conn);
+                let filter = self.monitors.get_mut(&conn).expect("listed");
+                if queued + encoded.len() > behind {
+                    filter.missed += 1;
+                    continue;
+                }
+                if filter.missed > 0 {
+                    let n = std::mem::take(&mut filter.missed);
+                    self.reply(conn, &Message::MonitorEvent(missed(n)));
+                }
                 self.reply_encoded(conn, &encoded);
             }
         }

@@ -557,9 +557,21 @@ impl Hub {
 
     /// The opener left before the target answered: the offer is void.
     pub(super) fn cancel_open_by_opener(&mut self, target: ConnId, channel: ChannelId) {
-        if self.take_pending((target, channel)).is_some() {
+        if let Some(open) = self.take_pending((target, channel)) {
+            self.observe_opener_gone(&open);
             self.reset_channel(target, channel, ErrorCode::PeerGone, "the opener went away");
         }
+    }
+
+    /// For monitors: an open that ends because its opener left.
+    fn observe_opener_gone(&mut self, open: &PendingOpen) {
+        let (key, peer) = (open.opener_key, open.target_key);
+        let detail = "the opener went away before the channel was made".to_owned();
+        let label = Cause::Code(ErrorCode::PeerGone).label();
+        self.observe(
+            open.seen
+                .event(MonitorKind::Reject, key, peer, label, detail),
+        );
     }
 
     /// The target left before answering: the opener is told.
@@ -588,6 +600,7 @@ impl Hub {
                 let message = format!("{} went away", open.target_key);
                 self.refuse_opener(&open, ErrorCode::PeerGone, message);
             } else {
+                self.observe_opener_gone(&open);
                 self.reset_channel(target, channel, ErrorCode::PeerGone, "the opener went away");
             }
         }

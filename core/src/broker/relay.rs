@@ -56,6 +56,24 @@ impl Unlinked {
 }
 
 impl Hub {
+    /// For monitors: a relayed channel ended (`cause`: empty for a clean
+    /// end), with the bytes it carried each way and how long it lasted.
+    fn observe_close(&mut self, now: Instant, unlinked: &Unlinked, cause: &str) {
+        let seen = &unlinked.seen;
+        let [to_target, to_opener] = unlinked.relayed;
+        let duration = now.saturating_duration_since(seen.since);
+        let detail = match cause {
+            "" => "closed".to_owned(),
+            _ => format!("reset ({cause})"),
+        };
+        let [key, peer] = unlinked.keys;
+        let mut event = seen.event(MonitorKind::Close, key, peer, cause, detail);
+        event.to_target = to_target;
+        event.to_opener = to_opener;
+        event.duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        self.observe(event);
+    }
+
     /// The port of `conn`, locked (the hub's lock is held: ports come after it).
     pub(super) fn lock_port(&self, conn: ConnId) -> Option<MutexGuard<'_, Port>> {
         Some(self.conns.get(&conn)?.port.as_ref()?.lock())
@@ -142,6 +160,7 @@ impl Hub {
     /// keeps it by not reading: `conn`'s key is free of them at once.
     pub(super) fn routes_gone(
         &mut self,
+        now: Instant,
         conn: ConnId,
         mut ends: BTreeMap<ChannelId, RelayEnd>,
         unsent: &BTreeSet<ChannelId>,
@@ -155,7 +174,7 @@ impl Hub {
             // A channel to itself has both ends here.
             if this.peer.0 == conn {
                 let peer = ends.remove(&this.peer.1).expect("ends come in pairs");
-                self.release_route(Unlinked::new(&this, &peer), "peer_gone");
+                self.release_route(now, Unlinked::new(&this, &peer), "peer_gone");
                 continue;
             }
             let room = self.has_room(this.peer.0, reason.len());
@@ -166,6 +185,8 @@ impl Hub {
             let peer = port.remove_end(this.peer.1).expect("ends come in pairs");
             let unheard = peer.finished && port.mux.has_unsent(this.peer.1);
             if unheard && self.adopt_orphan(&this, &peer) {
+                // Over for monitors: the rest is the orphan's to deliver.
+                self.observe_close(now, &Unlinked::new(&this, &peer), "peer_gone");
                 let mut orphan = peer;
                 orphan.peer_port = None;
                 // Its opener was told to dial, and may still say it failed:
@@ -181,7 +202,7 @@ impl Hub {
             } else {
                 port.mux.reset(this.peer.1, ErrorCode::PeerGone, reason);
                 drop(port);
-                self.release_route(Unlinked::new(&this, &peer), "peer_gone");
+                self.release_route(now, Unlinked::new(&this, &peer), "peer_gone");
                 self.bridge_gone(this.peer.0);
             }
             self.wake(this.peer.0);
@@ -226,20 +247,8 @@ impl Hub {
 
     /// Forgets a removed route in both keys' counts and budgets, and tells
     /// monitors how it ended (`cause`: empty for a clean end).
-    fn release_route(&mut self, unlinked: Unlinked, cause: &str) {
-        let seen = &unlinked.seen;
-        let [to_target, to_opener] = unlinked.relayed;
-        let duration = self.last_now.saturating_duration_since(seen.since);
-        let detail = match cause {
-            "" => "closed".to_owned(),
-            _ => format!("reset ({cause})"),
-        };
-        let [key, peer] = unlinked.keys;
-        let mut event = seen.event(MonitorKind::Close, key, peer, cause, detail);
-        event.to_target = to_target;
-        event.to_opener = to_opener;
-        event.duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-        self.observe(event);
+    fn release_route(&mut self, now: Instant, unlinked: Unlinked, cause: &str) {
+        self.observe_close(now, &unlinked, cause);
         self.release_channel(unlinked.keys[0], unlinked.keys[1]);
         for (receiver, sender, n) in unlinked.growth {
             self.shrink_growth(receiver, sender, n);
@@ -306,7 +315,7 @@ impl Hub {
                     false => String::new(),
                 };
                 if let Some(unlinked) = self.unlink(end, Some((code, &reason))) {
-                    self.release_route(unlinked, Cause::Code(code).label());
+                    self.release_route(now, unlinked, Cause::Code(code).label());
                 }
             }
             MuxEvent::Credit { increment, .. } => {
@@ -322,7 +331,7 @@ impl Hub {
                 });
                 if orphan == Some(true) || self.with_end(peer, |p| p.closed) == Some(true) {
                     if let Some(unlinked) = self.unlink(end, None) {
-                        self.release_route(unlinked, "");
+                        self.release_route(now, unlinked, "");
                     }
                 }
             }

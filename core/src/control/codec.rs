@@ -1646,6 +1646,79 @@ mod tests {
     }
 
     #[test]
+    fn monitor_layouts() {
+        assert_layout(
+            Message::Monitor {
+                request: 1,
+                key: None,
+                name: None,
+            },
+            b"\x19\0\0\0\x01\0\0",
+        );
+        assert_layout(
+            Message::Monitor {
+                request: 1,
+                key: Some(KEY_A),
+                name: Some(name("x")),
+            },
+            &[&b"\x19\0\0\0\x01\x01"[..], &KEY_A.0, b"\x01x"].concat(),
+        );
+        let event = MonitorEvent {
+            kind: MonitorKind::Close,
+            channel: 7,
+            key: Some(KEY_A),
+            peer: Some(KEY_B),
+            name: Some(name("x")),
+            cause: "c".into(),
+            to_target: 1,
+            to_opener: 2,
+            duration_ms: 3,
+            detail: "d".into(),
+        };
+        let fixed = |n: u64| n.to_be_bytes();
+        let body = [
+            &b"\x2e\x04"[..],
+            &fixed(7),
+            b"\x03",
+            &KEY_A.0,
+            &KEY_B.0,
+            b"\x01x\x01c",
+            &fixed(1),
+            &fixed(2),
+            &fixed(3),
+            b"\0\x01d",
+        ]
+        .concat();
+        assert_layout(Message::MonitorEvent(event.clone()), &body);
+        // Only the peer: flag 0x02, one key.
+        let peer_only = MonitorEvent {
+            key: None,
+            name: None,
+            ..event
+        };
+        let body = [
+            &b"\x2e\x04"[..],
+            &fixed(7),
+            b"\x02",
+            &KEY_B.0,
+            b"\0\x01c",
+            &fixed(1),
+            &fixed(2),
+            &fixed(3),
+            b"\0\x01d",
+        ]
+        .concat();
+        assert_layout(Message::MonitorEvent(peer_only), &body);
+        // A kind this version does not know; flags it does not define.
+        let mut unknown = body.clone();
+        unknown[1] = 10;
+        assert_eq!(decode(&unknown), Err(DecodeError::BadMonitorKind(10)));
+        let mut flags = body;
+        flags[10] = 0x06;
+        assert!(matches!(decode(&flags), Err(DecodeError::BadFlags { .. })));
+    }
+
+    #[test]
     fn unknown_kind() {
         for kind in [0x00, 0x03, 0x0f, 0x1a, 0x1f, 0x2f, 0xff] {
             assert_eq!(

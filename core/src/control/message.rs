@@ -195,6 +195,9 @@ pub enum MonitorKind {
     Refusal,
     /// A connection ended ([`Outcome::Disconnect`]); `cause` is its label.
     Disconnect,
+    /// This monitor fell behind: `to_target` events were dropped before
+    /// the next one.
+    Missed,
 }
 
 impl MonitorKind {
@@ -207,7 +210,7 @@ impl MonitorKind {
     pub fn from_u8(value: u8) -> Option<Self> {
         use MonitorKind::*;
         [
-            Open, Accept, Reject, Close, Direct, Fallback, Refusal, Disconnect,
+            Open, Accept, Reject, Close, Direct, Fallback, Refusal, Disconnect, Missed,
         ]
         .get(usize::from(value).checked_sub(1)?)
         .copied()
@@ -224,6 +227,7 @@ impl MonitorKind {
             MonitorKind::Fallback => "fallback",
             MonitorKind::Refusal => "refusal",
             MonitorKind::Disconnect => "disconnect",
+            MonitorKind::Missed => "missed",
         }
     }
 }

@@ -235,6 +235,8 @@ pub(crate) fn deliver<R: Runtime>(
 /// means nothing to the next one.
 fn lost<R: Runtime>(inner: &mut Inner<R>) {
     inner.epoch += 1;
+    // A monitor is not restored: its feed ends.
+    inner.monitors.clear();
     inner.fds.clear();
     inner.paths.clear();
 }
@@ -247,6 +249,7 @@ pub(crate) fn end<R: Runtime>(inner: &mut Inner<R>, reason: String) {
     inner.ended = Some(reason.clone());
     inner.waiters.clear(); // dropped senders: the waiters see Disconnected
     inner.watchers.clear();
+    inner.monitors.clear();
     inner.incoming = None; // `incoming()` ends
     inner.paths.clear();
     for c in inner.channels.values_mut() {

@@ -205,6 +205,7 @@ fn a_monitor_sees_a_channel_open_accept_and_close_with_its_bytes_and_a_refusal_w
     let b = unix(&mut net, 2);
     register(&mut net, b, "t", false);
     let (ours, theirs) = open_and_accept(&mut net, a, b, "t");
+    net.advance(Duration::from_millis(1500));
     let up = vec![7; 50_000];
     let down = vec![9; 20_000];
     assert_eq!(transfer(&mut net, a, ours, b, theirs, &up), up);
@@ -251,6 +252,7 @@ fn a_monitor_sees_a_channel_open_accept_and_close_with_its_bytes_and_a_refusal_w
     assert_eq!(close.channel, open.channel);
     assert_eq!((close.to_target, close.to_opener), (50_000, 20_000));
     assert_eq!(close.cause, "", "a clean end");
+    assert!(close.duration_ms >= 1500, "{} ms", close.duration_ms);
     let refusal = events
         .iter()
         .find(|e| e.kind == MonitorKind::Refusal)
@@ -294,8 +296,9 @@ fn a_monitor_sees_only_the_key_and_name_it_asked_for() {
 }
 
 #[test]
-fn monitoring_needs_its_right_and_a_monitor_that_does_not_read_is_cut_off() {
-    let mut net = Net::new(6, Chaos::default(), |c| c.limits.max_control_queue = 4096);
+fn monitoring_needs_its_right_and_a_monitor_that_does_not_read_falls_behind_not_off() {
+    let limit = 4096;
+    let mut net = Net::new(6, Chaos::default(), |c| c.limits.max_control_queue = limit);
     // The [unix] defaults do not grant it.
     let plain = unix(&mut net, 1);
     let now = net.now;
@@ -307,8 +310,7 @@ fn monitoring_needs_its_right_and_a_monitor_that_does_not_read_is_cut_off() {
 
     let monitor = start_monitor(&mut net, 0xB0, None, None);
     net.node(monitor).slow = true;
-    let b = unix(&mut net, 2);
-    register(&mut net, b, "t", false);
+    // Refused opens: each an event, far more than the monitor's bound.
     for _ in 0..200 {
         let now = net.now;
         net.node(plain)
@@ -317,18 +319,66 @@ fn monitoring_needs_its_right_and_a_monitor_that_does_not_read_is_cut_off() {
             .unwrap();
         net.run();
         net.events(plain);
-        if net.node(monitor).closed {
-            break;
-        }
     }
-    assert!(net.node(monitor).closed, "the slow monitor was not cut off");
-    let cause = Cause::Code(ErrorCode::SlowReader);
-    assert_eq!(counted(&net, Outcome::Disconnect, cause), 1);
+    assert!(!net.node(monitor).closed, "cut off for others' churn");
+    // What it holds stays under half its bound.
+    let conn = net.node(monitor).conn;
+    let queued = net.broker.hub().queued_control(conn);
+    assert!(queued <= limit / 2, "{queued} bytes queued");
+    // It reads again: what it missed is said, then events flow.
+    net.node(monitor).slow = false;
+    let events = monitored(&mut net, monitor);
+    let now = net.now;
+    net.node(plain)
+        .session
+        .open(now, name("missing"), "p", Bytes::new(), false)
+        .unwrap();
+    let after = monitored(&mut net, monitor);
+    let missed = after
+        .iter()
+        .find(|e| e.kind == MonitorKind::Missed)
+        .expect("a Missed event");
+    let delivered = events
+        .iter()
+        .filter(|e| e.kind == MonitorKind::Refusal)
+        .count() as u64;
+    assert_eq!(
+        delivered + missed.to_target,
+        200,
+        "every refusal delivered or counted"
+    );
+    assert!(after.iter().any(|e| e.kind == MonitorKind::Refusal));
     // Nobody else noticed.
+    net.events(plain);
     let now = net.now;
     net.node(plain).session.list(now).unwrap();
     assert!(matches!(
         one_event(&mut net, plain),
         SessionEvent::Members { .. }
     ));
+}
+
+#[test]
+fn a_peer_s_long_text_reaches_a_monitor_escaped_and_within_the_limit() {
+    let mut net = net();
+    let monitor = start_monitor(&mut net, 0xB0, None, None);
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "t", false);
+    let (_, theirs) = offer(&mut net, a, b, "t");
+    // Each control character grows sixfold when escaped.
+    let reason = "\u{1b}".repeat(1000);
+    net.node(b).session.reject(theirs, &reason).unwrap();
+    net.run();
+    let reject = monitored(&mut net, monitor)
+        .into_iter()
+        .find(|e| e.kind == MonitorKind::Reject)
+        .expect("a reject");
+    assert!(reject.detail.len() <= crate::control::MAX_TEXT);
+    assert!(!reject.detail.chars().any(char::is_control));
+    assert!(
+        reject.detail.starts_with("\\u{1b}"),
+        "{}",
+        &reject.detail[..20]
+    );
 }

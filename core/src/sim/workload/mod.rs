@@ -22,7 +22,7 @@ use crate::broker::Limits;
 use crate::control::RequestId;
 use crate::control::{ErrorCode, Name, Presence, TransportKind};
 use crate::keys::{Keypair, PublicKey};
-use crate::session::{Reconnect, Recv, SessionEvent};
+use crate::session::{Reconnect, Recv, SessionError, SessionEvent};
 
 /// A broken invariant, with the step it broke at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -819,7 +819,9 @@ impl Sim {
                 Ok(Recv::Blocked | Recv::Reset { .. }) => return Ok(()),
                 // A Readable taken before the connection was lost (the
                 // session lost it as it read): ChannelLost brings the rest.
-                Err(_) if !self.net.node(id).session.is_ready() => return Ok(()),
+                Err(SessionError::UnknownChannel(_)) if !self.net.node(id).session.is_ready() => {
+                    return Ok(())
+                }
                 Err(e) => return Err(self.violation(format!("node {id}: readable {channel}: {e}"))),
             };
             let Some(c) = app.channels.get_mut(&channel) else {
