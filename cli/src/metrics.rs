@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 
+use plugboard_core::broker::printable;
 use plugboard_core::control::{Outcome, Usage};
 use plugboard_tokio::plugin::Stats;
 
@@ -247,7 +248,7 @@ fn stats_rows(stats: &plugboard_tokio::plugin::Stats) -> Vec<StatsRow> {
     for c in &stats.counters {
         let outcome = c.outcome.label();
         rows.push(StatsRow {
-            text: format!("{outcome:<10}  {}  {}", c.cause, c.count),
+            text: format!("{outcome:<10}  {}  {}", printable(c.cause.clone()), c.count),
             json: json!({"outcome": outcome, "cause": c.cause, "count": c.count}),
         });
     }

@@ -80,11 +80,11 @@ pub(crate) fn json(event: &MonitorEvent) -> serde_json::Value {
         "key": event.key.map(|k| k.to_string()),
         "peer": event.peer.map(|k| k.to_string()),
         "name": event.name.as_ref().map(|n| n.as_str()),
-        "cause": event.cause,
+        "cause": printable(event.cause.clone()),
         "to_target": event.to_target,
         "to_opener": event.to_opener,
         "duration_ms": event.duration_ms,
-        "detail": event.detail,
+        "detail": printable(event.detail.clone()),
     })
 }
 

@@ -5,8 +5,8 @@
 //! Events are others' churn, as a watcher's changes are: one peer's
 //! teardown can make thousands in one call. So a monitor with half its
 //! control-queue bound unread falls behind instead of being cut off: its
-//! events are dropped, counted, and a Missed event says how many once it
-//! has read. What it holds stays under half the bound.
+//! events are dropped, counted, and a Missed event says how many before
+//! the next event it gets. What it holds stays under half the bound.
 
 use bytes::BytesMut;
 
@@ -162,7 +162,11 @@ impl Hub {
             for conn in to {
                 let queued = self.queued_control(conn);
                 let filter = self.monitors.get_mut(&conn).expect("listed");
-                if queued + encoded.len() > behind {
+                let owed = match filter.missed {
+                    0 => 0,
+                    n => control::encoded_len(&Message::MonitorEvent(missed(n))),
+                };
+                if queued + owed + encoded.len() > behind {
                     filter.missed += 1;
                     continue;
                 }

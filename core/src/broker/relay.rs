@@ -185,8 +185,10 @@ impl Hub {
             let peer = port.remove_end(this.peer.1).expect("ends come in pairs");
             let unheard = peer.finished && port.mux.has_unsent(this.peer.1);
             if unheard && self.adopt_orphan(&this, &peer) {
-                // Over for monitors: the rest is the orphan's to deliver.
-                self.observe_close(now, &Unlinked::new(&this, &peer), "peer_gone");
+                // Over for monitors: the rest is the orphan's to deliver,
+                // ending cleanly if `conn` had heard all it was sent.
+                let cause = if heard { "" } else { "peer_gone" };
+                self.observe_close(now, &Unlinked::new(&this, &peer), cause);
                 let mut orphan = peer;
                 orphan.peer_port = None;
                 // Its opener was told to dial, and may still say it failed:
