@@ -775,7 +775,7 @@ fn assert_peer_gone(end: &Recv) {
 }
 
 /// Reads `channel` of `node` to its end: the bytes, then how it ended.
-fn read_to_end(net: &mut Net, node: NodeId, channel: u32) -> (Vec<u8>, Recv) {
+pub(super) fn read_to_end(net: &mut Net, node: NodeId, channel: u32) -> (Vec<u8>, Recv) {
     let mut all = Vec::new();
     for _ in 0..1000 {
         net.run();

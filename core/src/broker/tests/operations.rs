@@ -1,6 +1,7 @@
 //! What an operator sees and does: counters by cause, log lines that say
 //! what each refusal and disconnect was, and a reload.
 
+use super::channels::read_to_end;
 use super::*;
 use crate::control::MonitorKind;
 
@@ -381,4 +382,42 @@ fn a_peer_s_long_text_reaches_a_monitor_escaped_and_within_the_limit() {
         "{}",
         &reject.detail[..20]
     );
+}
+
+/// An orphan (its opener left with data still on its way to the target)
+/// is closed for monitors once, when its end leaves, with what was relayed
+/// until then; what it delivers after reports nothing more.
+#[test]
+fn an_orphan_closes_once_for_monitors_when_its_end_leaves() {
+    let mut net = net();
+    let monitor = start_monitor(&mut net, 0xB0, None, Some("svc"));
+    let a = unix(&mut net, 1);
+    let b = unix(&mut net, 2);
+    register(&mut net, b, "svc", false);
+    let (ca, cb) = open_and_accept(&mut net, a, b, "svc");
+    net.node(b).slow = true;
+    net.node(a)
+        .session
+        .send(ca, Bytes::from(vec![7; 100_000]))
+        .unwrap();
+    net.node(a).session.finish(ca).unwrap();
+    net.run();
+    net.kill(a);
+    net.run();
+    assert_eq!(net.broker.hub().route_count(), 1, "an orphan");
+    // b reads it all, then the orphan's reset: it ends.
+    net.node(b).slow = false;
+    let (received, _) = read_to_end(&mut net, b, cb);
+    assert_eq!(received.len(), 100_000);
+    net.run();
+    assert_eq!(net.broker.hub().route_count(), 0);
+
+    let closes: Vec<_> = monitored(&mut net, monitor)
+        .into_iter()
+        .filter(|e| e.kind == MonitorKind::Close)
+        .collect();
+    assert_eq!(closes.len(), 1, "{closes:?}");
+    let close = &closes[0];
+    assert_eq!(close.cause, "peer_gone", "b had not finished toward a");
+    assert_eq!((close.to_target, close.to_opener), (100_000, 0));
 }
